@@ -1,0 +1,5 @@
+"""The ``multistore`` command. Nothing imports this package; it sits on top."""
+
+from multistore.cli._app import app, main
+
+__all__ = ["app", "main"]

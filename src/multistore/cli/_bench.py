@@ -1,0 +1,94 @@
+"""``multistore bench NAME``: find ``benchmarks/NAME.py``, run it, check and print its rows."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import math
+import re
+import sys
+from pathlib import Path
+from typing import Any, Final
+
+from rich.console import Console
+from rich.table import Table
+
+from multistore.errors import BenchmarkError
+
+ROW_KEYS: Final = ("name", "metric", "unit", "ours", "anchor", "anchor_name", "speedup")
+_NAME_RE: Final = re.compile(r"^[a-z][a-z0-9_]*$")
+
+
+def _find_dir(directory: Path | None) -> Path:
+    if directory is not None:
+        if not directory.is_dir():
+            raise BenchmarkError(f"benchmark folder {directory} does not exist")
+        return directory.resolve()
+    candidates = [Path.cwd() / "benchmarks"]
+    # An editable install from a checkout: <repo>/src/multistore/cli/_bench.py
+    candidates.append(Path(__file__).resolve().parents[3] / "benchmarks")
+    for candidate in candidates:
+        if (candidate / "_harness.py").is_file():
+            return candidate
+    raise BenchmarkError(
+        "no benchmarks/ folder found; run from a checkout of multistore or pass --dir"
+    )
+
+
+def available(directory: Path) -> list[str]:
+    return sorted(
+        p.stem for p in directory.glob("*.py") if not p.stem.startswith("_") and "_" not in p.stem
+    )
+
+
+def run_benchmark(name: str, directory: Path | None, *, progress: bool) -> list[dict[str, Any]]:
+    """Import ``benchmarks.NAME`` and run its ``run()``; return validated rows as dicts."""
+    folder = _find_dir(directory)
+    if not _NAME_RE.match(name) or not (folder / f"{name}.py").is_file():
+        names = ", ".join(available(folder)) or "none"
+        raise BenchmarkError(f"no benchmark named {name!r}; available: {names}")
+    root = str(folder.parent)
+    if root not in sys.path:
+        sys.path.insert(0, root)
+    module = importlib.import_module(f"{folder.name}.{name}")
+    runner = getattr(module, "run", None)
+    if runner is None:
+        raise BenchmarkError(f"benchmarks/{name}.py has no run() function")
+    if progress:
+        console = Console(stderr=True)
+        with console.status(f"running benchmark {name} (ours and the anchor, alternating)…"):
+            rows = asyncio.run(runner())
+    else:
+        rows = asyncio.run(runner())
+    return [_check_row(name, row) for row in rows]
+
+
+def _check_row(name: str, row: Any) -> dict[str, Any]:
+    data = row.as_dict() if hasattr(row, "as_dict") else row
+    if not isinstance(data, dict) or any(k not in data for k in ROW_KEYS):
+        raise BenchmarkError(f"benchmark {name} returned a row without {', '.join(ROW_KEYS)}")
+    for key in ("ours", "anchor", "speedup"):
+        value = data[key]
+        if not isinstance(value, int | float) or math.isnan(value):
+            raise BenchmarkError(f"benchmark {name}: row {data['name']!r} has {key}={value!r}")
+    return {k: data[k] for k in ROW_KEYS}
+
+
+def print_rows(name: str, rows: list[dict[str, Any]]) -> None:
+    table = Table(title=f"benchmark: {name} (speedup > 1 means multistore is better)")
+    for column in ("case", "metric", "ours", "anchor", "anchor name", "speedup"):
+        table.add_column(
+            column, justify="right" if column in ("ours", "anchor", "speedup") else "left"
+        )
+    for row in rows:
+        speed = row["speedup"]
+        style = "green" if speed >= 1 else ("yellow" if speed >= 1 / 1.15 else "red")
+        table.add_row(
+            row["name"],
+            f"{row['metric']} ({row['unit']})",
+            f"{row['ours']:g}",
+            f"{row['anchor']:g}",
+            row["anchor_name"],
+            f"[{style}]{speed:.2f}×[/]",
+        )
+    Console().print(table)

@@ -1,0 +1,227 @@
+"""``multistore.toml``: which store serves which role.
+
+A *role* is a job in the application (the seed's e-commerce layout) and fixes
+the data model; the URL picks the backend::
+
+    [roles]
+    sessions = "redis://127.0.0.1:6379/0"            # key-value
+    profiles = "postgresql://app@db1/shop"           # document
+    catalog  = "postgresql://app@db1/shop"           # search
+    orders   = "mariadb://app@db2/orders"            # relational
+
+Roles left out keep their embedded default under the data directory
+(``.multistore/`` beside the config file, or in the working directory when there
+is no file). Relative paths in file URLs are taken relative to the config
+file's directory, so a config means the same thing from any working directory.
+
+Every problem in the file (bad TOML, an unknown role or key, a malformed URL,
+an unknown scheme, a backend that does not serve the role's model) is one
+:class:`~multistore.errors.ConfigError` whose message names the file, the key
+and the fix.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Final
+
+from multistore.errors import ConfigError, MultistoreError
+from multistore.stores._base import Store
+from multistore.stores._registry import BACKENDS, backend_class, models_for_scheme
+from multistore.urls import StoreURL, parse_url
+
+__all__ = ["CONFIG_ENV", "ROLES", "Config", "RoleSpec", "load_config"]
+
+#: Environment variable naming the config file when none is given.
+CONFIG_ENV: Final = "MULTISTORE_CONFIG"
+DEFAULT_FILE: Final = "multistore.toml"
+DEFAULT_DATA_DIR: Final = ".multistore"
+
+#: role -> (data model, embedded default URL relative to the data directory, what it holds)
+ROLES: Final[Mapping[str, tuple[str, str, str]]] = {
+    "sessions": ("kv", "sqlite:///sessions.db", "user sessions, rate limits, leaderboards"),
+    "profiles": ("document", "sqlite:///profiles.db", "user profiles of varying shape"),
+    "catalog": ("search", "tantivy:///catalog", "product catalog search"),
+    "orders": ("relational", "sqlite:///orders.db", "orders, payments, inventory"),
+    "social": ("graph", "ladybug:///social.lbdb", "social graph and recommendations"),
+    "metrics": ("timeseries", "duckdb:///metrics.duckdb", "application metrics"),
+    "readings": ("widecolumn", "sqlite:///readings.db", "IoT sensor readings"),
+    "idempotency": ("kv", "sqlite:///idempotency.db", "idempotency keys (consistency log)"),
+    "sagas": ("relational", "sqlite:///sagas.db", "saga execution log (consistency log)"),
+    "transactions": (
+        "relational",
+        "sqlite:///transactions.db",
+        "two-phase commit decision log (consistency log)",
+    ),
+}
+
+_TOP_LEVEL_KEYS: Final = frozenset({"roles", "multistore"})
+_SETTINGS_KEYS: Final = frozenset({"data_dir"})
+
+
+@dataclass(frozen=True)
+class RoleSpec:
+    """One role's resolved store."""
+
+    role: str
+    model: str
+    url: StoreURL
+    source: str
+    """Where the URL came from: ``default`` or ``FILE: roles.NAME``."""
+
+    @property
+    def is_default(self) -> bool:
+        return self.source == "default"
+
+
+@dataclass(frozen=True)
+class Config:
+    """The resolved configuration: one :class:`RoleSpec` for every role."""
+
+    path: Path | None
+    data_dir: Path
+    roles: Mapping[str, RoleSpec]
+
+    def role(self, name: str) -> RoleSpec:
+        try:
+            return self.roles[name]
+        except KeyError:
+            raise ConfigError(_unknown_role_message(name, None)) from None
+
+    async def open(self, role: str) -> Store:
+        """Open the store that serves ``role`` (as the role's data model)."""
+        spec = self.role(role)
+        if spec.url.is_file and spec.url.path != ":memory:":
+            Path(spec.url.path).parent.mkdir(parents=True, exist_ok=True)
+        cls = backend_class(spec.model, spec.url.scheme)
+        return await cls.open(spec.url)
+
+
+def load_config(
+    path: str | os.PathLike[str] | None = None, *, env: Mapping[str, str] | None = None
+) -> Config:
+    """Load the config from ``path``, else ``$MULTISTORE_CONFIG``, else ``./multistore.toml``
+    if it exists, else the embedded defaults under ``./.multistore/``."""
+    environ = os.environ if env is None else env
+    chosen: Path | None
+    if path is not None:
+        chosen = Path(path)
+        if not chosen.is_file():
+            raise ConfigError(f"config file {chosen} does not exist; create it or drop --config")
+    elif environ.get(CONFIG_ENV):
+        chosen = Path(environ[CONFIG_ENV])
+        if not chosen.is_file():
+            raise ConfigError(
+                f"config file {chosen} (from ${CONFIG_ENV}) does not exist; "
+                f"create it or unset {CONFIG_ENV}"
+            )
+    else:
+        candidate = Path.cwd() / DEFAULT_FILE
+        chosen = candidate if candidate.is_file() else None
+    if chosen is None:
+        return _build(None, Path.cwd(), {}, {})
+    return _load_file(chosen.resolve())
+
+
+def _load_file(path: Path) -> Config:
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML ({exc}); fix the syntax") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read the config file ({exc})") from None
+    for key in data:
+        if key not in _TOP_LEVEL_KEYS:
+            raise ConfigError(
+                f"{path}: unknown section [{key}]; the file has [roles] and [multistore]"
+            )
+    roles = data.get("roles", {})
+    settings = data.get("multistore", {})
+    if not isinstance(roles, dict):
+        raise ConfigError(f"{path}: 'roles' must be a table, e.g. [roles] sessions = \"…\"")
+    if not isinstance(settings, dict):
+        raise ConfigError(f"{path}: 'multistore' must be a table")
+    for key in settings:
+        if key not in _SETTINGS_KEYS:
+            raise ConfigError(
+                f"{path}: unknown key multistore.{key}; known: {', '.join(sorted(_SETTINGS_KEYS))}"
+            )
+    return _build(path, path.parent, roles, settings)
+
+
+def _build(
+    path: Path | None,
+    base: Path,
+    roles: Mapping[str, object],
+    settings: Mapping[str, object],
+) -> Config:
+    where = str(path) if path is not None else "defaults"
+    data_dir_value = settings.get("data_dir", DEFAULT_DATA_DIR)
+    if not isinstance(data_dir_value, str) or not data_dir_value:
+        raise ConfigError(f"{where}: multistore.data_dir must be a non-empty string path")
+    data_dir = (base / data_dir_value).resolve()
+    resolved: dict[str, RoleSpec] = {}
+    for role, value in roles.items():
+        if role not in ROLES:
+            raise ConfigError(_unknown_role_message(role, path))
+        if not isinstance(value, str):
+            raise ConfigError(
+                f"{where}: roles.{role} must be a URL string, e.g. "
+                f'{role} = "{_example_url(ROLES[role][0])}"'
+            )
+        model = ROLES[role][0]
+        try:
+            url = parse_url(value)
+        except MultistoreError as exc:
+            raise ConfigError(f"{where}: roles.{role}: {exc}") from None
+        _check_model(where, role, model, url)
+        url = _anchor(url, base)
+        resolved[role] = RoleSpec(role, model, url, f"{where}: roles.{role}")
+    for role, (model, default, _) in ROLES.items():
+        if role not in resolved:
+            url = _anchor(parse_url(default), data_dir)
+            resolved[role] = RoleSpec(role, model, url, "default")
+    ordered = {role: resolved[role] for role in ROLES}
+    return Config(path=path, data_dir=data_dir, roles=ordered)
+
+
+def _check_model(where: str, role: str, model: str, url: StoreURL) -> None:
+    if url.model is not None and url.model != model:
+        raise ConfigError(
+            f"{where}: roles.{role} is a {model} role but its URL asks for model={url.model}; "
+            f"drop ?model= from the URL"
+        )
+    if (model, url.scheme) not in BACKENDS:
+        serves = ", ".join(models_for_scheme(url.scheme)) or "no model yet"
+        choices = ", ".join(f"{s}://" for (m, s) in BACKENDS if m == model)
+        raise ConfigError(
+            f"{where}: roles.{role} needs a {model} store, but {url.scheme}:// serves {serves}; "
+            f"use one of {choices}"
+        )
+
+
+def _anchor(url: StoreURL, base: Path) -> StoreURL:
+    """Make a relative file path absolute against ``base``."""
+    if not url.is_file or url.path == ":memory:" or Path(url.path).is_absolute():
+        return url
+    return dataclasses.replace(url, database=str((base / url.path).resolve()))
+
+
+def _unknown_role_message(role: str, path: Path | None) -> str:
+    where = str(path) if path is not None else "config"
+    close = difflib.get_close_matches(role, list(ROLES), n=1)
+    hint = f"did you mean {close[0]!r}? " if close else ""
+    return f"{where}: unknown role roles.{role}; {hint}roles are: {', '.join(ROLES)}"
+
+
+def _example_url(model: str) -> str:
+    for (m, scheme), _ in BACKENDS.items():
+        if m == model:
+            return f"{scheme}://…"
+    return "sqlite:///data.db"

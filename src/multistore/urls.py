@@ -1,0 +1,400 @@
+"""Store URLs: one parser, a scheme allow-list and typed query options.
+
+A store is named by a URL whose scheme picks the backend::
+
+    sqlite:///relative/path.db        sqlite:////absolute/path.db   sqlite:///:memory:
+    tantivy:///path/to/index          ladybug:///path/to/db         duckdb:///path.duckdb
+    redis://[:password@]host:port/0   falkordb://host:port/graphname
+    postgresql://user:pass@host:port/dbname?pool_max=10
+    mariadb://user:pass@host:port/dbname
+    influxdb://user:pass@host:port/dbname
+
+File schemes follow SQLAlchemy's convention: three slashes and a relative path,
+four slashes for an absolute one. Credentials are percent-decoded, so a password
+may hold any character once encoded (``quote(password, safe="")``).
+
+Query options are checked against a table of known names and types; an unknown
+option or a value of the wrong type is an :class:`~multistore.errors.InvalidURLError`.
+Keyword overrides given to :func:`parse_url` replace URL fields and the result is
+validated again, as psycopg's ``make_conninfo`` does.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Final
+from urllib.parse import parse_qsl, quote, unquote, urlsplit
+
+from multistore.errors import InvalidURLError
+
+__all__ = ["FILE_SCHEMES", "SCHEMES", "SERVER_SCHEMES", "OptionValue", "StoreURL", "parse_url"]
+
+#: Scheme aliases that users write, mapped to the canonical scheme.
+_ALIASES: Final[Mapping[str, str]] = {
+    "postgres": "postgresql",
+    "mysql": "mariadb",
+}
+
+#: Schemes whose "location" is a path on this machine.
+FILE_SCHEMES: Final[frozenset[str]] = frozenset({"sqlite", "tantivy", "ladybug", "duckdb"})
+#: Schemes that name a server by host and port.
+SERVER_SCHEMES: Final[frozenset[str]] = frozenset(
+    {"redis", "postgresql", "mariadb", "falkordb", "influxdb"}
+)
+#: The allow-list of canonical schemes.
+SCHEMES: Final[frozenset[str]] = FILE_SCHEMES | SERVER_SCHEMES
+
+_DEFAULT_PORTS: Final[Mapping[str, int]] = {
+    "redis": 6379,
+    "postgresql": 5432,
+    "mariadb": 3306,
+    "falkordb": 6379,
+    "influxdb": 8086,
+}
+
+_BOOL_TRUE = {"1", "true", "yes", "on"}
+_BOOL_FALSE = {"0", "false", "no", "off"}
+
+#: Known query options and their types. Options apply to every scheme unless
+#: listed in ``_OPTION_SCHEMES``.
+_OPTION_TYPES: Final[Mapping[str, type]] = {
+    "model": str,
+    "timeout": float,
+    "connect_timeout": float,
+    "pool_min": int,
+    "pool_max": int,
+    "prefix": str,
+    "sslmode": str,
+    "journal_mode": str,
+    "synchronous": str,
+    "create": bool,
+    "ssl": bool,
+}
+_OPTION_SCHEMES: Final[Mapping[str, frozenset[str]]] = {
+    "pool_min": frozenset({"postgresql", "mariadb", "redis", "falkordb"}),
+    "pool_max": frozenset({"postgresql", "mariadb", "redis", "falkordb"}),
+    "sslmode": frozenset({"postgresql"}),
+    "journal_mode": frozenset({"sqlite"}),
+    "synchronous": frozenset({"sqlite"}),
+    "ssl": frozenset({"redis", "falkordb", "influxdb", "mariadb"}),
+}
+_MODELS: Final[frozenset[str]] = frozenset(
+    {"kv", "document", "search", "relational", "graph", "widecolumn", "timeseries"}
+)
+OptionValue = str | int | float | bool
+
+
+@dataclass(frozen=True)
+class StoreURL:
+    """A parsed, validated store URL. Build one with :func:`parse_url`."""
+
+    scheme: str
+    host: str | None = None
+    port: int | None = None
+    username: str | None = None
+    password: str | None = field(default=None, repr=False)
+    database: str | None = None
+    """Server schemes: the database/db index/graph name. File schemes: the path."""
+    options: Mapping[str, OptionValue] = field(default_factory=dict)
+
+    @property
+    def is_file(self) -> bool:
+        return self.scheme in FILE_SCHEMES
+
+    @property
+    def path(self) -> str:
+        """The file path of a file scheme (``:memory:`` for an in-memory store)."""
+        if not self.is_file:
+            raise InvalidURLError(f"{self.scheme}:// URLs name a server, not a file path")
+        return self.database or ":memory:"
+
+    @property
+    def model(self) -> str | None:
+        """The data model asked for with ``?model=``, if any."""
+        value = self.options.get("model")
+        return str(value) if value is not None else None
+
+    def option(self, name: str, default: OptionValue | None = None) -> OptionValue | None:
+        return self.options.get(name, default)
+
+    def int_option(self, name: str, default: int) -> int:
+        value = self.options.get(name, default)
+        assert isinstance(value, int) and not isinstance(value, bool)
+        return value
+
+    def float_option(self, name: str, default: float) -> float:
+        value = self.options.get(name, default)
+        assert isinstance(value, int | float) and not isinstance(value, bool)
+        return float(value)
+
+    def str_option(self, name: str, default: str) -> str:
+        return str(self.options.get(name, default))
+
+    def render(self, *, hide_password: bool = True) -> str:
+        """The URL as a string; the password is shown as ``***`` unless asked for."""
+        netloc = ""
+        if self.username is not None or self.password is not None:
+            user = quote(self.username or "", safe="")
+            if self.password is not None:
+                pw = "***" if hide_password else quote(self.password, safe="")
+                user = f"{user}:{pw}"
+            netloc = f"{user}@"
+        if self.host is not None:
+            host = f"[{self.host}]" if ":" in self.host else self.host
+            netloc += host
+            if self.port is not None:
+                netloc += f":{self.port}"
+        db = self.database or ""
+        if self.is_file:
+            text = f"{self.scheme}:///{db}" if not db.startswith("/") else f"{self.scheme}://{db}"
+        else:
+            text = (
+                f"{self.scheme}://{netloc}/{quote(db, safe='')}"
+                if db
+                else (f"{self.scheme}://{netloc}")
+            )
+        if self.options:
+            query = "&".join(f"{k}={_format_option(v)}" for k, v in sorted(self.options.items()))
+            text += f"?{query}"
+        return text
+
+    def __str__(self) -> str:
+        return self.render()
+
+
+def _format_option(value: OptionValue) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return quote(str(value), safe="")
+
+
+def _convert_option(scheme: str, name: str, raw: object, source: str) -> OptionValue:
+    kind = _OPTION_TYPES.get(name)
+    if kind is None:
+        known = ", ".join(sorted(_OPTION_TYPES))
+        raise InvalidURLError(f"unknown option {name!r} in {source}; known options: {known}")
+    allowed = _OPTION_SCHEMES.get(name)
+    if allowed is not None and scheme not in allowed:
+        raise InvalidURLError(
+            f"option {name!r} does not apply to {scheme}:// URLs "
+            f"(only to {', '.join(sorted(allowed))})"
+        )
+    try:
+        value = _coerce(kind, raw)
+    except (TypeError, ValueError):
+        raise InvalidURLError(
+            f"option {name}={raw!r} in {source} must be {kind.__name__}"
+        ) from None
+    if name == "model" and value not in _MODELS:
+        raise InvalidURLError(
+            f"option model={value!r} in {source} is not a data model; "
+            f"use one of {', '.join(sorted(_MODELS))}"
+        )
+    if name in ("pool_min", "pool_max", "timeout", "connect_timeout") and (
+        isinstance(value, int | float) and value < 0
+    ):
+        raise InvalidURLError(f"option {name}={raw!r} in {source} must not be negative")
+    return value
+
+
+def _coerce(kind: type, raw: object) -> OptionValue:
+    if kind is bool:
+        if isinstance(raw, bool):
+            return raw
+        text = str(raw).lower()
+        if text in _BOOL_TRUE:
+            return True
+        if text in _BOOL_FALSE:
+            return False
+        raise ValueError(raw)
+    if isinstance(raw, bool):
+        raise TypeError(raw)
+    if kind is int:
+        if isinstance(raw, float):
+            raise TypeError(raw)
+        return int(str(raw))
+    if kind is float:
+        number = float(str(raw))
+        if number != number or number in (float("inf"), float("-inf")):
+            raise ValueError(raw)
+        return number
+    if not isinstance(raw, str):
+        raise TypeError(raw)
+    return raw
+
+
+_HOST_RE = re.compile(r"^[A-Za-z0-9._-]+$|^\[?[0-9A-Fa-f:.]+\]?$")
+
+
+def parse_url(url: str | StoreURL, **overrides: object) -> StoreURL:
+    """Parse and validate a store URL.
+
+    ``overrides`` replace fields of the URL: ``host``, ``port``, ``username``,
+    ``password``, ``database``, or any query option by name. The result is
+    validated again, so an override cannot smuggle in a bad port or option.
+
+    Raises :class:`~multistore.errors.InvalidURLError` naming the problem.
+    """
+    parsed = url if isinstance(url, StoreURL) else _parse_text(url)
+    if not overrides:
+        return parsed
+    fields: dict[str, object] = {}
+    options = dict(parsed.options)
+    for key, value in overrides.items():
+        if key in ("host", "port", "username", "password", "database"):
+            fields[key] = value
+        elif key == "scheme":
+            raise InvalidURLError("the scheme cannot be overridden; write another URL")
+        else:
+            options[key] = _convert_option(parsed.scheme, key, value, "keyword overrides")
+    if "port" in fields and fields["port"] is not None:
+        fields["port"] = _check_port(fields["port"], "keyword overrides")
+    if "host" in fields and fields["host"] is not None:
+        host = fields["host"]
+        if not isinstance(host, str) or not _HOST_RE.match(host):
+            raise InvalidURLError(f"host override {host!r} is not a host name or address")
+    for key in ("username", "password", "database"):
+        if key in fields and fields[key] is not None and not isinstance(fields[key], str):
+            raise InvalidURLError(f"{key} override must be a string")
+    result = dataclasses.replace(parsed, options=options, **fields)  # type: ignore[arg-type]
+    _validate(result, "keyword overrides")
+    return result
+
+
+def _check_port(port: object, source: str) -> int:
+    if isinstance(port, bool):
+        raise InvalidURLError(f"port {port!r} in {source} is not a number")
+    try:
+        number = int(str(port))
+    except ValueError:
+        raise InvalidURLError(f"port {port!r} in {source} is not a number") from None
+    if not 0 < number < 65536:
+        raise InvalidURLError(f"port {number} in {source} is out of range 1-65535")
+    return number
+
+
+def _parse_text(text: str) -> StoreURL:
+    if not isinstance(text, str) or not text.strip():
+        raise InvalidURLError("empty store URL; write e.g. sqlite:///data.db")
+    text = text.strip()
+    if "://" not in text:
+        raise InvalidURLError(
+            f"malformed store URL {_redact(text)!r}: expected SCHEME://…, e.g. sqlite:///data.db"
+        )
+    raw_scheme = text.split("://", 1)[0].lower()
+    scheme = _ALIASES.get(raw_scheme, raw_scheme)
+    if scheme not in SCHEMES:
+        allowed = ", ".join(sorted(SCHEMES))
+        raise InvalidURLError(f"unknown scheme {raw_scheme!r}; allowed schemes: {allowed}")
+    source = f"URL {_redact(text)!r}"
+    if scheme in FILE_SCHEMES:
+        return _parse_file(scheme, text, source)
+    return _parse_server(scheme, text, source)
+
+
+def _parse_file(scheme: str, text: str, source: str) -> StoreURL:
+    rest = text.split("://", 1)[1]
+    rest, _, query = rest.partition("?")
+    if not rest.startswith("/"):
+        raise InvalidURLError(
+            f"malformed {source}: a file URL needs three slashes "
+            f"({scheme}:///relative/path or {scheme}:////absolute/path)"
+        )
+    path = unquote(rest[1:])
+    if not path:
+        raise InvalidURLError(f"malformed {source}: no path after {scheme}:///")
+    options = _parse_query(scheme, query, source)
+    result = StoreURL(scheme=scheme, database=path, options=options)
+    _validate(result, source)
+    return result
+
+
+def _parse_server(scheme: str, text: str, source: str) -> StoreURL:
+    if "#" in text:
+        raise InvalidURLError(
+            f"malformed {source}: unexpected '#'; percent-encode it as %23 in a password"
+        )
+    # urlsplit cannot take a raw password with '@', '/', '?' or '#'; find the
+    # userinfo by the *last* '@' before the path so that a password left
+    # unencoded by mistake still gives a clear error rather than a wrong host.
+    try:
+        parts = urlsplit(text)
+        hostname = parts.hostname
+        port_text = parts.netloc.rpartition("@")[2]
+        port: int | None
+        try:
+            port = parts.port
+        except ValueError:
+            raise InvalidURLError(
+                f"malformed {source}: port in {port_text!r} is not a number in 1-65535"
+            ) from None
+    except InvalidURLError:
+        raise
+    except ValueError as exc:
+        raise InvalidURLError(f"malformed {source}: {exc}") from None
+    if parts.fragment:
+        raise InvalidURLError(
+            f"malformed {source}: unexpected '#'; percent-encode it as %23 in a password"
+        )
+    if not hostname:
+        raise InvalidURLError(f"malformed {source}: no host (write {scheme}://HOST:PORT/…)")
+    if not _HOST_RE.match(hostname):
+        raise InvalidURLError(f"malformed {source}: {hostname!r} is not a host name or address")
+    username = unquote(parts.username) if parts.username else None
+    password = unquote(parts.password) if parts.password is not None else None
+    database = unquote(parts.path[1:]) if parts.path.startswith("/") and parts.path != "/" else None
+    if database is not None and "/" in database:
+        raise InvalidURLError(f"malformed {source}: database name {database!r} contains '/'")
+    options = _parse_query(scheme, parts.query, source)
+    result = StoreURL(
+        scheme=scheme,
+        host=hostname,
+        port=port if port is not None else _DEFAULT_PORTS[scheme],
+        username=username,
+        password=password,
+        database=database,
+        options=options,
+    )
+    _validate(result, source)
+    return result
+
+
+def _parse_query(scheme: str, query: str, source: str) -> dict[str, OptionValue]:
+    options: dict[str, OptionValue] = {}
+    try:
+        pairs = parse_qsl(query, keep_blank_values=True, strict_parsing=bool(query))
+    except ValueError:
+        raise InvalidURLError(f"malformed query string {query!r} in {source}") from None
+    for name, raw in pairs:
+        if name in options:
+            raise InvalidURLError(f"option {name!r} given twice in {source}")
+        options[name] = _convert_option(scheme, name, raw, source)
+    return options
+
+
+def _validate(url: StoreURL, source: str) -> None:
+    if url.scheme == "redis" and url.database is not None and not url.database.isdigit():
+        raise InvalidURLError(
+            f"redis database {url.database!r} in {source} must be a number (e.g. /0)"
+        )
+    pool_min = url.options.get("pool_min")
+    pool_max = url.options.get("pool_max")
+    if isinstance(pool_min, int) and isinstance(pool_max, int) and pool_min > pool_max:
+        raise InvalidURLError(f"pool_min={pool_min} exceeds pool_max={pool_max} in {source}")
+    if url.is_file and url.host:
+        raise InvalidURLError(f"{url.scheme}:// URLs take a path, not a host, in {source}")
+
+
+def _redact(text: str) -> str:
+    """Hide the password of a URL for use in error messages."""
+    head, sep, rest = text.partition("://")
+    if not sep:
+        return text
+    userinfo, at, hostpart = rest.rpartition("@")
+    if not at or ":" not in userinfo.split("/")[0]:
+        return text
+    user = userinfo.split(":", 1)[0]
+    return f"{head}://{user}:***@{hostpart}"

@@ -1,0 +1,117 @@
+"""The multistore command as a user runs it: a real subprocess, exit codes from the enum."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from multistore import ErrorCode
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _run(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    full_env = {k: v for k, v in os.environ.items() if k != "MULTISTORE_CONFIG"}
+    full_env.update(env or {})
+    return subprocess.run(
+        [sys.executable, "-m", "multistore", *args],
+        cwd=cwd,
+        env=full_env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+
+
+@pytest.mark.parametrize("command", ["demo", "status", "bench"])
+def test_every_command_has_help(command: str, tmp_path: Path) -> None:
+    result = _run(command, "--help", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "Usage" in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("toml", "code", "fragment"),
+    [
+        ('[roles]\nsessions = "mongodb://h/db"\n', ErrorCode.CONFIG, "unknown scheme"),
+        ('[roles]\nsessions = "redis//h"\n', ErrorCode.CONFIG, "malformed"),
+        ('[roles]\nbasket = "redis://h/0"\n', ErrorCode.CONFIG, "unknown role"),
+    ],
+)
+def test_bad_config_gives_one_line_and_the_enum_exit_code(
+    tmp_path: Path, toml: str, code: ErrorCode, fragment: str
+) -> None:
+    (tmp_path / "multistore.toml").write_text(toml)
+    result = _run("demo", cwd=tmp_path)
+    assert result.returncode == int(code)
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert fragment in lines[0]
+    assert "multistore.toml" in lines[0]
+    assert "Traceback" not in result.stderr
+
+
+def test_status_json_reports_every_role(tmp_path: Path) -> None:
+    result = _run("status", "--json", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert {row["role"] for row in report["roles"]} >= {"sessions", "orders", "social"}
+    assert all(row["ok"] for row in report["roles"])
+
+
+def test_status_reports_a_down_server_with_its_exit_code(tmp_path: Path) -> None:
+    (tmp_path / "multistore.toml").write_text('[roles]\nsessions = "redis://127.0.0.1:1/0"\n')
+    result = _run("status", "--json", cwd=tmp_path)
+    assert result.returncode == int(ErrorCode.STORE_UNAVAILABLE), result.stderr
+    rows = {row["role"]: row for row in json.loads(result.stdout)["roles"]}
+    assert rows["sessions"]["ok"] is False
+    assert rows["orders"]["ok"] is True
+
+
+def test_demo_runs_on_embedded_stores_and_reports_json(tmp_path: Path) -> None:
+    result = _run("demo", "--json", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["config"] is None
+    first = report["sections"][0]
+    assert all(row["ok"] for row in first["roles"])
+    assert (tmp_path / ".multistore").is_dir()
+
+
+def test_demo_twice_in_the_same_folder(tmp_path: Path) -> None:
+    assert _run("demo", "--json", cwd=tmp_path).returncode == 0
+    again = _run("demo", cwd=tmp_path)
+    assert again.returncode == 0, again.stderr
+    assert "demo finished" in again.stdout
+
+
+def test_bench_unknown_name_lists_the_available_ones(tmp_path: Path) -> None:
+    result = _run("bench", "nosuch", "--dir", str(REPO / "benchmarks"), cwd=tmp_path)
+    assert result.returncode == int(ErrorCode.BENCHMARK)
+    assert "stores" in result.stderr
+
+
+def test_bench_runs_a_benchmark_and_prints_rows_in_the_design_format(tmp_path: Path) -> None:
+    bench_dir = tmp_path / "benchmarks"
+    bench_dir.mkdir()
+    (bench_dir / "__init__.py").write_text("")
+    (bench_dir / "_harness.py").write_text((REPO / "benchmarks" / "_harness.py").read_text())
+    (bench_dir / "toy.py").write_text(
+        "from benchmarks._harness import compare\n"
+        "async def run():\n"
+        "    async def ours():\n        sum(range(10))\n"
+        "    def anchor():\n        sum(range(1000))\n"
+        "    return [await compare('toy sum', ours, anchor, 'builtin', ops=20, rounds=3)]\n"
+    )
+    result = _run("bench", "toy", "--json", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    rows = json.loads(result.stdout)
+    assert len(rows) == 1
+    assert set(rows[0]) == {"name", "metric", "unit", "ours", "anchor", "anchor_name", "speedup"}
+    assert rows[0]["speedup"] == pytest.approx(rows[0]["anchor"] / rows[0]["ours"], rel=0.01)
