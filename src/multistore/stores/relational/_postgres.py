@@ -1,0 +1,260 @@
+"""PostgreSQL relational backend: psycopg 3, async, on a ``psycopg_pool`` pool.
+
+Pool connections are in autocommit mode; ``transaction()`` sends ``BEGIN``.
+URL options: ``pool_min`` (default 1), ``pool_max`` (10), ``connect_timeout``
+(5 s; also how long to wait for a free pooled connection), ``timeout``
+(the server's ``statement_timeout``, 30 s), ``sslmode``.
+
+A connection idle for more than a second is checked (an empty query) when it is
+leased, so the store recovers by itself after a server restart: dead connections
+are dropped and replaced before any statement is sent on them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+import weakref
+from collections.abc import AsyncIterator
+from typing import Any, Final, Self
+
+import psycopg
+import psycopg.errors
+from psycopg.conninfo import make_conninfo
+from psycopg_pool import AsyncConnectionPool, PoolTimeout
+
+from multistore.errors import (
+    ConfigError,
+    ConflictError,
+    DuplicateKeyError,
+    InvalidQueryError,
+    InvalidValueError,
+    MultistoreError,
+    NotFoundError,
+    Outcome,
+    StoreError,
+    StoreTimeoutError,
+    StoreUnavailableError,
+)
+from multistore.stores.relational._api import Connection, RelationalStore, Transaction
+from multistore.stores.relational._rows import Columns, Row
+from multistore.urls import StoreURL
+
+__all__ = ["PostgresRelationalStore"]
+
+_CHECK_AFTER_IDLE: Final = 1.0
+_RECONNECT_GIVE_UP: Final = 1.0
+#: Key of the advisory lock that serialises migrators ("multistore" in ASCII, truncated).
+_MIGRATION_LOCK: Final = 0x6D756C746973746F
+
+PgConn = psycopg.AsyncConnection[Any]
+
+
+class PostgresConnection(Connection):
+    dialect = "postgresql"
+
+    def __init__(self, conn: PgConn) -> None:
+        super().__init__()
+        self._conn = conn
+
+    async def _execute(self, sql: str, params: Any) -> int:
+        try:
+            async with self._conn.cursor() as cur:
+                await cur.execute(sql, params)
+                return max(cur.rowcount, 0)
+        except psycopg.Error as exc:
+            raise map_error(exc) from exc
+
+    async def _executemany(self, sql: str, seq_of_params: list[Any]) -> int:
+        try:
+            async with self._conn.cursor() as cur:
+                await cur.executemany(sql, seq_of_params)
+                return max(cur.rowcount, 0)
+        except psycopg.Error as exc:
+            raise map_error(exc) from exc
+
+    async def _fetch(self, sql: str, params: Any, *, one: bool) -> list[Row]:
+        try:
+            async with self._conn.cursor() as cur:
+                await cur.execute(sql, params)
+                if cur.description is None:
+                    return []
+                columns = Columns([d.name for d in cur.description])
+                if one:
+                    first = await cur.fetchone()
+                    return [] if first is None else [columns.row(first)]
+                return [columns.row(values) for values in await cur.fetchall()]
+        except psycopg.Error as exc:
+            raise map_error(exc) from exc
+
+    async def _script(self, sql: str) -> None:
+        # Without parameters psycopg uses the simple query protocol, which takes
+        # several statements at once; they run inside the open transaction.
+        await self._execute(sql, None)
+
+
+class PostgresRelationalStore(RelationalStore):
+    """Relational store on PostgreSQL (``postgresql://user:pass@host:port/db``).
+
+    ``native`` is the :class:`psycopg_pool.AsyncConnectionPool`
+    (``async with store.native.connection() as conn: ...``).
+    """
+
+    def __init__(
+        self, url: StoreURL, pool: AsyncConnectionPool[PgConn], conninfo: str, health: _Health
+    ) -> None:
+        self.url = url
+        self._pool = pool
+        self._conninfo = conninfo
+        self._health = health
+        self._connect_timeout = url.float_option("connect_timeout", 5.0)
+        self._closed = False
+
+    @classmethod
+    async def open(cls, url: StoreURL) -> Self:
+        connect_timeout = url.float_option("connect_timeout", 5.0)
+        timeout = url.float_option("timeout", 30.0)
+        conninfo = make_conninfo(
+            "",
+            host=url.host,
+            port=url.port,
+            user=url.username,
+            password=url.password,
+            dbname=url.database or "postgres",
+            connect_timeout=max(2, round(connect_timeout)),
+            sslmode=url.str_option("sslmode", "prefer"),
+            application_name="multistore",
+            options=f"-c statement_timeout={int(timeout * 1000)}",
+        )
+        # One direct connection first: a refused port or a bad password fails at
+        # once with the server's message instead of after the pool's timeout.
+        probe = await _connect(conninfo, url)
+        await probe.close()
+        health = _Health()
+        pool: AsyncConnectionPool[PgConn] = AsyncConnectionPool(
+            conninfo,
+            kwargs={"autocommit": True},
+            check=health.check,
+            configure=health.configure,
+            min_size=url.int_option("pool_min", 1),
+            max_size=url.int_option("pool_max", 10),
+            timeout=connect_timeout,
+            # Give up background reconnection quickly: the pool's backoff would
+            # otherwise delay recovery after a restart by up to tens of seconds, while
+            # a pool that gave up grows again at once on the next lease.
+            reconnect_timeout=_RECONNECT_GIVE_UP,
+            open=False,
+            name=f"multistore-{url.host}:{url.port}/{url.database}",
+        )
+        store = cls(url, pool, conninfo, health)
+        try:
+            await pool.open(wait=True, timeout=connect_timeout)
+        except PoolTimeout:
+            await pool.close()
+            raise await store._unavailable() from None
+        return store
+
+    async def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            await self._pool.close(timeout=self._connect_timeout)
+
+    @property
+    def native(self) -> AsyncConnectionPool[PgConn]:
+        return self._pool
+
+    @contextlib.asynccontextmanager
+    async def connection(self) -> AsyncIterator[Connection]:
+        if self._closed:
+            raise StoreUnavailableError(f"{self!r} is closed", outcome=Outcome.DEFINITE)
+        try:
+            conn = await self._pool.getconn()
+        except PoolTimeout:
+            raise await self._unavailable() from None
+        lease = PostgresConnection(conn)
+        try:
+            yield lease
+        finally:
+            lease._released = True
+            self._health.idle_since[conn] = time.monotonic()
+            await self._pool.putconn(conn)
+
+    async def _lock_migrations(self, tx: Transaction) -> None:
+        await tx.execute(f"SELECT pg_advisory_xact_lock({_MIGRATION_LOCK})")
+
+    async def _unavailable(self) -> MultistoreError:
+        """The error for a pool that gave no connection in time: the server's own
+        refusal when it cannot be reached, else a timeout (the pool is exhausted)."""
+        try:
+            probe = await _connect(self._conninfo, self.url)
+        except MultistoreError as exc:
+            return exc
+        await probe.close()
+        return StoreTimeoutError(
+            f"no free PostgreSQL connection within {self._connect_timeout:g} s "
+            f"(pool_max={self._pool.max_size}); raise pool_max or connect_timeout",
+            outcome=Outcome.DEFINITE,
+        )
+
+
+class _Health:
+    """The pool's ``check``: a round trip, but only for connections that sat idle."""
+
+    def __init__(self) -> None:
+        self.idle_since: weakref.WeakKeyDictionary[PgConn, float] = weakref.WeakKeyDictionary()
+
+    async def configure(self, conn: PgConn) -> None:
+        self.idle_since[conn] = time.monotonic()
+
+    async def check(self, conn: PgConn) -> None:
+        if time.monotonic() - self.idle_since.get(conn, 0.0) > _CHECK_AFTER_IDLE:
+            await AsyncConnectionPool.check_connection(conn)
+
+
+async def _connect(conninfo: str, url: StoreURL) -> PgConn:
+    try:
+        return await psycopg.AsyncConnection.connect(conninfo, autocommit=True)
+    except psycopg.Error as exc:
+        mapped = map_error(exc)
+        if isinstance(mapped, StoreUnavailableError):
+            mapped = StoreUnavailableError(
+                f"cannot connect to PostgreSQL at {url.host}:{url.port}: {mapped.message}",
+                outcome=Outcome.DEFINITE,
+            )
+        raise mapped from exc
+
+
+def map_error(exc: psycopg.Error) -> MultistoreError:
+    """The multistore error for a psycopg error; the server's message is kept."""
+    message = f"postgresql: {' '.join(str(exc).split())}"
+    state = exc.sqlstate or ""
+    cls = state[:2]
+    if state == "23505":
+        return DuplicateKeyError(message)
+    if cls == "23":
+        return ConflictError(message)
+    if state in ("42P01", "3D000", "3F000"):  # table, database, schema
+        return NotFoundError(message)
+    if state in ("28000", "28P01"):
+        return ConfigError(message)
+    if cls in ("42", "34", "26", "25", "0A"):
+        return InvalidQueryError(message)
+    if cls == "22":
+        return InvalidValueError(message)
+    if state in ("57014", "55P03"):  # statement timeout / query canceled, lock timeout
+        return StoreTimeoutError(message)
+    if state in ("40001", "40P01"):  # serialization failure, deadlock: rolled back
+        return ConflictError(message)
+    if cls == "08" or state in ("57P01", "57P02", "57P03"):
+        return StoreUnavailableError(message)
+    if "does not exist" in message and "database" in message:
+        return NotFoundError(message)
+    if "password authentication failed" in message:
+        return ConfigError(message)
+    if isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError) and not state:
+        return StoreUnavailableError(message)
+    if isinstance(exc, psycopg.DataError) or "cannot adapt" in message:
+        return InvalidValueError(message)
+    if isinstance(exc, psycopg.ProgrammingError):
+        return InvalidQueryError(message)
+    return StoreError(message)

@@ -1,0 +1,443 @@
+"""The embedded wide-column backend: one SQLite table per wide-column table.
+
+Table ``t`` becomes ``"wc_t"``, a ``WITHOUT ROWID, STRICT`` table whose primary key
+is the partition key columns followed by the clustering columns, each clustering
+column in its declared order (``PRIMARY KEY (sensor_id, "timestamp" DESC)``), so
+a partition is one run of the primary-key B-tree already in clustering order and
+``select`` is one index range scan. A hidden column ``_ms_expires_at`` (epoch
+seconds, NULL for no TTL) hides expired rows from reads; ``purge_expired``
+deletes them. Schemas are recorded as JSON in ``multistore_wc_tables`` so a
+reopened store (or another process) knows them.
+
+Types: text → TEXT, int → INTEGER, float → REAL, bool → INTEGER 0/1,
+timestamp → INTEGER microseconds since the epoch (UTC), blob → BLOB. Text
+clustering columns sort by code point (SQLite's BINARY collation on UTF-8).
+
+URL: ``sqlite:///path.db``; options ``timeout`` (busy timeout, default 5 s),
+``journal_mode`` (default wal), ``synchronous`` (default normal), ``create``.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any, Concatenate, Final, ParamSpec, Self, TypeVar
+
+from multistore.errors import (
+    ConflictError,
+    InvalidURLError,
+    InvalidValueError,
+    MultistoreError,
+    NotFoundError,
+    Outcome,
+    StoreError,
+    StoreTimeoutError,
+    StoreUnavailableError,
+    UsageError,
+)
+from multistore.stores._worker import Worker
+from multistore.stores.widecolumn._api import (
+    Condition,
+    Order,
+    TableSchema,
+    WideColumnStore,
+    check_identifier,
+)
+from multistore.stores.widecolumn._query import (
+    SelectPlan,
+    check_row,
+    check_ttl,
+    from_micros,
+    plan_delete,
+    plan_select,
+    to_micros,
+)
+from multistore.urls import StoreURL
+
+__all__ = ["SQLiteWideColumnStore"]
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+_META: Final = """
+CREATE TABLE IF NOT EXISTS multistore_wc_tables (
+    name TEXT PRIMARY KEY COLLATE NOCASE NOT NULL,
+    schema TEXT NOT NULL
+) WITHOUT ROWID
+"""
+_EXPIRES: Final = "_ms_expires_at"
+_SQL_TYPES: Final = {
+    "text": "TEXT",
+    "int": "INTEGER",
+    "float": "REAL",
+    "bool": "INTEGER",
+    "timestamp": "INTEGER",
+    "blob": "BLOB",
+}
+_JOURNAL_MODES: Final = frozenset({"wal", "delete", "truncate", "persist", "memory", "off"})
+_SYNCHRONOUS: Final = frozenset({"off", "normal", "full", "extra"})
+
+
+def _q(identifier: str) -> str:
+    """A checked identifier, double-quoted (identifiers are [A-Za-z_][A-Za-z0-9_]*)."""
+    return f'"{identifier}"'
+
+
+def _table(name: str) -> str:
+    return _q(f"wc_{name}")
+
+
+def _to_sql(kind: str, value: Any) -> Any:
+    if value is None:
+        return None
+    if kind == "timestamp":
+        return to_micros(value)
+    if kind == "bool":
+        return int(value)
+    return value
+
+
+#: How to turn a stored value back into the column's Python type (None: as stored).
+_FROM_SQL: Final[dict[str, Callable[[Any], Any] | None]] = {
+    "text": None,
+    "int": None,
+    "float": float,
+    "bool": bool,
+    "timestamp": from_micros,
+    "blob": bytes,
+}
+
+
+def _decode_rows(
+    columns: tuple[str, ...], kinds: list[str], rows: list[tuple[Any, ...]]
+) -> list[dict[str, Any]]:
+    convert: list[tuple[int, Callable[[Any], Any]]] = [
+        (i, fn) for i, k in enumerate(kinds) if (fn := _FROM_SQL[k]) is not None
+    ]
+    result = []
+    for row in rows:
+        values = list(row)
+        for i, fn in convert:
+            if values[i] is not None:
+                values[i] = fn(values[i])
+        result.append(dict(zip(columns, values, strict=True)))
+    return result
+
+
+class SQLiteWideColumnStore(WideColumnStore):
+    """Wide-column tables in one SQLite file. See the module docstring."""
+
+    def __init__(self, url: StoreURL, worker: Worker, conn: sqlite3.Connection) -> None:
+        self.url = url
+        self._worker = worker
+        self._conn = conn
+        self._closed = False
+        self._schemas: dict[str, TableSchema] = {}
+
+    @classmethod
+    async def open(cls, url: StoreURL) -> Self:
+        worker = Worker("sqlite-widecolumn")
+        try:
+            conn = await worker.run(_connect, url)
+        except BaseException:
+            worker.close()
+            raise
+        store = cls(url, worker, conn)
+        try:
+            store._schemas = await store._call(_load_schemas)
+        except BaseException:
+            await store.close()
+            raise
+        return store
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            await self._worker.run(self._conn.close)
+        finally:
+            self._worker.close()
+
+    @property
+    def native(self) -> sqlite3.Connection:
+        """The ``sqlite3.Connection``; it belongs to the worker thread, so use it through
+        ``store.run(fn)``. Table ``t`` is the SQLite table ``wc_t``."""
+        return self._conn
+
+    async def run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """Call ``fn(connection)`` on the worker thread that owns the connection."""
+        return await self._call(fn)
+
+    # -- plumbing --------------------------------------------------------------
+
+    async def _call(
+        self, fn: Callable[Concatenate[sqlite3.Connection, P], T], *args: P.args, **kw: P.kwargs
+    ) -> T:
+        if self._closed:
+            raise UsageError(f"the wide-column store {self.url} is closed")
+        try:
+            return await self._worker.run(fn, self._conn, *args, **kw)
+        except MultistoreError:
+            raise
+        except sqlite3.OperationalError as exc:
+            text = str(exc)
+            if text.startswith("no such table: wc_"):
+                name = text.removeprefix("no such table: wc_")
+                self._schemas.pop(name, None)
+                raise NotFoundError(f"wide-column table {name!r} does not exist") from None
+            if "locked" in text or "busy" in text:
+                raise StoreTimeoutError(
+                    f"SQLite file {self.url} stayed locked past the busy timeout: {text}"
+                ) from exc
+            raise StoreError(f"SQLite error on {self.url}: {text}") from exc
+        except sqlite3.Error as exc:
+            raise StoreError(f"SQLite error on {self.url}: {exc}") from exc
+
+    async def _schema(self, name: str) -> TableSchema:
+        check_identifier(name, "table name")
+        schema = self._schemas.get(name)
+        if schema is None:  # perhaps created by another store on the same file
+            self._schemas = await self._call(_load_schemas)
+            schema = self._schemas.get(name)
+        if schema is None:
+            raise NotFoundError(f"wide-column table {name!r} does not exist in {self.url}")
+        return schema
+
+    # -- tables ----------------------------------------------------------------
+
+    async def create_table(self, schema: TableSchema, *, if_not_exists: bool = True) -> None:
+        if not isinstance(schema, TableSchema):
+            raise InvalidValueError(f"create_table takes a TableSchema, not {schema!r}")
+        await self._call(_write, _create_table, schema, bool(if_not_exists))
+        self._schemas[schema.name] = schema
+
+    async def drop_table(self, name: str, *, if_exists: bool = False) -> None:
+        check_identifier(name, "table name")
+        dropped = await self._call(_write, _drop_table, name)
+        self._schemas.pop(name, None)
+        if not dropped and not if_exists:
+            raise NotFoundError(f"wide-column table {name!r} does not exist in {self.url}")
+
+    async def schema(self, name: str) -> TableSchema:
+        return await self._schema(name)
+
+    async def tables(self) -> list[str]:
+        self._schemas = await self._call(_load_schemas)
+        return sorted(self._schemas)
+
+    # -- rows ------------------------------------------------------------------
+
+    async def upsert(self, table: str, row: Mapping[str, Any], *, ttl: float | None = None) -> None:
+        await self.upsert_many(table, [row], ttl=ttl)
+
+    async def upsert_many(
+        self, table: str, rows: Sequence[Mapping[str, Any]], *, ttl: float | None = None
+    ) -> None:
+        schema = await self._schema(table)
+        seconds = check_ttl(ttl)
+        if isinstance(rows, Mapping) or not isinstance(rows, Sequence):
+            raise InvalidValueError(f"upsert_many takes a list of rows, not {rows!r}")
+        checked = [check_row(schema, row) for row in rows]
+        if not checked:
+            return
+        columns = list(schema.columns)
+        values = [[_to_sql(schema.columns[c], r[c]) for c in columns] for r in checked]
+        names = ", ".join([*map(_q, columns), _EXPIRES])
+        marks = ", ".join("?" * (len(columns) + 1))
+        sql = f"INSERT OR REPLACE INTO {_table(schema.name)} ({names}) VALUES ({marks})"
+        await self._call(_write, _upsert, sql, values, seconds)
+
+    async def select(
+        self,
+        table: str,
+        partition: Mapping[str, Any],
+        *,
+        where: Sequence[Condition] = (),
+        order: Order | None = None,
+        limit: int | None = None,
+        columns: Sequence[str] | None = None,
+    ) -> list[dict[str, Any]]:
+        schema = await self._schema(table)
+        plan = plan_select(schema, partition, where, order, limit, columns)
+        sql, params = _select_sql(plan)
+        rows = await self._call(_select, sql, params)
+        return _decode_rows(plan.columns, [schema.columns[c] for c in plan.columns], rows)
+
+    async def delete(
+        self,
+        table: str,
+        partition: Mapping[str, Any],
+        clustering: Mapping[str, Any] | None = None,
+    ) -> None:
+        schema = await self._schema(table)
+        values, prefix = plan_delete(schema, partition, clustering)
+        names = [*schema.partition_key, *schema.clustering_names[: len(prefix)]]
+        pairs = zip(names, (*values, *prefix), strict=True)
+        params = [_to_sql(schema.columns[c], v) for c, v in pairs]
+        conds = " AND ".join(f"{_q(c)} = ?" for c in names)
+        sql = f"DELETE FROM {_table(schema.name)} WHERE {conds}"
+        await self._call(_write, _execute, sql, params)
+
+    async def purge_expired(self) -> int:
+        return await self._call(_write, _purge)
+
+
+def _select_sql(plan: SelectPlan) -> tuple[str, list[Any]]:
+    """SQL and parameters for a plan; the first parameter (now) is added by the worker."""
+    schema = plan.schema
+    conds = [f"({_EXPIRES} IS NULL OR {_EXPIRES} > ?)"]
+    params: list[Any] = []
+    for column, value in zip(schema.partition_key, plan.partition, strict=True):
+        conds.append(f"{_q(column)} = ?")
+        params.append(_to_sql(schema.columns[column], value))
+    for column, value in zip(schema.clustering_names, plan.prefix, strict=False):
+        conds.append(f"{_q(column)} = ?")
+        params.append(_to_sql(schema.columns[column], value))
+    if plan.range_column is not None:
+        kind = schema.columns[plan.range_column]
+        for bound, op in ((plan.lower, ">"), (plan.upper, "<")):
+            if bound is not None:
+                conds.append(f"{_q(plan.range_column)} {op}{'=' if bound.inclusive else ''} ?")
+                params.append(_to_sql(kind, bound.value))
+    sql = f"SELECT {', '.join(map(_q, plan.columns))} FROM {_table(schema.name)} "
+    sql += f"WHERE {' AND '.join(conds)}"
+    if schema.clustering:
+        flip = {"asc": "DESC", "desc": "ASC"} if plan.reverse else {"asc": "ASC", "desc": "DESC"}
+        sql += " ORDER BY " + ", ".join(f"{_q(c.name)} {flip[c.order]}" for c in schema.clustering)
+    if plan.limit is not None:
+        sql += " LIMIT ?"
+        params.append(plan.limit)
+    return sql, params
+
+
+# -- worker-thread functions --------------------------------------------------------
+
+
+def _connect(url: StoreURL) -> sqlite3.Connection:
+    path = url.path
+    timeout = url.float_option("timeout", 5.0)
+    journal = url.str_option("journal_mode", "wal").lower()
+    sync = url.str_option("synchronous", "normal").lower()
+    if journal not in _JOURNAL_MODES:
+        raise InvalidURLError(f"journal_mode={journal!r} is not one of {sorted(_JOURNAL_MODES)}")
+    if sync not in _SYNCHRONOUS:
+        raise InvalidURLError(f"synchronous={sync!r} is not one of {sorted(_SYNCHRONOUS)}")
+    if path != ":memory:":
+        if url.option("create", True):
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        elif not Path(path).exists():
+            raise NotFoundError(f"SQLite file {path!r} does not exist (create=false)")
+    try:
+        conn = sqlite3.connect(path, isolation_level=None, timeout=timeout)
+    except (sqlite3.Error, OSError) as exc:
+        raise StoreUnavailableError(
+            f"cannot open SQLite file {path!r}: {exc}", outcome=Outcome.DEFINITE
+        ) from exc
+    try:
+        conn.execute(f"PRAGMA busy_timeout = {int(timeout * 1000)}")
+        if path != ":memory:":
+            conn.execute(f"PRAGMA journal_mode = {journal}")
+        conn.execute(f"PRAGMA synchronous = {sync}")
+        conn.execute(_META)
+    except sqlite3.Error as exc:
+        conn.close()
+        raise StoreUnavailableError(
+            f"cannot prepare SQLite file {path!r} as a wide-column store: {exc}",
+            outcome=Outcome.DEFINITE,
+        ) from exc
+    return conn
+
+
+def _write(
+    conn: sqlite3.Connection,
+    fn: Callable[Concatenate[sqlite3.Connection, float, P], T],
+    *args: P.args,
+    **kw: P.kwargs,
+) -> T:
+    """Run ``fn(conn, now, …)`` in one write transaction."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        result = fn(conn, time.time(), *args, **kw)
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
+    return result
+
+
+def _load_schemas(conn: sqlite3.Connection) -> dict[str, TableSchema]:
+    rows = conn.execute("SELECT schema FROM multistore_wc_tables")
+    schemas = [TableSchema.from_json(json.loads(text)) for (text,) in rows]
+    return {s.name: s for s in schemas}
+
+
+def _create_table(
+    conn: sqlite3.Connection, now: float, schema: TableSchema, if_not_exists: bool
+) -> None:
+    row = conn.execute(
+        "SELECT schema FROM multistore_wc_tables WHERE name = ?", (schema.name,)
+    ).fetchone()
+    if row is not None:
+        existing = TableSchema.from_json(json.loads(row[0]))
+        if existing.name != schema.name:
+            raise ConflictError(
+                f"cannot create table {schema.name!r}: table {existing.name!r} exists "
+                "and names are compared without case"
+            )
+        if existing != schema:
+            raise ConflictError(
+                f"table {schema.name!r} exists with another schema: {existing.to_json()}"
+            )
+        if not if_not_exists:
+            raise ConflictError(f"table {schema.name!r} already exists")
+        return
+    columns = [
+        f"{_q(c)} {_SQL_TYPES[kind]}{' NOT NULL' if c in schema.primary_key else ''}"
+        for c, kind in schema.columns.items()
+    ]
+    key = [_q(c) for c in schema.partition_key]
+    key += [f"{_q(c.name)} {c.order.upper()}" for c in schema.clustering]
+    conn.execute(
+        f"CREATE TABLE {_table(schema.name)} ({', '.join(columns)}, {_EXPIRES} REAL, "
+        f"PRIMARY KEY ({', '.join(key)})) WITHOUT ROWID, STRICT"
+    )
+    conn.execute(
+        "INSERT INTO multistore_wc_tables (name, schema) VALUES (?, ?)",
+        (schema.name, json.dumps(schema.to_json())),
+    )
+
+
+def _drop_table(conn: sqlite3.Connection, now: float, name: str) -> bool:
+    row = conn.execute("SELECT name FROM multistore_wc_tables WHERE name = ?", (name,)).fetchone()
+    if row is None or row[0] != name:
+        return False
+    conn.execute(f"DROP TABLE IF EXISTS {_table(name)}")
+    conn.execute("DELETE FROM multistore_wc_tables WHERE name = ?", (name,))
+    return True
+
+
+def _upsert(
+    conn: sqlite3.Connection, now: float, sql: str, rows: list[list[Any]], ttl: float | None
+) -> None:
+    expires = None if ttl is None else now + ttl
+    conn.executemany(sql, [(*row, expires) for row in rows])
+
+
+def _select(conn: sqlite3.Connection, sql: str, params: list[Any]) -> list[tuple[Any, ...]]:
+    return conn.execute(sql, (time.time(), *params)).fetchall()
+
+
+def _execute(conn: sqlite3.Connection, now: float, sql: str, params: list[Any]) -> None:
+    conn.execute(sql, params)
+
+
+def _purge(conn: sqlite3.Connection, now: float) -> int:
+    removed = 0
+    for name in _load_schemas(conn):
+        cur = conn.execute(f"DELETE FROM {_table(name)} WHERE {_EXPIRES} <= ?", (now,))
+        removed += cur.rowcount
+    return removed

@@ -1,0 +1,146 @@
+"""Real throwaway servers for tests, and a TCP fault proxy.
+
+Session fixtures (one server of each kind per test session, started on first use and
+removed at the end): ``postgres_server``, ``mariadb_server``, ``redis_server``,
+``falkordb_server``, ``influxdb_server``.
+
+Function fixtures: ``postgres_url`` / ``mariadb_url`` / ``influxdb_url`` (URL of a fresh
+empty database), ``redis_url`` (db 0 after FLUSHALL), ``falkordb_url`` (a unique graph
+name), and ``tcp_proxy`` (a factory ``tcp_proxy(host, port) -> TcpProxy``, stopped at the
+end of the test).
+
+A test that stops or kills a session server must start it again before it ends (use
+``try/finally``); the URL fixtures also restart a server they find stopped.
+
+A missing server binary skips the test with a message naming the binary and its package;
+with ``CI`` set it fails instead.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from typing import TypeVar
+
+import pytest
+
+from multistore.lab.proxy import TcpProxy
+from multistore.lab.servers import (
+    BinaryNotFoundError,
+    FalkorDBServer,
+    InfluxDBServer,
+    MariaDBServer,
+    PostgresServer,
+    RedisServer,
+    ServerProcess,
+    unique_name,
+)
+
+_S = TypeVar("_S", bound=ServerProcess)
+
+
+def _missing(exc: BinaryNotFoundError) -> None:
+    message = str(exc)
+    if os.environ.get("CI"):
+        pytest.fail(message, pytrace=False)
+    pytest.skip(message)
+
+
+def _session_server(factory: Callable[[], _S]) -> Iterator[_S]:
+    try:
+        server = factory()
+    except BinaryNotFoundError as exc:
+        _missing(exc)
+        raise  # unreachable: _missing always raises
+    try:
+        server.start()
+    except BinaryNotFoundError as exc:
+        server.cleanup()
+        _missing(exc)
+        raise
+    except BaseException:
+        server.cleanup()
+        raise
+    try:
+        yield server
+    finally:
+        server.cleanup()
+
+
+def _running(server: _S) -> _S:
+    if not server.is_running():
+        server.start()
+    return server
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    yield from _session_server(PostgresServer)
+
+
+@pytest.fixture(scope="session")
+def mariadb_server() -> Iterator[MariaDBServer]:
+    yield from _session_server(MariaDBServer)
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisServer]:
+    yield from _session_server(RedisServer)
+
+
+@pytest.fixture(scope="session")
+def falkordb_server() -> Iterator[FalkorDBServer]:
+    yield from _session_server(FalkorDBServer)
+
+
+@pytest.fixture(scope="session")
+def influxdb_server() -> Iterator[InfluxDBServer]:
+    yield from _session_server(InfluxDBServer)
+
+
+@pytest.fixture
+def postgres_url(postgres_server: PostgresServer) -> str:
+    """URL of a fresh, empty PostgreSQL database."""
+    return _running(postgres_server).create_database()
+
+
+@pytest.fixture
+def mariadb_url(mariadb_server: MariaDBServer) -> str:
+    """URL of a fresh, empty MariaDB database."""
+    return _running(mariadb_server).create_database()
+
+
+@pytest.fixture
+def redis_url(redis_server: RedisServer) -> str:
+    """URL of Redis db 0, emptied (FLUSHALL) first."""
+    server = _running(redis_server)
+    server.flushall()
+    return server.url(0)
+
+
+@pytest.fixture
+def falkordb_url(falkordb_server: FalkorDBServer) -> str:
+    """URL of a graph with a fresh unique name on the session FalkorDB server."""
+    return _running(falkordb_server).url(unique_name("g"))
+
+
+@pytest.fixture
+def influxdb_url(influxdb_server: InfluxDBServer) -> str:
+    """URL of a fresh, empty InfluxDB database."""
+    return _running(influxdb_server).create_database()
+
+
+@pytest.fixture
+def tcp_proxy() -> Iterator[Callable[[str, int], TcpProxy]]:
+    """Factory: ``tcp_proxy(host, port)`` starts a :class:`TcpProxy` to that address."""
+    proxies: list[TcpProxy] = []
+
+    def make(host: str, port: int) -> TcpProxy:
+        proxy = TcpProxy(host, port)
+        proxy.start()
+        proxies.append(proxy)
+        return proxy
+
+    yield make
+    for proxy in proxies:
+        proxy.stop()

@@ -1,0 +1,84 @@
+"""PostgreSQL-specific behaviour of the relational store."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+from psycopg_pool import AsyncConnectionPool
+
+from multistore.errors import StoreTimeoutError
+from multistore.stores._registry import open_store
+from multistore.stores.relational._postgres import PostgresRelationalStore
+
+pytestmark = pytest.mark.server
+
+
+async def _open(url: str) -> PostgresRelationalStore:
+    store = await open_store(url, model="relational")
+    assert isinstance(store, PostgresRelationalStore)
+    return store
+
+
+def test_casts_dollar_quotes_and_jsonb_operators(postgres_url: str) -> None:
+    async def main() -> None:
+        store = await _open(postgres_url)
+        try:
+            await store.execute_script(
+                """
+                CREATE TABLE docs (id INT PRIMARY KEY, body JSONB);
+                CREATE FUNCTION greet(name TEXT) RETURNS TEXT AS $$
+                    SELECT 'hello; :not_a_param ' || name;
+                $$ LANGUAGE sql;
+                """
+            )
+            await store.execute(
+                "INSERT INTO docs VALUES (:id, :body::jsonb)", {"id": 1, "body": '{"k": 1}'}
+            )
+            assert await store.fetch_val("SELECT greet(:n)", {"n": "bob"}) == (
+                "hello; :not_a_param bob"
+            )
+            assert (
+                await store.fetch_val(
+                    "SELECT id FROM docs WHERE body ? 'k' AND id = :id", {"id": 1}
+                )
+                == 1
+            )
+            assert (
+                await store.fetch_val("SELECT :v::numeric(6,2)::text", {"v": "3.14159"}) == "3.14"
+            )
+        finally:
+            await store.close()
+
+    asyncio.run(main())
+
+
+def test_native_is_the_pool(postgres_url: str) -> None:
+    async def main() -> None:
+        store = await _open(postgres_url)
+        try:
+            assert isinstance(store.native, AsyncConnectionPool)
+            async with store.native.connection() as conn:
+                cur = await conn.execute("SELECT 1")
+                assert await cur.fetchone() == (1,)
+        finally:
+            await store.close()
+
+    asyncio.run(main())
+
+
+def test_exhausted_pool_times_out(postgres_url: str) -> None:
+    async def main() -> None:
+        store = await _open(f"{postgres_url}?pool_max=1&connect_timeout=0.5")
+        try:
+            async with store.connection():
+                started = time.monotonic()
+                with pytest.raises(StoreTimeoutError, match="pool_max=1"):
+                    await store.fetch_val("SELECT 1")
+                assert time.monotonic() - started < 3
+            assert await store.fetch_val("SELECT 1") == 1
+        finally:
+            await store.close()
+
+    asyncio.run(main())
