@@ -1,0 +1,210 @@
+"""Pure checks shared by the graph backends: names, keys, property values, parameters.
+
+Labels, relationship types and property names end up *inside* the Cypher text
+(Cypher cannot bind them as parameters), so they are held to a strict pattern and
+always written between backticks; every value travels as a bound parameter.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Mapping
+from typing import Any, Final, Literal, cast
+
+from multistore.errors import InvalidQueryError, InvalidValueError
+
+__all__ = [
+    "KEY_PROPERTY",
+    "MAX_HOPS",
+    "Direction",
+    "PropertyValue",
+    "arrow",
+    "check_direction",
+    "check_k",
+    "check_key",
+    "check_max_hops",
+    "check_name",
+    "check_params",
+    "check_properties",
+    "quote",
+    "sort_nodes",
+]
+
+KEY_PROPERTY: Final = "key"
+"""The property that holds a node's key: a node is identified by (label, key)."""
+
+MAX_HOPS: Final = 100
+"""The largest ``max_hops`` :meth:`GraphStore.shortest_path` accepts."""
+
+_INT64_MIN: Final = -(2**63)
+_INT64_MAX: Final = 2**63 - 1
+_NAME_RE: Final = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,127}")
+_PARAM_RE: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")
+
+Direction = Literal["out", "in", "both"]
+Scalar = bool | int | float | str
+PropertyValue = Scalar | list[bool] | list[int] | list[float] | list[str]
+
+
+def check_name(name: object, kind: str = "label") -> str:
+    """A label or relationship type: a letter, then letters, digits or ``_``."""
+    if not isinstance(name, str) or not _NAME_RE.fullmatch(name):
+        raise InvalidQueryError(
+            f"invalid {kind} {name!r}: use a letter followed by letters, digits or '_' "
+            "(at most 128 characters)"
+        )
+    return name
+
+
+def _check_property_name(name: object) -> str:
+    if not isinstance(name, str) or not _NAME_RE.fullmatch(name):
+        raise InvalidValueError(
+            f"invalid property name {name!r}: use a letter followed by letters, digits "
+            "or '_' (at most 128 characters)"
+        )
+    return name
+
+
+def check_key(key: object) -> str:
+    """A node key: any string without NUL characters."""
+    if not isinstance(key, str):
+        raise InvalidValueError(f"a node key must be a string, not {type(key).__name__}")
+    if "\x00" in key:
+        raise InvalidValueError("a node key cannot contain NUL characters")
+    return key
+
+
+def _check_scalar(where: str, value: object) -> Scalar:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int):
+        if not _INT64_MIN <= value <= _INT64_MAX:
+            raise InvalidValueError(f"{where}: integer {value} does not fit in 64 bits")
+        return value
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise InvalidValueError(f"{where}: {value} is not a finite number")
+        return value
+    if isinstance(value, str):
+        if "\x00" in value:
+            raise InvalidValueError(f"{where}: strings cannot contain NUL characters")
+        return value
+    raise InvalidValueError(
+        f"{where}: a {type(value).__name__} cannot be stored; use None, bool, int, float, "
+        "str or a list of one of these"
+    )
+
+
+def _check_property(where: str, value: object) -> PropertyValue | None:
+    if value is None:
+        return None
+    if isinstance(value, list | tuple):
+        items = [_check_scalar(where, item) for item in cast(list[object], value)]
+        kinds = {_kind(item) for item in items}
+        if len(kinds) > 1 and kinds != {"int", "float"}:
+            raise InvalidValueError(
+                f"{where}: a list must hold one kind of value, not {sorted(kinds)}"
+            )
+        return cast(PropertyValue, items)
+    return _check_scalar(where, value)
+
+
+def _kind(value: Scalar) -> str:
+    return type(value).__name__
+
+
+def check_properties(
+    properties: Mapping[str, object] | None, what: str, key: str | None = None
+) -> dict[str, PropertyValue | None]:
+    """Check a property map; ``None`` values mean "remove / leave absent".
+
+    For a node, ``key`` is its key: a ``"key"`` entry must repeat it (and is dropped).
+    """
+    if properties is None:
+        return {}
+    if not isinstance(properties, Mapping):
+        raise InvalidValueError(f"{what}: properties must be a dict, not {type(properties)}")
+    result: dict[str, PropertyValue | None] = {}
+    for name, value in properties.items():
+        prop = _check_property_name(name)
+        if prop == KEY_PROPERTY:
+            if key is None or value != key:
+                raise InvalidValueError(
+                    f"{what}: the property {KEY_PROPERTY!r} is the node key "
+                    + ("and cannot be set on a relationship" if key is None else f"({key!r})")
+                )
+            continue
+        result[prop] = _check_property(f"{what}, property {prop!r}", value)
+    return result
+
+
+def check_direction(direction: object) -> Direction:
+    if direction not in ("out", "in", "both"):
+        raise InvalidQueryError(f"direction must be 'out', 'in' or 'both', not {direction!r}")
+    return direction
+
+
+def check_k(k: object) -> int:
+    if isinstance(k, bool) or not isinstance(k, int) or k < 0:
+        raise InvalidQueryError(f"k must be a non-negative integer, not {k!r}")
+    return k
+
+
+def check_max_hops(max_hops: object) -> int:
+    if isinstance(max_hops, bool) or not isinstance(max_hops, int) or not 1 <= max_hops <= MAX_HOPS:
+        raise InvalidQueryError(f"max_hops must be an integer in 1..{MAX_HOPS}, not {max_hops!r}")
+    return max_hops
+
+
+def _check_param(where: str, value: object, depth: int = 0) -> object:
+    if depth > 32:
+        raise InvalidValueError(f"{where}: nested too deeply")
+    if value is None:
+        return None
+    if isinstance(value, list | tuple):
+        return [_check_param(where, item, depth + 1) for item in cast(list[object], value)]
+    if isinstance(value, Mapping):
+        out: dict[str, object] = {}
+        for name, item in cast(Mapping[object, object], value).items():
+            if not isinstance(name, str) or not name or "`" in name or "\x00" in name:
+                raise InvalidValueError(f"{where}: map key {name!r} is not allowed")
+            out[name] = _check_param(where, item, depth + 1)
+        return out
+    return _check_scalar(where, value)
+
+
+def check_params(params: Mapping[str, object] | None, *, strict: bool) -> dict[str, Any]:
+    """Check query parameters. Names must be identifiers. With ``strict``, values
+    must be None, bool, int, float, str, lists and string-keyed maps of these (what
+    every backend can bind); otherwise values go to the driver unchecked."""
+    if params is None:
+        return {}
+    if not isinstance(params, Mapping):
+        raise InvalidQueryError(f"query parameters must be a dict, not {type(params).__name__}")
+    result: dict[str, Any] = {}
+    for name, value in params.items():
+        if not isinstance(name, str) or not _PARAM_RE.fullmatch(name):
+            raise InvalidQueryError(f"invalid query parameter name {name!r}")
+        result[name] = _check_param(f"parameter ${name}", value) if strict else value
+    return result
+
+
+def quote(name: str) -> str:
+    """A checked name as a Cypher identifier (backticks; names never contain one)."""
+    return f"`{name}`"
+
+
+def sort_nodes(nodes: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Nodes in a stable order: by key, then label."""
+    return sorted(nodes, key=lambda n: (str(n.get(KEY_PROPERTY, "")), str(n.get("_label", ""))))
+
+
+def arrow(rel_type: str | None, direction: Direction, var: str = "", hops: str = "") -> str:
+    """The relationship part of a pattern, e.g. ``-[r:`FOLLOWS`]->``."""
+    inner = var + (f":{quote(rel_type)}" if rel_type is not None else "") + hops
+    if direction == "out":
+        return f"-[{inner}]->"
+    if direction == "in":
+        return f"<-[{inner}]-"
+    return f"-[{inner}]-"
