@@ -8,7 +8,22 @@ import pytest
 
 import multistore
 
-PACKAGES = ["multistore", "multistore.stores", "multistore.errors", "multistore.urls"]
+PACKAGES = [
+    "multistore",
+    "multistore.errors",
+    "multistore.urls",
+    "multistore.config",
+    "multistore.stores",
+    "multistore.stores.kv",
+    "multistore.stores.document",
+    "multistore.stores.search",
+    "multistore.stores.relational",
+    "multistore.stores.graph",
+    "multistore.stores.widecolumn",
+    "multistore.stores.timeseries",
+    "multistore.lab.servers",
+    "multistore.lab.proxy",
+]
 
 
 @pytest.mark.parametrize("name", PACKAGES)

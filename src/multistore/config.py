@@ -33,10 +33,19 @@ from typing import Final
 
 from multistore.errors import ConfigError, MultistoreError
 from multistore.stores._base import Store
-from multistore.stores._registry import BACKENDS, backend_class, models_for_scheme
+from multistore.stores import _registry
+from multistore.stores._registry import backend_class, models_for_scheme
 from multistore.urls import StoreURL, parse_url
 
-__all__ = ["CONFIG_ENV", "ROLES", "Config", "RoleSpec", "load_config"]
+__all__ = [
+    "CONFIG_ENV",
+    "DEFAULT_DATA_DIR",
+    "DEFAULT_FILE",
+    "ROLES",
+    "Config",
+    "RoleSpec",
+    "load_config",
+]
 
 #: Environment variable naming the config file when none is given.
 CONFIG_ENV: Final = "MULTISTORE_CONFIG"
@@ -197,9 +206,9 @@ def _check_model(where: str, role: str, model: str, url: StoreURL) -> None:
             f"{where}: roles.{role} is a {model} role but its URL asks for model={url.model}; "
             f"drop ?model= from the URL"
         )
-    if (model, url.scheme) not in BACKENDS:
+    if (model, url.scheme) not in _registry.BACKENDS:
         serves = ", ".join(models_for_scheme(url.scheme)) or "no model yet"
-        choices = ", ".join(f"{s}://" for (m, s) in BACKENDS if m == model)
+        choices = ", ".join(f"{s}://" for (m, s) in _registry.BACKENDS if m == model)
         raise ConfigError(
             f"{where}: roles.{role} needs a {model} store, but {url.scheme}:// serves {serves}; "
             f"use one of {choices}"
@@ -221,7 +230,7 @@ def _unknown_role_message(role: str, path: Path | None) -> str:
 
 
 def _example_url(model: str) -> str:
-    for (m, scheme), _ in BACKENDS.items():
+    for m, scheme in _registry.BACKENDS:
         if m == model:
             return f"{scheme}://…"
     return "sqlite:///data.db"

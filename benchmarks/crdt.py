@@ -1,0 +1,202 @@
+"""``multistore bench crdt``: merging CRDT replicas, and how big their state is.
+
+Cases, at 10, 1,000 and 100,000 elements:
+
+* **OR-Set merge** and **cart merge** (``Cart`` = OR-Map of PN-Counters): two
+  replicas that share the elements and then changed a tenth of them
+  concurrently are merged into a new state. The anchor is pycrdt (the Yjs CRDT
+  in Rust, bound for Python) holding the same data in a ``Map`` (element -> True,
+  item -> quantity): a fresh ``Doc`` applies replica A's state update, then
+  replica B's — Yjs's way to merge two states; ours copies A and joins B in
+  memory. Yjs has no in-memory doc-to-doc merge, so its side includes decoding;
+  one more cart row at 1,000 items makes ours decode both JSON states too.
+* **State size**: the compact JSON of ``to_dict()`` against a plain JSON
+  encoding of the same data (a list of elements, ``{"items": {...}}``) —
+  ``speedup`` = plain / ours, so below 1 is the price of the causal metadata —
+  and, for the cart, against the Yjs update of the same cart.
+
+pycrdt is a benchmark-only dependency, imported lazily.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from benchmarks._harness import Row, compare
+from multistore.core import Cart, ORSet
+
+SIZES = (10, 1_000, 100_000)
+
+
+def _timing(size: int) -> dict[str, int]:
+    """Fewer operations for the big cases, so the whole run stays well under 90 s."""
+    if size >= 100_000:
+        return {"ops": 1, "rounds": 3, "warmup": 1}
+    if size >= 1_000:
+        return {"ops": 20, "rounds": 5, "warmup": 5}
+    return {"ops": 300, "rounds": 5, "warmup": 30}
+
+
+def _size_row(name: str, ours: int, anchor: int, anchor_name: str) -> Row:
+    return Row(
+        name=name,
+        metric="state size",
+        unit="bytes",
+        ours=float(ours),
+        anchor=float(anchor),
+        anchor_name=anchor_name,
+        speedup=round(anchor / ours, 3),
+    )
+
+
+def _compact(data: Any) -> bytes:
+    return json.dumps(data, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def _orset_replicas(size: int) -> tuple[ORSet[str], ORSet[str], ORSet[str]]:
+    """A shared start, then replica a removes a tenth and b adds a tenth, concurrently."""
+    a: ORSet[str] = ORSet("node-a")
+    for i in range(size):
+        a.add(f"user-{i:06d}")
+    base = a.copy()
+    b = a.rebind("node-b")
+    changed = max(1, size // 10)
+    for i in range(changed):
+        a.remove(f"user-{i:06d}")
+        b.add(f"user-{size + i:06d}")
+    return base, a, b
+
+
+def _cart_replicas(size: int) -> tuple[Cart, Cart, Cart]:
+    """A shared start, then replica a changes a tenth of the items and b adds a tenth."""
+    a = Cart("node-a")
+    for i in range(size):
+        a.add(f"sku-{i:06d}", i % 5 + 1)
+    base = a.copy()
+    b = a.rebind("node-b")
+    changed = max(1, size // 10)
+    for i in range(changed):
+        a.add(f"sku-{i:06d}", 1)
+        b.add(f"sku-{size + i:06d}", 2)
+    return base, a, b
+
+
+def _yjs_replicas(
+    base: dict[str, Any], values_a: dict[str, Any], values_b: dict[str, Any]
+) -> tuple[bytes, bytes]:
+    """The same history in Yjs: a shared start, then each side's changes; their full updates."""
+    from pycrdt import Doc, Map
+
+    doc_a: Doc[Any] = Doc()
+    start = doc_a.get("data", type=Map)
+    with doc_a.transaction():
+        for key, value in base.items():
+            start[key] = value
+    doc_b: Doc[Any] = Doc()
+    doc_b.apply_update(doc_a.get_update())
+    for doc, values in ((doc_a, values_a), (doc_b, values_b)):
+        data = doc.get("data", type=Map)
+        with doc.transaction():
+            for key, value in values.items():
+                if base.get(key) != value:
+                    data[key] = value
+            for key in base:
+                if key not in values:
+                    del data[key]
+    return doc_a.get_update(), doc_b.get_update()
+
+
+def _yjs_merge(update_a: bytes, update_b: bytes) -> Any:
+    from pycrdt import Doc
+
+    def merge() -> object:
+        doc: Doc[Any] = Doc()
+        doc.apply_update(update_a)
+        doc.apply_update(update_b)
+        return doc
+
+    return merge
+
+
+async def _orset_cases(size: int) -> list[Row]:
+    base, a, b = _orset_replicas(size)
+    update_a, update_b = _yjs_replicas(
+        dict.fromkeys(base.value, True), dict.fromkeys(a.value, True), dict.fromkeys(b.value, True)
+    )
+
+    async def ours() -> object:
+        return a.merge(b)
+
+    rows = [
+        await compare(
+            f"OR-Set merge, {size:,} elements",
+            ours,
+            _yjs_merge(update_a, update_b),
+            "pycrdt (Yjs) Map, apply both updates",
+            **_timing(size),
+        )
+    ]
+    merged = a.merge(b)
+    plain = _compact(sorted(merged.value))
+    rows.append(
+        _size_row(
+            f"OR-Set state, {size:,} elements",
+            len(merged.to_json().encode()),
+            len(plain),
+            "plain JSON",
+        )
+    )
+    return rows
+
+
+async def _cart_cases(size: int) -> list[Row]:
+    base, a, b = _cart_replicas(size)
+    update_a, update_b = _yjs_replicas(base.quantities(), a.quantities(), b.quantities())
+
+    async def ours() -> object:
+        return a.merge(b)
+
+    rows = [
+        await compare(
+            f"cart merge, {size:,} items",
+            ours,
+            _yjs_merge(update_a, update_b),
+            "pycrdt (Yjs) Map, apply both updates",
+            **_timing(size),
+        )
+    ]
+    if size == 1_000:
+        # Yjs above decodes both states from bytes; do the same: decode our JSON, then merge.
+        wire_a, wire_b = a.to_json(), b.to_json()
+
+        async def ours_from_wire() -> object:
+            left = Cart.from_dict(json.loads(wire_a), node="node-c")
+            return left.merge(Cart.from_dict(json.loads(wire_b), node="node-c"))
+
+        rows.append(
+            await compare(
+                f"cart merge from the wire (decode both states), {size:,} items",
+                ours_from_wire,
+                _yjs_merge(update_a, update_b),
+                "pycrdt (Yjs) Map, apply both updates",
+                **_timing(size),
+            )
+        )
+    merged = a.merge(b)
+    ours_size = len(merged.to_json().encode())
+    plain = _compact({"items": merged.quantities()})
+    rows.append(_size_row(f"cart state, {size:,} items", ours_size, len(plain), "plain JSON"))
+    doc = _yjs_merge(update_a, update_b)()
+    rows.append(
+        _size_row(f"cart state, {size:,} items", ours_size, len(doc.get_update()), "Yjs update")
+    )
+    return rows
+
+
+async def run() -> list[Row]:
+    rows: list[Row] = []
+    for size in SIZES:
+        rows += await _orset_cases(size)
+        rows += await _cart_cases(size)
+    return rows

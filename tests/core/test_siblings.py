@@ -1,0 +1,192 @@
+"""The sibling store: writes with a causal context, merge laws, exactness, the sibling limit."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from multistore.core import (
+    HLCTimestamp,
+    Ordering,
+    Siblings,
+    SiblingSet,
+    Versioned,
+    VersionVector,
+)
+from multistore.errors import InvalidValueError
+
+SETTINGS = settings(max_examples=100, deadline=None)
+STEPS = st.lists(
+    st.tuples(st.integers(0, 9), st.integers(0, 4), st.integers(0, 4), st.integers(0, 999)),
+    min_size=1,
+    max_size=25,
+)
+
+
+class Run:
+    """Replicas of one key, each at node n<i>, with clients reading and writing through them."""
+
+    def __init__(self, n: int) -> None:
+        self.replicas: list[SiblingSet[int]] = [SiblingSet() for _ in range(n)]
+        self.reads: list[VersionVector] = [VersionVector()]  # contexts clients have read
+        self.written: list[Versioned[int]] = []
+        self.write_contexts: list[VersionVector] = []
+        self.snapshots: list[SiblingSet[int]] = []
+        self.time = 0
+
+    def play(self, steps: list[tuple[int, int, int, int]], *, with_add: bool) -> Run:
+        n = len(self.replicas)
+        for action, i, j, k in steps:
+            i, j = i % n, j % n
+            if action < 6:  # a client writes through replica i, based on some earlier read
+                context = self.reads[k % len(self.reads)]
+                self.time += 1
+                write = self.replicas[i].write(
+                    len(self.written),
+                    node=f"n{i}",
+                    hlc=HLCTimestamp(self.time, 0, f"n{i}"),
+                    context=context,
+                )
+                self.replicas[i] = write.siblings
+                self.written.append(write.version)
+                self.write_contexts.append(context)
+            elif action < 8 or not (with_add and self.written):
+                self.replicas[i] = self.replicas[i].merge(self.replicas[j])
+            else:
+                self.replicas[i] = self.replicas[i].add(self.written[k % len(self.written)])
+            self.reads.append(self.replicas[i].context)
+            self.snapshots.append(self.replicas[i])
+        return self
+
+
+@SETTINGS
+@given(
+    n=st.integers(3, 5),
+    steps=STEPS,
+    with_add=st.booleans(),
+    picks=st.lists(st.integers(0, 999), min_size=3, max_size=3),
+)
+def test_sibling_merge_is_commutative_associative_idempotent(
+    n: int, steps: list[tuple[int, int, int, int]], with_add: bool, picks: list[int]
+) -> None:
+    run = Run(n).play(steps, with_add=with_add)
+    pool = run.snapshots
+    a, b, c = (pool[p % len(pool)] for p in picks)
+    assert a.merge(b) == b.merge(a)
+    assert a.merge(b).merge(c) == a.merge(b.merge(c))
+    assert a.merge(a) == a
+
+
+@SETTINGS
+@given(n=st.integers(3, 5), steps=STEPS, rnd=st.randoms(use_true_random=False))
+def test_exactly_the_versions_no_write_superseded_survive(
+    n: int, steps: list[tuple[int, int, int, int]], rnd: random.Random
+) -> None:
+    """After full sync, in any order, the siblings are exactly the written versions whose
+    dot no later write's context covered: nothing concurrent is lost, nothing stale kept."""
+    run = Run(n).play(steps, with_add=False)
+    expected = {
+        v.dot for v in run.written if not any(ctx.contains(v.dot) for ctx in run.write_contexts)
+    }
+    states = list(run.replicas) + run.snapshots
+    rnd.shuffle(states)
+    final: SiblingSet[int] = SiblingSet()
+    for state in states:
+        final = final.merge(state)
+    assert {v.dot for v in final} == expected
+    for v in final:
+        for w in final:
+            if v is not w:
+                assert v.compare(w) is not Ordering.EQUAL
+
+
+def _ts(t: int, node: str = "s") -> HLCTimestamp:
+    return HLCTimestamp(t, 0, node)
+
+
+def test_a_write_supersedes_what_its_context_covers_and_keeps_the_rest() -> None:
+    store: SiblingSet[str] = SiblingSet()
+    first = store.write("v1", node="s", hlc=_ts(1), context=VersionVector())
+    store = first.siblings
+    read = store.context  # client 1 reads v1
+    store = store.write("v2", node="s", hlc=_ts(2), context=VersionVector()).siblings  # blind
+    assert store.values == ("v1", "v2")
+    result = store.write("v3", node="s", hlc=_ts(3), context=read)
+    assert result.superseded == (first.version,)  # client 1 saw v1 only
+    assert result.siblings.values == ("v2", "v3")  # v2 was concurrent with it
+    assert result.dropped == ()
+    final = result.siblings.write("v4", node="s", hlc=_ts(4), context=result.siblings.context)
+    assert final.siblings.values == ("v4",)
+
+
+def test_two_clients_with_the_same_read_both_survive_through_one_server() -> None:
+    """The dotted-version-vector property: a plain per-server vector would call the
+    second write newer and lose the first."""
+    store = SiblingSet[str]().write("base", node="s", hlc=_ts(1), context=VersionVector())
+    read = store.siblings.context
+    one = store.siblings.write("alice", node="s", hlc=_ts(2), context=read)
+    two = one.siblings.write("bob", node="s", hlc=_ts(3), context=read)
+    assert two.siblings.values == ("alice", "bob")
+    assert one.dvv.compare(two.dvv) is Ordering.CONCURRENT
+
+
+def test_sibling_limit_keeps_the_newest_and_reports_the_dropped() -> None:
+    store: SiblingSet[str] = SiblingSet()
+    for t, value in enumerate(["a", "b", "c"], start=1):
+        store = store.write(value, node="s", hlc=_ts(t), context=VersionVector()).siblings
+    result = store.write("d", node="s", hlc=_ts(4), context=VersionVector(), limit=2)
+    assert result.siblings.values == ("c", "d")
+    assert [v.value for v in result.dropped] == ["a", "b"]
+    assert result.superseded == ()
+    # the drop sticks: a replica that still holds "a" and "b" loses them on merge
+    assert result.siblings.merge(store).values == ("c", "d")
+    assert store.merge(result.siblings).values == ("c", "d")
+
+
+def test_the_new_write_is_kept_even_if_its_clock_is_behind() -> None:
+    store: SiblingSet[str] = SiblingSet()
+    store = store.write("newer", node="s", hlc=_ts(10), context=VersionVector()).siblings
+    result = store.write("mine", node="s", hlc=_ts(1), context=VersionVector(), limit=1)
+    assert result.siblings.values == ("mine",)
+    assert [v.value for v in result.dropped] == ["newer"]
+
+
+def test_merge_never_drops_so_a_merged_set_may_exceed_the_limit_until_trimmed() -> None:
+    a = SiblingSet[str]().write("a", node="a", hlc=_ts(1, "a"), context=VersionVector(), limit=1)
+    b = SiblingSet[str]().write("b", node="b", hlc=_ts(2, "b"), context=VersionVector(), limit=1)
+    merged = a.siblings.merge(b.siblings)
+    assert len(merged) == 2
+    trimmed, dropped = merged.trim(1)
+    assert trimmed.values == ("b",) and [v.value for v in dropped] == ["a"]
+    assert trimmed.context == merged.context
+    with pytest.raises(InvalidValueError, match="sibling limit"):
+        merged.trim(0)
+
+
+def test_add_receives_single_versions() -> None:
+    v1 = Versioned("x", _ts(1, "a"), VersionVector({"a": 1}), "a")
+    v2 = Versioned("y", _ts(2, "b"), VersionVector({"b": 1}), "b")
+    v3 = Versioned("z", _ts(3, "a"), VersionVector({"a": 2, "b": 1}), "a")
+    s = SiblingSet[str]().add(v1).add(v2)
+    assert s.values == ("x", "y") and s.newest == v2
+    s = s.add(v3)
+    assert s.values == ("z",)
+    assert s.add(v1) == s  # an old version arriving late changes nothing
+    assert SiblingSet([v1, v2, v3]) == s
+    assert SiblingSet.from_dict(s.to_dict()) == s
+    assert Siblings is SiblingSet
+
+
+def test_versioned_validates_and_round_trips() -> None:
+    v = Versioned({"items": {"a": 1}}, _ts(1, "a"), VersionVector({"a": 1}), "a")
+    assert Versioned.from_dict(v.to_dict()) == v
+    assert v.dot.counter == 1
+    with pytest.raises(InvalidValueError, match="must count its own event"):
+        Versioned("x", _ts(1), VersionVector({"b": 1}), "a")
+    with pytest.raises(InvalidValueError, match="HLCTimestamp"):
+        Versioned("x", 5, VersionVector({"a": 1}), "a")  # type: ignore[arg-type]
+    with pytest.raises(InvalidValueError, match="not in the set's context"):
+        SiblingSet.from_dict({"versions": [v.to_dict()], "context": {}})
