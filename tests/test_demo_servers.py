@@ -1,0 +1,100 @@
+"""The demo's polyglot section runs unchanged when multistore.toml points the roles at
+real servers (the README's sample config, with the fixtures' ports)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from multistore.lab.servers import (
+    FalkorDBServer,
+    InfluxDBServer,
+    MariaDBServer,
+    PostgresServer,
+    RedisServer,
+)
+
+pytestmark = pytest.mark.server
+
+
+def test_demo_on_servers(
+    tmp_path: Path,
+    redis_server: RedisServer,
+    postgres_server: PostgresServer,
+    mariadb_server: MariaDBServer,
+    falkordb_server: FalkorDBServer,
+    influxdb_server: InfluxDBServer,
+) -> None:
+    redis_server.flushall()
+    shop = postgres_server.create_database()
+    orders = mariadb_server.create_database()
+    logs = postgres_server.create_database()
+    config = tmp_path / "multistore.toml"
+    config.write_text(
+        "[roles]\n"
+        f'sessions = "{redis_server.url(0)}"\n'
+        f'profiles = "{shop}"\n'
+        f'catalog = "{shop}"\n'
+        f'orders = "{orders}"\n'
+        f'social = "{falkordb_server.url(graph="social")}"\n'
+        f'metrics = "{influxdb_server.create_database()}"\n'
+        f'idempotency = "{redis_server.url(1)}"\n'
+        f'sagas = "{logs}"\n'
+        f'transactions = "{logs}"\n'
+    )
+    env = {k: v for k, v in os.environ.items() if k != "MULTISTORE_CONFIG"}
+    for _ in range(2):  # a second run over the same servers must work too
+        result = subprocess.run(
+            [sys.executable, "-m", "multistore", "demo", "--json", "--config", str(config)],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=False,
+        )
+        assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    sections = {s["title"].split(":")[0]: s for s in report["sections"]}
+    poly = sections["polyglot persistence"]
+    assert poly["sessions"]["backend"] == "redis"
+    assert poly["sessions"]["ttl_seconds"] == 3600
+    assert poly["profiles"]["backend"] == "postgresql"
+    names = [d["name"] for d in poly["profiles"]["electronics_under_1000_by_price_desc"]]
+    assert names == ["Laptop", "Phone"]
+    assert poly["catalog"]["backend"] == "postgresql"
+    assert poly["catalog"]["hits"] == ["prod_123"]
+    assert poly["orders"]["backend"] == "mariadb"
+    assert poly["orders"]["orders_last_30_days"][0]["total"] == pytest.approx(1059.96)
+    assert poly["social"]["backend"] == "falkordb"
+    assert poly["social"]["friends_of_friends_of_alice"] == ["Carol"]
+    assert poly["social"]["shortest_path_alice_bob"] == ["Alice", "Bob"]
+    assert poly["metrics"]["backend"] == "influxdb"
+    assert poly["metrics"]["points_written"] == 30
+    assert len(poly["metrics"]["mean_response_time_per_5m"]) == 12
+
+
+def test_demo_on_embedded_stores_gives_the_same_answers(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if k != "MULTISTORE_CONFIG"}
+    result = subprocess.run(
+        [sys.executable, "-m", "multistore", "demo", "--json"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    poly = json.loads(result.stdout)["sections"][1]
+    assert poly["sessions"]["backend"] == "sqlite"
+    assert poly["catalog"]["hits"] == ["prod_123"]
+    assert poly["catalog"]["facets"] == {"electronics": 2, "accessories": 1}
+    assert poly["social"]["friends_of_friends_of_alice"] == ["Carol"]
+    assert poly["readings"]["sensor_001_after_midnight"] == 31
+    assert poly["readings"]["newest"] == "2024-01-15T15:30:00+00:00"
