@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-__all__ = ["BenchEnv", "Row", "compare"]
+__all__ = ["BenchEnv", "Row", "compare", "compare_throughput"]
 
 
 @dataclass(frozen=True)
@@ -129,3 +129,40 @@ class BenchEnv:
         for server in self._servers.values():
             server.cleanup()
         self._servers.clear()
+
+
+async def compare_throughput(
+    name: str,
+    ours: Callable[[], Awaitable[float]],
+    anchor: Callable[[], Awaitable[float]],
+    anchor_name: str,
+    *,
+    unit: str = "ops/s",
+    rounds: int = 3,
+) -> Row:
+    """Median throughput of ``ours`` vs ``anchor``, alternating rounds.
+
+    Each callable runs one timed round (after its own warm-up) and returns the
+    operations completed per second; ``speedup`` is ours / anchor (above 1: ours
+    is faster).
+    """
+    ours_rates: list[float] = []
+    anchor_rates: list[float] = []
+    for i in range(rounds):
+        if i % 2 == 0:
+            ours_rates.append(await ours())
+            anchor_rates.append(await anchor())
+        else:
+            anchor_rates.append(await anchor())
+            ours_rates.append(await ours())
+    ours_rate = statistics.median(ours_rates)
+    anchor_rate = statistics.median(anchor_rates)
+    return Row(
+        name=name,
+        metric="throughput",
+        unit=unit,
+        ours=round(ours_rate, 1),
+        anchor=round(anchor_rate, 1),
+        anchor_name=anchor_name,
+        speedup=round(ours_rate / anchor_rate, 3) if anchor_rate > 0 else float("inf"),
+    )

@@ -23,7 +23,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from benchmarks._harness import Row, compare
+from benchmarks._harness import Row, compare, compare_throughput
 from multistore.core import Cart, ORSet
 
 SIZES = (10, 1_000, 100_000)
@@ -194,9 +194,85 @@ async def _cart_cases(size: int) -> list[Row]:
     return rows
 
 
+REPLICATED_CHANGES = 1_000
+
+
+async def _replication_case() -> Row:
+    """Changes applied per second between two embedded (SQLite) multi-master nodes.
+
+    Node a holds 1,000 cart writes (100 keys); a fresh node b pulls and applies
+    them all (dedupe check, merge, state and log rows, in batches of 200). The
+    anchor is the floor of the same storage work: sqlite3 inserting the same
+    1,000 change rows and upserting the states, one transaction per 200.
+    """
+    import sqlite3
+    import tempfile
+    import time
+
+    from multistore.core import MergeFunction, merge_carts
+    from multistore.replication._multimaster import MultiMasterNode
+    from multistore.replication._replicator import Replicator
+
+    folder = tempfile.mkdtemp(prefix="msbench-mm-")
+    resolver = MergeFunction(merge_carts)
+    source = await MultiMasterNode.open(f"sqlite:///{folder}/a.db", "a", resolver=resolver)
+    for i in range(REPLICATED_CHANGES):
+        await source.put(f"cart:{i % 100}", {"items": {f"sku-{i}": i % 5 + 1}})
+    bodies = [json.dumps(c.to_dict()) for c in (await source.changes_after(0, 10**6))[0]]
+    run_number = 0
+
+    async def ours() -> float:
+        nonlocal run_number
+        run_number += 1
+        url = f"sqlite:///{folder}/b{run_number}.db"
+        target = await MultiMasterNode.open(url, "b", resolver=resolver)
+        try:
+            start = time.perf_counter()
+            await Replicator([source, target], push=False).sync()
+            elapsed = time.perf_counter() - start
+        finally:
+            await target.close()
+        return REPLICATED_CHANGES / elapsed
+
+    async def anchor() -> float:
+        nonlocal run_number
+        run_number += 1
+        db = sqlite3.connect(f"{folder}/raw{run_number}.db", isolation_level=None)
+        db.execute("PRAGMA journal_mode=wal")
+        db.execute("PRAGMA synchronous=normal")
+        db.execute("CREATE TABLE log (origin TEXT, seq INT, body TEXT, PRIMARY KEY (origin, seq))")
+        db.execute("CREATE TABLE data (key TEXT PRIMARY KEY, state TEXT)")
+        start = time.perf_counter()
+        for first in range(0, len(bodies), 200):
+            db.execute("BEGIN")
+            for seq, body in enumerate(bodies[first : first + 200], start=first + 1):
+                db.execute("INSERT INTO log VALUES ('a', ?, ?)", (seq, body))
+                db.execute(
+                    "INSERT INTO data VALUES (?, ?) "
+                    "ON CONFLICT (key) DO UPDATE SET state = excluded.state",
+                    (f"cart:{seq % 100}", body),
+                )
+            db.execute("COMMIT")
+        elapsed = time.perf_counter() - start
+        db.close()
+        return REPLICATED_CHANGES / elapsed
+
+    try:
+        return await compare_throughput(
+            "multi-master replication, 2 embedded nodes",
+            ours,
+            anchor,
+            "raw sqlite3 inserts",
+            unit="changes/s",
+        )
+    finally:
+        await source.close()
+
+
 async def run() -> list[Row]:
     rows: list[Row] = []
     for size in SIZES:
         rows += await _orset_cases(size)
         rows += await _cart_cases(size)
+    rows.append(await _replication_case())
     return rows

@@ -15,7 +15,9 @@ from multistore import ErrorCode
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _run(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+def _run(
+    *args: str, cwd: Path, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     full_env = {k: v for k, v in os.environ.items() if k != "MULTISTORE_CONFIG"}
     full_env.update(env or {})
     return subprocess.run(

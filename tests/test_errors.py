@@ -59,3 +59,11 @@ def test_no_builtin_is_shadowed() -> None:
 
     for cls in _error_classes():
         assert not hasattr(builtins, cls.__name__)
+
+
+def test_every_code_is_documented() -> None:
+    from pathlib import Path
+
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "errors.md").read_text()
+    for code in ErrorCode:
+        assert f"| {int(code)} | {code.slug} |" in doc, f"{code.name} missing from docs/errors.md"

@@ -21,6 +21,9 @@ PACKAGES = [
     "multistore.stores.graph",
     "multistore.stores.widecolumn",
     "multistore.stores.timeseries",
+    "multistore.core",
+    "multistore.consistency",
+    "multistore.replication",
     "multistore.lab.servers",
     "multistore.lab.proxy",
 ]

@@ -32,8 +32,8 @@ from pathlib import Path
 from typing import Final
 
 from multistore.errors import ConfigError, MultistoreError
-from multistore.stores._base import Store
 from multistore.stores import _registry
+from multistore.stores._base import Store
 from multistore.stores._registry import backend_class, models_for_scheme
 from multistore.urls import StoreURL, parse_url
 
@@ -70,7 +70,7 @@ ROLES: Final[Mapping[str, tuple[str, str, str]]] = {
     ),
 }
 
-_TOP_LEVEL_KEYS: Final = frozenset({"roles", "multistore"})
+_TOP_LEVEL_KEYS: Final = frozenset({"roles", "multistore", "participants"})
 _SETTINGS_KEYS: Final = frozenset({"data_dir"})
 
 
@@ -96,6 +96,8 @@ class Config:
     path: Path | None
     data_dir: Path
     roles: Mapping[str, RoleSpec]
+    participants: Mapping[str, StoreURL] = dataclasses.field(default_factory=dict)
+    """Two-phase commit participants by name (``[participants]``), for recovery."""
 
     def role(self, name: str) -> RoleSpec:
         try:
@@ -148,7 +150,8 @@ def _load_file(path: Path) -> Config:
     for key in data:
         if key not in _TOP_LEVEL_KEYS:
             raise ConfigError(
-                f"{path}: unknown section [{key}]; the file has [roles] and [multistore]"
+                f"{path}: unknown section [{key}]; the file has [roles], [participants] "
+                "and [multistore]"
             )
     roles = data.get("roles", {})
     settings = data.get("multistore", {})
@@ -161,7 +164,19 @@ def _load_file(path: Path) -> Config:
             raise ConfigError(
                 f"{path}: unknown key multistore.{key}; known: {', '.join(sorted(_SETTINGS_KEYS))}"
             )
-    return _build(path, path.parent, roles, settings)
+    config = _build(path, path.parent, roles, settings)
+    participants = data.get("participants", {})
+    if not isinstance(participants, dict):
+        raise ConfigError(f"{path}: 'participants' must be a table of name = URL")
+    parsed: dict[str, StoreURL] = {}
+    for name, value in participants.items():
+        if not isinstance(value, str):
+            raise ConfigError(f"{path}: participants.{name} must be a URL string")
+        try:
+            parsed[name] = _anchor(parse_url(value), path.parent)
+        except MultistoreError as exc:
+            raise ConfigError(f"{path}: participants.{name}: {exc}") from None
+    return dataclasses.replace(config, participants=parsed)
 
 
 def _build(

@@ -30,7 +30,15 @@ from urllib.parse import parse_qsl, quote, unquote, urlsplit
 
 from multistore.errors import InvalidURLError
 
-__all__ = ["FILE_SCHEMES", "SCHEMES", "SERVER_SCHEMES", "OptionValue", "StoreURL", "parse_url"]
+__all__ = [
+    "FILE_SCHEMES",
+    "MIXED_SCHEMES",
+    "SCHEMES",
+    "SERVER_SCHEMES",
+    "OptionValue",
+    "StoreURL",
+    "parse_url",
+]
 
 #: Scheme aliases that users write, mapped to the canonical scheme.
 _ALIASES: Final[Mapping[str, str]] = {
@@ -44,8 +52,11 @@ FILE_SCHEMES: Final[frozenset[str]] = frozenset({"sqlite", "tantivy", "ladybug",
 SERVER_SCHEMES: Final[frozenset[str]] = frozenset(
     {"redis", "postgresql", "mariadb", "falkordb", "influxdb"}
 )
+#: Schemes that name either a folder (``quorum:///dir`` — embedded nodes) or servers
+#: (``quorum://host:port/0?peers=…`` — Redis nodes).
+MIXED_SCHEMES: Final[frozenset[str]] = frozenset({"quorum"})
 #: The allow-list of canonical schemes.
-SCHEMES: Final[frozenset[str]] = FILE_SCHEMES | SERVER_SCHEMES
+SCHEMES: Final[frozenset[str]] = FILE_SCHEMES | SERVER_SCHEMES | MIXED_SCHEMES
 
 _DEFAULT_PORTS: Final[Mapping[str, int]] = {
     "redis": 6379,
@@ -53,6 +64,7 @@ _DEFAULT_PORTS: Final[Mapping[str, int]] = {
     "mariadb": 3306,
     "falkordb": 6379,
     "influxdb": 8086,
+    "quorum": 6379,
 }
 
 _BOOL_TRUE = {"1", "true", "yes", "on"}
@@ -72,6 +84,12 @@ _OPTION_TYPES: Final[Mapping[str, type]] = {
     "synchronous": str,
     "create": bool,
     "ssl": bool,
+    "nodes": int,
+    "n": int,
+    "r": str,
+    "w": str,
+    "vnodes": int,
+    "peers": str,
 }
 _OPTION_SCHEMES: Final[Mapping[str, frozenset[str]]] = {
     "pool_min": frozenset({"postgresql", "mariadb", "redis", "falkordb"}),
@@ -80,6 +98,12 @@ _OPTION_SCHEMES: Final[Mapping[str, frozenset[str]]] = {
     "journal_mode": frozenset({"sqlite"}),
     "synchronous": frozenset({"sqlite"}),
     "ssl": frozenset({"redis", "falkordb", "influxdb", "mariadb"}),
+    "nodes": frozenset({"quorum"}),
+    "n": frozenset({"quorum"}),
+    "r": frozenset({"quorum"}),
+    "w": frozenset({"quorum"}),
+    "vnodes": frozenset({"quorum"}),
+    "peers": frozenset({"quorum"}),
 }
 _MODELS: Final[frozenset[str]] = frozenset(
     {"kv", "document", "search", "relational", "graph", "widecolumn", "timeseries"}
@@ -102,7 +126,8 @@ class StoreURL:
 
     @property
     def is_file(self) -> bool:
-        return self.scheme in FILE_SCHEMES
+        """True when the URL names a path on this machine rather than a server."""
+        return self.scheme in FILE_SCHEMES or (self.scheme in MIXED_SCHEMES and not self.host)
 
     @property
     def path(self) -> str:
@@ -290,7 +315,9 @@ def _parse_text(text: str) -> StoreURL:
         allowed = ", ".join(sorted(SCHEMES))
         raise InvalidURLError(f"unknown scheme {raw_scheme!r}; allowed schemes: {allowed}")
     source = f"URL {_redact(text)!r}"
-    if scheme in FILE_SCHEMES:
+    if scheme in FILE_SCHEMES or (
+        scheme in MIXED_SCHEMES and text.split("://", 1)[1].startswith("/")
+    ):
         return _parse_file(scheme, text, source)
     return _parse_server(scheme, text, source)
 

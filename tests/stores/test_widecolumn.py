@@ -1,6 +1,6 @@
 """The wide-column conformance suite, run against every wide-column backend.
 
-Backends: SQLite now; the quorum cluster of Redis nodes joins the ``wc_url`` params later.
+Backends: SQLite, and the quorum cluster (embedded SQLite nodes, and Redis nodes).
 """
 
 from __future__ import annotations
@@ -41,9 +41,15 @@ EVENTS = TableSchema(
 )
 
 
-@pytest.fixture(params=["sqlite"])
+@pytest.fixture(params=["sqlite", "quorum", pytest.param("quorum-redis", marks=pytest.mark.server)])
 def wc_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    return f"sqlite:///{tmp_path / 'wc.db'}?model=widecolumn"
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'wc.db'}?model=widecolumn"
+    # The quorum cluster: 3 nodes, N=3, QUORUM reads and writes.
+    if request.param == "quorum":
+        return f"quorum:///{tmp_path / 'quorum'}?nodes=3&n=3"
+    node = request.getfixturevalue("redis_url").removeprefix("redis://").rsplit("/", 1)[0]
+    return f"quorum://{node}/0?n=3&peers={node}/1,{node}/2"
 
 
 async def _open(url: str) -> WideColumnStore:

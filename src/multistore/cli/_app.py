@@ -74,9 +74,10 @@ def _print_json(data: Any) -> None:
 def demo(config: ConfigOption = None, as_json: JsonOption = False) -> None:
     """Run the seed's e-commerce system end to end on the configured stores
     (embedded by default) and print what each part did."""
-    from multistore.cli._demo import run_demo
 
     def body() -> None:
+        from multistore.cli._demo import run_demo
+
         report = asyncio.run(run_demo(config, quiet=as_json))
         if as_json:
             _print_json(report)
@@ -87,9 +88,10 @@ def demo(config: ConfigOption = None, as_json: JsonOption = False) -> None:
 @app.command()
 def status(config: ConfigOption = None, as_json: JsonOption = False) -> None:
     """Show every role's store: model, backend, URL (password hidden) and whether it opens."""
-    from multistore.cli._demo import run_status
 
     def body() -> None:
+        from multistore.cli._demo import run_status
+
         report = asyncio.run(run_status(config, quiet=as_json))
         if as_json:
             _print_json(report)
@@ -109,14 +111,157 @@ def bench(
     ] = None,
 ) -> None:
     """Run benchmarks/NAME and print ours vs the anchor as ratios (above 1 = ours better)."""
-    from multistore.cli._bench import print_rows, run_benchmark
 
     def body() -> None:
+        from multistore.cli._bench import print_rows, run_benchmark
+
         rows = run_benchmark(name, directory, progress=not as_json)
         if as_json:
             _print_json(rows)
         else:
             print_rows(name, rows)
+
+    _guard(body)
+
+
+@app.command()
+def sagas(
+    config: ConfigOption = None,
+    as_json: JsonOption = False,
+    state: Annotated[
+        str | None,
+        typer.Option("--state", help="Only sagas in this state (e.g. stuck, running)."),
+    ] = None,
+    saga_id: Annotated[
+        str | None, typer.Option("--id", help="Show one saga with its step history.")
+    ] = None,
+    limit: Annotated[int, typer.Option("--limit", min=1, help="At most this many.")] = 100,
+) -> None:
+    """List sagas in the saga log (the `sagas` role), or show one with its steps."""
+
+    def body() -> None:
+        from multistore.cli._ops import run_sagas
+
+        report = asyncio.run(
+            run_sagas(config, state=state, saga_id=saga_id, limit=limit, quiet=as_json)
+        )
+        if as_json:
+            _print_json(report)
+
+    _guard(body)
+
+
+@app.command()
+def recover(
+    config: ConfigOption = None,
+    as_json: JsonOption = False,
+    participant: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--participant",
+            "-p",
+            help="A 2PC participant as NAME=URL (repeatable; adds to [participants]).",
+        ),
+    ] = None,
+    retry_for: Annotated[
+        float, typer.Option("--retry-for", min=0, help="Keep retrying down participants (s).")
+    ] = 0.0,
+) -> None:
+    """Resolve in-doubt two-phase-commit transactions from the decision log (the
+    `transactions` role) and list stuck sagas for an operator."""
+
+    def body() -> None:
+        from multistore.cli._ops import run_recover
+
+        report = asyncio.run(
+            run_recover(config, participants=participant or [], retry_for=retry_for, quiet=as_json)
+        )
+        if as_json:
+            _print_json(report)
+        if not report["transactions"].get("resolved", True):
+            raise typer.Exit(code=int(ErrorCode.TRANSACTION_INDETERMINATE))
+
+    _guard(body)
+
+
+lab_app = typer.Typer(
+    help="Fault-injection labs: run a workload under faults and check the history.",
+    no_args_is_help=True,
+)
+app.add_typer(lab_app, name="lab")
+
+
+@lab_app.command("quorum")
+def lab_quorum_command(
+    n: Annotated[int, typer.Option("--n", "-n", help="Replication factor N.")] = 3,
+    r: Annotated[
+        str, typer.Option("--r", "-r", help="Read level: one, quorum, all or a number.")
+    ] = "quorum",
+    w: Annotated[
+        str, typer.Option("--w", "-w", help="Write level: one, quorum, all or a number.")
+    ] = "quorum",
+    m: Annotated[int, typer.Option("--m", "-m", help="Nodes in the cluster (N <= M).")] = 3,
+    ops: Annotated[int, typer.Option(help="Operations in the workload.")] = 600,
+    concurrency: Annotated[int, typer.Option(help="Concurrent workers.")] = 6,
+    duration: Annotated[float, typer.Option(help="Seconds the operations are spread over.")] = 4.0,
+    keys: Annotated[int, typer.Option(help="Distinct keys (registers).")] = 4,
+    mix: Annotated[
+        str, typer.Option(help="Operation weights, e.g. read=0.5,write=0.3,rmw=0.2.")
+    ] = "read=0.5,write=0.3,rmw=0.2",
+    seed: Annotated[int, typer.Option(help="Random seed of the workload and chaos.")] = 0,
+    nodes: Annotated[
+        str, typer.Option(help="Topology: embedded (SQLite nodes) or redis (real servers).")
+    ] = "embedded",
+    faults: Annotated[
+        str, typer.Option(help="Fault schedule: none, kill, partition, latency, skew or chaos.")
+    ] = "none",
+    timeout: Annotated[float, typer.Option(help="Per-replica timeout (seconds).")] = 0.5,
+    coordinators: Annotated[
+        int, typer.Option(help="Coordinators (clients) sharing the cluster.")
+    ] = 2,
+    history: Annotated[
+        Path | None,
+        typer.Option("--history", help="Write the history as JSON lines.", dir_okay=False),
+    ] = None,
+    plot: Annotated[
+        Path | None,
+        typer.Option(
+            "--plot",
+            help="Draw P(stale read) vs time since the write and latencies (PNG).",
+            dir_okay=False,
+        ),
+    ] = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Run a read/write workload against a quorum cluster it starts itself, inject
+    faults on a schedule, and check the recorded history (stale reads, lost writes,
+    monotonic reads, linearizability per key, staleness vs time)."""
+
+    def body() -> None:
+        from multistore.lab._quorum_lab import format_lab_report, lab_quorum
+
+        report = lab_quorum(
+            n=n,
+            r=r,
+            w=w,
+            m=m,
+            ops=ops,
+            concurrency=concurrency,
+            duration=duration,
+            keys=keys,
+            mix=mix,
+            seed=seed,
+            nodes=nodes,
+            faults=faults,
+            timeout=timeout,
+            coordinators=coordinators,
+            history=history,
+            plot=plot,
+        )
+        if as_json:
+            _print_json(report)
+        else:
+            print(format_lab_report(report))
 
     _guard(body)
 

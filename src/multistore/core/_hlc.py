@@ -22,7 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final
 
-from multistore.errors import ConflictError, InvalidValueError
+from multistore.errors import ClockSkewError, InvalidValueError
 
 __all__ = [
     "MAX_COUNTER",
@@ -62,19 +62,6 @@ def _check_node(node: object) -> str:
     if not _printable_without_space(node):
         raise InvalidValueError(f"node id {node!r} must be printable and contain no whitespace")
     return node
-
-
-class ClockSkewError(ConflictError):
-    """A remote timestamp is further ahead of our wall clock than the allowed skew.
-
-    Definite: the clock was not advanced and the change that carried the
-    timestamp must not be applied.
-    """
-
-    def __init__(self, message: str, *, remote: HLCTimestamp, skew_ms: int) -> None:
-        super().__init__(message)
-        self.remote = remote
-        self.skew_ms = skew_ms
 
 
 @dataclass(frozen=True, order=True, slots=True)

@@ -25,7 +25,8 @@ __all__ = [
     "resolve_model",
 ]
 
-#: (model, scheme) -> "module:Class", relative to ``multistore.stores``.
+#: (model, scheme) -> "module:Class", relative to ``multistore.stores`` unless the
+#: module path is absolute (starts with ``multistore.``).
 BACKENDS: Final[Mapping[tuple[str, str], str]] = {
     ("kv", "sqlite"): "kv._sqlite:SQLiteKeyValueStore",
     ("kv", "redis"): "kv._redis:RedisKeyValueStore",
@@ -41,6 +42,8 @@ BACKENDS: Final[Mapping[tuple[str, str], str]] = {
     ("widecolumn", "sqlite"): "widecolumn._sqlite:SQLiteWideColumnStore",
     ("timeseries", "duckdb"): "timeseries._duckdb:DuckDBTimeSeriesStore",
     ("timeseries", "influxdb"): "timeseries._influxdb:InfluxDBTimeSeriesStore",
+    # The distributed wide-column store lives with the quorum replication it is built on.
+    ("widecolumn", "quorum"): "multistore.replication._qwidecolumn:QuorumWideColumnStore",
 }
 
 MODELS: Final[tuple[str, ...]] = (
@@ -60,6 +63,7 @@ _EXTRAS: Final[Mapping[str, str]] = {
     "redis": "redis",
     "falkordb": "falkordb",
     "influxdb": "influxdb",
+    "quorum": "redis",
 }
 
 
@@ -97,7 +101,10 @@ def backend_class(model: str, scheme: str) -> type[Store]:
         raise UnsupportedError(f"no {model} backend for {scheme}://")
     module_name, _, class_name = target.partition(":")
     try:
-        module = importlib.import_module(f"multistore.stores.{module_name}")
+        absolute = module_name.startswith("multistore.")
+        module = importlib.import_module(
+            module_name if absolute else f"multistore.stores.{module_name}"
+        )
     except ImportError as exc:
         missing = exc.name or "a driver"
         extra = _EXTRAS.get(scheme)

@@ -25,16 +25,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from multistore.errors import ConflictError, InvalidValueError
+from multistore.errors import InvalidValueError, WrongTypeError
 from multistore.stores._base import Store
 from multistore.stores.kv._checks import dump_json
 
 __all__ = ["KeyValueStore", "RateLimit", "WrongTypeError"]
-
-
-class WrongTypeError(ConflictError):
-    """An operation on a key that holds the other kind of value (a string vs a sorted
-    set), like Redis ``WRONGTYPE``. Nothing was changed."""
 
 
 @dataclass(frozen=True)

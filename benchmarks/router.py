@@ -1,0 +1,163 @@
+"""Primary/replica router: what routing and read-your-writes cost.
+
+A PostgreSQL primary and one streaming standby (started here, from the lab's launchers):
+
+- a primary-key read through the router (it lands on the standby) against the same
+  read on one bare ``psycopg.AsyncConnection`` to the standby (target: at most 1.10x);
+- a read-your-writes read whose token the standby has already replayed (no wait)
+  against the same bare read;
+- a write followed by a read-your-writes read, which waits for the standby to replay
+  the write, against a bare write then read, both on the primary (the only way to
+  read your writes without the router);
+- the embedded setup: a primary-key read through the router over SQLite log-shipping
+  replicas against plain ``sqlite3`` on a replica file.
+"""
+
+from __future__ import annotations
+
+import itertools
+import sqlite3
+import time
+
+import psycopg
+
+from benchmarks._harness import BenchEnv, Row, compare
+from multistore.lab.servers import PostgresServer
+from multistore.replication import CausalToken, LogShipping, Router, RouterConfig
+
+CONFIG = RouterConfig(max_lag=30.0, probe_interval=0.5, causal_wait=2.0)
+ROWS = 1000
+SELECT = "SELECT id, v FROM bench WHERE id = :id"
+SELECT_PG = "SELECT id, v FROM bench WHERE id = %s"
+
+
+async def _wait_replayed(router: Router, token: CausalToken) -> None:
+    deadline = time.monotonic() + 30
+    while await router.fetch_val("SELECT 1", token=token, causal_wait=0.5) is None or not any(
+        n.position >= token.position for n in router.replicas
+    ):
+        if time.monotonic() > deadline:
+            raise RuntimeError("the standby did not replay the benchmark data in 30 s")
+
+
+async def _postgres_cases(primary: PostgresServer, standby: PostgresServer, db: str) -> list[Row]:
+    router = await Router.open(primary.url(db), [standby.url(db)], config=CONFIG)
+    direct = await psycopg.AsyncConnection.connect(standby.url(db), autocommit=True)
+    direct_primary = await psycopg.AsyncConnection.connect(primary.url(db), autocommit=True)
+    rows: list[Row] = []
+    try:
+        await router.execute("CREATE TABLE bench (id BIGINT PRIMARY KEY, v TEXT)")
+        loaded = await router.executemany(
+            "INSERT INTO bench VALUES (:id, :v)", [{"id": i, "v": f"v{i}"} for i in range(ROWS)]
+        )
+        await _wait_replayed(router, loaded.token)
+        keys = itertools.cycle(range(ROWS))
+
+        async def bare_read() -> None:
+            cur = await direct.execute(SELECT_PG, (next(keys),))
+            await cur.fetchone()
+
+        rows.append(
+            await compare(
+                "PK read through the router (standby)",
+                lambda: router.fetch_one(SELECT, {"id": next(keys)}),
+                bare_read,
+                "psycopg, one connection to the standby",
+            )
+        )
+        store = router.replicas[0].store
+        rows.append(
+            await compare(
+                "PK read through the router vs the relational store alone (standby)",
+                lambda: router.fetch_one(SELECT, {"id": next(keys)}),
+                lambda: store.fetch_one(SELECT, {"id": next(keys)}),
+                "multistore relational store on the standby, no routing",
+            )
+        )
+        token = loaded.token
+        rows.append(
+            await compare(
+                "read-your-writes read, token already replayed",
+                lambda: router.fetch_one(SELECT, {"id": next(keys)}, token=token),
+                bare_read,
+                "psycopg, one connection to the standby",
+            )
+        )
+        ids = itertools.count(ROWS)
+
+        async def ours_write_read() -> None:
+            i = next(ids)
+            written = await router.execute("INSERT INTO bench VALUES (:id, 'w')", {"id": i})
+            await router.fetch_one(SELECT, {"id": i}, token=written.token)
+
+        bare_ids = itertools.count(10_000_000)
+
+        async def bare_write_read() -> None:
+            i = next(bare_ids)
+            await direct_primary.execute("INSERT INTO bench VALUES (%s, 'w')", (i,))
+            cur = await direct_primary.execute(SELECT_PG, (i,))
+            await cur.fetchone()
+
+        rows.append(
+            await compare(
+                "write, then read-your-writes read (waits for the standby)",
+                ours_write_read,
+                bare_write_read,
+                "psycopg write then read, both on the primary",
+                ops=100,
+                warmup=10,
+            )
+        )
+    finally:
+        await direct.close()
+        await direct_primary.close()
+        await router.close()
+    return rows
+
+
+async def _sqlite_case(env: BenchEnv) -> Row:
+    router = await Router.open(
+        f"sqlite:///{env.tmp / 'primary.db'}",
+        [f"sqlite:///{env.tmp / 'replica1.db'}"],
+        config=CONFIG,
+        shipping=LogShipping(delay=0.0),
+    )
+    try:
+        await router.execute("CREATE TABLE bench (id INTEGER PRIMARY KEY, v TEXT)")
+        loaded = await router.executemany(
+            "INSERT INTO bench VALUES (:id, :v)", [{"id": i, "v": f"v{i}"} for i in range(ROWS)]
+        )
+        await _wait_replayed(router, loaded.token)
+        raw = sqlite3.connect(env.tmp / "replica1.db")
+        keys = itertools.cycle(range(ROWS))
+        try:
+            return await compare(
+                "PK read through the router (SQLite log-shipping replica)",
+                lambda: router.fetch_one(SELECT, {"id": next(keys)}),
+                lambda: raw.execute(
+                    "SELECT id, v FROM bench WHERE id = ?", (next(keys),)
+                ).fetchone(),
+                "sqlite3 on the replica file",
+            )
+        finally:
+            raw.close()
+    finally:
+        await router.close()
+
+
+async def run() -> list[Row]:
+    env = BenchEnv()
+    primary = PostgresServer()
+    standby: PostgresServer | None = None
+    try:
+        primary.start()
+        db = primary.create_database().rsplit("/", 1)[1]
+        standby = PostgresServer.standby_of(primary, start=True)
+        rows = await _postgres_cases(primary, standby, db)
+        rows.append(await _sqlite_case(env))
+        return rows
+    finally:
+        if standby is not None:
+            standby.cleanup()
+        primary.cleanup()
+        env.close()

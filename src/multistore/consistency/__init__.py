@@ -1,0 +1,140 @@
+"""Consistency across stores: idempotency keys, durable sagas, and two-phase commit.
+
+Idempotency: :class:`Idempotency` (over a key-value or relational store) gives
+``Idempotency-Key`` semantics — per-client scope, payload fingerprint, 409 while the
+first run holds a live lease, 422 on reuse with another payload, the stored result
+replayed after — as a decorator (:func:`idempotent`) or ASGI middleware
+(:class:`IdempotencyMiddleware`).
+
+Sagas: :class:`Saga` of :class:`Step` s with compensations, run by a
+:class:`SagaEngine` over a durable log in a relational store; crash recovery, retries
+(:class:`RetryPolicy`), a ``stuck`` state for operators (:func:`list_sagas`).
+
+Two-phase commit: :class:`TransactionCoordinator` runs a :class:`DistributedTransaction`
+over named participants (PostgreSQL ``PREPARE TRANSACTION``, MariaDB ``XA``, SQLite
+write intents, Redis staged write-sets) with a durable :class:`DecisionLog`;
+:func:`recover_transactions` (and :meth:`TransactionCoordinator.recover`) resolve the
+in-doubt branches a crash leaves behind. Failures are definite
+(:class:`TransactionAbortedError`) or indeterminate
+(:class:`TransactionIndeterminateError`); contradicting outcomes are reported as
+:class:`HeuristicOutcome`.
+"""
+
+from multistore.consistency._idempotency import (
+    DEFAULT_POLICY,
+    Idempotency,
+    IdempotencyPolicy,
+    IdempotentRun,
+    check_idempotency_key,
+    current_run,
+    fingerprint,
+    idempotent,
+)
+from multistore.consistency._idempotency_asgi import (
+    IdempotencyMiddleware,
+)
+from multistore.consistency._idempotency_backends import (
+    IdempotencyRecord,
+)
+from multistore.consistency._retry import (
+    COMPENSATION_RETRY,
+    DEFAULT_RETRY,
+    RETRIABLE_ERRORS,
+    RetryPolicy,
+    default_retriable,
+)
+from multistore.consistency._saga import (
+    ErrorInfo,
+    Saga,
+    SagaResult,
+    Step,
+    StepContext,
+)
+from multistore.consistency._saga_engine import (
+    DEFAULT_LEASE,
+    SagaEngine,
+)
+from multistore.consistency._saga_log import (
+    SagaLog,
+    list_sagas,
+    show_saga,
+)
+from multistore.consistency._tpc_coordinator import (
+    DistributedTransaction,
+    EventHook,
+    TransactionCoordinator,
+)
+from multistore.consistency._tpc_errors import (
+    HeuristicOutcome,
+    TransactionAbortedError,
+    TransactionHeuristicError,
+    TransactionIndeterminateError,
+)
+from multistore.consistency._tpc_log import DecisionLog, LogRecord
+from multistore.consistency._tpc_participants import (
+    Branch,
+    Participant,
+    SQLBranch,
+    open_participant,
+)
+from multistore.consistency._tpc_recovery import (
+    RecoveryReport,
+    recover_once,
+    recover_transactions,
+)
+from multistore.consistency._tpc_shop import (
+    Order,
+    OutOfStockError,
+    create_shop_tables,
+    place_order,
+    restock,
+)
+
+__all__ = [
+    "COMPENSATION_RETRY",
+    "DEFAULT_LEASE",
+    "DEFAULT_POLICY",
+    "DEFAULT_RETRY",
+    "RETRIABLE_ERRORS",
+    "Branch",
+    "DecisionLog",
+    "DistributedTransaction",
+    "ErrorInfo",
+    "EventHook",
+    "HeuristicOutcome",
+    "Idempotency",
+    "IdempotencyMiddleware",
+    "IdempotencyPolicy",
+    "IdempotencyRecord",
+    "IdempotentRun",
+    "LogRecord",
+    "Order",
+    "OutOfStockError",
+    "Participant",
+    "RecoveryReport",
+    "RetryPolicy",
+    "SQLBranch",
+    "Saga",
+    "SagaEngine",
+    "SagaLog",
+    "SagaResult",
+    "Step",
+    "StepContext",
+    "TransactionAbortedError",
+    "TransactionCoordinator",
+    "TransactionHeuristicError",
+    "TransactionIndeterminateError",
+    "check_idempotency_key",
+    "create_shop_tables",
+    "current_run",
+    "default_retriable",
+    "fingerprint",
+    "idempotent",
+    "list_sagas",
+    "open_participant",
+    "place_order",
+    "recover_once",
+    "recover_transactions",
+    "restock",
+    "show_saga",
+]

@@ -1,0 +1,537 @@
+"""Durable idempotency keys: one execution per (client, key), the stored outcome replayed.
+
+Semantics follow the IETF httpapi ``Idempotency-Key`` draft and Stripe:
+
+- A key belongs to a client scope; another client's key is never seen.
+- The request payload is fingerprinted (SHA-256 of its canonical JSON); the same key
+  with another payload raises :class:`IdempotencyKeyReusedError` (HTTP 422).
+- While the first run holds the key, another request raises
+  :class:`IdempotencyInProgressError` (HTTP 409); it never runs a second time.
+- Once completed, the stored outcome is replayed — a return value, or the error the
+  run raised (errors of the policy's ``retry_on`` classes are not stored: the key is
+  released so that a retry runs again).
+- The in-progress holder has a **lease** that a heartbeat renews while it runs, so a
+  live holder keeps the key however long it takes; a crashed holder stops renewing
+  and after the lease ends a retry takes the key over, resuming from the last
+  **recovery point** (``await run.checkpoint("charged", data)``).
+- Records expire after :attr:`IdempotencyPolicy.expires_after`; :meth:`Idempotency.reap`
+  deletes expired ones.
+
+The decision logic is written once here; :mod:`._idempotency_backends` makes each
+step one atomic compare-and-swap on the store.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import contextvars
+import dataclasses
+import functools
+import hashlib
+import json
+import re
+import sys
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, Final, ParamSpec, TypeVar, cast
+
+from multistore.consistency._idempotency_backends import (
+    IdempotencyRecord,
+    RecordBackend,
+    records_for,
+)
+from multistore.errors import (
+    IdempotencyInProgressError,
+    IdempotencyKeyMissingError,
+    IdempotencyKeyReusedError,
+    IdempotencyLeaseLostError,
+    InvalidIdempotencyKeyError,
+    InvalidValueError,
+    MultistoreError,
+    Outcome,
+    ReplayedError,
+    StoreError,
+    UsageError,
+)
+from multistore.stores._base import Store
+
+__all__ = [
+    "DEFAULT_POLICY",
+    "Idempotency",
+    "IdempotencyInProgressError",
+    "IdempotencyKeyMissingError",
+    "IdempotencyKeyReusedError",
+    "IdempotencyLeaseLostError",
+    "IdempotencyPolicy",
+    "IdempotentRun",
+    "InvalidIdempotencyKeyError",
+    "ReplayedError",
+    "check_idempotency_key",
+    "current_run",
+    "fingerprint",
+    "idempotent",
+]
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+_KEY: Final = re.compile(r"[\x21-\x7e]{1,255}")
+_CLAIM_ATTEMPTS: Final = 20
+
+# -- errors (to move into multistore.errors with codes of their own) ---------------
+
+
+@dataclass(frozen=True)
+class IdempotencyPolicy:
+    """How long keys live and how in-progress leases work. Times in seconds."""
+
+    expires_after: float = 86_400.0
+    """A record (completed or not) is forgotten this long after it was created."""
+    lease: float = 30.0
+    """An in-progress run whose holder stops renewing may be taken over after this."""
+    heartbeat: float | None = None
+    """How often a live holder renews its lease; default ``lease / 3``."""
+    retry_on: tuple[type[BaseException], ...] = (StoreError,)
+    """Errors that are not stored: the key is released and a retry runs again.
+    Every other ``Exception`` is stored and re-raised on replay."""
+
+    def __post_init__(self) -> None:
+        if not self.expires_after > 0 or not self.lease > 0:
+            raise InvalidValueError("expires_after and lease must be positive seconds")
+        if self.heartbeat is not None and not 0 < self.heartbeat < self.lease:
+            raise InvalidValueError("heartbeat must be positive and shorter than the lease")
+
+    @property
+    def heartbeat_interval(self) -> float:
+        return self.heartbeat if self.heartbeat is not None else self.lease / 3
+
+
+DEFAULT_POLICY: Final = IdempotencyPolicy()
+
+
+def fingerprint(payload: Any) -> str:
+    """SHA-256 (hex) of the canonical JSON of ``payload`` (sorted keys, no spaces)."""
+    try:
+        text = json.dumps(
+            payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+        )
+    except (TypeError, ValueError) as exc:
+        raise InvalidValueError(
+            f"an idempotent request's payload must be JSON to be fingerprinted: {exc}"
+        ) from None
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def check_idempotency_key(key: object) -> str:
+    """``key`` when it is 1 to 255 visible ASCII characters; else raise."""
+    if key is None:
+        raise IdempotencyKeyMissingError("an idempotency key is required")
+    if not isinstance(key, str) or not _KEY.fullmatch(key):
+        raise InvalidIdempotencyKeyError(
+            f"an idempotency key must be 1 to 255 visible ASCII characters, not {key!r:.80}"
+        )
+    return key
+
+
+def _check_scope(client: object) -> str:
+    if not isinstance(client, str) or not 0 < len(client) <= 255:
+        raise InvalidValueError(
+            f"a client scope must be a string of 1 to 255 characters, not {client!r:.80}"
+        )
+    return client
+
+
+def _json_args(args: tuple[Any, ...]) -> list[Any]:
+    try:
+        json.dumps(args, allow_nan=False)
+    except (TypeError, ValueError):
+        return [str(a) for a in args]
+    return list(args)
+
+
+def _encode_error(exc: Exception) -> dict[str, Any]:
+    cls = type(exc)
+    data: dict[str, Any] = {
+        "type": f"{cls.__module__}:{cls.__qualname__}",
+        "args": _json_args(exc.args),
+        "message": str(exc),
+    }
+    if isinstance(exc, MultistoreError):
+        data["outcome"] = exc.outcome.value
+    return data
+
+
+def _decode_error(data: dict[str, Any]) -> Exception:
+    module, _, qualname = str(data.get("type", "")).partition(":")
+    # Only classes of modules already imported: a stored record never triggers an import.
+    found: Any = sys.modules.get(module)
+    for part in qualname.split("."):
+        found = getattr(found, part, None)
+    if isinstance(found, type) and issubclass(found, Exception):
+        try:
+            exc = found(*data.get("args", []))
+        except Exception:  # the class wants other arguments: fall through
+            pass
+        else:
+            if isinstance(exc, MultistoreError) and "outcome" in data:
+                exc.outcome = Outcome(data["outcome"])
+            return exc
+    return ReplayedError(str(data.get("type")), str(data.get("message")))
+
+
+# -- runs ----------------------------------------------------------------------------
+
+_current: contextvars.ContextVar[IdempotentRun | None] = contextvars.ContextVar(
+    "multistore_idempotent_run", default=None
+)
+
+
+def current_run() -> IdempotentRun | None:
+    """The run of the innermost ``idem.begin`` (or ``@idempotent`` function) around
+    the caller, to read ``recovery_point`` or call ``checkpoint``; None outside one."""
+    return _current.get()
+
+
+class IdempotentRun:
+    """One claim on an idempotency key, from ``async with idem.begin(...) as run``.
+
+    ``run.replayed`` is True when the key was already completed: call
+    ``run.result()`` to get the stored value (or have the stored error raised) and do
+    not do the work again. Otherwise the block is the one execution: it may record
+    progress with ``await run.checkpoint(point, data)``, sets what to store with
+    ``run.set_result(value)``, and an error it raises is stored (see the policy).
+    ``run.resumed`` is True when this run took the key over from a holder whose
+    lease ran out; ``run.recovery_point`` is then the holder's last checkpoint.
+    """
+
+    def __init__(
+        self,
+        idem: Idempotency,
+        record: IdempotencyRecord,
+        owner: str | None,
+        *,
+        replayed: bool = False,
+        resumed: bool = False,
+    ) -> None:
+        self._idem = idem
+        self._record = record
+        self._owner = owner
+        self.replayed = replayed
+        self.resumed = resumed
+        self._value: Any = None
+        self._lock = asyncio.Lock()
+        self._beat: asyncio.Task[None] | None = None
+        self._lost = False
+        self._discard = False
+
+    @property
+    def key(self) -> str:
+        return self._record.key
+
+    @property
+    def client(self) -> str:
+        return self._record.scope
+
+    @property
+    def record(self) -> IdempotencyRecord:
+        return self._record
+
+    @property
+    def recovery_point(self) -> str | None:
+        """The last checkpoint's name (None before the first)."""
+        return self._record.recovery_point
+
+    @property
+    def recovery_data(self) -> Any:
+        """The data stored with the last checkpoint."""
+        return self._record.recovery_data
+
+    def result(self) -> Any:
+        """The stored value of a replayed run; raises the stored error if it failed."""
+        outcome = self._record.result
+        if not self.replayed or outcome is None:
+            raise UsageError("result() is for replayed runs; this run is the execution")
+        if "error" in outcome:
+            raise _decode_error(outcome["error"])
+        return outcome.get("value")
+
+    def set_result(self, value: Any) -> None:
+        """What to store (JSON) when the block ends normally; ``None`` by default."""
+        self._value = value
+
+    def discard(self) -> None:
+        """Store no outcome: when the block ends (normally or by an error) the key is
+        released, and a retry runs again from the last checkpoint."""
+        self._discard = True
+
+    async def checkpoint(self, point: str, data: Any = None) -> None:
+        """Record that the work reached ``point`` (with JSON ``data``), durably: a
+        retry after a crash starts with ``run.recovery_point == point``."""
+        if self.replayed:
+            raise UsageError("checkpoint() on a replayed run: the work is already done")
+        if not isinstance(point, str) or not point:
+            raise InvalidValueError("a recovery point is a non-empty string")
+        policy = self._idem.policy
+        async with self._lock:
+            ok = await self._swap(
+                lambda r, now: dataclasses.replace(
+                    r, recovery_point=point, recovery_data=data, lease_until=now + policy.lease
+                )
+            )
+        if not ok:
+            raise IdempotencyLeaseLostError(
+                f"idempotency key {self.key!r}: the lease was taken over before checkpoint "
+                f"{point!r} was stored"
+            )
+
+    # -- internals --
+
+    async def _swap(self, change: Callable[[IdempotencyRecord, float], IdempotencyRecord]) -> bool:
+        """Apply ``change`` to our record by compare-and-swap; False once it is not ours."""
+        backend, clock = self._idem.backend, self._idem.clock
+        for _ in range(3):
+            now = clock()
+            new = dataclasses.replace(change(self._record, now), version=self._record.version + 1)
+            if await backend.replace(new, self._record.version, now):
+                self._record = new
+                return True
+            # A swap whose answer was lost may have applied: it is ours if the owner is us.
+            current = await backend.load(self._record.scope, self._record.key)
+            if current is None or current.owner != self._owner or current.state != "in_progress":
+                self._lost = True
+                return False
+            self._record = current
+        return False
+
+    def _start_heartbeat(self) -> None:
+        self._beat = asyncio.create_task(self._heartbeat(), name=f"idempotency lease {self.key}")
+
+    async def _heartbeat(self) -> None:
+        policy = self._idem.policy
+        while True:
+            await asyncio.sleep(policy.heartbeat_interval)
+            async with self._lock:
+                try:
+                    ok = await self._swap(
+                        lambda r, now: dataclasses.replace(r, lease_until=now + policy.lease)
+                    )
+                except MultistoreError:
+                    continue  # the store hiccuped: the lease still runs, try next beat
+                if not ok:
+                    return
+
+    async def _stop_heartbeat(self) -> None:
+        if self._beat is not None:
+            self._beat.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._beat
+            self._beat = None
+
+    async def _complete(self, outcome: dict[str, Any]) -> None:
+        expires = self._idem.policy.expires_after
+        async with self._lock:
+            ok = await self._swap(
+                lambda r, now: dataclasses.replace(
+                    r,
+                    state="completed",
+                    owner=None,
+                    lease_until=now,
+                    result=outcome,
+                    expires_at=r.expires_at if r.expires_at > now else now + expires,
+                )
+            )
+        if not ok:
+            raise IdempotencyLeaseLostError(
+                f"idempotency key {self.key!r}: another run took the key over after this "
+                "run's lease ran out; this run's outcome was not stored"
+            )
+
+    async def _release(self) -> None:
+        """Give the key up without an outcome: a retry may run (from the last checkpoint)."""
+        async with self._lock:
+            await self._swap(lambda r, now: dataclasses.replace(r, owner=None, lease_until=now))
+
+
+# -- the store-facing object -----------------------------------------------------------
+
+
+class Idempotency:
+    """Idempotency keys kept in a key-value or relational store.
+
+    >>> idem = Idempotency(store, policy=IdempotencyPolicy(expires_after=3600))  # doctest: +SKIP
+    >>> async with idem.begin("order-42", {"amount": 10}, client="alice") as run:  # doctest: +SKIP
+    ...     if run.replayed:
+    ...         return run.result()
+    ...     run.set_result(await charge(10))
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        *,
+        policy: IdempotencyPolicy = DEFAULT_POLICY,
+        namespace: str = "idem:",
+        table: str = "multistore_idempotency",
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.store = store
+        self.policy = policy
+        self.clock = clock
+        self.backend: RecordBackend = records_for(store, namespace=namespace, table=table)
+        self._ready = False
+        self._setup_lock = asyncio.Lock()
+
+    async def _setup(self) -> None:
+        if self._ready:
+            return
+        async with self._setup_lock:
+            if not self._ready:
+                await self.backend.setup()
+                self._ready = True
+
+    @contextlib.asynccontextmanager
+    async def begin(
+        self, key: str | None, payload: Any, *, client: str = "default"
+    ) -> AsyncIterator[IdempotentRun]:
+        """Claim ``key`` for ``client`` with ``payload``; see :class:`IdempotentRun`.
+
+        Raises :class:`IdempotencyKeyReusedError` (another payload),
+        :class:`IdempotencyInProgressError` (a live run holds the key), or the key
+        errors (missing, malformed) before anything runs.
+        """
+        run = await self._claim(_check_scope(client), check_idempotency_key(key), payload)
+        if run.replayed:
+            yield run
+            return
+        token = _current.set(run)
+        run._start_heartbeat()
+        try:
+            yield run
+        except BaseException as exc:
+            await run._stop_heartbeat()
+            storable = not isinstance(exc, self.policy.retry_on) and not run._discard
+            if isinstance(exc, Exception) and storable:
+                await run._complete({"error": _encode_error(exc)})
+            else:
+                await run._release()
+            raise
+        else:
+            await run._stop_heartbeat()
+            if run._discard:
+                await run._release()
+                return
+            value = run._value
+            try:
+                json.dumps(value, allow_nan=False)
+            except (TypeError, ValueError) as exc:
+                error = InvalidValueError(
+                    f"idempotency key {run.key!r}: the result is not JSON and cannot be "
+                    f"stored for replay: {exc}"
+                )
+                await run._complete({"error": _encode_error(error)})
+                raise error from None
+            await run._complete({"value": value})
+        finally:
+            _current.reset(token)
+
+    async def _claim(self, scope: str, key: str, payload: Any) -> IdempotentRun:
+        fp = fingerprint(payload)
+        await self._setup()
+        policy, backend = self.policy, self.backend
+        owner = uuid.uuid4().hex
+        for _ in range(_CLAIM_ATTEMPTS):
+            record = await backend.load(scope, key)
+            now = self.clock()
+            if record is None or record.expired(now):
+                fresh = IdempotencyRecord(
+                    scope=scope,
+                    key=key,
+                    version=1 if record is None else record.version + 1,
+                    state="in_progress",
+                    fingerprint=fp,
+                    owner=owner,
+                    lease_until=now + policy.lease,
+                    created_at=now,
+                    expires_at=now + policy.expires_after,
+                )
+                if record is None:
+                    won = await backend.create(fresh, now)
+                else:
+                    won = await backend.replace(fresh, record.version, now)
+                if won:
+                    return IdempotentRun(self, fresh, owner)
+                continue
+            if record.fingerprint != fp:
+                raise IdempotencyKeyReusedError(
+                    f"idempotency key {key!r} was already used with a different payload"
+                )
+            if record.state == "completed":
+                return IdempotentRun(self, record, None, replayed=True)
+            if record.lease_until > now:
+                wait = record.lease_until - now
+                raise IdempotencyInProgressError(
+                    f"idempotency key {key!r}: the first request is still in progress; "
+                    f"retry in {wait:.1f} s",
+                    retry_after=wait,
+                )
+            taken = dataclasses.replace(
+                record, version=record.version + 1, owner=owner, lease_until=now + policy.lease
+            )
+            if await backend.replace(taken, record.version, now):
+                return IdempotentRun(self, taken, owner, resumed=True)
+        raise IdempotencyInProgressError(
+            f"idempotency key {key!r} changed under every one of {_CLAIM_ATTEMPTS} attempts "
+            "to claim it; retry later"
+        )
+
+    async def get(self, key: str, *, client: str = "default") -> IdempotencyRecord | None:
+        """The live record of ``key`` (None when missing or expired)."""
+        await self._setup()
+        record = await self.backend.load(_check_scope(client), check_idempotency_key(key))
+        return None if record is None or record.expired(self.clock()) else record
+
+    async def reap(self) -> int:
+        """Delete expired records now; the number deleted (Redis expires its own: 0)."""
+        await self._setup()
+        return await self.backend.reap(self.clock())
+
+
+def idempotent(
+    idem: Idempotency,
+    *,
+    key: Callable[..., str | None],
+    client: str | Callable[..., str] = "default",
+    payload: Callable[..., Any] | None = None,
+    required: bool = True,
+) -> Callable[[Callable[P, Awaitable[T]]], Callable[P, Awaitable[T]]]:
+    """Make an async function idempotent: ``key(*args, **kwargs)`` names the call,
+    ``client`` (a string, or a function of the arguments) scopes it, and the
+    fingerprinted payload is ``payload(*args, **kwargs)`` (default: the arguments,
+    which must then be JSON) together with the function's name. The return value
+    must be JSON; on replay it comes back as JSON decodes it (a tuple as a list).
+    With ``required=False`` a call whose key is None runs without protection.
+    """
+
+    def wrap(fn: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]:
+        name = f"{fn.__module__}.{fn.__qualname__}"
+
+        @functools.wraps(fn)
+        async def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
+            k = key(*args, **kwargs)
+            if k is None and not required:
+                return await fn(*args, **kwargs)
+            scope = client(*args, **kwargs) if callable(client) else client
+            body = payload(*args, **kwargs) if payload is not None else [args, kwargs]
+            async with idem.begin(k, {"function": name, "payload": body}, client=scope) as run:
+                if run.replayed:
+                    return cast(T, run.result())
+                value = await fn(*args, **kwargs)
+                run.set_result(value)
+                return value
+
+        return wrapper
+
+    return wrap

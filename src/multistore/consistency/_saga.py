@@ -1,0 +1,161 @@
+"""Saga definitions: ordered steps, each an async action with an optional compensation.
+
+::
+
+    order_saga = Saga(
+        "order",
+        [
+            Step("create_order", create_order, compensate=cancel_order),
+            Step("charge_payment", charge, compensate=refund, timeout=5.0),
+            Step("reserve_inventory", reserve),
+        ],
+        timeout=60.0,
+    )
+
+An action and its compensation are ``async def fn(ctx: StepContext) -> JSON``. The
+context carries the step's deterministic idempotency key (``"<saga id>:<step
+name>"``), the saga input and the outputs of the steps before it, so a step that is
+run again after a crash can find the effect of its earlier attempt.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from multistore.consistency._retry import COMPENSATION_RETRY, DEFAULT_RETRY, RetryPolicy
+from multistore.core._saga import SagaState
+from multistore.errors import (
+    SagaError,
+    SagaLeaseLostError,
+    SagaTimeoutError,
+    StepTimeoutError,
+    UsageError,
+)
+
+__all__ = [
+    "ErrorInfo",
+    "Saga",
+    "SagaError",
+    "SagaLeaseLostError",
+    "SagaResult",
+    "SagaTimeoutError",
+    "Step",
+    "StepContext",
+    "StepTimeoutError",
+]
+
+JSON = Any
+StepFn = Callable[["StepContext"], Awaitable[JSON]]
+
+
+@dataclass(frozen=True)
+class StepContext:
+    """What an action or compensation receives.
+
+    ``idempotency_key`` is the same for every attempt of the step and for its
+    compensation: make the effect idempotent with it (a unique column). ``results``
+    holds the outputs of the completed steps before this one (replayed from the log
+    after a crash). In a compensation, ``output`` is this step's own output if it
+    completed (None if it failed or crashed half-way) and ``error`` its failure.
+    """
+
+    saga_id: str
+    saga_name: str
+    step: str
+    idempotency_key: str
+    input: JSON
+    results: Mapping[str, JSON]
+    attempt: int
+    compensating: bool = False
+    output: JSON = None
+    error: ErrorInfo | None = None
+
+
+@dataclass(frozen=True)
+class Step:
+    """One step: ``action``, optional ``compensate``, their retry policies and timeout."""
+
+    name: str
+    action: StepFn
+    compensate: StepFn | None = None
+    retry: RetryPolicy = DEFAULT_RETRY
+    compensation_retry: RetryPolicy = COMPENSATION_RETRY
+    timeout: float | None = None
+    """Seconds for one attempt of the action or of the compensation (None: no limit)."""
+
+    def __post_init__(self) -> None:
+        if not self.name or ":" in self.name:
+            raise UsageError(f"a step name must be non-empty and contain no ':', not {self.name!r}")
+        if self.timeout is not None and self.timeout <= 0:
+            raise UsageError(f"step {self.name!r}: timeout must be positive")
+
+
+@dataclass(frozen=True)
+class Saga:
+    """A named, ordered list of steps, and an optional whole-saga timeout (seconds)."""
+
+    name: str
+    steps: Sequence[Step]
+    timeout: float | None = None
+
+    def __post_init__(self) -> None:
+        if not self.name:
+            raise UsageError("a saga needs a name")
+        if not self.steps:
+            raise UsageError(f"saga {self.name!r} has no steps")
+        names = [s.name for s in self.steps]
+        if len(set(names)) != len(names):
+            raise UsageError(f"saga {self.name!r} has two steps with the same name")
+        if self.timeout is not None and self.timeout <= 0:
+            raise UsageError(f"saga {self.name!r}: timeout must be positive")
+        object.__setattr__(self, "steps", tuple(self.steps))
+
+    @property
+    def step_names(self) -> list[str]:
+        return [s.name for s in self.steps]
+
+
+@dataclass(frozen=True)
+class ErrorInfo:
+    """An error as the log keeps it: its type name and message."""
+
+    type: str
+    message: str
+
+    @classmethod
+    def of(cls, exc: BaseException) -> ErrorInfo:
+        return cls(type(exc).__name__, str(exc))
+
+    def to_json(self) -> str:
+        return json.dumps({"type": self.type, "message": self.message})
+
+    @classmethod
+    def from_json(cls, text: str | None) -> ErrorInfo | None:
+        if text is None:
+            return None
+        data = json.loads(text)
+        return cls(str(data["type"]), str(data["message"]))
+
+    def __str__(self) -> str:
+        return f"{self.type}: {self.message}"
+
+
+@dataclass(frozen=True)
+class SagaResult:
+    """Where a saga run stands: its state, the outputs of its completed steps, the
+    business error that made it compensate (kept after a successful compensation)
+    and the compensation error that left it stuck."""
+
+    saga_id: str
+    name: str
+    state: SagaState
+    outputs: Mapping[str, JSON] = field(default_factory=dict)
+    error: ErrorInfo | None = None
+    compensation_error: ErrorInfo | None = None
+
+    @property
+    def completed(self) -> bool:
+        return self.state is SagaState.COMPLETED

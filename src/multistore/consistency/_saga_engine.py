@@ -1,0 +1,526 @@
+"""The saga engine: runs sagas step by step against the durable log.
+
+The engine is the thin I/O driver of the pure state machine in
+:mod:`multistore.core._saga`: it asks :func:`~multistore.core._saga.next_move`
+what to do, writes each transition to the log, and only then acts. Before a step's
+action runs, the log records the step as ``started`` (its compensation is now
+registered); after it returns, its output. A crash between the two re-runs the
+action with the same idempotency key, so actions (and compensations) must be
+idempotent under that key — then every effect is applied exactly once.
+
+Each saga is run by the worker that holds its lease (``owner``, ``lease_until`` in
+the log); a heartbeat extends the leases of the sagas a worker is running, and every
+log write is fenced on the owner, so two workers never run one saga at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import random as _random
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from types import TracebackType
+from typing import Any, Self
+
+from multistore.consistency._saga import (
+    JSON,
+    ErrorInfo,
+    Saga,
+    SagaLeaseLostError,
+    SagaResult,
+    SagaTimeoutError,
+    StepContext,
+    StepFn,
+    StepTimeoutError,
+)
+from multistore.consistency._saga_log import SagaLog, list_sagas, show_saga
+from multistore.core import _saga as sm
+from multistore.core._saga import SagaRecord, SagaState, StepState
+from multistore.errors import ConflictError, DuplicateKeyError, NotFoundError, UsageError
+from multistore.stores.relational import RelationalStore
+
+__all__ = ["DEFAULT_LEASE", "SagaEngine"]
+
+DEFAULT_LEASE = 30.0
+"""Seconds a worker holds a saga without renewing; a crashed worker's sagas are
+taken over by another worker after this long."""
+
+Observer = Callable[[str, str, str | None], None]
+"""``observer(event, saga_id, step_name)``, called at each point of a run."""
+
+
+class SagaEngine:
+    """Runs sagas on a log kept in ``log`` (an open relational store).
+
+    ``worker_id`` names this worker in the log; a worker restarted with the same id
+    takes its own unfinished sagas back at once on :meth:`recover` (never run two
+    live workers with one id). ``clock`` (wall-clock seconds, shared by all workers
+    for leases and deadlines), ``sleep`` (backoff waits) and ``random`` (jitter) can
+    be replaced in tests.
+    """
+
+    def __init__(
+        self,
+        log: RelationalStore,
+        sagas: Sequence[Saga] = (),
+        *,
+        worker_id: str | None = None,
+        lease: float = DEFAULT_LEASE,
+        concurrency: int = 8,
+        clock: Callable[[], float] = time.time,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        random: Callable[[], float] = _random.random,
+        observer: Observer | None = None,
+    ) -> None:
+        if lease <= 0:
+            raise UsageError(f"lease must be positive, not {lease}")
+        if concurrency < 1:
+            raise UsageError(f"concurrency must be at least 1, not {concurrency}")
+        self.log = SagaLog(log)
+        self.store = log
+        self.worker_id = worker_id or f"worker-{uuid.uuid4().hex[:12]}"
+        self.lease = lease
+        self.concurrency = concurrency
+        self._clock = clock
+        self._sleep = sleep
+        self._random = random
+        self._observer = observer
+        self._sagas: dict[str, Saga] = {}
+        self._running: set[str] = set()
+        self._heartbeat: asyncio.Task[None] | None = None
+        self._ready = False
+        for saga in sagas:
+            self.register(saga)
+
+    # -- lifetime ----------------------------------------------------------------
+
+    def register(self, saga: Saga) -> None:
+        """Make a saga definition known (needed to start or recover sagas of its name)."""
+        known = self._sagas.get(saga.name)
+        if known is not None and known is not saga:
+            raise UsageError(f"another saga named {saga.name!r} is registered already")
+        self._sagas[saga.name] = saga
+
+    async def setup(self) -> None:
+        """Create the log tables if missing. Called by the first start or recover."""
+        if not self._ready:
+            await self.log.setup()
+            self._ready = True
+
+    async def close(self) -> None:
+        """Stop the heartbeat. (The log store is the caller's to close.)"""
+        task, self._heartbeat = self._heartbeat, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    async def __aenter__(self) -> Self:
+        await self.setup()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    # -- starting and recovering -----------------------------------------------------
+
+    async def start(
+        self, saga: Saga, input: JSON = None, *, saga_id: str | None = None
+    ) -> SagaResult:
+        """Run a saga to its end and return the result.
+
+        Idempotent by ``saga_id``: if the log has that id already (same saga, same
+        input), nothing new starts — a finished saga returns its recorded result, an
+        unfinished one is resumed here if no live worker holds it, and otherwise its
+        current state is returned. The same id with another input raises
+        :class:`~multistore.errors.ConflictError`.
+        """
+        record = await self._create(saga, input, saga_id, run_here=True)
+        if record is None:
+            return await self._existing(saga, input, saga_id)
+        return await self._run(saga, record, prestarted=0)
+
+    async def enqueue(self, saga: Saga, input: JSON = None, *, saga_id: str | None = None) -> str:
+        """Record a saga as pending without running it; a worker's :meth:`recover`
+        runs it. Idempotent by ``saga_id`` as :meth:`start`. Returns the saga id."""
+        record = await self._create(saga, input, saga_id, run_here=False)
+        if record is None:
+            assert saga_id is not None
+            await self._check_same(saga, input, saga_id)
+            return saga_id
+        return record.saga_id
+
+    async def recover(self) -> list[SagaResult]:
+        """Resume every unfinished saga (of a registered name) that no live worker
+        holds, exactly where its log says it stopped; up to ``concurrency`` at once.
+        Returns the results of the sagas this call ran (finished, or stuck)."""
+        await self.setup()
+        results: list[SagaResult] = []
+        while True:
+            now = self._clock()
+            ids = await self.log.claim_batch(
+                sorted(self._sagas),
+                owner=self.worker_id,
+                lease_until=now + self.lease,
+                now=now,
+                limit=self.concurrency,
+                exclude=sorted(self._running),
+            )
+            if not ids:
+                return results
+            batch = await asyncio.gather(*(self._resume(i) for i in ids))
+            results.extend(r for r in batch if r is not None)
+
+    async def result(self, saga_id: str) -> SagaResult:
+        """The current result of a saga from the log."""
+        record = await self.log.load(saga_id)
+        if record is None:
+            raise NotFoundError(f"no saga {saga_id!r} in the log")
+        return _result(record)
+
+    # -- operators ---------------------------------------------------------------------
+
+    async def list_sagas(
+        self, *, state: str | SagaState | None = None, limit: int = 100
+    ) -> list[dict[str, Any]]:
+        """Sagas in the log (newest first), optionally only those in ``state``."""
+        await self.setup()
+        return await list_sagas(self.store, state=state, limit=limit)
+
+    async def show(self, saga_id: str) -> dict[str, Any]:
+        """One saga with its step history; :class:`NotFoundError` if unknown."""
+        await self.setup()
+        shown = await show_saga(self.store, saga_id)
+        if shown is None:
+            raise NotFoundError(f"no saga {saga_id!r} in the log")
+        return shown
+
+    async def list_stuck(self, *, limit: int = 100) -> list[dict[str, Any]]:
+        """The sagas whose compensation gave up, for an operator."""
+        return await self.list_sagas(state=SagaState.STUCK, limit=limit)
+
+    async def retry_stuck(self, saga_id: str) -> SagaResult:
+        """Compensate a stuck saga again (fresh retry budgets) and return its result."""
+        record = await self.log.load(saga_id)
+        if record is None:
+            raise NotFoundError(f"no saga {saga_id!r} in the log")
+        if record.state is not SagaState.STUCK:
+            raise ConflictError(f"saga {saga_id!r} is {record.state.value}, not stuck")
+        saga = self._definition(record.name)
+        now = self._clock()
+        # A stuck saga has no owner: take it with a fenced write of our own.
+        if not await self._take_stuck(saga_id, now):
+            raise ConflictError(f"saga {saga_id!r} was taken by another operator or worker")
+        reopened = sm.reopen_stuck(record)
+        await self.log.save(
+            record, reopened, owner=self.worker_id, lease_until=now + self.lease, now=now
+        )
+        return await self._run(saga, reopened)
+
+    # -- internals ---------------------------------------------------------------------
+
+    def _definition(self, name: str) -> Saga:
+        saga = self._sagas.get(name)
+        if saga is None:
+            raise NotFoundError(f"no saga named {name!r} is registered with this engine")
+        return saga
+
+    async def _take_stuck(self, saga_id: str, now: float) -> bool:
+        taken = await self.store.execute(
+            "UPDATE multistore_sagas SET owner = :owner, lease_until = :lease_until "
+            "WHERE saga_id = :saga_id AND state = 'stuck' AND owner IS NULL",
+            {"owner": self.worker_id, "lease_until": now + self.lease, "saga_id": saga_id},
+        )
+        return taken == 1
+
+    async def _create(
+        self, saga: Saga, input: JSON, saga_id: str | None, *, run_here: bool
+    ) -> SagaRecord | None:
+        self.register(saga)
+        await self.setup()
+        text = _dumps(input, what=f"the input of saga {saga.name!r}")
+        sid = saga_id if saga_id is not None else uuid.uuid4().hex
+        now = self._clock()
+        deadline = None if saga.timeout is None else now + saga.timeout
+        record = sm.new_saga(sid, saga.name, text, saga.step_names, deadline)
+        if run_here:
+            record = self._start_first(saga, record)
+        try:
+            await self.log.create(
+                record,
+                owner=self.worker_id if run_here else None,
+                lease_until=now + self.lease if run_here else None,
+                now=now,
+            )
+        except DuplicateKeyError:
+            if saga_id is None:
+                raise
+            return None
+        if run_here:
+            self._emit("saga_started", sid, None)
+        return record
+
+    async def _check_same(self, saga: Saga, input: JSON, saga_id: str) -> SagaRecord:
+        record = await self.log.load(saga_id)
+        if record is None:
+            raise ConflictError(f"saga {saga_id!r} vanished from the log while starting")
+        if record.name != saga.name or json.loads(record.input) != json.loads(
+            _dumps(input, what="the input")
+        ):
+            raise ConflictError(
+                f"saga id {saga_id!r} was started before as saga {record.name!r} with "
+                "another input; a saga id names one run"
+            )
+        return record
+
+    async def _existing(self, saga: Saga, input: JSON, saga_id: str | None) -> SagaResult:
+        assert saga_id is not None
+        record = await self._check_same(saga, input, saga_id)
+        if record.state.finished or saga_id in self._running:
+            return _result(record)
+        now = self._clock()
+        if not await self.log.claim(
+            saga_id, owner=self.worker_id, lease_until=now + self.lease, now=now
+        ):
+            return _result(record)  # a live worker runs it
+        return await self._resume(saga_id) or _result(record)
+
+    async def _resume(self, saga_id: str) -> SagaResult | None:
+        if saga_id in self._running:
+            return None
+        record = await self.log.load(saga_id)
+        if record is None:
+            return None
+        saga = self._definition(record.name)
+        prestarted = None
+        if record.state is SagaState.PENDING:
+            self._emit("saga_started", saga_id, None)
+            started = self._start_first(saga, record)
+            await self._save(record, started)
+            record, prestarted = started, 0
+        else:
+            self._emit("saga_resumed", saga_id, None)
+        try:
+            return await self._run(saga, record, prestarted)
+        except SagaLeaseLostError:
+            return None
+
+    async def _run(
+        self, saga: Saga, record: SagaRecord, prestarted: int | None = None
+    ) -> SagaResult:
+        """Drive one saga that this worker holds until it halts. ``prestarted`` is a
+        step whose start this worker has just logged (its action has not run)."""
+        if record.steps and [s.name for s in record.steps] != saga.step_names:
+            raise ConflictError(
+                f"saga {record.saga_id!r} was logged with steps "
+                f"{[s.name for s in record.steps]}, the definition of {saga.name!r} "
+                f"now has {saga.step_names}; keep old definitions under another name"
+            )
+        compensable = [s.compensate is not None for s in saga.steps]
+        self._running.add(record.saga_id)
+        self._ensure_heartbeat()
+        try:
+            while True:
+                move = sm.next_move(record, compensable, self._clock())
+                if isinstance(move, sm.Halt):
+                    return _result(record)
+                if isinstance(move, sm.Finish):
+                    record = await self._save(record, sm.finish(record, move.state))
+                    self._emit("saga_" + move.state.value, record.saga_id, None)
+                elif isinstance(move, sm.Abort):
+                    error = ErrorInfo.of(SagaTimeoutError(move.reason))
+                    record = await self._save(record, sm.abort(record, error.to_json()))
+                elif isinstance(move, sm.RunStep):
+                    logged = prestarted == move.index
+                    record, prestarted = await self._run_step(
+                        saga, record, move.index, compensable, logged=logged
+                    )
+                else:
+                    record = await self._compensate(saga, record, move.index)
+        finally:
+            self._running.discard(record.saga_id)
+
+    def _start_first(self, saga: Saga, record: SagaRecord) -> SagaRecord:
+        """A new saga goes straight to running with its first step started, so its
+        creation and the first step's start are one log write."""
+        self._emit("step_starting", record.saga_id, saga.steps[0].name)
+        return sm.step_started(sm.begin(record), 0)
+
+    async def _run_step(
+        self,
+        saga: Saga,
+        record: SagaRecord,
+        index: int,
+        compensable: Sequence[bool],
+        *,
+        logged: bool,
+    ) -> tuple[SagaRecord, int | None]:
+        step = saga.steps[index]
+        sid = record.saga_id
+        if not logged:
+            self._emit("step_starting", sid, step.name)
+            record = await self._save(record, sm.step_started(record, index))
+        attempts = record.steps[index].attempts
+        self._emit("step_started", sid, step.name)
+        ctx = self._context(saga, record, index, attempt=attempts)
+        try:
+            output = await self._call(step.action, ctx, step.timeout, record.deadline)
+            text = _dumps(output, what=f"the output of step {step.name!r}")
+        except Exception as exc:
+            past_deadline = record.deadline is not None and self._clock() >= record.deadline
+            if not past_deadline and step.retry.should_retry(exc, attempts):
+                self._emit("step_retry", sid, step.name)
+                await self._sleep(step.retry.delay(attempts, self._random()))
+                return record, None
+            self._emit("step_failed", sid, step.name)
+            failed = sm.step_failed(record, index, _error_json(exc))
+            return await self._save(record, failed), None
+        # One log write records this step's output together with the next move:
+        # the next step's start, or the saga's completion.
+        after = sm.step_completed(record, index, text)
+        move = sm.next_move(after, compensable, self._clock())
+        prestarted = None
+        if isinstance(move, sm.RunStep):
+            self._emit("step_starting", sid, saga.steps[move.index].name)
+            after = sm.step_started(after, move.index)
+            prestarted = move.index
+        elif isinstance(move, sm.Finish):
+            after = sm.finish(after, move.state)
+        record = await self._save(record, after)
+        self._emit("step_completed", sid, step.name)
+        if isinstance(move, sm.Finish):
+            self._emit("saga_" + move.state.value, sid, None)
+        return record, prestarted
+
+    async def _compensate(self, saga: Saga, record: SagaRecord, index: int) -> SagaRecord:
+        step = saga.steps[index]
+        assert step.compensate is not None
+        sid = record.saga_id
+        logged = record.steps[index]
+        attempts = logged.compensation_attempts + 1
+        self._emit("compensation_starting", sid, step.name)
+        ctx = self._context(saga, record, index, attempt=attempts, compensating=True)
+        try:
+            await self._call(step.compensate, ctx, step.timeout, None)
+        except Exception as exc:
+            error = _error_json(exc)
+            if step.compensation_retry.should_retry(exc, attempts):
+                record = await self._save(record, sm.compensation_attempted(record, index, error))
+                self._emit("compensation_retry", sid, step.name)
+                await self._sleep(step.compensation_retry.delay(attempts, self._random()))
+                return record
+            record = await self._save(record, sm.stuck(record, index, error))
+            self._emit("saga_stuck", sid, step.name)
+            return record
+        record = await self._save(record, sm.step_compensated(record, index))
+        self._emit("step_compensated", sid, step.name)
+        return record
+
+    def _context(
+        self,
+        saga: Saga,
+        record: SagaRecord,
+        index: int,
+        *,
+        attempt: int,
+        compensating: bool = False,
+    ) -> StepContext:
+        logged = record.steps[index]
+        results = {
+            s.name: json.loads(s.output)
+            for s in record.steps[:index]
+            if s.output is not None and s.state in (StepState.COMPLETED, StepState.COMPENSATED)
+        }
+        return StepContext(
+            saga_id=record.saga_id,
+            saga_name=saga.name,
+            step=logged.name,
+            idempotency_key=f"{record.saga_id}:{logged.name}",
+            input=json.loads(record.input),
+            results=results,
+            attempt=attempt,
+            compensating=compensating,
+            output=None if logged.output is None else json.loads(logged.output),
+            error=ErrorInfo.from_json(logged.error),
+        )
+
+    async def _call(
+        self, fn: StepFn, ctx: StepContext, step_timeout: float | None, deadline: float | None
+    ) -> JSON:
+        limit = step_timeout
+        if deadline is not None:
+            left = max(deadline - self._clock(), 0.0)
+            if limit is None or left < limit:
+                limit = left
+        if limit is None:
+            return await fn(ctx)
+        try:
+            return await asyncio.wait_for(fn(ctx), limit)
+        except TimeoutError as exc:
+            what = "compensation" if ctx.compensating else "action"
+            if step_timeout is not None and limit >= step_timeout:
+                raise StepTimeoutError(
+                    f"the {what} of step {ctx.step!r} of saga {ctx.saga_id!r} ran past "
+                    f"its timeout of {step_timeout} s"
+                ) from exc
+            raise SagaTimeoutError(
+                f"step {ctx.step!r} of saga {ctx.saga_id!r} ran past the saga's deadline"
+            ) from exc
+
+    async def _save(self, before: SagaRecord, after: SagaRecord) -> SagaRecord:
+        now = self._clock()
+        await self.log.save(
+            before, after, owner=self.worker_id, lease_until=now + self.lease, now=now
+        )
+        return after
+
+    def _ensure_heartbeat(self) -> None:
+        if self._heartbeat is None or self._heartbeat.done():
+            self._heartbeat = asyncio.get_running_loop().create_task(self._beat())
+
+    async def _beat(self) -> None:
+        while True:
+            await asyncio.sleep(self.lease / 3)
+            with contextlib.suppress(Exception):
+                await self.log.renew(self.worker_id, lease_until=self._clock() + self.lease)
+
+    def _emit(self, event: str, saga_id: str, step: str | None) -> None:
+        if self._observer is not None:
+            self._observer(event, saga_id, step)
+
+
+def _dumps(value: JSON, *, what: str) -> str:
+    try:
+        return json.dumps(value, sort_keys=True, separators=(",", ":"), allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise UsageError(
+            f"{what} must be JSON (dicts, lists, str, numbers, bool, None): {exc}"
+        ) from exc
+
+
+def _error_json(exc: BaseException) -> str:
+    return ErrorInfo.of(exc).to_json()
+
+
+def _result(record: SagaRecord) -> SagaResult:
+    outputs: Mapping[str, JSON] = {
+        s.name: json.loads(s.output)
+        for s in record.steps
+        if s.output is not None and s.state is StepState.COMPLETED
+    }
+    return SagaResult(
+        saga_id=record.saga_id,
+        name=record.name,
+        state=record.state,
+        outputs=outputs,
+        error=ErrorInfo.from_json(record.error),
+        compensation_error=ErrorInfo.from_json(record.compensation_error),
+    )

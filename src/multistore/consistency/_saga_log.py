@@ -1,0 +1,418 @@
+"""The durable saga log in a relational store (SQLite, PostgreSQL or MariaDB).
+
+Two tables: ``multistore_sagas`` (one row per saga: name, state, input, errors,
+deadline, and the lease: ``owner`` and ``lease_until``) and
+``multistore_saga_steps`` (one row per step: state, attempts, output, errors).
+
+Every write of a running saga is one transaction that first updates the saga row
+``WHERE owner = <this worker>`` (the fence: a worker whose lease was taken over
+cannot write) and then the step rows that changed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from multistore.consistency._saga import SagaLeaseLostError
+from multistore.core._saga import (
+    UNFINISHED_STATES,
+    SagaRecord,
+    SagaState,
+    StepRecord,
+    StepState,
+)
+from multistore.stores.relational import RelationalStore, Row
+
+__all__ = ["SAGA_TABLES", "SagaLog", "list_sagas", "show_saga"]
+
+SAGA_TABLES = ("multistore_sagas", "multistore_saga_steps")
+
+_SCHEMA = (
+    """CREATE TABLE IF NOT EXISTS multistore_sagas (
+        saga_id VARCHAR(255) PRIMARY KEY,
+        name VARCHAR(255) NOT NULL,
+        state VARCHAR(20) NOT NULL,
+        input TEXT NOT NULL,
+        error TEXT,
+        compensation_error TEXT,
+        deadline DOUBLE PRECISION,
+        owner VARCHAR(255),
+        lease_until DOUBLE PRECISION,
+        created_at DOUBLE PRECISION NOT NULL,
+        updated_at DOUBLE PRECISION NOT NULL
+    )""",
+    "CREATE INDEX IF NOT EXISTS multistore_sagas_state ON multistore_sagas (state, created_at)",
+    """CREATE TABLE IF NOT EXISTS multistore_saga_steps (
+        saga_id VARCHAR(255) NOT NULL,
+        idx INT NOT NULL,
+        name VARCHAR(255) NOT NULL,
+        state VARCHAR(20) NOT NULL,
+        attempts INT NOT NULL,
+        output TEXT,
+        error TEXT,
+        compensation_attempts INT NOT NULL,
+        compensation_error TEXT,
+        updated_at DOUBLE PRECISION NOT NULL,
+        PRIMARY KEY (saga_id, idx)
+    )""",
+)
+
+_UNFINISHED_SQL = ", ".join(f"'{s.value}'" for s in UNFINISHED_STATES)
+
+_INSERT_SAGA = (
+    "INSERT INTO multistore_sagas (saga_id, name, state, input, error, compensation_error, "
+    "deadline, owner, lease_until, created_at, updated_at) VALUES (:saga_id, :name, :state, "
+    ":input, NULL, NULL, :deadline, :owner, :lease_until, :now, :now)"
+)
+_INSERT_STEP = (
+    "INSERT INTO multistore_saga_steps (saga_id, idx, name, state, attempts, output, error, "
+    "compensation_attempts, compensation_error, updated_at) VALUES (:saga_id, :idx, :name, "
+    ":state, :attempts, :output, :error, :compensation_attempts, :compensation_error, :now)"
+)
+_UPDATE_SAGA = (
+    "UPDATE multistore_sagas SET state = :state, error = :error, "
+    "compensation_error = :compensation_error, owner = :new_owner, lease_until = :lease_until, "
+    "updated_at = :now WHERE saga_id = :saga_id AND owner = :owner"
+)
+_UPDATE_STEP = (
+    "UPDATE multistore_saga_steps SET state = :state, attempts = :attempts, output = :output, "
+    "error = :error, compensation_attempts = :compensation_attempts, "
+    "compensation_error = :compensation_error, updated_at = :now "
+    "WHERE saga_id = :saga_id AND idx = :idx"
+)
+_CLAIMABLE = (
+    f"state IN ({_UNFINISHED_SQL}) AND (owner IS NULL OR owner = :owner OR lease_until < :now)"
+)
+
+
+class SagaLog:
+    """Reads and writes saga records in one relational store."""
+
+    def __init__(self, store: RelationalStore) -> None:
+        self.store = store
+        self._skip_locked = store.backend in ("postgresql", "mariadb")
+        self._postgres = store.backend == "postgresql"
+
+    async def setup(self) -> None:
+        """Create the tables if they are missing (safe to run from several workers)."""
+        async with self.store.transaction() as tx:
+            if self.store.backend == "postgresql":
+                await tx.execute("SELECT pg_advisory_xact_lock(7311975041)")
+            for statement in _SCHEMA:
+                await tx.execute(statement)
+
+    async def create(
+        self, record: SagaRecord, *, owner: str | None, lease_until: float | None, now: float
+    ) -> None:
+        """Insert a new saga and its steps. A saga id that exists raises
+        :class:`~multistore.errors.DuplicateKeyError` and changes nothing."""
+        if self._postgres:
+            await self._create_pg(record, owner=owner, lease_until=lease_until, now=now)
+            return
+        async with self.store.transaction() as tx:
+            await tx.execute(
+                _INSERT_SAGA,
+                {
+                    "saga_id": record.saga_id,
+                    "name": record.name,
+                    "state": record.state.value,
+                    "input": record.input,
+                    "deadline": record.deadline,
+                    "owner": owner,
+                    "lease_until": lease_until,
+                    "now": now,
+                },
+            )
+            await tx.executemany(
+                _INSERT_STEP,
+                [_step_params(record.saga_id, i, s, now) for i, s in enumerate(record.steps)],
+            )
+
+    async def _create_pg(
+        self, record: SagaRecord, *, owner: str | None, lease_until: float | None, now: float
+    ) -> None:
+        params: dict[str, Any] = {
+            "saga_id": record.saga_id,
+            "name": record.name,
+            "state": record.state.value,
+            "input": record.input,
+            "deadline": record.deadline,
+            "owner": owner,
+            "lease_until": lease_until,
+            "now": now,
+        }
+        steps = [_step_params(record.saga_id, i, s, now) for i, s in enumerate(record.steps)]
+        values = _pg_step_values(params, steps)
+        await self.store.execute(
+            f"WITH saga AS ({_INSERT_SAGA} RETURNING saga_id) "
+            "INSERT INTO multistore_saga_steps (saga_id, idx, name, state, attempts, output, "
+            "error, compensation_attempts, compensation_error, updated_at) "
+            "SELECT saga.saga_id, v.idx, v.name, v.state, v.attempts, v.output, v.error, "
+            f"v.compensation_attempts, v.compensation_error, :now FROM saga, (VALUES {values}) "
+            "AS v(idx, name, state, attempts, output, error, compensation_attempts, "
+            "compensation_error)",
+            params,
+        )
+
+    async def load(self, saga_id: str) -> SagaRecord | None:
+        async with self.store.connection() as conn:
+            row = await conn.fetch_one(
+                "SELECT saga_id, name, state, input, error, compensation_error, deadline "
+                "FROM multistore_sagas WHERE saga_id = :id",
+                {"id": saga_id},
+            )
+            if row is None:
+                return None
+            steps = await conn.fetch_all(
+                "SELECT name, state, attempts, output, error, compensation_attempts, "
+                "compensation_error FROM multistore_saga_steps WHERE saga_id = :id ORDER BY idx",
+                {"id": saga_id},
+            )
+        return SagaRecord(
+            saga_id=row["saga_id"],
+            name=row["name"],
+            input=row["input"],
+            state=SagaState(row["state"]),
+            steps=tuple(
+                StepRecord(
+                    name=s["name"],
+                    state=StepState(s["state"]),
+                    attempts=int(s["attempts"]),
+                    output=s["output"],
+                    error=s["error"],
+                    compensation_attempts=int(s["compensation_attempts"]),
+                    compensation_error=s["compensation_error"],
+                )
+                for s in steps
+            ),
+            error=row["error"],
+            compensation_error=row["compensation_error"],
+            deadline=None if row["deadline"] is None else float(row["deadline"]),
+        )
+
+    async def save(
+        self,
+        before: SagaRecord,
+        after: SagaRecord,
+        *,
+        owner: str,
+        lease_until: float,
+        now: float,
+    ) -> None:
+        """Write the transition ``before -> after`` if ``owner`` still holds the
+        saga; a finished saga is released. Raises :class:`SagaLeaseLostError` otherwise."""
+        release = after.state.finished
+        saga_params = {
+            "state": after.state.value,
+            "error": after.error,
+            "compensation_error": after.compensation_error,
+            "new_owner": None if release else owner,
+            "lease_until": None if release else lease_until,
+            "now": now,
+            "saga_id": after.saga_id,
+            "owner": owner,
+        }
+        changed = [
+            _step_params(after.saga_id, i, step, now)
+            for i, (old, step) in enumerate(zip(before.steps, after.steps, strict=True))
+            if old != step
+        ]
+        if self._postgres and changed:
+            # One statement (one round trip, atomic in autocommit): the fenced saga
+            # update feeds the step updates, which match nothing if the fence failed.
+            params = dict(saga_params)
+            values = _pg_step_values(params, changed)
+            updated = await self.store.execute(
+                f"WITH fence AS ({_UPDATE_SAGA} RETURNING saga_id) "
+                "UPDATE multistore_saga_steps AS t SET state = v.state, attempts = v.attempts, "
+                "output = v.output, error = v.error, "
+                "compensation_attempts = v.compensation_attempts, "
+                "compensation_error = v.compensation_error, updated_at = :now "
+                f"FROM fence, (VALUES {values}) AS v(idx, name, state, attempts, output, error, "
+                "compensation_attempts, compensation_error) "
+                "WHERE t.saga_id = fence.saga_id AND t.idx = v.idx",
+                params,
+            )
+            if updated != len(changed):
+                raise _lease_lost(after.saga_id, owner)
+            return
+        async with self.store.transaction() as tx:
+            fenced = await tx.execute(_UPDATE_SAGA, saga_params)
+            if fenced != 1:
+                raise _lease_lost(after.saga_id, owner)
+            if len(changed) == 1:
+                await tx.execute(_UPDATE_STEP, changed[0])
+            elif changed:
+                await tx.executemany(_UPDATE_STEP, changed)
+
+    async def claim(self, saga_id: str, *, owner: str, lease_until: float, now: float) -> bool:
+        """Take the lease of one unfinished saga if it is free, expired or ours."""
+        claimed = await self.store.execute(
+            f"UPDATE multistore_sagas SET owner = :owner, lease_until = :lease_until "
+            f"WHERE saga_id = :saga_id AND {_CLAIMABLE}",
+            {"owner": owner, "lease_until": lease_until, "now": now, "saga_id": saga_id},
+        )
+        return claimed == 1
+
+    async def claim_batch(
+        self,
+        names: Sequence[str],
+        *,
+        owner: str,
+        lease_until: float,
+        now: float,
+        limit: int,
+        exclude: Sequence[str] = (),
+    ) -> list[str]:
+        """Take the leases of up to ``limit`` unfinished sagas of the given names that
+        are free, expired or ours (oldest first). On PostgreSQL and MariaDB rows
+        locked by a concurrent claimer are skipped (``FOR UPDATE SKIP LOCKED``)."""
+        if not names:
+            return []
+        params: dict[str, Any] = {"owner": owner, "now": now, "limit": limit}
+        name_marks = _marks(params, "n", names)
+        not_in = ""
+        if exclude:
+            not_in = f" AND saga_id NOT IN ({_marks(params, 'x', exclude)})"
+        lock = " FOR UPDATE SKIP LOCKED" if self._skip_locked else ""
+        async with self.store.transaction() as tx:
+            rows = await tx.fetch_all(
+                f"SELECT saga_id FROM multistore_sagas WHERE {_CLAIMABLE} "
+                f"AND name IN ({name_marks}){not_in} ORDER BY created_at LIMIT :limit{lock}",
+                params,
+            )
+            ids = [str(r["saga_id"]) for r in rows]
+            if ids:
+                update: dict[str, Any] = {"owner": owner, "lease_until": lease_until}
+                id_marks = _marks(update, "i", ids)
+                await tx.execute(
+                    f"UPDATE multistore_sagas SET owner = :owner, lease_until = :lease_until "
+                    f"WHERE saga_id IN ({id_marks})",
+                    update,
+                )
+        return ids
+
+    async def renew(self, owner: str, *, lease_until: float) -> int:
+        """Extend the lease of every unfinished saga ``owner`` holds (the heartbeat)."""
+        return await self.store.execute(
+            f"UPDATE multistore_sagas SET lease_until = :lease_until "
+            f"WHERE owner = :owner AND state IN ({_UNFINISHED_SQL})",
+            {"owner": owner, "lease_until": lease_until},
+        )
+
+    async def release(self, saga_id: str, owner: str) -> None:
+        """Give a saga's lease back (this worker stops running it)."""
+        await self.store.execute(
+            "UPDATE multistore_sagas SET owner = NULL, lease_until = NULL "
+            "WHERE saga_id = :saga_id AND owner = :owner",
+            {"saga_id": saga_id, "owner": owner},
+        )
+
+
+def _lease_lost(saga_id: str, owner: str) -> SagaLeaseLostError:
+    return SagaLeaseLostError(
+        f"saga {saga_id!r}: worker {owner!r} no longer holds its lease; another worker took it over"
+    )
+
+
+_PG_STEP_COLUMNS = (
+    ("idx", "int"),
+    ("name", "text"),
+    ("state", "text"),
+    ("attempts", "int"),
+    ("output", "text"),
+    ("error", "text"),
+    ("compensation_attempts", "int"),
+    ("compensation_error", "text"),
+)
+
+
+def _pg_step_values(params: dict[str, Any], steps: Sequence[dict[str, Any]]) -> str:
+    """A typed ``VALUES`` list of step rows for PostgreSQL; adds their parameters."""
+    rows = []
+    for n, step in enumerate(steps):
+        cells = []
+        for column, sql_type in _PG_STEP_COLUMNS:
+            key = f"s{n}_{column}"
+            params[key] = step[column]
+            cells.append(f":{key}::{sql_type}")
+        rows.append("(" + ", ".join(cells) + ")")
+    return ", ".join(rows)
+
+
+def _marks(params: dict[str, Any], prefix: str, values: Sequence[str]) -> str:
+    marks = []
+    for i, value in enumerate(values):
+        params[f"{prefix}{i}"] = value
+        marks.append(f":{prefix}{i}")
+    return ", ".join(marks)
+
+
+def _step_params(saga_id: str, idx: int, step: StepRecord, now: float) -> dict[str, Any]:
+    return {
+        "saga_id": saga_id,
+        "idx": idx,
+        "name": step.name,
+        "state": step.state.value,
+        "attempts": step.attempts,
+        "output": step.output,
+        "error": step.error,
+        "compensation_attempts": step.compensation_attempts,
+        "compensation_error": step.compensation_error,
+        "now": now,
+    }
+
+
+# -- inspection (for operators and the CLI) --------------------------------------
+
+_SAGA_COLUMNS = (
+    "saga_id, name, state, error, compensation_error, deadline, owner, lease_until, "
+    "created_at, updated_at"
+)
+
+
+def _saga_dict(row: Row) -> dict[str, Any]:
+    return {column: row[column] for column in row.columns}
+
+
+async def list_sagas(
+    store: RelationalStore, *, state: str | SagaState | None = None, limit: int = 100
+) -> list[dict[str, Any]]:
+    """The sagas in the log, newest first, optionally only those in ``state``; each a
+    dict with ``saga_id, name, state, error, compensation_error, deadline, owner,
+    lease_until, created_at, updated_at`` (errors are JSON text ``{"type", "message"}``)."""
+    if state is None:
+        rows = await store.fetch_all(
+            f"SELECT {_SAGA_COLUMNS} FROM multistore_sagas "
+            "ORDER BY created_at DESC, saga_id LIMIT :limit",
+            {"limit": limit},
+        )
+    else:
+        value = SagaState(state).value if isinstance(state, str) else state.value
+        rows = await store.fetch_all(
+            f"SELECT {_SAGA_COLUMNS} FROM multistore_sagas WHERE state = :state "
+            "ORDER BY created_at DESC, saga_id LIMIT :limit",
+            {"state": value, "limit": limit},
+        )
+    return [_saga_dict(r) for r in rows]
+
+
+async def show_saga(store: RelationalStore, saga_id: str) -> dict[str, Any] | None:
+    """One saga with its input and its steps (state, attempts, output, errors), or
+    None when the log has no saga with that id."""
+    row = await store.fetch_one(
+        f"SELECT {_SAGA_COLUMNS}, input FROM multistore_sagas WHERE saga_id = :id",
+        {"id": saga_id},
+    )
+    if row is None:
+        return None
+    steps = await store.fetch_all(
+        "SELECT idx, name, state, attempts, output, error, compensation_attempts, "
+        "compensation_error, updated_at FROM multistore_saga_steps "
+        "WHERE saga_id = :id ORDER BY idx",
+        {"id": saga_id},
+    )
+    shown = _saga_dict(row)
+    shown["steps"] = [_saga_dict(s) for s in steps]
+    return shown

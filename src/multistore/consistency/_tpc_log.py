@@ -1,0 +1,254 @@
+"""The coordinator's durable decision log, on a relational store (presumed abort).
+
+Only decisions are written: a **commit** record by the coordinator, forced to disk
+before phase 2 starts, and an **abort** record by a recovery manager before it rolls
+back a branch that had no decision. Both are inserts on the same primary key, so a
+coordinator still in phase 1 and a recovery run cannot both win: the loser's insert
+fails and the coordinator aborts. A commit record is deleted once every branch
+confirmed (forgotten); abort records are kept for ``abort_retention`` seconds.
+
+SQLite (the default, opened with ``synchronous=full`` so a commit survives a power
+cut) serves one coordinator; PostgreSQL lets several coordinators share one log.
+
+Commit records are **group-committed**: decisions that arrive while a write is in
+flight are queued and written together in one transaction (one fsync) after it, so
+concurrent transactions share the cost of forcing the log.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import json
+import sqlite3
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Final, Self, cast
+
+from multistore.core._tpc import Decision, Xid
+from multistore.errors import DuplicateKeyError, InvalidQueryError, MultistoreError, StoreError
+from multistore.stores._registry import open_store
+from multistore.stores.relational import RelationalStore
+from multistore.stores.relational._sqlite import SQLiteRelationalStore
+from multistore.urls import StoreURL, parse_url
+
+__all__ = ["DecisionLog", "LogRecord", "ensure_table"]
+
+_TABLE: Final = "multistore_tpc_log"
+_SCHEMA: Final = f"""
+CREATE TABLE IF NOT EXISTS {_TABLE} (
+    gtrid VARCHAR(80) PRIMARY KEY,
+    node VARCHAR(24) NOT NULL,
+    decision VARCHAR(8) NOT NULL,
+    participants TEXT NOT NULL,
+    created DOUBLE PRECISION NOT NULL
+)
+"""
+
+_INSERT_COMMIT: Final = (
+    f"INSERT INTO {_TABLE} (gtrid, node, decision, participants, created) "
+    "VALUES (:gtrid, :node, 'commit', :participants, :created)"
+)
+
+_DELETE: Final = f"DELETE FROM {_TABLE} WHERE gtrid = :gtrid"
+
+
+def _write_sqlite(
+    db: sqlite3.Connection, inserts: list[dict[str, Any]], deletes: list[dict[str, Any]]
+) -> None:
+    try:
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            db.executemany(_INSERT_COMMIT, inserts)
+            db.executemany(_DELETE, deletes)
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        db.execute("COMMIT")
+    except sqlite3.IntegrityError as exc:
+        raise DuplicateKeyError(f"sqlite: {exc}") from exc
+    except sqlite3.Error as exc:
+        raise StoreError(f"sqlite: {exc}") from exc
+
+
+def _settle(future: asyncio.Future[None], error: BaseException | None) -> None:
+    if future.done():
+        return
+    if error is None:
+        future.set_result(None)
+    else:
+        future.set_exception(error)
+
+
+async def ensure_table(store: RelationalStore, ddl: str) -> None:
+    """Run a ``CREATE TABLE IF NOT EXISTS``; when another process creates the same table
+    at the same moment PostgreSQL reports a duplicate (IF NOT EXISTS does not cover that
+    race) and the table exists: run it once more to be sure."""
+    try:
+        await store.execute_script(ddl)
+    except (DuplicateKeyError, InvalidQueryError) as exc:
+        if not isinstance(exc, DuplicateKeyError) and "already exists" not in exc.message:
+            raise
+        await store.execute_script(ddl)
+
+
+@dataclass(frozen=True)
+class LogRecord:
+    gtrid: str
+    node: str
+    decision: Decision
+    participants: tuple[str, ...]
+    created: float
+
+
+class DecisionLog:
+    """Commit and abort decisions by global transaction id."""
+
+    def __init__(self, store: RelationalStore) -> None:
+        self.store = store
+        self._queue: list[tuple[dict[str, Any], asyncio.Future[None]]] = []
+        self._forgotten: list[str] = []
+        self._writer: asyncio.Task[None] | None = None
+        self.writes = 0
+        """How many log transactions wrote commit records (for statistics)."""
+
+    @classmethod
+    async def open(cls, url: str | StoreURL) -> Self:
+        parsed = parse_url(url)
+        if parsed.scheme == "sqlite" and "synchronous" not in parsed.options:
+            parsed = dataclasses.replace(parsed, options={**parsed.options, "synchronous": "full"})
+        store = cast(RelationalStore, await open_store(parsed, model="relational"))
+        try:
+            await ensure_table(store, _SCHEMA)
+        except BaseException:
+            await store.close()
+            raise
+        return cls(store)
+
+    async def close(self) -> None:
+        try:
+            if self._writer is not None and not self._writer.done():
+                await self._writer
+            with contextlib.suppress(MultistoreError):
+                await self.flush()
+        finally:
+            await self.store.close()
+
+    async def log_commit(self, xid: Xid, participants: Sequence[str]) -> None:
+        """Force the commit decision to disk. :class:`~multistore.errors.DuplicateKeyError`
+        when a recovery manager already logged abort for this transaction."""
+        params = {
+            "gtrid": xid.gtrid,
+            "node": xid.node,
+            "participants": json.dumps(sorted(participants)),
+            "created": time.time(),
+        }
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._queue.append((params, future))
+        if self._writer is None or self._writer.done():
+            self._writer = asyncio.ensure_future(self._write_queued())
+        await asyncio.shield(future)
+
+    def forget_later(self, xid: Xid) -> None:
+        """Drop the record of a finished transaction with the next log write (or at
+        :meth:`flush`): no write of its own. If the process dies first, recovery finds
+        nothing in doubt for it and forgets it then."""
+        self._forgotten.append(xid.gtrid)
+
+    async def flush(self) -> None:
+        """Write the queued forgets now."""
+        forgotten, self._forgotten = self._forgotten, []
+        if forgotten:
+            await self.store.executemany(_DELETE, [{"gtrid": g} for g in forgotten])
+
+    async def _write_queued(self) -> None:
+        while self._queue:
+            batch, self._queue = self._queue, []
+            forgotten, self._forgotten = self._forgotten, []
+            try:
+                await self._write(batch, forgotten)
+                self.writes += 1
+            except DuplicateKeyError:
+                # Some transaction of the batch was aborted by recovery: write one by one
+                # so only that one fails.
+                self._forgotten += forgotten
+                for params, future in batch:
+                    try:
+                        await self.store.execute(_INSERT_COMMIT, params)
+                        self.writes += 1
+                    except MultistoreError as exc:
+                        _settle(future, exc)
+                    else:
+                        _settle(future, None)
+                continue
+            except MultistoreError as exc:
+                self._forgotten += forgotten
+                for _, future in batch:
+                    _settle(future, exc)
+                continue
+            for _, future in batch:
+                _settle(future, None)
+
+    async def _write(
+        self, batch: list[tuple[dict[str, Any], asyncio.Future[None]]], forgotten: list[str]
+    ) -> None:
+        """One transaction: the batch's commit records, and the queued forgets."""
+        inserts = [params for params, _ in batch]
+        deletes = [{"gtrid": g} for g in forgotten]
+        if isinstance(self.store, SQLiteRelationalStore):
+            # One hop to the SQLite worker instead of four.
+            await self.store.run(lambda db: _write_sqlite(db, inserts, deletes))
+            return
+        async with self.store.transaction() as tx:
+            await tx.executemany(_INSERT_COMMIT, inserts)
+            if deletes:
+                await tx.executemany(_DELETE, deletes)
+
+    async def log_abort(self, xid: Xid) -> Decision:
+        """Log abort unless a decision is there already; the decision that stands."""
+        await self.store.execute(
+            f"INSERT INTO {_TABLE} (gtrid, node, decision, participants, created) "
+            "VALUES (:gtrid, :node, 'abort', '[]', :created) ON CONFLICT (gtrid) DO NOTHING",
+            {"gtrid": xid.gtrid, "node": xid.node, "created": time.time()},
+        )
+        decision = await self.decision(xid)
+        assert decision is not None
+        return decision
+
+    async def decision(self, xid: Xid) -> Decision | None:
+        value = await self.store.fetch_val(
+            f"SELECT decision FROM {_TABLE} WHERE gtrid = :gtrid", {"gtrid": xid.gtrid}
+        )
+        return None if value is None else Decision(value)
+
+    async def forget(self, xid: Xid) -> None:
+        """Drop the record of a transaction that every branch has finished."""
+        await self.store.execute(f"DELETE FROM {_TABLE} WHERE gtrid = :gtrid", {"gtrid": xid.gtrid})
+
+    async def records(self, node: str | None = None) -> list[LogRecord]:
+        """Every record (of one coordinator node, if given), oldest first."""
+        where = "" if node is None else " WHERE node = :node"
+        rows = await self.store.fetch_all(
+            f"SELECT gtrid, node, decision, participants, created FROM {_TABLE}{where} "
+            "ORDER BY created",
+            {} if node is None else {"node": node},
+        )
+        return [
+            LogRecord(
+                gtrid=row["gtrid"],
+                node=row["node"],
+                decision=Decision(row["decision"]),
+                participants=tuple(json.loads(row["participants"])),
+                created=float(row["created"]),
+            )
+            for row in rows
+        ]
+
+    async def purge_aborts(self, older_than: float) -> int:
+        """Delete abort records written more than ``older_than`` seconds ago."""
+        return await self.store.execute(
+            f"DELETE FROM {_TABLE} WHERE decision = 'abort' AND created < :cutoff",
+            {"cutoff": time.time() - older_than},
+        )

@@ -1,0 +1,145 @@
+"""What a 2PC participant and one transaction branch on it must do.
+
+A :class:`Participant` is one database (a store URL) that can hold prepared branches
+and list them after a crash; a :class:`Branch` is one transaction's work on it,
+driven by the coordinator through ``prepare`` and ``commit``/``rollback``.
+:func:`open_participant` picks the implementation from the URL scheme.
+
+Every participant that writes at prepare also writes a *commit marker* (its branch id)
+inside the branch, so after the fact :meth:`Participant.committed` tells a branch that
+committed from one that was lost or rolled back behind the coordinator's back.
+
+Failures are multistore errors: a definite one from ``prepare`` is a NO vote,
+an indeterminate one means the branch may be prepared (the coordinator then aborts,
+and presumed abort makes recovery roll it back).
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Collection
+from typing import Any
+
+from multistore.core._tpc import Vote, Xid
+from multistore.errors import UnsupportedError
+from multistore.stores.relational import Params, Row
+from multistore.urls import StoreURL, parse_url
+
+__all__ = ["Branch", "Participant", "SQLBranch", "open_participant"]
+
+
+class Branch(abc.ABC):
+    """One distributed transaction's work on one participant."""
+
+    def __init__(self, participant: Participant, xid: Xid) -> None:
+        self.participant = participant
+        self.xid = xid
+
+    @property
+    def name(self) -> str:
+        return self.participant.name
+
+    @abc.abstractmethod
+    async def prepare(self) -> Vote:
+        """Phase 1: make the work durable and ready to commit, or refuse."""
+
+    @abc.abstractmethod
+    async def commit(self, *, one_phase: bool = False) -> bool:
+        """Phase 2 commit (``one_phase``: commit without a prepare). False when the
+        participant no longer knows the prepared branch (a heuristic outcome)."""
+
+    @abc.abstractmethod
+    async def rollback(self) -> None:
+        """Roll back, whether the branch is active or prepared."""
+
+    @abc.abstractmethod
+    async def release(self) -> None:
+        """Give back the connection; a prepared branch stays prepared for recovery."""
+
+
+class SQLBranch(Branch):
+    """A branch on a relational store: statements with ``:name`` placeholders."""
+
+    @abc.abstractmethod
+    async def execute(self, sql: str, params: Params | None = None) -> int:
+        """Run one statement; the number of rows it changed."""
+
+    @abc.abstractmethod
+    async def fetch_all(self, sql: str, params: Params | None = None) -> list[Row]: ...
+
+    async def fetch_one(self, sql: str, params: Params | None = None) -> Row | None:
+        rows = await self.fetch_all(sql, params)
+        return rows[0] if rows else None
+
+    async def fetch_val(self, sql: str, params: Params | None = None) -> Any:
+        row = await self.fetch_one(sql, params)
+        return None if row is None else row[0]
+
+
+class Participant(abc.ABC):
+    """A database that takes part in two-phase commit."""
+
+    def __init__(self, name: str, url: StoreURL) -> None:
+        self.name = name
+        self.url = url
+
+    @abc.abstractmethod
+    async def begin(self, xid: Xid) -> Branch:
+        """Start the branch ``xid`` (already named for this participant)."""
+
+    @abc.abstractmethod
+    async def in_doubt(self) -> list[Xid]:
+        """Branches prepared here (by any multistore coordinator) and not yet resolved."""
+
+    @abc.abstractmethod
+    async def commit_prepared(self, xid: Xid) -> bool:
+        """Commit a prepared branch; False when there is no such branch."""
+
+    @abc.abstractmethod
+    async def rollback_prepared(self, xid: Xid) -> bool:
+        """Roll back a prepared branch; False when there is no such branch."""
+
+    @abc.abstractmethod
+    async def close(self) -> None: ...
+
+    async def committed(self, xid: Xid) -> bool | None:
+        """Whether branch ``xid`` committed here, read from the commit marker its work
+        wrote at prepare: True or False, or None when this participant cannot tell."""
+        return None
+
+    async def purge_markers(self, older_than: float, keep: Collection[str]) -> int:
+        """Drop commit markers older than ``older_than`` seconds, except the branch ids
+        in ``keep`` (those a commit record still names); how many were dropped."""
+        return 0
+
+    async def execute_script(self, sql: str) -> None:
+        """Run DDL (or other setup) outside any distributed transaction."""
+        raise UnsupportedError(f"participant {self.name!r} does not run SQL")
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.name!r} {self.url.render()}>"
+
+
+async def open_participant(name: str, url: str | StoreURL) -> Participant:
+    """The participant for a store URL: PostgreSQL, MariaDB, SQLite or Redis."""
+    parsed = parse_url(url)
+    if parsed.scheme == "postgresql":
+        from multistore.consistency._tpc_sql import PostgresParticipant
+
+        return await PostgresParticipant.open(name, parsed)
+    if parsed.scheme == "mariadb":
+        from multistore.consistency._tpc_sql import MariaDBParticipant
+
+        return await MariaDBParticipant.open(name, parsed)
+    if parsed.scheme == "sqlite":
+        from multistore.consistency._tpc_sqlite import SQLiteParticipant
+
+        return await SQLiteParticipant.open(name, parsed)
+    if parsed.scheme == "redis":
+        from multistore.consistency._tpc_redis import RedisParticipant
+
+        return await RedisParticipant.open(name, parsed)
+    raise UnsupportedError(
+        f"participant {name!r}: {parsed.scheme}:// cannot take part in two-phase commit "
+        "(postgresql, mariadb, sqlite and redis can)"
+    )

@@ -1,0 +1,234 @@
+"""The recovery manager: resolve in-doubt branches from the decision log.
+
+One pass (:func:`recover_once`):
+
+1. Ask every participant for its in-doubt (prepared, unresolved) multistore branches;
+   a participant that cannot be reached is listed in ``unreachable`` and retried later.
+2. For each branch (of one coordinator node, or of all): commit it when the log holds a
+   commit decision; otherwise log abort first (so a coordinator still in phase 1 cannot
+   log commit afterwards) and roll it back — presumed abort.
+3. Forget commit records whose participants all answered and hold none of the
+   transaction's branches any more — after checking each branch left its commit marker
+   (a branch without one was lost or rolled back by hand: a heuristic outcome); purge old
+   abort records and old commit markers.
+
+A branch that disappears between listing and resolving it, or a commit that finds no
+branch, is a heuristic outcome and is reported, never dropped.
+:func:`recover_transactions` opens participants and the log from URLs and repeats the
+pass until everything is resolved or ``retry_for`` seconds have passed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from multistore.consistency._tpc_errors import HeuristicOutcome
+from multistore.consistency._tpc_log import DecisionLog
+from multistore.consistency._tpc_participants import Participant, open_participant
+from multistore.core._tpc import Decision, Xid, resolve_in_doubt
+from multistore.errors import MultistoreError
+from multistore.urls import StoreURL
+
+__all__ = ["RecoveryReport", "recover_once", "recover_transactions"]
+
+#: Abort records are kept this long, far past any coordinator's prepare timeout.
+ABORT_RETENTION = 3600.0
+
+
+@dataclass
+class RecoveryReport:
+    """What one or more recovery passes did. Branch ids are ``str(xid)``."""
+
+    committed: list[str] = field(default_factory=list)
+    rolled_back: list[str] = field(default_factory=list)
+    heuristics: list[HeuristicOutcome] = field(default_factory=list)
+    unreachable: dict[str, str] = field(default_factory=dict)
+    """Participants that could not be asked or told (name -> error)."""
+    pending: list[str] = field(default_factory=list)
+    """Global ids of commit decisions that some participant has not confirmed yet."""
+    forgotten: list[str] = field(default_factory=list)
+
+    @property
+    def resolved(self) -> bool:
+        """True when nothing is left to do (no unreachable participant, nothing pending)."""
+        return not self.unreachable and not self.pending
+
+    def merge(self, other: RecoveryReport) -> None:
+        self.committed += other.committed
+        self.rolled_back += other.rolled_back
+        self.heuristics += other.heuristics
+        self.forgotten += other.forgotten
+        self.unreachable = dict(other.unreachable)
+        self.pending = list(other.pending)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "committed": list(self.committed),
+            "rolled_back": list(self.rolled_back),
+            "heuristics": [h.as_dict() for h in self.heuristics],
+            "unreachable": dict(self.unreachable),
+            "pending": list(self.pending),
+            "forgotten": list(self.forgotten),
+            "resolved": self.resolved,
+        }
+
+
+async def recover_once(
+    log: DecisionLog, participants: Mapping[str, Participant], *, node: str | None = None
+) -> RecoveryReport:
+    """One recovery pass over ``participants`` (branches of ``node`` only, if given)."""
+    report = RecoveryReport()
+    names = list(participants)
+    listings = await asyncio.gather(
+        *(participants[n].in_doubt() for n in names), return_exceptions=True
+    )
+    in_doubt: dict[str, list[Xid]] = {}
+    for name, listing in zip(names, listings, strict=True):
+        if isinstance(listing, MultistoreError):
+            report.unreachable[name] = str(listing)
+        elif isinstance(listing, BaseException):
+            raise listing
+        else:
+            in_doubt[name] = [x for x in listing if node is None or x.node == node]
+
+    decisions: dict[str, Decision] = {}
+    for name, xids in in_doubt.items():
+        participant = participants[name]
+        for xid in xids:
+            try:
+                if xid.gtrid not in decisions:
+                    logged = await log.decision(xid)
+                    if logged is None:
+                        logged = await log.log_abort(xid)
+                    decisions[xid.gtrid] = resolve_in_doubt(logged)
+                decision = decisions[xid.gtrid]
+                if decision is Decision.COMMIT:
+                    found = await participant.commit_prepared(xid)
+                else:
+                    found = await participant.rollback_prepared(xid)
+            except MultistoreError as exc:
+                report.unreachable[name] = str(exc)
+                break
+            if found:
+                done = report.committed if decision is Decision.COMMIT else report.rolled_back
+                done.append(str(xid))
+            else:
+                report.heuristics.append(
+                    HeuristicOutcome(
+                        xid.gtrid,
+                        name,
+                        decision.value,
+                        f"branch {xid} was listed in doubt but was gone when recovery "
+                        "resolved it (resolved outside this recovery manager)",
+                    )
+                )
+
+    still: set[str] = set()
+    for name, xids in in_doubt.items():
+        if name in report.unreachable:
+            still.update(x.gtrid for x in xids)
+    records = await log.records(node)
+    for record in records:
+        if record.decision is not Decision.COMMIT:
+            continue
+        waiting = [p for p in record.participants if p not in in_doubt or p in report.unreachable]
+        if waiting or record.gtrid in still:
+            report.pending.append(record.gtrid)
+            for p in waiting:
+                report.unreachable.setdefault(p, "not configured in this recovery run")
+            continue
+        xid = Xid.parse(record.gtrid)
+        try:
+            await _check_committed(xid, record.participants, participants, report)
+        except MultistoreError as exc:
+            report.pending.append(record.gtrid)
+            report.unreachable.setdefault("?", str(exc))
+            continue
+        await log.forget(xid)
+        report.forgotten.append(record.gtrid)
+    with contextlib.suppress(MultistoreError):
+        await log.purge_aborts(ABORT_RETENTION)
+    keep = {
+        f"{r.gtrid}:{p}" for r in records if r.decision is Decision.COMMIT for p in r.participants
+    }
+    for name in in_doubt:
+        if name not in report.unreachable:
+            with contextlib.suppress(MultistoreError):
+                await participants[name].purge_markers(ABORT_RETENTION, keep)
+    return report
+
+
+async def _check_committed(
+    xid: Xid,
+    names: Sequence[str],
+    participants: Mapping[str, Participant],
+    report: RecoveryReport,
+) -> None:
+    """A finished commit decision: every branch must have its commit marker; one without
+    it was lost or rolled back outside the coordinator (a heuristic outcome)."""
+    for name in names:
+        branch = xid.for_branch(name)
+        if str(branch) in report.committed:
+            continue
+        if await participants[name].committed(branch) is False:
+            report.heuristics.append(
+                HeuristicOutcome(
+                    xid.gtrid,
+                    name,
+                    Decision.COMMIT.value,
+                    f"branch {branch} was decided commit but {name} has neither the prepared "
+                    "branch nor its commit marker: it was lost or rolled back outside the "
+                    "coordinator",
+                )
+            )
+
+
+async def recover_transactions(
+    participants: Mapping[str, str | StoreURL],
+    log: str | StoreURL,
+    *,
+    node: str | None = None,
+    retry_for: float = 0.0,
+    retry_interval: float = 0.5,
+) -> dict[str, Any]:
+    """Resolve every in-doubt 2PC branch of ``participants`` (name -> store URL) with the
+    decision log at ``log``; only ``node``'s branches when given. Participants that are
+    down are retried every ``retry_interval`` seconds for up to ``retry_for`` seconds.
+    Returns :meth:`RecoveryReport.as_dict` (``resolved`` False if anything is left)."""
+    deadline = time.monotonic() + retry_for
+    report = RecoveryReport()
+    decision_log = await DecisionLog.open(log)
+    opened: dict[str, Participant] = {}
+    try:
+        while True:
+            down: dict[str, str] = {}
+            for name, url in participants.items():
+                if name not in opened:
+                    try:
+                        opened[name] = await open_participant(name, url)
+                    except MultistoreError as exc:
+                        down[name] = str(exc)
+            one = await recover_once(decision_log, opened, node=node)
+            one.unreachable.update(down)
+            if down:
+                one.pending = sorted(set(one.pending))
+            report.merge(one)
+            if (report.resolved and not down) or time.monotonic() >= deadline:
+                break
+            for name in list(one.unreachable):
+                participant = opened.pop(name, None)
+                if participant is not None:
+                    with contextlib.suppress(Exception):
+                        await participant.close()
+            await asyncio.sleep(retry_interval)
+    finally:
+        for participant in opened.values():
+            with contextlib.suppress(Exception):
+                await participant.close()
+        await decision_log.close()
+    return report.as_dict()

@@ -1,0 +1,134 @@
+"""Quorum arithmetic: consistency levels, R/W/N checks and the named presets.
+
+With N replicas, a read that waits for R of them and a write that waits for W
+overlap in at least one replica when ``R + W > N``: every read then meets the
+latest acknowledged write. ``R + W <= N`` is allowed (it is faster and stays
+available with more nodes down) but reads may be stale; :meth:`QuorumConfig.warning`
+says so, and the replication layer turns it into a warning.
+
+The seed's three configurations are presets, named for what they do:
+
+=======================  =====  =====  ==========================================
+preset                   W      R      the seed calls it
+=======================  =====  =====  ==========================================
+``quorum``               N/2+1  N/2+1  "balanced"
+``write_all_read_one``   N      1      "strong"
+``write_one_read_all``   1      N      "eventual" — but R+W = N+1 > N: it overlaps
+``eventual``             1      1      (truly eventual: R+W <= N for N >= 2)
+=======================  =====  =====  ==========================================
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, replace
+from typing import Final
+
+from multistore.errors import InvalidValueError
+
+__all__ = ["PRESETS", "Consistency", "Level", "QuorumConfig", "required"]
+
+
+class Consistency(enum.Enum):
+    """A consistency level that depends on N (Cassandra's names)."""
+
+    ONE = "one"
+    QUORUM = "quorum"
+    ALL = "all"
+
+
+Level = Consistency | int
+"""A consistency level: a :class:`Consistency` or an explicit replica count."""
+
+
+def required(level: Level | str, n: int) -> int:
+    """How many of ``n`` replicas the level waits for (``InvalidValueError`` if impossible)."""
+    if isinstance(level, str):
+        text = level
+        try:
+            level = Consistency(text.lower())
+        except ValueError:
+            if not text.isdigit():
+                raise InvalidValueError(
+                    f"unknown consistency level {text!r}; use one, quorum, all or a number"
+                ) from None
+            level = int(text)
+    if isinstance(level, Consistency):
+        return {Consistency.ONE: 1, Consistency.QUORUM: n // 2 + 1, Consistency.ALL: n}[level]
+    if type(level) is not int or not 1 <= level <= n:
+        raise InvalidValueError(
+            f"a replica count must be an int in [1, {n}] (N={n}), got {level!r}"
+        )
+    return level
+
+
+@dataclass(frozen=True, slots=True)
+class QuorumConfig:
+    """Replication factor ``n`` and the default read/write levels of a cluster.
+
+    ``pr``/``pw`` (0 = off) count only primary replicas — the nodes of the key's
+    preference list, not the fallbacks a sloppy quorum writes to.
+    """
+
+    n: int = 3
+    r: Level = Consistency.QUORUM
+    w: Level = Consistency.QUORUM
+    pr: int = 0
+    pw: int = 0
+
+    def __post_init__(self) -> None:
+        if type(self.n) is not int or self.n < 1:
+            raise InvalidValueError(f"the replication factor N must be an int >= 1, got {self.n!r}")
+        required(self.r, self.n)
+        required(self.w, self.n)
+        for name, value in (("pr", self.pr), ("pw", self.pw)):
+            if type(value) is not int or not 0 <= value <= self.n:
+                raise InvalidValueError(f"{name} must be an int in [0, {self.n}], got {value!r}")
+
+    @property
+    def read_count(self) -> int:
+        return required(self.r, self.n)
+
+    @property
+    def write_count(self) -> int:
+        return required(self.w, self.n)
+
+    @property
+    def overlapping(self) -> bool:
+        """True when every read quorum meets every write quorum (R + W > N)."""
+        return self.read_count + self.write_count > self.n
+
+    def warning(self) -> str | None:
+        """A sentence explaining the risk when R + W <= N, else None."""
+        if self.overlapping:
+            return None
+        return (
+            f"R={self.read_count} + W={self.write_count} <= N={self.n}: a read may miss the "
+            "latest acknowledged write (stale reads); use R + W > N for read-your-writes"
+        )
+
+    def with_levels(self, *, r: Level | None = None, w: Level | None = None) -> QuorumConfig:
+        return replace(self, r=self.r if r is None else r, w=self.w if w is None else w)
+
+    @classmethod
+    def preset(cls, name: str, n: int = 3) -> QuorumConfig:
+        """One of :data:`PRESETS` for replication factor ``n``."""
+        levels = PRESETS.get(name)
+        if levels is None:
+            raise InvalidValueError(
+                f"unknown quorum preset {name!r}; presets are {', '.join(sorted(PRESETS))}"
+            )
+        return cls(n=n, r=levels[0], w=levels[1])
+
+    def describe(self) -> str:
+        overlap = "R+W>N" if self.overlapping else "R+W<=N, stale reads possible"
+        return f"N={self.n} R={self.read_count} W={self.write_count} ({overlap})"
+
+
+PRESETS: Final[dict[str, tuple[Consistency, Consistency]]] = {
+    "quorum": (Consistency.QUORUM, Consistency.QUORUM),
+    "write_all_read_one": (Consistency.ONE, Consistency.ALL),
+    "write_one_read_all": (Consistency.ALL, Consistency.ONE),
+    "eventual": (Consistency.ONE, Consistency.ONE),
+}
+"""Preset name -> (R, W); see the module docstring."""

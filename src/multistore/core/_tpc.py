@@ -1,0 +1,183 @@
+"""The two-phase commit protocol as pure values and rules (presumed abort), no I/O.
+
+* :class:`Xid` — a global transaction id that names the coordinator's node, so a
+  recovery manager knows whose in-doubt branches are whose. It formats to and parses
+  from one string (``ms2pc:<node>:<tid>`` for the transaction, ``…:<branch>`` for the
+  branch a participant holds) that fits PostgreSQL's 200-byte GID and MariaDB's
+  64-byte ``gtrid``/``bqual``.
+* :class:`TxState`, :class:`Vote`, :class:`Decision` — where a transaction stands,
+  what a participant answered to prepare, what the coordinator decided.
+* The presumed-abort rules: :func:`decide`, :func:`needs_decision_log`,
+  :func:`phase_two_targets` and, for recovery, :func:`resolve_in_doubt`.
+
+Presumed abort: the coordinator writes nothing before it decides; only a commit
+decision is logged (forced to disk before phase 2 starts), so a branch whose
+transaction has no log record was never committed and is rolled back.
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Final
+
+from multistore.errors import InvalidValueError
+
+__all__ = [
+    "XA_FORMAT_ID",
+    "XID_PREFIX",
+    "Decision",
+    "TxState",
+    "Vote",
+    "Xid",
+    "decide",
+    "needs_decision_log",
+    "phase_two_targets",
+    "resolve_in_doubt",
+]
+
+#: Every multistore global transaction id starts with this; others are not ours.
+XID_PREFIX: Final = "ms2pc"
+#: The XA ``formatID`` used for multistore branches on MariaDB.
+XA_FORMAT_ID: Final = 0x6D73  # "ms"
+
+_NODE_RE: Final = re.compile(r"[A-Za-z0-9_-]{1,24}")
+_TID_RE: Final = re.compile(r"[0-9a-f]{32}")
+_BRANCH_RE: Final = re.compile(r"[A-Za-z0-9_-]{1,48}")
+
+
+class TxState(enum.Enum):
+    """Where a distributed transaction stands (the coordinator's view)."""
+
+    ACTIVE = "active"
+    """Statements are running on the branches."""
+    PREPARING = "preparing"
+    """Phase 1: prepare was sent to the participants."""
+    COMMITTING = "committing"
+    """Commit was decided (and logged when needed); phase 2 is running."""
+    COMMITTED = "committed"
+    """Every branch committed."""
+    ABORTING = "aborting"
+    """Abort was decided; branches are being rolled back."""
+    ABORTED = "aborted"
+    """Nothing was committed anywhere, and never will be."""
+    IN_DOUBT = "in_doubt"
+    """Commit was decided but some branch did not confirm; recovery finishes it."""
+
+    @property
+    def finished(self) -> bool:
+        return self in (TxState.COMMITTED, TxState.ABORTED)
+
+
+class Vote(enum.Enum):
+    """A participant's answer to prepare."""
+
+    YES = "yes"
+    """Prepared: the branch can commit and will wait for the decision."""
+    NO = "no"
+    """Refused (and already rolled back): the transaction must abort."""
+    READ_ONLY = "read_only"
+    """The branch wrote nothing and is finished; it takes no part in phase 2."""
+
+
+class Decision(enum.Enum):
+    COMMIT = "commit"
+    ABORT = "abort"
+
+
+@dataclass(frozen=True, order=True)
+class Xid:
+    """A global transaction id, or one branch of it (``branch`` set).
+
+    ``str(xid)`` is ``ms2pc:<node>:<tid>[:<branch>]`` and :meth:`parse` reads it back.
+    ``node`` names the coordinator (letters, digits, ``_``, ``-``; at most 24),
+    ``tid`` is 32 lowercase hex digits, ``branch`` the participant's name.
+    """
+
+    node: str
+    tid: str
+    branch: str = ""
+
+    def __post_init__(self) -> None:
+        if not _NODE_RE.fullmatch(self.node):
+            raise InvalidValueError(
+                f"coordinator node id {self.node!r} must be 1-24 letters, digits, '_' or '-'"
+            )
+        if not _TID_RE.fullmatch(self.tid):
+            raise InvalidValueError(f"transaction id {self.tid!r} must be 32 lowercase hex digits")
+        if self.branch and not _BRANCH_RE.fullmatch(self.branch):
+            raise InvalidValueError(
+                f"branch name {self.branch!r} must be 1-48 letters, digits, '_' or '-'"
+            )
+
+    @property
+    def gtrid(self) -> str:
+        """The global part (no branch): the key of the decision log."""
+        return f"{XID_PREFIX}:{self.node}:{self.tid}"
+
+    @property
+    def is_branch(self) -> bool:
+        return bool(self.branch)
+
+    def for_branch(self, branch: str) -> Xid:
+        """This transaction's id on participant ``branch``."""
+        return Xid(self.node, self.tid, branch)
+
+    @property
+    def global_xid(self) -> Xid:
+        return Xid(self.node, self.tid)
+
+    def __str__(self) -> str:
+        return f"{self.gtrid}:{self.branch}" if self.branch else self.gtrid
+
+    @classmethod
+    def parse(cls, text: str) -> Xid:
+        """Read an id written by ``str(xid)``; :class:`InvalidValueError` otherwise."""
+        parts = text.split(":")
+        if len(parts) not in (3, 4) or parts[0] != XID_PREFIX:
+            raise InvalidValueError(
+                f"{text!r} is not a multistore transaction id (ms2pc:<node>:<tid>[:<branch>])"
+            )
+        return cls(parts[1], parts[2], parts[3] if len(parts) == 4 else "")
+
+    @classmethod
+    def try_parse(cls, text: str) -> Xid | None:
+        """Like :meth:`parse`, but None for an id that is not ours (another tool's)."""
+        try:
+            return cls.parse(text)
+        except InvalidValueError:
+            return None
+
+
+def decide(votes: Mapping[str, Vote | None]) -> Decision:
+    """Commit only when every participant voted (None: no answer in time) and none
+    voted NO."""
+    if all(vote is not None and vote is not Vote.NO for vote in votes.values()):
+        return Decision.COMMIT
+    return Decision.ABORT
+
+
+def needs_decision_log(votes: Mapping[str, Vote | None]) -> bool:
+    """A commit decision is logged only when two or more branches are prepared: with one
+    prepared branch (the others read-only) its own commit is the decision, and a crash
+    before it leaves a branch that presumed abort rightly rolls back."""
+    return sum(1 for vote in votes.values() if vote is Vote.YES) >= 2
+
+
+def phase_two_targets(votes: Mapping[str, Vote | None], decision: Decision) -> list[str]:
+    """The participants that phase 2 must reach, in name order.
+
+    Commit: the prepared ones (read-only branches are finished). Abort: the prepared
+    ones and those that gave no answer (their prepare may have gone through); a NO
+    voter has rolled back already.
+    """
+    if decision is Decision.COMMIT:
+        return sorted(name for name, vote in votes.items() if vote is Vote.YES)
+    return sorted(name for name, vote in votes.items() if vote is Vote.YES or vote is None)
+
+
+def resolve_in_doubt(logged: Decision | None) -> Decision:
+    """Presumed abort: an in-doubt branch commits only when a commit decision is logged."""
+    return Decision.COMMIT if logged is Decision.COMMIT else Decision.ABORT

@@ -1,0 +1,142 @@
+"""Replication: primary/replica routing, multi-master, and quorum replication.
+
+**Router.**
+:class:`Router` sends writes and transactions to the primary and reads to replicas
+picked by a :class:`ReadPolicy`; a write returns a :class:`CausalToken` and a read that
+carries it (directly, or through a :class:`Session`) sees that write. It runs over
+PostgreSQL streaming replication or, embedded, over SQLite files fed by log shipping.
+``replication_status(router)`` reports each node's role, lag and health.
+
+**Multi-master.** :class:`MultiMasterNode` (a SQLite or PostgreSQL store that logs
+each local write with its HLC in the same transaction) and :class:`Replicator`
+(push/pull, resumable, idempotent) apply remote changes through a resolver from
+:mod:`multistore.core` (LWW, merge function, siblings, CRDTs) and record conflicts.
+
+**Quorum.** :class:`QuorumCluster` places keys on N of M nodes (Redis servers or
+SQLite files) by consistent hashing, with per-request R/W, read repair, hinted
+handoff (:class:`HintStore`) and Merkle anti-entropy (:func:`anti_entropy`);
+:class:`QuorumWideColumnStore` is the distributed wide-column backend
+(``quorum://`` URLs).
+
+Builds on :mod:`multistore.stores` and :mod:`multistore.core` only.
+"""
+
+from multistore.replication._antientropy import (
+    RepairReport,
+    anti_entropy,
+)
+from multistore.replication._changelog import (
+    Change,
+    ConflictRecord,
+    RejectedChange,
+)
+from multistore.replication._config import Backoff, LogShipping, RouterConfig
+from multistore.replication._errors import FailoverError, FailoverFailedError
+from multistore.replication._hints import (
+    Hint,
+    HintStore,
+)
+from multistore.replication._lag import Health
+from multistore.replication._logship import LogShipper
+from multistore.replication._mm_report import (
+    multimaster_demo,
+    multimaster_status,
+)
+from multistore.replication._multimaster import (
+    KeyRead,
+    MultiMasterNode,
+    NodeStatistics,
+    PeerPosition,
+)
+from multistore.replication._nodes import Node, Role, RoutedTransaction, is_read
+from multistore.replication._policies import (
+    LeastLagPolicy,
+    RandomPolicy,
+    ReadPolicy,
+    ReplicaView,
+    RoundRobinPolicy,
+)
+from multistore.replication._qdetector import (
+    ThresholdDetector,
+)
+from multistore.replication._qnodes import (
+    QuorumNode,
+    RedisNode,
+    SQLiteNode,
+)
+from multistore.replication._quorum import (
+    QuorumCluster,
+    QuorumError,
+    WeakQuorumWarning,
+    quorum_status,
+)
+from multistore.replication._quorum import ReadResult as QuorumReadResult
+from multistore.replication._quorum import WriteResult as QuorumWriteResult
+from multistore.replication._qwidecolumn import (
+    QuorumWideColumnStore,
+)
+from multistore.replication._replicator import (
+    Envelope,
+    Faults,
+    MemoryTransport,
+    Replicator,
+    ReplicatorStatistics,
+    Transport,
+)
+from multistore.replication._router import Router, Session, WriteResult
+from multistore.replication._status import replication_status
+from multistore.replication._token import CausalToken
+
+__all__ = [
+    "Backoff",
+    "CausalToken",
+    "Change",
+    "ConflictRecord",
+    "Envelope",
+    "FailoverError",
+    "FailoverFailedError",
+    "Faults",
+    "Health",
+    "Hint",
+    "HintStore",
+    "KeyRead",
+    "LeastLagPolicy",
+    "LogShipper",
+    "LogShipping",
+    "MemoryTransport",
+    "MultiMasterNode",
+    "Node",
+    "NodeStatistics",
+    "PeerPosition",
+    "QuorumCluster",
+    "QuorumError",
+    "QuorumNode",
+    "QuorumReadResult",
+    "QuorumWideColumnStore",
+    "QuorumWriteResult",
+    "RandomPolicy",
+    "ReadPolicy",
+    "RedisNode",
+    "RejectedChange",
+    "RepairReport",
+    "ReplicaView",
+    "Replicator",
+    "ReplicatorStatistics",
+    "Role",
+    "RoundRobinPolicy",
+    "RoutedTransaction",
+    "Router",
+    "RouterConfig",
+    "SQLiteNode",
+    "Session",
+    "ThresholdDetector",
+    "Transport",
+    "WeakQuorumWarning",
+    "WriteResult",
+    "anti_entropy",
+    "is_read",
+    "multimaster_demo",
+    "multimaster_status",
+    "quorum_status",
+    "replication_status",
+]

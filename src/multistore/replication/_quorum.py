@@ -1,0 +1,694 @@
+"""Dynamo-style quorum replication: the coordinator.
+
+M nodes (:mod:`._qnodes`) sit on a consistent-hash ring with virtual nodes; each
+key lives on the N nodes of its preference list. A write fans out to those N
+concurrently and returns once W have acknowledged; a read asks R of them and
+returns once R have answered — the others finish in the background. A read
+replica that stays silent for ``speculative_after`` seconds gets a *speculative*
+retry to a further replica (Cassandra's speculative retry), so one slow or
+partitioned node does not set the read latency.
+
+Values are versioned: each write gets an HLC timestamp and a version vector whose
+actor is the coordinator (Dynamo's scheme), and is stored on a node as a sibling
+set (:class:`~multistore.core.SiblingSet`). With the default :class:`LWW`
+resolver a node keeps the version with the greatest HLC, checked atomically on
+the node (one Lua script on Redis); with :class:`KeepSiblings` or a
+:class:`MergeFunction` nodes merge sibling sets with a compare-and-set, reads
+return concurrent versions as siblings (or the merged value), and a write that
+passes the read's ``context`` supersedes what that read saw.
+
+* **Read repair**: replicas that answered a read with an older state get the
+  newest; the read waits for those repairs when R is a quorum (so reads are
+  monotonic, as in Cassandra 4), and lets them run in the background otherwise.
+* **Sloppy quorum + hinted handoff**: a write whose home replica is down (or fails)
+  goes to the next node on the ring instead, and a hint is kept in a durable
+  :class:`HintStore`; :meth:`QuorumCluster.deliver_hints` hands the record to the
+  home node when it answers again. Hints older than ``hint_window`` (or for a node
+  down longer than that) are dropped and counted, as Cassandra's
+  ``max_hint_window``; anti-entropy repairs what they would have carried.
+* **Failure detection**: a threshold detector (:mod:`._qdetector`) marks a node
+  down after consecutive failures; requests skip it until it is due for a probe.
+* **Anti-entropy**: Merkle trees per shared token range (:mod:`._antientropy`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import warnings
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Final, TypeVar
+
+from multistore.core import (
+    LWW,
+    HybridClock,
+    KeepSiblings,
+    Resolver,
+    SiblingSet,
+    Versioned,
+    VersionVector,
+)
+from multistore.core._quorum import Level, QuorumConfig, required
+from multistore.core._ring import HashRing
+from multistore.errors import (
+    InvalidValueError,
+    MultistoreError,
+    Outcome,
+    StoreError,
+    StoreTimeoutError,
+    StoreUnavailableError,
+    UsageError,
+)
+from multistore.replication._antientropy import RepairReport, anti_entropy
+from multistore.replication._handoff import deliver_hints, late_write_hinter, record_hints
+from multistore.replication._hints import HintStore
+from multistore.replication._qdetector import ThresholdDetector
+from multistore.replication._qfanout import Fanout, fan_out
+from multistore.replication._qnodes import QuorumNode, Record, RedisNode, SQLiteNode
+
+__all__ = [
+    "TOMBSTONE",
+    "QuorumCluster",
+    "QuorumError",
+    "ReadResult",
+    "ScanRow",
+    "WeakQuorumWarning",
+    "WriteResult",
+    "decode_set",
+    "encode_set",
+    "quorum_status",
+]
+
+T = TypeVar("T")
+
+TOMBSTONE: Final[dict[str, Any]] = {"d": 1}
+_CAS_ATTEMPTS: Final = 16
+
+
+class WeakQuorumWarning(UserWarning):
+    """R + W <= N: reads may miss the latest acknowledged write."""
+
+
+class QuorumError(StoreUnavailableError):
+    """Fewer replicas answered than the consistency level needs.
+
+    Indeterminate for writes that reached some replicas: the write may still
+    surface (through read repair, hints or anti-entropy).
+    """
+
+    def __init__(
+        self, message: str, *, acks: Sequence[str], required: int, outcome: Outcome
+    ) -> None:
+        super().__init__(message, outcome=outcome)
+        self.acks = tuple(acks)
+        self.required = required
+
+
+@dataclass(frozen=True, slots=True)
+class WriteResult:
+    version: Versioned[Any]
+    acks: tuple[str, ...]
+    """Nodes that acknowledged in time (fallbacks included)."""
+    hinted: tuple[str, ...]
+    """Home nodes that failed and got a hint instead."""
+
+
+@dataclass(frozen=True, slots=True)
+class ReadResult:
+    versions: tuple[Versioned[Any], ...]
+    """The live versions after resolution (one with LWW; siblings otherwise)."""
+    context: VersionVector
+    """Everything the read saw: pass it to ``put(..., context=)`` to supersede it."""
+    replicas: tuple[str, ...] = ()
+    repaired: tuple[str, ...] = ()
+
+    @property
+    def found(self) -> bool:
+        return bool(self.versions)
+
+    @property
+    def values(self) -> tuple[Any, ...]:
+        return tuple(v.value["v"] for v in self.versions)
+
+    @property
+    def value(self) -> Any:
+        """The value (None when not found); UsageError when siblings remain."""
+        if not self.versions:
+            return None
+        if len(self.versions) > 1:
+            raise UsageError(
+                f"{len(self.versions)} concurrent siblings; read .values and write the "
+                "merged value with context=result.context"
+            )
+        return self.versions[0].value["v"]
+
+
+@dataclass(frozen=True, slots=True)
+class ScanRow:
+    member: bytes
+    result: ReadResult
+
+
+@dataclass
+class _Stats:
+    reads: int = 0
+    writes: int = 0
+    read_repairs: int = 0
+    speculative_retries: int = 0
+    sloppy_writes: int = 0
+    hints_recorded: int = 0
+    hints_delivered: int = 0
+    hints_dropped: int = 0
+    anti_entropy: dict[str, int] = field(default_factory=dict)
+
+
+def encode_set(siblings: SiblingSet[Any]) -> bytes:
+    try:
+        return json.dumps(siblings.to_dict(), separators=(",", ":"), allow_nan=False).encode()
+    except (TypeError, ValueError) as exc:
+        raise InvalidValueError(f"a quorum value must be JSON-serialisable: {exc}") from None
+
+
+def decode_set(blob: bytes) -> SiblingSet[Any]:
+    return SiblingSet.from_dict(json.loads(blob))
+
+
+def _newest_hlc(siblings: SiblingSet[Any]) -> str:
+    newest = siblings.newest
+    assert newest is not None
+    return str(newest.hlc)
+
+
+class QuorumCluster:
+    """A coordinator over M quorum nodes; see the module docstring."""
+
+    def __init__(
+        self,
+        nodes: Sequence[QuorumNode],
+        *,
+        hints: HintStore,
+        config: QuorumConfig | None = None,
+        vnodes: int = 64,
+        resolver: Resolver | None = None,
+        timeout: float = 1.0,
+        speculative_after: float | None = 0.05,
+        hint_window: float = 3600.0,
+        clock: Callable[[], float] = time.time,
+        hlc_now_ms: Callable[[], int] | None = None,
+        node_id: str = "coordinator",
+        failure_threshold: int = 3,
+        probe_after: float = 1.0,
+    ) -> None:
+        names = [node.name for node in nodes]
+        if len(set(names)) != len(names) or not names:
+            raise InvalidValueError(f"quorum nodes need unique names, got {names}")
+        self.config = config or QuorumConfig()
+        if self.config.n > len(nodes):
+            raise InvalidValueError(
+                f"replication factor N={self.config.n} exceeds the {len(nodes)} nodes"
+            )
+        _warn_if_weak(self.config)
+        self.ring = HashRing(names, vnodes=vnodes)
+        self.resolver: Resolver = resolver if resolver is not None else LWW()
+        self._lww = isinstance(self.resolver, LWW)
+        self.timeout = timeout
+        self.speculative_after = speculative_after
+        self.hint_window = hint_window
+        self.hints = hints
+        self.clock = clock
+        now_ms = hlc_now_ms or (lambda: time.time_ns() // 1_000_000)
+        self._hlc = HybridClock(node_id, now_ms=now_ms, max_skew_ms=10**12)
+        self.node_id = node_id
+        self._nodes = {node.name: node for node in nodes}
+        self.detector = ThresholdDetector(
+            names, threshold=failure_threshold, probe_after=probe_after, clock=clock
+        )
+        self.stats = _Stats()
+        self._background: set[asyncio.Future[Any]] = set()
+        self._loop_task: asyncio.Task[None] | None = None
+        self.closed = False
+
+    # -- construction -------------------------------------------------------------------
+
+    @classmethod
+    async def embedded(
+        cls,
+        path: str | Path,
+        nodes: int = 3,
+        *,
+        hints_path: str | Path | None = "",
+        **options: Any,
+    ) -> QuorumCluster:
+        """``nodes`` SQLite nodes ``node0`` … in ``path``; hints in ``path/hints.db``
+        (``hints_path=None``: in memory)."""
+        root = Path(path)
+        opened: list[SQLiteNode] = []
+        try:
+            for i in range(nodes):
+                opened.append(await SQLiteNode(f"node{i}", root / f"node{i}.db").open())
+            hint_file = root / "hints.db" if hints_path == "" else hints_path
+            hints = await HintStore.open(hint_file)
+        except BaseException:
+            for node in opened:
+                await node.close()
+            raise
+        return cls(opened, hints=hints, **options)
+
+    @classmethod
+    async def redis(
+        cls,
+        urls: Sequence[str],
+        *,
+        names: Sequence[str] | None = None,
+        hints_path: str | Path | None = None,
+        prefix: str = "q:",
+        **options: Any,
+    ) -> QuorumCluster:
+        """One node per Redis URL (named ``names`` or ``node0`` …)."""
+        labels = list(names) if names is not None else [f"node{i}" for i in range(len(urls))]
+        timeout = float(options.get("timeout", 1.0))
+        nodes = [
+            RedisNode.from_url(label, url, timeout=max(timeout, 1.0), prefix=prefix)
+            for label, url in zip(labels, urls, strict=True)
+        ]
+        hints = await HintStore.open(hints_path)
+        return cls(nodes, hints=hints, **options)
+
+    async def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        if self._loop_task is not None:
+            self._loop_task.cancel()
+            await asyncio.gather(self._loop_task, return_exceptions=True)
+        await self.wait_background()
+        for node in self._nodes.values():
+            await node.close()
+        await self.hints.close()
+
+    async def __aenter__(self) -> QuorumCluster:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    # -- introspection ------------------------------------------------------------------
+
+    @property
+    def nodes(self) -> list[str]:
+        return list(self._nodes)
+
+    def node(self, name: str) -> QuorumNode:
+        try:
+            return self._nodes[name]
+        except KeyError:
+            raise UsageError(f"no quorum node {name!r}; nodes are {self.nodes}") from None
+
+    def preference_list(self, key: str | bytes) -> tuple[str, ...]:
+        return self.ring.preference_list(_group(key), self.config.n)
+
+    async def wipe_node(self, name: str) -> None:
+        await self.node(name).wipe()
+
+    async def wait_background(self) -> None:
+        """Wait for the requests that finished after their operation returned."""
+        while self._background:
+            await asyncio.gather(*list(self._background), return_exceptions=True)
+
+    def start_background(self, interval: float = 0.5, *, repair_every: float | None = None) -> None:
+        """Deliver hints every ``interval`` seconds (and run anti-entropy every
+        ``repair_every`` seconds, if given) until :meth:`close`."""
+        if self._loop_task is None:
+            self._loop_task = asyncio.ensure_future(self._maintain(interval, repair_every))
+
+    async def anti_entropy(self, node: str | None = None, *, depth: int = 12) -> RepairReport:
+        """Merkle-tree repair of ``node`` against its peers, or of every pair of nodes."""
+        self._check_open()
+        return await anti_entropy(self, node, depth=depth)
+
+    async def _maintain(self, interval: float, repair_every: float | None) -> None:
+        last_repair = time.monotonic()
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await self.deliver_hints()
+                if repair_every is not None and time.monotonic() - last_repair >= repair_every:
+                    last_repair = time.monotonic()
+                    await anti_entropy(self)
+            except MultistoreError:
+                continue
+
+    # -- public operations --------------------------------------------------------------
+
+    async def put(
+        self,
+        key: str,
+        value: Any,
+        *,
+        w: Level | None = None,
+        pw: int | None = None,
+        context: VersionVector | None = None,
+    ) -> WriteResult:
+        """Write ``value`` (JSON) under ``key``; returns once W replicas acknowledged."""
+        return await self.put_record(_group(key), b"", {"v": value}, w=w, pw=pw, context=context)
+
+    async def delete(
+        self, key: str, *, w: Level | None = None, context: VersionVector | None = None
+    ) -> WriteResult:
+        """Write a tombstone for ``key``."""
+        return await self.put_record(_group(key), b"", TOMBSTONE, w=w, context=context)
+
+    async def get(self, key: str, *, r: Level | None = None, pr: int | None = None) -> ReadResult:
+        """Read ``key`` from R replicas, resolve, repair; see :class:`ReadResult`."""
+        return await self.get_record(_group(key), b"", r=r, pr=pr)
+
+    # -- record level (used by the wide-column store) -----------------------------------
+
+    def _version(self, payload: Any, context: VersionVector | None) -> Versioned[Any]:
+        hlc = self._hlc.now()
+        counter = hlc.physical_ms * 2**24 + hlc.counter + 1
+        base = context if context is not None else VersionVector()
+        counter = max(counter, base.get_count(self.node_id) + 1)
+        vv = base.merge(VersionVector({self.node_id: counter}))
+        return Versioned(payload, hlc, vv, self.node_id)
+
+    async def put_record(
+        self,
+        group: bytes,
+        member: bytes,
+        payload: Any,
+        *,
+        w: Level | None = None,
+        pw: int | None = None,
+        context: VersionVector | None = None,
+    ) -> WriteResult:
+        self._check_open()
+        need = required(self.config.w if w is None else w, self.config.n)
+        pneed = self.config.pw if pw is None else pw
+        version = self._version(payload, context)
+        blob = encode_set(SiblingSet([version]))
+        hlc = str(version.hlc)
+        self.stats.writes += 1
+
+        async def store(node: QuorumNode) -> bool:
+            await self.apply_record(node, group, member, hlc, blob)
+            return True
+
+        fan = await self._fanout(group, need, pneed, store, write=True)
+        acks = tuple(fan.results)
+        hinted = await record_hints(self, group, member, hlc, blob, fan)
+        for task, name in fan.pending.items():
+            if name in fan.homes:
+                task.add_done_callback(late_write_hinter(self, group, member, hlc, blob, name))
+        total, primary = fan.counts(write=True)
+        if total < need or primary < pneed:
+            outcome = Outcome.INDETERMINATE if acks or fan.pending else Outcome.DEFINITE
+            raise QuorumError(
+                f"write of {group!r} reached {len(acks)} of the {need} replicas it needs "
+                f"({fan.describe_errors()})",
+                acks=acks,
+                required=need,
+                outcome=outcome,
+            )
+        return WriteResult(version, acks, hinted)
+
+    async def get_record(
+        self, group: bytes, member: bytes, *, r: Level | None = None, pr: int | None = None
+    ) -> ReadResult:
+        self._check_open()
+        need = required(self.config.r if r is None else r, self.config.n)
+        pneed = self.config.pr if pr is None else pr
+        self.stats.reads += 1
+
+        async def read(node: QuorumNode) -> Record | None:
+            return await node.read(group, member)
+
+        fan = await self._fanout(group, need, pneed, read, write=False)
+        self._check_read(group, fan, need, pneed)
+        return await self._resolve_and_repair(group, member, dict(fan.results), need)
+
+    async def scan_records(
+        self,
+        group: bytes,
+        lo: bytes | None,
+        hi: bytes | None,
+        *,
+        reverse: bool = False,
+        limit: int | None = None,
+        r: Level | None = None,
+    ) -> tuple[list[ScanRow], bool]:
+        """Records of one group in member order, merged over R replicas and repaired.
+
+        The flag is True when some replica returned ``limit`` records (there may be
+        more: the caller asks again with a larger limit if tombstones ate its rows).
+        """
+        self._check_open()
+        need = required(self.config.r if r is None else r, self.config.n)
+        self.stats.reads += 1
+
+        async def scan(node: QuorumNode) -> list[tuple[bytes, Record]]:
+            return await node.scan(group, lo, hi, reverse=reverse, limit=limit)
+
+        fan = await self._fanout(group, need, 0, scan, write=False)
+        self._check_read(group, fan, need, 0)
+        members: set[bytes] = set()
+        for rows in fan.results.values():
+            members.update(m for m, _ in rows)
+        ordered = sorted(members, reverse=reverse)
+        truncated = limit is not None and any(len(rows) >= limit for rows in fan.results.values())
+        if limit is not None and truncated:
+            # Only members up to the last one every full replica returned are certain.
+            for rows in fan.results.values():
+                if len(rows) >= limit:
+                    last = rows[-1][0]
+                    ordered = [m for m in ordered if (m >= last if reverse else m <= last)]
+        out: list[ScanRow] = []
+        repairs: list[asyncio.Task[None]] = []
+        by_node = {name: dict(rows) for name, rows in fan.results.items()}
+        for m in ordered:
+            records = {name: rows.get(m) for name, rows in by_node.items()}
+            result, target, stale = self._resolve(records)
+            if target is not None and stale:
+                repairs += self._repair(group, m, target, stale)
+            out.append(ScanRow(m, result))
+        await self._finish_repairs(repairs, need)
+        return out, truncated
+
+    # -- internals ----------------------------------------------------------------------
+
+    def _check_open(self) -> None:
+        if self.closed:
+            raise UsageError("the quorum cluster is closed")
+
+    def _check_read(self, group: bytes, fan: Fanout, need: int, pneed: int) -> None:
+        answered = list(fan.results)
+        total, primary = fan.counts(write=False)
+        if total < need or primary < pneed:
+            raise QuorumError(
+                f"read of {group!r} got {total} of the {need} answers it needs "
+                f"({fan.describe_errors()})",
+                acks=answered,
+                required=need,
+                outcome=Outcome.DEFINITE,
+            )
+
+    async def apply_record(
+        self, node: QuorumNode, group: bytes, member: bytes, hlc: str, blob: bytes
+    ) -> None:
+        """Apply a record to one node: LWW on the node, or a merge with compare-and-set."""
+        if self._lww:
+            await node.write_lww(group, member, hlc, blob)
+            return
+        incoming = decode_set(blob)
+        for _ in range(_CAS_ATTEMPTS):
+            old = await node.read(group, member)
+            if old is None:
+                merged = incoming
+            else:
+                current = decode_set(old[1])
+                merged = current.merge(incoming)
+                if merged == current:
+                    return
+            if await node.write_cas(group, member, _newest_hlc(merged), encode_set(merged), old):
+                return
+        raise StoreError(f"node {node.name} kept changing {group!r} during a merge; gave up")
+
+    async def call_node(self, name: str, fn: Callable[[QuorumNode], Awaitable[T]]) -> T:
+        """``fn(node)`` within the request timeout, reported to the failure detector."""
+        node = self._nodes[name]
+        started = time.perf_counter()
+        try:
+            async with asyncio.timeout(self.timeout):  # no extra task, unlike wait_for
+                result = await fn(node)
+        except TimeoutError:
+            self.detector.failure(name)
+            raise StoreTimeoutError(
+                f"quorum node {name} did not answer within {self.timeout} s"
+            ) from None
+        except MultistoreError:
+            self.detector.failure(name)
+            raise
+        self.detector.success(name, time.perf_counter() - started)
+        return result
+
+    def spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
+        """Run ``coro`` in the background; :meth:`wait_background` waits for it."""
+        self._track(asyncio.ensure_future(coro))
+
+    def _track(self, task: asyncio.Future[Any]) -> None:
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+        task.add_done_callback(_consume)
+
+    async def _fanout(
+        self,
+        group: bytes,
+        need: int,
+        pneed: int,
+        fn: Callable[[QuorumNode], Awaitable[Any]],
+        *,
+        write: bool,
+    ) -> Fanout:
+        homes = self.ring.preference_list(group, self.config.n)
+        fallbacks = [name for name in self.ring.walk(group) if name not in homes]
+        fan = await fan_out(
+            lambda name: self.call_node(name, fn),
+            homes,
+            fallbacks,
+            available=self.detector.available,
+            need=need,
+            pneed=pneed,
+            write=write,
+            speculative_after=self.speculative_after,
+        )
+        self.stats.speculative_retries += fan.speculative
+        for task in fan.pending:
+            self._track(task)
+        return fan
+
+    def target_record(self, records: Sequence[Record]) -> Record:
+        """The record every replica should hold, given the records some of them hold."""
+        if self._lww:
+            return max(records, key=lambda rec: rec[0])
+        merged: SiblingSet[Any] = SiblingSet()
+        for _, blob in records:
+            merged = merged.merge(decode_set(blob))
+        return _newest_hlc(merged), encode_set(merged)
+
+    def _resolve(
+        self, records: dict[str, Record | None]
+    ) -> tuple[ReadResult, Record | None, list[str]]:
+        """The read result, the record to repair with and the replicas that need it."""
+        held = [rec for rec in records.values() if rec is not None]
+        if not held:
+            return ReadResult((), VersionVector(), tuple(records)), None, []
+        target = self.target_record(held)
+        stale = [name for name, rec in records.items() if rec != target]
+        merged: SiblingSet[Any] = SiblingSet()
+        for _, blob in held:
+            merged = merged.merge(decode_set(blob))
+        if self._lww:
+            newest = merged.newest
+            assert newest is not None
+            versions: tuple[Versioned[Any], ...] = (newest,)
+        else:
+            versions = merged.versions
+            live = [v for v in versions if v.value != TOMBSTONE]
+            if len(live) > 1 and not isinstance(self.resolver, KeepSiblings):
+                raw = [Versioned(v.value["v"], v.hlc, v.vv, v.origin) for v in live]
+                resolution = self.resolver.resolve(SiblingSet(raw[:-1]), raw[-1])
+                win = resolution.winner
+                if resolution.siblings is None and win is not None:
+                    versions = (Versioned({"v": win.value}, win.hlc, win.vv, win.origin),)
+        live_versions = tuple(v for v in versions if v.value != TOMBSTONE)
+        return ReadResult(live_versions, merged.context, tuple(records)), target, stale
+
+    def _repair(
+        self, group: bytes, member: bytes, target: Record, stale: list[str]
+    ) -> list[asyncio.Task[None]]:
+        self.stats.read_repairs += len(stale)
+        hlc, blob = target
+        return [
+            asyncio.ensure_future(
+                self.call_node(n, lambda node: self.apply_record(node, group, member, hlc, blob))
+            )
+            for n in stale
+        ]
+
+    async def _finish_repairs(self, tasks: list[asyncio.Task[None]], need: int) -> None:
+        if not tasks:
+            return
+        if need > self.config.n // 2:  # a quorum read waits for its repairs: monotonic reads
+            await asyncio.gather(*tasks, return_exceptions=True)
+            return
+        for task in tasks:
+            self._track(task)
+
+    async def _resolve_and_repair(
+        self, group: bytes, member: bytes, records: dict[str, Record | None], need: int
+    ) -> ReadResult:
+        result, target, stale = self._resolve(records)
+        if target is None or not stale:
+            return result
+        await self._finish_repairs(self._repair(group, member, target, stale), need)
+        return ReadResult(result.versions, result.context, result.replicas, tuple(stale))
+
+    # -- hinted handoff -----------------------------------------------------------------
+
+    async def deliver_hints(self) -> int:
+        """Hand pending hints to home nodes that answer; drop those past the window.
+
+        Returns the number delivered (see :mod:`._handoff`).
+        """
+        self._check_open()
+        return await deliver_hints(self)
+
+
+def _consume(task: asyncio.Future[Any]) -> None:
+    """Mark a background task's exception as retrieved (it was counted already)."""
+    if not task.cancelled():
+        task.exception()
+
+
+def _group(key: str | bytes) -> bytes:
+    if isinstance(key, bytes):
+        return key
+    if not isinstance(key, str) or not key:
+        raise InvalidValueError(f"a quorum key must be a non-empty string, got {key!r}")
+    return key.encode("utf-8")
+
+
+def _warn_if_weak(config: QuorumConfig) -> None:
+    message = config.warning()
+    if message is not None:
+        warnings.warn(message, WeakQuorumWarning, stacklevel=3)
+
+
+async def quorum_status(cluster: QuorumCluster) -> dict[str, Any]:
+    """The membership view and counters of a cluster, as JSON-ready data."""
+    stats = cluster.stats
+    pending = await cluster.hints.counts()
+    return {
+        "n": cluster.config.n,
+        "r": cluster.config.read_count,
+        "w": cluster.config.write_count,
+        "overlapping": cluster.config.overlapping,
+        "resolver": repr(cluster.resolver),
+        "nodes": cluster.detector.view(),
+        "hints": {
+            "pending": sum(pending.values()),
+            "pending_by_node": pending,
+            "recorded": stats.hints_recorded,
+            "delivered": stats.hints_delivered,
+            "dropped": stats.hints_dropped,
+        },
+        "reads": stats.reads,
+        "writes": stats.writes,
+        "read_repairs": stats.read_repairs,
+        "speculative_retries": stats.speculative_retries,
+        "sloppy_writes": stats.sloppy_writes,
+        "anti_entropy": dict(stats.anti_entropy),
+    }

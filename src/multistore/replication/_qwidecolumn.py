@@ -1,0 +1,477 @@
+"""The wide-column model on a quorum cluster (Cassandra's design, on our nodes).
+
+A partition is one *group* on the ring, so all its rows live on the same N
+replicas; a row is a record of that group whose *member* is an order-preserving
+byte encoding of its clustering values (each column ascending or descending, as
+declared), so every node keeps a partition's rows in clustering order — a Redis
+sorted set read with ``ZRANGEBYLEX``, or a SQLite primary key — and a range read
+is one contiguous scan on each replica, merged by the coordinator. Rows are
+last-writer-wins by HLC per row (Cassandra's cell timestamps, at row
+granularity); a delete writes tombstones; a TTL travels with the row as an
+absolute expiry time, so any replica hides an expired row by itself.
+
+Schemas are records of a reserved group, written at ALL available and read at
+the read level; each table gets an *incarnation* id, so rows of a dropped table
+never reappear in a new table of the same name.
+
+Consistency is per request: ``store.with_consistency(r=..., w=...)`` returns a
+view of the same cluster with other levels (ONE, QUORUM, ALL or counts).
+
+Limits: ``upsert_many`` checks every row first, then writes the rows
+concurrently — not atomically across rows (Cassandra's unlogged batch); a
+partition delete tombstones the rows a read at the read level finds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import struct
+import time
+import uuid
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, Final, Self
+from urllib.parse import parse_qsl, unquote, urlsplit
+
+from multistore.core._quorum import Consistency, Level, QuorumConfig
+from multistore.core._ring import RING_SIZE
+from multistore.errors import (
+    ConflictError,
+    InvalidURLError,
+    InvalidValueError,
+    NotFoundError,
+)
+from multistore.replication._qnodes import parse_entry
+from multistore.replication._quorum import TOMBSTONE, QuorumCluster, ReadResult, decode_set
+from multistore.stores.widecolumn._api import (
+    Condition,
+    Order,
+    TableSchema,
+    WideColumnStore,
+    check_identifier,
+)
+from multistore.stores.widecolumn._query import (
+    SelectPlan,
+    check_row,
+    check_ttl,
+    from_micros,
+    plan_delete,
+    plan_select,
+    to_micros,
+)
+from multistore.urls import OptionValue, StoreURL
+
+__all__ = ["QuorumWideColumnStore", "encode_key", "parse_quorum_url"]
+
+_SCHEMAS: Final = b"\x00wc-schemas"
+_CONCURRENCY: Final = 64
+
+
+# -- order-preserving keys ------------------------------------------------------------
+
+
+def _escape(data: bytes) -> bytes:
+    return data.replace(b"\x00", b"\x00\xff") + b"\x00\x01"
+
+
+def _encode_value(kind: str, value: Any) -> bytes:
+    if kind in ("int", "timestamp"):
+        number = to_micros(value) if kind == "timestamp" else value
+        return (number + 2**63).to_bytes(8, "big")
+    if kind == "float":
+        number = 0.0 if value == 0 else float(value)
+        bits = struct.unpack(">Q", struct.pack(">d", number))[0]
+        bits = bits ^ 0xFFFFFFFFFFFFFFFF if bits >> 63 else bits | (1 << 63)
+        return int(bits).to_bytes(8, "big")
+    if kind == "bool":
+        return b"\x01" if value else b"\x00"
+    if kind == "text":
+        return _escape(value.encode("utf-8"))
+    return _escape(bytes(value))
+
+
+def encode_key(schema: TableSchema, columns: Sequence[str], values: Sequence[Any]) -> bytes:
+    """Bytes that sort like the values in the clustering order of ``columns``."""
+    out = bytearray()
+    orders = {c.name: c.order for c in schema.clustering}
+    for column, value in zip(columns, values, strict=True):
+        part = _encode_value(schema.columns[column], value)
+        if orders.get(column) == "desc":
+            part = bytes(255 - b for b in part)
+        out += part
+    return bytes(out)
+
+
+def _successor(prefix: bytes) -> bytes | None:
+    """The least byte string greater than every string that starts with ``prefix``."""
+    trimmed = prefix.rstrip(b"\xff")
+    if not trimmed:
+        return None
+    return trimmed[:-1] + bytes([trimmed[-1] + 1])
+
+
+def _bounds(plan: SelectPlan) -> tuple[bytes | None, bytes | None]:
+    schema = plan.schema
+    names = schema.clustering_names
+    prefix = encode_key(schema, names[: len(plan.prefix)], plan.prefix)
+    lo: bytes | None = prefix or None
+    hi: bytes | None = _successor(prefix) if prefix else None
+    column = plan.range_column
+    if column is None:
+        return lo, hi
+    desc = dict((c.name, c.order) for c in schema.clustering)[column] == "desc"
+    low_value, high_value = plan.lower, plan.upper
+    if desc:  # a larger value sorts first: value bounds swap sides
+        low_value, high_value = high_value, low_value
+    if low_value is not None:
+        at = prefix + encode_key(schema, [column], [low_value.value])
+        lo = at if low_value.inclusive else _successor(at)
+    if high_value is not None:
+        at = prefix + encode_key(schema, [column], [high_value.value])
+        hi = _successor(at) if high_value.inclusive else at
+    return lo, hi
+
+
+# -- row values -------------------------------------------------------------------------
+
+
+def _to_json(kind: str, value: Any) -> Any:
+    if value is None:
+        return None
+    if kind == "timestamp":
+        return to_micros(value)
+    if kind == "blob":
+        return bytes(value).hex()
+    return value
+
+
+def _from_json(kind: str, value: Any) -> Any:
+    if value is None:
+        return None
+    if kind == "timestamp":
+        return from_micros(value)
+    if kind == "blob":
+        return bytes.fromhex(value)
+    if kind == "float":
+        return float(value)
+    if kind == "bool":
+        return bool(value)
+    return value
+
+
+class QuorumWideColumnStore(WideColumnStore):
+    """:class:`WideColumnStore` on a :class:`QuorumCluster`; see the module docstring."""
+
+    def __init__(
+        self,
+        cluster: QuorumCluster,
+        *,
+        url: StoreURL | None = None,
+        r: Level | None = None,
+        w: Level | None = None,
+        owns_cluster: bool = True,
+    ) -> None:
+        self.url = url if url is not None else StoreURL(scheme="quorum")
+        self.cluster = cluster
+        self.r = r
+        self.w = w
+        self._owns = owns_cluster
+        self._schemas: dict[str, tuple[TableSchema, str]] = {}
+
+    # -- opening --------------------------------------------------------------------------
+
+    @classmethod
+    async def open(cls, url: StoreURL) -> Self:
+        """``quorum:///dir?nodes=3&n=3`` (embedded SQLite nodes in ``dir``) or a Redis
+        URL set: host/port of the first node and ``peers=h2:p2,h3:p3`` (a peer may name
+        its own database: ``h2:p2/1``). Options:
+        ``n``, ``r``, ``w`` (one/quorum/all/number), ``vnodes``, ``timeout``, ``prefix``."""
+        opts = url.options
+        n = int(opts.get("n", 3))
+        config = QuorumConfig(
+            n=n, r=_level(opts.get("r", "quorum")), w=_level(opts.get("w", "quorum"))
+        )
+        common: dict[str, Any] = {
+            "config": config,
+            "vnodes": int(opts.get("vnodes", 64)),
+            "timeout": float(opts.get("timeout", 2.0)),
+        }
+        if url.host is None:
+            path = url.database
+            if not path:
+                raise InvalidURLError("quorum:/// needs a directory for the embedded nodes")
+            cluster = await QuorumCluster.embedded(
+                Path(path), int(opts.get("nodes", max(3, n))), **common
+            )
+        else:
+            peers = [p for p in str(opts.get("peers", "")).split(",") if p]
+            db = url.database or "0"
+            urls = [f"redis://{url.host}:{url.port}/{db}"]
+            urls += [f"redis://{p}" if "/" in p else f"redis://{p}/{db}" for p in peers]
+            cluster = await QuorumCluster.redis(
+                urls, prefix=str(opts.get("prefix", "q:")), **common
+            )
+        return cls(cluster, url=url)
+
+    @classmethod
+    async def open_url(cls, text: str) -> Self:
+        """Open from a ``quorum://`` string (until the registry knows the scheme)."""
+        return await cls.open(parse_quorum_url(text))
+
+    async def close(self) -> None:
+        if self._owns:
+            await self.cluster.close()
+        else:
+            await self.cluster.wait_background()
+
+    @property
+    def native(self) -> QuorumCluster:
+        """The :class:`QuorumCluster` the tables live on."""
+        return self.cluster
+
+    def with_consistency(self, *, r: Level | None = None, w: Level | None = None) -> Self:
+        """A view of the same tables that reads at ``r`` and writes at ``w``."""
+        view = type(self)(
+            self.cluster,
+            url=self.url,
+            r=self.r if r is None else r,
+            w=self.w if w is None else w,
+            owns_cluster=False,
+        )
+        view._schemas = self._schemas
+        return view
+
+    # -- tables ---------------------------------------------------------------------------
+
+    async def _load_schemas(self) -> dict[str, tuple[TableSchema, str]]:
+        rows = await self._scan_all(_SCHEMAS, None, None)
+        found: dict[str, tuple[TableSchema, str]] = {}
+        for _, result in rows:
+            data = result.value
+            schema = TableSchema.from_json(data["schema"])
+            found[schema.name] = (schema, data["incarnation"])
+        self._schemas.clear()
+        self._schemas.update(found)
+        return found
+
+    async def _table(self, name: str) -> tuple[TableSchema, str]:
+        check_identifier(name, "table name")
+        entry = self._schemas.get(name)
+        if entry is None:
+            entry = (await self._load_schemas()).get(name)
+        if entry is None:
+            raise NotFoundError(f"wide-column table {name!r} does not exist")
+        return entry
+
+    async def create_table(self, schema: TableSchema, *, if_not_exists: bool = True) -> None:
+        if not isinstance(schema, TableSchema):
+            raise InvalidValueError(f"create_table takes a TableSchema, not {schema!r}")
+        member = schema.name.lower().encode()
+        current = await self.cluster.get_record(_SCHEMAS, member, r=self.r)
+        if current.found:
+            existing = TableSchema.from_json(current.value["schema"])
+            if existing.name != schema.name:
+                raise ConflictError(
+                    f"cannot create table {schema.name!r}: table {existing.name!r} exists "
+                    "and names are compared without case"
+                )
+            if existing != schema:
+                raise ConflictError(
+                    f"table {schema.name!r} exists with another schema: {existing.to_json()}"
+                )
+            if not if_not_exists:
+                raise ConflictError(f"table {schema.name!r} already exists")
+            self._schemas[schema.name] = (existing, current.value["incarnation"])
+            return
+        incarnation = uuid.uuid4().hex
+        value = {"schema": schema.to_json(), "incarnation": incarnation}
+        await self.cluster.put_record(_SCHEMAS, member, {"v": value}, w=self._schema_w())
+        self._schemas[schema.name] = (schema, incarnation)
+
+    def _schema_w(self) -> Level:
+        return self.w if self.w is not None else Consistency.QUORUM
+
+    async def drop_table(self, name: str, *, if_exists: bool = False) -> None:
+        check_identifier(name, "table name")
+        member = name.lower().encode()
+        current = await self.cluster.get_record(_SCHEMAS, member, r=self.r)
+        if not current.found or current.value["schema"]["name"] != name:
+            self._schemas.pop(name, None)
+            if if_exists:
+                return
+            raise NotFoundError(f"wide-column table {name!r} does not exist")
+        await self.cluster.put_record(
+            _SCHEMAS, member, TOMBSTONE, w=self._schema_w(), context=current.context
+        )
+        self._schemas.pop(name, None)
+
+    async def schema(self, name: str) -> TableSchema:
+        return (await self._table(name))[0]
+
+    async def tables(self) -> list[str]:
+        return sorted(await self._load_schemas())
+
+    # -- rows -------------------------------------------------------------------------------
+
+    @staticmethod
+    def _group(schema: TableSchema, incarnation: str, values: Sequence[Any]) -> bytes:
+        key = encode_key(schema, schema.partition_key, values)
+        return f"t:{schema.name}:{incarnation}:".encode() + key
+
+    async def upsert(self, table: str, row: Mapping[str, Any], *, ttl: float | None = None) -> None:
+        await self.upsert_many(table, [row], ttl=ttl)
+
+    async def upsert_many(
+        self, table: str, rows: Sequence[Mapping[str, Any]], *, ttl: float | None = None
+    ) -> None:
+        schema, incarnation = await self._table(table)
+        seconds = check_ttl(ttl)
+        if isinstance(rows, Mapping) or not isinstance(rows, Sequence):
+            raise InvalidValueError(f"upsert_many takes a list of rows, not {rows!r}")
+        checked = [check_row(schema, row) for row in rows]
+        expires = None if seconds is None else time.time() + seconds
+        writes = []
+        for row in checked:
+            group = self._group(schema, incarnation, [row[c] for c in schema.partition_key])
+            member = encode_key(
+                schema, schema.clustering_names, [row[c] for c in schema.clustering_names]
+            )
+            payload = {
+                "v": {c: _to_json(kind, row[c]) for c, kind in schema.columns.items()},
+                "x": expires,
+            }
+            writes.append((group, member, payload))
+        await self._write_all(writes)
+
+    async def _write_all(self, writes: list[tuple[bytes, bytes, Any]]) -> None:
+        gate = asyncio.Semaphore(_CONCURRENCY)
+
+        async def one(group: bytes, member: bytes, payload: Any) -> None:
+            async with gate:
+                await self.cluster.put_record(group, member, payload, w=self.w)
+
+        results = await asyncio.gather(*(one(*w) for w in writes), return_exceptions=True)
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result
+
+    async def _scan_all(
+        self,
+        group: bytes,
+        lo: bytes | None,
+        hi: bytes | None,
+        *,
+        reverse: bool = False,
+        limit: int | None = None,
+    ) -> list[tuple[bytes, ReadResult]]:
+        """Live records of a group, asking again with a larger limit when tombstones or
+        expired rows used up a replica's answer."""
+        now = time.time()
+        ask = None if limit is None else limit + 8
+        while True:
+            rows, truncated = await self.cluster.scan_records(
+                group, lo, hi, reverse=reverse, limit=ask, r=self.r
+            )
+            live = [
+                (row.member, row.result)
+                for row in rows
+                if row.result.found and not _expired(row.result, now)
+            ]
+            if limit is None or len(live) >= limit or not truncated:
+                return live if limit is None else live[:limit]
+            assert ask is not None
+            ask *= 4
+
+    async def select(
+        self,
+        table: str,
+        partition: Mapping[str, Any],
+        *,
+        where: Sequence[Condition] = (),
+        order: Order | None = None,
+        limit: int | None = None,
+        columns: Sequence[str] | None = None,
+    ) -> list[dict[str, Any]]:
+        schema, incarnation = await self._table(table)
+        plan = plan_select(schema, partition, where, order, limit, columns)
+        lo, hi = _bounds(plan)
+        if lo is not None and hi is not None and lo >= hi:
+            return []
+        group = self._group(schema, incarnation, plan.partition)
+        rows = await self._scan_all(group, lo, hi, reverse=plan.reverse, limit=plan.limit)
+        out = []
+        for _, result in rows:
+            data = result.value
+            out.append({c: _from_json(schema.columns[c], data.get(c)) for c in plan.columns})
+        return out
+
+    async def delete(
+        self,
+        table: str,
+        partition: Mapping[str, Any],
+        clustering: Mapping[str, Any] | None = None,
+    ) -> None:
+        schema, incarnation = await self._table(table)
+        values, prefix = plan_delete(schema, partition, clustering)
+        group = self._group(schema, incarnation, values)
+        key = encode_key(schema, schema.clustering_names[: len(prefix)], prefix)
+        lo, hi = (key, _successor(key)) if key else (None, None)
+        rows = await self._scan_all(group, lo, hi)
+        await self._write_all([(group, member, TOMBSTONE) for member, _ in rows])
+
+    async def purge_expired(self) -> int:
+        """Remove expired rows from every reachable node; the number of rows removed."""
+        now = time.time()
+        removed: set[tuple[bytes, bytes]] = set()
+        for name in self.cluster.nodes:
+            node = self.cluster.node(name)
+            for entry, _ in await node.entries(0, RING_SIZE - 1):
+                group, member = parse_entry(entry)
+                if not group.startswith(b"t:"):
+                    continue
+                record = await node.read(group, member)
+                if record is None:
+                    continue
+                newest = decode_set(record[1]).newest
+                if newest is None or newest.value == TOMBSTONE:
+                    continue
+                expires = newest.value.get("x")
+                if expires is not None and expires <= now:
+                    await node.remove(group, member)
+                    removed.add((group, member))
+        return len(removed)
+
+
+def _expired(result: ReadResult, now: float) -> bool:
+    expires = result.versions[0].value.get("x")
+    return expires is not None and expires <= now
+
+
+def _level(value: object) -> Level:
+    text = str(value).lower()
+    if text.isdigit():
+        return int(text)
+    try:
+        return Consistency(text)
+    except ValueError:
+        raise InvalidURLError(
+            f"consistency level {value!r} must be one, quorum, all or a number"
+        ) from None
+
+
+def parse_quorum_url(text: str) -> StoreURL:
+    """``quorum:///dir?...`` or ``quorum://host:port/db?peers=...`` as a :class:`StoreURL`."""
+    parts = urlsplit(text)
+    if parts.scheme != "quorum":
+        raise InvalidURLError(f"not a quorum:// URL: {text!r}")
+    options: dict[str, OptionValue] = dict(parse_qsl(parts.query))
+    if not parts.hostname:
+        path = unquote(parts.path[1:])
+        return StoreURL(scheme="quorum", database=path or None, options=options)
+    return StoreURL(
+        scheme="quorum",
+        host=parts.hostname,
+        port=parts.port or 6379,
+        database=parts.path.strip("/") or None,
+        options=options,
+    )

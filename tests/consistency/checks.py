@@ -1,0 +1,66 @@
+"""Look at every participant with its own driver: what is still prepared or staged."""
+
+from __future__ import annotations
+
+import contextlib
+import sqlite3
+from collections.abc import Mapping
+
+import psycopg
+import pymysql
+import redis
+
+from multistore.urls import parse_url
+
+
+def in_doubt(urls: Mapping[str, str], node: str) -> dict[str, list[str]]:
+    """Per participant, the prepared 2PC branches (or intents) of coordinator ``node``."""
+    found: dict[str, list[str]] = {}
+    for name, url in urls.items():
+        parsed = parse_url(url)
+        gids: list[str] = []
+        if parsed.scheme == "postgresql":
+            with psycopg.connect(
+                host=parsed.host, port=parsed.port, user=parsed.username, dbname=parsed.database
+            ) as conn:
+                rows = conn.execute(
+                    "SELECT gid FROM pg_prepared_xacts WHERE database = current_database()"
+                ).fetchall()
+                gids = [str(r[0]) for r in rows]
+        elif parsed.scheme == "mariadb":
+            conn2 = pymysql.connect(
+                host=parsed.host, port=parsed.port or 3306, user=parsed.username or "root"
+            )
+            with contextlib.closing(conn2), conn2.cursor() as cur:
+                cur.execute("XA RECOVER")
+                for _fmt, glen, _blen, data in cur.fetchall():
+                    text = data.decode() if isinstance(data, bytes) else str(data)
+                    gids.append(f"{text[: int(glen)]}:{text[int(glen) :]}")
+        elif parsed.scheme == "sqlite":
+            db = sqlite3.connect(f"{parsed.path}-2pc")
+            with contextlib.closing(db):
+                gids = [r[0] for r in db.execute("SELECT gid FROM multistore_tpc_intents")]
+        elif parsed.scheme == "redis":
+            client = redis.Redis.from_url(url)
+            with contextlib.closing(client):
+                gids = [_text(m) for m in client.smembers("ms2pc:prepared")]
+                staged = [_text(k) for k in client.keys("ms2pc:tx:*")]
+                gids += [k.removeprefix("ms2pc:tx:") for k in staged]
+                locks = [client.get(k) for k in client.keys("ms2pc:lock:*")]
+                gids += [_text(v) for v in locks if v is not None]
+        found[name] = sorted(g for g in gids if g.startswith(f"ms2pc:{node}:"))
+    return found
+
+
+def _text(value: object) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def nothing_in_doubt(urls: Mapping[str, str], node: str) -> bool:
+    return not any(in_doubt(urls, node).values())
+
+
+def log_records(log_path: str) -> list[tuple[str, str]]:
+    db = sqlite3.connect(log_path)
+    with contextlib.closing(db):
+        return [(r[0], r[1]) for r in db.execute("SELECT gtrid, decision FROM multistore_tpc_log")]

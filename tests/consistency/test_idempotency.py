@@ -1,0 +1,598 @@
+"""Idempotency keys on every backend: one execution per (client, key), replay, leases,
+recovery points, expiry, and the ASGI middleware.
+
+Backends: SQLite and Redis key-value stores, SQLite, PostgreSQL and MariaDB relational
+stores (servers are real throwaway ones). Each test runs one ``asyncio.run`` that opens
+its own stores, so no pool crosses event loops.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from multistore.consistency._idempotency import (
+    Idempotency,
+    IdempotencyInProgressError,
+    IdempotencyKeyMissingError,
+    IdempotencyKeyReusedError,
+    IdempotencyPolicy,
+    InvalidIdempotencyKeyError,
+    current_run,
+    fingerprint,
+    idempotent,
+)
+from multistore.consistency._idempotency_asgi import IdempotencyMiddleware
+from multistore.errors import InvalidValueError, NotFoundError, StoreUnavailableError
+from multistore.stores import open_store
+
+Target = tuple[str, str]  # (url, model)
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(
+    params=[
+        "sqlite-kv",
+        pytest.param("redis-kv", marks=pytest.mark.server),
+        "sqlite-relational",
+        pytest.param("postgresql-relational", marks=pytest.mark.server),
+        pytest.param("mariadb-relational", marks=pytest.mark.server),
+    ]
+)
+def target(request: pytest.FixtureRequest, tmp_path: Path) -> Target:
+    name = str(request.param)
+    if name == "sqlite-kv":
+        return f"sqlite:///{tmp_path / 'idem-kv.db'}", "kv"
+    if name == "redis-kv":
+        return str(request.getfixturevalue("redis_url")), "kv"
+    if name == "sqlite-relational":
+        return f"sqlite:///{tmp_path / 'idem-rel.db'}", "relational"
+    if name == "postgresql-relational":
+        return str(request.getfixturevalue("postgres_url")), "relational"
+    return str(request.getfixturevalue("mariadb_url")), "relational"
+
+
+@pytest.fixture
+def sqlite_target(tmp_path: Path) -> Target:
+    return f"sqlite:///{tmp_path / 'idem-kv.db'}", "kv"
+
+
+@contextlib.asynccontextmanager
+async def opened(
+    target: Target, policy: IdempotencyPolicy | None = None
+) -> AsyncIterator[Idempotency]:
+    url, model = target
+    store = await open_store(url, model=model)
+    try:
+        yield Idempotency(store, policy=policy or IdempotencyPolicy())
+    finally:
+        await store.close()
+
+
+async def wait_for(condition: Callable[[], Awaitable[bool]], *, within: float = 10.0) -> None:
+    deadline = time.monotonic() + within
+    while not await condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {within} s")
+        await asyncio.sleep(0.02)
+
+
+class PaymentDeclinedError(ValueError):
+    """A business error of the test's own, stored and re-raised on replay."""
+
+
+# -- the core guarantees on every backend ----------------------------------------------
+
+
+def test_concurrent_identical_requests_execute_once(target: Target) -> None:
+    async def body() -> None:
+        executions = 0
+
+        async with opened(target) as idem_a, opened(target) as idem_b:
+
+            async def charge(amount: int) -> dict[str, int]:
+                nonlocal executions
+                executions += 1
+                await asyncio.sleep(0.2)
+                return {"charged": amount, "execution": executions}
+
+            calls = [
+                idempotent(idem, key=lambda amount: "order-1", client="shop")(charge)
+                for idem in (idem_a, idem_b)
+            ]
+            outcomes = await asyncio.gather(
+                *(calls[i % 2](100) for i in range(50)), return_exceptions=True
+            )
+            assert executions == 1
+            values = [o for o in outcomes if not isinstance(o, BaseException)]
+            busy = [o for o in outcomes if isinstance(o, IdempotencyInProgressError)]
+            assert len(values) + len(busy) == 50, outcomes
+            assert all(v == {"charged": 100, "execution": 1} for v in values)
+            # after completion every retry is a replay of the one execution
+            assert await calls[1](100) == {"charged": 100, "execution": 1}
+            assert executions == 1
+
+    asyncio.run(body())
+
+
+def test_payload_mismatch_is_refused_and_changes_nothing(target: Target) -> None:
+    async def body() -> None:
+        async with opened(target) as idem:
+            async with idem.begin("k-1", {"amount": 10}, client="c") as run:
+                with pytest.raises(IdempotencyKeyReusedError):  # while in progress, too
+                    async with idem.begin("k-1", {"amount": 99}, client="c"):
+                        pass
+                run.set_result({"ok": 10})
+            before = await idem.get("k-1", client="c")
+            with pytest.raises(IdempotencyKeyReusedError) as info:
+                async with idem.begin("k-1", {"amount": 99}, client="c"):
+                    raise AssertionError("must not run")
+            assert info.value.http_status == 422
+            assert info.value.to_problem()["title"] == "IdempotencyKeyReusedError"
+            assert await idem.get("k-1", client="c") == before
+            async with idem.begin("k-1", {"amount": 10}, client="c") as again:
+                assert again.replayed and again.result() == {"ok": 10}
+
+    asyncio.run(body())
+
+
+def test_other_clients_key_is_invisible(target: Target) -> None:
+    async def body() -> None:
+        async with opened(target) as idem:
+            ran: list[str] = []
+
+            async def pay(user: str, amount: int) -> str:
+                ran.append(user)
+                return f"{user} paid {amount}"
+
+            paid = idempotent(idem, key=lambda user, amount: "same-key", client=lambda u, a: u)(pay)
+            assert await paid("alice", 5) == "alice paid 5"
+            assert await paid("bob", 7) == "bob paid 7"  # another payload: no 422 across clients
+            assert await paid("alice", 5) == "alice paid 5"
+            assert ran == ["alice", "bob"]
+            alice = await idem.get("same-key", client="alice")
+            bob = await idem.get("same-key", client="bob")
+            assert alice is not None and bob is not None
+            assert alice.result == {"value": "alice paid 5"}
+            assert bob.result == {"value": "bob paid 7"}
+            assert await idem.get("same-key", client="carol") is None
+
+    asyncio.run(body())
+
+
+def test_stored_error_is_replayed_without_running_again(target: Target) -> None:
+    async def body() -> None:
+        async with opened(target) as idem:
+            calls = 0
+
+            @idempotent(idem, key=lambda card: f"pay-{card}")
+            async def pay(card: str) -> None:
+                nonlocal calls
+                calls += 1
+                if card == "declined":
+                    raise PaymentDeclinedError(f"card {card} was declined")
+                if card == "missing":
+                    raise NotFoundError("no such card")
+                raise StoreUnavailableError("the payment database is down")
+
+            for _ in range(2):
+                with pytest.raises(PaymentDeclinedError, match="card declined was declined"):
+                    await pay("declined")
+            assert calls == 1
+            for _ in range(2):
+                with pytest.raises(NotFoundError, match="no such card"):
+                    await pay("missing")
+            assert calls == 2
+            # errors classed retriable by the policy (StoreError) are not stored
+            for _ in range(2):
+                with pytest.raises(StoreUnavailableError):
+                    await pay("flaky")
+            assert calls == 4
+
+    asyncio.run(body())
+
+
+def test_live_holder_keeps_its_lease_past_the_lease_period(target: Target) -> None:
+    """Powertools' Redis layer took over an in-progress key whose holder was alive; here
+    the holder's heartbeat renews the lease, so a concurrent retry never runs."""
+    policy = IdempotencyPolicy(lease=0.6, heartbeat=0.1)
+
+    async def body() -> None:
+        executions = 0
+        async with opened(target, policy) as holder, opened(target, policy) as other:
+
+            async def slow(idem: Idempotency) -> str:
+                async with idem.begin("slow", {"x": 1}) as run:
+                    if run.replayed:
+                        return str(run.result())
+                    nonlocal executions
+                    executions += 1
+                    await asyncio.sleep(2.0)  # more than three lease periods
+                    run.set_result("done")
+                return "done"
+
+            first = asyncio.create_task(slow(holder))
+            await wait_for(lambda: asyncio.sleep(0, executions == 1))
+            refused = 0
+            while not first.done():
+                with contextlib.suppress(IdempotencyInProgressError):
+                    await slow(other)
+                    assert first.done(), "a retry ran while the holder was alive"
+                    break
+                refused += 1
+                await asyncio.sleep(0.05)
+            assert await first == "done"
+            assert executions == 1
+            assert refused >= 10
+            assert await slow(other) == "done"
+            assert executions == 1
+
+    asyncio.run(body())
+
+
+_HOLDER = """
+import asyncio, sys
+from multistore.consistency._idempotency import Idempotency, IdempotencyPolicy
+from multistore.stores import open_store
+
+async def main(url, model):
+    store = await open_store(url, model=model)
+    idem = Idempotency(store, policy=IdempotencyPolicy(lease=0.5, heartbeat=0.1))
+    async with idem.begin("order-7", {"amount": 30}, client="shop") as run:
+        await run.checkpoint("charged", {"charge_id": "ch_1"})
+        print("CHARGED", flush=True)
+        await asyncio.sleep(60)
+
+asyncio.run(main(sys.argv[1], sys.argv[2]))
+"""
+
+
+def test_crashed_holder_lease_expires_and_retry_resumes(target: Target) -> None:
+    url, model = target
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _HOLDER, url, model],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        assert line.strip() == "CHARGED", (line, proc.stderr.read() if proc.stderr else "")
+
+        async def body() -> None:
+            async with opened(target, IdempotencyPolicy(lease=0.5)) as idem:
+                with pytest.raises(IdempotencyInProgressError) as info:  # the holder is alive
+                    async with idem.begin("order-7", {"amount": 30}, client="shop"):
+                        raise AssertionError("must not run")
+                assert 0 < info.value.retry_after <= 0.5
+                proc.send_signal(signal.SIGKILL)
+                proc.wait(timeout=10)
+                killed_at = time.monotonic()
+
+                resumed: list[tuple[str | None, Any]] = []
+
+                async def retry() -> bool:
+                    try:
+                        async with idem.begin("order-7", {"amount": 30}, client="shop") as run:
+                            assert run.resumed and not run.replayed
+                            resumed.append((run.recovery_point, run.recovery_data))
+                            run.set_result(
+                                {"order": 7, "charge_id": run.recovery_data["charge_id"]}
+                            )
+                    except IdempotencyInProgressError:
+                        return False
+                    return True
+
+                await wait_for(retry, within=10.0)
+                assert time.monotonic() - killed_at < 5.0
+                assert resumed == [("charged", {"charge_id": "ch_1"})]
+                async with idem.begin("order-7", {"amount": 30}, client="shop") as run:
+                    assert run.replayed
+                    assert run.result() == {"order": 7, "charge_id": "ch_1"}
+
+        asyncio.run(body())
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=10)
+        for stream in (proc.stdout, proc.stderr):
+            if stream is not None:
+                stream.close()
+
+
+def test_recovery_point_survives_a_cancelled_run(target: Target) -> None:
+    async def body() -> None:
+        async with opened(target) as idem:
+            phases: list[str] = []
+            started = asyncio.Event()
+
+            async def order() -> Any:
+                async with idem.begin("multi", {"sku": "A"}) as run:
+                    if run.replayed:
+                        return run.result()
+                    assert current_run() is run
+                    if run.recovery_point is None:
+                        phases.append("create order")
+                        await run.checkpoint("order_created", {"order_id": 17})
+                        started.set()
+                        await asyncio.sleep(60)  # "crash" here: the task is cancelled
+                    assert run.recovery_point == "order_created"
+                    phases.append(f"charge order {run.recovery_data['order_id']}")
+                    run.set_result("complete")
+                return "complete"
+
+            task = asyncio.create_task(order())
+            await started.wait()
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            assert await order() == "complete"  # the retry resumes at phase 2
+            assert await order() == "complete"  # and is then replayed
+            assert phases == ["create order", "charge order 17"]
+            assert current_run() is None
+
+    asyncio.run(body())
+
+
+def test_expiry_and_reaper(target: Target) -> None:
+    short = IdempotencyPolicy(expires_after=0.4, lease=0.3)
+
+    async def body() -> None:
+        async with opened(target, short) as idem, opened(target) as durable:
+            calls: list[str] = []
+
+            async def work(tag: str) -> str:
+                calls.append(tag)
+                return tag
+
+            await idempotent(idem, key=lambda t: "short-lived")(work)("a")
+            await idempotent(durable, key=lambda t: "long-lived")(work)("b")
+            assert await idem.get("short-lived") is not None
+
+            async def gone() -> bool:
+                return await idem.get("short-lived") is None
+
+            await wait_for(gone, within=5.0)
+            reaped = await idem.reap()
+            assert reaped == (0 if target[0].startswith("redis") else 1)
+            assert await idem.reap() == 0
+            assert await durable.get("long-lived") is not None  # a live record is kept
+            await idempotent(idem, key=lambda t: "short-lived")(work)("a")  # runs again
+            assert calls == ["a", "b", "a"]
+
+    asyncio.run(body())
+
+
+# -- validation --------------------------------------------------------------------
+
+
+def test_key_format_and_missing_key(sqlite_target: Target) -> None:
+    async def body() -> None:
+        async with opened(sqlite_target) as idem:
+            for bad in ["", "x" * 256, "has space", "tab\t", "caf\u00e9", "nl\n"]:
+                with pytest.raises(InvalidIdempotencyKeyError) as info:
+                    async with idem.begin(bad, {}):
+                        raise AssertionError("must not run")
+                assert info.value.http_status == 400
+            with pytest.raises(IdempotencyKeyMissingError):
+                async with idem.begin(None, {}):
+                    raise AssertionError("must not run")
+            async with idem.begin("x" * 255, {}) as run:
+                assert not run.replayed
+            async with idem.begin("!~", {}) as run:
+                assert not run.replayed
+            with pytest.raises(InvalidValueError):
+                async with idem.begin("k", {"nan": float("nan")}):
+                    raise AssertionError("must not run")
+            assert await idem.get("k") is None
+
+            calls = 0
+
+            @idempotent(idem, key=lambda k: k, required=False)
+            async def optional(k: str | None) -> int:
+                nonlocal calls
+                calls += 1
+                return calls
+
+            assert await optional(None) == 1
+            assert await optional(None) == 2  # no key, no protection
+            strict = idempotent(idem, key=lambda k: k)(optional.__wrapped__)  # type: ignore[attr-defined]
+            with pytest.raises(IdempotencyKeyMissingError):
+                await strict(None)
+
+    asyncio.run(body())
+
+
+def test_fingerprint_is_canonical_and_policy_is_validated() -> None:
+    assert fingerprint({"a": 1, "b": [1, 2]}) == fingerprint({"b": [1, 2], "a": 1})
+    assert fingerprint({"a": 1}) != fingerprint({"a": 2})
+    assert len(fingerprint(None)) == 64
+    with pytest.raises(InvalidValueError):
+        IdempotencyPolicy(lease=0)
+    with pytest.raises(InvalidValueError):
+        IdempotencyPolicy(lease=1.0, heartbeat=2.0)
+    assert IdempotencyPolicy(lease=3.0).heartbeat_interval == 1.0
+
+
+def test_non_json_result_is_stored_as_an_error(sqlite_target: Target) -> None:
+    async def body() -> None:
+        async with opened(sqlite_target) as idem:
+            for _ in range(2):
+                with pytest.raises(InvalidValueError, match="not JSON"):
+                    async with idem.begin("obj", {}) as run:
+                        if run.replayed:
+                            run.result()  # the stored error is raised again
+                        run.set_result(object())
+
+    asyncio.run(body())
+
+
+# -- ASGI middleware ---------------------------------------------------------------
+
+
+class CountingApp:
+    """A tiny ASGI app: POST /orders answers 201 with a JSON body and a Location."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+        self.status = 201
+        self.gate: asyncio.Event | None = None
+        self.entered = asyncio.Event()
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        self.calls += 1
+        self.entered.set()
+        message = await receive()
+        if self.gate is not None:
+            await self.gate.wait()
+        body = json.dumps({"call": self.calls, "echo": message["body"].decode()}).encode()
+        await send(
+            {
+                "type": "http.response.start",
+                "status": self.status,
+                "headers": [
+                    (b"content-type", b"application/json"),
+                    (b"location", f"/orders/{self.calls}".encode()),
+                    (b"x-internal", b"not replayed"),
+                ],
+            }
+        )
+        await send({"type": "http.response.body", "body": body})
+
+
+async def call(
+    app: Any, method: str = "POST", *, key: str | None = "k1", body: bytes = b"{}", auth: str = ""
+) -> tuple[int, dict[str, str], bytes]:
+    headers = [(b"content-type", b"application/json")]
+    if key is not None:
+        headers.append((b"idempotency-key", key.encode()))
+    if auth:
+        headers.append((b"authorization", auth.encode()))
+    scope = {
+        "type": "http",
+        "method": method,
+        "path": "/orders",
+        "query_string": b"",
+        "headers": headers,
+    }
+    chunks = [
+        {"type": "http.request", "body": body[:1], "more_body": True},
+        {"type": "http.request", "body": body[1:], "more_body": False},
+    ]
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        if chunks:
+            return chunks.pop(0)
+        await asyncio.sleep(60)
+        return {"type": "http.disconnect"}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    await app(scope, receive, send)
+    start = sent[0]
+    assert start["type"] == "http.response.start"
+    out_headers = {bytes(k).decode(): bytes(v).decode() for k, v in start["headers"]}
+    return start["status"], out_headers, b"".join(m.get("body", b"") for m in sent[1:])
+
+
+def test_asgi_replays_the_stored_response(target: Target) -> None:
+    async def body() -> None:
+        async with opened(target) as idem:
+            inner = CountingApp()
+            app = IdempotencyMiddleware(inner, idem)
+            status, headers, first = await call(app, body=b'{"sku": "A"}')
+            assert status == 201 and "idempotent-replayed" not in headers
+            status, headers, again = await call(app, body=b'{"sku": "A"}')
+            assert (status, again) == (201, first)
+            assert headers["idempotent-replayed"] == "true"
+            assert headers["location"] == "/orders/1"
+            assert headers["content-type"] == "application/json"
+            assert "x-internal" not in headers
+            assert inner.calls == 1
+
+    asyncio.run(body())
+
+
+def test_asgi_error_responses_are_problem_json(sqlite_target: Target) -> None:
+    async def body() -> None:
+        async with opened(sqlite_target) as idem:
+            inner = CountingApp()
+            app = IdempotencyMiddleware(inner, idem)
+            await call(app, body=b'{"sku": "A"}')
+
+            status, headers, raw = await call(app, body=b'{"sku": "B"}')
+            assert status == 422
+            assert headers["content-type"] == "application/problem+json"
+            problem = json.loads(raw)
+            assert problem["status"] == 422 and problem["title"] == "IdempotencyKeyReusedError"
+
+            status, headers, raw = await call(app, key=None)
+            assert status == 400 and headers["content-type"] == "application/problem+json"
+            assert json.loads(raw)["title"] == "IdempotencyKeyMissingError"
+
+            status, _, raw = await call(app, key="bad key")
+            assert status == 400 and json.loads(raw)["title"] == "InvalidIdempotencyKeyError"
+            assert inner.calls == 1
+
+            status, _, _ = await call(app, "GET", key=None)  # not guarded
+            assert status == 201 and inner.calls == 2
+
+            optional = IdempotencyMiddleware(inner, idem, required=False)
+            status, _, _ = await call(optional, key=None)
+            assert status == 201 and inner.calls == 3
+
+    asyncio.run(body())
+
+
+def test_asgi_in_progress_is_409_and_clients_are_separate(sqlite_target: Target) -> None:
+    async def body() -> None:
+        async with opened(sqlite_target) as idem:
+            inner = CountingApp()
+            inner.gate = asyncio.Event()
+            app = IdempotencyMiddleware(inner, idem)
+            first = asyncio.create_task(call(app, key="k9", auth="Bearer alice"))
+            await inner.entered.wait()
+            status, headers, raw = await call(app, key="k9", auth="Bearer alice")
+            assert status == 409
+            assert int(headers["retry-after"]) >= 1
+            assert json.loads(raw)["title"] == "IdempotencyInProgressError"
+            inner.gate.set()
+            assert (await first)[0] == 201
+            # the same key from another client is its own request
+            status, headers, _ = await call(app, key="k9", auth="Bearer bob")
+            assert status == 201 and "idempotent-replayed" not in headers
+            assert inner.calls == 2
+
+    asyncio.run(body())
+
+
+def test_asgi_server_errors_are_not_stored(sqlite_target: Target) -> None:
+    async def body() -> None:
+        async with opened(sqlite_target) as idem:
+            inner = CountingApp()
+            inner.status = 503
+            app = IdempotencyMiddleware(inner, idem)
+            assert (await call(app))[0] == 503
+            inner.status = 201
+            status, headers, _ = await call(app)
+            assert status == 201 and "idempotent-replayed" not in headers
+            assert (await call(app))[1]["idempotent-replayed"] == "true"
+            assert inner.calls == 2
+
+    asyncio.run(body())

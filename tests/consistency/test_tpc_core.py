@@ -1,0 +1,106 @@
+"""The pure 2PC state machine: transaction ids and the presumed-abort rules."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from multistore.core._tpc import (
+    Decision,
+    TxState,
+    Vote,
+    Xid,
+    decide,
+    needs_decision_log,
+    phase_two_targets,
+    resolve_in_doubt,
+)
+from multistore.errors import InvalidValueError
+
+names = st.from_regex(r"[A-Za-z0-9_-]{1,24}", fullmatch=True)
+tids = st.from_regex(r"[0-9a-f]{32}", fullmatch=True)
+branches = st.one_of(st.just(""), st.from_regex(r"[A-Za-z0-9_-]{1,48}", fullmatch=True))
+TID = "0123456789abcdef0123456789abcdef"
+
+
+@given(names, tids, branches)
+def test_xid_round_trips_through_its_string(node: str, tid: str, branch: str) -> None:
+    xid = Xid(node, tid, branch)
+    assert Xid.parse(str(xid)) == xid
+    assert xid.gtrid == f"ms2pc:{node}:{tid}"
+    assert len(xid.gtrid) <= 64 and len(branch) <= 64  # MariaDB gtrid / bqual limits
+    assert len(str(xid)) <= 200  # PostgreSQL GID limit
+    assert xid.for_branch("orders").global_xid == xid.global_xid
+
+
+def test_xid_names_its_coordinator_and_branch() -> None:
+    xid = Xid.parse(f"ms2pc:shop-1:{TID}:orders")
+    assert (xid.node, xid.tid, xid.branch, xid.is_branch) == ("shop-1", TID, "orders", True)
+    assert str(xid.global_xid) == f"ms2pc:shop-1:{TID}"
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "",
+        f"xa:n:{TID}",
+        f"ms2pc:n:{TID}:a:b",
+        "ms2pc:n:notahexid",
+        f"ms2pc::{TID}",
+        f"ms2pc:{'n' * 25}:{TID}",
+        f"ms2pc:n';DROP TABLE x;--:{TID}",
+        f"ms2pc:n:{TID.upper()}",
+    ],
+)
+def test_foreign_or_malformed_ids_are_rejected(text: str) -> None:
+    with pytest.raises(InvalidValueError):
+        Xid.parse(text)
+    assert Xid.try_parse(text) is None
+
+
+def test_quote_in_branch_name_is_refused() -> None:
+    with pytest.raises(InvalidValueError, match="branch name"):
+        Xid("n", TID, "o'rders")
+
+
+def test_commit_needs_every_vote_and_no_refusal() -> None:
+    assert decide({"a": Vote.YES, "b": Vote.READ_ONLY}) is Decision.COMMIT
+    assert decide({"a": Vote.YES, "b": Vote.NO}) is Decision.ABORT
+    assert decide({"a": Vote.YES, "b": None}) is Decision.ABORT  # no answer in time
+
+
+def test_decision_is_logged_only_with_two_prepared_branches() -> None:
+    assert needs_decision_log({"a": Vote.YES, "b": Vote.YES, "c": Vote.READ_ONLY})
+    assert not needs_decision_log({"a": Vote.YES, "b": Vote.READ_ONLY})
+    assert not needs_decision_log({"a": Vote.READ_ONLY, "b": Vote.READ_ONLY})
+
+
+def test_phase_two_skips_read_only_and_refusing_branches() -> None:
+    votes = {"c": Vote.YES, "a": Vote.YES, "r": Vote.READ_ONLY, "n": Vote.NO, "t": None}
+    assert phase_two_targets(votes, Decision.COMMIT) == ["a", "c"]
+    assert phase_two_targets(votes, Decision.ABORT) == ["a", "c", "t"]
+
+
+def test_presumed_abort_for_in_doubt_branches() -> None:
+    assert resolve_in_doubt(Decision.COMMIT) is Decision.COMMIT
+    assert resolve_in_doubt(Decision.ABORT) is Decision.ABORT
+    assert resolve_in_doubt(None) is Decision.ABORT
+
+
+def test_finished_states() -> None:
+    assert {s for s in TxState if s.finished} == {TxState.COMMITTED, TxState.ABORTED}
+
+
+def test_consistency_exports_the_two_phase_commit_api() -> None:
+    import multistore.consistency as consistency
+
+    for name in consistency.__all__:
+        assert hasattr(consistency, name), name
+    public = {
+        name
+        for name, value in vars(consistency).items()
+        if not name.startswith("_")
+        and getattr(value, "__module__", "").startswith("multistore.consistency._tpc")
+    }
+    assert public <= set(consistency.__all__)

@@ -1,0 +1,300 @@
+"""The router on the embedded setup: a SQLite primary and log-shipping SQLite replicas."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import sqlite3
+import threading
+from pathlib import Path
+
+import pytest
+
+from multistore.errors import Outcome, StoreError, StoreTimeoutError
+from multistore.replication import (
+    CausalToken,
+    FailoverError,
+    Health,
+    LogShipping,
+    Role,
+    Router,
+    replication_status,
+)
+from multistore.stores.relational._sqlite import SQLiteRelationalStore
+from tests.replication.router_helpers import FAST, open_embedded, wait_until
+
+DDL = "CREATE TABLE items (id INTEGER PRIMARY KEY, name TEXT NOT NULL, data BLOB)"
+
+
+def _rows(path: Path) -> int:
+    with sqlite3.connect(path) as db:
+        return int(db.execute("SELECT count(*) FROM items").fetchone()[0])
+
+
+async def _caught_up(router: Router, token: CausalToken) -> None:
+    await wait_until(
+        lambda: all(router.shipper.position(n.name) >= token.position for n in router.replicas),
+        "replicas to apply the write",
+    )
+
+
+def test_writes_go_to_the_primary_and_reads_spread_over_replicas(tmp_path: Path) -> None:
+    async def body() -> None:
+        async with await open_embedded(tmp_path) as router:
+            await router.execute(DDL)
+            last = await router.executemany(
+                "INSERT INTO items (id, name, data) VALUES (:id, :name, :data)",
+                [
+                    {"id": i, "name": f"it'em {i}; DROP TABLE items", "data": b"\x00\xff"}
+                    for i in range(20)
+                ],
+            )
+            await _caught_up(router, last.token)
+            for _ in range(10):
+                assert await router.fetch_val("SELECT count(*) FROM items") == 20
+            primary, r1, r2 = router.nodes
+            assert primary.role is Role.PRIMARY and primary.reads == 0 and primary.writes == 2
+            assert r1.reads == 5 and r2.reads == 5  # round robin
+            row = await router.fetch_one("SELECT name, data FROM items WHERE id = 3")
+            assert row is not None and row["name"] == "it'em 3; DROP TABLE items"
+            assert row["data"] == b"\x00\xff"
+            # a statement that writes is a write even through fetch_*: primary, shipped
+            session = router.session()
+            inserted = await session.fetch_all(
+                "INSERT INTO items (id, name) VALUES (99, 'x') RETURNING id"
+            )
+            assert [r["id"] for r in inserted] == [99]
+            assert primary.writes == 3 and session.token is not None
+            await _caught_up(router, session.token)
+        for name in ("primary", "replica1", "replica2"):
+            assert _rows(tmp_path / f"{name}.db") == 21
+
+    asyncio.run(body())
+
+
+def test_reads_inside_a_transaction_stay_on_the_primary(tmp_path: Path) -> None:
+    async def body() -> None:
+        async with await open_embedded(tmp_path) as router:
+            await router.execute(DDL)
+            async with router.transaction() as tx:
+                await tx.execute("INSERT INTO items (id, name) VALUES (1, 'a')")
+                assert await tx.fetch_val("SELECT count(*) FROM items") == 1
+                async with tx.transaction() as sp:
+                    await sp.execute("INSERT INTO items (id, name) VALUES (2, 'b')")
+            assert tx.token is not None
+            assert await router.fetch_val("SELECT count(*) FROM items", token=tx.token) == 2
+            assert all(n.reads == 0 for n in router.nodes[:1])
+
+    asyncio.run(body())
+
+
+def _ryw_pairs(tmp_path: Path, pairs: int, *, with_token: bool) -> tuple[int, int]:
+    """Write-then-read pairs while replica2 is paused (always stale) and replica1 applies
+    with a small delay; returns (stale reads, reads served by replicas)."""
+
+    async def body() -> tuple[int, int]:
+        router = await open_embedded(tmp_path, shipping=LogShipping(delay=0.002, interval=0.02))
+        try:
+            await router.execute(DDL)
+            await router.execute("INSERT INTO items (id, name) VALUES (0, 'seed')")
+            await wait_until(lambda: router.shipper.position("replica2") >= 2, "seed shipped")
+            await router.shipper.pause("replica2")
+            session = router.session()
+            stale = 0
+            for i in range(1, pairs + 1):
+                if with_token:
+                    await session.execute(
+                        "INSERT INTO items (id, name) VALUES (:id, :name)", {"id": i, "name": "v"}
+                    )
+                    row = await session.fetch_one(
+                        "SELECT name FROM items WHERE id = :id", {"id": i}
+                    )
+                else:
+                    await router.execute(
+                        "INSERT INTO items (id, name) VALUES (:id, :name)", {"id": i, "name": "v"}
+                    )
+                    row = await router.fetch_one("SELECT name FROM items WHERE id = :id", {"id": i})
+                stale += row is None
+            by_replicas = sum(n.reads for n in router.replicas)
+            router.shipper.resume("replica2")
+            return stale, by_replicas
+        finally:
+            await router.close()
+
+    return asyncio.run(body())
+
+
+def test_session_reads_see_their_writes_while_replicas_lag(tmp_path: Path) -> None:
+    stale, by_replicas = _ryw_pairs(tmp_path, 1000, with_token=True)
+    assert stale == 0
+    assert by_replicas > 500  # served by the replica that caught up, not all by the primary
+
+
+def test_reads_without_the_token_are_stale(tmp_path: Path) -> None:
+    stale, _ = _ryw_pairs(tmp_path, 100, with_token=False)
+    assert stale >= 1
+
+
+def test_token_travels_as_a_string(tmp_path: Path) -> None:
+    async def body() -> None:
+        async with await open_embedded(
+            tmp_path, shipping=LogShipping(delay=0.3, interval=0.02)
+        ) as router:
+            await router.execute(DDL)
+            written = await router.execute("INSERT INTO items (id, name) VALUES (1, 'a')")
+            header = str(written.token)
+            assert CausalToken.parse(header) == written.token
+            other = router.session(header)  # e.g. another process, token from a cookie
+            assert await other.fetch_val("SELECT name FROM items WHERE id = 1") == "a"
+            assert (
+                await router.fetch_val("SELECT name FROM items WHERE id = 1", token=header) == "a"
+            )
+
+    asyncio.run(body())
+
+
+def _gate(store: object, release: threading.Event) -> None:
+    assert isinstance(store, SQLiteRelationalStore)
+    store.native.create_function("wait_gate", 0, lambda: int(release.wait(30)))
+
+
+def test_lagging_replica_gets_no_new_reads_but_running_reads_finish(tmp_path: Path) -> None:
+    config = dataclasses.replace(FAST, max_lag=0.2, readmit_after=0.3)
+
+    async def body() -> None:
+        async with await open_embedded(tmp_path, config=config) as router:
+            await router.execute(DDL)
+            release = threading.Event()
+            for node in router.replicas:
+                _gate(node.store, release)
+            long_read = asyncio.create_task(router.fetch_val("SELECT wait_gate()"))
+            await wait_until(lambda: any(n.in_flight for n in router.replicas), "the long read")
+            busy = next(n for n in router.replicas if n.in_flight)
+            other = next(n for n in router.replicas if n is not busy)
+            # The long read holds the replica's connection: it cannot apply, so it lags.
+            await router.execute("INSERT INTO items (id, name) VALUES (1, 'a')")
+            await wait_until(lambda: busy.health.state is Health.LAGGING, "the replica to lag")
+            reads_before = busy.reads
+            for _ in range(30):
+                await router.fetch_val("SELECT count(*) FROM items")
+            assert busy.reads == reads_before and other.reads >= 30
+            assert busy.in_flight == 1 and not long_read.done()
+            release.set()
+            assert await long_read == 1  # the running read finished normally
+            await wait_until(lambda: busy.health.in_rotation, "the replica to come back")
+            assert await router.fetch_val("SELECT count(*) FROM items", token=None) == 1
+
+    asyncio.run(body())
+
+
+def test_bounded_staleness_and_strong_reads(tmp_path: Path) -> None:
+    async def body() -> None:
+        async with await open_embedded(tmp_path) as router:
+            await router.execute(DDL)
+            await router.shipper.pause("replica2")
+            written = await router.execute("INSERT INTO items (id, name) VALUES (1, 'a')")
+            with pytest.raises(StoreTimeoutError):
+                await router.wait_replayed(written.token, within=0.2)
+            r2 = router.replicas[1]
+            await wait_until(lambda: r2.lag_seconds > 0.5, "replica2 to fall 0.5 s behind")
+            await wait_until(lambda: router.shipper.position("replica1") >= 2, "replica1 applies")
+            before = r2.reads
+            for _ in range(10):
+                assert await router.fetch_val("SELECT count(*) FROM items", max_staleness=0.5) == 1
+            assert r2.reads == before
+            primary_reads = router.primary.reads
+            assert await router.fetch_val("SELECT count(*) FROM items", strong=True) == 1
+            assert router.primary.reads == primary_reads + 1
+            status = await replication_status(router)
+            json.dumps(status)
+            router.shipper.resume("replica2")
+            await router.wait_replayed(str(written.token), within=10)
+            assert router.shipper.position("replica2") >= written.token.position
+            by_name = {n["name"]: n for n in status["nodes"]}
+            assert by_name["primary"]["role"] == "primary"
+            assert by_name["replica2"]["lag_seconds"] > 0.5
+            assert by_name["replica2"]["lag_positions"] >= 1
+            assert by_name["replica1"]["lag_positions"] == 0
+
+    asyncio.run(body())
+
+
+def test_failover_promotes_the_most_advanced_replica_and_fences_the_old_primary(
+    tmp_path: Path,
+) -> None:
+    async def body() -> None:
+        async with await open_embedded(tmp_path) as router:
+            await router.execute(DDL)
+            first = await router.execute("INSERT INTO items (id, name) VALUES (1, 'a')")
+            await _caught_up(router, first.token)
+            await router.shipper.pause("replica2")
+            second = await router.execute("INSERT INTO items (id, name) VALUES (2, 'b')")
+            await wait_until(
+                lambda: router.shipper.position("replica1") >= second.token.position, "replica1"
+            )
+            old = router.primary
+            await old.store.close()  # the primary crashes
+            with pytest.raises(StoreError):
+                await router.execute("INSERT INTO items (id, name) VALUES (3, 'lost')")
+
+            # A write while the failover runs fails, indeterminate, and is never sent.
+            task = asyncio.create_task(router.failover())
+            await asyncio.sleep(0)
+            assert router.failing_over
+            with pytest.raises(FailoverError) as during:
+                await router.execute("INSERT INTO items (id, name) VALUES (4, 'during')")
+            assert during.value.outcome is Outcome.INDETERMINATE
+            assert await task == "replica1"
+
+            assert router.generation == 2 and old.role is Role.FENCED
+            session = router.session()
+            await session.execute("INSERT INTO items (id, name) VALUES (5, 'after')")
+            assert session.token is not None and session.token.generation == 2
+            assert await session.fetch_val("SELECT name FROM items WHERE id = 5") == "after"
+            router.shipper.resume("replica2")  # follows the new primary
+            await wait_until(
+                lambda: router.shipper.position("replica2") >= session.token.position,  # type: ignore[union-attr]
+                "replica2 to follow replica1",
+            )
+        assert _rows(tmp_path / "primary.db") == 2  # the old primary took nothing more
+        assert _rows(tmp_path / "replica1.db") == 3
+        assert _rows(tmp_path / "replica2.db") == 3
+
+    asyncio.run(body())
+
+
+def test_a_write_that_ran_on_the_replaced_primary_fails(tmp_path: Path) -> None:
+    async def body() -> None:
+        async with await open_embedded(tmp_path) as router:
+            ddl = await router.execute(DDL)
+            await _caught_up(router, ddl.token)
+            with pytest.raises(FailoverError) as caught:
+                async with router.transaction() as tx:
+                    await tx.execute("INSERT INTO items (id, name) VALUES (1, 'a')")
+                    await router.failover()
+            assert caught.value.outcome is Outcome.INDETERMINATE
+            assert router.primary.name == "replica1"
+            await router.execute("INSERT INTO items (id, name) VALUES (2, 'b')")
+            assert await router.fetch_val("SELECT count(*) FROM items", strong=True) == 1
+            old = router.node("primary")
+            assert old.role is Role.FENCED and old.writes == 1  # the DDL only
+
+    asyncio.run(body())
+
+
+def test_automatic_failover(tmp_path: Path) -> None:
+    config = dataclasses.replace(FAST, auto_failover=True, failures_to_failover=3)
+
+    async def body() -> None:
+        async with await open_embedded(tmp_path, config=config) as router:
+            ddl = await router.execute(DDL)
+            await _caught_up(router, ddl.token)
+            await router.primary.store.close()
+            await wait_until(lambda: router.generation == 2, "the automatic failover")
+            await router.execute("INSERT INTO items (id, name) VALUES (1, 'a')")
+            status = await replication_status(router)
+            roles = {n["name"]: n["role"] for n in status["nodes"]}
+            assert roles["primary"] == "fenced" and "primary" in roles.values()
+
+    asyncio.run(body())
