@@ -55,6 +55,7 @@ def test_bad_config_gives_one_line_and_the_enum_exit_code(
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, result.stderr
     assert fragment in lines[0]
+    assert lines[0].startswith(f"error[{code.slug}]: ")
     assert "multistore.toml" in lines[0]
     assert "Traceback" not in result.stderr
 

@@ -43,6 +43,7 @@ __all__ = [
     "DEFAULT_FILE",
     "ROLES",
     "Config",
+    "ReplicationSpec",
     "RoleSpec",
     "load_config",
 ]
@@ -70,7 +71,7 @@ ROLES: Final[Mapping[str, tuple[str, str, str]]] = {
     ),
 }
 
-_TOP_LEVEL_KEYS: Final = frozenset({"roles", "multistore", "participants"})
+_TOP_LEVEL_KEYS: Final = frozenset({"roles", "multistore", "participants", "replication"})
 _SETTINGS_KEYS: Final = frozenset({"data_dir"})
 
 
@@ -89,6 +90,20 @@ class RoleSpec:
         return self.source == "default"
 
 
+_STRATEGIES: Final = ("lww", "merge_carts", "siblings")
+
+
+@dataclass(frozen=True)
+class ReplicationSpec:
+    """``[replication.router]``, ``[replication.multimaster]``, ``[replication.quorum]``."""
+
+    router_primary: StoreURL | None = None
+    router_replicas: tuple[StoreURL, ...] = ()
+    multimaster_nodes: Mapping[str, StoreURL] = dataclasses.field(default_factory=dict)
+    multimaster_strategy: str = "lww"
+    quorum: StoreURL | None = None
+
+
 @dataclass(frozen=True)
 class Config:
     """The resolved configuration: one :class:`RoleSpec` for every role."""
@@ -98,6 +113,8 @@ class Config:
     roles: Mapping[str, RoleSpec]
     participants: Mapping[str, StoreURL] = dataclasses.field(default_factory=dict)
     """Two-phase commit participants by name (``[participants]``), for recovery."""
+    replication: ReplicationSpec | None = None
+    """Replication topologies to report in ``multistore status`` (``[replication]``)."""
 
     def role(self, name: str) -> RoleSpec:
         try:
@@ -176,7 +193,80 @@ def _load_file(path: Path) -> Config:
             parsed[name] = _anchor(parse_url(value), path.parent)
         except MultistoreError as exc:
             raise ConfigError(f"{path}: participants.{name}: {exc}") from None
-    return dataclasses.replace(config, participants=parsed)
+    replication = _replication(path, data.get("replication"))
+    return dataclasses.replace(config, participants=parsed, replication=replication)
+
+
+def _url_at(path: Path, key: str, value: object) -> StoreURL:
+    if not isinstance(value, str):
+        raise ConfigError(f"{path}: {key} must be a URL string")
+    try:
+        return _anchor(parse_url(value), path.parent)
+    except MultistoreError as exc:
+        raise ConfigError(f"{path}: {key}: {exc}") from None
+
+
+def _replication(path: Path, section: object) -> ReplicationSpec | None:
+    if section is None:
+        return None
+    if not isinstance(section, dict):
+        raise ConfigError(f"{path}: 'replication' must be a table")
+    spec = ReplicationSpec()
+    for key, value in section.items():
+        if key not in ("router", "multimaster", "quorum") or not isinstance(value, dict):
+            raise ConfigError(
+                f"{path}: unknown or malformed [replication.{key}]; "
+                "use [replication.router], [replication.multimaster] or [replication.quorum]"
+            )
+    router = section.get("router")
+    if router is not None:
+        unknown = set(router) - {"primary", "replicas"}
+        if unknown or "primary" not in router:
+            raise ConfigError(
+                f"{path}: [replication.router] takes primary = URL and replicas = [URL, …]"
+            )
+        replicas = router.get("replicas", [])
+        if not isinstance(replicas, list):
+            raise ConfigError(f"{path}: replication.router.replicas must be a list of URLs")
+        spec = dataclasses.replace(
+            spec,
+            router_primary=_url_at(path, "replication.router.primary", router["primary"]),
+            router_replicas=tuple(
+                _url_at(path, f"replication.router.replicas[{i}]", u)
+                for i, u in enumerate(replicas)
+            ),
+        )
+    mm = section.get("multimaster")
+    if mm is not None:
+        nodes = mm.get("nodes")
+        strategy = mm.get("strategy", "lww")
+        if set(mm) - {"nodes", "strategy"} or not isinstance(nodes, dict) or not nodes:
+            raise ConfigError(
+                f"{path}: [replication.multimaster] takes nodes = {{ id = URL, … }} "
+                f"and strategy = one of {', '.join(_STRATEGIES)}"
+            )
+        if strategy not in _STRATEGIES:
+            raise ConfigError(
+                f"{path}: replication.multimaster.strategy {strategy!r} is unknown; "
+                f"use one of {', '.join(_STRATEGIES)}"
+            )
+        spec = dataclasses.replace(
+            spec,
+            multimaster_nodes={
+                str(k): _url_at(path, f"replication.multimaster.nodes.{k}", v)
+                for k, v in nodes.items()
+            },
+            multimaster_strategy=strategy,
+        )
+    quorum = section.get("quorum")
+    if quorum is not None:
+        if set(quorum) != {"url"}:
+            raise ConfigError(f'{path}: [replication.quorum] takes url = "quorum://…"')
+        url = _url_at(path, "replication.quorum.url", quorum["url"])
+        if url.scheme != "quorum":
+            raise ConfigError(f"{path}: replication.quorum.url must be a quorum:// URL")
+        spec = dataclasses.replace(spec, quorum=url)
+    return spec
 
 
 def _build(

@@ -13,6 +13,7 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from multistore.errors import ErrorCode, MultistoreError
 
@@ -42,7 +43,7 @@ JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of 
 
 def _fail(exc: MultistoreError) -> typer.Exit:
     err = Console(stderr=True, highlight=False, soft_wrap=True)
-    err.print(f"[bold red]error[/][{exc.code.slug}]: {exc.message}", markup=True)
+    err.print(f"[bold red]error[/]{escape(f'[{exc.code.slug}]: {exc.message}')}")
     return typer.Exit(code=int(exc.code))
 
 
@@ -60,8 +61,9 @@ def _guard(fn: Callable[[], T]) -> T:
             raise
         err = Console(stderr=True, highlight=False, soft_wrap=True)
         err.print(
-            f"[bold red]error[/][unknown]: {type(exc).__name__}: {exc} "
-            "(set MULTISTORE_DEBUG=1 for the traceback)"
+            "[bold red]error[/]"
+            + escape(f"[unknown]: {type(exc).__name__}: {exc} ")
+            + "(set MULTISTORE_DEBUG=1 for the traceback)"
         )
         raise typer.Exit(code=int(ErrorCode.UNKNOWN)) from None
 
@@ -95,7 +97,9 @@ def status(config: ConfigOption = None, as_json: JsonOption = False) -> None:
         report = asyncio.run(run_status(config, quiet=as_json))
         if as_json:
             _print_json(report)
-        if any(not r["ok"] for r in report["roles"]):
+        if any(not r["ok"] for r in report["roles"]) or any(
+            not part["ok"] for part in report["replication"].values()
+        ):
             raise typer.Exit(code=int(ErrorCode.STORE_UNAVAILABLE))
 
     _guard(body)

@@ -95,6 +95,21 @@ def _sections() -> list[Section]:
     except ImportError:  # pragma: no cover - the section arrives with the stores issue
         return sections
     sections.append(polyglot_section)
+    from multistore.cli._demo_idempotency import idempotency_section
+    from multistore.cli._demo_multimaster import multimaster_section
+    from multistore.cli._demo_quorum import quorum_section
+    from multistore.cli._demo_router import router_section
+    from multistore.cli._demo_sagas import sagas_section
+    from multistore.cli._demo_twopc import twopc_section
+
+    sections += [
+        idempotency_section,
+        sagas_section,
+        twopc_section,
+        router_section,
+        multimaster_section,
+        quorum_section,
+    ]
     return sections
 
 
@@ -161,6 +176,19 @@ async def run_status(config_path: Path | None, *, quiet: bool) -> dict[str, Any]
             "[green]yes[/]" if ok else "[red]no[/]",
             detail,
         )
+    replication: dict[str, Any] = {}
+    extra: list[Table] = []
+    if config.replication is not None:
+        from multistore.cli._status import replication_report
+
+        replication, extra = await replication_report(config)
     if not quiet:
-        Console().print(table)
-    return {"config": str(config.path) if config.path else None, "roles": rows}
+        console = Console()
+        console.print(table)
+        for part in extra:
+            console.print(part)
+    return {
+        "config": str(config.path) if config.path else None,
+        "roles": rows,
+        "replication": replication,
+    }

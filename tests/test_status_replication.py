@@ -1,0 +1,89 @@
+"""`multistore status --json` reports the replication topologies named in
+[replication]: each router node's role, lag and health; each multi-master node's
+positions and conflict count; the quorum cluster's membership."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from multistore import ConfigError, ErrorCode, load_config
+
+
+def _status(tmp_path: Path) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if k != "MULTISTORE_CONFIG"}
+    return subprocess.run(
+        [sys.executable, "-m", "multistore", "status", "--json"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+def test_status_reports_embedded_topologies(tmp_path: Path) -> None:
+    (tmp_path / "multistore.toml").write_text(
+        "[replication.router]\n"
+        'primary = "sqlite:///rt/primary.db"\n'
+        'replicas = ["sqlite:///rt/r1.db", "sqlite:///rt/r2.db"]\n'
+        "[replication.multimaster]\n"
+        'strategy = "merge_carts"\n'
+        'nodes = { a = "sqlite:///mm/a.db", b = "sqlite:///mm/b.db" }\n'
+        "[replication.quorum]\n"
+        'url = "quorum:///q?nodes=3&n=3"\n'
+    )
+    for sub in ("rt", "mm", "q"):
+        (tmp_path / sub).mkdir()
+    result = _status(tmp_path)
+    assert result.returncode == 0, result.stderr + result.stdout
+    report = json.loads(result.stdout)["replication"]
+    router = report["router"]
+    assert router["ok"] is True
+    roles = sorted(node["role"] for node in router["nodes"])
+    assert roles.count("primary") == 1 and len(roles) == 3
+    assert all("lag_seconds" in node and "health" in node for node in router["nodes"])
+    mm = report["multimaster"]
+    assert mm["ok"] is True
+    assert set(mm["nodes"]) == {"a", "b"}
+    assert all("conflicts" in node for node in mm["nodes"].values())
+    quorum = report["quorum"]
+    assert quorum["ok"] is True
+    assert quorum["n"] == 3
+
+
+def test_status_reports_an_unreachable_router_and_fails(tmp_path: Path) -> None:
+    (tmp_path / "multistore.toml").write_text(
+        "[replication.router]\n"
+        'primary = "postgresql://postgres@127.0.0.1:1/db?connect_timeout=1"\n'
+        "replicas = []\n"
+    )
+    result = _status(tmp_path)
+    assert result.returncode == int(ErrorCode.STORE_UNAVAILABLE), result.stderr
+    router = json.loads(result.stdout)["replication"]["router"]
+    assert router["ok"] is False
+    assert "Unavailable" in router["error"] or "unreachable" in router["error"].lower()
+
+
+@pytest.mark.parametrize(
+    ("text", "fragment"),
+    [
+        ("[replication.ring]\nx = 1\n", "[replication.ring]"),
+        ('[replication.router]\nreplicas = ["sqlite:///a.db"]\n', "primary = URL"),
+        ('[replication.multimaster]\nnodes = { a = "sqlite:///a.db" }\nstrategy = "x"\n', "x"),
+        ('[replication.quorum]\nurl = "sqlite:///a.db"\n', "quorum:// URL"),
+    ],
+)
+def test_bad_replication_section(tmp_path: Path, text: str, fragment: str) -> None:
+    path = tmp_path / "multistore.toml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert fragment in str(info.value)
+    assert str(path) in str(info.value)
