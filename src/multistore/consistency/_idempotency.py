@@ -39,6 +39,7 @@ from dataclasses import dataclass
 from typing import Any, Final, ParamSpec, TypeVar, cast
 
 from multistore.consistency._idempotency_backends import (
+    CLAIM_ATTEMPTS,
     IdempotencyRecord,
     RecordBackend,
     records_for,
@@ -79,7 +80,6 @@ P = ParamSpec("P")
 T = TypeVar("T")
 
 _KEY: Final = re.compile(r"[\x21-\x7e]{1,255}")
-_CLAIM_ATTEMPTS: Final = 20
 
 # -- errors (to move into multistore.errors with codes of their own) ---------------
 
@@ -112,12 +112,15 @@ class IdempotencyPolicy:
 DEFAULT_POLICY: Final = IdempotencyPolicy()
 
 
+_CANONICAL: Final = json.JSONEncoder(
+    sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+)
+
+
 def fingerprint(payload: Any) -> str:
     """SHA-256 (hex) of the canonical JSON of ``payload`` (sorted keys, no spaces)."""
     try:
-        text = json.dumps(
-            payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
-        )
+        text = _CANONICAL.encode(payload)
     except (TypeError, ValueError) as exc:
         raise InvalidValueError(
             f"an idempotent request's payload must be JSON to be fingerprinted: {exc}"
@@ -223,7 +226,9 @@ class IdempotentRun:
         self.resumed = resumed
         self._value: Any = None
         self._lock = asyncio.Lock()
+        self._timer: asyncio.TimerHandle | None = None
         self._beat: asyncio.Task[None] | None = None
+        self._stopped = False
         self._lost = False
         self._discard = False
 
@@ -274,12 +279,10 @@ class IdempotentRun:
             raise UsageError("checkpoint() on a replayed run: the work is already done")
         if not isinstance(point, str) or not point:
             raise InvalidValueError("a recovery point is a non-empty string")
-        policy = self._idem.policy
         async with self._lock:
             ok = await self._swap(
-                lambda r, now: dataclasses.replace(
-                    r, recovery_point=point, recovery_data=data, lease_until=now + policy.lease
-                )
+                lambda r: dataclasses.replace(r, recovery_point=point, recovery_data=data),
+                lease=self._idem.policy.lease,
             )
         if not ok:
             raise IdempotencyLeaseLostError(
@@ -289,13 +292,25 @@ class IdempotentRun:
 
     # -- internals --
 
-    async def _swap(self, change: Callable[[IdempotencyRecord, float], IdempotencyRecord]) -> bool:
-        """Apply ``change`` to our record by compare-and-swap; False once it is not ours."""
+    async def _swap(
+        self,
+        change: Callable[[IdempotencyRecord], IdempotencyRecord],
+        *,
+        lease: float | None,
+        expires_after: float | None = None,
+    ) -> bool:
+        """Apply ``change`` to our record by compare-and-swap (the backend sets the
+        version and the lease and expiry times); False once the record is not ours."""
         backend, clock = self._idem.backend, self._idem.clock
         for _ in range(3):
-            now = clock()
-            new = dataclasses.replace(change(self._record, now), version=self._record.version + 1)
-            if await backend.replace(new, self._record.version, now):
+            new = await backend.advance(
+                change(self._record),
+                self._record,
+                clock(),
+                lease=lease,
+                expires_after=expires_after,
+            )
+            if new is not None:
                 self._record = new
                 return True
             # A swap whose answer was lost may have applied: it is ours if the owner is us.
@@ -307,41 +322,47 @@ class IdempotentRun:
         return False
 
     def _start_heartbeat(self) -> None:
-        self._beat = asyncio.create_task(self._heartbeat(), name=f"idempotency lease {self.key}")
+        """Arm the first renewal. A timer, not a task: a run that ends before the
+        first renewal is due costs one ``call_later`` and its cancellation."""
+        self._timer = asyncio.get_running_loop().call_later(
+            self._idem.policy.heartbeat_interval, self._beat_due
+        )
 
-    async def _heartbeat(self) -> None:
-        policy = self._idem.policy
-        while True:
-            await asyncio.sleep(policy.heartbeat_interval)
-            async with self._lock:
-                try:
-                    ok = await self._swap(
-                        lambda r, now: dataclasses.replace(r, lease_until=now + policy.lease)
-                    )
-                except MultistoreError:
-                    continue  # the store hiccuped: the lease still runs, try next beat
-                if not ok:
-                    return
+    def _beat_due(self) -> None:
+        self._timer = None
+        if not self._stopped:
+            self._beat = asyncio.create_task(self._renew(), name=f"idempotency lease {self.key}")
+
+    async def _renew(self) -> None:
+        lease = self._idem.policy.lease
+        async with self._lock:
+            if self._stopped:
+                return
+            try:
+                ok = await self._swap(lambda r: r, lease=lease)
+            except MultistoreError:
+                ok = True  # the store hiccuped: the lease still runs, try next beat
+        if ok and not self._stopped:
+            self._beat = None
+            self._start_heartbeat()
 
     async def _stop_heartbeat(self) -> None:
-        if self._beat is not None:
-            self._beat.cancel()
+        self._stopped = True
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        beat, self._beat = self._beat, None
+        if beat is not None:
+            beat.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await self._beat
-            self._beat = None
+                await beat
 
     async def _complete(self, outcome: dict[str, Any]) -> None:
-        expires = self._idem.policy.expires_after
         async with self._lock:
             ok = await self._swap(
-                lambda r, now: dataclasses.replace(
-                    r,
-                    state="completed",
-                    owner=None,
-                    lease_until=now,
-                    result=outcome,
-                    expires_at=r.expires_at if r.expires_at > now else now + expires,
-                )
+                lambda r: dataclasses.replace(r, state="completed", owner=None, result=outcome),
+                lease=None,
+                expires_after=self._idem.policy.expires_after,
             )
         if not ok:
             raise IdempotencyLeaseLostError(
@@ -352,7 +373,32 @@ class IdempotentRun:
     async def _release(self) -> None:
         """Give the key up without an outcome: a retry may run (from the last checkpoint)."""
         async with self._lock:
-            await self._swap(lambda r, now: dataclasses.replace(r, owner=None, lease_until=now))
+            await self._swap(lambda r: dataclasses.replace(r, owner=None), lease=None)
+
+    async def _finish(self, exc: BaseException | None) -> None:
+        """End the execution: store the outcome (the value set, or ``exc`` when it is
+        storable) or release the key. Raises what the caller must raise instead."""
+        await self._stop_heartbeat()
+        if exc is not None:
+            storable = not isinstance(exc, self._idem.policy.retry_on) and not self._discard
+            if isinstance(exc, Exception) and storable:
+                await self._complete({"error": _encode_error(exc)})
+            else:
+                await self._release()
+            return
+        if self._discard:
+            await self._release()
+            return
+        try:
+            json.dumps(self._value, allow_nan=False)
+        except (TypeError, ValueError) as bad:  # not JSON: store that error instead
+            error = InvalidValueError(
+                f"idempotency key {self.key!r}: the result is not JSON and cannot be "
+                f"stored for replay: {bad}"
+            )
+            await self._complete({"error": _encode_error(error)})
+            raise error from None
+        await self._complete({"value": self._value})
 
 
 # -- the store-facing object -----------------------------------------------------------
@@ -411,79 +457,48 @@ class Idempotency:
         try:
             yield run
         except BaseException as exc:
-            await run._stop_heartbeat()
-            storable = not isinstance(exc, self.policy.retry_on) and not run._discard
-            if isinstance(exc, Exception) and storable:
-                await run._complete({"error": _encode_error(exc)})
-            else:
-                await run._release()
+            await run._finish(exc)
             raise
         else:
-            await run._stop_heartbeat()
-            if run._discard:
-                await run._release()
-                return
-            value = run._value
-            try:
-                json.dumps(value, allow_nan=False)
-            except (TypeError, ValueError) as exc:
-                error = InvalidValueError(
-                    f"idempotency key {run.key!r}: the result is not JSON and cannot be "
-                    f"stored for replay: {exc}"
-                )
-                await run._complete({"error": _encode_error(error)})
-                raise error from None
-            await run._complete({"value": value})
+            await run._finish(None)
         finally:
             _current.reset(token)
 
     async def _claim(self, scope: str, key: str, payload: Any) -> IdempotentRun:
         fp = fingerprint(payload)
-        await self._setup()
-        policy, backend = self.policy, self.backend
+        if not self._ready:
+            await self._setup()
+        policy = self.policy
         owner = uuid.uuid4().hex
-        for _ in range(_CLAIM_ATTEMPTS):
-            record = await backend.load(scope, key)
-            now = self.clock()
-            if record is None or record.expired(now):
-                fresh = IdempotencyRecord(
-                    scope=scope,
-                    key=key,
-                    version=1 if record is None else record.version + 1,
-                    state="in_progress",
-                    fingerprint=fp,
-                    owner=owner,
-                    lease_until=now + policy.lease,
-                    created_at=now,
-                    expires_at=now + policy.expires_after,
-                )
-                if record is None:
-                    won = await backend.create(fresh, now)
-                else:
-                    won = await backend.replace(fresh, record.version, now)
-                if won:
-                    return IdempotentRun(self, fresh, owner)
-                continue
-            if record.fingerprint != fp:
-                raise IdempotencyKeyReusedError(
-                    f"idempotency key {key!r} was already used with a different payload"
-                )
-            if record.state == "completed":
-                return IdempotentRun(self, record, None, replayed=True)
-            if record.lease_until > now:
-                wait = record.lease_until - now
-                raise IdempotencyInProgressError(
-                    f"idempotency key {key!r}: the first request is still in progress; "
-                    f"retry in {wait:.1f} s",
-                    retry_after=wait,
-                )
-            taken = dataclasses.replace(
-                record, version=record.version + 1, owner=owner, lease_until=now + policy.lease
+        claim = await self.backend.claim(
+            scope,
+            key,
+            fp,
+            owner,
+            lease=policy.lease,
+            expires_after=policy.expires_after,
+            clock=self.clock,
+        )
+        status, record = claim.status, claim.record
+        if status == "completed" and record is not None:
+            return IdempotentRun(self, record, None, replayed=True)
+        if status == "created" and record is not None:
+            return IdempotentRun(self, record, owner)
+        if status == "resumed" and record is not None:
+            return IdempotentRun(self, record, owner, resumed=True)
+        if status == "mismatch":
+            raise IdempotencyKeyReusedError(
+                f"idempotency key {key!r} was already used with a different payload"
             )
-            if await backend.replace(taken, record.version, now):
-                return IdempotentRun(self, taken, owner, resumed=True)
+        if status == "busy":
+            wait = claim.retry_after
+            raise IdempotencyInProgressError(
+                f"idempotency key {key!r}: the first request is still in progress; "
+                f"retry in {wait:.1f} s",
+                retry_after=wait,
+            )
         raise IdempotencyInProgressError(
-            f"idempotency key {key!r} changed under every one of {_CLAIM_ATTEMPTS} attempts "
+            f"idempotency key {key!r} changed under every one of {CLAIM_ATTEMPTS} attempts "
             "to claim it; retry later"
         )
 
@@ -525,12 +540,27 @@ def idempotent(
                 return await fn(*args, **kwargs)
             scope = client(*args, **kwargs) if callable(client) else client
             body = payload(*args, **kwargs) if payload is not None else [args, kwargs]
-            async with idem.begin(k, {"function": name, "payload": body}, client=scope) as run:
-                if run.replayed:
-                    return cast(T, run.result())
+            # ``idem.begin`` without the context manager's generator (the hot path).
+            run = await idem._claim(
+                _check_scope(scope),
+                check_idempotency_key(k),
+                {"function": name, "payload": body},
+            )
+            if run.replayed:
+                return cast(T, run.result())
+            token = _current.set(run)
+            run._start_heartbeat()
+            try:
                 value = await fn(*args, **kwargs)
                 run.set_result(value)
-                return value
+            except BaseException as exc:
+                await run._finish(exc)
+                raise
+            else:
+                await run._finish(None)
+            finally:
+                _current.reset(token)
+            return value
 
         return wrapper
 
