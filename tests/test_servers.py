@@ -488,3 +488,19 @@ def test_first_start_moves_off_a_port_taken_meanwhile(
         assert redis_client(server.port).ping()
     finally:
         server.cleanup()
+
+
+@pytest.mark.server
+def test_a_server_whose_port_is_taken_does_not_pass_for_started(
+    redis_server: RedisServer,
+) -> None:
+    # Another server answers on the port: the new one must not count the other's
+    # answers as its own (tests would then kill and restart the wrong server).
+    intruder = RedisServer(port=redis_server.port)
+    try:
+        with pytest.raises(ServerStartError):
+            intruder.start(timeout=10)
+        assert not intruder.is_running()
+        assert redis_server.is_running()
+    finally:
+        intruder.cleanup()

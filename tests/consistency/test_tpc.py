@@ -182,6 +182,44 @@ def test_error_in_the_block_rolls_back_every_branch(bank: dict[str, str], tmp_pa
     assert nothing_in_doubt(bank, "raise")
 
 
+def test_failing_first_statement_and_idle_branches(bank: dict[str, str], tmp_path: Path) -> None:
+    """A branch's start (BEGIN, XA START) travels with its first statement: a first
+    statement that fails still rolls back everything, and a branch that ran nothing is
+    read-only without a transaction on the server."""
+    events: list[tuple[str, str]] = []
+
+    async def body() -> None:
+        async with await TransactionCoordinator.open(
+            bank,
+            log=log_url(tmp_path),
+            node="first",
+            on_event=lambda event, xid, name: events.append((event, name)),
+        ) as coordinator:
+            for bad in ("pg2", "maria"):
+                with pytest.raises(MultistoreError, match="no_such_table"):
+                    async with coordinator.transaction(["pg1", "pg2", "maria"]) as tx:
+                        others = [n for n in ("pg1", "pg2", "maria") if n != bad]
+                        for name in others:
+                            await tx.sql(name).execute("UPDATE accounts SET balance = 0")
+                        await tx.sql(bad).execute("UPDATE no_such_table SET x = 1")
+                assert tx.state is TxState.ABORTED
+            assert await _balance(bank["pg1"], 0) != 0
+            assert await _balance(bank["maria"], 0) != 0
+            async with coordinator.transaction(["pg1", "pg2", "maria"]) as tx:
+                await tx.sql("pg1").execute("UPDATE accounts SET balance = 7 WHERE id = 0")
+                await tx.sql("maria").execute("UPDATE accounts SET balance = 8 WHERE id = 0")
+            assert tx.votes == {"pg1": Vote.YES, "pg2": Vote.READ_ONLY, "maria": Vote.YES}
+            assert (await _balance(bank["pg1"], 0), await _balance(bank["maria"], 0)) == (7, 8)
+            async with coordinator.transaction(["pg1", "maria"]) as tx:
+                pass
+            assert tx.votes == {"pg1": Vote.READ_ONLY, "maria": Vote.READ_ONLY}
+            assert tx.state is TxState.COMMITTED
+
+    asyncio.run(body())
+    assert sorted(name for event, name in events if event == "committed") == ["maria", "pg1"]
+    assert nothing_in_doubt(bank, "first")
+
+
 def test_postgres_down_between_prepare_and_commit_is_indeterminate_then_recovered(
     bank: dict[str, str], tmp_path: Path, postgres_server: PostgresServer
 ) -> None:

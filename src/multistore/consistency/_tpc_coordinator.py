@@ -219,13 +219,11 @@ class TransactionCoordinator:
                 raise
             await self._complete(tx)
         finally:
-            await asyncio.gather(
-                *(
-                    self._release(branch)
-                    for name, branch in tx.branches.items()
-                    if name not in tx._stragglers
-                )
-            )
+            # Every branch is finished here (committed, prepared or rolled back), so a
+            # release only hands the connection back: one after the other, no tasks.
+            for name, branch in tx.branches.items():
+                if name not in tx._stragglers:
+                    await self._release(branch)
 
     async def _release(self, branch: Branch) -> None:
         with contextlib.suppress(Exception):  # a stuck connection is dropped, not waited on

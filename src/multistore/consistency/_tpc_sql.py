@@ -11,9 +11,15 @@
   the disconnect (MariaDB ≥ 10.5) and is committed from another session.
 
 Each writing branch inserts its id into ``multistore_tpc_markers`` before it prepares
-(on PostgreSQL in the same round trip as ``PREPARE TRANSACTION``): the row exists if and
+(on PostgreSQL in the same round trip as ``PREPARE TRANSACTION``, on MariaDB in the same
+hop to the session's thread as ``XA END`` and ``XA PREPARE``): the row exists if and
 only if the branch committed. Recovery uses it to detect heuristic outcomes and purges
 old markers.
+
+Round trips: a branch starts its transaction (``BEGIN``, ``XA START``) together with
+its first statement — PostgreSQL in psycopg's pipeline mode, MariaDB in one hop to the
+session's thread — so a branch costs its statements, one prepare and one commit. A
+branch that ran no statement never starts a transaction and votes read-only.
 
 The gid is quoted into the SQL text: :class:`~multistore.core._tpc.Xid` allows only
 letters, digits, ``_``, ``-`` and ``:``, so it cannot close the literal.
@@ -24,9 +30,11 @@ from __future__ import annotations
 import contextlib
 import enum
 import time
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 from contextlib import AsyncExitStack
-from typing import Final, Self, cast
+from typing import Any, Final, Self, cast
+
+import psycopg
 
 from multistore.consistency._tpc_log import ensure_table
 from multistore.consistency._tpc_participants import Participant, SQLBranch
@@ -38,6 +46,11 @@ from multistore.errors import (
 )
 from multistore.stores._registry import open_store
 from multistore.stores.relational import Connection, Params, RelationalStore, Row
+from multistore.stores.relational._mariadb import MariaDBConnection
+from multistore.stores.relational._params import bind, compile_sql
+from multistore.stores.relational._postgres import PostgresConnection
+from multistore.stores.relational._postgres import map_error as map_pg_error
+from multistore.stores.relational._rows import Columns
 from multistore.urls import StoreURL
 
 __all__ = ["MariaDBParticipant", "PostgresParticipant"]
@@ -124,18 +137,35 @@ class _SQLBranch(SQLBranch):
 
     async def execute(self, sql: str, params: Params | None = None) -> int:
         self.executed = True
+        conn = self._active()
         try:
-            return await self._active().execute(sql, params)
+            if not self.begun:
+                return (await self._begin_with(conn, sql, params, fetch=False))[0]
+            return await conn.execute(sql, params)
         except MultistoreError as exc:
             self.failure = exc
             raise
 
     async def fetch_all(self, sql: str, params: Params | None = None) -> list[Row]:
+        conn = self._active()
         try:
-            return await self._active().fetch_all(sql, params)
+            if not self.begun:
+                return (await self._begin_with(conn, sql, params, fetch=True))[1]
+            return await conn.fetch_all(sql, params)
         except MultistoreError as exc:
             self.failure = exc
             raise
+
+    begun = True
+    """False while the branch's transaction is not started on the server yet: the
+    participant sends its start (``BEGIN``, ``XA START``) with the first statement,
+    saving a round trip per branch."""
+
+    async def _begin_with(
+        self, conn: Connection, sql: str, params: Params | None, *, fetch: bool
+    ) -> tuple[int, list[Row]]:
+        """Start the branch's transaction and run its first statement."""
+        raise NotImplementedError
 
     def _check_no_failure(self) -> None:
         if self.failure is not None:
@@ -155,11 +185,84 @@ class _SQLBranch(SQLBranch):
 
 
 class PostgresBranch(_SQLBranch):
+    """Statements run on one psycopg cursor kept for the branch; ``BEGIN`` goes with the
+    first of them in one round trip (psycopg's pipeline mode), and the protocol
+    statements (whose text is unique per transaction) skip psycopg's prepared-statement
+    bookkeeping."""
+
+    begun = False
+    _cursor: psycopg.AsyncCursor[Any] | None = None
+
+    async def execute(self, sql: str, params: Params | None = None) -> int:
+        self.executed = True
+        try:
+            return (await self._run(self._active(), sql, params, fetch=False))[0]
+        except MultistoreError as exc:
+            self.failure = exc
+            raise
+
+    async def fetch_all(self, sql: str, params: Params | None = None) -> list[Row]:
+        try:
+            return (await self._run(self._active(), sql, params, fetch=True))[1]
+        except MultistoreError as exc:
+            self.failure = exc
+            raise
+
+    async def _run(
+        self, conn: Connection, sql: str, params: Params | None, *, fetch: bool
+    ) -> tuple[int, list[Row]]:
+        compiled = compile_sql(sql, "postgresql")
+        args = bind(compiled, params)
+        if not isinstance(conn, PostgresConnection):  # pragma: no cover - always is
+            if not self.begun:
+                self.begun = True
+                await conn.execute("BEGIN")
+            if fetch:
+                return 0, await conn.fetch_all(sql, params)
+            return await conn.execute(sql, params), []
+        cur = self._cursor
+        if cur is None:
+            cur = self._cursor = conn._conn.cursor()
+        try:
+            if self.begun:
+                await cur.execute(compiled.sql, args)
+            else:
+                self.begun = True  # from here on a ROLLBACK ends whatever was started
+                async with conn._conn.pipeline():
+                    await cur.execute(b"BEGIN", prepare=False)
+                    await cur.execute(compiled.sql, args)
+            if not fetch:
+                return max(cur.rowcount, 0), []
+            if cur.description is None:
+                return 0, []
+            columns = Columns([d.name for d in cur.description])
+            return 0, [columns.row(values) for values in await cur.fetchall()]
+        except psycopg.Error as exc:
+            raise map_pg_error(exc) from exc
+
+    async def release(self) -> None:
+        await super().release()
+        self._cursor = None
+
+    async def _protocol(self, conn: Connection, sql: str) -> None:
+        """A protocol statement (no parameters), unprepared, on the branch's cursor."""
+        cur = self._cursor
+        if cur is None or not isinstance(conn, PostgresConnection):
+            await _raw(conn, sql)
+            return
+        try:
+            await cur.execute(sql.encode(), prepare=False)
+        except psycopg.Error as exc:
+            raise map_pg_error(exc) from exc
+
     async def prepare(self) -> Vote:
         conn = self._active()
         if self.failure is not None:
             await self.rollback()
             self._check_no_failure()
+        if not self.begun:  # no statement ran: there is no transaction to prepare
+            self.state = _State.DONE
+            return Vote.READ_ONLY
         # Only fetches ran: ask whether they wrote (an UPDATE … RETURNING would have).
         if not self.executed and not await conn.fetch_val(
             "SELECT pg_current_xact_id_if_assigned() IS NOT NULL"
@@ -169,7 +272,7 @@ class PostgresBranch(_SQLBranch):
             return Vote.READ_ONLY
         try:
             # The commit marker and the prepare in one round trip (simple query protocol).
-            await _raw(
+            await self._protocol(
                 conn,
                 f"INSERT INTO {MARKERS} (gid, created) "
                 f"VALUES ('{self.xid}', extract(epoch FROM clock_timestamp())); "
@@ -190,12 +293,13 @@ class PostgresBranch(_SQLBranch):
             self._check_no_failure()
             conn = self._active()
             self.state = _State.DONE
-            await conn.execute("COMMIT")
+            if self.begun:
+                await self._protocol(conn, "COMMIT")
             return True
         self.state = _State.DONE
         if self._conn is not None:
             try:
-                await _raw(self._conn, f"COMMIT PREPARED '{self.xid}'")
+                await self._protocol(self._conn, f"COMMIT PREPARED '{self.xid}'")
             except StoreUnavailableError:
                 pass  # this session is gone: try once on a fresh one
             except MultistoreError as exc:
@@ -209,7 +313,8 @@ class PostgresBranch(_SQLBranch):
     async def rollback(self) -> None:
         if self.state is _State.ACTIVE and self._conn is not None:
             self.state = _State.DONE
-            await self._conn.execute("ROLLBACK")
+            if self.begun:
+                await self._protocol(self._conn, "ROLLBACK")
         elif self.state is _State.PREPARED:
             self.state = _State.DONE
             await self.participant.rollback_prepared(self.xid)
@@ -219,12 +324,8 @@ class PostgresParticipant(_RelationalParticipant):
     """A PostgreSQL database (needs ``max_prepared_transactions`` > 0)."""
 
     async def begin(self, xid: Xid) -> PostgresBranch:
+        # BEGIN goes with the branch's first statement (one round trip for both).
         stack, conn = await self._lease()
-        try:
-            await conn.execute("BEGIN")
-        except BaseException:
-            await stack.aclose()
-            raise
         return PostgresBranch(self, xid, stack, conn)
 
     async def in_doubt(self) -> list[Xid]:
@@ -266,19 +367,71 @@ def _xa(xid: Xid) -> str:
     return f"'{xid.gtrid}','{xid.branch}',{XA_FORMAT_ID}"
 
 
+def _run_in_order(
+    session: Any, statements: Sequence[tuple[str, Any]], fetch: bool
+) -> tuple[int, list[Row]]:
+    """On the MariaDB session's worker thread: run ``statements`` (driver style) in
+    order, stopping at the first error; the rows changed and, with ``fetch``, the rows
+    of the last one. Several statements cost one hop to the thread instead of one each."""
+    count, rows = 0, []
+    for sql, args in statements:
+        with session.cursor() as cur:
+            cur.execute(sql, args)
+            count = max(int(cur.rowcount), 0)
+            if fetch and cur.description is not None:
+                columns = Columns([d[0] for d in cur.description])
+                rows = [columns.row(values) for values in cur.fetchall()]
+    return count, rows
+
+
+async def _my_run(
+    conn: Connection, statements: Sequence[tuple[str, Any]], *, fetch: bool = False
+) -> tuple[int, list[Row]]:
+    if isinstance(conn, MariaDBConnection):
+        return await conn._call(_run_in_order, statements, fetch)
+    count = 0  # pragma: no cover - a MariaDB participant always has MariaDB connections
+    for sql, args in statements:
+        count = await conn._execute(sql, args)
+    return count, []
+
+
+_MARKER_INSERT: Final = compile_sql(
+    f"INSERT INTO {MARKERS} (gid, created) VALUES (:gid, UNIX_TIMESTAMP(NOW(6)))", "mariadb"
+)
+
+
 class MariaDBBranch(_SQLBranch):
+    begun = False
+
+    async def _begin_with(
+        self, conn: Connection, sql: str, params: Params | None, *, fetch: bool
+    ) -> tuple[int, list[Row]]:
+        """``XA START`` and the first statement in one hop to the session's thread."""
+        compiled = compile_sql(sql, "mariadb")
+        args = bind(compiled, params)
+        self.begun = True  # from here on rollback sends XA END / XA ROLLBACK
+        return await _my_run(
+            conn, [(f"XA START {_xa(self.xid)}", None), (compiled.sql, args)], fetch=fetch
+        )
+
     async def prepare(self) -> Vote:
         conn = self._active()
         if self.failure is not None:
             await self.rollback()
             self._check_no_failure()
+        if not self.begun:  # no statement ran: no XA transaction was started
+            self.state = _State.DONE
+            return Vote.READ_ONLY
         try:
-            await conn.execute(
-                f"INSERT INTO {MARKERS} (gid, created) VALUES (:gid, UNIX_TIMESTAMP(NOW(6)))",
-                {"gid": str(self.xid)},
+            # The commit marker, XA END and XA PREPARE: one hop to the session's thread.
+            await _my_run(
+                conn,
+                [
+                    (_MARKER_INSERT.sql, bind(_MARKER_INSERT, {"gid": str(self.xid)})),
+                    (f"XA END {_xa(self.xid)}", None),
+                    (f"XA PREPARE {_xa(self.xid)}", None),
+                ],
             )
-            await _raw(conn, f"XA END {_xa(self.xid)}")
-            await _raw(conn, f"XA PREPARE {_xa(self.xid)}")
         except MultistoreError as exc:
             if exc.definite or isinstance(exc, ConflictError):
                 with contextlib.suppress(MultistoreError):
@@ -294,9 +447,16 @@ class MariaDBBranch(_SQLBranch):
             self._check_no_failure()
             conn = self._active()
             self.state = _State.DONE
+            if not self.begun:
+                return True
             try:
-                await _raw(conn, f"XA END {_xa(self.xid)}")
-                await _raw(conn, f"XA COMMIT {_xa(self.xid)} ONE PHASE")
+                await _my_run(
+                    conn,
+                    [
+                        (f"XA END {_xa(self.xid)}", None),
+                        (f"XA COMMIT {_xa(self.xid)} ONE PHASE", None),
+                    ],
+                )
             except MultistoreError:
                 self._forget_session()
                 raise
@@ -317,6 +477,8 @@ class MariaDBBranch(_SQLBranch):
         conn = self._conn
         if self.state is _State.ACTIVE and conn is not None:
             self.state = _State.DONE
+            if not self.begun:
+                return
             with contextlib.suppress(MultistoreError):
                 await _raw(conn, f"XA END {_xa(self.xid)}")
             try:
@@ -348,12 +510,8 @@ class MariaDBParticipant(_RelationalParticipant):
     """A MariaDB (≥ 10.5) database, through XA transactions."""
 
     async def begin(self, xid: Xid) -> MariaDBBranch:
+        # XA START goes with the branch's first statement (one hop for both).
         stack, conn = await self._lease()
-        try:
-            await _raw(conn, f"XA START {_xa(xid)}")
-        except BaseException:
-            await stack.aclose()
-            raise
         return MariaDBBranch(self, xid, stack, conn)
 
     async def in_doubt(self) -> list[Xid]:

@@ -93,6 +93,49 @@ def free_port() -> int:
         return fallback
 
 
+def _listen_inodes(port: int) -> set[str]:
+    """Socket inodes listening on ``port`` (IPv4 or IPv6), from /proc/net."""
+    inodes: set[str] = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            fields = line.split()
+            if (
+                len(fields) > 9
+                and fields[3] == "0A"
+                and int(fields[1].rsplit(":", 1)[1], 16) == port
+            ):
+                inodes.add(fields[9])
+    return inodes
+
+
+def _listens(group: int, port: int) -> bool:
+    """True when a process of process group ``group`` holds the socket listening on
+    ``port``. Where /proc cannot tell (not Linux), assume it does."""
+    inodes = _listen_inodes(port)
+    if not Path("/proc/net/tcp").exists():
+        return True
+    if not inodes:
+        return False
+    targets = {f"socket:[{inode}]" for inode in inodes}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            if os.getpgid(int(entry.name)) != group:
+                continue
+            for fd in (entry / "fd").iterdir():
+                with contextlib.suppress(OSError):
+                    if os.readlink(fd) in targets:
+                        return True
+        except (OSError, ProcessLookupError):
+            continue
+    return False
+
+
 def _ephemeral_range() -> tuple[int, int]:
     try:
         low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
@@ -352,7 +395,10 @@ class ServerProcess(ABC):
                     f"{self.name} exited with code {code} while starting on port {self.port};"
                     f" log {self.logfile}:\n{self.log_tail()}"
                 )
-            if self._ready():
+            # Ready only when the answer comes from *our* process: another server that
+            # took the port while ours was down would answer too, and tests would then
+            # kill, restart and query the wrong server without noticing.
+            if self._ready() and _listens(proc.pid, self.port):
                 return
             if time.monotonic() > deadline:
                 self.kill()
