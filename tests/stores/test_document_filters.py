@@ -45,6 +45,7 @@ PURE_MODULES = [
 ]
 ALLOWED_IMPORTS = {
     "__future__",
+    "abc",
     "collections.abc",
     "dataclasses",
     "decimal",

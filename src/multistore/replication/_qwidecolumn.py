@@ -36,7 +36,6 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 from multistore.core._quorum import Consistency, Level, QuorumConfig
 from multistore.core._ring import RING_SIZE
 from multistore.errors import (
-    ConflictError,
     InvalidURLError,
     InvalidValueError,
     NotFoundError,
@@ -52,7 +51,8 @@ from multistore.stores.widecolumn._api import (
 )
 from multistore.stores.widecolumn._query import (
     SelectPlan,
-    check_row,
+    check_existing,
+    check_rows,
     check_ttl,
     from_micros,
     plan_delete,
@@ -270,17 +270,7 @@ class QuorumWideColumnStore(WideColumnStore):
         current = await self.cluster.get_record(_SCHEMAS, member, r=self.r)
         if current.found:
             existing = TableSchema.from_json(current.value["schema"])
-            if existing.name != schema.name:
-                raise ConflictError(
-                    f"cannot create table {schema.name!r}: table {existing.name!r} exists "
-                    "and names are compared without case"
-                )
-            if existing != schema:
-                raise ConflictError(
-                    f"table {schema.name!r} exists with another schema: {existing.to_json()}"
-                )
-            if not if_not_exists:
-                raise ConflictError(f"table {schema.name!r} already exists")
+            check_existing(existing, schema, if_not_exists)
             self._schemas[schema.name] = (existing, current.value["incarnation"])
             return
         incarnation = uuid.uuid4().hex
@@ -326,9 +316,7 @@ class QuorumWideColumnStore(WideColumnStore):
     ) -> None:
         schema, incarnation = await self._table(table)
         seconds = check_ttl(ttl)
-        if isinstance(rows, Mapping) or not isinstance(rows, Sequence):
-            raise InvalidValueError(f"upsert_many takes a list of rows, not {rows!r}")
-        checked = [check_row(schema, row) for row in rows]
+        checked = check_rows(schema, rows)
         expires = None if seconds is None else time.time() + seconds
         writes = []
         for row in checked:

@@ -1,7 +1,8 @@
 """Mongo-style filters and sorts: parse into an AST, validate, evaluate (pure: no I/O).
 
-The backends compile the AST of this module to SQL; :func:`matches` evaluates it in
-Python and is the reference the conformance tests hold the backends to.
+The backends compile the AST of this module to SQL (each dialect a subclass of
+:class:`SQLCompiler`); :func:`matches` evaluates it in Python and is the reference
+the conformance tests hold the backends to.
 
 Semantics
 ---------
@@ -28,9 +29,10 @@ Semantics
 
 from __future__ import annotations
 
+import abc
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Final, Literal, TypeAlias
+from typing import Any, ClassVar, Final, Literal, TypeAlias
 
 from multistore.errors import InvalidQueryError
 from multistore.stores.document._values import Path, check_value, json_equal, kind, parse_path
@@ -45,6 +47,8 @@ __all__ = [
     "Node",
     "Not",
     "Or",
+    "Pred",
+    "SQLCompiler",
     "SortKey",
     "candidates",
     "matches",
@@ -299,6 +303,138 @@ def matches(node: Node, doc: Mapping[str, Any]) -> bool:
     if node.op == "eq":
         return _equals_any(found, node.value)
     return any(_relates(node.op, c, node.value) for c in _expanded(found))
+
+
+# -- compiling to SQL -----------------------------------------------------------------
+
+Pred: TypeAlias = Callable[[str, str], str]
+"""SQL that tests one candidate, given the two SQL expressions for it that the
+dialect's :meth:`SQLCompiler.candidate` writes."""
+
+_ID_PATH: Final = Path(("_id",))
+
+
+class SQLCompiler(abc.ABC):
+    """The walk of a filter into one SQL condition over a ``doc`` column, as every SQL
+    dialect does it; a subclass writes the leaves.
+
+    Shared here: ``$and``/``$or`` nest; ``$not`` counts an unknown (NULL) condition
+    as false before negating; ``$in`` is an OR of equalities (false when empty); ``_id``
+    has a column of its own; and :meth:`any`, a path that reaches through objects and
+    arrays (see the module docstring), as an OR of arms, one per way to reach a value.
+    Values become named parameters (``p0``, ``p1`` …) and array elements are read
+    under aliases (``e1``, ``e2`` …), numbered in the order they are made.
+    """
+
+    TRUE: ClassVar[str]
+    FALSE: ClassVar[str]
+
+    def __init__(self) -> None:
+        self.params: dict[str, Any] = {}
+        self._aliases = 0
+
+    def compile(self, node: Node) -> tuple[str, dict[str, Any]]:
+        """The condition for ``node`` and its parameters."""
+        return self.node(node), self.params
+
+    def param(self, value: Any) -> str:
+        name = f"p{len(self.params)}"
+        self.params[name] = value
+        return self.placeholder(name)
+
+    def alias(self) -> str:
+        self._aliases += 1
+        return f"e{self._aliases}"
+
+    def node(self, node: Node) -> str:
+        if isinstance(node, MatchAll):
+            return self.TRUE
+        if isinstance(node, And):
+            return "(" + " AND ".join(self.node(item) for item in node.items) + ")"
+        if isinstance(node, Or):
+            return "(" + " OR ".join(self.node(item) for item in node.items) + ")"
+        if isinstance(node, Not):
+            return f"(NOT {self.false_if_null(self.node(node.item))})"
+        if node.path == _ID_PATH:
+            return self.id_column(node)
+        if isinstance(node, Exists):
+            return self.exists(node.path)
+        if isinstance(node, In):
+            if not node.values:
+                return self.FALSE
+            return "(" + " OR ".join(self.equals(node.path, v) for v in node.values) + ")"
+        if node.op == "eq":
+            return self.equals(node.path, node.value)
+        return self.compare(node)
+
+    def any(self, path: Path, pred: Pred, *, expand: bool = True) -> str:
+        """SQL true when some candidate at ``path`` satisfies ``pred``; with ``expand``,
+        the elements of a candidate that is an array are candidates too."""
+        return self._any("doc", (), path.segments, pred, expand)
+
+    def _any(
+        self,
+        source: str,
+        done: tuple[str, ...],
+        rest: tuple[str, ...],
+        pred: Pred,
+        expand: bool,
+    ) -> str:
+        if not rest:
+            direct = pred(*self.candidate(source, done))
+            if not expand:
+                return direct
+            return self.or_element(source, done, direct, self.alias(), pred)
+        through_object = self._any(source, (*done, rest[0]), rest[1:], pred, expand)
+        if not done:
+            return through_object
+        e = self.alias()
+        inner = self._any(f"{e}.value", (), rest, pred, expand)
+        return self.or_object_element(source, done, through_object, e, inner)
+
+    @abc.abstractmethod
+    def placeholder(self, name: str) -> str:
+        """The dialect's reference to the named parameter ``name``."""
+
+    @abc.abstractmethod
+    def false_if_null(self, sql: str) -> str:
+        """``sql``, with NULL read as false."""
+
+    @abc.abstractmethod
+    def id_column(self, node: Compare | In | Exists) -> str:
+        """``node`` on ``_id``: always a top-level string, kept in the ``id`` column."""
+
+    @abc.abstractmethod
+    def exists(self, path: Path) -> str:
+        """``$exists: true`` on ``path``."""
+
+    @abc.abstractmethod
+    def equals(self, path: Path, value: Any) -> str:
+        """``path`` equals ``value`` (a null value also matches a missing field)."""
+
+    @abc.abstractmethod
+    def compare(self, node: Compare) -> str:
+        """A range comparison (``lt``, ``lte``, ``gt``, ``gte``)."""
+
+    @abc.abstractmethod
+    def candidate(self, source: str, segments: tuple[str, ...]) -> tuple[str, str]:
+        """The two expressions a :data:`Pred` gets for the value at ``segments`` of the
+        JSON ``source``."""
+
+    @abc.abstractmethod
+    def or_element(
+        self, source: str, segments: tuple[str, ...], direct: str, alias: str, pred: Pred
+    ) -> str:
+        """``direct`` (the test of the value at ``segments``) OR, when that value is an
+        array, the test ``pred`` of some element of it, read as ``alias``."""
+
+    @abc.abstractmethod
+    def or_object_element(
+        self, source: str, segments: tuple[str, ...], through: str, alias: str, inner: str
+    ) -> str:
+        """``through`` (the path followed into the object at ``segments``) OR, when that
+        value is an array, ``inner`` (the rest of the path, from ``{alias}.value``) for
+        some object element of it, read as ``alias``."""
 
 
 # -- sorting -------------------------------------------------------------------------

@@ -18,19 +18,16 @@ those of the indexes :func:`index_statements` creates.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable
 from typing import Any, Final
 
 from multistore.stores.document._filters import (
-    And,
     Compare,
     Exists,
     In,
-    MatchAll,
     Node,
-    Not,
-    Or,
+    Pred,
     SortKey,
+    SQLCompiler,
 )
 from multistore.stores.document._values import Path, encode, kind
 
@@ -44,10 +41,6 @@ __all__ = [
 ]
 
 _RANGE_SQL: Final = {"lt": "<", "lte": "<=", "gt": ">", "gte": ">="}
-_ID_PATH: Final = Path(("_id",))
-
-Pred = Callable[[str, str], str]
-"""SQL that tests one candidate, given SQL for its ``jsonb`` value and its text."""
 
 
 def quote_ident(name: str) -> str:
@@ -87,39 +80,17 @@ def _shapes(segments: tuple[str, ...], value: Any) -> list[Any]:
     return [{segments[0]: inner} for inner in below(1)]
 
 
-class _Compiler:
-    def __init__(self) -> None:
-        self.params: dict[str, Any] = {}
-        self._aliases = 0
+class _Compiler(SQLCompiler):
+    TRUE = "true"
+    FALSE = "false"
 
-    def param(self, value: Any) -> str:
-        name = f"p{len(self.params)}"
-        self.params[name] = value
+    def placeholder(self, name: str) -> str:
         return f"%({name})s"
 
-    def alias(self) -> str:
-        self._aliases += 1
-        return f"e{self._aliases}"
+    def false_if_null(self, sql: str) -> str:
+        return f"COALESCE({sql}, false)"
 
-    def node(self, node: Node) -> str:
-        if isinstance(node, MatchAll):
-            return "true"
-        if isinstance(node, And):
-            return "(" + " AND ".join(self.node(item) for item in node.items) + ")"
-        if isinstance(node, Or):
-            return "(" + " OR ".join(self.node(item) for item in node.items) + ")"
-        if isinstance(node, Not):
-            return f"(NOT COALESCE({self.node(node.item)}, false))"
-        if node.path == _ID_PATH:
-            return self.id_column(node)
-        if isinstance(node, Exists):
-            return self.exists(node.path)
-        if isinstance(node, In):
-            if not node.values:
-                return "false"
-            return "(" + " OR ".join(self.equals(node.path, v) for v in node.values) + ")"
-        if node.op == "eq":
-            return self.equals(node.path, node.value)
+    def compare(self, node: Compare) -> str:
         op = _RANGE_SQL[node.op]
         if kind(node.value) == "number":
             p = self.param(encode(node.value))
@@ -132,7 +103,6 @@ class _Compiler:
         )
 
     def id_column(self, node: Compare | In | Exists) -> str:
-        """``_id`` is always a top-level string, kept in the indexed ``id`` column too."""
         if isinstance(node, Exists):
             return "true"
         if isinstance(node, In):
@@ -156,59 +126,48 @@ class _Compiler:
         ]
         contained = "(" + " OR ".join(arms) + ")"
         if value is None:
-            return f"({contained} OR NOT COALESCE({self.exists(path)}, false))"
+            return f"({contained} OR NOT {self.false_if_null(self.exists(path))})"
         return contained
 
-    def any(self, path: Path, pred: Pred, *, expand: bool = True) -> str:
-        """SQL true when some candidate at ``path`` satisfies ``pred``."""
-        return self._any("doc", (), path.segments, pred, expand)
+    def candidate(self, source: str, segments: tuple[str, ...]) -> tuple[str, str]:
+        """The ``jsonb`` value and its text."""
+        here = Path(segments)
+        return value_expr(here, source), text_expr(here, source)
 
-    def _any(
-        self,
-        source: str,
-        done: tuple[str, ...],
-        rest: tuple[str, ...],
-        pred: Pred,
-        expand: bool,
+    def or_element(
+        self, source: str, segments: tuple[str, ...], direct: str, alias: str, pred: Pred
     ) -> str:
-        here = Path(done)
-        x = value_expr(here, source)
-        if not rest:
-            direct = pred(x, text_expr(here, source))
-            if not expand:
-                return direct
-            e = self.alias()
-            # Non-empty arrays sort after every boolean and before every object, so
-            # the value index can find them with a range scan.
-            guard = (
-                f"{x} > 'true'::jsonb AND {x} < '{{}}'::jsonb"
-                if source == "doc"
-                else f"jsonb_typeof({x}) = 'array'"
-            )
-            element = pred(f"{e}.value", f"(({e}.value #>> '{{}}') COLLATE \"C\")")
-            return f"({direct} OR ({guard} AND EXISTS ({self._elements(x, e)} WHERE {element})))"
-        through_object = self._any(source, (*done, rest[0]), rest[1:], pred, expand)
-        if not done:
-            return through_object
-        e = self.alias()
-        inner = self._any(f"{e}.value", (), rest, pred, expand)
+        x = value_expr(Path(segments), source)
+        # Non-empty arrays sort after every boolean and before every object, so
+        # the value index can find them with a range scan.
+        guard = (
+            f"{x} > 'true'::jsonb AND {x} < '{{}}'::jsonb"
+            if source == "doc"
+            else f"jsonb_typeof({x}) = 'array'"
+        )
+        element = pred(f"{alias}.value", f"(({alias}.value #>> '{{}}') COLLATE \"C\")")
+        return f"({direct} OR ({guard} AND EXISTS ({_elements(x, alias)} WHERE {element})))"
+
+    def or_object_element(
+        self, source: str, segments: tuple[str, ...], through: str, alias: str, inner: str
+    ) -> str:
+        x = value_expr(Path(segments), source)
         return (
-            f"({through_object} OR (jsonb_typeof({x}) = 'array' AND EXISTS "
-            f"({self._elements(x, e)} WHERE jsonb_typeof({e}.value) = 'object' AND {inner})))"
+            f"({through} OR (jsonb_typeof({x}) = 'array' AND EXISTS "
+            f"({_elements(x, alias)} WHERE jsonb_typeof({alias}.value) = 'object' AND {inner})))"
         )
 
-    @staticmethod
-    def _elements(x: str, alias: str) -> str:
-        return (
-            f"SELECT 1 FROM jsonb_array_elements(CASE WHEN jsonb_typeof({x}) = 'array' "
-            f"THEN {x} ELSE '[]'::jsonb END) AS {alias}(value)"
-        )
+
+def _elements(x: str, alias: str) -> str:
+    return (
+        f"SELECT 1 FROM jsonb_array_elements(CASE WHEN jsonb_typeof({x}) = 'array' "
+        f"THEN {x} ELSE '[]'::jsonb END) AS {alias}(value)"
+    )
 
 
 def compile_filter(node: Node) -> tuple[str, dict[str, Any]]:
     """A WHERE clause for ``node`` over a table with a ``doc`` column, and its parameters."""
-    compiler = _Compiler()
-    return compiler.node(node), compiler.params
+    return _Compiler().compile(node)
 
 
 def compile_sort(keys: tuple[SortKey, ...]) -> str:

@@ -17,29 +17,30 @@ process or another. The connection lives on a
 
 URL: ``sqlite:///path.db`` (``sqlite:///:memory:`` for a private in-memory store).
 Options: ``timeout`` (busy timeout, default 5 s), ``journal_mode`` (default
-``wal``), ``synchronous`` (default ``normal``), ``prefix`` (prepended to table names).
+``wal``), ``synchronous`` (default ``normal``), ``create`` (default true; false
+refuses to create a missing file), ``prefix`` (prepended to table names).
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import re
 import sqlite3
-from collections.abc import Callable, Iterator
-from pathlib import Path as FilePath
-from typing import Any, Concatenate, Final, ParamSpec, Self, TypeVar
+from collections.abc import Callable
+from typing import Any, Final, Self
 
 from multistore.errors import (
     DuplicateKeyError,
     InvalidURLError,
     MultistoreError,
     NotFoundError,
-    Outcome,
-    StoreError,
-    StoreTimeoutError,
-    StoreUnavailableError,
-    UsageError,
+)
+from multistore.stores._sqlite_common import (
+    SQLiteStore,
+    connect,
+    sqlite_error,
+    start,
+    transaction,
 )
 from multistore.stores._worker import Worker
 from multistore.stores.document import _sqlite_sql as sql
@@ -51,24 +52,18 @@ from multistore.urls import StoreURL
 
 __all__ = ["SQLiteDocumentStore"]
 
-P = ParamSpec("P")
-T = TypeVar("T")
-
-_JOURNAL_MODES: Final = frozenset({"wal", "delete", "truncate", "persist", "memory", "off"})
-_SYNCHRONOUS: Final = frozenset({"off", "normal", "full", "extra"})
 _PREFIX: Final = re.compile(r"[A-Za-z0-9_]*")
 
 
-class SQLiteDocumentStore(DocumentStore):
+class SQLiteDocumentStore(SQLiteStore, DocumentStore):
     """Document store in one SQLite file (``sqlite:///path.db``)."""
 
+    _noun = "document store"
+
     def __init__(self, url: StoreURL, worker: Worker, conn: sqlite3.Connection) -> None:
-        self.url = url
-        self._worker = worker
-        self._conn = conn
+        super().__init__(url, worker, conn)
         self._prefix = url.str_option("prefix", "")
         self._catalog = f"{self._prefix}doc__indexes"
-        self._closed = False
 
     @classmethod
     async def open(cls, url: StoreURL) -> Self:
@@ -77,94 +72,52 @@ class SQLiteDocumentStore(DocumentStore):
             raise InvalidURLError(
                 f"prefix={prefix!r}: use up to 32 letters, digits or '_' for table names"
             )
-        worker = Worker("document-sqlite")
-        try:
-            conn = await worker.run(_connect, url, f"{prefix}doc__indexes")
-        except BaseException:
-            worker.close()
-            raise
+        catalog = f"{prefix}doc__indexes"
+        worker, conn = await start(
+            "document-sqlite", connect, url, "a document store", lambda c: _prepare(c, catalog)
+        )
         return cls(url, worker, conn)
-
-    async def close(self) -> None:
-        if self._closed:
-            return
-        self._closed = True
-        try:
-            await self._worker.run(self._conn.close)
-        finally:
-            self._worker.close()
-
-    @property
-    def native(self) -> sqlite3.Connection:
-        """The ``sqlite3.Connection``. It belongs to the worker thread: use it through
-        :meth:`run`, which calls ``fn(connection)`` there."""
-        return self._conn
-
-    async def run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        """Call ``fn(connection)`` on the worker thread that owns the connection."""
-        return await self._call(None, fn)
 
     # -- plumbing ----------------------------------------------------------------------
 
     def _table(self, name: str) -> str:
         return f"{self._prefix}doc_{name}"
 
-    async def _call(
-        self,
-        collection: str | None,
-        fn: Callable[Concatenate[sqlite3.Connection, P], T],
-        *args: P.args,
-        **kwargs: P.kwargs,
-    ) -> T:
-        if self._closed:
-            raise UsageError(f"the document store {self.url} is closed")
-        try:
-            return await self._worker.run(fn, self._conn, *args, **kwargs)
-        except MultistoreError:
-            raise
-        except sqlite3.Error as exc:
-            raise self._error(exc, collection) from exc
-
-    def _error(self, exc: sqlite3.Error, collection: str | None) -> MultistoreError:
-        text = str(exc)
-        if collection is not None and text.startswith("no such table"):
-            return NotFoundError(f"collection {collection!r} does not exist in {self.url}")
-        if "locked" in text or "busy" in text:
-            return StoreTimeoutError(
-                f"SQLite file {self.url} stayed locked past the busy timeout: {text}"
-            )
-        return StoreError(f"SQLite error on {self.url}: {text}")
+    def _error(self, exc: sqlite3.Error, subject: str | None) -> MultistoreError:
+        if subject is not None and str(exc).startswith("no such table"):
+            return NotFoundError(f"collection {subject!r} does not exist in {self.url}")
+        return sqlite_error(self.url, exc)
 
     # -- hooks -------------------------------------------------------------------------
 
     async def _create_collection(self, name: str) -> bool:
-        return await self._call(name, _create_table, self._table(name))
+        return await self._call_on(name, _create_table, self._table(name))
 
     async def _drop_collection(self, name: str) -> bool:
-        return await self._call(name, _drop_table, self._table(name), self._catalog, name)
+        return await self._call_on(name, _drop_table, self._table(name), self._catalog, name)
 
     async def _collections(self) -> list[str]:
-        return await self._call(None, _list_tables, f"{self._prefix}doc_")
+        return await self._call(_list_tables, f"{self._prefix}doc_")
 
     async def _insert(self, name: str, docs: list[Document]) -> None:
         rows = [(doc[ID], encode(doc)) for doc in docs]
-        await self._call(name, _insert, self._table(name), name, rows)
+        await self._call_on(name, _insert, self._table(name), name, rows)
 
     async def _get(self, name: str, doc_id: str) -> Document | None:
         query = f"SELECT doc FROM {sql.quote_ident(self._table(name))} WHERE id = ?"
-        row = await self._call(name, _fetch_one, query, (doc_id,))
+        row = await self._call_on(name, _fetch_one, query, (doc_id,))
         return None if row is None else _decode(row[0])
 
     async def _replace(self, name: str, doc: Document) -> bool:
         query = f"UPDATE {sql.quote_ident(self._table(name))} SET doc = ? WHERE id = ?"
-        return await self._call(name, _change_one, query, (encode(doc), doc[ID])) > 0
+        return await self._call_on(name, _change_one, query, (encode(doc), doc[ID])) > 0
 
     async def _modify(self, name: str, doc_id: str, change: Callable[[Document], Document]) -> bool:
-        return await self._call(name, _modify, self._table(name), doc_id, change)
+        return await self._call_on(name, _modify, self._table(name), doc_id, change)
 
     async def _delete(self, name: str, doc_id: str) -> bool:
         query = f"DELETE FROM {sql.quote_ident(self._table(name))} WHERE id = ?"
-        return await self._call(name, _change_one, query, (doc_id,)) > 0
+        return await self._call_on(name, _change_one, query, (doc_id,)) > 0
 
     async def _find(
         self,
@@ -175,7 +128,7 @@ class SQLiteDocumentStore(DocumentStore):
         limit: int | None,
     ) -> list[Document]:
         query, params = self._select(name, node, sort, skip, limit)
-        rows = await self._call(name, _fetch_all, query, params)
+        rows = await self._call_on(name, _fetch_all, query, params)
         return [_decode(row[0]) for row in rows]
 
     def _select(
@@ -193,24 +146,26 @@ class SQLiteDocumentStore(DocumentStore):
 
     async def _explain(self, name: str, node: Node, sort: tuple[SortKey, ...]) -> str:
         query, params = self._select(name, node, sort, 0, None)
-        rows = await self._call(name, _fetch_all, f"EXPLAIN QUERY PLAN {query}", params)
+        rows = await self._call_on(name, _fetch_all, f"EXPLAIN QUERY PLAN {query}", params)
         return "\n".join(str(row[3]) for row in rows)
 
     async def _count(self, name: str, node: Node) -> int:
         where, params = sql.compile_filter(node)
         query = f"SELECT count(*) FROM {sql.quote_ident(self._table(name))} WHERE {where}"
-        row = await self._call(name, _fetch_one, query, params)
+        row = await self._call_on(name, _fetch_one, query, params)
         assert row is not None
         return int(row[0])
 
     async def _create_index(self, name: str, path: Path) -> IndexInfo:
         table = self._table(name)
         index, statements = sql.index_statements(table, path)
-        await self._call(name, _create_index, table, self._catalog, name, path, index, statements)
+        await self._call_on(
+            name, _create_index, table, self._catalog, name, path, index, statements
+        )
         return IndexInfo(collection=name, path=str(path), name=index)
 
     async def _indexes(self, name: str) -> list[IndexInfo]:
-        rows = await self._call(name, _list_indexes, self._table(name), self._catalog, name)
+        rows = await self._call_on(name, _list_indexes, self._table(name), self._catalog, name)
         return [IndexInfo(collection=name, path=path, name=index) for path, index in rows]
 
 
@@ -222,51 +177,12 @@ def _decode(text: str) -> Document:
 # -- worker-thread functions: each gets the connection first --------------------------
 
 
-def _connect(url: StoreURL, catalog: str) -> sqlite3.Connection:
-    path = url.path
-    timeout = url.float_option("timeout", 5.0)
-    journal = url.str_option("journal_mode", "wal").lower()
-    sync = url.str_option("synchronous", "normal").lower()
-    if journal not in _JOURNAL_MODES:
-        raise InvalidURLError(f"journal_mode={journal!r} is not one of {sorted(_JOURNAL_MODES)}")
-    if sync not in _SYNCHRONOUS:
-        raise InvalidURLError(f"synchronous={sync!r} is not one of {sorted(_SYNCHRONOUS)}")
-    try:
-        if path != ":memory:":
-            FilePath(path).parent.mkdir(parents=True, exist_ok=True)
-        conn = sqlite3.connect(path, isolation_level=None, timeout=timeout)
-    except (sqlite3.Error, OSError) as exc:
-        raise StoreUnavailableError(
-            f"cannot open SQLite file {path!r}: {exc}", outcome=Outcome.DEFINITE
-        ) from exc
-    try:
-        conn.execute(f"PRAGMA busy_timeout = {int(timeout * 1000)}")
-        if path != ":memory:":
-            conn.execute(f"PRAGMA journal_mode = {journal}")
-        conn.execute(f"PRAGMA synchronous = {sync}")
-        conn.create_function(sql.JSON_EQ_FUNCTION, 2, sql.json_eq, deterministic=True)
-        conn.execute(
-            f"CREATE TABLE IF NOT EXISTS {sql.quote_ident(catalog)} (collection TEXT NOT NULL, "
-            "path TEXT NOT NULL, name TEXT NOT NULL, PRIMARY KEY (collection, path))"
-        )
-    except sqlite3.Error as exc:
-        conn.close()
-        raise StoreUnavailableError(
-            f"cannot prepare SQLite file {path!r} as a document store: {exc}",
-            outcome=Outcome.DEFINITE,
-        ) from exc
-    return conn
-
-
-@contextlib.contextmanager
-def _transaction(conn: sqlite3.Connection) -> Iterator[None]:
-    conn.execute("BEGIN IMMEDIATE")
-    try:
-        yield
-    except BaseException:
-        conn.execute("ROLLBACK")
-        raise
-    conn.execute("COMMIT")
+def _prepare(conn: sqlite3.Connection, catalog: str) -> None:
+    conn.create_function(sql.JSON_EQ_FUNCTION, 2, sql.json_eq, deterministic=True)
+    conn.execute(
+        f"CREATE TABLE IF NOT EXISTS {sql.quote_ident(catalog)} (collection TEXT NOT NULL, "
+        "path TEXT NOT NULL, name TEXT NOT NULL, PRIMARY KEY (collection, path))"
+    )
 
 
 def _table_exists(conn: sqlite3.Connection, table: str) -> bool:
@@ -282,7 +198,7 @@ def _table_ddl(table: str) -> str:
 
 
 def _create_table(conn: sqlite3.Connection, table: str) -> bool:
-    with _transaction(conn):
+    with transaction(conn):
         if _table_exists(conn, table):
             return False
         conn.execute(_table_ddl(table))
@@ -290,7 +206,7 @@ def _create_table(conn: sqlite3.Connection, table: str) -> bool:
 
 
 def _drop_table(conn: sqlite3.Connection, table: str, catalog: str, name: str) -> bool:
-    with _transaction(conn):
+    with transaction(conn):
         if not _table_exists(conn, table):
             return False
         conn.execute(f"DROP TABLE {sql.quote_ident(table)}")
@@ -319,7 +235,7 @@ def _insert(conn: sqlite3.Connection, table: str, name: str, rows: list[tuple[st
         if len(rows) == 1:
             _insert_row(conn, query, name, rows[0])
             return
-        with _transaction(conn):
+        with transaction(conn):
             for row in rows:
                 _insert_row(conn, query, name, row)
 
@@ -360,7 +276,7 @@ def _modify(
     change: Callable[[Document], Document],
 ) -> bool:
     t = sql.quote_ident(table)
-    with _transaction(conn):
+    with transaction(conn):
         row = conn.execute(f"SELECT doc FROM {t} WHERE id = ?", (doc_id,)).fetchone()
         if row is None:
             return False
@@ -378,7 +294,7 @@ def _create_index(
     index: str,
     statements: list[str],
 ) -> None:
-    with _transaction(conn):
+    with transaction(conn):
         conn.execute(_table_ddl(table))
         for statement in statements:
             conn.execute(statement)

@@ -16,19 +16,16 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable
 from typing import Any, Final
 
 from multistore.stores.document._filters import (
-    And,
     Compare,
     Exists,
     In,
-    MatchAll,
     Node,
-    Not,
-    Or,
+    Pred,
     SortKey,
+    SQLCompiler,
 )
 from multistore.stores.document._values import Path, encode, json_equal, kind
 
@@ -48,11 +45,7 @@ __all__ = [
 JSON_EQ_FUNCTION: Final = "multistore_json_eq"
 
 _NUMBER: Final = "('integer', 'real')"
-_ID_PATH: Final = Path(("_id",))
 _RANGE_SQL: Final = {"lt": "<", "lte": "<=", "gt": ">", "gte": ">="}
-
-Pred = Callable[[str, str], str]
-"""SQL that tests one candidate, given SQL for its JSON type and its SQL value."""
 
 
 def quote_ident(name: str) -> str:
@@ -87,46 +80,23 @@ def json_eq(value: object, wanted: object) -> int:
         return 0
 
 
-class _Compiler:
-    def __init__(self) -> None:
-        self.params: dict[str, Any] = {}
-        self._aliases = 0
+class _Compiler(SQLCompiler):
+    TRUE = "1"
+    FALSE = "0"
 
-    def param(self, value: Any) -> str:
-        name = f"p{len(self.params)}"
-        self.params[name] = value
+    def placeholder(self, name: str) -> str:
         return f":{name}"
 
-    def alias(self) -> str:
-        self._aliases += 1
-        return f"e{self._aliases}"
+    def false_if_null(self, sql: str) -> str:
+        return f"IFNULL({sql}, 0)"
 
-    def node(self, node: Node) -> str:
-        if isinstance(node, MatchAll):
-            return "1"
-        if isinstance(node, And):
-            return "(" + " AND ".join(self.node(item) for item in node.items) + ")"
-        if isinstance(node, Or):
-            return "(" + " OR ".join(self.node(item) for item in node.items) + ")"
-        if isinstance(node, Not):
-            return f"(NOT IFNULL({self.node(node.item)}, 0))"
-        if node.path == _ID_PATH:
-            return self.id_column(node)
-        if isinstance(node, Exists):
-            return self.exists(node.path)
-        if isinstance(node, In):
-            if not node.values:
-                return "0"
-            return "(" + " OR ".join(self.equals(node.path, v) for v in node.values) + ")"
-        if node.op == "eq":
-            return self.equals(node.path, node.value)
+    def compare(self, node: Compare) -> str:
         p = self.param(node.value)
         op = _RANGE_SQL[node.op]
         types = _NUMBER if kind(node.value) == "number" else "('text')"
         return self.any(node.path, lambda t, v: f"({t} IN {types} AND {v} {op} {p})")
 
     def id_column(self, node: Compare | In | Exists) -> str:
-        """``_id`` is always a top-level string, kept in the indexed ``id`` column too."""
         if isinstance(node, Exists):
             return "1"
         if isinstance(node, In):
@@ -144,7 +114,7 @@ class _Compiler:
         k = kind(value)
         if k == "null":
             present = self.any(path, lambda t, v: f"{t} = 'null'")
-            return f"({present} OR NOT IFNULL({self.exists(path)}, 0))"
+            return f"({present} OR NOT {self.false_if_null(self.exists(path))})"
         if k == "bool":
             name = "'true'" if value else "'false'"
             return self.any(path, lambda t, v: f"{t} = {name}")
@@ -158,48 +128,38 @@ class _Compiler:
         types = _NUMBER if k == "number" else "('text')"
         return self.any(path, lambda t, v: f"({t} IN {types} AND {v} = {p})")
 
-    def any(self, path: Path, pred: Pred, *, expand: bool = True) -> str:
-        """SQL true when some candidate at ``path`` satisfies ``pred``."""
-        return self._any("doc", (), path.segments, pred, expand)
+    def candidate(self, source: str, segments: tuple[str, ...]) -> tuple[str, str]:
+        """The JSON type and the SQL value."""
+        here = Path(segments)
+        return type_expr(here, source), value_expr(here, source)
 
-    def _any(
-        self,
-        source: str,
-        done: tuple[str, ...],
-        rest: tuple[str, ...],
-        pred: Pred,
-        expand: bool,
+    def or_element(
+        self, source: str, segments: tuple[str, ...], direct: str, alias: str, pred: Pred
     ) -> str:
-        here = Path(done)
-        t, v = type_expr(here, source), value_expr(here, source)
-        if not rest:
-            direct = pred(t, v)
-            if not expand:
-                return direct
-            e = self.alias()
-            # JSON text of an array starts with '[': a range the value index can scan.
-            guard = f"{v} >= '[' AND {v} < '\\' AND " if source == "doc" else ""
-            element = pred(f"{e}.type", f"{e}.value")
-            return (
-                f"({direct} OR ({guard}{t} = 'array' AND EXISTS (SELECT 1 FROM "
-                f"json_each({source}, {_literal(_json_path(done))}) AS {e} WHERE {element})))"
-            )
-        through_object = self._any(source, (*done, rest[0]), rest[1:], pred, expand)
-        if not done:
-            return through_object
-        e = self.alias()
-        inner = self._any(f"{e}.value", (), rest, pred, expand)
+        t, v = self.candidate(source, segments)
+        # JSON text of an array starts with '[': a range the value index can scan.
+        guard = f"{v} >= '[' AND {v} < '\\' AND " if source == "doc" else ""
+        element = pred(f"{alias}.type", f"{alias}.value")
         return (
-            f"({through_object} OR ({t} = 'array' AND EXISTS (SELECT 1 FROM "
-            f"json_each({source}, {_literal(_json_path(done))}) AS {e} "
-            f"WHERE CASE WHEN {e}.type = 'object' THEN {inner} ELSE 0 END)))"
+            f"({direct} OR ({guard}{t} = 'array' AND EXISTS (SELECT 1 FROM "
+            f"json_each({source}, {_literal(_json_path(segments))}) AS {alias} "
+            f"WHERE {element})))"
+        )
+
+    def or_object_element(
+        self, source: str, segments: tuple[str, ...], through: str, alias: str, inner: str
+    ) -> str:
+        t = type_expr(Path(segments), source)
+        return (
+            f"({through} OR ({t} = 'array' AND EXISTS (SELECT 1 FROM "
+            f"json_each({source}, {_literal(_json_path(segments))}) AS {alias} "
+            f"WHERE CASE WHEN {alias}.type = 'object' THEN {inner} ELSE 0 END)))"
         )
 
 
 def compile_filter(node: Node) -> tuple[str, dict[str, Any]]:
     """A WHERE clause for ``node`` over a table with a ``doc`` column, and its parameters."""
-    compiler = _Compiler()
-    return compiler.node(node), compiler.params
+    return _Compiler().compile(node)
 
 
 def compile_sort(keys: tuple[SortKey, ...], *, filtered: bool = True) -> str:

@@ -27,21 +27,11 @@ import math
 import sqlite3
 import time
 import uuid
-from collections.abc import Callable, Sequence
-from pathlib import Path
-from typing import Concatenate, Final, ParamSpec, Self, TypeVar
+from collections.abc import Sequence
+from typing import Final, Self
 
-from multistore.errors import (
-    InvalidURLError,
-    InvalidValueError,
-    MultistoreError,
-    NotFoundError,
-    Outcome,
-    StoreError,
-    StoreTimeoutError,
-    StoreUnavailableError,
-    UsageError,
-)
+from multistore.errors import InvalidValueError
+from multistore.stores._sqlite_common import SQLiteStore, connect, read, start, write
 from multistore.stores._worker import Worker
 from multistore.stores.kv._api import KeyValueStore, RateLimit, WrongTypeError
 from multistore.stores.kv._checks import (
@@ -62,9 +52,6 @@ from multistore.urls import StoreURL
 
 __all__ = ["SQLiteKeyValueStore"]
 
-P = ParamSpec("P")
-T = TypeVar("T")
-
 _SCHEMA: Final = """
 CREATE TABLE IF NOT EXISTS multistore_kv (
     key TEXT PRIMARY KEY NOT NULL,
@@ -84,73 +71,27 @@ CREATE INDEX IF NOT EXISTS multistore_kv_zset_rank
     ON multistore_kv_zset (key, score, member);
 """
 
-_JOURNAL_MODES: Final = frozenset({"wal", "delete", "truncate", "persist", "memory", "off"})
-_SYNCHRONOUS: Final = frozenset({"off", "normal", "full", "extra"})
 _LIVE: Final = "(expires_at IS NULL OR expires_at > ?)"
 _CHUNK: Final = 500  # keys per IN (...) list, well under SQLite's variable limit
 
 
-class SQLiteKeyValueStore(KeyValueStore):
+class SQLiteKeyValueStore(SQLiteStore, KeyValueStore):
     """Key-value store in one SQLite file. See the module docstring for the layout."""
+
+    _noun = "key-value store"
 
     def __init__(
         self, url: StoreURL, worker: Worker, conn: sqlite3.Connection, prefix: str
     ) -> None:
-        self.url = url
-        self._worker = worker
-        self._conn = conn
+        super().__init__(url, worker, conn)
         self._prefix = prefix
-        self._closed = False
 
     @classmethod
     async def open(cls, url: StoreURL) -> Self:
-        worker = Worker("sqlite-kv")
-        try:
-            conn = await worker.run(_connect, url)
-        except BaseException:
-            worker.close()
-            raise
+        worker, conn = await start("sqlite-kv", connect, url, "a key-value store", _prepare)
         return cls(url, worker, conn, url.str_option("prefix", ""))
 
-    async def close(self) -> None:
-        if self._closed:
-            return
-        self._closed = True
-        try:
-            await self._worker.run(self._conn.close)
-        finally:
-            self._worker.close()
-
-    @property
-    def native(self) -> sqlite3.Connection:
-        """The ``sqlite3.Connection``. It belongs to the store's worker thread: use it
-        only through ``store.run(fn)``, which calls ``fn(connection)`` there."""
-        return self._conn
-
-    async def run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        """Call ``fn(connection)`` on the worker thread that owns the connection."""
-        return await self._call(fn)
-
     # -- plumbing --------------------------------------------------------------
-
-    async def _call(
-        self, fn: Callable[Concatenate[sqlite3.Connection, P], T], *args: P.args, **kw: P.kwargs
-    ) -> T:
-        if self._closed:
-            raise UsageError(f"the key-value store {self.url} is closed")
-        try:
-            return await self._worker.run(fn, self._conn, *args, **kw)
-        except MultistoreError:
-            raise
-        except sqlite3.OperationalError as exc:
-            text = str(exc)
-            if "locked" in text or "busy" in text:
-                raise StoreTimeoutError(
-                    f"SQLite file {self.url} stayed locked past the busy timeout: {text}"
-                ) from exc
-            raise StoreError(f"SQLite error on {self.url}: {text}") from exc
-        except sqlite3.Error as exc:
-            raise StoreError(f"SQLite error on {self.url}: {exc}") from exc
 
     def _k(self, key: object) -> str:
         return self._prefix + check_key(key)
@@ -163,31 +104,31 @@ class SQLiteKeyValueStore(KeyValueStore):
     async def set(self, key: str, value: bytes | str, *, ttl: float | None = None) -> None:
         k, data = self._k(key), check_value(value)
         seconds = check_ttl(ttl) if ttl is not None else None
-        await self._call(_write, _set, k, data, seconds)
+        await self._call(write, _set, k, data, seconds)
 
     async def set_if_absent(
         self, key: str, value: bytes | str, *, ttl: float | None = None
     ) -> bool:
         k, data = self._k(key), check_value(value)
         seconds = check_ttl(ttl) if ttl is not None else None
-        return await self._call(_write, _set_if_absent, k, data, seconds)
+        return await self._call(write, _set_if_absent, k, data, seconds)
 
     async def delete(self, *keys: str) -> int:
         ks = [self._prefix + k for k in check_keys(keys)]
         if not ks:
             return 0
-        return await self._call(_write, _delete, ks)
+        return await self._call(write, _delete, ks)
 
     async def expire(self, key: str, ttl: float) -> bool:
         k, seconds = self._k(key), check_ttl(ttl)
-        return await self._call(_write, _expire, k, seconds)
+        return await self._call(write, _expire, k, seconds)
 
     async def ttl(self, key: str) -> float | None:
         return await self._call(_ttl, self._k(key))
 
     async def incr(self, key: str, amount: int = 1) -> int:
         k, step = self._k(key), check_amount(amount)
-        return await self._call(_write, _incr, k, step)
+        return await self._call(write, _incr, k, step)
 
     async def mget(self, keys: Sequence[str]) -> list[bytes | None]:
         ks = [self._prefix + k for k in check_keys(keys)]
@@ -211,7 +152,7 @@ class SQLiteKeyValueStore(KeyValueStore):
         pairs = [(check_member(m), check_score(s)) for m, s in mapping.items()]
         if not pairs:
             return 0
-        return await self._call(_write, _zadd, k, pairs)
+        return await self._call(write, _zadd, k, pairs)
 
     async def zscore(self, key: str, member: str) -> float | None:
         return await self._call(_zscore, self._k(key), check_member(member))
@@ -219,25 +160,25 @@ class SQLiteKeyValueStore(KeyValueStore):
     async def zincrby(self, key: str, member: str, amount: float) -> float:
         k, m = self._k(key), check_member(member)
         step = check_score(amount, "increment")
-        return await self._call(_write, _zincrby, k, m, step)
+        return await self._call(write, _zincrby, k, m, step)
 
     async def zrange(
         self, key: str, start: int, stop: int, *, desc: bool = False
     ) -> list[tuple[str, float]]:
         k = self._k(key)
         first, last = check_index(start, "start"), check_index(stop, "stop")
-        return await self._call(_read, _zrange, k, first, last, bool(desc))
+        return await self._call(read, _zrange, k, first, last, bool(desc))
 
     async def zrank(self, key: str, member: str, *, desc: bool = False) -> int | None:
         k, m = self._k(key), check_member(member)
-        return await self._call(_read, _zrank, k, m, bool(desc))
+        return await self._call(read, _zrank, k, m, bool(desc))
 
     async def zrem(self, key: str, *members: str) -> int:
         k = self._k(key)
         ms = [check_member(m) for m in members]
         if not ms:
             return 0
-        return await self._call(_write, _zrem, k, ms)
+        return await self._call(write, _zrem, k, ms)
 
     # -- rate limiting ---------------------------------------------------------
 
@@ -245,85 +186,19 @@ class SQLiteKeyValueStore(KeyValueStore):
         k = self._k(key)
         most, seconds = check_limit(limit, window)
         allowed, remaining, retry = await self._call(
-            _write, _rate_limit, k, most, seconds, uuid.uuid4().hex
+            write, _rate_limit, k, most, seconds, uuid.uuid4().hex
         )
         return RateLimit(allowed=allowed, remaining=remaining, retry_after=retry)
 
     async def purge_expired(self) -> int:
-        return await self._call(_write, _purge)
+        return await self._call(write, _purge)
 
 
 # -- worker-thread functions: each gets the connection first ----------------------
 
 
-def _connect(url: StoreURL) -> sqlite3.Connection:
-    path = url.path
-    timeout = url.float_option("timeout", 5.0)
-    journal = url.str_option("journal_mode", "wal").lower()
-    sync = url.str_option("synchronous", "normal").lower()
-    if journal not in _JOURNAL_MODES:
-        raise InvalidURLError(f"journal_mode={journal!r} is not one of {sorted(_JOURNAL_MODES)}")
-    if sync not in _SYNCHRONOUS:
-        raise InvalidURLError(f"synchronous={sync!r} is not one of {sorted(_SYNCHRONOUS)}")
-    create = bool(url.option("create", True))
-    try:
-        if path == ":memory:":
-            conn = sqlite3.connect(":memory:", isolation_level=None, timeout=timeout)
-        elif create:
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
-            conn = sqlite3.connect(path, isolation_level=None, timeout=timeout)
-        else:
-            if not Path(path).exists():
-                raise NotFoundError(f"SQLite file {path!r} does not exist (create=false)")
-            conn = sqlite3.connect(path, isolation_level=None, timeout=timeout)
-    except (sqlite3.Error, OSError) as exc:
-        raise StoreUnavailableError(
-            f"cannot open SQLite file {path!r}: {exc}", outcome=Outcome.DEFINITE
-        ) from exc
-    try:
-        conn.execute(f"PRAGMA busy_timeout = {int(timeout * 1000)}")
-        if path != ":memory:":
-            conn.execute(f"PRAGMA journal_mode = {journal}")
-        conn.execute(f"PRAGMA synchronous = {sync}")
-        conn.executescript(_SCHEMA)
-    except sqlite3.Error as exc:
-        conn.close()
-        raise StoreUnavailableError(
-            f"cannot prepare SQLite file {path!r} as a key-value store: {exc}",
-            outcome=Outcome.DEFINITE,
-        ) from exc
-    return conn
-
-
-def _write(
-    conn: sqlite3.Connection,
-    fn: Callable[Concatenate[sqlite3.Connection, float, P], T],
-    *args: P.args,
-    **kw: P.kwargs,
-) -> T:
-    """Run ``fn(conn, now, …)`` in one write transaction (the write lock taken first)."""
-    conn.execute("BEGIN IMMEDIATE")
-    try:
-        result = fn(conn, time.time(), *args, **kw)
-    except BaseException:
-        conn.execute("ROLLBACK")
-        raise
-    conn.execute("COMMIT")
-    return result
-
-
-def _read(
-    conn: sqlite3.Connection,
-    fn: Callable[Concatenate[sqlite3.Connection, float, P], T],
-    *args: P.args,
-    **kw: P.kwargs,
-) -> T:
-    """Run ``fn(conn, now, …)`` in one read transaction (a consistent snapshot)."""
-    conn.execute("BEGIN")
-    try:
-        return fn(conn, time.time(), *args, **kw)
-    finally:
-        conn.execute("COMMIT")
+def _prepare(conn: sqlite3.Connection) -> None:
+    conn.executescript(_SCHEMA)
 
 
 def _live_kind(conn: sqlite3.Connection, now: float, key: str) -> str | None:

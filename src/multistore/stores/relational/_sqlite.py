@@ -19,14 +19,12 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Callable
 from decimal import Decimal
-from pathlib import Path
 from typing import Any, Final, Self, TypeVar
 
 from multistore.errors import (
     ConflictError,
     DuplicateKeyError,
     InvalidQueryError,
-    InvalidURLError,
     InvalidValueError,
     MultistoreError,
     NotFoundError,
@@ -36,6 +34,7 @@ from multistore.errors import (
     StoreUnavailableError,
     UsageError,
 )
+from multistore.stores._sqlite_common import connect, start
 from multistore.stores._worker import Worker
 from multistore.stores.relational._api import Connection, RelationalStore
 from multistore.stores.relational._rows import Columns, Row
@@ -45,8 +44,6 @@ __all__ = ["SQLiteRelationalStore"]
 
 T = TypeVar("T")
 
-_JOURNAL_MODES: Final = frozenset({"wal", "delete", "truncate", "persist", "memory", "off"})
-_SYNCHRONOUS: Final = frozenset({"off", "normal", "full", "extra"})
 _PROGRESS_STEPS: Final = 10_000
 
 
@@ -114,12 +111,15 @@ class SQLiteRelationalStore(RelationalStore):
     @classmethod
     async def open(cls, url: StoreURL) -> Self:
         clock = _Clock(url.float_option("timeout", 30.0))
-        worker = Worker("sqlite-relational")
-        try:
-            db = await worker.run(_connect, url, clock)
-        except BaseException:
-            worker.close()
-            raise
+        worker, db = await start(
+            "sqlite-relational",
+            connect,
+            url,
+            "a relational store",
+            lambda db: _prepare(db, clock),
+            timeout=clock.timeout,
+            check_same_thread=False,
+        )
         return cls(url, worker, db, clock)
 
     async def close(self) -> None:
@@ -164,40 +164,10 @@ class SQLiteRelationalStore(RelationalStore):
             return await self._worker.run(fn, self._db)
 
 
-def _connect(url: StoreURL, clock: _Clock) -> sqlite3.Connection:
-    path = url.path
-    journal = url.str_option("journal_mode", "wal").lower()
-    sync = url.str_option("synchronous", "normal").lower()
-    if journal not in _JOURNAL_MODES:
-        raise InvalidURLError(f"journal_mode={journal!r} is not one of {sorted(_JOURNAL_MODES)}")
-    if sync not in _SYNCHRONOUS:
-        raise InvalidURLError(f"synchronous={sync!r} is not one of {sorted(_SYNCHRONOUS)}")
-    if path != ":memory:":
-        if bool(url.option("create", True)):
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
-        elif not Path(path).exists():
-            raise NotFoundError(f"SQLite file {path!r} does not exist (create=false)")
-    try:
-        db = sqlite3.connect(
-            path, timeout=clock.timeout, isolation_level=None, check_same_thread=False
-        )
-    except sqlite3.Error as exc:
-        raise StoreUnavailableError(
-            f"cannot open SQLite file {path!r}: {exc}", outcome=Outcome.DEFINITE
-        ) from exc
-    try:
-        db.execute(f"PRAGMA busy_timeout = {int(clock.timeout * 1000)}")
-        if path != ":memory:":
-            db.execute(f"PRAGMA journal_mode = {journal}")
-        db.execute(f"PRAGMA synchronous = {sync}")
-        db.execute("PRAGMA foreign_keys = ON")
-        db.set_progress_handler(clock.expired, _PROGRESS_STEPS)
-    except sqlite3.Error as exc:
-        db.close()
-        raise StoreUnavailableError(
-            f"cannot prepare SQLite file {path!r}: {exc}", outcome=Outcome.DEFINITE
-        ) from exc
-    return db
+def _prepare(db: sqlite3.Connection, clock: _Clock) -> None:
+    """Enforce foreign keys; interrupt a statement that runs past the clock's timeout."""
+    db.execute("PRAGMA foreign_keys = ON")
+    db.set_progress_handler(clock.expired, _PROGRESS_STEPS)
 
 
 # -- worker-thread functions --

@@ -68,14 +68,9 @@ from multistore.stores.timeseries._points import (
 )
 from multistore.stores.timeseries._query import (
     Agg,
-    check_every,
-    check_fields,
-    check_group_by,
-    check_limit,
+    check_aggregate,
     check_measurement,
-    check_range,
-    check_tag_filter,
-    parse_fn,
+    check_query,
     point_sort_key,
     retention_bound,
 )
@@ -416,16 +411,8 @@ class DuckDBTimeSeriesStore(TimeSeriesStore):
         fields: Sequence[str] | None = None,
         limit: int | None = None,
     ) -> list[Point]:
-        name = check_measurement(measurement)
-        start_us, end_us = check_range(start, end)
         return await self._run(
-            self._query,
-            name,
-            start_us,
-            end_us,
-            check_tag_filter(tags),
-            check_fields(fields),
-            check_limit(limit),
+            self._query, *check_query(measurement, start, end, tags, fields, limit)
         )
 
     def _query(
@@ -496,23 +483,8 @@ class DuckDBTimeSeriesStore(TimeSeriesStore):
         tags: Mapping[str, str] | None = None,
         group_by: Sequence[str] | None = None,
     ) -> list[Window]:
-        name = check_measurement(measurement)
-        field_key = check_fields([field])
-        assert field_key is not None
-        agg = parse_fn(fn)
-        every_us = check_every(every)
-        start_us, end_us = check_range(start, end)
-        return await self._run(
-            self._aggregate,
-            name,
-            field_key[0],
-            agg,
-            every_us,
-            start_us,
-            end_us,
-            check_tag_filter(tags),
-            check_group_by(group_by),
-        )
+        checked = check_aggregate(measurement, field, fn, every, start, end, tags, group_by)
+        return await self._run(self._aggregate, *checked)
 
     def _aggregate(
         self,

@@ -53,15 +53,10 @@ from multistore.stores.timeseries._points import (
 )
 from multistore.stores.timeseries._query import (
     Agg,
-    check_every,
-    check_fields,
-    check_group_by,
-    check_limit,
+    check_aggregate,
     check_measurement,
-    check_range,
-    check_tag_filter,
+    check_query,
     coerce,
-    parse_fn,
     point_sort_key,
     retention_bound,
 )
@@ -304,11 +299,9 @@ class InfluxDBTimeSeriesStore(TimeSeriesStore):
         fields: Sequence[str] | None = None,
         limit: int | None = None,
     ) -> list[Point]:
-        name = check_measurement(measurement)
-        start_us, end_us = check_range(start, end)
-        tag_filter = check_tag_filter(tags)
-        selected = check_fields(fields)
-        count = check_limit(limit)
+        name, start_us, end_us, tag_filter, selected, count = check_query(
+            measurement, start, end, tags, fields, limit
+        )
         columns = "*" if selected is None else ", ".join(f"{ident(f)}::field" for f in selected)
         where, binds = _where(start_us, end_us, tag_filter)
         # LIMIT applies per series; the first `count` points overall are among them.
@@ -352,15 +345,9 @@ class InfluxDBTimeSeriesStore(TimeSeriesStore):
         tags: Mapping[str, str] | None = None,
         group_by: Sequence[str] | None = None,
     ) -> list[Window]:
-        name = check_measurement(measurement)
-        field_key = check_fields([field])
-        assert field_key is not None
-        key = field_key[0]
-        agg = parse_fn(fn)
-        every_us = check_every(every)
-        start_us, end_us = check_range(start, end)
-        tag_filter = check_tag_filter(tags)
-        groups = check_group_by(group_by)
+        name, key, agg, every_us, start_us, end_us, tag_filter, groups = check_aggregate(
+            measurement, field, fn, every, start, end, tags, group_by
+        )
         kind = self._fields.get(name, {}).get(key)
         if kind is None:
             kinds, exists = await self._refresh(name)

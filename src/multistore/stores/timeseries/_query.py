@@ -20,7 +20,7 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Final
+from typing import Final, NamedTuple
 
 from multistore.errors import InvalidQueryError, InvalidValueError
 from multistore.stores.timeseries._points import (
@@ -35,11 +35,15 @@ __all__ = [
     "FUNCTIONS",
     "NUMERIC_KINDS",
     "Agg",
+    "AggregateQuery",
+    "PointQuery",
+    "check_aggregate",
     "check_every",
     "check_fields",
     "check_group_by",
     "check_limit",
     "check_measurement",
+    "check_query",
     "check_range",
     "check_tag_filter",
     "coerce",
@@ -203,6 +207,70 @@ def check_every(every: object) -> int:
     if us <= 0:
         raise InvalidQueryError(f"every must be positive, got {every}")
     return us
+
+
+class PointQuery(NamedTuple):
+    """The checked arguments of ``query``."""
+
+    measurement: str
+    start_us: int
+    end_us: int
+    tags: dict[str, str]
+    fields: list[str] | None
+    limit: int | None
+
+
+def check_query(
+    measurement: object, start: object, end: object, tags: object, fields: object, limit: object
+) -> PointQuery:
+    """Check the arguments of ``query``, in the order every backend checks them."""
+    name = check_measurement(measurement)
+    start_us, end_us = check_range(start, end)
+    return PointQuery(
+        name, start_us, end_us, check_tag_filter(tags), check_fields(fields), check_limit(limit)
+    )
+
+
+class AggregateQuery(NamedTuple):
+    """The checked arguments of ``aggregate``."""
+
+    measurement: str
+    field: str
+    agg: Agg
+    every_us: int
+    start_us: int
+    end_us: int
+    tags: dict[str, str]
+    group_by: list[str]
+
+
+def check_aggregate(
+    measurement: object,
+    field: object,
+    fn: object,
+    every: object,
+    start: object,
+    end: object,
+    tags: object,
+    group_by: object,
+) -> AggregateQuery:
+    """Check the arguments of ``aggregate``, in the order every backend checks them."""
+    name = check_measurement(measurement)
+    field_key = check_fields([field])
+    assert field_key is not None
+    agg = parse_fn(fn)
+    every_us = check_every(every)
+    start_us, end_us = check_range(start, end)
+    return AggregateQuery(
+        name,
+        field_key[0],
+        agg,
+        every_us,
+        start_us,
+        end_us,
+        check_tag_filter(tags),
+        check_group_by(group_by),
+    )
 
 
 def retention_bound(older_than: object, now: datetime) -> int:

@@ -15,13 +15,15 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final
 
-from multistore.errors import InvalidQueryError, InvalidValueError, UsageError
+from multistore.errors import ConflictError, InvalidQueryError, InvalidValueError, UsageError
 from multistore.stores.widecolumn._api import TableSchema
 
 __all__ = [
     "Bound",
     "SelectPlan",
+    "check_existing",
     "check_row",
+    "check_rows",
     "check_ttl",
     "from_micros",
     "plan_delete",
@@ -106,6 +108,30 @@ def check_row(schema: TableSchema, row: Mapping[str, Any]) -> dict[str, Any]:
             )
         checked[column] = value
     return checked
+
+
+def check_rows(schema: TableSchema, rows: object) -> list[dict[str, Any]]:
+    """:func:`check_row` of every row of the list ``upsert_many`` takes."""
+    if isinstance(rows, Mapping) or not isinstance(rows, Sequence):
+        raise InvalidValueError(f"upsert_many takes a list of rows, not {rows!r}")
+    return [check_row(schema, row) for row in rows]
+
+
+def check_existing(existing: TableSchema, schema: TableSchema, if_not_exists: bool) -> None:
+    """``create_table(schema)`` found table ``existing`` under the same name compared
+    without case: fine when it is the same table and ``if_not_exists``, else a
+    :class:`ConflictError`."""
+    if existing.name != schema.name:
+        raise ConflictError(
+            f"cannot create table {schema.name!r}: table {existing.name!r} exists "
+            "and names are compared without case"
+        )
+    if existing != schema:
+        raise ConflictError(
+            f"table {schema.name!r} exists with another schema: {existing.to_json()}"
+        )
+    if not if_not_exists:
+        raise ConflictError(f"table {schema.name!r} already exists")
 
 
 def check_ttl(ttl: object) -> float | None:

@@ -23,21 +23,14 @@ import json
 import sqlite3
 import time
 from collections.abc import Callable, Mapping, Sequence
-from pathlib import Path
-from typing import Any, Concatenate, Final, ParamSpec, Self, TypeVar
+from typing import Any, Final, Self
 
 from multistore.errors import (
-    ConflictError,
-    InvalidURLError,
     InvalidValueError,
     MultistoreError,
     NotFoundError,
-    Outcome,
-    StoreError,
-    StoreTimeoutError,
-    StoreUnavailableError,
-    UsageError,
 )
+from multistore.stores._sqlite_common import SQLiteStore, connect, sqlite_error, start, write
 from multistore.stores._worker import Worker
 from multistore.stores.widecolumn._api import (
     Condition,
@@ -48,7 +41,8 @@ from multistore.stores.widecolumn._api import (
 )
 from multistore.stores.widecolumn._query import (
     SelectPlan,
-    check_row,
+    check_existing,
+    check_rows,
     check_ttl,
     from_micros,
     plan_delete,
@@ -58,9 +52,6 @@ from multistore.stores.widecolumn._query import (
 from multistore.urls import StoreURL
 
 __all__ = ["SQLiteWideColumnStore"]
-
-P = ParamSpec("P")
-T = TypeVar("T")
 
 _META: Final = """
 CREATE TABLE IF NOT EXISTS multistore_wc_tables (
@@ -77,8 +68,6 @@ _SQL_TYPES: Final = {
     "timestamp": "INTEGER",
     "blob": "BLOB",
 }
-_JOURNAL_MODES: Final = frozenset({"wal", "delete", "truncate", "persist", "memory", "off"})
-_SYNCHRONOUS: Final = frozenset({"off", "normal", "full", "extra"})
 
 
 def _q(identifier: str) -> str:
@@ -127,24 +116,21 @@ def _decode_rows(
     return result
 
 
-class SQLiteWideColumnStore(WideColumnStore):
-    """Wide-column tables in one SQLite file. See the module docstring."""
+class SQLiteWideColumnStore(SQLiteStore, WideColumnStore):
+    """Wide-column tables in one SQLite file (table ``t`` is the SQLite table ``wc_t``).
+    See the module docstring."""
+
+    _noun = "wide-column store"
 
     def __init__(self, url: StoreURL, worker: Worker, conn: sqlite3.Connection) -> None:
-        self.url = url
-        self._worker = worker
-        self._conn = conn
-        self._closed = False
+        super().__init__(url, worker, conn)
         self._schemas: dict[str, TableSchema] = {}
 
     @classmethod
     async def open(cls, url: StoreURL) -> Self:
-        worker = Worker("sqlite-widecolumn")
-        try:
-            conn = await worker.run(_connect, url)
-        except BaseException:
-            worker.close()
-            raise
+        worker, conn = await start(
+            "sqlite-widecolumn", connect, url, "a wide-column store", _prepare
+        )
         store = cls(url, worker, conn)
         try:
             store._schemas = await store._call(_load_schemas)
@@ -153,49 +139,15 @@ class SQLiteWideColumnStore(WideColumnStore):
             raise
         return store
 
-    async def close(self) -> None:
-        if self._closed:
-            return
-        self._closed = True
-        try:
-            await self._worker.run(self._conn.close)
-        finally:
-            self._worker.close()
-
-    @property
-    def native(self) -> sqlite3.Connection:
-        """The ``sqlite3.Connection``; it belongs to the worker thread, so use it through
-        ``store.run(fn)``. Table ``t`` is the SQLite table ``wc_t``."""
-        return self._conn
-
-    async def run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        """Call ``fn(connection)`` on the worker thread that owns the connection."""
-        return await self._call(fn)
-
     # -- plumbing --------------------------------------------------------------
 
-    async def _call(
-        self, fn: Callable[Concatenate[sqlite3.Connection, P], T], *args: P.args, **kw: P.kwargs
-    ) -> T:
-        if self._closed:
-            raise UsageError(f"the wide-column store {self.url} is closed")
-        try:
-            return await self._worker.run(fn, self._conn, *args, **kw)
-        except MultistoreError:
-            raise
-        except sqlite3.OperationalError as exc:
-            text = str(exc)
-            if text.startswith("no such table: wc_"):
-                name = text.removeprefix("no such table: wc_")
-                self._schemas.pop(name, None)
-                raise NotFoundError(f"wide-column table {name!r} does not exist") from None
-            if "locked" in text or "busy" in text:
-                raise StoreTimeoutError(
-                    f"SQLite file {self.url} stayed locked past the busy timeout: {text}"
-                ) from exc
-            raise StoreError(f"SQLite error on {self.url}: {text}") from exc
-        except sqlite3.Error as exc:
-            raise StoreError(f"SQLite error on {self.url}: {exc}") from exc
+    def _error(self, exc: sqlite3.Error, subject: str | None) -> MultistoreError:
+        text = str(exc)
+        if isinstance(exc, sqlite3.OperationalError) and text.startswith("no such table: wc_"):
+            name = text.removeprefix("no such table: wc_")
+            self._schemas.pop(name, None)
+            return NotFoundError(f"wide-column table {name!r} does not exist")
+        return sqlite_error(self.url, exc)
 
     async def _schema(self, name: str) -> TableSchema:
         check_identifier(name, "table name")
@@ -212,12 +164,12 @@ class SQLiteWideColumnStore(WideColumnStore):
     async def create_table(self, schema: TableSchema, *, if_not_exists: bool = True) -> None:
         if not isinstance(schema, TableSchema):
             raise InvalidValueError(f"create_table takes a TableSchema, not {schema!r}")
-        await self._call(_write, _create_table, schema, bool(if_not_exists))
+        await self._call(write, _create_table, schema, bool(if_not_exists))
         self._schemas[schema.name] = schema
 
     async def drop_table(self, name: str, *, if_exists: bool = False) -> None:
         check_identifier(name, "table name")
-        dropped = await self._call(_write, _drop_table, name)
+        dropped = await self._call(write, _drop_table, name)
         self._schemas.pop(name, None)
         if not dropped and not if_exists:
             raise NotFoundError(f"wide-column table {name!r} does not exist in {self.url}")
@@ -239,9 +191,7 @@ class SQLiteWideColumnStore(WideColumnStore):
     ) -> None:
         schema = await self._schema(table)
         seconds = check_ttl(ttl)
-        if isinstance(rows, Mapping) or not isinstance(rows, Sequence):
-            raise InvalidValueError(f"upsert_many takes a list of rows, not {rows!r}")
-        checked = [check_row(schema, row) for row in rows]
+        checked = check_rows(schema, rows)
         if not checked:
             return
         columns = list(schema.columns)
@@ -249,7 +199,7 @@ class SQLiteWideColumnStore(WideColumnStore):
         names = ", ".join([*map(_q, columns), _EXPIRES])
         marks = ", ".join("?" * (len(columns) + 1))
         sql = f"INSERT OR REPLACE INTO {_table(schema.name)} ({names}) VALUES ({marks})"
-        await self._call(_write, _upsert, sql, values, seconds)
+        await self._call(write, _upsert, sql, values, seconds)
 
     async def select(
         self,
@@ -280,10 +230,10 @@ class SQLiteWideColumnStore(WideColumnStore):
         params = [_to_sql(schema.columns[c], v) for c, v in pairs]
         conds = " AND ".join(f"{_q(c)} = ?" for c in names)
         sql = f"DELETE FROM {_table(schema.name)} WHERE {conds}"
-        await self._call(_write, _execute, sql, params)
+        await self._call(write, _execute, sql, params)
 
     async def purge_expired(self) -> int:
-        return await self._call(_write, _purge)
+        return await self._call(write, _purge)
 
 
 def _select_sql(plan: SelectPlan) -> tuple[str, list[Any]]:
@@ -317,56 +267,8 @@ def _select_sql(plan: SelectPlan) -> tuple[str, list[Any]]:
 # -- worker-thread functions --------------------------------------------------------
 
 
-def _connect(url: StoreURL) -> sqlite3.Connection:
-    path = url.path
-    timeout = url.float_option("timeout", 5.0)
-    journal = url.str_option("journal_mode", "wal").lower()
-    sync = url.str_option("synchronous", "normal").lower()
-    if journal not in _JOURNAL_MODES:
-        raise InvalidURLError(f"journal_mode={journal!r} is not one of {sorted(_JOURNAL_MODES)}")
-    if sync not in _SYNCHRONOUS:
-        raise InvalidURLError(f"synchronous={sync!r} is not one of {sorted(_SYNCHRONOUS)}")
-    if path != ":memory:":
-        if url.option("create", True):
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
-        elif not Path(path).exists():
-            raise NotFoundError(f"SQLite file {path!r} does not exist (create=false)")
-    try:
-        conn = sqlite3.connect(path, isolation_level=None, timeout=timeout)
-    except (sqlite3.Error, OSError) as exc:
-        raise StoreUnavailableError(
-            f"cannot open SQLite file {path!r}: {exc}", outcome=Outcome.DEFINITE
-        ) from exc
-    try:
-        conn.execute(f"PRAGMA busy_timeout = {int(timeout * 1000)}")
-        if path != ":memory:":
-            conn.execute(f"PRAGMA journal_mode = {journal}")
-        conn.execute(f"PRAGMA synchronous = {sync}")
-        conn.execute(_META)
-    except sqlite3.Error as exc:
-        conn.close()
-        raise StoreUnavailableError(
-            f"cannot prepare SQLite file {path!r} as a wide-column store: {exc}",
-            outcome=Outcome.DEFINITE,
-        ) from exc
-    return conn
-
-
-def _write(
-    conn: sqlite3.Connection,
-    fn: Callable[Concatenate[sqlite3.Connection, float, P], T],
-    *args: P.args,
-    **kw: P.kwargs,
-) -> T:
-    """Run ``fn(conn, now, …)`` in one write transaction."""
-    conn.execute("BEGIN IMMEDIATE")
-    try:
-        result = fn(conn, time.time(), *args, **kw)
-    except BaseException:
-        conn.execute("ROLLBACK")
-        raise
-    conn.execute("COMMIT")
-    return result
+def _prepare(conn: sqlite3.Connection) -> None:
+    conn.execute(_META)
 
 
 def _load_schemas(conn: sqlite3.Connection) -> dict[str, TableSchema]:
@@ -382,18 +284,7 @@ def _create_table(
         "SELECT schema FROM multistore_wc_tables WHERE name = ?", (schema.name,)
     ).fetchone()
     if row is not None:
-        existing = TableSchema.from_json(json.loads(row[0]))
-        if existing.name != schema.name:
-            raise ConflictError(
-                f"cannot create table {schema.name!r}: table {existing.name!r} exists "
-                "and names are compared without case"
-            )
-        if existing != schema:
-            raise ConflictError(
-                f"table {schema.name!r} exists with another schema: {existing.to_json()}"
-            )
-        if not if_not_exists:
-            raise ConflictError(f"table {schema.name!r} already exists")
+        check_existing(TableSchema.from_json(json.loads(row[0])), schema, if_not_exists)
         return
     columns = [
         f"{_q(c)} {_SQL_TYPES[kind]}{' NOT NULL' if c in schema.primary_key else ''}"
