@@ -51,7 +51,7 @@ async def roles_section(config: Config) -> SectionReport:
     source = str(config.path) if config.path else "no multistore.toml: embedded defaults"
     table = Table(title=f"roles ({source}; data dir {config.data_dir})")
     for column in ("role", "model", "backend", "url", "opened", "ms"):
-        table.add_column(column)
+        table.add_column(column, overflow="fold")
     rows = []
     first_error: tuple[str, MultistoreError] | None = None
     for role, spec in config.roles.items():
@@ -75,8 +75,8 @@ async def roles_section(config: Config) -> SectionReport:
             role,
             spec.model,
             spec.url.scheme,
-            spec.url.render(),
-            f"[green]yes[/] ({detail})" if ok else f"[red]no[/]: {detail}",
+            spec.url.render().replace(str(config.data_dir), "<data dir>"),
+            "[green]yes[/]" if ok else f"[red]no[/]: {detail}",
             f"{seconds * 1000:.1f}",
         )
     report.tables.append(table)
