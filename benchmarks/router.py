@@ -3,7 +3,12 @@
 A PostgreSQL primary and one streaming standby (started here, from the lab's launchers):
 
 - a primary-key read through the router (it lands on the standby) against the same
-  read on one bare ``psycopg.AsyncConnection`` to the standby (target: at most 1.10x);
+  read on one bare ``psycopg.AsyncConnection`` to the standby (target: at most 1.10x).
+  This anchor is the strict one: no pool at all, while the router leases a pooled
+  connection of the standby's relational store; the same statement, parameters
+  passed by value, ``conn.execute()`` + ``fetchone()`` as psycopg users write it.
+  A second row compares against a ``psycopg_pool.AsyncConnectionPool`` lease (what
+  the router does, done by hand), and a third against the relational store alone;
 - a read-your-writes read whose token the standby has already replayed (no wait)
   against the same bare read;
 - a write followed by a read-your-writes read, which waits for the standby to replay
@@ -20,6 +25,7 @@ import sqlite3
 import time
 
 import psycopg
+from psycopg_pool import AsyncConnectionPool
 
 from benchmarks._harness import BenchEnv, Row, compare
 from multistore.lab.servers import PostgresServer
@@ -29,6 +35,10 @@ CONFIG = RouterConfig(max_lag=30.0, probe_interval=0.5, causal_wait=2.0)
 ROWS = 1000
 SELECT = "SELECT id, v FROM bench WHERE id = :id"
 SELECT_PG = "SELECT id, v FROM bench WHERE id = %s"
+#: Short rounds, many of them, alternating: on a shared, loaded machine the median of
+#: many short interleaved rounds moves far less than that of five long ones.
+ROUNDS = 21
+OPS = 100
 
 
 async def _wait_replayed(router: Router, token: CausalToken) -> None:
@@ -44,6 +54,10 @@ async def _postgres_cases(primary: PostgresServer, standby: PostgresServer, db: 
     router = await Router.open(primary.url(db), [standby.url(db)], config=CONFIG)
     direct = await psycopg.AsyncConnection.connect(standby.url(db), autocommit=True)
     direct_primary = await psycopg.AsyncConnection.connect(primary.url(db), autocommit=True)
+    pool: AsyncConnectionPool[psycopg.AsyncConnection[tuple[object, ...]]] = AsyncConnectionPool(
+        standby.url(db), kwargs={"autocommit": True}, min_size=1, max_size=10, open=False
+    )
+    await pool.open(wait=True)
     rows: list[Row] = []
     try:
         await router.execute("CREATE TABLE bench (id BIGINT PRIMARY KEY, v TEXT)")
@@ -57,12 +71,29 @@ async def _postgres_cases(primary: PostgresServer, standby: PostgresServer, db: 
             cur = await direct.execute(SELECT_PG, (next(keys),))
             await cur.fetchone()
 
+        async def pooled_read() -> None:
+            async with pool.connection() as conn:
+                cur = await conn.execute(SELECT_PG, (next(keys),))
+                await cur.fetchone()
+
         rows.append(
             await compare(
                 "PK read through the router (standby)",
                 lambda: router.fetch_one(SELECT, {"id": next(keys)}),
                 bare_read,
                 "psycopg, one connection to the standby",
+                ops=OPS,
+                rounds=ROUNDS,
+            )
+        )
+        rows.append(
+            await compare(
+                "PK read through the router vs a psycopg_pool lease (standby)",
+                lambda: router.fetch_one(SELECT, {"id": next(keys)}),
+                pooled_read,
+                "psycopg_pool AsyncConnectionPool lease + the same read on the standby",
+                ops=OPS,
+                rounds=ROUNDS,
             )
         )
         store = router.replicas[0].store
@@ -72,6 +103,8 @@ async def _postgres_cases(primary: PostgresServer, standby: PostgresServer, db: 
                 lambda: router.fetch_one(SELECT, {"id": next(keys)}),
                 lambda: store.fetch_one(SELECT, {"id": next(keys)}),
                 "multistore relational store on the standby, no routing",
+                ops=OPS,
+                rounds=ROUNDS,
             )
         )
         token = loaded.token
@@ -81,6 +114,8 @@ async def _postgres_cases(primary: PostgresServer, standby: PostgresServer, db: 
                 lambda: router.fetch_one(SELECT, {"id": next(keys)}, token=token),
                 bare_read,
                 "psycopg, one connection to the standby",
+                ops=OPS,
+                rounds=ROUNDS,
             )
         )
         ids = itertools.count(ROWS)
@@ -109,6 +144,7 @@ async def _postgres_cases(primary: PostgresServer, standby: PostgresServer, db: 
             )
         )
     finally:
+        await pool.close()
         await direct.close()
         await direct_primary.close()
         await router.close()

@@ -5,11 +5,13 @@ from __future__ import annotations
 import asyncio
 import time
 
+import psycopg
 import pytest
 from psycopg_pool import AsyncConnectionPool
 
 from multistore.errors import StoreTimeoutError
 from multistore.stores._registry import open_store
+from multistore.stores.relational import _postgres
 from multistore.stores.relational._postgres import PostgresRelationalStore
 
 pytestmark = pytest.mark.server
@@ -78,6 +80,48 @@ def test_exhausted_pool_times_out(postgres_url: str) -> None:
                     await store.fetch_val("SELECT 1")
                 assert time.monotonic() - started < 3
             assert await store.fetch_val("SELECT 1") == 1
+        finally:
+            await store.close()
+
+    asyncio.run(main())
+
+
+def test_kept_connection_ended_by_the_server_is_replaced_before_use(
+    postgres_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # No idle-time check at all: only the look at the socket can notice the end.
+    monkeypatch.setattr(_postgres, "_CHECK_AFTER_IDLE", 3600.0)
+
+    async def main() -> None:
+        store = await _open(postgres_url)
+        killer = await psycopg.AsyncConnection.connect(postgres_url, autocommit=True)
+        try:
+            pid = await store.fetch_val("SELECT pg_backend_pid()")
+            assert await store.fetch_val("SELECT pg_backend_pid()") == pid  # the kept one
+            cur = await killer.execute("SELECT pg_terminate_backend(%s, 5000)", (pid,))
+            assert await cur.fetchone() == (True,)  # returns once the backend has exited
+            # sent on the dead connection, this would raise StoreUnavailableError
+            new_pid = await store.fetch_val("SELECT pg_backend_pid()")
+            assert new_pid is not None and new_pid != pid
+            assert await store.execute("SELECT 1") == 1
+        finally:
+            await killer.close()
+            await store.close()
+
+    asyncio.run(main())
+
+
+def test_cancelled_statement_leaves_the_next_call_working(postgres_url: str) -> None:
+    async def main() -> None:
+        # one connection: if the cancelled call did not hand it back, the next one times out
+        store = await _open(f"{postgres_url}?pool_max=1&connect_timeout=1")
+        try:
+            started = time.monotonic()
+            with pytest.raises(TimeoutError):
+                await asyncio.wait_for(store.fetch_val("SELECT pg_sleep(30)"), 0.3)
+            assert await store.fetch_val("SELECT 1") == 1
+            assert await store.fetch_val("SELECT 2") == 2
+            assert time.monotonic() - started < 10  # not stuck behind the sleep
         finally:
             await store.close()
 

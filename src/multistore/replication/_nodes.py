@@ -13,6 +13,7 @@ from __future__ import annotations
 import abc
 import datetime as dt
 import enum
+import functools
 import re
 import time
 from collections.abc import AsyncIterator, Sequence
@@ -35,6 +36,7 @@ _LOCKING = re.compile(r"\bfor\s+(update|no\s+key\s+update|share|key\s+share)\b",
 _SIDE_EFFECT = re.compile(r"\b(nextval|setval|pg_advisory\w*|txid_current)\s*\(", re.IGNORECASE)
 
 
+@functools.lru_cache(maxsize=1024)
 def is_read(sql: str) -> bool:
     """True when ``sql`` may go to a replica: a plain SELECT/VALUES/SHOW/EXPLAIN, or a
     WITH query without data-modifying parts; not ``FOR UPDATE``/``FOR SHARE`` and no

@@ -323,7 +323,7 @@ class Router:
     async def _read(
         self,
         sql: str,
-        fn: Callable[[Queries], Awaitable[T]],
+        fn: Callable[[Queries | RelationalStore], Awaitable[T]],
         token: CausalToken | str | None,
         max_staleness: float | None,
         strong: bool,
@@ -338,14 +338,17 @@ class Router:
             raise UsageError("max_staleness must be >= 0 seconds")
         tried: set[str] = set()
         while True:
-            node = self.primary
-            if not strong:
+            if strong:
+                node = self.primary
+            elif token is None:  # no wait possible: stay synchronous
+                node = self._pick(self._eligible(max_staleness, tried))
+            else:
                 node = await self._choose(token, max_staleness, causal_wait, tried)
             node.in_flight += 1
             node.reads += 1
             try:
-                async with node.store.connection() as conn:
-                    return await fn(conn), None
+                # The store's own one-statement call: its fast path, no lease object.
+                return await fn(node.store), None
             except StoreUnavailableError as exc:
                 if node.role is not Role.REPLICA:
                     raise
@@ -362,18 +365,32 @@ class Router:
         causal_wait: float | None,
         tried: set[str],
     ) -> Node:
-        now = time.monotonic()
-        eligible = [
-            n
-            for n in self.replicas
-            if n.health.in_rotation
-            and n.name not in tried
-            and (max_staleness is None or n.staleness_bound(now) <= max_staleness)
-        ]
+        eligible = self._eligible(max_staleness, tried)
         if token is not None and eligible:
             if token.generation > self.generation:
                 return self.primary  # written after a failover this router has not seen
             eligible = await self._replayed(eligible, token.position, causal_wait)
+        return self._pick(eligible)
+
+    def _eligible(self, max_staleness: float | None, tried: set[str]) -> list[Node]:
+        """Replicas in rotation, not tried yet, within ``max_staleness`` if given."""
+        if max_staleness is None:
+            return [
+                n
+                for n in self.nodes
+                if n.role is Role.REPLICA and n.health.in_rotation and n.name not in tried
+            ]
+        now = time.monotonic()
+        return [
+            n
+            for n in self.nodes
+            if n.role is Role.REPLICA
+            and n.health.in_rotation
+            and n.name not in tried
+            and n.staleness_bound(now) <= max_staleness
+        ]
+
+    def _pick(self, eligible: list[Node]) -> Node:
         if not eligible:
             return self.primary
         return eligible[self.policy.choose(eligible)]

@@ -8,11 +8,22 @@ URL options: ``pool_min`` (default 1), ``pool_max`` (10), ``connect_timeout``
 A connection idle for more than a second is checked (an empty query) when it is
 leased, so the store recovers by itself after a server restart: dead connections
 are dropped and replaced before any statement is sent on them.
+
+Fast path: the store keeps a few recently used connections (at most
+``min(4, pool_max // 2)``) out of the pool, each with a reusable cursor, and leases
+them without the pool's machinery. Such a connection is used as is only if it was
+returned less than a second ago and its socket has nothing to read (a server that
+shuts down or ends the session says so on the socket before closing it); otherwise
+it gets the same check as a pooled one. Anything that fails, and every connection
+the store does not keep, goes back to the pool, which discards broken ones; a kept
+connection also goes back once a minute, so the pool's lifetime rules apply to it.
+Leases from ``store.native`` draw on the pool's other connections.
 """
 
 from __future__ import annotations
 
 import contextlib
+import select
 import time
 import weakref
 from collections.abc import AsyncIterator
@@ -21,6 +32,7 @@ from typing import Any, Final, Self
 import psycopg
 import psycopg.errors
 from psycopg.conninfo import make_conninfo
+from psycopg.pq import ExecStatus, TransactionStatus
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from multistore.errors import (
@@ -36,18 +48,65 @@ from multistore.errors import (
     StoreTimeoutError,
     StoreUnavailableError,
 )
-from multistore.stores.relational._api import Connection, RelationalStore, Transaction
+from multistore.stores.relational._api import Connection, Params, RelationalStore, Transaction
+from multistore.stores.relational._params import bind, compile_sql
 from multistore.stores.relational._rows import Columns, Row
 from multistore.urls import StoreURL
 
 __all__ = ["PostgresRelationalStore"]
 
 _CHECK_AFTER_IDLE: Final = 1.0
+#: Most connections the store keeps aside for its fast path (and at most pool_max // 2).
+_READY_MAX: Final = 4
+#: A kept connection goes back through the pool this often, so that the pool's
+#: ``max_lifetime`` and ``max_idle`` apply to it too.
+_KEEP_FOR: Final = 60.0
+_COLUMNS_MAX: Final = 512
 _RECONNECT_GIVE_UP: Final = 1.0
 #: Key of the advisory lock that serialises migrators ("multistore" in ASCII, truncated).
 _MIGRATION_LOCK: Final = 0x6D756C746973746F
 
 PgConn = psycopg.AsyncConnection[Any]
+PgCursor = psycopg.AsyncCursor[Any]
+
+_IDLE: Final = TransactionStatus.IDLE
+_TUPLES: Final = (ExecStatus.TUPLES_OK, ExecStatus.SINGLE_TUPLE, ExecStatus.TUPLES_CHUNK)
+#: Columns by the raw names of a result, so rows of the same shape share one object
+#: and ``cursor.description`` is not rebuilt per statement (ASCII names only: they
+#: decode the same in every client encoding).
+_columns_cache: dict[tuple[bytes | None, ...], Columns] = {}
+
+
+def _columns(cur: PgCursor) -> Columns | None:
+    """The columns of the cursor's current result; None when it returns no rows."""
+    res = cur.pgresult
+    if res is None:
+        return None
+    n = res.nfields
+    if not n:
+        return Columns(()) if res.status in _TUPLES else None
+    key = tuple([res.fname(i) for i in range(n)])
+    columns = _columns_cache.get(key)
+    if columns is None:
+        description = cur.description or []
+        columns = Columns([d.name for d in description])
+        if all(name is not None and name.isascii() for name in key):
+            if len(_columns_cache) >= _COLUMNS_MAX:
+                _columns_cache.clear()
+            _columns_cache[key] = columns
+    return columns
+
+
+async def _fetch_on(cur: PgCursor, sql: str, params: Any, *, one: bool) -> list[Row]:
+    """Run a query on ``cur`` and build its rows (driver errors are not mapped)."""
+    await cur.execute(sql, params)
+    columns = _columns(cur)
+    if columns is None:
+        return []
+    if one:
+        first = await cur.fetchone()
+        return [] if first is None else [Row(columns, first)]
+    return [Row(columns, values) for values in await cur.fetchall()]
 
 
 class PostgresConnection(Connection):
@@ -76,14 +135,7 @@ class PostgresConnection(Connection):
     async def _fetch(self, sql: str, params: Any, *, one: bool) -> list[Row]:
         try:
             async with self._conn.cursor() as cur:
-                await cur.execute(sql, params)
-                if cur.description is None:
-                    return []
-                columns = Columns([d.name for d in cur.description])
-                if one:
-                    first = await cur.fetchone()
-                    return [] if first is None else [columns.row(first)]
-                return [columns.row(values) for values in await cur.fetchall()]
+                return await _fetch_on(cur, sql, params, one=one)
         except psycopg.Error as exc:
             raise map_error(exc) from exc
 
@@ -91,6 +143,39 @@ class PostgresConnection(Connection):
         # Without parameters psycopg uses the simple query protocol, which takes
         # several statements at once; they run inside the open transaction.
         await self._execute(sql, None)
+
+
+class _Slot:
+    """A leased connection, the cursor the fast path reuses on it, when it was last
+    handed back, and a poller on its socket."""
+
+    __slots__ = ("conn", "cursor", "leased_at", "poller", "used_at")
+
+    def __init__(self, conn: PgConn) -> None:
+        self.conn = conn
+        self.cursor: PgCursor | None = None
+        self.leased_at = self.used_at = time.monotonic()
+        self.poller: select.poll | None = None
+
+    def keep(self, now: float) -> None:
+        self.used_at = now
+        if self.poller is None and hasattr(select, "poll"):  # not on Windows
+            with contextlib.suppress(psycopg.Error, OSError):
+                poller = select.poll()
+                poller.register(self.conn.pgconn.socket, select.POLLIN)
+                self.poller = poller
+
+    def suspect(self) -> bool:
+        """True when the connection needs a round trip before use: it sat idle, or the
+        server sent something unasked (a shutdown or a terminated session does)."""
+        if time.monotonic() - self.used_at > _CHECK_AFTER_IDLE:
+            return True
+        if self.poller is not None:
+            return bool(self.poller.poll(0))
+        try:
+            return bool(select.select([self.conn.pgconn.socket], [], [], 0)[0])
+        except (psycopg.Error, OSError, ValueError):
+            return True
 
 
 class PostgresRelationalStore(RelationalStore):
@@ -109,6 +194,8 @@ class PostgresRelationalStore(RelationalStore):
         self._health = health
         self._connect_timeout = url.float_option("connect_timeout", 5.0)
         self._closed = False
+        self._ready: list[_Slot] = []
+        self._ready_max = min(_READY_MAX, pool.max_size // 2)
 
     @classmethod
     async def open(cls, url: StoreURL) -> Self:
@@ -157,6 +244,9 @@ class PostgresRelationalStore(RelationalStore):
     async def close(self) -> None:
         if not self._closed:
             self._closed = True
+            ready, self._ready = self._ready, []
+            for slot in ready:
+                await self._pool.putconn(slot.conn)
             await self._pool.close(timeout=self._connect_timeout)
 
     @property
@@ -165,19 +255,106 @@ class PostgresRelationalStore(RelationalStore):
 
     @contextlib.asynccontextmanager
     async def connection(self) -> AsyncIterator[Connection]:
+        slot = await self._take()
+        lease = PostgresConnection(slot.conn)
+        try:
+            yield lease
+        except BaseException:
+            lease._released = True
+            await self._put(slot.conn)
+            raise
+        lease._released = True
+        await self._give_back(slot)
+
+    # -- one-statement calls: a kept connection and its cursor, no pool round --
+
+    async def execute(self, sql: str, params: Params | None = None) -> int:
+        compiled = compile_sql(sql, "postgresql")
+        args = bind(compiled, params)
+        slot = await self._take()
+        try:
+            cur = slot.cursor or self._cursor(slot)
+            await cur.execute(compiled.sql, args)
+            count = max(cur.rowcount, 0)
+        except BaseException as exc:
+            await self._put(slot.conn)
+            if isinstance(exc, psycopg.Error):
+                raise map_error(exc) from exc
+            raise
+        await self._give_back(slot)
+        return count
+
+    async def fetch_all(self, sql: str, params: Params | None = None) -> list[Row]:
+        return await self._fetch(sql, params, one=False)
+
+    async def fetch_one(self, sql: str, params: Params | None = None) -> Row | None:
+        rows = await self._fetch(sql, params, one=True)
+        return rows[0] if rows else None
+
+    async def fetch_val(self, sql: str, params: Params | None = None) -> Any:
+        rows = await self._fetch(sql, params, one=True)
+        return rows[0][0] if rows else None
+
+    async def _fetch(self, sql: str, params: Params | None, *, one: bool) -> list[Row]:
+        compiled = compile_sql(sql, "postgresql")
+        args = bind(compiled, params)
+        slot = await self._take()
+        try:
+            rows = await _fetch_on(slot.cursor or self._cursor(slot), compiled.sql, args, one=one)
+        except BaseException as exc:
+            await self._put(slot.conn)
+            if isinstance(exc, psycopg.Error):
+                raise map_error(exc) from exc
+            raise
+        await self._give_back(slot)
+        return rows
+
+    @staticmethod
+    def _cursor(slot: _Slot) -> PgCursor:
+        slot.cursor = slot.conn.cursor()
+        return slot.cursor
+
+    async def _take(self) -> _Slot:
+        """A connection: a kept one if any is fit for use, else one from the pool."""
         if self._closed:
             raise StoreUnavailableError(f"{self!r} is closed", outcome=Outcome.DEFINITE)
+        ready = self._ready
+        while ready:
+            slot = ready.pop()
+            if not slot.suspect():
+                return slot
+            try:
+                await AsyncConnectionPool.check_connection(slot.conn)
+            except Exception:
+                await self._put(slot.conn)  # broken: the pool drops it and connects anew
+                continue
+            except BaseException:
+                await self._put(slot.conn)
+                raise
+            return slot
         try:
             conn = await self._pool.getconn()
         except PoolTimeout:
             raise await self._unavailable() from None
-        lease = PostgresConnection(conn)
-        try:
-            yield lease
-        finally:
-            lease._released = True
-            self._health.idle_since[conn] = time.monotonic()
-            await self._pool.putconn(conn)
+        return _Slot(conn)
+
+    async def _give_back(self, slot: _Slot) -> None:
+        """Keep a healthy idle connection for the next call, or return it to the pool."""
+        now = time.monotonic()
+        if (
+            len(self._ready) < self._ready_max
+            and not self._closed
+            and slot.conn.pgconn.transaction_status == _IDLE
+            and now - slot.leased_at < _KEEP_FOR
+        ):
+            slot.keep(now)
+            self._ready.append(slot)
+        else:
+            await self._put(slot.conn)
+
+    async def _put(self, conn: PgConn) -> None:
+        self._health.idle_since[conn] = time.monotonic()
+        await self._pool.putconn(conn)
 
     async def _lock_migrations(self, tx: Transaction) -> None:
         await tx.execute(f"SELECT pg_advisory_xact_lock({_MIGRATION_LOCK})")
