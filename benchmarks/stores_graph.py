@@ -71,14 +71,14 @@ async def _ladybug_cases(env: BenchEnv) -> list[Row]:
 
         return [
             await compare(
-                "graph.ladybug.create_node",
+                "graph create one node, ladybug",
                 ours_create,
                 raw_create,
                 "ladybug Connection.execute",
                 ops=OPS,
             ),
             await compare(
-                "graph.ladybug.neighbors",
+                "graph neighbours of one node, ladybug",
                 ours_neighbors,
                 raw_neighbors,
                 "ladybug Connection.execute",
@@ -125,14 +125,14 @@ async def _falkordb_cases(env: BenchEnv) -> list[Row]:
 
         return [
             await compare(
-                "graph.falkordb.create_node",
+                "graph create one node, falkordb",
                 ours_create,
                 raw_create,
                 "falkordb.asyncio graph.query",
                 ops=OPS,
             ),
             await compare(
-                "graph.falkordb.neighbors",
+                "graph neighbours of one node, falkordb",
                 ours_neighbors,
                 raw_neighbors,
                 "falkordb.asyncio graph.query",
