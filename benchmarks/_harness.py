@@ -55,8 +55,8 @@ async def compare(
     anchor: Callable[[], object],
     anchor_name: str,
     *,
-    ops: int = 300,
-    rounds: int = 5,
+    ops: int = 100,
+    rounds: int = 15,
     warmup: int = 30,
 ) -> Row:
     """Median per-operation latency of ``ours`` vs ``anchor``, alternating rounds."""
