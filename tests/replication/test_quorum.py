@@ -250,10 +250,17 @@ def test_hinted_handoff_delivers_writes_made_during_an_outage(topo: Topology) ->
         c = await topo.cluster(m=4)
         keys = keys_homed_on(c, "node2", 20)
         topo.kill(c, "node2")
+        skipped = 0
         for key in keys:
+            known_down = not c.detector.available("node2")
             result = await c.put(key, f"v-{key}")
-            assert result.hinted == ("node2",) and "node2" not in result.acks
-            assert len(result.acks) >= 2
+            assert "node2" not in result.acks and len(result.acks) >= 2
+            if known_down:  # skipped at once: a stand-in took the write, the hint is in
+                assert result.hinted == ("node2",)
+                skipped += 1
+            # else node2's failure may come after W acks: then it is hinted in the background
+        assert skipped > 0  # the detector marked node2 down during the outage
+        await c.wait_background()
         assert (await quorum_status(c))["hints"]["pending_by_node"] == {"node2": len(keys)}
         # reads meanwhile see the writes (from the other homes and the stand-in)
         for key in keys:
@@ -472,7 +479,7 @@ def test_quorum_reads_repair_stale_replicas_before_returning(topo: Topology) -> 
     async def body() -> None:
         c = await topo.cluster(speculative_after=None)
         key = "profile:9"
-        await c.put(key, "v1")
+        await c.put(key, "v1", w=Consistency.ALL)  # every replica holds v1 first
         home = c.preference_list(key)
         stale = c.node(home[0])
         await stale.remove(key.encode())  # one replica lost the record

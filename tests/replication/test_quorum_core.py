@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+from typing import Any
 
 import pytest
 
@@ -167,3 +168,31 @@ def test_merkle_empty_and_bad_input() -> None:
         MerkleTree(4, {16: "x"})
     with pytest.raises(InvalidValueError):
         MerkleTree(4, {}).diff(MerkleTree(8, {}))
+
+
+def test_the_write_path_encoding_is_the_sibling_set_wire_form() -> None:
+    from multistore.core import HLCTimestamp, SiblingSet, Versioned, VersionVector
+    from multistore.replication._quorum import decode_set, encode_set, encode_version
+
+    alone: Versioned[Any] = Versioned(
+        {"v": {"name": 'Zoë "q"', "n": [1, 2.5, None]}},
+        HLCTimestamp(1_700_000_000_000, 3, "coordinator"),
+        VersionVector({"coordinator": 5}),
+        "coordinator",
+    )
+    with_context: Versioned[Any] = Versioned(
+        {"v": "x"},
+        HLCTimestamp(1_700_000_000_001, 0, "b"),
+        VersionVector({"a": 2, "b": 9, "c": 1}),
+        "b",
+    )
+    for version in (alone, with_context):
+        blob = encode_version(version, str(version.hlc))
+        as_set: SiblingSet[Any] = SiblingSet([version])
+        assert blob == encode_set(as_set)  # byte for byte
+        assert decode_set(blob) == as_set
+    bad_values: list[object] = [{1, 2}, float("nan")]
+    for bad in bad_values:
+        broken: Versioned[Any] = Versioned({"v": bad}, alone.hlc, alone.vv, alone.origin)
+        with pytest.raises(InvalidValueError, match="JSON-serialisable"):
+            encode_version(broken, str(broken.hlc))

@@ -10,19 +10,27 @@ them from homes) are in; calls still running are handed back in
 
 Answers from a fallback to a *read* count only when it holds something: a node
 that is not a replica of the key saying "nothing here" proves nothing.
+
+This is the coordinator's hot path, so it is a small state machine rather than a
+loop around :func:`asyncio.wait`: each replica call's task records its own answer
+as soon as it has it (no done-callback hop through the event loop), the caller
+wakes up once, when the quorum is in (or cannot be), and the speculative-retry
+timer is a ``loop.call_later`` handle, not a sleeping task. A call that fails
+after the fan-out returned raises in its task as usual, so the coordinator's
+done-callbacks (late hints, background tracking) see the failure.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 __all__ = ["Fanout", "fan_out"]
 
 
-@dataclass
+@dataclass(slots=True)
 class Fanout:
     """What one fan-out heard."""
 
@@ -39,20 +47,212 @@ class Fanout:
 
     def counts(self, *, write: bool) -> tuple[int, int]:
         """(answers that count, of which from homes)."""
+        stand_in = self.stand_in
+        if not stand_in:
+            n = len(self.results)
+            return n, n
         total = primary = 0
         for name, result in self.results.items():
-            if name in self.stand_in and not write and not result:
+            if name in stand_in and not write and not result:
                 continue  # an empty answer from a fallback says nothing
             total += 1
-            primary += name not in self.stand_in
+            primary += name not in stand_in
         return total, primary
 
     def describe_errors(self) -> str:
         return "; ".join(self.errors) or "no answer"
 
 
+class _Run:
+    """The state machine of one fan-out (see :func:`fan_out`)."""
+
+    __slots__ = (
+        "available",
+        "call",
+        "fan",
+        "finished",
+        "loop",
+        "need",
+        "others",
+        "pneed",
+        "spares",
+        "speculative_after",
+        "tasks",
+        "timer",
+        "write",
+    )
+
+    def __init__(
+        self,
+        call: Callable[[str], Coroutine[Any, Any, Any]],
+        homes: Sequence[str],
+        fallbacks: Sequence[str],
+        available: Callable[[str], bool],
+        need: int,
+        pneed: int,
+        write: bool,
+        speculative_after: float | None,
+    ) -> None:
+        self.call = call
+        self.available = available
+        self.need = need
+        self.pneed = pneed
+        self.write = write
+        self.speculative_after = speculative_after
+        self.fan = Fanout(tuple(homes))
+        self.spares: list[str] = []
+        self.others = list(fallbacks)
+        self.loop = asyncio.get_running_loop()
+        self.finished: asyncio.Future[None] = self.loop.create_future()
+        self.timer: asyncio.TimerHandle | None = None
+        self.tasks: dict[str, asyncio.Task[Any]] = {}
+        """Node -> its call (a node is asked at most once per fan-out)."""
+
+    def launch(self, name: str) -> None:
+        task = self.loop.create_task(self._attempt(name))
+        self.fan.pending[task] = name
+        self.tasks[name] = task
+
+    async def _attempt(self, name: str) -> Any:
+        try:
+            result = await self.call(name)
+        except asyncio.CancelledError as exc:
+            if not self.finished.done():
+                self._heard(name, None, exc)
+            raise
+        except Exception as exc:
+            if self.finished.done():
+                raise  # a straggler: its task fails, for the coordinator's callbacks
+            self._heard(name, None, exc)
+            return None
+        if not self.finished.done():
+            self._heard(name, result, None)
+        return result
+
+    def next_fallback(self) -> str | None:
+        others = self.others
+        while others:
+            name = others.pop(0)
+            if self.available(name):
+                return name
+        return None
+
+    def stand_in_for(self, home: str) -> None:
+        fallback = self.next_fallback()
+        if fallback is not None:
+            self.fan.stand_in[fallback] = home
+            self.launch(fallback)
+
+    def start(self) -> None:
+        fan = self.fan
+        homes = fan.homes
+        available = self.available
+        up = [home for home in homes if available(home)]
+        if len(up) < len(homes):
+            for home in homes:
+                if home not in up:
+                    fan.failed_homes.append(home)
+                    fan.errors.append(f"{home}: marked down")
+        if self.write:
+            for home in up:
+                self.launch(home)
+            for home in list(fan.failed_homes):
+                self.stand_in_for(home)
+        else:
+            need = self.need
+            for home in up[:need]:
+                self.launch(home)
+            self.spares = up[need:]
+            for _ in range(need - len(up)):  # too few homes up: ask fallbacks at once
+                fallback = self.next_fallback()
+                if fallback is not None:
+                    fan.stand_in[fallback] = ""
+                    self.launch(fallback)
+        self.step()
+
+    def step(self) -> None:
+        """Finish when the quorum is in (or cannot be); otherwise ask more or keep waiting."""
+        fan = self.fan
+        while True:
+            total, primary = fan.counts(write=self.write)
+            if total >= self.need and primary >= self.pneed:
+                break
+            if fan.pending:
+                if not self.write and self.speculative_after is not None and self.spares:
+                    self.timer = self.loop.call_later(self.speculative_after, self._speculate)
+                return
+            if self.write:
+                break
+            if self.spares:
+                self.launch(self.spares.pop(0))
+                continue
+            fallback = self.next_fallback()
+            if fallback is None:
+                break
+            fan.stand_in[fallback] = ""
+            self.launch(fallback)
+        if not self.finished.done():
+            self.finished.set_result(None)
+
+    def _cancel_timer(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+
+    def _speculate(self) -> None:
+        self.timer = None
+        if self.finished.done() or not self.spares:
+            return
+        self.fan.speculative += 1
+        self.launch(self.spares.pop(0))
+        self._guarded_step()
+
+    def _heard(self, name: str, result: Any, error: BaseException | None) -> None:
+        """One call's answer (or failure), recorded by its own task before it ends."""
+        self._cancel_timer()
+        fan = self.fan
+        del fan.pending[self.tasks[name]]
+        if error is None:
+            fan.results[name] = result
+        else:
+            fan.errors.append(f"{name}: {error}")
+            if self.write and name in fan.homes:
+                fan.failed_homes.append(name)
+                self.stand_in_for(name)
+            elif not self.write and self.spares:
+                self.launch(self.spares.pop(0))
+        self._guarded_step()
+
+    def _guarded_step(self) -> None:
+        try:
+            self.step()
+        except BaseException as exc:  # never leave the caller waiting on a broken fan-out
+            if not self.finished.done():
+                self.finished.set_exception(exc)
+
+    async def wait(self) -> Fanout:
+        try:
+            if not self.finished.done():
+                await self.finished
+            else:
+                self.finished.result()
+        except BaseException:
+            # the caller gave up (cancelled): its calls run on, nobody awaits them
+            for task in self.fan.pending:
+                task.add_done_callback(_retrieve)
+            raise
+        finally:
+            self._cancel_timer()
+        return self.fan
+
+
+def _retrieve(task: asyncio.Task[Any]) -> None:
+    if not task.cancelled():
+        task.exception()
+
+
 async def fan_out(
-    call: Callable[[str], Awaitable[Any]],
+    call: Callable[[str], Coroutine[Any, Any, Any]],
     homes: Sequence[str],
     fallbacks: Sequence[str],
     *,
@@ -63,83 +263,6 @@ async def fan_out(
     speculative_after: float | None,
 ) -> Fanout:
     """Run ``call(node)`` on replicas until ``need`` answers; see the module docstring."""
-    fan = Fanout(tuple(homes))
-    pending = fan.pending
-    spares: list[str] = []
-    others = list(fallbacks)
-
-    def launch(name: str) -> None:
-        pending[asyncio.ensure_future(call(name))] = name
-
-    def next_fallback() -> str | None:
-        while others:
-            name = others.pop(0)
-            if available(name):
-                return name
-        return None
-
-    def stand_in_for(home: str) -> None:
-        fallback = next_fallback()
-        if fallback is not None:
-            fan.stand_in[fallback] = home
-            launch(fallback)
-
-    up = [home for home in homes if available(home)]
-    for home in homes:
-        if home not in up:
-            fan.failed_homes.append(home)
-            fan.errors.append(f"{home}: marked down")
-    if write:
-        for home in up:
-            launch(home)
-        for home in list(fan.failed_homes):
-            stand_in_for(home)
-    else:
-        for home in up[:need]:
-            launch(home)
-        spares = up[need:]
-        for _ in range(need - len(up)):  # too few homes up: ask fallbacks at once
-            fallback = next_fallback()
-            if fallback is not None:
-                fan.stand_in[fallback] = ""
-                launch(fallback)
-
-    while True:
-        total, primary = fan.counts(write=write)
-        if total >= need and primary >= pneed:
-            break
-        if not pending:
-            if write:
-                break
-            if spares:
-                launch(spares.pop(0))
-                continue
-            fallback = next_fallback()
-            if fallback is None:
-                break
-            fan.stand_in[fallback] = ""
-            launch(fallback)
-            continue
-        speculate = not write and speculative_after is not None and bool(spares)
-        done, _ = await asyncio.wait(
-            pending,
-            timeout=speculative_after if speculate else None,
-            return_when=asyncio.FIRST_COMPLETED,
-        )
-        if not done:
-            fan.speculative += 1
-            launch(spares.pop(0))
-            continue
-        for task in done:
-            name = pending.pop(task)
-            error = task.exception()
-            if error is None:
-                fan.results[name] = task.result()
-                continue
-            fan.errors.append(f"{name}: {error}")
-            if write and name in homes:
-                fan.failed_homes.append(name)
-                stand_in_for(name)
-            elif not write and spares:
-                launch(spares.pop(0))
-    return fan
+    run = _Run(call, homes, fallbacks, available, need, pneed, write, speculative_after)
+    run.start()
+    return await run.wait()

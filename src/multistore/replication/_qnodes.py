@@ -27,10 +27,10 @@ from __future__ import annotations
 
 import abc
 import asyncio
-import contextlib
+import functools
 import hashlib
 import sqlite3
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, TypeVar
 
@@ -50,6 +50,7 @@ Record = tuple[str, bytes]
 """``(hlc text, blob)`` as stored on a node."""
 
 
+@functools.lru_cache(maxsize=4096)  # every replica write of a record needs it
 def entry_name(group: bytes, member: bytes) -> str:
     """The anti-entropy index name of a record; sorts by the group's ring token."""
     return f"{token_of(group):016x}{group.hex()}:{member.hex()}"
@@ -82,6 +83,9 @@ class QuorumNode(abc.ABC):
     """One storage node of a quorum cluster (see the module docstring)."""
 
     name: str
+    deadline: float | None = None
+    """Seconds after which the node itself fails any one call with StoreTimeoutError
+    (None: it sets no deadline; the coordinator's timeout still applies)."""
 
     @abc.abstractmethod
     async def ping(self) -> None:
@@ -136,25 +140,26 @@ class QuorumNode(abc.ABC):
 # -- Redis ------------------------------------------------------------------------------
 
 # KEYS: records hash, members zset, entry index zset, digests hash.
-# ARGV: member, value, hlc, entry, mode ('lww' | 'cas'), expected-present ('0'|'1'), expected.
+# ARGV: member, value ("<hlc>\n<blob>"), entry. Alone, they are a last-writer-wins write
+# (the HLC texts before the newlines compare); a compare-and-set adds ARGV[4] ('0':
+# expect no record, '1': expect the value ARGV[5]). Few arguments: each costs the client.
 _WRITE_LUA: Final = """
 local old = redis.call('HGET', KEYS[1], ARGV[1])
-if ARGV[5] == 'lww' then
+if #ARGV == 3 then
   if old then
-    local p = string.find(old, '\\n', 1, true)
-    if string.sub(old, 1, p - 1) >= ARGV[3] then return 0 end
+    local new = ARGV[2]
+    local held = string.sub(old, 1, string.find(old, '\\n', 1, true) - 1)
+    if held >= string.sub(new, 1, string.find(new, '\\n', 1, true) - 1) then return 0 end
   end
-else
-  if ARGV[6] == '0' then
-    if old then return 0 end
-  elseif old ~= ARGV[7] then
-    return 0
-  end
+elseif ARGV[4] == '0' then
+  if old then return 0 end
+elseif old ~= ARGV[5] then
+  return 0
 end
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
 redis.call('ZADD', KEYS[2], 0, ARGV[1])
-redis.call('ZADD', KEYS[3], 0, ARGV[4])
-redis.call('HSET', KEYS[4], ARGV[4], redis.sha1hex(ARGV[2]))
+redis.call('ZADD', KEYS[3], 0, ARGV[3])
+redis.call('HSET', KEYS[4], ARGV[3], redis.sha1hex(ARGV[2]))
 return 1
 """
 
@@ -238,11 +243,30 @@ def _text(value: object) -> str:
 
 
 class RedisNode(QuorumNode):
-    """A quorum node on a Redis server (keys under ``prefix``)."""
+    """A quorum node on a Redis server (keys under ``prefix``).
 
-    def __init__(self, name: str, client: aioredis.Redis, prefix: str = "q:") -> None:
+    ``timeout`` (seconds, None: none) bounds each operation with one
+    :func:`asyncio.timeout`. :meth:`from_url` gives the client no ``socket_timeout``
+    (redis-py's default is 5 s) and relies on that deadline instead: with a socket
+    timeout redis-py wraps every send in :func:`asyncio.wait_for`, which on Python
+    3.11 costs a task and two more event-loop turns per command.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        client: aioredis.Redis,
+        prefix: str = "q:",
+        *,
+        timeout: float | None = None,
+    ) -> None:
+        from redis import exceptions as rex
+
         self.name = name
         self._client = client
+        self._timeout = self.deadline = timeout
+        self._redis_error = rex.RedisError
+        self._no_script = rex.NoScriptError
         self._prefix = prefix.encode()
         self._write = client.register_script(_WRITE_LUA)
         self._scan = client.register_script(_SCAN_LUA)
@@ -263,12 +287,12 @@ class RedisNode(QuorumNode):
 
         client = aioredis.Redis.from_url(
             url,
-            socket_timeout=timeout,
+            socket_timeout=None,  # the node's own deadline instead (see the class docstring)
             socket_connect_timeout=timeout,
             retry=Retry(NoBackoff(), 0),
             max_connections=64,
         )
-        return cls(name, client, prefix)
+        return cls(name, client, prefix, timeout=timeout)
 
     @property
     def native(self) -> aioredis.Redis:
@@ -277,57 +301,72 @@ class RedisNode(QuorumNode):
     def _keys(self, group: bytes) -> list[bytes]:
         return [self._prefix + b"r:" + group, self._prefix + b"m:" + group]
 
-    @contextlib.contextmanager
-    def _errors(self, op: str) -> Iterator[None]:
+    def _error(self, op: str, exc: BaseException) -> StoreError:
+        """The multistore error for a driver failure (or our deadline) during ``op``."""
         from redis import exceptions as rex
 
+        if isinstance(exc, (TimeoutError, rex.TimeoutError)):
+            within = "" if self._timeout is None else f" within {self._timeout} s"
+            return StoreTimeoutError(f"quorum node {self.name} did not answer {op}{within}")
+        if isinstance(exc, (rex.ConnectionError, OSError)):
+            return StoreUnavailableError(f"quorum node {self.name} unreachable ({op}): {exc}")
+        return StoreError(f"quorum node {self.name} failed {op}: {exc}")
+
+    async def _do(self, op: str, call: Awaitable[T]) -> T:
+        """Await one driver call within the deadline, driver errors translated."""
         try:
-            yield
-        except rex.TimeoutError as exc:
-            raise StoreTimeoutError(f"quorum node {self.name} did not answer {op}") from exc
-        except rex.ConnectionError as exc:
-            raise StoreUnavailableError(
-                f"quorum node {self.name} unreachable ({op}): {exc}"
-            ) from exc
-        except rex.RedisError as exc:
-            raise StoreError(f"quorum node {self.name} failed {op}: {exc}") from exc
-        except OSError as exc:
-            raise StoreUnavailableError(
-                f"quorum node {self.name} unreachable ({op}): {exc}"
-            ) from exc
+            async with asyncio.timeout(self._timeout):
+                return await call
+        except (self._redis_error, OSError) as exc:  # TimeoutError is an OSError
+            raise self._error(op, exc) from exc
 
     async def ping(self) -> None:
-        with self._errors("ping"):
-            await self._client.ping()
+        await self._do("ping", self._client.ping())
 
     async def read(self, group: bytes, member: bytes = b"") -> Record | None:
-        with self._errors("read"):
-            value = await self._client.hget(self._keys(group)[0], member)
+        # the hot path: inlined rather than through _do
+        try:
+            async with asyncio.timeout(self._timeout):
+                value = await self._client.hget(self._prefix + b"r:" + group, member)
+        except (self._redis_error, OSError) as exc:
+            raise self._error("read", exc) from exc
         return None if value is None else _unpack(_raw(value))
 
     async def _put(
-        self, group: bytes, member: bytes, hlc: str, blob: bytes, mode: str, expected: Record | None
+        self, group: bytes, member: bytes, hlc: str, blob: bytes, cas: tuple[bytes | str, ...]
     ) -> bool:
-        keys = [*self._keys(group), self._index, self._digests]
-        argv: list[bytes | str] = [
+        prefix = self._prefix
+        args = (
+            prefix + b"r:" + group,
+            prefix + b"m:" + group,
+            self._index,
+            self._digests,
             member,
             _pack(hlc, blob),
-            hlc,
             entry_name(group, member),
-            mode,
-            "0" if expected is None else "1",
-            b"" if expected is None else _pack(*expected),
-        ]
-        with self._errors("write"):
-            return bool(await self._write(keys=keys, args=argv))
+            *cas,
+        )
+        script = self._write
+        try:
+            async with asyncio.timeout(self._timeout):
+                try:  # EVALSHA with the cached digest; the script is loaded on first use
+                    done = await self._client.evalsha(script.sha, 4, *args)
+                except self._no_script:
+                    done = await script(keys=args[:4], args=args[4:])
+        except (self._redis_error, OSError) as exc:
+            raise self._error("write", exc) from exc
+        return bool(done)
 
-    async def write_lww(self, group: bytes, member: bytes, hlc: str, blob: bytes) -> bool:
-        return await self._put(group, member, hlc, blob, "lww", None)
+    def write_lww(
+        self, group: bytes, member: bytes, hlc: str, blob: bytes
+    ) -> Coroutine[Any, Any, bool]:
+        return self._put(group, member, hlc, blob, ())
 
-    async def write_cas(
+    def write_cas(
         self, group: bytes, member: bytes, hlc: str, blob: bytes, expected: Record | None
-    ) -> bool:
-        return await self._put(group, member, hlc, blob, "cas", expected)
+    ) -> Coroutine[Any, Any, bool]:
+        cas = ("0", b"") if expected is None else ("1", _pack(*expected))
+        return self._put(group, member, hlc, blob, cas)
 
     async def scan(
         self,
@@ -341,37 +380,39 @@ class RedisNode(QuorumNode):
         low = b"-" if lo is None else b"[" + lo
         high = b"+" if hi is None else b"(" + hi
         args = [low, high, "1" if reverse else "0", -1 if limit is None else limit]
-        with self._errors("scan"):
-            flat = await self._scan(keys=self._keys(group), args=args)
+        flat = await self._do("scan", self._scan(keys=self._keys(group), args=args))
         return [(bytes(flat[i]), _unpack(flat[i + 1])) for i in range(0, len(flat), 2)]
 
     async def remove(self, group: bytes, member: bytes = b"") -> None:
         keys = [*self._keys(group), self._index, self._digests]
-        with self._errors("remove"):
-            await self._remove(keys=keys, args=[member, entry_name(group, member)])
+        await self._do("remove", self._remove(keys=keys, args=[member, entry_name(group, member)]))
 
     async def leaf_hashes(self, arcs: Sequence[tuple[int, int]], depth: int) -> dict[int, str]:
         args: list[str | int] = [depth // 4]
         for lo, hi in arcs:
             args.extend(_token_hex_bounds(lo, hi))
-        with self._errors("merkle"):
-            flat = await self._leaves(keys=[self._index, self._digests], args=args)
+        flat = await self._do("merkle", self._leaves(keys=[self._index, self._digests], args=args))
         return {int(_text(flat[i]), 16): _text(flat[i + 1]) for i in range(0, len(flat), 2)}
 
     async def entries(self, lo: int, hi: int) -> list[tuple[str, str]]:
-        with self._errors("merkle entries"):
-            flat = await self._entries(
-                keys=[self._index, self._digests], args=list(_token_hex_bounds(lo, hi))
-            )
+        bounds = list(_token_hex_bounds(lo, hi))
+        call = self._entries(keys=[self._index, self._digests], args=bounds)
+        flat = await self._do("merkle entries", call)
         return [(_text(flat[i]), _text(flat[i + 1])) for i in range(0, len(flat), 2)]
 
     async def wipe(self) -> None:
         pattern = b"".join(
             b"\\" + bytes([c]) if c in b"*?[]\\" else bytes([c]) for c in self._prefix
         )
-        with self._errors("wipe"):
-            async for key in self._client.scan_iter(match=pattern + b"*", count=500):
-                await self._client.unlink(key)
+        cursor: int = 0
+        while True:  # SCAN by hand: each round trip gets the deadline
+            cursor, keys = await self._do(
+                "wipe", self._client.scan(cursor, match=pattern + b"*", count=500)
+            )
+            if keys:
+                await self._do("wipe", self._client.unlink(*keys))
+            if not cursor:
+                return
 
     async def close(self) -> None:
         await self._client.aclose()

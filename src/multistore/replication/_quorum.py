@@ -86,6 +86,8 @@ T = TypeVar("T")
 
 TOMBSTONE: Final[dict[str, Any]] = {"d": 1}
 _CAS_ATTEMPTS: Final = 16
+_PLACEMENT_CACHE: Final = 65_536
+"""Groups whose ring placement the coordinator remembers (the cache is cleared when full)."""
 
 
 class WeakQuorumWarning(UserWarning):
@@ -176,6 +178,26 @@ def decode_set(blob: bytes) -> SiblingSet[Any]:
     return SiblingSet.from_dict(json.loads(blob))
 
 
+def encode_version(version: Versioned[Any], hlc: str) -> bytes:
+    """``encode_set(SiblingSet([version]))`` without building the set (the write path).
+
+    ``hlc`` is ``str(version.hlc)``. A lone version is never covered by another and
+    the set's context is its own vector, so the JSON is the same byte for byte.
+    """
+    vv = version.vv.to_dict()
+    data = {
+        "versions": [{"value": version.value, "hlc": hlc, "vv": vv, "origin": version.origin}],
+        "context": vv,
+    }
+    try:
+        return _dumps(data).encode()
+    except (TypeError, ValueError) as exc:
+        raise InvalidValueError(f"a quorum value must be JSON-serialisable: {exc}") from None
+
+
+_dumps = json.JSONEncoder(separators=(",", ":"), allow_nan=False).encode
+
+
 def _newest_hlc(siblings: SiblingSet[Any]) -> str:
     newest = siblings.newest
     assert newest is not None
@@ -211,7 +233,10 @@ class QuorumCluster:
                 f"replication factor N={self.config.n} exceeds the {len(nodes)} nodes"
             )
         _warn_if_weak(self.config)
+        self._placements: dict[bytes, tuple[tuple[str, ...], tuple[str, ...]]] = {}
         self.ring = HashRing(names, vnodes=vnodes)
+        self._need_r = self.config.read_count
+        self._need_w = self.config.write_count
         self.resolver: Resolver = resolver if resolver is not None else LWW()
         self._lww = isinstance(self.resolver, LWW)
         self.timeout = timeout
@@ -298,6 +323,27 @@ class QuorumCluster:
     # -- introspection ------------------------------------------------------------------
 
     @property
+    def ring(self) -> HashRing:
+        return self._ring
+
+    @ring.setter
+    def ring(self, ring: HashRing) -> None:
+        self._ring = ring
+        self._placements.clear()
+
+    def placement(self, group: bytes) -> tuple[tuple[str, ...], tuple[str, ...]]:
+        """(the N home nodes of ``group``, the other nodes in ring order), cached."""
+        hit = self._placements.get(group)
+        if hit is None:
+            walk = tuple(self._ring.walk(group))
+            n = self.config.n
+            hit = walk[:n], walk[n:]
+            if len(self._placements) >= _PLACEMENT_CACHE:
+                self._placements.clear()
+            self._placements[group] = hit
+        return hit
+
+    @property
     def nodes(self) -> list[str]:
         return list(self._nodes)
 
@@ -308,7 +354,7 @@ class QuorumCluster:
             raise UsageError(f"no quorum node {name!r}; nodes are {self.nodes}") from None
 
     def preference_list(self, key: str | bytes) -> tuple[str, ...]:
-        return self.ring.preference_list(_group(key), self.config.n)
+        return self.placement(_group(key))[0]
 
     async def wipe_node(self, name: str) -> None:
         await self.node(name).wipe()
@@ -370,9 +416,11 @@ class QuorumCluster:
     def _version(self, payload: Any, context: VersionVector | None) -> Versioned[Any]:
         hlc = self._hlc.now()
         counter = hlc.physical_ms * 2**24 + hlc.counter + 1
-        base = context if context is not None else VersionVector()
-        counter = max(counter, base.get_count(self.node_id) + 1)
-        vv = base.merge(VersionVector({self.node_id: counter}))
+        if context is None or not context:
+            vv = VersionVector({self.node_id: counter})
+        else:
+            counter = max(counter, context.get_count(self.node_id) + 1)
+            vv = context.merge(VersionVector({self.node_id: counter}))
         return Versioned(payload, hlc, vv, self.node_id)
 
     async def put_record(
@@ -385,21 +433,31 @@ class QuorumCluster:
         pw: int | None = None,
         context: VersionVector | None = None,
     ) -> WriteResult:
-        self._check_open()
-        need = required(self.config.w if w is None else w, self.config.n)
+        if self.closed:
+            self._check_open()
+        need = self._need_w if w is None else required(w, self.config.n)
         pneed = self.config.pw if pw is None else pw
         version = self._version(payload, context)
-        blob = encode_set(SiblingSet([version]))
         hlc = str(version.hlc)
+        blob = encode_version(version, hlc)
         self.stats.writes += 1
 
-        async def store(node: QuorumNode) -> bool:
-            await self.apply_record(node, group, member, hlc, blob)
-            return True
+        store: Callable[[QuorumNode], Awaitable[object]]
+        if self._lww:  # one atomic check-and-set on the node, no extra coroutine layer
+
+            def store(node: QuorumNode) -> Awaitable[object]:
+                return node.write_lww(group, member, hlc, blob)
+
+        else:
+
+            def store(node: QuorumNode) -> Awaitable[object]:
+                return self.apply_record(node, group, member, hlc, blob)
 
         fan = await self._fanout(group, need, pneed, store, write=True)
         acks = tuple(fan.results)
-        hinted = await record_hints(self, group, member, hlc, blob, fan)
+        hinted: tuple[str, ...] = ()
+        if fan.failed_homes or fan.stand_in:
+            hinted = await record_hints(self, group, member, hlc, blob, fan)
         for task, name in fan.pending.items():
             if name in fan.homes:
                 task.add_done_callback(late_write_hinter(self, group, member, hlc, blob, name))
@@ -418,13 +476,14 @@ class QuorumCluster:
     async def get_record(
         self, group: bytes, member: bytes, *, r: Level | None = None, pr: int | None = None
     ) -> ReadResult:
-        self._check_open()
-        need = required(self.config.r if r is None else r, self.config.n)
+        if self.closed:
+            self._check_open()
+        need = self._need_r if r is None else required(r, self.config.n)
         pneed = self.config.pr if pr is None else pr
         self.stats.reads += 1
 
-        async def read(node: QuorumNode) -> Record | None:
-            return await node.read(group, member)
+        def read(node: QuorumNode) -> Awaitable[Record | None]:
+            return node.read(group, member)
 
         fan = await self._fanout(group, need, pneed, read, write=False)
         self._check_read(group, fan, need, pneed)
@@ -484,13 +543,12 @@ class QuorumCluster:
             raise UsageError("the quorum cluster is closed")
 
     def _check_read(self, group: bytes, fan: Fanout, need: int, pneed: int) -> None:
-        answered = list(fan.results)
         total, primary = fan.counts(write=False)
         if total < need or primary < pneed:
             raise QuorumError(
                 f"read of {group!r} got {total} of the {need} answers it needs "
                 f"({fan.describe_errors()})",
-                acks=answered,
+                acks=list(fan.results),
                 required=need,
                 outcome=Outcome.DEFINITE,
             )
@@ -516,13 +574,23 @@ class QuorumCluster:
                 return
         raise StoreError(f"node {node.name} kept changing {group!r} during a merge; gave up")
 
-    async def call_node(self, name: str, fn: Callable[[QuorumNode], Awaitable[T]]) -> T:
-        """``fn(node)`` within the request timeout, reported to the failure detector."""
+    async def call_node(
+        self, name: str, fn: Callable[[QuorumNode], Awaitable[T]], *, single: bool = False
+    ) -> T:
+        """``fn(node)`` within the request timeout, reported to the failure detector.
+
+        ``single``: ``fn`` makes exactly one call to the node, so a node whose own
+        :attr:`~QuorumNode.deadline` is within the timeout needs no second timer.
+        """
         node = self._nodes[name]
         started = time.perf_counter()
         try:
-            async with asyncio.timeout(self.timeout):  # no extra task, unlike wait_for
-                result = await fn(node)
+            deadline = node.deadline
+            if single and deadline is not None and deadline <= self.timeout:
+                result = await fn(node)  # the node fails it with StoreTimeoutError in time
+            else:
+                async with asyncio.timeout(self.timeout):  # no extra task, unlike wait_for
+                    result = await fn(node)
         except TimeoutError:
             self.detector.failure(name)
             raise StoreTimeoutError(
@@ -540,8 +608,11 @@ class QuorumCluster:
 
     def _track(self, task: asyncio.Future[Any]) -> None:
         self._background.add(task)
-        task.add_done_callback(self._background.discard)
-        task.add_done_callback(_consume)
+        task.add_done_callback(self._untrack)
+
+    def _untrack(self, task: asyncio.Future[Any]) -> None:
+        self._background.discard(task)
+        _consume(task)
 
     async def _fanout(
         self,
@@ -552,10 +623,10 @@ class QuorumCluster:
         *,
         write: bool,
     ) -> Fanout:
-        homes = self.ring.preference_list(group, self.config.n)
-        fallbacks = [name for name in self.ring.walk(group) if name not in homes]
+        homes, fallbacks = self.placement(group)
+        single = self._lww or not write  # a read, scan or LWW write is one node call
         fan = await fan_out(
-            lambda name: self.call_node(name, fn),
+            lambda name: self.call_node(name, fn, single=single),
             homes,
             fallbacks,
             available=self.detector.available,
@@ -564,7 +635,8 @@ class QuorumCluster:
             write=write,
             speculative_after=self.speculative_after,
         )
-        self.stats.speculative_retries += fan.speculative
+        if fan.speculative:
+            self.stats.speculative_retries += fan.speculative
         for task in fan.pending:
             self._track(task)
         return fan
@@ -574,7 +646,7 @@ class QuorumCluster:
         if self._lww:
             return max(records, key=lambda rec: rec[0])
         merged: SiblingSet[Any] = SiblingSet()
-        for _, blob in records:
+        for blob in dict.fromkeys(blob for _, blob in records):
             merged = merged.merge(decode_set(blob))
         return _newest_hlc(merged), encode_set(merged)
 
@@ -587,9 +659,13 @@ class QuorumCluster:
             return ReadResult((), VersionVector(), tuple(records)), None, []
         target = self.target_record(held)
         stale = [name for name, rec in records.items() if rec != target]
-        merged: SiblingSet[Any] = SiblingSet()
-        for _, blob in held:
-            merged = merged.merge(decode_set(blob))
+        # replicas in sync hold the same bytes: decode each distinct blob once (merge is
+        # idempotent, so the result is the same as merging every replica's copy)
+        merged: SiblingSet[Any] | None = None
+        for blob in dict.fromkeys(blob for _, blob in held):
+            decoded = decode_set(blob)
+            merged = decoded if merged is None else merged.merge(decoded)
+        assert merged is not None
         if self._lww:
             newest = merged.newest
             assert newest is not None
