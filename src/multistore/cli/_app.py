@@ -170,15 +170,28 @@ def recover(
     retry_for: Annotated[
         float, typer.Option("--retry-for", min=0, help="Keep retrying down participants (s).")
     ] = 0.0,
+    sagas: Annotated[
+        str | None,
+        typer.Option(
+            "--sagas",
+            help="MODULE:ATTRIBUTE naming your Saga definitions; stuck sagas are retried.",
+        ),
+    ] = None,
 ) -> None:
     """Resolve in-doubt two-phase-commit transactions from the decision log (the
-    `transactions` role) and list stuck sagas for an operator."""
+    `transactions` role), list stuck sagas, and retry them given --sagas."""
 
     def body() -> None:
         from multistore.cli._ops import run_recover
 
         report = asyncio.run(
-            run_recover(config, participants=participant or [], retry_for=retry_for, quiet=as_json)
+            run_recover(
+                config,
+                participants=participant or [],
+                retry_for=retry_for,
+                quiet=as_json,
+                sagas=sagas,
+            )
         )
         if as_json:
             _print_json(report)

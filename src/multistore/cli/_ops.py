@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -9,7 +11,7 @@ from rich.console import Console
 from rich.table import Table
 
 from multistore.config import load_config
-from multistore.consistency import SagaLog, list_sagas, show_saga
+from multistore.consistency import Saga, SagaEngine, SagaLog, list_sagas, show_saga
 from multistore.core import SagaState
 from multistore.errors import NotFoundError, UsageError
 from multistore.stores.relational import RelationalStore
@@ -85,14 +87,65 @@ def _parse_participants(items: list[str]) -> dict[str, str]:
     return parsed
 
 
+def load_saga_definitions(spec: str) -> list[Saga]:
+    """Import ``module:attribute`` naming a Saga, a sequence of Sagas, or a function
+    returning either (the operator's way to hand the CLI the saga code)."""
+    module_name, sep, attribute = spec.partition(":")
+    if not sep or not module_name or not attribute:
+        raise UsageError(f"--sagas takes MODULE:ATTRIBUTE, got {spec!r}")
+    if str(Path.cwd()) not in sys.path:
+        sys.path.insert(0, str(Path.cwd()))
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise UsageError(f"--sagas: cannot import {module_name!r}: {exc}") from None
+    try:
+        found: Any = getattr(module, attribute)
+    except AttributeError:
+        raise UsageError(f"--sagas: {module_name} has no attribute {attribute!r}") from None
+    if callable(found) and not isinstance(found, Saga):
+        found = found()
+    sagas = [found] if isinstance(found, Saga) else list(found)
+    if not sagas or not all(isinstance(s, Saga) for s in sagas):
+        raise UsageError(f"--sagas: {spec} is not a Saga or a sequence of Sagas")
+    return sagas
+
+
+async def _retry_stuck(
+    store: RelationalStore, definitions: list[Saga], stuck: list[dict[str, Any]]
+) -> list[dict[str, Any]]:
+    engine = SagaEngine(store, definitions)
+    known = {saga.name for saga in definitions}
+    results: list[dict[str, Any]] = []
+    try:
+        await engine.setup()
+        for row in stuck:
+            saga_id, name = str(row["saga_id"]), str(row["name"])
+            if name not in known:
+                results.append({"saga_id": saga_id, "name": name, "skipped": "no definition"})
+                continue
+            result = await engine.retry_stuck(saga_id)
+            entry: dict[str, Any] = {"saga_id": saga_id, "name": name}
+            entry["state"] = result.state.value
+            if result.compensation_error is not None:
+                entry["error"] = result.compensation_error.message
+            results.append(entry)
+    finally:
+        await engine.close()
+    return results
+
+
 async def run_recover(
     config_path: Path | None,
     *,
     participants: list[str],
     retry_for: float,
     quiet: bool,
+    sagas: str | None = None,
 ) -> dict[str, Any]:
-    """Resolve in-doubt two-phase-commit branches and list stuck sagas."""
+    """Resolve in-doubt two-phase-commit branches; list stuck sagas, and retry them
+    when the saga definitions are given (``--sagas module:attribute``)."""
+    definitions = load_saga_definitions(sagas) if sagas is not None else None
     from multistore.consistency import recover_transactions
 
     config = load_config(config_path)
@@ -110,9 +163,10 @@ async def run_recover(
     try:
         await SagaLog(store).setup()
         stuck = await list_sagas(store, state=SagaState.STUCK.value)
+        retried = await _retry_stuck(store, definitions, stuck) if definitions else []
     finally:
         await store.close()
-    report = {"transactions": twopc, "stuck_sagas": stuck}
+    report = {"transactions": twopc, "stuck_sagas": stuck, "retried_sagas": retried}
     if not quiet:
         console = Console()
         table = Table(title="two-phase commit recovery")
@@ -123,11 +177,18 @@ async def run_recover(
                 table.add_row(key, str(twopc[key]))
         table.add_row("resolved", str(twopc.get("resolved")))
         console.print(table)
-        if stuck:
+        if retried:
+            for entry in retried:
+                console.print(
+                    f"saga {entry['saga_id']} ({entry['name']}): "
+                    + str(entry.get("state", entry.get("skipped")))
+                    + (f" — {entry['error']}" if "error" in entry else "")
+                )
+        elif stuck:
             console.print(
                 f"[yellow]{len(stuck)} stuck saga(s)[/]: "
                 + ", ".join(str(s["saga_id"]) for s in stuck)
-                + " — retry them with SagaEngine(...).retry_stuck(id) from your code"
+                + " — retry them with --sagas MODULE:ATTRIBUTE (your saga definitions)"
             )
         else:
             console.print("no stuck sagas")
