@@ -24,7 +24,7 @@ from __future__ import annotations
 import contextlib
 import math
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Final, Self, cast
 
 import redis.asyncio as aioredis
@@ -103,6 +103,7 @@ class RedisKeyValueStore(KeyValueStore):
         self._client = client
         self._prefix = prefix
         self._closed = False
+        self._close_callbacks: list[Callable[[], None]] = []
         self._limiter = client.register_script(_RATE_LIMIT_LUA)
 
     @classmethod
@@ -135,7 +136,17 @@ class RedisKeyValueStore(KeyValueStore):
     async def close(self) -> None:
         if not self._closed:
             self._closed = True
-            await self._client.aclose()
+            callbacks, self._close_callbacks = self._close_callbacks, []
+            try:
+                for callback in callbacks:
+                    callback()
+            finally:
+                await self._client.aclose()
+
+    def on_close(self, callback: Callable[[], None]) -> None:
+        """Run ``callback`` when the store closes (for helpers that hold resources tied
+        to this store, such as the idempotency layer's own Redis connections)."""
+        self._close_callbacks.append(callback)
 
     @property
     def native(self) -> aioredis.Redis:

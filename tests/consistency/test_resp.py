@@ -1,0 +1,205 @@
+"""The lean RESP2 client behind the Redis idempotency backend: the reply parser (pure)
+and the pool against a real Redis server (SELECT, NOSCRIPT fallback, restart, down)."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from typing import Any
+
+import pytest
+
+from multistore.consistency._idempotency import Idempotency, IdempotencyPolicy, idempotent
+from multistore.consistency._idempotency_backends import RedisRecords
+from multistore.consistency._resp import (
+    INCOMPLETE,
+    RespConnectionError,
+    RespError,
+    RespPool,
+    RespProtocolError,
+    RespReader,
+    pack_command,
+    parse_reply,
+)
+from multistore.errors import Outcome, StoreUnavailableError
+from multistore.lab._redis import RedisServer
+from multistore.stores import open_store
+
+# (wire bytes, parsed value) for every RESP2 reply type, nested arrays included.
+REPLIES: list[tuple[bytes, object]] = [
+    (b"+OK\r\n", b"OK"),
+    (b"-NOSCRIPT No matching script\r\n", RespError("NOSCRIPT No matching script")),
+    (b":0\r\n", 0),
+    (b":-42\r\n", -42),
+    (b"$5\r\nhello\r\n", b"hello"),
+    (b"$0\r\n\r\n", b""),
+    (b"$4\r\na\r\nb\r\n", b"a\r\nb"),  # CRLF inside a bulk string is data
+    (b"$-1\r\n", None),
+    (b"*-1\r\n", None),
+    (b"*0\r\n", []),
+    (
+        b"*5\r\n$7\r\ncreated\r\n:1\r\n$-1\r\n-ERR inner\r\n*2\r\n+a\r\n*1\r\n:7\r\n",
+        [b"created", 1, None, RespError("ERR inner"), [b"a", [7]]],
+    ),
+]
+
+
+@pytest.mark.parametrize(("wire", "value"), REPLIES)
+def test_every_reply_type_parses(wire: bytes, value: object) -> None:
+    assert parse_reply(wire) == (value, len(wire))
+    # a reply followed by the start of the next one: only the first is consumed
+    assert parse_reply(wire + b"$3\r\nab") == (value, len(wire))
+
+
+@pytest.mark.parametrize(("wire", "value"), REPLIES)
+def test_reply_split_at_every_byte(wire: bytes, value: object) -> None:
+    for cut in range(len(wire)):
+        assert parse_reply(wire[:cut]) == (INCOMPLETE, 0), cut
+        reader = RespReader()
+        reader.feed(wire[:cut])
+        assert reader.pop() is INCOMPLETE
+        reader.feed(wire[cut:])
+        assert reader.pop() == value, cut
+        assert reader.pending == 0
+    # byte by byte, twice in a row on one reader
+    reader = RespReader()
+    got: list[object] = []
+    for byte in wire * 2:
+        reader.feed(bytes([byte]))
+        reply = reader.pop()
+        if reply is not INCOMPLETE:
+            got.append(reply)
+    assert got == [value, value]
+
+
+@pytest.mark.parametrize(
+    "wire",
+    [
+        b"?x\r\n",  # unknown type
+        b"%1\r\n",  # a RESP3 map
+        b"\r\n",  # empty line
+        b":12a\r\n",  # bad integer
+        b"$x\r\n",  # bad bulk length
+        b"$-2\r\n",  # negative bulk length
+        b"$3\r\nabcXY",  # bulk not ended by CRLF
+        b"*-5\r\n",  # negative array length
+        b"*1\r\n!oops\r\n",  # bad element inside an array
+        b"*1\r\n" * 100,  # nested too deeply
+        b"+" + b"x" * 70_000,  # a line with no end in sight
+    ],
+)
+def test_malformed_replies_are_protocol_errors(wire: bytes) -> None:
+    with pytest.raises(RespProtocolError):
+        parse_reply(wire)
+    reader = RespReader()
+    reader.feed(wire)
+    with pytest.raises(RespProtocolError):
+        reader.pop()
+
+
+def test_commands_are_packed_as_bulk_arrays() -> None:
+    assert pack_command("SELECT", 3) == b"*2\r\n$6\r\nSELECT\r\n$1\r\n3\r\n"
+    assert pack_command(b"SET", "k\u00e9", 0.5) == (
+        b"*3\r\n$3\r\nSET\r\n$3\r\nk\xc3\xa9\r\n$3\r\n0.5\r\n"
+    )
+
+
+# -- against a real server -------------------------------------------------------------
+
+
+def test_pool_selects_db_and_runs_scripts_with_noscript_fallback(
+    redis_url: str, redis_server: RedisServer
+) -> None:
+    async def body() -> None:
+        pool = RespPool("127.0.0.1", int(redis_url.rsplit(":", 1)[1].split("/")[0]), db=5)
+        try:
+            assert await pool.call(pack_command("SET", "k", "v5")) == b"OK"
+            script = "return {KEYS[1], 1, redis.call('GET', KEYS[1])}"
+            sha = "0" * 40  # never loaded: NOSCRIPT, then the fallback runs
+            call = pack_command("EVALSHA", sha, 1, "k")
+            reply = await pool.call(call, lambda: pack_command("EVAL", script, 1, "k"))
+            assert reply == [b"k", 1, b"v5"]
+            with pytest.raises(RespError, match="NOSCRIPT"):
+                await pool.call(call)  # no fallback: the error reply is raised
+            with pytest.raises(RespError, match="WRONGTYPE"):
+                await pool.call(pack_command("LPUSH", "k", "x"))
+            assert await pool.call(pack_command("GET", "k")) == b"v5"  # still usable
+        finally:
+            pool.close()
+        # the SELECT took effect: db 0 does not have the key
+        other = RespPool("127.0.0.1", pool.port)
+        try:
+            assert await other.call(pack_command("GET", "k")) is None
+        finally:
+            other.close()
+
+    asyncio.run(body())
+
+
+def test_lean_path_survives_a_server_restart(redis_url: str, redis_server: RedisServer) -> None:
+    url = redis_server.url(2)
+    with asyncio.Runner() as runner:
+        store = runner.run(open_store(url, model="kv"))
+        try:
+            idem = Idempotency(store, policy=IdempotencyPolicy())
+            assert isinstance(idem.backend, RedisRecords)
+            lean: Any = idem.backend._lean
+            assert isinstance(lean, RespPool)
+            executions = 0
+
+            async def charge(order: str) -> str:
+                nonlocal executions
+                executions += 1
+                return f"charged {order}"
+
+            call = idempotent(idem, key=lambda order: order, client="shop")(charge)
+            assert runner.run(call("o-1")) == "charged o-1"
+            assert lean._idle, "the claim did not go through the lean pool"
+
+            redis_server.stop()
+            redis_server.start()
+
+            # the idle connection is dead: the next call opens a fresh one and works
+            assert runner.run(call("o-2")) == "charged o-2"
+            assert runner.run(call("o-2")) == "charged o-2"  # replayed
+            assert executions == 2
+        finally:
+            runner.run(store.close())
+        assert not lean._idle  # closed with the store
+
+
+def test_lean_pool_down_is_unavailable_before_sending() -> None:
+    with socket.socket() as s:  # a free port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+
+    async def body() -> None:
+        pool = RespPool("127.0.0.1", port, timeout=2.0)
+        try:
+            with pytest.raises(RespConnectionError) as info:
+                await pool.call(pack_command("PING"))
+            assert info.value.sent is False
+        finally:
+            pool.close()
+
+    asyncio.run(body())
+
+
+def test_store_down_maps_to_store_unavailable(redis_url: str, redis_server: RedisServer) -> None:
+    async def body() -> None:
+        store = await open_store(redis_server.url(0), model="kv")
+        try:
+            idem = Idempotency(store, policy=IdempotencyPolicy())
+            call = idempotent(idem, key=lambda n: "k", client="c")(asyncio.sleep)
+            redis_server.stop()
+            try:
+                with pytest.raises(StoreUnavailableError) as info:
+                    await call(0)
+                assert info.value.outcome is Outcome.DEFINITE  # never reached a server
+            finally:
+                redis_server.start()
+            assert await call(0) is None  # and works again
+        finally:
+            await store.close()
+
+    asyncio.run(body())
