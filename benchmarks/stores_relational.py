@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import itertools
 import sqlite3
+from collections.abc import Callable, Iterator
 
 import psycopg
 import pymysql
@@ -41,6 +42,36 @@ async def _open(url: str) -> RelationalStore:
     return store
 
 
+async def _pair(
+    backend: str,
+    store: RelationalStore,
+    ours_ids: Iterator[int],
+    raw_insert: Callable[[], object],
+    raw_select: Callable[[], object],
+    insert_anchor: str,
+    select_anchor: str,
+) -> list[Row]:
+    """The two cases of one backend: insert one row and select it by primary key."""
+    return [
+        await compare(
+            f"relational insert one row, {backend}",
+            lambda: store.execute(INSERT, {"id": next(ours_ids), "email": "b@x.io"}),
+            raw_insert,
+            insert_anchor,
+            ops=OPS,
+            rounds=ROUNDS,
+        ),
+        await compare(
+            f"relational select by primary key, {backend}",
+            lambda: store.fetch_one(SELECT, {"id": 0}),
+            raw_select,
+            select_anchor,
+            ops=OPS,
+            rounds=ROUNDS,
+        ),
+    ]
+
+
 async def _sqlite_cases(env: BenchEnv) -> list[Row]:
     store = await _open(f"sqlite:///{env.tmp / 'relational-ours.db'}")
     raw = sqlite3.connect(env.tmp / "relational-raw.db", isolation_level=None)
@@ -60,24 +91,9 @@ async def _sqlite_cases(env: BenchEnv) -> list[Row]:
         def raw_select() -> object:
             return raw.execute("SELECT id, email FROM users WHERE id = ?", (0,)).fetchone()
 
-        return [
-            await compare(
-                "relational insert one row, sqlite",
-                lambda: store.execute(INSERT, {"id": next(ours_ids), "email": "b@x.io"}),
-                raw_insert,
-                "sqlite3 INSERT",
-                ops=OPS,
-                rounds=ROUNDS,
-            ),
-            await compare(
-                "relational select by primary key, sqlite",
-                lambda: store.fetch_one(SELECT, {"id": 0}),
-                raw_select,
-                "sqlite3 SELECT",
-                ops=OPS,
-                rounds=ROUNDS,
-            ),
-        ]
+        return await _pair(
+            "sqlite", store, ours_ids, raw_insert, raw_select, "sqlite3 INSERT", "sqlite3 SELECT"
+        )
     finally:
         await store.close()
         raw.close()
@@ -108,24 +124,15 @@ async def _postgres_cases(env: BenchEnv) -> list[Row]:
             cur = await raw.execute("SELECT id, email FROM raw_users WHERE id = %s", (0,))
             return await cur.fetchone()
 
-        return [
-            await compare(
-                "relational insert one row, postgresql",
-                lambda: store.execute(INSERT, {"id": next(ours_ids), "email": "b@x.io"}),
-                raw_insert,
-                "psycopg async INSERT",
-                ops=OPS,
-                rounds=ROUNDS,
-            ),
-            await compare(
-                "relational select by primary key, postgresql",
-                lambda: store.fetch_one(SELECT, {"id": 0}),
-                raw_select,
-                "psycopg async SELECT",
-                ops=OPS,
-                rounds=ROUNDS,
-            ),
-        ]
+        return await _pair(
+            "postgresql",
+            store,
+            ours_ids,
+            raw_insert,
+            raw_select,
+            "psycopg async INSERT",
+            "psycopg async SELECT",
+        )
     finally:
         await store.close()
         await raw.close()
@@ -161,24 +168,15 @@ async def _mariadb_cases(env: BenchEnv) -> list[Row]:
                 cur.execute("SELECT id, email FROM raw_users WHERE id = %s", (0,))
                 return cur.fetchone()
 
-        return [
-            await compare(
-                "relational insert one row, mariadb",
-                lambda: store.execute(INSERT, {"id": next(ours_ids), "email": "b@x.io"}),
-                raw_insert,
-                "PyMySQL INSERT (blocking)",
-                ops=OPS,
-                rounds=ROUNDS,
-            ),
-            await compare(
-                "relational select by primary key, mariadb",
-                lambda: store.fetch_one(SELECT, {"id": 0}),
-                raw_select,
-                "PyMySQL SELECT (blocking)",
-                ops=OPS,
-                rounds=ROUNDS,
-            ),
-        ]
+        return await _pair(
+            "mariadb",
+            store,
+            ours_ids,
+            raw_insert,
+            raw_select,
+            "PyMySQL INSERT (blocking)",
+            "PyMySQL SELECT (blocking)",
+        )
     finally:
         await store.close()
         raw.close()

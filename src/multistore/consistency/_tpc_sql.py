@@ -27,6 +27,7 @@ letters, digits, ``_``, ``-`` and ``:``, so it cannot close the literal.
 
 from __future__ import annotations
 
+import abc
 import contextlib
 import enum
 import time
@@ -112,8 +113,29 @@ class _RelationalParticipant(Participant):
         conn = await stack.enter_async_context(self.store.connection())
         return stack, conn
 
+    async def commit_prepared(self, xid: Xid) -> bool:
+        return await self._finish("COMMIT", xid)
+
+    async def rollback_prepared(self, xid: Xid) -> bool:
+        return await self._finish("ROLLBACK", xid)
+
+    async def _finish(self, verb: str, xid: Xid) -> bool:
+        """Commit or roll back a prepared branch; False when the server does not know it."""
+        try:
+            await self.store.execute(self._finish_sql(verb, xid))
+        except MultistoreError as exc:
+            if self._unknown_xid(exc):
+                return False
+            raise
+        return True
+
+    @abc.abstractmethod
+    def _finish_sql(self, verb: str, xid: Xid) -> str:
+        """The statement that ends a prepared branch with ``verb`` (COMMIT/ROLLBACK)."""
+
+    @abc.abstractmethod
     def _unknown_xid(self, exc: MultistoreError) -> bool:
-        raise NotImplementedError
+        """True when ``exc`` says the server has no prepared branch by that id."""
 
 
 class _SQLBranch(SQLBranch):
@@ -299,11 +321,11 @@ class PostgresBranch(_SQLBranch):
         self.state = _State.DONE
         if self._conn is not None:
             try:
-                await self._protocol(self._conn, f"COMMIT PREPARED '{self.xid}'")
+                await self._protocol(self._conn, self.participant._finish_sql("COMMIT", self.xid))
             except StoreUnavailableError:
                 pass  # this session is gone: try once on a fresh one
             except MultistoreError as exc:
-                if _unknown_pg_xid(exc):
+                if self.participant._unknown_xid(exc):
                     return False
                 raise
             else:
@@ -336,24 +358,11 @@ class PostgresParticipant(_RelationalParticipant):
         found = (Xid.try_parse(row["gid"]) for row in rows)
         return [xid for xid in found if xid is not None]
 
-    async def commit_prepared(self, xid: Xid) -> bool:
-        return await self._finish("COMMIT", xid)
+    def _finish_sql(self, verb: str, xid: Xid) -> str:
+        return f"{verb} PREPARED '{xid}'"
 
-    async def rollback_prepared(self, xid: Xid) -> bool:
-        return await self._finish("ROLLBACK", xid)
-
-    async def _finish(self, verb: str, xid: Xid) -> bool:
-        try:
-            await self.store.execute(f"{verb} PREPARED '{xid}'")
-        except MultistoreError as exc:
-            if _unknown_pg_xid(exc):
-                return False
-            raise
-        return True
-
-
-def _unknown_pg_xid(exc: MultistoreError) -> bool:
-    return "does not exist" in exc.message and "prepared transaction" in exc.message
+    def _unknown_xid(self, exc: MultistoreError) -> bool:
+        return "does not exist" in exc.message and "prepared transaction" in exc.message
 
 
 async def _raw(conn: Connection, sql: str) -> None:
@@ -528,17 +537,8 @@ class MariaDBParticipant(_RelationalParticipant):
                 found.append(xid)
         return found
 
-    async def commit_prepared(self, xid: Xid) -> bool:
-        return await self._finish("COMMIT", xid)
+    def _finish_sql(self, verb: str, xid: Xid) -> str:
+        return f"XA {verb} {_xa(xid)}"
 
-    async def rollback_prepared(self, xid: Xid) -> bool:
-        return await self._finish("ROLLBACK", xid)
-
-    async def _finish(self, verb: str, xid: Xid) -> bool:
-        try:
-            await self.store.execute(f"XA {verb} {_xa(xid)}")
-        except MultistoreError as exc:
-            if "(1397)" in exc.message:  # XAER_NOTA: unknown XID
-                return False
-            raise
-        return True
+    def _unknown_xid(self, exc: MultistoreError) -> bool:
+        return "(1397)" in exc.message  # XAER_NOTA: unknown XID
