@@ -8,26 +8,16 @@ keeps its ids per run, so the second report must tell the same story as the firs
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from tests.cli import run_cli
+
 
 def _demo(cwd: Path) -> dict[str, Any]:
-    env = {k: v for k, v in os.environ.items() if k != "MULTISTORE_CONFIG"}
-    result = subprocess.run(
-        [sys.executable, "-m", "multistore", "demo", "--json"],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    result = run_cli("demo", "--json", cwd=cwd, timeout=120)
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
     return {s["title"].split(":")[0]: s for s in report["sections"]}

@@ -4,9 +4,6 @@ real servers (the README's sample config, with the fixtures' ports)."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -18,6 +15,7 @@ from multistore.lab.servers import (
     PostgresServer,
     RedisServer,
 )
+from tests.cli import run_cli
 
 pytestmark = pytest.mark.server
 
@@ -47,17 +45,8 @@ def test_demo_on_servers(
         f'sagas = "{logs}"\n'
         f'transactions = "{logs}"\n'
     )
-    env = {k: v for k, v in os.environ.items() if k != "MULTISTORE_CONFIG"}
     for _ in range(2):  # a second run over the same servers must work too
-        result = subprocess.run(
-            [sys.executable, "-m", "multistore", "demo", "--json", "--config", str(config)],
-            cwd=tmp_path,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=300,
-            check=False,
-        )
+        result = run_cli("demo", "--json", "--config", str(config), cwd=tmp_path)
         assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
     sections = {s["title"].split(":")[0]: s for s in report["sections"]}
@@ -80,16 +69,7 @@ def test_demo_on_servers(
 
 
 def test_demo_on_embedded_stores_gives_the_same_answers(tmp_path: Path) -> None:
-    env = {k: v for k, v in os.environ.items() if k != "MULTISTORE_CONFIG"}
-    result = subprocess.run(
-        [sys.executable, "-m", "multistore", "demo", "--json"],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
+    result = run_cli("demo", "--json", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     poly = json.loads(result.stdout)["sections"][1]
     assert poly["sessions"]["backend"] == "sqlite"

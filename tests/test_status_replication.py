@@ -5,27 +5,17 @@ positions and conflict count; the quorum cluster's membership."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from multistore import ConfigError, ErrorCode, load_config
+from tests.cli import run_cli
 
 
 def _status(tmp_path: Path) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if k != "MULTISTORE_CONFIG"}
-    return subprocess.run(
-        [sys.executable, "-m", "multistore", "status", "--json"],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    return run_cli("status", "--json", cwd=tmp_path)
 
 
 def test_status_reports_embedded_topologies(tmp_path: Path) -> None:

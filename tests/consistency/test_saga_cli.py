@@ -5,11 +5,11 @@ command retries it with the application's saga definitions and it ends compensat
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 import textwrap
 from pathlib import Path
+
+from tests.cli import run_python
 
 SAGAS_MODULE = textwrap.dedent(
     """
@@ -81,11 +81,7 @@ START = textwrap.dedent(
 
 
 def _run(args: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if k != "MULTISTORE_CONFIG"}
-    env["PYTHONPATH"] = str(cwd)
-    return subprocess.run(
-        [sys.executable, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=120
-    )
+    return run_python(args, cwd=cwd, env={"PYTHONPATH": str(cwd)}, timeout=120)
 
 
 def test_stuck_saga_is_listed_then_retried_by_the_recover_command(tmp_path: Path) -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -15,25 +14,13 @@ import pytest
 
 from multistore import ErrorCode
 from multistore.lab.servers import PostgresServer
+from tests.cli import run_cli
 from tests.consistency.bank import assert_all_or_nothing, create_bank, snapshot
 from tests.consistency.checks import in_doubt, nothing_in_doubt
 
 pytestmark = pytest.mark.server
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if k != "MULTISTORE_CONFIG"}
-    return subprocess.run(
-        [sys.executable, "-m", "multistore", *args],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
 
 
 def test_recover_command_commits_what_the_log_decided(
@@ -73,7 +60,7 @@ def test_recover_command_commits_what_the_log_decided(
         f'[roles]\ntransactions = "{log}"\nsagas = "sqlite:///{tmp_path / "sagas.db"}"\n'
         "[participants]\n" + "".join(f'{name} = "{url}"\n' for name, url in urls.items())
     )
-    result = _cli("recover", "--json", "--config", str(config), cwd=tmp_path)
+    result = run_cli("recover", "--json", "--config", str(config), cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
     assert report["transactions"]["resolved"] is True
@@ -84,6 +71,6 @@ def test_recover_command_commits_what_the_log_decided(
 
 
 def test_recover_command_rejects_a_malformed_participant(tmp_path: Path) -> None:
-    result = _cli("recover", "--participant", "no-equals-sign", cwd=tmp_path)
+    result = run_cli("recover", "--participant", "no-equals-sign", cwd=tmp_path)
     assert result.returncode == int(ErrorCode.USAGE)
     assert "NAME=URL" in result.stderr
