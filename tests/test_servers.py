@@ -319,12 +319,11 @@ def test_proxy_forwards_and_cut_restore(
 
         proxy.cut()
         assert proxy.connections == 0
-        started = time.monotonic()
+        # a connection error, not a timeout (redis.TimeoutError is no ConnectionError)
         with pytest.raises(redis.ConnectionError):
             client.ping()  # the open connection was reset
         with pytest.raises(redis.ConnectionError):
             client.ping()  # and a new one is closed on accept
-        assert time.monotonic() - started < 5.0
 
         proxy.restore()
         assert client.get("through") == b"proxy"
@@ -332,22 +331,51 @@ def test_proxy_forwards_and_cut_restore(
         client.close()
 
 
+def _read_reply(sock: socket.socket, size: int) -> bytes:
+    """Read exactly ``size`` bytes (a reply may arrive in pieces)."""
+    data = b""
+    while len(data) < size:
+        chunk = sock.recv(size - len(data))
+        if not chunk:
+            break
+        data += chunk
+    return data
+
+
 @pytest.mark.server
-def test_proxy_delay_adds_latency_each_way(
+def test_proxy_delay_holds_data_each_way_then_delivers_it(
     redis_server: RedisServer, redis_url: str, tcp_proxy: ProxyFactory
 ) -> None:
     proxy = tcp_proxy(redis_server.host, redis_server.port)
-    client = redis_client(proxy.port, socket_timeout=10.0)
+    direct = redis_client(redis_server.port)
+    key = f"delayed:{uuid.uuid4().hex}"
+    request = f"*3\r\n$3\r\nSET\r\n${len(key)}\r\n{key}\r\n$4\r\nlate\r\n".encode()
     try:
-        assert client.ping()  # connect (and handshake) before measuring
-        proxy.delay(0.3)
-        started = time.monotonic()
-        assert client.ping()
-        elapsed = time.monotonic() - started
-        # 0.3 s on the way there and 0.3 s on the way back.
-        assert elapsed >= 0.6 - 0.005
+        with socket.create_connection(("127.0.0.1", proxy.port), timeout=10.0) as sock:
+            sock.sendall(b"*1\r\n$4\r\nPING\r\n")
+            assert _read_reply(sock, 7) == b"+PONG\r\n"  # connected, no delay yet
+            proxy.delay(2.0)
+            sock.sendall(request)
+            # on the way there: the server has not seen the write yet
+            assert direct.get(key) is None
+            # the reply is held: a client with a 0.5 s socket timeout times out
+            sock.settimeout(0.5)
+            with pytest.raises(TimeoutError):
+                sock.recv(64)
+            # delayed, not lost: the write reaches the server ...
+            wait_for(lambda: direct.get(key) == b"late", timeout=30)
+            # ... and its reply is still held on the way back ...
+            sock.setblocking(False)
+            with pytest.raises(BlockingIOError):
+                sock.recv(64)
+            # ... until it arrives intact
+            sock.settimeout(30.0)
+            assert _read_reply(sock, 5) == b"+OK\r\n"
+            proxy.restore()
+            sock.sendall(b"*1\r\n$4\r\nPING\r\n")
+            assert _read_reply(sock, 7) == b"+PONG\r\n"
     finally:
-        client.close()
+        direct.close()
 
 
 @pytest.mark.server
@@ -359,10 +387,8 @@ def test_proxy_blackhole_times_out_then_restore(
     try:
         assert client.ping()
         proxy.blackhole()
-        started = time.monotonic()
         with pytest.raises(redis.TimeoutError):
             client.ping()
-        assert time.monotonic() - started >= 0.5 - 0.005
         # New connections are accepted but get no answer either.
         fresh = redis_client(proxy.port, socket_timeout=0.5)
         try:
@@ -431,24 +457,21 @@ def broken_server():
     yield from _session_server(lambda: RedisServer(binary="/nonexistent/redis-server"))
 
 def test_needs_server(broken_server):
-    pass
+    assert broken_server.is_running()
 """
 
 
 @pytest.mark.parametrize("ci", [False, True], ids=["local", "ci"])
-def test_missing_binary_skips_locally_and_fails_in_ci(
+def test_missing_binary_fails_and_names_the_package(
     pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, ci: bool
 ) -> None:
+    # Never a skip, in CI or not: the servers belong to the test set-up.
     pytester.makepyfile(test_inner=MISSING_BINARY_TEST)
     result = _run_inner(pytester, monkeypatch, ci=ci)
-    if ci:
-        assert result.ret != 0
-        result.assert_outcomes(errors=1)
-    else:
-        assert result.ret == 0
-        result.assert_outcomes(skipped=1)
+    assert result.ret != 0
+    result.assert_outcomes(errors=1)
     result.stdout.fnmatch_lines(
-        ["*/nonexistent/redis-server not found; install apt package redis-server*"]
+        ["*/nonexistent/redis-server not found; install apt package redis-server*make test*"]
     )
 
 

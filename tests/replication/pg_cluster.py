@@ -3,7 +3,6 @@ two hot standbys made with ``pg_basebackup -R``, one database replicated to both
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -48,9 +47,7 @@ def start_cluster() -> Iterator[Cluster]:
         primary = PostgresServer(extra_conf={"wal_receiver_status_interval": 1})
         primary.start()
     except BinaryNotFoundError as exc:
-        if os.environ.get("CI"):
-            pytest.fail(str(exc), pytrace=False)
-        pytest.skip(str(exc))
+        pytest.fail(f"{exc} (`make test` installs it as root on Debian)", pytrace=False)
     standbys: list[PostgresServer] = []
     try:
         database = unique_name("rep")
