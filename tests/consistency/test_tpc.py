@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import threading
-import time
 from collections.abc import Callable, Iterator
 from decimal import Decimal
 from pathlib import Path
 from typing import cast
 
+import psycopg
 import pytest
 import redis
 
@@ -291,10 +291,9 @@ def test_concurrent_transfers_on_the_same_rows(
         async with await TransactionCoordinator.open(
             urls, log=log_url(tmp_path), node="conc", prepare_timeout=5
         ) as coordinator:
-            started = time.monotonic()
+            # Every transfer ends (the statement timeouts break a distributed deadlock;
+            # a hang would hit pytest's timeout) and each one is accounted for below.
             await asyncio.gather(*(one(coordinator, n) for n in range(8)))
-            # bounded by the statement timeouts, not hung on a distributed deadlock
-            assert time.monotonic() - started < 30
 
     asyncio.run(body())
     assert len(outcomes) == 8 and "committed" in outcomes
@@ -509,7 +508,10 @@ def test_participant_slower_than_the_prepare_timeout_aborts_the_transaction(
 
     def on_event(event: str, xid: Xid, name: str) -> None:
         if event == "preparing":
-            proxy.delay(1.0)  # the slow participant answers prepare too late
+            # The slow participant would answer prepare ten minutes late: a coordinator
+            # that waited for it instead of its 0.5 s prepare timeout would run into
+            # pytest's timeout rather than raise below.
+            proxy.delay(600.0)
 
     async def body() -> None:
         async with await TransactionCoordinator.open(
@@ -520,14 +522,20 @@ def test_participant_slower_than_the_prepare_timeout_aborts_the_transaction(
             prepare_timeout=0.5,
             commit_timeout=2,
         ) as coordinator:
-            started = time.monotonic()
             with pytest.raises(TransactionAbortedError) as caught:
                 await transfer(coordinator, 0, list(urls))
-            # reported after prepare_timeout; the late branch is cleaned up in the background
-            assert time.monotonic() - started < 0.5 + 1.0
             assert caught.value.definite
             assert "no answer to prepare within 0.5 s" in caught.value.reasons["slow"]
-            proxy.restore()
+            assert set(caught.value.reasons) == {"slow"}  # the others voted yes
+            # the participants that answered were rolled back, not left prepared
+            assert in_doubt({k: urls[k] for k in ("pg1", "lite")}, "slow") == {
+                "pg1": [],
+                "lite": [],
+            }
+            # the late prepare is still on its way: the slow participant's connection
+            # dies with it (dropped by the proxy), which rolls its branch back
+            proxy.cut()
+        proxy.restore()
 
     asyncio.run(body())
     report = asyncio.run(recover_transactions(urls, log_url(tmp_path), node="slow"))
@@ -535,6 +543,10 @@ def test_participant_slower_than_the_prepare_timeout_aborts_the_transaction(
     assert nothing_in_doubt(urls, "slow")
     snap = asyncio.run(snapshot(urls))
     assert snap["total"] == snap["expected"] and not any(snap["tids"].values())
+    # the slow branch holds no lock any more: another session updates its row at once
+    with psycopg.connect(bank["pg2"], autocommit=True) as conn:
+        conn.execute("SET lock_timeout = '10s'")
+        conn.execute("UPDATE accounts SET balance = balance WHERE id = 0")
 
 
 def test_branch_rolled_back_by_hand_is_reported_as_a_heuristic_outcome(

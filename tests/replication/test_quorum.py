@@ -113,7 +113,8 @@ def run(topo: Topology, body: Callable[[], Awaitable[None]]) -> None:
 async def eventually(check: Callable[[], Awaitable[bool]], what: str, bound: float = 15.0) -> None:
     deadline = time.monotonic() + bound
     while not await check():
-        assert time.monotonic() < deadline, f"timed out waiting until {what}"
+        if time.monotonic() > deadline:  # a bound on the wait, not on speed
+            raise AssertionError(f"timed out waiting until {what}")
         await asyncio.sleep(0.05)
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import datetime
-import time
 
 import pytest
 
@@ -30,11 +29,11 @@ async def _open(url: str) -> FalkorDBGraphStore:
 
 def test_closed_port_is_unavailable_fast() -> None:
     async def main() -> None:
-        started = time.monotonic()
+        # A timeout far past pytest's per-test timeout: an open that waited it out,
+        # instead of taking the refusal at once, would fail the test by timing out.
         with pytest.raises(StoreUnavailableError) as info:
-            await _open(f"falkordb://127.0.0.1:{free_port()}/g?timeout=2")
-        assert info.value.definite
-        assert time.monotonic() - started < 2.0
+            await _open(f"falkordb://127.0.0.1:{free_port()}/g?timeout=3600")
+        assert info.value.definite  # refused: nothing was sent
 
     asyncio.run(main())
 
@@ -49,12 +48,11 @@ def test_server_down_then_back_same_store(falkordb_server: FalkorDBServer) -> No
             await store.create_node("User", "Alice", {"age": 30})
             falkordb_server.stop()
             try:
-                started = time.monotonic()
+                # unavailable (refused), not a StoreTimeoutError from waiting one out
                 with pytest.raises(StoreUnavailableError):
                     await store.count_nodes()
                 with pytest.raises(StoreUnavailableError):
                     await store.create_node("User", "Bob")
-                assert time.monotonic() - started < 3.0
             finally:
                 falkordb_server.start()
             # The same store object works again; the data may or may not have been kept

@@ -674,11 +674,11 @@ def _closed_port() -> int:
 
 @pytest.mark.server
 def test_redis_server_down_is_unavailable_quickly() -> None:
-    url = f"redis://127.0.0.1:{_closed_port()}/0?connect_timeout=1&timeout=1"
-    started = time.monotonic()
+    # Timeouts far past pytest's per-test timeout: an open that waited one out, instead
+    # of taking the refusal at once, would fail the test by timing out.
+    url = f"redis://127.0.0.1:{_closed_port()}/0?connect_timeout=3600&timeout=3600"
     with pytest.raises(StoreUnavailableError) as info:
         asyncio.run(_open(url))
-    assert time.monotonic() - started < 3
     assert info.value.definite  # open failed before anything was sent
 
 
@@ -716,10 +716,9 @@ def test_redis_no_answer_is_an_indeterminate_timeout(
         try:
             await s.set("k", "1")
             proxy.blackhole()
-            started = time.monotonic()
+            # without the timeout the call would wait for the silent server forever
             with pytest.raises(StoreTimeoutError) as info:
                 await s.incr("k")
-            assert time.monotonic() - started < 3
             assert not info.value.definite  # the incr may have reached the server
             proxy.restore()
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import re
-import time
 from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
 from decimal import Decimal
@@ -751,10 +750,9 @@ def test_statement_timeout(store_url: str, backend: str) -> None:
     }[backend]
 
     async def body(store: RelationalStore) -> None:
-        started = time.monotonic()
+        # without the timeout the statement would finish (or never end) without an error
         with pytest.raises(StoreTimeoutError):
             await store.fetch_all(slow)
-        assert time.monotonic() - started < 5
         assert await store.fetch_val("SELECT 1") == 1  # the store is still usable
 
     run(with_options(store_url, timeout=0.5), body)
@@ -770,13 +768,14 @@ SERVERS = [
 
 @pytest.mark.parametrize("scheme", SERVERS)
 def test_closed_port_is_unavailable_fast(scheme: str) -> None:
-    url = f"{scheme}://user:pw@127.0.0.1:{free_port()}/db?connect_timeout=2"
+    # A connect timeout far past pytest's per-test timeout: an open that waited it out,
+    # instead of taking the refusal at once, would fail the test by timing out.
+    url = f"{scheme}://user:pw@127.0.0.1:{free_port()}/db?connect_timeout=3600"
 
     async def main() -> None:
-        started = time.monotonic()
-        with pytest.raises(StoreUnavailableError, match=r"127\.0\.0\.1"):
+        with pytest.raises(StoreUnavailableError, match=r"127\.0\.0\.1") as info:
             await open_relational(url)
-        assert time.monotonic() - started < 2
+        assert info.value.definite  # refused: nothing was sent
 
     asyncio.run(main())
 
@@ -794,12 +793,11 @@ def test_reconnect_after_server_restart(scheme: str, request: pytest.FixtureRequ
         await make_people(store)
         try:
             server.stop()
-            started = time.monotonic()
+            # unavailable, not a StoreTimeoutError (nor a hang: pytest's timeout bounds it)
             with pytest.raises(StoreUnavailableError):
                 await store.fetch_val("SELECT COUNT(*) FROM people")
             with pytest.raises(StoreUnavailableError):
                 await store.execute("INSERT INTO people (id, name) VALUES (9, 'x')")
-            assert time.monotonic() - started < 10
         finally:
             server.start()
         # the same store object works again, on new connections

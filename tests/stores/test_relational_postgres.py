@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from typing import Any
 
 import psycopg
 import pytest
@@ -75,10 +76,8 @@ def test_exhausted_pool_times_out(postgres_url: str) -> None:
         store = await _open(f"{postgres_url}?pool_max=1&connect_timeout=0.5")
         try:
             async with store.connection():
-                started = time.monotonic()
                 with pytest.raises(StoreTimeoutError, match="pool_max=1"):
                     await store.fetch_val("SELECT 1")
-                assert time.monotonic() - started < 3
             assert await store.fetch_val("SELECT 1") == 1
         finally:
             await store.close()
@@ -111,18 +110,49 @@ def test_kept_connection_ended_by_the_server_is_replaced_before_use(
     asyncio.run(main())
 
 
+_SLEEP = "SELECT pg_sleep(3599.5)"  # a text no other statement has; outlasts the test
+
+
+async def _sleeps_running(watcher: psycopg.AsyncConnection[Any]) -> int:
+    cur = await watcher.execute(
+        "SELECT count(*) FROM pg_stat_activity WHERE state = 'active' AND query = %s",
+        (_SLEEP,),
+    )
+    row = await cur.fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+async def _wait_for_sleeps(watcher: psycopg.AsyncConnection[Any], count: int) -> None:
+    """Wait until ``count`` of the sleeps run on the server; raise after 30 s."""
+    deadline = time.monotonic() + 30
+    while (running := await _sleeps_running(watcher)) != count:
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{running} sleeps run on the server, not {count}")
+        await asyncio.sleep(0.02)
+
+
 def test_cancelled_statement_leaves_the_next_call_working(postgres_url: str) -> None:
     async def main() -> None:
         # one connection: if the cancelled call did not hand it back, the next one times out
         store = await _open(f"{postgres_url}?pool_max=1&connect_timeout=1")
+        watcher = await psycopg.AsyncConnection.connect(postgres_url, autocommit=True)
         try:
-            started = time.monotonic()
-            with pytest.raises(TimeoutError):
-                await asyncio.wait_for(store.fetch_val("SELECT pg_sleep(30)"), 0.3)
+            call = asyncio.ensure_future(store.fetch_val(_SLEEP))
+            await _wait_for_sleeps(watcher, 1)
+            call.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await call
             assert await store.fetch_val("SELECT 1") == 1
             assert await store.fetch_val("SELECT 2") == 2
-            assert time.monotonic() - started < 10  # not stuck behind the sleep
+            # not stuck behind the sleep, nor leaving it running: the server stops it
+            # (if it were left, it would run for an hour, far past this wait)
+            await _wait_for_sleeps(watcher, 0)
         finally:
+            await watcher.execute(
+                "SELECT pg_cancel_backend(pid) FROM pg_stat_activity WHERE query = %s", (_SLEEP,)
+            )
+            await watcher.close()
             await store.close()
 
     asyncio.run(main())

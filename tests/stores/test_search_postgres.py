@@ -4,7 +4,6 @@ the pool, and what happens when the server is down or restarts."""
 from __future__ import annotations
 
 import asyncio
-import time
 from typing import Any
 
 import psycopg
@@ -136,15 +135,14 @@ def test_concurrent_searches_share_the_pool(postgres_url: str) -> None:
 
 
 def test_closed_port_is_unavailable_at_once() -> None:
-    url = f"postgresql://postgres@127.0.0.1:{free_port()}/nothing?timeout=30"
+    # Refused at once, not after the pool timeout: one far past pytest's per-test
+    # timeout, so an open that waited it out would fail the test by timing out.
+    url = f"postgresql://postgres@127.0.0.1:{free_port()}/nothing?timeout=3600"
 
     async def body() -> None:
-        started = time.monotonic()
         with pytest.raises(StoreUnavailableError) as caught:
             await _open(url)
         assert caught.value.definite
-        # Refused at once, not after the 30 s pool timeout.
-        assert time.monotonic() - started < 10
 
     asyncio.run(body())
 
@@ -153,21 +151,21 @@ def test_server_down_then_restart_same_store_works(
     postgres_url: str, postgres_server: PostgresServer
 ) -> None:
     async def body() -> None:
-        store = await _open(_with_options(postgres_url, timeout=30))
+        # a pool timeout far past pytest's per-test timeout (see below)
+        store = await _open(_with_options(postgres_url, timeout=3600))
         try:
             await store.create_index("products", SCHEMA)
             await store.index("products", CATALOG)
             postgres_server.stop()
             try:
-                started = time.monotonic()
+                # Each fails at once as unavailable: waiting out the pool timeout
+                # would fail the test by pytest's timeout (or end in a StoreTimeoutError).
                 with pytest.raises(StoreUnavailableError):
                     await store.search("products", "laptop")
                 with pytest.raises(StoreUnavailableError):
                     await store.index("products", [{"id": "new", "title": "new laptop"}])
                 with pytest.raises(StoreUnavailableError):
                     await store.get("products", "p1")
-                # Each failed at once, not after the 30 s pool timeout.
-                assert time.monotonic() - started < 20
             finally:
                 postgres_server.start()
             # The same store object reconnects by itself.
