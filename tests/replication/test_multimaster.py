@@ -343,7 +343,6 @@ def test_demo_reports_lww_merge_and_siblings(tmp_path: Path) -> None:
         [a_edit, b_edit], key=json.dumps
     )
     assert report["crdt_cart"]["kept"] == [{"apple": 3, "milk": 1, "pear": 2}]
-    assert report["elapsed_s"] >= 0  # reported for the demo; speed is not a test's business
     json.dumps(report)
 
 
