@@ -37,7 +37,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final, Literal, NoReturn
 
-from multistore.consistency._resp import (
+from multistore._resp import (
     RespConnectionError,
     RespError,
     RespPool,
@@ -435,7 +435,7 @@ class RedisRecords(KeyValueRecords):
     """Records in Redis; a claim and every change of a record are each one Lua script,
     so one round trip, decided on the server's clock (``TIME``).
 
-    The scripts run on a lean RESP2 client (:mod:`multistore.consistency._resp`, its
+    The scripts run on a lean RESP2 client (:mod:`multistore._resp`, its
     own small pool of connections to the store's server and database): a redis-py
     asyncio round trip costs 165-183 us here, a bare asyncio protocol about 35 us.
     With ``ssl`` (not supported there) they run on a connection of the store's own

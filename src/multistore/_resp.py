@@ -1,5 +1,6 @@
-"""A lean asyncio client for Redis' RESP2 protocol: just enough to run the idempotency
-scripts (one packed command, one reply) on a small pool of plain TCP connections.
+"""A lean asyncio client for Redis' RESP2 protocol: just enough to run scripts and
+commands on the hot paths (idempotency records, quorum replicas): one packed command,
+one reply, on a small pool of plain TCP connections.
 
 redis-py's asyncio client costs 165-183 us per round trip here, most of it client
 work (pool bookkeeping, a readiness probe, timeout wrappers, stream reader); a bare

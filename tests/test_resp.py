@@ -9,9 +9,7 @@ from typing import Any
 
 import pytest
 
-from multistore.consistency._idempotency import Idempotency, IdempotencyPolicy, idempotent
-from multistore.consistency._idempotency_backends import RedisRecords
-from multistore.consistency._resp import (
+from multistore._resp import (
     INCOMPLETE,
     RespConnectionError,
     RespError,
@@ -21,6 +19,8 @@ from multistore.consistency._resp import (
     pack_command,
     parse_reply,
 )
+from multistore.consistency._idempotency import Idempotency, IdempotencyPolicy, idempotent
+from multistore.consistency._idempotency_backends import RedisRecords
 from multistore.errors import Outcome, StoreUnavailableError
 from multistore.lab._redis import RedisServer
 from multistore.stores import open_store
