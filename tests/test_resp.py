@@ -16,6 +16,7 @@ from multistore._resp import (
     RespPool,
     RespProtocolError,
     RespReader,
+    RespTimeoutError,
     pack_command,
     parse_reply,
 )
@@ -166,6 +167,77 @@ def test_lean_path_survives_a_server_restart(redis_url: str, redis_server: Redis
         finally:
             runner.run(store.close())
         assert not lean._idle  # closed with the store
+
+
+def test_deadline_covers_the_reply_and_the_wait_for_a_connection(
+    redis_url: str, redis_server: RedisServer
+) -> None:
+    """A stalled server (``CLIENT PAUSE`` from another connection): the command times
+    out as sent (its outcome unknown), a second one waiting for the only connection
+    times out as not sent, and the late reply is never read as the answer to a later
+    command (the timed-out connection is dropped)."""
+    port = int(redis_url.rsplit(":", 1)[1].split("/")[0])
+
+    async def body() -> None:
+        admin = RespPool("127.0.0.1", port)
+        pool = RespPool("127.0.0.1", port, timeout=0.2, max_connections=1)
+        try:
+            assert await pool.call(pack_command("PING")) == b"PONG"  # connected, idle
+            assert await admin.call(pack_command("CLIENT", "PAUSE", 1500, "ALL")) == b"OK"
+            stalled = asyncio.ensure_future(pool.call(pack_command("ECHO", "first")))
+            waiting = asyncio.ensure_future(pool.call(pack_command("ECHO", "second")))
+            with pytest.raises(RespTimeoutError) as first:
+                await stalled
+            assert first.value.sent is True
+            with pytest.raises(RespTimeoutError) as second:
+                await waiting
+            assert second.value.sent is False
+            assert not pool._idle  # the connection that timed out was dropped
+            assert await admin.call(pack_command("CLIENT", "UNPAUSE")) == b"OK"
+            assert await pool.call(pack_command("ECHO", "third")) == b"third"
+        finally:
+            pool.close()
+            admin.close()
+
+    asyncio.run(body())
+
+
+def test_redis_py_path_for_tls_urls_runs_the_same_scripts(
+    redis_url: str, redis_server: RedisServer
+) -> None:
+    """``ssl`` URLs send the scripts on the store's redis-py pool instead (the lean
+    client has no TLS). The fixture has no TLS, so the pool is forced here; the
+    scripts, the NOSCRIPT fallback after ``SCRIPT FLUSH`` and the replay must work."""
+
+    async def body() -> None:
+        store = await open_store(redis_server.url(3), model="kv")
+        try:
+            idem = Idempotency(store, policy=IdempotencyPolicy())
+            assert isinstance(idem.backend, RedisRecords)
+            lean = idem.backend._lean
+            assert lean is not None
+            idem.backend._lean = None  # what an ssl URL gets
+            executions = 0
+
+            async def charge(order: str) -> str:
+                nonlocal executions
+                executions += 1
+                return f"charged {order}"
+
+            call = idempotent(idem, key=lambda order: order, client="shop")(charge)
+            assert await call("o-1") == "charged o-1"
+            await store.native.script_flush()  # the next EVALSHA gets NOSCRIPT
+            assert await call("o-1") == "charged o-1"  # replayed through EVAL
+            assert await call("o-2") == "charged o-2"
+            assert executions == 2
+            assert not lean._idle  # nothing went through the lean pool
+            record = await idem.get("o-1", client="shop")
+            assert record is not None and record.state == "completed"
+            assert record.result == {"value": "charged o-1"}
+        finally:
+            await store.close()
+
+    asyncio.run(body())
 
 
 def test_lean_pool_down_is_unavailable_before_sending() -> None:

@@ -243,13 +243,27 @@ class _Connection(asyncio.Protocol):
         holding bytes nobody asked for."""
         return self.broken or bool(self._poll.poll(0)) or self._reader.pending > 0
 
-    async def request(self, data: bytes) -> object:
+    async def request(self, data: bytes, within: float | None = None) -> object:
+        """Send ``data`` and wait for one reply; after ``within`` seconds raise
+        :class:`TimeoutError` and drop the connection (a late reply must not be read
+        as the answer to the next command). One timer, not :func:`asyncio.timeout`:
+        this is every command's path."""
         if self.broken or self._transport is None:
             raise ConnectionResetError("the connection is closed")
         waiter = self._loop.create_future()
         self._waiter = waiter
         self._transport.write(data)
-        return await waiter
+        if within is None:
+            return await waiter
+        timer = self._loop.call_later(within, self._expire, waiter)
+        try:
+            return await waiter
+        finally:
+            timer.cancel()
+
+    def _expire(self, waiter: asyncio.Future[object]) -> None:
+        if not waiter.done():
+            self._fail(TimeoutError())
 
     def close(self) -> None:
         self.broken = True
@@ -308,37 +322,34 @@ class RespPool:
         (the connection is dropped)."""
         if self._closed:
             raise RespConnectionError("the connection pool is closed", sent=False)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.timeout
         sent = False
         try:
-            async with asyncio.timeout(self.timeout):
-                await self._slots.acquire()
-                conn: _Connection | None = None
-                try:
-                    while self._idle:
-                        conn = self._idle.pop()
-                        if not conn.stale():
-                            break
-                        conn.close()
-                        conn = None
-                    if conn is None:
-                        conn = await self._connect()
-                    sent = True
-                    reply = await conn.request(command)
-                    if (
-                        fallback is not None
-                        and isinstance(reply, RespError)
-                        and reply.message.startswith("NOSCRIPT")
-                    ):
-                        reply = await conn.request(fallback())
-                    if self._closed:
-                        conn.close()
-                    else:
-                        self._idle.append(conn)
-                    conn = None
-                finally:
-                    if conn is not None:  # failed or cancelled mid-command
-                        conn.close()
-                    self._slots.release()
+            if self._slots.locked() or not self._idle:
+                # Wait for a slot or connect: bounded by the same deadline.
+                async with asyncio.timeout_at(deadline):
+                    conn = await self._checkout()
+            else:  # the common case: a free slot and an idle connection, no waiting
+                conn = await self._checkout()
+            try:
+                sent = True
+                reply = await conn.request(command, max(0.0, deadline - loop.time()))
+                if (
+                    fallback is not None
+                    and isinstance(reply, RespError)
+                    and reply.message.startswith("NOSCRIPT")
+                ):
+                    reply = await conn.request(fallback(), max(0.0, deadline - loop.time()))
+                if self._closed:
+                    conn.close()
+                else:
+                    self._idle.append(conn)
+            except BaseException:  # failed or cancelled mid-command
+                conn.close()
+                raise
+            finally:
+                self._slots.release()
         except TimeoutError:
             where = "reply" if sent else "connection"
             raise RespTimeoutError(
@@ -349,6 +360,21 @@ class RespPool:
         if isinstance(reply, RespError):
             raise reply
         return reply
+
+    async def _checkout(self) -> _Connection:
+        """Take a slot, then an idle connection that is still usable, else a new one;
+        the slot is given back if that fails."""
+        await self._slots.acquire()
+        try:
+            while self._idle:
+                conn = self._idle.pop()
+                if not conn.stale():
+                    return conn
+                conn.close()
+            return await self._connect()
+        except BaseException:
+            self._slots.release()
+            raise
 
     def close(self) -> None:
         """Close idle connections now and busy ones when their command ends."""
