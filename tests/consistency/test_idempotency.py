@@ -317,6 +317,84 @@ def test_crashed_holder_lease_expires_and_retry_resumes(target: Target) -> None:
                 stream.close()
 
 
+_STALLED_HOLDER = """
+import asyncio, sys
+from multistore.consistency._idempotency import Idempotency, IdempotencyPolicy
+from multistore.errors import IdempotencyLeaseLostError
+from multistore.stores import open_store
+
+async def main(url, model):
+    store = await open_store(url, model=model)
+    policy = IdempotencyPolicy(lease=0.3, expires_after=0.3, heartbeat=0.1)
+    idem = Idempotency(store, policy=policy)
+    try:
+        async with idem.begin("order-8", {"amount": 5}, client="shop") as run:
+            print("CLAIMED", flush=True)
+            await asyncio.to_thread(sys.stdin.readline)  # the test says when to finish
+            run.set_result("from the stalled holder")
+    except IdempotencyLeaseLostError as exc:
+        print("LOST", exc, flush=True)
+    else:
+        print("STORED", flush=True)
+    await store.close()
+
+asyncio.run(main(sys.argv[1], sys.argv[2]))
+"""
+
+
+def test_stalled_holder_cannot_overwrite_the_key_created_again(target: Target) -> None:
+    """A holder frozen (SIGSTOP) past its lease and its record's expiry wakes up after
+    the record was dropped (reaped, or expired in a key-value store) and created again
+    by another run at version 1 again. Its renewal and completion must not take the
+    new record over: the owner is checked, not only the version."""
+    url, model = target
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _STALLED_HOLDER, url, model],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    assert proc.stdin is not None and proc.stdout is not None and proc.stderr is not None
+    try:
+        line = proc.stdout.readline()
+        assert line.strip() == "CLAIMED", (line, proc.stderr.read())
+        proc.send_signal(signal.SIGSTOP)
+
+        async def body() -> None:
+            async with opened(target) as idem:
+
+                async def dropped() -> bool:
+                    await idem.reap()
+                    return await idem.backend.load("shop", "order-8") is None
+
+                await wait_for(dropped, within=10.0)
+                async with idem.begin("order-8", {"amount": 5}, client="shop") as run:
+                    assert not run.replayed and not run.resumed
+                    assert run.record.version == 1  # the same version the holder had
+                    proc.send_signal(signal.SIGCONT)
+                    proc.stdin.write("go\n")
+                    proc.stdin.flush()
+                    outcome = await asyncio.to_thread(proc.stdout.readline)
+                    assert outcome.startswith("LOST"), (outcome, proc.stderr.read())
+                    record = await idem.get("order-8", client="shop")
+                    assert record is not None and record.owner == run.record.owner
+                    run.set_result("from the new run")
+                async with idem.begin("order-8", {"amount": 5}, client="shop") as again:
+                    assert again.replayed and again.result() == "from the new run"
+
+        asyncio.run(body())
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGCONT)
+            proc.kill()
+        proc.wait(timeout=10)
+        for stream in (proc.stdin, proc.stdout, proc.stderr):
+            stream.close()
+
+
 def test_recovery_point_survives_a_cancelled_run(target: Target) -> None:
     async def body() -> None:
         async with opened(target) as idem:

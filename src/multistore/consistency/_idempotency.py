@@ -26,14 +26,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
-import dataclasses
 import functools
 import hashlib
+import itertools
 import json
+import os
 import re
 import sys
 import time
-import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Final, ParamSpec, TypeVar, cast
@@ -42,6 +42,7 @@ from multistore.consistency._idempotency_backends import (
     CLAIM_ATTEMPTS,
     IdempotencyRecord,
     RecordBackend,
+    ResultNotJSONError,
     records_for,
 )
 from multistore.errors import (
@@ -187,6 +188,26 @@ def _decode_error(data: dict[str, Any]) -> Exception:
 
 # -- runs ----------------------------------------------------------------------------
 
+_owner_prefix = ""
+_owner_serial = itertools.count()
+
+
+def _reset_owner_prefix() -> None:
+    global _owner_prefix, _owner_serial
+    _owner_prefix = os.urandom(12).hex()
+    _owner_serial = itertools.count()
+
+
+_reset_owner_prefix()
+os.register_at_fork(after_in_child=_reset_owner_prefix)  # a child never reuses ours
+
+
+def _new_owner() -> str:
+    """A token no other run shares: 96 random bits per process (drawn again in a forked
+    child) and a counter; cheaper than a uuid4 per request."""
+    return f"{_owner_prefix}{next(_owner_serial):x}"
+
+
 _current: contextvars.ContextVar[IdempotentRun | None] = contextvars.ContextVar(
     "multistore_idempotent_run", default=None
 )
@@ -281,7 +302,7 @@ class IdempotentRun:
             raise InvalidValueError("a recovery point is a non-empty string")
         async with self._lock:
             ok = await self._swap(
-                lambda r: dataclasses.replace(r, recovery_point=point, recovery_data=data),
+                lambda r: r.evolve(recovery_point=point, recovery_data=data),
                 lease=self._idem.policy.lease,
             )
         if not ok:
@@ -360,7 +381,7 @@ class IdempotentRun:
     async def _complete(self, outcome: dict[str, Any]) -> None:
         async with self._lock:
             ok = await self._swap(
-                lambda r: dataclasses.replace(r, state="completed", owner=None, result=outcome),
+                lambda r: r.evolve(state="completed", owner=None, result=outcome),
                 lease=None,
                 expires_after=self._idem.policy.expires_after,
             )
@@ -373,7 +394,7 @@ class IdempotentRun:
     async def _release(self) -> None:
         """Give the key up without an outcome: a retry may run (from the last checkpoint)."""
         async with self._lock:
-            await self._swap(lambda r: dataclasses.replace(r, owner=None), lease=None)
+            await self._swap(lambda r: r.evolve(owner=None), lease=None)
 
     async def _finish(self, exc: BaseException | None) -> None:
         """End the execution: store the outcome (the value set, or ``exc`` when it is
@@ -390,15 +411,14 @@ class IdempotentRun:
             await self._release()
             return
         try:
-            json.dumps(self._value, allow_nan=False)
-        except (TypeError, ValueError) as bad:  # not JSON: store that error instead
+            await self._complete({"value": self._value})
+        except ResultNotJSONError as bad:  # nothing was written: store that error instead
             error = InvalidValueError(
                 f"idempotency key {self.key!r}: the result is not JSON and cannot be "
                 f"stored for replay: {bad}"
             )
             await self._complete({"error": _encode_error(error)})
             raise error from None
-        await self._complete({"value": self._value})
 
 
 # -- the store-facing object -----------------------------------------------------------
@@ -469,7 +489,7 @@ class Idempotency:
         if not self._ready:
             await self._setup()
         policy = self.policy
-        owner = uuid.uuid4().hex
+        owner = _new_owner()
         claim = await self.backend.claim(
             scope,
             key,

@@ -1,22 +1,22 @@
 """Where idempotency records live: one record per (client scope, key), changed only by
-compare-and-swap on its ``version``.
+compare-and-swap on its ``version`` and ``owner``.
 
 The decision logic (claim, take over, renew, complete) lives in
-:mod:`multistore.consistency._idempotency` and is written once; a backend only has to
-load a record, create it if absent, replace it if its version is still the expected
-one, and reap expired records. :meth:`RecordBackend.claim` and
-:meth:`RecordBackend.advance` build the claim and the owner's changes from those;
-Redis replaces both by server-side scripts. Each step is atomic on the server:
+:mod:`multistore.consistency._idempotency` and is written once; a backend offers a
+*claim* and an *advance* (the owner's change), each one atomic step. :class:`CasRecords`
+builds both from load, create-if-absent and replace-if-unchanged, which is all the SQL
+and SQLite backends provide; Redis does each in one server-side script:
 
 - Redis (key-value): Lua scripts, one round trip each, on the server's clock
-  (``TIME``): one *claims* a key (creates it, or answers with the record already
-  there: completed, in progress under a live lease, or free to take over), one
-  *advances* a record its owner holds (renew, checkpoint, complete, release).
+  (``TIME``): one *claims* a key (creates it, takes it over from a holder whose lease
+  ran out, or answers with what is there: the completed outcome, a live lease, another
+  fingerprint), one *advances* a record its owner holds (renew, checkpoint, complete,
+  release). Records are hashes, so the scripts read only the fields they decide on.
 - SQLite (key-value): ``set_if_absent`` to create, a ``BEGIN IMMEDIATE`` transaction
   on the store's ``multistore_kv`` table (through ``store.run``) for the swap.
 - Relational (SQLite, PostgreSQL, MariaDB): a table with primary key
   ``(scope, idem_key)``; ``INSERT`` to create (a duplicate means someone else did),
-  ``UPDATE … WHERE version = :expected`` to swap.
+  ``UPDATE … WHERE version = :expected AND record = :expected_record`` to swap.
 
 On key-value stores every record carries a TTL (its expiry, or its lease end if
 later), so the store drops it by itself; relational records are deleted by
@@ -42,7 +42,6 @@ from multistore._resp import (
     RespError,
     RespPool,
     RespTimeoutError,
-    bulk,
 )
 from multistore.errors import (
     DuplicateKeyError,
@@ -63,12 +62,14 @@ if TYPE_CHECKING:
     from multistore.stores.kv._sqlite import SQLiteKeyValueStore
 
 __all__ = [
+    "CasRecords",
     "Claim",
     "IdempotencyRecord",
     "KeyValueRecords",
     "RecordBackend",
     "RedisRecords",
     "RelationalRecords",
+    "ResultNotJSONError",
     "SQLiteKVRecords",
     "records_for",
 ]
@@ -107,6 +108,17 @@ class IdempotencyRecord:
         """Seconds a key-value store should keep it."""
         return max(0.001, max(self.expires_at, self.lease_until) - now)
 
+    def evolve(self, **changes: Any) -> IdempotencyRecord:
+        """A copy with ``changes`` (field names), as ``dataclasses.replace`` without its
+        per-call introspection (it is on every request's path)."""
+        unknown = changes.keys() - _FIELD_SET
+        if unknown:
+            raise TypeError(f"IdempotencyRecord has no fields {sorted(unknown)}")
+        new = object.__new__(IdempotencyRecord)
+        new.__dict__.update(self.__dict__)
+        new.__dict__.update(changes)
+        return new
+
     def dumps(self) -> str:
         # The fields in declaration order, without asdict's deep copy of the result.
         return _dumps(self, {f: getattr(self, f) for f in _FIELDS})
@@ -136,13 +148,55 @@ class IdempotencyRecord:
 
 
 _FIELDS: Final = tuple(f.name for f in dataclasses.fields(IdempotencyRecord))
+_FIELD_SET: Final = frozenset(_FIELDS)
+
+
+def _record(
+    scope: str,
+    key: str,
+    version: int | bytes,
+    state: State,
+    fingerprint: str,
+    owner: str | None,
+    lease_until_ms: int | bytes,
+    created_at_ms: int | bytes,
+    expires_at_ms: int | bytes,
+    recovery_point: str | None,
+    recovery_data: Any,
+    result: dict[str, Any] | None,
+) -> IdempotencyRecord:
+    """A record from Redis' fields (times in integer milliseconds), built without the
+    frozen dataclass's per-field ``object.__setattr__``."""
+    record = object.__new__(IdempotencyRecord)
+    record.__dict__.update(
+        scope=scope,
+        key=key,
+        version=int(version),
+        state=state,
+        fingerprint=fingerprint,
+        owner=owner,
+        lease_until=int(lease_until_ms) / 1000,
+        created_at=int(created_at_ms) / 1000,
+        expires_at=int(expires_at_ms) / 1000,
+        recovery_point=recovery_point,
+        recovery_data=recovery_data,
+        result=result,
+    )
+    return record
+
+
+class ResultNotJSONError(InvalidValueError):
+    """A result or recovery data to store is not JSON (nothing was written)."""
+
+
+_compact: Final = json.JSONEncoder(separators=(",", ":"), allow_nan=False).encode
 
 
 def _dumps(record: IdempotencyRecord, data: dict[str, Any]) -> str:
     try:
-        return json.dumps(data, separators=(",", ":"), allow_nan=False)
+        return _compact(data)
     except (TypeError, ValueError) as exc:
-        raise InvalidValueError(
+        raise ResultNotJSONError(
             f"idempotency key {record.key!r}: the stored result or recovery data is not JSON: {exc}"
         ) from None
 
@@ -167,7 +221,8 @@ CLAIM_ATTEMPTS: Final = 20
 
 
 class RecordBackend(abc.ABC):
-    """Atomic storage for :class:`IdempotencyRecord` values."""
+    """Atomic storage for :class:`IdempotencyRecord` values: a claim and the owner's
+    changes, each one atomic step on the store."""
 
     async def setup(self) -> None:  # noqa: B027 -- optional hook, most backends need none
         """Create tables if needed (called once before first use)."""
@@ -177,17 +232,10 @@ class RecordBackend(abc.ABC):
         """The record, or None. An expired record may still be returned."""
 
     @abc.abstractmethod
-    async def create(self, record: IdempotencyRecord, now: float) -> bool:
-        """Store ``record`` if no record exists; False when one does."""
-
-    @abc.abstractmethod
-    async def replace(self, record: IdempotencyRecord, expected_version: int, now: float) -> bool:
-        """Store ``record`` if the stored one has ``expected_version``; False otherwise."""
-
-    @abc.abstractmethod
     async def reap(self, now: float) -> int:
         """Delete expired records; the number deleted."""
 
+    @abc.abstractmethod
     async def claim(
         self,
         scope: str,
@@ -201,8 +249,53 @@ class RecordBackend(abc.ABC):
     ) -> Claim:
         """Claim ``(scope, key)`` for ``owner``: create the record if there is none (or
         only an expired one), take it over if its holder's lease ran out, else report
-        what is there. Built from load/create/replace on the ``clock``; a backend may
-        do it in one step on the server."""
+        what is there."""
+
+    @abc.abstractmethod
+    async def advance(
+        self,
+        new: IdempotencyRecord,
+        current: IdempotencyRecord,
+        now: float,
+        *,
+        lease: float | None,
+        expires_after: float | None = None,
+    ) -> IdempotencyRecord | None:
+        """Store ``new`` (state, owner, recovery point, result) in place of ``current``
+        if the stored record is still ``current`` (same version and owner); None
+        otherwise. Sets the version and times: ``lease_until`` = now + ``lease`` (now
+        when None); ``expires_at`` kept, or now + ``expires_after`` if given and passed."""
+
+
+class CasRecords(RecordBackend, abc.ABC):
+    """A backend built from three primitives: load, create if absent, and replace if
+    the stored record is still the expected one (its version *and* owner: a record
+    reaped and created again restarts at version 1, and only the owner tells a stale
+    holder's expected record from the new one). Claim and advance are written here
+    once, on the ``clock`` the caller passes."""
+
+    @abc.abstractmethod
+    async def create(self, record: IdempotencyRecord, now: float) -> bool:
+        """Store ``record`` if no record exists; False when one does."""
+
+    @abc.abstractmethod
+    async def replace(
+        self, record: IdempotencyRecord, expected: IdempotencyRecord, now: float
+    ) -> bool:
+        """Store ``record`` if the stored one still has ``expected``'s version and
+        owner; False otherwise."""
+
+    async def claim(
+        self,
+        scope: str,
+        key: str,
+        fingerprint: str,
+        owner: str,
+        *,
+        lease: float,
+        expires_after: float,
+        clock: Callable[[], float],
+    ) -> Claim:
         for _ in range(CLAIM_ATTEMPTS):
             record = await self.load(scope, key)
             now = clock()
@@ -221,7 +314,7 @@ class RecordBackend(abc.ABC):
                 if record is None:
                     won = await self.create(fresh, now)
                 else:
-                    won = await self.replace(fresh, record.version, now)
+                    won = await self.replace(fresh, record, now)
                 if won:
                     return Claim("created", fresh)
                 continue
@@ -247,10 +340,6 @@ class RecordBackend(abc.ABC):
         lease: float | None,
         expires_after: float | None = None,
     ) -> IdempotencyRecord | None:
-        """Store ``new`` (state, owner, recovery point, result) in place of ``current``
-        if the stored record is still ``current`` (same version); None otherwise.
-        Sets the version and times: ``lease_until`` = now + ``lease`` (now when
-        None); ``expires_at`` kept, or now + ``expires_after`` if given and passed."""
         expires = new.expires_at
         if expires_after is not None and expires <= now:
             expires = now + expires_after
@@ -260,13 +349,19 @@ class RecordBackend(abc.ABC):
             lease_until=now if lease is None else now + lease,
             expires_at=expires,
         )
-        return record if await self.replace(record, current.version, now) else None
+        return record if await self.replace(record, current, now) else None
 
 
 # -- key-value stores -------------------------------------------------------------
 
 
-class KeyValueRecords(RecordBackend, abc.ABC):
+def kv_key(namespace: str, scope: str, key: str) -> str:
+    """Where a key-value store keeps the record of ``(scope, key)``; the length prefix
+    keeps scope "a:b" + key "c" apart from scope "a" + key "b:c"."""
+    return f"{namespace}{len(scope)}:{scope}:{key}"
+
+
+class KeyValueRecords(CasRecords, abc.ABC):
     """Records as JSON strings with a TTL under ``{namespace}{len(scope)}:{scope}:{key}``."""
 
     def __init__(self, store: KeyValueStore, namespace: str) -> None:
@@ -274,8 +369,7 @@ class KeyValueRecords(RecordBackend, abc.ABC):
         self.namespace = namespace
 
     def kv_key(self, scope: str, key: str) -> str:
-        # The length prefix keeps scope "a:b" + key "c" apart from scope "a" + key "b:c".
-        return f"{self.namespace}{len(scope)}:{scope}:{key}"
+        return kv_key(self.namespace, scope, key)
 
     async def load(self, scope: str, key: str) -> IdempotencyRecord | None:
         raw = await self.store.get(self.kv_key(scope, key))
@@ -286,91 +380,88 @@ class KeyValueRecords(RecordBackend, abc.ABC):
         return await self.store.set_if_absent(k, record.dumps(), ttl=record.ttl(now))
 
 
-# Redis keeps records on its own clock: the scripts read ``TIME`` and write every
-# lease and expiry time themselves, so clients' clocks never enter a lease decision.
-# A record is written as the script's head ``{"version":…,"lease_until":…,
-# "expires_at":…,"created_at":…,`` followed by the client's JSON of the other fields
-# (``IdempotencyRecord.dumps_tail``): user data (results, recovery data) is never
-# re-encoded by Lua's cjson, which would round numbers and turn [] into {}.
-_REDIS_LIB: Final = """
+# Redis keeps a record as a hash on its own clock: the scripts read ``TIME`` and
+# write every lease and expiry time themselves, so clients' clocks never enter a lease
+# decision. Fields: v (version), st (state), fp (fingerprint), ow (owner, '' for
+# none), lu / ea / ca (lease end, expiry, creation: integer epoch milliseconds), rp
+# (recovery point, '' for none), rd (recovery data, JSON), rs (the outcome, JSON).
+# Scripts read only the fields they decide on (HMGET) and never decode JSON: user data
+# is stored as the client encoded it. Times stay integers below 2^53, which Lua's
+# doubles hold exactly and Redis turns into strings and replies without rounding.
+_REDIS_NOW: Final = """
 local t = redis.call('TIME')
-local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
-local function f6(x) return string.format('%.6f', x) end
-local function store(k, version, lease_until, expires_at, created_at, tail)
-    local head = string.format(
-        '{"version":%d,"lease_until":%s,"expires_at":%s,"created_at":%s,',
-        version, f6(lease_until), f6(expires_at), f6(created_at))
-    local ttl = math.max(1, math.ceil((math.max(expires_at, lease_until) - now) * 1000))
-    redis.call('SET', k, head .. tail, 'PX', ttl)
-    return {tostring(version), f6(lease_until), f6(expires_at), f6(created_at)}
-end
-local function decode(raw)
-    local ok, rec = pcall(cjson.decode, raw)
-    if not ok or type(rec) ~= 'table' or type(rec['version']) ~= 'number'
-        or type(rec['lease_until']) ~= 'number' or type(rec['expires_at']) ~= 'number' then
-        return nil
-    end
-    return rec
-end
+local now = t[1] * 1000 + math.floor(t[2] / 1000)
+local k = KEYS[1]
 """
 
-# KEYS[1] the record; ARGV: fingerprint, lease (s), expires_after (s), the fresh
-# record's tail. Replies: {'created', version, lease_until, expires_at, created_at},
-# the completed record itself (a bare string), {'busy', seconds left}, {'mismatch'},
-# {'expired', record} (in progress, the holder's lease ran out: the client takes it
-# over with ADVANCE), {'corrupt'}.
+# ARGV: fingerprint, lease (ms), expires_after (ms), owner. Replies:
+# {'created', version, lease_until, expires_at, created_at};
+# {'completed', version, lease_until, expires_at, created_at, outcome};
+# {'resumed', version, lease_until, expires_at, created_at, recovery point, recovery
+# data} (in progress, the holder's lease ran out: taken over for ARGV[4]);
+# {'busy', ms left}; {'mismatch'}; {'corrupt'}.
 _REDIS_CLAIM: Final = (
-    _REDIS_LIB
+    _REDIS_NOW
     + """
-local cur = redis.call('GET', KEYS[1])
+local cur = redis.call('HMGET', k, 'v', 'st', 'fp', 'lu', 'ea')
 local version = 1
-if cur then
-    local rec = decode(cur)
-    if not rec then return {'corrupt'} end
-    local done = rec['state'] == 'completed'
-    local live = (not done) and rec['lease_until'] > now
-    if rec['expires_at'] > now or live then
-        if rec['fingerprint'] ~= ARGV[1] then return {'mismatch'} end
-        if done then return cur end
-        if live then return {'busy', f6(rec['lease_until'] - now)} end
-        return {'expired', cur}
+if cur[1] then
+    local v, lu, ea = tonumber(cur[1]), tonumber(cur[4]), tonumber(cur[5])
+    if not v or not lu or not ea then return {'corrupt'} end
+    local done = cur[2] == 'completed'
+    local live = (not done) and lu > now
+    if ea > now or live then
+        if cur[3] ~= ARGV[1] then return {'mismatch'} end
+        if done then
+            local rest = redis.call('HMGET', k, 'ca', 'rs')
+            return {'completed', v, lu, ea, tonumber(rest[1]) or 0, rest[2]}
+        end
+        if live then return {'busy', lu - now} end
+        v = v + 1
+        lu = now + ARGV[2]
+        redis.call('HSET', k, 'v', v, 'ow', ARGV[4], 'lu', lu)
+        redis.call('PEXPIRE', k, math.max(ea, lu) - now)
+        local rest = redis.call('HMGET', k, 'ca', 'rp', 'rd')
+        return {'resumed', v, lu, ea, tonumber(rest[1]) or 0, rest[2], rest[3]}
     end
-    version = rec['version'] + 1
+    version = v + 1
+    redis.call('DEL', k)
 end
-local reply = store(KEYS[1], version, now + tonumber(ARGV[2]), now + tonumber(ARGV[3]), now,
-    ARGV[4])
-table.insert(reply, 1, 'created')
-return reply
+local lu, ea = now + ARGV[2], now + ARGV[3]
+redis.call('HSET', k, 'v', version, 'st', 'in_progress', 'fp', ARGV[1], 'ow', ARGV[4],
+    'lu', lu, 'ea', ea, 'ca', now)
+redis.call('PEXPIRE', k, math.max(ea, lu) - now)
+return {'created', version, lu, ea, now}
 """
 )
 
-# KEYS[1] the record; ARGV: expected version, expected owner ('' for none), lease (s,
-# '' to end it now), expires_after (s, '' to keep the expiry), the new record's tail.
-# Changes the record only if it is still the expected version of the expected owner
-# (a record that expired and was created again restarts at version 1: the owner tells
-# it apart). Replies {version, lease_until, expires_at, created_at}, or 0.
+# ARGV: expected version, expected owner ('' for none), lease (ms, '' to end it now),
+# expires_after (ms, '' to keep the expiry), then the new state, owner, recovery
+# point, recovery data and outcome. Changes the record only if it is still the
+# expected version of the expected owner (a record that expired and was created again
+# restarts at version 1: the owner tells it apart). Replies {version, lease_until,
+# expires_at, created_at}, or 0.
 _REDIS_ADVANCE: Final = (
-    _REDIS_LIB
+    _REDIS_NOW
     + """
-local cur = redis.call('GET', KEYS[1])
-if not cur then return 0 end
-local rec = decode(cur)
-if not rec or rec['version'] ~= tonumber(ARGV[1]) then return 0 end
-local owner = rec['owner']
-if type(owner) ~= 'string' then owner = '' end
-if owner ~= ARGV[2] then return 0 end
-local lease_until = now
-if ARGV[3] ~= '' then lease_until = now + tonumber(ARGV[3]) end
-local expires_at = rec['expires_at']
-if ARGV[4] ~= '' and expires_at <= now then expires_at = now + tonumber(ARGV[4]) end
-local created_at = rec['created_at']
-if type(created_at) ~= 'number' then created_at = now end
-return store(KEYS[1], rec['version'] + 1, lease_until, expires_at, created_at, ARGV[5])
+local cur = redis.call('HMGET', k, 'v', 'ow', 'ea', 'ca')
+if not cur[1] or cur[1] ~= ARGV[1] or (cur[2] or '') ~= ARGV[2] then return 0 end
+local lu = now
+if ARGV[3] ~= '' then lu = now + ARGV[3] end
+local ea = tonumber(cur[3])
+if ARGV[4] ~= '' and ea <= now then ea = now + ARGV[4] end
+local v = cur[1] + 1
+redis.call('HSET', k, 'v', v, 'st', ARGV[5], 'ow', ARGV[6], 'lu', lu, 'ea', ea,
+    'rp', ARGV[7], 'rd', ARGV[8], 'rs', ARGV[9])
+redis.call('PEXPIRE', k, math.max(1, math.max(ea, lu) - now))
+return {v, lu, ea, tonumber(cur[4]) or 0}
 """
 )
 
 
-_bulk: Final = bulk
+def _arg(value: str | bytes) -> bytes:
+    data = value.encode() if isinstance(value, str) else value
+    return b"$%d\r\n%s\r\n" % (len(data), data)
 
 
 class _Script:
@@ -382,35 +473,33 @@ class _Script:
         self.body = body
         sha = hashlib.sha1(body.encode()).hexdigest()
         self.argc = argc
-        self.head = b"*%d\r\n" % (argc + 4) + _bulk("EVALSHA") + _bulk(sha) + _bulk(1)
-        self.eval_head = b"*%d\r\n" % (argc + 4) + _bulk("EVAL") + _bulk(body) + _bulk(1)
+        self.head = b"*%d\r\n" % (argc + 4) + _arg("EVALSHA") + _arg(sha) + _arg("1")
+        self.eval_head = b"*%d\r\n" % (argc + 4) + _arg("EVAL") + _arg(body) + _arg("1")
 
-    def pack(self, head: bytes, key: str, args: tuple[str | int | float, ...]) -> bytes:
+    def args(self, key: str, args: tuple[str | bytes, ...]) -> bytes:
+        """The key and arguments, packed (what follows either head)."""
         if len(args) != self.argc:
             raise TypeError(f"{self.name} takes {self.argc} arguments, not {len(args)}")
-        return head + _bulk(key) + b"".join([_bulk(a) for a in args])
+        return _arg(key) + b"".join([_arg(a) for a in args])
 
 
-# KEYS[1] the record; ARGV: expected version, new record JSON, TTL in ms.
-_REDIS_CAS: Final = """
-local cur = redis.call('GET', KEYS[1])
-if not cur then return 0 end
-local ok, rec = pcall(cjson.decode, cur)
-if not ok or type(rec) ~= 'table' or rec['version'] ~= tonumber(ARGV[1]) then return 0 end
-redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
-return 1
-"""
-
-_CAS_SCRIPT: Final = _Script("idempotency compare-and-swap", _REDIS_CAS, 3)
 _CLAIM_SCRIPT: Final = _Script("idempotency claim", _REDIS_CLAIM, 4)
-_ADVANCE_SCRIPT: Final = _Script("idempotency update", _REDIS_ADVANCE, 5)
+_ADVANCE_SCRIPT: Final = _Script("idempotency update", _REDIS_ADVANCE, 9)
+_HGETALL: Final = b"*2\r\n" + _arg("HGETALL")
 
 
-_json_str: Final = json.JSONEncoder().encode  # a str's JSON literal
+def _ms(seconds: float) -> str:
+    """A duration for the scripts: whole milliseconds, at least 1."""
+    return str(max(1, round(seconds * 1000)))
 
 
 def _text(value: object) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _json_or_none(raw: object) -> Any:
+    """A stored JSON field ('' for none) decoded."""
+    return json.loads(raw) if raw else None  # type: ignore[arg-type]
 
 
 def _lean_pool(store: RedisKeyValueStore) -> RespPool:
@@ -431,24 +520,26 @@ def _lean_pool(store: RedisKeyValueStore) -> RespPool:
     return lean
 
 
-class RedisRecords(KeyValueRecords):
-    """Records in Redis; a claim and every change of a record are each one Lua script,
-    so one round trip, decided on the server's clock (``TIME``).
+class RedisRecords(RecordBackend):
+    """Records in Redis hashes under ``{prefix}{namespace}{len(scope)}:{scope}:{key}``;
+    a claim and every change of a record are each one Lua script, so one round trip,
+    decided on the server's clock (``TIME``). Redis drops expired records by itself
+    (every record has a TTL: its expiry, or its lease end if later).
 
-    The scripts run on a lean RESP2 client (:mod:`multistore._resp`, its
-    own small pool of connections to the store's server and database): a redis-py
-    asyncio round trip costs 165-183 us here, a bare asyncio protocol about 35 us.
-    With ``ssl`` (not supported there) they run on a connection of the store's own
-    redis-py pool, sent and read directly, skipping ``Redis.execute_command``'s
-    ~50 us of client work (observability hooks, retry wrapper, response callbacks).
+    The scripts run on a lean RESP2 client (:mod:`multistore._resp`, its own small
+    pool of connections to the store's server and database): a redis-py asyncio round
+    trip costs 165-183 us here, a bare asyncio protocol about 35 us. With ``ssl`` (not
+    supported there) they run on a connection of the store's own redis-py pool, sent
+    and read directly, skipping ``Redis.execute_command``'s ~50 us of client work
+    (observability hooks, retry wrapper, response callbacks).
     """
 
     def __init__(self, store: RedisKeyValueStore, namespace: str) -> None:
-        super().__init__(store, namespace)
         from redis import exceptions as rex
         from redis._parsers.base import BaseParser
 
         parser: Any = BaseParser  # untyped
+        self.namespace = namespace
         self._parse_error: Callable[[str], BaseException] = parser.parse_error
         self._redis = store
         self._prefix = store.url.str_option("prefix", "")
@@ -457,51 +548,54 @@ class RedisRecords(KeyValueRecords):
         self._redis_error = rex.RedisError
         self._lean = None if store.url.option("ssl", False) else _lean_pool(store)
 
-    async def _run(self, script: _Script, key: str, *args: str | int | float) -> Any:
+    async def _send(
+        self, name: str, key: str, command: bytes, fallback: Callable[[], bytes] | None
+    ) -> Any:
+        """One command (``fallback`` instead on a NOSCRIPT reply), errors mapped."""
         store = self._redis
         if store._closed:
             raise UsageError(f"the key-value store {store.url} is closed")
         lean = self._lean
         if lean is not None:
-            return await self._run_lean(lean, script, key, args)
+            try:
+                return await lean.call(command, fallback)
+            except RespError as exc:  # an error reply: the exception redis-py would raise
+                self._raise_mapped(name, key, self._parse_error(exc.message))
+            except RespConnectionError as exc:
+                # Sent: the script may have run (indeterminate); not sent: it did not.
+                outcome = Outcome.INDETERMINATE if exc.sent else Outcome.DEFINITE
+                where = f"{name} on {store.url} (key {key!r})"
+                if isinstance(exc, RespTimeoutError):
+                    raise StoreTimeoutError(
+                        f"Redis did not answer in time: {where}", outcome=outcome
+                    ) from exc
+                raise StoreUnavailableError(
+                    f"Redis unreachable: {where}: {exc}", outcome=outcome
+                ) from exc
         pool = self._pool
         try:
             conn = await pool.get_connection()
             try:
                 # As redis-py does: on any failure but an error reply the connection
                 # disconnects itself, so the pool never hands out a half-read one.
-                await conn.send_packed_command(script.pack(script.head, key, args), False)
+                await conn.send_packed_command(command, False)
                 try:
                     return await conn.read_response()
                 except self._noscript:  # a restarted or flushed server: send the body
-                    await conn.send_packed_command(script.pack(script.eval_head, key, args), False)
+                    if fallback is None:
+                        raise
+                    await conn.send_packed_command(fallback(), False)
                     return await conn.read_response()
             finally:
                 await pool.release(conn)
         except self._redis_error as exc:
-            self._raise_mapped(script.name, key, exc)
+            self._raise_mapped(name, key, exc)
 
-    async def _run_lean(
-        self, lean: RespPool, script: _Script, key: str, args: tuple[str | int | float, ...]
-    ) -> Any:
-        try:
-            return await lean.call(
-                script.pack(script.head, key, args),
-                lambda: script.pack(script.eval_head, key, args),
-            )
-        except RespError as exc:  # an error reply: the exception redis-py would raise
-            self._raise_mapped(script.name, key, self._parse_error(exc.message))
-        except RespConnectionError as exc:
-            # Sent: the script may have run (indeterminate); not sent: it did not.
-            outcome = Outcome.INDETERMINATE if exc.sent else Outcome.DEFINITE
-            where = f"{script.name} on {self._redis.url} (key {key!r})"
-            if isinstance(exc, RespTimeoutError):
-                raise StoreTimeoutError(
-                    f"Redis did not answer in time: {where}", outcome=outcome
-                ) from exc
-            raise StoreUnavailableError(
-                f"Redis unreachable: {where}: {exc}", outcome=outcome
-            ) from exc
+    async def _run(self, script: _Script, key: str, *args: str | bytes) -> Any:
+        packed = script.args(key, args)
+        return await self._send(
+            script.name, key, script.head + packed, lambda: script.eval_head + packed
+        )
 
     def _raise_mapped(self, op: str, key: str, exc: BaseException) -> NoReturn:
         with self._redis._errors(op, key):  # the store's mapping of redis-py errors
@@ -509,7 +603,34 @@ class RedisRecords(KeyValueRecords):
         raise StoreError(f"Redis error: {op} (key {key!r}): {exc}") from exc
 
     def _key(self, scope: str, key: str) -> str:
-        return f"{self._prefix}{self.namespace}{len(scope)}:{scope}:{key}"
+        return self._prefix + kv_key(self.namespace, scope, key)
+
+    async def load(self, scope: str, key: str) -> IdempotencyRecord | None:
+        k = self._key(scope, key)
+        reply = await self._send("idempotency load", k, _HGETALL + _arg(k), None)
+        if not reply:
+            return None
+        pairs = (  # a flat list in RESP2; redis-py may hand over a dict (RESP3)
+            reply.items() if isinstance(reply, dict) else zip(reply[::2], reply[1::2], strict=True)
+        )
+        f = {_text(name): value for name, value in pairs}
+        try:
+            return _record(
+                scope,
+                key,
+                f["v"],
+                "completed" if f["st"] == b"completed" else "in_progress",
+                _text(f["fp"]),
+                _text(f.get("ow", b"")) or None,
+                f["lu"],
+                f["ca"],
+                f["ea"],
+                _text(f.get("rp", b"")) or None,
+                _json_or_none(f.get("rd")),
+                _json_or_none(f.get("rs")),
+            )
+        except (KeyError, ValueError, TypeError) as exc:
+            raise StoreError(f"a stored idempotency record is corrupt: {k!r}: {exc}") from None
 
     async def claim(
         self,
@@ -523,45 +644,75 @@ class RedisRecords(KeyValueRecords):
         clock: Callable[[], float],
     ) -> Claim:
         k = self._key(scope, key)
-        # The fresh record's dumps_tail(), written out: fingerprint and owner are hex.
-        tail = (
-            f'"scope":{_json_str(scope)},"key":{_json_str(key)},"state":"in_progress",'
-            f'"fingerprint":{_json_str(fingerprint)},"owner":{_json_str(owner)},'
-            '"recovery_point":null,"recovery_data":null,"result":null}'
+        reply = await self._run(
+            _CLAIM_SCRIPT, k, fingerprint, _ms(lease), _ms(expires_after), owner
         )
-        for _ in range(CLAIM_ATTEMPTS):
-            reply = await self._run(_CLAIM_SCRIPT, k, fingerprint, lease, expires_after, tail)
-            if isinstance(reply, (bytes, str)):  # the completed record, to replay
-                return Claim("completed", IdempotencyRecord.loads(reply))
-            status = _text(reply[0])
-            if status == "created":
-                version, lease_until, expires_at, created_at = (_text(x) for x in reply[1:5])
-                fresh = IdempotencyRecord(
-                    scope=scope,
-                    key=key,
-                    version=int(version),
-                    state="in_progress",
-                    fingerprint=fingerprint,
-                    owner=owner,
-                    lease_until=float(lease_until),
-                    created_at=float(created_at),
-                    expires_at=float(expires_at),
+        status = reply[0]
+        try:
+            if status == b"created":
+                _, version, lease_until, expires_at, created_at = reply
+                return Claim(
+                    "created",
+                    _record(
+                        scope,
+                        key,
+                        version,
+                        "in_progress",
+                        fingerprint,
+                        owner,
+                        lease_until,
+                        created_at,
+                        expires_at,
+                        None,
+                        None,
+                        None,
+                    ),
                 )
-                return Claim("created", fresh)
-            if status == "busy":
-                return Claim("busy", None, float(_text(reply[1])))
-            if status == "mismatch":
-                return Claim("mismatch")
-            if status == "expired":
-                record = IdempotencyRecord.loads(reply[1])
-                taken = await self.advance(
-                    dataclasses.replace(record, owner=owner), record, 0.0, lease=lease
+            if status == b"completed":
+                _, version, lease_until, expires_at, created_at, outcome = reply
+                return Claim(
+                    "completed",
+                    _record(
+                        scope,
+                        key,
+                        version,
+                        "completed",
+                        fingerprint,
+                        None,
+                        lease_until,
+                        created_at,
+                        expires_at,
+                        None,
+                        None,
+                        _json_or_none(outcome),
+                    ),
                 )
-                if taken is not None:
-                    return Claim("resumed", taken)
-                continue
-            raise StoreError(f"a stored idempotency record is corrupt: {k!r}")
-        return Claim("contended")
+            if status == b"resumed":
+                _, version, lease_until, expires_at, created_at, point, data = reply
+                return Claim(
+                    "resumed",
+                    _record(
+                        scope,
+                        key,
+                        version,
+                        "in_progress",
+                        fingerprint,
+                        owner,
+                        lease_until,
+                        created_at,
+                        expires_at,
+                        _text(point or b"") or None,
+                        _json_or_none(data),
+                        None,
+                    ),
+                )
+        except (ValueError, TypeError) as exc:
+            raise StoreError(f"a stored idempotency record is corrupt: {k!r}: {exc}") from None
+        if status == b"busy":
+            return Claim("busy", None, int(reply[1]) / 1000)
+        if status == b"mismatch":
+            return Claim("mismatch")
+        raise StoreError(f"a stored idempotency record is corrupt: {k!r}")
 
     async def advance(
         self,
@@ -572,32 +723,37 @@ class RedisRecords(KeyValueRecords):
         lease: float | None,
         expires_after: float | None = None,
     ) -> IdempotencyRecord | None:
+        recovery_data, result = new.recovery_data, new.result
+        try:
+            rd = "null" if recovery_data is None else _compact(recovery_data)
+            rs = "" if result is None else _compact(result)
+        except (TypeError, ValueError) as exc:
+            raise ResultNotJSONError(
+                f"idempotency key {new.key!r}: the stored result or recovery data is not "
+                f"JSON: {exc}"
+            ) from None
         reply = await self._run(
             _ADVANCE_SCRIPT,
             self._key(new.scope, new.key),
-            current.version,
+            str(current.version),
             current.owner or "",
-            "" if lease is None else lease,
-            "" if expires_after is None else expires_after,
-            new.dumps_tail(),
+            "" if lease is None else _ms(lease),
+            "" if expires_after is None else _ms(expires_after),
+            new.state,
+            new.owner or "",
+            new.recovery_point or "",
+            rd,
+            rs,
         )
         if not reply:
             return None
-        version, lease_until, expires_at, created_at = (_text(x) for x in reply[:4])
-        return dataclasses.replace(
-            new,
-            version=int(version),
-            lease_until=float(lease_until),
-            expires_at=float(expires_at),
-            created_at=float(created_at),
+        version, lease_until, expires_at, created_at = reply
+        return new.evolve(
+            version=version,
+            lease_until=lease_until / 1000,
+            expires_at=expires_at / 1000,
+            created_at=created_at / 1000,
         )
-
-    async def replace(self, record: IdempotencyRecord, expected_version: int, now: float) -> bool:
-        """A plain compare-and-swap of the whole record, times as given (the claim and
-        the owner's changes use :meth:`claim` and :meth:`advance`, on Redis' clock)."""
-        k = self._key(record.scope, record.key)
-        ttl_ms = max(1, int(record.ttl(now) * 1000))
-        return bool(await self._run(_CAS_SCRIPT, k, expected_version, record.dumps(), ttl_ms))
 
     async def reap(self, now: float) -> int:
         return 0  # Redis drops expired keys by itself
@@ -612,7 +768,9 @@ class SQLiteKVRecords(KeyValueRecords):
         self._sqlite = store
         self._prefix = store.url.str_option("prefix", "")
 
-    async def replace(self, record: IdempotencyRecord, expected_version: int, now: float) -> bool:
+    async def replace(
+        self, record: IdempotencyRecord, expected: IdempotencyRecord, now: float
+    ) -> bool:
         k = self._prefix + self.kv_key(record.scope, record.key)
         raw, expires = record.dumps().encode(), now + record.ttl(now)
 
@@ -624,7 +782,12 @@ class SQLiteKVRecords(KeyValueRecords):
                     "AND (expires_at IS NULL OR expires_at > ?)",
                     (k, time.time()),
                 ).fetchone()
-                if row is None or IdempotencyRecord.loads(row[0]).version != expected_version:
+                stored = None if row is None else IdempotencyRecord.loads(row[0])
+                if (
+                    stored is None
+                    or stored.version != expected.version
+                    or stored.owner != expected.owner
+                ):
                     conn.execute("ROLLBACK")
                     return False
                 conn.execute(
@@ -658,7 +821,7 @@ class SQLiteKVRecords(KeyValueRecords):
 _IDENT: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
 
 
-class RelationalRecords(RecordBackend):
+class RelationalRecords(CasRecords):
     """Records in one table of a relational store (created if missing)."""
 
     def __init__(self, store: RelationalStore, table: str) -> None:
@@ -718,12 +881,23 @@ class RelationalRecords(RecordBackend):
             return False
         return True
 
-    async def replace(self, record: IdempotencyRecord, expected_version: int, now: float) -> bool:
+    async def replace(
+        self, record: IdempotencyRecord, expected: IdempotencyRecord, now: float
+    ) -> bool:
+        # The stored text is what ``expected.dumps()`` gives (records are written by
+        # dumps and JSON round-trips), so comparing it checks the owner as well as the
+        # version; MariaDB compares text case-insensitively unless told BINARY.
+        binary = "BINARY " if self.store.backend == "mariadb" else ""
         changed = await self.store.execute(
             f"UPDATE {self.table} SET version = :version, state = :state, "
             "lease_until = :lease, expires_at = :expires, record = :record "
-            "WHERE scope = :scope AND idem_key = :key AND version = :expected",
-            {**self._params(record), "expected": expected_version},
+            "WHERE scope = :scope AND idem_key = :key AND version = :expected "
+            f"AND record = {binary}:expected_record",
+            {
+                **self._params(record),
+                "expected": expected.version,
+                "expected_record": expected.dumps(),
+            },
         )
         return changed == 1
 
