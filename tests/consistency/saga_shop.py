@@ -18,7 +18,7 @@ import signal
 from dataclasses import dataclass
 from typing import Any
 
-from multistore.consistency._saga import Saga, Step, StepContext
+from multistore.consistency._saga import Parallel, Saga, Step, StepContext
 from multistore.stores import open_store
 from multistore.stores.relational import RelationalStore
 
@@ -190,15 +190,15 @@ class Shop:
         maybe_crash("effect", ctx)
         return {"reservation": ctx.idempotency_key}
 
-    def saga(self) -> Saga:
-        return Saga(
-            "order",
-            [
-                Step("create_order", self.create_order, compensate=self.cancel_order),
-                Step("charge_payment", self.charge_payment, compensate=self.refund_payment),
-                Step("reserve_inventory", self.reserve_inventory),
-            ],
-        )
+    def saga(self, *, parallel: bool = False) -> Saga:
+        """The seed's order saga; with ``parallel`` the payment and the reservation
+        run concurrently after the order is created (same step names, same effects)."""
+        charge = Step("charge_payment", self.charge_payment, compensate=self.refund_payment)
+        reserve = Step("reserve_inventory", self.reserve_inventory)
+        create = Step("create_order", self.create_order, compensate=self.cancel_order)
+        if parallel:
+            return Saga("order", [create, Parallel("pay_and_reserve", [charge, reserve])])
+        return Saga("order", [create, charge, reserve])
 
     # -- what the databases hold --
 

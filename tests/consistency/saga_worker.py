@@ -4,7 +4,8 @@
 
 CONFIG_JSON: ``{"log": url, "orders": url, "payments": url, "inventory": url,
 "executions": url | null, "worker": id, "mode": "start" | "recover" | "work",
-"count": n, "lease": seconds}``.
+"count": n, "lease": seconds, "parallel": bool}`` (``parallel``: the saga with the
+payment and the reservation as one concurrent group).
 
 - ``start``: run sagas ``s0 .. s{n-1}`` one after another with ``engine.start``.
 - ``recover``: ``engine.recover()``, then start every saga again (idempotent start:
@@ -53,7 +54,7 @@ async def main(config: dict[str, object]) -> None:
     try:
         if mode == "start":
             await shop.setup()
-        saga = shop.saga()
+        saga = shop.saga(parallel=bool(config.get("parallel", False)))
         async with SagaEngine(
             log,
             [saga],

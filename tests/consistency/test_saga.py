@@ -13,6 +13,7 @@ import pytest
 
 from multistore.consistency._retry import RetryPolicy
 from multistore.consistency._saga import (
+    Parallel,
     Saga,
     SagaLeaseLostError,
     SagaResult,
@@ -488,6 +489,12 @@ def test_bad_definitions_and_inputs_are_refused(tmp_path: Path) -> None:
         Step("a:b", ok)
     with pytest.raises(UsageError):
         RetryPolicy(max_attempts=0)
+    with pytest.raises(UsageError):
+        Parallel("g", [])
+    with pytest.raises(UsageError, match="same name"):
+        Saga("x", [Step("a", ok), Parallel("g", [Step("b", ok), Step("a", ok)])])
+    with pytest.raises(UsageError, match="neither a Step"):
+        Saga("x", [ok])  # type: ignore[list-item]
 
     saga = Saga("x", [Step("a", ok)])
 
@@ -501,6 +508,194 @@ def test_bad_definitions_and_inputs_are_refused(tmp_path: Path) -> None:
             result: SagaResult = await engine.start(saga, None, saga_id="x2")
             assert result.state is SagaState.COMPENSATED
             assert result.error is not None and "must be JSON" in result.error.message
+
+    _run(body)
+
+
+# -- parallel groups ----------------------------------------------------------------
+
+
+class _Meeting:
+    """Each caller waits until ``parties`` callers are inside at once: only
+    concurrent members get past it; a sequential one times out (bounded) and the
+    timeout is counted, so a retry that gets through later cannot hide it."""
+
+    def __init__(self, parties: int) -> None:
+        self.parties = parties
+        self.inside = 0
+        self.timeouts = 0
+        self.everyone = asyncio.Event()
+
+    async def __call__(self) -> None:
+        self.inside += 1
+        if self.inside == self.parties:
+            self.everyone.set()
+        try:
+            await asyncio.wait_for(self.everyone.wait(), 10.0)
+        except TimeoutError:
+            self.timeouts += 1
+            raise
+
+
+def test_parallel_group_runs_its_members_concurrently(urls: dict[str, str]) -> None:
+    meet = _Meeting(2)
+
+    async def first(ctx: StepContext) -> str:
+        return "order-1"
+
+    async def member(ctx: StepContext) -> dict[str, Any]:
+        await meet()
+        return {"step": ctx.step, "saw": sorted(ctx.results)}
+
+    async def last(ctx: StepContext) -> list[str]:
+        return sorted(ctx.results)
+
+    saga = Saga(
+        "fan_out",
+        [
+            Step("first", first),
+            Parallel("pay_and_reserve", [Step("pay", member), Step("reserve", member)]),
+            Step("last", last),
+        ],
+    )
+
+    async def body() -> None:
+        log = await _open(urls["log"])
+        async with log, SagaEngine(log, [saga]) as engine:
+            result = await engine.start(saga, None, saga_id="f1")
+            shown = await engine.show("f1")
+        assert result.state is SagaState.COMPLETED, result.error
+        assert meet.timeouts == 0
+        # members see the steps before their group, never each other
+        assert result.outputs["pay"] == {"step": "pay", "saw": ["first"]}
+        assert result.outputs["reserve"] == {"step": "reserve", "saw": ["first"]}
+        assert result.outputs["last"] == ["first", "pay", "reserve"]
+        assert [(s["name"], s["state"], s["attempts"]) for s in shown["steps"]] == [
+            ("first", "completed", 1),
+            ("pay", "completed", 1),
+            ("reserve", "completed", 1),
+            ("last", "completed", 1),
+        ]
+
+    _run(body)
+
+
+def test_failed_member_compensates_its_group_together_then_earlier_steps(
+    tmp_path: Path,
+) -> None:
+    undone: list[str] = []
+    meet = _Meeting(2)
+
+    async def ok(ctx: StepContext) -> str:
+        return ctx.step
+
+    async def declined(ctx: StepContext) -> str:
+        raise ValueError(f"{ctx.step} declined")
+
+    async def undo(ctx: StepContext) -> None:
+        if ctx.step in ("pay", "reserve"):
+            await meet()  # the group's compensations run concurrently
+        undone.append(f"{ctx.step}:{ctx.idempotency_key}")
+
+    saga = Saga(
+        "order",
+        [
+            Step("create", ok, compensate=undo),
+            Parallel(
+                "group",
+                [
+                    Step("pay", ok, compensate=undo),
+                    Step("reserve", declined, compensate=undo),
+                    Step("gift", declined),  # no compensation: nothing to undo
+                ],
+            ),
+            Step("ship", ok, compensate=undo),
+        ],
+    )
+
+    async def body() -> None:
+        log = await _open(_sqlite_log(tmp_path))
+        async with log, SagaEngine(log, [saga]) as engine:
+            result = await engine.start(saga, None, saga_id="o1")
+            shown = await engine.show("o1")
+        assert result.state is SagaState.COMPENSATED
+        assert meet.timeouts == 0
+        # the first failed member in list order is the saga's error
+        assert result.error is not None and result.error.message == "reserve declined"
+        assert sorted(undone[:2]) == ["pay:o1:pay", "reserve:o1:reserve"]
+        assert undone[2:] == ["create:o1:create"]  # after the whole group
+        assert [(s["name"], s["state"]) for s in shown["steps"]] == [
+            ("create", "compensated"),
+            ("pay", "compensated"),
+            ("reserve", "compensated"),
+            ("gift", "failed"),
+            ("ship", "pending"),
+        ]
+
+    _run(body)
+
+
+def test_group_member_retries_alone_and_a_stuck_member_is_retried_by_an_operator(
+    tmp_path: Path,
+) -> None:
+    runs: list[str] = []
+    broken = {"refund": True}
+
+    async def flaky(ctx: StepContext) -> str:
+        runs.append(ctx.step)
+        if runs.count(ctx.step) < 3:
+            raise StoreUnavailableError("payments: connection refused")
+        return "charged"
+
+    async def steady(ctx: StepContext) -> str:
+        runs.append(ctx.step)
+        return "reserved"
+
+    async def fail(ctx: StepContext) -> str:
+        raise ValueError("no courier")
+
+    async def refund(ctx: StepContext) -> None:
+        if broken["refund"]:
+            raise StoreUnavailableError("payments: connection refused")
+
+    async def release(ctx: StepContext) -> None:
+        runs.append("release")
+
+    retry = RetryPolicy(max_attempts=3, initial_delay=1, jitter=0, retry_on=(Exception,))
+    saga = Saga(
+        "order",
+        [
+            Parallel(
+                "group",
+                [
+                    Step("pay", flaky, compensate=refund, compensation_retry=retry),
+                    Step("reserve", steady, compensate=release),
+                ],
+            ),
+            Step("ship", fail),
+        ],
+    )
+
+    async def body() -> None:
+        t = FakeTime()
+        log = await _open(_sqlite_log(tmp_path))
+        async with log, _engine(log, saga, t) as engine:
+            result = await engine.start(saga, None, saga_id="o2")
+            assert result.state is SagaState.STUCK
+            assert runs.count("pay") == 3 and runs.count("reserve") == 1  # retried alone
+            assert runs.count("release") == 1
+            assert result.compensation_error is not None
+            assert result.compensation_error.type == "StoreUnavailableError"
+            shown = await engine.show("o2")
+            steps = {s["name"]: s for s in shown["steps"]}
+            assert steps["pay"]["attempts"] == 3 and steps["reserve"]["attempts"] == 1
+            assert steps["pay"]["compensation_attempts"] == 3
+            assert steps["reserve"]["state"] == "compensated"
+            broken["refund"] = False
+            retried = await engine.retry_stuck("o2")
+            assert retried.state is SagaState.COMPENSATED
+            assert retried.error is not None and retried.error.message == "no courier"
+            assert runs.count("release") == 1  # the compensated member is not undone twice
 
     _run(body)
 

@@ -162,3 +162,63 @@ def test_retry_policy_backoff_is_capped_and_jittered() -> None:
     only_value = RetryPolicy(retry_on=lambda exc: isinstance(exc, ValueError))
     assert only_value.should_retry(ValueError("x"), 1)
     assert not only_value.should_retry(StoreUnavailableError("x"), 1)
+
+
+# -- parallel groups ----------------------------------------------------------------
+
+
+def _grouped() -> sm.SagaRecord:
+    """Steps a, (b, c, d) as one group, e."""
+    return sm.begin(sm.new_saga("s2", "order", "{}", ["a", "b", "c", "d", "e"], None))
+
+
+GROUPS = [0, 1, 1, 1, 2]
+FIVE = [True] * 5
+
+
+def test_group_members_run_together_and_only_those_not_completed_again() -> None:
+    saga = sm.step_completed(sm.step_started(_grouped(), 0), 0, "1")
+    assert sm.next_move(saga, FIVE, 0, GROUPS) == sm.RunGroup((1, 2, 3), first=1)
+    for i in (1, 2, 3):
+        saga = sm.step_started(saga, i)
+    # a crash before the group's outcome is logged: every member runs again
+    assert sm.next_move(saga, FIVE, 0, GROUPS) == sm.RunGroup((1, 2, 3), first=1)
+    after = sm.group_finished(saga, {1: '"b"', 3: '"d"'}, {})
+    assert after.state is SagaState.RUNNING
+    assert sm.next_move(after, FIVE, 0, GROUPS) == sm.RunGroup((2,), first=1)
+    done = sm.group_finished(after, {2: '"c"'}, {})
+    assert sm.next_move(done, FIVE, 0, GROUPS) == sm.RunStep(4)
+    # without groups the same log is run one step at a time
+    assert sm.next_move(saga, FIVE, 0) == sm.RunStep(1)
+
+
+def test_a_failed_member_compensates_the_group_together_after_later_steps() -> None:
+    saga = sm.step_completed(sm.step_started(_grouped(), 0), 0, "1")
+    for i in (1, 2, 3):
+        saga = sm.step_started(saga, i)
+    saga = sm.group_finished(saga, {1: '"b"'}, {3: '"E3"', 2: '"E2"'})
+    assert saga.state is SagaState.COMPENSATING
+    assert saga.error == '"E2"'  # the first failed member in step order
+    states = [s.state for s in saga.steps[1:4]]
+    assert states == [StepState.COMPLETED, StepState.FAILED, StepState.FAILED]
+    comp = [True, True, False, True, True]  # c has no compensation
+    assert sm.next_move(saga, comp, 0, GROUPS) == sm.CompensateGroup((1, 3))
+    saga = sm.group_compensated(saga, [1, 3], {})
+    assert sm.next_move(saga, comp, 0, GROUPS) == sm.Compensate(0)
+    saga = sm.step_compensated(saga, 0)
+    assert sm.next_move(saga, comp, 0, GROUPS) == sm.Finish(SagaState.COMPENSATED)
+
+
+def test_a_member_whose_compensation_gives_up_leaves_the_saga_stuck() -> None:
+    saga = sm.step_completed(sm.step_started(_grouped(), 0), 0, "1")
+    for i in (1, 2, 3):
+        saga = sm.step_started(saga, i)
+    saga = sm.group_finished(saga, {1: '"b"', 2: '"c"'}, {3: '"E"'})
+    saga = sm.group_compensated(saga, [2], {3: '"C3"', 1: '"C1"'})
+    assert saga.state is SagaState.STUCK
+    assert saga.compensation_error == '"C1"'
+    assert saga.steps[2].state is StepState.COMPENSATED
+    assert saga.steps[1].compensation_error == '"C1"'
+    assert saga.steps[3].compensation_error == '"C3"'
+    with pytest.raises(sm.SagaTransitionError):
+        sm.group_finished(_grouped(), {1: "1"}, {1: "e"})

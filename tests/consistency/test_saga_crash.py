@@ -108,11 +108,32 @@ CRASH_POINTS = [
 ]
 
 
-@pytest.mark.parametrize(("crash_at", "saga_id", "step", "attempts"), CRASH_POINTS)
+# The same saga with payment and reservation as one parallel group.
+PARALLEL_CRASH_POINTS = [
+    # the group's start is logged for both members, neither action has run
+    ("step_started:charge_payment:s2", "s2", "charge_payment", 2),
+    # one member's effect committed, the group's outcome not logged: both run again
+    ("effect:charge_payment:s2", "s2", "charge_payment", 2),
+    ("effect:reserve_inventory:s2", "s2", "reserve_inventory", 2),
+    # the failed group compensates its member that charged, after the refund
+    ("undo:charge_payment:s1", "s1", "charge_payment", 1),
+    ("compensation_starting:charge_payment:s3", "s3", "charge_payment", 1),
+]
+
+
+@pytest.mark.parametrize(
+    ("parallel", "crash_at", "saga_id", "step", "attempts"),
+    [(False, *point) for point in CRASH_POINTS]
+    + [(True, *point) for point in PARALLEL_CRASH_POINTS],
+)
 def test_sigkill_then_recover_finishes_every_saga_exactly_once(
-    tmp_path: Path, crash_at: str, saga_id: str, step: str, attempts: int
+    tmp_path: Path, parallel: bool, crash_at: str, saga_id: str, step: str, attempts: int
 ) -> None:
+    """The order saga, sequential or with payment and reservation as one parallel
+    group, killed at ``crash_at``; a restarted worker finishes every saga and every
+    effect is counted exactly once."""
     config = _sqlite_config(tmp_path, "start")
+    config["parallel"] = parallel
     assert _worker(config, crash_at) == -9  # it really died at that point
     config["mode"] = "recover"
     assert _worker(config) == 0

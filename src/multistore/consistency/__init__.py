@@ -45,6 +45,7 @@ from multistore.consistency._retry import (
 )
 from multistore.consistency._saga import (
     ErrorInfo,
+    Parallel,
     Saga,
     SagaResult,
     Step,
@@ -110,6 +111,7 @@ __all__ = [
     "LogRecord",
     "Order",
     "OutOfStockError",
+    "Parallel",
     "Participant",
     "RecoveryReport",
     "RetryPolicy",

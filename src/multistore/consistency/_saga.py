@@ -12,6 +12,16 @@
         timeout=60.0,
     )
 
+A :class:`Parallel` group in the list runs its steps concurrently (and, when the saga
+compensates, their compensations concurrently)::
+
+    Step("create_order", create_order, compensate=cancel_order),
+    Parallel("pay_and_reserve", [
+        Step("charge_payment", charge, compensate=refund),
+        Step("reserve_inventory", reserve, compensate=release),
+    ]),
+    Step("ship", ship),
+
 An action and its compensation are ``async def fn(ctx: StepContext) -> JSON``. The
 context carries the step's deterministic idempotency key (``"<saga id>:<step
 name>"``), the saga input and the outputs of the steps before it, so a step that is
@@ -23,7 +33,7 @@ from __future__ import annotations
 import json
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 from multistore.consistency._retry import COMPENSATION_RETRY, DEFAULT_RETRY, RetryPolicy
 from multistore.core._saga import SagaState
@@ -37,6 +47,7 @@ from multistore.errors import (
 
 __all__ = [
     "ErrorInfo",
+    "Parallel",
     "Saga",
     "SagaError",
     "SagaLeaseLostError",
@@ -94,28 +105,79 @@ class Step:
 
 
 @dataclass(frozen=True)
-class Saga:
-    """A named, ordered list of steps, and an optional whole-saga timeout (seconds)."""
+class Parallel:
+    """Steps that run concurrently, as one stage of a saga. Each member keeps its
+    own compensation, retry policy and timeout. The group completes when every
+    member completed; if a member fails for good the others still run to their end,
+    then the saga compensates — every member that started, together — and the first
+    failed member's error (in list order) is the saga's error."""
 
     name: str
     steps: Sequence[Step]
+
+    def __post_init__(self) -> None:
+        if not self.name:
+            raise UsageError("a parallel group needs a name")
+        if not self.steps:
+            raise UsageError(f"parallel group {self.name!r} has no steps")
+        if not all(isinstance(s, Step) for s in self.steps):
+            raise UsageError(f"parallel group {self.name!r} holds only Step objects")
+        object.__setattr__(self, "steps", tuple(self.steps))
+
+
+@dataclass(frozen=True)
+class Saga:
+    """A named, ordered list of steps (a :class:`Parallel` group is one stage of
+    concurrent steps), and an optional whole-saga timeout (seconds).
+
+    ``steps`` is the flat list of every step in order (a group's members in place);
+    ``groups[i]`` numbers the stage of ``steps[i]``, so members of one group share it.
+    """
+
+    name: str
+    steps: Sequence[Step | Parallel]
     timeout: float | None = None
+    groups: tuple[int, ...] = field(init=False, default=())
 
     def __post_init__(self) -> None:
         if not self.name:
             raise UsageError("a saga needs a name")
         if not self.steps:
             raise UsageError(f"saga {self.name!r} has no steps")
-        names = [s.name for s in self.steps]
+        flat: list[Step] = []
+        groups: list[int] = []
+        for stage, item in enumerate(self.steps):
+            if isinstance(item, Parallel):
+                flat.extend(item.steps)
+                groups.extend([stage] * len(item.steps))
+            elif isinstance(item, Step):
+                flat.append(item)
+                groups.append(stage)
+            else:
+                raise UsageError(
+                    f"saga {self.name!r}: {item!r} is neither a Step nor a Parallel group"
+                )
+        names = [s.name for s in flat]
         if len(set(names)) != len(names):
             raise UsageError(f"saga {self.name!r} has two steps with the same name")
         if self.timeout is not None and self.timeout <= 0:
             raise UsageError(f"saga {self.name!r}: timeout must be positive")
-        object.__setattr__(self, "steps", tuple(self.steps))
+        object.__setattr__(self, "steps", tuple(flat))
+        object.__setattr__(self, "groups", tuple(groups))
 
     @property
     def step_names(self) -> list[str]:
-        return [s.name for s in self.steps]
+        return [s.name for s in self.flat_steps]
+
+    @property
+    def flat_steps(self) -> tuple[Step, ...]:
+        """Every step in order, a group's members in place (what ``steps`` holds)."""
+        return cast(tuple[Step, ...], self.steps)
+
+    @property
+    def parallel(self) -> bool:
+        """True when some stage runs several steps concurrently."""
+        return len(set(self.groups)) != len(self.groups)
 
 
 @dataclass(frozen=True)

@@ -324,12 +324,13 @@ class SagaEngine:
                 f"{[s.name for s in record.steps]}, the definition of {saga.name!r} "
                 f"now has {saga.step_names}; keep old definitions under another name"
             )
-        compensable = [s.compensate is not None for s in saga.steps]
+        compensable = [s.compensate is not None for s in saga.flat_steps]
+        groups = saga.groups if saga.parallel else None
         self._running.add(record.saga_id)
         self._ensure_heartbeat()
         try:
             while True:
-                move = sm.next_move(record, compensable, self._clock())
+                move = sm.next_move(record, compensable, self._clock(), groups)
                 if isinstance(move, sm.Halt):
                     return _result(record)
                 if isinstance(move, sm.Finish):
@@ -341,8 +342,13 @@ class SagaEngine:
                 elif isinstance(move, sm.RunStep):
                     logged = prestarted == move.index
                     record, prestarted = await self._run_step(
-                        saga, record, move.index, compensable, logged=logged
+                        saga, record, move.index, compensable, groups, logged=logged
                     )
+                elif isinstance(move, sm.RunGroup):
+                    record = await self._run_group(saga, record, move, prestarted)
+                    prestarted = None
+                elif isinstance(move, sm.CompensateGroup):
+                    record = await self._compensate_group(saga, record, move.indices)
                 else:
                     record = await self._compensate(saga, record, move.index)
         finally:
@@ -351,7 +357,7 @@ class SagaEngine:
     def _start_first(self, saga: Saga, record: SagaRecord) -> SagaRecord:
         """A new saga goes straight to running with its first step started, so its
         creation and the first step's start are one log write."""
-        self._emit("step_starting", record.saga_id, saga.steps[0].name)
+        self._emit("step_starting", record.saga_id, saga.flat_steps[0].name)
         return sm.step_started(sm.begin(record), 0)
 
     async def _run_step(
@@ -360,10 +366,11 @@ class SagaEngine:
         record: SagaRecord,
         index: int,
         compensable: Sequence[bool],
+        groups: Sequence[int] | None,
         *,
         logged: bool,
     ) -> tuple[SagaRecord, int | None]:
-        step = saga.steps[index]
+        step = saga.flat_steps[index]
         sid = record.saga_id
         if not logged:
             self._emit("step_starting", sid, step.name)
@@ -386,10 +393,10 @@ class SagaEngine:
         # One log write records this step's output together with the next move:
         # the next step's start, or the saga's completion.
         after = sm.step_completed(record, index, text)
-        move = sm.next_move(after, compensable, self._clock())
+        move = sm.next_move(after, compensable, self._clock(), groups)
         prestarted = None
         if isinstance(move, sm.RunStep):
-            self._emit("step_starting", sid, saga.steps[move.index].name)
+            self._emit("step_starting", sid, saga.flat_steps[move.index].name)
             after = sm.step_started(after, move.index)
             prestarted = move.index
         elif isinstance(move, sm.Finish):
@@ -400,8 +407,103 @@ class SagaEngine:
             self._emit("saga_" + move.state.value, sid, None)
         return record, prestarted
 
+    async def _run_group(
+        self, saga: Saga, record: SagaRecord, move: sm.RunGroup, prestarted: int | None
+    ) -> SagaRecord:
+        """Start every member not completed (one log write), run their actions
+        concurrently — each with its own retries, timeout and the saga deadline —
+        and log all their outcomes in one write. A crash before that write re-runs
+        the started members with the same idempotency keys."""
+        sid = record.saga_id
+        started = record
+        for index in move.indices:
+            if index != prestarted:
+                self._emit("step_starting", sid, saga.flat_steps[index].name)
+                started = sm.step_started(started, index)
+        if started is not record:
+            record = await self._save(record, started)
+
+        async def member(index: int) -> tuple[int, str | None, str | None, int]:
+            """(index, output, error, attempts after the first)."""
+            step = saga.flat_steps[index]
+            first = attempts = record.steps[index].attempts
+            self._emit("step_started", sid, step.name)
+            while True:
+                ctx = self._context(saga, record, index, attempt=attempts, before=move.first)
+                try:
+                    output = await self._call(step.action, ctx, step.timeout, record.deadline)
+                    text = _dumps(output, what=f"the output of step {step.name!r}")
+                    return index, text, None, attempts - first
+                except Exception as exc:
+                    past = record.deadline is not None and self._clock() >= record.deadline
+                    if past or not step.retry.should_retry(exc, attempts):
+                        self._emit("step_failed", sid, step.name)
+                        return index, None, _error_json(exc), attempts - first
+                    self._emit("step_retry", sid, step.name)
+                    await self._sleep(step.retry.delay(attempts, self._random()))
+                    attempts += 1
+
+        ended = await asyncio.gather(*(member(i) for i in move.indices))
+        after = record
+        for index, _, _, retries in ended:
+            for _ in range(retries):  # each retry counts as an attempt, as for one step
+                after = sm.step_started(after, index)
+        outputs = {i: out for i, out, _, _ in ended if out is not None}
+        errors = {i: err for i, _, err, _ in ended if err is not None}
+        record = await self._save(record, sm.group_finished(after, outputs, errors))
+        for index in sorted(outputs):
+            self._emit("step_completed", sid, saga.flat_steps[index].name)
+        return record
+
+    async def _compensate_group(
+        self, saga: Saga, record: SagaRecord, indices: Sequence[int]
+    ) -> SagaRecord:
+        """Compensate group members concurrently, each retried under its own policy;
+        log the outcomes in one write (any that gave up leaves the saga stuck)."""
+        sid = record.saga_id
+
+        async def member(index: int) -> tuple[int, list[str], bool]:
+            """(index, the errors of its failed attempts, whether it gave up)."""
+            step = saga.flat_steps[index]
+            assert step.compensate is not None
+            attempts = record.steps[index].compensation_attempts + 1
+            errors: list[str] = []
+            self._emit("compensation_starting", sid, step.name)
+            while True:
+                ctx = self._context(saga, record, index, attempt=attempts, compensating=True)
+                try:
+                    await self._call(step.compensate, ctx, step.timeout, None)
+                    return index, errors, False
+                except Exception as exc:
+                    errors.append(_error_json(exc))
+                    if not step.compensation_retry.should_retry(exc, attempts):
+                        return index, errors, True
+                    self._emit("compensation_retry", sid, step.name)
+                    await self._sleep(step.compensation_retry.delay(attempts, self._random()))
+                    attempts += 1
+
+        ended = await asyncio.gather(*(member(i) for i in indices))
+        after = record
+        done: list[int] = []
+        failed: dict[int, str] = {}
+        for index, errors, gave_up in ended:
+            # Every failed attempt is counted (the last one of a member that gave up is
+            # counted by group_compensated, which marks the saga stuck with it).
+            for error in errors[:-1] if gave_up else errors:
+                after = sm.compensation_attempted(after, index, error)
+            if gave_up:
+                failed[index] = errors[-1]
+            else:
+                done.append(index)
+        record = await self._save(record, sm.group_compensated(after, done, failed))
+        for index in done:
+            self._emit("step_compensated", sid, saga.flat_steps[index].name)
+        if failed:
+            self._emit("saga_stuck", sid, saga.flat_steps[min(failed)].name)
+        return record
+
     async def _compensate(self, saga: Saga, record: SagaRecord, index: int) -> SagaRecord:
-        step = saga.steps[index]
+        step = saga.flat_steps[index]
         assert step.compensate is not None
         sid = record.saga_id
         logged = record.steps[index]
@@ -432,11 +534,14 @@ class SagaEngine:
         *,
         attempt: int,
         compensating: bool = False,
+        before: int | None = None,
     ) -> StepContext:
+        """``results`` are the outputs of the steps before ``before`` (default: this
+        step; a group member sees those before its group, whatever siblings did)."""
         logged = record.steps[index]
         results = {
             s.name: json.loads(s.output)
-            for s in record.steps[:index]
+            for s in record.steps[: index if before is None else before]
             if s.output is not None and s.state in (StepState.COMPLETED, StepState.COMPENSATED)
         }
         return StepContext(

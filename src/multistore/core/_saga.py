@@ -17,6 +17,14 @@ Saga states::
                           ▼
                         STUCK ──operator retries──▶ COMPENSATING
 
+Parallel groups: consecutive steps may form a group (``groups[i]`` is step ``i``'s
+group number; steps of one group share it). A group's members are started together,
+run concurrently, and their outcomes are logged together
+(:func:`group_finished`); when the saga compensates, the members of a group are
+compensated together (:class:`CompensateGroup`), after every later step and before
+every earlier one. A member that failed does not stop its siblings: each ends
+completed or failed, and the group fails if any member did.
+
 Step states: ``PENDING`` (not started), ``STARTED`` (its compensation is registered
 and its action may have run, fully or in part), ``COMPLETED`` (output logged),
 ``FAILED`` (the action raised for good; it may still have half-succeeded),
@@ -38,9 +46,11 @@ __all__ = [
     "UNFINISHED_STATES",
     "Abort",
     "Compensate",
+    "CompensateGroup",
     "Finish",
     "Halt",
     "Move",
+    "RunGroup",
     "RunStep",
     "SagaRecord",
     "SagaState",
@@ -51,6 +61,8 @@ __all__ = [
     "begin",
     "compensation_attempted",
     "finish",
+    "group_compensated",
+    "group_finished",
     "new_saga",
     "next_move",
     "reopen_stuck",
@@ -167,13 +179,39 @@ class Halt:
     state: SagaState
 
 
-Move = RunStep | Compensate | Abort | Finish | Halt
+@dataclass(frozen=True)
+class RunGroup:
+    """Run the actions of the group members ``indices`` (those not completed yet)
+    concurrently; ``first`` is the group's first step (results before it are what
+    every member sees)."""
+
+    indices: tuple[int, ...]
+    first: int
 
 
-def next_move(saga: SagaRecord, compensable: Sequence[bool], now: float) -> Move:
-    """What the engine must do next, given the log and which steps have a
-    compensation. ``now`` is compared with the saga deadline."""
-    if len(compensable) != len(saga.steps):
+@dataclass(frozen=True)
+class CompensateGroup:
+    """Run the compensations of the group members ``indices`` concurrently."""
+
+    indices: tuple[int, ...]
+
+
+Move = RunStep | RunGroup | Compensate | CompensateGroup | Abort | Finish | Halt
+
+
+def next_move(
+    saga: SagaRecord,
+    compensable: Sequence[bool],
+    now: float,
+    groups: Sequence[int] | None = None,
+) -> Move:
+    """What the engine must do next, given the log, which steps have a compensation
+    and (for parallel groups) each step's group number. ``now`` is compared with the
+    saga deadline. A group with a single member left to do is still a
+    :class:`RunGroup` / :class:`CompensateGroup`: its outcome is logged as a group's."""
+    if len(compensable) != len(saga.steps) or (
+        groups is not None and len(groups) != len(saga.steps)
+    ):
         raise SagaTransitionError(
             f"saga {saga.saga_id!r} has {len(saga.steps)} steps in its log "
             f"but {len(compensable)} in its definition"
@@ -185,13 +223,32 @@ def next_move(saga: SagaRecord, compensable: Sequence[bool], now: float) -> Move
             return Abort(f"saga {saga.saga_id!r} ran past its deadline")
         for i, step in enumerate(saga.steps):
             if step.state is not StepState.COMPLETED:
-                return RunStep(i)
+                members = _members(groups, i)
+                if len(members) == 1:
+                    return RunStep(i)
+                todo = tuple(j for j in members if saga.steps[j].state is not StepState.COMPLETED)
+                return RunGroup(todo, members[0])
         return Finish(SagaState.COMPLETED)
     # COMPENSATING: the latest started step first, back to the first one.
     for i in range(len(saga.steps) - 1, -1, -1):
         if compensable[i] and saga.steps[i].state in _TO_COMPENSATE:
-            return Compensate(i)
+            members = _members(groups, i)
+            if len(members) == 1:
+                return Compensate(i)
+            return CompensateGroup(
+                tuple(
+                    j for j in members if compensable[j] and saga.steps[j].state in _TO_COMPENSATE
+                )
+            )
     return Finish(SagaState.COMPENSATED)
+
+
+def _members(groups: Sequence[int] | None, index: int) -> tuple[int, ...]:
+    """The steps in ``index``'s group (consecutive, in order); just ``index`` alone."""
+    if groups is None:
+        return (index,)
+    group = groups[index]
+    return tuple(i for i, g in enumerate(groups) if g == group)
 
 
 _TO_COMPENSATE = (StepState.STARTED, StepState.COMPLETED, StepState.FAILED)
@@ -245,6 +302,41 @@ def step_failed(saga: SagaRecord, index: int, error: str) -> SagaRecord:
     step = _step(saga, index, StepState.STARTED)
     failed = _with_step(saga, index, dataclasses.replace(step, state=StepState.FAILED, error=error))
     return dataclasses.replace(failed, state=SagaState.COMPENSATING, error=error)
+
+
+def group_finished(saga: SagaRecord, outputs: dict[int, str], errors: dict[int, str]) -> SagaRecord:
+    """Log a group's outcome at once: each member in ``outputs`` completed (with its
+    output), each in ``errors`` failed for good. If any failed, the saga compensates
+    with the first failed member's error (in step order) as its error."""
+    _expect(saga, SagaState.RUNNING)
+    if outputs.keys() & errors.keys():
+        raise SagaTransitionError("a group member cannot both complete and fail")
+    for index, output in sorted(outputs.items()):
+        saga = step_completed(saga, index, output)
+    if not errors:
+        return saga
+    for index, error in sorted(errors.items()):
+        step = _step(saga, index, StepState.STARTED)
+        saga = _with_step(
+            saga, index, dataclasses.replace(step, state=StepState.FAILED, error=error)
+        )
+    return dataclasses.replace(saga, state=SagaState.COMPENSATING, error=errors[min(errors)])
+
+
+def group_compensated(saga: SagaRecord, done: Sequence[int], failed: dict[int, str]) -> SagaRecord:
+    """Log a group's compensations at once: the members in ``done`` compensated;
+    those in ``failed`` gave up (past their policy), which leaves the saga stuck with
+    the first one's error."""
+    _expect(saga, SagaState.COMPENSATING)
+    for index in sorted(done):
+        saga = step_compensated(saga, index)
+    if not failed:
+        return saga
+    first = min(failed)
+    for index, error in sorted(failed.items()):
+        if index != first:
+            saga = compensation_attempted(saga, index, error)
+    return stuck(saga, first, failed[first])
 
 
 def abort(saga: SagaRecord, error: str) -> SagaRecord:
