@@ -18,6 +18,11 @@ in-doubt branches a crash leaves behind. Failures are definite
 (:class:`TransactionAbortedError`) or indeterminate
 (:class:`TransactionIndeterminateError`); contradicting outcomes are reported as
 :class:`HeuristicOutcome`.
+
+Outbox: :meth:`Outbox.add` writes an event in the caller's transaction (atomic with
+the business write); an :class:`OutboxRelay` delivers the events at least once, in
+order per aggregate, with leases for several relays and parking after its retries;
+an :class:`Inbox` (or :func:`deduplicated`) makes a consumer process each event once.
 """
 
 from multistore.consistency._idempotency import (
@@ -36,6 +41,9 @@ from multistore.consistency._idempotency_asgi import (
 from multistore.consistency._idempotency_backends import (
     IdempotencyRecord,
 )
+from multistore.consistency._inbox import Inbox, deduplicated
+from multistore.consistency._outbox import Outbox, OutboxEvent, OutboxRecord
+from multistore.consistency._outbox_relay import OUTBOX_RETRY, OutboxRelay, RelayStatistics
 from multistore.consistency._retry import (
     COMPENSATION_RETRY,
     DEFAULT_RETRY,
@@ -96,6 +104,7 @@ __all__ = [
     "DEFAULT_LEASE",
     "DEFAULT_POLICY",
     "DEFAULT_RETRY",
+    "OUTBOX_RETRY",
     "RETRIABLE_ERRORS",
     "Branch",
     "DecisionLog",
@@ -108,12 +117,18 @@ __all__ = [
     "IdempotencyPolicy",
     "IdempotencyRecord",
     "IdempotentRun",
+    "Inbox",
     "LogRecord",
     "Order",
     "OutOfStockError",
+    "Outbox",
+    "OutboxEvent",
+    "OutboxRecord",
+    "OutboxRelay",
     "Parallel",
     "Participant",
     "RecoveryReport",
+    "RelayStatistics",
     "RetryPolicy",
     "SQLBranch",
     "Saga",
@@ -129,6 +144,7 @@ __all__ = [
     "check_idempotency_key",
     "create_shop_tables",
     "current_run",
+    "deduplicated",
     "default_retriable",
     "fingerprint",
     "idempotent",

@@ -1,0 +1,227 @@
+"""The relay's side of the outbox table: claims with leases, renewals, outcomes.
+
+Every read and write here is for one owner (a relay's ``worker_id``). A claim takes
+the *head* of each aggregate it can (its lowest event not yet delivered, if that one
+is pending, due, and not leased by a live relay) and the pending events right after
+it, and leases them all. Every later write is fenced on the owner.
+
+- PostgreSQL: one statement; the heads are selected ``FOR UPDATE SKIP LOCKED`` and
+  the lease is written by an ``UPDATE … RETURNING`` (``event_id = ANY(array)`` in
+  the other statements, so their text does not depend on the batch).
+- MariaDB: a ``READ COMMITTED`` transaction (no gap locks) with ``SKIP LOCKED``.
+- SQLite: a ``BEGIN IMMEDIATE`` transaction; the write lock serialises claimers.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from multistore.consistency._outbox import EVENT_COLUMNS, Outbox, OutboxEvent, in_marks
+from multistore.stores.relational import Row, Transaction
+
+__all__ = ["Leases", "Outcome", "by_aggregate"]
+
+_HEAD = (
+    "o.state = 'pending' AND (o.owner IS NULL OR o.owner = :owner OR o.lease_until < :now) "
+    "AND (o.next_attempt_at IS NULL OR o.next_attempt_at <= :now) "
+    "AND NOT EXISTS (SELECT 1 FROM {t} p WHERE p.aggregate = o.aggregate "
+    "AND p.state IN ('pending', 'parked') AND p.seq < o.seq)"
+)
+
+
+def _pg_claim(table: str) -> str:
+    """One statement: lock the heads, add up to ``ceil(limit / heads)`` events of each
+    aggregate (nearest to its head first, at most ``limit`` in all), lease them."""
+    head = _HEAD.format(t=table)
+    return (
+        f"WITH heads AS (SELECT o.event_id, o.aggregate, o.seq FROM {table} o WHERE {head} "
+        "ORDER BY o.event_id LIMIT :limit FOR UPDATE SKIP LOCKED), "
+        "per AS (SELECT (:limit + GREATEST(COUNT(*), 1) - 1) / GREATEST(COUNT(*), 1) AS n "
+        "FROM heads), "
+        "batch AS (SELECT f.event_id, f.seq = h.seq AS head FROM heads h CROSS JOIN per "
+        f"CROSS JOIN LATERAL (SELECT f.event_id, f.seq FROM {table} f "
+        "WHERE f.aggregate = h.aggregate AND f.state = 'pending' AND f.seq >= h.seq "
+        "ORDER BY f.seq LIMIT per.n) f "
+        "ORDER BY f.seq - h.seq, h.event_id LIMIT :limit) "
+        f"UPDATE {table} AS e SET owner = :owner, lease_until = :until, "
+        "attempts = e.attempts + CASE WHEN b.head THEN 1 ELSE 0 END "
+        "FROM batch b WHERE e.event_id = b.event_id "
+        "RETURNING e.event_id, e.aggregate, e.seq, e.event_type, e.payload, e.created_at, "
+        "e.attempts"
+    )
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """How one event's delivery ended, other than delivered."""
+
+    event_id: str
+    attempts: int
+    error: str
+    next_attempt_at: float | None  # None: parked
+
+
+class Leases:
+    """The outbox table as one relay (``owner``) reads and writes it."""
+
+    def __init__(self, outbox: Outbox, owner: str) -> None:
+        self.outbox = outbox
+        self.owner = owner
+        self._claim_sql = _pg_claim(outbox.table) if outbox.backend == "postgresql" else ""
+
+    def _ids(self, params: dict[str, Any], name: str, ids: Sequence[str]) -> str:
+        """A condition ``event_id`` in ``ids``: one array parameter on PostgreSQL (one
+        statement text, planned once), an ``IN`` list elsewhere."""
+        if self._claim_sql:
+            params[name] = list(ids)
+            return f"event_id = ANY(:{name})"
+        return f"event_id IN ({in_marks(params, name, ids)})"
+
+    async def claim(self, *, lease: float, limit: int) -> list[OutboxEvent]:
+        """Lease up to ``limit`` events (heads and the events right after them); each
+        with its ``attempt`` (a head's claim counts as a delivery started)."""
+        now = self.outbox.clock()
+        params: dict[str, Any] = {
+            "owner": self.owner,
+            "now": now,
+            "until": now + lease,
+            "limit": limit,
+        }
+        if self._claim_sql:
+            rows = await self.outbox.store.fetch_all(self._claim_sql, params)
+            return [OutboxEvent.from_row(r, max(int(r["attempts"]), 1)) for r in rows]
+        async with self._transaction() as tx:
+            return await self._claim_in(tx, params)
+
+    async def renew(self, held: Sequence[str], *, lease: float) -> int:
+        """Extend the leases of ``held``; how many were still this owner's."""
+        params: dict[str, Any] = {"owner": self.owner, "until": self.outbox.clock() + lease}
+        return await self.outbox.store.execute(
+            f"UPDATE {self.outbox.table} SET lease_until = :until "
+            f"WHERE owner = :owner AND {self._ids(params, 'i', held)}",
+            params,
+        )
+
+    @contextlib.asynccontextmanager
+    async def _transaction(self) -> AsyncIterator[Transaction]:
+        async with self.outbox.store.connection() as conn:
+            if self.outbox.backend == "mariadb":  # no gap locks while claiming
+                await conn.execute("SET TRANSACTION ISOLATION LEVEL READ COMMITTED")
+            async with conn.transaction() as tx:
+                yield tx
+
+    async def _claim_in(self, tx: Transaction, params: dict[str, Any]) -> list[OutboxEvent]:
+        table = self.outbox.table
+        lock = " FOR UPDATE SKIP LOCKED" if self.outbox.backend == "mariadb" else ""
+        heads = await tx.fetch_all(
+            f"SELECT o.event_id, o.aggregate, o.seq FROM {table} o "
+            f"WHERE {_HEAD.format(t=table)} ORDER BY o.event_id LIMIT :limit{lock}",
+            params,
+        )
+        if not heads:
+            return []
+        per = -(-params["limit"] // len(heads))
+        ranges: list[str] = []
+        select: dict[str, Any] = {}
+        for n, h in enumerate(heads):
+            select.update({f"a{n}": h["aggregate"], f"s{n}": h["seq"], f"e{n}": h["seq"] + per})
+            ranges.append(f"(aggregate = :a{n} AND seq >= :s{n} AND seq < :e{n})")
+        rows = await tx.fetch_all(
+            f"SELECT {EVENT_COLUMNS} FROM {table} WHERE state = 'pending' "
+            f"AND ({' OR '.join(ranges)})",
+            select,
+        )
+        start = {str(h["aggregate"]): (n, int(h["seq"])) for n, h in enumerate(heads)}
+
+        def nearest(row: Row) -> tuple[int, int]:
+            order, first = start[str(row["aggregate"])]
+            return int(row["seq"]) - first, order
+
+        chosen = sorted(rows, key=nearest)[: params["limit"]]
+        head_ids = [str(h["event_id"]) for h in heads]
+        lease: dict[str, Any] = {"owner": params["owner"], "until": params["until"]}
+        await tx.execute(
+            f"UPDATE {table} SET owner = :owner, lease_until = :until, attempts = attempts + 1 "
+            f"WHERE event_id IN ({in_marks(lease, 'h', head_ids)})",
+            lease,
+        )
+        heads_set = set(head_ids)
+        rest = [str(r["event_id"]) for r in chosen if str(r["event_id"]) not in heads_set]
+        if rest:
+            lease = {"owner": params["owner"], "until": params["until"]}
+            await tx.execute(
+                f"UPDATE {table} SET owner = :owner, lease_until = :until "
+                f"WHERE event_id IN ({in_marks(lease, 'f', rest)})",
+                lease,
+            )
+        return [
+            OutboxEvent.from_row(r, int(r["attempts"]) + 1 if r["event_id"] in heads_set else 1)
+            for r in chosen
+        ]
+
+    async def finish(
+        self, held: Sequence[str], delivered: Sequence[str], outcomes: Sequence[Outcome]
+    ) -> None:
+        """Mark the delivered events, record failures, give the rest of the batch back:
+        every write fenced on this relay's lease."""
+        done = {*delivered, *(o.event_id for o in outcomes)}
+        release = [i for i in held if i not in done]
+        table, store = self.outbox.table, self.outbox.store
+        now = self.outbox.clock()
+        statements: list[tuple[str, dict[str, Any]]] = []
+        if delivered:
+            params: dict[str, Any] = {"owner": self.owner, "now": now}
+            statements.append(
+                (
+                    f"UPDATE {table} SET state = 'delivered', delivered_at = :now, owner = NULL, "
+                    "lease_until = NULL, next_attempt_at = NULL, "
+                    "attempts = CASE WHEN attempts = 0 THEN 1 ELSE attempts END "
+                    f"WHERE owner = :owner AND {self._ids(params, 'd', delivered)}",
+                    params,
+                )
+            )
+        for o in outcomes:
+            statements.append(
+                (
+                    f"UPDATE {table} SET state = :state, attempts = :attempts, "
+                    "last_error = :error, next_attempt_at = :next, owner = NULL, "
+                    "lease_until = NULL WHERE owner = :owner AND event_id = :event_id",
+                    {
+                        "state": "pending" if o.next_attempt_at is not None else "parked",
+                        "attempts": o.attempts,
+                        "error": o.error,
+                        "next": o.next_attempt_at,
+                        "owner": self.owner,
+                        "event_id": o.event_id,
+                    },
+                )
+            )
+        if release:
+            params = {"owner": self.owner}
+            statements.append(
+                (
+                    f"UPDATE {table} SET owner = NULL, lease_until = NULL "
+                    f"WHERE owner = :owner AND {self._ids(params, 'r', release)}",
+                    params,
+                )
+            )
+        if len(statements) == 1:
+            await store.execute(*statements[0])
+            return
+        async with store.transaction() as tx:
+            for sql, params in statements:
+                await tx.execute(sql, params)
+
+
+def by_aggregate(events: list[OutboxEvent]) -> list[list[OutboxEvent]]:
+    """Events by aggregate, each aggregate's in order and contiguous from its head;
+    aggregates in the order of their heads' ids (oldest first)."""
+    runs: dict[str, list[OutboxEvent]] = {}
+    for event in sorted(events, key=lambda e: (e.aggregate, e.seq)):
+        run = runs.setdefault(event.aggregate, [])
+        if not run or event.seq == run[-1].seq + 1:
+            run.append(event)
+    return sorted(runs.values(), key=lambda run: run[0].event_id)

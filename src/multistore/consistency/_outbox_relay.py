@@ -1,0 +1,233 @@
+"""The outbox relay: deliver events at least once, in order per aggregate.
+
+An aggregate is delivered by one relay at a time. A relay **claims** a batch: the
+*head* of each aggregate it takes (its lowest event not yet delivered, if that one is
+pending, due and not leased by a live relay) and the pending events right after it,
+all leased to the relay (``owner``, ``lease_until``). Another relay cannot take the
+aggregate while its head is leased, and cannot take a later event because it is not
+a head. A heartbeat renews the leases while the batch runs; a relay that dies stops
+renewing, and after ``lease`` seconds any relay takes its events over.
+
+On PostgreSQL a claim is one statement (the heads selected ``FOR UPDATE SKIP
+LOCKED``, the lease written by an ``UPDATE … RETURNING``); on MariaDB it is a short
+``READ COMMITTED`` transaction with ``FOR UPDATE SKIP LOCKED``; on SQLite a ``BEGIN
+IMMEDIATE`` transaction (SQLite's write lock serialises claimers).
+
+Events are handed to the handler in order; the first failure of an aggregate ends
+that aggregate's part of the batch (the events after it are released, not handed),
+and the failed event is due again after the retry policy's backoff — or is
+**parked** once the policy gives up, which blocks its aggregate until
+:meth:`Outbox.retry_parked`. At the end of the batch the delivered events are marked
+in one statement, fenced on the relay's lease.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import random as _random
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, Final
+
+from multistore.consistency._outbox import Outbox, OutboxEvent
+from multistore.consistency._outbox_claims import Leases, Outcome, by_aggregate
+from multistore.consistency._retry import RetryPolicy
+from multistore.consistency._saga import ErrorInfo
+from multistore.errors import (
+    ConflictError,
+    IdempotencyInProgressError,
+    MultistoreError,
+    StoreError,
+    UsageError,
+)
+
+__all__ = ["OUTBOX_RETRY", "OutboxRelay", "RelayStatistics"]
+
+Handler = Callable[[OutboxEvent], Awaitable[object]]
+
+OUTBOX_RETRY: Final = RetryPolicy(
+    max_attempts=10, initial_delay=0.5, multiplier=2.0, max_delay=60.0, retry_on=(Exception,)
+)
+"""Handlers: retried on any error, 0.5 s doubling to 60 s, 10 attempts; then parked."""
+
+
+@dataclass(frozen=True)
+class RelayStatistics:
+    """What a relay did since it was made."""
+
+    batches: int = 0
+    delivered: int = 0
+    failed: int = 0
+    """Handler failures that were scheduled for another attempt."""
+    parked: int = 0
+    lease_lost: int = 0
+    """Batches cut short because another relay took the leases over."""
+    store_errors: int = 0
+    """Rounds of :meth:`OutboxRelay.run` that failed on the store (and were retried)."""
+    last_error: ErrorInfo | None = None
+
+
+class OutboxRelay:
+    """Delivers an outbox's events to ``handler`` (``async def handler(event)``).
+
+    ``batch`` events at most per claim; ``lease`` seconds of ownership, renewed every
+    ``lease / 3`` while a batch runs; ``retry`` decides how often a failing event is
+    tried again and how long to wait in between (the wait is kept in the table, so
+    it holds across restarts); ``worker_id`` names this relay in the leases — a relay
+    restarted with the same id takes its own leases back at once, so never run two
+    live relays with one id. ``poll_interval`` doubles up to ``max_poll_interval``
+    while :meth:`run` finds nothing to do.
+    """
+
+    def __init__(
+        self,
+        outbox: Outbox,
+        handler: Handler,
+        *,
+        batch: int = 100,
+        lease: float = 30.0,
+        worker_id: str | None = None,
+        retry: RetryPolicy = OUTBOX_RETRY,
+        poll_interval: float = 0.05,
+        max_poll_interval: float = 1.0,
+        random: Callable[[], float] = _random.random,
+    ) -> None:
+        if batch < 1 or not lease > 0:
+            raise UsageError("an outbox relay needs batch >= 1 and a positive lease")
+        if not 0 < poll_interval <= max_poll_interval:
+            raise UsageError("poll intervals must be positive, the first not above the maximum")
+        self.outbox = outbox
+        self.handler = handler
+        self.batch = batch
+        self.lease = lease
+        self.worker_id = worker_id or f"relay-{uuid.uuid4().hex[:12]}"
+        self.retry = retry
+        self.poll_interval = poll_interval
+        self.max_poll_interval = max_poll_interval
+        self._random = random
+        self._stats = RelayStatistics()
+        self._lock = asyncio.Lock()
+        self._leases = Leases(outbox, self.worker_id)
+        self._claimed = 0
+
+    def statistics(self) -> RelayStatistics:
+        return self._stats
+
+    def _count(self, **more: Any) -> None:
+        stats = self._stats
+        changes = {name: getattr(stats, name) + n for name, n in more.items() if name != "error"}
+        if "error" in more:
+            changes["last_error"] = more["error"]
+        self._stats = dataclasses.replace(stats, **changes)
+
+    # -- the loop -------------------------------------------------------------------
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Deliver until ``stop`` is set: batch after batch while there is work, else
+        poll with a backoff from ``poll_interval`` to ``max_poll_interval``. A store
+        that fails, times out or reports a deadlock ends a round, not the loop (it is
+        counted in :meth:`statistics`); other errors are raised."""
+        wait = self.poll_interval
+        while not stop.is_set():
+            try:
+                delivered = await self.run_once()
+            except (StoreError, ConflictError) as exc:  # down, timed out, deadlocked
+                self._count(store_errors=1, error=ErrorInfo.of(exc))
+                delivered = self._claimed = 0
+            if delivered or self._claimed >= self.batch:
+                wait = self.poll_interval
+                continue
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), wait)
+            wait = min(wait * 2, self.max_poll_interval)
+
+    async def run_once(self) -> int:
+        """Claim one batch, hand its events to the handler, record the outcomes;
+        the number of events delivered (the handler returned)."""
+        async with self._lock:
+            events = await self._leases.claim(lease=self.lease, limit=self.batch)
+            self._claimed = len(events)
+            if not events:
+                return 0
+            groups = by_aggregate(events)
+            held = [e.event_id for e in events]
+            delivered: list[str] = []
+            outcomes: list[Outcome] = []
+            lost = asyncio.Event()
+            beat = asyncio.get_running_loop().create_task(self._heartbeat(held, lost))
+            try:
+                await self._deliver(groups, lost, delivered, outcomes)
+            except BaseException:
+                await self._stop(beat)
+                with contextlib.suppress(MultistoreError):  # the leases run out instead
+                    await self._leases.finish(held, delivered, outcomes)
+                raise
+            await self._stop(beat)
+            await self._leases.finish(held, delivered, outcomes)
+            parked = sum(1 for o in outcomes if o.next_attempt_at is None)
+            self._count(
+                batches=1,
+                delivered=len(delivered),
+                failed=len(outcomes) - parked,
+                parked=parked,
+                lease_lost=1 if lost.is_set() else 0,
+            )
+            return len(delivered)
+
+    async def _deliver(
+        self,
+        groups: list[list[OutboxEvent]],
+        lost: asyncio.Event,
+        delivered: list[str],
+        outcomes: list[Outcome],
+    ) -> None:
+        """Hand each aggregate's events over in order; an aggregate stops at its first
+        failure, the batch when the leases were lost."""
+        for group in groups:
+            for event in group:
+                if lost.is_set():
+                    return
+                if event.attempt > self.retry.max_attempts:
+                    outcomes.append(self._interrupted(event))
+                    break
+                try:
+                    await self.handler(event)
+                except Exception as exc:
+                    outcomes.append(self._failed(event, exc))
+                    break
+                delivered.append(event.event_id)
+
+    @staticmethod
+    async def _stop(beat: asyncio.Task[None]) -> None:
+        beat.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await beat
+
+    def _failed(self, event: OutboxEvent, exc: Exception) -> Outcome:
+        error = ErrorInfo.of(exc).to_json()
+        if not self.retry.should_retry(exc, event.attempt):
+            return Outcome(event.event_id, event.attempt, error, None)
+        delay = self.retry.delay(event.attempt, self._random())
+        if isinstance(exc, IdempotencyInProgressError):  # an inbox still held by a dead run
+            delay = max(delay, exc.retry_after)
+        return Outcome(event.event_id, event.attempt, error, self.outbox.clock() + delay)
+
+    def _interrupted(self, event: OutboxEvent) -> Outcome:
+        """A head claimed more often than the policy allows: every earlier delivery was
+        cut off (the relay died or was cancelled while the handler ran). Park it."""
+        message = (
+            f"{event.attempt - 1} deliveries were interrupted (the relay stopped while the "
+            "handler ran); parked so that it cannot stop the relay again"
+        )
+        error = ErrorInfo("DeliveryInterrupted", message).to_json()
+        return Outcome(event.event_id, event.attempt - 1, error, None)
+
+    async def _heartbeat(self, held: list[str], lost: asyncio.Event) -> None:
+        while True:
+            await asyncio.sleep(self.lease / 3)
+            with contextlib.suppress(MultistoreError):  # a hiccup: the lease still runs
+                if await self._leases.renew(held, lease=self.lease) < len(held):
+                    lost.set()  # another relay took some over: hand out nothing more
