@@ -1,10 +1,13 @@
-"""The lean RESP2 client behind the Redis idempotency backend: the reply parser (pure)
-and the pool against a real Redis server (SELECT, NOSCRIPT fallback, restart, down)."""
+"""The lean RESP2 client behind the Redis idempotency backend and the quorum's Redis
+nodes: the reply parser (pure) and the pool against a real Redis server (SELECT,
+NOSCRIPT fallback, restart, down, callbacks, queueing, cancellation, scripts)."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -16,6 +19,7 @@ from multistore._resp import (
     RespPool,
     RespProtocolError,
     RespReader,
+    RespScript,
     RespTimeoutError,
     pack_command,
     parse_reply,
@@ -273,5 +277,161 @@ def test_store_down_maps_to_store_unavailable(redis_url: str, redis_server: Redi
             assert await call(0) is None  # and works again
         finally:
             await store.close()
+
+    asyncio.run(body())
+
+
+# -- send (callbacks), queueing, cancellation, scripts ----------------------------------
+
+
+def _port(redis_url: str) -> int:
+    return int(redis_url.rsplit(":", 1)[1].split("/")[0])
+
+
+async def _until(check: Any, what: str, bound: float = 10.0) -> None:
+    """Poll ``check()`` (sync or async) until true; fail after ``bound`` seconds."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + bound
+    while True:
+        result = check()
+        if asyncio.iscoroutine(result):
+            result = await result
+        if result:
+            return
+        if loop.time() > deadline:  # a bound on the wait, not on speed
+            raise AssertionError(f"timed out waiting until {what}")
+        await asyncio.sleep(0.01)
+
+
+def test_send_hands_each_reply_to_its_callback_never_from_inside_send(redis_url: str) -> None:
+    async def body() -> None:
+        pool = RespPool("127.0.0.1", _port(redis_url))
+        try:
+            assert await pool.call(pack_command("SET", "k", "v")) == b"OK"
+            got: dict[str, tuple[bool, object]] = {}
+            inside = True
+
+            def record(tag: str) -> Any:
+                return lambda reply: got.setdefault(tag, (inside, reply))
+
+            pool.send(pack_command("GET", "k"), record("get"))
+            pool.send(pack_command("LPUSH", "k", "x"), record("wrongtype"))
+            pool.send(
+                pack_command("EVALSHA", "0" * 40, 0),  # never loaded: the fallback runs
+                record("script"),
+                lambda: pack_command("EVAL", "return 7", 0),
+            )
+            inside = False
+            await _until(lambda: len(got) == 3, "three replies")
+            assert all(not was_inside for was_inside, _ in got.values())
+            assert got["get"][1] == b"v"
+            assert got["script"][1] == 7
+            error = got["wrongtype"][1]
+            assert isinstance(error, RespError) and error.message.startswith("WRONGTYPE")
+
+            pool.close()  # a closed pool answers too, but only on a later loop turn
+            failed: list[object] = []
+            pool.send(pack_command("PING"), failed.append)
+            assert failed == []
+            await _until(lambda: failed, "the closed pool's answer")
+            assert isinstance(failed[0], RespConnectionError) and failed[0].sent is False
+        finally:
+            pool.close()
+
+    asyncio.run(body())
+
+
+def test_commands_beyond_the_pool_size_wait_in_order_for_a_connection(redis_url: str) -> None:
+    async def body() -> None:
+        pool = RespPool("127.0.0.1", _port(redis_url), max_connections=2)
+        try:
+            replies: dict[int, object] = {}
+            for i in range(40):
+                pool.send(
+                    pack_command("RPUSH", "order", i), lambda r, i=i: replies.setdefault(i, r)
+                )
+            await _until(lambda: len(replies) == 40, "forty replies")
+            assert len(pool._live) <= 2  # never more connections than allowed
+            # each callback got its own command's reply: RPUSH answers the new length
+            assert sorted(replies.values()) == list(range(1, 41))  # type: ignore[type-var]
+            pushed = await pool.call(pack_command("LRANGE", "order", 0, -1))
+            assert isinstance(pushed, list) and len(pushed) == 40
+        finally:
+            pool.close()
+
+    asyncio.run(body())
+
+
+@contextlib.asynccontextmanager
+async def _one_connection_held_by_blpop(
+    redis_url: str,
+) -> AsyncIterator[tuple[RespPool, RespPool, asyncio.Future[object]]]:
+    """``(admin, pool, blpop)``: ``pool`` has one connection, busy with a BLPOP that
+    the server is running (``admin`` releases it with an LPUSH to ``q``)."""
+    admin = RespPool("127.0.0.1", _port(redis_url))
+    pool = RespPool("127.0.0.1", _port(redis_url), timeout=30.0, max_connections=1)
+
+    async def blocked() -> bool:
+        listing = await admin.call(pack_command("CLIENT", "LIST"))
+        assert isinstance(listing, bytes)
+        return b"cmd=blpop" in listing
+
+    try:
+        blpop = asyncio.ensure_future(pool.call(pack_command("BLPOP", "q", 20)))
+        await _until(blocked, "the BLPOP holds the only connection")
+        yield admin, pool, blpop
+    finally:
+        pool.close()
+        admin.close()
+
+
+def test_a_call_cancelled_while_waiting_for_a_connection_is_never_sent(redis_url: str) -> None:
+    async def body() -> None:
+        async with _one_connection_held_by_blpop(redis_url) as (admin, pool, blpop):
+            waiting = asyncio.ensure_future(pool.call(pack_command("INCR", "n")))
+            await asyncio.sleep(0)  # one turn: the INCR is queued for the connection
+            waiting.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await waiting
+            assert await admin.call(pack_command("LPUSH", "q", "x")) == 1
+            assert await blpop == [b"q", b"x"]
+            assert await pool.call(pack_command("PING")) == b"PONG"
+            assert await admin.call(pack_command("GET", "n")) is None  # INCR never ran
+
+    asyncio.run(body())
+
+
+def test_a_call_cancelled_after_sending_leaves_its_reply_to_nobody_else(redis_url: str) -> None:
+    async def body() -> None:
+        async with _one_connection_held_by_blpop(redis_url) as (admin, pool, blpop):
+            blpop.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await blpop
+            echo = asyncio.ensure_future(pool.call(pack_command("ECHO", "mine")))
+            assert await admin.call(pack_command("LPUSH", "q", "x")) == 1
+            # the BLPOP's late reply is read and dropped: the ECHO gets its own
+            assert await echo == b"mine"
+            assert await admin.call(pack_command("LLEN", "q")) == 0  # the BLPOP did pop it
+
+    asyncio.run(body())
+
+
+def test_script_packs_evalsha_with_an_eval_fallback(redis_url: str) -> None:
+    script = RespScript("return {KEYS[1], ARGV[1], #ARGV}")
+
+    async def body() -> None:
+        pool = RespPool("127.0.0.1", _port(redis_url))
+        try:
+            assert await pool.call(pack_command("SCRIPT", "FLUSH")) == b"OK"
+            command, fallback = script.pack([b"key"], ["arg", 2.5])
+            with pytest.raises(RespError, match="NOSCRIPT"):
+                await pool.call(command)  # EVALSHA alone: the server does not have it
+            # with the fallback the same call goes as EVAL (which caches the script)
+            assert await pool.call(command, fallback) == [b"key", b"arg", 2]
+            assert await pool.call(command) == [b"key", b"arg", 2]
+            loaded = await pool.call(pack_command("SCRIPT", "LOAD", script.body))
+            assert loaded == script.sha.encode()  # the SHA-1 the server computes
+        finally:
+            pool.close()
 
     asyncio.run(body())

@@ -5,9 +5,16 @@ one reply, on a small pool of plain TCP connections.
 redis-py's asyncio client costs 165-183 us per round trip here, most of it client
 work (pool bookkeeping, a readiness probe, timeout wrappers, stream reader); a bare
 :class:`asyncio.Protocol` costs about 35 us. This module is that protocol, plus:
-``AUTH``/``SELECT`` on connect, a per-command deadline, and a pool that drops a
-connection on any failure (the next command opens a fresh one, so a restarted server
-is survived). TLS is not supported: the caller uses redis-py for ``ssl`` URLs.
+``AUTH``/``SELECT`` on connect, a per-command deadline, and a pool
+that drops a connection on any failure (the next command opens a fresh one, so a
+restarted server is survived). TLS is not supported: the caller uses redis-py for
+``ssl`` URLs.
+
+:meth:`RespPool.send` starts a command and hands its reply to a callback, with no
+task or coroutine in between, so a caller fanning one request out to several servers
+(the quorum coordinator) pays for no more than the writes and the replies;
+:meth:`RespPool.call` is the same as a coroutine. :class:`RespScript` packs a Lua
+script's ``EVALSHA`` with its ``EVAL`` fallback.
 
 Failures surface as :class:`RespError` (an error reply; the connection stays usable),
 :class:`RespTimeoutError` and :class:`RespConnectionError`; the last two say whether
@@ -17,17 +24,24 @@ the command may have reached the server (``sent``).
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
+import hashlib
 import select
-from collections.abc import Callable
-from typing import Final
+from collections import deque
+from collections.abc import Callable, Sequence
+from typing import Final, TypeAlias
 
 __all__ = [
     "INCOMPLETE",
+    "Arg",
+    "Done",
     "RespConnectionError",
     "RespError",
     "RespPool",
     "RespProtocolError",
     "RespReader",
+    "RespScript",
     "RespTimeoutError",
     "bulk",
     "pack_command",
@@ -83,7 +97,11 @@ has arrived."""
 # -- encoding ---------------------------------------------------------------------
 
 
-def bulk(value: str | bytes | int | float) -> bytes:
+Arg: TypeAlias = str | bytes | int | float
+"""A command argument (numbers are sent as their ``repr``)."""
+
+
+def bulk(value: Arg) -> bytes:
     """One RESP bulk string (numbers as their ``repr``)."""
     if isinstance(value, str):
         data = value.encode()
@@ -94,7 +112,7 @@ def bulk(value: str | bytes | int | float) -> bytes:
     return b"$%d\r\n%s\r\n" % (len(data), data)
 
 
-def pack_command(*parts: str | bytes | int | float) -> bytes:
+def pack_command(*parts: Arg) -> bytes:
     """A command as a RESP array of bulk strings."""
     return b"*%d\r\n" % len(parts) + b"".join([bulk(p) for p in parts])
 
@@ -187,18 +205,70 @@ class RespReader:
         return reply
 
 
+# -- scripts ----------------------------------------------------------------------
+
+
+class RespScript:
+    """A Lua script run with ``EVALSHA``, packed with its ``EVAL`` twin for a server
+    that does not have it yet (pass both to :meth:`RespPool.send` or :meth:`RespPool.call`)."""
+
+    __slots__ = ("_eval", "_evalsha", "body", "sha")
+
+    def __init__(self, body: str) -> None:
+        self.body = body
+        self.sha = hashlib.sha1(body.encode(), usedforsecurity=False).hexdigest()
+        self._evalsha = bulk("EVALSHA") + bulk(self.sha)
+        self._eval = bulk("EVAL") + bulk(body)
+
+    def pack(self, keys: Sequence[Arg], args: Sequence[Arg]) -> tuple[bytes, Callable[[], bytes]]:
+        """``(EVALSHA command, a function packing the same call as EVAL)``."""
+        n = len(keys)
+        head = b"*%d\r\n" % (3 + n + len(args))
+        parts = [head, self._evalsha, bulk(n)]
+        for part in (*keys, *args):
+            parts.append(_bulk_bytes(part) if type(part) is bytes else bulk(part))
+        command = b"".join(parts)
+        body, cut = self._eval, len(head) + len(self._evalsha)
+        return command, lambda: head + body + command[cut:]
+
+
+def _bulk_bytes(data: bytes) -> bytes:
+    return b"$%d\r\n%b\r\n" % (len(data), data)
+
+
 # -- connections ------------------------------------------------------------------
+
+Done = Callable[[object], None]
+"""What :meth:`RespPool.send` calls with the reply, or with the failure (a
+:class:`RespError` reply, a :class:`RespConnectionError` or :class:`RespTimeoutError`)."""
+
+
+class _Request:
+    """One command: sent on a connection, queued for one, or waiting for one to open."""
+
+    __slots__ = ("command", "conn", "deadline", "done", "fallback", "finished")
+
+    def __init__(self, command: bytes, fallback: Callable[[], bytes] | None, done: Done) -> None:
+        self.command = command
+        self.fallback = fallback
+        self.done = done
+        self.deadline = 0.0
+        self.conn: _Connection | None = None
+        """The connection it was written to (None: not sent)."""
+        self.finished = False
 
 
 class _Connection(asyncio.Protocol):
-    """One TCP connection, one request in flight at a time."""
+    """One TCP connection, one request in flight at a time; replies go to the pool."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self._loop = loop
+    def __init__(self, pool: RespPool) -> None:
+        self._pool = pool
         self._transport: asyncio.Transport | None = None
         self._reader = RespReader()
-        self._waiter: asyncio.Future[object] | None = None
         self._poll = select.poll()
+        self.request: _Request | None = None
+        self.ready = False
+        """Greeted (``AUTH``/``SELECT`` done): the pool's to hand out."""
         self.broken = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -206,34 +276,58 @@ class _Connection(asyncio.Protocol):
         self._transport = transport
         self._poll.register(transport.get_extra_info("socket").fileno(), select.POLLIN)
 
+    def start(self, request: _Request) -> None:
+        self.request = request
+        request.conn = self
+        assert self._transport is not None
+        self._transport.write(request.command)
+
     def data_received(self, data: bytes) -> None:
-        self._reader.feed(data)
-        waiter = self._waiter
-        if waiter is None:
+        reader = self._reader
+        reader.feed(data)
+        request = self.request
+        if request is None:
             self._fail(RespProtocolError("Redis sent data nobody asked for"))
             return
         try:
-            reply = self._reader.pop()
+            reply = reader.pop()
         except RespProtocolError as exc:
             self._fail(exc)
             return
-        if reply is not INCOMPLETE:
-            self._waiter = None
-            if not waiter.done():
-                waiter.set_result(reply)
+        if reply is INCOMPLETE:
+            return
+        fallback = request.fallback
+        if (
+            fallback is not None
+            and isinstance(reply, RespError)
+            and reply.message.startswith("NOSCRIPT")
+        ):
+            request.fallback = None
+            assert self._transport is not None
+            self._transport.write(fallback())
+            return
+        self.request = None
+        self._pool._answered(self, request, reply)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.broken = True
-        self._wake(exc if exc is not None else ConnectionResetError("the server closed it"))
-
-    def _wake(self, exc: BaseException) -> None:
-        waiter, self._waiter = self._waiter, None
-        if waiter is not None and not waiter.done():
-            waiter.set_exception(exc)
+        request, self.request = self.request, None
+        if request is not None:
+            self._pool._failed(request, exc or ConnectionResetError("the server closed it"))
+        self._pool._lost(self)
 
     def _fail(self, exc: BaseException) -> None:
         self.broken = True
-        self._wake(exc)
+        request, self.request = self.request, None
+        if self._transport is not None:
+            self._transport.abort()
+        if request is not None:
+            self._pool._failed(request, exc)
+
+    def abort(self) -> None:
+        """Drop the connection now, a reply in flight unread (its request is answered)."""
+        self.broken = True
+        self.request = None
         if self._transport is not None:
             self._transport.abort()
 
@@ -243,37 +337,28 @@ class _Connection(asyncio.Protocol):
         holding bytes nobody asked for."""
         return self.broken or bool(self._poll.poll(0)) or self._reader.pending > 0
 
-    async def request(self, data: bytes, within: float | None = None) -> object:
-        """Send ``data`` and wait for one reply; after ``within`` seconds raise
-        :class:`TimeoutError` and drop the connection (a late reply must not be read
-        as the answer to the next command). One timer, not :func:`asyncio.timeout`:
-        this is every command's path."""
-        if self.broken or self._transport is None:
-            raise ConnectionResetError("the connection is closed")
-        waiter = self._loop.create_future()
-        self._waiter = waiter
-        self._transport.write(data)
-        if within is None:
-            return await waiter
-        timer = self._loop.call_later(within, self._expire, waiter)
-        try:
-            return await waiter
-        finally:
-            timer.cancel()
-
-    def _expire(self, waiter: asyncio.Future[object]) -> None:
-        if not waiter.done():
-            self._fail(TimeoutError())
-
     def close(self) -> None:
         self.broken = True
         if self._transport is not None:
             self._transport.close()
 
 
+def _settle(future: asyncio.Future[object], result: object) -> None:
+    if not future.done():
+        future.set_result(result)
+
+
 class RespPool:
     """Up to ``max_connections`` connections to one Redis database; each command has
-    ``timeout`` seconds (waiting for a connection and connecting included)."""
+    ``timeout`` seconds (waiting for a connection and connecting included).
+
+    :meth:`send` starts a command and calls back with its reply — no task, no
+    coroutine: on an idle connection the command is written before it returns, and
+    the reply is handed over from the protocol's ``data_received``. :meth:`call` is
+    the same as a coroutine. A command that finds no idle connection opens one (up to
+    ``max_connections``) or waits, in order, for one to come free. A pool serves the
+    event loop it is first used in.
+    """
 
     def __init__(
         self,
@@ -291,6 +376,7 @@ class RespPool:
         self.port = port
         self.timeout = timeout
         self.connect_timeout = timeout if connect_timeout is None else connect_timeout
+        self.max_connections = max_connections
         self._hello: list[tuple[str, bytes]] = []
         if password:
             auth = ("AUTH", username, password) if username else ("AUTH", password)
@@ -298,87 +384,239 @@ class RespPool:
         if db:
             self._hello.append(("SELECT", pack_command("SELECT", db)))
         self._idle: list[_Connection] = []
-        self._slots = asyncio.Semaphore(max_connections)
+        self._live: set[_Connection] = set()
+        """Greeted connections, idle or busy."""
+        self._connecting = 0
+        self._queue: deque[_Request] = deque()
+        """Commands waiting for a connection to come free."""
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._pending: deque[_Request] = deque()
+        """Commands not known to be finished, oldest first: with one timeout for all,
+        that is deadline order, so one timer serves them all (armed for the oldest)."""
+        self._timer: asyncio.TimerHandle | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._closed = False
+
+    def send(self, command: bytes, done: Done, fallback: Callable[[], bytes] | None = None) -> None:
+        """Start ``command`` (packed); ``done`` gets its reply once, never before this
+        returns: the reply, or a :class:`RespError` (an error reply), a
+        :class:`RespTimeoutError` or a :class:`RespConnectionError` (the connection is
+        dropped), as a value. On a ``NOSCRIPT`` error reply ``fallback()`` is sent on
+        the same connection instead. ``done`` runs inside the event loop's I/O
+        callback: it should be quick, and not raise."""
+        self._submit(command, fallback, done)
+
+    async def call(self, command: bytes, fallback: Callable[[], bytes] | None = None) -> object:
+        """:meth:`send` as a coroutine: returns the reply, raises the failure. Cancelled
+        before the command was sent, it is never sent; after, its reply is read and
+        dropped."""
+        future = self._running_loop().create_future()
+        request = self._submit(command, fallback, functools.partial(_settle, future))
+        try:
+            reply = await future
+        except asyncio.CancelledError:
+            self._withdraw(request)
+            raise
+        if isinstance(reply, (RespError, RespConnectionError)):
+            raise reply
+        return reply
+
+    def close(self) -> None:
+        """Close idle connections now and busy ones when their command ends; commands
+        waiting for a connection fail (not sent)."""
+        self._closed = True
+        idle, self._idle = self._idle, []
+        for conn in idle:
+            self._drop(conn)
+        queue = list(self._queue)
+        self._queue.clear()
+        for request in queue:
+            self._complete(
+                request, RespConnectionError("the connection pool is closed", sent=False)
+            )
+
+    # -- internals ------------------------------------------------------------------
+
+    def _running_loop(self) -> asyncio.AbstractEventLoop:
+        """The event loop the pool serves: the one it was first used in (asked once:
+        on Python 3.11 :func:`asyncio.get_running_loop` costs a ``getpid`` system call)."""
+        loop = self._loop
+        if loop is None:
+            loop = self._loop = asyncio.get_running_loop()
+        elif loop.is_closed():
+            raise RuntimeError("a RespPool serves one event loop, and that loop is closed")
+        return loop
+
+    def _submit(self, command: bytes, fallback: Callable[[], bytes] | None, done: Done) -> _Request:
+        loop = self._running_loop()
+        request = _Request(command, fallback, done)
+        if self._closed:
+            request.finished = True
+            loop.call_soon(done, RespConnectionError("the connection pool is closed", sent=False))
+            return request
+        request.deadline = deadline = loop.time() + self.timeout
+        pending = self._pending
+        while pending and pending[0].finished:
+            pending.popleft()
+        pending.append(request)
+        if self._timer is None:
+            self._timer = loop.call_at(deadline, self._sweep)
+        idle = self._idle
+        while idle:
+            conn = idle.pop()
+            if not conn.stale():
+                conn.start(request)
+                return request
+            self._drop(conn)
+        if len(self._live) + self._connecting < self.max_connections:
+            self._grow(request)
+        else:
+            self._queue.append(request)
+        return request
+
+    def _grow(self, request: _Request) -> None:
+        self._connecting += 1
+        task = self._running_loop().create_task(self._open_for(request))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _open_for(self, request: _Request) -> None:
+        """A new connection for ``request`` (or, if it is gone by then, the next one)."""
+        try:
+            conn = await self._connect()
+        except TimeoutError:
+            self._connecting -= 1
+            where = f"{self.host}:{self.port} within {self.connect_timeout} s"
+            self._complete(request, RespTimeoutError(f"no connection to {where}", sent=False))
+            self._serve_queue()
+            return
+        except (OSError, RespConnectionError, RespProtocolError) as exc:
+            self._connecting -= 1
+            if not isinstance(exc, RespConnectionError):
+                failure = RespConnectionError(f"{self.host}:{self.port}: {exc}", sent=False)
+                failure.__cause__ = exc
+                exc = failure
+            self._complete(request, exc)
+            self._serve_queue()
+            return
+        except BaseException:
+            self._connecting -= 1
+            raise
+        self._connecting -= 1
+        self._live.add(conn)
+        self._dispatch(conn, request)
 
     async def _connect(self) -> _Connection:
         loop = asyncio.get_running_loop()
         async with asyncio.timeout(self.connect_timeout):
-            _, conn = await loop.create_connection(lambda: _Connection(loop), self.host, self.port)
+            _, conn = await loop.create_connection(lambda: _Connection(self), self.host, self.port)
             try:
                 for name, command in self._hello:
-                    reply = await conn.request(command)
+                    future: asyncio.Future[object] = loop.create_future()
+                    conn.start(_Request(command, None, functools.partial(_settle, future)))
+                    reply = await future
+                    if isinstance(reply, RespConnectionError):
+                        raise RespConnectionError(str(reply), sent=False) from reply
                     if isinstance(reply, RespError):
                         raise RespConnectionError(f"{name} refused: {reply.message}", sent=False)
             except BaseException:
                 conn.close()
                 raise
+        conn.ready = True
         return conn
 
-    async def call(self, command: bytes, fallback: Callable[[], bytes] | None = None) -> object:
-        """Send ``command`` (packed) and return its reply. On a ``NOSCRIPT`` error reply,
-        send ``fallback()`` on the same connection instead. Raises :class:`RespError`
-        for an error reply, :class:`RespTimeoutError` or :class:`RespConnectionError`
-        (the connection is dropped)."""
-        if self._closed:
-            raise RespConnectionError("the connection pool is closed", sent=False)
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.timeout
-        sent = False
-        try:
-            if self._slots.locked() or not self._idle:
-                # Wait for a slot or connect: bounded by the same deadline.
-                async with asyncio.timeout_at(deadline):
-                    conn = await self._checkout()
-            else:  # the common case: a free slot and an idle connection, no waiting
-                conn = await self._checkout()
-            try:
-                sent = True
-                reply = await conn.request(command, max(0.0, deadline - loop.time()))
-                if (
-                    fallback is not None
-                    and isinstance(reply, RespError)
-                    and reply.message.startswith("NOSCRIPT")
-                ):
-                    reply = await conn.request(fallback(), max(0.0, deadline - loop.time()))
-                if self._closed:
-                    conn.close()
-                else:
-                    self._idle.append(conn)
-            except BaseException:  # failed or cancelled mid-command
-                conn.close()
-                raise
-            finally:
-                self._slots.release()
-        except TimeoutError:
-            where = "reply" if sent else "connection"
-            raise RespTimeoutError(
+    def _dispatch(self, conn: _Connection, request: _Request | None = None) -> None:
+        """Give a free connection work: ``request`` if it still waits, else the next
+        queued command; else it goes idle (or is closed, the pool being closed)."""
+        if request is not None and not request.finished:
+            conn.start(request)
+            return
+        if self._closed or conn.broken:
+            self._drop(conn)
+            return
+        queue = self._queue
+        if queue:
+            conn.start(queue.popleft())
+            return
+        self._idle.append(conn)
+
+    def _serve_queue(self) -> None:
+        """Open connections for queued commands while there is room."""
+        queue = self._queue
+        while queue and not self._closed:
+            if len(self._live) + self._connecting >= self.max_connections:
+                return
+            self._grow(queue.popleft())
+
+    def _answered(self, conn: _Connection, request: _Request, reply: object) -> None:
+        if conn.ready:
+            self._dispatch(conn)
+        self._complete(request, reply)
+
+    def _failed(self, request: _Request, exc: BaseException) -> None:
+        failure = RespConnectionError(f"{self.host}:{self.port}: {exc}", sent=True)
+        failure.__cause__ = exc
+        self._complete(request, failure)
+
+    def _lost(self, conn: _Connection) -> None:
+        self._live.discard(conn)
+        if conn in self._idle:
+            self._idle.remove(conn)
+        self._serve_queue()
+
+    def _drop(self, conn: _Connection) -> None:
+        self._live.discard(conn)
+        conn.close()
+
+    def _sweep(self) -> None:
+        """Expire the commands past their deadline; wake up again for the next one."""
+        self._timer = None
+        loop = self._running_loop()
+        now = loop.time()
+        pending = self._pending
+        while pending:
+            head = pending[0]
+            if head.finished:
+                pending.popleft()
+            elif head.deadline > now:
+                self._timer = loop.call_at(head.deadline, self._sweep)
+                return
+            else:
+                pending.popleft()
+                self._expire(head)
+
+    def _expire(self, request: _Request) -> None:
+        conn = request.conn
+        if conn is None:  # queued, or its connection is still being made
+            with contextlib.suppress(ValueError):
+                self._queue.remove(request)
+            where, sent = "connection", False
+        else:  # its late reply must never be read as another command's
+            self._live.discard(conn)
+            conn.abort()
+            where, sent = "reply", True
+        self._complete(
+            request,
+            RespTimeoutError(
                 f"no {where} from {self.host}:{self.port} within {self.timeout} s", sent=sent
-            ) from None
-        except (OSError, RespProtocolError) as exc:
-            raise RespConnectionError(f"{self.host}:{self.port}: {exc}", sent=sent) from exc
-        if isinstance(reply, RespError):
-            raise reply
-        return reply
+            ),
+        )
 
-    async def _checkout(self) -> _Connection:
-        """Take a slot, then an idle connection that is still usable, else a new one;
-        the slot is given back if that fails."""
-        await self._slots.acquire()
+    def _withdraw(self, request: _Request) -> None:
+        """The caller gave up on ``request``: unsent, it is forgotten."""
+        if request.finished or request.conn is not None:
+            return
+        with contextlib.suppress(ValueError):
+            self._queue.remove(request)
+        request.finished = True
+
+    def _complete(self, request: _Request, result: object) -> None:
+        if request.finished:
+            return
+        request.finished = True
         try:
-            while self._idle:
-                conn = self._idle.pop()
-                if not conn.stale():
-                    return conn
-                conn.close()
-            return await self._connect()
-        except BaseException:
-            self._slots.release()
-            raise
-
-    def close(self) -> None:
-        """Close idle connections now and busy ones when their command ends."""
-        self._closed = True
-        idle, self._idle = self._idle, []
-        for conn in idle:
-            conn.close()
+            request.done(result)
+        except Exception as exc:  # a callback's bug must not break the connection
+            self._running_loop().call_exception_handler(
+                {"message": "a RESP reply callback raised", "exception": exc}
+            )

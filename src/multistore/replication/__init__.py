@@ -61,8 +61,10 @@ from multistore.replication._qdetector import (
 )
 from multistore.replication._qnodes import (
     QuorumNode,
-    RedisNode,
     SQLiteNode,
+)
+from multistore.replication._qredis import (
+    RedisNode,
 )
 from multistore.replication._quorum import (
     QuorumCluster,

@@ -64,11 +64,11 @@ async def record_hints(
 
 def late_write_hinter(
     cluster: QuorumCluster, group: bytes, member: bytes, hlc: str, blob: bytes, node: str
-) -> Callable[[asyncio.Task[Any]], None]:
+) -> Callable[[asyncio.Future[Any]], None]:
     """A done-callback: a home write that fails after W was reached leaves a hint."""
 
-    def done(task: asyncio.Task[Any]) -> None:
-        if task.cancelled() or task.exception() is None or cluster.closed:
+    def done(call: asyncio.Future[Any]) -> None:
+        if call.cancelled() or call.exception() is None or cluster.closed:
             return
         cluster.spawn(hint(cluster, node, group, member, hlc, blob, ""))
 

@@ -2,9 +2,10 @@
 
 A write goes to every home replica that is not known to be down, and a stand-in
 (the next node on the ring: a sloppy quorum) replaces each home that is down or
-fails. A read asks R homes first; when one fails, or when no answer came within
-``speculative_after`` seconds, the next home is asked too (a speculative retry),
-then fallbacks. The fan-out returns as soon as ``need`` answers (``pneed`` of
+fails. A read asks R homes first; when one fails, or when the read is still short
+of R answers ``speculative_after`` seconds after it started (or after its last
+speculative retry), the next home is asked too (a speculative retry), then
+fallbacks. The fan-out returns as soon as ``need`` answers (``pneed`` of
 them from homes) are in; calls still running are handed back in
 :attr:`Fanout.pending` so the coordinator lets them finish in the background.
 
@@ -12,20 +13,25 @@ Answers from a fallback to a *read* count only when it holds something: a node
 that is not a replica of the key saying "nothing here" proves nothing.
 
 This is the coordinator's hot path, so it is a small state machine rather than a
-loop around :func:`asyncio.wait`: each replica call's task records its own answer
-as soon as it has it (no done-callback hop through the event loop), the caller
-wakes up once, when the quorum is in (or cannot be), and the speculative-retry
-timer is a ``loop.call_later`` handle, not a sleeping task. A call that fails
-after the fan-out returned raises in its task as usual, so the coordinator's
-done-callbacks (late hints, background tracking) see the failure.
+loop around :func:`asyncio.wait`: a replica call is a :class:`~._qnodes.Reply` (the
+Redis node's: no task per replica, and its answer is recorded from the reply's own
+I/O callback, not one event-loop turn later) or any other awaitable, run as a
+future with a done-callback; the caller wakes up once, when the quorum is in (or
+cannot be), and the speculative-retry timer is one ``loop.call_later`` handle per
+request, not a sleeping task. A call that fails after the fan-out returned fails
+its future as usual, so the coordinator's callbacks (late hints, background
+tracking) see the failure.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Coroutine, Sequence
+import functools
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from typing import Any
+
+from multistore.replication._qnodes import when_done
 
 __all__ = ["Fanout", "fan_out"]
 
@@ -41,8 +47,8 @@ class Fanout:
     stand_in: dict[str, str] = field(default_factory=dict)
     """Fallback node -> the home it stands in for (``""``: an extra read replica)."""
     errors: list[str] = field(default_factory=list)
-    pending: dict[asyncio.Task[Any], str] = field(default_factory=dict)
-    """Calls still running (task -> node name) when the fan-out returned."""
+    pending: dict[asyncio.Future[Any], str] = field(default_factory=dict)
+    """Calls still running (their future -> node name) when the fan-out returned."""
     speculative: int = 0
 
     def counts(self, *, write: bool) -> tuple[int, int]:
@@ -69,6 +75,7 @@ class _Run:
     __slots__ = (
         "available",
         "call",
+        "calls",
         "fan",
         "finished",
         "loop",
@@ -77,14 +84,13 @@ class _Run:
         "pneed",
         "spares",
         "speculative_after",
-        "tasks",
         "timer",
         "write",
     )
 
     def __init__(
         self,
-        call: Callable[[str], Coroutine[Any, Any, Any]],
+        call: Callable[[str], Awaitable[Any]],
         homes: Sequence[str],
         fallbacks: Sequence[str],
         available: Callable[[str], bool],
@@ -105,29 +111,25 @@ class _Run:
         self.loop = asyncio.get_running_loop()
         self.finished: asyncio.Future[None] = self.loop.create_future()
         self.timer: asyncio.TimerHandle | None = None
-        self.tasks: dict[str, asyncio.Task[Any]] = {}
+        self.calls: dict[str, asyncio.Future[Any]] = {}
         """Node -> its call (a node is asked at most once per fan-out)."""
 
     def launch(self, name: str) -> None:
-        task = self.loop.create_task(self._attempt(name))
-        self.fan.pending[task] = name
-        self.tasks[name] = task
+        future = self.call(name)
+        if not isinstance(future, asyncio.Future):
+            future = asyncio.ensure_future(future, loop=self.loop)
+        self.fan.pending[future] = name
+        self.calls[name] = future
+        when_done(future, functools.partial(self._answered, name))
 
-    async def _attempt(self, name: str) -> Any:
-        try:
-            result = await self.call(name)
-        except asyncio.CancelledError as exc:
-            if not self.finished.done():
-                self._heard(name, None, exc)
-            raise
-        except Exception as exc:
-            if self.finished.done():
-                raise  # a straggler: its task fails, for the coordinator's callbacks
-            self._heard(name, None, exc)
-            return None
-        if not self.finished.done():
-            self._heard(name, result, None)
-        return result
+    def _answered(self, name: str, future: asyncio.Future[Any]) -> None:
+        if self.finished.done():
+            return  # a straggler: the coordinator's own callbacks see how it ended
+        if future.cancelled():
+            self._heard(name, None, asyncio.CancelledError())
+            return
+        error = future.exception()
+        self._heard(name, None if error is not None else future.result(), error)
 
     def next_fallback(self) -> str | None:
         others = self.others
@@ -178,7 +180,12 @@ class _Run:
             if total >= self.need and primary >= self.pneed:
                 break
             if fan.pending:
-                if not self.write and self.speculative_after is not None and self.spares:
+                if (
+                    self.timer is None
+                    and self.spares
+                    and not self.write
+                    and self.speculative_after is not None
+                ):
                     self.timer = self.loop.call_later(self.speculative_after, self._speculate)
                 return
             if self.write:
@@ -208,10 +215,9 @@ class _Run:
         self._guarded_step()
 
     def _heard(self, name: str, result: Any, error: BaseException | None) -> None:
-        """One call's answer (or failure), recorded by its own task before it ends."""
-        self._cancel_timer()
+        """One call's answer (or failure), recorded before the caller can see it."""
         fan = self.fan
-        del fan.pending[self.tasks[name]]
+        del fan.pending[self.calls[name]]
         if error is None:
             fan.results[name] = result
         else:
@@ -238,21 +244,21 @@ class _Run:
                 self.finished.result()
         except BaseException:
             # the caller gave up (cancelled): its calls run on, nobody awaits them
-            for task in self.fan.pending:
-                task.add_done_callback(_retrieve)
+            for future in self.fan.pending:
+                future.add_done_callback(_retrieve)
             raise
         finally:
             self._cancel_timer()
         return self.fan
 
 
-def _retrieve(task: asyncio.Task[Any]) -> None:
-    if not task.cancelled():
-        task.exception()
+def _retrieve(future: asyncio.Future[Any]) -> None:
+    if not future.cancelled():
+        future.exception()
 
 
-async def fan_out(
-    call: Callable[[str], Coroutine[Any, Any, Any]],
+def fan_out(
+    call: Callable[[str], Awaitable[Any]],
     homes: Sequence[str],
     fallbacks: Sequence[str],
     *,
@@ -261,8 +267,9 @@ async def fan_out(
     pneed: int,
     write: bool,
     speculative_after: float | None,
-) -> Fanout:
-    """Run ``call(node)`` on replicas until ``need`` answers; see the module docstring."""
+) -> Coroutine[Any, Any, Fanout]:
+    """Start ``call(node)`` on replicas now; await the result for the fan-out once
+    ``need`` answers are in (see the module docstring)."""
     run = _Run(call, homes, fallbacks, available, need, pneed, write, speculative_after)
     run.start()
-    return await run.wait()
+    return run.wait()

@@ -16,8 +16,8 @@ SHA-1 digest of the stored value, ordered by token, from which
 :meth:`QuorumNode.leaf_hashes` computes Merkle leaves *on the node* (a Lua script
 on Redis): anti-entropy sends leaf hashes, not data.
 
-* :class:`RedisNode` — a Redis server; each operation is one round trip (a Lua
-  script where it must be atomic). URL ``redis://host:port/db?prefix=...``.
+* :class:`~multistore.replication._qredis.RedisNode` (in :mod:`._qredis`) — a Redis
+  server; each operation is one round trip (a Lua script where it must be atomic).
 * :class:`SQLiteNode` — an embedded SQLite file on a worker thread, with
   :meth:`SQLiteNode.set_down` / :meth:`SQLiteNode.set_delay` to simulate a crashed
   or slow node.
@@ -30,19 +30,27 @@ import asyncio
 import functools
 import hashlib
 import sqlite3
-from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final, TypeVar
-
-if TYPE_CHECKING:  # redis is an optional extra, imported when a RedisNode is made
-    import redis.asyncio as aioredis
+from typing import Any, Final, TypeVar
 
 from multistore.core._merkle import leaf_hash
 from multistore.core._ring import token_of
-from multistore.errors import StoreError, StoreTimeoutError, StoreUnavailableError, UsageError
+from multistore.errors import StoreError, StoreUnavailableError, UsageError
 from multistore.stores._worker import Worker
 
-__all__ = ["QuorumNode", "Record", "RedisNode", "SQLiteNode", "entry_name", "parse_entry"]
+__all__ = [
+    "QuorumNode",
+    "Record",
+    "Reply",
+    "SQLiteNode",
+    "entry_name",
+    "pack_record",
+    "parse_entry",
+    "token_hex_bounds",
+    "unpack_record",
+    "when_done",
+]
 
 T = TypeVar("T")
 
@@ -61,11 +69,11 @@ def parse_entry(entry: str) -> tuple[bytes, bytes]:
     return bytes.fromhex(body), bytes.fromhex(member)
 
 
-def _pack(hlc: str, blob: bytes) -> bytes:
+def pack_record(hlc: str, blob: bytes) -> bytes:
     return hlc.encode() + b"\n" + blob
 
 
-def _unpack(value: bytes) -> Record:
+def unpack_record(value: bytes) -> Record:
     hlc, _, blob = value.partition(b"\n")
     return hlc.decode(), blob
 
@@ -74,9 +82,67 @@ def _digest(value: bytes) -> str:
     return hashlib.sha1(value, usedforsecurity=False).hexdigest()
 
 
-def _token_hex_bounds(lo: int, hi: int) -> tuple[str, str]:
+def token_hex_bounds(lo: int, hi: int) -> tuple[str, str]:
     """Entry-name bounds ``[lo_hex, hi_hex + "g")`` covering tokens lo..hi ('g' > hex)."""
     return f"{lo:016x}", f"{hi:016x}g"
+
+
+class Reply(asyncio.Future[T]):
+    """The future of one node call that also tells *listeners* the moment it is
+    settled, from the code that settles it (a reply's I/O callback), where an
+    asyncio done-callback would wait for the next turn of the event loop. The
+    coordinator's fan-out listens, so counting answers toward a quorum costs no
+    event-loop turn. Awaiting it and done-callbacks work as for any future."""
+
+    __slots__ = ("_listeners",)  # set on first listen: no __init__ of our own to run
+
+    _listeners: list[Callable[[Reply[T]], None]] | None
+
+    def listen(self, listener: Callable[[Reply[T]], None]) -> None:
+        """Call ``listener(self)`` once settled (now, if it is)."""
+        if self.done():
+            listener(self)
+            return
+        try:
+            self._listeners.append(listener)  # type: ignore[union-attr]
+        except AttributeError:  # the first (or None after a reset)
+            self._listeners = [listener]
+
+    def settle(self, result: T | None, error: BaseException | None = None) -> None:
+        """Set the result (or ``error``) unless the future is done, then tell the listeners."""
+        if self.done():  # cancelled by its awaiter
+            return
+        if error is None:
+            self.set_result(result)  # type: ignore[arg-type]  # None only with an error
+        else:
+            self.set_exception(error)
+        self._tell()
+
+    def cancel(self, msg: Any | None = None) -> bool:
+        if not super().cancel(msg):
+            return False
+        self._tell()
+        return True
+
+    def _tell(self) -> None:
+        listeners = getattr(self, "_listeners", None)
+        self._listeners = None
+        for listener in listeners or ():
+            try:
+                listener(self)
+            except Exception as exc:  # one listener's bug must not starve the others
+                self.get_loop().call_exception_handler(
+                    {"message": "a quorum reply listener raised", "exception": exc, "future": self}
+                )
+
+
+def when_done(future: asyncio.Future[T], callback: Callable[[asyncio.Future[T]], None]) -> None:
+    """``callback(future)`` once it is done: as a :class:`Reply` listener (at once) or a
+    done-callback (on the event loop's next turn)."""
+    if isinstance(future, Reply):
+        future.listen(callback)
+    else:
+        future.add_done_callback(callback)
 
 
 class QuorumNode(abc.ABC):
@@ -91,17 +157,20 @@ class QuorumNode(abc.ABC):
     async def ping(self) -> None:
         """Raise StoreUnavailableError/StoreTimeoutError unless the node answers."""
 
-    @abc.abstractmethod
-    async def read(self, group: bytes, member: bytes = b"") -> Record | None: ...
+    # The three calls of every request may answer with a future rather than a coroutine
+    # (the coordinator then needs no task to wait for them).
 
     @abc.abstractmethod
-    async def write_lww(self, group: bytes, member: bytes, hlc: str, blob: bytes) -> bool:
+    def read(self, group: bytes, member: bytes = b"") -> Awaitable[Record | None]: ...
+
+    @abc.abstractmethod
+    def write_lww(self, group: bytes, member: bytes, hlc: str, blob: bytes) -> Awaitable[bool]:
         """Store the record unless the node holds one with an HLC >= ``hlc``; True if stored."""
 
     @abc.abstractmethod
-    async def write_cas(
+    def write_cas(
         self, group: bytes, member: bytes, hlc: str, blob: bytes, expected: Record | None
-    ) -> bool:
+    ) -> Awaitable[bool]:
         """Store the record if the node still holds ``expected`` (None: nothing); True if so."""
 
     @abc.abstractmethod
@@ -135,290 +204,6 @@ class QuorumNode(abc.ABC):
 
     @abc.abstractmethod
     async def close(self) -> None: ...
-
-
-# -- Redis ------------------------------------------------------------------------------
-
-# KEYS: records hash, members zset, entry index zset, digests hash.
-# ARGV: member, value ("<hlc>\n<blob>"), entry. Alone, they are a last-writer-wins write
-# (the HLC texts before the newlines compare); a compare-and-set adds ARGV[4] ('0':
-# expect no record, '1': expect the value ARGV[5]). Few arguments: each costs the client.
-_WRITE_LUA: Final = """
-local old = redis.call('HGET', KEYS[1], ARGV[1])
-if #ARGV == 3 then
-  if old then
-    local new = ARGV[2]
-    local held = string.sub(old, 1, string.find(old, '\\n', 1, true) - 1)
-    if held >= string.sub(new, 1, string.find(new, '\\n', 1, true) - 1) then return 0 end
-  end
-elseif ARGV[4] == '0' then
-  if old then return 0 end
-elseif old ~= ARGV[5] then
-  return 0
-end
-redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
-redis.call('ZADD', KEYS[2], 0, ARGV[1])
-redis.call('ZADD', KEYS[3], 0, ARGV[3])
-redis.call('HSET', KEYS[4], ARGV[3], redis.sha1hex(ARGV[2]))
-return 1
-"""
-
-# KEYS: records hash, members zset. ARGV: lo, hi, reverse, limit.
-_SCAN_LUA: Final = """
-local ms
-if ARGV[3] == '1' then
-  ms = redis.call('ZREVRANGEBYLEX', KEYS[2], ARGV[2], ARGV[1], 'LIMIT', 0, ARGV[4])
-else
-  ms = redis.call('ZRANGEBYLEX', KEYS[2], ARGV[1], ARGV[2], 'LIMIT', 0, ARGV[4])
-end
-local out = {}
-for _, m in ipairs(ms) do
-  local v = redis.call('HGET', KEYS[1], m)
-  if v then
-    out[#out + 1] = m
-    out[#out + 1] = v
-  end
-end
-return out
-"""
-
-# KEYS: records hash, members zset, entry index zset, digests hash. ARGV: member, entry.
-_REMOVE_LUA: Final = """
-redis.call('HDEL', KEYS[1], ARGV[1])
-redis.call('ZREM', KEYS[2], ARGV[1])
-redis.call('ZREM', KEYS[3], ARGV[2])
-redis.call('HDEL', KEYS[4], ARGV[2])
-return 1
-"""
-
-# KEYS: entry index zset, digests hash. ARGV: hex chars per leaf, then lo/hi bound pairs.
-_LEAVES_LUA: Final = """
-local width = tonumber(ARGV[1])
-local parts = {}
-local order = {}
-for i = 2, #ARGV, 2 do
-  local es = redis.call('ZRANGEBYLEX', KEYS[1], '[' .. ARGV[i], '(' .. ARGV[i + 1])
-  for _, e in ipairs(es) do
-    local leaf = string.sub(e, 1, width)
-    if width == 0 then leaf = '0' end
-    local p = parts[leaf]
-    if not p then
-      p = {}
-      parts[leaf] = p
-      order[#order + 1] = leaf
-    end
-    p[#p + 1] = e .. '=' .. redis.call('HGET', KEYS[2], e) .. '\\n'
-  end
-end
-local out = {}
-for _, leaf in ipairs(order) do
-  out[#out + 1] = leaf
-  out[#out + 1] = redis.sha1hex(table.concat(parts[leaf]))
-end
-return out
-"""
-
-# KEYS: entry index zset, digests hash. ARGV: lo, hi bounds.
-_ENTRIES_LUA: Final = """
-local es = redis.call('ZRANGEBYLEX', KEYS[1], '[' .. ARGV[1], '(' .. ARGV[2])
-local out = {}
-for _, e in ipairs(es) do
-  out[#out + 1] = e
-  out[#out + 1] = redis.call('HGET', KEYS[2], e)
-end
-return out
-"""
-
-
-def _raw(value: object) -> bytes:
-    if isinstance(value, bytes):
-        return value
-    raise StoreError(f"unexpected reply from a Redis quorum node: {value!r}")
-
-
-def _text(value: object) -> str:
-    if isinstance(value, bytes):
-        return value.decode()
-    return str(value)
-
-
-class RedisNode(QuorumNode):
-    """A quorum node on a Redis server (keys under ``prefix``).
-
-    ``timeout`` (seconds, None: none) bounds each operation with one
-    :func:`asyncio.timeout`. :meth:`from_url` gives the client no ``socket_timeout``
-    (redis-py's default is 5 s) and relies on that deadline instead: with a socket
-    timeout redis-py wraps every send in :func:`asyncio.wait_for`, which on Python
-    3.11 costs a task and two more event-loop turns per command.
-    """
-
-    def __init__(
-        self,
-        name: str,
-        client: aioredis.Redis,
-        prefix: str = "q:",
-        *,
-        timeout: float | None = None,
-    ) -> None:
-        from redis import exceptions as rex
-
-        self.name = name
-        self._client = client
-        self._timeout = self.deadline = timeout
-        self._redis_error = rex.RedisError
-        self._no_script = rex.NoScriptError
-        self._prefix = prefix.encode()
-        self._write = client.register_script(_WRITE_LUA)
-        self._scan = client.register_script(_SCAN_LUA)
-        self._remove = client.register_script(_REMOVE_LUA)
-        self._leaves = client.register_script(_LEAVES_LUA)
-        self._entries = client.register_script(_ENTRIES_LUA)
-        self._index = self._prefix + b"idx"
-        self._digests = self._prefix + b"dig"
-
-    @classmethod
-    def from_url(
-        cls, name: str, url: str, *, timeout: float = 5.0, prefix: str = "q:"
-    ) -> RedisNode:
-        """A node for ``redis://host:port/db`` (connections are made on first use)."""
-        import redis.asyncio as aioredis
-        from redis.asyncio.retry import Retry
-        from redis.backoff import NoBackoff
-
-        client = aioredis.Redis.from_url(
-            url,
-            socket_timeout=None,  # the node's own deadline instead (see the class docstring)
-            socket_connect_timeout=timeout,
-            retry=Retry(NoBackoff(), 0),
-            max_connections=64,
-        )
-        return cls(name, client, prefix, timeout=timeout)
-
-    @property
-    def native(self) -> aioredis.Redis:
-        return self._client
-
-    def _keys(self, group: bytes) -> list[bytes]:
-        return [self._prefix + b"r:" + group, self._prefix + b"m:" + group]
-
-    def _error(self, op: str, exc: BaseException) -> StoreError:
-        """The multistore error for a driver failure (or our deadline) during ``op``."""
-        from redis import exceptions as rex
-
-        if isinstance(exc, (TimeoutError, rex.TimeoutError)):
-            within = "" if self._timeout is None else f" within {self._timeout} s"
-            return StoreTimeoutError(f"quorum node {self.name} did not answer {op}{within}")
-        if isinstance(exc, (rex.ConnectionError, OSError)):
-            return StoreUnavailableError(f"quorum node {self.name} unreachable ({op}): {exc}")
-        return StoreError(f"quorum node {self.name} failed {op}: {exc}")
-
-    async def _do(self, op: str, call: Awaitable[T]) -> T:
-        """Await one driver call within the deadline, driver errors translated."""
-        try:
-            async with asyncio.timeout(self._timeout):
-                return await call
-        except (self._redis_error, OSError) as exc:  # TimeoutError is an OSError
-            raise self._error(op, exc) from exc
-
-    async def ping(self) -> None:
-        await self._do("ping", self._client.ping())
-
-    async def read(self, group: bytes, member: bytes = b"") -> Record | None:
-        # the hot path: inlined rather than through _do
-        try:
-            async with asyncio.timeout(self._timeout):
-                value = await self._client.hget(self._prefix + b"r:" + group, member)
-        except (self._redis_error, OSError) as exc:
-            raise self._error("read", exc) from exc
-        return None if value is None else _unpack(_raw(value))
-
-    async def _put(
-        self, group: bytes, member: bytes, hlc: str, blob: bytes, cas: tuple[bytes | str, ...]
-    ) -> bool:
-        prefix = self._prefix
-        args = (
-            prefix + b"r:" + group,
-            prefix + b"m:" + group,
-            self._index,
-            self._digests,
-            member,
-            _pack(hlc, blob),
-            entry_name(group, member),
-            *cas,
-        )
-        script = self._write
-        try:
-            async with asyncio.timeout(self._timeout):
-                try:  # EVALSHA with the cached digest; the script is loaded on first use
-                    done = await self._client.evalsha(script.sha, 4, *args)
-                except self._no_script:
-                    done = await script(keys=args[:4], args=args[4:])
-        except (self._redis_error, OSError) as exc:
-            raise self._error("write", exc) from exc
-        return bool(done)
-
-    def write_lww(
-        self, group: bytes, member: bytes, hlc: str, blob: bytes
-    ) -> Coroutine[Any, Any, bool]:
-        return self._put(group, member, hlc, blob, ())
-
-    def write_cas(
-        self, group: bytes, member: bytes, hlc: str, blob: bytes, expected: Record | None
-    ) -> Coroutine[Any, Any, bool]:
-        cas = ("0", b"") if expected is None else ("1", _pack(*expected))
-        return self._put(group, member, hlc, blob, cas)
-
-    async def scan(
-        self,
-        group: bytes,
-        lo: bytes | None,
-        hi: bytes | None,
-        *,
-        reverse: bool = False,
-        limit: int | None = None,
-    ) -> list[tuple[bytes, Record]]:
-        low = b"-" if lo is None else b"[" + lo
-        high = b"+" if hi is None else b"(" + hi
-        args = [low, high, "1" if reverse else "0", -1 if limit is None else limit]
-        flat = await self._do("scan", self._scan(keys=self._keys(group), args=args))
-        return [(bytes(flat[i]), _unpack(flat[i + 1])) for i in range(0, len(flat), 2)]
-
-    async def remove(self, group: bytes, member: bytes = b"") -> None:
-        keys = [*self._keys(group), self._index, self._digests]
-        await self._do("remove", self._remove(keys=keys, args=[member, entry_name(group, member)]))
-
-    async def leaf_hashes(self, arcs: Sequence[tuple[int, int]], depth: int) -> dict[int, str]:
-        args: list[str | int] = [depth // 4]
-        for lo, hi in arcs:
-            args.extend(_token_hex_bounds(lo, hi))
-        flat = await self._do("merkle", self._leaves(keys=[self._index, self._digests], args=args))
-        return {int(_text(flat[i]), 16): _text(flat[i + 1]) for i in range(0, len(flat), 2)}
-
-    async def entries(self, lo: int, hi: int) -> list[tuple[str, str]]:
-        bounds = list(_token_hex_bounds(lo, hi))
-        call = self._entries(keys=[self._index, self._digests], args=bounds)
-        flat = await self._do("merkle entries", call)
-        return [(_text(flat[i]), _text(flat[i + 1])) for i in range(0, len(flat), 2)]
-
-    async def wipe(self) -> None:
-        pattern = b"".join(
-            b"\\" + bytes([c]) if c in b"*?[]\\" else bytes([c]) for c in self._prefix
-        )
-        cursor: int = 0
-        while True:  # SCAN by hand: each round trip gets the deadline
-            cursor, keys = await self._do(
-                "wipe", self._client.scan(cursor, match=pattern + b"*", count=500)
-            )
-            if keys:
-                await self._do("wipe", self._client.unlink(*keys))
-            if not cursor:
-                return
-
-    async def close(self) -> None:
-        await self._client.aclose()
-
-    def __repr__(self) -> str:
-        return f"RedisNode({self.name!r})"
 
 
 # -- SQLite -----------------------------------------------------------------------------
@@ -482,7 +267,7 @@ class SQLiteNode(QuorumNode):
 
     async def read(self, group: bytes, member: bytes = b"") -> Record | None:
         value = await self._call("read", _sqlite_read, group, member)
-        return None if value is None else _unpack(value)
+        return None if value is None else unpack_record(value)
 
     async def write_lww(self, group: bytes, member: bytes, hlc: str, blob: bytes) -> bool:
         return await self._call("write", _sqlite_write, group, member, hlc, blob, "lww", None)
@@ -490,7 +275,7 @@ class SQLiteNode(QuorumNode):
     async def write_cas(
         self, group: bytes, member: bytes, hlc: str, blob: bytes, expected: Record | None
     ) -> bool:
-        old = None if expected is None else _pack(*expected)
+        old = None if expected is None else pack_record(*expected)
         return await self._call("write", _sqlite_write, group, member, hlc, blob, "cas", old)
 
     async def scan(
@@ -503,7 +288,7 @@ class SQLiteNode(QuorumNode):
         limit: int | None = None,
     ) -> list[tuple[bytes, Record]]:
         rows = await self._call("scan", _sqlite_scan, group, lo, hi, reverse, limit)
-        return [(member, _unpack(value)) for member, value in rows]
+        return [(member, unpack_record(value)) for member, value in rows]
 
     async def remove(self, group: bytes, member: bytes = b"") -> None:
         await self._call("remove", _sqlite_remove, group, member)
@@ -519,7 +304,7 @@ class SQLiteNode(QuorumNode):
         return {leaf: leaf_hash(items) for leaf, items in leaves.items()}
 
     async def entries(self, lo: int, hi: int) -> list[tuple[str, str]]:
-        low, high = _token_hex_bounds(lo, hi)
+        low, high = token_hex_bounds(lo, hi)
         return await self._call("merkle entries", _sqlite_entries, low, high)
 
     async def wipe(self) -> None:
@@ -578,7 +363,7 @@ def _sqlite_write(
         elif (None if row is None else bytes(row[0])) != expected:
             conn.execute("COMMIT")
             return False
-        value = _pack(hlc, blob)
+        value = pack_record(hlc, blob)
         conn.execute(
             "INSERT OR REPLACE INTO records (grp, member, value, hlc, entry, digest) "
             "VALUES (?, ?, ?, ?, ?, ?)",

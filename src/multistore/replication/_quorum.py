@@ -1,12 +1,12 @@
 """Dynamo-style quorum replication: the coordinator.
 
-M nodes (:mod:`._qnodes`) sit on a consistent-hash ring with virtual nodes; each
-key lives on the N nodes of its preference list. A write fans out to those N
-concurrently and returns once W have acknowledged; a read asks R of them and
-returns once R have answered — the others finish in the background. A read
-replica that stays silent for ``speculative_after`` seconds gets a *speculative*
-retry to a further replica (Cassandra's speculative retry), so one slow or
-partitioned node does not set the read latency.
+M nodes (:mod:`._qnodes`, on Redis :mod:`._qredis`) sit on a consistent-hash ring
+with virtual nodes; each key lives on the N nodes of its preference list. A write
+fans out to those N concurrently and returns once W have acknowledged; a read asks
+R of them and returns once R have answered — the others finish in the background.
+A read still short of R answers ``speculative_after`` seconds after it started gets
+a *speculative* retry to a further replica (Cassandra's speculative retry), so one
+slow or partitioned node does not set the read latency.
 
 Values are versioned: each write gets an HLC timestamp and a version vector whose
 actor is the coordinator (Dynamo's scheme), and is stored on a node as a sibling
@@ -34,6 +34,7 @@ passes the read's ``context`` supersedes what that read saw.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import time
 import warnings
@@ -67,7 +68,8 @@ from multistore.replication._handoff import deliver_hints, late_write_hinter, re
 from multistore.replication._hints import HintStore
 from multistore.replication._qdetector import ThresholdDetector
 from multistore.replication._qfanout import Fanout, fan_out
-from multistore.replication._qnodes import QuorumNode, Record, RedisNode, SQLiteNode
+from multistore.replication._qnodes import QuorumNode, Record, SQLiteNode, when_done
+from multistore.replication._qredis import RedisNode
 
 __all__ = [
     "TOMBSTONE",
@@ -78,6 +80,7 @@ __all__ = [
     "WeakQuorumWarning",
     "WriteResult",
     "decode_set",
+    "decode_version",
     "encode_set",
     "quorum_status",
 ]
@@ -196,6 +199,24 @@ def encode_version(version: Versioned[Any], hlc: str) -> bytes:
 
 
 _dumps = json.JSONEncoder(separators=(",", ":"), allow_nan=False).encode
+
+
+def decode_version(blob: bytes) -> Versioned[Any] | None:
+    """The version in a blob :func:`encode_version` wrote — one version whose history
+    is the set's whole context — or None for any other sibling set (decode those with
+    :func:`decode_set`). The read path's shortcut: it builds no set, and one vector."""
+    data = json.loads(blob)
+    if type(data) is not dict or len(data) != 2:
+        return None
+    versions = data.get("versions")
+    if type(versions) is not list or len(versions) != 1:
+        return None
+    item = versions[0]
+    if type(item) is not dict or item.get("vv") != data.get("context"):
+        return None
+    version = Versioned.from_dict(item)
+    # its own event must be in its history (decode_set says why when it is not)
+    return version if version.vv.get_count(version.origin) else None
 
 
 def _newest_hlc(siblings: SiblingSet[Any]) -> str:
@@ -460,7 +481,7 @@ class QuorumCluster:
             hinted = await record_hints(self, group, member, hlc, blob, fan)
         for task, name in fan.pending.items():
             if name in fan.homes:
-                task.add_done_callback(late_write_hinter(self, group, member, hlc, blob, name))
+                when_done(task, late_write_hinter(self, group, member, hlc, blob, name))
         total, primary = fan.counts(write=True)
         if total < need or primary < pneed:
             outcome = Outcome.INDETERMINATE if acks or fan.pending else Outcome.DEFINITE
@@ -574,23 +595,33 @@ class QuorumCluster:
                 return
         raise StoreError(f"node {node.name} kept changing {group!r} during a merge; gave up")
 
-    async def call_node(
+    def call_node(
         self, name: str, fn: Callable[[QuorumNode], Awaitable[T]], *, single: bool = False
-    ) -> T:
+    ) -> Awaitable[T]:
         """``fn(node)`` within the request timeout, reported to the failure detector.
 
         ``single``: ``fn`` makes exactly one call to the node, so a node whose own
-        :attr:`~QuorumNode.deadline` is within the timeout needs no second timer.
+        :attr:`~QuorumNode.deadline` is within the timeout needs no second timer;
+        and when that call answers with a future (a Redis node's
+        :class:`~._qnodes.Reply`), so does this: the detector hears from a listener
+        or done-callback, with no coroutine or task between.
         """
         node = self._nodes[name]
+        deadline = node.deadline
+        call = fn(node)
+        if single and deadline is not None and deadline <= self.timeout:
+            # the node fails the call with StoreTimeoutError in time
+            if isinstance(call, asyncio.Future):
+                when_done(call, functools.partial(self._observed, name, time.perf_counter()))
+                return call
+            return self._observe(name, call, None)
+        return self._observe(name, call, self.timeout)
+
+    async def _observe(self, name: str, call: Awaitable[T], limit: float | None) -> T:
         started = time.perf_counter()
         try:
-            deadline = node.deadline
-            if single and deadline is not None and deadline <= self.timeout:
-                result = await fn(node)  # the node fails it with StoreTimeoutError in time
-            else:
-                async with asyncio.timeout(self.timeout):  # no extra task, unlike wait_for
-                    result = await fn(node)
+            async with asyncio.timeout(limit):  # no extra task, unlike wait_for
+                result = await call
         except TimeoutError:
             self.detector.failure(name)
             raise StoreTimeoutError(
@@ -602,13 +633,23 @@ class QuorumCluster:
         self.detector.success(name, time.perf_counter() - started)
         return result
 
+    def _observed(self, name: str, started: float, call: asyncio.Future[Any]) -> None:
+        """The detector's share of a call that answered with a future."""
+        if call.cancelled():
+            return
+        error = call.exception()
+        if error is None:
+            self.detector.success(name, time.perf_counter() - started)
+        elif isinstance(error, MultistoreError):
+            self.detector.failure(name)
+
     def spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
         """Run ``coro`` in the background; :meth:`wait_background` waits for it."""
         self._track(asyncio.ensure_future(coro))
 
     def _track(self, task: asyncio.Future[Any]) -> None:
         self._background.add(task)
-        task.add_done_callback(self._untrack)
+        when_done(task, self._untrack)
 
     def _untrack(self, task: asyncio.Future[Any]) -> None:
         self._background.discard(task)
@@ -626,7 +667,7 @@ class QuorumCluster:
         homes, fallbacks = self.placement(group)
         single = self._lww or not write  # a read, scan or LWW write is one node call
         fan = await fan_out(
-            lambda name: self.call_node(name, fn, single=single),
+            functools.partial(self.call_node, fn=fn, single=single),
             homes,
             fallbacks,
             available=self.detector.available,
@@ -659,6 +700,11 @@ class QuorumCluster:
             return ReadResult((), VersionVector(), tuple(records)), None, []
         target = self.target_record(held)
         stale = [name for name, rec in records.items() if rec != target]
+        if self._lww and not stale:  # every replica holds the target: usually one version
+            lone = decode_version(target[1])
+            if lone is not None:
+                found = () if lone.value == TOMBSTONE else (lone,)
+                return ReadResult(found, lone.vv, tuple(records)), target, stale
         # replicas in sync hold the same bytes: decode each distinct blob once (merge is
         # idempotent, so the result is the same as merging every replica's copy)
         merged: SiblingSet[Any] | None = None

@@ -1,0 +1,447 @@
+"""The quorum node on a Redis server (see :mod:`._qnodes` for the interface).
+
+Each record is a field of a hash per group (``<prefix>r:<group>``) with its member
+in a sorted set (``<prefix>m:<group>``, for ordered range reads); the anti-entropy
+index (entry name -> SHA-1 of the value) is a sorted set and a hash per node. Every
+operation is one round trip: a Lua script where it must be atomic.
+
+Commands go over the lean RESP2 client (:mod:`multistore._resp`): the hot calls —
+:meth:`RedisNode.read`, :meth:`~RedisNode.write_lww`, :meth:`~RedisNode.write_cas`
+— start the command at once and return a :class:`~._qnodes.Reply` that the reply's
+I/O callback settles, so the coordinator's fan-out needs no task per replica and
+hears each answer without waiting for another turn of the event loop. URLs the
+lean client cannot serve (``rediss://``, ``unix://``, ``?ssl=true``) go through
+redis-py instead, the same commands sent on a connection of its pool.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any, Final, Protocol, TypeVar, cast
+from urllib.parse import parse_qs, unquote, urlsplit
+
+from multistore._resp import (
+    Done,
+    RespConnectionError,
+    RespError,
+    RespPool,
+    RespScript,
+    RespTimeoutError,
+    pack_command,
+)
+from multistore.errors import Outcome, StoreError, StoreTimeoutError, StoreUnavailableError
+from multistore.replication._qnodes import (
+    QuorumNode,
+    Record,
+    Reply,
+    entry_name,
+    pack_record,
+    token_hex_bounds,
+    unpack_record,
+)
+
+if TYPE_CHECKING:  # redis is an optional extra, imported for the URLs that need it
+    import redis.asyncio as aioredis
+
+__all__ = ["RedisNode"]
+
+T = TypeVar("T")
+
+# KEYS: records hash, members zset, entry index zset, digests hash.
+# ARGV: member, value ("<hlc>\n<blob>"), entry. Alone, they are a last-writer-wins write
+# (the HLC texts before the newlines compare); a compare-and-set adds ARGV[4] ('0':
+# expect no record, '1': expect the value ARGV[5]). Few arguments: each costs the client.
+_WRITE: Final = RespScript("""
+local old = redis.call('HGET', KEYS[1], ARGV[1])
+if #ARGV == 3 then
+  if old then
+    local new = ARGV[2]
+    local held = string.sub(old, 1, string.find(old, '\\n', 1, true) - 1)
+    if held >= string.sub(new, 1, string.find(new, '\\n', 1, true) - 1) then return 0 end
+  end
+elseif ARGV[4] == '0' then
+  if old then return 0 end
+elseif old ~= ARGV[5] then
+  return 0
+end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+if not old then  -- a record that exists is in both indexes already
+  redis.call('ZADD', KEYS[2], 0, ARGV[1])
+  redis.call('ZADD', KEYS[3], 0, ARGV[3])
+end
+redis.call('HSET', KEYS[4], ARGV[3], redis.sha1hex(ARGV[2]))
+return 1
+""")
+
+# KEYS: records hash, members zset. ARGV: lo, hi, reverse, limit.
+_SCAN: Final = RespScript("""
+local ms
+if ARGV[3] == '1' then
+  ms = redis.call('ZREVRANGEBYLEX', KEYS[2], ARGV[2], ARGV[1], 'LIMIT', 0, ARGV[4])
+else
+  ms = redis.call('ZRANGEBYLEX', KEYS[2], ARGV[1], ARGV[2], 'LIMIT', 0, ARGV[4])
+end
+local out = {}
+for _, m in ipairs(ms) do
+  local v = redis.call('HGET', KEYS[1], m)
+  if v then
+    out[#out + 1] = m
+    out[#out + 1] = v
+  end
+end
+return out
+""")
+
+# KEYS: records hash, members zset, entry index zset, digests hash. ARGV: member, entry.
+_REMOVE: Final = RespScript("""
+redis.call('HDEL', KEYS[1], ARGV[1])
+redis.call('ZREM', KEYS[2], ARGV[1])
+redis.call('ZREM', KEYS[3], ARGV[2])
+redis.call('HDEL', KEYS[4], ARGV[2])
+return 1
+""")
+
+# KEYS: entry index zset, digests hash. ARGV: hex chars per leaf, then lo/hi bound pairs.
+_LEAVES: Final = RespScript("""
+local width = tonumber(ARGV[1])
+local parts = {}
+local order = {}
+for i = 2, #ARGV, 2 do
+  local es = redis.call('ZRANGEBYLEX', KEYS[1], '[' .. ARGV[i], '(' .. ARGV[i + 1])
+  for _, e in ipairs(es) do
+    local leaf = string.sub(e, 1, width)
+    if width == 0 then leaf = '0' end
+    local p = parts[leaf]
+    if not p then
+      p = {}
+      parts[leaf] = p
+      order[#order + 1] = leaf
+    end
+    p[#p + 1] = e .. '=' .. redis.call('HGET', KEYS[2], e) .. '\\n'
+  end
+end
+local out = {}
+for _, leaf in ipairs(order) do
+  out[#out + 1] = leaf
+  out[#out + 1] = redis.sha1hex(table.concat(parts[leaf]))
+end
+return out
+""")
+
+# KEYS: entry index zset, digests hash. ARGV: lo, hi bounds.
+_ENTRIES: Final = RespScript("""
+local es = redis.call('ZRANGEBYLEX', KEYS[1], '[' .. ARGV[1], '(' .. ARGV[2])
+local out = {}
+for _, e in ipairs(es) do
+  out[#out + 1] = e
+  out[#out + 1] = redis.call('HGET', KEYS[2], e)
+end
+return out
+""")
+
+_PING: Final = pack_command("PING")
+
+
+class Link(Protocol):
+    """Where a node's commands go: :class:`~multistore._resp.RespPool` or
+    :class:`RedisPyLink` (same contract as :meth:`RespPool.send`)."""
+
+    def send(
+        self, command: bytes, done: Done, fallback: Callable[[], bytes] | None = None
+    ) -> None: ...
+
+
+class RedisPyLink:
+    """:meth:`RespPool.send` over a redis-py client, for the URLs the lean client
+    cannot serve (TLS, Unix sockets): a task per command, on a connection of the
+    client's pool, failures given to ``done`` as the lean client's exceptions."""
+
+    def __init__(self, client: aioredis.Redis, timeout: float) -> None:
+        from redis import exceptions as rex
+
+        self.client = client
+        self.timeout = timeout
+        self._pool: Any = client.connection_pool  # redis-py: partly untyped
+        self._rex = rex
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def send(self, command: bytes, done: Done, fallback: Callable[[], bytes] | None = None) -> None:
+        task = asyncio.get_running_loop().create_task(self._run(command, done, fallback))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _run(self, command: bytes, done: Done, fallback: Callable[[], bytes] | None) -> None:
+        rex = self._rex
+        sent = False
+        reply: object
+        try:
+            async with asyncio.timeout(self.timeout):
+                conn = await self._pool.get_connection()
+                try:
+                    sent = True
+                    # as redis-py does: on any failure but an error reply the connection
+                    # disconnects itself, so the pool never hands out a half-read one
+                    await conn.send_packed_command(command, False)
+                    try:
+                        reply = await conn.read_response()
+                    except rex.NoScriptError:
+                        if fallback is None:
+                            raise
+                        await conn.send_packed_command(fallback(), False)
+                        reply = await conn.read_response()
+                finally:
+                    await self._pool.release(conn)
+        except rex.ResponseError as exc:
+            reply = RespError(str(exc))
+        except (TimeoutError, rex.TimeoutError):
+            where = "reply" if sent else "connection"
+            reply = RespTimeoutError(f"no {where} within {self.timeout} s", sent=sent)
+        except (rex.RedisError, OSError) as exc:
+            reply = RespConnectionError(str(exc), sent=sent)
+        done(reply)
+
+    async def aclose(self) -> None:
+        await self.client.aclose()
+
+
+def _truthy(values: list[str] | None) -> bool:
+    return values is not None and values[-1].lower() in ("1", "true", "yes", "on")
+
+
+def _bytes(value: object) -> bytes:
+    if isinstance(value, bytes):
+        return value
+    raise StoreError(f"unexpected reply from a Redis quorum node: {value!r}")
+
+
+def _text(value: object) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _flat(value: object) -> list[Any]:
+    if isinstance(value, list):
+        return value
+    raise StoreError(f"unexpected reply from a Redis quorum node: {value!r}")
+
+
+def _record(value: object) -> Record | None:
+    return None if value is None else unpack_record(_bytes(value))
+
+
+_last_packed: list[tuple[tuple[object, ...], object, Any]] = [((), None, None)]
+
+
+def _repacked(key: tuple[object, ...], blob: object, pack: Callable[[], T]) -> T:
+    """``pack()``, or what it gave last time for the same ``key`` and the same ``blob``
+    object: a request sends one command to each of its replicas, packed once. (One
+    tuple, read and replaced whole, so event loops in other threads cannot mix up
+    its parts.)"""
+    last_key, last_blob, packed = _last_packed[0]
+    if last_blob is blob and last_key == key:
+        return cast("T", packed)
+    fresh = pack()
+    _last_packed[0] = (key, blob, fresh)
+    return fresh
+
+
+class RedisNode(QuorumNode):
+    """A quorum node on a Redis server (keys under ``prefix``); every call has
+    ``timeout`` seconds (connecting included), then fails with StoreTimeoutError."""
+
+    def __init__(self, name: str, link: Link, prefix: str = "q:", *, timeout: float) -> None:
+        self.name = name
+        self.link = link
+        self._send = link.send
+        self.deadline = timeout
+        self._prefix = prefix.encode()
+        self._index = self._prefix + b"idx"
+        self._digests = self._prefix + b"dig"
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    @classmethod
+    def from_url(
+        cls, name: str, url: str, *, timeout: float = 5.0, prefix: str = "q:"
+    ) -> RedisNode:
+        """A node for ``redis://[[user]:password@]host:port/db`` (connections are made
+        on first use); ``rediss://``, ``unix://`` and ``?ssl=true`` go through redis-py."""
+        parts = urlsplit(url)
+        query = parse_qs(parts.query)
+        link: Link
+        if parts.scheme == "redis" and not _truthy(query.get("ssl")):
+            db = parts.path.strip("/") or (query.get("db") or ["0"])[-1]
+            link = RespPool(
+                parts.hostname or "127.0.0.1",
+                parts.port or 6379,
+                db=int(db),
+                username=unquote(parts.username) if parts.username else None,
+                password=unquote(parts.password) if parts.password else None,
+                timeout=timeout,
+                max_connections=64,
+            )
+        else:
+            import redis.asyncio as aioredis
+            from redis.asyncio.retry import Retry
+            from redis.backoff import NoBackoff
+
+            client = aioredis.Redis.from_url(
+                url,
+                socket_timeout=None,  # each command has the link's deadline instead
+                socket_connect_timeout=timeout,
+                retry=Retry(NoBackoff(), 0),
+                max_connections=64,
+            )
+            link = RedisPyLink(client, timeout)
+        return cls(name, link, prefix, timeout=timeout)
+
+    # -- one command --------------------------------------------------------------------
+
+    def _start(
+        self,
+        op: str,
+        command: bytes,
+        convert: Callable[[object], T],
+        fallback: Callable[[], bytes] | None = None,
+    ) -> Reply[T]:
+        """Send ``command`` now; the reply settles the future with ``convert(reply)``
+        or a StoreError (see :class:`~._qnodes.Reply`)."""
+        loop = self._loop
+        if loop is None:  # the loop it serves, asked once (a getpid call on Python 3.11)
+            loop = self._loop = asyncio.get_running_loop()
+        reply: Reply[T] = Reply(loop=loop)
+        self._send(command, functools.partial(self._settle, reply, op, convert), fallback)
+        return reply
+
+    def _settle(
+        self, reply: Reply[T], op: str, convert: Callable[[object], T], got: object
+    ) -> None:
+        if isinstance(got, (RespError, RespConnectionError)):
+            reply.settle(None, self._error(op, got))
+            return
+        try:
+            value = convert(got)
+        except StoreError as exc:
+            reply.settle(None, exc)
+            return
+        reply.settle(value)
+
+    def _error(self, op: str, exc: RespError | RespConnectionError) -> StoreError:
+        """The multistore error for a failed command (sent or not: the outcome)."""
+        if isinstance(exc, RespError):
+            return StoreError(f"quorum node {self.name} failed {op}: {exc.message}")
+        outcome = Outcome.INDETERMINATE if exc.sent else Outcome.DEFINITE
+        if isinstance(exc, RespTimeoutError):
+            return StoreTimeoutError(
+                f"quorum node {self.name} did not answer {op} within {self.deadline} s",
+                outcome=outcome,
+            )
+        return StoreUnavailableError(
+            f"quorum node {self.name} unreachable ({op}): {exc}", outcome=outcome
+        )
+
+    def _script(
+        self,
+        op: str,
+        script: RespScript,
+        keys: Sequence[bytes],
+        args: Sequence[bytes | str | int],
+        convert: Callable[[object], T],
+    ) -> Reply[T]:
+        command, fallback = script.pack(keys, args)
+        return self._start(op, command, convert, fallback)
+
+    # -- the node interface -------------------------------------------------------------
+
+    async def ping(self) -> None:
+        await self._start("ping", _PING, _text)
+
+    def read(self, group: bytes, member: bytes = b"") -> Reply[Record | None]:
+        prefix = self._prefix
+        command = _repacked(
+            (prefix, group, member),
+            None,
+            lambda: pack_command(b"HGET", prefix + b"r:" + group, member),
+        )
+        return self._start("read", command, _record)
+
+    def _put(
+        self, group: bytes, member: bytes, hlc: str, blob: bytes, cas: tuple[bytes | str, ...]
+    ) -> Reply[bool]:
+        prefix = self._prefix
+
+        def pack() -> tuple[bytes, Callable[[], bytes]]:
+            keys = (prefix + b"r:" + group, prefix + b"m:" + group, self._index, self._digests)
+            args = (member, pack_record(hlc, blob), entry_name(group, member), *cas)
+            return _WRITE.pack(keys, args)
+
+        command, fallback = _repacked((prefix, group, member, hlc, cas), blob, pack)
+        return self._start("write", command, bool, fallback)
+
+    def write_lww(self, group: bytes, member: bytes, hlc: str, blob: bytes) -> Reply[bool]:
+        return self._put(group, member, hlc, blob, ())
+
+    def write_cas(
+        self, group: bytes, member: bytes, hlc: str, blob: bytes, expected: Record | None
+    ) -> Reply[bool]:
+        cas = ("0", b"") if expected is None else ("1", pack_record(*expected))
+        return self._put(group, member, hlc, blob, cas)
+
+    def _keys(self, group: bytes) -> list[bytes]:
+        return [self._prefix + b"r:" + group, self._prefix + b"m:" + group]
+
+    async def scan(
+        self,
+        group: bytes,
+        lo: bytes | None,
+        hi: bytes | None,
+        *,
+        reverse: bool = False,
+        limit: int | None = None,
+    ) -> list[tuple[bytes, Record]]:
+        low = b"-" if lo is None else b"[" + lo
+        high = b"+" if hi is None else b"(" + hi
+        args = [low, high, "1" if reverse else "0", -1 if limit is None else limit]
+        flat = await self._script("scan", _SCAN, self._keys(group), args, _flat)
+        return [(_bytes(flat[i]), unpack_record(flat[i + 1])) for i in range(0, len(flat), 2)]
+
+    async def remove(self, group: bytes, member: bytes = b"") -> None:
+        keys = [*self._keys(group), self._index, self._digests]
+        await self._script("remove", _REMOVE, keys, [member, entry_name(group, member)], _text)
+
+    async def leaf_hashes(self, arcs: Sequence[tuple[int, int]], depth: int) -> dict[int, str]:
+        args: list[str | int] = [depth // 4]
+        for lo, hi in arcs:
+            args.extend(token_hex_bounds(lo, hi))
+        keys = [self._index, self._digests]
+        flat = await self._script("merkle", _LEAVES, keys, args, _flat)
+        return {int(_text(flat[i]), 16): _text(flat[i + 1]) for i in range(0, len(flat), 2)}
+
+    async def entries(self, lo: int, hi: int) -> list[tuple[str, str]]:
+        keys = [self._index, self._digests]
+        bounds = token_hex_bounds(lo, hi)
+        flat = await self._script("merkle entries", _ENTRIES, keys, bounds, _flat)
+        return [(_text(flat[i]), _text(flat[i + 1])) for i in range(0, len(flat), 2)]
+
+    async def wipe(self) -> None:
+        pattern = b"".join(
+            b"\\" + bytes([c]) if c in b"*?[]\\" else bytes([c]) for c in self._prefix
+        )
+        cursor = b"0"
+        while True:  # SCAN by hand: each round trip gets the deadline
+            command = pack_command(b"SCAN", cursor, b"MATCH", pattern + b"*", b"COUNT", 500)
+            cursor, keys = await self._start("wipe", command, _flat)
+            if keys:
+                await self._start("wipe", pack_command(b"UNLINK", *keys), _text)
+            if cursor == b"0":
+                return
+
+    async def close(self) -> None:
+        link = self.link
+        if isinstance(link, RespPool):
+            link.close()
+        elif isinstance(link, RedisPyLink):
+            await link.aclose()
+
+    def __repr__(self) -> str:
+        return f"RedisNode({self.name!r})"
