@@ -171,6 +171,30 @@ def test_other_clients_key_is_invisible(target: Target) -> None:
     asyncio.run(body())
 
 
+def test_keys_and_clients_are_case_and_space_sensitive(target: Target) -> None:
+    """Keys differing only in case, and client scopes differing in case or by a
+    trailing space, are different (MariaDB's default collation folds them together)."""
+
+    async def body() -> None:
+        async with opened(target) as idem:
+            ran: list[str] = []
+
+            async def pay(key: str, client: str) -> str:
+                ran.append(f"{client}/{key}")
+                return f"{client}/{key}"
+
+            paid = idempotent(idem, key=lambda k, c: k, client=lambda k, c: c)(pay)
+            calls = [("order-1", "shop"), ("Order-1", "shop"), ("order-1", "Shop")]
+            calls.append(("order-1", "shop "))
+            for key, client in calls:
+                assert await paid(key, client) == f"{client}/{key}"
+            assert len(ran) == 4
+            assert await paid("Order-1", "shop") == "shop/Order-1"  # replayed, not run
+            assert len(ran) == 4
+
+    asyncio.run(body())
+
+
 def test_stored_error_is_replayed_without_running_again(target: Target) -> None:
     async def body() -> None:
         async with opened(target) as idem:

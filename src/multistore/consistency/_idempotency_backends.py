@@ -831,15 +831,21 @@ class RelationalRecords(CasRecords):
         self.table = table
 
     async def setup(self) -> None:
-        text = "MEDIUMTEXT" if self.store.backend == "mariadb" else "TEXT"
+        mariadb = self.store.backend == "mariadb"
+        text = "MEDIUMTEXT" if mariadb else "TEXT"
+        # MariaDB's default collations fold case and ignore trailing spaces: keys
+        # "order-1" and "Order-1" must stay two keys.
+        name = "VARCHAR(255)" + (
+            " CHARACTER SET utf8mb4 COLLATE utf8mb4_nopad_bin" if mariadb else ""
+        )
         t = self.table
         # DuplicateKeyError: another process created it at the same moment (PostgreSQL).
         with contextlib.suppress(DuplicateKeyError):
             await self.store.execute_script(
                 f"""
                 CREATE TABLE IF NOT EXISTS {t} (
-                    scope VARCHAR(255) NOT NULL,
-                    idem_key VARCHAR(255) NOT NULL,
+                    scope {name} NOT NULL,
+                    idem_key {name} NOT NULL,
                     version BIGINT NOT NULL,
                     state VARCHAR(16) NOT NULL,
                     lease_until DOUBLE PRECISION NOT NULL,
