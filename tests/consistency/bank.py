@@ -9,18 +9,42 @@ transfer is half-applied, and each tid must appear in every store or in none.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any, cast
 
 import redis
 
 from multistore.consistency import TransactionCoordinator
+from multistore.lab.servers import PostgresServer
 from multistore.stores import open_store
 from multistore.stores.relational import RelationalStore
 
 ACCOUNTS = 3
 START = 1000
+
+
+def bank_urls(
+    postgres_server: PostgresServer, postgres_url: str, mariadb_url: str, redis_url: str, tmp: Path
+) -> dict[str, str]:
+    """A bank in every kind of participant (two PostgreSQL databases, MariaDB, SQLite and
+    Redis), created; name -> URL."""
+    urls = {
+        "pg1": postgres_url,
+        "pg2": postgres_server.create_database(),
+        "maria": mariadb_url,
+        "lite": f"sqlite:///{tmp / 'lite.db'}",
+        "redis": redis_url,
+    }
+    asyncio.run(create_bank(urls))
+    return urls
+
+
+def log_url(tmp: Path) -> str:
+    """A coordinator's decision log in ``tmp``."""
+    return f"sqlite:///{tmp / 'log.db'}"
 
 
 async def create_bank(urls: Mapping[str, str]) -> None:

@@ -64,3 +64,24 @@ def log_records(log_path: str) -> list[tuple[str, str]]:
     db = sqlite3.connect(log_path)
     with contextlib.closing(db):
         return [(r[0], r[1]) for r in db.execute("SELECT gtrid, decision FROM multistore_tpc_log")]
+
+
+def decision_records(url: str) -> list[tuple[str, str]]:
+    """(gtrid, decision) of the records a PostgreSQL or MariaDB participant keeps as a
+    last resource."""
+    parsed = parse_url(url)
+    sql = "SELECT gtrid, decision FROM multistore_tpc_decisions ORDER BY created"
+    if parsed.scheme == "postgresql":
+        with psycopg.connect(
+            host=parsed.host, port=parsed.port, user=parsed.username, dbname=parsed.database
+        ) as conn:
+            return [(str(r[0]), str(r[1])) for r in conn.execute(sql).fetchall()]
+    conn2 = pymysql.connect(
+        host=parsed.host,
+        port=parsed.port or 3306,
+        user=parsed.username or "root",
+        database=parsed.database,
+    )
+    with contextlib.closing(conn2), conn2.cursor() as cur:
+        cur.execute(sql)
+        return [(str(r[0]), str(r[1])) for r in cur.fetchall()]

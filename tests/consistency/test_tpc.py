@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from decimal import Decimal
 from pathlib import Path
 from typing import cast
@@ -35,35 +35,13 @@ from tests.consistency.bank import (
     START,
     assert_all_or_nothing,
     create_bank,
+    log_url,
     snapshot,
     transfer,
 )
-from tests.consistency.checks import in_doubt, log_records, nothing_in_doubt
+from tests.consistency.checks import decision_records, in_doubt, log_records, nothing_in_doubt
 
 pytestmark = pytest.mark.server
-
-
-@pytest.fixture
-def bank(
-    postgres_server: PostgresServer,
-    postgres_url: str,
-    mariadb_url: str,
-    redis_url: str,
-    tmp_path: Path,
-) -> Iterator[dict[str, str]]:
-    urls = {
-        "pg1": postgres_url,
-        "pg2": postgres_server.create_database(),
-        "maria": mariadb_url,
-        "lite": f"sqlite:///{tmp_path / 'lite.db'}",
-        "redis": redis_url,
-    }
-    asyncio.run(create_bank(urls))
-    yield urls
-
-
-def log_url(tmp_path: Path) -> str:
-    return f"sqlite:///{tmp_path / 'log.db'}"
 
 
 def test_transfers_across_four_databases_keep_the_sum(bank: dict[str, str], tmp_path: Path) -> None:
@@ -256,7 +234,9 @@ def test_postgres_down_between_prepare_and_commit_is_indeterminate_then_recovere
     assert log_records(str(tmp_path / "log.db")) == []
 
 
+@pytest.mark.parametrize("last_resource", [False, True], ids=["log", "last-resource"])
 def test_concurrent_transfers_on_the_same_rows(
+    last_resource: bool,
     postgres_server: PostgresServer,
     mariadb_server: MariaDBServer,
     tmp_path: Path,
@@ -267,6 +247,7 @@ def test_concurrent_transfers_on_the_same_rows(
         "maria": mariadb_server.create_database() + "?timeout=2",
     }
     asyncio.run(create_bank(urls))
+    node = f"conc{int(last_resource)}"
     outcomes: list[str] = []
 
     async def one(coordinator: TransactionCoordinator, n: int) -> None:
@@ -289,7 +270,7 @@ def test_concurrent_transfers_on_the_same_rows(
 
     async def body() -> None:
         async with await TransactionCoordinator.open(
-            urls, log=log_url(tmp_path), node="conc", prepare_timeout=5
+            urls, log=log_url(tmp_path), node=node, prepare_timeout=5, last_resource=last_resource
         ) as coordinator:
             # Every transfer ends (the statement timeouts break a distributed deadlock;
             # a hang would hit pytest's timeout) and each one is accounted for below.
@@ -301,7 +282,7 @@ def test_concurrent_transfers_on_the_same_rows(
     committed = assert_all_or_nothing(snap)  # no lost update: the sum holds
     assert len(committed) == outcomes.count("committed")
     assert snap["total"] == 3 * 3 * START
-    assert nothing_in_doubt(urls, "conc")
+    assert nothing_in_doubt(urls, node)
 
 
 async def _balance(url: str, account: int) -> int:
@@ -356,16 +337,20 @@ def test_seed_order_payment_inventory_transaction(
     assert nothing_in_doubt(roles, "shop")
 
 
+@pytest.mark.parametrize("last_resource", [False, True], ids=["log", "last-resource"])
 def test_recovery_abort_wins_over_a_late_commit_decision(
-    bank: dict[str, str], tmp_path: Path
+    last_resource: bool, bank: dict[str, str], tmp_path: Path
 ) -> None:
     """Recovery run while a coordinator is between prepare and its decision: the abort it
-    logs first makes the coordinator's commit record fail, so the coordinator aborts."""
+    logs first makes the coordinator's commit record fail, so the coordinator aborts.
+    With a last resource (pg1) the abort goes into pg1's table, where the last
+    resource's own record then hits the duplicate key."""
     urls = {k: bank[k] for k in ("pg1", "pg2", "lite")}
+    prepared = {k: urls[k] for k in (("pg2", "lite") if last_resource else urls)}
     reports: list[dict[str, object]] = []
 
     def on_event(event: str, xid: Xid, name: str) -> None:
-        if event == "prepared" and not reports and all(in_doubt(urls, "late").values()):
+        if event == "prepared" and not reports and all(in_doubt(prepared, "late").values()):
             box: list[dict[str, object]] = []
             thread = threading.Thread(
                 target=lambda: box.append(
@@ -378,13 +363,18 @@ def test_recovery_abort_wins_over_a_late_commit_decision(
 
     async def body() -> None:
         async with await TransactionCoordinator.open(
-            urls, log=log_url(tmp_path), node="late", on_event=on_event
+            urls, log=log_url(tmp_path), node="late", on_event=on_event, last_resource=last_resource
         ) as coordinator:
-            with pytest.raises(TransactionAbortedError, match="recovery manager decided abort"):
+            with pytest.raises(TransactionAbortedError, match="decided abort first"):
                 await transfer(coordinator, 0, list(urls))
 
     asyncio.run(body())
-    assert len(reports) == 1 and len(reports[0]["rolled_back"]) == 3  # type: ignore[arg-type]
+    assert len(reports) == 1
+    assert len(reports[0]["rolled_back"]) == len(prepared)  # type: ignore[arg-type]
+    if last_resource:
+        assert [d for _, d in decision_records(urls["pg1"])] == ["abort"]
+    else:
+        assert [d for _, d in log_records(str(tmp_path / "log.db"))] == ["abort"]
     snap = asyncio.run(snapshot(urls))
     assert assert_all_or_nothing(snap) == set()
     assert nothing_in_doubt(urls, "late")

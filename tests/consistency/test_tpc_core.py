@@ -12,6 +12,7 @@ from multistore.core._tpc import (
     Vote,
     Xid,
     decide,
+    last_resource,
     needs_decision_log,
     phase_two_targets,
     resolve_in_doubt,
@@ -57,6 +58,39 @@ def test_foreign_or_malformed_ids_are_rejected(text: str) -> None:
     with pytest.raises(InvalidValueError):
         Xid.parse(text)
     assert Xid.try_parse(text) is None
+
+
+@given(names, tids, st.from_regex(r"[A-Za-z0-9_-]{1,48}", fullmatch=True), names)
+def test_branch_id_naming_its_decision_holder_round_trips(
+    node: str, tid: str, branch: str, holder: str
+) -> None:
+    xid = Xid(node, tid).for_branch(branch, holder)
+    assert str(xid) == f"ms2pc:{node}:{tid}:{branch}@{holder}"
+    assert Xid.parse(str(xid)) == xid and xid.holder == holder
+    assert xid.gtrid == f"ms2pc:{node}:{tid}"  # the decision's key is the same
+    assert xid.bqual == f"{branch}@{holder}"
+    assert len(str(xid)) <= 200
+
+
+@pytest.mark.parametrize(
+    "text",
+    [f"ms2pc:n:{TID}:a@", f"ms2pc:n:{TID}:@b", f"ms2pc:n:{TID}:a@b@c", f"ms2pc:n:{TID}:a@b'"],
+)
+def test_malformed_decision_holder_is_rejected(text: str) -> None:
+    assert Xid.try_parse(text) is None
+
+
+def test_a_holder_needs_a_branch() -> None:
+    with pytest.raises(InvalidValueError, match="decision holder"):
+        Xid("n", TID, "", "orders")
+
+
+def test_last_resource_is_the_best_ranked_then_the_first_named() -> None:
+    ranks = {"pg1": 1, "pg2": 1, "maria": 0, "lite": None}
+    assert last_resource(["lite", "pg2", "pg1"], ranks.get) == "pg2"
+    assert last_resource(["pg1", "lite", "maria"], ranks.get) == "maria"
+    assert last_resource(["lite", "redis"], ranks.get) is None
+    assert last_resource(["pg1"], ranks.get) is None  # one participant: one phase anyway
 
 
 def test_quote_in_branch_name_is_refused() -> None:

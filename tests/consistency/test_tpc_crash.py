@@ -1,5 +1,6 @@
 """Coordinator crash tests: SIGKILL a real coordinator process at each protocol point,
-then recover, and check every participant: nothing left prepared or staged, the sum of
+with the decision in the coordinator's log or in a last resource's database, then
+recover, and check every participant: nothing left prepared or staged, the sum of
 balances unchanged, each transfer in all stores or in none."""
 
 from __future__ import annotations
@@ -9,32 +10,43 @@ import json
 import signal
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from multistore.consistency import recover_transactions
+from multistore.core._tpc import Xid
 from multistore.lab.servers import PostgresServer
-from tests.consistency.bank import assert_all_or_nothing, create_bank, snapshot
-from tests.consistency.checks import in_doubt, log_records, nothing_in_doubt
+from tests.consistency.bank import assert_all_or_nothing, bank_urls, snapshot
+from tests.consistency.checks import decision_records, in_doubt, log_records, nothing_in_doubt
 
 pytestmark = pytest.mark.server
 
 ROOT = Path(__file__).resolve().parents[2]
 PARTICIPANTS = 5
 
-# (event, nth occurrence in the crashed transfer, does recovery commit it?)
+# (decision holder, event, nth occurrence in the crashed transfer, does recovery commit
+# it?). Holder "": the coordinator's log decides. Holder "maria": MariaDB is the last
+# resource, the other four branches are prepared and its own one-phase commit, which
+# writes the decision into its database, comes between prepares and phase 2.
 CRASH_POINTS = [
-    pytest.param("preparing", 1, False, id="during-prepare"),
-    pytest.param("prepared", 2, False, id="after-some-prepares"),
-    pytest.param("prepared", PARTICIPANTS, False, id="all-prepared-undecided"),
-    pytest.param("decided", 1, True, id="after-decision-logged"),
-    pytest.param("committed", 2, True, id="after-some-commits"),
+    pytest.param("", "preparing", 1, False, id="during-prepare"),
+    pytest.param("", "prepared", 2, False, id="after-some-prepares"),
+    pytest.param("", "prepared", PARTICIPANTS, False, id="all-prepared-undecided"),
+    pytest.param("", "decided", 1, True, id="after-decision-logged"),
+    pytest.param("", "committed", 2, True, id="after-some-commits"),
+    pytest.param("maria", "preparing", 1, False, id="last-resource-during-prepare"),
+    pytest.param("maria", "prepared", 2, False, id="last-resource-after-some-prepares"),
+    pytest.param("maria", "prepared", PARTICIPANTS - 1, False, id="before-last-resource-commit"),
+    pytest.param("maria", "decided", 1, True, id="after-last-resource-commit"),
+    pytest.param("maria", "committed", 2, True, id="last-resource-after-some-commits"),
 ]
 
 
-@pytest.mark.parametrize(("event", "nth", "commits"), CRASH_POINTS)
+@pytest.mark.parametrize(("holder", "event", "nth", "commits"), CRASH_POINTS)
 def test_coordinator_killed_then_recovered(
+    holder: str,
     event: str,
     nth: int,
     commits: bool,
@@ -44,15 +56,30 @@ def test_coordinator_killed_then_recovered(
     redis_url: str,
     tmp_path: Path,
 ) -> None:
-    urls = {
-        "pg1": postgres_url,
-        "pg2": postgres_server.create_database(),
-        "maria": mariadb_url,
-        "lite": f"sqlite:///{tmp_path / 'lite.db'}",
-        "redis": redis_url,
-    }
+    urls = bank_urls(postgres_server, postgres_url, mariadb_url, redis_url, tmp_path)
+    log = str(tmp_path / "log.db")
+    if holder:
+        _crash_and_recover(
+            urls, event, nth, commits, tmp_path, lambda: decision_records(urls[holder]), holder
+        )
+        assert log_records(log) == []  # the coordinator's log is not used
+    else:
+        _crash_and_recover(urls, event, nth, commits, tmp_path, lambda: log_records(log))
+
+
+def _crash_and_recover(
+    urls: dict[str, str],
+    event: str,
+    nth: int,
+    commits: bool,
+    tmp_path: Path,
+    records: Callable[[], list[tuple[str, str]]],
+    holder: str = "",
+) -> None:
+    """Run three transfers in a coordinator process killed at ``event`` (``nth``) of the
+    third, recover, and check every participant; ``records`` reads where the decisions
+    are (the log, or the last resource's table)."""
     assert len(urls) == PARTICIPANTS
-    asyncio.run(create_bank(urls))
     node = f"crash-{event}-{nth}"
     log = f"sqlite:///{tmp_path / 'log.db'}"
     config = {
@@ -63,6 +90,7 @@ def test_coordinator_killed_then_recovered(
         "crash_tx": 2,
         "crash_event": event,
         "crash_nth": nth,
+        "last_resource": bool(holder),
     }
     proc = subprocess.run(
         [sys.executable, "-m", "tests.consistency.tpc_crash_script", json.dumps(config)],
@@ -76,9 +104,12 @@ def test_coordinator_killed_then_recovered(
     left = in_doubt(urls, node)
     if event in ("prepared", "decided"):
         assert sum(map(len, left.values())) >= nth  # really killed with branches prepared
+    assert all(Xid.parse(gid).holder == holder for gids in left.values() for gid in gids)
+    if holder:
+        assert left[holder] == []  # the last resource is never prepared
     crashed = {gid.rsplit(":", 1)[0] for gids in left.values() for gid in gids}
     assert len(crashed) <= 1
-    logged = dict(log_records(str(tmp_path / "log.db")))
+    logged = dict(records())
     # presumed abort: nothing logged before the decision, the commit logged before phase 2
     for gtrid in crashed:
         assert logged.get(gtrid) == ("commit" if commits else None)
@@ -92,6 +123,4 @@ def test_coordinator_killed_then_recovered(
     # commit records are forgotten once done; abort records are kept a while (so a
     # coordinator still in phase 1 could not log commit after recovery aborted)
     aborted_in_doubt = not commits and any(left.values())
-    assert [d for _, d in log_records(str(tmp_path / "log.db"))] == (
-        ["abort"] if aborted_in_doubt else []
-    )
+    assert [d for _, d in records()] == (["abort"] if aborted_in_doubt else [])

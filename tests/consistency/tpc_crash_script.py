@@ -3,8 +3,9 @@
 Usage: ``python -m tests.consistency.tpc_crash_script CONFIG_JSON`` where the config has
 ``participants`` (name -> URL), ``log`` (URL), ``node``, ``count`` (transfers to run),
 ``crash_tx`` (index of the transfer to crash in), ``crash_event`` (``preparing``,
-``prepared``, ``decided``, ``committed``) and ``crash_nth`` (crash at the n-th such event
-of that transfer). Prints ``done`` when it was not killed.
+``prepared``, ``decided``, ``committed``), ``crash_nth`` (crash at the n-th such event
+of that transfer) and ``last_resource`` (the coordinator's option). Prints ``done`` when
+it was not killed.
 """
 
 from __future__ import annotations
@@ -31,7 +32,11 @@ async def main(config: dict[str, object]) -> None:
                 os.kill(os.getpid(), signal.SIGKILL)
 
     coordinator = await TransactionCoordinator.open(
-        participants, log=str(config["log"]), node=str(config["node"]), on_event=on_event
+        participants,
+        log=str(config["log"]),
+        node=str(config["node"]),
+        on_event=on_event,
+        last_resource=bool(config.get("last_resource", False)),
     )
     try:
         for n in range(int(config["count"])):  # type: ignore[call-overload]

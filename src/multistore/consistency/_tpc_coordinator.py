@@ -16,6 +16,15 @@ branches are prepared; then commit (or roll back) the prepared branches concurre
 A single participant commits in one phase. When the block raises, every branch is
 rolled back and the exception propagates.
 
+With ``last_resource=True`` a transaction that spans a PostgreSQL or MariaDB
+participant uses one of them (MariaDB first, else the first in the transaction's
+order) as its *last resource*: that branch is not prepared; once the others are, it
+commits in one phase together with the commit record, written into its own database.
+That commit is the decision — no write to the coordinator's log, one prepare less. The
+other branches' ids name it (``…:<branch>@<holder>``) so recovery reads their decision
+there, and recovery's abort record for a branch with no decision goes into the same
+table, where it makes a late last-resource commit fail on the duplicate key.
+
 Outcomes: normal exit means committed everywhere. :class:`TransactionAbortedError`
 (definite) means rolled back everywhere. :class:`TransactionIndeterminateError` means
 commit may have been decided and some branch is not confirmed; the recovery manager
@@ -51,6 +60,7 @@ from multistore.core._tpc import (
     Vote,
     Xid,
     decide,
+    last_resource,
     needs_decision_log,
     phase_two_targets,
 )
@@ -65,12 +75,19 @@ __all__ = ["DistributedTransaction", "EventHook", "TransactionCoordinator"]
 EventHook = Callable[[str, Xid, str], None]
 
 
+def _wake(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
+
+
 class DistributedTransaction:
     """One distributed transaction: ``tx[name]`` is that participant's branch."""
 
-    def __init__(self, xid: Xid, branches: Mapping[str, Branch]) -> None:
+    def __init__(self, xid: Xid, branches: Mapping[str, Branch], holder: str | None = None) -> None:
         self.xid = xid
         self.branches = dict(branches)
+        self.holder = holder
+        """The last resource (whose own commit records the decision), if any."""
         self.state = TxState.ACTIVE
         self.votes: dict[str, Vote | None] = {}
         self.reasons: dict[str, str] = {}
@@ -112,6 +129,7 @@ class TransactionCoordinator:
         prepare_timeout: float = 10.0,
         commit_timeout: float = 10.0,
         on_event: EventHook | None = None,
+        last_resource: bool = False,
     ) -> None:
         Xid(node, "0" * 32)  # validates the node id
         self.participants = dict(participants)
@@ -119,7 +137,11 @@ class TransactionCoordinator:
         self.node = node
         self.prepare_timeout = prepare_timeout
         self.commit_timeout = commit_timeout
+        self.last_resource = last_resource
         self.on_event = on_event
+        self._holders: dict[tuple[str, ...], str | None] = {}
+        """The last resource by the transaction's participant names (it does not depend
+        on the transaction id)."""
         self._background: set[asyncio.Task[None]] = set()
 
     @classmethod
@@ -133,10 +155,12 @@ class TransactionCoordinator:
         commit_timeout: float = 10.0,
         recover: bool = True,
         on_event: EventHook | None = None,
+        last_resource: bool = False,
     ) -> Self:
         """Open the participants (URLs or ready objects) and the log; with ``recover``
         first resolve what this node left in doubt (participants that are down are
-        skipped; run :meth:`recover` again later)."""
+        skipped; run :meth:`recover` again later). ``last_resource``: let a PostgreSQL
+        or MariaDB branch record the decision by its own commit (module docstring)."""
         opened: dict[str, Participant] = {}
         decision_log: DecisionLog | None = None
         try:
@@ -154,6 +178,7 @@ class TransactionCoordinator:
                 prepare_timeout=prepare_timeout,
                 commit_timeout=commit_timeout,
                 on_event=on_event,
+                last_resource=last_resource,
             )
             if recover:
                 await self.recover()
@@ -170,6 +195,9 @@ class TransactionCoordinator:
         if self._background:
             await asyncio.wait(self._background, timeout=2 * self.commit_timeout)
         for participant in self.participants.values():
+            if participant.decisions is not None:
+                with contextlib.suppress(Exception):  # recovery forgets them otherwise
+                    await participant.decisions.flush()
             with contextlib.suppress(Exception):
                 await participant.close()
         await self.log.close()
@@ -201,7 +229,8 @@ class TransactionCoordinator:
                 f"unknown participants {unknown}; configured: {sorted(self.participants)}"
             )
         xid = Xid(self.node, uuid.uuid4().hex)
-        tx = DistributedTransaction(xid, await self._begin_all(xid, names))
+        holder = self._holder(xid, names) if self.last_resource else None
+        tx = DistributedTransaction(xid, await self._begin_all(xid, names, holder or ""), holder)
         try:
             try:
                 yield tx
@@ -230,18 +259,35 @@ class TransactionCoordinator:
             async with asyncio.timeout(self.commit_timeout):
                 await branch.release()
 
-    async def _begin_all(self, xid: Xid, names: Sequence[str]) -> dict[str, Branch]:
-        results = await asyncio.gather(
-            *(self.participants[n].begin(xid.for_branch(n)) for n in names),
-            return_exceptions=True,
-        )
-        branches = {n: r for n, r in zip(names, results, strict=True) if isinstance(r, Branch)}
-        failed = [r for r in results if not isinstance(r, Branch)]
-        if failed:
+    def _holder(self, xid: Xid, names: Sequence[str]) -> str | None:
+        """The transaction's last resource: a participant that keeps decisions and whose
+        name fits every branch id (MariaDB's bqual is short), MariaDB first (see
+        ``last_resource_rank``), else the first in the transaction's order."""
+        key = tuple(names)
+        if key not in self._holders:
+
+            def rank(name: str) -> int | None:
+                participant = self.participants[name]
+                fits = all(self.participants[n].accepts(xid.for_branch(n, name)) for n in names)
+                if participant.decisions is None or not fits:
+                    return None
+                return participant.last_resource_rank
+
+            self._holders[key] = last_resource(names, rank)
+        return self._holders[key]
+
+    async def _begin_all(self, xid: Xid, names: Sequence[str], holder: str) -> dict[str, Branch]:
+        # One after the other: a begin only leases a connection (the transaction starts
+        # with the branch's first statement), so tasks would cost more than they save.
+        branches: dict[str, Branch] = {}
+        try:
+            for name in names:
+                branches[name] = await self.participants[name].begin(xid.for_branch(name, holder))
+        except BaseException:
             for branch in branches.values():
                 with contextlib.suppress(Exception):
                     await branch.release()
-            raise failed[0]
+            raise
         return branches
 
     async def _complete(self, tx: DistributedTransaction) -> None:
@@ -249,11 +295,21 @@ class TransactionCoordinator:
         if len(tx.branches) == 1:
             await self._one_phase(tx, next(iter(tx.branches.values())))
             return
-        await self._prepare_all(tx)
+        holder = tx.holder
+        await self._prepare_all(tx, [name for name in tx.branches if name != holder])
         decision = decide(tx.votes)
         if decision is Decision.ABORT:
-            await self._abort(tx, phase_two_targets(tx.votes, Decision.ABORT))
+            undecided = [holder] if holder is not None else []
+            await self._abort(tx, phase_two_targets(tx.votes, Decision.ABORT) + undecided)
         targets = phase_two_targets(tx.votes, Decision.COMMIT)
+        if holder is not None:
+            logged = await self._decide_by_last_resource(tx, holder, targets)
+            if tx.state is TxState.COMMITTED:
+                return
+            tx.state = TxState.COMMITTING
+            self._emit("decided", tx.xid)
+            await self._commit_all(tx, targets, logged=logged)
+            return
         if needs_decision_log(tx.votes):
             try:
                 await self.log.log_commit(tx.xid, targets)
@@ -274,6 +330,46 @@ class TransactionCoordinator:
         tx.state = TxState.COMMITTING
         self._emit("decided", tx.xid)
         await self._commit_all(tx, targets, logged=needs_decision_log(tx.votes))
+
+    async def _decide_by_last_resource(
+        self, tx: DistributedTransaction, holder: str, targets: Sequence[str]
+    ) -> bool:
+        """Commit the last resource, with the commit record when ``targets`` (the
+        prepared branches) need one; True when a record was written."""
+        last = tx.branches[holder]
+        if not targets:  # no other branch to commit: the last resource alone, one phase
+            if last.idle:
+                await last.rollback()  # nothing was started: only marks it finished
+                tx.votes[holder] = Vote.READ_ONLY
+                tx.state = TxState.COMMITTED
+            else:
+                await self._one_phase(tx, last)
+            return False
+        if last.idle and len(targets) == 1:
+            # One prepared branch and nothing here: its own commit is the decision
+            # (presumed abort rolls it back if it is still prepared after a crash).
+            await last.rollback()
+            tx.votes[holder] = Vote.READ_ONLY
+            return False
+        try:
+            async with asyncio.timeout(self.commit_timeout):
+                await last.commit_deciding(targets)
+        except (MultistoreError, TimeoutError) as exc:
+            if isinstance(exc, MultistoreError) and exc.definite:
+                tx.votes[holder] = Vote.NO
+                tx.reasons[holder] = f"the last resource did not commit: {exc}"
+                await self._abort(tx, targets)
+            tx.state = TxState.IN_DOUBT
+            raise TransactionIndeterminateError(
+                f"transaction {tx.xid.gtrid}: the commit of {holder}, the last resource "
+                f"that records the decision, did not confirm ({exc or 'timeout'}); "
+                "recovery commits the prepared branches if it committed, else rolls "
+                "them back",
+                gtrid=tx.xid.gtrid,
+                pending=sorted([holder, *targets]),
+            ) from exc
+        tx.votes[holder] = Vote.YES
+        return True
 
     async def _one_phase(self, tx: DistributedTransaction, branch: Branch) -> None:
         try:
@@ -297,19 +393,36 @@ class TransactionCoordinator:
         tx.votes[branch.name] = Vote.YES
         tx.state = TxState.COMMITTED
 
-    async def _prepare_all(self, tx: DistributedTransaction) -> None:
+    async def _prepare_all(self, tx: DistributedTransaction, names: Sequence[str]) -> None:
+        loop = asyncio.get_running_loop()
+        answered: asyncio.Future[None] = loop.create_future()
+        waiting = len(names)
+
         async def prepare(branch: Branch) -> Vote:
-            vote = await branch.prepare()
-            self._emit("prepared", tx.xid, branch.name)
-            return vote
+            nonlocal waiting
+            try:
+                vote = await branch.prepare()
+                self._emit("prepared", tx.xid, branch.name)
+                return vote
+            finally:
+                # The last answer wakes the coordinator directly (no done-callback round).
+                waiting -= 1
+                if not waiting:
+                    _wake(answered)
 
         self._emit("preparing", tx.xid)
-        tasks = {
-            name: asyncio.ensure_future(prepare(branch)) for name, branch in tx.branches.items()
-        }
-        _done, pending = await asyncio.wait(tasks.values(), timeout=self.prepare_timeout)
+        if not names:
+            return
+        # Tasks, so that a participant that does not answer in time is left behind (its
+        # driver may take long to cancel) rather than waited for.
+        tasks = {name: loop.create_task(prepare(tx.branches[name])) for name in names}
+        timer = loop.call_later(self.prepare_timeout, _wake, answered)
+        try:
+            await answered
+        finally:
+            timer.cancel()
         for name, task in tasks.items():
-            if task in pending:
+            if not task.done():
                 # A driver may take long to cancel (psycopg asks the server to); the
                 # branch is cleaned up in the background (see _abort).
                 task.cancel()
@@ -399,7 +512,14 @@ class TransactionCoordinator:
                 )
             self._emit("committed", tx.xid, name)
 
-        results = await asyncio.gather(*(one(n) for n in targets), return_exceptions=True)
+        results: list[BaseException | None] = [None]
+        if len(targets) == 1:  # no task for a single branch
+            try:
+                await one(targets[0])
+            except (MultistoreError, TimeoutError) as exc:
+                results = [exc]
+        else:
+            results = await asyncio.gather(*(one(n) for n in targets), return_exceptions=True)
         pending: dict[str, str] = {}
         for name, result in zip(targets, results, strict=True):
             if isinstance(result, BaseException):
@@ -423,7 +543,9 @@ class TransactionCoordinator:
             )
         tx.state = TxState.COMMITTED
         if logged:
-            self.log.forget_later(tx.xid)
+            records = self.log if tx.holder is None else self.participants[tx.holder].decisions
+            assert records is not None  # a holder keeps decisions (see _holder)
+            records.forget_later(tx.xid)
         if tx.heuristics:
             raise TransactionHeuristicError(
                 f"transaction {tx.xid.gtrid}: heuristic outcome on "

@@ -13,6 +13,11 @@ cut) serves one coordinator; PostgreSQL lets several coordinators share one log.
 Commit records are **group-committed**: decisions that arrive while a write is in
 flight are queued and written together in one transaction (one fsync) after it, so
 concurrent transactions share the cost of forcing the log.
+
+The same records, in ``multistore_tpc_decisions``, live in each PostgreSQL or MariaDB
+participant: when one is a transaction's *last resource*, its branch inserts the
+commit record itself and commits in one phase (see ``_tpc_coordinator``), and recovery
+reads and writes that participant's table through a :class:`DecisionLog` on its store.
 """
 
 from __future__ import annotations
@@ -34,11 +39,17 @@ from multistore.stores.relational import RelationalStore
 from multistore.stores.relational._sqlite import SQLiteRelationalStore
 from multistore.urls import StoreURL, parse_url
 
-__all__ = ["DecisionLog", "LogRecord", "ensure_table"]
+__all__ = ["DECISIONS_TABLE", "LOG_TABLE", "DecisionLog", "LogRecord", "ensure_table", "schema"]
 
-_TABLE: Final = "multistore_tpc_log"
-_SCHEMA: Final = f"""
-CREATE TABLE IF NOT EXISTS {_TABLE} (
+LOG_TABLE: Final = "multistore_tpc_log"
+#: The same records, kept by a participant that is a transaction's last resource.
+DECISIONS_TABLE: Final = "multistore_tpc_decisions"
+
+
+def schema(table: str) -> str:
+    """``CREATE TABLE IF NOT EXISTS`` for a table of decision records."""
+    return f"""
+CREATE TABLE IF NOT EXISTS {table} (
     gtrid VARCHAR(80) PRIMARY KEY,
     node VARCHAR(24) NOT NULL,
     decision VARCHAR(8) NOT NULL,
@@ -47,22 +58,25 @@ CREATE TABLE IF NOT EXISTS {_TABLE} (
 )
 """
 
-_INSERT_COMMIT: Final = (
-    f"INSERT INTO {_TABLE} (gtrid, node, decision, participants, created) "
-    "VALUES (:gtrid, :node, 'commit', :participants, :created)"
-)
 
-_DELETE: Final = f"DELETE FROM {_TABLE} WHERE gtrid = :gtrid"
+def _insert_commit(table: str) -> str:
+    return (
+        f"INSERT INTO {table} (gtrid, node, decision, participants, created) "
+        "VALUES (:gtrid, :node, 'commit', :participants, :created)"
+    )
 
 
 def _write_sqlite(
-    db: sqlite3.Connection, inserts: list[dict[str, Any]], deletes: list[dict[str, Any]]
+    db: sqlite3.Connection,
+    sql: tuple[str, str],
+    inserts: list[dict[str, Any]],
+    deletes: list[dict[str, Any]],
 ) -> None:
     try:
         db.execute("BEGIN IMMEDIATE")
         try:
-            db.executemany(_INSERT_COMMIT, inserts)
-            db.executemany(_DELETE, deletes)
+            db.executemany(sql[0], inserts)
+            db.executemany(sql[1], deletes)
         except BaseException:
             db.execute("ROLLBACK")
             raise
@@ -104,12 +118,20 @@ class LogRecord:
 
 
 class DecisionLog:
-    """Commit and abort decisions by global transaction id."""
+    """Commit and abort decisions by global transaction id, in ``table`` of ``store``
+    (the coordinator's log, or a last-resource participant's decisions)."""
 
-    def __init__(self, store: RelationalStore) -> None:
+    def __init__(
+        self, store: RelationalStore, table: str = LOG_TABLE, *, forget_every: int = 0
+    ) -> None:
         self.store = store
+        self.table = table
+        self._insert = _insert_commit(table)
+        self._delete = f"DELETE FROM {table} WHERE gtrid = :gtrid"
         self._queue: list[tuple[dict[str, Any], asyncio.Future[None]]] = []
         self._forgotten: list[str] = []
+        self._forget_every = forget_every
+        self._forgetter: asyncio.Task[None] | None = None
         self._writer: asyncio.Task[None] | None = None
         self.writes = 0
         """How many log transactions wrote commit records (for statistics)."""
@@ -121,7 +143,7 @@ class DecisionLog:
             parsed = dataclasses.replace(parsed, options={**parsed.options, "synchronous": "full"})
         store = cast(RelationalStore, await open_store(parsed, model="relational"))
         try:
-            await ensure_table(store, _SCHEMA)
+            await ensure_table(store, schema(LOG_TABLE))
         except BaseException:
             await store.close()
             raise
@@ -154,16 +176,40 @@ class DecisionLog:
         await future
 
     def forget_later(self, xid: Xid) -> None:
-        """Drop the record of a finished transaction with the next log write (or at
-        :meth:`flush`): no write of its own. If the process dies first, recovery finds
-        nothing in doubt for it and forgets it then."""
+        """Drop the record of a finished transaction later, with no write of its own
+        now: with the next log write (or at :meth:`flush`), or — with ``forget_every`` —
+        in the background once that many are queued. If the process dies first,
+        recovery finds nothing in doubt for it and forgets it then."""
         self._forgotten.append(xid.gtrid)
+        if (
+            self._forget_every
+            and len(self._forgotten) >= self._forget_every
+            and (self._forgetter is None or self._forgetter.done())
+        ):
+            self._forgetter = asyncio.ensure_future(self._forget_quietly())
+
+    async def _forget_quietly(self) -> None:
+        with contextlib.suppress(MultistoreError):  # left queued: the next try, or recovery
+            await self._delete_forgotten()
+
+    async def _delete_forgotten(self) -> None:
+        # One autocommit DELETE per record: each holds one row lock for an instant, so
+        # it cannot deadlock with a transaction inserting a record (InnoDB would take
+        # gap locks for a DELETE of several keys in one transaction).
+        forgotten, self._forgotten = self._forgotten, []
+        if not forgotten:
+            return
+        try:
+            await self.store.executemany(self._delete, [{"gtrid": g} for g in forgotten])
+        except BaseException:
+            self._forgotten += forgotten
+            raise
 
     async def flush(self) -> None:
         """Write the queued forgets now."""
-        forgotten, self._forgotten = self._forgotten, []
-        if forgotten:
-            await self.store.executemany(_DELETE, [{"gtrid": g} for g in forgotten])
+        if self._forgetter is not None and not self._forgetter.done():
+            await self._forgetter
+        await self._delete_forgotten()
 
     async def _write_queued(self) -> None:
         # Let the transactions whose votes arrived in this turn of the event loop queue
@@ -181,7 +227,7 @@ class DecisionLog:
                 self._forgotten += forgotten
                 for params, future in batch:
                     try:
-                        await self.store.execute(_INSERT_COMMIT, params)
+                        await self.store.execute(self._insert, params)
                         self.writes += 1
                     except MultistoreError as exc:
                         _settle(future, exc)
@@ -204,18 +250,24 @@ class DecisionLog:
         deletes = [{"gtrid": g} for g in forgotten]
         if isinstance(self.store, SQLiteRelationalStore):
             # One hop to the SQLite worker instead of four.
-            await self.store.run(lambda db: _write_sqlite(db, inserts, deletes))
+            sql = (self._insert, self._delete)
+            await self.store.run(lambda db: _write_sqlite(db, sql, inserts, deletes))
             return
         async with self.store.transaction() as tx:
-            await tx.executemany(_INSERT_COMMIT, inserts)
+            await tx.executemany(self._insert, inserts)
             if deletes:
-                await tx.executemany(_DELETE, deletes)
+                await tx.executemany(self._delete, deletes)
 
     async def log_abort(self, xid: Xid) -> Decision:
         """Log abort unless a decision is there already; the decision that stands."""
+        # Waits for a transaction that inserted the same key and is still open (a last
+        # resource committing): its outcome decides which row stands.
+        values = "VALUES (:gtrid, :node, 'abort', '[]', :created)"
+        columns = f"{self.table} (gtrid, node, decision, participants, created)"
         await self.store.execute(
-            f"INSERT INTO {_TABLE} (gtrid, node, decision, participants, created) "
-            "VALUES (:gtrid, :node, 'abort', '[]', :created) ON CONFLICT (gtrid) DO NOTHING",
+            f"INSERT IGNORE INTO {columns} {values}"
+            if self.store.url.scheme == "mariadb"
+            else f"INSERT INTO {columns} {values} ON CONFLICT (gtrid) DO NOTHING",
             {"gtrid": xid.gtrid, "node": xid.node, "created": time.time()},
         )
         decision = await self.decision(xid)
@@ -224,19 +276,19 @@ class DecisionLog:
 
     async def decision(self, xid: Xid) -> Decision | None:
         value = await self.store.fetch_val(
-            f"SELECT decision FROM {_TABLE} WHERE gtrid = :gtrid", {"gtrid": xid.gtrid}
+            f"SELECT decision FROM {self.table} WHERE gtrid = :gtrid", {"gtrid": xid.gtrid}
         )
         return None if value is None else Decision(value)
 
     async def forget(self, xid: Xid) -> None:
         """Drop the record of a transaction that every branch has finished."""
-        await self.store.execute(f"DELETE FROM {_TABLE} WHERE gtrid = :gtrid", {"gtrid": xid.gtrid})
+        await self.store.execute(self._delete, {"gtrid": xid.gtrid})
 
     async def records(self, node: str | None = None) -> list[LogRecord]:
         """Every record (of one coordinator node, if given), oldest first."""
         where = "" if node is None else " WHERE node = :node"
         rows = await self.store.fetch_all(
-            f"SELECT gtrid, node, decision, participants, created FROM {_TABLE}{where} "
+            f"SELECT gtrid, node, decision, participants, created FROM {self.table}{where} "
             "ORDER BY created",
             {} if node is None else {"node": node},
         )
@@ -254,6 +306,6 @@ class DecisionLog:
     async def purge_aborts(self, older_than: float) -> int:
         """Delete abort records written more than ``older_than`` seconds ago."""
         return await self.store.execute(
-            f"DELETE FROM {_TABLE} WHERE decision = 'abort' AND created < :cutoff",
+            f"DELETE FROM {self.table} WHERE decision = 'abort' AND created < :cutoff",
             {"cutoff": time.time() - older_than},
         )

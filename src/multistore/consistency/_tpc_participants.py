@@ -12,14 +12,19 @@ committed from one that was lost or rolled back behind the coordinator's back.
 Failures are multistore errors: a definite one from ``prepare`` is a NO vote,
 an indeterminate one means the branch may be prepared (the coordinator then aborts,
 and presumed abort makes recovery roll it back).
+
+A participant with a :attr:`Participant.decisions` table (PostgreSQL, MariaDB) can be
+a transaction's *last resource*: its branch is not prepared but committed in one phase
+by :meth:`Branch.commit_deciding`, together with the transaction's commit record.
 """
 
 from __future__ import annotations
 
 import abc
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 from typing import Any
 
+from multistore.consistency._tpc_log import DecisionLog
 from multistore.core._tpc import Vote, Xid
 from multistore.errors import UnsupportedError
 from multistore.stores.relational import Params, Row
@@ -39,6 +44,11 @@ class Branch(abc.ABC):
     def name(self) -> str:
         return self.participant.name
 
+    @property
+    def idle(self) -> bool:
+        """True when the branch started nothing on its store (it ran no statement)."""
+        return False
+
     @abc.abstractmethod
     async def prepare(self) -> Vote:
         """Phase 1: make the work durable and ready to commit, or refuse."""
@@ -47,6 +57,12 @@ class Branch(abc.ABC):
     async def commit(self, *, one_phase: bool = False) -> bool:
         """Phase 2 commit (``one_phase``: commit without a prepare). False when the
         participant no longer knows the prepared branch (a heuristic outcome)."""
+
+    async def commit_deciding(self, prepared: Sequence[str]) -> None:
+        """Last resource: commit this (unprepared) branch in one phase together with the
+        commit record of its transaction naming the ``prepared`` participants. Once it
+        committed, commit is decided; a definite error means it did not (and never will)."""
+        raise UnsupportedError(f"participant {self.name!r} cannot be a last resource")
 
     @abc.abstractmethod
     async def rollback(self) -> None:
@@ -79,9 +95,19 @@ class SQLBranch(Branch):
 class Participant(abc.ABC):
     """A database that takes part in two-phase commit."""
 
+    decisions: DecisionLog | None = None
+    """The commit records of transactions this participant was the last resource of
+    (None: it cannot be one)."""
+    last_resource_rank = 0
+    """Preference as a last resource among those that can be one (lower first)."""
+
     def __init__(self, name: str, url: StoreURL) -> None:
         self.name = name
         self.url = url
+
+    def accepts(self, xid: Xid) -> bool:
+        """Whether a branch id this long fits the participant (MariaDB: 64-byte bqual)."""
+        return True
 
     @abc.abstractmethod
     async def begin(self, xid: Xid) -> Branch:

@@ -6,11 +6,16 @@ One pass (:func:`recover_once`):
    a participant that cannot be reached is listed in ``unreachable`` and retried later.
 2. For each branch (of one coordinator node, or of all): commit it when the log holds a
    commit decision; otherwise log abort first (so a coordinator still in phase 1 cannot
-   log commit afterwards) and roll it back — presumed abort.
-3. Forget commit records whose participants all answered and hold none of the
-   transaction's branches any more — after checking each branch left its commit marker
-   (a branch without one was lost or rolled back by hand: a heuristic outcome); purge old
-   abort records and old commit markers.
+   log commit afterwards) and roll it back — presumed abort. A branch whose id names a
+   last resource (``…@<holder>``) finds its decision in that participant's table
+   instead, and the abort is written there (where it makes a last-resource commit
+   still under way fail on the duplicate key); while that participant cannot be asked
+   the branch stays in doubt.
+3. Forget commit records (in the log and in each last resource's table) whose
+   participants all answered and hold none of the transaction's branches any more —
+   after checking each branch left its commit marker (a branch without one was lost or
+   rolled back by hand: a heuristic outcome); purge old abort records and old commit
+   markers.
 
 A branch that disappears between listing and resolving it, or a commit that finds no
 branch, is a heuristic outcome and is reported, never dropped.
@@ -28,7 +33,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from multistore.consistency._tpc_errors import HeuristicOutcome
-from multistore.consistency._tpc_log import DecisionLog
+from multistore.consistency._tpc_log import DecisionLog, LogRecord
 from multistore.consistency._tpc_participants import Participant, open_participant
 from multistore.core._tpc import Decision, Xid, resolve_in_doubt
 from multistore.errors import MultistoreError
@@ -96,17 +101,22 @@ async def recover_once(
         else:
             in_doubt[name] = [x for x in listing if node is None or x.node == node]
 
-    decisions: dict[str, Decision] = {}
+    still: set[str] = set()
+    """Transactions with a branch left in doubt (their records must stay)."""
+    decisions: dict[tuple[str, str], Decision] = {}
     for name, xids in in_doubt.items():
         participant = participants[name]
         for xid in xids:
             try:
-                if xid.gtrid not in decisions:
-                    logged = await log.decision(xid)
-                    if logged is None:
-                        logged = await log.log_abort(xid)
-                    decisions[xid.gtrid] = resolve_in_doubt(logged)
-                decision = decisions[xid.gtrid]
+                decision = await _decision(log, participants, xid, decisions)
+            except _HolderDown as down:
+                report.unreachable.setdefault(xid.holder, str(down))
+                still.add(xid.gtrid)
+                continue
+            except MultistoreError as exc:
+                report.unreachable[name] = str(exc)
+                break
+            try:
                 if decision is Decision.COMMIT:
                     found = await participant.commit_prepared(xid)
                 else:
@@ -128,11 +138,88 @@ async def recover_once(
                     )
                 )
 
-    still: set[str] = set()
     for name, xids in in_doubt.items():
         if name in report.unreachable:
             still.update(x.gtrid for x in xids)
-    records = await log.records(node)
+    # The coordinator's log, then the records of last resources ("" names the log).
+    sources: list[tuple[str, DecisionLog]] = [("", log)]
+    for name, participant in participants.items():
+        if participant.decisions is not None and name in in_doubt:
+            sources.append((name, participant.decisions))
+    keep: set[str] = set()
+    for holder, records_log in sources:
+        if holder in report.unreachable:
+            continue
+        try:
+            records = await records_log.records(node)
+        except MultistoreError as exc:
+            if not holder:
+                raise
+            report.unreachable[holder] = str(exc)
+            continue
+        await _finish_records(records, holder, records_log, participants, in_doubt, still, report)
+        keep.update(
+            str(Xid.parse(r.gtrid).for_branch(p, holder))
+            for r in records
+            if r.decision is Decision.COMMIT
+            for p in r.participants
+        )
+        with contextlib.suppress(MultistoreError):
+            await records_log.purge_aborts(ABORT_RETENTION)
+    for name in in_doubt:
+        if name not in report.unreachable:
+            with contextlib.suppress(MultistoreError):
+                await participants[name].purge_markers(ABORT_RETENTION, keep)
+    return report
+
+
+class _HolderDown(Exception):
+    """The participant that holds a branch's decision cannot be asked."""
+
+
+async def _decision(
+    log: DecisionLog,
+    participants: Mapping[str, Participant],
+    xid: Xid,
+    known: dict[tuple[str, str], Decision],
+) -> Decision:
+    """The decision for in-doubt branch ``xid``: from the coordinator's log, or from the
+    last resource its id names. With none recorded, abort is recorded first (so a
+    coordinator still in phase 1 cannot commit afterwards) — presumed abort."""
+    key = (xid.holder, xid.gtrid)
+    if key in known:
+        return known[key]
+    records = log
+    if xid.holder:
+        holder = participants.get(xid.holder)
+        if holder is None or holder.decisions is None:
+            raise _HolderDown(
+                f"holds the decision of branch {xid} but is not configured in this recovery run"
+            )
+        records = holder.decisions
+    try:
+        logged = await records.decision(xid)
+        if logged is None:
+            logged = await records.log_abort(xid)
+    except MultistoreError as exc:
+        if xid.holder:
+            raise _HolderDown(str(exc)) from exc
+        raise
+    known[key] = resolve_in_doubt(logged)
+    return known[key]
+
+
+async def _finish_records(
+    records: Sequence[LogRecord],
+    holder: str,
+    records_log: DecisionLog,
+    participants: Mapping[str, Participant],
+    in_doubt: Mapping[str, Sequence[Xid]],
+    still: set[str],
+    report: RecoveryReport,
+) -> None:
+    """Forget the commit records whose branches are all finished, after checking each
+    one committed (a heuristic outcome otherwise)."""
     for record in records:
         if record.decision is not Decision.COMMIT:
             continue
@@ -144,27 +231,18 @@ async def recover_once(
             continue
         xid = Xid.parse(record.gtrid)
         try:
-            await _check_committed(xid, record.participants, participants, report)
+            await _check_committed(xid, holder, record.participants, participants, report)
         except MultistoreError as exc:
             report.pending.append(record.gtrid)
             report.unreachable.setdefault("?", str(exc))
             continue
-        await log.forget(xid)
+        await records_log.forget(xid)
         report.forgotten.append(record.gtrid)
-    with contextlib.suppress(MultistoreError):
-        await log.purge_aborts(ABORT_RETENTION)
-    keep = {
-        f"{r.gtrid}:{p}" for r in records if r.decision is Decision.COMMIT for p in r.participants
-    }
-    for name in in_doubt:
-        if name not in report.unreachable:
-            with contextlib.suppress(MultistoreError):
-                await participants[name].purge_markers(ABORT_RETENTION, keep)
-    return report
 
 
 async def _check_committed(
     xid: Xid,
+    holder: str,
     names: Sequence[str],
     participants: Mapping[str, Participant],
     report: RecoveryReport,
@@ -172,7 +250,7 @@ async def _check_committed(
     """A finished commit decision: every branch must have its commit marker; one without
     it was lost or rolled back outside the coordinator (a heuristic outcome)."""
     for name in names:
-        branch = xid.for_branch(name)
+        branch = xid.for_branch(name, holder)
         if str(branch) in report.committed:
             continue
         if await participants[name].committed(branch) is False:

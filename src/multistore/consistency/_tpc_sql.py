@@ -16,6 +16,16 @@ hop to the session's thread as ``XA END`` and ``XA PREPARE``): the row exists if
 only if the branch committed. Recovery uses it to detect heuristic outcomes and purges
 old markers.
 
+As a transaction's *last resource* a branch is not prepared: once the other branches
+are, it inserts the commit record into ``multistore_tpc_decisions`` and commits, in one
+round trip on PostgreSQL (``INSERT …; COMMIT``) and one hop on MariaDB (the insert,
+``XA END``, ``XA COMMIT … ONE PHASE``). Recovery's abort record for the same key (a
+duplicate key for whichever of the two comes second) keeps a late commit from
+happening after recovery rolled the other branches back. Records of finished
+transactions are deleted in the background, ``FORGET_BATCH`` at a time, one autocommit
+DELETE each: a last resource's transaction inserts its own record and nothing else in
+that table, so two of them never wait on each other there.
+
 Round trips: a branch starts its transaction (``BEGIN``, ``XA START``) together with
 its first statement — PostgreSQL in psycopg's pipeline mode, MariaDB in one hop to the
 session's thread — so a branch costs its statements, one prepare and one commit. A
@@ -30,6 +40,7 @@ from __future__ import annotations
 import abc
 import contextlib
 import enum
+import json
 import time
 from collections.abc import Collection, Sequence
 from contextlib import AsyncExitStack
@@ -37,11 +48,12 @@ from typing import Any, Final, Self, cast
 
 import psycopg
 
-from multistore.consistency._tpc_log import ensure_table
+from multistore.consistency._tpc_log import DECISIONS_TABLE, DecisionLog, ensure_table, schema
 from multistore.consistency._tpc_participants import Participant, SQLBranch
 from multistore.core._tpc import XA_FORMAT_ID, Vote, Xid
 from multistore.errors import (
     ConflictError,
+    DuplicateKeyError,
     MultistoreError,
     StoreUnavailableError,
 )
@@ -57,12 +69,27 @@ from multistore.urls import StoreURL
 __all__ = ["MariaDBParticipant", "PostgresParticipant"]
 
 
+#: The records of finished transactions are deleted in the background once this many
+#: are queued (one by one would cost a round trip each on the critical path).
+FORGET_BATCH: Final = 16
+
 #: The commit markers: one row per branch prepared here, written inside the branch.
 MARKERS: Final = "multistore_tpc_markers"
 _MARKERS_TABLE: Final = (
     f"CREATE TABLE IF NOT EXISTS {MARKERS} "
     "(gid VARCHAR(200) PRIMARY KEY, created DOUBLE PRECISION NOT NULL)"
 )
+
+
+def _record_sql(xid: Xid, prepared: Sequence[str]) -> str:
+    """The INSERT of ``xid``'s commit record naming the ``prepared`` participants, with
+    the values inline: ids and participant names are letters, digits, ``_``, ``-`` and
+    ``:`` only (see :class:`Xid`), so nothing can close the literals."""
+    return (
+        f"INSERT INTO {DECISIONS_TABLE} (gtrid, node, decision, participants, created) "
+        f"VALUES ('{xid.gtrid}', '{xid.node}', 'commit', '{json.dumps(sorted(prepared))}', "
+        f"{time.time()!r})"
+    )
 
 
 class _State(enum.Enum):
@@ -72,15 +99,19 @@ class _State(enum.Enum):
 
 
 class _RelationalParticipant(Participant):
+    decisions: DecisionLog
+
     def __init__(self, name: str, url: StoreURL, store: RelationalStore) -> None:
         super().__init__(name, url)
         self.store = store
+        self.decisions = DecisionLog(store, DECISIONS_TABLE, forget_every=FORGET_BATCH)
 
     @classmethod
     async def open(cls, name: str, url: StoreURL) -> Self:
         store = cast(RelationalStore, await open_store(url, model="relational"))
         try:
             await ensure_table(store, _MARKERS_TABLE)
+            await ensure_table(store, schema(DECISIONS_TABLE))
         except BaseException:
             await store.close()
             raise
@@ -182,6 +213,30 @@ class _SQLBranch(SQLBranch):
     """False while the branch's transaction is not started on the server yet: the
     participant sends its start (``BEGIN``, ``XA START``) with the first statement,
     saving a round trip per branch."""
+
+    @property
+    def idle(self) -> bool:
+        return not self.begun
+
+    async def commit_deciding(self, prepared: Sequence[str]) -> None:
+        self._check_no_failure()
+        try:
+            await self._commit_with(_record_sql(self.xid, prepared))
+        except DuplicateKeyError as exc:
+            if not self._record_clash(exc):
+                raise
+            raise DuplicateKeyError(
+                f"{self.name}: a recovery manager decided abort first (its record is there): {exc}"
+            ) from exc
+
+    async def _commit_with(self, record: str) -> None:
+        """Insert ``record`` in the branch's transaction and commit it in one phase (or,
+        with no transaction started, insert it on its own)."""
+        raise NotImplementedError
+
+    def _record_clash(self, exc: DuplicateKeyError) -> bool:
+        """True when ``exc`` is the commit record meeting recovery's abort record."""
+        raise NotImplementedError
 
     async def _begin_with(
         self, conn: Connection, sql: str, params: Params | None, *, fetch: bool
@@ -332,6 +387,25 @@ class PostgresBranch(_SQLBranch):
                 return True
         return await self.participant.commit_prepared(self.xid)
 
+    async def _commit_with(self, record: str) -> None:
+        conn = self._active()
+        self.state = _State.DONE
+        if not self.begun:  # nothing to commit but the record: one autocommit insert
+            await self._protocol(conn, record)
+            return
+        try:
+            # One round trip (simple query protocol): the record, then COMMIT.
+            await self._protocol(conn, f"{record}; COMMIT")
+        except MultistoreError as exc:
+            if exc.definite:  # a failed statement left the transaction open and aborted
+                with contextlib.suppress(MultistoreError):
+                    await self._protocol(conn, "ROLLBACK")
+            raise
+
+    def _record_clash(self, exc: DuplicateKeyError) -> bool:
+        # Not a deferred unique constraint of the branch's own tables.
+        return DECISIONS_TABLE in exc.message
+
     async def rollback(self) -> None:
         if self.state is _State.ACTIVE and self._conn is not None:
             self.state = _State.DONE
@@ -344,6 +418,10 @@ class PostgresBranch(_SQLBranch):
 
 class PostgresParticipant(_RelationalParticipant):
     """A PostgreSQL database (needs ``max_prepared_transactions`` > 0)."""
+
+    # A MariaDB branch saves more by not preparing: each of its steps is a hop to the
+    # session's thread, dearer than a PostgreSQL round trip on the event loop.
+    last_resource_rank = 1
 
     async def begin(self, xid: Xid) -> PostgresBranch:
         # BEGIN goes with the branch's first statement (one round trip for both).
@@ -373,7 +451,7 @@ async def _raw(conn: Connection, sql: str) -> None:
 
 
 def _xa(xid: Xid) -> str:
-    return f"'{xid.gtrid}','{xid.branch}',{XA_FORMAT_ID}"
+    return f"'{xid.gtrid}','{xid.bqual}',{XA_FORMAT_ID}"
 
 
 def _run_in_order(
@@ -407,6 +485,10 @@ async def _my_run(
 _MARKER_INSERT: Final = compile_sql(
     f"INSERT INTO {MARKERS} (gid, created) VALUES (:gid, UNIX_TIMESTAMP(NOW(6)))", "mariadb"
 )
+
+
+#: MariaDB's limit on an XA branch qualifier, in bytes.
+_BQUAL_MAX: Final = 64
 
 
 class MariaDBBranch(_SQLBranch):
@@ -451,24 +533,44 @@ class MariaDBBranch(_SQLBranch):
         self.state = _State.PREPARED
         return Vote.YES
 
+    async def _one_phase(self, first: Sequence[str]) -> None:
+        """``first`` (statements of the branch), ``XA END`` and ``XA COMMIT … ONE PHASE``
+        in one hop; a session that failed there is closed, which rolls back its branch."""
+        self._check_no_failure()
+        conn = self._active()
+        self.state = _State.DONE
+        try:
+            await _my_run(
+                conn,
+                [
+                    *((sql, None) for sql in first),
+                    (f"XA END {_xa(self.xid)}", None),
+                    (f"XA COMMIT {_xa(self.xid)} ONE PHASE", None),
+                ],
+            )
+        except MultistoreError:
+            self._forget_session()
+            raise
+
+    async def _commit_with(self, record: str) -> None:
+        if self.begun:
+            await self._one_phase([record])
+            return
+        conn = self._active()  # nothing to commit but the record: one autocommit insert
+        self.state = _State.DONE
+        await _raw(conn, record)
+
+    def _record_clash(self, exc: DuplicateKeyError) -> bool:
+        return True  # no deferred constraints: only the record's insert can clash at commit
+
     async def commit(self, *, one_phase: bool = False) -> bool:
         if one_phase:
-            self._check_no_failure()
-            conn = self._active()
-            self.state = _State.DONE
-            if not self.begun:
-                return True
-            try:
-                await _my_run(
-                    conn,
-                    [
-                        (f"XA END {_xa(self.xid)}", None),
-                        (f"XA COMMIT {_xa(self.xid)} ONE PHASE", None),
-                    ],
-                )
-            except MultistoreError:
-                self._forget_session()
-                raise
+            if self.begun:
+                await self._one_phase(())
+            else:
+                self._check_no_failure()
+                self._active()
+                self.state = _State.DONE
             return True
         self.state = _State.DONE
         if self._conn is not None:
@@ -517,6 +619,9 @@ class MariaDBBranch(_SQLBranch):
 
 class MariaDBParticipant(_RelationalParticipant):
     """A MariaDB (≥ 10.5) database, through XA transactions."""
+
+    def accepts(self, xid: Xid) -> bool:
+        return len(xid.bqual.encode()) <= _BQUAL_MAX
 
     async def begin(self, xid: Xid) -> MariaDBBranch:
         # XA START goes with the branch's first statement (one hop for both).

@@ -3,23 +3,31 @@
 * :class:`Xid` — a global transaction id that names the coordinator's node, so a
   recovery manager knows whose in-doubt branches are whose. It formats to and parses
   from one string (``ms2pc:<node>:<tid>`` for the transaction, ``…:<branch>`` for the
-  branch a participant holds) that fits PostgreSQL's 200-byte GID and MariaDB's
-  64-byte ``gtrid``/``bqual``.
+  branch a participant holds, ``…:<branch>@<holder>`` when participant ``holder``
+  records the decision instead of the coordinator's log) that fits PostgreSQL's
+  200-byte GID and MariaDB's 64-byte ``gtrid``/``bqual``.
 * :class:`TxState`, :class:`Vote`, :class:`Decision` — where a transaction stands,
   what a participant answered to prepare, what the coordinator decided.
 * The presumed-abort rules: :func:`decide`, :func:`needs_decision_log`,
-  :func:`phase_two_targets` and, for recovery, :func:`resolve_in_doubt`.
+  :func:`phase_two_targets`, :func:`last_resource` and, for recovery,
+  :func:`resolve_in_doubt`.
 
 Presumed abort: the coordinator writes nothing before it decides; only a commit
 decision is logged (forced to disk before phase 2 starts), so a branch whose
 transaction has no log record was never committed and is rolled back.
+
+Last resource ("logging last resource"): one relational branch is not prepared; once
+the others are, it commits in one phase together with the commit record, written into
+its own database. That commit *is* the decision, so no separate log write and one
+prepare less. The other branches' ids name that participant (``@holder``), so
+recovery knows where their decision is.
 """
 
 from __future__ import annotations
 
 import enum
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Final
 
@@ -33,6 +41,7 @@ __all__ = [
     "Vote",
     "Xid",
     "decide",
+    "last_resource",
     "needs_decision_log",
     "phase_two_targets",
     "resolve_in_doubt",
@@ -91,14 +100,17 @@ class Decision(enum.Enum):
 class Xid:
     """A global transaction id, or one branch of it (``branch`` set).
 
-    ``str(xid)`` is ``ms2pc:<node>:<tid>[:<branch>]`` and :meth:`parse` reads it back.
-    ``node`` names the coordinator (letters, digits, ``_``, ``-``; at most 24),
-    ``tid`` is 32 lowercase hex digits, ``branch`` the participant's name.
+    ``str(xid)`` is ``ms2pc:<node>:<tid>[:<branch>[@<holder>]]`` and :meth:`parse`
+    reads it back. ``node`` names the coordinator (letters, digits, ``_``, ``-``; at
+    most 24), ``tid`` is 32 lowercase hex digits, ``branch`` the participant's name,
+    ``holder`` the participant whose database holds the transaction's decision (its
+    last resource), empty when the coordinator's log does.
     """
 
     node: str
     tid: str
     branch: str = ""
+    holder: str = ""
 
     def __post_init__(self) -> None:
         if not _NODE_RE.fullmatch(self.node):
@@ -111,6 +123,11 @@ class Xid:
             raise InvalidValueError(
                 f"branch name {self.branch!r} must be 1-48 letters, digits, '_' or '-'"
             )
+        if self.holder and not (self.branch and _BRANCH_RE.fullmatch(self.holder)):
+            raise InvalidValueError(
+                f"decision holder {self.holder!r} needs a branch and must be 1-48 letters, "
+                "digits, '_' or '-'"
+            )
 
     @property
     def gtrid(self) -> str:
@@ -121,16 +138,22 @@ class Xid:
     def is_branch(self) -> bool:
         return bool(self.branch)
 
-    def for_branch(self, branch: str) -> Xid:
-        """This transaction's id on participant ``branch``."""
-        return Xid(self.node, self.tid, branch)
+    def for_branch(self, branch: str, holder: str = "") -> Xid:
+        """This transaction's id on participant ``branch`` (its decision held by
+        participant ``holder``, if given)."""
+        return Xid(self.node, self.tid, branch, holder)
+
+    @property
+    def bqual(self) -> str:
+        """The branch part: ``<branch>`` or ``<branch>@<holder>`` (MariaDB's ``bqual``)."""
+        return f"{self.branch}@{self.holder}" if self.holder else self.branch
 
     @property
     def global_xid(self) -> Xid:
         return Xid(self.node, self.tid)
 
     def __str__(self) -> str:
-        return f"{self.gtrid}:{self.branch}" if self.branch else self.gtrid
+        return f"{self.gtrid}:{self.bqual}" if self.branch else self.gtrid
 
     @classmethod
     def parse(cls, text: str) -> Xid:
@@ -138,9 +161,15 @@ class Xid:
         parts = text.split(":")
         if len(parts) not in (3, 4) or parts[0] != XID_PREFIX:
             raise InvalidValueError(
-                f"{text!r} is not a multistore transaction id (ms2pc:<node>:<tid>[:<branch>])"
+                f"{text!r} is not a multistore transaction id "
+                "(ms2pc:<node>:<tid>[:<branch>[@<holder>]])"
             )
-        return cls(parts[1], parts[2], parts[3] if len(parts) == 4 else "")
+        if len(parts) == 3:
+            return cls(parts[1], parts[2])
+        branch, at, holder = parts[3].partition("@")
+        if at and not holder:
+            raise InvalidValueError(f"{text!r}: '@' must be followed by the decision holder")
+        return cls(parts[1], parts[2], branch, holder)
 
     @classmethod
     def try_parse(cls, text: str) -> Xid | None:
@@ -164,6 +193,17 @@ def needs_decision_log(votes: Mapping[str, Vote | None]) -> bool:
     prepared branch (the others read-only) its own commit is the decision, and a crash
     before it leaves a branch that presumed abort rightly rolls back."""
     return sum(1 for vote in votes.values() if vote is Vote.YES) >= 2
+
+
+def last_resource(names: Sequence[str], rank: Callable[[str], int | None]) -> str | None:
+    """The participant that commits last, in one phase, with the decision: among
+    ``names`` those with a ``rank`` (None: cannot be one), the lowest, the first in
+    the transaction's order on a tie; None without one, or with a single participant
+    (that commits in one phase anyway)."""
+    if len(names) < 2:
+        return None
+    ranked = [(r, i) for i, name in enumerate(names) if (r := rank(name)) is not None]
+    return names[min(ranked)[1]] if ranked else None
 
 
 def phase_two_targets(votes: Mapping[str, Vote | None], decision: Decision) -> list[str]:

@@ -212,7 +212,10 @@ class MariaDBRelationalStore(RelationalStore):
         if self._closed:
             raise StoreUnavailableError(f"{self!r} is closed", outcome=Outcome.DEFINITE)
         try:
-            await asyncio.wait_for(self._free.acquire(), self._connect_timeout)
+            if self._free.locked():  # wait for a session to be handed back, bounded
+                await asyncio.wait_for(self._free.acquire(), self._connect_timeout)
+            else:
+                await self._free.acquire()  # free: returns at once (wait_for costs a task)
         except TimeoutError:
             raise StoreTimeoutError(
                 f"no free MariaDB connection within {self._connect_timeout:g} s "
