@@ -35,10 +35,11 @@ def sections(request: pytest.FixtureRequest, reports: list[dict[str, Any]]) -> d
 
 
 def test_sections_come_in_the_issue_order(sections: dict[str, Any]) -> None:
-    assert list(sections)[-6:] == [
+    assert list(sections)[-7:] == [
         "idempotency keys",
         "sagas",
         "two-phase commit",
+        "outbox",
         "primary/replica router",
         "multi-master",
         "quorum replication",
@@ -100,6 +101,22 @@ def test_two_phase_commit_commits_and_recovers(sections: dict[str, Any]) -> None
     assert payments == [123, 124]
     stock = {r["sku"]: r["stock"] for r in tpc["rows_after_recovery"]["inventory"]}
     assert stock == {"product1": 3, "product2": 4}
+
+
+def test_outbox_keeps_the_index_in_step_with_the_catalog(sections: dict[str, Any]) -> None:
+    outbox = sections["outbox"]
+    # three saves, each with its event; the rejected save left neither row nor event
+    assert outbox["events_after_saves"] == {"pending": 3, "delivered": 0, "parked": 0}
+    assert outbox["events_after_relay"] == {"pending": 0, "delivered": 3, "parked": 0}
+    assert outbox["catalog_rows"] == [["p1", 999.0], ["p2", 29.5]]
+    assert len(outbox["failed_attempts"]) == 1  # retried, not lost
+    indexed = [tuple(i) for i in outbox["indexed"]]
+    assert sorted(indexed) == [("product:p1", 1, 1299.0), ("product:p1", 2, 999.0),
+                               ("product:p2", 1, 29.5)]  # fmt: skip
+    p1 = [i for i in indexed if i[0] == "product:p1"]
+    assert [i[1] for i in p1] == [1, 2]  # in order per product
+    assert outbox["redelivery_ran_again"] is False  # the inbox skipped it
+    assert outbox["search_laptop"] == [["p2", 29.5], ["p1", 999.0]]
 
 
 def test_router_token_reads_see_the_write(sections: dict[str, Any]) -> None:

@@ -97,6 +97,7 @@ def _sections() -> list[Section]:
     sections.append(polyglot_section)
     from multistore.cli._demo_idempotency import idempotency_section
     from multistore.cli._demo_multimaster import multimaster_section
+    from multistore.cli._demo_outbox import outbox_section
     from multistore.cli._demo_quorum import quorum_section
     from multistore.cli._demo_router import router_section
     from multistore.cli._demo_sagas import sagas_section
@@ -106,6 +107,7 @@ def _sections() -> list[Section]:
         idempotency_section,
         sagas_section,
         twopc_section,
+        outbox_section,
         router_section,
         multimaster_section,
         quorum_section,
