@@ -91,12 +91,12 @@ def _two_round_trips(idem: Idempotency) -> Callable[[], Awaitable[object]]:
 
     async def both() -> object:
         key = f"idem:5:floor:{next(fresh)}"
-        args = _CLAIM_SCRIPT.args(key, (fp, "30000", "86400000", owner))
-        claimed: Any = await lean.call(_CLAIM_SCRIPT.head + args)
-        args = _ADVANCE_SCRIPT.args(
-            key, (str(claimed[1]), owner, "", "86400000", "completed", "", "", "null", result)
+        claim, _ = _CLAIM_SCRIPT.pack((key,), (fp, "30000", "86400000", owner))
+        claimed: Any = await lean.call(claim)
+        advance, _ = _ADVANCE_SCRIPT.pack(
+            (key,), (str(claimed[1]), owner, "", "86400000", "completed", "", "", "null", result)
         )
-        return await lean.call(_ADVANCE_SCRIPT.head + args)
+        return await lean.call(advance)
 
     return both
 

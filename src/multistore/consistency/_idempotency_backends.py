@@ -28,7 +28,6 @@ from __future__ import annotations
 import abc
 import contextlib
 import dataclasses
-import hashlib
 import json
 import re
 import sqlite3
@@ -41,7 +40,9 @@ from multistore._resp import (
     RespConnectionError,
     RespError,
     RespPool,
+    RespScript,
     RespTimeoutError,
+    pack_command,
 )
 from multistore.errors import (
     DuplicateKeyError,
@@ -459,33 +460,8 @@ return {v, lu, ea, tonumber(cur[4]) or 0}
 )
 
 
-def _arg(value: str | bytes) -> bytes:
-    data = value.encode() if isinstance(value, str) else value
-    return b"$%d\r\n%s\r\n" % (len(data), data)
-
-
-class _Script:
-    """A Lua script run with ``EVALSHA`` (``EVAL`` when the server does not have it);
-    the command is packed here, its constant head once."""
-
-    def __init__(self, name: str, body: str, argc: int) -> None:
-        self.name = name
-        self.body = body
-        sha = hashlib.sha1(body.encode()).hexdigest()
-        self.argc = argc
-        self.head = b"*%d\r\n" % (argc + 4) + _arg("EVALSHA") + _arg(sha) + _arg("1")
-        self.eval_head = b"*%d\r\n" % (argc + 4) + _arg("EVAL") + _arg(body) + _arg("1")
-
-    def args(self, key: str, args: tuple[str | bytes, ...]) -> bytes:
-        """The key and arguments, packed (what follows either head)."""
-        if len(args) != self.argc:
-            raise TypeError(f"{self.name} takes {self.argc} arguments, not {len(args)}")
-        return _arg(key) + b"".join([_arg(a) for a in args])
-
-
-_CLAIM_SCRIPT: Final = _Script("idempotency claim", _REDIS_CLAIM, 4)
-_ADVANCE_SCRIPT: Final = _Script("idempotency update", _REDIS_ADVANCE, 9)
-_HGETALL: Final = b"*2\r\n" + _arg("HGETALL")
+_CLAIM_SCRIPT: Final = RespScript(_REDIS_CLAIM)
+_ADVANCE_SCRIPT: Final = RespScript(_REDIS_ADVANCE)
 
 
 def _ms(seconds: float) -> str:
@@ -591,11 +567,9 @@ class RedisRecords(RecordBackend):
         except self._redis_error as exc:
             self._raise_mapped(name, key, exc)
 
-    async def _run(self, script: _Script, key: str, *args: str | bytes) -> Any:
-        packed = script.args(key, args)
-        return await self._send(
-            script.name, key, script.head + packed, lambda: script.eval_head + packed
-        )
+    async def _run(self, name: str, script: RespScript, key: str, *args: str) -> Any:
+        command, fallback = script.pack((key,), args)
+        return await self._send(name, key, command, fallback)
 
     def _raise_mapped(self, op: str, key: str, exc: BaseException) -> NoReturn:
         with self._redis._errors(op, key):  # the store's mapping of redis-py errors
@@ -607,7 +581,7 @@ class RedisRecords(RecordBackend):
 
     async def load(self, scope: str, key: str) -> IdempotencyRecord | None:
         k = self._key(scope, key)
-        reply = await self._send("idempotency load", k, _HGETALL + _arg(k), None)
+        reply = await self._send("idempotency load", k, pack_command("HGETALL", k), None)
         if not reply:
             return None
         pairs = (  # a flat list in RESP2; redis-py may hand over a dict (RESP3)
@@ -645,7 +619,13 @@ class RedisRecords(RecordBackend):
     ) -> Claim:
         k = self._key(scope, key)
         reply = await self._run(
-            _CLAIM_SCRIPT, k, fingerprint, _ms(lease), _ms(expires_after), owner
+            "idempotency claim",
+            _CLAIM_SCRIPT,
+            k,
+            fingerprint,
+            _ms(lease),
+            _ms(expires_after),
+            owner,
         )
         status = reply[0]
         try:
@@ -733,6 +713,7 @@ class RedisRecords(RecordBackend):
                 f"JSON: {exc}"
             ) from None
         reply = await self._run(
+            "idempotency update",
             _ADVANCE_SCRIPT,
             self._key(new.scope, new.key),
             str(current.version),
