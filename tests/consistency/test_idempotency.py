@@ -132,7 +132,7 @@ def test_payload_mismatch_is_refused_and_changes_nothing(target: Target) -> None
             async with idem.begin("k-1", {"amount": 10}, client="c") as run:
                 with pytest.raises(IdempotencyKeyReusedError):  # while in progress, too
                     async with idem.begin("k-1", {"amount": 99}, client="c"):
-                        pass
+                        pass  # never entered: the claim is refused
                 run.set_result({"ok": 10})
             before = await idem.get("k-1", client="c")
             with pytest.raises(IdempotencyKeyReusedError) as info:

@@ -105,7 +105,8 @@ async def poll(check: Callable[[], Awaitable[bool]], what: str, within: float = 
     """Wait until ``check()`` is true, at most ``within`` seconds."""
     give_up = time.monotonic() + within
     while not await check():
-        assert time.monotonic() < give_up, f"not within {within} s: {what}"
+        if time.monotonic() > give_up:
+            raise TimeoutError(f"not within {within} s: {what}")
         await asyncio.sleep(0.02)
 
 
@@ -141,7 +142,7 @@ def test_event_commits_with_the_business_write_or_not_at_all(url: str) -> None:
             assert (first.aggregate, first.seq, first.event_type) == ("p", 1, "product.upserted")
 
             class Abort(Exception):
-                pass
+                """A business error that rolls the transaction back."""
 
             with pytest.raises(Abort):
                 async with store.transaction() as tx:
@@ -210,7 +211,7 @@ def test_bad_input_is_refused_and_nothing_is_written(url: str) -> None:
             with pytest.raises(UsageError, match="open transaction"):
                 await outbox.add(store, "p", "t", {})  # type: ignore[arg-type]
             async with store.transaction() as done:
-                pass
+                pass  # a transaction that ended (committed, empty)
             with pytest.raises(UsageError, match="open transaction"):
                 await outbox.add(done, "p", "t", {})
             assert await store.fetch_val("SELECT COUNT(*) FROM products") == 0
@@ -505,7 +506,7 @@ def test_purge_drops_old_delivered_events_and_numbering_goes_on(url: str) -> Non
                 await save(store, outbox, "p", n)
 
             async def ok(event: OutboxEvent) -> None:
-                pass
+                """Every event is handled at once."""
 
             assert await OutboxRelay(outbox, ok).run_once() == 3
             await save(store, outbox, "q", 1)  # pending: never purged

@@ -189,7 +189,7 @@ def test_failing_first_statement_and_idle_branches(bank: dict[str, str], tmp_pat
             assert tx.votes == {"pg1": Vote.YES, "pg2": Vote.READ_ONLY, "maria": Vote.YES}
             assert (await _balance(bank["pg1"], 0), await _balance(bank["maria"], 0)) == (7, 8)
             async with coordinator.transaction(["pg1", "maria"]) as tx:
-                pass
+                pass  # nothing written: both branches read-only
             assert tx.votes == {"pg1": Vote.READ_ONLY, "maria": Vote.READ_ONLY}
             assert tx.state is TxState.COMMITTED
 
@@ -385,7 +385,7 @@ def test_coordinator_recovers_its_node_when_it_starts(bank: dict[str, str], tmp_
     crash = {"on": True}
 
     class Crash(BaseException):
-        pass
+        """The coordinator dies here (raised from an event hook)."""
 
     def on_event(event: str, xid: Xid, name: str) -> None:
         if event == "decided" and crash["on"]:
@@ -409,7 +409,7 @@ def test_coordinator_recovers_its_node_when_it_starts(bank: dict[str, str], tmp_
             pass  # another node's start leaves "restart"'s branches alone
         assert all(in_doubt(urls, "restart").values())
         async with await TransactionCoordinator.open(urls, log=log_url(tmp_path), node="restart"):
-            pass
+            pass  # opening it is the recovery of its own branches
 
     asyncio.run(restarted())
     assert nothing_in_doubt(urls, "restart")
@@ -446,7 +446,7 @@ def test_redis_branch_is_guarded_by_reads_and_locks(bank: dict[str, str], tmp_pa
     client.set("stock", "5")
 
     class Crash(BaseException):
-        pass
+        """The coordinator dies here (raised from an event hook)."""
 
     def on_event(event: str, xid: Xid, name: str) -> None:
         if event == "decided":
@@ -545,7 +545,7 @@ def test_branch_rolled_back_by_hand_is_reported_as_a_heuristic_outcome(
     urls = {k: bank[k] for k in ("pg1", "pg2", "lite", "redis")}
 
     class Crash(BaseException):
-        pass
+        """The coordinator dies here (raised from an event hook)."""
 
     def on_event(event: str, xid: Xid, name: str) -> None:
         if event == "decided":
@@ -591,7 +591,7 @@ def test_sqlite_write_through_a_fetch_is_part_of_the_replayed_write_set(
     urls = {k: bank[k] for k in ("pg1", "lite")}
 
     class Crash(BaseException):
-        pass
+        """The coordinator dies here (raised from an event hook)."""
 
     def on_event(event: str, xid: Xid, name: str) -> None:
         if event == "decided":

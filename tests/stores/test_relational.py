@@ -548,7 +548,7 @@ def test_connection_and_transaction_refuse_use_after_their_block(store_url: str)
         async with store.transaction() as tx:
             await tx.execute("INSERT INTO people (id, name) VALUES (4, 'Dan')")
         async with store.connection() as conn:
-            pass
+            pass  # a connection block that ends: the object must be unusable after it
         with pytest.raises(UsageError, match="committed"):
             await tx.execute("DELETE FROM people")
         with pytest.raises(UsageError, match="block ended"):
