@@ -174,11 +174,6 @@ class Saga:
         """Every step in order, a group's members in place (what ``steps`` holds)."""
         return cast(tuple[Step, ...], self.steps)
 
-    @property
-    def parallel(self) -> bool:
-        """True when some stage runs several steps concurrently."""
-        return len(set(self.groups)) != len(self.groups)
-
 
 @dataclass(frozen=True)
 class ErrorInfo:

@@ -25,6 +25,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from types import TracebackType
 from typing import Any, Self
 
+from multistore.consistency._retry import RetryPolicy
 from multistore.consistency._saga import (
     JSON,
     ErrorInfo,
@@ -325,7 +326,7 @@ class SagaEngine:
                 f"now has {saga.step_names}; keep old definitions under another name"
             )
         compensable = [s.compensate is not None for s in saga.flat_steps]
-        groups = saga.groups if saga.parallel else None
+        groups = saga.groups
         self._running.add(record.saga_id)
         self._ensure_heartbeat()
         try:
@@ -382,10 +383,8 @@ class SagaEngine:
             output = await self._call(step.action, ctx, step.timeout, record.deadline)
             text = _dumps(output, what=f"the output of step {step.name!r}")
         except Exception as exc:
-            past_deadline = record.deadline is not None and self._clock() >= record.deadline
-            if not past_deadline and step.retry.should_retry(exc, attempts):
-                self._emit("step_retry", sid, step.name)
-                await self._sleep(step.retry.delay(attempts, self._random()))
+            if self._retrying(step.retry, exc, attempts, record.deadline):
+                await self._backoff(step.retry, attempts, "step_retry", sid, step.name)
                 return record, None
             self._emit("step_failed", sid, step.name)
             failed = sm.step_failed(record, index, _error_json(exc))
@@ -435,12 +434,10 @@ class SagaEngine:
                     text = _dumps(output, what=f"the output of step {step.name!r}")
                     return index, text, None, attempts - first
                 except Exception as exc:
-                    past = record.deadline is not None and self._clock() >= record.deadline
-                    if past or not step.retry.should_retry(exc, attempts):
+                    if not self._retrying(step.retry, exc, attempts, record.deadline):
                         self._emit("step_failed", sid, step.name)
                         return index, None, _error_json(exc), attempts - first
-                    self._emit("step_retry", sid, step.name)
-                    await self._sleep(step.retry.delay(attempts, self._random()))
+                    await self._backoff(step.retry, attempts, "step_retry", sid, step.name)
                     attempts += 1
 
         ended = await asyncio.gather(*(member(i) for i in move.indices))
@@ -476,10 +473,10 @@ class SagaEngine:
                     return index, errors, False
                 except Exception as exc:
                     errors.append(_error_json(exc))
-                    if not step.compensation_retry.should_retry(exc, attempts):
+                    policy = step.compensation_retry
+                    if not self._retrying(policy, exc, attempts, None):
                         return index, errors, True
-                    self._emit("compensation_retry", sid, step.name)
-                    await self._sleep(step.compensation_retry.delay(attempts, self._random()))
+                    await self._backoff(policy, attempts, "compensation_retry", sid, step.name)
                     attempts += 1
 
         ended = await asyncio.gather(*(member(i) for i in indices))
@@ -514,10 +511,10 @@ class SagaEngine:
             await self._call(step.compensate, ctx, step.timeout, None)
         except Exception as exc:
             error = _error_json(exc)
-            if step.compensation_retry.should_retry(exc, attempts):
+            policy = step.compensation_retry
+            if self._retrying(policy, exc, attempts, None):
                 record = await self._save(record, sm.compensation_attempted(record, index, error))
-                self._emit("compensation_retry", sid, step.name)
-                await self._sleep(step.compensation_retry.delay(attempts, self._random()))
+                await self._backoff(policy, attempts, "compensation_retry", sid, step.name)
                 return record
             record = await self._save(record, sm.stuck(record, index, error))
             self._emit("saga_stuck", sid, step.name)
@@ -525,6 +522,22 @@ class SagaEngine:
         record = await self._save(record, sm.step_compensated(record, index))
         self._emit("step_compensated", sid, step.name)
         return record
+
+    def _retrying(
+        self, policy: RetryPolicy, exc: Exception, attempts: int, deadline: float | None
+    ) -> bool:
+        """Whether ``exc`` on attempt ``attempts`` is retried: the policy says so and the
+        saga deadline (if any) has not passed."""
+        if deadline is not None and self._clock() >= deadline:
+            return False
+        return policy.should_retry(exc, attempts)
+
+    async def _backoff(
+        self, policy: RetryPolicy, attempts: int, event: str, saga_id: str, step: str
+    ) -> None:
+        """Announce a retry and wait out the policy's delay before it."""
+        self._emit(event, saga_id, step)
+        await self._sleep(policy.delay(attempts, self._random()))
 
     def _context(
         self,
