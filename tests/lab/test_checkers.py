@@ -168,6 +168,13 @@ def test_a_write_seen_and_then_gone_is_lost() -> None:
     assert gone.write.value == 2 and gone.last_saw is not None and gone.last_saw.value == 1
 
 
+def test_a_phantom_last_read_loses_no_write() -> None:
+    # the last read returned a value nobody wrote: a phantom, judged apart
+    ops = pair_operations(history(w(0, 1, 0, 10), r(1, 1, 20, 30), r(2, 9, 40, 50)))
+    assert find_lost_writes(ops) == ([], 0)
+    assert [op.value for op in find_phantom_reads(ops)] == [9]
+
+
 def test_a_write_seen_then_overwritten_is_not_lost() -> None:
     specs = (w(0, 1, 0, 10), r(1, 1, 20, 30), r(2, None, 40, 50), w(0, 2, 60, 70))
     ops = pair_operations(history(*specs, r(1, 2, 80, 90)))

@@ -226,10 +226,10 @@ def test_ops_counts_operations_as_recorded(tmp_path: Path) -> None:
     report = run_lab(tmp_path, ops=120, mix="rmw=1", duration=0.5)
     ops = workload_ops(tmp_path / "history.jsonl")
     assert report["counts"]["operations"] == len(ops) == 120
-    assert report["counts"]["final_reads"] == 4
+    assert report["counts"]["final_reads"] >= report["counts"]["final_reads_ok"] == 4
     assert {op.f for op in ops} == {"read", "write"}
     text = format_lab_report(report)
-    assert "120 operations (" in text and "then 4 final reads at ALL" in text
+    assert "120 operations (" in text and "final reads at ALL (4 ok)" in text
 
 
 def test_latency_per_leg_is_set_beside_the_pbs_model(tmp_path: Path) -> None:

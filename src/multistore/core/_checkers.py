@@ -257,10 +257,11 @@ def find_lost_writes(operations: Sequence[Operation]) -> tuple[list[LostWrite], 
     lost: list[LostWrite] = []
     unverified = 0
     for key in _by_key(operations).values():
-        invokes = [r.invoke for r in key.reads]
+        reads = [read for read in key.reads if not key.is_phantom(read)]  # judged apart
+        invokes = [read.invoke for read in reads]
         for write in key.acked:
             start = bisect.bisect_right(invokes, write.complete)
-            after = key.reads[start:]
+            after = reads[start:]
             if not after:
                 unverified += 1
                 continue

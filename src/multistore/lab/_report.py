@@ -154,7 +154,9 @@ def summarize(
     counts["ok"] = sum(op.type is EventType.OK for op in workload)
     counts["fail"] = sum(op.type is EventType.FAIL for op in workload)
     counts["info"] = sum(op.type is EventType.INFO for op in workload)
-    counts["final_reads"] = len(checked.operations) - len(workload)
+    final = [op for op in checked.operations if op.process >= FINAL_PROCESS]
+    counts["final_reads"] = len(final)
+    counts["final_reads_ok"] = sum(op.ok for op in final)
     verdict = _verdict(checked, counts)
     data["verdict"] = verdict.value
     data["exit_code"] = verdict.exit_code
@@ -189,14 +191,14 @@ def _who(op: Mapping[str, Any]) -> str:
 
 def _stale(ex: Mapping[str, Any]) -> str:
     read, saw, missed = ex["read"], ex["saw"], ex["missed"]
-    saw_text = "nothing (never written)"
+    got = "nothing (never written)"
     if saw is not None:
-        saw_text = f"{saw['value']!r} (written at {_s(saw['invoke'])}-{_s(saw['complete'])})"
+        got = f"{saw['value']!r}, written at {_s(saw['invoke'])}"
     return (
-        f"{_who(read)} read {read['key']} at {_s(read['invoke'])} and got {saw_text}, but the "
-        f"write of {missed['value']!r} had been acknowledged {ex['age_ms']:.1f} ms before "
-        f"the read began (at {_s(missed['complete'])}) and was invoked after the value read "
-        "was in place"
+        f"{_who(read)} read {read['key']} at {_s(read['invoke'])} and got {got}; but "
+        f"{missed['value']!r} had replaced it: its write began after that value was in "
+        f"place and was acknowledged at {_s(missed['complete'])}, {ex['age_ms']:.1f} ms "
+        "before the read began"
     )
 
 
@@ -228,10 +230,15 @@ def _failed(ex: Mapping[str, Any]) -> str:
 
 def _monotonic(ex: Mapping[str, Any]) -> str:
     earlier, later = ex["earlier"], ex["later"]
+    older = (
+        "the initial value"
+        if later["value"] is None
+        else f"an older value (its write ended before the write of {earlier['value']!r} began)"
+    )
     return (
         f"{_who(later)} read {later['key']} = {_v(earlier['value'])} at "
         f"{_s(earlier['invoke'])}, then {_v(later['value'])} at {_s(later['invoke'])}, "
-        "a value overwritten before the first one was written: it went back in time"
+        f"{older}: its reads went back in time"
     )
 
 
@@ -259,20 +266,20 @@ def _linearizability(ex: Mapping[str, Any]) -> str:
     return text
 
 
-_SENTENCES: Final[dict[str, Callable[[Mapping[str, Any]], str]]] = {
-    "stale_reads": _stale,
-    "lost_writes": _lost,
-    "failed_writes_observed": _failed,
-    "monotonic_violations": _monotonic,
-    "phantom_reads": _phantom,
-    "linearizability": _linearizability,
+_SENTENCES: Final[dict[str, tuple[str, Callable[[Mapping[str, Any]], str]]]] = {
+    "stale_reads": ("stale read", _stale),
+    "lost_writes": ("lost write", _lost),
+    "failed_writes_observed": ("failed write observed", _failed),
+    "monotonic_violations": ("monotonic-read violation", _monotonic),
+    "phantom_reads": ("phantom read", _phantom),
+    "linearizability": ("non-linearizable key", _linearizability),
 }
 
 
 def example_sentences(data: Mapping[str, Any]) -> dict[str, str]:
     """One sentence per anomaly kind that has an example."""
     out: dict[str, str] = {}
-    for kind, make in _SENTENCES.items():
+    for kind, (_, make) in _SENTENCES.items():
         found = data["examples"].get(kind) or []
         if found:
             out[kind] = make(found[0])
@@ -306,7 +313,7 @@ def format_lab_report(report: Mapping[str, Any], *, header: bool = True) -> str:
     lines.append(
         f"  {counts['operations']} operations ({counts['ok']} ok, {counts['fail']} fail, "
         f"{counts['info']} info) in {report['elapsed_s']:.2f} s, then "
-        f"{counts['final_reads']} final reads at ALL"
+        f"{counts['final_reads']} final reads at ALL ({counts['final_reads_ok']} ok)"
     )
     if report.get("warning"):
         lines.append(f"  warning: {report['warning']}")
@@ -320,13 +327,8 @@ def format_lab_report(report: Mapping[str, Any], *, header: bool = True) -> str:
     sentences = report.get("sentences", {})
     if sentences:
         lines.append("  one example of each:")
-        labels = {
-            **dict(ANOMALY_KINDS),
-            "linearizability": "non-linearizable key",
-        }
         for kind, sentence in sentences.items():
-            label = labels[kind].removesuffix("s") if kind != "linearizability" else labels[kind]
-            lines.append(f"    {label}: {sentence}")
+            lines.append(f"    {_SENTENCES[kind][0]}: {sentence}")
     lines.append("  latency (ms)      ok   fail  info     p50     p90     p99")
     for f, row in report["latency"].items():
         pct = "".join(f"{row.get(f'p{q}_ms', math.nan):>8.2f}" for q in (50, 90, 99))
