@@ -141,3 +141,41 @@ def test_plot_without_matplotlib_is_noticed_first_and_the_results_still_print(
     assert "verdict: VALID: no anomaly found (exit code 0)" in run.stdout
     assert "plot: not drawn: --plot needs matplotlib" in run.stdout
     assert not plot.exists()
+
+
+DOC = Path(__file__).resolve().parents[2] / "docs" / "lab.md"
+EXAMPLE = re.compile(
+    r"<!-- worked-example:[^>]*-->\s*```console\n\$ multistore (.*?)\n(.*?)```", re.S
+)
+
+
+def _shape(line: str) -> str:
+    """A report line with its numbers blanked and the padding between columns folded."""
+    return re.sub(r"(?<=\S) +", " ", re.sub(r"\d+(\.\d+)?", "#", line))
+
+
+def _varies(line: str) -> bool:
+    """Lines whose presence depends on the run: an example sentence (which kinds were
+    found) or a staleness bucket (which spans had reads)."""
+    return bool(re.match(r"    [a-z-]+( [a-z-]+)*: ", line) or re.match(r"    [\d.]+-", line))
+
+
+def test_the_worked_example_in_the_docs_runs_as_shown(tmp_path: Path) -> None:
+    match = EXAMPLE.search(DOC.read_text(encoding="utf-8"))
+    assert match is not None, "docs/lab.md lost its worked example"
+    args, shown = match.group(1).split(), match.group(2).splitlines()
+    run = run_cli(*args, cwd=tmp_path)
+    assert run.returncode == 80, run.stderr  # the exit code the page states
+    got = run.stdout.splitlines()
+    assert [_shape(line) for line in got if not _varies(line)] == [
+        _shape(line) for line in shown if not _varies(line)
+    ]
+    labels = [line.split(":")[0] for line in got if _varies(line) and ": " in line]
+    assert "    stale read" in labels  # the example's first anomaly kind is found again
+    assert (tmp_path / "history.edn").stat().st_size > 0
+    assert (tmp_path / "lab.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # and, as the page says, the same run at R+W>N with one coordinator is valid
+    overlapping = [a for a in args if a not in ("-r", "-w", "one")]
+    run = run_cli(*overlapping, "--coordinators", "1", "--history", "h.jsonl", cwd=tmp_path)
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "verdict: VALID: no anomaly found (exit code 0)" in run.stdout

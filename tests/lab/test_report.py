@@ -100,3 +100,14 @@ def test_a_clean_history_has_no_examples_and_exits_zero() -> None:
     text = format_lab_report(report)
     assert "one example of each" not in text
     assert "  verdict: VALID: no anomaly found (exit code 0)" in text.splitlines()
+
+
+def test_a_search_that_gives_up_is_unknown_not_valid() -> None:
+    checked = check_history(history(w(0, 1, 0, 10 * MS), r(1, 1, 20 * MS, 30 * MS)), bound=1)
+    assert checked.unknown_keys == ["x"]
+    report = {**summarize(checked), "config": CONFIG, "elapsed_s": 1.0, "faults": []}
+    assert report["verdict"] == "unknown" and report["exit_code"] == 81
+    assert (
+        "  verdict: UNKNOWN: no anomaly found, but the search gave up on some key (exit code 81)"
+        in (format_lab_report(report).splitlines())
+    )
