@@ -58,15 +58,21 @@ def _lane(op: Operation, workers: int) -> int:
 
 def _timeline(ax: Any, report: Mapping[str, Any], operations: Sequence[Operation]) -> None:
     workers = int(report["config"]["concurrency"])
-    bars: dict[str, dict[int, list[tuple[float, float]]]] = {k: {} for k in _COLOURS}
+    spans_s: list[tuple[str, int, float, float]] = []
     for op in operations:
         if op.type is EventType.INFO:  # drawn until the client gave up on it
-            end = op.ended if op.ended is not None else op.invoke
+            end_ns = op.ended if op.ended is not None else op.invoke
         else:
-            end = op.complete
-        start_s, width = op.invoke / 1e9, max((end - op.invoke) / 1e9, 1e-4)
+            end_ns = op.complete
         kind = op.f if op.ok else op.type.value
-        bars[kind].setdefault(_lane(op, workers), []).append((start_s, width))
+        spans_s.append((kind, _lane(op, workers), op.invoke / 1e9, end_ns / 1e9))
+    total = max((stop for *_, stop in spans_s), default=1.0) or 1.0
+    gap, least = total / 1500, total / 1000  # back-to-back bars stay apart, short ones show
+    bars: dict[str, dict[int, list[tuple[float, float]]]] = {k: {} for k in _COLOURS}
+    for kind, lane, start, end in spans_s:
+        width = end - start
+        width = width - gap if width > 3 * gap else max(width, least)
+        bars[kind].setdefault(lane, []).append((start, width))
     for kind, lanes in bars.items():
         for lane, spans in lanes.items():
             ax.broken_barh(spans, (lane - 0.35, 0.7), facecolors=_COLOURS[kind], linewidth=0)
@@ -92,7 +98,7 @@ def _timeline(ax: Any, report: Mapping[str, Any], operations: Sequence[Operation
         _patch(_COLOURS["info"], "info (may have happened)"),
         _patch("#808080", "fault in effect", alpha=0.3),
     ]
-    ax.legend(handles=handles, loc="upper right", fontsize=7, ncols=5)
+    ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=7)
     ax.set_title("Operations per worker (a worker's process changes after each info)")
 
 
