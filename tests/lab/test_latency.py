@@ -80,14 +80,14 @@ def test_the_model_matches_a_closed_form() -> None:
     the write only when replica 1 acknowledged first and the write reaches replica 0
     after the read request: W0 > W1 + A1 + R0 + t. With X = W1 + A1 + R0 ~ Gamma(3, 1),
     P(miss at t) = E[exp(-(X + t))] = exp(-t) / 8."""
-    model = pbs_model(2, 1, 1, Exponential(0.001), trials=200_000, seed=3)
+    model = pbs_model(2, 1, 1, Exponential(0.001), trials=50_000, seed=3)
     for t_ms in (0.0, 0.5, 1.0, 2.0, 4.0):
         expected = 1 - math.exp(-t_ms) / 8
-        assert model.p_consistent(t_ms) == pytest.approx(expected, abs=0.004), t_ms
+        assert model.p_consistent(t_ms) == pytest.approx(expected, abs=0.006), t_ms
 
 
 def test_the_model_curve_rises_with_time_and_reaches_one() -> None:
-    model = pbs_model(3, 1, 1, Exponential(0.001), trials=20_000)
+    model = pbs_model(3, 1, 1, Exponential(0.001), trials=8_000)
     points = [model.p_consistent(t) for t in (0.0, 0.5, 1.0, 2.0, 5.0, 20.0)]
     assert points == sorted(points)
     assert points[0] < 0.95 and points[-1] > 0.999
@@ -95,13 +95,13 @@ def test_the_model_curve_rises_with_time_and_reaches_one() -> None:
     assert pbs_model(3, 1, 1, Fixed(0.002), trials=100).p_consistent(0.0) == 1.0
     # asking every replica and taking the fastest answer sees the write less often: the
     # fastest answer tends to come from a replica the read request reached early
-    fastest = pbs_model(3, 1, 1, Exponential(0.001), trials=20_000, read_all=True)
+    fastest = pbs_model(3, 1, 1, Exponential(0.001), trials=8_000, read_all=True)
     assert fastest.p_consistent(0.0) < model.p_consistent(0.0) - 0.03
     # a speculative retry that never fires changes nothing; one that fires early lets a
     # second replica answer first
-    late = pbs_model(3, 1, 1, Exponential(0.001), trials=20_000, speculative_ms=1e6)
+    late = pbs_model(3, 1, 1, Exponential(0.001), trials=8_000, speculative_ms=1e6)
     assert late.thresholds_ms == model.thresholds_ms
-    early = pbs_model(3, 1, 1, Exponential(0.001), trials=20_000, speculative_ms=0.5)
+    early = pbs_model(3, 1, 1, Exponential(0.001), trials=8_000, speculative_ms=0.5)
     assert early.thresholds_ms != model.thresholds_ms
     assert pbs_model(3, 2, 2, Exponential(0.001), speculative_ms=0.5).p_consistent(0) == 1.0
     assert model.expected([]) is None
