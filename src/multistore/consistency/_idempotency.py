@@ -8,8 +8,8 @@ Semantics follow the IETF httpapi ``Idempotency-Key`` draft and Stripe:
 - While the first run holds the key, another request raises
   :class:`IdempotencyInProgressError` (HTTP 409); it never runs a second time.
 - Once completed, the stored outcome is replayed — a return value, or the error the
-  run raised (errors of the policy's ``retry_on`` classes are not stored: the key is
-  released so that a retry runs again).
+  run raised (only errors of the policy's ``retry_on`` classes, none by default, and
+  runs that call ``run.discard()`` release the key so that a retry runs again).
 - The in-progress holder has a **lease** that a heartbeat renews while it runs, so a
   live holder keeps the key however long it takes; a crashed holder stops renewing
   and after the lease ends a retry takes the key over, resuming from the last
@@ -55,7 +55,6 @@ from multistore.errors import (
     MultistoreError,
     Outcome,
     ReplayedError,
-    StoreError,
     UsageError,
 )
 from multistore.stores._base import Store
@@ -80,7 +79,7 @@ __all__ = [
 P = ParamSpec("P")
 T = TypeVar("T")
 
-_KEY: Final = re.compile(r"[\x21-\x7e]{1,255}")
+_KEY: Final = re.compile(r"[\x20-\x7e]{1,255}")
 
 # -- errors (to move into multistore.errors with codes of their own) ---------------
 
@@ -95,9 +94,12 @@ class IdempotencyPolicy:
     """An in-progress run whose holder stops renewing may be taken over after this."""
     heartbeat: float | None = None
     """How often a live holder renews its lease; default ``lease / 3``."""
-    retry_on: tuple[type[BaseException], ...] = (StoreError,)
-    """Errors that are not stored: the key is released and a retry runs again.
-    Every other ``Exception`` is stored and re-raised on replay."""
+    retry_on: tuple[type[BaseException], ...] = ()
+    """Errors that are not stored: the key is released and a retry runs again. Every
+    other ``Exception`` is stored and re-raised on replay. None by default: an error
+    raised after the run's effects (a ``StoreError`` from its last write, say) must not
+    let a retry apply them again, so it is stored as Stripe stores a 500. Name here
+    only errors your function raises before any effect, or call ``run.discard()``."""
 
     def __post_init__(self) -> None:
         if not self.expires_after > 0 or not self.lease > 0:
@@ -130,12 +132,13 @@ def fingerprint(payload: Any) -> str:
 
 
 def check_idempotency_key(key: object) -> str:
-    """``key`` when it is 1 to 255 visible ASCII characters; else raise."""
+    """``key`` when it is 1 to 255 printable ASCII characters (space to ``~``, what an
+    RFC 8941 string holds); else raise."""
     if key is None:
         raise IdempotencyKeyMissingError("an idempotency key is required")
     if not isinstance(key, str) or not _KEY.fullmatch(key):
         raise InvalidIdempotencyKeyError(
-            f"an idempotency key must be 1 to 255 visible ASCII characters, not {key!r:.80}"
+            f"an idempotency key must be 1 to 255 printable ASCII characters, not {key!r:.80}"
         )
     return key
 
