@@ -66,14 +66,30 @@ def sqlite_target(tmp_path: Path) -> Target:
     return f"sqlite:///{tmp_path / 'idem-kv.db'}", "kv"
 
 
+@pytest.fixture(
+    params=[
+        pytest.param("redis-kv", marks=pytest.mark.server),
+        pytest.param("postgres-relational", marks=pytest.mark.server),
+        pytest.param("mariadb-relational", marks=pytest.mark.server),
+    ]
+)
+def server_target(request: pytest.FixtureRequest) -> Target:
+    """The backends whose database has a clock of its own."""
+    name = str(request.param)
+    fixture = name.split("-")[0] + "_url"
+    return str(request.getfixturevalue(fixture)), "kv" if name == "redis-kv" else "relational"
+
+
 @contextlib.asynccontextmanager
 async def opened(
-    target: Target, policy: IdempotencyPolicy | None = None
+    target: Target,
+    policy: IdempotencyPolicy | None = None,
+    clock: Callable[[], float] = time.time,
 ) -> AsyncIterator[Idempotency]:
     url, model = target
     store = await open_store(url, model=model)
     try:
-        yield Idempotency(store, policy=policy or IdempotencyPolicy())
+        yield Idempotency(store, policy=policy or IdempotencyPolicy(), clock=clock)
     finally:
         await store.close()
 
@@ -499,6 +515,44 @@ def test_expiry_and_reaper(target: Target) -> None:
             assert await durable.get("long-lived") is not None  # a live record is kept
             await idempotent(idem, key=lambda t: "short-lived")(work)("a")  # runs again
             assert calls == ["a", "b", "a"]
+
+    asyncio.run(body())
+
+
+def test_skewed_client_clocks_do_not_break_the_lease(server_target: Target) -> None:
+    """Leases are decided on the database's clock: a holder whose wall clock is an hour
+    behind still holds its lease for a client an hour ahead, and that client's reap
+    keeps the live record (PostgreSQL and MariaDB decided on the clients' clocks)."""
+    policy = IdempotencyPolicy(lease=30, expires_after=60)
+
+    def behind() -> float:
+        return time.time() - 3600
+
+    def ahead() -> float:
+        return time.time() + 3600
+
+    async def body() -> None:
+        ran: list[str] = []
+        async with (
+            opened(server_target, policy, behind) as slow,
+            opened(server_target, policy, ahead) as fast,
+        ):
+            async with slow.begin("order-1", {"amount": 5}, client="shop") as run:
+                ran.append("slow")
+                await run.checkpoint("charged")  # a renewal on the skewed clock
+                with pytest.raises(IdempotencyInProgressError) as info:
+                    async with fast.begin("order-1", {"amount": 5}, client="shop"):
+                        ran.append("fast")
+                assert 25 < info.value.retry_after <= 30
+                await fast.reap()
+                assert await fast.get("order-1", client="shop") is not None
+                run.set_result("paid once")
+            async with fast.begin("order-1", {"amount": 5}, client="shop") as again:
+                assert again.replayed and again.result() == "paid once"
+            record = await fast.get("order-1", client="shop")
+            assert record is not None
+            assert abs(record.created_at - time.time()) < 30  # the server's time
+        assert ran == ["slow"]
 
     asyncio.run(body())
 

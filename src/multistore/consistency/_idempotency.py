@@ -325,14 +325,10 @@ class IdempotentRun:
     ) -> bool:
         """Apply ``change`` to our record by compare-and-swap (the backend sets the
         version and the lease and expiry times); False once the record is not ours."""
-        backend, clock = self._idem.backend, self._idem.clock
+        backend = self._idem.backend
         for _ in range(3):
             new = await backend.advance(
-                change(self._record),
-                self._record,
-                clock(),
-                lease=lease,
-                expires_after=expires_after,
+                change(self._record), self._record, lease=lease, expires_after=expires_after
             )
             if new is not None:
                 self._record = new
@@ -430,6 +426,10 @@ class IdempotentRun:
 class Idempotency:
     """Idempotency keys kept in a key-value or relational store.
 
+    Leases and expiry are decided on the store's clock (Redis ``TIME``, PostgreSQL and
+    MariaDB ``now()``); ``clock`` is the time of an embedded SQLite store, which has
+    no clock but its machine's.
+
     >>> idem = Idempotency(store, policy=IdempotencyPolicy(expires_after=3600))  # doctest: +SKIP
     >>> async with idem.begin("order-42", {"amount": 10}, client="alice") as run:  # doctest: +SKIP
     ...     if run.replayed:
@@ -449,7 +449,9 @@ class Idempotency:
         self.store = store
         self.policy = policy
         self.clock = clock
-        self.backend: RecordBackend = records_for(store, namespace=namespace, table=table)
+        self.backend: RecordBackend = records_for(
+            store, namespace=namespace, table=table, clock=clock
+        )
         self._ready = False
         self._setup_lock = asyncio.Lock()
 
@@ -500,7 +502,6 @@ class Idempotency:
             owner,
             lease=policy.lease,
             expires_after=policy.expires_after,
-            clock=self.clock,
         )
         status, record = claim.status, claim.record
         if status == "completed" and record is not None:
@@ -528,13 +529,12 @@ class Idempotency:
     async def get(self, key: str, *, client: str = "default") -> IdempotencyRecord | None:
         """The live record of ``key`` (None when missing or expired)."""
         await self._setup()
-        record = await self.backend.load(_check_scope(client), check_idempotency_key(key))
-        return None if record is None or record.expired(self.clock()) else record
+        return await self.backend.load_live(_check_scope(client), check_idempotency_key(key))
 
     async def reap(self) -> int:
         """Delete expired records now; the number deleted (Redis expires its own: 0)."""
         await self._setup()
-        return await self.backend.reap(self.clock())
+        return await self.backend.reap()
 
 
 def idempotent(
