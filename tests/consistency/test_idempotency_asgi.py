@@ -20,6 +20,7 @@ from multistore.consistency import (
     IdempotencyMiddleware,
     IdempotencyPolicy,
     client_from_principal,
+    current_run,
 )
 from multistore.consistency._idempotency_http import parse_idempotency_key, parse_sf_string
 from multistore.errors import InvalidIdempotencyKeyError
@@ -563,5 +564,62 @@ def test_pathsend_responses_are_stored(tmp_path: Path) -> None:
                 "application/pdf",
                 b"%PDF receipt 1",
             )
+
+    run(body())
+
+
+def test_cancelled_discarded_and_unfinished_runs(tmp_path: Path) -> None:
+    """A cancelled request releases the key; ``current_run().discard()`` in the app
+    stores nothing; an app that returns without a whole response is stored as the 500
+    the server sends; a ``zerocopysend`` body cannot be copied: ``response-not-stored``."""
+
+    async def silent(scope: Any, receive: Any, send: Any) -> None:
+        await receive()  # returns without a response
+
+    async def discarding(scope: Any, receive: Any, send: Any) -> None:
+        await receive()
+        run = current_run()
+        assert run is not None and run.key == "d"
+        run.discard()  # e.g. it failed before any effect
+        await send({"type": "http.response.start", "status": 503, "headers": []})
+        await send({"type": "http.response.body", "body": b"try again"})
+
+    async def zerocopy(scope: Any, receive: Any, send: Any) -> None:
+        await receive()
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.zerocopysend", "file": None})
+
+    async def body() -> None:
+        async with opened(tmp_path) as idem:
+            inner = CountingApp()
+            inner.gate = asyncio.Event()
+            app = IdempotencyMiddleware(inner, idem)
+            first = asyncio.create_task(call(app, key="c"))
+            await inner.entered.wait()
+            first.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await first
+            inner.gate.set()
+            status, headers, _ = await call(app, key="c")
+            assert status == 201 and "idempotent-replayed" not in headers
+            assert inner.calls == 2
+
+            for _ in range(2):
+                status, headers, raw = await call(IdempotencyMiddleware(discarding, idem), key="d")
+                assert (status, raw) == (503, b"try again") and "idempotent-replayed" not in headers
+            released = await idem.get("d", client="user:alice")
+            assert released is not None and released.result is None and released.owner is None
+
+            assert (await call(IdempotencyMiddleware(silent, idem), key="s"))[0] is None
+            status, headers, raw = await call(IdempotencyMiddleware(inner, idem), key="s")
+            assert (status, headers["idempotent-replayed"], raw) == (
+                500,
+                "true",
+                b"Internal Server Error",
+            )
+
+            await call(IdempotencyMiddleware(zerocopy, idem), key="z")
+            status, _, raw = await call(IdempotencyMiddleware(inner, idem), key="z")
+            assert status == 500 and json.loads(raw)["type"] == DOCS + "#response-not-stored"
 
     run(body())

@@ -111,8 +111,9 @@ class _Capture:
             # The server sends the file; the copy to store is read from it here.
             self.keep(await asyncio.to_thread(_read_limited, message["path"], self.limit + 1))
             self.complete = True
-        elif kind != "http.response.trailers":  # zerocopysend: no copy to keep
+        elif kind == "http.response.zerocopysend":  # a file descriptor: no copy to keep
             self.unstorable = True
+            self.complete = not message.get("more_body", False)
         if self.undelivered is None:
             try:
                 await self.send(message)
