@@ -569,7 +569,8 @@ def test_pathsend_responses_are_stored(tmp_path: Path) -> None:
 
 
 def test_cancelled_discarded_and_unfinished_runs(tmp_path: Path) -> None:
-    """A cancelled request releases the key; ``current_run().discard()`` in the app
+    """A request cancelled while the app runs is stored as a 500 (released when server
+    errors are not stored); ``current_run().discard()`` in the app
     stores nothing; an app that returns without a whole response is stored as the 500
     the server sends; a ``zerocopysend`` body cannot be copied: ``response-not-stored``."""
 
@@ -591,18 +592,23 @@ def test_cancelled_discarded_and_unfinished_runs(tmp_path: Path) -> None:
 
     async def body() -> None:
         async with opened(tmp_path) as idem:
-            inner = CountingApp()
-            inner.gate = asyncio.Event()
-            app = IdempotencyMiddleware(inner, idem)
-            first = asyncio.create_task(call(app, key="c"))
-            await inner.entered.wait()
-            first.cancel()
-            with pytest.raises(asyncio.CancelledError):
-                await first
-            inner.gate.set()
-            status, headers, _ = await call(app, key="c")
-            assert status == 201 and "idempotent-replayed" not in headers
-            assert inner.calls == 2
+            # Cancelled while the app ran: its effects may have happened. Stored as the
+            # 500 a server sends (store_server_errors, the default), never run again;
+            # released only when server errors are not stored.
+            for store, key, calls, expected in ((True, "c", 1, 500), (False, "c2", 2, 201)):
+                inner = CountingApp()
+                inner.gate = asyncio.Event()
+                app = IdempotencyMiddleware(inner, idem, store_server_errors=store)
+                first = asyncio.create_task(call(app, key=key))
+                await inner.entered.wait()
+                first.cancel()
+                with pytest.raises(asyncio.CancelledError):
+                    await first
+                inner.gate.set()
+                status, headers, _ = await call(app, key=key)
+                assert status == expected
+                assert ("idempotent-replayed" in headers) is store
+                assert inner.calls == calls
 
             for _ in range(2):
                 status, headers, raw = await call(IdempotencyMiddleware(discarding, idem), key="d")

@@ -278,9 +278,15 @@ class IdempotencyMiddleware:
                     if capture.status is None:
                         # nothing sent yet: the client gets the 500 a server sends
                         await _server_error(capture)
-                except BaseException:  # cancelled: the key is released
-                    run.discard()
-                    raise
+                except BaseException as exc:
+                    # Cancelled while the app ran (a server shutting down, a timeout):
+                    # its effects may have happened, so, like a raised error, it is
+                    # stored as a server error (with store_server_errors), not released
+                    # for a retry to run it again. The cancellation goes on after.
+                    if not self.store_server_errors:
+                        run.discard()
+                        raise
+                    raised = exc
                 self._store(run, capture)
         except _CLAIM_ERRORS as exc:
             if entered:
