@@ -46,7 +46,6 @@ from multistore.replication._multimaster import (
     KeyRead,
     MultiMasterNode,
     NodeStatistics,
-    PeerPosition,
 )
 from multistore.replication._nodes import Node, Role, RoutedTransaction, is_read
 from multistore.replication._policies import (
@@ -109,7 +108,6 @@ __all__ = [
     "MultiMasterNode",
     "Node",
     "NodeStatistics",
-    "PeerPosition",
     "QuorumCluster",
     "QuorumError",
     "QuorumNode",
