@@ -22,9 +22,11 @@ from multistore.core import (
     MergeFunction,
     Resolver,
     Tombstone,
+    VersionVector,
     merge_carts,
 )
 from multistore.errors import StoreTimeoutError
+from multistore.replication._changelog import is_stub
 from multistore.replication._multimaster import MultiMasterNode
 from multistore.replication._replicator import MemoryTransport, Replicator
 from tests.replication.mm_helpers import ManualClock, assert_converged, open_nodes
@@ -352,6 +354,24 @@ def test_a_pair_cut_from_each_other_converges_through_a_third_node(tmp_path: Pat
     asyncio.run(body())
 
 
+def test_a_change_a_later_one_supersedes_travels_as_a_stub(tmp_path: Path) -> None:
+    async def body() -> None:
+        urls = urls_for(tmp_path, "stub", "a", "b")
+        async with open_nodes(urls, KeepSiblings()) as [a, b]:
+            await a.put("k", 1)
+            read = await a.read_with_context("k")
+            await a.put("k", 2)  # a blind write: covers 1
+            await a.put("k", 3, context=read.context)  # based on the read of 1: not 2
+            changes = await a.changes_for(VersionVector(), 10)
+            assert [is_stub(change) for change in changes] == [True, False, False]
+            assert await b.apply_batch("a", changes) == VersionVector({"a": 3})
+            assert await b.values("k") == await a.values("k") == (2, 3)
+            assert (b.statistics().applied, b.statistics().superseded) == (2, 1)
+            assert await b.export() == await a.export()
+
+    asyncio.run(body())
+
+
 def test_the_log_is_trimmed_once_every_peer_has_a_change(tmp_path: Path) -> None:
     async def body() -> None:
         urls = urls_for(tmp_path, "trim", "a", "b", "c")
@@ -373,20 +393,29 @@ def test_the_log_is_trimmed_once_every_peer_has_a_change(tmp_path: Path) -> None
 
 
 def test_the_log_stays_bounded_over_100000_writes(tmp_path: Path) -> None:
+    """A hot set of 1,000 keys rewritten 100 times, replicated every 10 rewrites: the log
+    never holds more than what the peer has not acknowledged, and a change that a later
+    one supersedes travels as a stub."""
+
     async def body() -> None:
         urls = urls_for(tmp_path, "bounded", "a", "b")
         async with open_nodes(urls, LWW()) as nodes:
             a, b = nodes
-            replicator = Replicator(nodes, batch_size=1000)
+            replicator = Replicator(nodes, batch_size=10_000)
             most = 0
             for batch in range(100):
                 await a.put_many({f"k{i}": batch for i in range(1000)})
-                await replicator.sync()
                 most = max(most, await log_rows(a), await log_rows(b))
-            await replicator.round()
+                if batch % 10 == 9:
+                    await replicator.sync()
+                    await replicator.round()  # b's news reaches a: a trims
+                    assert await log_rows(a) == await log_rows(b) == 0
             assert a.seq == 100_000 and b.received_from("a") == 100_000
-            assert most <= 1_000
-            assert await log_rows(a) == await log_rows(b) == 0
+            assert most == 10_000  # ten rewrites of the hot set, never more
+            stats = b.statistics()
+            assert (stats.applied, stats.superseded) == (10_000, 90_000)
+            assert replicator.statistics().changes_sent == 100_000
             assert await b.get("k999") == 99
+            await assert_converged(nodes)
 
     asyncio.run(body())

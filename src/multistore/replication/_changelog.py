@@ -43,8 +43,10 @@ __all__ = [
     "Change",
     "ConflictRecord",
     "RejectedChange",
+    "coalesce",
     "decode_vv",
     "dumps",
+    "is_stub",
     "loads",
 ]
 
@@ -107,6 +109,39 @@ def dumps(data: object) -> str:
 
 def loads(text: str) -> Any:
     return json.loads(text)
+
+
+def is_stub(item: object) -> bool:
+    """True for the wire form of a superseded change (see :func:`coalesce`)."""
+    return isinstance(item, Mapping) and item.get("superseded") is True
+
+
+def coalesce(changes: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """``changes`` (wire form, each origin's in sequence order) with every change that a
+    later change of the same origin to the same key supersedes replaced by a stub
+    ``{"origin", "seq", "key", "superseded": true}``.
+
+    The later change's history covers the earlier one's, so taking it alone leaves a
+    key exactly as taking both would; the stub keeps the sequence numbers whole. Only
+    for plain values: a CRDT delta never supersedes another.
+    """
+    result = list(changes)
+    later: dict[tuple[str, str], Mapping[str, Any]] = {}
+    for i in range(len(result) - 1, -1, -1):
+        item = result[i]
+        try:
+            origin, key, version = item["origin"], item["key"], item["version"]
+            counter = version["vv"][origin]
+        except (KeyError, TypeError):
+            continue  # a stub, or a body this node could not read: sent as it is
+        newer = later.get((origin, key))
+        later[(origin, key)] = version
+        if newer is None:
+            continue
+        past = newer.get("past")
+        if past is None or (isinstance(past, Mapping) and past.get(origin, 0) >= counter):
+            result[i] = {"origin": origin, "seq": item["seq"], "key": key, "superseded": True}
+    return result
 
 
 def decode_vv(data: object) -> VersionVector:

@@ -110,9 +110,13 @@ class Work:
         if self._cache is not None:
             self._cache.update((key, self._states[key]) for key in self._dirty)
 
+    def logs(self, origin: str, seq: int) -> bool:
+        """Whether change ``origin:seq`` gets a log row: not when every peer has it."""
+        return seq > self.everyone_has.get(origin, 0)
+
     def append(self, origin: str, seq: int, key: str, hlc: HLCTimestamp, body: str) -> None:
         """A log row for change ``origin:seq`` (none when every peer has it already)."""
-        if seq <= self.everyone_has.get(origin, 0):
+        if not self.logs(origin, seq):
             return
         self.pos += 1
         self.log_rows.append(

@@ -77,8 +77,10 @@ from multistore.replication._changelog import (
     Change,
     ConflictRecord,
     RejectedChange,
+    coalesce,
     decode_vv,
     dumps,
+    is_stub,
     loads,
 )
 from multistore.replication._mm_work import StateCache, Work
@@ -114,6 +116,8 @@ class NodeStatistics:
     """Changes that could not be applied (recorded as conflicts)."""
     deferred: int = 0
     """Changes that arrived ahead of a missing one of the same origin (skipped, sent again)."""
+    superseded: int = 0
+    """Changes received as stubs: a later change of the same origin to the key covered them."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,6 +140,7 @@ class _Counters:
     conflicts: int = 0
     set_aside: int = 0
     deferred: int = 0
+    superseded: int = 0
 
     def add(self, other: _Counters) -> None:
         for name in self.__dataclass_fields__:
@@ -143,14 +148,15 @@ class _Counters:
 
 
 @dataclass(frozen=True, slots=True)
-class _Undecodable:
-    """A received change whose body could not be read: its identity, and why."""
+class _Opaque:
+    """A received change taken without being applied: its identity, its body, and why it
+    could not be read (``error``), or None for a stub of a superseded change."""
 
     origin: str
     seq: int
     key: str
     body: str
-    error: str
+    error: str | None
 
 
 class MultiMasterNode:
@@ -303,7 +309,14 @@ class MultiMasterNode:
     def statistics(self) -> NodeStatistics:
         c = self._counters
         return NodeStatistics(
-            self._writes, c.applied, c.duplicates, c.rejected, c.conflicts, c.set_aside, c.deferred
+            self._writes,
+            c.applied,
+            c.duplicates,
+            c.rejected,
+            c.conflicts,
+            c.set_aside,
+            c.deferred,
+            c.superseded,
         )
 
     def __repr__(self) -> str:
@@ -479,19 +492,22 @@ class MultiMasterNode:
 
     async def changes_after(self, pos: int, limit: int = 500) -> tuple[list[Change], int]:
         """Up to ``limit`` changes of this node's log after local position ``pos`` (rows
-        already trimmed are gone), and the position reached."""
+        already trimmed are gone, stubs of superseded changes are left out), and the
+        position reached."""
         rows = await self._store.fetch_all(
             "SELECT pos, body FROM mm_log WHERE pos > :pos ORDER BY pos LIMIT :n",
             {"pos": pos, "n": limit},
         )
-        changes = [Change.from_dict(loads(row[1])) for row in rows]
+        bodies = [loads(row[1]) for row in rows]
+        changes = [Change.from_dict(body) for body in bodies if not is_stub(body)]
         return changes, (int(rows[-1][0]) if rows else pos)
 
     async def changes_for(
         self, have: VersionVector, limit: int = 500, *, origins: Iterable[str] | None = None
     ) -> list[dict[str, Any]]:
         """Up to ``limit`` changes (wire form) that a peer which has ``have`` lacks, each
-        origin's in sequence order; only of ``origins`` when given."""
+        origin's in sequence order; only of ``origins`` when given. A change that a later
+        one in the list supersedes goes as a stub (:func:`._changelog.coalesce`)."""
         mine = self.received
         wanted = sorted(mine if origins is None else set(origins) & set(mine))
         found: list[dict[str, Any]] = []
@@ -506,7 +522,7 @@ class MultiMasterNode:
             if rows and int(rows[0][0]) != after + 1:
                 continue  # trimmed: this peer was not registered when the others had it
             found += [loads(row[1]) for row in rows]
-        return found
+        return found if self._crdt else coalesce(found)
 
     async def log_size(self) -> int:
         """Rows in the change log now (it is trimmed once every registered peer has them)."""
@@ -654,7 +670,7 @@ class MultiMasterNode:
         async with self._lock:
             counters = _Counters()
             received = dict(self._received)
-            taken: list[tuple[Change | _Undecodable, Change | Mapping[str, Any]]] = []
+            taken: list[tuple[Change | _Opaque, Change | Mapping[str, Any]]] = []
             for item in changes:
                 change = _decode(item)
                 if change is None:
@@ -705,20 +721,25 @@ class MultiMasterNode:
     def _take(
         self,
         work: Work,
-        change: Change | _Undecodable,
+        change: Change | _Opaque,
         item: Change | Mapping[str, Any],
         pending: dict[tuple[str, str], int],
         conflict_id: int,
         counters: _Counters,
     ) -> int:
         """Log one change that is next in its origin's order, then apply, hold or set it aside."""
-        if isinstance(change, _Undecodable):
+        if isinstance(change, _Opaque):
             work.append(change.origin, change.seq, change.key, _ZERO, change.body)
+            if change.error is None:
+                counters.superseded += 1  # a stub: a later change of its origin covers it
+                return conflict_id
             counters.set_aside += 1
             return self._set_aside(work, change, change.error, conflict_id)
-        body = dumps(change.to_dict() if isinstance(item, Change) else item)
-        work.append(change.origin, change.seq, change.key, change.hlc, body)
         ident = (change.origin, change.key)
+        body = ""
+        if ident in pending or work.logs(change.origin, change.seq):
+            body = dumps(change.to_dict() if isinstance(item, Change) else item)
+            work.append(change.origin, change.seq, change.key, change.hlc, body)
         skew = 0
         if ident not in pending:
             try:
@@ -729,6 +750,7 @@ class MultiMasterNode:
             else:
                 return self._apply(work, change, conflict_id, counters)
         pending[ident] = pending.get(ident, 0) + 1
+        body = body or dumps(change.to_dict() if isinstance(item, Change) else item)
         work.held.append(
             {"o": change.origin, "s": change.seq, "k": change.key, "skew": skew, "body": body}
         )
@@ -793,15 +815,13 @@ class MultiMasterNode:
         }
         return self._conflict_row(work, change, kind, body, conflict_id)
 
-    def _set_aside(
-        self, work: Work, change: Change | _Undecodable, error: str, conflict_id: int
-    ) -> int:
+    def _set_aside(self, work: Work, change: Change | _Opaque, error: str, conflict_id: int) -> int:
         body = {"losers": [], "values": [], "error": error}
         return self._conflict_row(work, change, "set_aside", body, conflict_id)
 
     @staticmethod
     def _conflict_row(
-        work: Work, change: Change | _Undecodable, kind: str, body: Any, conflict_id: int
+        work: Work, change: Change | _Opaque, kind: str, body: Any, conflict_id: int
     ) -> int:
         work.conflicts.append(
             {
@@ -898,14 +918,17 @@ async def _set_meta(tx: Transaction, name: str, value: str) -> None:
     )
 
 
-def _decode(item: Change | Mapping[str, Any]) -> Change | _Undecodable | None:
-    """A received change; an :class:`_Undecodable` when only its identity could be read."""
+def _decode(item: Change | Mapping[str, Any]) -> Change | _Opaque | None:
+    """A received change; an :class:`_Opaque` for a stub, or when only its identity
+    could be read; None when not even that."""
     if isinstance(item, Change):
         return item
-    try:
-        return Change.from_dict(item)
-    except (InvalidValueError, ValueError, TypeError, KeyError) as exc:
-        error = f"{type(exc).__name__}: {exc}"
+    error: str | None = None
+    if not is_stub(item):
+        try:
+            return Change.from_dict(item)
+        except (InvalidValueError, ValueError, TypeError, KeyError) as exc:
+            error = f"{type(exc).__name__}: {exc}"
     origin = item.get("origin") if isinstance(item, Mapping) else None
     seq = item.get("seq") if isinstance(item, Mapping) else None
     if not isinstance(origin, str) or not origin or type(seq) is not int or seq < 1:
@@ -915,7 +938,7 @@ def _decode(item: Change | Mapping[str, Any]) -> Change | _Undecodable | None:
         body = dumps(item)
     except InvalidValueError:
         body = dumps({"origin": origin, "seq": seq})
-    return _Undecodable(origin, seq, key if isinstance(key, str) else "", body, error)
+    return _Opaque(origin, seq, key if isinstance(key, str) else "", body, error)
 
 
 def _checked_value(value: Any) -> Any:
