@@ -266,3 +266,15 @@ def test_a_delete_is_a_version_with_a_tombstone() -> None:
         Versioned.from_dict({**data, "value": 1})
     with pytest.raises(InvalidValueError, match="value or deleted"):
         Versioned.from_dict({**data, "deleted": False})
+
+
+@SETTINGS
+@given(n=st.integers(2, 4), steps=STEPS, value=st.integers(0, 9), node=st.integers(0, 3))
+def test_overwrite_is_a_write_based_on_everything_seen(
+    n: int, steps: list[tuple[int, int, int, int]], value: int, node: int
+) -> None:
+    run = Run(n).play(steps, with_add=False)
+    for state in run.snapshots[-3:]:
+        name, hlc = f"n{node}", _ts(10_000, f"n{node}")
+        written = state.write(value, node=name, hlc=hlc, context=state.context)
+        assert state.overwrite(value, node=name, hlc=hlc) == (written.siblings, written.version)

@@ -308,7 +308,8 @@ class SiblingSet(Generic[T]):
         dot = _dot(node, counter)
         dvv = DottedVersionVector(dot, context)
         vv = context.merge(VersionVector._trusted({node: counter}))
-        version = Versioned(value, hlc, vv, node, past=context)
+        gap = counter > context.get_count(node) + 1  # the write did not see its node's last
+        version = Versioned(value, hlc, vv, node, past=context if gap else None)
         kept: dict[Dot, Versioned[T]] = {}
         superseded: list[Versioned[T]] = []
         for sibling_dot, sibling in self._entries.items():
@@ -319,13 +320,22 @@ class SiblingSet(Generic[T]):
         kept[dot] = version
         seen = self._context.merge(vv)
         siblings, dropped = SiblingSet._make(kept, seen).trim(limit, keep=dot)
-        return SiblingWrite(
-            siblings,
-            version,
-            dvv,
-            tuple(sorted(superseded, key=Versioned.sort_key)),
-            dropped,
-        )
+        if len(superseded) > 1:
+            superseded.sort(key=Versioned.sort_key)
+        return SiblingWrite(siblings, version, dvv, tuple(superseded), dropped)
+
+    def overwrite(
+        self, value: T, *, node: str, hlc: HLCTimestamp
+    ) -> tuple[SiblingSet[T], Versioned[T]]:
+        """A blind write at ``node``: ``write(value, node=node, hlc=hlc, context=self.context)``
+        without the report — it supersedes every sibling. Returns the new set and version."""
+        _known_node(node)
+        counters = self._context.to_dict()
+        counter = counters.get(node, 0) + 1
+        counters[node] = counter
+        vv = VersionVector._trusted(counters)
+        version = Versioned(value, hlc, vv, node)
+        return SiblingSet._make({_dot(node, counter): version}, vv), version
 
     def add(self, version: Versioned[T]) -> SiblingSet[T]:
         """Receive one version: drop the siblings its history covers and keep it, unless

@@ -364,18 +364,17 @@ class MultiMasterNode:
                 await work.load(key for key, _, _ in items)
                 for key, value, context in items:
                     before: SiblingSet[Any] = work.get(key) or SiblingSet()
-                    written = before.write(
-                        value,
-                        node=self.node_id,
-                        hlc=self.clock.now(),
-                        context=before.context if context is None else context,
-                    )
-                    seq = self._seq + len(changes) + 1
-                    change = Change(self.node_id, seq, key, written.version)
-                    work.set(key, written.siblings)
-                    work.append(change.origin, change.seq, key, change.hlc, dumps(change.to_dict()))
-                    if len(written.siblings) > 1:
-                        conflict_id = self._record(work, change, written.siblings, conflict_id)
+                    hlc = self.clock.now()
+                    if context is None:  # blind: supersedes everything this node has seen
+                        after, version = before.overwrite(value, node=self.node_id, hlc=hlc)
+                    else:
+                        written = before.write(value, node=self.node_id, hlc=hlc, context=context)
+                        after, version = written.siblings, written.version
+                    change = Change(self.node_id, self._seq + len(changes) + 1, key, version)
+                    work.set(key, after)
+                    work.append(change.origin, change.seq, key, hlc, dumps(change.to_dict()))
+                    if len(after) > 1:
+                        conflict_id = self._record(work, change, after, conflict_id)
                     changes.append(change)
                 await work.flush(SiblingSet.to_dict)
             self._commit_local(work, len(changes), conflict_id)
