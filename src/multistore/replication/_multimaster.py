@@ -60,7 +60,6 @@ from multistore.core import (
     CRDT,
     DELETED,
     ClockSkewError,
-    CRDTResolver,
     HLCTimestamp,
     HybridClock,
     Resolution,
@@ -69,9 +68,8 @@ from multistore.core import (
     SkewPolicy,
     Versioned,
     VersionVector,
-    crdt_from_dict,
 )
-from multistore.errors import ConflictError, InvalidValueError, MultistoreError, UsageError
+from multistore.errors import ConflictError, InvalidValueError, UsageError
 from multistore.replication._changelog import (
     SCHEMA,
     Change,
@@ -83,6 +81,14 @@ from multistore.replication._changelog import (
     is_stub,
     loads,
 )
+from multistore.replication._mm_apply import (
+    Applier,
+    Counters,
+    Opaque,
+    decode_item,
+    encode_crdt,
+    plain,
+)
 from multistore.replication._mm_work import StateCache, Work
 from multistore.stores._registry import open_store
 from multistore.stores.relational import RelationalStore, Transaction
@@ -90,9 +96,6 @@ from multistore.stores.relational import RelationalStore, Transaction
 __all__ = ["KeyRead", "MultiMasterNode", "NodeStatistics"]
 
 C = TypeVar("C", bound=CRDT)
-
-_APPLY_ERRORS = (MultistoreError, ValueError, TypeError, KeyError)
-"""What applying a well-formed change can raise when it does not fit the key (set aside)."""
 
 
 def wall_clock_ms() -> int:
@@ -132,33 +135,6 @@ class KeyRead:
     """True when a delete is among the current versions (alone, or beside live siblings)."""
 
 
-@dataclass
-class _Counters:
-    applied: int = 0
-    duplicates: int = 0
-    rejected: int = 0
-    conflicts: int = 0
-    set_aside: int = 0
-    deferred: int = 0
-    superseded: int = 0
-
-    def add(self, other: _Counters) -> None:
-        for name in self.__dataclass_fields__:
-            setattr(self, name, getattr(self, name) + getattr(other, name))
-
-
-@dataclass(frozen=True, slots=True)
-class _Opaque:
-    """A received change taken without being applied: its identity, its body, and why it
-    could not be read (``error``), or None for a stub of a superseded change."""
-
-    origin: str
-    seq: int
-    key: str
-    body: str
-    error: str | None
-
-
 class MultiMasterNode:
     """One multi-master node on a relational store; see the module docstring.
 
@@ -175,7 +151,8 @@ class MultiMasterNode:
         self.node_id = node_id
         self.resolver = resolver
         self.clock = clock
-        self._crdt = isinstance(resolver, CRDTResolver)
+        self._applier = Applier(node_id, resolver, clock)
+        self._crdt = self._applier.crdt
         self._lock = asyncio.Lock()
         self._pos = 0
         self._seq = 0
@@ -185,7 +162,7 @@ class MultiMasterNode:
         self._pending: dict[tuple[str, str], int] = {}
         self._conflict_id = 0
         self._writes = 0
-        self._counters = _Counters()
+        self._counters = Counters()
         self._cache = StateCache(_CACHED_KEYS)
 
     @classmethod
@@ -374,7 +351,7 @@ class MultiMasterNode:
                     work.set(key, after)
                     work.append(change.origin, change.seq, key, hlc, dumps(change.to_dict()))
                     if len(after) > 1:
-                        conflict_id = self._record(work, change, after, conflict_id)
+                        conflict_id = self._applier.record(work, change, after, conflict_id)
                     changes.append(change)
                 await work.flush(SiblingSet.to_dict)
             self._commit_local(work, len(changes), conflict_id)
@@ -394,7 +371,7 @@ class MultiMasterNode:
         _check_key(key)
         async with self._lock:
             async with self._store.transaction() as tx:
-                work = Work(tx, self._decode_crdt, self._pos, self._cache)
+                work = Work(tx, self._applier.decode_crdt, self._pos, self._cache)
                 await work.load([key])
                 current: Versioned[Any] | None = work.get(key)
                 state: Any = current.value.copy() if current is not None else factory(self.node_id)
@@ -415,7 +392,7 @@ class MultiMasterNode:
                 )
                 work.set(key, Versioned(state, hlc, vv, self.node_id))
                 work.append(change.origin, change.seq, key, hlc, dumps(change.to_dict()))
-                await work.flush(_encode_crdt)
+                await work.flush(encode_crdt)
             self._commit_local(work, 1, self._conflict_id)
         return change
 
@@ -434,7 +411,7 @@ class MultiMasterNode:
         text = await self._store.fetch_val("SELECT state FROM mm_data WHERE key = :k", {"k": key})
         if text is None:
             return None
-        return self._decode_crdt(loads(text)) if self._crdt else SiblingSet.from_dict(loads(text))
+        return self._applier.decoder()(loads(text))
 
     async def read(self, key: str) -> Resolution[Any] | None:
         """The resolver's view of ``key`` (winner, merged value or siblings; deletes appear
@@ -444,7 +421,7 @@ class MultiMasterNode:
             return None
         if self._crdt:
             return Resolution(state)
-        return self._view(state)[0]
+        return self._applier.view(state)[0]
 
     async def read_with_context(self, key: str) -> KeyRead:
         """The current value(s) of ``key`` and the causal context to pass to :meth:`put` or
@@ -453,9 +430,9 @@ class MultiMasterNode:
         if state is None:
             return KeyRead((), VersionVector())
         if self._crdt:
-            return KeyRead((_plain(state.value),), state.vv)
-        shown = self._view(state)[0].values
-        live = tuple(_plain(v) for v in shown if v is not DELETED)
+            return KeyRead((plain(state.value),), state.vv)
+        shown = self._applier.view(state)[0].values
+        live = tuple(plain(v) for v in shown if v is not DELETED)
         return KeyRead(live, state.context, deleted=len(live) < len(shown))
 
     async def values(self, key: str) -> tuple[Any, ...]:
@@ -464,7 +441,7 @@ class MultiMasterNode:
         resolution = await self.read(key)
         if resolution is None:
             return ()
-        return tuple(_plain(value) for value in resolution.values if value is not DELETED)
+        return tuple(plain(value) for value in resolution.values if value is not DELETED)
 
     async def get(self, key: str, default: Any = None) -> Any:
         """The one current value of ``key`` (a CRDT's plain value); :class:`UsageError` when
@@ -667,11 +644,11 @@ class MultiMasterNode:
         has — is recorded in the same transaction.
         """
         async with self._lock:
-            counters = _Counters()
+            counters = Counters()
             received = dict(self._received)
-            taken: list[tuple[Change | _Opaque, Change | Mapping[str, Any]]] = []
+            taken: list[tuple[Change | Opaque, Change | Mapping[str, Any]]] = []
             for item in changes:
-                change = _decode(item)
+                change = decode_item(item)
                 if change is None:
                     counters.deferred += 1  # not even its origin and number could be read
                     continue
@@ -688,7 +665,7 @@ class MultiMasterNode:
             peers = None if peer_has is None else self._merge_peer(peer, peer_has)
             floors: dict[str, int] = {}
             async with self._store.transaction() as tx:
-                work = Work(tx, self._decoder(), self._pos, self._cache)
+                work = Work(tx, self._applier.decoder(), self._pos, self._cache)
                 known = peers or self._peer_has
                 if known:
                     work.everyone_has = {
@@ -698,11 +675,13 @@ class MultiMasterNode:
                 await work.load(c.key for c, _ in taken if isinstance(c, Change))
                 for change, item in taken:
                     work.progress(change.origin, change.seq)
-                    conflict_id = self._take(work, change, item, pending, conflict_id, counters)
+                    conflict_id = self._applier.take(
+                        work, change, item, pending, conflict_id, counters
+                    )
                 if counters.applied and self.clock.last is not None:
                     # receive events moved the clock past the changes' own stamps: keep it
                     await _set_meta(tx, "clock", str(self.clock.last))
-                await work.flush(self._encoder())
+                await work.flush(self._applier.encoder())
                 if peers is not None:
                     await self._save_peer(tx, peer, peers[peer])
                 if peers is not None or work.log_rows:
@@ -717,123 +696,6 @@ class MultiMasterNode:
             self._counters.add(counters)
         return self.received
 
-    def _take(
-        self,
-        work: Work,
-        change: Change | _Opaque,
-        item: Change | Mapping[str, Any],
-        pending: dict[tuple[str, str], int],
-        conflict_id: int,
-        counters: _Counters,
-    ) -> int:
-        """Log one change that is next in its origin's order, then apply, hold or set it aside."""
-        if isinstance(change, _Opaque):
-            work.append(change.origin, change.seq, change.key, _ZERO, change.body)
-            if change.error is None:
-                counters.superseded += 1  # a stub: a later change of its origin covers it
-                return conflict_id
-            counters.set_aside += 1
-            return self._set_aside(work, change, change.error, conflict_id)
-        ident = (change.origin, change.key)
-        body = ""
-        if ident in pending or work.logs(change.origin, change.seq):
-            body = dumps(change.to_dict() if isinstance(item, Change) else item)
-            work.append(change.origin, change.seq, change.key, change.hlc, body)
-        skew = 0
-        if ident not in pending:
-            try:
-                self.clock.observe(change.hlc)
-            except ClockSkewError as exc:
-                skew = max(exc.skew_ms, 1)
-                counters.rejected += 1
-            else:
-                return self._apply(work, change, conflict_id, counters)
-        pending[ident] = pending.get(ident, 0) + 1
-        body = body or dumps(change.to_dict() if isinstance(item, Change) else item)
-        work.held.append(
-            {"o": change.origin, "s": change.seq, "k": change.key, "skew": skew, "body": body}
-        )
-        return conflict_id
-
-    def _apply(self, work: Work, change: Change, conflict_id: int, counters: _Counters) -> int:
-        try:
-            if self._crdt:
-                recorded = self._apply_crdt(work, change, conflict_id)
-            else:
-                recorded = self._apply_plain(work, change, conflict_id)
-        except _APPLY_ERRORS as exc:
-            counters.set_aside += 1
-            return self._set_aside(work, change, f"{type(exc).__name__}: {exc}", conflict_id)
-        counters.applied += 1
-        counters.conflicts += recorded - conflict_id
-        return recorded
-
-    def _apply_plain(self, work: Work, change: Change, conflict_id: int) -> int:
-        before: SiblingSet[Any] = work.get(change.key) or SiblingSet()
-        if before.context.contains(change.version.dot):
-            return conflict_id  # this version, or one that superseded it, is already here
-        after = before.add(change.version)
-        work.set(change.key, after)
-        if len(after) < 2:
-            return conflict_id  # nothing concurrent met: the remote simply superseded
-        return self._record(work, change, after, conflict_id)
-
-    def _apply_crdt(self, work: Work, change: Change, conflict_id: int) -> int:
-        local: Versioned[Any] | None = work.get(change.key)
-        remote = self._decode_crdt(change.version.to_dict())
-        if local is None:
-            work.set(change.key, remote)
-            return conflict_id
-        resolution = self.resolver.resolve(local, remote)
-        winner = resolution.winner
-        assert winner is not None
-        if remote.dot == local.dot:  # same dot: the candidates were deduplicated; join anyway
-            winner = Versioned(local.value.merge(remote.value), local.hlc, local.vv, local.origin)
-        work.set(change.key, winner)
-        if not resolution.concurrent:
-            return conflict_id
-        body = {"losers": [], "values": [_plain(winner.value)]}
-        return self._conflict_row(work, change, "merged", body, conflict_id)
-
-    def _record(
-        self, work: Work, change: Change, siblings: SiblingSet[Any], conflict_id: int
-    ) -> int:
-        """Record the concurrent versions ``change`` met, as the resolver shows them."""
-        resolution, error = self._view(siblings)
-        shown = resolution.values
-        if error is not None:
-            kind = "unresolved"
-        elif resolution.losers:
-            kind = "lost"
-        else:
-            kind = "siblings" if len(shown) > 1 else "merged"
-        body = {
-            "losers": [loser.to_dict() for loser in resolution.losers],
-            "values": [_plain(v) for v in shown if v is not DELETED],
-            "error": error,
-        }
-        return self._conflict_row(work, change, kind, body, conflict_id)
-
-    def _set_aside(self, work: Work, change: Change | _Opaque, error: str, conflict_id: int) -> int:
-        body = {"losers": [], "values": [], "error": error}
-        return self._conflict_row(work, change, "set_aside", body, conflict_id)
-
-    @staticmethod
-    def _conflict_row(
-        work: Work, change: Change | _Opaque, kind: str, body: Any, conflict_id: int
-    ) -> int:
-        work.conflicts.append(
-            {
-                "id": conflict_id + 1,
-                "k": change.key,
-                "kind": kind,
-                "o": change.origin,
-                "s": change.seq,
-                "body": dumps(body),
-            }
-        )
-        return conflict_id + 1
-
     async def retry_pending(self) -> int:
         """Try the held-back changes again, each key's in order; return how many were applied."""
         async with self._lock:
@@ -842,11 +704,11 @@ class MultiMasterNode:
             rows = await self._store.fetch_all(
                 "SELECT origin, seq, key, skew_ms, body FROM mm_pending ORDER BY origin, seq"
             )
-            counters = _Counters()
+            counters = Counters()
             conflict_id = self._conflict_id
             pending = dict(self._pending)
             async with self._store.transaction() as tx:
-                work = Work(tx, self._decoder(), self._pos, self._cache)
+                work = Work(tx, self._applier.decoder(), self._pos, self._cache)
                 await work.load(row[2] for row in rows)
                 blocked: set[tuple[str, str]] = set()
                 for row in rows:
@@ -865,48 +727,22 @@ class MultiMasterNode:
                             {"skew": max(exc.skew_ms, 1), "o": origin, "s": seq},
                         )
                         continue
-                    conflict_id = self._apply(work, change, conflict_id, counters)
+                    conflict_id = self._applier.apply(work, change, conflict_id, counters)
                     work.released.append({"o": origin, "s": seq})
                     pending[ident] -= 1
                     if not pending[ident]:
                         del pending[ident]
                 if counters.applied:
                     await _set_meta(tx, "clock", str(self.clock.last))
-                await work.flush(self._encoder())
+                await work.flush(self._applier.encoder())
             work.committed()
             self._pending, self._conflict_id = pending, conflict_id
             self._counters.add(counters)
         return counters.applied + counters.set_aside
 
-    # -- presentation and codecs --------------------------------------------------------
-
-    def _view(self, siblings: SiblingSet[Any]) -> tuple[Resolution[Any], str | None]:
-        """The resolver's view of a key's causal state, and the error if the resolver (an
-        application's merge function) raised: then the siblings are shown as they are."""
-        newest = siblings.newest
-        assert newest is not None
-        try:
-            return self.resolver.resolve(siblings, newest), None
-        except Exception as exc:  # the application's merge function: any error
-            return Resolution(None, (), siblings, concurrent=True), f"{type(exc).__name__}: {exc}"
-
-    def _decode_crdt(self, data: Any) -> Versioned[Any]:
-        version = Versioned.from_dict(data)
-        value = crdt_from_dict(version.value, node=self.node_id)
-        return Versioned(value, version.hlc, version.vv, version.origin)
-
-    def _decoder(self) -> Callable[[Any], Any]:
-        return self._decode_crdt if self._crdt else SiblingSet.from_dict
-
-    def _encoder(self) -> Callable[[Any], Any]:
-        return _encode_crdt if self._crdt else SiblingSet.to_dict
-
 
 _CACHED_KEYS = 10_000
 """Decoded key states a node keeps in memory (the hot keys skip decoding)."""
-
-_ZERO = HLCTimestamp(0, 0, "unknown")
-"""The log timestamp of a change whose body could not be read."""
 
 
 async def _set_meta(tx: Transaction, name: str, value: str) -> None:
@@ -915,29 +751,6 @@ async def _set_meta(tx: Transaction, name: str, value: str) -> None:
         "ON CONFLICT (name) DO UPDATE SET value = excluded.value",
         {"n": name, "v": value},
     )
-
-
-def _decode(item: Change | Mapping[str, Any]) -> Change | _Opaque | None:
-    """A received change; an :class:`_Opaque` for a stub, or when only its identity
-    could be read; None when not even that."""
-    if isinstance(item, Change):
-        return item
-    error: str | None = None
-    if not is_stub(item):
-        try:
-            return Change.from_dict(item)
-        except (InvalidValueError, ValueError, TypeError, KeyError) as exc:
-            error = f"{type(exc).__name__}: {exc}"
-    origin = item.get("origin") if isinstance(item, Mapping) else None
-    seq = item.get("seq") if isinstance(item, Mapping) else None
-    if not isinstance(origin, str) or not origin or type(seq) is not int or seq < 1:
-        return None
-    key = item.get("key") if isinstance(item, Mapping) else None
-    try:
-        body = dumps(item)
-    except InvalidValueError:
-        body = dumps({"origin": origin, "seq": seq})
-    return _Opaque(origin, seq, key if isinstance(key, str) else "", body, error)
 
 
 def _checked_value(value: Any) -> Any:
@@ -951,11 +764,3 @@ def _checked_value(value: Any) -> Any:
 def _check_key(key: object) -> None:
     if not isinstance(key, str) or not key:
         raise InvalidValueError(f"a key must be a non-empty string, got {key!r}")
-
-
-def _encode_crdt(version: Versioned[Any]) -> dict[str, Any]:
-    return Versioned(version.value.to_dict(), version.hlc, version.vv, version.origin).to_dict()
-
-
-def _plain(value: Any) -> Any:
-    return value.value if isinstance(value, CRDT) else value
