@@ -18,7 +18,9 @@ one node. A delete is such a write of a tombstone
 **Receiving.** Each origin numbers its changes without gaps and a node takes an
 origin's changes strictly in that order: a change it already has is skipped, one
 that arrives ahead of a missing one is skipped too (it comes again). Every taken
-change goes to the log, so the node relays it. Then:
+change goes to the log, so the node relays it (unless every registered peer has
+it already). A *stub* — a change that a later change of its origin to the same
+key supersedes, sent without its value — is taken and not applied. Then:
 
 * its timestamp goes through the clock's skew guard; a change stamped too far
   ahead is **held back** (``mm_pending``, :meth:`~MultiMasterNode.rejected`),
