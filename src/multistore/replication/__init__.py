@@ -8,9 +8,13 @@ PostgreSQL streaming replication or, embedded, over SQLite files fed by log ship
 ``replication_status(router)`` reports each node's role, lag and health.
 
 **Multi-master.** :class:`MultiMasterNode` (a SQLite or PostgreSQL store that logs
-each local write with its HLC in the same transaction) and :class:`Replicator`
-(push/pull, resumable, idempotent) apply remote changes through a resolver from
-:mod:`multistore.core` (LWW, merge function, siblings, CRDTs) and record conflicts.
+each local write with its HLC and dotted version vector in the same transaction;
+deletes are tombstones with a causal context) and :class:`Replicator` (each change
+pushed once to each peer, relayed after a stall, resumable, idempotent, logs
+trimmed once every peer has a change) apply remote changes through a resolver from
+:mod:`multistore.core` (LWW, merge function, siblings, CRDTs) and record conflicts;
+a change that cannot be applied is set aside, one the skew guard refuses is held
+and retried.
 
 **Quorum.** :class:`QuorumCluster` places keys on N of M nodes (Redis servers or
 SQLite files) by consistent hashing, with per-request R/W, read repair, hinted
@@ -46,7 +50,6 @@ from multistore.replication._multimaster import (
     KeyRead,
     MultiMasterNode,
     NodeStatistics,
-    PeerPosition,
 )
 from multistore.replication._nodes import Node, Role, RoutedTransaction, is_read
 from multistore.replication._policies import (
@@ -109,7 +112,6 @@ __all__ = [
     "MultiMasterNode",
     "Node",
     "NodeStatistics",
-    "PeerPosition",
     "QuorumCluster",
     "QuorumError",
     "QuorumNode",

@@ -25,34 +25,38 @@ __all__ = ["multimaster_demo", "multimaster_status"]
 
 
 async def multimaster_status(nodes: Sequence[MultiMasterNode]) -> dict[str, Any]:
-    """Each node's log head, its replication position per peer, and its conflict counts.
+    """Each node's changes, what it has of every origin, what each peer has of it, its log
+    size, and its conflict and held-back counts.
 
-    ``behind`` is how many positions of the peer's log the node has not applied yet
-    (known only for peers in ``nodes``).
+    ``missing`` (per peer) is how many changes this node has that the peer has not
+    said it has — what replication still has to carry there.
     """
-    heads = {node.node_id: node.head for node in nodes}
     report: dict[str, Any] = {}
     for node in nodes:
+        mine = node.received
         peers: dict[str, Any] = {}
-        for peer in sorted(set(heads) - {node.node_id}):
-            position = node.position(peer)
+        for peer in sorted(set(node.peers) | {n.node_id for n in nodes} - {node.node_id}):
+            has = node.peer_has(peer)
             peers[peer] = {
-                "applied_position": position.pulled,
-                "acknowledged_by_peer": position.acked,
-                "behind": max(0, heads[peer] - position.pulled),
+                "has": has.to_dict(),
+                "missing": sum(max(0, n - has.get_count(o)) for o, n in mine.items()),
             }
         stats = node.statistics()
         report[node.node_id] = {
             "backend": node.store.backend,
             "strategy": repr(node.resolver),
+            "own_changes": node.seq,
+            "has": mine.to_dict(),
             "log_head": node.head,
+            "log_rows": await node.log_size(),
             "peers": peers,
             "conflicts": await node.conflict_count(),
-            "rejected_by_skew_guard": await node.rejected_count(),
+            "rejected_by_skew_guard": node.pending_count,
             "since_open": {
                 "local_writes": stats.local_writes,
                 "applied": stats.applied,
                 "duplicates_skipped": stats.duplicates,
+                "set_aside": stats.set_aside,
             },
         }
     return {"nodes": report}
