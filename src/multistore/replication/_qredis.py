@@ -51,15 +51,27 @@ T = TypeVar("T")
 
 # KEYS: records hash, members zset, entry index zset, digests hash.
 # ARGV: member, value ("<hlc>\n<blob>"), entry. Alone, they are a last-writer-wins write
-# (the HLC texts before the newlines compare); a compare-and-set adds ARGV[4] ('0':
+# (the HLC texts before the newlines compare, byte by byte as Python and SQLite compare
+# them: Lua's own < follows the server's locale); a compare-and-set adds ARGV[4] ('0':
 # expect no record, '1': expect the value ARGV[5]). Few arguments: each costs the client.
 _WRITE: Final = RespScript("""
 local old = redis.call('HGET', KEYS[1], ARGV[1])
 if #ARGV == 3 then
   if old then
     local new = ARGV[2]
-    local held = string.sub(old, 1, string.find(old, '\\n', 1, true) - 1)
-    if held >= string.sub(new, 1, string.find(new, '\\n', 1, true) - 1) then return 0 end
+    local a = string.find(old, '\\n', 1, true) - 1
+    local b = string.find(new, '\\n', 1, true) - 1
+    local i, x, y = 1, 0, 0
+    while i <= a and i <= b do
+      x, y = string.byte(old, i), string.byte(new, i)
+      if x ~= y then break end
+      i = i + 1
+    end
+    if x == y then
+      if a >= b then return 0 end
+    elseif x > y then
+      return 0
+    end
   end
 elseif ARGV[4] == '0' then
   if old then return 0 end

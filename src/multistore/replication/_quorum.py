@@ -35,7 +35,10 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import itertools
 import json
+import os
+import secrets
 import time
 import warnings
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
@@ -79,6 +82,7 @@ __all__ = [
     "ScanRow",
     "WeakQuorumWarning",
     "WriteResult",
+    "coordinator_id",
     "decode_set",
     "decode_version",
     "encode_set",
@@ -91,6 +95,33 @@ TOMBSTONE: Final[dict[str, Any]] = {"d": 1}
 _CAS_ATTEMPTS: Final = 16
 _PLACEMENT_CACHE: Final = 65_536
 """Groups whose ring placement the coordinator remembers (the cache is cleared when full)."""
+
+
+class _Identity:
+    """This process's random token and a counter of the coordinators it made."""
+
+    token = ""
+    serial = itertools.count(1)
+
+    @classmethod
+    def reset(cls) -> None:
+        cls.token = secrets.token_hex(6)
+        cls.serial = itertools.count(1)
+
+
+_Identity.reset()
+if hasattr(os, "register_at_fork"):  # a forked child must not reuse its parent's ids
+    os.register_at_fork(after_in_child=_Identity.reset)
+
+
+def coordinator_id() -> str:
+    """A fresh coordinator id, ``c-<48 random bits in hex>-<serial>``.
+
+    Unique by construction within a process (the serial), and across processes by
+    the random token drawn once per process (again in a forked child): the actor of
+    the coordinator's version vectors and the tie-break of its HLC stamps.
+    """
+    return f"c-{_Identity.token}-{next(_Identity.serial)}"
 
 
 class WeakQuorumWarning(UserWarning):
@@ -241,7 +272,7 @@ class QuorumCluster:
         hint_window: float = 3600.0,
         clock: Callable[[], float] = time.time,
         hlc_now_ms: Callable[[], int] | None = None,
-        node_id: str = "coordinator",
+        node_id: str | None = None,
         failure_threshold: int = 3,
         probe_after: float = 1.0,
     ) -> None:
@@ -266,8 +297,11 @@ class QuorumCluster:
         self.hints = hints
         self.clock = clock
         now_ms = hlc_now_ms or (lambda: time.time_ns() // 1_000_000)
+        if node_id is None:
+            node_id = coordinator_id()
         self._hlc = HybridClock(node_id, now_ms=now_ms, max_skew_ms=10**12)
         self.node_id = node_id
+        """This coordinator's identity: its version-vector actor and HLC tie-break."""
         self._nodes = {node.name: node for node in nodes}
         self.detector = ThresholdDetector(
             names, threshold=failure_threshold, probe_after=probe_after, clock=clock
@@ -301,7 +335,7 @@ class QuorumCluster:
             for node in opened:
                 await node.close()
             raise
-        return cls(opened, hints=hints, **options)
+        return await _construct(cls, opened, hints, options)
 
     @classmethod
     async def redis(
@@ -321,7 +355,7 @@ class QuorumCluster:
             for label, url in zip(labels, urls, strict=True)
         ]
         hints = await HintStore.open(hints_path)
-        return cls(nodes, hints=hints, **options)
+        return await _construct(cls, nodes, hints, options)
 
     async def close(self) -> None:
         if self.closed:
@@ -767,6 +801,22 @@ class QuorumCluster:
         """
         self._check_open()
         return await deliver_hints(self)
+
+
+async def _construct(
+    cls: type[QuorumCluster],
+    nodes: Sequence[QuorumNode],
+    hints: HintStore,
+    options: dict[str, Any],
+) -> QuorumCluster:
+    """``cls(nodes, hints=hints, **options)``, closing what was opened if it refuses."""
+    try:
+        return cls(nodes, hints=hints, **options)
+    except BaseException:
+        for node in nodes:
+            await node.close()
+        await hints.close()
+        raise
 
 
 def _consume(task: asyncio.Future[Any]) -> None:

@@ -185,7 +185,8 @@ class QuorumWideColumnStore(WideColumnStore):
         """``quorum:///dir?nodes=3&n=3`` (embedded SQLite nodes in ``dir``) or a Redis
         URL set: host/port of the first node and ``peers=h2:p2,h3:p3`` (a peer may name
         its own database: ``h2:p2/1``). Options:
-        ``n``, ``r``, ``w`` (one/quorum/all/number), ``vnodes``, ``timeout``, ``prefix``."""
+        ``n``, ``r``, ``w`` (one/quorum/all/number), ``vnodes``, ``timeout``, ``prefix``,
+        ``node_id`` (this coordinator's identity; default: unique per coordinator)."""
         opts = url.options
         n = int(opts.get("n", 3))
         config = QuorumConfig(
@@ -196,6 +197,8 @@ class QuorumWideColumnStore(WideColumnStore):
             "vnodes": int(opts.get("vnodes", 64)),
             "timeout": float(opts.get("timeout", 2.0)),
         }
+        if "node_id" in opts:
+            common["node_id"] = str(opts["node_id"])
         if url.host is None:
             path = url.database
             if not path:

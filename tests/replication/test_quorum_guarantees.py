@@ -1,0 +1,161 @@
+"""The quorum store's guarantees, each with the conditions it holds under, on embedded
+SQLite nodes and on Redis servers (see :mod:`tests.replication.quorum_helpers`)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import threading
+from pathlib import Path
+
+import pytest
+
+from multistore.core import KeepSiblings, VersionVector
+from multistore.core._hlc import HLCTimestamp
+from multistore.core._quorum import Consistency
+from multistore.replication._quorum import QuorumCluster
+from multistore.replication._qwidecolumn import QuorumWideColumnStore
+from tests.replication.quorum_helpers import (
+    Topology,
+    held,
+    run,
+)
+
+SAME_MS = 1_700_000_000_000
+"""A wall-clock reading two coordinators share: both write in the same millisecond."""
+
+
+# -- coordinator identity -----------------------------------------------------------------
+
+
+def test_coordinator_ids_are_unique_and_settable(tmp_path: Path) -> None:
+    from multistore.replication._quorum import coordinator_id  # new: main had one id for all
+
+    ids = {coordinator_id() for _ in range(1000)}
+    assert len(ids) == 1000
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # a forked child draws a token of its own
+        os.close(read)
+        os.write(write, coordinator_id().encode())
+        os._exit(0)
+    os.close(write)
+    child = os.read(read, 200).decode()
+    os.close(read)
+    os.waitpid(pid, 0)
+    mine = coordinator_id()
+    assert child.split("-")[1] != mine.split("-")[1]
+
+    async def body() -> None:
+        url = f"quorum:///{tmp_path / 'wc'}?nodes=3&n=3&node_id=shop-eu-1"
+        store = await QuorumWideColumnStore.open_url(url)
+        other = await QuorumWideColumnStore.open_url(f"quorum:///{tmp_path / 'wc2'}?nodes=3")
+        try:
+            assert store.cluster.node_id == "shop-eu-1"
+            written = await store.cluster.put("k", 1)
+            assert written.version.origin == "shop-eu-1"
+            assert written.version.hlc.node == "shop-eu-1"
+            assert other.cluster.node_id not in ("shop-eu-1", store.cluster.node_id)
+        finally:
+            await store.close()
+            await other.close()
+
+    asyncio.run(body())
+
+
+async def _diverge(topo: Topology, a: QuorumCluster, b: QuorumCluster, keys: list[str]) -> None:
+    """``a`` writes ``from-a`` to node0 and node1 while node2 is down, then ``b`` writes
+    ``from-b`` to node2 while the other two are down: in the same millisecond."""
+    topo.kill("node2")
+    for key in keys:
+        await a.put(key, "from-a", w=2)
+    topo.revive("node2")
+    topo.kill("node0")
+    topo.kill("node1")
+    for key in keys:
+        await b.put(key, "from-b", w=1)
+    topo.revive("node0")
+    topo.revive("node1")
+    for key in keys:
+        records = await held(a, key)
+        assert {rec[1].count(b"from-a") for rec in records.values() if rec} == {0, 1}
+
+
+def _winner(a: QuorumCluster, b: QuorumCluster) -> str:
+    """The value the greater stamp carries: same millisecond and counter, so the
+    coordinator id breaks the tie."""
+    stamp_a = HLCTimestamp(SAME_MS, 0, a.node_id)
+    stamp_b = HLCTimestamp(SAME_MS, 0, b.node_id)
+    return "from-a" if stamp_a > stamp_b else "from-b"
+
+
+async def _identical(c: QuorumCluster, key: str, value: str) -> None:
+    records = await held(c, key)
+    assert len(set(records.values())) == 1, records  # byte for byte
+    assert (await c.get(key, r=Consistency.ALL)).value == value
+
+
+def test_two_coordinators_in_one_millisecond_converge(topo: Topology) -> None:
+    """Regression: every coordinator was ``coordinator``, so two writes of one key in
+    the same millisecond had equal stamps; replicas refused the second forever."""
+
+    async def body() -> None:
+        a = await topo.cluster(hlc_now_ms=lambda: SAME_MS, failure_threshold=99)
+        b = await topo.cluster(hlc_now_ms=lambda: SAME_MS, failure_threshold=99)
+        win = _winner(a, b)
+        await _diverge(topo, a, b, ["repaired-on-read", "repaired-by-anti-entropy"])
+        # read repair: a read at ALL leaves every replica with the winner
+        got = await a.get("repaired-on-read", r=Consistency.ALL)
+        assert got.value == win and got.repaired
+        await _identical(a, "repaired-on-read", win)
+        # anti-entropy: repairs, and then there is nothing left to repair
+        report = await a.anti_entropy()
+        assert report.keys_repaired >= 1
+        await _identical(a, "repaired-by-anti-entropy", win)
+        assert (await b.anti_entropy()).keys_repaired == 0
+        # hinted handoff: each coordinator hands its hints over; the winner stays
+        await _diverge(topo, a, b, ["handed-off"])
+        await a.deliver_hints()
+        await b.deliver_hints()
+        assert not await a.hints.counts() and not await b.hints.counts()
+        await _identical(a, "handed-off", win)
+
+    run(topo, body)
+
+
+def test_concurrent_writes_of_two_coordinators_stay_siblings(topo: Topology) -> None:
+    """Regression: a shared version-vector actor let one coordinator's write supersede
+    another's concurrent one under KeepSiblings."""
+
+    async def body() -> None:
+        a = await topo.cluster(resolver=KeepSiblings())
+        b = await topo.cluster(resolver=KeepSiblings())
+        await a.put("cart", {"apple": 1})
+        base = await a.get("cart")
+        await a.put("cart", {"apple": 2}, context=base.context)
+        await b.put("cart", {"pear": 1}, context=base.context)
+        both = await b.get("cart")
+        assert sorted(map(str, both.values)) == ["{'apple': 2}", "{'pear': 1}"]
+        await b.put("cart", {"apple": 2, "pear": 1}, context=both.context)
+        assert (await a.get("cart", r=Consistency.ALL)).values == ({"apple": 2, "pear": 1},)
+        # writes without a context from two coordinators are concurrent too
+        await a.put("fresh", "a", context=VersionVector())
+        await b.put("fresh", "b", context=VersionVector())
+        assert sorted((await a.get("fresh")).values) == ["a", "b"]
+
+    run(topo, body)
+
+
+@pytest.mark.parametrize("bad", ["has space", ""])
+def test_a_bad_coordinator_id_is_refused_and_nothing_stays_open(tmp_path: Path, bad: str) -> None:
+    from multistore.errors import InvalidValueError
+
+    async def body() -> None:
+        with pytest.raises(InvalidValueError, match="node id"):
+            await QuorumCluster.embedded(tmp_path, nodes=3, node_id=bad)
+
+    asyncio.run(body())
+    workers = [t for t in threading.enumerate() if t.name.startswith("multistore-quorum")]
+    for thread in workers:
+        thread.join(timeout=5)
+    assert not [t for t in workers if t.is_alive()]
