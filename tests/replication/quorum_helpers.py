@@ -28,6 +28,7 @@ from multistore.replication._qredis import RedisNode
 from multistore.replication._quorum import QuorumCluster
 
 N3 = QuorumConfig(n=3, r=2, w=2)
+SLOPPY3 = QuorumConfig(n=3, r=2, w=2, sloppy=True)
 
 
 class Topology:

@@ -25,6 +25,7 @@ from multistore.replication._quorum import (
 )
 from tests.replication.quorum_helpers import (
     N3,
+    SLOPPY3,
     Topology,
     eventually,
     keys_homed_on,
@@ -132,7 +133,7 @@ def test_too_few_replicas_is_a_quorum_error(topo: Topology) -> None:
 
 def test_pw_counts_only_home_replicas(topo: Topology) -> None:
     async def body() -> None:
-        c = await topo.cluster(m=4)
+        c = await topo.cluster(m=4, config=SLOPPY3)
         key = keys_homed_on(c, "node1", 1)[0]
         topo.kill("node1")
         # a sloppy quorum: W=3 is met with a stand-in for node1

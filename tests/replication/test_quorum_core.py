@@ -196,3 +196,10 @@ def test_the_write_path_encoding_is_the_sibling_set_wire_form() -> None:
         broken: Versioned[Any] = Versioned({"v": bad}, alone.hlc, alone.vv, alone.origin)
         with pytest.raises(InvalidValueError, match="JSON-serialisable"):
             encode_version(broken, str(broken.hlc))
+
+
+def test_quorums_are_strict_unless_asked_to_be_sloppy() -> None:
+    assert QuorumConfig().sloppy is False
+    assert QuorumConfig(sloppy=True).describe() == "N=3 R=2 W=2 (R+W>N, sloppy)"
+    with pytest.raises(InvalidValueError, match="sloppy"):
+        QuorumConfig(sloppy="yes")  # type: ignore[arg-type]

@@ -13,9 +13,11 @@ import pytest
 from multistore.core import KeepSiblings, VersionVector
 from multistore.core._hlc import HLCTimestamp
 from multistore.core._quorum import Consistency
-from multistore.replication._quorum import QuorumCluster
+from multistore.errors import InvalidURLError, Outcome
+from multistore.replication._quorum import QuorumCluster, QuorumError
 from multistore.replication._qwidecolumn import QuorumWideColumnStore
 from tests.replication.quorum_helpers import (
+    SLOPPY3,
     Topology,
     held,
     run,
@@ -47,10 +49,11 @@ def test_coordinator_ids_are_unique_and_settable(tmp_path: Path) -> None:
     assert child.split("-")[1] != mine.split("-")[1]
 
     async def body() -> None:
-        url = f"quorum:///{tmp_path / 'wc'}?nodes=3&n=3&node_id=shop-eu-1"
+        url = f"quorum:///{tmp_path / 'wc'}?nodes=3&n=3&node_id=shop-eu-1&sloppy=true"
         store = await QuorumWideColumnStore.open_url(url)
         other = await QuorumWideColumnStore.open_url(f"quorum:///{tmp_path / 'wc2'}?nodes=3")
         try:
+            assert store.cluster.config.sloppy and not other.cluster.config.sloppy
             assert store.cluster.node_id == "shop-eu-1"
             written = await store.cluster.put("k", 1)
             assert written.version.origin == "shop-eu-1"
@@ -61,6 +64,8 @@ def test_coordinator_ids_are_unique_and_settable(tmp_path: Path) -> None:
             await other.close()
 
     asyncio.run(body())
+    with pytest.raises(InvalidURLError, match="sloppy"):
+        asyncio.run(QuorumWideColumnStore.open_url(f"quorum:///{tmp_path / 'x'}?sloppy=maybe"))
 
 
 async def _diverge(topo: Topology, a: QuorumCluster, b: QuorumCluster, keys: list[str]) -> None:
@@ -159,3 +164,66 @@ def test_a_bad_coordinator_id_is_refused_and_nothing_stays_open(tmp_path: Path, 
     for thread in workers:
         thread.join(timeout=5)
     assert not [t for t in workers if t.is_alive()]
+
+
+# -- strict and sloppy quorums --------------------------------------------------------------
+
+
+def test_strict_quorum_by_default_hints_never_count_toward_w(topo: Topology) -> None:
+    """Regression: stand-ins counted toward W by default, so with two homes down a write
+    was acknowledged by one home and a stand-in, and an R=2 read of the other two
+    homes returned the old value."""
+    now = [1000.0]
+
+    async def body() -> None:
+        c = await topo.cluster(m=5, failure_threshold=1, clock=lambda: now[0])
+        key = "strict"
+        homes = c.preference_list(key)
+        others = [name for name in c.nodes if name not in homes]
+        await c.put(key, "old", w=Consistency.ALL)
+        topo.kill(homes[1])
+        topo.kill(homes[2])
+        with pytest.raises(QuorumError) as caught:
+            await c.put(key, "new")
+        assert caught.value.acks == (homes[0],)  # one home is not W=2; hints count nothing
+        assert caught.value.outcome is Outcome.INDETERMINATE  # homes[0] holds it
+        # now the detector knows: nothing is sent, and nothing will ever be applied
+        with pytest.raises(QuorumError) as refused:
+            await c.put(key, "never")
+        assert refused.value.outcome is Outcome.DEFINITE and refused.value.acks == ()
+        assert (await held(c, key, others)) == dict.fromkeys(others)  # no stand-in copies
+        topo.revive(homes[1])
+        topo.revive(homes[2])
+        now[0] += 2  # past the detector's probe delay
+        await c.deliver_hints()  # the unacknowledged "new" is handed to the other homes
+        got = await c.get(key, r=Consistency.ALL)
+        assert got.value == "new"
+        assert all(b"never" not in rec[1] for rec in (await held(c, key)).values() if rec)
+
+    run(topo, body)
+
+
+def test_sloppy_quorum_stays_writable_and_reads_may_miss_until_handoff(topo: Topology) -> None:
+    now = [1000.0]
+
+    async def body() -> None:
+        c = await topo.cluster(m=5, config=SLOPPY3, failure_threshold=1, clock=lambda: now[0])
+        key = "sloppy"
+        homes = c.preference_list(key)
+        await c.put(key, "old", w=Consistency.ALL)
+        topo.kill(homes[1])
+        topo.kill(homes[2])
+        result = await c.put(key, "new")  # stand-ins count: acknowledged
+        assert len(result.acks) == 2 and set(result.acks) - set(homes)
+        assert set(result.hinted) == {homes[1], homes[2]}
+        topo.revive(homes[1])
+        topo.revive(homes[2])
+        now[0] += 2
+        topo.kill(homes[0])
+        # R + W > N, yet a read of the two other homes misses the acknowledged write
+        assert (await c.get(key)).value == "old"
+        await c.deliver_hints()
+        assert (await c.get(key)).value == "new"
+        assert not await c.hints.counts()
+
+    run(topo, body)

@@ -1,13 +1,15 @@
 """The fan-out of one quorum request: concurrent calls, early return, retries.
 
-A write goes to every home replica that is not known to be down, and a stand-in
-(the next node on the ring: a sloppy quorum) replaces each home that is down or
-fails. A read asks R homes first; when one fails, or when the read is still short
-of R answers ``speculative_after`` seconds after it started (or after its last
-speculative retry), the next home is asked too (a speculative retry), then
-fallbacks. The fan-out returns as soon as ``need`` answers (``pneed`` of
-them from homes) are in; calls still running are handed back in
-:attr:`Fanout.pending` so the coordinator lets them finish in the background.
+A write goes to every home replica that is not known to be down, and in a sloppy
+quorum a stand-in (the next node on the ring) replaces each home that is down or
+fails; a strict quorum has no fallbacks to give it. When too few replicas are up to
+meet the level, nothing is sent at all. A read asks R homes first; when one fails,
+or when the read is still short of R answers ``speculative_after`` seconds after it
+started (or after its last speculative retry), the next home is asked too (a
+speculative retry), then fallbacks (sloppy quorums only). The fan-out returns as
+soon as ``need`` answers (``pneed`` of them from homes) are in; calls still running
+are handed back in :attr:`Fanout.pending` so the coordinator lets them finish in
+the background.
 
 Answers from a fallback to a *read* count only when it holds something: a node
 that is not a replica of the key saying "nothing here" proves nothing.
@@ -50,6 +52,8 @@ class Fanout:
     pending: dict[asyncio.Future[Any], str] = field(default_factory=dict)
     """Calls still running (their future -> node name) when the fan-out returned."""
     speculative: int = 0
+    unavailable: bool = False
+    """Too few replicas were up to meet the level: nothing was sent."""
 
     def counts(self, *, write: bool) -> tuple[int, int]:
         """(answers that count, of which from homes)."""
@@ -155,6 +159,11 @@ class _Run:
                 if home not in up:
                     fan.failed_homes.append(home)
                     fan.errors.append(f"{home}: marked down")
+            spare = sum(1 for name in self.others if available(name))
+            if len(up) + spare < self.need or len(up) < self.pneed:
+                fan.unavailable = True  # cannot succeed: send nothing (Cassandra's Unavailable)
+                self.finished.set_result(None)
+                return
         if self.write:
             for home in up:
                 self.launch(home)

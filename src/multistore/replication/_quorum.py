@@ -20,11 +20,15 @@ passes the read's ``context`` supersedes what that read saw.
 * **Read repair**: replicas that answered a read with an older state get the
   newest; the read waits for those repairs when R is a quorum (so reads are
   monotonic, as in Cassandra 4), and lets them run in the background otherwise.
-* **Sloppy quorum + hinted handoff**: a write whose home replica is down (or fails)
-  goes to the next node on the ring instead, and a hint is kept in a durable
-  :class:`HintStore`; :meth:`QuorumCluster.deliver_hints` hands the record to the
-  home node when it answers again. Hints older than ``hint_window`` (or for a node
-  down longer than that) are dropped and counted, as Cassandra's
+* **Strict or sloppy quorums, hinted handoff**: a write whose home replica is down
+  (or fails) keeps a hint in a durable :class:`HintStore`;
+  :meth:`QuorumCluster.deliver_hints` hands the record to the home node when it
+  answers again. In a strict quorum (the default, as Cassandra) a hint counts for
+  nothing toward W; in a sloppy one (``QuorumConfig(sloppy=True)``, as Riak) the next
+  node on the ring stands in for the home meanwhile, and its acknowledgement counts.
+  A request that cannot meet its level with the replicas up sends nothing and fails
+  definitely (Cassandra's Unavailable). Hints older than ``hint_window`` (or for a
+  node down longer than that) are dropped and counted, as Cassandra's
   ``max_hint_window``; anti-entropy repairs what they would have carried.
 * **Failure detection**: a threshold detector (:mod:`._qdetector`) marks a node
   down after consecutive failures; requests skip it until it is due for a probe.
@@ -289,6 +293,7 @@ class QuorumCluster:
         self.ring = HashRing(names, vnodes=vnodes)
         self._need_r = self.config.read_count
         self._need_w = self.config.write_count
+        self._sloppy = self.config.sloppy
         self.resolver: Resolver = resolver if resolver is not None else LWW()
         self._lww = isinstance(self.resolver, LWW)
         self.timeout = timeout
@@ -509,6 +514,14 @@ class QuorumCluster:
                 return self.apply_record(node, group, member, hlc, blob)
 
         fan = await self._fanout(group, need, pneed, store, write=True)
+        if fan.unavailable:
+            raise QuorumError(
+                f"write of {group!r} not sent: fewer than the {need} replicas it needs are "
+                f"up ({fan.describe_errors()})",
+                acks=(),
+                required=need,
+                outcome=Outcome.DEFINITE,
+            )
         acks = tuple(fan.results)
         hinted: tuple[str, ...] = ()
         if fan.failed_homes or fan.stand_in:
@@ -703,7 +716,7 @@ class QuorumCluster:
         fan = await fan_out(
             functools.partial(self.call_node, fn=fn, single=single),
             homes,
-            fallbacks,
+            fallbacks if self._sloppy else (),
             available=self.detector.available,
             need=need,
             pneed=pneed,

@@ -185,12 +185,16 @@ class QuorumWideColumnStore(WideColumnStore):
         """``quorum:///dir?nodes=3&n=3`` (embedded SQLite nodes in ``dir``) or a Redis
         URL set: host/port of the first node and ``peers=h2:p2,h3:p3`` (a peer may name
         its own database: ``h2:p2/1``). Options:
-        ``n``, ``r``, ``w`` (one/quorum/all/number), ``vnodes``, ``timeout``, ``prefix``,
-        ``node_id`` (this coordinator's identity; default: unique per coordinator)."""
+        ``n``, ``r``, ``w`` (one/quorum/all/number), ``sloppy`` (true: a sloppy quorum),
+        ``vnodes``, ``timeout``, ``prefix``, ``node_id`` (this coordinator's identity;
+        default: one unique to the coordinator)."""
         opts = url.options
         n = int(opts.get("n", 3))
         config = QuorumConfig(
-            n=n, r=_level(opts.get("r", "quorum")), w=_level(opts.get("w", "quorum"))
+            n=n,
+            r=_level(opts.get("r", "quorum")),
+            w=_level(opts.get("w", "quorum")),
+            sloppy=_flag("sloppy", opts.get("sloppy", "false")),
         )
         common: dict[str, Any] = {
             "config": config,
@@ -448,6 +452,15 @@ def _level(value: object) -> Level:
         raise InvalidURLError(
             f"consistency level {value!r} must be one, quorum, all or a number"
         ) from None
+
+
+def _flag(name: str, value: object) -> bool:
+    text = str(value).lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off"):
+        return False
+    raise InvalidURLError(f"quorum URL option {name}={value!r} must be true or false")
 
 
 def parse_quorum_url(text: str) -> StoreURL:
