@@ -74,11 +74,12 @@ def test_weak_quorums_are_accepted_with_a_warning(tmp_path: Path) -> None:
         assert status["overlapping"] is False and (status["r"], status["w"]) == (1, 1)
         await c.close()
         # the seed's "eventual" (W=1, R=N) overlaps: no warning (warnings are errors here)
-        QuorumCluster(
+        overlapping = QuorumCluster(
             [await SQLiteNode(f"m{i}", tmp_path / f"m{i}.db").open() for i in range(3)],
             hints=await HintStore.open(None),
             config=QuorumConfig.preset("write_one_read_all"),
         )
+        await overlapping.close()
 
     asyncio.run(body())
 

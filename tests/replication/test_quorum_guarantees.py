@@ -19,6 +19,7 @@ from multistore.replication._qwidecolumn import QuorumWideColumnStore
 from tests.replication.quorum_helpers import (
     SLOPPY3,
     Topology,
+    eventually,
     held,
     run,
 )
@@ -159,8 +160,9 @@ def test_a_bad_coordinator_id_is_refused_and_nothing_stays_open(tmp_path: Path, 
         with pytest.raises(InvalidValueError, match="node id"):
             await QuorumCluster.embedded(tmp_path, nodes=3, node_id=bad)
 
+    before = set(threading.enumerate())
     asyncio.run(body())
-    workers = [t for t in threading.enumerate() if t.name.startswith("multistore-quorum")]
+    workers = [t for t in threading.enumerate() if t not in before]
     for thread in workers:
         thread.join(timeout=5)
     assert not [t for t in workers if t.is_alive()]
@@ -227,3 +229,45 @@ def test_sloppy_quorum_stays_writable_and_reads_may_miss_until_handoff(topo: Top
         assert not await c.hints.counts()
 
     run(topo, body)
+
+
+# -- blocking read repair -------------------------------------------------------------------
+
+
+def test_a_read_returns_a_value_only_once_r_replicas_hold_it(topo: Topology) -> None:
+    """Regression: a failed read repair was swallowed: the read returned the new value
+    though only one replica held it, and a later R=2 read could return the old one."""
+
+    async def body() -> None:
+        c = await topo.cluster(timeout=0.5, failure_threshold=99)
+        key = "repair"
+        first, second, third = c.preference_list(key)
+        await c.put(key, "old", w=Consistency.ALL)
+        topo.kill(second)
+        topo.kill(third)
+        with pytest.raises(QuorumError):  # "new" reaches one replica
+            await c.put(key, "new")
+        topo.revive(second)
+        topo.revive(third)
+        topo.kill(third)
+        with topo.hold_writes(second):  # second answers reads, but cannot be repaired
+            with pytest.raises(QuorumError) as caught:
+                await c.get(key)  # R=2: first says "new", second "old"
+            assert caught.value.outcome is Outcome.INDETERMINATE
+            assert "repair" in str(caught.value)
+        topo.revive(third)
+        # the repair went through once the writes were let go: R=2 anywhere sees "new"
+        await eventually(
+            lambda: _holds(c, second, b"new"), "the held repair of the second replica applied"
+        )
+        topo.kill(first)
+        assert (await c.get(key)).value == "new"
+        # at R=1 a value held by the one replica asked is held by R replicas: no wait
+        assert (await c.get(key, r=1)).value == "new"
+
+    run(topo, body)
+
+
+async def _holds(c: QuorumCluster, node: str, value: bytes) -> bool:
+    record = await c.node(node).read(b"repair")
+    return record is not None and value in record[1]

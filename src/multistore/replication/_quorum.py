@@ -555,7 +555,15 @@ class QuorumCluster:
 
         fan = await self._fanout(group, need, pneed, read, write=False)
         self._check_read(group, fan, need, pneed)
-        return await self._resolve_and_repair(group, member, dict(fan.results), need)
+        result, target, stale = self._resolve(_answers(fan))
+        if target is None or not stale:
+            return result
+        await self._finish_repairs(
+            group,
+            [(len(result.replicas) - len(stale), self._repair(group, member, target, stale))],
+            need,
+        )
+        return ReadResult(result.versions, result.context, result.replicas, tuple(stale))
 
     async def scan_records(
         self,
@@ -593,15 +601,15 @@ class QuorumCluster:
                     last = rows[-1][0]
                     ordered = [m for m in ordered if (m >= last if reverse else m <= last)]
         out: list[ScanRow] = []
-        repairs: list[asyncio.Task[None]] = []
-        by_node = {name: dict(rows) for name, rows in fan.results.items()}
+        repairs: list[tuple[int, list[asyncio.Task[bool]]]] = []
+        by_node = {name: dict(rows) for name, rows in _answers(fan).items()}
         for m in ordered:
             records = {name: rows.get(m) for name, rows in by_node.items()}
             result, target, stale = self._resolve(records)
             if target is not None and stale:
-                repairs += self._repair(group, m, target, stale)
+                repairs.append((len(records) - len(stale), self._repair(group, m, target, stale)))
             out.append(ScanRow(m, result))
-        await self._finish_repairs(repairs, need)
+        await self._finish_repairs(group, repairs, need)
         return out, truncated
 
     # -- internals ----------------------------------------------------------------------
@@ -777,33 +785,51 @@ class QuorumCluster:
 
     def _repair(
         self, group: bytes, member: bytes, target: Record, stale: list[str]
-    ) -> list[asyncio.Task[None]]:
+    ) -> list[asyncio.Task[bool]]:
+        """Write ``target`` to the stale replicas; each task ends True once its replica
+        holds the target or something newer (False if it failed)."""
         self.stats.read_repairs += len(stale)
         hlc, blob = target
-        return [
-            asyncio.ensure_future(
-                self.call_node(n, lambda node: self.apply_record(node, group, member, hlc, blob))
-            )
-            for n in stale
-        ]
 
-    async def _finish_repairs(self, tasks: list[asyncio.Task[None]], need: int) -> None:
-        if not tasks:
-            return
-        if need > self.config.n // 2:  # a quorum read waits for its repairs: monotonic reads
-            await asyncio.gather(*tasks, return_exceptions=True)
-            return
-        for task in tasks:
-            self._track(task)
+        async def repair(name: str) -> bool:
+            try:
+                await self.call_node(
+                    name, lambda node: self.apply_record(node, group, member, hlc, blob)
+                )
+            except MultistoreError:
+                return False
+            return True
 
-    async def _resolve_and_repair(
-        self, group: bytes, member: bytes, records: dict[str, Record | None], need: int
-    ) -> ReadResult:
-        result, target, stale = self._resolve(records)
-        if target is None or not stale:
-            return result
-        await self._finish_repairs(self._repair(group, member, target, stale), need)
-        return ReadResult(result.versions, result.context, result.replicas, tuple(stale))
+        return [asyncio.ensure_future(repair(name)) for name in stale]
+
+    async def _finish_repairs(
+        self, group: bytes, repairs: list[tuple[int, list[asyncio.Task[bool]]]], need: int
+    ) -> None:
+        """Blocking read repair (Cassandra 4): a record that fewer than ``need`` of the
+        replicas that answered hold waits for its repairs; the read fails, as
+        indeterminate, unless they bring it to ``need`` replicas. Repairs of records
+        already held by ``need`` replicas run on in the background."""
+        waits: list[tuple[int, list[asyncio.Task[bool]]]] = []
+        for holders, tasks in repairs:
+            if holders >= need:
+                for task in tasks:
+                    self._track(task)
+            else:
+                waits.append((holders, tasks))
+        if not waits:
+            return
+        await asyncio.gather(*(task for _, tasks in waits for task in tasks))
+        for holders, tasks in waits:
+            held = holders + sum(task.result() for task in tasks)
+            if held < need:
+                raise QuorumError(
+                    f"read of {group!r} found a newer version on {holders} of the {need} "
+                    f"replicas it needs and repaired only {held - holders} more; the repair "
+                    "may still apply",
+                    acks=(),
+                    required=need,
+                    outcome=Outcome.INDETERMINATE,
+                )
 
     # -- hinted handoff -----------------------------------------------------------------
 
@@ -830,6 +856,15 @@ async def _construct(
             await node.close()
         await hints.close()
         raise
+
+
+def _answers(fan: Fanout) -> dict[str, Any]:
+    """The answers of a read fan-out that say something: a fallback that holds nothing
+    of the key is no replica of it (and gets no repair)."""
+    stand_in = fan.stand_in
+    if not stand_in:
+        return fan.results
+    return {name: got for name, got in fan.results.items() if got or name not in stand_in}
 
 
 def _consume(task: asyncio.Future[Any]) -> None:
