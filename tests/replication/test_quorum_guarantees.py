@@ -271,3 +271,44 @@ def test_a_read_returns_a_value_only_once_r_replicas_hold_it(topo: Topology) -> 
 async def _holds(c: QuorumCluster, node: str, value: bytes) -> bool:
     record = await c.node(node).read(b"repair")
     return record is not None and value in record[1]
+
+
+# -- definite and indeterminate failures ------------------------------------------------------
+
+
+def test_a_write_that_timed_out_everywhere_is_indeterminate(topo: Topology) -> None:
+    """Regression: with no acknowledgement the error was DEFINITE even when every
+    replica timed out after applying, and the next read returned the value."""
+
+    async def body() -> None:
+        c = await topo.cluster(timeout=0.3, failure_threshold=99)
+        await c.put("k", "before", w=Consistency.ALL)
+        # each replica applies the write only once the block ends
+        with topo.hold_writes(*c.nodes), pytest.raises(QuorumError) as caught:
+            await c.put("k", "after")
+        assert caught.value.acks == () and caught.value.outcome is Outcome.INDETERMINATE
+        await eventually(lambda: _reads(c, "k", "after"), "the timed-out write applied")
+
+    run(topo, body)
+
+
+def test_a_write_every_replica_refused_is_definite(topo: Topology) -> None:
+    async def body() -> None:
+        c = await topo.cluster(failure_threshold=99)
+        await c.put("k", "before", w=Consistency.ALL)
+        for name in c.nodes:
+            topo.kill(name)
+        with pytest.raises(QuorumError) as caught:
+            await c.put("k", "refused")
+        assert caught.value.outcome is Outcome.DEFINITE
+        assert not await c.hints.counts()  # nothing kept that could apply it later
+        for name in c.nodes:
+            topo.revive(name)
+        await c.deliver_hints()
+        assert (await c.get("k", r=Consistency.ALL)).value == "before"
+
+    run(topo, body)
+
+
+async def _reads(c: QuorumCluster, key: str, value: str) -> bool:
+    return bool((await c.get(key, r=Consistency.ALL)).value == value)

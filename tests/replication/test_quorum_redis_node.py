@@ -16,7 +16,7 @@ import pytest
 
 from multistore._resp import RespPool, pack_command
 from multistore.core._quorum import QuorumConfig
-from multistore.errors import Outcome, StoreTimeoutError, StoreUnavailableError
+from multistore.errors import Outcome, StoreError, StoreTimeoutError, StoreUnavailableError
 from multistore.lab.servers import RedisServer, unique_name
 from multistore.replication._qnodes import Reply, entry_name
 from multistore.replication._qredis import RedisNode, RedisPyLink
@@ -125,6 +125,25 @@ def test_a_node_that_is_down_fails_definitely_a_silent_one_indeterminately(
                 await silent.write_lww(b"g", b"", "0001", b"v")
             assert timed_out.value.outcome is Outcome.INDETERMINATE  # sent, no answer
             proxy.restore()
+
+    asyncio.run(body())
+
+
+def test_a_write_redis_refuses_before_running_it_fails_definitely(
+    redis_server: RedisServer, redis_url: str
+) -> None:
+    async def body() -> None:
+        node = RedisNode.from_url("n", redis_url, timeout=5.0, prefix=unique_name("q") + ":")
+        async with _closing(node):
+            assert redis_server.command("CONFIG", "SET", "min-replicas-to-write", "1")[:3] == b"+OK"
+            try:
+                with pytest.raises(StoreError, match="NOREPLICAS") as refused:
+                    await node.write_lww(b"g", b"", "0001", b"v")
+                assert refused.value.outcome is Outcome.DEFINITE
+                assert await node.read(b"g") is None  # reads are still served
+            finally:
+                redis_server.command("CONFIG", "SET", "min-replicas-to-write", "0")
+            assert await node.write_lww(b"g", b"", "0001", b"v") is True
 
     asyncio.run(body())
 

@@ -33,6 +33,7 @@ from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from multistore.errors import MultistoreError
 from multistore.replication._qnodes import when_done
 
 __all__ = ["Fanout", "fan_out"]
@@ -54,6 +55,10 @@ class Fanout:
     speculative: int = 0
     unavailable: bool = False
     """Too few replicas were up to meet the level: nothing was sent."""
+    maybe_applied: bool = False
+    """Some call failed in a way that leaves open whether it took effect (a timeout, a
+    connection lost after sending): only calls that were all refused definitely, or
+    never sent, make a failed write definite."""
 
     def counts(self, *, write: bool) -> tuple[int, int]:
         """(answers that count, of which from homes)."""
@@ -231,6 +236,8 @@ class _Run:
             fan.results[name] = result
         else:
             fan.errors.append(f"{name}: {error}")
+            if not (isinstance(error, MultistoreError) and error.definite):
+                fan.maybe_applied = True
             if self.write and name in fan.homes:
                 fan.failed_homes.append(name)
                 self.stand_in_for(name)

@@ -36,7 +36,7 @@ from typing import Any, Final, TypeVar
 
 from multistore.core._merkle import leaf_hash
 from multistore.core._ring import token_of
-from multistore.errors import StoreError, StoreUnavailableError, UsageError
+from multistore.errors import Outcome, StoreError, StoreUnavailableError, UsageError
 from multistore.stores._worker import Worker
 
 __all__ = [
@@ -253,8 +253,10 @@ class SQLiteNode(QuorumNode):
     async def _call(self, op: str, fn: Callable[..., T], *args: Any) -> T:
         if self._delay:
             await asyncio.sleep(self._delay)
-        if self._down:
-            raise StoreUnavailableError(f"quorum node {self.name} is down ({op})")
+        if self._down:  # nothing was done: a definite failure
+            raise StoreUnavailableError(
+                f"quorum node {self.name} is down ({op})", outcome=Outcome.DEFINITE
+            )
         if self._worker is None or self._conn is None:
             raise UsageError(f"quorum node {self.name} is not open")
         try:

@@ -155,6 +155,12 @@ return out
 
 _PING: Final = pack_command("PING")
 
+_REFUSALS: Final = frozenset(
+    {"NOREPLICAS", "READONLY", "OOM", "LOADING", "MASTERDOWN", "BUSY", "NOPERM", "NOAUTH"}
+)
+"""Error replies of commands Redis refused before running them (or, for a script, at
+its first write command: each of ours writes nothing before its first write)."""
+
 
 class Link(Protocol):
     """Where a node's commands go: :class:`~multistore._resp.RespPool` or
@@ -341,7 +347,12 @@ class RedisNode(QuorumNode):
     def _error(self, op: str, exc: RespError | RespConnectionError) -> StoreError:
         """The multistore error for a failed command (sent or not: the outcome)."""
         if isinstance(exc, RespError):
-            return StoreError(f"quorum node {self.name} failed {op}: {exc.message}")
+            # refusals Redis makes before a script's first write: nothing was applied
+            code = exc.message.split(" ", 1)[0]
+            refused = Outcome.DEFINITE if code in _REFUSALS else Outcome.INDETERMINATE
+            return StoreError(
+                f"quorum node {self.name} failed {op}: {exc.message}", outcome=refused
+            )
         outcome = Outcome.INDETERMINATE if exc.sent else Outcome.DEFINITE
         if isinstance(exc, RespTimeoutError):
             return StoreTimeoutError(

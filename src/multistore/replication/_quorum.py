@@ -135,8 +135,12 @@ class WeakQuorumWarning(UserWarning):
 class QuorumError(StoreUnavailableError):
     """Fewer replicas answered than the consistency level needs.
 
-    Indeterminate for writes that reached some replicas: the write may still
-    surface (through read repair, hints or anti-entropy).
+    A failed write is definite only when every replica refused it definitely (or
+    too few were up to send it at all); otherwise — an acknowledgement short of W,
+    a timeout, a connection lost after sending — it is indeterminate: the write may
+    still surface (through read repair, hints or anti-entropy). A read that could
+    not bring the version it found to R replicas is indeterminate too (its repair
+    may still apply).
     """
 
     def __init__(
@@ -523,21 +527,29 @@ class QuorumCluster:
                 outcome=Outcome.DEFINITE,
             )
         acks = tuple(fan.results)
+        total, primary = fan.counts(write=True)
+        failed = total < need or primary < pneed
+        if failed and not (acks or fan.pending or fan.maybe_applied):
+            # every replica refused definitely: no hint either, so it never will apply
+            raise QuorumError(
+                f"write of {group!r} refused by every replica ({fan.describe_errors()})",
+                acks=(),
+                required=need,
+                outcome=Outcome.DEFINITE,
+            )
         hinted: tuple[str, ...] = ()
         if fan.failed_homes or fan.stand_in:
             hinted = await record_hints(self, group, member, hlc, blob, fan)
         for task, name in fan.pending.items():
             if name in fan.homes:
                 when_done(task, late_write_hinter(self, group, member, hlc, blob, name))
-        total, primary = fan.counts(write=True)
-        if total < need or primary < pneed:
-            outcome = Outcome.INDETERMINATE if acks or fan.pending else Outcome.DEFINITE
+        if failed:
             raise QuorumError(
                 f"write of {group!r} reached {len(acks)} of the {need} replicas it needs "
-                f"({fan.describe_errors()})",
+                f"({fan.describe_errors()}); it may still apply",
                 acks=acks,
                 required=need,
-                outcome=outcome,
+                outcome=Outcome.INDETERMINATE,
             )
         return WriteResult(version, acks, hinted)
 
