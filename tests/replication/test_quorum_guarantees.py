@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import os
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -13,7 +14,7 @@ import pytest
 from multistore.core import KeepSiblings, VersionVector
 from multistore.core._hlc import HLCTimestamp
 from multistore.core._quorum import Consistency
-from multistore.errors import InvalidURLError, Outcome
+from multistore.errors import InvalidURLError, InvalidValueError, Outcome
 from multistore.replication._quorum import QuorumCluster, QuorumError
 from multistore.replication._qwidecolumn import QuorumWideColumnStore
 from tests.replication.quorum_helpers import (
@@ -154,8 +155,6 @@ def test_concurrent_writes_of_two_coordinators_stay_siblings(topo: Topology) -> 
 
 @pytest.mark.parametrize("bad", ["has space", ""])
 def test_a_bad_coordinator_id_is_refused_and_nothing_stays_open(tmp_path: Path, bad: str) -> None:
-    from multistore.errors import InvalidValueError
-
     async def body() -> None:
         with pytest.raises(InvalidValueError, match="node id"):
             await QuorumCluster.embedded(tmp_path, nodes=3, node_id=bad)
@@ -312,3 +311,48 @@ def test_a_write_every_replica_refused_is_definite(topo: Topology) -> None:
 
 async def _reads(c: QuorumCluster, key: str, value: str) -> bool:
     return bool((await c.get(key, r=Consistency.ALL)).value == value)
+
+
+# -- writes with a context ------------------------------------------------------------------
+
+
+def test_a_write_with_a_context_wins_over_what_it_read_whatever_the_clock(
+    topo: Topology,
+) -> None:
+    """Regression: the coordinator's clock never observed what it read, so a
+    read-modify-write from a coordinator 2 s behind lost, under LWW, to the very value
+    it had read."""
+
+    async def body() -> None:
+        ahead = await topo.cluster()
+        behind = await topo.cluster(hlc_now_ms=lambda: time.time_ns() // 1_000_000 - 2000)
+        await ahead.put("counter", 1)
+        got = await behind.get("counter")
+        written = await behind.put("counter", got.value + 1, context=got.context)
+        assert (await ahead.get("counter", r=Consistency.ALL)).value == 2
+        assert written.version.hlc > got.versions[0].hlc
+        # a context covering several coordinators' versions: after all of them
+        third = await topo.cluster(hlc_now_ms=lambda: 5)
+        both = await third.get("counter")
+        again = await third.put("counter", 3, context=both.context)
+        assert again.version.hlc > written.version.hlc
+        assert (await behind.get("counter", r=Consistency.ALL)).value == 3
+        # a write without a context is stamped by its coordinator's clock alone
+        late = await topo.cluster(hlc_now_ms=lambda: 5)
+        await late.put("counter", 4)
+        assert (await ahead.get("counter", r=Consistency.ALL)).value == 3
+
+    run(topo, body)
+
+
+def test_a_context_that_no_write_made_is_refused(tmp_path: Path) -> None:
+    async def body() -> None:
+        c = await QuorumCluster.embedded(tmp_path, nodes=3)
+        try:
+            with pytest.raises(InvalidValueError, match="context counter"):
+                await c.put("k", 1, context=VersionVector({"x": 2**80}))
+            assert not (await c.get("k")).found
+        finally:
+            await c.close()
+
+    asyncio.run(body())

@@ -59,6 +59,7 @@ from multistore.core import (
     Versioned,
     VersionVector,
 )
+from multistore.core._hlc import MAX_PHYSICAL_MS, HLCTimestamp, SkewPolicy
 from multistore.core._quorum import Level, QuorumConfig, required
 from multistore.core._ring import HashRing
 from multistore.errors import (
@@ -308,7 +309,8 @@ class QuorumCluster:
         now_ms = hlc_now_ms or (lambda: time.time_ns() // 1_000_000)
         if node_id is None:
             node_id = coordinator_id()
-        self._hlc = HybridClock(node_id, now_ms=now_ms, max_skew_ms=10**12)
+        # no skew guard: a context from a clock far ahead still orders the write after it
+        self._hlc = HybridClock(node_id, now_ms=now_ms, policy=SkewPolicy.FLAG)
         self.node_id = node_id
         """This coordinator's identity: its version-vector actor and HLC tie-break."""
         self._nodes = {node.name: node for node in nodes}
@@ -478,13 +480,21 @@ class QuorumCluster:
     # -- record level (used by the wide-column store) -----------------------------------
 
     def _version(self, payload: Any, context: VersionVector | None) -> Versioned[Any]:
-        hlc = self._hlc.now()
-        counter = hlc.physical_ms * 2**24 + hlc.counter + 1
+        """The version a write makes: an HLC stamp, and a vector whose counter for this
+        coordinator encodes that stamp (``physical_ms * 2**24 + counter + 1``).
+
+        So a context tells how late the versions it covers were stamped, and a write
+        that carries one is stamped after all of them, whatever this coordinator's
+        wall clock says: under LWW a read-modify-write never loses to what it read.
+        """
         if context is None or not context:
-            vv = VersionVector({self.node_id: counter})
-        else:
-            counter = max(counter, context.get_count(self.node_id) + 1)
-            vv = context.merge(VersionVector({self.node_id: counter}))
+            hlc = self._hlc.now()
+            return Versioned(
+                payload, hlc, VersionVector({self.node_id: _counter(hlc)}), self.node_id
+            )
+        hlc = self._hlc.update(_stamp_of(max(context.values()), self.node_id))
+        counter = max(_counter(hlc), context.get_count(self.node_id) + 1)
+        vv = context.merge(VersionVector({self.node_id: counter}))
         return Versioned(payload, hlc, vv, self.node_id)
 
     async def put_record(
@@ -868,6 +878,26 @@ async def _construct(
             await node.close()
         await hints.close()
         raise
+
+
+_LOGICAL: Final = 2**24
+"""HLC counters per millisecond in a version-vector counter (MAX_COUNTER + 1)."""
+
+
+def _counter(hlc: HLCTimestamp) -> int:
+    """The version-vector counter of a write stamped ``hlc``."""
+    return hlc.physical_ms * _LOGICAL + hlc.counter + 1
+
+
+def _stamp_of(counter: int, node: str) -> HLCTimestamp:
+    """The HLC stamp a version-vector counter encodes (an upper bound on the stamp of
+    every version it covers)."""
+    physical, logical = divmod(counter - 1, _LOGICAL)
+    if physical > MAX_PHYSICAL_MS:
+        raise InvalidValueError(
+            f"context counter {counter} is not one a quorum write made (too large)"
+        )
+    return HLCTimestamp(physical, logical, node)
 
 
 def _answers(fan: Fanout) -> dict[str, Any]:
