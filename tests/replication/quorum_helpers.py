@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from multistore.core._quorum import QuorumConfig
+from multistore.errors import MultistoreError
 from multistore.lab.servers import RedisServer, unique_name
 from multistore.replication._hints import HintStore
 from multistore.replication._qnodes import QuorumNode, Record, SQLiteNode
@@ -151,9 +152,14 @@ def keys_homed_on(cluster: QuorumCluster, node: str, count: int) -> list[str]:
 
 
 async def held(cluster: QuorumCluster, key: str, nodes: Any = None) -> dict[str, Record | None]:
-    """The record each node (default: every node of the cluster) holds for ``key``."""
+    """The record each node (default: every node of the cluster) that answers holds
+    for ``key``."""
     names = cluster.nodes if nodes is None else list(nodes)
-    return {name: await cluster.node(name).read(key.encode()) for name in names}
+    records: dict[str, Record | None] = {}
+    for name in names:
+        with contextlib.suppress(MultistoreError):
+            records[name] = await cluster.node(name).read(key.encode())
+    return records
 
 
 async def no_pending_hints(c: QuorumCluster) -> bool:

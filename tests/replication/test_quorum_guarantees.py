@@ -356,3 +356,36 @@ def test_a_context_that_no_write_made_is_refused(tmp_path: Path) -> None:
             await c.close()
 
     asyncio.run(body())
+
+
+# -- hinted handoff -------------------------------------------------------------------------
+
+
+def test_handing_off_a_hint_never_drops_a_write_below_w_copies(topo: Topology) -> None:
+    """Regression: delivering a hint removed the stand-in's copy, though that copy was
+    a newer write that only it and one home held: an acknowledged W=2 write was left
+    on one node."""
+
+    async def body() -> None:
+        x = await topo.cluster(m=4, config=SLOPPY3, failure_threshold=99)
+        y = await topo.cluster(m=4, config=SLOPPY3, failure_threshold=99)
+        key = "handoff"
+        first, second, third = x.preference_list(key)
+        (stand_in,) = set(x.nodes) - {first, second, third}
+        topo.kill(third)
+        await x.put(key, "v1")  # first, second, and the stand-in for third
+        await x.wait_background()
+        assert [h.fallback for h in await x.hints.pending(third)] == [stand_in]
+        topo.kill(second)
+        written = await y.put(key, "v2")  # first and the stand-in: W=2
+        assert set(written.acks) == {first, stand_in}
+        topo.revive(third)
+        assert await x.deliver_hints() == 1  # x hands its v1 to third
+        holding = [n for n, rec in (await held(x, key)).items() if rec and b'"v2"' in rec[1]]
+        assert len(holding) >= 2, f"v2, acknowledged at W=2, is left on {holding}"
+        topo.revive(second)
+        await y.deliver_hints()
+        assert (await x.get(key, r=Consistency.ALL)).value == "v2"
+        assert (await held(x, key))[stand_in] is None  # handed back at last
+
+    run(topo, body)

@@ -63,8 +63,11 @@ async def _exercise(node: RedisNode) -> None:
     assert [name for name, _ in entries] == sorted([entry_name(b"g", b"m"), entry_name(b"g", b"n")])
     leaves = await node.leaf_hashes([(0, 2**64 - 1)], 0)
     assert list(leaves) == [0]
-    await node.remove(b"g", b"m")
+    assert await node.remove(b"g", b"m", expected=("0002", b"not held")) is False
+    assert await node.read(b"g", b"m") == ("0002", b"two")  # not what the caller read
+    assert await node.remove(b"g", b"m", expected=("0002", b"two")) is True
     assert await node.read(b"g", b"m") is None
+    assert await node.remove(b"g", b"m") is False  # nothing left
     assert [name for name, _ in await node.entries(0, 2**64 - 1)] == [entry_name(b"g", b"n")]
     await node.wipe()
     assert await node.scan(b"g", None, None) == []

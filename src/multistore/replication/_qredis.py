@@ -106,13 +106,15 @@ end
 return out
 """)
 
-# KEYS: records hash, members zset, entry index zset, digests hash. ARGV: member, entry.
+# KEYS: records hash, members zset, entry index zset, digests hash. ARGV: member, entry,
+# and the value the record must still hold (optional).
 _REMOVE: Final = RespScript("""
-redis.call('HDEL', KEYS[1], ARGV[1])
+if #ARGV == 3 and redis.call('HGET', KEYS[1], ARGV[1]) ~= ARGV[3] then return 0 end
+local removed = redis.call('HDEL', KEYS[1], ARGV[1])
 redis.call('ZREM', KEYS[2], ARGV[1])
 redis.call('ZREM', KEYS[3], ARGV[2])
 redis.call('HDEL', KEYS[4], ARGV[2])
-return 1
+return removed
 """)
 
 # KEYS: entry index zset, digests hash. ARGV: hex chars per leaf, then lo/hi bound pairs.
@@ -428,9 +430,14 @@ class RedisNode(QuorumNode):
         flat = await self._script("scan", _SCAN, self._keys(group), args, _flat)
         return [(_bytes(flat[i]), unpack_record(flat[i + 1])) for i in range(0, len(flat), 2)]
 
-    async def remove(self, group: bytes, member: bytes = b"") -> None:
+    async def remove(
+        self, group: bytes, member: bytes = b"", *, expected: Record | None = None
+    ) -> bool:
         keys = [*self._keys(group), self._index, self._digests]
-        await self._script("remove", _REMOVE, keys, [member, entry_name(group, member)], _text)
+        args: list[bytes | str] = [member, entry_name(group, member)]
+        if expected is not None:
+            args.append(pack_record(*expected))
+        return await self._script("remove", _REMOVE, keys, args, bool)
 
     async def leaf_hashes(self, arcs: Sequence[tuple[int, int]], depth: int) -> dict[int, str]:
         args: list[str | int] = [depth // 4]

@@ -431,8 +431,12 @@ class QuorumWideColumnStore(WideColumnStore):
                 if newest is None or newest.value == TOMBSTONE:
                     continue
                 expires = newest.value.get("x")
-                if expires is not None and expires <= now:
-                    await node.remove(group, member)
+                # only what was read: a write that came in meanwhile stays
+                if (
+                    expires is not None
+                    and expires <= now
+                    and await node.remove(group, member, expected=record)
+                ):
                     removed.add((group, member))
         return len(removed)
 
