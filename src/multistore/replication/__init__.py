@@ -13,8 +13,9 @@ each local write with its HLC in the same transaction) and :class:`Replicator`
 :mod:`multistore.core` (LWW, merge function, siblings, CRDTs) and record conflicts.
 
 **Quorum.** :class:`QuorumCluster` places keys on N of M nodes (Redis servers or
-SQLite files) by consistent hashing, with per-request R/W, read repair, hinted
-handoff (:class:`HintStore`) and Merkle anti-entropy (:func:`anti_entropy`);
+SQLite files) by consistent hashing, with per-request R/W, strict or sloppy quorums,
+blocking read repair, hinted handoff (:class:`HintStore`), Merkle anti-entropy
+(:func:`anti_entropy`) and membership changes (:class:`MembershipChange`);
 :class:`QuorumWideColumnStore` is the distributed wide-column backend
 (``quorum://`` URLs).
 
@@ -59,6 +60,7 @@ from multistore.replication._policies import (
 from multistore.replication._qdetector import (
     ThresholdDetector,
 )
+from multistore.replication._qmembership import MembershipChange
 from multistore.replication._qnodes import (
     QuorumNode,
     SQLiteNode,
@@ -70,6 +72,7 @@ from multistore.replication._quorum import (
     QuorumCluster,
     QuorumError,
     WeakQuorumWarning,
+    coordinator_id,
     quorum_status,
 )
 from multistore.replication._quorum import ReadResult as QuorumReadResult
@@ -105,6 +108,7 @@ __all__ = [
     "LeastLagPolicy",
     "LogShipper",
     "LogShipping",
+    "MembershipChange",
     "MemoryTransport",
     "MultiMasterNode",
     "Node",
@@ -136,6 +140,7 @@ __all__ = [
     "WeakQuorumWarning",
     "WriteResult",
     "anti_entropy",
+    "coordinator_id",
     "is_read",
     "multimaster_demo",
     "multimaster_status",

@@ -25,7 +25,7 @@ from multistore.replication._qnodes import Record
 if TYPE_CHECKING:
     from multistore.replication._quorum import QuorumCluster
 
-__all__ = ["deliver_hints", "late_write_hinter", "record_hints"]
+__all__ = ["deliver_hints", "hint", "late_write_hinter", "record_hints"]
 
 
 async def hint(
@@ -37,7 +37,10 @@ async def hint(
     blob: bytes,
     fallback: str,
 ) -> bool:
-    """Keep a hint for ``home`` unless it has been failing for longer than the window."""
+    """Keep a hint for ``home`` unless it has been failing for longer than the window
+    (or left the cluster)."""
+    if home not in cluster.nodes:
+        return False
     if cluster.detector.down_for(home) > cluster.hint_window:
         cluster.stats.hints_dropped += 1
         return False

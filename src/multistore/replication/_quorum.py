@@ -68,14 +68,15 @@ from multistore.errors import (
     Outcome,
     StoreError,
     StoreTimeoutError,
-    StoreUnavailableError,
     UsageError,
 )
 from multistore.replication._antientropy import RepairReport, anti_entropy
-from multistore.replication._handoff import deliver_hints, late_write_hinter, record_hints
+from multistore.replication._handoff import deliver_hints, hint, late_write_hinter, record_hints
 from multistore.replication._hints import HintStore
 from multistore.replication._qdetector import ThresholdDetector
+from multistore.replication._qerrors import QuorumError
 from multistore.replication._qfanout import Fanout, fan_out
+from multistore.replication._qmembership import MembershipChange, add_node, remove_node
 from multistore.replication._qnodes import QuorumNode, Record, SQLiteNode, when_done
 from multistore.replication._qredis import RedisNode
 
@@ -131,25 +132,6 @@ def coordinator_id() -> str:
 
 class WeakQuorumWarning(UserWarning):
     """R + W <= N: reads may miss the latest acknowledged write."""
-
-
-class QuorumError(StoreUnavailableError):
-    """Fewer replicas answered than the consistency level needs.
-
-    A failed write is definite only when every replica refused it definitely (or
-    too few were up to send it at all); otherwise — an acknowledgement short of W,
-    a timeout, a connection lost after sending — it is indeterminate: the write may
-    still surface (through read repair, hints or anti-entropy). A read that could
-    not bring the version it found to R replicas is indeterminate too (its repair
-    may still apply).
-    """
-
-    def __init__(
-        self, message: str, *, acks: Sequence[str], required: int, outcome: Outcome
-    ) -> None:
-        super().__init__(message, outcome=outcome)
-        self.acks = tuple(acks)
-        self.required = required
 
 
 @dataclass(frozen=True, slots=True)
@@ -319,6 +301,14 @@ class QuorumCluster:
         )
         self.stats = _Stats()
         self._background: set[asyncio.Future[Any]] = set()
+        self.pending_ring: HashRing | None = None
+        self._switched_from = self._ring
+        """The ring a membership change is moving to (writes go to its new replicas too)."""
+        self._generation = 0
+        self._in_flight: dict[int, int] = {}
+        self._idle: asyncio.Event | None = None
+        self._retired: dict[str, QuorumNode] = {}
+        self.membership_lock = asyncio.Lock()
         self._loop_task: asyncio.Task[None] | None = None
         self.closed = False
 
@@ -328,18 +318,19 @@ class QuorumCluster:
     async def embedded(
         cls,
         path: str | Path,
-        nodes: int = 3,
+        nodes: int | Sequence[str] = 3,
         *,
         hints_path: str | Path | None = "",
         **options: Any,
     ) -> QuorumCluster:
-        """``nodes`` SQLite nodes ``node0`` … in ``path``; hints in ``path/hints.db``
-        (``hints_path=None``: in memory)."""
+        """``nodes`` SQLite nodes ``node0`` … (or the names given) in ``path``, one file
+        ``<name>.db`` each; hints in ``path/hints.db`` (``hints_path=None``: in memory)."""
         root = Path(path)
+        names = [f"node{i}" for i in range(nodes)] if isinstance(nodes, int) else list(nodes)
         opened: list[SQLiteNode] = []
         try:
-            for i in range(nodes):
-                opened.append(await SQLiteNode(f"node{i}", root / f"node{i}.db").open())
+            for name in names:
+                opened.append(await SQLiteNode(name, root / f"{name}.db").open())
             hint_file = root / "hints.db" if hints_path == "" else hints_path
             hints = await HintStore.open(hint_file)
         except BaseException:
@@ -376,7 +367,7 @@ class QuorumCluster:
             self._loop_task.cancel()
             await asyncio.gather(self._loop_task, return_exceptions=True)
         await self.wait_background()
-        for node in self._nodes.values():
+        for node in [*self._nodes.values(), *self._retired.values()]:
             await node.close()
         await self.hints.close()
 
@@ -527,41 +518,80 @@ class QuorumCluster:
             def store(node: QuorumNode) -> Awaitable[object]:
                 return self.apply_record(node, group, member, hlc, blob)
 
-        fan = await self._fanout(group, need, pneed, store, write=True)
-        if fan.unavailable:
-            raise QuorumError(
-                f"write of {group!r} not sent: fewer than the {need} replicas it needs are "
-                f"up ({fan.describe_errors()})",
-                acks=(),
-                required=need,
-                outcome=Outcome.DEFINITE,
-            )
-        acks = tuple(fan.results)
-        total, primary = fan.counts(write=True)
-        failed = total < need or primary < pneed
-        if failed and not (acks or fan.pending or fan.maybe_applied):
-            # every replica refused definitely: no hint either, so it never will apply
-            raise QuorumError(
-                f"write of {group!r} refused by every replica ({fan.describe_errors()})",
-                acks=(),
-                required=need,
-                outcome=Outcome.DEFINITE,
-            )
-        hinted: tuple[str, ...] = ()
-        if fan.failed_homes or fan.stand_in:
-            hinted = await record_hints(self, group, member, hlc, blob, fan)
-        for task, name in fan.pending.items():
-            if name in fan.homes:
-                when_done(task, late_write_hinter(self, group, member, hlc, blob, name))
-        if failed:
-            raise QuorumError(
-                f"write of {group!r} reached {len(acks)} of the {need} replicas it needs "
-                f"({fan.describe_errors()}); it may still apply",
-                acks=acks,
-                required=need,
-                outcome=Outcome.INDETERMINATE,
-            )
-        return WriteResult(version, acks, hinted)
+        generation = self._enter()
+        pending = self.pending_ring  # the ring a membership change is moving to, if any
+        try:
+            fan = await self._fanout(group, need, pneed, store, write=True)
+            if fan.unavailable:
+                raise QuorumError(
+                    f"write of {group!r} not sent: fewer than the {need} replicas it needs "
+                    f"are up ({fan.describe_errors()})",
+                    acks=(),
+                    required=need,
+                    outcome=Outcome.DEFINITE,
+                )
+            joined = False
+            if pending is not None:  # a node joins or leaves: its new replicas too
+                joined = await self._write_joining(pending, group, member, hlc, blob, store)
+            acks = tuple(fan.results)
+            total, primary = fan.counts(write=True)
+            failed = total < need or primary < pneed
+            if failed and not (acks or fan.pending or fan.maybe_applied or joined):
+                # every replica refused definitely: no hint either, so it never will apply
+                raise QuorumError(
+                    f"write of {group!r} refused by every replica ({fan.describe_errors()})",
+                    acks=(),
+                    required=need,
+                    outcome=Outcome.DEFINITE,
+                )
+            hinted: tuple[str, ...] = ()
+            if fan.failed_homes or fan.stand_in:
+                hinted = await record_hints(self, group, member, hlc, blob, fan)
+            for task, name in fan.pending.items():
+                if name in fan.homes:
+                    when_done(task, late_write_hinter(self, group, member, hlc, blob, name))
+            if failed:
+                raise QuorumError(
+                    f"write of {group!r} reached {len(acks)} of the {need} replicas it needs "
+                    f"({fan.describe_errors()}); it may still apply",
+                    acks=acks,
+                    required=need,
+                    outcome=Outcome.INDETERMINATE,
+                )
+            return WriteResult(version, acks, hinted)
+        finally:
+            self._leave(generation)
+
+    async def _write_joining(
+        self,
+        pending: HashRing,
+        group: bytes,
+        member: bytes,
+        hlc: str,
+        blob: bytes,
+        store: Callable[[QuorumNode], Awaitable[object]],
+    ) -> bool:
+        """During a membership change, write to the group's replicas on the ``pending``
+        ring that are none on the old one (even if the ring switched meanwhile), and
+        wait for them (a failure leaves a hint). True when the write may have reached
+        one of them."""
+        homes = self._old_homes(pending, group)
+        targets = [n for n in pending.preference_list(group, self.config.n) if n not in homes]
+        if not targets:
+            return False
+        calls = [asyncio.ensure_future(self.call_node(n, store, single=self._lww)) for n in targets]
+        reached = False
+        for name, got in zip(
+            targets, await asyncio.gather(*calls, return_exceptions=True), strict=True
+        ):
+            if isinstance(got, BaseException):
+                if not isinstance(got, MultistoreError):
+                    raise got
+                reached = reached or not got.definite
+                await hint(self, name, group, member, hlc, blob, "")
+            else:
+                reached = True
+        return reached
 
     async def get_record(
         self, group: bytes, member: bytes, *, r: Level | None = None, pr: int | None = None
@@ -575,17 +605,21 @@ class QuorumCluster:
         def read(node: QuorumNode) -> Awaitable[Record | None]:
             return node.read(group, member)
 
-        fan = await self._fanout(group, need, pneed, read, write=False)
-        self._check_read(group, fan, need, pneed)
-        result, target, stale = self._resolve(_answers(fan))
-        if target is None or not stale:
-            return result
-        await self._finish_repairs(
-            group,
-            [(len(result.replicas) - len(stale), self._repair(group, member, target, stale))],
-            need,
-        )
-        return ReadResult(result.versions, result.context, result.replicas, tuple(stale))
+        generation = self._enter()
+        try:
+            fan = await self._fanout(group, need, pneed, read, write=False)
+            self._check_read(group, fan, need, pneed)
+            result, target, stale = self._resolve(_answers(fan))
+            if target is None or not stale:
+                return result
+            await self._finish_repairs(
+                group,
+                [(len(result.replicas) - len(stale), self._repair(group, member, target, stale))],
+                need,
+            )
+            return ReadResult(result.versions, result.context, result.replicas, tuple(stale))
+        finally:
+            self._leave(generation)
 
     async def scan_records(
         self,
@@ -609,6 +643,20 @@ class QuorumCluster:
         async def scan(node: QuorumNode) -> list[tuple[bytes, Record]]:
             return await node.scan(group, lo, hi, reverse=reverse, limit=limit)
 
+        generation = self._enter()
+        try:
+            return await self._scan(group, scan, need, reverse, limit)
+        finally:
+            self._leave(generation)
+
+    async def _scan(
+        self,
+        group: bytes,
+        scan: Callable[[QuorumNode], Awaitable[list[tuple[bytes, Record]]]],
+        need: int,
+        reverse: bool,
+        limit: int | None,
+    ) -> tuple[list[ScanRow], bool]:
         fan = await self._fanout(group, need, 0, scan, write=False)
         self._check_read(group, fan, need, 0)
         members: set[bytes] = set()
@@ -633,6 +681,68 @@ class QuorumCluster:
             out.append(ScanRow(m, result))
         await self._finish_repairs(group, repairs, need)
         return out, truncated
+
+    # -- membership -----------------------------------------------------------------------
+
+    async def add_node(self, node: QuorumNode, *, cleanup: bool = True) -> MembershipChange:
+        """Bootstrap ``node`` into the ring: stream it the ranges it will replicate,
+        then switch the ring (see :mod:`._qmembership`)."""
+        self._check_open()
+        return await add_node(self, node, cleanup=cleanup)
+
+    async def remove_node(self, name: str) -> MembershipChange:
+        """Decommission node ``name``: stream its ranges to the nodes that take them
+        over, then switch the ring (see :mod:`._qmembership`)."""
+        self._check_open()
+        return await remove_node(self, name)
+
+    def _old_homes(self, pending: HashRing, group: bytes) -> tuple[str, ...]:
+        if self.ring is pending:  # switched while the write was under way
+            return tuple(self._switched_from.preference_list(group, self.config.n))
+        return self.placement(group)[0]
+
+    def _enter(self) -> int:
+        """Count a request in (under the ring it starts with); :meth:`_leave` after."""
+        generation = self._generation
+        self._in_flight[generation] = self._in_flight.get(generation, 0) + 1
+        return generation
+
+    def _leave(self, generation: int) -> None:
+        left = self._in_flight[generation] - 1
+        if left:
+            self._in_flight[generation] = left
+            return
+        del self._in_flight[generation]
+        idle = self._idle
+        if idle is not None:
+            idle.set()
+
+    async def drain(self) -> None:
+        """Start a new generation of requests and wait for the older ones to finish
+        (the membership change's barrier: none of them still uses the old placement)."""
+        self._generation += 1
+        current = self._generation
+        while any(generation < current for generation in self._in_flight):
+            self._idle = asyncio.Event()
+            await self._idle.wait()
+        self._idle = None
+
+    def join(self, node: QuorumNode) -> None:
+        """Give the coordinator a handle on a node that is not on the ring yet."""
+        if node.name in self._nodes:
+            raise InvalidValueError(f"a node named {node.name!r} is already in the cluster")
+        self._nodes[node.name] = node
+        self.detector.add(node.name)
+
+    def switch_ring(self, ring: HashRing) -> None:
+        """Place keys by ``ring`` from now on; a node it drops is retired (its handle
+        is closed with the cluster)."""
+        for name in [n for n in self._nodes if n not in ring]:
+            self._retired[name] = self._nodes.pop(name)
+            self.detector.remove(name)
+        self._switched_from = self.ring
+        self.ring = ring
+        self.pending_ring = None
 
     # -- internals ----------------------------------------------------------------------
 
@@ -683,7 +793,10 @@ class QuorumCluster:
         :class:`~._qnodes.Reply`), so does this: the detector hears from a listener
         or done-callback, with no coroutine or task between.
         """
-        node = self._nodes[name]
+        try:
+            node = self._nodes[name]
+        except KeyError:  # a node that left, asked by a request begun before
+            node = self._retired[name]
         deadline = node.deadline
         call = fn(node)
         if single and deadline is not None and deadline <= self.timeout:
