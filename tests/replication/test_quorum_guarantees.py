@@ -4,6 +4,7 @@ SQLite nodes and on Redis servers (see :mod:`tests.replication.quorum_helpers`).
 from __future__ import annotations
 
 import asyncio
+import collections
 import os
 import threading
 import time
@@ -15,6 +16,7 @@ from multistore.core import KeepSiblings, VersionVector
 from multistore.core._hlc import HLCTimestamp
 from multistore.core._quorum import Consistency
 from multistore.errors import InvalidURLError, InvalidValueError, Outcome
+from multistore.replication._qnodes import SQLiteNode
 from multistore.replication._quorum import QuorumCluster, QuorumError
 from multistore.replication._qwidecolumn import QuorumWideColumnStore
 from tests.replication.quorum_helpers import (
@@ -51,11 +53,13 @@ def test_coordinator_ids_are_unique_and_settable(tmp_path: Path) -> None:
     assert child.split("-")[1] != mine.split("-")[1]
 
     async def body() -> None:
-        url = f"quorum:///{tmp_path / 'wc'}?nodes=3&n=3&node_id=shop-eu-1&sloppy=true"
+        options = "nodes=3&n=3&node_id=shop-eu-1&sloppy=true&read_from=fastest"
+        url = f"quorum:///{tmp_path / 'wc'}?{options}"
         store = await QuorumWideColumnStore.open_url(url)
         other = await QuorumWideColumnStore.open_url(f"quorum:///{tmp_path / 'wc2'}?nodes=3")
         try:
             assert store.cluster.config.sloppy and not other.cluster.config.sloppy
+            assert (store.cluster.read_from, other.cluster.read_from) == ("fastest", "random")
             assert store.cluster.node_id == "shop-eu-1"
             written = await store.cluster.put("k", 1)
             assert written.version.origin == "shop-eu-1"
@@ -389,3 +393,43 @@ def test_handing_off_a_hint_never_drops_a_write_below_w_copies(topo: Topology) -
         assert (await held(x, key))[stand_in] is None  # handed back at last
 
     run(topo, body)
+
+
+# -- where reads go -----------------------------------------------------------------------
+
+
+def test_reads_spread_over_the_replicas(topo: Topology) -> None:
+    """Regression: an R=1 read always asked the key's first home (a hotspot, and it hid
+    monotonic-read violations)."""
+
+    async def body() -> None:
+        c = await topo.cluster()
+        await c.put("hot", 1, w=Consistency.ALL)
+        served = collections.Counter()
+        for _ in range(60):
+            got = await c.get("hot", r=1)
+            assert got.value == 1
+            served.update(got.replicas)
+        assert set(served) == set(c.preference_list("hot")), served
+
+    run(topo, body)
+
+
+def test_reads_can_go_to_the_fastest_replicas(tmp_path: Path) -> None:
+    async def body() -> None:
+        c = await QuorumCluster.embedded(tmp_path, nodes=3, read_from="fastest")
+        try:
+            slow = c.node("node1")
+            assert isinstance(slow, SQLiteNode)
+            await c.put("k", 1, w=Consistency.ALL)  # every node's latency is measured
+            slow.set_delay(0.05)
+            await c.put("k", 2, w=Consistency.ALL)
+            for _ in range(20):
+                got = await c.get("k")
+                assert got.value == 2 and "node1" not in got.replicas
+        finally:
+            await c.close()
+        with pytest.raises(InvalidValueError, match="read_from"):
+            await QuorumCluster.embedded(tmp_path / "x", nodes=3, read_from="nearest")  # type: ignore[arg-type]
+
+    asyncio.run(body())

@@ -101,6 +101,17 @@ class ThresholdDetector:
         if health.down_since is None:
             health.down_since = now  # the start of this run of failures
 
+    def fastest_first(self, nodes: list[str]) -> list[str]:
+        """``nodes`` by their latency average, lowest first (a node not heard from yet
+        first, so that it gets measured)."""
+        health = self._health
+
+        def latency(name: str) -> float:
+            known = health.get(name)
+            return 0.0 if known is None or known.latency_ms is None else known.latency_ms
+
+        return sorted(nodes, key=latency)
+
     def view(self) -> list[dict[str, Any]]:
         return [
             {

@@ -3,10 +3,11 @@
 A write goes to every home replica that is not known to be down, and in a sloppy
 quorum a stand-in (the next node on the ring) replaces each home that is down or
 fails; a strict quorum has no fallbacks to give it. When too few replicas are up to
-meet the level, nothing is sent at all. A read asks R homes first; when one fails,
-or when the read is still short of R answers ``speculative_after`` seconds after it
-started (or after its last speculative retry), the next home is asked too (a
-speculative retry), then fallbacks (sloppy quorums only). The fan-out returns as
+meet the level, nothing is sent at all. A read asks R of the homes first, in the
+coordinator's order (random by default, so no home is every read's first stop);
+when one fails, or when the read is still short of R answers ``speculative_after``
+seconds after it started (or after its last speculative retry), the next home is
+asked too (a speculative retry), then fallbacks (sloppy quorums only). The fan-out returns as
 soon as ``need`` answers (``pneed`` of them from homes) are in; calls still running
 are handed back in :attr:`Fanout.pending` so the coordinator lets them finish in
 the background.
@@ -89,6 +90,7 @@ class _Run:
         "finished",
         "loop",
         "need",
+        "order",
         "others",
         "pneed",
         "spares",
@@ -107,8 +109,10 @@ class _Run:
         pneed: int,
         write: bool,
         speculative_after: float | None,
+        order: Callable[[list[str]], list[str]] | None,
     ) -> None:
         self.call = call
+        self.order = order
         self.available = available
         self.need = need
         self.pneed = pneed
@@ -176,6 +180,8 @@ class _Run:
                 self.stand_in_for(home)
         else:
             need = self.need
+            if self.order is not None and len(up) > 1:
+                up = self.order(up)
             for home in up[:need]:
                 self.launch(home)
             self.spares = up[need:]
@@ -283,9 +289,11 @@ def fan_out(
     pneed: int,
     write: bool,
     speculative_after: float | None,
+    order: Callable[[list[str]], list[str]] | None = None,
 ) -> Coroutine[Any, Any, Fanout]:
     """Start ``call(node)`` on replicas now; await the result for the fan-out once
-    ``need`` answers are in (see the module docstring)."""
-    run = _Run(call, homes, fallbacks, available, need, pneed, write, speculative_after)
+    ``need`` answers are in (see the module docstring). ``order`` puts the homes that
+    are up in the order a read asks them."""
+    run = _Run(call, homes, fallbacks, available, need, pneed, write, speculative_after, order)
     run.start()
     return run.wait()

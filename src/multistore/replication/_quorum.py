@@ -42,13 +42,14 @@ import functools
 import itertools
 import json
 import os
+import random
 import secrets
 import time
 import warnings
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Final, TypeVar
+from typing import Any, Final, Literal, TypeVar
 
 from multistore.core import (
     LWW,
@@ -266,6 +267,7 @@ class QuorumCluster:
         node_id: str | None = None,
         failure_threshold: int = 3,
         probe_after: float = 1.0,
+        read_from: Literal["random", "fastest"] = "random",
     ) -> None:
         names = [node.name for node in nodes]
         if len(set(names)) != len(names) or not names:
@@ -299,6 +301,13 @@ class QuorumCluster:
         self.detector = ThresholdDetector(
             names, threshold=failure_threshold, probe_after=probe_after, clock=clock
         )
+        if read_from == "random":
+            self._read_order: Callable[[list[str]], list[str]] = _rotate
+        elif read_from == "fastest":
+            self._read_order = self.detector.fastest_first
+        else:
+            raise InvalidValueError(f"read_from must be 'random' or 'fastest', got {read_from!r}")
+        self.read_from = read_from
         self.stats = _Stats()
         self._background: set[asyncio.Future[Any]] = set()
         self.pending_ring: HashRing | None = None
@@ -865,6 +874,7 @@ class QuorumCluster:
             pneed=pneed,
             write=write,
             speculative_after=self.speculative_after,
+            order=None if write else self._read_order,
         )
         if fan.speculative:
             self.stats.speculative_retries += fan.speculative
@@ -1011,6 +1021,12 @@ def _stamp_of(counter: int, node: str) -> HLCTimestamp:
             f"context counter {counter} is not one a quorum write made (too large)"
         )
     return HLCTimestamp(physical, logical, node)
+
+
+def _rotate(names: list[str]) -> list[str]:
+    """``names`` from a random one on: each is a read's first stop equally often."""
+    start = random.randrange(len(names))
+    return names[start:] + names[:start]
 
 
 def _answers(fan: Fanout) -> dict[str, Any]:

@@ -7,8 +7,9 @@ membership.
   node, named ``node0`` … in that order, or by ``names=``.
 
 Options: ``n``, ``r``, ``w`` (one/quorum/all/number), ``sloppy`` (true: a sloppy
-quorum), ``vnodes``, ``timeout``, ``prefix`` (Redis key prefix), ``node_id`` (the
-coordinator's identity; default: one unique to it).
+quorum), ``read_from`` (random or fastest: which replicas a read asks first),
+``vnodes``, ``timeout``, ``prefix`` (Redis key prefix), ``node_id`` (the coordinator's
+identity; default: one unique to it).
 """
 
 from __future__ import annotations
@@ -104,6 +105,8 @@ async def open_cluster(url: StoreURL) -> QuorumCluster:
     }
     if "node_id" in opts:
         common["node_id"] = str(opts["node_id"])
+    if "read_from" in opts:
+        common["read_from"] = str(opts["read_from"])
     members = cluster_members(url)
     names = [name for name, _ in members]
     if url.host is None:
