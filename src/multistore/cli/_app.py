@@ -230,21 +230,49 @@ def lab_quorum_command(
         str, typer.Option(help="Topology: embedded (SQLite nodes) or redis (real servers).")
     ] = "embedded",
     faults: Annotated[
-        str, typer.Option(help="Fault schedule: none, kill, partition, latency, skew or chaos.")
+        str,
+        typer.Option(
+            help="Fault schedule: none, kill, kill-homes, partition, lost-replies, latency, "
+            "skew or chaos."
+        ),
     ] = "none",
-    timeout: Annotated[float, typer.Option(help="Per-replica timeout (seconds).")] = 0.5,
+    latency: Annotated[
+        str,
+        typer.Option(
+            help="Delay of every message leg: fixed:2ms, uniform:1ms..5ms, exp:1ms, "
+            "pareto:1ms,2, lognormal:1ms,0.5 or none."
+        ),
+    ] = "none",
+    routing: Annotated[
+        str,
+        typer.Option(help="random: each operation through any coordinator; sticky: one each."),
+    ] = "random",
+    single_writer: Annotated[
+        bool,
+        typer.Option(
+            "--single-writer",
+            help="Each key written by one worker only, so writes of a key never overlap "
+            "(as the PBS model assumes).",
+        ),
+    ] = False,
+    timeout: Annotated[float, typer.Option(help="Per-replica timeout (seconds, above 0).")] = 0.5,
     coordinators: Annotated[
         int, typer.Option(help="Coordinators (clients) sharing the cluster.")
     ] = 2,
     history: Annotated[
         Path | None,
-        typer.Option("--history", help="Write the history as JSON lines.", dir_okay=False),
+        typer.Option(
+            "--history",
+            help="Write the history: Jepsen EDN if the name ends in .edn, else JSON lines.",
+            dir_okay=False,
+        ),
     ] = None,
     plot: Annotated[
         Path | None,
         typer.Option(
             "--plot",
-            help="Draw P(stale read) vs time since the write and latencies (PNG).",
+            help="Draw the operations timeline, P(consistent read) vs time since the write "
+            "and latencies (PNG; needs matplotlib).",
             dir_okay=False,
         ),
     ] = None,
@@ -252,35 +280,36 @@ def lab_quorum_command(
 ) -> None:
     """Run a read/write workload against a quorum cluster it starts itself, inject
     faults on a schedule, and check the recorded history (stale reads, lost writes,
-    monotonic reads, linearizability per key, staleness vs time)."""
+    monotonic reads, linearizability per key, staleness vs time). Exits 0 when valid,
+    80 on anomalies, 81 when unknown, 82 when nothing could be checked."""
 
-    def body() -> None:
-        from multistore.lab._quorum_lab import format_lab_report, lab_quorum
+    def body() -> int:
+        from multistore.cli._lab import run_lab_command
 
-        report = lab_quorum(
-            n=n,
-            r=r,
-            w=w,
-            m=m,
-            ops=ops,
-            concurrency=concurrency,
-            duration=duration,
-            keys=keys,
-            mix=mix,
-            seed=seed,
-            nodes=nodes,
-            faults=faults,
-            timeout=timeout,
-            coordinators=coordinators,
-            history=history,
-            plot=plot,
-        )
-        if as_json:
-            _print_json(report)
-        else:
-            print(format_lab_report(report))
+        options = {
+            "n": n,
+            "r": r,
+            "w": w,
+            "m": m,
+            "ops": ops,
+            "concurrency": concurrency,
+            "duration": duration,
+            "keys": keys,
+            "mix": mix,
+            "seed": seed,
+            "nodes": nodes,
+            "faults": faults,
+            "latency": latency,
+            "routing": routing,
+            "single_writer": single_writer,
+            "timeout": timeout,
+            "coordinators": coordinators,
+        }
+        return run_lab_command(options, history=history, plot=plot, as_json=as_json)
 
-    _guard(body)
+    code = _guard(body)
+    if code:
+        raise typer.Exit(code=code)
 
 
 quorum_app = typer.Typer(

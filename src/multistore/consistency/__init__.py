@@ -37,6 +37,7 @@ from multistore.consistency._idempotency import (
 )
 from multistore.consistency._idempotency_asgi import (
     IdempotencyMiddleware,
+    client_from_principal,
 )
 from multistore.consistency._idempotency_backends import (
     IdempotencyRecord,
@@ -142,6 +143,7 @@ __all__ = [
     "TransactionHeuristicError",
     "TransactionIndeterminateError",
     "check_idempotency_key",
+    "client_from_principal",
     "create_shop_tables",
     "current_run",
     "deduplicated",
