@@ -489,9 +489,8 @@ class QuorumCluster:
         """
         if context is None or not context:
             hlc = self._hlc.now()
-            return Versioned(
-                payload, hlc, VersionVector({self.node_id: _counter(hlc)}), self.node_id
-            )
+            counter = hlc.physical_ms * _LOGICAL + hlc.counter + 1  # _counter(hlc), inline
+            return Versioned(payload, hlc, VersionVector({self.node_id: counter}), self.node_id)
         hlc = self._hlc.update(_stamp_of(max(context.values()), self.node_id))
         counter = max(_counter(hlc), context.get_count(self.node_id) + 1)
         vv = context.merge(VersionVector({self.node_id: counter}))
@@ -527,7 +526,9 @@ class QuorumCluster:
             def store(node: QuorumNode) -> Awaitable[object]:
                 return self.apply_record(node, group, member, hlc, blob)
 
-        generation = self._enter()
+        generation = self._generation  # counted in until _leave (membership's barrier)
+        in_flight = self._in_flight
+        in_flight[generation] = in_flight.get(generation, 0) + 1
         pending = self.pending_ring  # the ring a membership change is moving to, if any
         try:
             fan = await self._fanout(group, need, pneed, store, write=True)
@@ -614,11 +615,13 @@ class QuorumCluster:
         def read(node: QuorumNode) -> Awaitable[Record | None]:
             return node.read(group, member)
 
-        generation = self._enter()
+        generation = self._generation  # counted in until _leave (membership's barrier)
+        in_flight = self._in_flight
+        in_flight[generation] = in_flight.get(generation, 0) + 1
         try:
             fan = await self._fanout(group, need, pneed, read, write=False)
             self._check_read(group, fan, need, pneed)
-            result, target, stale = self._resolve(_answers(fan))
+            result, target, stale = self._resolve(_answers(fan) if fan.stand_in else fan.results)
             if target is None or not stale:
                 return result
             await self._finish_repairs(
@@ -652,7 +655,9 @@ class QuorumCluster:
         async def scan(node: QuorumNode) -> list[tuple[bytes, Record]]:
             return await node.scan(group, lo, hi, reverse=reverse, limit=limit)
 
-        generation = self._enter()
+        generation = self._generation  # counted in until _leave (membership's barrier)
+        in_flight = self._in_flight
+        in_flight[generation] = in_flight.get(generation, 0) + 1
         try:
             return await self._scan(group, scan, need, reverse, limit)
         finally:
@@ -710,13 +715,8 @@ class QuorumCluster:
             return tuple(self._switched_from.preference_list(group, self.config.n))
         return self.placement(group)[0]
 
-    def _enter(self) -> int:
-        """Count a request in (under the ring it starts with); :meth:`_leave` after."""
-        generation = self._generation
-        self._in_flight[generation] = self._in_flight.get(generation, 0) + 1
-        return generation
-
     def _leave(self, generation: int) -> None:
+        """Count out a request counted in under ``generation`` (the ring it began with)."""
         left = self._in_flight[generation] - 1
         if left:
             self._in_flight[generation] = left
@@ -1023,9 +1023,9 @@ def _stamp_of(counter: int, node: str) -> HLCTimestamp:
     return HLCTimestamp(physical, logical, node)
 
 
-def _rotate(names: list[str]) -> list[str]:
+def _rotate(names: list[str], _random: Callable[[], float] = random.random) -> list[str]:
     """``names`` from a random one on: each is a read's first stop equally often."""
-    start = random.randrange(len(names))
+    start = int(_random() * len(names))
     return names[start:] + names[:start]
 
 
