@@ -111,7 +111,13 @@ def _under_load(
         load.start()
         try:
             await load.wait_reads(20)
+            acked, before = dict(load.acked), cluster.ring
             await change(cluster)
+            # what was acknowledged before the change is on every replica a key gained
+            for key in KEYS:
+                gained = set(cluster.preference_list(key)) - set(before.preference_list(key, 3))
+                for name, record in (await held(cluster, key, gained)).items():
+                    assert record is not None and HLCTimestamp.parse(record[0]) >= acked[key], name
             await load.wait_reads(100)  # R=1 reads once the change completed
         finally:
             await load.stop()
@@ -145,6 +151,7 @@ def test_a_node_leaves_under_load_and_no_r1_read_misses(topo: Topology) -> None:
     async def leave(cluster: QuorumCluster) -> None:
         change = await cluster.remove_node("node1")
         assert change.action == "leave" and "node1" not in change.nodes
+        assert change.hints_pending == 0 and change.records_streamed > 0
         assert cluster.nodes == ["node0", "node2", "node3"]
         assert all("node1" not in cluster.preference_list(key) for key in KEYS)
 
