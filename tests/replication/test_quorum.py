@@ -72,6 +72,8 @@ def test_weak_quorums_are_accepted_with_a_warning(tmp_path: Path) -> None:
         assert (await c.get("k")).value == 1
         status = await quorum_status(c)
         assert status["overlapping"] is False and (status["r"], status["w"]) == (1, 1)
+        assert status["sloppy"] is False and status["coordinator"] == c.node_id
+        assert status["read_from"] == "random"
         await c.close()
         # the seed's "eventual" (W=1, R=N) overlaps: no warning (warnings are errors here)
         overlapping = QuorumCluster(

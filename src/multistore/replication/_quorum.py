@@ -1067,6 +1067,9 @@ async def quorum_status(cluster: QuorumCluster) -> dict[str, Any]:
         "r": cluster.config.read_count,
         "w": cluster.config.write_count,
         "overlapping": cluster.config.overlapping,
+        "sloppy": cluster.config.sloppy,
+        "coordinator": cluster.node_id,
+        "read_from": cluster.read_from,
         "resolver": repr(cluster.resolver),
         "nodes": cluster.detector.view(),
         "hints": {
