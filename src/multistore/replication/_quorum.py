@@ -311,8 +311,8 @@ class QuorumCluster:
         self.stats = _Stats()
         self._background: set[asyncio.Future[Any]] = set()
         self.pending_ring: HashRing | None = None
-        self._switched_from = self._ring
         """The ring a membership change is moving to (writes go to its new replicas too)."""
+        self._switched_from = self._ring
         self._generation = 0
         self._in_flight: dict[int, int] = {}
         self._idle: asyncio.Event | None = None
