@@ -312,6 +312,69 @@ def lab_quorum_command(
         raise typer.Exit(code=code)
 
 
+quorum_app = typer.Typer(
+    help="Quorum cluster membership: add a node (bootstrap) or remove one (decommission).",
+    no_args_is_help=True,
+)
+app.add_typer(quorum_app, name="quorum")
+QuorumUrlOption = Annotated[
+    str | None,
+    typer.Option("--url", help="The cluster's quorum:// URL (default: [replication.quorum] url)."),
+]
+
+
+@quorum_app.command("add-node")
+def quorum_add_node(
+    name: Annotated[
+        str | None, typer.Argument(help="The new node's name (default: the next nodeN).")
+    ] = None,
+    node: Annotated[
+        str | None,
+        typer.Option("--node", help="A Redis cluster's new node: redis://HOST:PORT/DB."),
+    ] = None,
+    url: QuorumUrlOption = None,
+    config: ConfigOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Stream the new node the ranges it will replicate, then switch the ring; print
+    the URL to open the cluster with from now on."""
+
+    def body() -> None:
+        from multistore.cli._quorum import run_membership
+
+        report = asyncio.run(
+            run_membership(config, url=url, action="add", name=name, node_url=node, quiet=as_json)
+        )
+        if as_json:
+            _print_json(report)
+
+    _guard(body)
+
+
+@quorum_app.command("remove-node")
+def quorum_remove_node(
+    name: Annotated[str, typer.Argument(help="The node to decommission.")],
+    url: QuorumUrlOption = None,
+    config: ConfigOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Stream the node's ranges to the nodes that take them over, then switch the ring;
+    print the URL to open the cluster with from now on."""
+
+    def body() -> None:
+        from multistore.cli._quorum import run_membership
+
+        report = asyncio.run(
+            run_membership(
+                config, url=url, action="remove", name=name, node_url=None, quiet=as_json
+            )
+        )
+        if as_json:
+            _print_json(report)
+
+    _guard(body)
+
+
 def main() -> None:
     """Entry point of the ``multistore`` script."""
     app()

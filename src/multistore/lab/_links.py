@@ -166,8 +166,12 @@ class Link(QuorumNode):
             "scan", lambda: self.node.scan(group, lo, hi, reverse=reverse, limit=limit)
         )
 
-    async def remove(self, group: bytes, member: bytes = b"") -> None:
-        await self._through("remove", lambda: self.node.remove(group, member))
+    async def remove(
+        self, group: bytes, member: bytes = b"", *, expected: Record | None = None
+    ) -> bool:
+        return await self._through(
+            "remove", lambda: self.node.remove(group, member, expected=expected)
+        )
 
     async def leaf_hashes(self, arcs: Sequence[tuple[int, int]], depth: int) -> dict[int, str]:
         return await self._through("merkle leaves", lambda: self.node.leaf_hashes(arcs, depth))

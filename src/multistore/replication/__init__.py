@@ -17,8 +17,9 @@ a change that cannot be applied is set aside, one the skew guard refuses is held
 and retried.
 
 **Quorum.** :class:`QuorumCluster` places keys on N of M nodes (Redis servers or
-SQLite files) by consistent hashing, with per-request R/W, read repair, hinted
-handoff (:class:`HintStore`) and Merkle anti-entropy (:func:`anti_entropy`);
+SQLite files) by consistent hashing, with per-request R/W, strict or sloppy quorums,
+blocking read repair, hinted handoff (:class:`HintStore`), Merkle anti-entropy
+(:func:`anti_entropy`) and membership changes (:class:`MembershipChange`);
 :class:`QuorumWideColumnStore` is the distributed wide-column backend
 (``quorum://`` URLs).
 
@@ -62,6 +63,7 @@ from multistore.replication._policies import (
 from multistore.replication._qdetector import (
     ThresholdDetector,
 )
+from multistore.replication._qmembership import MembershipChange
 from multistore.replication._qnodes import (
     QuorumNode,
     SQLiteNode,
@@ -73,6 +75,7 @@ from multistore.replication._quorum import (
     QuorumCluster,
     QuorumError,
     WeakQuorumWarning,
+    coordinator_id,
     quorum_status,
 )
 from multistore.replication._quorum import ReadResult as QuorumReadResult
@@ -108,6 +111,7 @@ __all__ = [
     "LeastLagPolicy",
     "LogShipper",
     "LogShipping",
+    "MembershipChange",
     "MemoryTransport",
     "MultiMasterNode",
     "Node",
@@ -138,6 +142,7 @@ __all__ = [
     "WeakQuorumWarning",
     "WriteResult",
     "anti_entropy",
+    "coordinator_id",
     "is_read",
     "multimaster_demo",
     "multimaster_status",
