@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
+import math
 import sqlite3
 import threading
 from pathlib import Path
@@ -441,5 +442,39 @@ def test_bounded_staleness_reads_leave_replicas_once_the_primary_stops_answering
             # reads without a bound still go to the replicas, which stay in rotation
             assert await router.fetch_val("SELECT count(*) FROM items") == 0
             assert sum(n.reads for n in router.replicas) == reads + 1
+
+    asyncio.run(body())
+
+
+def test_a_replica_whose_lag_is_unknown_serves_no_reads(tmp_path: Path) -> None:
+    async def seed() -> None:
+        async with await open_embedded(tmp_path, replicas=1) as router:
+            await router.execute(DDL)
+            written = await router.execute("INSERT INTO items (id, name) VALUES (1, 'a')")
+            await _caught_up(router, written.token)
+
+    asyncio.run(seed())
+
+    async def body() -> None:
+        # replica2 is a new, empty file that will not get an entry for a minute: it is
+        # behind every sample of the primary the router has, so its lag is unknown.
+        async with await Router.open(
+            f"sqlite:///{tmp_path / 'primary.db'}",
+            [f"sqlite:///{tmp_path / 'replica1.db'}", f"sqlite:///{tmp_path / 'replica2.db'}"],
+            config=FAST,
+            shipping=LogShipping(delay=60.0, interval=0.02),
+        ) as router:
+            r1, r2 = router.replicas
+            opened = r2.probed_at
+            await wait_until(lambda: r2.probed_at > opened + 1.0, "a second of probes")
+            assert not r2.health.in_rotation and router.staleness_bound(r2) == math.inf
+            for _ in range(10):
+                await router.fetch_val("SELECT count(*) FROM items", max_staleness=3600)
+                await router.fetch_val("SELECT count(*) FROM items")
+            assert r2.reads == 0 and r1.reads == 20
+            status = await replication_status(router)
+            by_name = {n["name"]: n for n in status["nodes"]}
+            assert by_name["replica2"]["lag_seconds"] is None
+            assert by_name["replica2"]["staleness_bound"] is None
 
     asyncio.run(body())

@@ -248,3 +248,17 @@ def test_an_ejected_replica_is_retried_with_backoff() -> None:
     assert health.state is Health.LAGGING  # back only after readmit_after under the bound
     health.probe_ok(0.0, now=13.0)
     assert health.in_rotation
+
+
+def test_a_replica_of_unknown_lag_leaves_rotation_and_a_blind_probe_changes_nothing() -> None:
+    health = ReplicaHealth(CONFIG)
+    health.admit()
+    health.probe_reachable()  # the primary did not answer: no lag measured
+    assert health.in_rotation
+    health.probe_ok(math.inf, now=0.0)
+    assert health.state is Health.LAGGING
+    health.probe_reachable()
+    assert health.state is Health.LAGGING
+    health.eject("refused", now=1.0)
+    health.probe_reachable()  # reachable again, lag still unmeasured: not back yet
+    assert health.state is Health.LAGGING

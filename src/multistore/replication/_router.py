@@ -533,6 +533,7 @@ class Router:
             await self._probe_primary()
             if initial:
                 self.history = await bounded(self.backend.timeline(self.primary), timeout)
+                self.primary.timeline = self.history.id
         except (MultistoreError, TimeoutError) as exc:
             self.primary_failures += 1
             if initial:
