@@ -9,7 +9,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from multistore.errors import InvalidValueError, StoreUnavailableError
+from multistore.errors import InvalidValueError, StoreError, StoreUnavailableError
 from multistore.lab.proxy import TcpProxy
 from multistore.replication import (
     CausalToken,
@@ -263,5 +263,27 @@ def test_bounded_staleness_reads_leave_standbys_once_the_primary_stops_answering
                     == 0
                 )
                 assert sum(n.reads for n in router.replicas) == reads + 2
+
+    asyncio.run(body())
+
+
+def test_failover_does_not_promote_when_a_reachable_primary_cannot_be_fenced(
+    cluster: Cluster,
+) -> None:
+    # The cluster stays as it was: nothing is promoted.
+    cluster.sql(cluster.primary, "CREATE ROLE app LOGIN")
+    cluster.sql(cluster.primary, f'GRANT ALL ON DATABASE "{cluster.database}" TO app')
+
+    async def body() -> None:
+        urls = [cluster.url(s).replace("postgres@", "app@", 1) for s in cluster.servers]
+        config = RouterConfig(probe_interval=0.05, probe_timeout=1.0)
+        async with await Router.open(urls[0], urls[1:], config=config) as router:
+            with pytest.raises(StoreError, match="could not be fenced"):
+                await router.failover()
+            assert router.primary is router.nodes[0] and router.timeline == 1
+            assert all(
+                cluster.sql(s, "SELECT pg_is_in_recovery()") == [(True,)] for s in cluster.standbys
+            )
+            await router.execute("SELECT 1 FROM pg_sleep(0)")  # still the primary
 
     asyncio.run(body())
