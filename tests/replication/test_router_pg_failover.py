@@ -10,7 +10,7 @@ from collections.abc import Iterator
 import psycopg
 import pytest
 
-from multistore.errors import Outcome, StoreError
+from multistore.errors import Outcome, StoreError, StoreUnavailableError
 from multistore.lab.servers import PostgresServer
 from multistore.replication import (
     CausalToken,
@@ -19,7 +19,7 @@ from multistore.replication import (
     Role,
     Router,
 )
-from tests.replication.pg_cluster import Cluster, start_cluster
+from tests.replication.pg_cluster import Cluster, create_role, start_cluster
 from tests.replication.router_helpers import FAST, wait_until
 
 pytestmark = pytest.mark.server
@@ -33,15 +33,33 @@ def cluster() -> Iterator[Cluster]:
 
 
 async def _open(
-    cluster: Cluster, primary: PostgresServer, replicas: list[PostgresServer]
+    cluster: Cluster,
+    primary: PostgresServer,
+    replicas: list[PostgresServer],
+    user: str = "postgres",
 ) -> Router:
     names = {id(s): f"pg{i}" for i, s in enumerate(cluster.servers)}
+
+    def url(server: PostgresServer) -> str:
+        return cluster.url(server).replace("postgres@", f"{user}@", 1)
+
     return await Router.open(
-        cluster.url(primary),
-        [cluster.url(s) for s in replicas],
+        url(primary),
+        [url(s) for s in replicas],
         config=CONFIG,
         names=[names[id(s)] for s in (primary, *replicas)],
     )
+
+
+ROUTER_GRANTS = [
+    # what the docs list for a router's user that is not a superuser
+    "GRANT pg_read_all_stats TO app",
+    "GRANT pg_execute_server_program TO app",
+    "GRANT EXECUTE ON FUNCTION pg_promote(boolean, integer) TO app",
+    "GRANT EXECUTE ON FUNCTION pg_reload_conf() TO app",
+    "GRANT ALTER SYSTEM ON PARAMETER primary_conninfo TO app",
+    "GRANT CREATE ON SCHEMA public TO app",  # for this test's table
+]
 
 
 async def _can_write(cluster: Cluster, server: PostgresServer, table: str) -> bool:
@@ -164,9 +182,12 @@ def test_kill_primary_failover_loses_an_unreplicated_write_and_says_so(cluster: 
 
 def test_planned_failover_fences_before_promoting(cluster: Cluster) -> None:
     old_server = cluster.primary
+    # The router's user is not a superuser: it has the documented grants, all but the
+    # one that reads the timeline history, which comes after the failover.
+    create_role(cluster, "app", ROUTER_GRANTS)
 
     async def body() -> None:
-        async with await _open(cluster, old_server, cluster.standbys) as router:
+        async with await _open(cluster, old_server, cluster.standbys, user="app") as router:
             await router.execute("CREATE TABLE t_plan (id BIGINT PRIMARY KEY, v TEXT)")
             tokens: list[CausalToken] = []
             for i in range(20):
@@ -189,10 +210,24 @@ def test_planned_failover_fences_before_promoting(cluster: Cluster) -> None:
             new_name = await task
             new_server = cluster.standbys[["pg1", "pg2"].index(new_name)]
             assert not old_server.is_running() and not router.node("pg0").fence_pending
-            # a planned failover loses no acknowledged write, and its tokens stay good
+            # a planned failover loses no acknowledged write
             assert cluster.sql(new_server, "SELECT count(*), max(id) FROM t_plan") == [(20, 19)]
-            assert router.history.ends[1] >= tokens[-1].position
+
+            # Without the right to read the timeline history, writes wait for it.
+            assert router.history_pending is not None and "pg_read_file" in router.history_pending
+            with pytest.raises(FailoverError) as pending:
+                await router.execute("INSERT INTO t_plan VALUES (20, 'too early')")
+            assert pending.value.definite
+            follower = cluster.standbys[1 - ["pg1", "pg2"].index(new_name)]
+            with pytest.raises(StoreUnavailableError, match="pg_read_file"):
+                await _open(cluster, new_server, [follower], user="app")
+            cluster.sql(new_server, "GRANT EXECUTE ON FUNCTION pg_read_file(text) TO app")
+            await wait_until(lambda: router.history_pending is None, "the timeline history")
+            assert router.timeline == 2 and router.history.ends[1] >= tokens[-1].position
+            # tokens from before the failover stay good
             assert await router.fetch_val("SELECT count(*) FROM t_plan", token=tokens[-1]) == 20
+            await router.execute("INSERT INTO t_plan VALUES (20, 'after')")
+
             # restarted by hand, the old primary is a standby that refuses every write
             old_server.start()
             assert _recovering(cluster, old_server)

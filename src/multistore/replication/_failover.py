@@ -70,15 +70,20 @@ async def failover(router: Router) -> str:
                 raise FailoverFailedError("failover: no replica answered; nothing was promoted")
             try:
                 await bounded(router.backend.promote(best), PROMOTE_TIMEOUT)
-                history = await bounded(router.backend.timeline(best), PROMOTE_TIMEOUT)
             except (MultistoreError, TimeoutError) as exc:
                 best.role = Role.REBUILD
                 raise FailoverFailedError(f"failover: promoting {best.name} failed: {exc}") from exc
             best.role = Role.PRIMARY
-            best.timeline = history.id
             best.health.admit()
-            router.history = history
             router.tracker.reset()
+            try:
+                router.history = await bounded(router.backend.timeline(best), PROMOTE_TIMEOUT)
+            except (MultistoreError, TimeoutError) as exc:
+                # Promoted, but tokens cannot be issued or checked without the timeline:
+                # writes wait for the monitor to read it.
+                router.history_pending = f"reading it from {best.name} failed: {exc}"
+            else:
+                best.timeline = router.history.id
             router.primary_failures = 0
             for node in router.replicas:
                 try:

@@ -39,7 +39,7 @@ from typing import ClassVar
 import psycopg
 from psycopg.conninfo import make_conninfo
 
-from multistore.errors import StoreError, StoreUnavailableError
+from multistore.errors import ConfigError, InvalidQueryError, StoreError, StoreUnavailableError
 from multistore.replication._nodes import Backend, Node, ReplayState, Role, RoutedTransaction
 from multistore.replication._timeline import Timeline
 from multistore.replication._token import parse_lsn
@@ -142,9 +142,15 @@ class PostgresBackend(Backend):
         current = int(walfile[:8], 16)
         if current == 1:
             return Timeline(1, {}, lsn=True)
-        text = await node.store.fetch_val(
-            "SELECT pg_read_file(:path)", {"path": f"pg_wal/{current:08X}.history"}
-        )
+        try:
+            text = await node.store.fetch_val(
+                "SELECT pg_read_file(:path)", {"path": f"pg_wal/{current:08X}.history"}
+            )
+        except InvalidQueryError as exc:  # permission denied
+            raise ConfigError(
+                f"cannot read the history of timeline {current} on {node.name}; the router's "
+                f"user needs GRANT EXECUTE ON FUNCTION pg_read_file(text): {exc}"
+            ) from exc
         return Timeline(current, parse_history(text), lsn=True)
 
     async def replay_state(self, node: Node) -> ReplayState:

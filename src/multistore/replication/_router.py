@@ -92,6 +92,9 @@ class Router:
         self.history = Timeline(1)
         """The primary's timeline and where its ancestors ended, read from the database
         at open and after each failover."""
+        self.history_pending: str | None = None
+        """Why the new primary's timeline could not be read after a promotion; while
+        set, writes and token checks fail and each probe round tries again."""
         self.tracker = LagTracker()
         self.failing_over = False
         self.primary_failures = 0
@@ -270,6 +273,12 @@ class Router:
             raise StoreUnavailableError("the router is closed", outcome=Outcome.DEFINITE)
         if self.failing_over:
             raise FailoverError("a failover is in progress: the write was not sent; retry it")
+        if self.history_pending is not None:
+            raise FailoverError(
+                "the new primary's timeline is not known yet, so the write was not sent: "
+                f"{self.history_pending}",
+                outcome=Outcome.DEFINITE,
+            )
         return self.primary, self.history.id
 
     def _check_still_primary(self, node: Node, timeline: int, exc: BaseException | None) -> None:
@@ -297,6 +306,12 @@ class Router:
         have been lost in a failover."""
         if isinstance(token, str):
             token = CausalToken.parse(token)
+        if self.history_pending is not None:
+            raise StoreUnavailableError(
+                f"cannot check causal token {token.unsigned}: the new primary's timeline is "
+                f"not known yet: {self.history_pending}",
+                outcome=Outcome.DEFINITE,
+            )
         if self.signer is not None and not self.signer.verify(token):
             raise InvalidTokenError(
                 f"causal token {token.unsigned} is unsigned or its signature is wrong: "
@@ -531,9 +546,10 @@ class Router:
         timeout = self.config.probe_timeout
         try:
             await self._probe_primary()
-            if initial:
+            if initial or self.history_pending is not None:
                 self.history = await bounded(self.backend.timeline(self.primary), timeout)
                 self.primary.timeline = self.history.id
+                self.history_pending = None
         except (MultistoreError, TimeoutError) as exc:
             self.primary_failures += 1
             if initial:

@@ -20,7 +20,9 @@ async def replication_status(router: Router, *, refresh: bool = True) -> dict[st
     """A JSON-ready report of the router's nodes (``multistore status --json``).
 
     With ``refresh`` (the default) one probe round runs first, so lag is current.
-    Keys: ``backend``, ``timeline``, ``primary``, ``failing_over`` and ``nodes``, a
+    Keys: ``backend``, ``timeline``, ``primary``, ``failing_over``,
+    ``timeline_pending`` (why the timeline is not known after a promotion, or None) and
+    ``nodes``, a
     list of ``{name, url (password hidden), role, health, timeline, position,
     lag_seconds, lag_positions, staleness_bound, in_flight, reads, writes, error}``
     (``lag_seconds`` and ``staleness_bound`` are upper bounds, None while unknown);
@@ -63,6 +65,7 @@ async def replication_status(router: Router, *, refresh: bool = True) -> dict[st
         "timeline": router.timeline,
         "primary": primary,
         "failing_over": router.failing_over,
+        "timeline_pending": router.history_pending,
         "nodes": nodes,
     }
 
