@@ -487,3 +487,28 @@ def test_a_replica_whose_lag_is_unknown_serves_no_reads(tmp_path: Path) -> None:
 
 def _since(moment: float) -> float:
     return time.monotonic() - moment
+
+
+def test_a_second_failover_never_reuses_a_timeline(tmp_path: Path) -> None:
+    """A replica promoted before it heard of the current timeline still starts a newer
+    one, forking off the current one: a token of a write it never got fails
+    definitely instead of being satisfied by another write at that position (found by
+    the schedule explorer: the second promotion started a second timeline 2)."""
+
+    async def body() -> None:
+        async with await open_embedded(tmp_path) as router:
+            await router.execute(DDL)
+            kept = await router.execute("INSERT INTO items (id, name) VALUES (1, 'kept')")
+            await _caught_up(router, kept.token)
+            await router.shipper.pause("replica2")  # it will not hear of timeline 2
+            assert await router.failover() == "replica1"
+            written = await router.execute("INSERT INTO items (id, name) VALUES (2, 'on 2')")
+            assert written.token.timeline == 2
+            assert await router.failover() == "replica2"
+            assert router.timeline == 3
+            assert router.history.ends[2] == kept.token.position  # where replica2 stopped
+            with pytest.raises(ForkedTokenError):
+                await router.fetch_val("SELECT name FROM items WHERE id = 2", token=written.token)
+            assert await router.fetch_val("SELECT name FROM items WHERE id = 1", token=kept.token)
+
+    asyncio.run(body())

@@ -321,10 +321,27 @@ class SQLiteBackend(Backend):
 
     async def promote(self, node: Node) -> None:
         """Stop feeding ``node``, then start a new timeline on it that forks off at its
-        last entry, logged so that the replicas following it learn it in order."""
+        last entry, logged so that the replicas following it learn it in order.
+
+        The node may not have heard yet of the timeline its source (the primary it
+        followed) is on, when an earlier failover's entries had not reached it: those
+        timelines are copied from the source first, so the new one is newer than every
+        timeline the cluster used and forks off the current one (a replica that applied
+        entries past a fork was refused by :meth:`repoint` and is not promoted)."""
         with contextlib.suppress(NotFoundError):
             await self.shipper.remove(node.name)
+        known: list[Row] = []
+        with contextlib.suppress(MultistoreError):  # the source may be gone: what we have
+            known = await self.shipper.source.fetch_all(
+                "SELECT timeline, parent, fork FROM multistore_timeline"
+            )
         async with node.store.transaction() as tx:
+            for row in known:
+                await tx.execute(
+                    "INSERT OR IGNORE INTO multistore_timeline (timeline, parent, fork) "
+                    "VALUES (:timeline, :parent, :fork)",
+                    dict(row),
+                )
             parent = int(await tx.fetch_val(_CURRENT_TIMELINE))
             params = {"timeline": parent + 1, "parent": parent, "fork": await tx.fetch_val(_LAST)}
             await tx.execute(_NEW_TIMELINE, params)
