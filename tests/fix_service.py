@@ -140,6 +140,12 @@ class ShopClient(httpx.Client):
         self.token = token
         self.user: dict[str, Any] = {}
 
+    @classmethod
+    def connect(cls, base: str, username: str, password: str) -> ShopClient:
+        """A client logged in as ``username``."""
+        with cls(base) as anonymous:
+            return anonymous.login(username, password)
+
     def login(self, username: str, password: str) -> ShopClient:
         response = self.post("/sessions", json={"username": username, "password": password})
         assert response.status_code == 201, response.text

@@ -11,11 +11,12 @@ request comes, not a store at import time.
 
 from __future__ import annotations
 
+import inspect
 import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import datetime
-from typing import Final
+from typing import Any, Final
 
 from fastapi import FastAPI, Request
 from fastapi.responses import Response
@@ -107,6 +108,16 @@ def create_app(
 
         middleware.insert(0, Middleware(TelemetryMiddleware, telemetry=telemetry, record=record))
 
+    options: dict[str, Any] = {}
+    if "telemetry" in inspect.signature(FastAPI.__init__).parameters:
+        # FastAPI's own OpenTelemetry spans (newer versions) would trace requests
+        # even with traces off; the service's telemetry does that itself.
+        options["telemetry"] = {
+            "tracing": False,
+            "metrics": False,
+            "logs": False,
+            "operation_spans": False,
+        }
     app = FastAPI(
         title="multistore shop",
         version=__version__,
@@ -114,6 +125,7 @@ def create_app(
         "commit, idempotency keys, an outbox and multi-master carts.",
         lifespan=lifespan,
         middleware=middleware,
+        **options,
     )
     app.state.settings = settings
     app.state.telemetry = telemetry

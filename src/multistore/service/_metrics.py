@@ -9,7 +9,7 @@ from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from multistore.service._auth import shop_of
-from multistore.service._ops import numbers
+from multistore.service._ops import shop_numbers
 from multistore.service._telemetry import Telemetry
 
 __all__ = ["metrics_router", "refresh_gauges"]
@@ -41,7 +41,7 @@ def metrics_router(telemetry: Telemetry) -> APIRouter:
 
     @router.get("/metrics", tags=["service"], summary="Prometheus metrics", include_in_schema=False)
     async def metrics(request: Request) -> Response:
-        await refresh_gauges(telemetry, await numbers(shop_of(request.scope)))
+        await refresh_gauges(telemetry, await shop_numbers(shop_of(request.scope)))
         return Response(generate_latest(telemetry.registry), media_type=CONTENT_TYPE_LATEST)
 
     return router

@@ -8,15 +8,19 @@ two-phase-commit coordinator, the outbox and the replication packages.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from typing import Any, Final
 
-from multistore.consistency import TransactionCoordinator, list_sagas
+from multistore.config import Config
+from multistore.consistency import Outbox, SagaLog, TransactionCoordinator, list_sagas
 from multistore.core import SagaState
 from multistore.errors import MultistoreError
 from multistore.replication import QuorumWideColumnStore, Router, quorum_status, replication_status
-from multistore.service._shop import Shop
-from multistore.stores import Store
+from multistore.service._carts import Carts
+from multistore.service._instruments import NO_INSTRUMENTS
+from multistore.service._shop import OUTBOX_TABLE, Shop, cart_node_urls, database_urls
+from multistore.stores import Store, open_store
 from multistore.stores.document import DocumentStore
 from multistore.stores.graph import GraphStore
 from multistore.stores.kv import KeyValueStore
@@ -30,12 +34,14 @@ __all__ = [
     "in_doubt",
     "note_idempotency_key",
     "numbers",
+    "operations_report",
     "outbox_report",
     "probe",
     "recent_idempotency_keys",
     "replication_report",
     "role_health",
     "saga_counts",
+    "shop_numbers",
 ]
 
 COUNT_LIMIT: Final = 10_000
@@ -201,17 +207,49 @@ async def replication_report(shop: Shop) -> dict[str, Any]:
     return report
 
 
-async def numbers(shop: Shop) -> dict[str, Any]:
+async def numbers(
+    saga_log: RelationalStore, coordinator: TransactionCoordinator, outbox: Outbox, carts: Carts
+) -> dict[str, Any]:
     """The gauges: sagas by state, in-doubt branches, outbox counts and lag, cart
-    replication lag, quorum hints."""
-    outbox = await shop.outbox.counts()
-    oldest = await shop.outbox.events(state="pending", limit=1)
-    carts = await shop.carts.status()
-    assert shop.coordinator is not None
+    replication lag."""
+    counts = await outbox.counts()
+    oldest = await outbox.events(state="pending", limit=1)
+    status = await carts.status()
     return {
-        "sagas": await saga_counts(shop.saga_log),
-        "in_doubt": len(await in_doubt(shop.coordinator)),
-        "outbox": outbox,
+        "sagas": await saga_counts(saga_log),
+        "in_doubt": len(await in_doubt(coordinator)),
+        "outbox": counts,
         "outbox_lag_seconds": max(0.0, time.time() - oldest[0].event.created_at) if oldest else 0.0,
-        "replication_behind": {node: dict(entry["behind"]) for node, entry in carts.items()},
+        "replication_behind": {node: dict(entry["behind"]) for node, entry in status.items()},
     }
+
+
+async def shop_numbers(shop: Shop) -> dict[str, Any]:
+    assert shop.coordinator is not None
+    return await numbers(shop.saga_log, shop.coordinator, shop.outbox, shop.carts)
+
+
+async def operations_report(config: Config) -> dict[str, Any]:
+    """:func:`numbers` read from ``config``'s stores without a running server (for
+    ``multistore status``). Only the stores the numbers come from are opened (the
+    saga log, the shop's databases with the 2PC log, the cart nodes) and read; no
+    in-doubt transaction is resolved and no saga resumed."""
+    async with contextlib.AsyncExitStack() as stack:
+        saga_log = await config.open("sagas")
+        stack.push_async_callback(saga_log.close)
+        assert isinstance(saga_log, RelationalStore)
+        await SagaLog(saga_log).setup()
+        urls = database_urls(config)
+        coordinator = await TransactionCoordinator.open(
+            dict(urls), log=config.role("transactions").url, node="status", recover=False
+        )
+        stack.push_async_callback(coordinator.close)
+        inventory = await open_store(urls["inventory"], model="relational")
+        stack.push_async_callback(inventory.close)
+        assert isinstance(inventory, RelationalStore)
+        outbox = Outbox(inventory, table=OUTBOX_TABLE)
+        await outbox.setup()
+        carts = await Carts.open(cart_node_urls(config), instruments=NO_INSTRUMENTS)
+        stack.push_async_callback(carts.close)
+        return await numbers(saga_log, coordinator, outbox, carts)
+    raise AssertionError("unreachable")  # pragma: no cover

@@ -68,9 +68,11 @@ from multistore.stores.timeseries import TimeSeriesStore
 from multistore.stores.widecolumn import WideColumnStore
 from multistore.urls import StoreURL, parse_url
 
-__all__ = ["Shop", "cart_node_urls", "database_urls"]
+__all__ = ["OUTBOX_TABLE", "Shop", "cart_node_urls", "database_urls"]
 
 log = logging.getLogger("multistore.service")
+
+OUTBOX_TABLE = "shop_outbox"
 
 
 def database_urls(config: Config) -> dict[str, StoreURL]:
@@ -187,7 +189,7 @@ class Shop:
             instruments=instruments,
         )
         await self.accounts.setup()
-        self.outbox = Outbox(self.dbs["inventory"], table="shop_outbox")
+        self.outbox = Outbox(self.dbs["inventory"], table=OUTBOX_TABLE)
         await self.outbox.setup()
         self.catalog = Catalog(
             self.dbs["inventory"], self.search, self.outbox, instruments=instruments
