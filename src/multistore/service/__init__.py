@@ -11,13 +11,14 @@ extra (``pip install multistore[service]``); the shop alone does not.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+import typing
+from typing import Any
 
 from multistore.service._instruments import Instruments
 from multistore.service._settings import ServiceSettings
 from multistore.service._shop import Shop
 
-if TYPE_CHECKING:
+if typing.TYPE_CHECKING:
     from multistore.service._app import create_app
 
 __all__ = ["Instruments", "ServiceSettings", "Shop", "create_app"]
