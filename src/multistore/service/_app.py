@@ -28,6 +28,7 @@ from multistore.consistency import Idempotency, IdempotencyMiddleware
 from multistore.service._api import router
 from multistore.service._asgi import ASGIApp, Receive, Scope, Send
 from multistore.service._auth import Principal, SessionAuth, idempotency_client, shop_of
+from multistore.service._console import console_router
 from multistore.service._instruments import NO_INSTRUMENTS, Instruments
 from multistore.service._problems import ProblemGuard, install_handlers, problem_response
 from multistore.service._settings import ServiceSettings
@@ -136,6 +137,7 @@ def create_app(
 
     app.add_exception_handler(Exception, on_unexpected)
     app.include_router(router)
+    app.include_router(console_router())
     if telemetry is not None:
         from multistore.service._metrics import metrics_router
 

@@ -141,3 +141,33 @@ class RequestSeries:
             {"start": w.start.isoformat(), "value": None if w.value is None else round(w.value, 3)}
             for w in found
         ]
+
+    async def by_route(self, *, window: timedelta) -> list[dict[str, Any]]:
+        """Per route over the last ``window``: request count, p50 and p99 (ms)."""
+        await self.flush()
+        if MEASUREMENT not in await self.store.measurements():
+            return []
+        end = datetime.now(UTC) + timedelta(seconds=1)
+        found: dict[str, dict[str, Any]] = {}
+        for fn in ("count", "p50", "p99"):
+            with self.instruments.store_op("metrics", "aggregate"):
+                windows = await self.store.aggregate(
+                    MEASUREMENT,
+                    "response_time",
+                    fn=fn,
+                    every=window,
+                    start=end - window,
+                    end=end,
+                    group_by=["route"],
+                )
+            for w in windows:
+                route = w.tags.get("route", "?")
+                entry = found.setdefault(
+                    route, {"route": route, "count": 0.0, "p50": 0.0, "p99": 0.0}
+                )
+                entry[fn] = (
+                    max(entry[fn], w.value or 0.0)
+                    if fn != "count"
+                    else (entry[fn] + (w.value or 0.0))
+                )
+        return sorted(found.values(), key=lambda e: -e["count"])
