@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import random
 import time
 from typing import Any, Final
 
@@ -147,10 +148,10 @@ async def outbox_report(shop: Shop, *, limit: int = 50) -> dict[str, Any]:
 async def note_idempotency_key(shop: Shop, client: str, key: str) -> None:
     """Remember that ``client`` used ``key`` (the console lists recent keys)."""
     await shop.sessions.zadd(RECENT_KEYS, {f"{client}\x1f{key}": time.time()})
-    size = len(await shop.sessions.zrange(RECENT_KEYS, 0, -1))
-    if size > RECENT_KEEP:
-        oldest = await shop.sessions.zrange(RECENT_KEYS, 0, size - RECENT_KEEP - 1)
-        await shop.sessions.zrem(RECENT_KEYS, *(member for member, _ in oldest))
+    if random.random() < 1 / 50:  # trim now and then, not on every request
+        beyond = await shop.sessions.zrange(RECENT_KEYS, RECENT_KEEP, -1, desc=True)
+        if beyond:
+            await shop.sessions.zrem(RECENT_KEYS, *(member for member, _ in beyond))
 
 
 async def recent_idempotency_keys(shop: Shop, *, limit: int = 100) -> list[dict[str, Any]]:
