@@ -109,15 +109,15 @@ class Carts:
         return await self.get(user_id, node)
 
     async def status(self) -> dict[str, Any]:
-        """Each node's log head, how far it is behind each peer, its conflicts."""
-        heads = {node_id: node.head for node_id, node in self.nodes.items()}
+        """Each node's log head, how many of each peer's changes it lacks, its conflicts."""
         report: dict[str, Any] = {}
         for node_id, node in self.nodes.items():
             report[node_id] = {
                 "backend": node.store.backend,
                 "log_head": node.head,
+                # the peer's own changes this node has not taken yet
                 "behind": {
-                    peer: max(0, heads[peer] - node.position(peer).pulled)
+                    peer: max(0, self.nodes[peer].seq - node.received_from(peer))
                     for peer in self.order
                     if peer != node_id
                 },
