@@ -14,14 +14,38 @@ from __future__ import annotations
 import typing
 from typing import Any
 
+from multistore.service._errors import OrderCancelledError, OutOfStockError
 from multistore.service._instruments import Instruments
+from multistore.service._orders import (
+    ORDER_SAGA,
+    OrderLine,
+    create_tables,
+    order_input,
+    order_saga,
+    place_order_atomically,
+    stock_products,
+)
 from multistore.service._settings import ServiceSettings
 from multistore.service._shop import Shop
 
 if typing.TYPE_CHECKING:
     from multistore.service._app import create_app
 
-__all__ = ["Instruments", "ServiceSettings", "Shop", "create_app"]
+__all__ = [
+    "ORDER_SAGA",
+    "Instruments",
+    "OrderCancelledError",
+    "OrderLine",
+    "OutOfStockError",
+    "ServiceSettings",
+    "Shop",
+    "create_app",
+    "create_tables",
+    "order_input",
+    "order_saga",
+    "place_order_atomically",
+    "stock_products",
+]
 
 
 def __getattr__(name: str) -> Any:

@@ -25,6 +25,7 @@ from typing import Any, Final, Protocol, cast
 
 from multistore.consistency import (
     COMPENSATION_RETRY,
+    DistributedTransaction,
     RetryPolicy,
     Saga,
     SagaEngine,
@@ -40,10 +41,20 @@ from multistore.service._errors import (
     OutOfStockError,
     UnknownProductError,
 )
-from multistore.service._instruments import Instruments
+from multistore.service._instruments import NO_INSTRUMENTS, Instruments
+from multistore.service._schema import DATABASES, TABLES
 from multistore.stores.relational import Params, RelationalStore, Row
 
-__all__ = ["ORDER_SAGA", "OrderLine", "Orders", "order_saga"]
+__all__ = [
+    "ORDER_SAGA",
+    "OrderLine",
+    "Orders",
+    "create_tables",
+    "order_input",
+    "order_saga",
+    "place_order_atomically",
+    "stock_products",
+]
 
 ORDER_SAGA: Final = "shop_order"
 MODES: Final = ("saga", "2pc")
@@ -166,7 +177,7 @@ def payment_id_of(order_id: str) -> str:
 def order_saga(
     dbs: Mapping[str, RelationalStore],
     *,
-    instruments: Instruments,
+    instruments: Instruments = NO_INSTRUMENTS,
     compensation_retry: RetryPolicy = COMPENSATION_RETRY,
     clock: Callable[[], float] = time.time,
 ) -> Saga:
@@ -279,6 +290,85 @@ def order_saga(
     )
 
 
+def order_input(order_id: str, user_id: str, lines: Sequence[OrderLine]) -> dict[str, Any]:
+    """An order as the saga's input and :func:`place_order_atomically` take it."""
+    return {
+        "order_id": order_id,
+        "user_id": user_id,
+        "items": [line.as_dict() for line in lines],
+        "total_cents": sum(line.qty * line.price_cents for line in lines),
+    }
+
+
+async def create_tables(
+    target: TransactionCoordinator | Mapping[str, RelationalStore],
+) -> None:
+    """Create the shop's tables in its three databases: the stores named ``orders``,
+    ``payments`` and ``inventory``, or a coordinator's participants of those names (DDL
+    runs outside two-phase commit: MariaDB refuses it inside an XA transaction)."""
+    for name in DATABASES:
+        db = (
+            target.participants[name]
+            if isinstance(target, TransactionCoordinator)
+            else (target[name])
+        )
+        for statement in TABLES[name]:
+            await db.execute_script(statement)
+
+
+async def stock_products(
+    coordinator: TransactionCoordinator, products: Mapping[str, tuple[int, int]]
+) -> None:
+    """Create or change products, ``sku -> (price_cents, stock)``, in one transaction."""
+    async with coordinator.transaction(["inventory"]) as tx:
+        inventory = tx.sql("inventory")
+        for sku, (price, stock) in products.items():
+            row = {"sku": sku, "price": price, "stock": stock}
+            if not await inventory.execute(
+                "UPDATE shop_products SET price_cents = :price WHERE sku = :sku", row
+            ):
+                await inventory.execute(
+                    "INSERT INTO shop_products (sku, name, description, category, price_cents, "
+                    "updated_at) VALUES (:sku, :sku, '', 'shop', :price, 0)",
+                    row,
+                )
+            if not await inventory.execute(
+                "UPDATE shop_stock SET stock = :stock WHERE sku = :sku", row
+            ):
+                await inventory.execute(
+                    "INSERT INTO shop_stock (sku, stock) VALUES (:sku, :stock)", row
+                )
+
+
+async def place_order_atomically(
+    coordinator: TransactionCoordinator,
+    order: Mapping[str, Any],
+    *,
+    clock: Callable[[], float] = time.time,
+) -> DistributedTransaction:
+    """The seed's business transaction: the order, its payment and its stock, in the
+    orders, payments and inventory databases, all or nothing. An item without enough
+    stock raises :class:`OutOfStockError` inside the transaction, so nothing is written
+    anywhere. ``order`` is what :func:`order_input` makes."""
+    order_id = order["order_id"]
+    async with coordinator.transaction(["orders", "payments", "inventory"]) as tx:
+        await _insert_order(
+            tx.sql("orders"), order, status="confirmed", mode="2pc", reference=str(tx.xid),
+            now=clock(),
+        )  # fmt: skip
+        await charge(
+            tx.sql("payments"),
+            payment_id_of(order_id),
+            order_id=order_id,
+            user_id=order["user_id"],
+            amount_cents=order["total_cents"],
+            description=f"order {order_id}",
+            now=clock(),
+        )
+        await _take_stock(tx.sql("inventory"), order_id, _lines(order["items"]))
+    return tx
+
+
 class Orders:
     """Places and reads orders; see the module docstring."""
 
@@ -323,12 +413,7 @@ class Orders:
         """Place the order (or find the one placed with this id) and return it."""
         if mode not in MODES:
             raise InvalidValueError(f"mode: {mode!r} is not one of {', '.join(MODES)}")
-        order = {
-            "order_id": order_id,
-            "user_id": user_id,
-            "items": [line.as_dict() for line in lines],
-            "total_cents": sum(line.qty * line.price_cents for line in lines),
-        }
+        order = order_input(order_id, user_id, lines)
         if mode == "2pc":
             await self._place_atomically(order)
         else:
@@ -351,25 +436,7 @@ class Orders:
         ):
             return  # placed already (a retry of a committed order)
         with self.instruments.span("2pc transaction", {"order.id": order_id}):
-            async with self.coordinator.transaction(["orders", "payments", "inventory"]) as tx:
-                await _insert_order(
-                    tx.sql("orders"),
-                    order,
-                    status="confirmed",
-                    mode="2pc",
-                    reference=str(tx.xid),
-                    now=self.clock(),
-                )
-                await charge(
-                    tx.sql("payments"),
-                    payment_id_of(order_id),
-                    order_id=order_id,
-                    user_id=order["user_id"],
-                    amount_cents=order["total_cents"],
-                    description=f"order {order_id}",
-                    now=self.clock(),
-                )
-                await _take_stock(tx.sql("inventory"), order_id, _lines(order["items"]))
+            await place_order_atomically(self.coordinator, order, clock=self.clock)
 
     async def pay(
         self, payment_id: str, user_id: str, amount_cents: int, description: str
