@@ -14,6 +14,7 @@ from __future__ import annotations
 import typing
 from typing import Any
 
+from multistore.service._cart_demo import partitioned_carts
 from multistore.service._errors import OrderCancelledError, OutOfStockError
 from multistore.service._instruments import Instruments
 from multistore.service._orders import (
@@ -43,6 +44,7 @@ __all__ = [
     "create_tables",
     "order_input",
     "order_saga",
+    "partitioned_carts",
     "place_order_atomically",
     "stock_products",
 ]
