@@ -26,6 +26,7 @@ from multistore.service._orders import (
     place_order_atomically,
     stock_products,
 )
+from multistore.service._schema import READINGS
 from multistore.service._settings import ServiceSettings
 from multistore.service._shop import Shop
 
@@ -34,6 +35,7 @@ if typing.TYPE_CHECKING:
 
 __all__ = [
     "ORDER_SAGA",
+    "READINGS",
     "Instruments",
     "OrderCancelledError",
     "OrderLine",
