@@ -106,6 +106,75 @@ def status(config: ConfigOption = None, as_json: JsonOption = False) -> None:
 
 
 @app.command()
+def serve(
+    config: ConfigOption = None,
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=1, max=65535, help="Port to listen on.")] = 8000,
+    admin_password: Annotated[
+        str | None,
+        typer.Option(
+            envvar="MULTISTORE_ADMIN_PASSWORD",
+            help="The console admin's password (set at start). Without it, and without an "
+            "admin yet, one is made and logged once.",
+        ),
+    ] = None,
+    order_mode: Annotated[
+        str, typer.Option(help="How POST /orders places an order by default: saga or 2pc.")
+    ] = "saga",
+    traces: Annotated[
+        bool, typer.Option("--traces", help="Make OpenTelemetry spans and print them to stderr.")
+    ] = False,
+    no_telemetry: Annotated[
+        bool, typer.Option("--no-telemetry", help="No /metrics and no request points.")
+    ] = False,
+    rate_limit: Annotated[
+        int | None, typer.Option(min=1, help="Requests per client per minute (default 600).")
+    ] = None,
+    idempotency_lease: Annotated[
+        float | None,
+        typer.Option(help="Seconds before a crashed request's Idempotency-Key may be retried."),
+    ] = None,
+    saga_lease: Annotated[
+        float | None, typer.Option(help="Seconds a dead server's sagas stay its own.")
+    ] = None,
+    compensation_attempts: Annotated[
+        int | None,
+        typer.Option(min=1, help="Attempts of a saga compensation before it is stuck."),
+    ] = None,
+    name: Annotated[
+        str | None,
+        typer.Option(help="This server's name in the saga log and 2PC ids (default shop-PORT)."),
+    ] = None,
+    log_level: Annotated[str, typer.Option(help="uvicorn's log level.")] = "info",
+) -> None:
+    """Serve the seed's shop over HTTP: the API (OpenAPI at /openapi.json), the
+    operations console at /console, Prometheus metrics at /metrics."""
+
+    def body() -> None:
+        from multistore.cli._serve import run_serve
+
+        run_serve(
+            config,
+            host=host,
+            port=port,
+            traces=traces,
+            log_level=log_level,
+            settings={
+                "admin_password": admin_password,
+                "order_mode": order_mode,
+                "telemetry": not no_telemetry,
+                "rate_limit": rate_limit,
+                "idempotency_lease": idempotency_lease,
+                "saga_lease": saga_lease,
+                "compensation_attempts": compensation_attempts,
+                "name": name,
+            },
+        )
+
+    _guard(body)
+
+
+@app.command()
 def bench(
     name: Annotated[str, typer.Argument(help="Benchmark name: a module in benchmarks/.")],
     as_json: JsonOption = False,

@@ -92,13 +92,6 @@ from multistore.consistency._tpc_recovery import (
     recover_once,
     recover_transactions,
 )
-from multistore.consistency._tpc_shop import (
-    Order,
-    OutOfStockError,
-    create_shop_tables,
-    place_order,
-    restock,
-)
 
 __all__ = [
     "COMPENSATION_RETRY",
@@ -120,8 +113,6 @@ __all__ = [
     "IdempotentRun",
     "Inbox",
     "LogRecord",
-    "Order",
-    "OutOfStockError",
     "Outbox",
     "OutboxEvent",
     "OutboxRecord",
@@ -144,7 +135,6 @@ __all__ = [
     "TransactionIndeterminateError",
     "check_idempotency_key",
     "client_from_principal",
-    "create_shop_tables",
     "current_run",
     "deduplicated",
     "default_retriable",
@@ -152,9 +142,7 @@ __all__ = [
     "idempotent",
     "list_sagas",
     "open_participant",
-    "place_order",
     "recover_once",
     "recover_transactions",
-    "restock",
     "show_saga",
 ]

@@ -52,7 +52,6 @@ from multistore.replication._hints import (
 from multistore.replication._lag import Health
 from multistore.replication._logship import LogShipper
 from multistore.replication._mm_report import (
-    multimaster_demo,
     multimaster_status,
 )
 from multistore.replication._multimaster import (
@@ -158,7 +157,6 @@ __all__ = [
     "anti_entropy",
     "coordinator_id",
     "is_read",
-    "multimaster_demo",
     "multimaster_status",
     "quorum_status",
     "replication_status",
