@@ -58,19 +58,9 @@ class Clock:
         self.now += seconds
 
 
-@pytest.fixture(
-    params=[
-        "sqlite",
-        pytest.param("postgresql", marks=pytest.mark.server),
-        pytest.param("mariadb", marks=pytest.mark.server),
-    ]
-)
-def url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'shop.db'}"
-    if request.param == "postgresql":
-        return str(request.getfixturevalue("postgres_url"))
-    return str(request.getfixturevalue("mariadb_url"))
+@pytest.fixture
+def url(relational_url: str) -> str:
+    return relational_url
 
 
 @contextlib.asynccontextmanager

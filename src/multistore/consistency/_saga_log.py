@@ -1,8 +1,9 @@
 """The durable saga log in a relational store (SQLite, PostgreSQL or MariaDB).
 
-Two tables: ``multistore_sagas`` (one row per saga: name, state, input, errors,
-deadline, and the lease: ``owner`` and ``lease_until``) and
-``multistore_saga_steps`` (one row per step: state, attempts, output, errors).
+Two tables: ``multistore_sagas`` (one row per saga: name, definition version, state,
+input, errors, deadline, the lease — ``owner`` and ``lease_until`` — and ``blocked``,
+why the last worker could not run it) and ``multistore_saga_steps`` (one row per
+step: state, attempts, output, errors).
 
 Every write of a running saga is one transaction that first updates the saga row
 ``WHERE owner = <this worker>`` (the fence: a worker whose lease was taken over
@@ -22,7 +23,7 @@ from multistore.core._saga import (
     StepRecord,
     StepState,
 )
-from multistore.stores.relational import RelationalStore, Row
+from multistore.stores.relational import RelationalStore, Row, Transaction
 
 __all__ = ["SAGA_TABLES", "SagaLog", "list_sagas", "show_saga"]
 
@@ -32,6 +33,7 @@ _SCHEMA = (
     """CREATE TABLE IF NOT EXISTS multistore_sagas (
         saga_id VARCHAR(255) PRIMARY KEY,
         name VARCHAR(255) NOT NULL,
+        version VARCHAR(64) NOT NULL DEFAULT '1',
         state VARCHAR(20) NOT NULL,
         input TEXT NOT NULL,
         error TEXT,
@@ -39,6 +41,7 @@ _SCHEMA = (
         deadline DOUBLE PRECISION,
         owner VARCHAR(255),
         lease_until DOUBLE PRECISION,
+        blocked TEXT,
         created_at DOUBLE PRECISION NOT NULL,
         updated_at DOUBLE PRECISION NOT NULL
     )""",
@@ -58,12 +61,19 @@ _SCHEMA = (
     )""",
 )
 
+# Columns added since the first release: a log created before them gets them at setup.
+_ADDED_COLUMNS = (
+    ("version", "VARCHAR(64) NOT NULL DEFAULT '1'"),
+    ("blocked", "TEXT"),
+)
+
 _UNFINISHED_SQL = ", ".join(f"'{s.value}'" for s in UNFINISHED_STATES)
 
 _INSERT_SAGA = (
-    "INSERT INTO multistore_sagas (saga_id, name, state, input, error, compensation_error, "
-    "deadline, owner, lease_until, created_at, updated_at) VALUES (:saga_id, :name, :state, "
-    ":input, NULL, NULL, :deadline, :owner, :lease_until, :now, :now)"
+    "INSERT INTO multistore_sagas (saga_id, name, version, state, input, error, "
+    "compensation_error, deadline, owner, lease_until, created_at, updated_at) VALUES "
+    "(:saga_id, :name, :version, :state, :input, NULL, NULL, :deadline, :owner, "
+    ":lease_until, :now, :now)"
 )
 _INSERT_STEP = (
     "INSERT INTO multistore_saga_steps (saga_id, idx, name, state, attempts, output, error, "
@@ -73,7 +83,7 @@ _INSERT_STEP = (
 _UPDATE_SAGA = (
     "UPDATE multistore_sagas SET state = :state, error = :error, "
     "compensation_error = :compensation_error, owner = :new_owner, lease_until = :lease_until, "
-    "updated_at = :now WHERE saga_id = :saga_id AND owner = :owner"
+    "blocked = NULL, updated_at = :now WHERE saga_id = :saga_id AND owner = :owner"
 )
 _UPDATE_STEP = (
     "UPDATE multistore_saga_steps SET state = :state, attempts = :attempts, output = :output, "
@@ -81,8 +91,10 @@ _UPDATE_STEP = (
     "compensation_error = :compensation_error, updated_at = :now "
     "WHERE saga_id = :saga_id AND idx = :idx"
 )
+# Free (never leased, released, or blocked and due again), expired, or ours.
 _CLAIMABLE = (
-    f"state IN ({_UNFINISHED_SQL}) AND (owner IS NULL OR owner = :owner OR lease_until < :now)"
+    f"state IN ({_UNFINISHED_SQL}) "
+    "AND (lease_until IS NULL OR lease_until < :now OR owner = :owner)"
 )
 
 
@@ -95,12 +107,19 @@ class SagaLog:
         self._postgres = store.backend == "postgresql"
 
     async def setup(self) -> None:
-        """Create the tables if they are missing (safe to run from several workers)."""
+        """Create the tables if they are missing, and add the columns a log made by
+        an earlier release lacks (safe to run from several workers)."""
         async with self.store.transaction() as tx:
             if self.store.backend == "postgresql":
                 await tx.execute("SELECT pg_advisory_xact_lock(7311975041)")
             for statement in _SCHEMA:
                 await tx.execute(statement)
+            have = await _columns(tx, self.store.backend, "multistore_sagas")
+            for column, definition in _ADDED_COLUMNS:
+                if column not in have:
+                    await tx.execute(
+                        f"ALTER TABLE multistore_sagas ADD COLUMN {column} {definition}"
+                    )
 
     async def create(
         self, record: SagaRecord, *, owner: str | None, lease_until: float | None, now: float
@@ -116,6 +135,7 @@ class SagaLog:
                 {
                     "saga_id": record.saga_id,
                     "name": record.name,
+                    "version": record.version,
                     "state": record.state.value,
                     "input": record.input,
                     "deadline": record.deadline,
@@ -135,6 +155,7 @@ class SagaLog:
         params: dict[str, Any] = {
             "saga_id": record.saga_id,
             "name": record.name,
+            "version": record.version,
             "state": record.state.value,
             "input": record.input,
             "deadline": record.deadline,
@@ -158,8 +179,8 @@ class SagaLog:
     async def load(self, saga_id: str) -> SagaRecord | None:
         async with self.store.connection() as conn:
             row = await conn.fetch_one(
-                "SELECT saga_id, name, state, input, error, compensation_error, deadline "
-                "FROM multistore_sagas WHERE saga_id = :id",
+                "SELECT saga_id, name, version, state, input, error, compensation_error, "
+                "deadline FROM multistore_sagas WHERE saga_id = :id",
                 {"id": saga_id},
             )
             if row is None:
@@ -189,7 +210,15 @@ class SagaLog:
             error=row["error"],
             compensation_error=row["compensation_error"],
             deadline=None if row["deadline"] is None else float(row["deadline"]),
+            version=str(row["version"]),
         )
+
+    async def blocked(self, saga_id: str) -> str | None:
+        """Why the last worker that took the saga could not run it (None: nothing)."""
+        reason = await self.store.fetch_val(
+            "SELECT blocked FROM multistore_sagas WHERE saga_id = :id", {"id": saga_id}
+        )
+        return None if reason is None else str(reason)
 
     async def save(
         self,
@@ -257,7 +286,7 @@ class SagaLog:
 
     async def claim_batch(
         self,
-        names: Sequence[str],
+        definitions: Sequence[tuple[str, str]],
         *,
         owner: str,
         lease_until: float,
@@ -265,13 +294,17 @@ class SagaLog:
         limit: int,
         exclude: Sequence[str] = (),
     ) -> list[str]:
-        """Take the leases of up to ``limit`` unfinished sagas of the given names that
-        are free, expired or ours (oldest first). On PostgreSQL and MariaDB rows
-        locked by a concurrent claimer are skipped (``FOR UPDATE SKIP LOCKED``)."""
-        if not names:
+        """Take the leases of up to ``limit`` unfinished sagas logged with one of the
+        ``(name, version)`` pairs in ``definitions`` that are free, expired or ours
+        (oldest first). On PostgreSQL and MariaDB rows locked by a concurrent claimer
+        are skipped (``FOR UPDATE SKIP LOCKED``)."""
+        if not definitions:
             return []
         params: dict[str, Any] = {"owner": owner, "now": now, "limit": limit}
-        name_marks = _marks(params, "n", names)
+        pairs = []
+        for n, (name, version) in enumerate(definitions):
+            params[f"n{n}"], params[f"v{n}"] = name, version
+            pairs.append(f"(name = :n{n} AND version = :v{n})")
         not_in = ""
         if exclude:
             not_in = f" AND saga_id NOT IN ({_marks(params, 'x', exclude)})"
@@ -279,7 +312,7 @@ class SagaLog:
         async with self.store.transaction() as tx:
             rows = await tx.fetch_all(
                 f"SELECT saga_id FROM multistore_sagas WHERE {_CLAIMABLE} "
-                f"AND name IN ({name_marks}){not_in} ORDER BY created_at LIMIT :limit{lock}",
+                f"AND ({' OR '.join(pairs)}){not_in} ORDER BY created_at LIMIT :limit{lock}",
                 params,
             )
             ids = [str(r["saga_id"]) for r in rows]
@@ -293,12 +326,16 @@ class SagaLog:
                 )
         return ids
 
-    async def renew(self, owner: str, *, lease_until: float) -> int:
-        """Extend the lease of every unfinished saga ``owner`` holds (the heartbeat)."""
+    async def renew(self, owner: str, saga_ids: Sequence[str], *, lease_until: float) -> int:
+        """Extend the leases of ``saga_ids`` that ``owner`` still holds (the heartbeat
+        of the sagas a worker is running, and of no other); how many it extended."""
+        if not saga_ids:
+            return 0
+        params: dict[str, Any] = {"owner": owner, "lease_until": lease_until}
         return await self.store.execute(
-            f"UPDATE multistore_sagas SET lease_until = :lease_until "
-            f"WHERE owner = :owner AND state IN ({_UNFINISHED_SQL})",
-            {"owner": owner, "lease_until": lease_until},
+            "UPDATE multistore_sagas SET lease_until = :lease_until "
+            f"WHERE owner = :owner AND saga_id IN ({_marks(params, 'i', saga_ids)})",
+            params,
         )
 
     async def release(self, saga_id: str, owner: str) -> None:
@@ -308,6 +345,30 @@ class SagaLog:
             "WHERE saga_id = :saga_id AND owner = :owner",
             {"saga_id": saga_id, "owner": owner},
         )
+
+    async def block(self, saga_id: str, owner: str, reason: str, *, retry_at: float) -> bool:
+        """Give a saga back that ``owner`` cannot run, with the reason: no worker
+        takes it before ``retry_at``. False if ``owner`` no longer held it."""
+        blocked = await self.store.execute(
+            "UPDATE multistore_sagas SET owner = NULL, lease_until = :retry_at, "
+            "blocked = :reason WHERE saga_id = :saga_id AND owner = :owner",
+            {"saga_id": saga_id, "owner": owner, "reason": reason, "retry_at": retry_at},
+        )
+        return blocked == 1
+
+
+async def _columns(tx: Transaction, backend: str, table: str) -> set[str]:
+    """The column names of ``table``."""
+    if backend == "sqlite":
+        rows = await tx.fetch_all(f"PRAGMA table_info({table})")
+        return {str(r["name"]) for r in rows}
+    schema = "current_schema()" if backend == "postgresql" else "DATABASE()"
+    rows = await tx.fetch_all(
+        "SELECT column_name AS name FROM information_schema.columns "
+        f"WHERE table_schema = {schema} AND table_name = :table",
+        {"table": table},
+    )
+    return {str(r["name"]).lower() for r in rows}
 
 
 def _lease_lost(saga_id: str, owner: str) -> SagaLeaseLostError:
@@ -367,8 +428,8 @@ def _step_params(saga_id: str, idx: int, step: StepRecord, now: float) -> dict[s
 # -- inspection (for operators and the CLI) --------------------------------------
 
 _SAGA_COLUMNS = (
-    "saga_id, name, state, error, compensation_error, deadline, owner, lease_until, "
-    "created_at, updated_at"
+    "saga_id, name, version, state, error, compensation_error, deadline, owner, "
+    "lease_until, blocked, created_at, updated_at"
 )
 
 
@@ -380,8 +441,9 @@ async def list_sagas(
     store: RelationalStore, *, state: str | SagaState | None = None, limit: int = 100
 ) -> list[dict[str, Any]]:
     """The sagas in the log, newest first, optionally only those in ``state``; each a
-    dict with ``saga_id, name, state, error, compensation_error, deadline, owner,
-    lease_until, created_at, updated_at`` (errors are JSON text ``{"type", "message"}``)."""
+    dict with ``saga_id, name, version, state, error, compensation_error, deadline,
+    owner, lease_until, blocked, created_at, updated_at`` (errors are JSON text
+    ``{"type", "message"}``; ``blocked`` is why the last worker could not run it)."""
     if state is None:
         rows = await store.fetch_all(
             f"SELECT {_SAGA_COLUMNS} FROM multistore_sagas "
