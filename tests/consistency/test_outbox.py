@@ -348,6 +348,39 @@ def test_a_delivery_cut_off_every_time_is_parked(url: str) -> None:
     asyncio.run(body())
 
 
+def test_a_cancelled_delivery_is_charged_to_the_event_in_the_handler(url: str) -> None:
+    """Cancelled while the handler runs event 2 of a batch: event 1 is delivered,
+    event 2 carries the interrupted attempt (not the claim's head), event 3 is
+    released untouched."""
+
+    async def body() -> None:
+        async with shop(url) as (store, outbox):
+            for n in (1, 2, 3):
+                await save(store, outbox, "p", n)
+            entered = asyncio.Event()
+
+            async def hangs_on_2(event: OutboxEvent) -> None:
+                if event.seq == 2:
+                    entered.set()
+                    await asyncio.Event().wait()
+
+            relay = OutboxRelay(outbox, hangs_on_2)
+            task = asyncio.create_task(relay.run_once())
+            await asyncio.wait_for(entered.wait(), 30)
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            rows = await outbox.events(aggregate="p")
+            assert [(r.event.seq, r.state, r.attempts, r.owner) for r in rows] == [
+                (1, "delivered", 1, None),
+                (2, "pending", 1, None),
+                (3, "pending", 0, None),
+            ]
+            assert rows[1].error is not None and rows[1].error.type == "DeliveryInterrupted"
+
+    asyncio.run(body())
+
+
 @pytest.mark.server
 def test_run_rides_out_a_lost_database(
     postgres_server: Any, postgres_url: str, tcp_proxy: Callable[[str, int], Any]
@@ -671,3 +704,77 @@ def test_sigkill_during_delivery_then_restart_delivers_everything(
         assert set(counted.values()) == {1}
     else:  # the whole unmarked batch was delivered again
         assert set(counted.values()) <= {1, 2}
+
+
+@pytest.fixture
+def poison_config(relational_url: str, tmp_path: Path) -> dict[str, Any]:
+    return {
+        "outbox": relational_url,
+        "inbox": None,
+        "effects": f"sqlite:///{tmp_path / 'effects.db'}",
+        "count": 9,  # p0:1..3, p1:1..3, p2:1..3
+        "worker": "relay-1",
+        "lease": 1.0,
+        "max_attempts": 3,
+    }
+
+
+def test_sigkill_at_event_3_of_a_batch_charges_and_parks_that_event(
+    poison_config: dict[str, Any],
+) -> None:
+    """The handler kills the relay process on event 3 of aggregate p0 every time, the
+    first time inside a batch that holds p0:1..3. Each restarted relay charges the
+    attempt to p0:3 (not to the claim's head p0:1), p0:3 is the event parked after
+    the policy's 3 attempts, and p0:1 and p0:2 are handed over once more after the
+    first crash, not once per crash."""
+    config = poison_config
+    _worker(dict(config, mode="write"))
+    env = {k: v for k, v in os.environ.items() if k != "OUTBOX_CRASH_AT"}
+    env["OUTBOX_CRASH_AT"] = "in_effect:p0:3"
+    killed = 0
+    for _ in range(8):
+        run = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "tests.consistency.outbox_worker",
+                json.dumps(dict(config, mode="relay")),
+            ],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=90,
+            check=False,
+        )
+        if run.returncode == 0:
+            break
+        assert run.returncode == -9, run.stderr
+        killed += 1
+    else:
+        raise AssertionError(f"the relay never got past the poison event ({killed} kills)")
+    result = json.loads(run.stdout.strip().splitlines()[-1])
+    assert (result["pending"], result["parked"], result["delivered"]) == (0, 1, 8)
+    # one kill in the first batch (not charged: nothing says which event ran), then one
+    # per recorded attempt of p0:3
+    assert killed == 4
+
+    async def parked() -> list[tuple[str, int, int, str]]:
+        async with shop(config["outbox"]) as (_store, outbox):
+            return [
+                (r.event.aggregate, r.event.seq, r.attempts, r.error.type if r.error else "")
+                for r in await outbox.events(aggregate="p0")
+            ]
+
+    assert asyncio.run(parked()) == [
+        ("p0", 1, 1, ""),
+        ("p0", 2, 1, ""),
+        ("p0", 3, 3, "DeliveryInterrupted"),
+    ]
+    handed = asyncio.run(_effect_rows(config))
+    assert handed == {
+        "p0:1": 2,
+        "p0:2": 2,
+        "p0:3": 4,
+        **{f"p{a}:{s}": 1 for a in (1, 2) for s in (1, 2, 3)},
+    }
