@@ -617,11 +617,12 @@ def test_inbox_turns_redeliveries_into_one_effect_per_consumer(tmp_path: Path) -
 COUNT = 6  # events p0:1, p1:1, p2:1, p0:2, p1:2, p2:2 (aggregates p0..p2)
 
 
-def _worker(config: dict[str, Any], crash_at: str | None = None) -> dict[str, Any]:
+def _spawn(config: dict[str, Any], crash_at: str | None) -> subprocess.CompletedProcess[str]:
+    """Run ``outbox_worker`` with ``config`` in a process (SIGKILLed at ``crash_at``)."""
     env = {k: v for k, v in os.environ.items() if k != "OUTBOX_CRASH_AT"}
     if crash_at is not None:
         env["OUTBOX_CRASH_AT"] = crash_at
-    done = subprocess.run(
+    return subprocess.run(
         [sys.executable, "-m", "tests.consistency.outbox_worker", json.dumps(config)],
         cwd=ROOT,
         env=env,
@@ -630,6 +631,10 @@ def _worker(config: dict[str, Any], crash_at: str | None = None) -> dict[str, An
         timeout=90,
         check=False,
     )
+
+
+def _worker(config: dict[str, Any], crash_at: str | None = None) -> dict[str, Any]:
+    done = _spawn(config, crash_at)
     if crash_at is not None:
         assert done.returncode == -9, f"expected a SIGKILL at {crash_at}:\n{done.stderr}"
         return {}
@@ -729,24 +734,9 @@ def test_sigkill_at_event_3_of_a_batch_charges_and_parks_that_event(
     first crash, not once per crash."""
     config = poison_config
     _worker(dict(config, mode="write"))
-    env = {k: v for k, v in os.environ.items() if k != "OUTBOX_CRASH_AT"}
-    env["OUTBOX_CRASH_AT"] = "in_effect:p0:3"
     killed = 0
     for _ in range(8):
-        run = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "tests.consistency.outbox_worker",
-                json.dumps(dict(config, mode="relay")),
-            ],
-            cwd=ROOT,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=90,
-            check=False,
-        )
+        run = _spawn(dict(config, mode="relay"), "in_effect:p0:3")
         if run.returncode == 0:
             break
         assert run.returncode == -9, run.stderr
