@@ -38,6 +38,7 @@ from multistore.consistency._outbox import new_event_id
 from multistore.errors import InvalidValueError, UsageError
 from multistore.stores import open_store
 from multistore.stores.relational import RelationalStore
+from tests.consistency.helpers import wait_for as poll
 
 ROOT = Path(__file__).resolve().parents[2]
 FAST_RETRY = RetryPolicy(
@@ -89,15 +90,6 @@ async def save(store: RelationalStore, outbox: Outbox, aggregate: str, n: int) -
             {"id": f"{aggregate}-{n}", "name": f"product {n}"},
         )
         return await outbox.add(tx, aggregate, "product.upserted", {"id": f"{aggregate}-{n}"})
-
-
-async def poll(check: Callable[[], Awaitable[bool]], what: str, within: float = 30.0) -> None:
-    """Wait until ``check()`` is true, at most ``within`` seconds."""
-    give_up = time.monotonic() + within
-    while not await check():
-        if time.monotonic() > give_up:
-            raise TimeoutError(f"not within {within} s: {what}")
-        await asyncio.sleep(0.02)
 
 
 def in_order_per_aggregate(calls: list[tuple[str, int, bool]]) -> bool:

@@ -6,18 +6,16 @@ MariaDB logs)."""
 from __future__ import annotations
 
 import asyncio
-import time
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from multistore.consistency._saga import Saga, Step, StepContext
+from multistore.consistency._saga import Saga, SagaResult, Step, StepContext
 from multistore.consistency._saga_engine import SagaEngine
 from multistore.core._saga import SagaState
-from multistore.stores import open_store
 from multistore.stores.relational import RelationalStore
+from tests.consistency.helpers import open_relational, wait_for
 from tests.consistency.saga_shop import Shop
 from tests.consistency.saga_worker import spawn
 
@@ -27,21 +25,6 @@ ROOT = Path(__file__).resolve().parents[2]
 @pytest.fixture
 def log_url(relational_url: str) -> str:
     return relational_url
-
-
-async def _open(url: str) -> RelationalStore:
-    store = await open_store(url, model="relational")
-    assert isinstance(store, RelationalStore)
-    return store
-
-
-async def wait_for(check: Callable[[], Awaitable[bool]], what: str, within: float = 30.0) -> None:
-    """Until ``check()`` is true, at most ``within`` seconds."""
-    give_up = time.monotonic() + within
-    while not await check():
-        if time.monotonic() > give_up:
-            raise TimeoutError(f"not within {within} s: {what}")
-        await asyncio.sleep(0.02)
 
 
 async def _row(log: RelationalStore, saga_id: str) -> dict[str, Any]:
@@ -82,7 +65,7 @@ def test_heartbeat_renews_only_the_sagas_running_here(log_url: str, tmp_path: Pa
 
     async def body() -> None:
         shop = await Shop.open(shop_urls["orders"], shop_urls["payments"], shop_urls["inventory"])
-        log_a, log_b = await _open(log_url), await _open(log_url)
+        log_a, log_b = await open_relational(log_url), await open_relational(log_url)
         gate = Gate()
         long = Saga("long", [Step("wait", gate)])
         try:
@@ -132,7 +115,7 @@ def test_a_cancelled_start_gives_its_saga_back_to_recovery(log_url: str) -> None
     saga = Saga("order", [Step("first", gate), Step("second", _noop)])
 
     async def body() -> None:
-        log_a, log_b = await _open(log_url), await _open(log_url)
+        log_a, log_b = await open_relational(log_url), await open_relational(log_url)
         try:
             async with (
                 SagaEngine(log_a, [saga], worker_id="a") as a,
@@ -174,16 +157,13 @@ def test_a_saga_that_no_longer_matches_its_definition_is_blocked_not_fatal(
     ship = Saga("ship", [Step("ship", _noop)])
 
     async def body() -> None:
-        log = await _open(log_url)
-        now = [time.time()]
+        log = await open_relational(log_url)
         try:
             async with SagaEngine(log, [old, ship], worker_id="old") as engine:
                 await engine.enqueue(old, None, saga_id="bad")
                 await engine.enqueue(ship, None, saga_id="good-1")
                 await engine.enqueue(ship, None, saga_id="good-2")
-            async with SagaEngine(
-                log, [changed, ship], worker_id="new", clock=lambda: now[0], lease=5.0
-            ) as new:
+            async with SagaEngine(log, [changed, ship], worker_id="new", lease=2.0) as new:
                 results = {r.saga_id: r for r in await new.recover()}
                 assert {i: r.state for i, r in results.items()} == {
                     "bad": SagaState.PENDING,
@@ -201,15 +181,17 @@ def test_a_saga_that_no_longer_matches_its_definition_is_blocked_not_fatal(
                 # not taken again before a lease has passed (no busy loop on it)
                 assert await new.recover() == []
             # a worker that registers the definition it started with finishes it
-            async with SagaEngine(
-                log, [old], worker_id="fixed", clock=lambda: now[0] + 5.1
-            ) as fixed:
-                (done,) = await fixed.recover()
-                assert (done.saga_id, done.state, done.blocked) == (
-                    "bad",
-                    SagaState.COMPLETED,
-                    None,
-                )
+            async with SagaEngine(log, [old], worker_id="fixed") as fixed:
+                finished: list[SagaResult] = []
+
+                async def taken() -> bool:
+                    finished.extend(await fixed.recover())
+                    return bool(finished)
+
+                await wait_for(taken, "a worker with the right definition finished it")
+                assert [(r.saga_id, r.state, r.blocked) for r in finished] == [
+                    ("bad", SagaState.COMPLETED, None)
+                ]
             assert (await _row(log, "bad"))["blocked"] is None
         finally:
             await log.close()
@@ -237,7 +219,7 @@ def test_old_versions_stay_registered_to_finish_the_runs_they_started(log_url: s
     v2 = Saga("order", [step("create"), step("charge"), step("notify")], version="2")
 
     async def body() -> None:
-        log = await _open(log_url)
+        log = await open_relational(log_url)
         try:
             async with SagaEngine(log, [v1], worker_id="old") as old:
                 task = asyncio.create_task(old.start(v1, None, saga_id="o-1"))
@@ -285,7 +267,7 @@ def test_a_log_made_before_versions_gets_the_new_columns(log_url: str) -> None:
     saga = Saga("ship", [Step("ship", _noop)])
 
     async def body() -> None:
-        log = await _open(log_url)
+        log = await open_relational(log_url)
         try:
             await log.execute(
                 "CREATE TABLE multistore_sagas (saga_id VARCHAR(255) PRIMARY KEY, "

@@ -13,6 +13,10 @@ write is fenced on the owner.
   the other statements, so their text does not depend on the batch).
 - MariaDB: a ``READ COMMITTED`` transaction (no gap locks) with ``SKIP LOCKED``.
 - SQLite: a ``BEGIN IMMEDIATE`` transaction; the write lock serialises claimers.
+
+Leases and retry times are written and compared on the database's clock where it has
+one (PostgreSQL, MariaDB: inside each statement); on SQLite on the outbox's ``clock``
+(see :mod:`multistore.consistency._log_clock`).
 """
 
 from __future__ import annotations
@@ -28,17 +32,17 @@ from multistore.stores.relational import Row, Transaction
 __all__ = ["Claimed", "Leases", "Outcome", "by_aggregate"]
 
 _HEAD = (
-    "o.state = 'pending' AND (o.owner IS NULL OR o.owner = :owner OR o.lease_until < :now) "
-    "AND (o.next_attempt_at IS NULL OR o.next_attempt_at <= :now) "
+    "o.state = 'pending' AND (o.owner IS NULL OR o.owner = :owner OR o.lease_until < {now}) "
+    "AND (o.next_attempt_at IS NULL OR o.next_attempt_at <= {now}) "
     "AND NOT EXISTS (SELECT 1 FROM {t} p WHERE p.aggregate = o.aggregate "
     "AND p.state IN ('pending', 'parked') AND p.seq < o.seq)"
 )
 
 
-def _pg_claim(table: str) -> str:
+def _pg_claim(table: str, now: str) -> str:
     """One statement: lock the heads, add up to ``ceil(limit / heads)`` events of each
     aggregate (nearest to its head first, at most ``limit`` in all), lease them."""
-    head = _HEAD.format(t=table)
+    head = _HEAD.format(t=table, now=now)
     return (
         f"WITH heads AS (SELECT o.event_id, o.aggregate, o.seq FROM {table} o WHERE {head} "
         "ORDER BY o.event_id LIMIT :limit FOR UPDATE SKIP LOCKED), "
@@ -50,7 +54,7 @@ def _pg_claim(table: str) -> str:
         "WHERE f.aggregate = h.aggregate AND f.state = 'pending' AND f.seq >= h.seq "
         "ORDER BY f.seq LIMIT per.n) f "
         "ORDER BY f.seq - h.seq, h.event_id LIMIT :limit) "
-        f"UPDATE {table} AS e SET owner = :owner, lease_until = :until "
+        f"UPDATE {table} AS e SET owner = :owner, lease_until = {now} + :lease "
         "FROM batch b WHERE e.event_id = b.event_id "
         "RETURNING e.event_id, e.aggregate, e.seq, e.event_type, e.payload, e.created_at, "
         "e.attempts, b.taken"
@@ -74,7 +78,8 @@ class Outcome:
     event_id: str
     attempts: int
     error: str
-    next_attempt_at: float | None  # None: parked
+    retry_in: float | None
+    """Seconds until the event is due again; None: parked."""
 
 
 class Leases:
@@ -83,7 +88,10 @@ class Leases:
     def __init__(self, outbox: Outbox, owner: str) -> None:
         self.outbox = outbox
         self.owner = owner
-        self._claim_sql = _pg_claim(outbox.table) if outbox.backend == "postgresql" else ""
+        self._now = outbox.time.sql
+        self._claim_sql = (
+            _pg_claim(outbox.table, self._now) if outbox.backend == "postgresql" else ""
+        )
 
     def _ids(self, params: dict[str, Any], name: str, ids: Sequence[str]) -> str:
         """A condition ``event_id`` in ``ids``: one array parameter on PostgreSQL (one
@@ -96,11 +104,10 @@ class Leases:
     async def claim(self, *, lease: float, limit: int) -> list[Claimed]:
         """Lease up to ``limit`` events (heads and the events right after them); each
         with its ``attempt``: the deliveries recorded so far, plus one."""
-        now = self.outbox.clock()
         params: dict[str, Any] = {
             "owner": self.owner,
-            "now": now,
-            "until": now + lease,
+            "now": self.outbox.clock(),
+            "lease": lease,
             "limit": limit,
         }
         if self._claim_sql:
@@ -147,9 +154,9 @@ class Leases:
 
     async def renew(self, held: Sequence[str], *, lease: float) -> int:
         """Extend the leases of ``held``; how many were still this owner's."""
-        params: dict[str, Any] = {"owner": self.owner, "until": self.outbox.clock() + lease}
+        params: dict[str, Any] = {"owner": self.owner, "lease": lease, "now": self.outbox.clock()}
         return await self.outbox.store.execute(
-            f"UPDATE {self.outbox.table} SET lease_until = :until "
+            f"UPDATE {self.outbox.table} SET lease_until = {self._now} + :lease "
             f"WHERE owner = :owner AND {self._ids(params, 'i', held)}",
             params,
         )
@@ -167,7 +174,7 @@ class Leases:
         lock = " FOR UPDATE SKIP LOCKED" if self.outbox.backend == "mariadb" else ""
         heads = await tx.fetch_all(
             f"SELECT o.event_id, o.aggregate, o.seq FROM {table} o "
-            f"WHERE {_HEAD.format(t=table)} ORDER BY o.event_id LIMIT :limit{lock}",
+            f"WHERE {_HEAD.format(t=table, now=self._now)} ORDER BY o.event_id LIMIT :limit{lock}",
             params,
         )
         if not heads:
@@ -190,10 +197,10 @@ class Leases:
             return int(row["seq"]) - first, order
 
         chosen = sorted(rows, key=nearest)[: params["limit"]]
-        lease: dict[str, Any] = {"owner": params["owner"], "until": params["until"]}
+        lease = {name: params[name] for name in ("owner", "lease", "now")}
         ids = [str(r["event_id"]) for r in chosen]
         await tx.execute(
-            f"UPDATE {table} SET owner = :owner, lease_until = :until "
+            f"UPDATE {table} SET owner = :owner, lease_until = {self._now} + :lease "
             f"WHERE event_id IN ({in_marks(lease, 'i', ids)})",
             lease,
         )
@@ -231,13 +238,15 @@ class Leases:
             statements.append(
                 (
                     f"UPDATE {table} SET state = :state, attempts = :attempts, "
-                    "last_error = :error, next_attempt_at = :next, owner = NULL, "
-                    "lease_until = NULL WHERE owner = :owner AND event_id = :event_id",
+                    f"last_error = :error, next_attempt_at = {self._now} + :retry_in, "
+                    "owner = NULL, lease_until = NULL "
+                    "WHERE owner = :owner AND event_id = :event_id",
                     {
-                        "state": "pending" if o.next_attempt_at is not None else "parked",
+                        "state": "pending" if o.retry_in is not None else "parked",
                         "attempts": o.attempts,
                         "error": o.error,
-                        "next": o.next_attempt_at,
+                        "retry_in": o.retry_in,
+                        "now": now,
                         "owner": self.owner,
                         "event_id": o.event_id,
                     },

@@ -175,7 +175,7 @@ class OutboxRelay:
             await self._stop(beat)
             await batch.finish(self._leases)
             outcomes = batch.outcomes
-            parked = sum(1 for o in outcomes if o.next_attempt_at is None)
+            parked = sum(1 for o in outcomes if o.retry_in is None)
             delivered = batch.returned
             self._count(
                 batches=1,
@@ -251,7 +251,7 @@ class OutboxRelay:
         delay = self.retry.delay(event.attempt, self._random())
         if isinstance(exc, IdempotencyInProgressError):  # an inbox still held by a dead run
             delay = max(delay, exc.retry_after)
-        return Outcome(event.event_id, event.attempt, error, self.outbox.clock() + delay)
+        return Outcome(event.event_id, event.attempt, error, delay)
 
     def _interrupted(self, event: OutboxEvent) -> Outcome:
         """An event whose recorded attempts used up the policy, the last one cut off
@@ -269,7 +269,7 @@ class OutboxRelay:
         due again at once."""
         message = "the relay was stopped while the handler ran"
         error = ErrorInfo("DeliveryInterrupted", message).to_json()
-        return Outcome(event.event_id, event.attempt, error, self.outbox.clock())
+        return Outcome(event.event_id, event.attempt, error, 0.0)
 
     async def _heartbeat(self, held: set[str], lost: asyncio.Event) -> None:
         while True:

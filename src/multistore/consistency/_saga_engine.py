@@ -26,12 +26,12 @@ import contextlib
 import dataclasses
 import json
 import random as _random
-import time
 import uuid
 from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from types import TracebackType
 from typing import Any, Self, TypeVar
 
+from multistore.consistency._log_clock import LogClock
 from multistore.consistency._retry import RetryPolicy
 from multistore.consistency._saga import (
     JSON,
@@ -69,8 +69,14 @@ class SagaEngine:
     one saga name to finish runs started by older code. ``worker_id`` names this
     worker in the log; a worker restarted with the same id takes its own unfinished
     sagas back at once on :meth:`recover` (never run two live workers with one id).
-    ``clock`` (wall-clock seconds, shared by all workers for leases and deadlines),
-    ``sleep`` (backoff waits) and ``random`` (jitter) can be replaced in tests.
+    Leases and deadlines are on the log database's clock where it has one: on
+    PostgreSQL and MariaDB the server computes and compares every lease, and saga
+    deadlines use the server's time as last read (at setup and by the heartbeat)
+    plus the local monotonic time since, so a worker's wrong wall clock changes
+    nothing. An SQLite log is on one machine and uses its clock (``time.time()``),
+    which every process on the file shares. A ``clock`` (wall-clock seconds) given
+    replaces all of this on every backend; with ``sleep`` (backoff waits) and
+    ``random`` (jitter) it lets a test control time.
     """
 
     def __init__(
@@ -81,7 +87,7 @@ class SagaEngine:
         worker_id: str | None = None,
         lease: float = DEFAULT_LEASE,
         concurrency: int = 8,
-        clock: Callable[[], float] = time.time,
+        clock: Callable[[], float] | None = None,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         random: Callable[[], float] = _random.random,
         observer: Observer | None = None,
@@ -90,12 +96,13 @@ class SagaEngine:
             raise UsageError(f"lease must be positive, not {lease}")
         if concurrency < 1:
             raise UsageError(f"concurrency must be at least 1, not {concurrency}")
-        self.log = SagaLog(log)
+        self.time = LogClock(log, clock)
+        self.log = SagaLog(log, self.time)
         self.store = log
         self.worker_id = worker_id or f"worker-{uuid.uuid4().hex[:12]}"
         self.lease = lease
         self.concurrency = concurrency
-        self._clock = clock
+        self._clock = self.time.now
         self._sleep = sleep
         self._random = random
         self._observer = observer
@@ -121,9 +128,11 @@ class SagaEngine:
         self._sagas[key] = saga
 
     async def setup(self) -> None:
-        """Create the log tables if missing. Called by the first start or recover."""
+        """Create the log tables if missing and read the database's clock. Called by
+        the first start or recover."""
         if not self._ready:
             await self.log.setup()
+            await self.time.sync()
             self._ready = True
 
     async def close(self) -> None:
@@ -197,7 +206,7 @@ class SagaEngine:
         return await self.log.claim_batch(
             sorted(self._sagas),
             owner=self.worker_id,
-            lease_until=now + self.lease,
+            lease=self.lease,
             now=now,
             limit=limit,
             exclude=sorted({*self._running, *exclude}),
@@ -255,16 +264,15 @@ class SagaEngine:
         if record.state is not SagaState.STUCK:
             raise ConflictError(f"saga {saga_id!r} is {record.state.value}, not stuck")
         saga = self._definition(record)
-        now = self._clock()
         # A stuck saga has no owner: take it with a fenced write of our own.
-        if not await self._take_stuck(saga_id, now):
+        if not await self.log.take_stuck(
+            saga_id, self.worker_id, lease=self.lease, now=self._clock()
+        ):
             raise ConflictError(f"saga {saga_id!r} was taken by another operator or worker")
         reopened = sm.reopen_stuck(record)
 
         async def run() -> SagaResult:
-            await self.log.save(
-                record, reopened, owner=self.worker_id, lease_until=now + self.lease, now=now
-            )
+            await self._save(record, reopened)
             return await self._run(saga, reopened)
 
         return await self._hold(saga_id, run())
@@ -290,14 +298,6 @@ class SagaEngine:
             )
         return saga
 
-    async def _take_stuck(self, saga_id: str, now: float) -> bool:
-        taken = await self.store.execute(
-            "UPDATE multistore_sagas SET owner = :owner, lease_until = :lease_until "
-            "WHERE saga_id = :saga_id AND state = 'stuck' AND owner IS NULL",
-            {"owner": self.worker_id, "lease_until": now + self.lease, "saga_id": saga_id},
-        )
-        return taken == 1
-
     async def _create(
         self, saga: Saga, input: JSON, saga_id: str | None, *, run_here: bool
     ) -> SagaRecord | None:
@@ -314,7 +314,7 @@ class SagaEngine:
             await self.log.create(
                 record,
                 owner=self.worker_id if run_here else None,
-                lease_until=now + self.lease if run_here else None,
+                lease=self.lease if run_here else None,
                 now=now,
             )
         except DuplicateKeyError:
@@ -348,9 +348,7 @@ class SagaEngine:
         ):
             return _result(record)  # done, or run here already, or by another version
         now = self._clock()
-        if not await self.log.claim(
-            saga_id, owner=self.worker_id, lease_until=now + self.lease, now=now
-        ):
+        if not await self.log.claim(saga_id, owner=self.worker_id, lease=self.lease, now=now):
             return _result(record)  # a live worker runs it
         try:
             return await self._resume(saga_id) or _result(record)
@@ -413,11 +411,10 @@ class SagaEngine:
             if reason is None:
                 await asyncio.wait_for(self.log.release(saga_id, self.worker_id), self.lease)
             else:
-                retry_at = self._clock() + self.lease
-                await asyncio.wait_for(
-                    self.log.block(saga_id, self.worker_id, reason, retry_at=retry_at),
-                    self.lease,
+                block = self.log.block(
+                    saga_id, self.worker_id, reason, retry_in=self.lease, now=self._clock()
                 )
+                await asyncio.wait_for(block, self.lease)
 
     async def _run(
         self, saga: Saga, record: SagaRecord, prestarted: int | None = None
@@ -690,9 +687,7 @@ class SagaEngine:
 
     async def _save(self, before: SagaRecord, after: SagaRecord) -> SagaRecord:
         now = self._clock()
-        await self.log.save(
-            before, after, owner=self.worker_id, lease_until=now + self.lease, now=now
-        )
+        await self.log.save(before, after, owner=self.worker_id, lease=self.lease, now=now)
         return after
 
     def _ensure_heartbeat(self) -> None:
@@ -700,14 +695,14 @@ class SagaEngine:
             self._heartbeat = asyncio.get_running_loop().create_task(self._beat())
 
     async def _beat(self) -> None:
-        """Every ``lease / 3`` s, extend the leases of the sagas running here now."""
+        """Every ``lease / 3`` s, extend the leases of the sagas running here now (and
+        read the database's clock again)."""
         while True:
             await asyncio.sleep(self.lease / 3)
             running = sorted(self._running)
             with contextlib.suppress(Exception):
-                await self.log.renew(
-                    self.worker_id, running, lease_until=self._clock() + self.lease
-                )
+                await self.log.renew(self.worker_id, running, lease=self.lease, now=self._clock())
+                await self.time.sync()
 
     def _emit(self, event: str, saga_id: str, step: str | None) -> None:
         if self._observer is not None:

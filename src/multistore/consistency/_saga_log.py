@@ -8,6 +8,11 @@ step: state, attempts, output, errors).
 Every write of a running saga is one transaction that first updates the saga row
 ``WHERE owner = <this worker>`` (the fence: a worker whose lease was taken over
 cannot write) and then the step rows that changed.
+
+Leases are written and compared on the database's clock where it has one
+(PostgreSQL, MariaDB: ``lease_until = now() + lease`` inside the statement); on SQLite
+on the caller's ``now`` (see :mod:`multistore.consistency._log_clock`). A test that
+controls time passes a :class:`LogClock` with its own clock.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from multistore.consistency._log_clock import LogClock
 from multistore.consistency._saga import SagaLeaseLostError
 from multistore.core._saga import (
     UNFINISHED_STATES,
@@ -73,7 +79,7 @@ _INSERT_SAGA = (
     "INSERT INTO multistore_sagas (saga_id, name, version, state, input, error, "
     "compensation_error, deadline, owner, lease_until, created_at, updated_at) VALUES "
     "(:saga_id, :name, :version, :state, :input, NULL, NULL, :deadline, :owner, "
-    ":lease_until, :now, :now)"
+    "{now} + :lease, :now, :now)"
 )
 _INSERT_STEP = (
     "INSERT INTO multistore_saga_steps (saga_id, idx, name, state, attempts, output, error, "
@@ -82,8 +88,9 @@ _INSERT_STEP = (
 )
 _UPDATE_SAGA = (
     "UPDATE multistore_sagas SET state = :state, error = :error, "
-    "compensation_error = :compensation_error, owner = :new_owner, lease_until = :lease_until, "
-    "blocked = NULL, updated_at = :now WHERE saga_id = :saga_id AND owner = :owner"
+    "compensation_error = :compensation_error, owner = :new_owner, "
+    "lease_until = {now} + :lease, blocked = NULL, updated_at = :now "
+    "WHERE saga_id = :saga_id AND owner = :owner"
 )
 _UPDATE_STEP = (
     "UPDATE multistore_saga_steps SET state = :state, attempts = :attempts, output = :output, "
@@ -94,17 +101,23 @@ _UPDATE_STEP = (
 # Free (never leased, released, or blocked and due again), expired, or ours.
 _CLAIMABLE = (
     f"state IN ({_UNFINISHED_SQL}) "
-    "AND (lease_until IS NULL OR lease_until < :now OR owner = :owner)"
+    "AND (lease_until IS NULL OR lease_until < {now} OR owner = :owner)"
 )
 
 
 class SagaLog:
     """Reads and writes saga records in one relational store."""
 
-    def __init__(self, store: RelationalStore) -> None:
+    def __init__(self, store: RelationalStore, clock: LogClock | None = None) -> None:
         self.store = store
+        self.time = clock or LogClock(store)
+        """Where the leases take their time from (the database's clock by default)."""
         self._skip_locked = store.backend in ("postgresql", "mariadb")
         self._postgres = store.backend == "postgresql"
+        self._now = now = self.time.sql
+        self._insert_saga = _INSERT_SAGA.format(now=now)
+        self._update_saga = _UPDATE_SAGA.format(now=now)
+        self._claimable = _CLAIMABLE.format(now=now)
 
     async def setup(self) -> None:
         """Create the tables if they are missing, and add the columns a log made by
@@ -122,16 +135,18 @@ class SagaLog:
                     )
 
     async def create(
-        self, record: SagaRecord, *, owner: str | None, lease_until: float | None, now: float
+        self, record: SagaRecord, *, owner: str | None, lease: float | None, now: float
     ) -> None:
-        """Insert a new saga and its steps. A saga id that exists raises
-        :class:`~multistore.errors.DuplicateKeyError` and changes nothing."""
+        """Insert a new saga and its steps, leased to ``owner`` for ``lease`` seconds
+        (or free: both None). A saga id that exists raises
+        :class:`~multistore.errors.DuplicateKeyError` and changes nothing. ``now``
+        stamps the rows (and is the lease clock on SQLite)."""
         if self._postgres:
-            await self._create_pg(record, owner=owner, lease_until=lease_until, now=now)
+            await self._create_pg(record, owner=owner, lease=lease, now=now)
             return
         async with self.store.transaction() as tx:
             await tx.execute(
-                _INSERT_SAGA,
+                self._insert_saga,
                 {
                     "saga_id": record.saga_id,
                     "name": record.name,
@@ -140,7 +155,7 @@ class SagaLog:
                     "input": record.input,
                     "deadline": record.deadline,
                     "owner": owner,
-                    "lease_until": lease_until,
+                    "lease": lease,
                     "now": now,
                 },
             )
@@ -150,7 +165,7 @@ class SagaLog:
             )
 
     async def _create_pg(
-        self, record: SagaRecord, *, owner: str | None, lease_until: float | None, now: float
+        self, record: SagaRecord, *, owner: str | None, lease: float | None, now: float
     ) -> None:
         params: dict[str, Any] = {
             "saga_id": record.saga_id,
@@ -160,13 +175,13 @@ class SagaLog:
             "input": record.input,
             "deadline": record.deadline,
             "owner": owner,
-            "lease_until": lease_until,
+            "lease": lease,
             "now": now,
         }
         steps = [_step_params(record.saga_id, i, s, now) for i, s in enumerate(record.steps)]
         values = _pg_step_values(params, steps)
         await self.store.execute(
-            f"WITH saga AS ({_INSERT_SAGA} RETURNING saga_id) "
+            f"WITH saga AS ({self._insert_saga} RETURNING saga_id) "
             "INSERT INTO multistore_saga_steps (saga_id, idx, name, state, attempts, output, "
             "error, compensation_attempts, compensation_error, updated_at) "
             "SELECT saga.saga_id, v.idx, v.name, v.state, v.attempts, v.output, v.error, "
@@ -226,18 +241,19 @@ class SagaLog:
         after: SagaRecord,
         *,
         owner: str,
-        lease_until: float,
+        lease: float,
         now: float,
     ) -> None:
         """Write the transition ``before -> after`` if ``owner`` still holds the
-        saga; a finished saga is released. Raises :class:`SagaLeaseLostError` otherwise."""
+        saga, and extend its lease to ``lease`` seconds from now; a finished saga is
+        released. Raises :class:`SagaLeaseLostError` otherwise."""
         release = after.state.finished
         saga_params = {
             "state": after.state.value,
             "error": after.error,
             "compensation_error": after.compensation_error,
             "new_owner": None if release else owner,
-            "lease_until": None if release else lease_until,
+            "lease": None if release else lease,
             "now": now,
             "saga_id": after.saga_id,
             "owner": owner,
@@ -253,7 +269,7 @@ class SagaLog:
             params = dict(saga_params)
             values = _pg_step_values(params, changed)
             updated = await self.store.execute(
-                f"WITH fence AS ({_UPDATE_SAGA} RETURNING saga_id) "
+                f"WITH fence AS ({self._update_saga} RETURNING saga_id) "
                 "UPDATE multistore_saga_steps AS t SET state = v.state, attempts = v.attempts, "
                 "output = v.output, error = v.error, "
                 "compensation_attempts = v.compensation_attempts, "
@@ -267,7 +283,7 @@ class SagaLog:
                 raise _lease_lost(after.saga_id, owner)
             return
         async with self.store.transaction() as tx:
-            fenced = await tx.execute(_UPDATE_SAGA, saga_params)
+            fenced = await tx.execute(self._update_saga, saga_params)
             if fenced != 1:
                 raise _lease_lost(after.saga_id, owner)
             if len(changed) == 1:
@@ -275,12 +291,12 @@ class SagaLog:
             elif changed:
                 await tx.executemany(_UPDATE_STEP, changed)
 
-    async def claim(self, saga_id: str, *, owner: str, lease_until: float, now: float) -> bool:
+    async def claim(self, saga_id: str, *, owner: str, lease: float, now: float) -> bool:
         """Take the lease of one unfinished saga if it is free, expired or ours."""
         claimed = await self.store.execute(
-            f"UPDATE multistore_sagas SET owner = :owner, lease_until = :lease_until "
-            f"WHERE saga_id = :saga_id AND {_CLAIMABLE}",
-            {"owner": owner, "lease_until": lease_until, "now": now, "saga_id": saga_id},
+            f"UPDATE multistore_sagas SET owner = :owner, lease_until = {self._now} + :lease "
+            f"WHERE saga_id = :saga_id AND {self._claimable}",
+            {"owner": owner, "lease": lease, "now": now, "saga_id": saga_id},
         )
         return claimed == 1
 
@@ -289,7 +305,7 @@ class SagaLog:
         definitions: Sequence[tuple[str, str]],
         *,
         owner: str,
-        lease_until: float,
+        lease: float,
         now: float,
         limit: int,
         exclude: Sequence[str] = (),
@@ -311,29 +327,30 @@ class SagaLog:
         lock = " FOR UPDATE SKIP LOCKED" if self._skip_locked else ""
         async with self.store.transaction() as tx:
             rows = await tx.fetch_all(
-                f"SELECT saga_id FROM multistore_sagas WHERE {_CLAIMABLE} "
+                f"SELECT saga_id FROM multistore_sagas WHERE {self._claimable} "
                 f"AND ({' OR '.join(pairs)}){not_in} ORDER BY created_at LIMIT :limit{lock}",
                 params,
             )
             ids = [str(r["saga_id"]) for r in rows]
             if ids:
-                update: dict[str, Any] = {"owner": owner, "lease_until": lease_until}
+                update: dict[str, Any] = {"owner": owner, "lease": lease, "now": now}
                 id_marks = _marks(update, "i", ids)
                 await tx.execute(
-                    f"UPDATE multistore_sagas SET owner = :owner, lease_until = :lease_until "
-                    f"WHERE saga_id IN ({id_marks})",
+                    f"UPDATE multistore_sagas SET owner = :owner, "
+                    f"lease_until = {self._now} + :lease WHERE saga_id IN ({id_marks})",
                     update,
                 )
         return ids
 
-    async def renew(self, owner: str, saga_ids: Sequence[str], *, lease_until: float) -> int:
-        """Extend the leases of ``saga_ids`` that ``owner`` still holds (the heartbeat
-        of the sagas a worker is running, and of no other); how many it extended."""
+    async def renew(self, owner: str, saga_ids: Sequence[str], *, lease: float, now: float) -> int:
+        """Extend to ``lease`` seconds from now the leases of ``saga_ids`` that
+        ``owner`` still holds (the heartbeat of the sagas a worker is running, and of
+        no other); how many it extended."""
         if not saga_ids:
             return 0
-        params: dict[str, Any] = {"owner": owner, "lease_until": lease_until}
+        params: dict[str, Any] = {"owner": owner, "lease": lease, "now": now}
         return await self.store.execute(
-            "UPDATE multistore_sagas SET lease_until = :lease_until "
+            f"UPDATE multistore_sagas SET lease_until = {self._now} + :lease "
             f"WHERE owner = :owner AND saga_id IN ({_marks(params, 'i', saga_ids)})",
             params,
         )
@@ -346,15 +363,32 @@ class SagaLog:
             {"saga_id": saga_id, "owner": owner},
         )
 
-    async def block(self, saga_id: str, owner: str, reason: str, *, retry_at: float) -> bool:
+    async def block(
+        self, saga_id: str, owner: str, reason: str, *, retry_in: float, now: float
+    ) -> bool:
         """Give a saga back that ``owner`` cannot run, with the reason: no worker
-        takes it before ``retry_at``. False if ``owner`` no longer held it."""
+        takes it for ``retry_in`` seconds. False if ``owner`` no longer held it."""
         blocked = await self.store.execute(
-            "UPDATE multistore_sagas SET owner = NULL, lease_until = :retry_at, "
+            f"UPDATE multistore_sagas SET owner = NULL, lease_until = {self._now} + :retry_in, "
             "blocked = :reason WHERE saga_id = :saga_id AND owner = :owner",
-            {"saga_id": saga_id, "owner": owner, "reason": reason, "retry_at": retry_at},
+            {
+                "saga_id": saga_id,
+                "owner": owner,
+                "reason": reason,
+                "retry_in": retry_in,
+                "now": now,
+            },
         )
         return blocked == 1
+
+    async def take_stuck(self, saga_id: str, owner: str, *, lease: float, now: float) -> bool:
+        """Lease a stuck saga (which no worker holds) to an operator's ``owner``."""
+        taken = await self.store.execute(
+            f"UPDATE multistore_sagas SET owner = :owner, lease_until = {self._now} + :lease "
+            "WHERE saga_id = :saga_id AND state = 'stuck' AND owner IS NULL",
+            {"owner": owner, "lease": lease, "now": now, "saga_id": saga_id},
+        )
+        return taken == 1
 
 
 async def _columns(tx: Transaction, backend: str, table: str) -> set[str]:
