@@ -143,32 +143,35 @@ def _state_text(row: dict[str, Any]) -> str:
 
 
 def _print_list(sagas: list[dict[str, Any]], *, where: str, state: str | None) -> None:
+    """One line per saga (long errors cut with …; ``show ID`` has them whole)."""
     console = Console(highlight=False)
     which = f"sagas in state {state}" if state else "sagas"
     if not sagas:
-        console.print(escape(f"no {which} in {where}"))
+        console.print(escape(f"no {which} in {where}"), soft_wrap=True)
         return
-    table = Table(title=escape(f"{which} in {where}, newest first"), title_justify="left")
-    table.add_column("saga id", overflow="fold")
-    table.add_column("saga", overflow="fold")
-    table.add_column("state")
-    table.add_column("updated", no_wrap=True)
-    table.add_column("error / why it waits", overflow="fold")
+    console.print(escape(f"{which}, newest first, in {where}"), soft_wrap=True)
+    table = Table(expand=True)
+    for column in ("saga id", "saga", "state", "updated"):
+        table.add_column(column, no_wrap=True)
+    table.add_column("error, or why no worker runs it", no_wrap=True, ratio=1)
+    now = time.time()
     for saga in sagas:
         reason = saga.get("blocked")
         problem = (
-            f"cannot run here: {reason}"
+            f"blocked: {reason}"
             if reason
             else _error_text(saga.get("compensation_error")) or _error_text(saga.get("error"))
         )
+        updated = saga.get("updated_at")
         table.add_row(
             escape(str(saga["saga_id"])),
             escape(f"{saga['name']} v{saga.get('version', '1')}"),
-            _state_text(saga),
-            human_time(saga.get("updated_at")),
+            str(saga["state"]),
+            "" if updated is None else _age(now - updated),
             escape(problem),
         )
     console.print(table)
+    console.print("multistore sagas show ID: one saga with its steps, errors in full")
 
 
 def _print_saga(saga: dict[str, Any]) -> None:
@@ -191,25 +194,28 @@ def _print_saga(saga: dict[str, Any]) -> None:
     for label, value in facts:
         if value:
             console.print(escape(f"  {label}: {value}"))
-    table = Table(title="steps", title_justify="left")
-    for column in ("step", "state", "attempts", "output", "error", "compensation"):
-        table.add_column(column, overflow="fold")
+    table = Table(expand=True)
+    for column in ("step", "state", "attempts", "undo attempts"):
+        table.add_column(column, no_wrap=True)
+    table.add_column("output", no_wrap=True, ratio=1)
+    notes: list[str] = []
     for step in saga.get("steps", []):
-        compensation = ""
-        if step.get("compensation_attempts"):
-            compensation = f"{step['compensation_attempts']} attempt(s)"
-            failed = _error_text(step.get("compensation_error"))
-            if failed:
-                compensation += f", last: {failed}"
         table.add_row(
             escape(str(step["name"])),
             str(step["state"]),
             str(step["attempts"]),
+            str(step.get("compensation_attempts") or ""),
             escape(str(step.get("output") or "")),
-            escape(_error_text(step.get("error"))),
-            escape(compensation),
         )
+        failed = _error_text(step.get("error"))
+        if failed:
+            notes.append(f"  {step['name']} failed: {failed}")
+        undo = _error_text(step.get("compensation_error"))
+        if undo:
+            notes.append(f"  {step['name']}'s compensation failed: {undo}")
     console.print(table)
+    for note in notes:
+        console.print(escape(note))
 
 
 # -- definitions and the worker -----------------------------------------------------------
