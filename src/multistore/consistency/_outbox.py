@@ -189,7 +189,8 @@ class OutboxEvent:
     """The JSON value given to :meth:`Outbox.add`, decoded."""
     created_at: float
     attempt: int = 1
-    """Which delivery this is: 1 the first, more after failures or interrupted runs."""
+    """The deliveries recorded before this one, plus one: 1 the first, more after
+    failures and interrupted deliveries."""
 
     @classmethod
     def from_row(cls, row: Row, attempt: int | None = None) -> OutboxEvent:
@@ -212,7 +213,8 @@ class OutboxRecord:
     state: str
     """``pending``, ``delivered`` or ``parked``."""
     attempts: int
-    """Deliveries started so far (failed, interrupted, and the successful one)."""
+    """Deliveries recorded so far: failed, cut off, and the successful one (not a
+    delivery cut off inside a batch by a relay that died: nothing says where it was)."""
     error: ErrorInfo | None
     """The last failure (kept after a later success or a retry of a parked event)."""
     next_attempt_at: float | None
