@@ -197,26 +197,105 @@ def bench(
     _guard(body)
 
 
-@app.command()
+sagas_app = typer.Typer(
+    help="The saga log (the `sagas` role): list the sagas, show one, run a worker."
+)
+app.add_typer(sagas_app, name="sagas")
+StateOption = Annotated[
+    str | None,
+    typer.Option("--state", help="Only sagas in this state (e.g. stuck, running)."),
+]
+
+
+@sagas_app.callback(invoke_without_command=True)
 def sagas(
+    ctx: typer.Context,
     config: ConfigOption = None,
     as_json: JsonOption = False,
-    state: Annotated[
-        str | None,
-        typer.Option("--state", help="Only sagas in this state (e.g. stuck, running)."),
-    ] = None,
+    state: StateOption = None,
     saga_id: Annotated[
-        str | None, typer.Option("--id", help="Show one saga with its step history.")
+        str | None, typer.Option("--id", help="Show one saga with its steps (as `show ID`).")
     ] = None,
     limit: Annotated[int, typer.Option("--limit", min=1, help="At most this many.")] = 100,
 ) -> None:
-    """List sagas in the saga log (the `sagas` role), or show one with its steps."""
+    """List the sagas in the saga log, newest first (`show ID`: one saga's steps)."""
+    ctx.obj = config
+    if ctx.invoked_subcommand is not None:
+        return
 
     def body() -> None:
-        from multistore.cli._ops import run_sagas
+        from multistore.cli._sagas import run_sagas_list, run_sagas_show
+
+        if saga_id is not None:
+            report = asyncio.run(run_sagas_show(config, saga_id, quiet=as_json))
+        else:
+            report = asyncio.run(run_sagas_list(config, state=state, limit=limit, quiet=as_json))
+        if as_json:
+            _print_json(report)
+
+    _guard(body)
+
+
+@sagas_app.command("show")
+def sagas_show(
+    ctx: typer.Context,
+    saga_id: Annotated[str, typer.Argument(help="The saga's id.")],
+    config: ConfigOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Show one saga: its state, errors, lease and every step."""
+
+    def body() -> None:
+        from multistore.cli._sagas import run_sagas_show
+
+        report = asyncio.run(run_sagas_show(config or ctx.obj, saga_id, quiet=as_json))
+        if as_json:
+            _print_json(report)
+
+    _guard(body)
+
+
+@sagas_app.command("worker")
+def sagas_worker(
+    ctx: typer.Context,
+    definitions: Annotated[
+        str,
+        typer.Option(
+            "--definitions",
+            help="MODULE:ATTRIBUTE naming your Saga definitions (a Saga, a list, or a "
+            "function returning either); keep old versions in it while their runs last.",
+        ),
+    ],
+    config: ConfigOption = None,
+    as_json: JsonOption = False,
+    worker_id: Annotated[
+        str | None, typer.Option("--worker-id", help="This worker's name (default: random).")
+    ] = None,
+    concurrency: Annotated[
+        int, typer.Option("--concurrency", min=1, help="Sagas run at once.")
+    ] = 8,
+    lease: Annotated[
+        float, typer.Option("--lease", min=0.1, help="Seconds a dead worker's sagas wait.")
+    ] = 30.0,
+    grace: Annotated[
+        float, typer.Option("--grace", min=0, help="Seconds a stop waits for running sagas.")
+    ] = 30.0,
+) -> None:
+    """Run your definitions' enqueued and abandoned sagas until Ctrl-C or SIGTERM."""
+
+    def body() -> None:
+        from multistore.cli._sagas import run_sagas_worker
 
         report = asyncio.run(
-            run_sagas(config, state=state, saga_id=saga_id, limit=limit, quiet=as_json)
+            run_sagas_worker(
+                config or ctx.obj,
+                definitions=definitions,
+                worker_id=worker_id,
+                concurrency=concurrency,
+                lease=lease,
+                grace=grace,
+                quiet=as_json,
+            )
         )
         if as_json:
             _print_json(report)

@@ -8,7 +8,8 @@ replayed after — as a decorator (:func:`idempotent`) or ASGI middleware
 
 Sagas: :class:`Saga` of :class:`Step` s with compensations, run by a
 :class:`SagaEngine` over a durable log in a relational store; crash recovery, retries
-(:class:`RetryPolicy`), a ``stuck`` state for operators (:func:`list_sagas`).
+(:class:`RetryPolicy`), a ``stuck`` state for operators (:func:`list_sagas`), and a
+:class:`SagaWorker` that runs enqueued and abandoned sagas until stopped.
 
 Two-phase commit: :class:`TransactionCoordinator` runs a :class:`DistributedTransaction`
 over named participants (PostgreSQL ``PREPARE TRANSACTION``, MariaDB ``XA``, SQLite
@@ -69,6 +70,7 @@ from multistore.consistency._saga_log import (
     list_sagas,
     show_saga,
 )
+from multistore.consistency._saga_worker import SagaWorker, WorkerStatistics
 from multistore.consistency._tpc_coordinator import (
     DistributedTransaction,
     EventHook,
@@ -127,12 +129,14 @@ __all__ = [
     "SagaEngine",
     "SagaLog",
     "SagaResult",
+    "SagaWorker",
     "Step",
     "StepContext",
     "TransactionAbortedError",
     "TransactionCoordinator",
     "TransactionHeuristicError",
     "TransactionIndeterminateError",
+    "WorkerStatistics",
     "check_idempotency_key",
     "client_from_principal",
     "current_run",
