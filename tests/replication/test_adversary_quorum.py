@@ -81,6 +81,7 @@ def _key_gained_by(cluster: QuorumCluster, node: str) -> str:
 
 @pytest.mark.xfail(
     strict=True,
+    raises=AssertionError,
     reason="guarantee 4: a write refused definitely by every replica during add_node "
     "keeps a hint for the joining node (_write_joining), which the change delivers",
 )
@@ -103,13 +104,14 @@ def test_a_definitely_failed_write_during_a_join_never_applies(tmp_path: Path) -
                 node.set_down(True)
             with pytest.raises(QuorumError) as failed:
                 await cluster.put(key, "never")
-            assert failed.value.outcome is Outcome.DEFINITE
             for node in [*nodes, joining]:
                 node.set_down(False)
             for node in nodes:
                 node.listings.set()
             await change
-            assert not (await cluster.get(key, r=3)).found  # fails: ('never',)
+            found = (await cluster.get(key, r=3)).found
+            # definite, and yet it happened (an indeterminate error would allow that)
+            assert not (failed.value.outcome is Outcome.DEFINITE and found)  # fails
         finally:
             for node in [*nodes, joining]:
                 node.listings.set()
@@ -120,6 +122,7 @@ def test_a_definitely_failed_write_during_a_join_never_applies(tmp_path: Path) -
 
 @pytest.mark.xfail(
     strict=True,
+    raises=AssertionError,
     reason="guarantee 9/1: a write acknowledged while add_node switches the ring counts "
     "acks of the old replicas (one of which loses the range) and is on 1 of its new "
     "replicas when acknowledged; a QUORUM read then misses it",
@@ -159,8 +162,14 @@ def test_a_write_acknowledged_during_a_join_is_on_w_of_its_new_replicas(
             await until(lambda: joining.held_writes == 1, "the write reached the joining node")
             joining.set_down(True)
             joining.writes.set()
-            written = await put  # acknowledged: W=2 (the acking and the leaving replica)
-            assert set(written.acks) == {acking, leaving}
+            # today the put is acknowledged here, by the acking and the leaving replica;
+            # a put that waited for the slow replica instead would be let through
+            if not (await asyncio.wait({put}, timeout=10))[0]:
+                by_name[slow].writes.set()
+            try:
+                await put
+            except QuorumError:
+                return  # not acknowledged: nothing is promised
             await change
             joining.set_down(False)
             holders = [n for n in new_homes if await by_name[n].read(key.encode()) is not None]
@@ -186,6 +195,7 @@ def test_a_write_acknowledged_during_a_join_is_on_w_of_its_new_replicas(
 
 @pytest.mark.xfail(
     strict=True,
+    raises=AssertionError,
     reason="guarantee 6: in a sloppy quorum a write acknowledged only by stand-ins is "
     "lost when its hints pass hint_window; anti-entropy compares ring replicas only",
 )
