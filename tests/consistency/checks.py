@@ -48,8 +48,14 @@ def in_doubt(urls: Mapping[str, str], node: str) -> dict[str, list[str]]:
                 gids += [k.removeprefix("ms2pc:tx:") for k in staged]
                 locks = [client.get(k) for k in client.keys("ms2pc:lock:*")]
                 gids += [_text(v) for v in locks if v is not None]
-        found[name] = sorted(g for g in gids if g.startswith(f"ms2pc:{node}:"))
+        found[name] = sorted(g for g in gids if _node(g) == node)
     return found
+
+
+def _node(gid: str) -> str | None:
+    """The coordinator node a branch id names (ids with or without a log id)."""
+    parts = gid.split(":")
+    return parts[1].split(".")[0] if len(parts) > 2 and parts[0] == "ms2pc" else None
 
 
 def _text(value: object) -> str:
@@ -58,6 +64,14 @@ def _text(value: object) -> str:
 
 def nothing_in_doubt(urls: Mapping[str, str], node: str) -> bool:
     return not any(in_doubt(urls, node).values())
+
+
+def expire_lease(log_path: str, node: str) -> None:
+    """Make node ``node``'s lease in the SQLite log at ``log_path`` run out now, as if its
+    coordinator had stopped renewing it (paused, or cut off from the log)."""
+    db = sqlite3.connect(log_path)
+    with contextlib.closing(db), db:
+        db.execute("UPDATE multistore_tpc_nodes SET expires = 1 WHERE node = ?", (node,))
 
 
 def log_records(log_path: str) -> list[tuple[str, str]]:

@@ -4,8 +4,9 @@ Usage: ``python -m tests.consistency.tpc_crash_script CONFIG_JSON`` where the co
 ``participants`` (name -> URL), ``log`` (URL), ``node``, ``count`` (transfers to run),
 ``crash_tx`` (index of the transfer to crash in), ``crash_event`` (``preparing``,
 ``prepared``, ``decided``, ``committed``), ``crash_nth`` (crash at the n-th such event
-of that transfer) and ``last_resource`` (the coordinator's option). Prints ``done`` when
-it was not killed.
+of that transfer), ``last_resource`` and ``lease_ttl`` (the coordinator's options; the
+lease is short by default so that recovery of the killed node need not wait long).
+Prints ``done`` when it was not killed.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ async def main(config: dict[str, object]) -> None:
         node=str(config["node"]),
         on_event=on_event,
         last_resource=bool(config.get("last_resource", False)),
+        lease_ttl=float(config.get("lease_ttl", 1.0)),  # type: ignore[arg-type]
     )
     try:
         for n in range(int(config["count"])):  # type: ignore[call-overload]

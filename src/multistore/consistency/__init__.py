@@ -74,12 +74,14 @@ from multistore.consistency._tpc_coordinator import (
     TransactionCoordinator,
 )
 from multistore.consistency._tpc_errors import (
+    BranchHazardError,
     HeuristicOutcome,
     TransactionAbortedError,
     TransactionHeuristicError,
     TransactionIndeterminateError,
 )
-from multistore.consistency._tpc_log import DecisionLog, LogRecord
+from multistore.consistency._tpc_log import DecisionLog, LogRecord, default_log
+from multistore.consistency._tpc_nodes import NodeBusyError
 from multistore.consistency._tpc_participants import (
     Branch,
     Participant,
@@ -107,6 +109,7 @@ __all__ = [
     "OUTBOX_RETRY",
     "RETRIABLE_ERRORS",
     "Branch",
+    "BranchHazardError",
     "DecisionLog",
     "DistributedTransaction",
     "ErrorInfo",
@@ -119,6 +122,7 @@ __all__ = [
     "IdempotentRun",
     "Inbox",
     "LogRecord",
+    "NodeBusyError",
     "Order",
     "OutOfStockError",
     "Outbox",
@@ -145,6 +149,7 @@ __all__ = [
     "create_shop_tables",
     "current_run",
     "deduplicated",
+    "default_log",
     "default_retriable",
     "fingerprint",
     "idempotent",
