@@ -22,6 +22,13 @@ def test_password_with_every_reserved_character_round_trips() -> None:
     assert again == url
 
 
+def test_file_urls_render_to_what_parses_back() -> None:
+    for text in ("sqlite:////abs/data.db", "sqlite:///rel/data.db"):
+        url = parse_url(text)
+        assert url.render() == text
+        assert parse_url(url.render()) == url
+
+
 def test_password_is_hidden_in_repr_and_str() -> None:
     url = parse_url(f"mariadb://root:{quote(NASTY, safe='')}@127.0.0.1/orders")
     assert NASTY not in str(url)

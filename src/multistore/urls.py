@@ -174,7 +174,7 @@ class StoreURL:
                 netloc += f":{self.port}"
         db = self.database or ""
         if self.is_file:
-            text = f"{self.scheme}:///{db}" if not db.startswith("/") else f"{self.scheme}://{db}"
+            text = f"{self.scheme}:///{db}"  # an absolute path gets four slashes: it parses back
         else:
             text = (
                 f"{self.scheme}://{netloc}/{quote(db, safe='')}"

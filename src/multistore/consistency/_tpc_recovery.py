@@ -80,8 +80,13 @@ class RecoveryReport:
     forgotten: list[str] = field(default_factory=list)
     skipped: dict[str, str] = field(default_factory=dict)
     """Nodes left to their live coordinator (node -> why)."""
+    live_branches: list[str] = field(default_factory=list)
+    """In-doubt branches of those nodes, left to their coordinators."""
     other_logs: dict[str, str] = field(default_factory=dict)
     """In-doubt branches this log does not decide (branch id -> which log does)."""
+    log_locations: dict[str, str] = field(default_factory=dict)
+    """The logs that decide ``other_logs`` (log id -> location, "" if no participant
+    knows it; the empty id for branches written before logs had ids)."""
 
     @property
     def resolved(self) -> bool:
@@ -101,7 +106,9 @@ class RecoveryReport:
         self.unreachable = dict(other.unreachable)
         self.pending = list(other.pending)
         self.skipped = dict(other.skipped)
+        self.live_branches = list(other.live_branches)
         self.other_logs = dict(other.other_logs)
+        self.log_locations = dict(other.log_locations)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -115,7 +122,9 @@ class RecoveryReport:
             "pending": list(self.pending),
             "forgotten": list(self.forgotten),
             "skipped": dict(self.skipped),
+            "live_branches": list(self.live_branches),
             "other_logs": dict(self.other_logs),
+            "log_locations": dict(self.log_locations),
             "resolved": self.resolved,
         }
 
@@ -282,6 +291,7 @@ async def _claim(run: _Pass, wanted: set[str], ttl: float, *, strict: bool) -> N
 async def _whose(run: _Pass, xid: Xid) -> str:
     """Which log decides ``xid``, in words, for a branch this log does not decide."""
     if not xid.log:
+        run.report.log_locations.setdefault("", "")
         return (
             f"written before logs had ids by node {xid.node!r}, which {run.log.describe()} "
             "has never seen: recover it with its coordinator's log"
@@ -291,7 +301,10 @@ async def _whose(run: _Pass, xid: Xid) -> str:
     if participant is not None:
         with contextlib.suppress(MultistoreError):
             known = await participant.known_logs()
-    where = f" at {known[xid.log]}" if xid.log in known else " (location unknown)"
+    location = known.get(xid.log, "")
+    if location or xid.log not in run.report.log_locations:
+        run.report.log_locations[xid.log] = location
+    where = f" at {location}" if location else " (location unknown)"
     return f"belongs to log {xid.log}{where}, not {run.log.describe()}"
 
 
@@ -308,7 +321,9 @@ async def _resolve_all(run: _Pass, name: str, xids: Sequence[Xid]) -> None:
     participant = run.participants[name]
     for xid in xids:
         if xid.node not in run.claimed:
-            continue  # its live coordinator finishes it
+            if xid.node in report.skipped:
+                report.live_branches.append(str(xid))  # its live coordinator finishes it
+            continue  # (or another node than the one asked for)
         if xid.gtrid in run.in_flight:
             run.still.add(xid.gtrid)  # the caller's own transaction, still under way
             continue
@@ -452,8 +467,10 @@ async def recover_transactions(
     """Resolve every in-doubt 2PC branch of ``participants`` (name -> store URL) that the
     decision log at ``log`` decides (None: the config's ``transactions`` role, where a
     coordinator opened without a log keeps it); only ``node``'s branches when given.
-    Participants that are down, and a ``node`` whose coordinator still holds its lease,
-    are retried every ``retry_interval`` seconds for up to ``retry_for`` seconds.
+    Participants that are down, and nodes whose coordinator still holds its lease while
+    they have branches in doubt (a crashed coordinator's lease runs out after its
+    ``lease_ttl``), are retried every ``retry_interval`` seconds for up to ``retry_for``
+    seconds.
     Returns :meth:`RecoveryReport.as_dict` (``resolved`` False if anything is left);
     :class:`NodeBusyError` if ``node`` stays held by a live coordinator."""
     deadline = time.monotonic() + retry_for
@@ -481,7 +498,8 @@ async def recover_transactions(
             if down:
                 one.pending = sorted(set(one.pending))
             report.merge(one)
-            if (report.resolved and not down) or time.monotonic() >= deadline:
+            done = report.resolved and not down and not one.live_branches
+            if done or time.monotonic() >= deadline:
                 break
             for name in list(one.unreachable):
                 participant = opened.pop(name, None)
