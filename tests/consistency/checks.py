@@ -13,8 +13,9 @@ import redis
 from multistore.urls import parse_url
 
 
-def in_doubt(urls: Mapping[str, str], node: str) -> dict[str, list[str]]:
-    """Per participant, the prepared 2PC branches (or intents) of coordinator ``node``."""
+def in_doubt(urls: Mapping[str, str], node: str | None) -> dict[str, list[str]]:
+    """Per participant, the prepared 2PC branches (or intents) of coordinator ``node``
+    (None: of every coordinator)."""
     found: dict[str, list[str]] = {}
     for name, url in urls.items():
         parsed = parse_url(url)
@@ -48,7 +49,7 @@ def in_doubt(urls: Mapping[str, str], node: str) -> dict[str, list[str]]:
                 gids += [k.removeprefix("ms2pc:tx:") for k in staged]
                 locks = [client.get(k) for k in client.keys("ms2pc:lock:*")]
                 gids += [_text(v) for v in locks if v is not None]
-        found[name] = sorted(g for g in gids if _node(g) == node)
+        found[name] = sorted(g for g in gids if _node(g) is not None and node in (None, _node(g)))
     return found
 
 

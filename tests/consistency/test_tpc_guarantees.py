@@ -529,3 +529,59 @@ def test_two_participants_on_one_postgres_database_list_only_their_own_branches(
         assert len(report["committed"]) == 3
 
     asyncio.run(body())
+
+
+# -- background recovery ------------------------------------------------------------------
+
+
+async def wait_until(condition: Callable[[], bool], *, within: float, what: str) -> None:
+    """Poll ``condition`` (a blocking check, run off the loop) until true."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + within
+    while not await asyncio.to_thread(condition):
+        if loop.time() > deadline:
+            raise TimeoutError(f"not within {within:g} s: {what}")
+        await asyncio.sleep(0.1)
+
+
+@pytest.mark.server
+def test_a_live_coordinator_recovers_its_phase_two_failure_in_the_background(
+    postgres_server: PostgresServer,
+    postgres_url: str,
+    tcp_proxy: Callable[[str, int], TcpProxy],
+    tmp_path: Path,
+) -> None:
+    """PostgreSQL is cut off in phase 2: the app is told it is indeterminate, the branch
+    stays prepared and holds its row lock. Once PostgreSQL is reachable again the live
+    coordinator commits it by itself (nobody runs recover), and its close stops that."""
+    proxy = tcp_proxy("127.0.0.1", postgres_server.port)
+    database = postgres_url.rsplit("/", 1)[1]
+    direct = {"pg": postgres_url, "lite": f"sqlite:///{tmp_path / 'lite.db'}"}
+    urls = {**direct, "pg": f"postgresql://postgres@127.0.0.1:{proxy.port}/{database}"}
+    asyncio.run(create_bank(direct))
+
+    def on_event(event: str, xid: Xid, name: str) -> None:
+        if event == "decided":
+            proxy.cut()
+
+    async def body() -> None:
+        coordinator = await TransactionCoordinator.open(
+            urls, log=log_url(tmp_path), node="bg", on_event=on_event, recover_interval=0.2
+        )
+        try:
+            with pytest.raises(TransactionIndeterminateError):
+                await transfer(coordinator, 0, list(urls))
+            assert in_doubt(direct, "bg")["pg"]  # prepared, holding its lock
+            proxy.restore()
+            await wait_until(
+                lambda: nothing_in_doubt(direct, "bg"), within=60, what="background recovery"
+            )
+        finally:
+            await coordinator.close()
+        assert asyncio.all_tasks() == {asyncio.current_task()}  # nothing left running
+
+    asyncio.run(body())
+    assert assert_all_or_nothing(asyncio.run(snapshot(direct))) == {"t0"}
+    with psycopg.connect(postgres_url, autocommit=True) as conn:  # the row lock is gone
+        conn.execute("SET lock_timeout = '10s'")
+        conn.execute("UPDATE accounts SET balance = balance WHERE id = 0")

@@ -55,9 +55,10 @@ class NodeBusyError(ConflictError):
     """A coordinator node id whose lease another live process holds."""
 
 
-def new_owner() -> str:
-    """A lease owner token: unique, and readable in messages (host, process)."""
-    return f"{socket.gethostname()[:60]}:{os.getpid()}:{secrets.token_hex(6)}"
+def new_owner(role: str = "coordinator") -> str:
+    """A lease owner token: unique, and readable in messages (what holds it: a
+    ``coordinator`` or a ``recovery`` run; host; process)."""
+    return f"{role} {socket.gethostname()[:50]}:{os.getpid()}:{secrets.token_hex(6)}"
 
 
 @dataclass(frozen=True)
@@ -73,11 +74,9 @@ class NodeLease:
         return self.remaining > 0
 
     def describe(self) -> str:
-        holder = self.owner.rsplit(":", 1)[0]
-        return (
-            f"node {self.node!r} is held by a live coordinator ({holder}) "
-            f"for {self.remaining:.1f} s more"
-        )
+        role, _, where = self.owner.rpartition(":")[0].partition(" ")
+        holder = "a recovery run" if role == "recovery" else "a live coordinator"
+        return f"node {self.node!r} is held by {holder} ({where}) for {self.remaining:.1f} s more"
 
 
 class NodeRegistry:

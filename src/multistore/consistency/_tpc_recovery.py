@@ -176,7 +176,7 @@ async def recover_once(
     commit markers go."""
     report = RecoveryReport(log=log.describe())
     leases = await log.nodes.leases()
-    run = _Pass(log, participants, owner or new_owner(), in_flight, report, leases)
+    run = _Pass(log, participants, owner or new_owner("recovery"), in_flight, report, leases)
     if node is not None:
         _check_free(run, node)
 
@@ -475,7 +475,7 @@ async def recover_transactions(
     :class:`NodeBusyError` if ``node`` stays held by a live coordinator."""
     deadline = time.monotonic() + retry_for
     report = RecoveryReport()
-    owner = new_owner()
+    owner = new_owner("recovery")
     decision_log = await DecisionLog.open(log)
     opened: dict[str, Participant] = {}
     try:
