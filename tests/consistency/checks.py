@@ -3,8 +3,14 @@
 from __future__ import annotations
 
 import contextlib
+import json
+import signal
 import sqlite3
+import subprocess
+import sys
 from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
 
 import psycopg
 import pymysql
@@ -100,3 +106,20 @@ def decision_records(url: str) -> list[tuple[str, str]]:
     with contextlib.closing(conn2), conn2.cursor() as cur:
         cur.execute(sql)
         return [(str(r[0]), str(r[1])) for r in cur.fetchall()]
+
+
+_ROOT = Path(__file__).resolve().parents[2]
+
+
+def kill_coordinator(config: Mapping[str, Any]) -> None:
+    """Run ``tests.consistency.tpc_crash_script`` with ``config`` in a process of its
+    own and check that it was SIGKILLed at its crash point."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "tests.consistency.tpc_crash_script", json.dumps(config)],
+        cwd=_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert proc.returncode == -signal.SIGKILL, proc.stdout + proc.stderr

@@ -5,9 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import signal
-import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -22,9 +19,7 @@ from multistore.stores import open_store
 from multistore.stores.relational import RelationalStore
 from tests.cli import run_cli
 from tests.consistency.bank import assert_all_or_nothing, create_bank, snapshot, transfer
-from tests.consistency.checks import in_doubt, nothing_in_doubt
-
-ROOT = Path(__file__).resolve().parents[2]
+from tests.consistency.checks import in_doubt, kill_coordinator, nothing_in_doubt
 
 
 class Stop(BaseException):
@@ -53,15 +48,7 @@ def test_recover_command_commits_what_the_log_decided(
         "crash_event": "decided",
         "crash_nth": 1,
     }
-    proc = subprocess.run(
-        [sys.executable, "-m", "tests.consistency.tpc_crash_script", json.dumps(crash)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    assert proc.returncode == -signal.SIGKILL, proc.stdout + proc.stderr
+    kill_coordinator(crash)
     assert any(in_doubt(urls, node).values()), "the crash left nothing prepared"
 
     config = tmp_path / "multistore.toml"

@@ -6,10 +6,6 @@ balances unchanged, each transfer in all stores or in none."""
 from __future__ import annotations
 
 import asyncio
-import json
-import signal
-import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -19,11 +15,16 @@ from multistore.consistency import TransactionCoordinator, recover_transactions
 from multistore.core._tpc import Xid
 from multistore.lab.servers import PostgresServer
 from tests.consistency.bank import assert_all_or_nothing, bank_urls, snapshot
-from tests.consistency.checks import decision_records, in_doubt, log_records, nothing_in_doubt
+from tests.consistency.checks import (
+    decision_records,
+    in_doubt,
+    kill_coordinator,
+    log_records,
+    nothing_in_doubt,
+)
 
 pytestmark = pytest.mark.server
 
-ROOT = Path(__file__).resolve().parents[2]
 PARTICIPANTS = 5
 
 # (decision holder, event, nth occurrence in the crashed transfer, does recovery commit
@@ -92,14 +93,7 @@ def _crash_and_recover(
         "crash_nth": nth,
         "last_resource": bool(holder),
     }
-    proc = subprocess.run(
-        [sys.executable, "-m", "tests.consistency.tpc_crash_script", json.dumps(config)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert proc.returncode == -signal.SIGKILL, proc.stdout + proc.stderr
+    kill_coordinator(config)
 
     left = in_doubt(urls, node)
     if event in ("prepared", "decided"):
@@ -148,14 +142,7 @@ def test_a_killed_coordinators_node_is_taken_over_when_its_lease_runs_out(
         "crash_nth": 1,
         "lease_ttl": 1.0,
     }
-    proc = subprocess.run(
-        [sys.executable, "-m", "tests.consistency.tpc_crash_script", json.dumps(config)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert proc.returncode == -signal.SIGKILL, proc.stdout + proc.stderr
+    kill_coordinator(config)
     left = in_doubt(urls, None)
     [node] = {Xid.parse(gid).node for gids in left.values() for gid in gids}
 
