@@ -14,7 +14,7 @@ import pytest
 from multistore.consistency import TransactionCoordinator, recover_transactions
 from multistore.core._tpc import Xid
 from multistore.lab.servers import PostgresServer
-from tests.consistency.bank import assert_all_or_nothing, bank_urls, snapshot
+from tests.consistency.bank import assert_all_or_nothing, bank_urls, create_bank, snapshot
 from tests.consistency.checks import (
     decision_records,
     in_doubt,
@@ -161,3 +161,34 @@ def test_a_killed_coordinators_node_is_taken_over_when_its_lease_runs_out(
     asyncio.run(take_over())
     assert assert_all_or_nothing(asyncio.run(snapshot(urls))) == {"t0", "t1", "t2"}
     assert log_records(str(tmp_path / "log.db")) == []
+
+
+def test_a_restarted_coordinator_waits_out_its_predecessors_lease_and_recovers(
+    tmp_path: Path,
+) -> None:
+    """SIGKILLed after deciding commit, a coordinator named "restart" is started again
+    with the same node id at once: it waits for the dead process's lease to run out,
+    then takes the node and commits what it left."""
+    urls = {name: f"sqlite:///{tmp_path / name}.db" for name in ("a", "b")}
+    asyncio.run(create_bank(urls))
+    log = f"sqlite:///{tmp_path / 'log.db'}"
+    kill_coordinator(
+        {
+            "participants": urls,
+            "log": log,
+            "node": "restart",
+            "count": 1,
+            "crash_tx": 0,
+            "crash_event": "decided",
+            "crash_nth": 1,
+            "lease_ttl": 2.0,
+        }
+    )
+    assert all(in_doubt(urls, "restart").values())
+
+    async def restart() -> None:
+        async with await TransactionCoordinator.open(urls, log=log, node="restart", lease_ttl=2.0):
+            assert nothing_in_doubt(urls, "restart")  # recovered at open
+
+    asyncio.run(restart())
+    assert assert_all_or_nothing(asyncio.run(snapshot(urls))) == {"t0"}

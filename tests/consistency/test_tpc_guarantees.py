@@ -5,6 +5,7 @@ branch whose rows changed before recovery, an unexpected exception from a driver
 from __future__ import annotations
 
 import asyncio
+import itertools
 import sqlite3
 from collections.abc import Callable
 from pathlib import Path
@@ -36,7 +37,7 @@ from tests.consistency.bank import (
     snapshot,
     transfer,
 )
-from tests.consistency.checks import in_doubt, nothing_in_doubt
+from tests.consistency.checks import expire_lease, in_doubt, nothing_in_doubt
 
 
 class Stop(BaseException):
@@ -585,3 +586,36 @@ def test_a_live_coordinator_recovers_its_phase_two_failure_in_the_background(
     with psycopg.connect(postgres_url, autocommit=True) as conn:  # the row lock is gone
         conn.execute("SET lock_timeout = '10s'")
         conn.execute("UPDATE accounts SET balance = balance WHERE id = 0")
+
+
+def test_a_coordinator_whose_lease_was_taken_over_starts_no_transaction(
+    tmp_path: Path,
+) -> None:
+    """Paused longer than its lease, a coordinator finds its node taken by another
+    process: it refuses new transactions rather than share the node id."""
+    urls = sqlite_bank(tmp_path, "a", "b")
+    log = log_url(tmp_path)
+
+    async def body() -> None:
+        async with await TransactionCoordinator.open(
+            urls, log=log, node="paused", lease_ttl=0.6, recover_interval=None
+        ) as coordinator:
+            await transfer(coordinator, 0, list(urls))
+            other = await DecisionLog.open(log)
+            try:
+                expire_lease(str(tmp_path / "log.db"), "paused")
+                assert await other.nodes.acquire("paused", "someone else", 60.0)
+            finally:
+                await other.close()
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + 30
+            for n in itertools.count(1):  # the next renewal (every 0.2 s) finds it gone
+                try:
+                    await transfer(coordinator, n, list(urls))
+                except NodeBusyError as exc:
+                    assert "lost its lease" in str(exc)
+                    break
+                assert loop.time() < deadline, "the lost lease was not noticed"
+                await asyncio.sleep(0.05)
+
+    asyncio.run(body())
