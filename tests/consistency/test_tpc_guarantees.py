@@ -619,3 +619,47 @@ def test_a_coordinator_whose_lease_was_taken_over_starts_no_transaction(
                 await asyncio.sleep(0.05)
 
     asyncio.run(body())
+
+
+def test_a_coordinators_own_recovery_leaves_a_transaction_that_started_meanwhile(
+    tmp_path: Path,
+) -> None:
+    """The coordinator's recovery pass (background, or recover()) starts; then a
+    transaction starts and prepares before the pass lists the in-doubt branches. The
+    pass must leave it alone: it commits, not 'a recovery manager decided abort first'."""
+    urls = sqlite_bank(tmp_path, "a", "b")
+
+    async def body() -> None:
+        async with await TransactionCoordinator.open(
+            urls, log=log_url(tmp_path), node="own", recover_interval=None
+        ) as coordinator:
+            log = coordinator.log
+            gate = asyncio.Event()
+            started: list[asyncio.Task[None]] = []
+            records, log_commit, purge_aborts = log.records, log.log_commit, log.purge_aborts
+
+            async def open_the_gate(older_than: float) -> int:
+                gate.set()  # the pass has resolved what it listed: let the decision come
+                return await purge_aborts(older_than)
+
+            async def held_commit(xid: Xid, participants: Any) -> None:
+                await gate.wait()  # decided only after the recovery pass
+                await log_commit(xid, participants)
+
+            async def records_after_a_prepare(node: str | None = None) -> Any:
+                if not started:
+                    started.append(asyncio.ensure_future(transfer(coordinator, 0, list(urls))))
+                    await wait_until(
+                        lambda: all(in_doubt(urls, "own").values()), within=30, what="prepare"
+                    )
+                return await records(node)
+
+            log.log_commit = held_commit  # type: ignore[method-assign]
+            log.records = records_after_a_prepare  # type: ignore[method-assign]
+            log.purge_aborts = open_the_gate  # type: ignore[method-assign]
+            report = await coordinator.recover()
+            assert report.rolled_back == []
+            await started[0]  # committed, not aborted by its own coordinator's recovery
+
+    asyncio.run(body())
+    assert assert_all_or_nothing(asyncio.run(snapshot(urls))) == {"t0"}

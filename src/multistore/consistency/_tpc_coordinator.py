@@ -329,7 +329,9 @@ class TransactionCoordinator:
                 self.log,
                 self.participants,
                 owner=self.owner,
-                in_flight=set(self._in_flight),
+                # The live view, not a copy: a transaction that starts while the pass
+                # runs is still left alone when the pass reaches its branches.
+                in_flight=self._in_flight.keys(),
                 lease_ttl=self.lease_ttl,
             )
         self.last_recovery = report

@@ -172,8 +172,9 @@ async def recover_once(
     live coordinator (other than ``owner``) holds it. None: every node whose lease is
     free, and ``owner``'s. ``owner``: the caller's lease token (a live coordinator's:
     its own nodes are held already); ``in_flight``: global ids of its transactions
-    still under way, left alone. ``retention``: age (s) past which abort records and
-    commit markers go."""
+    still under way, left alone — a live collection, asked when each branch is reached
+    (a transaction enters it before it prepares anything and leaves it when done).
+    ``retention``: age (s) past which abort records and commit markers go."""
     report = RecoveryReport(log=log.describe())
     leases = await log.nodes.leases()
     run = _Pass(log, participants, owner or new_owner("recovery"), in_flight, report, leases)
