@@ -12,12 +12,15 @@ Sagas: :class:`Saga` of :class:`Step` s with compensations, run by a
 
 Two-phase commit: :class:`TransactionCoordinator` runs a :class:`DistributedTransaction`
 over named participants (PostgreSQL ``PREPARE TRANSACTION``, MariaDB ``XA``, SQLite
-write intents, Redis staged write-sets) with a durable :class:`DecisionLog`;
-:func:`recover_transactions` (and :meth:`TransactionCoordinator.recover`) resolve the
-in-doubt branches a crash leaves behind. Failures are definite
-(:class:`TransactionAbortedError`) or indeterminate
+write intents, Redis staged write-sets) with a durable :class:`DecisionLog` (by default
+the config's ``transactions`` role, :func:`default_log`) that names every branch and
+holds each coordinator's node id as a lease (:class:`NodeBusyError` for a second
+holder); :func:`recover_transactions` (and :meth:`TransactionCoordinator.recover`, also
+run in the background) resolve the in-doubt branches a crash leaves behind. Failures
+are definite (:class:`TransactionAbortedError`) or indeterminate
 (:class:`TransactionIndeterminateError`); contradicting outcomes are reported as
-:class:`HeuristicOutcome`.
+:class:`HeuristicOutcome` (a branch that cannot be applied as prepared:
+:class:`BranchHazardError`).
 
 Outbox: :meth:`Outbox.add` writes an event in the caller's transaction (atomic with
 the business write); an :class:`OutboxRelay` delivers the events at least once, in
