@@ -90,6 +90,10 @@ _OPTION_TYPES: Final[Mapping[str, type]] = {
     "w": str,
     "vnodes": int,
     "peers": str,
+    "names": str,
+    "sloppy": bool,
+    "node_id": str,
+    "read_from": str,
 }
 _OPTION_SCHEMES: Final[Mapping[str, frozenset[str]]] = {
     "pool_min": frozenset({"postgresql", "mariadb", "redis", "falkordb"}),
@@ -104,6 +108,10 @@ _OPTION_SCHEMES: Final[Mapping[str, frozenset[str]]] = {
     "w": frozenset({"quorum"}),
     "vnodes": frozenset({"quorum"}),
     "peers": frozenset({"quorum"}),
+    "names": frozenset({"quorum"}),
+    "sloppy": frozenset({"quorum"}),
+    "node_id": frozenset({"quorum"}),
+    "read_from": frozenset({"quorum"}),
 }
 _MODELS: Final[frozenset[str]] = frozenset(
     {"kv", "document", "search", "relational", "graph", "widecolumn", "timeseries"}
@@ -174,7 +182,7 @@ class StoreURL:
                 netloc += f":{self.port}"
         db = self.database or ""
         if self.is_file:
-            text = f"{self.scheme}:///{db}"  # an absolute path gets four slashes: it parses back
+            text = f"{self.scheme}:///{db}"  # an absolute path gives four slashes, as parsed
         else:
             text = (
                 f"{self.scheme}://{netloc}/{quote(db, safe='')}"

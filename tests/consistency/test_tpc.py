@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections.abc import Callable
-from decimal import Decimal
 from pathlib import Path
 from typing import cast
 
@@ -15,21 +14,24 @@ import redis
 
 from multistore.consistency import (
     NodeBusyError,
-    Order,
-    OutOfStockError,
     TransactionAbortedError,
     TransactionCoordinator,
     TransactionIndeterminateError,
-    create_shop_tables,
     open_participant,
-    place_order,
     recover_transactions,
-    restock,
 )
 from multistore.core._tpc import TxState, Vote, Xid
 from multistore.errors import MultistoreError
 from multistore.lab.proxy import TcpProxy
 from multistore.lab.servers import MariaDBServer, PostgresServer
+from multistore.service import (
+    OrderLine,
+    OutOfStockError,
+    create_tables,
+    order_input,
+    place_order_atomically,
+    stock_products,
+)
 from multistore.stores import open_store
 from multistore.stores.relational import RelationalStore
 from tests.consistency.bank import (
@@ -315,22 +317,26 @@ def test_seed_order_payment_inventory_transaction(
         async with await TransactionCoordinator.open(
             roles, log=log_url(tmp_path), node="shop"
         ) as coordinator:
-            await create_shop_tables(coordinator)
-            await restock(coordinator, {"product1": 1, "product2": 5})
-            tx = await place_order(
-                coordinator, {"order_id": 123, "amount": 99.99, "items": ["product1", "product2"]}
-            )
+            await create_tables(coordinator)
+            await stock_products(coordinator, {"product1": (4999, 1), "product2": (5000, 5)})
+            lines = [OrderLine("product1", 1, 4999), OrderLine("product2", 1, 5000)]
+            tx = await place_order_atomically(coordinator, order_input("ord_123", "u", lines))
             assert tx.state is TxState.COMMITTED
             with pytest.raises(OutOfStockError):  # product1 is sold out: nothing is written
-                await place_order(
-                    coordinator, Order(124, Decimal("5.00"), ("product2", "product1"))
+                await place_order_atomically(
+                    coordinator,
+                    order_input(
+                        "ord_124",
+                        "u",
+                        [OrderLine("product2", 1, 5000), OrderLine("product1", 1, 4999)],
+                    ),
                 )
         for role, sql, expected in [
-            ("orders", "SELECT id, amount_cents FROM orders", [(123, 9999)]),
-            ("payments", "SELECT order_id, amount_cents FROM payments", [(123, 9999)]),
+            ("orders", "SELECT id, total_cents FROM shop_orders", [("ord_123", 9999)]),
+            ("payments", "SELECT order_id, amount_cents FROM shop_payments", [("ord_123", 9999)]),
             (
                 "inventory",
-                "SELECT sku, stock FROM inventory ORDER BY sku",
+                "SELECT sku, stock FROM shop_stock ORDER BY sku",
                 [("product1", 0), ("product2", 4)],
             ),
         ]:

@@ -1,10 +1,8 @@
-"""Operator commands: ``multistore sagas`` and ``multistore recover``."""
+"""Operator command ``multistore recover`` (``multistore sagas`` is in ``_sagas``)."""
 
 from __future__ import annotations
 
 import asyncio
-import importlib
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -12,72 +10,13 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from multistore.cli._sagas import load_saga_definitions, saga_store
 from multistore.config import load_config
-from multistore.consistency import Saga, SagaEngine, SagaLog, list_sagas, show_saga
+from multistore.consistency import Saga, SagaEngine, SagaLog, list_sagas
 from multistore.core import SagaState
-from multistore.errors import NotFoundError, UsageError
+from multistore.errors import UsageError
 from multistore.stores.relational import RelationalStore
 from multistore.urls import parse_url
-
-
-async def _saga_store(config_path: Path | None) -> RelationalStore:
-    config = load_config(config_path)
-    store = await config.open("sagas")
-    assert isinstance(store, RelationalStore)
-    return store
-
-
-async def run_sagas(
-    config_path: Path | None, *, state: str | None, saga_id: str | None, limit: int, quiet: bool
-) -> dict[str, Any]:
-    """List sagas (optionally by state) or show one saga with its step history."""
-    if state is not None and state not in {s.value for s in SagaState}:
-        known = ", ".join(s.value for s in SagaState)
-        raise UsageError(f"unknown saga state {state!r}; states are: {known}")
-    store = await _saga_store(config_path)
-    try:
-        await SagaLog(store).setup()
-        if saga_id is not None:
-            saga = await show_saga(store, saga_id)
-            if saga is None:
-                raise NotFoundError(f"no saga with id {saga_id!r} in {store.url}")
-            if not quiet:
-                _print_saga(saga)
-            return {"saga": saga}
-        sagas = await list_sagas(store, state=state, limit=limit)
-        if not quiet:
-            table = Table(title=f"sagas in {store.url}" + (f" (state {state})" if state else ""))
-            for column in ("saga_id", "name", "state", "error", "updated_at"):
-                table.add_column(column, overflow="fold")
-            for saga in sagas:
-                table.add_row(
-                    str(saga["saga_id"]),
-                    str(saga["name"]),
-                    str(saga["state"]),
-                    str(saga.get("error") or ""),
-                    str(saga.get("updated_at") or ""),
-                )
-            Console().print(table)
-        return {"sagas": sagas}
-    finally:
-        await store.close()
-
-
-def _print_saga(saga: dict[str, Any]) -> None:
-    console = Console()
-    console.print(f"[bold]{saga['saga_id']}[/] {saga['name']}: {saga['state']}")
-    table = Table()
-    for column in ("step", "state", "attempts", "output", "error"):
-        table.add_column(column, overflow="fold")
-    for step in saga.get("steps", []):
-        table.add_row(
-            str(step.get("name", step.get("step", ""))),
-            str(step.get("state", "")),
-            str(step.get("attempts", "")),
-            str(step.get("output", "")),
-            str(step.get("error") or ""),
-        )
-    console.print(table)
 
 
 def _parse_participants(items: list[str]) -> dict[str, str]:
@@ -90,41 +29,17 @@ def _parse_participants(items: list[str]) -> dict[str, str]:
     return parsed
 
 
-def load_saga_definitions(spec: str) -> list[Saga]:
-    """Import ``module:attribute`` naming a Saga, a sequence of Sagas, or a function
-    returning either (the operator's way to hand the CLI the saga code)."""
-    module_name, sep, attribute = spec.partition(":")
-    if not sep or not module_name or not attribute:
-        raise UsageError(f"--sagas takes MODULE:ATTRIBUTE, got {spec!r}")
-    if str(Path.cwd()) not in sys.path:
-        sys.path.insert(0, str(Path.cwd()))
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise UsageError(f"--sagas: cannot import {module_name!r}: {exc}") from None
-    try:
-        found: Any = getattr(module, attribute)
-    except AttributeError:
-        raise UsageError(f"--sagas: {module_name} has no attribute {attribute!r}") from None
-    if callable(found) and not isinstance(found, Saga):
-        found = found()
-    sagas = [found] if isinstance(found, Saga) else list(found)
-    if not sagas or not all(isinstance(s, Saga) for s in sagas):
-        raise UsageError(f"--sagas: {spec} is not a Saga or a sequence of Sagas")
-    return sagas
-
-
 async def _retry_stuck(
     store: RelationalStore, definitions: list[Saga], stuck: list[dict[str, Any]]
 ) -> list[dict[str, Any]]:
     engine = SagaEngine(store, definitions)
-    known = {saga.name for saga in definitions}
+    known = {(saga.name, saga.version) for saga in definitions}
     results: list[dict[str, Any]] = []
     try:
         await engine.setup()
         for row in stuck:
             saga_id, name = str(row["saga_id"]), str(row["name"])
-            if name not in known:
+            if (name, str(row["version"])) not in known:
                 results.append({"saga_id": saga_id, "name": name, "skipped": "no definition"})
                 continue
             result = await engine.retry_stuck(saga_id)
@@ -176,7 +91,7 @@ async def run_recover(
     if saga_role.url.is_file and not await asyncio.to_thread(Path(saga_role.url.path).exists):
         saga_note = f"no saga log at {saga_role.url.render()}: no sagas to check"
     else:
-        store = await _saga_store(config_path)
+        store = await saga_store(config_path)
         try:
             await SagaLog(store).setup()
             stuck = await list_sagas(store, state=SagaState.STUCK.value)

@@ -8,7 +8,8 @@ replayed after — as a decorator (:func:`idempotent`) or ASGI middleware
 
 Sagas: :class:`Saga` of :class:`Step` s with compensations, run by a
 :class:`SagaEngine` over a durable log in a relational store; crash recovery, retries
-(:class:`RetryPolicy`), a ``stuck`` state for operators (:func:`list_sagas`).
+(:class:`RetryPolicy`), a ``stuck`` state for operators (:func:`list_sagas`), and a
+:class:`SagaWorker` that runs enqueued and abandoned sagas until stopped.
 
 Two-phase commit: :class:`TransactionCoordinator` runs a :class:`DistributedTransaction`
 over named participants (PostgreSQL ``PREPARE TRANSACTION``, MariaDB ``XA``, SQLite
@@ -40,6 +41,7 @@ from multistore.consistency._idempotency import (
 )
 from multistore.consistency._idempotency_asgi import (
     IdempotencyMiddleware,
+    client_from_principal,
 )
 from multistore.consistency._idempotency_backends import (
     IdempotencyRecord,
@@ -71,6 +73,7 @@ from multistore.consistency._saga_log import (
     list_sagas,
     show_saga,
 )
+from multistore.consistency._saga_worker import SagaWorker, WorkerStatistics
 from multistore.consistency._tpc_coordinator import (
     DistributedTransaction,
     EventHook,
@@ -96,13 +99,6 @@ from multistore.consistency._tpc_recovery import (
     recover_once,
     recover_transactions,
 )
-from multistore.consistency._tpc_shop import (
-    Order,
-    OutOfStockError,
-    create_shop_tables,
-    place_order,
-    restock,
-)
 
 __all__ = [
     "COMPENSATION_RETRY",
@@ -126,8 +122,6 @@ __all__ = [
     "Inbox",
     "LogRecord",
     "NodeBusyError",
-    "Order",
-    "OutOfStockError",
     "Outbox",
     "OutboxEvent",
     "OutboxRecord",
@@ -142,14 +136,16 @@ __all__ = [
     "SagaEngine",
     "SagaLog",
     "SagaResult",
+    "SagaWorker",
     "Step",
     "StepContext",
     "TransactionAbortedError",
     "TransactionCoordinator",
     "TransactionHeuristicError",
     "TransactionIndeterminateError",
+    "WorkerStatistics",
     "check_idempotency_key",
-    "create_shop_tables",
+    "client_from_principal",
     "current_run",
     "deduplicated",
     "default_log",
@@ -158,9 +154,7 @@ __all__ = [
     "idempotent",
     "list_sagas",
     "open_participant",
-    "place_order",
     "recover_once",
     "recover_transactions",
-    "restock",
     "show_saga",
 ]
