@@ -139,7 +139,7 @@ def _print_recovery(twopc: dict[str, Any]) -> None:
     console.print(escape(f"coordinator nodes recovered: {nodes}"))
     for why in twopc["skipped"].values():
         console.print(escape(f"left to its live coordinator: {why}"))
-    table = Table(title="outcome")
+    table = Table()
     table.add_column("outcome")
     table.add_column("transactions", overflow="fold")
     for key in ("committed", "rolled_back", "pending", "forgotten"):
