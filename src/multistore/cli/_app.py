@@ -325,12 +325,27 @@ def recover(
             help="MODULE:ATTRIBUTE naming your Saga definitions; stuck sagas are retried.",
         ),
     ] = None,
+    log: Annotated[
+        str | None,
+        typer.Option(
+            "--log",
+            help="URL of the decision log to recover with (default: the transactions role).",
+        ),
+    ] = None,
+    node: Annotated[
+        str | None,
+        typer.Option(
+            "--node",
+            help="Only this coordinator node (refused while its coordinator is alive).",
+        ),
+    ] = None,
 ) -> None:
-    """Resolve in-doubt two-phase-commit transactions from the decision log (the
-    `transactions` role), list stuck sagas, and retry them given --sagas."""
+    """Resolve in-doubt two-phase-commit transactions with the decision log (the
+    `transactions` role, or --log), list stuck sagas, and retry them given --sagas.
+    Branches of coordinators that are alive, and of other logs, are left alone."""
 
     def body() -> None:
-        from multistore.cli._ops import run_recover
+        from multistore.cli._ops import run_recover, unresolved_line
 
         report = asyncio.run(
             run_recover(
@@ -339,12 +354,18 @@ def recover(
                 retry_for=retry_for,
                 quiet=as_json,
                 sagas=sagas,
+                log=log,
+                node=node,
             )
         )
         if as_json:
             _print_json(report)
-        if not report["transactions"].get("resolved", True):
-            raise typer.Exit(code=int(ErrorCode.TRANSACTION_INDETERMINATE))
+        twopc = report["transactions"]
+        if not twopc.get("resolved", True):
+            code = ErrorCode.TRANSACTION_INDETERMINATE
+            err = Console(stderr=True, highlight=False, soft_wrap=True)
+            err.print(f"[bold red]error[/]{escape(f'[{code.slug}]: {unresolved_line(twopc)}')}")
+            raise typer.Exit(code=int(code))
 
     _guard(body)
 
