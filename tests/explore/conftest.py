@@ -1,0 +1,53 @@
+"""Options and a fixture for the schedule explorer's suites.
+
+``pytest tests/explore --explore-seed 316`` replays one schedule (its trace is printed);
+``--explore-schedules N`` runs N schedules per test instead of each test's default. The
+soak tests (marked ``slow``) run 100,000 schedules each: ``pytest -m slow tests/explore``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytest
+
+from multistore.lab.explore import ExploreReport, Faults, Scenario, explore, run_schedule
+
+SOAK = 100_000
+
+Explorer = Callable[[Scenario, int, Faults], ExploreReport]
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("explore", "schedule explorer")
+    group.addoption("--explore-seed", type=int, help="replay this one seed, printing its trace")
+    group.addoption("--explore-schedules", type=int, help="schedules per explorer test")
+
+
+@pytest.fixture
+def explorer(request: pytest.FixtureRequest) -> Explorer:
+    """``explorer(scenario, schedules, faults)``: explore (or replay ``--explore-seed``)."""
+    config = request.config
+    slow = request.node.get_closest_marker("slow") is not None
+
+    def run(scenario: Scenario, schedules: int, faults: Faults) -> ExploreReport:
+        seed = config.getoption("--explore-seed")
+        if seed is not None:
+            schedule = run_schedule(scenario, seed, faults)
+            print("\n".join(schedule.trace))
+            if schedule.error is not None:
+                raise schedule.error
+            return ExploreReport(request.node.name, schedules=1, steps=schedule.steps)
+        count = config.getoption("--explore-schedules") or (SOAK if slow else schedules)
+        first = 1_000_000 if slow else 0  # the soak explores seeds the default run does not
+        report = explore(
+            scenario,
+            seeds=range(first, first + count),
+            faults=faults,
+            name=request.node.name,
+            replay=f"pytest '{request.node.nodeid}' --explore-seed {{seed}}",
+        )
+        print(report.summary())
+        return report
+
+    return run
