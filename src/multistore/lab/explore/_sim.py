@@ -37,6 +37,7 @@ import os
 import random
 import sqlite3
 import time
+import types
 from collections.abc import Awaitable, Callable, Coroutine, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -182,6 +183,13 @@ class Actor:
         """This actor's ``time.time()`` (virtual, with its clock jumps)."""
         return self.sim.wall_time(self)
 
+    def start(self, work: Coroutine[Any, Any, T]) -> asyncio.Task[T]:
+        """Run ``work`` as a task of this process (a request another actor sends it):
+        its store calls are this actor's steps, and it dies with this actor."""
+        context = contextvars.copy_context()
+        context.run(_ACTOR.set, self)
+        return self.sim.loop.create_task(work, context=context)
+
     async def call(self, work: Coroutine[Any, Any, T]) -> T:
         """Run ``work`` as one request of this process: a cancel fault cancels the
         request (its caller sees ``CancelledError``), and the process goes on."""
@@ -268,7 +276,8 @@ class _Hook:
             if isinstance(arg, str) and arg[:1].isalpha() and arg.split(None, 1)[0].isupper():
                 words = " ".join(arg.split()[:4])
                 return f"{where}: {words[:48]}"
-        inner = args[0] if args and callable(args[0]) else getattr(call, "func", None)
+        inner = args[0] if args and isinstance(args[0], types.FunctionType) else None
+        inner = inner or getattr(call, "func", None)
         return f"{where}: {getattr(inner, '__name__', 'call')}"
 
     async def run(self, call: Callable[[], T]) -> T:

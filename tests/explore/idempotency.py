@@ -1,0 +1,246 @@
+"""The idempotency middleware under the explorer: a client paying with Idempotency-Keys
+through one or two server processes (which crash and restart), retrying after every
+failure; uploads cut short, responses that cannot be delivered, concurrent duplicates,
+a payload changed under the same key, tokens refreshed between retries.
+
+The handler records each execution in a side table (not through the middleware).
+Invariants: each key's payment executed at most once; every 2xx the client got for a
+key carries that one execution's body (a replay is byte-identical); a request cut
+short executes nothing; once the faults stop, a retry with the executed payload gets
+its stored response, and one with the payload that never ran runs it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import MutableMapping
+from typing import Any, cast
+
+from multistore.consistency import Idempotency, IdempotencyMiddleware
+from multistore.errors import MultistoreError
+from multistore.lab.explore import Actor, InvariantViolation, Simulation
+from multistore.stores import open_store
+from multistore.stores.relational import RelationalStore
+
+Message = MutableMapping[str, Any]
+
+
+class ClientGone(OSError):
+    """The client closed the connection: the server cannot send the response."""
+
+
+class Server:
+    """One server process: the payment app behind the middleware."""
+
+    def __init__(self, sim: Simulation, urls: dict[str, str]) -> None:
+        self.sim = sim
+        self.urls = urls
+        self.actor: Actor | None = None
+        self.middleware: IdempotencyMiddleware | None = None
+        self.stop = asyncio.Event()
+
+    async def main(self, actor: Actor) -> None:
+        self.middleware = None
+        try:
+            kv = await open_store(self.urls["idem"], model="kv")
+        except MultistoreError:
+            return
+        try:
+            effects = cast(RelationalStore, await open_store(self.urls["bank"], model="relational"))
+        except MultistoreError:
+            await kv.close()
+            return
+
+        async def pay(scope: Message, receive: Any, send: Any) -> None:
+            body = b""
+            while True:
+                message = await receive()
+                body += message.get("body", b"")
+                if not message.get("more_body"):
+                    break
+            amount = json.loads(body)["amount"]
+            execution = await effects.fetch_val(
+                "INSERT INTO executions (key, amount) VALUES (:k, :a) RETURNING id",
+                {"k": dict(scope["headers"])[b"idempotency-key"].decode(), "a": amount},
+            )
+            out = json.dumps({"paid": amount, "execution": execution}).encode()
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": 201,
+                    "headers": [(b"content-type", b"application/json")],
+                }
+            )
+            await send({"type": "http.response.body", "body": out})
+
+        idem = Idempotency(kv, clock=actor.wall_clock)
+        self.middleware = IdempotencyMiddleware(pay, idem, client=lambda scope: "alice")
+        self.actor = actor
+        try:
+            await self.stop.wait()
+        finally:
+            self.middleware = None
+            await effects.close()
+            await kv.close()
+
+
+class Attempt:
+    """One HTTP request as the client sends it, with what goes wrong on its side."""
+
+    def __init__(self, key: str, amount: int, *, truncate: bool, gone: bool) -> None:
+        self.key = key
+        self.body = json.dumps({"amount": amount}).encode()
+        self.truncate = truncate
+        self.cut = truncate
+        self.gone = gone
+        self._sent = False
+        self.status: int | None = None
+        self.response = b""
+
+    def scope(self) -> Message:
+        return {
+            "type": "http",
+            "method": "POST",
+            "path": "/pay",
+            "query_string": b"",
+            "headers": [
+                (b"idempotency-key", self.key.encode()),
+                (b"content-type", b"application/json"),
+            ],
+        }
+
+    async def receive(self) -> Message:
+        if self.truncate:
+            self.truncate = False
+            return {"type": "http.request", "body": self.body[:3], "more_body": True}
+        if not self._sent and not self.cut:
+            self._sent = True
+            return {"type": "http.request", "body": self.body, "more_body": False}
+        return {"type": "http.disconnect"}
+
+    async def send(self, message: Message) -> None:
+        if self.gone:
+            raise ClientGone("connection closed by the client")
+        if message["type"] == "http.response.start":
+            self.status = int(message["status"])
+        elif message["type"] == "http.response.body":
+            self.response += message.get("body", b"")
+
+
+async def _send(servers: list[Server], attempt: Attempt, pick: int) -> None:
+    """Deliver one attempt to a live server; a crash or error answers 5xx."""
+    live = [s for s in servers if s.middleware is not None and s.actor is not None]
+    if not live:
+        attempt.status = 503
+        return
+    server = live[pick % len(live)]
+    assert server.actor is not None and server.middleware is not None
+    task = server.actor.start(server.middleware(attempt.scope(), attempt.receive, attempt.send))
+    await asyncio.wait({task})
+    if task.cancelled() or task.exception() is not None:
+        if attempt.status is None:
+            attempt.status = 500
+
+
+async def idempotency(sim: Simulation) -> None:
+    urls = {
+        "idem": f"sqlite:///{sim.directory / 'idem.db'}",
+        "bank": f"sqlite:///{sim.directory / 'bank.db'}",
+    }
+    bank = cast(RelationalStore, await open_store(urls["bank"], model="relational"))
+    await bank.execute(
+        "CREATE TABLE executions (id INTEGER PRIMARY KEY, key TEXT NOT NULL, amount INT)"
+    )
+    servers = [Server(sim, urls) for _ in range(sim.choices.randint(1, 2))]
+    actors = [sim.spawn(f"server{i}", s.main, restart=s.main) for i, s in enumerate(servers)]
+    keys = {f"k{n}": sim.choices.randint(1, 99) for n in range(sim.choices.randint(1, 3))}
+    truncated_only: dict[str, bool] = dict.fromkeys(keys, True)
+    ok_bodies: dict[str, set[bytes]] = {k: set() for k in keys}
+
+    async def client(actor: Actor) -> None:
+        for key, amount in keys.items():
+            for _ in range(sim.choices.randint(1, 4)):
+                other = sim.choices.random() < 0.1
+                attempt = Attempt(
+                    key,
+                    amount + 1 if other else amount,
+                    truncate=sim.choices.random() < 0.15,
+                    gone=sim.choices.random() < 0.15,
+                )
+                if not attempt.truncate:
+                    truncated_only[key] = False
+                twin = None
+                if sim.choices.random() < 0.2:  # a duplicate sent at the same time
+                    twin = Attempt(key, amount, truncate=False, gone=False)
+                    truncated_only[key] = False
+                sends = [_send(servers, attempt, sim.choices.randrange(2))]
+                if twin is not None:
+                    sends.append(_send(servers, twin, sim.choices.randrange(2)))
+                await asyncio.gather(*sends)
+                for one in (attempt, twin):
+                    if one is None:
+                        continue
+                    sim.note(
+                        f"{key} amount {json.loads(one.body)['amount']}"
+                        f"{' cut short' if one.cut else ''}{' client gone' if one.gone else ''}"
+                        f": {one.status}"
+                    )
+                    if one.status is not None and 200 <= one.status < 300:
+                        ok_bodies[key].add(one.response)
+                await asyncio.sleep(sim.choices.uniform(0, 5))
+
+    actors.append(sim.spawn("client", client, crashable=False))
+    await sim.join(actors[-1])
+    sim.quiesce()
+    executed = await _executions(bank)
+    for key, only in truncated_only.items():
+        if only and executed.get(key):
+            raise InvariantViolation(f"{key}: only cut-short uploads were sent, yet it ran")
+    # Fault-free retries: the executed payload gets its stored response.
+    await _until_serving(servers)
+    for key, amount in keys.items():
+        ran = executed.get(key, [])
+        pay = ran[0][1] if ran else amount
+        attempt = Attempt(key, pay, truncate=False, gone=False)
+        for _ in range(50):
+            attempt = Attempt(key, pay, truncate=False, gone=False)
+            await _send(servers, attempt, 0)
+            if attempt.status != 409:
+                break
+            await asyncio.sleep(1.0)
+        if attempt.status != 201:
+            raise InvariantViolation(
+                f"{key}: a fault-free retry with the executed payload got {attempt.status} "
+                f"{attempt.response[:200]!r}"
+            )
+        ok_bodies[key].add(attempt.response)
+    executed = await _executions(bank)
+    for key in keys:
+        runs = executed.get(key, [])
+        if len(runs) != 1:
+            raise InvariantViolation(f"{key}: executed {len(runs)} times: {runs}")
+        if len(ok_bodies[key]) != 1:
+            raise InvariantViolation(f"{key}: different successful responses {ok_bodies[key]}")
+    for server in servers:
+        server.stop.set()
+    await sim.join(*actors)
+    await bank.close()
+
+
+async def _executions(bank: RelationalStore) -> dict[str, list[tuple[int, int]]]:
+    rows = await bank.fetch_all("SELECT id, key, amount FROM executions ORDER BY id")
+    out: dict[str, list[tuple[int, int]]] = {}
+    for row in rows:
+        out.setdefault(row["key"], []).append((int(row["id"]), int(row["amount"])))
+    return out
+
+
+async def _until_serving(servers: list[Server]) -> None:
+    for _ in range(1000):
+        if all(s.middleware is not None for s in servers if not s.stop.is_set()) and any(
+            s.middleware is not None for s in servers
+        ):
+            return
+        await asyncio.sleep(0.1)
+    raise InvariantViolation("no server process is serving after the faults stopped")
