@@ -138,9 +138,8 @@ async def _send(servers: list[Server], attempt: Attempt, pick: int) -> None:
     assert server.actor is not None and server.middleware is not None
     task = server.actor.start(server.middleware(attempt.scope(), attempt.receive, attempt.send))
     await asyncio.wait({task})
-    if task.cancelled() or task.exception() is not None:
-        if attempt.status is None:
-            attempt.status = 500
+    if (task.cancelled() or task.exception() is not None) and attempt.status is None:
+        attempt.status = 500
 
 
 async def idempotency(sim: Simulation) -> None:
