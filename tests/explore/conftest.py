@@ -7,7 +7,7 @@ soak tests (marked ``slow``) run 100,000 schedules each: ``pytest -m slow tests/
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from typing import Protocol
 
 import pytest
 
@@ -15,7 +15,11 @@ from multistore.lab.explore import ExploreReport, Faults, Scenario, explore, run
 
 SOAK = 100_000
 
-Explorer = Callable[[Scenario, int, Faults], ExploreReport]
+
+class Explorer(Protocol):
+    def __call__(
+        self, scenario: Scenario, schedules: int, faults: Faults, *, virtual: bool = True
+    ) -> ExploreReport: ...
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -30,14 +34,18 @@ def explorer(request: pytest.FixtureRequest) -> Explorer:
     config = request.config
     slow = request.node.get_closest_marker("slow") is not None
 
-    def run(scenario: Scenario, schedules: int, faults: Faults) -> ExploreReport:
+    def run(
+        scenario: Scenario, schedules: int, faults: Faults, *, virtual: bool = True
+    ) -> ExploreReport:
         seed = config.getoption("--explore-seed")
         if seed is not None:
-            schedule = run_schedule(scenario, seed, faults)
+            schedule = run_schedule(scenario, seed, faults, virtual=virtual)
             print("\n".join(schedule.trace))
             if schedule.error is not None:
                 raise schedule.error
-            return ExploreReport(request.node.name, schedules=1, steps=schedule.steps)
+            return ExploreReport(
+                request.node.name, schedules=1, steps=schedule.steps, faults=schedule.faults
+            )
         count = config.getoption("--explore-schedules") or (SOAK if slow else schedules)
         first = 1_000_000 if slow else 0  # the soak explores seeds the default run does not
         report = explore(
@@ -45,9 +53,10 @@ def explorer(request: pytest.FixtureRequest) -> Explorer:
             seeds=range(first, first + count),
             faults=faults,
             name=request.node.name,
+            virtual=virtual,
             replay=f"pytest '{request.node.nodeid}' --explore-seed {{seed}}",
         )
         print(report.summary())
         return report
 
-    return run
+    return run  # type: ignore[return-value]

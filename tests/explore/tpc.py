@@ -8,6 +8,8 @@ balance equal to its opening balance plus its recorded deltas, and money conserv
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Awaitable, Callable
 from typing import cast
 
 from multistore.consistency import TransactionCoordinator, recover_transactions
@@ -51,6 +53,8 @@ class App:
         except MultistoreError as exc:  # a store failed while opening: the process exits
             self.sim.note(f"{actor.label} cannot open: {type(exc).__name__}")
             return
+        # A crash drops the process's server connections (its open work rolls back).
+        actor.on_crash.append(lambda: self.sim.background(_drop(coordinator)))
         try:
             while self.left > 0:
                 self.left -= 1
@@ -59,7 +63,9 @@ class App:
                 try:
                     async with coordinator.transaction([source, target]) as tx:
                         tid = tx.xid.gtrid
-                        for bank, delta in ((source, -amount), (target, amount)):
+                        # Banks in one order in every process: no deadlock across them.
+                        moves = {source: -amount, target: amount}
+                        for bank, delta in sorted(moves.items()):
                             await tx.sql(bank).execute(
                                 "UPDATE accounts SET balance = balance + :d WHERE id = 1",
                                 {"d": delta},
@@ -71,6 +77,12 @@ class App:
                     self.sim.note(f"{actor.label}: {type(exc).__name__}")
         finally:
             await coordinator.close()
+
+
+async def _drop(coordinator: TransactionCoordinator) -> None:
+    for participant in coordinator.participants.values():
+        with contextlib.suppress(Exception):
+            await participant.close()
 
 
 async def check_banks(urls: dict[str, str]) -> None:
@@ -101,10 +113,56 @@ async def check_banks(urls: dict[str, str]) -> None:
 
 async def transfers(sim: Simulation) -> None:
     """One coordinator (restarted after a crash), and now and then an operator's
-    `recover` beside it, or a second application process with its own log."""
+    `recover` beside it, or a second application process with its own log; on SQLite."""
     urls = {name: f"sqlite:///{sim.directory / name}.db" for name in BANKS}
     for url in urls.values():
         await create_bank(url)
+    await run_transfers(sim, urls)
+
+
+def transfers_on(urls: dict[str, str]) -> Callable[[Simulation], Awaitable[None]]:
+    """The same on servers (``urls``: bank name -> a PostgreSQL or MariaDB database,
+    emptied and filled again for every schedule)."""
+
+    async def scenario(sim: Simulation) -> None:
+        from multistore.consistency._tpc_sql import (
+            MariaDBBranch,
+            MariaDBParticipant,
+            PostgresBranch,
+            PostgresParticipant,
+        )
+
+        branch = ("execute", "fetch_all", "prepare", "commit", "commit_deciding", "rollback")
+        participant = ("begin", "in_doubt", "commit_prepared", "rollback_prepared")
+        for cls in (PostgresBranch, MariaDBBranch):
+            for klass in cls.__mro__[:3]:
+                sim.instrument(klass, *branch)
+        for cls in (PostgresParticipant, MariaDBParticipant):
+            for klass in cls.__mro__[:3]:
+                sim.instrument(klass, *participant)
+        for url in urls.values():
+            await reset_bank(url)
+        await run_transfers(sim, urls)
+
+    return scenario
+
+
+async def reset_bank(url: str) -> None:
+    store = cast(RelationalStore, await open_store(url, model="relational"))
+    try:
+        await store.execute_script(
+            "CREATE TABLE IF NOT EXISTS accounts (id INT PRIMARY KEY, balance INT NOT NULL);"
+            "CREATE TABLE IF NOT EXISTS transfers "
+            "(tid VARCHAR(80) PRIMARY KEY, delta INT NOT NULL)"
+        )
+        await store.execute("DELETE FROM transfers")
+        await store.execute("DELETE FROM accounts")
+        await store.execute("INSERT INTO accounts VALUES (1, :b)", {"b": START})
+    finally:
+        await store.close()
+
+
+async def run_transfers(sim: Simulation, urls: dict[str, str]) -> None:
     log = f"sqlite:///{sim.directory / 'log.db'}"
     app = App(sim, urls, log, "node1")
     actors = [sim.spawn("app", app.run, restart=app.run)]

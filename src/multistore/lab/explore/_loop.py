@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import selectors
+import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -24,15 +25,19 @@ __all__ = ["DeadlockError", "VirtualTimeLoop"]
 #: when it made something ready (the loop then runs it); False lets the clock move on.
 IdleHook = Callable[[float | None], bool]
 
+#: The real clock, taken before the explorer replaces ``time.monotonic`` for a run.
+_monotonic = time.monotonic
+
 
 class DeadlockError(RuntimeError):
     """Nothing can ever run again: no ready callback, no timer, no actor at a step."""
 
 
 class _Selector(selectors.BaseSelector):
-    """A real selector that never blocks: an idle wait becomes a call to the loop."""
+    """A real selector whose idle waits go to the loop first: on virtual time they never
+    block; on real time the loop blocks when the scheduler had nothing to release."""
 
-    def __init__(self, idle: Callable[[float | None], None]) -> None:
+    def __init__(self, idle: Callable[[float | None], bool]) -> None:
         self._real = selectors.DefaultSelector()
         self._idle = idle
 
@@ -58,24 +63,33 @@ class _Selector(selectors.BaseSelector):
         ready = self._real.select(0)
         if ready or timeout == 0:
             return ready
-        self._idle(timeout)
-        return []
+        if self._idle(timeout):
+            return []
+        return self._real.select(min(timeout, 0.05) if timeout is not None else 0.05)
 
 
 class VirtualTimeLoop(asyncio.SelectorEventLoop):
-    """``asyncio.SelectorEventLoop`` with a virtual clock and an idle hook."""
+    """``asyncio.SelectorEventLoop`` with a virtual clock and an idle hook.
 
-    def __init__(self, on_idle: IdleHook, *, start: float = 0.0) -> None:
+    With ``virtual=False`` the clock is the real one and an idle loop that the hook
+    did not wake waits for I/O as usual (for real database servers: the scheduler
+    then orders and faults the calls it instruments, but cannot replay I/O timing)."""
+
+    def __init__(self, on_idle: IdleHook, *, start: float = 0.0, virtual: bool = True) -> None:
         self._now = start
         self._on_idle = on_idle
+        self.virtual = virtual
+        self._real_clock = _monotonic
         super().__init__(selector=_Selector(self._idle))
 
     def time(self) -> float:
+        if not self.virtual:
+            return self._real_clock()
         return self._now
 
     def advance(self, seconds: float) -> None:
         """Move the clock forward (timers due by then fire at the next turn)."""
-        if seconds > 0:
+        if seconds > 0 and self.virtual:
             self._now += seconds
 
     def next_timer(self) -> float | None:
@@ -84,10 +98,13 @@ class VirtualTimeLoop(asyncio.SelectorEventLoop):
         live = [handle.when() for handle in scheduled if not handle.cancelled()]
         return min(live) if live else None
 
-    def _idle(self, timeout: float | None) -> None:
+    def _idle(self, timeout: float | None) -> bool:
         if self._on_idle(timeout):
-            return
+            return True
+        if not self.virtual:
+            return False  # the selector waits for I/O or the next timer
         due = self.next_timer()
         if due is None:
             raise DeadlockError("no task can run again: nothing is ready, no timer is pending")
         self._now = max(self._now, due)
+        return True

@@ -33,6 +33,7 @@ import asyncio
 import contextlib
 import contextvars
 import enum
+import functools
 import os
 import random
 import sqlite3
@@ -65,6 +66,9 @@ EPOCH: Final = 1_767_225_600.0
 STEP_TIME: Final = 0.002
 #: SQLite's busy handler waits about this long between tries (seconds), at most.
 BUSY_BACKOFF: Final = (0.001, 0.002, 0.005, 0.01, 0.015, 0.02, 0.025, 0.05, 0.1)
+
+#: The real wall clock, taken before a run replaces ``time.time``.
+_real_time = time.time
 
 _ACTOR: contextvars.ContextVar[Actor | None] = contextvars.ContextVar(
     "multistore_explore_actor", default=None
@@ -374,14 +378,15 @@ class Simulation:
     Code the scenario runs itself (not in an actor) takes no steps and meets no faults.
     """
 
-    def __init__(self, seed: int, faults: Faults, directory: Path) -> None:
+    def __init__(self, seed: int, faults: Faults, directory: Path, *, virtual: bool = True) -> None:
         self.seed = seed
+        self.virtual = virtual
         self.rng = random.Random(seed)
         """The scheduler's choices."""
         self.choices = random.Random(seed * 7919 + 1)
         """For the scenario's own choices (what to run, with which numbers)."""
         self.directory = directory
-        self.loop = VirtualTimeLoop(self._on_idle)
+        self.loop = VirtualTimeLoop(self._on_idle, virtual=virtual)
         self.faults = faults.drawn(self.rng)
         self.faults_on = True
         self.fault_count = 0
@@ -397,6 +402,8 @@ class Simulation:
         self._all_connections: list[sqlite3.Connection] = []
         self._gates: list[tuple[int, asyncio.Future[None]]] = []
         self._dying: list[Actor] = []
+        self._restore: list[tuple[type, str, Any]] = []
+        self._background: set[asyncio.Task[Any]] = set()
         self.loop.set_task_factory(self._task_factory)  # type: ignore[arg-type]
         self.loop.set_exception_handler(self._exception_handler)
 
@@ -420,6 +427,8 @@ class Simulation:
 
     def wall_time(self, actor: Actor | None = None) -> float:
         offset = actor.clock_offset if actor is not None else 0.0
+        if not self.virtual:
+            return _real_time() + offset
         return EPOCH + self.loop.time() + offset
 
     async def join(self, *actors: Actor, within: float = 3600.0) -> None:
@@ -710,8 +719,61 @@ class Simulation:
         finally:
             self._calling_hook = previous
 
-    def _make_hook(self, name: str) -> _Hook:
+    def _make_hook(self, name: str) -> _Hook | None:
+        if not self.virtual and not name.startswith(("sqlite", "quorum")):
+            return None  # a server's driver thread: its calls are steps where instrumented
         return _Hook(self, name, _ACTOR.get())
+
+    def instrument(self, cls: type, *names: str) -> None:
+        """Make calls of ``cls``'s async methods ``names`` steps of the calling actor,
+        with the same faults as store calls (for interfaces whose stores are servers:
+        2PC participants and branches on PostgreSQL or MariaDB). Undone at the end
+        of the run."""
+        for name in names:
+            original = cls.__dict__.get(name)
+            if original is None:
+                continue  # inherited: instrument the class that defines it
+            self._restore.append((cls, name, original))
+            setattr(cls, name, self._stepped(original, name))
+
+    def _stepped(
+        self, original: Callable[..., Awaitable[Any]], name: str
+    ) -> Callable[..., Awaitable[Any]]:
+        sim = self
+
+        @functools.wraps(original)
+        async def stepped(obj: Any, *args: Any, **kwargs: Any) -> Any:
+            actor = _ACTOR.get()
+            if actor is None:
+                return await original(obj, *args, **kwargs)
+            what = f"{getattr(obj, 'name', type(obj).__name__)}.{name}"
+            if not actor.alive:
+                raise ActorCrashed(f"{actor.label} crashed; its call {what} never ran")
+            action = await sim._step(actor, what)
+            if action is _Action.ERROR:
+                raise StoreUnavailableError(
+                    f"explorer: {what} failed before it ran", outcome=Outcome.DEFINITE
+                )
+            result = await original(obj, *args, **kwargs)
+            action = sim._after(actor, what)
+            if action is _Action.LOST:
+                raise StoreTimeoutError(f"explorer: the reply of {what} was lost (it took effect)")
+            if action is _Action.CRASH:
+                raise ActorCrashed(f"{actor.label} crashed after {what}")
+            if action is _Action.CANCEL:
+                await asyncio.sleep(0)
+            return result
+
+        return stepped
+
+    def background(self, work: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
+        """Run ``work`` outside every actor (cleanup after a crash, say)."""
+        context = contextvars.copy_context()
+        context.run(_ACTOR.set, None)
+        task = self.loop.create_task(work, context=context)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+        return task
 
     @contextlib.contextmanager
     def patched(self) -> Iterator[None]:
@@ -731,16 +793,20 @@ class Simulation:
             return conn
 
         token = _CURRENT.set(self)
-        time.time = lambda: self.wall_time(_ACTOR.get())
-        time.time_ns = lambda: int(self.wall_time(_ACTOR.get()) * 1e9)
-        time.monotonic = lambda: 1000.0 + self.loop.time()
-        os.urandom = bytes_source.randbytes
+        if self.virtual:
+            time.time = lambda: self.wall_time(_ACTOR.get())
+            time.time_ns = lambda: int(self.wall_time(_ACTOR.get()) * 1e9)
+            time.monotonic = lambda: 1000.0 + self.loop.time()
+            os.urandom = bytes_source.randbytes
         sqlite3.connect = connect  # type: ignore[assignment]
         random.seed(self.seed)
         Worker.hooks = self._make_hook
         try:
             yield
         finally:
+            for cls, name, original in reversed(self._restore):
+                setattr(cls, name, original)
+            self._restore.clear()
             Worker.hooks = saved_hooks
             time.time, time.monotonic, os.urandom = saved_time, saved_mono, saved_urandom
             time.time_ns = saved_time_ns
