@@ -2,7 +2,8 @@
 
 ``pytest tests/explore --explore-seed 316`` replays one schedule (its trace is printed);
 ``--explore-schedules N`` runs N schedules per test instead of each test's default. The
-soak tests (marked ``slow``) run 100,000 schedules each: ``pytest -m slow tests/explore``.
+soak tests (marked ``soak``) run 100,000 schedules each and only when asked for:
+``pytest -m soak tests/explore``.
 """
 
 from __future__ import annotations
@@ -28,11 +29,21 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--explore-schedules", type=int, help="schedules per explorer test")
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Soak runs only when ``-m`` names them (deselected, not skipped, otherwise)."""
+    if "soak" in (config.getoption("-m") or ""):
+        return
+    soak = [item for item in items if item.get_closest_marker("soak") is not None]
+    if soak:
+        config.hook.pytest_deselected(items=soak)
+        items[:] = [item for item in items if item.get_closest_marker("soak") is None]
+
+
 @pytest.fixture
 def explorer(request: pytest.FixtureRequest) -> Explorer:
     """``explorer(scenario, schedules, faults)``: explore (or replay ``--explore-seed``)."""
     config = request.config
-    slow = request.node.get_closest_marker("slow") is not None
+    slow = request.node.get_closest_marker("soak") is not None
 
     def run(
         scenario: Scenario, schedules: int, faults: Faults, *, virtual: bool = True

@@ -14,6 +14,6 @@ def test_sagas_sqlite(explorer: Explorer) -> None:
     assert report.faults > 0
 
 
-@pytest.mark.slow
+@pytest.mark.soak
 def test_sagas_sqlite_soak(explorer: Explorer) -> None:
     explorer(sagas, 0, Faults.all())

@@ -14,7 +14,7 @@ def test_tpc_sqlite(explorer: Explorer) -> None:
     assert report.faults > 0
 
 
-@pytest.mark.slow
+@pytest.mark.soak
 def test_tpc_sqlite_soak(explorer: Explorer) -> None:
     explorer(transfers, 0, Faults.all())
 
