@@ -8,6 +8,9 @@ from multistore.lab.explore import Faults
 from tests.explore.conftest import Explorer
 from tests.explore.idempotency import idempotency
 
+#: A whole exploration, not one schedule: thousands of schedules take minutes.
+pytestmark = pytest.mark.timeout(1800)
+
 
 def test_idempotency_sqlite(explorer: Explorer) -> None:
     report = explorer(idempotency, 2000, Faults.all())

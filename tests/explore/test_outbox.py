@@ -8,6 +8,9 @@ from multistore.lab.explore import Faults
 from tests.explore.conftest import Explorer
 from tests.explore.outbox import outbox
 
+#: A whole exploration, not one schedule: thousands of schedules take minutes.
+pytestmark = pytest.mark.timeout(1800)
+
 
 def test_outbox_sqlite(explorer: Explorer) -> None:
     report = explorer(outbox, 2000, Faults.all())

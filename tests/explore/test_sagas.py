@@ -8,6 +8,9 @@ from multistore.lab.explore import Faults
 from tests.explore.conftest import Explorer
 from tests.explore.sagas import sagas
 
+#: A whole exploration, not one schedule: thousands of schedules take minutes.
+pytestmark = pytest.mark.timeout(1800)
+
 
 def test_sagas_sqlite(explorer: Explorer) -> None:
     report = explorer(sagas, 2000, Faults.all())

@@ -8,6 +8,9 @@ from multistore.lab.explore import Faults
 from tests.explore.conftest import Explorer
 from tests.explore.tpc import transfers, transfers_on
 
+#: A whole exploration, not one schedule: thousands of schedules take minutes.
+pytestmark = pytest.mark.timeout(1800)
+
 
 def test_tpc_sqlite(explorer: Explorer) -> None:
     report = explorer(transfers, 2000, Faults.all())

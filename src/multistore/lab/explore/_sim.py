@@ -20,6 +20,10 @@ may also inject a fault:
 * **stall** — the actor is held for up to a minute of virtual time (a GC pause, a
   SIGSTOP): leases expire, others move on.
 * **clock jump** — the actor's wall clock (``time.time()``) jumps by up to ±30 s.
+* **partition** — the actor is cut off from one store (one node) for up to 10 s: its
+  requests there time out, either before they arrive or after they took effect.
+* **duplicate** — a message to a node (a worker the scenario names in
+  :attr:`Simulation.messages`) is delivered twice.
 
 Time is virtual (:class:`~multistore.lab.explore._loop.VirtualTimeLoop`); ``time.time``,
 ``time.monotonic``, ``os.urandom`` (hence ``uuid.uuid4``) and the ``random`` module are
@@ -119,10 +123,23 @@ class Faults:
     max_faults: int = 4
     stall_seconds: float = 60.0
     clock_jump_seconds: float = 30.0
+    partition: float = 0.0
+    partition_seconds: float = 10.0
+    duplicate: float = 0.0
 
     @classmethod
     def all(cls, rate: float = 0.08, *, max_faults: int = 4) -> Faults:
-        return cls(rate, rate, rate, rate, rate / 2, rate / 2, max_faults)
+        return cls(
+            rate,
+            rate,
+            rate,
+            rate,
+            rate / 2,
+            rate / 2,
+            max_faults,
+            partition=rate / 2,
+            duplicate=rate / 2,
+        )
 
     def drawn(self, rng: random.Random) -> Faults:
         """This schedule's rates: each kind off (a third of the time) or up to its cap."""
@@ -140,6 +157,9 @@ class Faults:
             rng.randint(0, self.max_faults),
             self.stall_seconds,
             self.clock_jump_seconds,
+            one(self.partition),
+            self.partition_seconds,
+            one(self.duplicate),
         )
 
 
@@ -272,6 +292,13 @@ class _Hook:
         with self.sim._calling(self):
             return call()
 
+    @property
+    def target(self) -> str:
+        """What a partition cuts this actor off from: the store's file, else the worker."""
+        if self.connections:
+            return str(getattr(self.connections[0], "file", self.name))
+        return self.name
+
     def describe(self, call: Callable[[], Any]) -> str:
         """``file: SQL`` for the trace: the store's file and the statement's first words."""
         where = getattr(self.connections[0], "file", self.name) if self.connections else self.name
@@ -287,19 +314,32 @@ class _Hook:
     async def run(self, call: Callable[[], T]) -> T:
         actor = self.actor
         what = self.name
+        cut: str | None = None
         if actor is not None:
             what = self.describe(call)
             if not actor.alive:
                 raise ActorCrashed(f"{actor.label} crashed; its call to {what} never ran")
             closing = what.endswith(": close")  # closing a file does not fail
-            action = await self.sim._step(actor, what, faults=not closing)
+            action = await self.sim._step(actor, what, faults=not closing, target=self.target)
             if action is _Action.ERROR:
                 self._drop_transactions()
                 raise StoreUnavailableError(
                     f"explorer: {what} failed before the call ran",
                     outcome=Outcome.DEFINITE,
                 )
+            cut = None if closing else self.sim._partitioned(actor, self.target)
+            if cut == "request":
+                raise StoreTimeoutError(f"explorer: {what} timed out (partitioned)")
         result = await self._invoke(call)
+        if cut == "reply":
+            self._drop_transactions()
+            raise StoreTimeoutError(
+                f"explorer: {what} timed out after it took effect (partitioned)"
+            )
+        if actor is not None and self.sim._duplicates(self.name):
+            self.sim._trace(f"{actor.label} {what}: delivered twice")
+            with contextlib.suppress(Exception):
+                await self._invoke(call)
         if actor is not None and not what.endswith(": close"):
             action = self.sim._after(actor, what)
             if action is _Action.LOST:
@@ -403,6 +443,10 @@ class Simulation:
         self._gates: list[tuple[int, asyncio.Future[None]]] = []
         self._dying: list[Actor] = []
         self._restore: list[tuple[type, str, Any]] = []
+        self._partitions: list[tuple[str, str, float, str]] = []
+        self.messages: tuple[str, ...] = ()
+        """Worker name prefixes whose calls are messages to another node (quorum
+        nodes, say): only those may be delivered twice (the ``duplicate`` fault)."""
         self._background: set[asyncio.Task[Any]] = set()
         self.loop.set_task_factory(self._task_factory)  # type: ignore[arg-type]
         self.loop.set_exception_handler(self._exception_handler)
@@ -560,8 +604,15 @@ class Simulation:
 
     # -- steps and faults --
 
-    async def _step(self, actor: Actor, what: str, *, faults: bool = True) -> _Action:
+    async def _step(
+        self, actor: Actor, what: str, *, faults: bool = True, target: str = ""
+    ) -> _Action:
         ready_at = self.loop.time()
+        if faults and target and self._fault(self.faults.partition):
+            held = self.rng.uniform(0.2, self.faults.partition_seconds)
+            mode = "request" if self.rng.random() < 0.5 else "reply"
+            self._partitions.append((actor.name, target, ready_at + held, mode))
+            self._trace(f"{actor.label} cut off from {target} for {held:.1f} s ({mode}s lost)")
         if self._fault(self.faults.stall):
             held = self.rng.uniform(0.5, self.faults.stall_seconds)
             ready_at += held
@@ -590,6 +641,21 @@ class Simulation:
         elif action is _Action.CANCEL:
             actor._cancel()
         return action
+
+    def _partitioned(self, actor: Actor, target: str) -> str | None:
+        """``request`` or ``reply`` while a partition cuts ``actor`` off from ``target``."""
+        now = self.loop.time()
+        for name, cut, until, mode in self._partitions:
+            if name == actor.name and cut == target and now < until and self.faults_on:
+                return mode
+        return None
+
+    def _duplicates(self, worker: str) -> bool:
+        """Whether this message (a call to a worker the scenario marked as a message
+        link) is delivered a second time."""
+        return any(worker.startswith(p) for p in self.messages) and self._fault(
+            self.faults.duplicate
+        )
 
     def _fault(self, rate: float) -> bool:
         if not self.faults_on or self.fault_count >= self.faults.max_faults or rate <= 0:
