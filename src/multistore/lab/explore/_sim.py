@@ -17,8 +17,9 @@ may also inject a fault:
 * **lost reply** — the call took effect, the caller gets an indeterminate error; an
   open transaction on that connection is rolled back, as a server does when its
   connection drops.
-* **stall** — the actor is held for up to a minute of virtual time (a GC pause, a
-  SIGSTOP): leases expire, others move on.
+* **stall** — the whole process is held for up to a minute of virtual time (a GC
+  pause, a SIGSTOP): none of its store calls goes through, so its heartbeats stop,
+  its leases expire and others move on.
 * **clock jump** — the actor's wall clock (``time.time()``) jumps by up to ±30 s.
 * **partition** — the actor is cut off from one store (one node) for up to 10 s: its
   requests there time out, either before they arrive or after they took effect.
@@ -187,11 +188,12 @@ class Actor:
         self.clock_offset = 0.0
         self.priority = sim.rng.random()
         self.task: asyncio.Task[None] | None = None
-        self.cancel_target: asyncio.Task[Any] | None = None
-        """What a cancel fault cancels: the request :meth:`call` runs, else the main task."""
         self.tasks: set[asyncio.Task[Any]] = set()
         self.connections: list[sqlite3.Connection] = []
         self.on_crash: list[Callable[[], None]] = []
+        self.on_stall: list[Callable[[float], None]] = []
+        """Called with the seconds the process is held (a SIGSTOP, a long GC pause)."""
+        self.stalled_until = 0.0
         self.successor: Actor | None = None
         self.finished: asyncio.Future[None] = sim.loop.create_future()
 
@@ -208,21 +210,18 @@ class Actor:
         return self.sim.wall_time(self)
 
     def start(self, work: Coroutine[Any, Any, T]) -> asyncio.Task[T]:
-        """Run ``work`` as a task of this process (a request another actor sends it):
-        its store calls are this actor's steps, and it dies with this actor."""
+        """Run ``work`` as a request another actor sends this process: its store calls
+        are this actor's steps, it dies with this actor, and a cancel fault at one of
+        its steps cancels the request (a client that went away), not the process."""
         context = contextvars.copy_context()
         context.run(_ACTOR.set, self)
-        return self.sim.loop.create_task(work, context=context)
+        task = self.sim.loop.create_task(_as_request(work), context=context)
+        return task
 
     async def call(self, work: Coroutine[Any, Any, T]) -> T:
         """Run ``work`` as one request of this process: a cancel fault cancels the
         request (its caller sees ``CancelledError``), and the process goes on."""
-        task = self.sim.loop.create_task(work)
-        previous, self.cancel_target = self.cancel_target, task
-        try:
-            return await task
-        finally:
-            self.cancel_target = previous
+        return await self.sim.loop.create_task(_as_request(work))
 
     def last(self) -> Actor:
         """The latest incarnation of this process."""
@@ -231,8 +230,9 @@ class Actor:
             actor = actor.successor
         return actor
 
-    def _cancel(self) -> None:
-        target = self.cancel_target or self.task
+    def _cancel(self, request: asyncio.Task[Any] | None = None) -> None:
+        """Cancel the request the step belongs to, else the main task."""
+        target = request or _REQUEST.get() or self.task
         if target is not None:
             target.cancel()
 
@@ -247,6 +247,12 @@ class _Waiter:
     what: str
     ready_at: float
     faults: bool = True
+    request: asyncio.Task[Any] | None = None
+
+    @property
+    def due(self) -> float:
+        """When it may go: its own time, and not while its process is stalled."""
+        return max(self.ready_at, self.actor.stalled_until)
 
 
 class _SQLiteConnection(sqlite3.Connection):
@@ -269,6 +275,17 @@ class _SQLiteConnection(sqlite3.Connection):
                 self._sim._busy_timeouts[id(self)] = int(value) / 1000
                 sql = "PRAGMA busy_timeout = 0"
         return super().execute(sql, *args)
+
+
+_REQUEST: contextvars.ContextVar[asyncio.Task[Any] | None] = contextvars.ContextVar(
+    "multistore_explore_request", default=None
+)
+
+
+async def _as_request(work: Coroutine[Any, Any, T]) -> T:
+    """Run ``work`` with its own task marked as the request a cancel fault cancels."""
+    _REQUEST.set(asyncio.current_task())
+    return await work
 
 
 _CURRENT: contextvars.ContextVar[Simulation | None] = contextvars.ContextVar(
@@ -612,12 +629,15 @@ class Simulation:
             held = self.rng.uniform(0.2, self.faults.partition_seconds)
             mode = "request" if self.rng.random() < 0.5 else "reply"
             self._partitions.append((actor.name, target, ready_at + held, mode))
-            self._trace(f"{actor.label} cut off from {target} for {held:.1f} s ({mode}s lost)")
+            lost = "requests" if mode == "request" else "replies"
+            self._trace(f"{actor.label} cut off from {target} for {held:.1f} s ({lost} lost)")
         if self._fault(self.faults.stall):
             held = self.rng.uniform(0.5, self.faults.stall_seconds)
-            ready_at += held
+            actor.stalled_until = max(actor.stalled_until, ready_at + held)
             self._trace(f"{actor.label} stalls {held:.1f} s before {what}")
-        waiter = _Waiter(actor, self.loop.create_future(), what, ready_at, faults)
+            for callback in actor.on_stall:
+                callback(held)
+        waiter = _Waiter(actor, self.loop.create_future(), what, ready_at, faults, _REQUEST.get())
         self._waiting.append(waiter)
         try:
             action = await waiter.future
@@ -688,14 +708,14 @@ class Simulation:
         if not waiting:
             return self._open_next_gate()
         now = self.loop.time()
-        ready = [w for w in waiting if w.ready_at <= now]
+        ready = [w for w in waiting if w.due <= now]
         if not ready:
-            soonest = min(w.ready_at for w in waiting)
+            soonest = min(w.due for w in waiting)
             due = self.loop.next_timer()
             if due is not None and due <= soonest:
                 return False  # a timer fires first
             self.loop.advance(soonest - now)
-            ready = [w for w in waiting if w.ready_at <= soonest]
+            ready = [w for w in waiting if w.due <= soonest]
         waiter = self._pick(ready)
         waiting.remove(waiter)
         self.steps += 1
@@ -708,7 +728,7 @@ class Simulation:
         if action is _Action.CRASH:
             self._crash(waiter.actor)
         elif action is _Action.CANCEL:
-            waiter.actor._cancel()
+            waiter.actor._cancel(waiter.request)
             action = _Action.PROCEED
         if not waiter.future.done():
             waiter.future.set_result(action)
