@@ -176,12 +176,16 @@ class Actor:
         restart: Callable[[Actor], Awaitable[None]] | None,
         crashable: bool,
         incarnation: int = 1,
+        cancellable: bool = True,
     ) -> None:
         self.sim = sim
         self.name = name
         self.main = main
         self.restart = restart
         self.crashable = crashable
+        self.cancellable = cancellable
+        """Whether a cancel fault outside a request may cancel the main task (no for
+        a server process: only its requests are cancelled)."""
         self.incarnation = incarnation
         self.state = ActorState.RUNNING
         self.error: BaseException | None = None
@@ -232,7 +236,7 @@ class Actor:
 
     def _cancel(self, request: asyncio.Task[Any] | None = None) -> None:
         """Cancel the request the step belongs to, else the main task."""
-        target = request or _REQUEST.get() or self.task
+        target = request or _REQUEST.get() or (self.task if self.cancellable else None)
         if target is not None:
             target.cancel()
 
@@ -477,12 +481,16 @@ class Simulation:
         *,
         restart: Callable[[Actor], Awaitable[None]] | None = None,
         crashable: bool = True,
+        cancellable: bool = True,
         after_steps: int = 0,
     ) -> Actor:
         """Start an actor running ``main(actor)``; after a crash, ``restart(actor)``
         runs as its next incarnation (none: it stays down). ``after_steps``: it starts
-        once that many steps have been taken in the schedule."""
-        actor = Actor(self, name, main, restart=restart, crashable=crashable)
+        once that many steps have been taken in the schedule. ``cancellable=False``:
+        cancel faults reach only its requests (:meth:`Actor.start`, :meth:`Actor.call`)."""
+        actor = Actor(
+            self, name, main, restart=restart, crashable=crashable, cancellable=cancellable
+        )
         self._start(actor, main, after_steps)
         return actor
 
@@ -582,6 +590,7 @@ class Simulation:
                 restart=actor.restart,
                 crashable=actor.crashable,
                 incarnation=actor.incarnation + 1,
+                cancellable=actor.cancellable,
             )
             successor.finished = actor.finished
             actor.successor = successor
