@@ -350,6 +350,7 @@ class _Hook:
                 )
             cut = None if closing else self.sim._partitioned(actor, self.target)
             if cut == "request":
+                self._drop_transactions()  # the connection is gone with its transaction
                 raise StoreTimeoutError(f"explorer: {what} timed out (partitioned)")
         result = await self._invoke(call)
         if cut == "reply":
