@@ -164,9 +164,7 @@ class Attempt:
             self.response += message.get("body", b"")
 
 
-async def _send(
-    servers: list[Server], attempt: Attempt, pick: int, interrupted: set[str]
-) -> None:
+async def _send(servers: list[Server], attempt: Attempt, pick: int, interrupted: set[str]) -> None:
     """Deliver one attempt to a live server; a crash or error answers 5xx."""
     live = [s for s in servers if s.middleware is not None and s.actor is not None]
     if not live:

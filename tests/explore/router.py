@@ -138,7 +138,9 @@ async def _read(
     if acked[key] and sim.choices.random() < 0.6:
         when, n, token = sim.choices.choice(acked[key])
         try:
-            got: Any = await routed.fetch_val("SELECT n FROM kv WHERE k = :k", {"k": key}, token=token)
+            got: Any = await routed.fetch_val(
+                "SELECT n FROM kv WHERE k = :k", {"k": key}, token=token
+            )
         except ForkedTokenError:
             if not any(f >= when for f in failovers):
                 raise InvariantViolation(
