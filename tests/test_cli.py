@@ -50,6 +50,28 @@ def test_status_json_reports_every_role(tmp_path: Path) -> None:
     assert all(row["ok"] for row in report["roles"])
 
 
+def test_status_in_an_empty_folder_creates_nothing(tmp_path: Path) -> None:
+    result = _run("status", cwd=tmp_path, env={"COLUMNS": "80"})
+    assert result.returncode == 0, result.stderr
+    assert list(tmp_path.iterdir()) == []
+    lines = result.stdout.splitlines()
+    assert all(len(line) <= 80 for line in lines), result.stdout
+    # every default URL whole on its row, as written in multistore.toml
+    rows = {line.split()[0]: line for line in lines if line.split()}
+    assert "sqlite:///.multistore/transactions.db" in rows["transactions"]
+    assert "not created yet" in rows["sessions"]
+    report = json.loads(_run("status", "--json", cwd=tmp_path).stdout)
+    assert {row["state"] for row in report["roles"]} == {"not created yet"}
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_status_after_the_stores_exist_opens_them(tmp_path: Path) -> None:
+    assert _run("demo", "--json", cwd=tmp_path).returncode == 0
+    report = json.loads(_run("status", "--json", cwd=tmp_path).stdout)
+    assert {row["state"] for row in report["roles"]} == {"ok"}
+    assert all(row["seconds"] >= 0 for row in report["roles"])
+
+
 def test_status_reports_a_down_server_with_its_exit_code(tmp_path: Path) -> None:
     (tmp_path / "multistore.toml").write_text('[roles]\nsessions = "redis://127.0.0.1:1/0"\n')
     result = _run("status", "--json", cwd=tmp_path)

@@ -92,7 +92,7 @@ def status(config: ConfigOption = None, as_json: JsonOption = False) -> None:
     """Show every role's store: model, backend, URL (password hidden) and whether it opens."""
 
     def body() -> None:
-        from multistore.cli._demo import run_status
+        from multistore.cli._status import run_status
 
         report = asyncio.run(run_status(config, quiet=as_json))
         if as_json:

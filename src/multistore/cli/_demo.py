@@ -1,4 +1,4 @@
-"""``multistore demo`` and ``multistore status``.
+"""``multistore demo``.
 
 The demo runs the seed's system section by section on the configured stores
 (embedded by default) and prints a readable report; ``--json`` gives the same
@@ -148,78 +148,3 @@ async def run_demo(config_path: Path | None, *, quiet: bool) -> dict[str, Any]:
         "data_dir": str(config.data_dir),
         "sections": [{"title": r.title, **r.data} for r in reports],
     }
-
-
-async def run_status(config_path: Path | None, *, quiet: bool) -> dict[str, Any]:
-    config = load_config(config_path)
-    rows = []
-    table = Table(title="multistore status")
-    for column in ("role", "model", "backend", "url", "ok", "detail"):
-        table.add_column(column)
-    for role, spec in config.roles.items():
-        error, detail, _ = await _open_and_close(config, role)
-        ok = error is None
-        rows.append(
-            {
-                "role": role,
-                "model": spec.model,
-                "backend": spec.url.scheme,
-                "url": spec.url.render(),
-                "source": spec.source,
-                "ok": ok,
-                "detail": detail,
-            }
-        )
-        table.add_row(
-            role,
-            spec.model,
-            spec.url.scheme,
-            spec.url.render(),
-            "[green]yes[/]" if ok else "[red]no[/]",
-            detail,
-        )
-    replication: dict[str, Any] = {}
-    extra: list[Table] = []
-    if config.replication is not None:
-        from multistore.cli._status import replication_report
-
-        replication, extra = await replication_report(config)
-    from multistore.service._ops import operations_report
-
-    try:
-        shop = {"ok": True, **await operations_report(config)}
-    except MultistoreError as exc:
-        shop = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
-    extra.append(_shop_table(shop))
-    if not quiet:
-        console = Console()
-        console.print(table)
-        for part in extra:
-            console.print(part)
-    return {
-        "config": str(config.path) if config.path else None,
-        "roles": rows,
-        "replication": replication,
-        "shop": shop,
-    }
-
-
-def _shop_table(shop: dict[str, Any]) -> Table:
-    """The numbers the console and /metrics of ``multistore serve`` show."""
-    table = Table(title="the shop (what multistore serve's console and /metrics show)")
-    table.add_column("what")
-    table.add_column("now", overflow="fold")
-    if not shop["ok"]:
-        table.add_row("error", shop["error"])
-        return table
-    table.add_row("sagas", ", ".join(f"{k} {v}" for k, v in shop["sagas"].items()))
-    table.add_row("in-doubt 2PC branches", str(shop["in_doubt"]))
-    table.add_row("outbox", ", ".join(f"{k} {v}" for k, v in shop["outbox"].items()))
-    table.add_row("outbox lag", f"{shop['outbox_lag_seconds']:.1f} s")
-    behind = "; ".join(
-        f"{node} behind {peer} by {n}"
-        for node, peers in shop["replication_behind"].items()
-        for peer, n in peers.items()
-    )
-    table.add_row("cart replication", behind or "-")
-    return table

@@ -1,0 +1,118 @@
+"""What a person reads in the command's tables: durations, ages, dates and URLs.
+
+* :func:`duration` — ``0.4 ms``, ``12 ms``, ``1.3 s``, ``2 min 5 s``, ``3 h 2 min``,
+  ``2 d 3 h``: two units at most, the precision a reader can use.
+* :func:`age` — ``5 s ago`` or ``in 20 s``.
+* :func:`moment` — a Unix time as a local date with its age,
+  ``2025-06-01 12:03:04 (5 s ago)``.
+* :class:`URLText` — a URL in a table cell that wraps after ``/``, ``?``, ``&``, ``,``
+  or ``@`` when the cell is too narrow, never in the middle of a word.
+
+``--json`` output keeps plain numbers (seconds, Unix times); these are for tables.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import time
+from collections.abc import Iterator
+from datetime import datetime
+from typing import Final
+
+from rich.cells import cell_len
+from rich.console import Console, ConsoleOptions, RenderResult
+from rich.measure import Measurement
+from rich.style import StyleType
+from rich.text import Text
+
+__all__ = ["URLText", "age", "duration", "moment"]
+
+_UNITS: Final = (("d", 86400.0), ("h", 3600.0), ("min", 60.0))
+
+
+def duration(seconds: float | None) -> str:
+    """``seconds`` as a person says it; ``-`` for ``None``, ``never`` for infinity."""
+    if seconds is None or math.isnan(seconds):
+        return "-"
+    if math.isinf(seconds):
+        return "never" if seconds > 0 else "-∞"
+    sign = "-" if seconds < 0 else ""
+    left = abs(seconds)
+    if left < 0.001:
+        text = f"{left * 1e6:.0f} µs" if left >= 1e-6 or left == 0 else f"{left * 1e6:.2f} µs"
+        return sign + ("0 s" if left == 0 else text)
+    if left < 0.01:
+        return f"{sign}{left * 1000:.1f} ms"
+    if left < 1:
+        return f"{sign}{left * 1000:.0f} ms"
+    if left < 10:
+        return f"{sign}{left:.1f} s"
+    if left < 60:
+        return f"{sign}{left:.0f} s"
+    whole = round(left)
+    for index, (unit, size) in enumerate(_UNITS):
+        if whole >= size:
+            big, rest = divmod(whole, int(size))
+            if index + 1 < len(_UNITS):
+                small_unit, small_size = _UNITS[index + 1]
+            else:
+                small_unit, small_size = "s", 1.0
+            small = rest // int(small_size)
+            return f"{sign}{big} {unit}" + (f" {small} {small_unit}" if small else "")
+    return f"{sign}{whole} s"  # pragma: no cover - 60 s and more is caught above
+
+
+def age(seconds_ago: float) -> str:
+    """``5 s ago`` for the past, ``in 20 s`` for the future, ``now`` within 0.5 s."""
+    if abs(seconds_ago) < 0.5:
+        return "now"
+    shown = duration(abs(seconds_ago))
+    return f"in {shown}" if seconds_ago < 0 else f"{shown} ago"
+
+
+def moment(unix_seconds: float | None, *, now: float | None = None) -> str:
+    """A Unix time as a local date with its age, ``2025-06-01 12:03:04 (5 s ago)``."""
+    if unix_seconds is None:
+        return "-"
+    stamp = datetime.fromtimestamp(unix_seconds).strftime("%Y-%m-%d %H:%M:%S")
+    current = time.time() if now is None else now
+    return f"{stamp} ({age(current - unix_seconds)})"
+
+
+_PIECES: Final = re.compile(r".+?(?:[/?&,@]+|$)")
+
+
+class URLText:
+    """A URL (or path) as a table cell: at full length when it fits, else broken after
+    its separators, one piece per line as far as they fit; a single piece longer than
+    the cell is folded, which is the only case that cuts inside a word."""
+
+    def __init__(self, text: str, style: StyleType = "") -> None:
+        self.text = text
+        self.style = style
+        self.pieces = _PIECES.findall(text) or [text]
+
+    def __str__(self) -> str:
+        return self.text
+
+    def __rich_measure__(self, console: Console, options: ConsoleOptions) -> Measurement:
+        widest = max(cell_len(piece) for piece in self.pieces)
+        full = cell_len(self.text)
+        return Measurement(min(widest, options.max_width), min(full, options.max_width))
+
+    def lines(self, width: int) -> Iterator[str]:
+        """The URL packed into lines of at most ``width`` cells."""
+        line = ""
+        for piece in self.pieces:
+            if line and cell_len(line + piece) > width:
+                yield line
+                line = ""
+            line += piece
+        if line:
+            yield line
+
+    def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
+        text = Text("\n".join(self.lines(max(options.max_width, 1))), style=self.style)
+        text.overflow = "fold"
+        yield text
