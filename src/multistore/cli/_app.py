@@ -1,5 +1,11 @@
 """Command definitions. Each command that reports has ``--json``; errors print one
-line and exit with the code of :class:`~multistore.errors.ErrorCode`."""
+line and exit with the code of :class:`~multistore.errors.ErrorCode`.
+
+Help texts are Markdown (``rich_markup_mode="markdown"``): they reflow to the
+terminal's width, `backticks` show as code and square brackets stay as written.
+:func:`multistore.cli._main.main` runs the app (help for a bare command, one line
+for a usage error, no value shown for a flag).
+"""
 
 from __future__ import annotations
 
@@ -26,16 +32,43 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    rich_markup_mode="markdown",
+    context_settings={"help_option_names": ["-h", "--help"]},
 )
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from importlib.metadata import version
+
+        print(f"multistore {version('multistore')}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    show_version: Annotated[
+        bool,
+        typer.Option(
+            "--version",
+            "-V",
+            is_eager=True,
+            callback=_print_version,
+            help="Print the version of multistore and exit.",
+        ),
+    ] = False,
+) -> None:
+    pass
+
 
 ConfigOption = Annotated[
     Path | None,
     typer.Option(
         "--config",
         "-c",
+        metavar="FILE",
         help="Path to multistore.toml (default: $MULTISTORE_CONFIG, then ./multistore.toml, "
         "then embedded stores under ./.multistore/).",
-        dir_okay=False,
     ),
 ]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")]
@@ -312,11 +345,15 @@ def recover(
         typer.Option(
             "--participant",
             "-p",
+            metavar="NAME=URL",
             help="A 2PC participant as NAME=URL (repeatable; adds to [participants]).",
         ),
     ] = None,
     retry_for: Annotated[
-        float, typer.Option("--retry-for", min=0, help="Keep retrying down participants (s).")
+        float,
+        typer.Option(
+            "--retry-for", min=0, metavar="SECONDS", help="Keep retrying down participants (s)."
+        ),
     ] = 0.0,
     sagas: Annotated[
         str | None,
@@ -358,14 +395,32 @@ app.add_typer(lab_app, name="lab")
 
 @lab_app.command("quorum")
 def lab_quorum_command(
-    n: Annotated[int, typer.Option("--n", "-n", help="Replication factor N.")] = 3,
+    n: Annotated[
+        int,
+        typer.Option(
+            "-n", "--replicas", metavar="N", help="Replication factor N: nodes holding each key."
+        ),
+    ] = 3,
     r: Annotated[
-        str, typer.Option("--r", "-r", help="Read level: one, quorum, all or a number.")
+        str,
+        typer.Option(
+            "-r", "--read", metavar="LEVEL", help="Read level R: one, quorum, all or a number."
+        ),
     ] = "quorum",
     w: Annotated[
-        str, typer.Option("--w", "-w", help="Write level: one, quorum, all or a number.")
+        str,
+        typer.Option(
+            "-w", "--write", metavar="LEVEL", help="Write level W: one, quorum, all or a number."
+        ),
     ] = "quorum",
-    m: Annotated[int, typer.Option("--m", "-m", help="Nodes in the cluster (N <= M).")] = 3,
+    m: Annotated[
+        int,
+        typer.Option("-m", "--members", metavar="M", help="Nodes in the cluster (N <= M)."),
+    ] = 3,
+    old_n: Annotated[int | None, typer.Option("--n", hidden=True)] = None,
+    old_r: Annotated[str | None, typer.Option("--r", hidden=True)] = None,
+    old_w: Annotated[str | None, typer.Option("--w", hidden=True)] = None,
+    old_m: Annotated[int | None, typer.Option("--m", hidden=True)] = None,
     ops: Annotated[int, typer.Option(help="Operations in the workload.")] = 600,
     concurrency: Annotated[int, typer.Option(help="Concurrent workers.")] = 6,
     duration: Annotated[float, typer.Option(help="Seconds the operations are spread over.")] = 4.0,
@@ -434,11 +489,11 @@ def lab_quorum_command(
     def body() -> int:
         from multistore.cli._lab import run_lab_command
 
-        options = {
-            "n": n,
-            "r": r,
-            "w": w,
-            "m": m,
+        options = {  # --n, --r, --w and --m: the spelling of earlier versions
+            "n": n if old_n is None else old_n,
+            "r": r if old_r is None else old_r,
+            "w": w if old_w is None else old_w,
+            "m": m if old_m is None else old_m,
             "ops": ops,
             "concurrency": concurrency,
             "duration": duration,
@@ -521,8 +576,3 @@ def quorum_remove_node(
             _print_json(report)
 
     _guard(body)
-
-
-def main() -> None:
-    """Entry point of the ``multistore`` script."""
-    app()
