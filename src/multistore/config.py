@@ -175,9 +175,11 @@ def _load_file(path: Path) -> Config:
         raise ConfigError(f"{path}: cannot read the config file ({exc})") from None
     for key in data:
         if key not in _TOP_LEVEL_KEYS:
+            close = difflib.get_close_matches(key, sorted(_TOP_LEVEL_KEYS), n=1)
+            hint = f"did you mean [{close[0]}]? " if close else ""
             raise ConfigError(
-                f"{path}: unknown section [{key}]; the file has [roles], [participants] "
-                "and [multistore]"
+                f"{path}: unknown section [{key}]; {hint}the file has [multistore], [roles], "
+                "[participants] and [replication]"
             )
     roles = data.get("roles", {})
     settings = data.get("multistore", {})
