@@ -210,7 +210,7 @@ def _format_option(value: OptionValue) -> str:
     return quote(str(value), safe="")
 
 
-def options_for(scheme: str) -> list[str]:
+def _options_for(scheme: str) -> list[str]:
     """The query options a ``scheme://`` URL takes, sorted."""
     return sorted(
         name
@@ -228,7 +228,7 @@ def _convert_option(scheme: str, name: str, raw: object, source: str) -> OptionV
     kind = _OPTION_TYPES.get(name)
     allowed = _OPTION_SCHEMES.get(name)
     if kind is None or (allowed is not None and scheme not in allowed):
-        takes = options_for(scheme)
+        takes = _options_for(scheme)
         hint = _did_you_mean(name, takes)
         if kind is None:
             problem = f"unknown option {name!r} in {source}"
