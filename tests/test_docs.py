@@ -1,6 +1,7 @@
 """What the README and docs show must run: every ```python block is executed as a
-script in a fresh folder. A block preceded by ``<!-- not-run: reason -->`` is skipped
-on purpose (e.g. it needs a server at a fixed address); the reason is required."""
+script in a fresh folder, and a docs example leaves nothing behind in it. A block
+preceded by ``<!-- not-run: reason -->`` is skipped on purpose (e.g. it needs a server at
+a fixed address); the reason is required."""
 
 from __future__ import annotations
 
@@ -49,3 +50,9 @@ def test_example_runs(where: str, code: str, tmp_path: Path) -> None:
         check=False,
     )
     assert result.returncode == 0, f"{where} failed:\n{result.stderr[-3000:]}"
+    if where.startswith("docs"):
+        # run in a user's working folder, a docs example leaves nothing behind there but
+        # the embedded stores of the config's roles (.multistore/, as the app would)
+        kept = {"example.py", ".multistore"}
+        left = sorted(p.name for p in tmp_path.iterdir() if p.name not in kept)
+        assert left == [], f"{where} left {left} in the working folder"
