@@ -6,27 +6,36 @@
 * :func:`moment` — a Unix time as a local date with its age,
   ``2025-06-01 12:03:04 (5 s ago)``.
 * :class:`URLText` — a URL in a table cell that wraps after ``/``, ``?``, ``&``, ``,``
-  or ``@`` when the cell is too narrow, never in the middle of a word.
+  or ``@`` when the cell is too narrow, never in the middle of a word;
+  :func:`shown_url` — a store URL as one writes it in ``multistore.toml``.
+* :func:`table` — a table that reads at 80 columns: no vertical rules, two spaces
+  between columns, headers that never wrap.
 
 ``--json`` output keeps plain numbers (seconds, Unix times); these are for tables.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import re
 import time
 from collections.abc import Iterator
 from datetime import datetime
-from typing import Final
+from pathlib import Path
+from typing import Any, Final
 
+from rich import box
 from rich.cells import cell_len
 from rich.console import Console, ConsoleOptions, RenderResult
 from rich.measure import Measurement
 from rich.style import StyleType
+from rich.table import Table
 from rich.text import Text
 
-__all__ = ["URLText", "age", "duration", "moment"]
+from multistore.urls import StoreURL
+
+__all__ = ["URLText", "age", "duration", "moment", "shown_url", "table"]
 
 _UNITS: Final = (("d", 86400.0), ("h", 3600.0), ("min", 60.0))
 
@@ -116,3 +125,37 @@ class URLText:
         text = Text("\n".join(self.lines(max(options.max_width, 1))), style=self.style)
         text.overflow = "fold"
         yield text
+
+
+def shown_url(url: StoreURL, base: Path) -> str:
+    """``url`` as written in a config beside ``base``: a file under ``base`` as a
+    relative path (``sqlite:///.multistore/sessions.db``), the password hidden."""
+    if url.is_file and url.path != ":memory:":
+        try:
+            relative = Path(url.path).relative_to(base)
+        except ValueError:
+            return url.render()
+        return dataclasses.replace(url, database=str(relative)).render()
+    return url.render()
+
+
+def table(*columns: str, lines: bool = False, **options: Any) -> Table:
+    """A table for reading at 80 columns: no vertical rules, two spaces between columns,
+    a rule under the header, a blank line between rows with ``lines``; each header is
+    at least as wide as its name, so it never breaks. A column named ``>name`` is right
+    aligned (numbers)."""
+    made = Table(
+        box=box.SIMPLE_HEAD,
+        padding=(0, 1, 0, 0),
+        pad_edge=False,
+        show_edge=False,
+        show_lines=lines,
+        title_justify="left",
+        **options,
+    )
+    for column in columns:
+        name = column.removeprefix(">")
+        made.add_column(
+            name, justify="right" if column.startswith(">") else "left", min_width=len(name)
+        )
+    return made

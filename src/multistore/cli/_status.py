@@ -10,19 +10,18 @@ one writes them in ``multistore.toml``: paths relative to the config file's fold
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import time
 from pathlib import Path
 from typing import Any
 
-from rich import box
 from rich.console import Console, Group, RenderableType
 from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
-from multistore.cli._human import URLText, duration
+from multistore.cli._human import URLText, duration, shown_url
+from multistore.cli._human import table as table_
 from multistore.config import Config, load_config
 from multistore.core import LWW, KeepSiblings, MergeFunction, Resolver, merge_carts
 from multistore.errors import ConfigError, MultistoreError, StoreUnavailableError
@@ -36,29 +35,7 @@ from multistore.replication import (
 )
 from multistore.urls import StoreURL, parse_url
 
-__all__ = ["absent_file", "replication_report", "run_status", "shown_url"]
-
-
-_TABLE: dict[str, Any] = {
-    "box": box.SIMPLE_HEAD,
-    "title_justify": "left",
-    "padding": (0, 1, 0, 0),
-    "pad_edge": False,
-    "show_edge": False,
-}
-"""Tables for reading at 80 columns: no vertical rules, two spaces between columns."""
-
-
-def shown_url(url: StoreURL, base: Path) -> str:
-    """``url`` as written in a config beside ``base``: a file under ``base`` as a
-    relative path (``sqlite:///.multistore/sessions.db``), the password hidden."""
-    if url.is_file and url.path != ":memory:":
-        try:
-            relative = Path(url.path).relative_to(base)
-        except ValueError:
-            return url.render()
-        return dataclasses.replace(url, database=str(relative)).render()
-    return url.render()
+__all__ = ["absent_file", "replication_report", "run_status"]
 
 
 def absent_file(url: StoreURL) -> bool:
@@ -124,11 +101,7 @@ def _roles_table(config: Config, rows: list[dict[str, Any]]) -> RenderableType:
         title = f"multistore status: {config.path}"
     else:
         title = "multistore status: no multistore.toml, embedded defaults"
-    table = Table(**_TABLE)
-    table.add_column("role", no_wrap=True)
-    table.add_column("model", no_wrap=True)
-    table.add_column("store")
-    table.add_column("state")
+    table = table_("role", "model", "store", "state")
     notes: list[str] = []
     for row in rows:
         spec = config.role(row["role"])
@@ -214,9 +187,7 @@ def _shop_view(shop: dict[str, Any]) -> RenderableType:
         return Text(f"\n{title}: not created yet (multistore serve or multistore demo makes it)")
     if not shop["ok"]:
         return Text.from_markup(f"\n{escape(title)}: [red]failed[/]: {escape(shop['error'])}")
-    table = Table(**_TABLE)
-    table.add_column("what")
-    table.add_column("now")
+    table = table_("what", "now")
     table.add_row("sagas", ", ".join(f"{k} {v}" for k, v in shop["sagas"].items()) or "-")
     table.add_row("in-doubt 2PC branches", str(shop["in_doubt"]))
     table.add_row("outbox", ", ".join(f"{k} {v}" for k, v in shop["outbox"].items()))
@@ -313,9 +284,7 @@ def _router_view(report: dict[str, Any], base: Path) -> RenderableType:
         + (", failing over" if report["failing_over"] else "")
         + ")"
     )
-    table = Table(**_TABLE)
-    for column in ("node", "role", "health", "behind", "reads", "writes", "url"):
-        table.add_column(column, justify="right" if column in ("reads", "writes") else "left")
+    table = table_("node", "role", "health", "behind", ">reads", ">writes", "url")
     for node in report["nodes"]:
         behind = "-"
         if node["role"] == "replica":
@@ -336,9 +305,7 @@ def _router_view(report: dict[str, Any], base: Path) -> RenderableType:
 
 
 def _multimaster_view(report: dict[str, Any], strategy: str) -> RenderableType:
-    table = Table(**_TABLE)
-    for column in ("node", "own changes", "log rows", "conflicts", "held back", "peers lack"):
-        table.add_column(column, justify="left" if column in ("node", "peers lack") else "right")
+    table = table_("node", ">own changes", ">log rows", ">conflicts", ">held back", "peers lack")
     for node_id, node in report["nodes"].items():
         lack = ", ".join(f"{peer} {p['missing']}" for peer, p in node["peers"].items()) or "-"
         table.add_row(
@@ -364,9 +331,7 @@ def _quorum_view(report: dict[str, Any]) -> RenderableType:
         f"replication: quorum (N={report['n']} R={report['r']} W={report['w']}, "
         f"{overlap}; {kind} quorum; reads from {report['read_from']})"
     )
-    table = Table(**_TABLE)
-    for column in ("node", "state", "failures", "latency"):
-        table.add_column(column, justify="left" if column in ("node", "state") else "right")
+    table = table_("node", "state", ">failures", ">latency")
     for node in report["nodes"]:
         latency = node["latency_ms"]
         table.add_row(
