@@ -56,3 +56,18 @@ def test_example_runs(where: str, code: str, tmp_path: Path) -> None:
         kept = {"example.py", ".multistore"}
         left = sorted(p.name for p in tmp_path.iterdir() if p.name not in kept)
         assert left == [], f"{where} left {left} in the working folder"
+
+
+WORDING = re.compile(r"\bthe seed\b|\bseed's\b|\bthe issues?\b|\banchors?\b", re.I)
+"""How the project was made (its seed document, its issues, its benchmark anchors) is
+not what a user reads the docs for."""
+
+
+def test_the_docs_speak_to_users() -> None:
+    found = [
+        f"{path.relative_to(REPO)}:{number}: {line.strip()}"
+        for path in sorted((REPO / "docs").rglob("*.md"))
+        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1)
+        if WORDING.search(line)
+    ]
+    assert found == []

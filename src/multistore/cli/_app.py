@@ -107,8 +107,8 @@ def _print_json(data: Any) -> None:
 
 @app.command()
 def demo(config: ConfigOption = None, as_json: JsonOption = False) -> None:
-    """Run the seed's e-commerce system end to end on the configured stores
-    (embedded by default) and print what each part did."""
+    """Run an online shop's data work end to end on the configured stores (embedded by
+    default): each pattern in turn, with what it showed."""
 
     def body() -> None:
         from multistore.cli._demo import run_demo
@@ -180,7 +180,7 @@ def serve(
     ] = None,
     log_level: Annotated[str, typer.Option(help="uvicorn's log level.")] = "info",
 ) -> None:
-    """Serve the seed's shop over HTTP: the API (OpenAPI at /openapi.json), the
+    """Serve the example online shop over HTTP: the API (OpenAPI at /openapi.json), the
     operations console at /console, Prometheus metrics at /metrics."""
 
     def body() -> None:
@@ -216,7 +216,8 @@ def bench(
         typer.Option("--dir", help="Folder holding the benchmarks (default: ./benchmarks)."),
     ] = None,
 ) -> None:
-    """Run benchmarks/NAME and print ours vs the anchor as ratios (above 1 = ours better)."""
+    """Run benchmarks/NAME: multistore against the library it is compared with, as
+    ratios (above 1: multistore is better)."""
 
     def body() -> None:
         from multistore.cli._bench import print_rows, run_benchmark

@@ -56,7 +56,7 @@ def run_benchmark(name: str, directory: Path | None, *, progress: bool) -> list[
         raise BenchmarkError(f"benchmarks/{name}.py has no run() function")
     if progress:
         console = Console(stderr=True)
-        with console.status(f"running benchmark {name} (ours and the anchor, alternating)…"):
+        with console.status(f"running benchmark {name} (multistore and its baseline, in turn)…"):
             rows = asyncio.run(runner())
     else:
         rows = asyncio.run(runner())
@@ -76,9 +76,9 @@ def _check_row(name: str, row: Any) -> dict[str, Any]:
 
 def print_rows(name: str, rows: list[dict[str, Any]]) -> None:
     table = Table(title=f"benchmark: {name} (speedup > 1 means multistore is better)")
-    for column in ("case", "metric", "ours", "anchor", "anchor name", "speedup"):
+    for column in ("case", "metric", "multistore", "baseline", "baseline is", "speedup"):
         table.add_column(
-            column, justify="right" if column in ("ours", "anchor", "speedup") else "left"
+            column, justify="right" if column in ("multistore", "baseline", "speedup") else "left"
         )
     for row in rows:
         speed = row["speedup"]

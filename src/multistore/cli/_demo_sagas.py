@@ -1,4 +1,4 @@
-"""Demo section "sagas": the seed's order saga across three databases.
+"""Demo section "sagas": the shop's order saga across three databases.
 
 The shop's order saga (the one ``multistore serve`` runs): create order (orders db) →
 charge payment (payments db) → reserve stock (inventory db) → confirm order, each

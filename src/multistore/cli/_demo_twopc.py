@@ -1,4 +1,4 @@
-"""Demo section "two-phase commit": the seed's order across three databases, and a
+"""Demo section "two-phase commit": the shop's order across three databases, and a
 coordinator crash that recovery finishes.
 
 The shop's orders, payments and inventory databases (the same tables and the same
