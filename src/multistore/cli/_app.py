@@ -121,6 +121,56 @@ def demo(config: ConfigOption = None, as_json: JsonOption = False) -> None:
 
 
 @app.command()
+def init(
+    server: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--server",
+            "-s",
+            metavar="URL",
+            help="A server to put the roles it serves on (repeatable), e.g. "
+            "postgresql://shop@db1/shop or redis://cache:6379/0; the other roles stay "
+            "embedded.",
+        ),
+    ] = None,
+    path: Annotated[
+        Path | None,
+        typer.Option("--path", metavar="FILE", help="Where to write (default: ./multistore.toml)."),
+    ] = None,
+    force: Annotated[bool, typer.Option("--force", help="Replace an existing file.")] = False,
+    as_json: JsonOption = False,
+) -> None:
+    """Write a commented multistore.toml: every role on its embedded default, or on the
+    servers given with --server."""
+
+    def body() -> None:
+        from multistore.cli._init import run_init
+
+        report = run_init(path, servers=server or [], force=force, quiet=as_json)
+        if as_json:
+            _print_json(report)
+
+    _guard(body)
+
+
+@app.command()
+def doctor(config: ConfigOption = None, as_json: JsonOption = False) -> None:
+    """Check that what the config needs is here: Python, the config, the drivers, the
+    embedded stores' folder and every server, with the fix for each that is not."""
+
+    def body() -> None:
+        from multistore.cli._doctor import run_doctor
+
+        report = asyncio.run(run_doctor(config, quiet=as_json))
+        if as_json:
+            _print_json(report)
+        if report["exit_code"]:
+            raise typer.Exit(code=report["exit_code"])
+
+    _guard(body)
+
+
+@app.command()
 def status(config: ConfigOption = None, as_json: JsonOption = False) -> None:
     """Show every role's store: model, backend, URL (password hidden) and whether it opens."""
 

@@ -19,6 +19,7 @@ from multistore.urls import StoreURL, parse_url
 
 __all__ = [
     "BACKENDS",
+    "EXTRAS",
     "MODELS",
     "StoreOpening",
     "backend_class",
@@ -59,7 +60,7 @@ MODELS: Final[tuple[str, ...]] = (
 )
 
 #: The pip extra that brings each server scheme's driver.
-_EXTRAS: Final[Mapping[str, str]] = {
+EXTRAS: Final[Mapping[str, str]] = {
     "postgresql": "postgres",
     "mariadb": "mariadb",
     "redis": "redis",
@@ -109,7 +110,7 @@ def backend_class(model: str, scheme: str) -> type[Store]:
         )
     except ImportError as exc:
         missing = exc.name or "a driver"
-        extra = _EXTRAS.get(scheme)
+        extra = EXTRAS.get(scheme)
         hint = f"pip install 'multistore[{extra}]'" if extra else "reinstall multistore"
         raise ConfigError(
             f"the {scheme} backend needs {missing}, which is not installed; run: {hint}"
