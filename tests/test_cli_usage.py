@@ -8,25 +8,32 @@ import json
 import re
 from importlib.metadata import version
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from multistore import ErrorCode
 from tests.cli import run_cli
 
-COMMANDS = [
-    (),
-    ("demo",),
-    ("status",),
-    ("bench",),
-    ("sagas",),
-    ("recover",),
-    ("lab",),
-    ("lab", "quorum"),
-    ("quorum",),
-    ("quorum", "add-node"),
-    ("quorum", "remove-node"),
-]
+
+def _commands() -> list[tuple[str, ...]]:
+    """Every command and group of the app, so a command added later is checked too."""
+    import typer
+
+    from multistore.cli import app
+
+    found: list[tuple[str, ...]] = []
+
+    def walk(command: Any, path: tuple[str, ...]) -> None:
+        found.append(path)
+        for name, sub in getattr(command, "commands", {}).items():
+            walk(sub, (*path, name))
+
+    walk(typer.main.get_command(app), ())
+    return found
+
+
+COMMANDS = _commands()
 
 
 def test_version(tmp_path: Path) -> None:
