@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -116,6 +117,9 @@ def test_bench_runs_a_benchmark_and_prints_rows_in_the_design_format(tmp_path: P
         "    def anchor():\n        sum(range(1000))\n"
         "    return [await compare('toy sum', ours, anchor, 'builtin', ops=20, rounds=3)]\n"
     )
+    table = _run("bench", "toy", cwd=tmp_path, env={"COLUMNS": "100"})
+    assert table.returncode == 0, table.stderr
+    assert re.search(r"^toy sum\s+\S.*µs/op\s+[\d.]+ µs/op\s+builtin\s+[\d.]+×", table.stdout, re.M)
     result = _run("bench", "toy", "--json", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     rows = json.loads(result.stdout)

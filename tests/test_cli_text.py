@@ -9,7 +9,7 @@ import pytest
 from rich.console import Console
 from rich.table import Table
 
-from multistore.cli._human import URLText, age, duration, moment
+from multistore.cli._human import URLText, age, duration, moment, quantity
 
 
 @pytest.mark.parametrize(
@@ -20,6 +20,8 @@ from multistore.cli._human import URLText, age, duration, moment
         (0.0042, "4.2 ms"),
         (0.312, "312 ms"),
         (3.25, "3.2 s"),
+        (4.0, "4 s"),
+        (0.004, "4 ms"),
         (42.4, "42 s"),
         (125, "2 min 5 s"),
         (3600, "1 h"),
@@ -33,10 +35,25 @@ def test_duration_reads_as_a_person_says_it(seconds: float | None, shown: str) -
     assert duration(seconds) == shown
 
 
+@pytest.mark.parametrize(
+    ("value", "unit", "shown"),
+    [
+        (35.21, "us/op", "35 µs/op"),
+        (1520.0, "us/op", "1.5 ms/op"),
+        (1171.4, "ops/s", "1,171 ops/s"),
+        (2.5, "tx/s", "2.5 tx/s"),
+        (123456, "bytes", "123 kB"),
+    ],
+)
+def test_a_measured_value_reads_with_its_unit(value: float, unit: str, shown: str) -> None:
+    assert quantity(value, unit) == shown
+
+
 def test_age_and_moment() -> None:
-    assert age(5) == "5.0 s ago"
+    assert age(5.2) == "5 s ago"
     assert age(-20) == "in 20 s"
-    assert age(0.1) == "now"
+    assert age(0.1) == "0 s ago"
+    assert age(3725) == "1 h 2 min ago"
     assert moment(1000.0, now=1090.0).endswith("(1 min 30 s ago)")
     assert moment(None) == "-"
 

@@ -11,8 +11,9 @@ from pathlib import Path
 from typing import Any, Final
 
 from rich.console import Console
-from rich.table import Table
+from rich.markup import escape
 
+from multistore.cli._human import quantity, table
 from multistore.errors import BenchmarkError
 
 ROW_KEYS: Final = ("name", "metric", "unit", "ours", "anchor", "anchor_name", "speedup")
@@ -75,20 +76,18 @@ def _check_row(name: str, row: Any) -> dict[str, Any]:
 
 
 def print_rows(name: str, rows: list[dict[str, Any]]) -> None:
-    table = Table(title=f"benchmark: {name} (speedup > 1 means multistore is better)")
-    for column in ("case", "metric", "multistore", "baseline", "baseline is", "speedup"):
-        table.add_column(
-            column, justify="right" if column in ("multistore", "baseline", "speedup") else "left"
-        )
+    shown = table("case", "metric", ">multistore", ">baseline", "baseline is", ">speedup")
     for row in rows:
         speed = row["speedup"]
         style = "green" if speed >= 1 else ("yellow" if speed >= 1 / 1.15 else "red")
-        table.add_row(
-            row["name"],
-            f"{row['metric']} ({row['unit']})",
-            f"{row['ours']:g}",
-            f"{row['anchor']:g}",
-            row["anchor_name"],
+        shown.add_row(
+            escape(row["name"]),
+            escape(row["metric"]),
+            quantity(row["ours"], row["unit"]),
+            quantity(row["anchor"], row["unit"]),
+            escape(row["anchor_name"]),
             f"[{style}]{speed:.2f}×[/]",
         )
-    Console().print(table)
+    console = Console()
+    console.print(f"[bold]benchmark: {escape(name)}[/] (speedup above 1: multistore is better)")
+    console.print(shown)

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from multistore.cli._demo import SectionReport
-from multistore.cli._human import table
+from multistore.cli._human import duration, table
 from multistore.config import Config
 from multistore.replication import LogShipping, Router, RouterConfig, replication_status
 
@@ -106,7 +106,7 @@ async def router_section(config: Config) -> SectionReport:
             {
                 "step": f"read cart 1 with token {written.token}",
                 "served_by": node,
-                "answer": f"{fresh!r} after {waited * 1000:.0f} ms",
+                "answer": f"{fresh!r} after {duration(waited)}",
                 "value": fresh,
                 "sees_write": fresh == "book,pen",
             }
@@ -118,7 +118,7 @@ async def router_section(config: Config) -> SectionReport:
             {
                 "step": "a session writes 'book,pen,lamp',\nthen reads cart 1",
                 "served_by": node,
-                "answer": f"{mine!r} after {waited * 1000:.0f} ms",
+                "answer": f"{mine!r} after {duration(waited)}",
                 "value": mine,
                 "sees_write": mine == "book,pen,lamp",
             }

@@ -35,7 +35,7 @@ from rich.text import Text
 
 from multistore.urls import StoreURL
 
-__all__ = ["URLText", "age", "duration", "moment", "shown_url", "table"]
+__all__ = ["URLText", "age", "duration", "moment", "quantity", "shown_url", "table"]
 
 _UNITS: Final = (("d", 86400.0), ("h", 3600.0), ("min", 60.0))
 
@@ -52,11 +52,11 @@ def duration(seconds: float | None) -> str:
         text = f"{left * 1e6:.0f} µs" if left >= 1e-6 or left == 0 else f"{left * 1e6:.2f} µs"
         return sign + ("0 s" if left == 0 else text)
     if left < 0.01:
-        return f"{sign}{left * 1000:.1f} ms"
+        return f"{sign}{_tenths(left * 1000)} ms"
     if left < 1:
         return f"{sign}{left * 1000:.0f} ms"
     if left < 10:
-        return f"{sign}{left:.1f} s"
+        return f"{sign}{_tenths(left)} s"
     if left < 60:
         return f"{sign}{left:.0f} s"
     whole = round(left)
@@ -72,12 +72,37 @@ def duration(seconds: float | None) -> str:
     return f"{sign}{whole} s"  # pragma: no cover - 60 s and more is caught above
 
 
+def _tenths(value: float) -> str:
+    """``3.2``, and ``4`` rather than ``4.0``."""
+    text = f"{value:.1f}"
+    return text[:-2] if text.endswith(".0") else text
+
+
+_TIME_UNITS: Final = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0}
+
+
+def quantity(value: float, unit: str) -> str:
+    """A measured value with its unit, as a person reads it: a time per operation as a
+    duration (``35 µs/op``), bytes in kB/MB, a rate with thousands separated
+    (``1,171 ops/s``)."""
+    head, slash, tail = unit.partition("/")
+    if head in _TIME_UNITS:
+        return duration(value * _TIME_UNITS[head]) + (f"/{tail}" if slash else "")
+    if unit == "bytes":
+        for name, size in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+            if abs(value) >= size:
+                return f"{value / size:.3g} {name}"
+        return f"{value:.0f} bytes"
+    shown = f"{value:,.0f}" if abs(value) >= 100 else f"{value:.3g}"
+    return f"{shown} {unit}"
+
+
 def age(seconds_ago: float) -> str:
-    """``5 s ago`` for the past, ``in 20 s`` for the future, ``now`` within 0.5 s."""
-    if abs(seconds_ago) < 0.5:
-        return "now"
-    shown = duration(abs(seconds_ago))
-    return f"in {shown}" if seconds_ago < 0 else f"{shown} ago"
+    """``5 s ago`` for the past, ``in 20 s`` for the future: whole seconds under a
+    minute (an age is read to the second), then two units."""
+    left = abs(seconds_ago)
+    shown = f"{left:.0f} s" if left < 59.5 else duration(left)
+    return f"in {shown}" if seconds_ago < 0 and shown != "0 s" else f"{shown} ago"
 
 
 def moment(unix_seconds: float | None, *, now: float | None = None) -> str:
