@@ -110,7 +110,7 @@ def test_status_reads_topologies_as_tables_without_python_reprs(tmp_path: Path) 
     out = result.stdout
     for fragment in ("{'", "[{", "': ", "LWW()", "None", "True", "False"):
         assert fragment not in out, f"{fragment!r} in:\n{out}"
-    assert "replication: router (primary primary, generation 1)" in out
+    assert "replication: router (primary primary, timeline 1)" in out
     assert "replication: multi-master (merge_carts)" in out
     assert "replication: quorum (N=3 R=2 W=2" in out
     assert all(len(line) <= 80 for line in out.splitlines()), out

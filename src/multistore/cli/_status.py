@@ -280,7 +280,7 @@ def _titled(title: str, table: Table, *notes: str) -> RenderableType:
 
 def _router_view(report: dict[str, Any], base: Path) -> RenderableType:
     title = (
-        f"replication: router (primary {report['primary']}, generation {report['generation']}"
+        f"replication: router (primary {report['primary']}, timeline {report['timeline']}"
         + (", failing over" if report["failing_over"] else "")
         + ")"
     )
@@ -288,7 +288,9 @@ def _router_view(report: dict[str, Any], base: Path) -> RenderableType:
     for node in report["nodes"]:
         behind = "-"
         if node["role"] == "replica":
-            behind = f"{duration(node['lag_seconds'])}, {node['lag_positions']} changes"
+            lag = node["lag_seconds"]
+            shown = "unknown" if lag is None else f"≤ {duration(lag)}"
+            behind = f"{shown}, {node['lag_positions']} changes"
         health = node["health"]
         colour = "green" if health == "ok" else "yellow" if health == "lagging" else "red"
         table.add_row(
@@ -301,6 +303,8 @@ def _router_view(report: dict[str, Any], base: Path) -> RenderableType:
             URLText(shown_url(parse_url(node["url"]), base)),
         )
     errors = [f"{n['name']}: {n['error']}" for n in report["nodes"] if n.get("error")]
+    if report.get("timeline_pending"):
+        errors.append(f"timeline not known yet: {report['timeline_pending']}")
     return _titled(title, table, *errors)
 
 
