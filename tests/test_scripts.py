@@ -15,8 +15,9 @@ Collecting typer>=0.12 (from multistore==0.1.0)
   Downloading typer-0.29.3-py3-none-any.whl (45 kB)
 Collecting duckdb>=1.1 (from multistore==0.1.0)
 Requirement already satisfied: rich>=13 in ./.venv/lib/python3.11/site-packages (15.0.0)
-Installing collected packages: typer, duckdb, multistore
-Successfully installed duckdb-1.2 multistore-0.1.0 typer-0.29.3
+Processing /opt/wheels/pygments-2.21.0-py3-none-any.whl (from rich>=13->multistore==0.1.0)
+Installing collected packages: typer, duckdb, pygments, multistore
+Successfully installed duckdb-1.2 multistore-0.1.0 pygments-2.21.0 typer-0.29.3
 """
 
 
@@ -33,7 +34,8 @@ def test_pip_progress_names_each_package_and_keeps_the_log(tmp_path: Path) -> No
         "    typer>=0.12",
         "    duckdb>=1.1",
         "    rich>=13",
-        "    installing 3 packages…",
+        "    pygments",
+        "    installing 4 packages…",
     ]
     assert log.read_text() == PIP_OUTPUT
 
@@ -75,7 +77,7 @@ def test_venv_says_what_it_installs_how_long_it_takes_and_shows_progress(
         lines[1] == "    the first time this takes 1-3 minutes (downloads); later runs reuse .venv"
     )
     assert "    duckdb>=1.1" in lines
-    assert "    installing 3 packages…" in lines
+    assert "    installing 4 packages…" in lines
     assert lines[-1].startswith("==> installed in ")
     assert (checkout / ".venv" / ".installed").exists()
     assert _venv(checkout).stdout == ""  # installed: nothing to do, nothing said
