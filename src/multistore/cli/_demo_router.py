@@ -182,10 +182,13 @@ async def router_section(config: Config) -> SectionReport:
             else "Every replica follows the new primary."
         ),
     )
+    missed = "missed" if steps[2]["stale"] else "happened to see"
+    saw = steps[3]["sees_write"] and steps[4]["sees_write"]
     report.proved = (
-        "reads spread over the replicas; a read without a token missed the write just "
-        "made, the same read with its token (or in a session) saw it; after the failover "
-        "writes went to the new primary"
+        f"reads spread over the replicas; a read without a token {missed} the write just "
+        "made, the same read with its token (or in a session) "
+        + ("saw it" if saw else "[red]did not see it[/]")
+        + f"; after the failover writes went to {steps[5]['written_on']}, the new primary"
     )
     report.data.update(
         {
