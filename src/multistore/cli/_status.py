@@ -184,7 +184,7 @@ def _shop_view(shop: dict[str, Any]) -> RenderableType:
     """The numbers the console and /metrics of ``multistore serve`` show."""
     title = "the shop (what multistore serve's console and /metrics show)"
     if shop["state"] == "not created yet":
-        return Text(f"\n{title}: not created yet (multistore serve or multistore demo makes it)")
+        return Text(f"\n{title}: not created yet (multistore serve makes it)")
     if not shop["ok"]:
         return Text.from_markup(f"\n{escape(title)}: [red]failed[/]: {escape(shop['error'])}")
     table = table_("what", "now")
