@@ -105,6 +105,18 @@ def test_bench_unknown_name_lists_the_available_ones(tmp_path: Path) -> None:
     assert "stores" in result.stderr
 
 
+def test_bench_without_a_module_it_needs_says_what_to_install(tmp_path: Path) -> None:
+    bench_dir = tmp_path / "benchmarks"
+    bench_dir.mkdir()
+    (bench_dir / "__init__.py").write_text("")
+    (bench_dir / "_harness.py").write_text("")
+    (bench_dir / "needy.py").write_text("import no_such_driver_xyz\n")
+    result = _run("bench", "needy", cwd=tmp_path)
+    assert result.returncode == int(ErrorCode.BENCHMARK), result.stderr
+    assert result.stderr.startswith("error[benchmark]: benchmark needy needs the module ")
+    assert "no_such_driver_xyz" in result.stderr and "'multistore[all,bench]'" in result.stderr
+
+
 def test_bench_runs_a_benchmark_and_prints_rows_in_the_design_format(tmp_path: Path) -> None:
     bench_dir = tmp_path / "benchmarks"
     bench_dir.mkdir()

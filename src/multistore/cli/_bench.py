@@ -51,16 +51,26 @@ def run_benchmark(name: str, directory: Path | None, *, progress: bool) -> list[
     root = str(folder.parent)
     if root not in sys.path:
         sys.path.insert(0, root)
-    module = importlib.import_module(f"{folder.name}.{name}")
-    runner = getattr(module, "run", None)
-    if runner is None:
-        raise BenchmarkError(f"benchmarks/{name}.py has no run() function")
-    if progress:
-        console = Console(stderr=True)
-        with console.status(f"running benchmark {name} (multistore and its baseline, in turn)…"):
+    try:
+        module = importlib.import_module(f"{folder.name}.{name}")
+        runner = getattr(module, "run", None)
+        if runner is None:
+            raise BenchmarkError(f"benchmarks/{name}.py has no run() function")
+        if progress:
+            console = Console(stderr=True)
+            with console.status(
+                f"running benchmark {name} (multistore and its baseline, in turn)…"
+            ):
+                rows = asyncio.run(runner())
+        else:
             rows = asyncio.run(runner())
-    else:
-        rows = asyncio.run(runner())
+    except ModuleNotFoundError as exc:
+        pip = f"{Path(sys.executable).as_posix()} -m pip install"
+        raise BenchmarkError(
+            f"benchmark {name} needs the module {exc.name}, which is not installed; the "
+            f"benchmarks need the server drivers and their baselines: {pip} "
+            "'multistore[all,bench]' (and the database servers: make test installs them)"
+        ) from None
     return [_check_row(name, row) for row in rows]
 
 
