@@ -13,11 +13,14 @@ fi
 STAMP=".venv/.installed$1"
 if [ ! -f "$STAMP" ] || [ pyproject.toml -nt "$STAMP" ]; then
     case "$1" in
-        "") what="multistore and its embedded stores (tantivy, Ladybug, DuckDB; SQLite comes with Python): about 20 packages, 170 MB" ;;
-        "[test]") what="multistore with every server driver, the benchmarks' comparison libraries and the test tools: about 100 packages, 850 MB" ;;
-        *) what="multistore$1" ;;
+        "") size="about 20 packages, 170 MB"
+            what="multistore and its embedded stores (tantivy, Ladybug, DuckDB)" ;;
+        "[test]") size="about 100 packages, 850 MB"
+            what="the server drivers, the benchmarks' baselines and the test tools" ;;
+        *) size="" what="" ;;
     esac
-    echo "==> installing into .venv: $what"
+    echo "==> installing multistore$1 into .venv${size:+ ($size)}"
+    [ -n "$what" ] && echo "    $what"
     echo "    the first time this takes 1-3 minutes (downloads); later runs reuse .venv"
     started=$SECONDS
     if ! .venv/bin/python -m pip install --progress-bar off -e ".$1" 2>&1 \

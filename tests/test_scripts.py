@@ -72,10 +72,12 @@ def test_venv_says_what_it_installs_how_long_it_takes_and_shows_progress(
     result = _venv(checkout)
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
-    assert lines[0].startswith("==> installing into .venv: multistore and its embedded stores")
-    assert (
-        lines[1] == "    the first time this takes 1-3 minutes (downloads); later runs reuse .venv"
+    assert lines[0] == "==> installing multistore into .venv (about 20 packages, 170 MB)"
+    assert lines[1] == "    multistore and its embedded stores (tantivy, Ladybug, DuckDB)"
+    assert lines[2] == (
+        "    the first time this takes 1-3 minutes (downloads); later runs reuse .venv"
     )
+    assert all(len(line) <= 80 for line in lines)
     assert "    duckdb>=1.1" in lines
     assert "    installing 4 packages…" in lines
     assert lines[-1].startswith("==> installed in ")
