@@ -272,9 +272,10 @@ def _print(checks: list[Check]) -> None:
     for check in checks:
         mark = {True: "[green]✓[/]", False: "[red]✗[/]", None: "[dim]-[/]"}[check.ok]
         result = escape(check.detail)
-        if check.fix and check.ok is not True:
-            style = "bold" if check.ok is False else "dim"
-            result += f"\n[{style}]fix: {escape(check.fix)}[/]"
+        if check.fix and check.ok is False:
+            result += f"\n[bold]fix: {escape(check.fix)}[/]"
+        elif check.fix and check.ok is None:
+            result += f"\n[dim]to use it: {escape(check.fix)}[/]"
         shown.add_row(mark, escape(check.what), result)
     console.print(shown)
     failed = sum(1 for c in checks if c.ok is False)
