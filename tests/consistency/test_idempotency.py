@@ -603,6 +603,9 @@ def test_fingerprint_is_canonical_and_policy_is_validated() -> None:
     assert fingerprint({"a": 1, "b": [1, 2]}) == fingerprint({"b": [1, 2], "a": 1})
     assert fingerprint({"a": 1}) != fingerprint({"a": 2})
     assert len(fingerprint(None)) == 64
+    # a lone surrogate is a Python string UTF-8 cannot encode: fingerprinted, distinctly
+    assert fingerprint({"note": "\ud800"}) != fingerprint({"note": "\udc00"})
+    assert fingerprint(["\ud83d\ude00"]) != fingerprint(["\U0001f600"])
     with pytest.raises(InvalidValueError):
         IdempotencyPolicy(lease=0)
     with pytest.raises(InvalidValueError):

@@ -128,7 +128,8 @@ def fingerprint(payload: Any) -> str:
         raise InvalidValueError(
             f"an idempotent request's payload must be JSON to be fingerprinted: {exc}"
         ) from None
-    return hashlib.sha256(text.encode()).hexdigest()
+    # a lone surrogate is a Python string UTF-8 cannot encode: keep it, distinct
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
 
 
 def check_idempotency_key(key: object) -> str:
