@@ -140,21 +140,30 @@ def load_config(
     chosen: Path | None
     if path is not None:
         chosen = Path(path)
-        if not chosen.is_file():
-            raise ConfigError(f"config file {chosen} does not exist; create it or drop --config")
+        _check_file(chosen, "", "drop --config")
     elif environ.get(CONFIG_ENV):
         chosen = Path(environ[CONFIG_ENV])
-        if not chosen.is_file():
-            raise ConfigError(
-                f"config file {chosen} (from ${CONFIG_ENV}) does not exist; "
-                f"create it or unset {CONFIG_ENV}"
-            )
+        _check_file(chosen, f" (from ${CONFIG_ENV})", f"unset {CONFIG_ENV}")
     else:
         candidate = Path.cwd() / DEFAULT_FILE
         chosen = candidate if candidate.is_file() else None
     if chosen is None:
         return _build(None, Path.cwd(), {}, {})
     return _load_file(chosen.resolve())
+
+
+def _check_file(path: Path, origin: str, or_else: str) -> None:
+    """A named config file must be a file: a folder or a missing path is one line."""
+    if path.is_dir():
+        inside = path / DEFAULT_FILE
+        hint = (
+            f"did you mean {inside}?" if inside.is_file() else f"give the path of a {DEFAULT_FILE}"
+        )
+        raise ConfigError(f"config file {path}{origin} is a folder, not a file; {hint}")
+    if not path.is_file():
+        raise ConfigError(
+            f"config file {path}{origin} does not exist; create it (multistore init) or {or_else}"
+        )
 
 
 def _load_file(path: Path) -> Config:
@@ -166,9 +175,11 @@ def _load_file(path: Path) -> Config:
         raise ConfigError(f"{path}: cannot read the config file ({exc})") from None
     for key in data:
         if key not in _TOP_LEVEL_KEYS:
+            close = difflib.get_close_matches(key, sorted(_TOP_LEVEL_KEYS), n=1)
+            hint = f"did you mean [{close[0]}]? " if close else ""
             raise ConfigError(
-                f"{path}: unknown section [{key}]; the file has [roles], [participants] "
-                "and [multistore]"
+                f"{path}: unknown section [{key}]; {hint}the file has [multistore], [roles], "
+                "[participants] and [replication]"
             )
     roles = data.get("roles", {})
     settings = data.get("multistore", {})

@@ -13,12 +13,15 @@ Sagas: :class:`Saga` of :class:`Step` s with compensations, run by a
 
 Two-phase commit: :class:`TransactionCoordinator` runs a :class:`DistributedTransaction`
 over named participants (PostgreSQL ``PREPARE TRANSACTION``, MariaDB ``XA``, SQLite
-write intents, Redis staged write-sets) with a durable :class:`DecisionLog`;
-:func:`recover_transactions` (and :meth:`TransactionCoordinator.recover`) resolve the
-in-doubt branches a crash leaves behind. Failures are definite
-(:class:`TransactionAbortedError`) or indeterminate
+write intents, Redis staged write-sets) with a durable :class:`DecisionLog` (by default
+the config's ``transactions`` role, :func:`default_log`) that names every branch and
+holds each coordinator's node id as a lease (:class:`NodeBusyError` for a second
+holder); :func:`recover_transactions` (and :meth:`TransactionCoordinator.recover`, also
+run in the background) resolve the in-doubt branches a crash leaves behind. Failures
+are definite (:class:`TransactionAbortedError`) or indeterminate
 (:class:`TransactionIndeterminateError`); contradicting outcomes are reported as
-:class:`HeuristicOutcome`.
+:class:`HeuristicOutcome` (a branch that cannot be applied as prepared:
+:class:`BranchHazardError`).
 
 Outbox: :meth:`Outbox.add` writes an event in the caller's transaction (atomic with
 the business write); an :class:`OutboxRelay` delivers the events at least once, in
@@ -77,12 +80,14 @@ from multistore.consistency._tpc_coordinator import (
     TransactionCoordinator,
 )
 from multistore.consistency._tpc_errors import (
+    BranchHazardError,
     HeuristicOutcome,
     TransactionAbortedError,
     TransactionHeuristicError,
     TransactionIndeterminateError,
 )
-from multistore.consistency._tpc_log import DecisionLog, LogRecord
+from multistore.consistency._tpc_log import DecisionLog, LogRecord, default_log
+from multistore.consistency._tpc_nodes import NodeBusyError
 from multistore.consistency._tpc_participants import (
     Branch,
     Participant,
@@ -103,6 +108,7 @@ __all__ = [
     "OUTBOX_RETRY",
     "RETRIABLE_ERRORS",
     "Branch",
+    "BranchHazardError",
     "DecisionLog",
     "DistributedTransaction",
     "ErrorInfo",
@@ -115,6 +121,7 @@ __all__ = [
     "IdempotentRun",
     "Inbox",
     "LogRecord",
+    "NodeBusyError",
     "Outbox",
     "OutboxEvent",
     "OutboxRecord",
@@ -141,6 +148,7 @@ __all__ = [
     "client_from_principal",
     "current_run",
     "deduplicated",
+    "default_log",
     "default_retriable",
     "fingerprint",
     "idempotent",

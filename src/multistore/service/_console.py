@@ -315,12 +315,17 @@ def console_router() -> APIRouter:
 
     async def resolve(request: Request, shop: Shop, user: User) -> Response:
         assert shop.coordinator is not None
-        report = await shop.coordinator.recover(all_nodes=True)
+        report = await shop.coordinator.recover()  # its own node and nodes nobody holds
         message = (
             f"committed {len(report.committed)} branches, rolled back "
             f"{len(report.rolled_back)}"
             + (f"; unreachable: {', '.join(report.unreachable)}" if report.unreachable else "")
             + (f"; {len(report.heuristics)} heuristic outcomes" if report.heuristics else "")
+            + (
+                f"; left to live coordinators: {', '.join(report.skipped)}"
+                if report.live_branches
+                else ""
+            )
         )
         return _back("/console/transactions", message, bad=not report.resolved)
 

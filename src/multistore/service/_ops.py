@@ -14,7 +14,14 @@ import time
 from typing import Any, Final
 
 from multistore.config import Config
-from multistore.consistency import Outbox, SagaLog, TransactionCoordinator, list_sagas
+from multistore.consistency import (
+    DecisionLog,
+    Outbox,
+    SagaLog,
+    TransactionCoordinator,
+    list_sagas,
+    open_participant,
+)
 from multistore.core import SagaState
 from multistore.errors import MultistoreError
 from multistore.replication import QuorumWideColumnStore, Router, quorum_status, replication_status
@@ -241,10 +248,16 @@ async def operations_report(config: Config) -> dict[str, Any]:
         assert isinstance(saga_log, RelationalStore)
         await SagaLog(saga_log).setup()
         urls = database_urls(config)
-        coordinator = await TransactionCoordinator.open(
-            dict(urls), log=config.role("transactions").url, node="status", recover=False
+        # The participants and the log only: no node lease taken, nothing recovered.
+        participants = {}
+        for name, url in urls.items():
+            participants[name] = await open_participant(name, url)
+            stack.push_async_callback(participants[name].close)
+        decisions = await DecisionLog.open(config.role("transactions").url)
+        stack.push_async_callback(decisions.close)
+        coordinator = TransactionCoordinator(
+            participants, decisions, node="status", recover_interval=None
         )
-        stack.push_async_callback(coordinator.close)
         inventory = await open_store(urls["inventory"], model="relational")
         stack.push_async_callback(inventory.close)
         assert isinstance(inventory, RelationalStore)

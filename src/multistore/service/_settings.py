@@ -16,10 +16,11 @@ class ServiceSettings:
     """How ``multistore serve`` runs the shop. Times are seconds.
 
     ``name`` names this server in the saga log (as the worker id) and in two-phase
-    commit transaction ids (as the coordinator node); a server restarted under the
-    same name takes its unfinished sagas and in-doubt transactions back at once, so
-    two live servers must never share a name (``multistore serve`` uses
-    ``shop-<port>``).
+    commit transaction ids (as the coordinator node, held as a lease of ``saga_lease``
+    seconds in the decision log: a second live server with the same name is refused,
+    and a server restarted under the same name waits for its dead predecessor's lease
+    to run out, then takes its in-doubt transactions back); two live servers must never
+    share a name (``multistore serve`` uses ``shop-<port>``).
     """
 
     name: str = "shop"
@@ -39,7 +40,8 @@ class ServiceSettings:
     idempotency_expiry: float = 86_400.0
     saga_lease: float = 30.0
     recovery_interval: float = 5.0
-    """How often unfinished sagas of dead workers are looked for."""
+    """How often unfinished sagas of dead workers, and in-doubt transactions, are
+    looked for."""
     compensation_retry: RetryPolicy = COMPENSATION_RETRY
     cart_sync_interval: float = 0.5
     metrics_flush_interval: float = 1.0

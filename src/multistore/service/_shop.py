@@ -212,6 +212,10 @@ class Shop:
             log=self.config.role("transactions").url,
             node=settings.name,
             on_event=self._tpc_event,
+            # The node's lease is as long as the sagas' (a server restarted under the
+            # same name waits it out); in-doubt transactions are looked for as often.
+            lease_ttl=settings.saga_lease,
+            recover_interval=settings.recovery_interval,
         )
         self.orders = Orders(
             self.dbs, self.engine, self.saga, self.coordinator, instruments=instruments
