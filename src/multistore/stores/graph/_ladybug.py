@@ -28,11 +28,13 @@ raises :class:`~multistore.errors.StoreTimeoutError`).
 from __future__ import annotations
 
 import contextlib
+import os
 import re
+import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Final, Self, TypeVar
+from typing import Any, ClassVar, Final, Self, TypeVar
 
 import ladybug
 
@@ -194,34 +196,36 @@ def _error(exc: Exception, what: str) -> MultistoreError:
 class LadybugGraphStore(GraphStore):
     """Graph store on an embedded Ladybug database. See the module docstring."""
 
-    def __init__(self, url: StoreURL, worker: Worker, db: Any, conn: Any) -> None:
+    def __init__(self, url: StoreURL, shared: _Shared, conn: Any) -> None:
         self.url = url
-        self._worker = worker
-        self._db = db
+        self._shared = shared
+        self._worker = shared.worker
         self._conn = conn
-        self._catalog_cache: _Catalog | None = None
         self._closed = False
 
     @classmethod
     async def open(cls, url: StoreURL) -> Self:
-        worker = Worker("ladybug")
-        timeout = url.option("timeout")
+        shared = _Shared.acquire(url.path)
         try:
-            db, conn = await worker.run(_connect, url.path, timeout)
+            conn = await shared.worker.run(shared.connect, url.option("timeout"))
         except Exception as exc:
-            worker.close()
+            await shared.release()
             raise StoreUnavailableError(
-                f"cannot open the Ladybug database {url.path!r}: {exc}", outcome=Outcome.DEFINITE
+                f"cannot open the Ladybug database {url.path!r}: {' '.join(str(exc).split())}",
+                outcome=Outcome.DEFINITE,
             ) from exc
-        return cls(url, worker, db, conn)
+        except BaseException:
+            await shared.release()
+            raise
+        return cls(url, shared, conn)
 
     async def close(self) -> None:
         if not self._closed:
             self._closed = True
             try:
-                await self._worker.run(_disconnect, self._conn, self._db)
+                await self._worker.run(self._conn.close)
             finally:
-                self._worker.close()
+                await self._shared.release()
 
     @property
     def native(self) -> Any:
@@ -251,7 +255,7 @@ class LadybugGraphStore(GraphStore):
                 each.close()
 
     def _catalog(self) -> _Catalog:
-        if self._catalog_cache is None:
+        if self._shared.catalog is None:
             catalog = _Catalog()
             for row in self._rows("CALL show_tables() RETURN *"):
                 name, kind = str(row[1]), str(row[2])
@@ -265,8 +269,8 @@ class LadybugGraphStore(GraphStore):
                     for pair in self._rows(f"CALL show_connection('{literal}') RETURN *"):
                         table.pairs.add((str(pair[0]).lower(), str(pair[1]).lower()))
                     catalog.rels[name.lower()] = table
-            self._catalog_cache = catalog
-        return self._catalog_cache
+            self._shared.catalog = catalog
+        return self._shared.catalog
 
     def _node_table(self, label: str) -> _Table:
         table = self._catalog().nodes.get(label.lower())
@@ -295,7 +299,7 @@ class LadybugGraphStore(GraphStore):
             result = fn()
             self._rows("COMMIT")
         except BaseException:
-            self._catalog_cache = None
+            self._shared.catalog = None
             with contextlib.suppress(Exception):  # the first error is the one to report
                 self._rows("ROLLBACK")
             raise
@@ -341,7 +345,7 @@ class LadybugGraphStore(GraphStore):
             result = self._conn.execute(cypher, params)
         finally:
             if _DDL_RE.search(cypher):
-                self._catalog_cache = None
+                self._shared.catalog = None
         results = result if isinstance(result, list) else [result]
         try:
             last = results[-1]
@@ -392,7 +396,7 @@ class LadybugGraphStore(GraphStore):
 
         if ddl or alters:
             self._transaction(work)
-            self._catalog_cache = None
+            self._shared.catalog = None
         else:
             work()
 
@@ -473,7 +477,7 @@ class LadybugGraphStore(GraphStore):
 
         if ddl or alters:
             self._transaction(work)
-            self._catalog_cache = None
+            self._shared.catalog = None
         else:
             work()
 
@@ -615,7 +619,7 @@ class LadybugGraphStore(GraphStore):
         await self._run("clear", self._sync_clear)
 
     def _sync_clear(self) -> None:
-        self._catalog_cache = None
+        self._shared.catalog = None
         catalog = self._catalog()
 
         def work() -> None:
@@ -623,26 +627,80 @@ class LadybugGraphStore(GraphStore):
                 self._rows(f"DROP TABLE {quote(table.name)}")
 
         self._transaction(work)
-        self._catalog_cache = None
+        self._shared.catalog = None
 
 
-def _connect(path: str, timeout: object) -> tuple[Any, Any]:
-    if path != ":memory:":
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-    db = ladybug.Database(path)
-    try:
-        conn = ladybug.Connection(db)
-        conn.execute(f"CALL var_length_extend_max_depth={MAX_HOPS}")
-        if isinstance(timeout, int | float) and timeout > 0:
-            conn.set_query_timeout(int(timeout * 1000))
-    except BaseException:
-        db.close()
-        raise
-    return db, conn
+class _Shared:
+    """One Ladybug database of this process and the thread that drives it, shared by
+    every store object open on the same file.
 
+    Ladybug does not notice a second ``Database`` on a file inside the process that
+    holds it (its file lock only keeps other processes out): both would write the
+    file, and the changes of one would be lost. So the store objects on one path share
+    the ``Database``, one worker thread (Ladybug objects are not safe to use from
+    several threads at once) and the schema cache; each has its own ``Connection``.
+    ``:memory:`` databases are private to their store object."""
 
-def _disconnect(conn: Any, db: Any) -> None:
-    try:
-        conn.close()
-    finally:
-        db.close()
+    _open: ClassVar[dict[str, _Shared]] = {}
+    _lock: ClassVar[threading.Lock] = threading.Lock()
+
+    def __init__(self, path: str, key: str | None) -> None:
+        self.path = path
+        self.key = key
+        self.worker = Worker("ladybug")
+        self.db: Any = None
+        self.users = 0
+        self.catalog: _Catalog | None = None
+
+    @classmethod
+    def acquire(cls, path: str) -> _Shared:
+        """The shared database of ``path``, counted as used by one more store."""
+        key = None if path == ":memory:" else os.path.realpath(path)
+        with cls._lock:
+            shared = cls._open.get(key) if key is not None else None
+            if shared is None:
+                shared = cls(path, key)
+                if key is not None:
+                    cls._open[key] = shared
+            shared.users += 1
+        return shared
+
+    def connect(self, timeout: object) -> Any:
+        """(worker thread) A new connection, opening the database first if needed."""
+        if self.db is None:
+            if self.path != ":memory:":
+                Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+            self.db = ladybug.Database(self.path)
+            self.catalog = None
+        conn = ladybug.Connection(self.db)
+        try:
+            conn.execute(f"CALL var_length_extend_max_depth={MAX_HOPS}")
+            if isinstance(timeout, int | float) and timeout > 0:
+                conn.set_query_timeout(int(timeout * 1000))
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    def _close_if_unused(self) -> None:
+        """(worker thread) Close the database when no store uses it any more."""
+        with self._lock:
+            unused = self.users == 0
+        if unused and self.db is not None:
+            db, self.db = self.db, None
+            self.catalog = None
+            db.close()
+
+    async def release(self) -> None:
+        """One store less; the last one closes the database and stops the thread."""
+        with self._lock:
+            self.users -= 1
+        try:
+            await self.worker.run(self._close_if_unused)
+        finally:
+            with self._lock:
+                done = self.users == 0
+                if done and self.key is not None and self._open.get(self.key) is self:
+                    del self._open[self.key]
+            if done:
+                self.worker.close()

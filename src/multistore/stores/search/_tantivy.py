@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import shutil
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -44,6 +43,7 @@ from multistore.errors import (
     StoreError,
     StoreUnavailableError,
 )
+from multistore.stores._files import locked, replace_atomically
 from multistore.stores._worker import Worker
 from multistore.stores.search._analysis import MAX_WORD_BYTES, STOP_WORDS, Clause
 from multistore.stores.search._api import (
@@ -72,6 +72,8 @@ P = ParamSpec("P")
 T = TypeVar("T")
 
 META_FILE: Final = "indexes.json"
+#: Held while the metadata is read, changed and written back (see ``_files.locked``).
+LOCK_FILE: Final = "indexes.lock"
 TOKENIZER: Final = "multistore_en"
 _WRITER_HEAP: Final = 20_000_000
 #: tantivy's terms aggregation refuses more buckets than this; past it, facets are
@@ -118,7 +120,8 @@ class _Index:
             except ValueError as exc:
                 raise StoreUnavailableError(
                     f"cannot write search index {name!r}: {exc} (is another store object "
-                    "or process writing the same directory?)"
+                    "or process writing the same directory?)",
+                    outcome=Outcome.DEFINITE,
                 ) from exc
         return self.writer
 
@@ -149,6 +152,7 @@ class TantivySearchStore(SearchStore):
         self._worker = worker
         self._indexes: dict[str, _Index] = {}
         self._closed = False
+        self._lock_timeout = url.float_option("timeout", 10.0)
 
     @classmethod
     async def open(cls, url: StoreURL) -> Self:
@@ -207,23 +211,28 @@ class TantivySearchStore(SearchStore):
         except (OSError, ValueError, KeyError, TypeError, MultistoreError) as exc:
             raise StoreError(f"cannot read search metadata {path}: {exc}") from exc
 
-    def _write_meta(self) -> None:
-        if self._root is None:
-            return
+    @contextlib.contextmanager
+    def _meta_lock(self, what: str) -> Iterator[None]:
+        """Serialise a read-modify-write of the metadata with every other store object
+        and process on this directory."""
+        assert self._root is not None
+        with locked(self._root / LOCK_FILE, timeout=self._lock_timeout, what=what):
+            yield
+
+    def _write_meta(self, schemas: Mapping[str, SearchSchema]) -> None:
+        """Replace the metadata file with ``schemas`` (call with the lock held)."""
+        assert self._root is not None
         path = self._root / META_FILE
         data = {
             "format": 1,
-            "indexes": {name: ix.schema.to_dict() for name, ix in sorted(self._indexes.items())},
+            "indexes": {name: schema.to_dict() for name, schema in sorted(schemas.items())},
         }
-        tmp = path.with_suffix(".json.tmp")
         try:
-            with tmp.open("w", encoding="utf-8") as out:
-                json.dump(data, out, indent=2)
-                out.flush()
-                os.fsync(out.fileno())
-            os.replace(tmp, path)
+            replace_atomically(path, json.dumps(data, indent=2).encode("utf-8"))
         except OSError as exc:
-            raise StoreError(f"cannot write search metadata {path}: {exc}") from exc
+            raise StoreError(
+                f"cannot write search metadata {path}: {exc}", outcome=Outcome.DEFINITE
+            ) from exc
 
     def _open_index(self, name: str, schema: SearchSchema, *, create: bool) -> _Index:
         tschema = _tantivy_schema(schema)
@@ -267,38 +276,69 @@ class TantivySearchStore(SearchStore):
         await self._call(self._create_sync, name, schema)
 
     def _create_sync(self, name: str, schema: SearchSchema) -> None:
-        with contextlib.suppress(NotFoundError):
-            existing = self._get(name)
-            if existing.schema == schema:
+        if self._root is None:
+            existing = self._indexes.get(name)
+            if existing is None:
+                self._indexes[name] = self._open_index(name, schema, create=True)
+            elif existing.schema != schema:
+                raise _schema_conflict(name, existing.schema)
+            return
+        with self._meta_lock(f"create search index {name!r}"):
+            schemas = self._read_meta()
+            recorded = schemas.get(name)
+            if recorded is not None:
+                if recorded != schema:
+                    raise _schema_conflict(name, recorded)
+                self._get(name)
                 return
-            raise ConflictError(
-                f"search index {name!r} exists with another schema "
-                f"({existing.schema.to_dict()}); drop it first to change it"
-            )
-        self._indexes[name] = self._open_index(name, schema, create=True)
-        try:
-            self._write_meta()
-        except BaseException:
-            del self._indexes[name]
-            raise
+            self._forget(name)  # dropped by another store object meanwhile
+            ix = self._open_index(name, schema, create=True)
+            try:
+                self._write_meta({**schemas, name: schema})
+            except BaseException:
+                ix.release()
+                shutil.rmtree(self._root / name, ignore_errors=True)
+                raise
+            self._indexes[name] = ix
 
     async def drop_index(self, name: str) -> None:
         await self._call(self._drop_sync, name)
 
     def _drop_sync(self, name: str) -> None:
-        ix = self._get(name)
-        ix.release()
-        del self._indexes[name]
-        self._write_meta()
-        if self._root is not None:
+        if self._root is None:
+            ix = self._get(name)
+            ix.release()
+            del self._indexes[name]
+            return
+        with self._meta_lock(f"drop search index {name!r}"):
+            schemas = self._read_meta()
+            if name not in schemas:
+                self._forget(name)
+                raise NotFoundError(f"no search index named {name!r}")
+            ix = self._get(name)
+            # Taking the writer fails while another store object or process writes the
+            # index: the drop is refused rather than pulling the files from under it.
+            ix.get_writer(name)
+            del schemas[name]
+            self._write_meta(schemas)
+            self._forget(name)
             shutil.rmtree(self._root / name, ignore_errors=True)
+
+    def _forget(self, name: str) -> None:
+        """Drop the cached handle on ``name`` (releasing its writer), if any."""
+        ix = self._indexes.pop(name, None)
+        if ix is not None:
+            ix.release()
 
     async def indexes(self) -> list[str]:
         return await self._call(self._names_sync)
 
     def _names_sync(self) -> list[str]:
         if self._root is not None:
-            for name in self._read_meta():
+            recorded = self._read_meta()
+            for name in [n for n in self._indexes if n not in recorded]:
+                self._forget(name)  # dropped by another store object or process
+            for name in recorded:
                 self._get(name)
         return sorted(self._indexes)
 
@@ -464,6 +504,13 @@ class TantivySearchStore(SearchStore):
             pass  # more distinct values than an aggregation may hold
         pairs = searcher.terms_with_prefix(field, "", filter_query=query)
         return sort_facet_counts({str(term): int(count) for term, count in pairs if count})
+
+
+def _schema_conflict(name: str, schema: SearchSchema) -> ConflictError:
+    return ConflictError(
+        f"search index {name!r} exists with another schema "
+        f"({schema.to_dict()}); drop it first to change it"
+    )
 
 
 def _count(result: tantivy.SearchResult) -> int:

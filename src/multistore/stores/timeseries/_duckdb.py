@@ -51,6 +51,7 @@ import duckdb
 from multistore.errors import (
     MultistoreError,
     NotFoundError,
+    Outcome,
     StoreError,
     StoreUnavailableError,
 )
@@ -219,7 +220,10 @@ class DuckDBTimeSeriesStore(TimeSeriesStore):
             conn, catalog = await worker.run(_connect, path, bool(url.option("create", True)))
         except duckdb.Error as exc:
             worker.close()
-            raise StoreUnavailableError(f"cannot open DuckDB file {path}: {exc}") from exc
+            raise StoreUnavailableError(
+                f"cannot open DuckDB file {path}: {' '.join(str(exc).split())}",
+                outcome=Outcome.DEFINITE,
+            ) from exc
         except BaseException:
             worker.close()
             raise
