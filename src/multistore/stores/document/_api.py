@@ -13,8 +13,9 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from multistore.errors import DuplicateKeyError, InvalidQueryError
+from multistore.errors import DuplicateKeyError
 from multistore.stores._base import Store
+from multistore.stores._limits import check_count
 from multistore.stores.document._filters import Node, SortKey, parse_filter, parse_sort
 from multistore.stores.document._updates import (
     ID,
@@ -133,9 +134,9 @@ class DocumentStore(Store):
         name = check_collection(collection)
         node = parse_filter(filter)
         keys = parse_sort(sort)
-        _check_count("skip", skip)
+        check_count(skip, "skip")
         if limit is not None:
-            _check_count("limit", limit)
+            check_count(limit, "limit")
         shape = parse_projection(projection)
         docs = await self._find(name, node, keys, skip, limit)
         if shape is None:
@@ -228,8 +229,3 @@ class DocumentStore(Store):
 
     @abc.abstractmethod
     async def _indexes(self, name: str) -> list[IndexInfo]: ...
-
-
-def _check_count(what: str, value: object) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise InvalidQueryError(f"{what} must be a non-negative integer, not {value!r}")

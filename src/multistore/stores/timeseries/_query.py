@@ -23,6 +23,7 @@ from datetime import datetime, timedelta
 from typing import Final, NamedTuple
 
 from multistore.errors import InvalidQueryError, InvalidValueError
+from multistore.stores._limits import check_count
 from multistore.stores.timeseries._points import (
     MAX_US,
     MIN_US,
@@ -57,7 +58,7 @@ __all__ = [
 
 FUNCTIONS: Final = ("mean", "min", "max", "sum", "count", "median")
 NUMERIC_KINDS: Final = frozenset({"float", "integer"})
-_PERCENTILE = re.compile(r"p(\d{1,3}(?:\.\d+)?)")
+_PERCENTILE = re.compile(r"p([0-9]{1,3}(?:\.[0-9]+)?)")
 
 
 @dataclass(frozen=True)
@@ -194,9 +195,7 @@ def check_group_by(group_by: object) -> list[str]:
 def check_limit(limit: object) -> int | None:
     if limit is None:
         return None
-    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
-        raise InvalidQueryError(f"limit must be a positive int or None, got {limit!r}")
-    return limit
+    return check_count(limit, "limit", minimum=1)
 
 
 def check_every(every: object) -> int:

@@ -16,6 +16,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, Final
 
 from multistore.errors import ConflictError, InvalidQueryError, InvalidValueError, UsageError
+from multistore.stores._limits import check_count, check_seconds, short_repr, to_float
 from multistore.stores.widecolumn._api import TableSchema
 
 __all__ = [
@@ -64,11 +65,11 @@ def check_value(schema: TableSchema, column: str, value: Any, error: type[UsageE
     elif kind == "int":
         if isinstance(value, int) and not isinstance(value, bool):
             if not INT64_MIN <= value <= INT64_MAX:
-                raise error(f"{where}: {value} is outside the 64-bit integer range")
+                raise error(f"{where}: {short_repr(value)} is outside the 64-bit integer range")
             return value
     elif kind == "float":
         if isinstance(value, int | float) and not isinstance(value, bool):
-            number = float(value)
+            number = to_float(value, where)
             if not math.isfinite(number):
                 raise error(f"{where}: {value!r} is not a finite number")
             return number
@@ -85,7 +86,7 @@ def check_value(schema: TableSchema, column: str, value: Any, error: type[UsageE
             return value.astimezone(UTC)
     elif kind == "blob" and isinstance(value, bytes | bytearray | memoryview):
         return bytes(value)
-    raise error(f"{where} is {kind}; got {type(value).__name__} {value!r}")
+    raise error(f"{where} is {kind}; got {type(value).__name__} {short_repr(value)}")
 
 
 def check_row(schema: TableSchema, row: Mapping[str, Any]) -> dict[str, Any]:
@@ -135,16 +136,8 @@ def check_existing(existing: TableSchema, schema: TableSchema, if_not_exists: bo
 
 
 def check_ttl(ttl: object) -> float | None:
-    if ttl is None:
-        return None
-    if (
-        isinstance(ttl, bool)
-        or not isinstance(ttl, int | float)
-        or not math.isfinite(ttl)
-        or ttl <= 0
-    ):
-        raise InvalidValueError(f"a TTL must be a finite number of seconds above 0, not {ttl!r}")
-    return float(ttl)
+    """None, or a TTL in seconds: a finite number above 0, at most ``MAX_SECONDS``."""
+    return None if ttl is None else check_seconds(ttl, "ttl")
 
 
 def _check_partition(schema: TableSchema, partition: Mapping[str, Any]) -> tuple[Any, ...]:
@@ -245,8 +238,8 @@ def plan_select(
             f"table {schema.name!r} has no clustering columns, so its rows have no order"
         )
     reverse = order is not None and order != schema.clustering[0].order
-    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
-        raise InvalidQueryError(f"limit must be a positive int or None, not {limit!r}")
+    if limit is not None:
+        check_count(limit, "limit", minimum=1)
     return SelectPlan(
         schema=schema,
         partition=values,
