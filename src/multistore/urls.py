@@ -339,14 +339,24 @@ def _parse_file(scheme: str, text: str, source: str) -> StoreURL:
     return result
 
 
+_ENCODE: Final[Mapping[str, str]] = {"/": "%2F", "?": "%3F", "#": "%23", "[": "%5B", "]": "%5D"}
+
+
 def _parse_server(scheme: str, text: str, source: str) -> StoreURL:
-    if "#" in text:
-        raise InvalidURLError(
-            f"malformed {source}: unexpected '#'; percent-encode it as %23 in a password"
-        )
-    # urlsplit cannot take a raw password with '@', '/', '?' or '#'; find the
-    # userinfo by the *last* '@' before the path so that a password left
-    # unencoded by mistake still gives a clear error rather than a wrong host.
+    rest = text.split("://", 1)[1]
+    userinfo, at, _ = rest.rpartition("@")
+    if at:
+        # A '/', '?' or '#' before the last '@' ends the host part early for every URL
+        # parser, and '[' ']' read as an IPv6 host: a user name or password holding
+        # one unencoded would be split into host, path and query, and shown in errors.
+        # Refuse it before parsing.
+        bad = next((c for c in userinfo if c in _ENCODE), None)
+        if bad is not None:
+            raise InvalidURLError(
+                f"malformed {source}: a password with {bad!r} must be percent-encoded "
+                f"({_ENCODE[bad]}), as must '/', '?', '#' and '@' in any user name or "
+                "password (and an '@' in the path or query)"
+            )
     try:
         parts = urlsplit(text)
         hostname = parts.hostname
@@ -360,8 +370,11 @@ def _parse_server(scheme: str, text: str, source: str) -> StoreURL:
             ) from None
     except InvalidURLError:
         raise
-    except ValueError as exc:
-        raise InvalidURLError(f"malformed {source}: {exc}") from None
+    except ValueError:
+        raise InvalidURLError(
+            f"malformed {source}: the host is not a name or an address "
+            "(an IPv6 address goes in brackets, e.g. [::1])"
+        ) from None
     if parts.fragment:
         raise InvalidURLError(
             f"malformed {source}: unexpected '#'; percent-encode it as %23 in a password"
@@ -415,13 +428,22 @@ def _validate(url: StoreURL, source: str) -> None:
         raise InvalidURLError(f"{url.scheme}:// URLs take a path, not a host, in {source}")
 
 
+_SCHEME_HEAD = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*:/{1,2}")
+
+
 def _redact(text: str) -> str:
-    """Hide the password of a URL for use in error messages."""
-    head, sep, rest = text.partition("://")
-    if not sep:
+    """``text`` with the user information of a URL in it hidden, for error messages:
+    everything between the scheme and the *last* '@' becomes ``user:***`` (the user
+    name kept only when it is plain), so a password is hidden whole even when it
+    holds unencoded '/', '?', '#' or '@'."""
+    userinfo, at, hostpart = text.rpartition("@")
+    if not at:
         return text
-    userinfo, at, hostpart = rest.rpartition("@")
-    if not at or ":" not in userinfo.split("/")[0]:
-        return text
-    user = userinfo.split(":", 1)[0]
-    return f"{head}://{user}:***@{hostpart}"
+    match = _SCHEME_HEAD.match(userinfo)
+    head = match.group(0) if match else ""
+    user, colon, _ = userinfo[len(head) :].partition(":")
+    if user and not any(c in user for c in "/?#@"):
+        shown = f"{user}:***" if colon else user
+    else:
+        shown = "***"
+    return f"{head}{shown}@{hostpart}"
