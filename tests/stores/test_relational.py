@@ -16,6 +16,7 @@ from multistore.errors import (
     ConflictError,
     DuplicateKeyError,
     InvalidQueryError,
+    MultistoreError,
     NotFoundError,
     StoreTimeoutError,
     StoreUnavailableError,
@@ -352,6 +353,68 @@ def test_executemany_inserts_all_or_validates_first(store_url: str) -> None:
                 [{"id": 30, "name": "ok"}, {"id": 31}],
             )
         assert await store.fetch_val("SELECT COUNT(*) FROM people") == 13
+
+    run(store_url, body)
+
+
+def test_executemany_outside_a_transaction_is_all_or_nothing(store_url: str) -> None:
+    """A multi-row call with no transaction around it runs in one of its own: a row
+    that fails leaves none of the others behind, so its definite error is true (SQLite
+    committed the rows before the failing one, and said DEFINITE)."""
+
+    async def body(store: RelationalStore) -> None:
+        await make_people(store)
+        insert = "INSERT INTO people (id, name) VALUES (:id, :name)"
+        rows = [{"id": 10, "name": "new"}, {"id": 1, "name": "exists"}, {"id": 11, "name": "x"}]
+        with pytest.raises(DuplicateKeyError) as caught:
+            await store.executemany(insert, rows)
+        assert caught.value.definite
+        assert await store.fetch_val("SELECT COUNT(*) FROM people") == 3
+        update = "UPDATE people SET name = :name WHERE id = :id"
+        with pytest.raises(MultistoreError) as failed:
+            await store.executemany(update, [{"id": 2, "name": "Bobby"}, {"id": 3, "name": None}])
+        assert failed.value.definite
+        assert await store.fetch_val("SELECT name FROM people WHERE id = 2") == "Bob"
+        async with store.connection() as conn:
+            with pytest.raises(DuplicateKeyError):
+                await conn.executemany(insert, rows)
+            assert not conn.in_transaction
+            assert await conn.fetch_val("SELECT COUNT(*) FROM people") == 3
+        async with store.transaction() as tx:  # inside the caller's transaction: a savepoint
+            await tx.execute(insert, {"id": 20, "name": "kept"})
+            with pytest.raises(DuplicateKeyError):
+                async with tx.transaction() as sp:
+                    await sp.executemany(insert, rows)
+        assert await store.fetch_val("SELECT COUNT(*) FROM people") == 4
+
+    run(store_url, body)
+
+
+def test_a_script_that_fails_part_way_is_not_definite(store_url: str, backend: str) -> None:
+    """A script outside a transaction: PostgreSQL runs it as one implicit transaction,
+    so a failure undoes it all (definite); SQLite and MariaDB commit statement by
+    statement (a script may hold statements that cannot run in a transaction), so a
+    failure after the first statement is indeterminate. A failing first statement has
+    written nothing: definite everywhere."""
+
+    async def body(store: RelationalStore) -> None:
+        await make_people(store)
+        with pytest.raises(DuplicateKeyError) as first:
+            await store.execute_script(
+                "INSERT INTO people (id, name) VALUES (1, 'dup');\n"
+                "INSERT INTO people (id, name) VALUES (40, 'x');"
+            )
+        assert first.value.definite
+        with pytest.raises(DuplicateKeyError) as later:
+            await store.execute_script(
+                "INSERT INTO people (id, name) VALUES (41, 'x');\n"
+                "INSERT INTO people (id, name) VALUES (1, 'dup');"
+            )
+        written = await store.fetch_val("SELECT COUNT(*) FROM people WHERE id >= 40")
+        if backend == "postgresql":
+            assert written == 0 and later.value.definite
+        else:
+            assert written == 1 and not later.value.definite
 
     run(store_url, body)
 

@@ -90,8 +90,13 @@ class MariaDBConnection(Connection):
         return await self._call(_fetch, sql, params, one)
 
     async def _script(self, sql: str) -> None:
-        for statement in split_statements(sql, "mariadb"):
-            await self._call(_execute, statement, None)
+        for i, statement in enumerate(split_statements(sql, "mariadb")):
+            try:
+                await self._call(_execute, statement, None)
+            except MultistoreError as exc:
+                if i and not self._levels:  # the statements before it committed already
+                    exc.outcome = Outcome.INDETERMINATE
+                raise
 
     async def _begin(self) -> None:
         await self._execute("START TRANSACTION", None)
