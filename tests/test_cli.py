@@ -104,3 +104,18 @@ def test_bench_runs_a_benchmark_and_prints_rows_in_the_design_format(tmp_path: P
     low = (anchor - 0.005) / (ours + 0.005)
     high = (anchor + 0.005) / max(ours - 0.005, 1e-9)
     assert low * 0.999 <= speedup <= high * 1.001
+
+
+@pytest.mark.parametrize("command", ["status", "demo"])
+def test_a_data_dir_that_cannot_be_created_exits_with_the_config_code(
+    tmp_path: Path, command: str
+) -> None:
+    (tmp_path / "afile").write_text("x")
+    (tmp_path / "multistore.toml").write_text('[multistore]\ndata_dir = "afile/data"\n')
+    result = _run(command, cwd=tmp_path)
+    assert result.returncode == int(ErrorCode.CONFIG), result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("error[config]: ")
+    assert "multistore.data_dir" in lines[0] and "is a file" in lines[0]
+    assert "Traceback" not in result.stderr

@@ -125,10 +125,38 @@ class Config:
     async def open(self, role: str) -> Store:
         """Open the store that serves ``role`` (as the role's data model)."""
         spec = self.role(role)
-        if spec.url.is_file and spec.url.path != ":memory:":
-            Path(spec.url.path).parent.mkdir(parents=True, exist_ok=True)
+        self.make_folder(role)
         cls = backend_class(spec.model, spec.url.scheme)
         return await cls.open(spec.url)
+
+    def make_folder(self, role: str) -> None:
+        """Create the folder that holds ``role``'s files (embedded stores only).
+
+        A folder that cannot be created (a file in the way, no permission) is a
+        :class:`ConfigError` naming the key that chose it: ``multistore.data_dir`` for
+        a role on its default, else ``roles.NAME``."""
+        spec = self.role(role)
+        if not spec.url.is_file or spec.url.path == ":memory:":
+            return
+        folder = Path(spec.url.path).parent
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            where = str(self.path) if self.path is not None else "defaults"
+            if spec.is_default:
+                key = f"multistore.data_dir ({self.data_dir})"
+            else:
+                key = f"{spec.source.rpartition(': ')[2]} ({spec.url})"
+            if isinstance(exc, FileExistsError):
+                reason = "a file of that name is in the way"
+            elif isinstance(exc, NotADirectoryError):
+                reason = "part of the path is a file, not a folder"
+            else:
+                reason = exc.strerror or type(exc).__name__
+            raise ConfigError(
+                f"{where}: {key}: cannot create the folder {folder}: {reason}; "
+                "choose a folder that can be created"
+            ) from None
 
 
 def load_config(

@@ -168,6 +168,7 @@ async def run_status(config_path: Path | None, *, quiet: bool) -> dict[str, Any]
                 "source": spec.source,
                 "ok": ok,
                 "detail": detail,
+                "code": None if error is None else int(error.code),
             }
         )
         table.add_row(

@@ -152,8 +152,7 @@ async def run_recover(
     named: dict[str, Any] = dict(config.participants)
     named.update(_parse_participants(participants))
     log = config.role("transactions").url
-    if log.is_file:
-        Path(log.path).parent.mkdir(parents=True, exist_ok=True)
+    config.make_folder("transactions")
     twopc: dict[str, Any]
     if named:
         twopc = await recover_transactions(named, log, retry_for=retry_for)
