@@ -144,8 +144,25 @@ def test_parsing_never_shows_the_password(case: tuple[str, list[str], str, str])
         _assert_hidden(parts, _texts_of(exc), text)
         return
     _assert_hidden(parts, [str(url), repr(url), url.render()], text)
+    assert parse_url(url.render(hide_password=False)) == url
     if how == "encoded" and url.username is not None:
         assert url.password == password  # percent-encoded: any password round-trips
+
+
+@settings(max_examples=PARSE_EXAMPLES // 3, deadline=None, derandomize=True)
+@given(
+    st.sampled_from(sorted(FILE_SCHEMES)),
+    st.text(st.characters(blacklist_categories=["Cs"], blacklist_characters="\x00"), min_size=1),
+    st.booleans(),
+)
+def test_file_urls_render_back_to_the_same_path(scheme: str, path: str, absolute: bool) -> None:
+    text = f"{scheme}:///{'/' if absolute else ''}{quote(path, safe='')}"
+    try:
+        url = parse_url(text)
+    except InvalidURLError:
+        return
+    assert url.path == ("/" if absolute else "") + path
+    assert parse_url(url.render()) == url
 
 
 def test_a_raw_slash_in_a_password_names_the_fix() -> None:

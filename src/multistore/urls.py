@@ -174,7 +174,8 @@ class StoreURL:
                 netloc += f":{self.port}"
         db = self.database or ""
         if self.is_file:
-            text = f"{self.scheme}:///{db}" if not db.startswith("/") else f"{self.scheme}://{db}"
+            # Three slashes, then the path: "/abs" gives the four slashes of an absolute one.
+            text = f"{self.scheme}:///{quote(db, safe='/:')}"
         else:
             text = (
                 f"{self.scheme}://{netloc}/{quote(db, safe='')}"
