@@ -779,3 +779,17 @@ def test_backend_agrees_with_a_model(graph_url: str) -> None:
             suppress_health_check=[HealthCheck.too_slow],
         ),
     )
+
+
+def test_an_empty_node_key_is_refused(graph_url: str) -> None:
+    """Ladybug stored a node with key "" (other stores refuse empty ids)."""
+
+    async def body(s: GraphStore) -> None:
+        await s.create_node("Person", "alice")
+        with pytest.raises(InvalidValueError, match="empty"):
+            await s.create_node("Person", "")
+        with pytest.raises(InvalidValueError, match="empty"):
+            await s.create_relationship("Person", "alice", "KNOWS", "Person", "")
+        assert await s.count_nodes("Person") == 1
+
+    run(graph_url, body)

@@ -16,6 +16,7 @@ from multistore.errors import (
     ConflictError,
     DuplicateKeyError,
     InvalidQueryError,
+    InvalidValueError,
     MultistoreError,
     NotFoundError,
     StoreTimeoutError,
@@ -415,6 +416,27 @@ def test_a_script_that_fails_part_way_is_not_definite(store_url: str, backend: s
             assert written == 0 and later.value.definite
         else:
             assert written == 1 and not later.value.definite
+
+    run(store_url, body)
+
+
+@pytest.mark.parametrize(
+    "value", [float("nan"), float("inf"), -float("inf"), Decimal("NaN"), Decimal("-Infinity")]
+)
+def test_nan_and_infinities_are_refused_alike(store_url: str, value: Any) -> None:
+    """SQLite stored NaN as NULL without a word, MariaDB refused it and PostgreSQL kept
+    it: every backend now refuses NaN and infinities as parameters, writing nothing."""
+
+    async def body(store: RelationalStore) -> None:
+        await store.execute("CREATE TABLE nums (id INT PRIMARY KEY, x DOUBLE PRECISION)")
+        with pytest.raises(InvalidValueError, match=":x"):
+            await store.execute("INSERT INTO nums (id, x) VALUES (1, :x)", {"x": value})
+        with pytest.raises(InvalidValueError, match=":x"):
+            await store.executemany(
+                "INSERT INTO nums (id, x) VALUES (:id, :x)",
+                [{"id": 2, "x": 1.0}, {"id": 3, "x": value}],
+            )
+        assert await store.fetch_val("SELECT COUNT(*) FROM nums") == 0
 
     run(store_url, body)
 

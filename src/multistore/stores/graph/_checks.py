@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from typing import Any, Final, Literal, cast
 
 from multistore.errors import InvalidQueryError, InvalidValueError
+from multistore.stores._limits import short_repr
 
 __all__ = [
     "KEY_PROPERTY",
@@ -67,9 +68,11 @@ def _check_property_name(name: object) -> str:
 
 
 def check_key(key: object) -> str:
-    """A node key: any string without NUL characters."""
+    """A node key: any non-empty string without NUL characters."""
     if not isinstance(key, str):
         raise InvalidValueError(f"a node key must be a string, not {type(key).__name__}")
+    if not key:
+        raise InvalidValueError("a node key must not be empty")
     if "\x00" in key:
         raise InvalidValueError("a node key cannot contain NUL characters")
     return key
@@ -80,7 +83,7 @@ def _check_scalar(where: str, value: object) -> Scalar:
         return value
     if isinstance(value, int):
         if not _INT64_MIN <= value <= _INT64_MAX:
-            raise InvalidValueError(f"{where}: integer {value} does not fit in 64 bits")
+            raise InvalidValueError(f"{where}: integer {short_repr(value)} does not fit in 64 bits")
         return value
     if isinstance(value, float):
         if not math.isfinite(value):

@@ -17,11 +17,13 @@ and ``::type`` casts. A statement without placeholders is passed through unchang
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
+from decimal import Decimal
 from typing import Any, Final, Literal
 
-from multistore.errors import InvalidQueryError
+from multistore.errors import InvalidQueryError, InvalidValueError
 
 __all__ = ["Compiled", "Dialect", "bind", "compile_sql", "split_statements"]
 
@@ -135,9 +137,21 @@ def bind(compiled: Compiled, params: Mapping[str, Any] | None) -> Any:
         raise InvalidQueryError(
             f"no value given for placeholder {listed} in {_excerpt(compiled.source)}"
         )
+    for name in compiled.names:
+        value = given[name]
+        if isinstance(value, float | Decimal) and not _finite(value):
+            raise InvalidValueError(
+                f"placeholder :{name} is {value!r}: NaN and infinities cannot be stored the "
+                "same way on every backend (SQLite turns NaN into NULL, MariaDB refuses "
+                "both), so they are refused; store NULL or a sentinel instead"
+            )
     if compiled.dialect == "sqlite":
         return [given[name] for name in compiled.names]
     return {name: given[name] for name in compiled.names}
+
+
+def _finite(value: float | Decimal) -> bool:
+    return value.is_finite() if isinstance(value, Decimal) else math.isfinite(value)
 
 
 def _skip_non_code(sql: str, i: int, dialect: Dialect) -> int:
