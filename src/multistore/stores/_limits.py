@@ -107,9 +107,14 @@ def json_depth(value: Any, limit: int = MAX_JSON_DEPTH) -> int:
     return deepest
 
 
-def short_repr(value: object) -> str:
-    """``repr(value)``, cut short (a hostile number may have thousands of digits)."""
+def short_repr(value: object, limit: int = 120) -> str:
+    """``repr(value)`` for an error message, safe for anything a caller may pass: an
+    integer too long for ``repr`` (Python 3.11 refuses past 4300 digits), a value nested
+    too deeply to print, or a very long one (cut at ``limit`` characters)."""
     if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 256:
         return f"{'-' if value < 0 else ''}(an integer of {value.bit_length()} bits)"
-    text = repr(value)
-    return text if len(text) <= 60 else text[:59] + "…"
+    try:
+        text = repr(value)
+    except (ValueError, RecursionError):
+        return f"(a {type(value).__name__} too large to show)"
+    return text if len(text) <= limit else text[: limit - 1] + "…"

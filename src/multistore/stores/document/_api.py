@@ -13,9 +13,9 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from multistore.errors import DuplicateKeyError
+from multistore.errors import DuplicateKeyError, InvalidValueError
 from multistore.stores._base import Store
-from multistore.stores._limits import check_count
+from multistore.stores._limits import check_count, short_repr
 from multistore.stores.document._filters import Node, SortKey, parse_filter, parse_sort
 from multistore.stores.document._updates import (
     ID,
@@ -85,12 +85,16 @@ class DocumentStore(Store):
     async def insert_many(self, collection: str, docs: Iterable[Mapping[str, Any]]) -> list[str]:
         """Store several new documents at once: all of them, or none on any error."""
         name = check_collection(collection)
+        if not isinstance(docs, Iterable) or isinstance(docs, str | bytes | Mapping):
+            raise InvalidValueError(
+                f"insert_many takes a list of documents, not {type(docs).__name__}"
+            )
         prepared = [prepare_document(doc) for doc in docs]
         ids = [str(doc[ID]) for doc in prepared]
         seen: set[str] = set()
         for doc_id in ids:
             if doc_id in seen:
-                raise DuplicateKeyError(f"insert_many got _id {doc_id!r} twice")
+                raise DuplicateKeyError(f"insert_many got _id {short_repr(doc_id)} twice")
             seen.add(doc_id)
         if prepared:
             await self._insert(name, prepared)

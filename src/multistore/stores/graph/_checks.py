@@ -52,7 +52,7 @@ def check_name(name: object, kind: str = "label") -> str:
     """A label or relationship type: a letter, then letters, digits or ``_``."""
     if not isinstance(name, str) or not _NAME_RE.fullmatch(name):
         raise InvalidQueryError(
-            f"invalid {kind} {name!r}: use a letter followed by letters, digits or '_' "
+            f"invalid {kind} {short_repr(name)}: use a letter followed by letters, digits or '_' "
             "(at most 128 characters)"
         )
     return name
@@ -61,7 +61,7 @@ def check_name(name: object, kind: str = "label") -> str:
 def _check_property_name(name: object) -> str:
     if not isinstance(name, str) or not _NAME_RE.fullmatch(name):
         raise InvalidValueError(
-            f"invalid property name {name!r}: use a letter followed by letters, digits "
+            f"invalid property name {short_repr(name)}: use a letter followed by letters, digits "
             "or '_' (at most 128 characters)"
         )
     return name
@@ -134,29 +134,37 @@ def check_properties(
         if prop == KEY_PROPERTY:
             if key is None or value != key:
                 raise InvalidValueError(
-                    f"{what}: the property {KEY_PROPERTY!r} is the node key "
-                    + ("and cannot be set on a relationship" if key is None else f"({key!r})")
+                    f"{what}: the property {short_repr(KEY_PROPERTY)} is the node key "
+                    + (
+                        "and cannot be set on a relationship"
+                        if key is None
+                        else f"({short_repr(key)})"
+                    )
                 )
             continue
-        result[prop] = _check_property(f"{what}, property {prop!r}", value)
+        result[prop] = _check_property(f"{what}, property {short_repr(prop)}", value)
     return result
 
 
 def check_direction(direction: object) -> Direction:
     if direction not in ("out", "in", "both"):
-        raise InvalidQueryError(f"direction must be 'out', 'in' or 'both', not {direction!r}")
+        raise InvalidQueryError(
+            f"direction must be 'out', 'in' or 'both', not {short_repr(direction)}"
+        )
     return direction
 
 
 def check_k(k: object) -> int:
     if isinstance(k, bool) or not isinstance(k, int) or k < 0:
-        raise InvalidQueryError(f"k must be a non-negative integer, not {k!r}")
+        raise InvalidQueryError(f"k must be a non-negative integer, not {short_repr(k)}")
     return k
 
 
 def check_max_hops(max_hops: object) -> int:
     if isinstance(max_hops, bool) or not isinstance(max_hops, int) or not 1 <= max_hops <= MAX_HOPS:
-        raise InvalidQueryError(f"max_hops must be an integer in 1..{MAX_HOPS}, not {max_hops!r}")
+        raise InvalidQueryError(
+            f"max_hops must be an integer in 1..{MAX_HOPS}, not {short_repr(max_hops)}"
+        )
     return max_hops
 
 
@@ -171,7 +179,7 @@ def _check_param(where: str, value: object, depth: int = 0) -> object:
         out: dict[str, object] = {}
         for name, item in cast(Mapping[object, object], value).items():
             if not isinstance(name, str) or not name or "`" in name or "\x00" in name:
-                raise InvalidValueError(f"{where}: map key {name!r} is not allowed")
+                raise InvalidValueError(f"{where}: map key {short_repr(name)} is not allowed")
             out[name] = _check_param(where, item, depth + 1)
         return out
     return _check_scalar(where, value)
@@ -188,7 +196,7 @@ def check_params(params: Mapping[str, object] | None, *, strict: bool) -> dict[s
     result: dict[str, Any] = {}
     for name, value in params.items():
         if not isinstance(name, str) or not _PARAM_RE.fullmatch(name):
-            raise InvalidQueryError(f"invalid query parameter name {name!r}")
+            raise InvalidQueryError(f"invalid query parameter name {short_repr(name)}")
         result[name] = _check_param(f"parameter ${name}", value) if strict else value
     return result
 

@@ -51,6 +51,7 @@ from multistore.errors import (
     StoreUnavailableError,
     UsageError,
 )
+from multistore.stores._limits import short_repr
 from multistore.stores._worker import Worker
 from multistore.stores.graph._api import GraphStore, Node, node_not_found
 from multistore.stores.graph._checks import (
@@ -132,7 +133,7 @@ def _fit(where: str, value: object, column_type: str) -> object:
     else:
         return value  # a type made by raw DDL (DATE, …): Ladybug decides
     raise InvalidValueError(
-        f"{where}: the column has type {column_type}, which cannot hold {value!r}"
+        f"{where}: the column has type {column_type}, which cannot hold {short_repr(value)}"
     )
 
 
@@ -211,7 +212,8 @@ class LadybugGraphStore(GraphStore):
         except Exception as exc:
             await shared.release()
             raise StoreUnavailableError(
-                f"cannot open the Ladybug database {url.path!r}: {' '.join(str(exc).split())}",
+                f"cannot open the Ladybug database {short_repr(url.path)}: "
+                f"{' '.join(str(exc).split())}",
                 outcome=Outcome.DEFINITE,
             ) from exc
         except BaseException:
@@ -275,10 +277,13 @@ class LadybugGraphStore(GraphStore):
     def _node_table(self, label: str) -> _Table:
         table = self._catalog().nodes.get(label.lower())
         if table is None:
-            raise NotFoundError(f"unknown node label {label!r}: the graph has no such label")
+            raise NotFoundError(
+                f"unknown node label {short_repr(label)}: the graph has no such label"
+            )
         if KEY_PROPERTY not in table.columns:
             raise InvalidQueryError(
-                f"label {label!r} was not made by the helpers: it has no {KEY_PROPERTY!r} "
+                f"label {short_repr(label)} was not made by the helpers: it has no "
+                f"{short_repr(KEY_PROPERTY)} "
                 "property; use query() for it"
             )
         return table
@@ -289,7 +294,7 @@ class LadybugGraphStore(GraphStore):
         table = self._catalog().rels.get(rel_type.lower())
         if table is None:
             raise NotFoundError(
-                f"unknown relationship type {rel_type!r}: the graph has no such type"
+                f"unknown relationship type {short_repr(rel_type)}: the graph has no such type"
             )
         return table
 
@@ -328,7 +333,7 @@ class LadybugGraphStore(GraphStore):
             if value is None:
                 sets.append(f"x.{quote(column[0])} = NULL")
             else:
-                params[f"p{i}"] = _fit(f"{what}, property {name!r}", value, column[1])
+                params[f"p{i}"] = _fit(f"{what}, property {short_repr(name)}", value, column[1])
                 sets.append(f"x.{quote(column[0])} = $p{i}")
         return ddl, sets, params
 
@@ -367,13 +372,15 @@ class LadybugGraphStore(GraphStore):
     def _sync_merge_node(
         self, label: str, key: str, props: dict[str, PropertyValue | None]
     ) -> None:
-        what = f"node ({label} {key!r})"
+        what = f"node ({label} {short_repr(key)})"
         catalog = self._catalog()
         ddl: list[str] = []
         table = catalog.nodes.get(label.lower())
         if table is None:
             if label.lower() in catalog.rels:
-                raise InvalidQueryError(f"{label!r} is a relationship type here, not a label")
+                raise InvalidQueryError(
+                    f"{short_repr(label)} is a relationship type here, not a label"
+                )
             table = _Table(label, {KEY_PROPERTY: (KEY_PROPERTY, "STRING")})
             columns = [f"{_K} STRING PRIMARY KEY"]
             for name, value in props.items():
@@ -447,7 +454,9 @@ class LadybugGraphStore(GraphStore):
         rel = catalog.rels.get(rel_type.lower())
         if rel is None:
             if rel_type.lower() in catalog.nodes:
-                raise InvalidQueryError(f"{rel_type!r} is a node label here, not a relationship")
+                raise InvalidQueryError(
+                    f"{short_repr(rel_type)} is a node label here, not a relationship"
+                )
             rel = _Table(rel_type, pairs={pair})
             columns = [f"FROM {quote(source.name)} TO {quote(target.name)}"]
             for name, value in props.items():
@@ -612,7 +621,9 @@ class LadybugGraphStore(GraphStore):
             return int(self._rows("MATCH (n) RETURN count(n)")[0][0])
         table = self._catalog().nodes.get(label.lower())
         if table is None:
-            raise NotFoundError(f"unknown node label {label!r}: the graph has no such label")
+            raise NotFoundError(
+                f"unknown node label {short_repr(label)}: the graph has no such label"
+            )
         return int(self._rows(f"MATCH (n:{quote(table.name)}) RETURN count(n)")[0][0])
 
     async def _clear(self) -> None:

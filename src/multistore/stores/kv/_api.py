@@ -27,6 +27,7 @@ from typing import Any, ClassVar
 
 from multistore.errors import InvalidValueError, WrongTypeError
 from multistore.stores._base import Store
+from multistore.stores._limits import short_repr
 from multistore.stores.kv._checks import dump_json
 
 __all__ = ["KeyValueStore", "RateLimit", "WrongTypeError"]
@@ -156,8 +157,10 @@ class KeyValueStore(Store, abc.ABC):
         try:
             return json.loads(raw)
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise InvalidValueError(f"the value at key {key!r} is not JSON: {exc}") from None
+            raise InvalidValueError(
+                f"the value at key {short_repr(key)} is not JSON: {exc}"
+            ) from None
         except RecursionError:
             raise InvalidValueError(
-                f"the value at key {key!r} is JSON nested too deeply to decode"
+                f"the value at key {short_repr(key)} is JSON nested too deeply to decode"
             ) from None

@@ -25,15 +25,36 @@ INT64_MIN: Final = -(2**63)
 def dump_json(value: Any, key: str) -> str:
     """``value`` as compact JSON, or :class:`InvalidValueError` (also for lists and
     dicts nested deeper than :data:`MAX_JSON_DEPTH`)."""
+    if not _string_keys(value):
+        raise InvalidValueError(
+            f"cannot store the value for key {key!r} as JSON: an object key is not a "
+            "string (JSON would turn it into one, and two keys could collide)"
+        )
     if json_depth(value) > MAX_JSON_DEPTH:
         raise InvalidValueError(
-            f"cannot store the value for key {key!r} as JSON: "
+            f"cannot store the value for key {short_repr(key)} as JSON: "
             f"nested deeper than {MAX_JSON_DEPTH} levels"
         )
     try:
         return json.dumps(value, allow_nan=False, separators=(",", ":"), ensure_ascii=False)
     except (ValueError, TypeError) as exc:
-        raise InvalidValueError(f"cannot store the value for key {key!r} as JSON: {exc}") from None
+        raise InvalidValueError(
+            f"cannot store the value for key {short_repr(key)} as JSON: {exc}"
+        ) from None
+
+
+def _string_keys(value: Any) -> bool:
+    """True when every dict in ``value`` has only string keys (checked without recursion)."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            if not all(isinstance(k, str) for k in item):
+                return False
+            stack.extend(item.values())
+        elif isinstance(item, list | tuple):
+            stack.extend(item)
+    return True
 
 
 def check_key(key: object) -> str:
@@ -47,7 +68,17 @@ def check_key(key: object) -> str:
 def check_keys(keys: Sequence[str]) -> list[str]:
     if isinstance(keys, str | bytes):
         raise InvalidValueError("keys must be a sequence of strings, not a single string")
+    if not isinstance(keys, Sequence):
+        raise InvalidValueError(f"keys must be a list of strings, not {type(keys).__name__}")
     return [check_key(k) for k in keys]
+
+
+def check_prefix(prefix: object) -> str:
+    """A scan prefix: any string that UTF-8 can encode (the empty one included)."""
+    if not isinstance(prefix, str):
+        raise InvalidValueError(f"a scan prefix must be a string, not {short_repr(prefix)}")
+    _check_utf8(prefix, "scan prefix")
+    return prefix
 
 
 def check_member(member: object) -> str:
@@ -129,5 +160,5 @@ def _check_utf8(text: str, what: str) -> bytes:
         return text.encode("utf-8")
     except UnicodeEncodeError:
         raise InvalidValueError(
-            f"the {what} {text!r} cannot be encoded as UTF-8 (lone surrogate)"
+            f"the {what} {short_repr(text)} cannot be encoded as UTF-8 (lone surrogate)"
         ) from None

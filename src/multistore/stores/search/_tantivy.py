@@ -44,6 +44,7 @@ from multistore.errors import (
     StoreUnavailableError,
 )
 from multistore.stores._files import locked, replace_atomically
+from multistore.stores._limits import short_repr
 from multistore.stores._worker import Worker
 from multistore.stores.search._analysis import MAX_WORD_BYTES, STOP_WORDS, Clause
 from multistore.stores.search._api import (
@@ -119,7 +120,7 @@ class _Index:
                 self.writer = self.index.writer(heap_size=_WRITER_HEAP, num_threads=1)
             except ValueError as exc:
                 raise StoreUnavailableError(
-                    f"cannot write search index {name!r}: {exc} (is another store object "
+                    f"cannot write search index {short_repr(name)}: {exc} (is another store object "
                     "or process writing the same directory?)",
                     outcome=Outcome.DEFINITE,
                 ) from exc
@@ -237,7 +238,7 @@ class TantivySearchStore(SearchStore):
     def _open_index(self, name: str, schema: SearchSchema, *, create: bool) -> _Index:
         tschema = _tantivy_schema(schema)
         analyzer = _analyzer()
-        with _engine_errors(f"open search index {name!r}"):
+        with _engine_errors(f"open search index {short_repr(name)}"):
             if self._root is None:
                 index = tantivy.Index(tschema)
             else:
@@ -260,7 +261,7 @@ class TantivySearchStore(SearchStore):
             if schema is not None:
                 ix = self._indexes[name] = self._open_index(name, schema, create=False)
         if ix is None:
-            raise NotFoundError(f"no search index named {name!r}")
+            raise NotFoundError(f"no search index named {short_repr(name)}")
         return ix
 
     def _release_all(self) -> None:
@@ -283,7 +284,7 @@ class TantivySearchStore(SearchStore):
             elif existing.schema != schema:
                 raise _schema_conflict(name, existing.schema)
             return
-        with self._meta_lock(f"create search index {name!r}"):
+        with self._meta_lock(f"create search index {short_repr(name)}"):
             schemas = self._read_meta()
             recorded = schemas.get(name)
             if recorded is not None:
@@ -310,11 +311,11 @@ class TantivySearchStore(SearchStore):
             ix.release()
             del self._indexes[name]
             return
-        with self._meta_lock(f"drop search index {name!r}"):
+        with self._meta_lock(f"drop search index {short_repr(name)}"):
             schemas = self._read_meta()
             if name not in schemas:
                 self._forget(name)
-                raise NotFoundError(f"no search index named {name!r}")
+                raise NotFoundError(f"no search index named {short_repr(name)}")
             ix = self._get(name)
             # Taking the writer fails while another store object or process writes the
             # index: the drop is refused rather than pulling the files from under it.
@@ -357,7 +358,7 @@ class TantivySearchStore(SearchStore):
         if not prepared:
             return
         writer = ix.get_writer(name)
-        with _engine_errors(f"index documents into {name!r}"):
+        with _engine_errors(f"index documents into {short_repr(name)}"):
             try:
                 for item in prepared:
                     writer.delete_documents_by_term("_id", item.id)
@@ -375,7 +376,7 @@ class TantivySearchStore(SearchStore):
     def _delete_sync(self, name: str, id: str) -> bool:
         ix = self._get(name)
         check_id(id, name)
-        with _engine_errors(f"delete from {name!r}"):
+        with _engine_errors(f"delete from {short_repr(name)}"):
             found = _count(ix.index.searcher().search(self._id_query(ix, id), 1)) > 0
             if not found:
                 return False
@@ -391,7 +392,7 @@ class TantivySearchStore(SearchStore):
     def _get_sync(self, name: str, id: str) -> dict[str, Any] | None:
         ix = self._get(name)
         check_id(id, name)
-        with _engine_errors(f"read from {name!r}"):
+        with _engine_errors(f"read from {short_repr(name)}"):
             searcher = ix.index.searcher()
             result = searcher.search(self._id_query(ix, id), 1)
             if not result.hits:
@@ -421,7 +422,7 @@ class TantivySearchStore(SearchStore):
             request = build_request(
                 ix.schema, name, query, filters, ranges, facets, sort, offset, limit
             )
-            with _engine_errors(f"search {name!r}"):
+            with _engine_errors(f"search {short_repr(name)}"):
                 return self._search_sync(ix, request)
 
         return await self._call(run)
@@ -508,7 +509,7 @@ class TantivySearchStore(SearchStore):
 
 def _schema_conflict(name: str, schema: SearchSchema) -> ConflictError:
     return ConflictError(
-        f"search index {name!r} exists with another schema "
+        f"search index {short_repr(name)} exists with another schema "
         f"({schema.to_dict()}); drop it first to change it"
     )
 

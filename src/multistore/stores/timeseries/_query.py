@@ -23,7 +23,7 @@ from datetime import datetime, timedelta
 from typing import Final, NamedTuple
 
 from multistore.errors import InvalidQueryError, InvalidValueError
-from multistore.stores._limits import check_count
+from multistore.stores._limits import check_count, short_repr
 from multistore.stores.timeseries._points import (
     MAX_US,
     MIN_US,
@@ -78,8 +78,8 @@ class Agg:
         """Only ``count`` works on string and boolean fields."""
         if self.name != "count" and kind not in NUMERIC_KINDS:
             raise InvalidQueryError(
-                f"{self.label} needs a numeric field, but field {field!r} of measurement "
-                f"{measurement!r} holds {kind} values (only count works on it)"
+                f"{self.label} needs a numeric field, but field {short_repr(field)} of measurement "
+                f"{short_repr(measurement)} holds {kind} values (only count works on it)"
             )
 
 
@@ -94,9 +94,10 @@ def parse_fn(fn: object) -> Agg:
         value = float(match.group(1))
         if 0 < value <= 100:
             return Agg("percentile", value)
-        raise InvalidQueryError(f"percentile {fn!r} must be above p0 and at most p100")
+        raise InvalidQueryError(f"percentile {short_repr(fn)} must be above p0 and at most p100")
     raise InvalidQueryError(
-        f"unknown aggregate fn {fn!r}; use one of {', '.join(FUNCTIONS)} or pNN (e.g. p95)"
+        f"unknown aggregate fn {short_repr(fn)}; use one of {', '.join(FUNCTIONS)} or pNN "
+        "(e.g. p95)"
     )
 
 
@@ -158,7 +159,7 @@ def check_tag_filter(tags: object) -> dict[str, str]:
         check_name(key, "tag key in the filter", error=InvalidQueryError, key=True)
         if not isinstance(value, str):
             raise InvalidQueryError(
-                f"tag filter {key!r} must be a string, got {type(value).__name__}"
+                f"tag filter {short_repr(key)} must be a string, got {type(value).__name__}"
             )
         checked[key] = value
     return checked
