@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import uuid
 from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
 from decimal import Decimal
@@ -437,6 +438,44 @@ def test_nan_and_infinities_are_refused_alike(store_url: str, value: Any) -> Non
                 [{"id": 2, "x": 1.0}, {"id": 3, "x": value}],
             )
         assert await store.fetch_val("SELECT COUNT(*) FROM nums") == 0
+
+    run(store_url, body)
+
+
+class _SQLText:
+    """An object whose text is SQL: PyMySQL wrote ``str(value)`` into the statement."""
+
+    def __str__(self) -> str:
+        return "0); DELETE FROM things; --"
+
+
+@pytest.mark.parametrize(
+    "value",
+    [_SQLText(), {"a": 1}, {1, 2}, [[1], [2]], "lone \ud800 surrogate"],
+    ids=["object", "dict", "set", "nested-list", "surrogate"],
+)
+def test_parameters_no_backend_can_send_are_refused_alike(store_url: str, value: Any) -> None:
+    """Found by the hostile suite: MariaDB spliced an unknown object's text into the
+    SQL unescaped, sets and nested lists raised RecursionError or a server error, and
+    lone surrogates raised UnicodeEncodeError on SQLite and PostgreSQL."""
+
+    async def body(store: RelationalStore) -> None:
+        await store.execute("CREATE TABLE things (id INT PRIMARY KEY, v VARCHAR(100))")
+        await store.execute("INSERT INTO things (id, v) VALUES (1, 'kept')")
+        with pytest.raises(InvalidValueError):
+            await store.execute("INSERT INTO things (id, v) VALUES (2, :v)", {"v": value})
+        rows = await store.fetch_all("SELECT id, v FROM things")
+        assert [(r["id"], r["v"]) for r in rows] == [(1, "kept")]
+
+    run(store_url, body)
+
+
+def test_uuid_parameters_are_sent_as_text_everywhere(store_url: str) -> None:
+    async def body(store: RelationalStore) -> None:
+        await store.execute("CREATE TABLE ids (id VARCHAR(36) PRIMARY KEY)")
+        key = uuid.UUID("12345678-1234-5678-1234-567812345678")
+        await store.execute("INSERT INTO ids (id) VALUES (:id)", {"id": key})
+        assert await store.fetch_val("SELECT id FROM ids") == str(key)
 
     run(store_url, body)
 

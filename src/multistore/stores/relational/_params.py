@@ -139,6 +139,14 @@ def bind(compiled: Compiled, params: Mapping[str, Any] | None) -> Any:
         )
     for name in compiled.names:
         value = given[name]
+        if isinstance(value, Mapping | set | frozenset) or (
+            isinstance(value, list | tuple)
+            and any(isinstance(item, list | tuple | Mapping | set | frozenset) for item in value)
+        ):
+            raise InvalidValueError(
+                f"placeholder :{name} is a {type(value).__name__} that no backend stores; "
+                "pass a scalar (or, for PostgreSQL arrays, a flat list)"
+            )
         if isinstance(value, float | Decimal) and not _finite(value):
             raise InvalidValueError(
                 f"placeholder :{name} is {value!r}: NaN and infinities cannot be stored the "

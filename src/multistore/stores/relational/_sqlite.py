@@ -181,6 +181,8 @@ def _guarded(fn: Callable[..., T], db: sqlite3.Connection, clock: _Clock, *args:
         raise _map_error(exc) from exc
     except OverflowError as exc:
         raise InvalidValueError(f"sqlite: {exc}") from exc
+    except UnicodeEncodeError as exc:
+        raise InvalidValueError(f"sqlite: a string that is not valid Unicode: {exc}") from exc
     finally:
         clock.deadline = float("inf")
 
