@@ -61,6 +61,7 @@ from multistore.stores.graph._checks import (
     Direction,
     PropertyValue,
     arrow,
+    check_cypher,
     check_params,
     quote,
 )
@@ -239,8 +240,7 @@ class FalkorDBGraphStore(GraphStore):
     # -- raw Cypher --------------------------------------------------------------------
 
     async def query(self, cypher: str, params: Mapping[str, Any] | None = None) -> list[Node]:
-        if not isinstance(cypher, str) or not cypher.strip():
-            raise InvalidQueryError("query() needs a non-empty Cypher string")
+        check_cypher(cypher)
         bound = check_params(params, strict=True)
         with self._errors("query"):
             result = await self._graph.query(cypher, bound or None)

@@ -60,6 +60,7 @@ from multistore.stores.graph._checks import (
     Direction,
     PropertyValue,
     arrow,
+    check_cypher,
     check_params,
     quote,
 )
@@ -173,7 +174,9 @@ def _error(exc: Exception, what: str) -> MultistoreError:
         return exc
     text = str(exc).strip()
     message = f"{what}: {text}"
-    if text.startswith("Parser exception"):
+    if text.startswith("Parser exception") or (
+        text.startswith("Parameter ") and text.endswith(" not found.")
+    ):
         return InvalidQueryError(message)
     if text.startswith(("Binder exception", "Catalog exception")):
         if "does not exist" in text:
@@ -340,8 +343,7 @@ class LadybugGraphStore(GraphStore):
     # -- raw Cypher --------------------------------------------------------------------
 
     async def query(self, cypher: str, params: Mapping[str, Any] | None = None) -> list[Node]:
-        if not isinstance(cypher, str) or not cypher.strip():
-            raise InvalidQueryError("query() needs a non-empty Cypher string")
+        check_cypher(cypher)
         bound = check_params(params, strict=False)
         return await self._run("query", self._sync_query, cypher, bound)
 
