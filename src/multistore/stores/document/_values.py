@@ -156,7 +156,7 @@ def check_value(
         return
     if isinstance(value, int):
         if not INT64_MIN <= value <= INT64_MAX:
-            raise error(f"{where}: integer {value} is outside the 64-bit range")
+            raise error(f"{where}: integer {short_repr(value)} is outside the 64-bit range")
         return
     if isinstance(value, float):
         if not math.isfinite(value):

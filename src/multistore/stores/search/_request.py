@@ -249,10 +249,13 @@ def _bound(field: str, value: object) -> float | None:
         raise InvalidQueryError(
             f"range on {short_repr(field)}: bounds are numbers or None, got {type(value).__name__}"
         )
-    number = float(value)
+    try:
+        number = float(value)
+    except OverflowError:
+        number = math.inf
     if not math.isfinite(number):
         raise InvalidQueryError(
-            f"range on {short_repr(field)}: bound {number} is not a finite number"
+            f"range on {short_repr(field)}: bound {short_repr(value)} is not a finite number"
         )
     return number
 

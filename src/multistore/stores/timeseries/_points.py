@@ -228,7 +228,7 @@ def _check_value(measurement: str, key: str, value: object) -> FieldValue:
         return bool(value)
     if isinstance(value, int):
         if not _INT64_MIN <= value <= _INT64_MAX:
-            raise InvalidValueError(f"{where}: integer {value} does not fit in 64 bits")
+            raise InvalidValueError(f"{where}: integer {short_repr(value)} does not fit in 64 bits")
         return int(value)
     if isinstance(value, float):
         if not math.isfinite(value):
