@@ -119,3 +119,29 @@ def test_a_data_dir_that_cannot_be_created_exits_with_the_config_code(
     assert lines[0].startswith("error[config]: ")
     assert "multistore.data_dir" in lines[0] and "is a file" in lines[0]
     assert "Traceback" not in result.stderr
+
+
+def test_recover_refuses_a_bad_participant_in_one_line_without_its_password(
+    tmp_path: Path,
+) -> None:
+    """A NAME=URL whose URL does not parse, or an item without NAME=, is refused before
+    anything runs; the password never shows."""
+    for item, code in (
+        ("bank=redis://app:Sec/ret9@127.0.0.1:1/0", ErrorCode.INVALID_URL),
+        ("postgresql://app:Secret9@127.0.0.1:1/db", ErrorCode.USAGE),
+    ):
+        result = _run("recover", "--participant", item, cwd=tmp_path)
+        assert result.returncode == int(code), result.stderr
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith(f"error[{code.slug}]: "), result.stderr
+        assert "ret9" not in result.stderr + result.stdout
+        assert "Secret9" not in result.stderr + result.stdout
+
+
+def test_recover_with_a_participant_down_says_so_in_one_line(tmp_path: Path) -> None:
+    result = _run("recover", "--participant", "cache=redis://127.0.0.1:1/0", cwd=tmp_path)
+    code = ErrorCode.TRANSACTION_INDETERMINATE
+    assert result.returncode == int(code), result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"error[{code.slug}]: "), result.stderr
+    assert "unreachable participants: cache" in lines[0]

@@ -114,3 +114,13 @@ def test_a_role_folder_that_cannot_be_created_names_the_role(tmp_path: Path) -> 
     path = _write(tmp_path, '[roles]\norders = "sqlite:///afile/orders.db"\n')
     with pytest.raises(ConfigError, match=r"roles\.orders .*a file of that name is in the way"):
         asyncio.run(load_config(path).open("orders"))
+
+
+def test_a_data_dir_or_file_url_with_a_nul_is_a_config_error(tmp_path: Path) -> None:
+    """It was a raw ValueError ("embedded null byte") when the folder was made."""
+    path = _write(tmp_path, '[multistore]\ndata_dir = "a\\u0000b"\n')
+    with pytest.raises(ConfigError, match="NUL"):
+        load_config(path)
+    path = _write(tmp_path, '[roles]\norders = "sqlite:///a%00b.db"\n')
+    with pytest.raises(ConfigError, match="NUL"):
+        load_config(path)

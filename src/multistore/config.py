@@ -35,7 +35,7 @@ from multistore.errors import ConfigError, MultistoreError
 from multistore.stores import _registry
 from multistore.stores._base import Store
 from multistore.stores._registry import backend_class, models_for_scheme
-from multistore.urls import StoreURL, parse_url
+from multistore.urls import StoreURL, is_usable_path, parse_url
 
 __all__ = [
     "CONFIG_ENV",
@@ -307,6 +307,11 @@ def _build(
     data_dir_value = settings.get("data_dir", DEFAULT_DATA_DIR)
     if not isinstance(data_dir_value, str) or not data_dir_value:
         raise ConfigError(f"{where}: multistore.data_dir must be a non-empty string path")
+    if not is_usable_path(data_dir_value):
+        raise ConfigError(
+            f"{where}: multistore.data_dir holds a NUL character or text this system cannot "
+            "use in a folder name"
+        )
     data_dir = (base / data_dir_value).resolve()
     resolved: dict[str, RoleSpec] = {}
     for role, value in roles.items():

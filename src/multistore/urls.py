@@ -22,6 +22,7 @@ validated again, as psycopg's ``make_conninfo`` does.
 from __future__ import annotations
 
 import dataclasses
+import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -37,7 +38,9 @@ __all__ = [
     "SERVER_SCHEMES",
     "OptionValue",
     "StoreURL",
+    "is_usable_path",
     "parse_url",
+    "redact_url",
 ]
 
 #: Scheme aliases that users write, mapped to the canonical scheme.
@@ -308,14 +311,14 @@ def _parse_text(text: str) -> StoreURL:
     text = text.strip()
     if "://" not in text:
         raise InvalidURLError(
-            f"malformed store URL {_redact(text)!r}: expected SCHEME://…, e.g. sqlite:///data.db"
+            f"malformed store URL {redact_url(text)!r}: expected SCHEME://…, e.g. sqlite:///data.db"
         )
     raw_scheme = text.split("://", 1)[0].lower()
     scheme = _ALIASES.get(raw_scheme, raw_scheme)
     if scheme not in SCHEMES:
         allowed = ", ".join(sorted(SCHEMES))
         raise InvalidURLError(f"unknown scheme {raw_scheme!r}; allowed schemes: {allowed}")
-    source = f"URL {_redact(text)!r}"
+    source = f"URL {redact_url(text)!r}"
     if scheme in FILE_SCHEMES or (
         scheme in MIXED_SCHEMES and text.split("://", 1)[1].startswith("/")
     ):
@@ -334,6 +337,11 @@ def _parse_file(scheme: str, text: str, source: str) -> StoreURL:
     path = unquote(rest[1:])
     if not path:
         raise InvalidURLError(f"malformed {source}: no path after {scheme}:///")
+    if not is_usable_path(path):
+        raise InvalidURLError(
+            f"malformed {source}: the path holds a NUL character or text this system "
+            "cannot use in a file name"
+        )
     options = _parse_query(scheme, query, source)
     result = StoreURL(scheme=scheme, database=path, options=options)
     _validate(result, source)
@@ -429,10 +437,21 @@ def _validate(url: StoreURL, source: str) -> None:
         raise InvalidURLError(f"{url.scheme}:// URLs take a path, not a host, in {source}")
 
 
+def is_usable_path(path: str) -> bool:
+    """True when ``path`` can name a file here: no NUL, and encodable for the OS."""
+    if "\x00" in path:
+        return False
+    try:
+        os.fsencode(path)
+    except UnicodeError:
+        return False
+    return True
+
+
 _SCHEME_HEAD = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*:/{1,2}")
 
 
-def _redact(text: str) -> str:
+def redact_url(text: str) -> str:
     """``text`` with the user information of a URL in it hidden, for error messages:
     everything between the scheme and the *last* '@' becomes ``user:***`` (the user
     name kept only when it is plain), so a password is hidden whole even when it

@@ -212,7 +212,21 @@ def recover(
         )
         if as_json:
             _print_json(report)
-        if not report["transactions"].get("resolved", True):
+        twopc = report["transactions"]
+        if not twopc.get("resolved", True):
+            left = [
+                f"unreachable participants: {', '.join(twopc['unreachable'])}"
+                if twopc.get("unreachable")
+                else "",
+                f"in-doubt transactions: {', '.join(map(str, twopc['pending']))}"
+                if twopc.get("pending")
+                else "",
+            ]
+            _error_line(
+                ErrorCode.TRANSACTION_INDETERMINATE,
+                "not every transaction was resolved; "
+                + ("; ".join(part for part in left if part) or "see the report"),
+            )
             raise typer.Exit(code=int(ErrorCode.TRANSACTION_INDETERMINATE))
 
     _guard(body)

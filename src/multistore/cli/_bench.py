@@ -13,7 +13,7 @@ from typing import Any, Final
 from rich.console import Console
 from rich.table import Table
 
-from multistore.errors import BenchmarkError
+from multistore.errors import BenchmarkError, MultistoreError
 
 ROW_KEYS: Final = ("name", "metric", "unit", "ours", "anchor", "anchor_name", "speedup")
 _NAME_RE: Final = re.compile(r"^[a-z][a-z0-9_]*$")
@@ -50,16 +50,28 @@ def run_benchmark(name: str, directory: Path | None, *, progress: bool) -> list[
     root = str(folder.parent)
     if root not in sys.path:
         sys.path.insert(0, root)
-    module = importlib.import_module(f"{folder.name}.{name}")
+    try:
+        module = importlib.import_module(f"{folder.name}.{name}")
+    except Exception as exc:  # the benchmark's own code: report it as the benchmark's
+        raise BenchmarkError(
+            f"benchmarks/{name}.py failed to import: {type(exc).__name__}: {exc}"
+        ) from exc
     runner = getattr(module, "run", None)
     if runner is None:
         raise BenchmarkError(f"benchmarks/{name}.py has no run() function")
-    if progress:
-        console = Console(stderr=True)
-        with console.status(f"running benchmark {name} (ours and the anchor, alternating)…"):
+    try:
+        if progress:
+            console = Console(stderr=True)
+            with console.status(f"running benchmark {name} (ours and the anchor, alternating)…"):
+                rows = asyncio.run(runner())
+        else:
             rows = asyncio.run(runner())
-    else:
-        rows = asyncio.run(runner())
+    except MultistoreError:
+        raise
+    except Exception as exc:
+        raise BenchmarkError(f"benchmark {name} failed: {type(exc).__name__}: {exc}") from exc
+    if not isinstance(rows, list | tuple):
+        raise BenchmarkError(f"benchmark {name}: run() returned {type(rows).__name__}, not rows")
     return [_check_row(name, row) for row in rows]
 
 
