@@ -9,6 +9,7 @@ row it wrote is there) or refused with a ``MultistoreError`` and changes nothing
 
 from __future__ import annotations
 
+import uuid
 from datetime import datetime
 from decimal import Decimal
 from pathlib import Path
@@ -101,7 +102,7 @@ def _present(*batch: dict[str, Any]) -> Any:
 async def _pair(store: RelationalStore, row: dict[str, Any]) -> None:
     """A good row, then ``row``, in one transaction: both or neither."""
     async with store.transaction() as tx:
-        await tx.execute(INSERT, {**GOOD, "id": f"pair-{row['id']!s:.40}"})
+        await tx.execute(INSERT, {**GOOD, "id": f"pair-{uuid.uuid4().hex}"})
         await tx.execute(INSERT, row)
 
 

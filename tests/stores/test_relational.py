@@ -470,6 +470,32 @@ def test_parameters_no_backend_can_send_are_refused_alike(store_url: str, value:
     run(store_url, body)
 
 
+def test_statements_and_values_no_backend_runs_are_definite_usage_errors(store_url: str) -> None:
+    """Found by the hostile suite: MariaDB answered a blank statement, a list where one
+    value belongs and bytes that are not UTF-8 with indeterminate store errors;
+    PostgreSQL raised ValueError for an int too long to print; a statement that is not
+    a string raised TypeError."""
+
+    async def body(store: RelationalStore) -> None:
+        await store.execute("CREATE TABLE items (id VARCHAR(20) PRIMARY KEY, n BIGINT)")
+        for sql in ("", "  ", "-- only a comment"):
+            with pytest.raises(InvalidQueryError, match="empty statement"):
+                await store.execute(sql)
+        with pytest.raises(InvalidQueryError, match="string"):
+            await store.fetch_all(["SELECT 1"])  # type: ignore[arg-type]
+        for value in (10**5000, [1, 2]):
+            with pytest.raises(UsageError) as info:
+                await store.execute("INSERT INTO items (id, n) VALUES ('a', :n)", {"n": value})
+            assert info.value.definite
+        try:  # SQLite compares the blob; the servers refuse it, definitely
+            await store.fetch_all("SELECT * FROM items WHERE id = :v", {"v": b"\x80"})
+        except UsageError as exc:
+            assert exc.definite
+        assert await store.fetch_val("SELECT COUNT(*) FROM items") == 0
+
+    run(store_url, body)
+
+
 def test_uuid_parameters_are_sent_as_text_everywhere(store_url: str) -> None:
     async def body(store: RelationalStore) -> None:
         await store.execute("CREATE TABLE ids (id VARCHAR(36) PRIMARY KEY)")

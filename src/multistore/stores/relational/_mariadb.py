@@ -362,9 +362,9 @@ _NOT_FOUND: Final = frozenset({1146, 1049, 1051, 1109})
 _TIMEOUT: Final = frozenset({1969, 3024, 1205, 1317})
 _UNAVAILABLE: Final = frozenset({2002, 2003, 2006, 2013, 2014, 2055, 1053, 1927, 1040})
 _ACCESS: Final = frozenset({1044, 1045, 1698})
-#: 4078: a parameter of a type the operator does not take (a Python list is sent as a row).
-_BAD_QUERY: Final = frozenset({1054, 1064, 1149, 1305, 1630, 1060, 1061, 1050, 1091, 4078})
-_BAD_VALUE: Final = frozenset({1264, 1265, 1292, 1365, 1366, 1406, 1367, 1690})
+#: 1241 and 4078: a list parameter, which is sent as a row, where one value belongs.
+_BAD_QUERY: Final = frozenset({1054, 1064, 1149, 1305, 1630, 1060, 1061, 1050, 1091, 1241, 4078})
+_BAD_VALUE: Final = frozenset({1264, 1265, 1292, 1300, 1365, 1366, 1406, 1367, 1690})
 
 
 def map_error(exc: pymysql.err.Error) -> MultistoreError:

@@ -51,9 +51,20 @@ class Compiled:
         return bool(self.names)
 
 
-@functools.lru_cache(maxsize=512)
 def compile_sql(sql: str, dialect: Dialect) -> Compiled:
-    """Rewrite the ``:name`` placeholders of ``sql`` for ``dialect``'s driver."""
+    """Rewrite the ``:name`` placeholders of ``sql`` for ``dialect``'s driver. A
+    statement that is not a string, or holds nothing but blanks and comments (which
+    MariaDB refuses and the others ignore), is an :class:`InvalidQueryError`."""
+    if not isinstance(sql, str):
+        raise InvalidQueryError(f"a statement must be a string, not {type(sql).__name__}")
+    compiled = _compile(sql, dialect)
+    if not compiled.names and _is_blank(sql, dialect):
+        raise InvalidQueryError("empty statement: the SQL holds no statement to run")
+    return compiled
+
+
+@functools.lru_cache(maxsize=512)
+def _compile(sql: str, dialect: Dialect) -> Compiled:
     pyformat = dialect != "sqlite"
     out: list[str] = []
     names: list[str] = []
