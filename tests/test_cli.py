@@ -145,3 +145,36 @@ def test_recover_with_a_participant_down_says_so_in_one_line(tmp_path: Path) -> 
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"error[{code.slug}]: "), result.stderr
     assert "unreachable participants: cache" in lines[0]
+
+
+def _squeezed(text: str) -> str:
+    """Terminal output without spaces, line breaks and table borders, so that a value
+    folded over several lines of a table cell reads as one word again."""
+    return "".join(c for c in text if not c.isspace() and c not in "│┃║|")
+
+
+@pytest.mark.parametrize("columns", ["80", "120"])
+def test_square_brackets_in_messages_and_help_are_printed(tmp_path: Path, columns: str) -> None:
+    """rich read ``[...]`` as markup and dropped it: the hint ``multistore[redis]``, a
+    data directory ``d[1]``, a participant ``p[1]`` and the help's ``[participants]``
+    lost their brackets. Everything the CLI prints from users and messages is literal."""
+    from tests.test_optional_drivers import BLOCKER
+
+    (tmp_path / "sitecustomize.py").write_text(BLOCKER)
+    (tmp_path / "multistore.toml").write_text(
+        '[multistore]\ndata_dir = "d[1]"\n[roles]\nsessions = "redis://127.0.0.1:1/0"\n'
+    )
+    env = {"PYTHONPATH": str(tmp_path), "COLUMNS": columns}
+    help_text = _run("recover", "--help", cwd=tmp_path, env={"COLUMNS": columns})
+    assert "addsto[participants])" in _squeezed(help_text.stdout)
+
+    status = _run("status", cwd=tmp_path, env=env)
+    assert "'multistore[redis]'" in _squeezed(status.stdout)
+    assert "/d[1]/" in _squeezed(status.stdout)
+    assert status.returncode == int(ErrorCode.CONFIG), status.stderr
+    assert "pip install 'multistore[redis]'" in status.stderr
+
+    recover = _run("recover", "-p", "p[1]=redis://127.0.0.1:1/0", cwd=tmp_path, env=env)
+    assert recover.returncode == int(ErrorCode.TRANSACTION_INDETERMINATE), recover.stderr
+    assert "'p[1]'" in _squeezed(recover.stdout)
+    assert "unreachable participants: p[1]" in recover.stderr

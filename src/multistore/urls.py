@@ -178,7 +178,7 @@ class StoreURL:
         db = self.database or ""
         if self.is_file:
             # Three slashes, then the path: "/abs" gives the four slashes of an absolute one.
-            text = f"{self.scheme}:///{quote(db, safe='/:')}"
+            text = f"{self.scheme}:///{_quote_path(db)}"
         else:
             text = (
                 f"{self.scheme}://{netloc}/{quote(db, safe='')}"
@@ -192,6 +192,14 @@ class StoreURL:
 
     def __str__(self) -> str:
         return self.render()
+
+
+def _quote_path(path: str) -> str:
+    """A file path as URL text that parses back to it: only '%', '?', '#' and control
+    characters are percent-encoded, so the path stays readable."""
+    return "".join(
+        f"%{ord(c):02X}" if c in "%?#" or ord(c) < 0x20 or ord(c) == 0x7F else c for c in path
+    )
 
 
 def _format_option(value: OptionValue) -> str:

@@ -12,9 +12,8 @@ from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import typer
-from rich.console import Console
-from rich.markup import escape
 
+from multistore.cli._text import console, joined, styled
 from multistore.errors import ErrorCode, MultistoreError
 
 T = TypeVar("T")
@@ -44,9 +43,9 @@ JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of 
 def _error_line(code: ErrorCode, message: str) -> None:
     """``error[slug]: message`` as one line on stderr (line breaks in the message are
     folded, since a driver's message may hold some)."""
-    err = Console(stderr=True, highlight=False, soft_wrap=True)
     text = " ".join(message.split())
-    err.print(f"[bold red]error[/]{escape(f'[{code.slug}]: {text}')}")
+    line = joined(styled("error", "bold red"), f"[{code.slug}]: {text}")
+    console(stderr=True, soft_wrap=True).print(line, highlight=False)
 
 
 def _fail(exc: MultistoreError) -> typer.Exit:
@@ -181,7 +180,8 @@ def recover(
         typer.Option(
             "--participant",
             "-p",
-            help="A 2PC participant as NAME=URL (repeatable; adds to [participants]).",
+            # The help is rich markup: "\\[" is a bracket.
+            help="A 2PC participant as NAME=URL (repeatable; adds to \\[participants]).",
         ),
     ] = None,
     retry_for: Annotated[

@@ -10,9 +10,9 @@ import sys
 from pathlib import Path
 from typing import Any, Final
 
-from rich.console import Console
 from rich.table import Table
 
+from multistore.cli._text import console, styled
 from multistore.errors import BenchmarkError, MultistoreError
 
 ROW_KEYS: Final = ("name", "metric", "unit", "ours", "anchor", "anchor_name", "speedup")
@@ -61,8 +61,9 @@ def run_benchmark(name: str, directory: Path | None, *, progress: bool) -> list[
         raise BenchmarkError(f"benchmarks/{name}.py has no run() function")
     try:
         if progress:
-            console = Console(stderr=True)
-            with console.status(f"running benchmark {name} (ours and the anchor, alternating)…"):
+            with console(stderr=True).status(
+                f"running benchmark {name} (ours and the anchor, alternating)…"
+            ):
                 rows = asyncio.run(runner())
         else:
             rows = asyncio.run(runner())
@@ -101,6 +102,6 @@ def print_rows(name: str, rows: list[dict[str, Any]]) -> None:
             f"{row['ours']:g}",
             f"{row['anchor']:g}",
             row["anchor_name"],
-            f"[{style}]{speed:.2f}×[/]",
+            styled(f"{speed:.2f}×", style),
         )
-    Console().print(table)
+    console().print(table)

@@ -13,10 +13,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from rich.console import Console
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from multistore.cli._text import console, joined, styled
 from multistore.config import ROLES, Config, load_config
 from multistore.errors import MultistoreError
 
@@ -76,7 +76,7 @@ async def roles_section(config: Config) -> SectionReport:
             spec.model,
             spec.url.scheme,
             spec.url.render().replace(str(config.data_dir), "<data dir>"),
-            "[green]yes[/]" if ok else f"[red]no[/]: {detail}",
+            styled("yes", "green") if ok else joined(styled("no", "red"), f": {detail}"),
             f"{seconds * 1000:.1f}",
         )
     report.tables.append(table)
@@ -117,16 +117,16 @@ def _sections() -> list[Section]:
 
 async def run_demo(config_path: Path | None, *, quiet: bool) -> dict[str, Any]:
     config = load_config(config_path)
-    console = Console()
+    out = console()
     sections = _sections()
     reports: list[SectionReport] = []
     with Progress(
         SpinnerColumn(),
-        TextColumn("{task.description}"),
+        TextColumn("{task.description}", markup=False),
         BarColumn(),
         TextColumn("{task.completed}/{task.total}"),
         TimeElapsedColumn(),
-        console=Console(stderr=True),
+        console=console(stderr=True),
         transient=True,
         disable=quiet,
     ) as progress:
@@ -138,11 +138,13 @@ async def run_demo(config_path: Path | None, *, quiet: bool) -> dict[str, Any]:
             reports.append(report)
             progress.advance(task)
             if not quiet:
-                console.rule(f"[bold]{report.title}")
+                out.rule(styled(report.title, "bold"))
                 for table in report.tables:
-                    console.print(table)
+                    out.print(table)
     if not quiet:
-        console.print(f"[bold green]demo finished[/]: {len(reports)} sections, all passed")
+        out.print(
+            joined(styled("demo finished", "bold green"), f": {len(reports)} sections, all passed")
+        )
     return {
         "config": str(config.path) if config.path else None,
         "data_dir": str(config.data_dir),
@@ -155,7 +157,8 @@ async def run_status(config_path: Path | None, *, quiet: bool) -> dict[str, Any]
     rows = []
     table = Table(title="multistore status")
     for column in ("role", "model", "backend", "url", "ok", "detail"):
-        table.add_column(column)
+        # Fold long words instead of cutting them: a URL or a hint must stay whole.
+        table.add_column(column, overflow="fold" if column in ("url", "detail") else "ellipsis")
     for role, spec in config.roles.items():
         error, detail, _ = await _open_and_close(config, role)
         ok = error is None
@@ -176,7 +179,7 @@ async def run_status(config_path: Path | None, *, quiet: bool) -> dict[str, Any]
             spec.model,
             spec.url.scheme,
             spec.url.render(),
-            "[green]yes[/]" if ok else "[red]no[/]",
+            styled("yes", "green") if ok else styled("no", "red"),
             detail,
         )
     replication: dict[str, Any] = {}
@@ -186,10 +189,10 @@ async def run_status(config_path: Path | None, *, quiet: bool) -> dict[str, Any]
 
         replication, extra = await replication_report(config)
     if not quiet:
-        console = Console()
-        console.print(table)
+        out = console()
+        out.print(table)
         for part in extra:
-            console.print(part)
+            out.print(part)
     return {
         "config": str(config.path) if config.path else None,
         "roles": rows,

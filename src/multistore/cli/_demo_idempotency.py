@@ -17,6 +17,7 @@ from typing import Any
 from rich.table import Table
 
 from multistore.cli._demo import SectionReport
+from multistore.cli._text import joined, styled
 from multistore.config import Config
 from multistore.consistency import Idempotency, IdempotencyPolicy
 from multistore.errors import IdempotencyKeyReusedError
@@ -97,10 +98,11 @@ async def idempotency_section(config: Config) -> SectionReport:
     for row in rows:
         if "error" in row:
             err = row["error"]
-            outcome = f"[red]refused[/] {err['http_status']}"
+            outcome = joined(styled("refused", "red"), f" {err['http_status']}")
             answer = f"{err['error']} (code {err['code']})"
         else:
-            outcome = "[green]executed[/]" if row["outcome"] == "executed" else "[cyan]replayed[/]"
+            executed = row["outcome"] == "executed"
+            outcome = styled("executed", "green") if executed else styled("replayed", "cyan")
             res = row["result"]
             answer = f"{res['payment_id']} {res['status']} {res['amount_cents'] / 100:.2f}"
         table.add_row(

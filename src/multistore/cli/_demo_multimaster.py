@@ -16,6 +16,7 @@ from typing import Any
 from rich.table import Table
 
 from multistore.cli._demo import SectionReport
+from multistore.cli._text import styled
 from multistore.config import Config
 from multistore.replication import multimaster_demo
 
@@ -79,9 +80,9 @@ async def multimaster_section(config: Config) -> SectionReport:
         table.add_row(
             label,
             shown,
-            f"[red]{lost}[/]" if outcome["lost_versions"] else lost,
+            styled(lost, "red") if outcome["lost_versions"] else lost,
             str(outcome["conflicts_recorded"]),
-            "yes" if outcome["converged"] else "[red]no[/]",
+            "yes" if outcome["converged"] else styled("no", "red"),
         )
     report.tables.append(table)
     report.data.update(

@@ -20,8 +20,10 @@ from pathlib import Path
 from typing import Any
 
 from rich.table import Table
+from rich.text import Text
 
 from multistore.cli._demo import SectionReport
+from multistore.cli._text import joined, styled
 from multistore.config import Config
 from multistore.core import QuorumConfig
 from multistore.lab._quorum_lab import QuorumLabOptions, run_quorum_lab
@@ -122,23 +124,26 @@ async def _healthy_minority(folder: Path) -> list[dict[str, Any]]:
     return steps
 
 
-def _describe(step: dict[str, Any]) -> str:
+def _describe(step: dict[str, Any]) -> Text:
     if not step["ok"]:
-        return (
-            f"[red]{step['error']}[/]: {len(step['acks'])} acks of the {step['required']} "
-            f"needed ({', '.join(step['acks'])}); {step['outcome']}: it may still surface"
+        return joined(
+            styled(step["error"], "red"),
+            f": {len(step['acks'])} acks of the {step['required']} "
+            f"needed ({', '.join(step['acks'])}); {step['outcome']}: it may still surface",
         )
     if "hints_delivered" in step:
-        return (
+        return joined(
             f"{step['hints_delivered']} hints delivered; {step['value']} "
             f"({step['replicas']} replicas answered)"
         )
     if "w" in step:
-        return f"[green]ok[/]: W={step['w']} met"
+        return joined(styled("ok", "green"), f": W={step['w']} met")
     if "value" in step:
-        return f"[green]ok[/]: {step['value']} ({step['replicas']} replicas answered)"
+        return joined(
+            styled("ok", "green"), f": {step['value']} ({step['replicas']} replicas answered)"
+        )
     hinted = f", hints kept for {', '.join(step['hinted'])}" if step.get("hinted") else ""
-    return f"[green]ok[/]: {step['acks']} acks{hinted}"
+    return joined(styled("ok", "green"), f": {step['acks']} acks{hinted}")
 
 
 async def quorum_section(config: Config) -> SectionReport:
@@ -167,7 +172,7 @@ async def quorum_section(config: Config) -> SectionReport:
     part2.add_row("faults", fault)
     part2.add_row("operations (ok)", f"{counts['operations']} ({counts['ok']})")
     stale = counts["stale_reads"]
-    part2.add_row("stale reads found", f"[red]{stale}[/]" if stale else "0")
+    part2.add_row("stale reads found", styled(stale, "red") if stale else "0")
     part2.add_row("lost writes", str(counts["lost_writes"]))
     examples = lab["examples"]["stale_reads"]
     if examples:
@@ -178,7 +183,11 @@ async def quorum_section(config: Config) -> SectionReport:
             f"{first['age_ms']:.0f} ms after a write of {first['missed'].get('value')!r} "
             "was acknowledged",
         )
-    verdict = {True: "valid", False: "[red]anomalies found[/]", None: "unknown"}
+    verdict: dict[bool | None, str | Text] = {
+        True: "valid",
+        False: styled("anomalies found", "red"),
+        None: "unknown",
+    }
     part2.add_row("checker verdict", verdict[lab["valid"]])
     report.tables.extend([part1, part2])
     report.data.update(

@@ -18,8 +18,10 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from rich.table import Table
+from rich.text import Text
 
 from multistore.cli._demo import SectionReport
+from multistore.cli._text import styled
 from multistore.config import Config
 from multistore.replication import LogShipping, Router, RouterConfig, replication_status
 
@@ -153,11 +155,11 @@ async def router_section(config: Config) -> SectionReport:
     for column in ("step", "served by", "answer"):
         table.add_column(column, overflow="fold")
     for s in steps:
-        answer = s["answer"]
+        answer: str | Text = s["answer"]
         if s.get("stale"):
-            answer = f"[red]{answer}: stale[/]"
+            answer = styled(f"{answer}: stale", "red")
         elif s.get("sees_write"):
-            answer = f"[green]{answer}[/]"
+            answer = styled(answer, "green")
         table.add_row(s["step"], s["served_by"], answer)
     nodes = Table(title="nodes after the failover")
     for column in ("node", "role", "health", "position", "reads", "writes"):

@@ -20,6 +20,7 @@ from typing import Any, cast
 from rich.table import Table
 
 from multistore.cli._demo import SectionReport
+from multistore.cli._text import styled
 from multistore.config import Config
 from multistore.consistency import Saga, SagaEngine, Step, StepContext
 from multistore.stores import open_store
@@ -207,7 +208,7 @@ async def sagas_section(config: Config) -> SectionReport:
         runs.add_row(
             str(order["order_id"]),
             f"{order['qty']} × {order['sku']}\n{order['amount_cents'] / 100:.2f}",
-            f"[{colour}]{s['state']}[/]",
+            styled(s["state"], colour),
             "\n".join(f"{st['name']}: {st['state']}" for st in s["steps"]),
             s["error"] or "",
         )

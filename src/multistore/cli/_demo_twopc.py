@@ -24,6 +24,7 @@ from typing import Any
 from rich.table import Table
 
 from multistore.cli._demo import SectionReport
+from multistore.cli._text import joined, styled
 from multistore.config import Config
 from multistore.consistency import (
     Order,
@@ -135,12 +136,16 @@ async def twopc_section(config: Config) -> SectionReport:
         steps.add_column(column, overflow="fold")
     votes = ", ".join(f"{k} {v}" for k, v in first_votes.items())
     steps.add_row(
-        "order 123", f"prepare: {votes}\ncommit decision logged → [green]{first['state']}[/]"
+        "order 123",
+        joined(f"prepare: {votes}\ncommit decision logged → ", styled(first["state"], "green")),
     )
     steps.add_row(
         "order 124",
-        "every branch prepared, commit decision logged,\n"
-        "then the coordinator [red]crashed[/] before phase 2",
+        joined(
+            "every branch prepared, commit decision logged,\nthen the coordinator ",
+            styled("crashed", "red"),
+            " before phase 2",
+        ),
     )
     steps.add_row(
         "in doubt",

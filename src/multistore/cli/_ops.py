@@ -7,9 +7,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from rich.console import Console
 from rich.table import Table
 
+from multistore.cli._text import console, joined, styled
 from multistore.config import load_config
 from multistore.consistency import Saga, SagaEngine, SagaLog, list_sagas, show_saga
 from multistore.core import SagaState
@@ -55,15 +55,15 @@ async def run_sagas(
                     str(saga.get("error") or ""),
                     str(saga.get("updated_at") or ""),
                 )
-            Console().print(table)
+            console().print(table)
         return {"sagas": sagas}
     finally:
         await store.close()
 
 
 def _print_saga(saga: dict[str, Any]) -> None:
-    console = Console()
-    console.print(f"[bold]{saga['saga_id']}[/] {saga['name']}: {saga['state']}")
+    out = console()
+    out.print(joined(styled(saga["saga_id"], "bold"), f" {saga['name']}: {saga['state']}"))
     table = Table()
     for column in ("step", "state", "attempts", "output", "error"):
         table.add_column(column, overflow="fold")
@@ -75,7 +75,7 @@ def _print_saga(saga: dict[str, Any]) -> None:
             str(step.get("output", "")),
             str(step.get("error") or ""),
         )
-    console.print(table)
+    out.print(table)
 
 
 def _parse_participants(items: list[str]) -> dict[str, StoreURL]:
@@ -171,7 +171,7 @@ async def run_recover(
         await store.close()
     report = {"transactions": twopc, "stuck_sagas": stuck, "retried_sagas": retried}
     if not quiet:
-        console = Console()
+        out = console()
         table = Table(title="two-phase commit recovery")
         table.add_column("outcome")
         table.add_column("transactions", overflow="fold")
@@ -179,20 +179,23 @@ async def run_recover(
             if key in twopc:
                 table.add_row(key, str(twopc[key]))
         table.add_row("resolved", str(twopc.get("resolved")))
-        console.print(table)
+        out.print(table)
         if retried:
             for entry in retried:
-                console.print(
+                out.print(
                     f"saga {entry['saga_id']} ({entry['name']}): "
                     + str(entry.get("state", entry.get("skipped")))
                     + (f" — {entry['error']}" if "error" in entry else "")
                 )
         elif stuck:
-            console.print(
-                f"[yellow]{len(stuck)} stuck saga(s)[/]: "
-                + ", ".join(str(s["saga_id"]) for s in stuck)
-                + " — retry them with --sagas MODULE:ATTRIBUTE (your saga definitions)"
+            out.print(
+                joined(
+                    styled(f"{len(stuck)} stuck saga(s)", "yellow"),
+                    ": "
+                    + ", ".join(str(s["saga_id"]) for s in stuck)
+                    + " — retry them with --sagas MODULE:ATTRIBUTE (your saga definitions)",
+                )
             )
         else:
-            console.print("no stuck sagas")
+            out.print("no stuck sagas")
     return report
