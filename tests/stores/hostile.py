@@ -206,13 +206,27 @@ async def check(store: S, op: Op[S], snapshot: Callable[[S], Awaitable[Any]], st
         result = await op.run(store)
     except MultistoreError as exc:
         after = await snapshot(store)
-        assert after == before, f"{op!r} was refused ({type(exc).__name__}: {exc}) but wrote"
+        assert after == before, (
+            f"{op!r} was refused ({type(exc).__name__}: {exc}) but wrote: {_diff(before, after)}"
+        )
         assert exc.definite, f"{op!r}: a refusal with an indeterminate outcome: {exc!r}"
         stats.refused[type(exc).__name__] = stats.refused.get(type(exc).__name__, 0) + 1
         return
     stats.accepted += 1
     if op.verify is not None:
         await op.verify(store, result)
+
+
+def _diff(before: Any, after: Any) -> str:
+    """What changed between two snapshots, briefly."""
+    if isinstance(before, dict) and isinstance(after, dict):
+        changed = {
+            k: (_short(before.get(k)), _short(after.get(k)))
+            for k in before.keys() | after.keys()
+            if before.get(k) != after.get(k)
+        }
+        return _short(changed)
+    return f"{_short(before)} -> {_short(after)}"
 
 
 def drive(

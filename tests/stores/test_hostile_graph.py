@@ -76,7 +76,7 @@ def _node_has(label: Any, key: Any, props: Any) -> Any:
     async def verify(store: GraphStore, _: Any) -> None:
         node = await store.get_node(label, key)
         assert node is not None
-        for name, value in props.items():
+        for name, value in (props or {}).items():
             assert node.get(name) == value, (name, node.get(name), value)
 
     return verify

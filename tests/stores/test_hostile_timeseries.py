@@ -75,7 +75,9 @@ async def snapshot(store: TimeSeriesStore) -> dict[str, Any]:
     state: dict[str, Any] = {}
     for name in await store.measurements():
         points = await store.query(name, start=FAR_PAST, end=FAR_FUTURE)
-        state[name] = sorted(repr(p) for p in points)
+        state[name] = sorted(
+            repr((p.time, sorted(p.tags.items()), sorted(p.fields.items()))) for p in points
+        )
     return state
 
 
