@@ -130,3 +130,25 @@ def test_index_definitions_created_by_two_processes_at_once_all_stay(tmp_path: P
     asyncio.run(body())
     refused = [line for tag in TAGS for line in lines[tag] if not line["ok"]]
     assert not refused, "a create was refused"
+
+
+def test_drop_is_refused_while_another_store_object_writes_the_index(tmp_path: Path) -> None:
+    url = f"tantivy:///{tmp_path / 'search'}"
+
+    async def body() -> None:
+        writer, other = await _open(url), await _open(url)
+        try:
+            await writer.create_index("products", SCHEMA)
+            await writer.index("products", CATALOG)  # holds the index's writer
+            with pytest.raises(StoreUnavailableError) as refused:
+                await other.drop_index("products")
+            assert refused.value.definite
+            assert await other.indexes() == ["products"]
+            assert (await writer.search("products", limit=0)).total == len(CATALOG)
+        finally:
+            await writer.close()
+        await other.drop_index("products")  # the writer let go: now it may
+        assert await other.indexes() == []
+        await other.close()
+
+    asyncio.run(body())
