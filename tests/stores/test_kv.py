@@ -790,3 +790,18 @@ def test_json_nested_too_deeply_is_an_invalid_value(kv_url: str) -> None:
             await s.get_json("raw")
 
     run(kv_url, body)
+
+
+def test_json_object_keys_must_be_strings_and_far_indexes_mean_the_end(kv_url: str) -> None:
+    """JSON would turn the key 1 into "1" (and {1: …, "1": …} into one key): refused.
+    A sorted-set index beyond 64 bits means "past that end", as in Redis."""
+
+    async def body(s: KeyValueStore) -> None:
+        with pytest.raises(InvalidValueError, match="not a string"):
+            await s.set_json("j", {"a": {1: "x", "1": "y"}})
+        assert await s.get("j") is None
+        await s.zadd("z", {"a": 1.0, "b": 2.0})
+        assert await s.zrange("z", -(2**70), 2**70) == [("a", 1.0), ("b", 2.0)]
+        assert await s.zrange("z", 2**70, 2**71) == []
+
+    run(kv_url, body)
