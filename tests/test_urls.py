@@ -112,3 +112,12 @@ def test_an_unencoded_at_sign_in_a_password_works() -> None:
     url = parse_url("postgresql://app:pa@ss@db.example:5/shop")
     assert (url.username, url.password, url.host, url.port) == ("app", "pa@ss", "db.example", 5)
     assert "pa@ss" not in str(url)
+
+
+@pytest.mark.parametrize(
+    "text", ["sqlite:////abs/shop.db", "sqlite:///rel/shop.db", "quorum:////abs/cluster?nodes=4"]
+)
+def test_file_urls_render_to_text_that_parses_back(text: str) -> None:
+    url = parse_url(text)
+    assert url.render() == text
+    assert parse_url(url.render()) == url

@@ -13,7 +13,9 @@ operation that failed *may* have taken effect::
     │   ├── InvalidValueError        a value that cannot be stored (NaN in JSON, …)
     │   ├── UnsupportedError         the backend does not serve this model/operation
     │   ├── IdempotencyKeyMissingError   a required Idempotency-Key is missing (HTTP 400)
-    │   └── InvalidIdempotencyKeyError   a malformed idempotency key (HTTP 400)
+    │   ├── InvalidIdempotencyKeyError   a malformed idempotency key (HTTP 400)
+    │   ├── IdempotencyClientUnknownError  a keyed request without an identified client (HTTP 400)
+    │   └── ContentTooLargeError     a request body over the configured limit (HTTP 413)
     ├── NotFoundError                missing collection, table, measurement, index
     ├── ConflictError                a write that contradicts stored state
     │   ├── DuplicateKeyError        insert of an id that already exists
@@ -33,6 +35,7 @@ operation that failed *may* have taken effect::
     │   ├── StepTimeoutError         a step ran past its timeout (indeterminate)
     │   └── SagaTimeoutError         the saga ran past its deadline
     ├── ReplayedError                a stored error replayed, whose class could not be rebuilt
+    ├── ResponseNotStoredError       a response too large to store for replay (HTTP 500)
     └── BenchmarkError               a benchmark that could not run
 
 Certainty of the outcome is part of the type, following Jepsen's maelstrom
@@ -54,8 +57,10 @@ __all__ = [
     "ClockSkewError",
     "ConfigError",
     "ConflictError",
+    "ContentTooLargeError",
     "DuplicateKeyError",
     "ErrorCode",
+    "IdempotencyClientUnknownError",
     "IdempotencyInProgressError",
     "IdempotencyKeyMissingError",
     "IdempotencyKeyReusedError",
@@ -68,6 +73,7 @@ __all__ = [
     "NotFoundError",
     "Outcome",
     "ReplayedError",
+    "ResponseNotStoredError",
     "SagaError",
     "SagaLeaseLostError",
     "SagaTimeoutError",
@@ -101,6 +107,9 @@ class ErrorCode(enum.IntEnum):
     UNSUPPORTED = 23
     IDEMPOTENCY_KEY_MISSING = 24
     INVALID_IDEMPOTENCY_KEY = 25
+    IDEMPOTENCY_CLIENT_UNKNOWN = 26
+    CONTENT_TOO_LARGE = 27
+    RESPONSE_NOT_STORED = 28
     NOT_FOUND = 30
     CONFLICT = 40
     DUPLICATE_KEY = 41
@@ -281,6 +290,29 @@ class InvalidIdempotencyKeyError(UsageError):
     ASCII (HTTP 400)."""
 
     code = ErrorCode.INVALID_IDEMPOTENCY_KEY
+
+
+class IdempotencyClientUnknownError(UsageError):
+    """A request with an idempotency key but no identified client (HTTP 400): its key
+    would share one scope with every other unidentified client. Nothing ran."""
+
+    code = ErrorCode.IDEMPOTENCY_CLIENT_UNKNOWN
+
+
+class ContentTooLargeError(UsageError):
+    """A request body larger than the configured limit (HTTP 413). Nothing ran."""
+
+    code = ErrorCode.CONTENT_TOO_LARGE
+    http_status = 413
+
+
+class ResponseNotStoredError(MultistoreError):
+    """The first response to an idempotency key was larger than the limit for stored
+    responses: it was delivered once and cannot be replayed (HTTP 500). The request
+    did run; do not send it again under a new key unless running it twice is safe."""
+
+    code = ErrorCode.RESPONSE_NOT_STORED
+    default_outcome = Outcome.INDETERMINATE
 
 
 class IdempotencyKeyReusedError(ConflictError):

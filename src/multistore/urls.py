@@ -93,6 +93,10 @@ _OPTION_TYPES: Final[Mapping[str, type]] = {
     "w": str,
     "vnodes": int,
     "peers": str,
+    "names": str,
+    "sloppy": bool,
+    "node_id": str,
+    "read_from": str,
 }
 _OPTION_SCHEMES: Final[Mapping[str, frozenset[str]]] = {
     "pool_min": frozenset({"postgresql", "mariadb", "redis", "falkordb"}),
@@ -107,6 +111,10 @@ _OPTION_SCHEMES: Final[Mapping[str, frozenset[str]]] = {
     "w": frozenset({"quorum"}),
     "vnodes": frozenset({"quorum"}),
     "peers": frozenset({"quorum"}),
+    "names": frozenset({"quorum"}),
+    "sloppy": frozenset({"quorum"}),
+    "node_id": frozenset({"quorum"}),
+    "read_from": frozenset({"quorum"}),
 }
 _MODELS: Final[frozenset[str]] = frozenset(
     {"kv", "document", "search", "relational", "graph", "widecolumn", "timeseries"}

@@ -10,6 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from multistore.core import (
+    DELETED,
     LWW,
     Cart,
     CRDTResolver,
@@ -224,3 +225,25 @@ def test_resolution_of_all_pairs_is_symmetric_for_lww_and_merge() -> None:
     for x, y in itertools.permutations(versions, 2):
         for strategy in (LWW(), MergeFunction(merge_carts)):
             assert strategy.resolve(x, y).winner == strategy.resolve(y, x).winner
+
+
+def test_merge_functions_see_a_concurrent_delete() -> None:
+    deleted = Versioned(DELETED, HLCTimestamp(7, 0, "c"), VersionVector({"a": 1, "c": 1}), "c")
+    calls: list[tuple[Any, Any]] = []
+
+    def record(a: Any, b: Any) -> Any:
+        calls.append((a, b))
+        return merge_carts(a, b)
+
+    # the delete comes first in the fold, once; merge_carts counts it as an empty cart
+    merged = MergeFunction(record).resolve(SiblingSet([ON_A, ON_B]), deleted)
+    assert calls[0][0] is DELETED
+    assert merged.value == {"items": {"apple": 2, "pear": 1}}
+    assert merge_carts(DELETED, ON_A.value) == ON_A.value
+    # only deletes: the function is not called and the key stays deleted
+    other = Versioned(DELETED, HLCTimestamp(8, 0, "d"), VersionVector({"a": 1, "d": 1}), "d")
+    calls.clear()
+    assert MergeFunction(record).resolve(deleted, other).value is DELETED
+    assert calls == []
+    # LWW treats a delete like any version: the newest wins
+    assert LWW().resolve(ON_B, deleted).value is DELETED

@@ -9,10 +9,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from multistore.core import (
+    DELETED,
     HLCTimestamp,
+    KeepSiblings,
     Ordering,
     Siblings,
     SiblingSet,
+    Tombstone,
     Versioned,
     VersionVector,
 )
@@ -190,3 +193,88 @@ def test_versioned_validates_and_round_trips() -> None:
         Versioned("x", 5, VersionVector({"a": 1}), "a")  # type: ignore[arg-type]
     with pytest.raises(InvalidValueError, match="not in the set's context"):
         SiblingSet.from_dict({"versions": [v.to_dict()], "context": {}})
+
+
+@SETTINGS
+@given(n=st.integers(2, 4), steps=STEPS, rnd=st.randoms(use_true_random=False))
+def test_single_versions_delivered_in_origin_order_equal_the_merge_of_whole_sets(
+    n: int, steps: list[tuple[int, int, int, int]], rnd: random.Random
+) -> None:
+    """What multi-master replication relies on: a node that receives every written version
+    alone with ``add``, each origin's in the order it wrote them (origins interleaved at
+    random), ends with exactly the join of all the writers' sets, gapped histories and all."""
+    run = Run(n).play(steps, with_add=False)
+    joined: SiblingSet[int] = SiblingSet()
+    for state in run.snapshots:
+        joined = joined.merge(state)
+    queues = {f"n{i}": [v for v in run.written if v.origin == f"n{i}"] for i in range(n)}
+    received: SiblingSet[int] = SiblingSet()
+    while any(queues.values()):
+        origin = rnd.choice([o for o, queue in queues.items() if queue])
+        received = received.add(queues[origin].pop(0))
+    assert received == joined
+
+
+def test_a_write_that_did_not_see_its_own_sibling_stays_concurrent_with_it() -> None:
+    """Two read-modify-writes on one node from the same read: the second's history has a
+    gap where the first is, so neither supersedes the other anywhere."""
+    base = SiblingSet[str]().write("base", node="a", hlc=_ts(1, "a"), context=VersionVector())
+    read = base.siblings.context
+    first = base.siblings.write("x1", node="a", hlc=_ts(2, "a"), context=read)
+    second = first.siblings.write("x2", node="a", hlc=_ts(3, "a"), context=read)
+    x1, x2 = first.version, second.version
+    assert x1.past is None and x2.past == VersionVector({"a": 1})
+    assert x2.vv == VersionVector({"a": 3})  # the covering vector over-states the history
+    assert x2.covers(x2.dot) and not x2.covers(x1.dot) and x2.covers(base.version.dot)
+    assert x1.compare(x2) is Ordering.CONCURRENT
+    assert x2.descends(base.version) and not base.version.descends(x2)
+    assert second.siblings.values == ("x1", "x2")
+    assert SiblingSet([x1, x2]).values == ("x1", "x2")
+    # elsewhere, received alone in the order they were written, both survive
+    remote = SiblingSet[str]().add(base.version).add(x1).add(x2)
+    assert remote == second.siblings
+    assert KeepSiblings().resolve(remote, x2).values == ("x1", "x2")
+    # the exact history travels with the version
+    assert x2.to_dict()["past"] == {"a": 1}
+    assert Versioned.from_dict(x2.to_dict()) == x2
+    assert x2.dvv.context == VersionVector({"a": 1}) and x2.dvv.dot == x2.dot
+
+
+def test_past_must_be_the_history_before_the_own_event() -> None:
+    with pytest.raises(InvalidValueError, match="past"):
+        Versioned("x", _ts(1, "a"), VersionVector({"a": 3}), "a", past=VersionVector({"a": 3}))
+    with pytest.raises(InvalidValueError, match="past"):
+        Versioned("x", _ts(1, "a"), VersionVector({"a": 3}), "a", past=VersionVector({"b": 1}))
+    # a past without a gap is the plain vector's: it is dropped, so equal histories are equal
+    plain = Versioned("x", _ts(1, "a"), VersionVector({"a": 2}), "a")
+    same = Versioned("x", _ts(1, "a"), VersionVector({"a": 2}), "a", VersionVector({"a": 1}))
+    assert same == plain and same.past is None
+
+
+def test_a_delete_is_a_version_with_a_tombstone() -> None:
+    store = SiblingSet[object]().write("v", node="a", hlc=_ts(1, "a"), context=VersionVector())
+    context = store.siblings.context
+    deleted = store.siblings.write(DELETED, node="a", hlc=_ts(2, "a"), context=context)
+    assert deleted.siblings.values == (DELETED,) and deleted.version.deleted
+    assert [v.value for v in deleted.superseded] == ["v"]
+    data = deleted.version.to_dict()
+    assert data["deleted"] is True and "value" not in data
+    assert Versioned.from_dict(data).value is DELETED
+    assert SiblingSet.from_dict(deleted.siblings.to_dict()) == deleted.siblings
+    assert Tombstone() is DELETED and repr(DELETED) == "DELETED"
+    with pytest.raises(InvalidValueError, match="value or deleted"):
+        Versioned.from_dict({**data, "value": 1})
+    with pytest.raises(InvalidValueError, match="value or deleted"):
+        Versioned.from_dict({**data, "deleted": False})
+
+
+@SETTINGS
+@given(n=st.integers(2, 4), steps=STEPS, value=st.integers(0, 9), node=st.integers(0, 3))
+def test_overwrite_is_a_write_based_on_everything_seen(
+    n: int, steps: list[tuple[int, int, int, int]], value: int, node: int
+) -> None:
+    run = Run(n).play(steps, with_add=False)
+    for state in run.snapshots[-3:]:
+        name, hlc = f"n{node}", _ts(10_000, f"n{node}")
+        written = state.write(value, node=name, hlc=hlc, context=state.context)
+        assert state.overwrite(value, node=name, hlc=hlc) == (written.siblings, written.version)

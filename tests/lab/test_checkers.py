@@ -10,6 +10,7 @@ import pytest
 from hypothesis import assume, given, settings
 
 from multistore.core._checkers import (
+    find_failed_writes_observed,
     find_lost_writes,
     find_monotonic_violations,
     find_phantom_reads,
@@ -147,10 +148,66 @@ def test_overwritten_write_is_not_lost_and_unread_write_is_unverified() -> None:
     assert find_lost_writes(ops) == ([], 1)
 
 
-def test_a_write_seen_once_is_not_lost_even_if_a_later_read_is_stale() -> None:
-    ops = pair_operations(history(w(0, 1, 0, 10), r(1, 1, 20, 30), r(2, None, 40, 50)))
+def test_a_write_seen_and_then_gone_is_lost() -> None:
+    # the write is seen once, then every later read returns the initial value again
+    ops = pair_operations(
+        history(w(0, 1, 0, 10), r(1, 1, 20, 30), r(2, None, 40, 50), r(1, None, 60, 70))
+    )
+    lost, unverified = find_lost_writes(ops)
+    assert [lw.write.value for lw in lost] == [1] and unverified == 0
+    [gone] = lost
+    assert gone.seen_by is not None and gone.seen_by.invoke == 20  # seen ...
+    assert gone.last_read.invoke == 60 and gone.last_saw is None  # ... then gone
+    assert gone.to_dict()["seen_by"]["value"] == 1
+    assert len(find_stale_reads(ops)) == 2  # and the reads that lost it are stale
+    # gone to a value written before it: lost too, and the report names that write
+    ops = pair_operations(
+        history(w(0, 1, 0, 10), w(0, 2, 20, 30), r(1, 2, 40, 50), r(2, 1, 60, 70))
+    )
+    [gone] = find_lost_writes(ops)[0]
+    assert gone.write.value == 2 and gone.last_saw is not None and gone.last_saw.value == 1
+
+
+def test_a_phantom_last_read_loses_no_write() -> None:
+    # the last read returned a value nobody wrote: a phantom, judged apart
+    ops = pair_operations(history(w(0, 1, 0, 10), r(1, 1, 20, 30), r(2, 9, 40, 50)))
     assert find_lost_writes(ops) == ([], 0)
+    assert [op.value for op in find_phantom_reads(ops)] == [9]
+
+
+def test_a_write_seen_then_overwritten_is_not_lost() -> None:
+    specs = (w(0, 1, 0, 10), r(1, 1, 20, 30), r(2, None, 40, 50), w(0, 2, 60, 70))
+    ops = pair_operations(history(*specs, r(1, 2, 80, 90)))
+    assert find_lost_writes(ops) == ([], 0)  # the stale read is a stale read, not a loss
     assert len(find_stale_reads(ops)) == 1
+    # a last read concurrent with a newer write may return either
+    ops = pair_operations(history(w(0, 1, 0, 10), w(3, 2, 20, 100), r(1, 2, 30, 40)))
+    assert find_lost_writes(ops)[0] == []
+
+
+def test_a_failed_write_that_was_read_is_an_indeterminate_write_observed() -> None:
+    # the store said the write of 2 failed for good (definite), yet a read returned it
+    specs = (w(0, 1, 0, 10), w(1, 2, 20, 30, "fail"), r(2, 2, 40, 50), r(2, 2, 60, 70))
+    ops = pair_operations(history(*specs))
+    [observed] = find_failed_writes_observed(ops)
+    assert observed.write.value == 2 and observed.write.type is EventType.FAIL
+    assert observed.read.invoke == 40  # the first read that saw it
+    # it is reported as that, and nothing else: not a phantom, not a stale read
+    assert find_phantom_reads(ops) == []
+    assert find_stale_reads(ops) == []
+    report = check_history(history(*specs))
+    assert report.to_dict()["counts"]["failed_writes_observed"] == 1
+    assert report.non_linearizable_keys == []  # as an indeterminate write, it fits
+    assert report.valid is False
+    ex = report.to_dict()["examples"]["failed_writes_observed"][0]
+    assert ex["write"]["type"] == "fail" and ex["read"]["value"] == 2
+    # a failed write nobody read is just a failed write
+    quiet = check_history(history(w(0, 1, 0, 10), w(1, 2, 20, 30, "fail"), r(2, 1, 40, 50)))
+    assert quiet.failed_writes_observed == () and quiet.valid is True
+    # a read that ended before the failed write began did not see it: a phantom
+    early = pair_operations(history(r(2, 2, 0, 5), w(1, 2, 20, 30, "fail")))
+    assert find_failed_writes_observed(early) == []
+    assert [op.value for op in find_phantom_reads(early)] == [2]
 
 
 def test_monotonic_read_violation_per_process() -> None:
@@ -166,9 +223,11 @@ def test_monotonic_read_violation_per_process() -> None:
 
 
 def test_phantom_reads() -> None:
+    # 7: nobody wrote it; 3: read before its write began (a failed write that was read
+    # is not a phantom: see the failed-write test)
     specs = (w(0, 1, 0, 10, "fail"), r(1, 1, 20, 30), r(1, 7, 40, 50), r(2, 3, 0, 5))
     ops = pair_operations(history(*specs, w(0 + 5, 3, 10, 20)))
-    assert [op.value for op in find_phantom_reads(ops)] == [3, 1, 7]
+    assert [op.value for op in find_phantom_reads(ops)] == [3, 7]
 
 
 # -- the report, PBS curve, latencies, the JSON shape -----------------------------------

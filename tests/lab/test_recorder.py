@@ -21,7 +21,7 @@ from multistore.lab._faults import (
     preset_schedule,
 )
 from multistore.lab._history import HistoryRecorder, Processes, read_history, write_history
-from multistore.lab._workload import Workload, final_reads, parse_mix, run_workload
+from multistore.lab._workload import Observed, Workload, final_reads, parse_mix, run_workload
 from multistore.stores import open_store
 from multistore.stores.kv import KeyValueStore
 
@@ -32,11 +32,11 @@ class KVClient:
     def __init__(self, store: KeyValueStore) -> None:
         self.store = store
 
-    async def read(self, key: str) -> Value:
+    async def read(self, key: str) -> Observed:
         raw = await self.store.get(key)
-        return None if raw is None else int(raw)
+        return Observed(None if raw is None else int(raw))
 
-    async def write(self, key: str, value: int) -> None:
+    async def write(self, key: str, value: int, context: object | None = None) -> None:
         await self.store.set(key, str(value))
 
 

@@ -196,3 +196,33 @@ def test_the_write_path_encoding_is_the_sibling_set_wire_form() -> None:
         broken: Versioned[Any] = Versioned({"v": bad}, alone.hlc, alone.vv, alone.origin)
         with pytest.raises(InvalidValueError, match="JSON-serialisable"):
             encode_version(broken, str(broken.hlc))
+
+
+def test_quorums_are_strict_unless_asked_to_be_sloppy() -> None:
+    assert QuorumConfig().sloppy is False
+    assert QuorumConfig(sloppy=True).describe() == "N=3 R=2 W=2 (R+W>N, sloppy)"
+    with pytest.raises(InvalidValueError, match="sloppy"):
+        QuorumConfig(sloppy="yes")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("change", ["add", "remove"])
+def test_moves_name_every_key_whose_replicas_change(change: str) -> None:
+    old = HashRing([f"n{i}" for i in range(5)], vnodes=32)
+    new = old.add("n5") if change == "add" else old.remove("n2")
+    moves = old.moves(new, 3)
+    assert all(m.lo <= m.hi for m in moves)
+    assert all(a.hi < b.lo for a, b in itertools.pairwise(moves))
+    moved = 0
+    for key in KEYS[:5000]:
+        before, after = old.preference_list(key, 3), new.preference_list(key, 3)
+        token = token_of(key)
+        found = [m for m in moves if m.lo <= token <= m.hi]
+        if before == after or set(before) == set(after):
+            assert not found or set(found[0].sources) == set(before)
+            continue
+        moved += 1
+        (move,) = found
+        assert move.sources == before
+        assert set(move.gained) == set(after) - set(before)
+        assert set(move.lost) == set(before) - set(after)
+    assert 0.3 < moved / 5000 < 0.8  # with N=3 a new node's ranges touch ~3/M of keys

@@ -16,7 +16,7 @@ import pytest
 
 from multistore._resp import RespPool, pack_command
 from multistore.core._quorum import QuorumConfig
-from multistore.errors import Outcome, StoreTimeoutError, StoreUnavailableError
+from multistore.errors import Outcome, StoreError, StoreTimeoutError, StoreUnavailableError
 from multistore.lab.servers import RedisServer, unique_name
 from multistore.replication._qnodes import Reply, entry_name
 from multistore.replication._qredis import RedisNode, RedisPyLink
@@ -63,8 +63,11 @@ async def _exercise(node: RedisNode) -> None:
     assert [name for name, _ in entries] == sorted([entry_name(b"g", b"m"), entry_name(b"g", b"n")])
     leaves = await node.leaf_hashes([(0, 2**64 - 1)], 0)
     assert list(leaves) == [0]
-    await node.remove(b"g", b"m")
+    assert await node.remove(b"g", b"m", expected=("0002", b"not held")) is False
+    assert await node.read(b"g", b"m") == ("0002", b"two")  # not what the caller read
+    assert await node.remove(b"g", b"m", expected=("0002", b"two")) is True
     assert await node.read(b"g", b"m") is None
+    assert await node.remove(b"g", b"m") is False  # nothing left
     assert [name for name, _ in await node.entries(0, 2**64 - 1)] == [entry_name(b"g", b"n")]
     await node.wipe()
     assert await node.scan(b"g", None, None) == []
@@ -125,6 +128,25 @@ def test_a_node_that_is_down_fails_definitely_a_silent_one_indeterminately(
                 await silent.write_lww(b"g", b"", "0001", b"v")
             assert timed_out.value.outcome is Outcome.INDETERMINATE  # sent, no answer
             proxy.restore()
+
+    asyncio.run(body())
+
+
+def test_a_write_redis_refuses_before_running_it_fails_definitely(
+    redis_server: RedisServer, redis_url: str
+) -> None:
+    async def body() -> None:
+        node = RedisNode.from_url("n", redis_url, timeout=5.0, prefix=unique_name("q") + ":")
+        async with _closing(node):
+            assert redis_server.command("CONFIG", "SET", "min-replicas-to-write", "1")[:3] == b"+OK"
+            try:
+                with pytest.raises(StoreError, match="NOREPLICAS") as refused:
+                    await node.write_lww(b"g", b"", "0001", b"v")
+                assert refused.value.outcome is Outcome.DEFINITE
+                assert await node.read(b"g") is None  # reads are still served
+            finally:
+                redis_server.command("CONFIG", "SET", "min-replicas-to-write", "0")
+            assert await node.write_lww(b"g", b"", "0001", b"v") is True
 
     asyncio.run(body())
 

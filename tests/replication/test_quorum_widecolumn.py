@@ -16,7 +16,7 @@ import pytest
 
 from multistore.core._quorum import Consistency
 from multistore.errors import InvalidValueError
-from multistore.lab.servers import RedisServer, start_redis_cluster, unique_name
+from multistore.lab.servers import RedisServer, unique_name
 from multistore.replication._qnodes import SQLiteNode
 from multistore.replication._quorum import QuorumError
 from multistore.replication._qwidecolumn import QuorumWideColumnStore, encode_key
@@ -36,22 +36,12 @@ SENSOR_READINGS = TableSchema(
 )
 
 
-@pytest.fixture(scope="module")
-def redis_trio() -> Iterator[list[RedisServer]]:
-    servers = start_redis_cluster(3)
-    try:
-        yield servers
-    finally:
-        for server in servers:
-            server.cleanup()
-
-
 @pytest.fixture(params=["embedded", pytest.param("redis", marks=pytest.mark.server)])
 def wc_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     if request.param == "embedded":
         yield f"quorum:///{tmp_path / 'q'}?nodes=3&n=3&r=quorum&w=quorum"
         return
-    servers: list[RedisServer] = request.getfixturevalue("redis_trio")
+    servers: list[RedisServer] = request.getfixturevalue("redis_nodes")[:3]
     first, *peers = (f"127.0.0.1:{s.port}" for s in servers)
     yield f"quorum://{first}/0?n=3&prefix={unique_name('wc')}:&peers={','.join(peers)}"
     for server in servers:
@@ -65,7 +55,7 @@ def kill_node1(store: QuorumWideColumnStore, request: pytest.FixtureRequest) -> 
     if isinstance(node, SQLiteNode):
         node.set_down(True)
     else:
-        request.getfixturevalue("redis_trio")[1].kill()
+        request.getfixturevalue("redis_nodes")[1].kill()
 
 
 def test_seed_users_written_and_read_at_quorum(wc_url: str, request: pytest.FixtureRequest) -> None:

@@ -159,6 +159,85 @@ def test_set_if_absent(kv_url: str) -> None:
     run(kv_url, body)
 
 
+def test_compare_and_set(kv_url: str) -> None:
+    async def body(s: KeyValueStore) -> None:
+        assert await s.compare_and_set("cas", None, "v1", ttl=30) is True  # created
+        assert await s.compare_and_set("cas", None, "other") is False  # exists now
+        assert await s.compare_and_set("cas", "v0", "other") is False  # not the value
+        assert await s.compare_and_set("cas", b"v1", b"v2") is True
+        assert await s.get("cas") == b"v2"
+        assert await s.ttl("cas") == math.inf  # the TTL is replaced, as set does
+        assert await s.compare_and_set("cas", "v2", "v3", ttl=30) is True
+        left = await s.ttl("cas")
+        assert left is not None and 29 < left <= 30
+        assert await s.compare_and_set("missing", "v", "w") is False
+        assert await s.get("missing") is None
+        # exact bytes: no prefix match, no case folding, binary values
+        await s.set("bin", b"\x00\xffab")
+        for wrong in [b"\x00\xffa", b"\x00\xffab ", b"\x00\xffAB", b""]:
+            assert await s.compare_and_set("bin", wrong, "x") is False
+        assert await s.compare_and_set("bin", b"\x00\xffab", b"") is True
+        assert await s.get("bin") == b""
+        assert await s.compare_and_set("bin", b"", b"full") is True  # empty is a value
+        # an expired key is missing
+        await s.set("old", "v", ttl=0.05)
+
+        async def gone() -> bool:
+            return await s.get("old") is None
+
+        await wait_until(gone)
+        assert await s.compare_and_set("old", "v", "w") is False
+        assert await s.compare_and_set("old", None, "new") is True
+        await s.zadd("z", {"m": 1})
+        with pytest.raises(WrongTypeError):
+            await s.compare_and_set("z", None, "x")
+        assert await s.zscore("z", "m") == 1
+
+    run(kv_url, body)
+
+
+def test_compare_and_set_lets_one_writer_win(kv_url: str) -> None:
+    """Writers that read the same value and swap it: exactly one wins each round."""
+
+    async def main() -> None:
+        stores = [await _open(kv_url) for _ in range(2)]
+        try:
+            await stores[0].set("counter", "0")
+            for _ in range(5):
+                seen = await stores[0].get("counter")
+                assert seen is not None
+                new = str(int(seen) + 1)
+                won = await asyncio.gather(
+                    *(s.compare_and_set("counter", seen, new) for s in stores for _ in range(3))
+                )
+                assert sum(won) == 1
+            assert await stores[1].get("counter") == b"5"
+        finally:
+            for s in stores:
+                await s.close()
+
+    asyncio.run(main())
+
+
+def test_purge_expired_by_prefix(kv_url: str) -> None:
+    async def body(s: KeyValueStore) -> None:
+        for key in ["a:1", "a:2", "a%", "ab", "b:1"]:
+            await s.set(key, "v", ttl=0.05)
+        await s.set("a:live", "v", ttl=30)
+
+        async def expired() -> bool:
+            return await s.scan("") == ["a:live"]
+
+        await wait_until(expired)
+        redis = kv_url.startswith("redis")  # Redis expires keys itself: nothing to purge
+        assert await s.purge_expired("a:") == (0 if redis else 2)
+        assert await s.scan("") == ["a:live"]
+        assert await s.purge_expired() == (0 if redis else 3)
+        assert await s.get("a:live") == b"v"
+
+    run(kv_url, body)
+
+
 def test_delete_counts_existing_keys_of_any_kind(kv_url: str) -> None:
     async def body(s: KeyValueStore) -> None:
         await s.set("a", "1")
@@ -656,7 +735,9 @@ def test_sqlite_persists_and_purges(tmp_path: Path) -> None:
                 return int(keys), int(members)
 
             assert await s.run(rows) == (3, 2)  # lazy expiry: still on disk
-            assert await s.purge_expired() == 2  # type: ignore[attr-defined]
+            assert await s.purge_expired("short-") == 1  # only keys with the prefix
+            assert await s.run(rows) == (2, 0)
+            assert await s.purge_expired() == 1
             assert await s.run(rows) == (1, 0)
         finally:
             await s.close()

@@ -122,6 +122,75 @@ def status(config: ConfigOption = None, as_json: JsonOption = False) -> None:
 
 
 @app.command()
+def serve(
+    config: ConfigOption = None,
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=1, max=65535, help="Port to listen on.")] = 8000,
+    admin_password: Annotated[
+        str | None,
+        typer.Option(
+            envvar="MULTISTORE_ADMIN_PASSWORD",
+            help="The console admin's password (set at start). Without it, and without an "
+            "admin yet, one is made and logged once.",
+        ),
+    ] = None,
+    order_mode: Annotated[
+        str, typer.Option(help="How POST /orders places an order by default: saga or 2pc.")
+    ] = "saga",
+    traces: Annotated[
+        bool, typer.Option("--traces", help="Make OpenTelemetry spans and print them to stderr.")
+    ] = False,
+    no_telemetry: Annotated[
+        bool, typer.Option("--no-telemetry", help="No /metrics and no request points.")
+    ] = False,
+    rate_limit: Annotated[
+        int | None, typer.Option(min=1, help="Requests per client per minute (default 600).")
+    ] = None,
+    idempotency_lease: Annotated[
+        float | None,
+        typer.Option(help="Seconds before a crashed request's Idempotency-Key may be retried."),
+    ] = None,
+    saga_lease: Annotated[
+        float | None, typer.Option(help="Seconds a dead server's sagas stay its own.")
+    ] = None,
+    compensation_attempts: Annotated[
+        int | None,
+        typer.Option(min=1, help="Attempts of a saga compensation before it is stuck."),
+    ] = None,
+    name: Annotated[
+        str | None,
+        typer.Option(help="This server's name in the saga log and 2PC ids (default shop-PORT)."),
+    ] = None,
+    log_level: Annotated[str, typer.Option(help="uvicorn's log level.")] = "info",
+) -> None:
+    """Serve the seed's shop over HTTP: the API (OpenAPI at /openapi.json), the
+    operations console at /console, Prometheus metrics at /metrics."""
+
+    def body() -> None:
+        from multistore.cli._serve import run_serve
+
+        run_serve(
+            config,
+            host=host,
+            port=port,
+            traces=traces,
+            log_level=log_level,
+            settings={
+                "admin_password": admin_password,
+                "order_mode": order_mode,
+                "telemetry": not no_telemetry,
+                "rate_limit": rate_limit,
+                "idempotency_lease": idempotency_lease,
+                "saga_lease": saga_lease,
+                "compensation_attempts": compensation_attempts,
+                "name": name,
+            },
+        )
+
+    _guard(body)
+
+
+@app.command()
 def bench(
     name: Annotated[str, typer.Argument(help="Benchmark name: a module in benchmarks/.")],
     as_json: JsonOption = False,
@@ -144,26 +213,105 @@ def bench(
     _guard(body)
 
 
-@app.command()
+sagas_app = typer.Typer(
+    help="The saga log (the `sagas` role): list the sagas, show one, run a worker."
+)
+app.add_typer(sagas_app, name="sagas")
+StateOption = Annotated[
+    str | None,
+    typer.Option("--state", help="Only sagas in this state (e.g. stuck, running)."),
+]
+
+
+@sagas_app.callback(invoke_without_command=True)
 def sagas(
+    ctx: typer.Context,
     config: ConfigOption = None,
     as_json: JsonOption = False,
-    state: Annotated[
-        str | None,
-        typer.Option("--state", help="Only sagas in this state (e.g. stuck, running)."),
-    ] = None,
+    state: StateOption = None,
     saga_id: Annotated[
-        str | None, typer.Option("--id", help="Show one saga with its step history.")
+        str | None, typer.Option("--id", help="Show one saga with its steps (as `show ID`).")
     ] = None,
     limit: Annotated[int, typer.Option("--limit", min=1, help="At most this many.")] = 100,
 ) -> None:
-    """List sagas in the saga log (the `sagas` role), or show one with its steps."""
+    """List the sagas in the saga log, newest first (`show ID`: one saga's steps)."""
+    ctx.obj = config
+    if ctx.invoked_subcommand is not None:
+        return
 
     def body() -> None:
-        from multistore.cli._ops import run_sagas
+        from multistore.cli._sagas import run_sagas_list, run_sagas_show
+
+        if saga_id is not None:
+            report = asyncio.run(run_sagas_show(config, saga_id, quiet=as_json))
+        else:
+            report = asyncio.run(run_sagas_list(config, state=state, limit=limit, quiet=as_json))
+        if as_json:
+            _print_json(report)
+
+    _guard(body)
+
+
+@sagas_app.command("show")
+def sagas_show(
+    ctx: typer.Context,
+    saga_id: Annotated[str, typer.Argument(help="The saga's id.")],
+    config: ConfigOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Show one saga: its state, errors, lease and every step."""
+
+    def body() -> None:
+        from multistore.cli._sagas import run_sagas_show
+
+        report = asyncio.run(run_sagas_show(config or ctx.obj, saga_id, quiet=as_json))
+        if as_json:
+            _print_json(report)
+
+    _guard(body)
+
+
+@sagas_app.command("worker")
+def sagas_worker(
+    ctx: typer.Context,
+    definitions: Annotated[
+        str,
+        typer.Option(
+            "--definitions",
+            help="MODULE:ATTRIBUTE naming your Saga definitions (a Saga, a list, or a "
+            "function returning either); keep old versions in it while their runs last.",
+        ),
+    ],
+    config: ConfigOption = None,
+    as_json: JsonOption = False,
+    worker_id: Annotated[
+        str | None, typer.Option("--worker-id", help="This worker's name (default: random).")
+    ] = None,
+    concurrency: Annotated[
+        int, typer.Option("--concurrency", min=1, help="Sagas run at once.")
+    ] = 8,
+    lease: Annotated[
+        float, typer.Option("--lease", min=0.1, help="Seconds a dead worker's sagas wait.")
+    ] = 30.0,
+    grace: Annotated[
+        float, typer.Option("--grace", min=0, help="Seconds a stop waits for running sagas.")
+    ] = 30.0,
+) -> None:
+    """Run your definitions' enqueued and abandoned sagas until Ctrl-C or SIGTERM."""
+
+    def body() -> None:
+        from multistore.cli._sagas import run_sagas_worker
 
         report = asyncio.run(
-            run_sagas(config, state=state, saga_id=saga_id, limit=limit, quiet=as_json)
+            run_sagas_worker(
+                config or ctx.obj,
+                definitions=definitions,
+                worker_id=worker_id,
+                concurrency=concurrency,
+                lease=lease,
+                grace=grace,
+                quiet=as_json,
+            )
         )
         if as_json:
             _print_json(report)
@@ -194,12 +342,27 @@ def recover(
             help="MODULE:ATTRIBUTE naming your Saga definitions; stuck sagas are retried.",
         ),
     ] = None,
+    log: Annotated[
+        str | None,
+        typer.Option(
+            "--log",
+            help="URL of the decision log to recover with (default: the transactions role).",
+        ),
+    ] = None,
+    node: Annotated[
+        str | None,
+        typer.Option(
+            "--node",
+            help="Only this coordinator node (refused while its coordinator is alive).",
+        ),
+    ] = None,
 ) -> None:
-    """Resolve in-doubt two-phase-commit transactions from the decision log (the
-    `transactions` role), list stuck sagas, and retry them given --sagas."""
+    """Resolve in-doubt two-phase-commit transactions with the decision log (the
+    `transactions` role, or --log), list stuck sagas, and retry them given --sagas.
+    Branches of coordinators that are alive, and of other logs, are left alone."""
 
     def body() -> None:
-        from multistore.cli._ops import run_recover
+        from multistore.cli._ops import run_recover, unresolved_line
 
         report = asyncio.run(
             run_recover(
@@ -208,26 +371,17 @@ def recover(
                 retry_for=retry_for,
                 quiet=as_json,
                 sagas=sagas,
+                log=log,
+                node=node,
             )
         )
         if as_json:
             _print_json(report)
         twopc = report["transactions"]
         if not twopc.get("resolved", True):
-            left = [
-                f"unreachable participants: {', '.join(twopc['unreachable'])}"
-                if twopc.get("unreachable")
-                else "",
-                f"in-doubt transactions: {', '.join(map(str, twopc['pending']))}"
-                if twopc.get("pending")
-                else "",
-            ]
-            _error_line(
-                ErrorCode.TRANSACTION_INDETERMINATE,
-                "not every transaction was resolved; "
-                + ("; ".join(part for part in left if part) or "see the report"),
-            )
-            raise typer.Exit(code=int(ErrorCode.TRANSACTION_INDETERMINATE))
+            code = ErrorCode.TRANSACTION_INDETERMINATE
+            _error_line(code, unresolved_line(twopc))
+            raise typer.Exit(code=int(code))
 
     _guard(body)
 
@@ -261,21 +415,49 @@ def lab_quorum_command(
         str, typer.Option(help="Topology: embedded (SQLite nodes) or redis (real servers).")
     ] = "embedded",
     faults: Annotated[
-        str, typer.Option(help="Fault schedule: none, kill, partition, latency, skew or chaos.")
+        str,
+        typer.Option(
+            help="Fault schedule: none, kill, kill-homes, partition, lost-replies, latency, "
+            "skew or chaos."
+        ),
     ] = "none",
-    timeout: Annotated[float, typer.Option(help="Per-replica timeout (seconds).")] = 0.5,
+    latency: Annotated[
+        str,
+        typer.Option(
+            help="Delay of every message leg: fixed:2ms, uniform:1ms..5ms, exp:1ms, "
+            "pareto:1ms,2, lognormal:1ms,0.5 or none."
+        ),
+    ] = "none",
+    routing: Annotated[
+        str,
+        typer.Option(help="random: each operation through any coordinator; sticky: one each."),
+    ] = "random",
+    single_writer: Annotated[
+        bool,
+        typer.Option(
+            "--single-writer",
+            help="Each key written by one worker only, so writes of a key never overlap "
+            "(as the PBS model assumes).",
+        ),
+    ] = False,
+    timeout: Annotated[float, typer.Option(help="Per-replica timeout (seconds, above 0).")] = 0.5,
     coordinators: Annotated[
         int, typer.Option(help="Coordinators (clients) sharing the cluster.")
     ] = 2,
     history: Annotated[
         Path | None,
-        typer.Option("--history", help="Write the history as JSON lines.", dir_okay=False),
+        typer.Option(
+            "--history",
+            help="Write the history: Jepsen EDN if the name ends in .edn, else JSON lines.",
+            dir_okay=False,
+        ),
     ] = None,
     plot: Annotated[
         Path | None,
         typer.Option(
             "--plot",
-            help="Draw P(stale read) vs time since the write and latencies (PNG).",
+            help="Draw the operations timeline, P(consistent read) vs time since the write "
+            "and latencies (PNG; needs matplotlib).",
             dir_okay=False,
         ),
     ] = None,
@@ -283,33 +465,97 @@ def lab_quorum_command(
 ) -> None:
     """Run a read/write workload against a quorum cluster it starts itself, inject
     faults on a schedule, and check the recorded history (stale reads, lost writes,
-    monotonic reads, linearizability per key, staleness vs time)."""
+    monotonic reads, linearizability per key, staleness vs time). Exits 0 when valid,
+    80 on anomalies, 81 when unknown, 82 when nothing could be checked."""
+
+    def body() -> int:
+        from multistore.cli._lab import run_lab_command
+
+        options = {
+            "n": n,
+            "r": r,
+            "w": w,
+            "m": m,
+            "ops": ops,
+            "concurrency": concurrency,
+            "duration": duration,
+            "keys": keys,
+            "mix": mix,
+            "seed": seed,
+            "nodes": nodes,
+            "faults": faults,
+            "latency": latency,
+            "routing": routing,
+            "single_writer": single_writer,
+            "timeout": timeout,
+            "coordinators": coordinators,
+        }
+        return run_lab_command(options, history=history, plot=plot, as_json=as_json)
+
+    code = _guard(body)
+    if code:
+        raise typer.Exit(code=code)
+
+
+quorum_app = typer.Typer(
+    help="Quorum cluster membership: add a node (bootstrap) or remove one (decommission).",
+    no_args_is_help=True,
+)
+app.add_typer(quorum_app, name="quorum")
+QuorumUrlOption = Annotated[
+    str | None,
+    typer.Option("--url", help="The cluster's quorum:// URL (default: [replication.quorum] url)."),
+]
+
+
+@quorum_app.command("add-node")
+def quorum_add_node(
+    name: Annotated[
+        str | None, typer.Argument(help="The new node's name (default: the next nodeN).")
+    ] = None,
+    node: Annotated[
+        str | None,
+        typer.Option("--node", help="A Redis cluster's new node: redis://HOST:PORT/DB."),
+    ] = None,
+    url: QuorumUrlOption = None,
+    config: ConfigOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Stream the new node the ranges it will replicate, then switch the ring; print
+    the URL to open the cluster with from now on."""
 
     def body() -> None:
-        from multistore.lab._quorum_lab import format_lab_report, lab_quorum
+        from multistore.cli._quorum import run_membership
 
-        report = lab_quorum(
-            n=n,
-            r=r,
-            w=w,
-            m=m,
-            ops=ops,
-            concurrency=concurrency,
-            duration=duration,
-            keys=keys,
-            mix=mix,
-            seed=seed,
-            nodes=nodes,
-            faults=faults,
-            timeout=timeout,
-            coordinators=coordinators,
-            history=history,
-            plot=plot,
+        report = asyncio.run(
+            run_membership(config, url=url, action="add", name=name, node_url=node, quiet=as_json)
         )
         if as_json:
             _print_json(report)
-        else:
-            print(format_lab_report(report))
+
+    _guard(body)
+
+
+@quorum_app.command("remove-node")
+def quorum_remove_node(
+    name: Annotated[str, typer.Argument(help="The node to decommission.")],
+    url: QuorumUrlOption = None,
+    config: ConfigOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Stream the node's ranges to the nodes that take them over, then switch the ring;
+    print the URL to open the cluster with from now on."""
+
+    def body() -> None:
+        from multistore.cli._quorum import run_membership
+
+        report = asyncio.run(
+            run_membership(
+                config, url=url, action="remove", name=name, node_url=None, quiet=as_json
+            )
+        )
+        if as_json:
+            _print_json(report)
 
     _guard(body)
 

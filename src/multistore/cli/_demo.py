@@ -188,6 +188,13 @@ async def run_status(config_path: Path | None, *, quiet: bool) -> dict[str, Any]
         from multistore.cli._status import replication_report
 
         replication, extra = await replication_report(config)
+    from multistore.service._ops import operations_report
+
+    try:
+        shop = {"ok": True, **await operations_report(config)}
+    except MultistoreError as exc:
+        shop = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
+    extra.append(_shop_table(shop))
     if not quiet:
         out = console()
         out.print(table)
@@ -197,4 +204,26 @@ async def run_status(config_path: Path | None, *, quiet: bool) -> dict[str, Any]
         "config": str(config.path) if config.path else None,
         "roles": rows,
         "replication": replication,
+        "shop": shop,
     }
+
+
+def _shop_table(shop: dict[str, Any]) -> Table:
+    """The numbers the console and /metrics of ``multistore serve`` show."""
+    table = Table(title="the shop (what multistore serve's console and /metrics show)")
+    table.add_column("what")
+    table.add_column("now", overflow="fold")
+    if not shop["ok"]:
+        table.add_row("error", shop["error"])
+        return table
+    table.add_row("sagas", ", ".join(f"{k} {v}" for k, v in shop["sagas"].items()))
+    table.add_row("in-doubt 2PC branches", str(shop["in_doubt"]))
+    table.add_row("outbox", ", ".join(f"{k} {v}" for k, v in shop["outbox"].items()))
+    table.add_row("outbox lag", f"{shop['outbox_lag_seconds']:.1f} s")
+    behind = "; ".join(
+        f"{node} behind {peer} by {n}"
+        for node, peers in shop["replication_behind"].items()
+        for peer, n in peers.items()
+    )
+    table.add_row("cart replication", behind or "-")
+    return table

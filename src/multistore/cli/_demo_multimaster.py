@@ -1,6 +1,6 @@
 """Demo section "multi-master": one cart edited on two nodes during a partition.
 
-:func:`multistore.replication.multimaster_demo` runs the scenario on embedded nodes in
+:func:`multistore.service.partitioned_carts` runs the scenario on embedded nodes in
 ``<data dir>/demo-multimaster`` (cleared at the start): both nodes share a cart with
 one apple; while partitioned, node a adds two pears and node b raises the apples to
 three and adds milk; then they heal and sync. The table shows what each conflict
@@ -18,7 +18,7 @@ from rich.table import Table
 from multistore.cli._demo import SectionReport
 from multistore.cli._text import styled
 from multistore.config import Config
-from multistore.replication import multimaster_demo
+from multistore.service import partitioned_carts
 
 STRATEGIES = [
     ("lww", "last writer wins"),
@@ -46,7 +46,7 @@ async def multimaster_section(config: Config) -> SectionReport:
     report = SectionReport("multi-master: one cart, two nodes, a partition")
     folder = config.data_dir / "demo-multimaster"
     await asyncio.to_thread(shutil.rmtree, folder, ignore_errors=True)
-    result = await multimaster_demo(folder)
+    result = await partitioned_carts(folder)
 
     edits = result["edits"]
     every_item = sorted(set(_items(edits["a"])) | set(_items(edits["b"])))

@@ -18,13 +18,14 @@ from typing import Any
 from rich.table import Table
 
 from multistore.config import Config
+from multistore.service import READINGS
 from multistore.stores.document import DocumentStore
 from multistore.stores.graph import GraphStore
 from multistore.stores.kv import KeyValueStore
 from multistore.stores.relational import Migration, RelationalStore
 from multistore.stores.search import FieldType, SearchSchema, SearchStore
 from multistore.stores.timeseries import Point, TimeSeriesStore
-from multistore.stores.widecolumn import ClusteringColumn, TableSchema, WideColumnStore
+from multistore.stores.widecolumn import WideColumnStore
 
 # A fixed "now" keeps the report the same from run to run.
 NOW = datetime(2024, 1, 15, 11, 0, tzinfo=UTC)
@@ -257,19 +258,6 @@ async def _metrics(store: TimeSeriesStore) -> dict[str, Any]:
             for w in windows
         ],
     }
-
-
-READINGS = TableSchema(
-    "sensor_readings",
-    partition_key=("sensor_id",),
-    clustering=(ClusteringColumn("timestamp", "desc"),),
-    columns={
-        "sensor_id": "text",
-        "timestamp": "timestamp",
-        "temperature": "float",
-        "humidity": "float",
-    },
-)
 
 
 async def _readings(store: WideColumnStore) -> dict[str, Any]:

@@ -1,7 +1,8 @@
 """Demo section "two-phase commit": the seed's order across three databases, and a
 coordinator crash that recovery finishes.
 
-The orders, payments and inventory databases are SQLite files in
+The shop's orders, payments and inventory databases (the same tables and the same
+transaction as ``multistore serve`` with ``"mode": "2pc"``) are SQLite files in
 ``<data dir>/demo-2pc`` (cleared at the start); the decision log is the
 ``transactions`` role's store. Order 123 commits normally. For order 124 the
 coordinator "crashes" right after its commit decision reached the log (the
@@ -17,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import shutil
 import uuid
-from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -26,25 +26,25 @@ from rich.table import Table
 from multistore.cli._demo import SectionReport
 from multistore.cli._text import joined, styled
 from multistore.config import Config
-from multistore.consistency import (
-    Order,
-    TransactionCoordinator,
-    create_shop_tables,
-    open_participant,
-    place_order,
-    recover_transactions,
-    restock,
-)
+from multistore.consistency import TransactionCoordinator, open_participant, recover_transactions
 from multistore.core import Xid
+from multistore.service import (
+    OrderLine,
+    create_tables,
+    order_input,
+    place_order_atomically,
+    stock_products,
+)
 from multistore.stores import open_store
 from multistore.stores.relational import RelationalStore
 
 PARTICIPANTS = ("orders", "payments", "inventory")
 QUERIES = {
-    "orders": "SELECT id, amount_cents, items FROM orders ORDER BY id",
-    "payments": "SELECT order_id, amount_cents FROM payments ORDER BY order_id",
-    "inventory": "SELECT sku, stock FROM inventory ORDER BY sku",
+    "orders": "SELECT id, total_cents FROM shop_orders ORDER BY id",
+    "payments": "SELECT order_id, amount_cents FROM shop_payments ORDER BY order_id",
+    "inventory": "SELECT sku, stock FROM shop_stock ORDER BY sku",
 }
+PRICES = {"product1": 4999, "product2": 5000}
 
 
 class CoordinatorCrash(BaseException):
@@ -76,7 +76,7 @@ async def _rows(urls: dict[str, str]) -> dict[str, list[dict[str, Any]]]:
 
 def _rows_text(name: str, rows: list[dict[str, Any]]) -> str:
     if name == "orders":
-        text = [f"{r['id']}: {r['amount_cents'] / 100:.2f} [{r['items']}]" for r in rows]
+        text = [f"{r['id']}: {r['total_cents'] / 100:.2f}" for r in rows]
     elif name == "payments":
         text = [f"{r['order_id']}: {r['amount_cents'] / 100:.2f}" for r in rows]
     else:
@@ -107,17 +107,21 @@ async def twopc_section(config: Config) -> SectionReport:
 
     coordinator = await TransactionCoordinator.open(urls, log=log, node=node, on_event=on_event)
     try:
-        await create_shop_tables(coordinator)
-        await restock(coordinator, {"product1": 5, "product2": 5})
-        committed = await place_order(
-            coordinator, Order(123, Decimal("99.99"), ("product1", "product2"))
+        await create_tables(coordinator)
+        await stock_products(coordinator, {sku: (price, 5) for sku, price in PRICES.items()})
+        lines = [OrderLine(sku, 1, price) for sku, price in PRICES.items()]
+        committed = await place_order_atomically(
+            coordinator, order_input("ord_123", "alice", lines)
         )
         first_votes = {k: v.value if v else None for k, v in committed.votes.items()}
-        first = {"order_id": 123, "state": committed.state.value, "votes": first_votes}
+        first = {"order_id": "ord_123", "state": committed.state.value, "votes": first_votes}
         crash["armed"] = True
         crashed = False
         try:
-            await place_order(coordinator, Order(124, Decimal("5.00"), ("product1",)))
+            await place_order_atomically(
+                coordinator,
+                order_input("ord_124", "alice", [OrderLine("product1", 1, PRICES["product1"])]),
+            )
         except CoordinatorCrash:
             crashed = True
         if not crashed:  # pragma: no cover - the event hook is broken
@@ -171,7 +175,7 @@ async def twopc_section(config: Config) -> SectionReport:
             "log_backend": log.scheme,
             "node": node,
             "committed_order": first,
-            "crash": {"order_id": 124, "at": "decided", "crashed": crashed},
+            "crash": {"order_id": "ord_124", "at": "decided", "crashed": crashed},
             "in_doubt_before_recovery": before,
             "recovery": recovery,
             "in_doubt_after_recovery": after,

@@ -8,8 +8,8 @@ Semantics follow the IETF httpapi ``Idempotency-Key`` draft and Stripe:
 - While the first run holds the key, another request raises
   :class:`IdempotencyInProgressError` (HTTP 409); it never runs a second time.
 - Once completed, the stored outcome is replayed — a return value, or the error the
-  run raised (errors of the policy's ``retry_on`` classes are not stored: the key is
-  released so that a retry runs again).
+  run raised (only errors of the policy's ``retry_on`` classes, none by default, and
+  runs that call ``run.discard()`` release the key so that a retry runs again).
 - The in-progress holder has a **lease** that a heartbeat renews while it runs, so a
   live holder keeps the key however long it takes; a crashed holder stops renewing
   and after the lease ends a retry takes the key over, resuming from the last
@@ -55,7 +55,6 @@ from multistore.errors import (
     MultistoreError,
     Outcome,
     ReplayedError,
-    StoreError,
     UsageError,
 )
 from multistore.stores._base import Store
@@ -80,7 +79,7 @@ __all__ = [
 P = ParamSpec("P")
 T = TypeVar("T")
 
-_KEY: Final = re.compile(r"[\x21-\x7e]{1,255}")
+_KEY: Final = re.compile(r"[\x20-\x7e]{1,255}")
 
 # -- errors (to move into multistore.errors with codes of their own) ---------------
 
@@ -95,9 +94,12 @@ class IdempotencyPolicy:
     """An in-progress run whose holder stops renewing may be taken over after this."""
     heartbeat: float | None = None
     """How often a live holder renews its lease; default ``lease / 3``."""
-    retry_on: tuple[type[BaseException], ...] = (StoreError,)
-    """Errors that are not stored: the key is released and a retry runs again.
-    Every other ``Exception`` is stored and re-raised on replay."""
+    retry_on: tuple[type[BaseException], ...] = ()
+    """Errors that are not stored: the key is released and a retry runs again. Every
+    other ``Exception`` is stored and re-raised on replay. None by default: an error
+    raised after the run's effects (a ``StoreError`` from its last write, say) must not
+    let a retry apply them again, so it is stored as Stripe stores a 500. Name here
+    only errors your function raises before any effect, or call ``run.discard()``."""
 
     def __post_init__(self) -> None:
         if not self.expires_after > 0 or not self.lease > 0:
@@ -130,12 +132,13 @@ def fingerprint(payload: Any) -> str:
 
 
 def check_idempotency_key(key: object) -> str:
-    """``key`` when it is 1 to 255 visible ASCII characters; else raise."""
+    """``key`` when it is 1 to 255 printable ASCII characters (space to ``~``, what an
+    RFC 8941 string holds); else raise."""
     if key is None:
         raise IdempotencyKeyMissingError("an idempotency key is required")
     if not isinstance(key, str) or not _KEY.fullmatch(key):
         raise InvalidIdempotencyKeyError(
-            f"an idempotency key must be 1 to 255 visible ASCII characters, not {key!r:.80}"
+            f"an idempotency key must be 1 to 255 printable ASCII characters, not {key!r:.80}"
         )
     return key
 
@@ -322,14 +325,10 @@ class IdempotentRun:
     ) -> bool:
         """Apply ``change`` to our record by compare-and-swap (the backend sets the
         version and the lease and expiry times); False once the record is not ours."""
-        backend, clock = self._idem.backend, self._idem.clock
+        backend = self._idem.backend
         for _ in range(3):
             new = await backend.advance(
-                change(self._record),
-                self._record,
-                clock(),
-                lease=lease,
-                expires_after=expires_after,
+                change(self._record), self._record, lease=lease, expires_after=expires_after
             )
             if new is not None:
                 self._record = new
@@ -427,6 +426,10 @@ class IdempotentRun:
 class Idempotency:
     """Idempotency keys kept in a key-value or relational store.
 
+    Leases and expiry are decided on the store's clock (Redis ``TIME``, PostgreSQL and
+    MariaDB ``now()``); ``clock`` is the time of an embedded SQLite store, which has
+    no clock but its machine's.
+
     >>> idem = Idempotency(store, policy=IdempotencyPolicy(expires_after=3600))  # doctest: +SKIP
     >>> async with idem.begin("order-42", {"amount": 10}, client="alice") as run:  # doctest: +SKIP
     ...     if run.replayed:
@@ -446,7 +449,9 @@ class Idempotency:
         self.store = store
         self.policy = policy
         self.clock = clock
-        self.backend: RecordBackend = records_for(store, namespace=namespace, table=table)
+        self.backend: RecordBackend = records_for(
+            store, namespace=namespace, table=table, clock=clock
+        )
         self._ready = False
         self._setup_lock = asyncio.Lock()
 
@@ -497,7 +502,6 @@ class Idempotency:
             owner,
             lease=policy.lease,
             expires_after=policy.expires_after,
-            clock=self.clock,
         )
         status, record = claim.status, claim.record
         if status == "completed" and record is not None:
@@ -525,13 +529,12 @@ class Idempotency:
     async def get(self, key: str, *, client: str = "default") -> IdempotencyRecord | None:
         """The live record of ``key`` (None when missing or expired)."""
         await self._setup()
-        record = await self.backend.load(_check_scope(client), check_idempotency_key(key))
-        return None if record is None or record.expired(self.clock()) else record
+        return await self.backend.load_live(_check_scope(client), check_idempotency_key(key))
 
     async def reap(self) -> int:
         """Delete expired records now; the number deleted (Redis expires its own: 0)."""
         await self._setup()
-        return await self.backend.reap(self.clock())
+        return await self.backend.reap()
 
 
 def idempotent(

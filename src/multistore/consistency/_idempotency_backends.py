@@ -4,19 +4,26 @@ compare-and-swap on its ``version`` and ``owner``.
 The decision logic (claim, take over, renew, complete) lives in
 :mod:`multistore.consistency._idempotency` and is written once; a backend offers a
 *claim* and an *advance* (the owner's change), each one atomic step. :class:`CasRecords`
-builds both from load, create-if-absent and replace-if-unchanged, which is all the SQL
-and SQLite backends provide; Redis does each in one server-side script:
+builds both from load, create-if-absent and replace-if-unchanged, which the
+key-value interface (``set_if_absent``, ``compare_and_set``) and SQL give; Redis
+does each in one server-side script (:meth:`RedisKeyValueStore.script`):
 
 - Redis (key-value): Lua scripts, one round trip each, on the server's clock
   (``TIME``): one *claims* a key (creates it, takes it over from a holder whose lease
   ran out, or answers with what is there: the completed outcome, a live lease, another
   fingerprint), one *advances* a record its owner holds (renew, checkpoint, complete,
   release). Records are hashes, so the scripts read only the fields they decide on.
-- SQLite (key-value): ``set_if_absent`` to create, a ``BEGIN IMMEDIATE`` transaction
-  on the store's ``multistore_kv`` table (through ``store.run``) for the swap.
+- Any other key-value store (SQLite): a JSON string per record, created with
+  ``set_if_absent`` and swapped with ``compare_and_set`` on its exact stored text.
 - Relational (SQLite, PostgreSQL, MariaDB): a table with primary key
   ``(scope, idem_key)``; ``INSERT`` to create (a duplicate means someone else did),
   ``UPDATE … WHERE version = :expected AND record = :expected_record`` to swap.
+
+**Time.** Leases and expiry are decided on the database's clock where it has one:
+Redis ``TIME`` inside the scripts; PostgreSQL ``now()`` and MariaDB ``NOW(6)``, read
+with every load (one query returns the record and the server's time) and carried
+forward between loads on the monotonic clock. An embedded SQLite store has no
+clock but its machine's: there the ``clock`` given (``time.time``) is used.
 
 On key-value stores every record carries a TTL (its expiry, or its lease end if
 later), so the store drops it by itself; relational records are deleted by
@@ -30,29 +37,16 @@ import contextlib
 import dataclasses
 import json
 import re
-import sqlite3
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Final, Literal, NoReturn
+from typing import TYPE_CHECKING, Any, Final, Literal
 
-from multistore._resp import (
-    RespConnectionError,
-    RespError,
-    RespPool,
-    RespScript,
-    RespTimeoutError,
-    pack_command,
-)
 from multistore.errors import (
     DuplicateKeyError,
     InvalidValueError,
-    Outcome,
     StoreError,
-    StoreTimeoutError,
-    StoreUnavailableError,
     UnsupportedError,
-    UsageError,
 )
 from multistore.stores._base import Store
 from multistore.stores.kv._api import KeyValueStore
@@ -60,7 +54,8 @@ from multistore.stores.relational._api import RelationalStore
 
 if TYPE_CHECKING:
     from multistore.stores.kv._redis import RedisKeyValueStore
-    from multistore.stores.kv._sqlite import SQLiteKeyValueStore
+
+Clock = Callable[[], float]
 
 __all__ = [
     "CasRecords",
@@ -71,7 +66,6 @@ __all__ = [
     "RedisRecords",
     "RelationalRecords",
     "ResultNotJSONError",
-    "SQLiteKVRecords",
     "records_for",
 ]
 
@@ -223,7 +217,7 @@ CLAIM_ATTEMPTS: Final = 20
 
 class RecordBackend(abc.ABC):
     """Atomic storage for :class:`IdempotencyRecord` values: a claim and the owner's
-    changes, each one atomic step on the store."""
+    changes, each one atomic step on the store, on the store's clock."""
 
     async def setup(self) -> None:  # noqa: B027 -- optional hook, most backends need none
         """Create tables if needed (called once before first use)."""
@@ -233,7 +227,11 @@ class RecordBackend(abc.ABC):
         """The record, or None. An expired record may still be returned."""
 
     @abc.abstractmethod
-    async def reap(self, now: float) -> int:
+    async def load_live(self, scope: str, key: str) -> IdempotencyRecord | None:
+        """The record, or None when it is missing or expired (on the store's clock)."""
+
+    @abc.abstractmethod
+    async def reap(self) -> int:
         """Delete expired records; the number deleted."""
 
     @abc.abstractmethod
@@ -246,7 +244,6 @@ class RecordBackend(abc.ABC):
         *,
         lease: float,
         expires_after: float,
-        clock: Callable[[], float],
     ) -> Claim:
         """Claim ``(scope, key)`` for ``owner``: create the record if there is none (or
         only an expired one), take it over if its holder's lease ran out, else report
@@ -257,7 +254,6 @@ class RecordBackend(abc.ABC):
         self,
         new: IdempotencyRecord,
         current: IdempotencyRecord,
-        now: float,
         *,
         lease: float | None,
         expires_after: float | None = None,
@@ -273,7 +269,19 @@ class CasRecords(RecordBackend, abc.ABC):
     the stored record is still the expected one (its version *and* owner: a record
     reaped and created again restarts at version 1, and only the owner tells a stale
     holder's expected record from the new one). Claim and advance are written here
-    once, on the ``clock`` the caller passes."""
+    once, on the time :meth:`load_at` and :meth:`now` give: ``clock`` unless the
+    store has a clock of its own."""
+
+    def __init__(self, clock: Clock) -> None:
+        self.clock = clock
+
+    async def load_at(self, scope: str, key: str) -> tuple[IdempotencyRecord | None, float]:
+        """The record (as :meth:`load`) and the store's time when it was read."""
+        return await self.load(scope, key), self.clock()
+
+    async def now(self) -> float:
+        """The store's time now."""
+        return self.clock()
 
     @abc.abstractmethod
     async def create(self, record: IdempotencyRecord, now: float) -> bool:
@@ -286,6 +294,10 @@ class CasRecords(RecordBackend, abc.ABC):
         """Store ``record`` if the stored one still has ``expected``'s version and
         owner; False otherwise."""
 
+    async def load_live(self, scope: str, key: str) -> IdempotencyRecord | None:
+        record, now = await self.load_at(scope, key)
+        return None if record is None or record.expired(now) else record
+
     async def claim(
         self,
         scope: str,
@@ -295,11 +307,9 @@ class CasRecords(RecordBackend, abc.ABC):
         *,
         lease: float,
         expires_after: float,
-        clock: Callable[[], float],
     ) -> Claim:
         for _ in range(CLAIM_ATTEMPTS):
-            record = await self.load(scope, key)
-            now = clock()
+            record, now = await self.load_at(scope, key)
             if record is None or record.expired(now):
                 fresh = IdempotencyRecord(
                     scope=scope,
@@ -325,7 +335,7 @@ class CasRecords(RecordBackend, abc.ABC):
                 return Claim("completed", record)
             if record.lease_until > now:
                 return Claim("busy", record, record.lease_until - now)
-            taken = await self.advance(
+            taken = await self._advance_at(
                 dataclasses.replace(record, owner=owner), record, now, lease=lease
             )
             if taken is not None:
@@ -333,6 +343,18 @@ class CasRecords(RecordBackend, abc.ABC):
         return Claim("contended")
 
     async def advance(
+        self,
+        new: IdempotencyRecord,
+        current: IdempotencyRecord,
+        *,
+        lease: float | None,
+        expires_after: float | None = None,
+    ) -> IdempotencyRecord | None:
+        return await self._advance_at(
+            new, current, await self.now(), lease=lease, expires_after=expires_after
+        )
+
+    async def _advance_at(
         self,
         new: IdempotencyRecord,
         current: IdempotencyRecord,
@@ -362,10 +384,15 @@ def kv_key(namespace: str, scope: str, key: str) -> str:
     return f"{namespace}{len(scope)}:{scope}:{key}"
 
 
-class KeyValueRecords(CasRecords, abc.ABC):
-    """Records as JSON strings with a TTL under ``{namespace}{len(scope)}:{scope}:{key}``."""
+class KeyValueRecords(CasRecords):
+    """Records as JSON strings with a TTL under ``{namespace}{len(scope)}:{scope}:{key}``
+    in any key-value store: created with ``set_if_absent``, swapped with
+    ``compare_and_set`` on the exact stored text (records are written by
+    :meth:`IdempotencyRecord.dumps`, and a loaded record dumps to the same text, so
+    the text checks the version and the owner)."""
 
-    def __init__(self, store: KeyValueStore, namespace: str) -> None:
+    def __init__(self, store: KeyValueStore, namespace: str, clock: Clock) -> None:
+        super().__init__(clock)
         self.store = store
         self.namespace = namespace
 
@@ -379,6 +406,17 @@ class KeyValueRecords(CasRecords, abc.ABC):
     async def create(self, record: IdempotencyRecord, now: float) -> bool:
         k = self.kv_key(record.scope, record.key)
         return await self.store.set_if_absent(k, record.dumps(), ttl=record.ttl(now))
+
+    async def replace(
+        self, record: IdempotencyRecord, expected: IdempotencyRecord, now: float
+    ) -> bool:
+        k = self.kv_key(record.scope, record.key)
+        return await self.store.compare_and_set(
+            k, expected.dumps(), record.dumps(), ttl=record.ttl(now)
+        )
+
+    async def reap(self) -> int:
+        return await self.store.purge_expired(self.namespace)
 
 
 # Redis keeps a record as a hash on its own clock: the scripts read ``TIME`` and
@@ -460,8 +498,11 @@ return {v, lu, ea, tonumber(cur[4]) or 0}
 )
 
 
-_CLAIM_SCRIPT: Final = RespScript(_REDIS_CLAIM)
-_ADVANCE_SCRIPT: Final = RespScript(_REDIS_ADVANCE)
+# The record and the server's time (a record past its TTL is already gone).
+_REDIS_LOAD: Final = """
+local t = redis.call('TIME')
+return {t[1] * 1000 + math.floor(t[2] / 1000), redis.call('HGETALL', KEYS[1])}
+"""
 
 
 def _ms(seconds: float) -> str:
@@ -478,118 +519,42 @@ def _json_or_none(raw: object) -> Any:
     return json.loads(raw) if raw else None  # type: ignore[arg-type]
 
 
-def _lean_pool(store: RedisKeyValueStore) -> RespPool:
-    """A :class:`RespPool` to the store's server and database, closed with the store."""
-    url = store.url
-    timeout = url.float_option("timeout", 5.0)
-    lean = RespPool(
-        url.host or "127.0.0.1",
-        url.port or 6379,
-        db=int(url.database or 0),
-        username=url.username or None,
-        password=url.password or None,
-        timeout=timeout,
-        connect_timeout=url.float_option("connect_timeout", timeout),
-        max_connections=url.int_option("pool_max", 10),
-    )
-    store.on_close(lean.close)
-    return lean
-
-
 class RedisRecords(RecordBackend):
     """Records in Redis hashes under ``{prefix}{namespace}{len(scope)}:{scope}:{key}``;
-    a claim and every change of a record are each one Lua script, so one round trip,
-    decided on the server's clock (``TIME``). Redis drops expired records by itself
-    (every record has a TTL: its expiry, or its lease end if later).
-
-    The scripts run on a lean RESP2 client (:mod:`multistore._resp`, its own small
-    pool of connections to the store's server and database): a redis-py asyncio round
-    trip costs 165-183 us here, a bare asyncio protocol about 35 us. With ``ssl`` (not
-    supported there) they run on a connection of the store's own redis-py pool, sent
-    and read directly, skipping ``Redis.execute_command``'s ~50 us of client work
-    (observability hooks, retry wrapper, response callbacks).
-    """
+    a claim and every change of a record are each one Lua script
+    (:meth:`RedisKeyValueStore.script`, on the store's lean connection pool), so one
+    round trip, decided on the server's clock (``TIME``). Redis drops expired records
+    by itself (every record has a TTL: its expiry, or its lease end if later)."""
 
     def __init__(self, store: RedisKeyValueStore, namespace: str) -> None:
-        from redis import exceptions as rex
-        from redis._parsers.base import BaseParser
-
-        parser: Any = BaseParser  # untyped
+        self.store = store
         self.namespace = namespace
-        self._parse_error: Callable[[str], BaseException] = parser.parse_error
-        self._redis = store
-        self._prefix = store.url.str_option("prefix", "")
-        self._pool: Any = store.native.connection_pool  # redis-py: partly untyped
-        self._noscript = rex.NoScriptError
-        self._redis_error = rex.RedisError
-        self._lean = None if store.url.option("ssl", False) else _lean_pool(store)
-
-    async def _send(
-        self, name: str, key: str, command: bytes, fallback: Callable[[], bytes] | None
-    ) -> Any:
-        """One command (``fallback`` instead on a NOSCRIPT reply), errors mapped."""
-        store = self._redis
-        if store._closed:
-            raise UsageError(f"the key-value store {store.url} is closed")
-        lean = self._lean
-        if lean is not None:
-            try:
-                return await lean.call(command, fallback)
-            except RespError as exc:  # an error reply: the exception redis-py would raise
-                self._raise_mapped(name, key, self._parse_error(exc.message))
-            except RespConnectionError as exc:
-                # Sent: the script may have run (indeterminate); not sent: it did not.
-                outcome = Outcome.INDETERMINATE if exc.sent else Outcome.DEFINITE
-                where = f"{name} on {store.url} (key {key!r})"
-                if isinstance(exc, RespTimeoutError):
-                    raise StoreTimeoutError(
-                        f"Redis did not answer in time: {where}", outcome=outcome
-                    ) from exc
-                raise StoreUnavailableError(
-                    f"Redis unreachable: {where}: {exc}", outcome=outcome
-                ) from exc
-        pool = self._pool
-        try:
-            conn = await pool.get_connection()
-            try:
-                # As redis-py does: on any failure but an error reply the connection
-                # disconnects itself, so the pool never hands out a half-read one.
-                await conn.send_packed_command(command, False)
-                try:
-                    return await conn.read_response()
-                except self._noscript:  # a restarted or flushed server: send the body
-                    if fallback is None:
-                        raise
-                    await conn.send_packed_command(fallback(), False)
-                    return await conn.read_response()
-            finally:
-                await pool.release(conn)
-        except self._redis_error as exc:
-            self._raise_mapped(name, key, exc)
-
-    async def _run(self, name: str, script: RespScript, key: str, *args: str) -> Any:
-        command, fallback = script.pack((key,), args)
-        return await self._send(name, key, command, fallback)
-
-    def _raise_mapped(self, op: str, key: str, exc: BaseException) -> NoReturn:
-        with self._redis._errors(op, key):  # the store's mapping of redis-py errors
-            raise exc
-        raise StoreError(f"Redis error: {op} (key {key!r}): {exc}") from exc
+        self._claim = store.script(_REDIS_CLAIM, name="idempotency claim")
+        self._advance = store.script(_REDIS_ADVANCE, name="idempotency update")
+        self._load = store.script(_REDIS_LOAD, name="idempotency load")
 
     def _key(self, scope: str, key: str) -> str:
-        return self._prefix + kv_key(self.namespace, scope, key)
+        return kv_key(self.namespace, scope, key)
 
     async def load(self, scope: str, key: str) -> IdempotencyRecord | None:
+        return (await self._load_at(scope, key))[0]
+
+    async def load_live(self, scope: str, key: str) -> IdempotencyRecord | None:
+        record, now = await self._load_at(scope, key)
+        return None if record is None or record.expired(now) else record
+
+    async def _load_at(self, scope: str, key: str) -> tuple[IdempotencyRecord | None, float]:
         k = self._key(scope, key)
-        reply = await self._send("idempotency load", k, pack_command("HGETALL", k), None)
+        now_ms, reply = await self._load([k])
+        now = int(now_ms) / 1000
         if not reply:
-            return None
+            return None, now
         pairs = (  # a flat list in RESP2; redis-py may hand over a dict (RESP3)
             reply.items() if isinstance(reply, dict) else zip(reply[::2], reply[1::2], strict=True)
         )
         f = {_text(name): value for name, value in pairs}
         try:
-            return _record(
+            record = _record(
                 scope,
                 key,
                 f["v"],
@@ -605,6 +570,7 @@ class RedisRecords(RecordBackend):
             )
         except (KeyError, ValueError, TypeError) as exc:
             raise StoreError(f"a stored idempotency record is corrupt: {k!r}: {exc}") from None
+        return record, now
 
     async def claim(
         self,
@@ -615,18 +581,9 @@ class RedisRecords(RecordBackend):
         *,
         lease: float,
         expires_after: float,
-        clock: Callable[[], float],
     ) -> Claim:
         k = self._key(scope, key)
-        reply = await self._run(
-            "idempotency claim",
-            _CLAIM_SCRIPT,
-            k,
-            fingerprint,
-            _ms(lease),
-            _ms(expires_after),
-            owner,
-        )
+        reply = await self._claim([k], [fingerprint, _ms(lease), _ms(expires_after), owner])
         status = reply[0]
         try:
             if status == b"created":
@@ -698,7 +655,6 @@ class RedisRecords(RecordBackend):
         self,
         new: IdempotencyRecord,
         current: IdempotencyRecord,
-        now: float,
         *,
         lease: float | None,
         expires_after: float | None = None,
@@ -712,19 +668,19 @@ class RedisRecords(RecordBackend):
                 f"idempotency key {new.key!r}: the stored result or recovery data is not "
                 f"JSON: {exc}"
             ) from None
-        reply = await self._run(
-            "idempotency update",
-            _ADVANCE_SCRIPT,
-            self._key(new.scope, new.key),
-            str(current.version),
-            current.owner or "",
-            "" if lease is None else _ms(lease),
-            "" if expires_after is None else _ms(expires_after),
-            new.state,
-            new.owner or "",
-            new.recovery_point or "",
-            rd,
-            rs,
+        reply = await self._advance(
+            [self._key(new.scope, new.key)],
+            [
+                str(current.version),
+                current.owner or "",
+                "" if lease is None else _ms(lease),
+                "" if expires_after is None else _ms(expires_after),
+                new.state,
+                new.owner or "",
+                new.recovery_point or "",
+                rd,
+                rs,
+            ],
         )
         if not reply:
             return None
@@ -736,65 +692,8 @@ class RedisRecords(RecordBackend):
             created_at=created_at / 1000,
         )
 
-    async def reap(self, now: float) -> int:
+    async def reap(self) -> int:
         return 0  # Redis drops expired keys by itself
-
-
-class SQLiteKVRecords(KeyValueRecords):
-    """Records in a SQLite key-value store; the swap is one ``BEGIN IMMEDIATE``
-    transaction on its ``multistore_kv`` table, run on the store's worker thread."""
-
-    def __init__(self, store: SQLiteKeyValueStore, namespace: str) -> None:
-        super().__init__(store, namespace)
-        self._sqlite = store
-        self._prefix = store.url.str_option("prefix", "")
-
-    async def replace(
-        self, record: IdempotencyRecord, expected: IdempotencyRecord, now: float
-    ) -> bool:
-        k = self._prefix + self.kv_key(record.scope, record.key)
-        raw, expires = record.dumps().encode(), now + record.ttl(now)
-
-        def swap(conn: sqlite3.Connection) -> bool:
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                row = conn.execute(
-                    "SELECT value FROM multistore_kv WHERE key = ? AND kind = 'string' "
-                    "AND (expires_at IS NULL OR expires_at > ?)",
-                    (k, time.time()),
-                ).fetchone()
-                stored = None if row is None else IdempotencyRecord.loads(row[0])
-                if (
-                    stored is None
-                    or stored.version != expected.version
-                    or stored.owner != expected.owner
-                ):
-                    conn.execute("ROLLBACK")
-                    return False
-                conn.execute(
-                    "UPDATE multistore_kv SET value = ?, expires_at = ? WHERE key = ?",
-                    (raw, expires, k),
-                )
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
-            conn.execute("COMMIT")
-            return True
-
-        return await self._sqlite.run(swap)
-
-    async def reap(self, now: float) -> int:
-        low = self._prefix + self.namespace
-        high = low + "\U0010ffff"
-
-        def purge(conn: sqlite3.Connection) -> int:
-            cur = conn.execute(
-                "DELETE FROM multistore_kv WHERE key >= ? AND key < ? AND expires_at <= ?",
-                (low, high, time.time()),
-            )
-            return cur.rowcount
-
-        return await self._sqlite.run(purge)
 
 
 # -- relational stores ------------------------------------------------------------
@@ -802,14 +701,28 @@ class SQLiteKVRecords(KeyValueRecords):
 _IDENT: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
 
 
-class RelationalRecords(CasRecords):
-    """Records in one table of a relational store (created if missing)."""
+# The server's time in epoch seconds, per backend with a clock of its own.
+_SERVER_NOW: Final = {
+    "postgresql": "extract(epoch from now())",
+    "mariadb": "UNIX_TIMESTAMP(NOW(6))",
+}
 
-    def __init__(self, store: RelationalStore, table: str) -> None:
+
+class RelationalRecords(CasRecords):
+    """Records in one table of a relational store (created if missing). On PostgreSQL
+    and MariaDB every load reads the server's time with the record (one query);
+    between loads the time is carried on ``time.monotonic``, which a change of the
+    client's wall clock does not move."""
+
+    def __init__(self, store: RelationalStore, table: str, clock: Clock) -> None:
         if not _IDENT.fullmatch(table):
             raise InvalidValueError(f"idempotency table name {table!r} is not an identifier")
+        super().__init__(clock)
         self.store = store
         self.table = table
+        self._server_now = _SERVER_NOW.get(store.backend)
+        self._offset: float | None = None
+        """The server's time minus ``time.monotonic()``, from the last load."""
 
     async def setup(self) -> None:
         mariadb = self.store.backend == "mariadb"
@@ -844,6 +757,30 @@ class RelationalRecords(CasRecords):
             {"scope": scope, "key": key},
         )
         return None if raw is None else IdempotencyRecord.loads(raw)
+
+    async def load_at(self, scope: str, key: str) -> tuple[IdempotencyRecord | None, float]:
+        if self._server_now is None:
+            return await super().load_at(scope, key)
+        row = await self.store.fetch_one(
+            f"SELECT (SELECT record FROM {self.table} WHERE scope = :scope "
+            f"AND idem_key = :key), {self._server_now}",
+            {"scope": scope, "key": key},
+        )
+        assert row is not None  # a SELECT without FROM has its one row
+        now = float(row[1])
+        self._offset = now - time.monotonic()
+        return (None if row[0] is None else IdempotencyRecord.loads(row[0])), now
+
+    async def now(self) -> float:
+        if self._server_now is None:
+            return self.clock()
+        if self._offset is None:
+            now = float(await self.store.fetch_val(f"SELECT {self._server_now}"))
+            self._offset = now - time.monotonic()
+        # The server's time when the last load was answered, plus what the monotonic
+        # clock counted since: behind the server by at most that answer's trip back,
+        # so a lease written from it ends no later than meant.
+        return time.monotonic() + self._offset
 
     def _params(self, record: IdempotencyRecord) -> dict[str, Any]:
         return {
@@ -888,28 +825,35 @@ class RelationalRecords(CasRecords):
         )
         return changed == 1
 
-    async def reap(self, now: float) -> int:
+    async def reap(self) -> int:
+        if self._server_now is None:
+            return await self.store.execute(
+                f"DELETE FROM {self.table} WHERE expires_at <= :now "
+                "AND (state = 'completed' OR lease_until <= :now)",
+                {"now": self.clock()},
+            )
+        now = self._server_now
         return await self.store.execute(
-            f"DELETE FROM {self.table} WHERE expires_at <= :now "
-            "AND (state = 'completed' OR lease_until <= :now)",
-            {"now": now},
+            f"DELETE FROM {self.table} WHERE expires_at <= {now} "
+            f"AND (state = 'completed' OR lease_until <= {now})"
         )
 
 
-def records_for(store: Store, *, namespace: str, table: str) -> RecordBackend:
-    """The record backend for an opened key-value or relational store."""
+def records_for(
+    store: Store, *, namespace: str, table: str, clock: Clock = time.time
+) -> RecordBackend:
+    """The record backend for an opened key-value or relational store; ``clock`` is
+    the time of stores without a clock of their own (embedded SQLite)."""
     if isinstance(store, RelationalStore):
-        return RelationalRecords(store, table)
+        return RelationalRecords(store, table, clock)
     if isinstance(store, KeyValueStore):
-        # Imported here: each backend's driver is an optional dependency.
-        from multistore.stores.kv._sqlite import SQLiteKeyValueStore
+        if store.backend == "redis":
+            # Imported here: redis-py is an optional dependency.
+            from multistore.stores.kv._redis import RedisKeyValueStore
 
-        if isinstance(store, SQLiteKeyValueStore):
-            return SQLiteKVRecords(store, namespace)
-        from multistore.stores.kv._redis import RedisKeyValueStore
-
-        if isinstance(store, RedisKeyValueStore):
-            return RedisRecords(store, namespace)
+            if isinstance(store, RedisKeyValueStore):
+                return RedisRecords(store, namespace)
+        return KeyValueRecords(store, namespace, clock)
     raise UnsupportedError(
         f"idempotency keys need a key-value (sqlite, redis) or relational store, "
         f"not the {store.model} store {store.url}"

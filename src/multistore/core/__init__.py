@@ -11,7 +11,8 @@ small state machine that the replication layer drives.
 * CRDTs (state-based, with deltas): :class:`GCounter`, :class:`PNCounter`,
   :class:`LWWRegister`, :class:`MVRegister`, :class:`ORSet`, :class:`ORMap`,
   :class:`Cart`.
-* Versions and conflicts: :class:`Versioned`, :class:`SiblingSet`, and the
+* Versions and conflicts: :class:`Versioned` (a delete's value is :data:`DELETED`),
+  :class:`SiblingSet`, and the
   resolvers :class:`LWW`, :class:`MergeFunction` (:func:`merge_carts`),
   :class:`KeepSiblings`, :class:`CRDTResolver`.
 * State machines: the saga (:class:`SagaState`, :func:`next_move`) and two-phase
@@ -111,7 +112,14 @@ from multistore.core._saga import (
     next_move,
 )
 from multistore.core._sets import ORSet
-from multistore.core._siblings import Siblings, SiblingSet, SiblingWrite, Versioned
+from multistore.core._siblings import (
+    DELETED,
+    Siblings,
+    SiblingSet,
+    SiblingWrite,
+    Tombstone,
+    Versioned,
+)
 from multistore.core._tpc import (
     XA_FORMAT_ID,
     XID_PREFIX,
@@ -130,6 +138,7 @@ __all__ = [
     "CRDT",
     "DEFAULT_SEARCH_BOUND",
     "DEFAULT_STALENESS_EDGES_MS",
+    "DELETED",
     "LWW",
     "MAX_COUNTER",
     "MAX_PHYSICAL_MS",
@@ -190,6 +199,7 @@ __all__ = [
     "StalenessBucket",
     "StepRecord",
     "StepState",
+    "Tombstone",
     "TxState",
     "Verdict",
     "VersionVector",

@@ -5,7 +5,8 @@ Every checker takes the :class:`~multistore.core._history.Operation` list of a h
 a read names the write it saw; ``None`` names the initial value. "``a`` precedes ``b``"
 always means real time: ``a`` was acknowledged before ``b`` was invoked. Indeterminate
 (``info``) writes never precede anything (they may take effect at any later time);
-failed writes never happened.
+failed writes never happened — unless a read returned one's value: that is reported
+(below), and every other check then treats that write as indeterminate.
 
 - **Stale read**: an ``ok`` read that returned the initial value, or the value of a
   write ``s``, although some write ``w`` acknowledged before the read began had been
@@ -13,47 +14,70 @@ failed writes never happened.
   by a write the store had confirmed. ``missed`` is such a ``w`` (the one invoked
   latest) and ``age_ns`` is how long before the read ``w`` was acknowledged.
 - **Lost write**: an acknowledged write ``w`` such that at least one ``ok`` read of its
-  key began after ``w`` was acknowledged, and *every* such read returned the initial
-  value or a write that precedes ``w``: after ``w`` was confirmed, no read ever saw
-  ``w`` or anything that could be ordered after it. (A write that no read followed is
-  not judged; it is counted as ``unverified``.) The lab ends every run with a final
-  read of each key after the faults heal, so each write gets judged.
+  key began after ``w`` was acknowledged, and the *last* such read returned the initial
+  value or a write that precedes ``w``: in the end, neither ``w`` nor anything that
+  could be ordered after it is there. That covers a write no read ever saw and a write
+  seen and then gone (``seen_by`` names the first read that saw it). (A write that no
+  read followed is not judged; it is counted as ``unverified``.) The lab ends every run
+  with a final read of each key after the faults heal, so each write gets judged.
+- **Failed write observed**: a write recorded as ``fail`` — the store said it did not
+  happen and never will — whose value an ``ok`` read returned. The failure should have
+  been indeterminate; the first such read is reported.
 - **Monotonic-read violation**: a process read ``a`` and later (same process, same key)
   read ``b`` where ``b`` precedes ``a`` or ``b`` is the initial value and ``a`` is not.
-- **Phantom read**: an ``ok`` read that returned a value no ``ok`` or ``info`` write of
-  that key wrote, or one whose write was invoked only after the read completed.
+- **Phantom read**: an ``ok`` read that returned a value no write of that key wrote,
+  or one whose write was invoked only after the read completed.
 
 Linearizability of each key is in :mod:`multistore.core._linearizability`.
 :func:`staleness_curve` gives the probability of a stale read as a function of time
-since the write (probabilistically bounded staleness, Bailis et al. 2012), and
-:func:`latency_summary` the latency percentiles per function.
+since the write (probabilistically bounded staleness, Bailis et al. 2012) from the
+samples of :func:`staleness_samples`, and :func:`latency_summary` the latency
+percentiles per function.
 """
 
 from __future__ import annotations
 
 import bisect
 import math
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, replace
 from typing import Any, Final
 
 from multistore.core._history import NEVER, EventType, Operation
 
 __all__ = [
     "DEFAULT_STALENESS_EDGES_MS",
+    "FailedWriteObserved",
     "LostWrite",
     "MonotonicViolation",
     "StaleRead",
     "StalenessBucket",
+    "StalenessSample",
+    "as_indeterminate",
+    "bucket_edges",
+    "find_failed_writes_observed",
     "find_lost_writes",
     "find_monotonic_violations",
     "find_phantom_reads",
     "find_stale_reads",
     "latency_summary",
     "staleness_curve",
+    "staleness_samples",
 ]
 
-DEFAULT_STALENESS_EDGES_MS: Final = (0.0, 1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0)
+DEFAULT_STALENESS_EDGES_MS: Final = (
+    0.0,
+    0.5,
+    1.0,
+    2.0,
+    5.0,
+    10.0,
+    20.0,
+    50.0,
+    100.0,
+    200.0,
+    500.0,
+)
 """Lower edges (ms since the write was acknowledged) of the staleness-curve buckets."""
 
 
@@ -78,15 +102,33 @@ class StaleRead:
 class LostWrite:
     write: Operation
     reads_after: int
-    """How many ``ok`` reads began after it was acknowledged (none saw it)."""
+    """How many ``ok`` reads began after it was acknowledged."""
     last_read: Operation
+    """The last of them: it returned an older value."""
+    last_saw: Operation | None = None
+    """The write whose value the last read returned (``None``: the initial value)."""
+    seen_by: Operation | None = None
+    """The first read that returned the write's own value, if one did."""
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "write": self.write.to_dict(),
             "reads_after": self.reads_after,
             "last_read": self.last_read.to_dict(),
+            "last_saw": None if self.last_saw is None else self.last_saw.to_dict(),
+            "seen_by": None if self.seen_by is None else self.seen_by.to_dict(),
         }
+
+
+@dataclass(frozen=True, slots=True)
+class FailedWriteObserved:
+    write: Operation
+    """The write recorded as failed (definite)."""
+    read: Operation
+    """The first ``ok`` read that returned its value."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"write": self.write.to_dict(), "read": self.read.to_dict()}
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,6 +151,10 @@ class StalenessBucket:
     def p_stale(self) -> float | None:
         return self.stale / self.reads if self.reads else None
 
+    @property
+    def p_consistent(self) -> float | None:
+        return 1.0 - self.stale / self.reads if self.reads else None
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "from_ms": self.from_ms,
@@ -116,16 +162,36 @@ class StalenessBucket:
             "reads": self.reads,
             "stale": self.stale,
             "p_stale": self.p_stale,
+            "p_consistent": self.p_consistent,
         }
+
+
+def _indeterminate(write: Operation) -> Operation:
+    """A failed write taken as indeterminate: it may have taken effect at any time."""
+    return replace(write, type=EventType.INFO, complete=NEVER)
 
 
 class _Key:
-    """One key's writes, indexed for the questions the checkers ask."""
+    """One key's writes, indexed for the questions the checkers ask. A failed write
+    whose value some read returned counts as indeterminate here."""
 
     def __init__(self, ops: Sequence[Operation]) -> None:
+        last_seen: dict[object, int] = {}  # value -> latest completion of a read of it
+        for op in ops:
+            if op.is_read and op.ok:
+                last_seen[op.value] = max(last_seen.get(op.value, -1), op.complete)
+        self.failed_seen = {
+            op.value: op
+            for op in ops
+            if op.is_write
+            and op.type is EventType.FAIL
+            and last_seen.get(op.value, -1) >= op.invoke
+        }
         self.by_value = {
             op.value: op for op in ops if op.is_write and op.type in (EventType.OK, EventType.INFO)
         }
+        for value, op in self.failed_seen.items():
+            self.by_value.setdefault(value, _indeterminate(op))
         acked = sorted((op for op in ops if op.is_write and op.ok), key=lambda op: op.complete)
         self.acked = acked
         self.acked_complete = [op.complete for op in acked]
@@ -142,6 +208,16 @@ class _Key:
     def acked_before(self, time: int) -> int:
         """How many acknowledged writes completed strictly before ``time``."""
         return bisect.bisect_left(self.acked_complete, time)
+
+    def judged_reads(self) -> Iterator[tuple[Operation, int]]:
+        """Each non-phantom ``ok`` read that began after an acknowledged write, with how
+        many acknowledged writes completed before it began."""
+        for read in self.reads:
+            if self.is_phantom(read):
+                continue
+            n = self.acked_before(read.invoke)
+            if n:
+                yield read, n
 
     def is_phantom(self, read: Operation) -> bool:
         if read.value is None:
@@ -165,12 +241,7 @@ def _ack_time(write: Operation | None) -> int:
 def find_stale_reads(operations: Sequence[Operation]) -> list[StaleRead]:
     found: list[StaleRead] = []
     for key in _by_key(operations).values():
-        for read in key.reads:
-            if key.is_phantom(read):
-                continue
-            n = key.acked_before(read.invoke)
-            if n == 0:
-                continue
+        for read, n in key.judged_reads():
             newest = key.latest_invoked[n - 1]
             saw = key.saw(read)
             if saw is not None and saw.complete == NEVER:
@@ -186,23 +257,45 @@ def find_lost_writes(operations: Sequence[Operation]) -> tuple[list[LostWrite], 
     lost: list[LostWrite] = []
     unverified = 0
     for key in _by_key(operations).values():
-        invokes = [r.invoke for r in key.reads]
+        reads = [read for read in key.reads if not key.is_phantom(read)]  # judged apart
+        invokes = [read.invoke for read in reads]
         for write in key.acked:
             start = bisect.bisect_right(invokes, write.complete)
-            after = key.reads[start:]
+            after = reads[start:]
             if not after:
                 unverified += 1
                 continue
-            visible = False
-            for read in after:
-                saw = key.saw(read)
-                if saw is not None and not saw.precedes(write):
-                    visible = True
-                    break
-            if not visible:
-                lost.append(LostWrite(write, len(after), after[-1]))
+            last = after[-1]  # reads are in invocation order: the last one begun
+            saw = key.saw(last)
+            if saw is not None and not saw.precedes(write):
+                continue  # the write, or one that may be ordered after it, is there
+            seen_by = next((read for read in key.reads if read.value == write.value), None)
+            lost.append(LostWrite(write, len(after), last, saw, seen_by))
     lost.sort(key=lambda lw: lw.write.index)
     return lost, unverified
+
+
+def find_failed_writes_observed(operations: Sequence[Operation]) -> list[FailedWriteObserved]:
+    """Failed writes whose value a read returned, each with the first such read."""
+    found: list[FailedWriteObserved] = []
+    for key in _by_key(operations).values():
+        for value, write in key.failed_seen.items():
+            first = min(
+                (r for r in key.reads if r.value == value and r.complete >= write.invoke),
+                key=lambda r: r.complete,
+            )
+            found.append(FailedWriteObserved(write, first))
+    found.sort(key=lambda fw: fw.write.index)
+    return found
+
+
+def as_indeterminate(
+    operations: Sequence[Operation], failed: Iterable[FailedWriteObserved]
+) -> list[Operation]:
+    """The operations with each observed failed write turned indeterminate (``info``),
+    for checks such as linearizability that take outcomes at their word."""
+    turned = {fw.write.index for fw in failed}
+    return [_indeterminate(op) if op.index in turned else op for op in operations]
 
 
 def find_monotonic_violations(operations: Sequence[Operation]) -> list[MonotonicViolation]:
@@ -242,6 +335,28 @@ def find_phantom_reads(operations: Sequence[Operation]) -> list[Operation]:
     return found
 
 
+@dataclass(frozen=True, slots=True)
+class StalenessSample:
+    """One read that began after an acknowledged write of its key."""
+
+    t_ms: float
+    """Time from the latest acknowledged write's acknowledgement to the read's start."""
+    stale: bool
+    """The read returned the initial value or a write that precedes that write."""
+
+
+def staleness_samples(operations: Sequence[Operation]) -> list[StalenessSample]:
+    """PBS *t-visibility* samples of a history (see :func:`staleness_curve`)."""
+    samples: list[StalenessSample] = []
+    for key in _by_key(operations).values():
+        for read, n in key.judged_reads():
+            last = key.acked[n - 1]
+            saw = key.saw(read)
+            stale = saw is None or saw.precedes(last)
+            samples.append(StalenessSample((read.invoke - last.complete) / 1e6, stale))
+    return samples
+
+
 def staleness_curve(
     operations: Sequence[Operation], edges_ms: Sequence[float] = DEFAULT_STALENESS_EDGES_MS
 ) -> list[StalenessBucket]:
@@ -253,30 +368,26 @@ def staleness_curve(
     is stale when the read returned the initial value or a write that precedes ``w``.
     Samples are counted in buckets ``[edges[i], edges[i+1])``, the last one open-ended.
     """
-    lower = sorted(edges_ms)
-    if not lower or lower[0] != 0.0:
-        lower = [0.0, *lower]
+    lower = bucket_edges(edges_ms)
     reads = [0] * len(lower)
     stale = [0] * len(lower)
-    for key in _by_key(operations).values():
-        for read in key.reads:
-            if key.is_phantom(read):
-                continue
-            n = key.acked_before(read.invoke)
-            if n == 0:
-                continue
-            last = key.acked[n - 1]
-            t_ms = (read.invoke - last.complete) / 1e6
-            bucket = bisect.bisect_right(lower, t_ms) - 1
-            reads[bucket] += 1
-            saw = key.saw(read)
-            if saw is None or saw.precedes(last):
-                stale[bucket] += 1
+    for sample in staleness_samples(operations):
+        bucket = bisect.bisect_right(lower, sample.t_ms) - 1
+        reads[bucket] += 1
+        stale[bucket] += sample.stale
     uppers = [*lower[1:], math.inf]
     return [
         StalenessBucket(lo, hi, r, s)
         for lo, hi, r, s in zip(lower, uppers, reads, stale, strict=True)
     ]
+
+
+def bucket_edges(edges_ms: Sequence[float]) -> list[float]:
+    """The lower bucket edges, sorted, starting at 0."""
+    lower = sorted(edges_ms)
+    if not lower or lower[0] != 0.0:
+        lower = [0.0, *lower]
+    return lower
 
 
 def _percentile(sorted_values: Sequence[float], q: float) -> float:

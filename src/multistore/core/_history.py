@@ -16,7 +16,9 @@ A history is a list of :class:`Event` values, one per line of a JSON-lines file:
 - a write's value is on both lines; a read's value is on its ``ok`` line
   (``None`` is the initial, never-written value);
 - every write writes a value no other write of that key writes, so a read names the
-  one write it saw.
+  one write it saw;
+- a ``fail`` or ``info`` line may carry ``"error"``: the message of the error the
+  operation ended with.
 
 :func:`pair_operations` turns events into :class:`Operation` values (an invocation
 with no completion counts as ``info``), which the checkers in
@@ -69,9 +71,11 @@ class Event:
     key: str
     value: Value
     time: int
+    error: str | None = None
+    """Why a ``fail`` or ``info`` operation ended so (the error's message)."""
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        data: dict[str, Any] = {
             "index": self.index,
             "process": self.process,
             "type": self.type.value,
@@ -80,6 +84,9 @@ class Event:
             "value": self.value,
             "time": self.time,
         }
+        if self.error is not None:
+            data["error"] = self.error
+        return data
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Event:
@@ -98,7 +105,10 @@ class Event:
             raise InvalidValueError(f"key must be a string: {dict(data)!r}")
         if value is not None and (isinstance(value, bool) or not isinstance(value, int | str)):
             raise InvalidValueError(f"value must be an int, a string or null: {value!r}")
-        return cls(index, process, kind, f, key, value, time)
+        error = data.get("error")
+        if error is not None and not isinstance(error, str):
+            raise InvalidValueError(f"error must be a string or absent: {error!r}")
+        return cls(index, process, kind, f, key, value, time, error)
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,6 +128,11 @@ class Operation:
     complete: int
     index: int
     """Index of the invocation event: identifies the operation in reports."""
+    error: str | None = None
+    """The completion's error message (``fail`` and ``info``)."""
+    ended: int | None = None
+    """When the completion was recorded (an ``info`` operation's ``complete`` is
+    :data:`NEVER`, this is when the client gave up); None: never completed."""
 
     @property
     def ok(self) -> bool:
@@ -145,6 +160,7 @@ class Operation:
             "type": self.type.value,
             "invoke": self.invoke,
             "complete": None if self.complete == NEVER else self.complete,
+            **({"error": self.error} if self.error is not None else {}),
         }
 
 
@@ -196,7 +212,16 @@ def pair_operations(events: Iterable[Event]) -> list[Operation]:
         value = event.value if call.f == "read" else call.value
         done.append(
             Operation(
-                call.process, call.f, call.key, value, event.type, call.time, complete, call.index
+                call.process,
+                call.f,
+                call.key,
+                value,
+                event.type,
+                call.time,
+                complete,
+                call.index,
+                event.error,
+                event.time,
             )
         )
     for call in pending.values():  # never completed: indeterminate

@@ -8,16 +8,21 @@ from typing import Any
 
 from multistore.core._checkers import (
     DEFAULT_STALENESS_EDGES_MS,
+    FailedWriteObserved,
     LostWrite,
     MonotonicViolation,
     StalenessBucket,
+    StalenessSample,
     StaleRead,
+    as_indeterminate,
+    find_failed_writes_observed,
     find_lost_writes,
     find_monotonic_violations,
     find_phantom_reads,
     find_stale_reads,
     latency_summary,
     staleness_curve,
+    staleness_samples,
 )
 from multistore.core._history import Event, Operation, check_unique_writes, pair_operations
 from multistore.core._linearizability import (
@@ -36,11 +41,14 @@ class HistoryReport:
     stale_reads: tuple[StaleRead, ...]
     lost_writes: tuple[LostWrite, ...]
     unverified_writes: int
+    failed_writes_observed: tuple[FailedWriteObserved, ...]
     monotonic_violations: tuple[MonotonicViolation, ...]
     phantom_reads: tuple[Operation, ...]
     linearizability: tuple[LinearizabilityResult, ...]
     staleness: tuple[StalenessBucket, ...]
     latency: dict[str, dict[str, Any]]
+    samples: tuple[StalenessSample, ...] = ()
+    """The staleness samples the buckets count (for a model to be set beside them)."""
 
     @property
     def non_linearizable_keys(self) -> list[str]:
@@ -56,6 +64,7 @@ class HistoryReport:
         if (
             self.stale_reads
             or self.lost_writes
+            or self.failed_writes_observed
             or self.monotonic_violations
             or self.phantom_reads
             or self.non_linearizable_keys
@@ -72,6 +81,7 @@ class HistoryReport:
             "ok": sum(op.ok for op in self.operations),
             "stale_reads": len(self.stale_reads),
             "lost_writes": len(self.lost_writes),
+            "failed_writes_observed": len(self.failed_writes_observed),
             "unverified_writes": self.unverified_writes,
             "monotonic_violations": len(self.monotonic_violations),
             "phantom_reads": len(self.phantom_reads),
@@ -85,6 +95,7 @@ class HistoryReport:
             "examples": {
                 "stale_reads": examples(self.stale_reads),
                 "lost_writes": examples(self.lost_writes),
+                "failed_writes_observed": examples(self.failed_writes_observed),
                 "monotonic_violations": examples(self.monotonic_violations),
                 "phantom_reads": examples(self.phantom_reads),
                 "linearizability": examples(bad_keys),
@@ -101,18 +112,25 @@ def check_history(
     bound: int = DEFAULT_SEARCH_BOUND,
     edges_ms: Sequence[float] = DEFAULT_STALENESS_EDGES_MS,
 ) -> HistoryReport:
-    """Pair the events and run every checker (``bound``: per-key linearizability budget)."""
+    """Pair the events and run every checker (``bound``: per-key linearizability budget).
+
+    A failed write that a read observed is reported once, as such; the linearizability
+    check then takes it as indeterminate, so it judges the rest of the key's history.
+    """
     ops = pair_operations(events)
     check_unique_writes(ops)
     lost, unverified = find_lost_writes(ops)
+    failed = find_failed_writes_observed(ops)
     return HistoryReport(
         operations=tuple(ops),
         stale_reads=tuple(find_stale_reads(ops)),
         lost_writes=tuple(lost),
         unverified_writes=unverified,
+        failed_writes_observed=tuple(failed),
         monotonic_violations=tuple(find_monotonic_violations(ops)),
         phantom_reads=tuple(find_phantom_reads(ops)),
-        linearizability=tuple(check_linearizable(ops, bound=bound)),
+        linearizability=tuple(check_linearizable(as_indeterminate(ops, failed), bound=bound)),
         staleness=tuple(staleness_curve(ops, edges_ms)),
         latency=latency_summary(ops),
+        samples=tuple(staleness_samples(ops)),
     )

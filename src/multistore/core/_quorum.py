@@ -64,10 +64,19 @@ def required(level: Level | str, n: int) -> int:
 
 @dataclass(frozen=True, slots=True)
 class QuorumConfig:
-    """Replication factor ``n`` and the default read/write levels of a cluster.
+    """Replication factor ``n``, the default read/write levels of a cluster, and
+    whether its quorums are strict or sloppy.
 
-    ``pr``/``pw`` (0 = off) count only primary replicas — the nodes of the key's
-    preference list, not the fallbacks a sloppy quorum writes to.
+    **Strict** (the default, as Cassandra): only the N nodes of a key's preference
+    list (its *homes*) count toward R and W; a home that is down gets a hint, which
+    counts for nothing. So R + W > N read and write quorums always overlap.
+
+    **Sloppy** (``sloppy=True``, as Riak): a write whose home is down goes to the next
+    node on the ring instead (a *stand-in*), whose acknowledgement counts toward W,
+    and a read may count a stand-in's answer toward R. Writes stay available while
+    any W nodes of the ring answer, but a read can miss an acknowledged write until
+    its hints are delivered, even with R + W > N. ``pr``/``pw`` (0 = off) then say how
+    many of the R or W answers must still come from homes.
     """
 
     n: int = 3
@@ -75,6 +84,7 @@ class QuorumConfig:
     w: Level = Consistency.QUORUM
     pr: int = 0
     pw: int = 0
+    sloppy: bool = False
 
     def __post_init__(self) -> None:
         if type(self.n) is not int or self.n < 1:
@@ -84,6 +94,8 @@ class QuorumConfig:
         for name, value in (("pr", self.pr), ("pw", self.pw)):
             if type(value) is not int or not 0 <= value <= self.n:
                 raise InvalidValueError(f"{name} must be an int in [0, {self.n}], got {value!r}")
+        if type(self.sloppy) is not bool:
+            raise InvalidValueError(f"sloppy must be True or False, got {self.sloppy!r}")
 
     @property
     def read_count(self) -> int:
@@ -122,7 +134,8 @@ class QuorumConfig:
 
     def describe(self) -> str:
         overlap = "R+W>N" if self.overlapping else "R+W<=N, stale reads possible"
-        return f"N={self.n} R={self.read_count} W={self.write_count} ({overlap})"
+        kind = ", sloppy" if self.sloppy else ""
+        return f"N={self.n} R={self.read_count} W={self.write_count} ({overlap}{kind})"
 
 
 PRESETS: Final[dict[str, tuple[Consistency, Consistency]]] = {

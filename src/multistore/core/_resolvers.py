@@ -9,7 +9,8 @@ result) are superseded, not lost, and are not reported.
 * :class:`LWW` — the greatest HLC timestamp wins (ties broken by node id, which is
   part of the timestamp). Simple and convergent; silently loses concurrent writes.
 * :class:`MergeFunction` — an application function merges concurrent values; a
-  causally newer version simply wins.
+  causally newer version simply wins. A concurrent delete reaches the function
+  as :data:`~multistore.core.DELETED`.
 * :class:`KeepSiblings` — keep every concurrent version for the application to
   merge on its next write, up to a limit.
 * :class:`CRDTResolver` — values are CRDT states; merge them. Nothing is lost.
@@ -22,7 +23,7 @@ from dataclasses import dataclass
 from typing import Any, Generic, Protocol, TypeVar, runtime_checkable
 
 from multistore.core._crdt import CRDT
-from multistore.core._siblings import SiblingSet, Versioned, _check_limit
+from multistore.core._siblings import DELETED, SiblingSet, Tombstone, Versioned, _check_limit
 from multistore.core._vv import Ordering, VersionVector
 from multistore.errors import InvalidValueError, UsageError
 
@@ -106,12 +107,16 @@ def _candidates(local: Versioned[T] | SiblingSet[T], remote: Versioned[T]) -> li
 
 def _maximal(versions: list[Versioned[T]]) -> list[Versioned[T]]:
     """The versions no other version causally follows (mutually concurrent), oldest first."""
-    return [
-        v
-        for v in versions
-        if not any(o is not v and o.vv.dominates(v.vv) for o in versions)
-        and not any(o is not v and o.vv == v.vv and o.sort_key() > v.sort_key() for o in versions)
-    ]
+    heads = []
+    for v in versions:
+        for o in versions:
+            if o is v or not o.descends(v):
+                continue
+            if not v.descends(o) or o.sort_key() > v.sort_key():
+                break  # o is strictly newer, or the same history and later in the order
+        else:
+            heads.append(v)
+    return heads
 
 
 def _combined(versions: list[Versioned[Any]], value: T) -> Versioned[T]:
@@ -153,6 +158,11 @@ class MergeFunction(Generic[T]):
     added": with a max/union merge such as :func:`merge_carts` an item removed on
     one side comes back if the other side still had it (use the :class:`Cart`
     CRDT when removes must stick).
+
+    **Deletes.** When concurrent versions include deletes, ``fn`` gets
+    :data:`~multistore.core.DELETED` once, as the first value of the fold, then
+    the live values; it may return ``DELETED`` to keep the key deleted. When
+    every concurrent version is a delete, ``fn`` is not called.
     """
 
     def __init__(self, fn: Callable[[T, T], T]) -> None:
@@ -164,9 +174,12 @@ class MergeFunction(Generic[T]):
         heads = _maximal(_candidates(local, remote))
         if len(heads) == 1:
             return Resolution(heads[0])
-        value = heads[0].value
-        for version in heads[1:]:
-            value = self.fn(value, version.value)
+        values: list[Any] = [v.value for v in heads if v.value is not DELETED]
+        if len(values) < len(heads):
+            values.insert(0, DELETED)
+        value = values[0]
+        for other in values[1:]:
+            value = self.fn(value, other)
         return Resolution(_combined(heads, value), concurrent=True)
 
     def __repr__(self) -> str:
@@ -218,15 +231,20 @@ class CRDTResolver:
         return "CRDTResolver()"
 
 
-def merge_carts(a: Mapping[str, Any], b: Mapping[str, Any]) -> dict[str, Any]:
+def merge_carts(
+    a: Mapping[str, Any] | Tombstone, b: Mapping[str, Any] | Tombstone
+) -> dict[str, Any]:
     """The seed's cart merge: the union of the items, the larger quantity of each.
 
     Carts are ``{"items": {item_id: quantity}}``. Commutative, associative and
     idempotent, so it converges, but a removed item comes back while another
-    replica still has it.
+    replica still has it. A delete (:data:`~multistore.core.DELETED`) counts as
+    an empty cart: an edit concurrent with it survives, whole.
     """
     merged: dict[str, int] = {}
     for cart in (a, b):
+        if cart is DELETED:
+            continue
         items = cart.get("items") if isinstance(cart, Mapping) else None
         if not isinstance(items, Mapping):
             raise InvalidValueError(f"a cart is {{'items': {{item: quantity}}}}, got {cart!r}")

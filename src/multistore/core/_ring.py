@@ -21,7 +21,7 @@ from typing import Final
 
 from multistore.errors import InvalidValueError
 
-__all__ = ["RING_SIZE", "Arc", "HashRing", "token_of"]
+__all__ = ["RING_SIZE", "Arc", "HashRing", "Move", "token_of"]
 
 RING_SIZE: Final = 2**64
 """Positions on the ring: tokens are ints in ``[0, RING_SIZE)``."""
@@ -40,6 +40,20 @@ class Arc:
     lo: int
     hi: int
     replicas: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Move:
+    """A token range whose replicas differ between two rings (see :meth:`HashRing.moves`)."""
+
+    lo: int
+    hi: int
+    sources: tuple[str, ...]
+    """Its replicas on the old ring."""
+    gained: tuple[str, ...]
+    """Nodes that replicate it on the new ring only: they must receive its records."""
+    lost: tuple[str, ...]
+    """Nodes that replicate it on the old ring only."""
 
 
 class HashRing:
@@ -150,6 +164,34 @@ class HashRing:
             else:
                 joined.append(arc)
         return joined
+
+    def moves(self, new: HashRing, n: int) -> list[Move]:
+        """The token ranges whose ``n`` replicas differ on ``new`` (a ring with a node
+        added or removed), in token order, adjacent ranges with the same change joined.
+        Every key whose preference list differs between the two rings lies in one."""
+        old_arcs, new_arcs = self.arcs(n), new.arcs(n)
+        moves: list[Move] = []
+        i = j = 0
+        lo = 0
+        while i < len(old_arcs) and j < len(new_arcs):
+            before, after = old_arcs[i], new_arcs[j]
+            hi = min(before.hi, after.hi)
+            gained = tuple(x for x in after.replicas if x not in before.replicas)
+            lost = tuple(x for x in before.replicas if x not in after.replicas)
+            if gained or lost:
+                last = moves[-1] if moves else None
+                if (
+                    last is not None
+                    and last.hi + 1 == lo
+                    and (last.sources, last.gained, last.lost) == (before.replicas, gained, lost)
+                ):
+                    moves[-1] = Move(last.lo, hi, last.sources, gained, lost)
+                else:
+                    moves.append(Move(lo, hi, before.replicas, gained, lost))
+            lo = hi + 1
+            i += before.hi == hi
+            j += after.hi == hi
+        return moves
 
     def shared_arcs(self, a: str, b: str, n: int) -> list[tuple[int, int]]:
         """The token ranges that both ``a`` and ``b`` replicate (for anti-entropy)."""

@@ -1,8 +1,16 @@
 """Versioned values and the sibling store (DVVSet-style).
 
 A :class:`Versioned` is one write: its value, its HLC timestamp, its causal
-history as a version vector (its own event included) and the node it came from;
-its own event is the dot ``(origin, vv[origin])``.
+history and the node it came from; its own event is the dot
+``(origin, vv[origin])``. The history is ``vv`` (a version vector, downward
+closed per node) unless the write was based on a context that had not seen all
+of its origin's earlier events for the key: then ``past`` holds that exact
+context and the history is ``past`` plus the dot (a dotted version vector), so a
+write that did not see its sibling ``a:1`` is not mistaken for one that did.
+
+A delete is a version whose value is :data:`DELETED` (a :class:`Tombstone`): it
+supersedes exactly what its context covers, like any write, and a concurrent
+write survives it as a sibling.
 
 A :class:`SiblingSet` keeps the versions of one key that no other version it
 knows has superseded, plus the causal context of everything it has seen. It is
@@ -16,12 +24,13 @@ the dot kernel of the causal CRDTs applied to whole values:
 * ``merge(other)`` — replica sync; commutative, associative, idempotent. A
   version survives if both sides hold it, or one holds it and the other has
   never seen it.
-* ``add(version)`` — receive a single version; its ``vv`` is trusted as its
-  history. Versions made by :meth:`SiblingSet.write` are exact inside sets; a
-  version shipped alone carries its history as a plain vector, which
-  over-approximates one case: a write at node *n* concurrent with another,
-  not-yet-seen write at *n* itself. Replicate sibling sets with ``merge`` when
-  that case matters.
+* ``add(version)`` — receive a single version: the siblings its history covers
+  are dropped, and it is kept unless the set has already seen its dot. The set's
+  context then takes in ``version.vv``, which over-approximates a version with a
+  ``past``: it also covers the origin's earlier dots for the key that the write
+  had not seen. Deliver each origin's versions of a key in the order the origin
+  made them (as the multi-master replicator does) and this is exact: those dots
+  have already been received. Otherwise replicate whole sets with ``merge``.
 
 **Sibling limit.** ``write(..., limit=k)`` (and :meth:`trim`) keep at most *k*
 versions: the new one plus the newest *k - 1* others by HLC; the rest are
@@ -36,70 +45,176 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any, Generic, TypeVar
+from typing import Any, Final, Generic, TypeVar
 
-from multistore.core._hlc import HLCTimestamp, _check_node
-from multistore.core._vv import Dot, DottedVersionVector, Ordering, VersionVector
+from multistore.core._hlc import HLCTimestamp
+from multistore.core._vv import (
+    Dot,
+    DottedVersionVector,
+    Ordering,
+    VersionVector,
+    _dot,
+    _known_node,
+)
 from multistore.errors import InvalidValueError
 
-__all__ = ["SiblingSet", "SiblingWrite", "Siblings", "Versioned"]
+__all__ = ["DELETED", "SiblingSet", "SiblingWrite", "Siblings", "Tombstone", "Versioned"]
 
 T = TypeVar("T")
 
 
+class Tombstone:
+    """The value of a delete. There is one instance, :data:`DELETED`; compare with ``is``."""
+
+    __slots__ = ()
+    _instance: Tombstone | None = None
+
+    def __new__(cls) -> Tombstone:
+        if cls._instance is None:
+            cls._instance = super().__new__(cls)
+        return cls._instance
+
+    def __repr__(self) -> str:
+        return "DELETED"
+
+    def __reduce__(self) -> str:
+        return "DELETED"
+
+
+DELETED: Final = Tombstone()
+"""The value of a deleted key's version (on the wire: ``"deleted": true`` instead of a value)."""
+
+
 @dataclass(frozen=True, slots=True)
 class Versioned(Generic[T]):
-    """One version of a value: ``value`` written at ``origin``, stamped ``hlc``, history ``vv``."""
+    """One version of a value: ``value`` written at ``origin``, stamped ``hlc``, history ``vv``.
+
+    ``past`` is given only for a write whose context had not seen every earlier
+    event of its origin: the exact context, so that the history is ``past`` plus
+    the version's own dot and ``vv`` is that history's covering vector. When
+    ``past`` has no such gap it is dropped (``None``), so equal histories compare
+    equal however they were built.
+    """
 
     value: T
     hlc: HLCTimestamp
     vv: VersionVector
     origin: str
+    past: VersionVector | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.hlc, HLCTimestamp):
             raise InvalidValueError(f"Versioned.hlc must be an HLCTimestamp, got {self.hlc!r}")
         if not isinstance(self.vv, VersionVector):
             raise InvalidValueError(f"Versioned.vv must be a VersionVector, got {self.vv!r}")
-        _check_node(self.origin)
-        if self.vv.get_count(self.origin) == 0:
+        _known_node(self.origin)
+        counter = self.vv.get_count(self.origin)
+        if counter == 0:
             raise InvalidValueError(
                 f"the version vector {self.vv.to_dict()} of a version from {self.origin!r} "
                 "must count its own event"
             )
+        past = self.past
+        if past is None:
+            return
+        if not isinstance(past, VersionVector):
+            raise InvalidValueError(f"Versioned.past must be a VersionVector, got {past!r}")
+        own = past.get_count(self.origin)
+        if own >= counter or self.vv.to_dict() != {**past.to_dict(), self.origin: counter}:
+            raise InvalidValueError(
+                f"the version vector {self.vv.to_dict()} must be the past {past.to_dict()} "
+                f"plus the version's own event {self.origin}:{counter}"
+            )
+        if own == counter - 1:
+            object.__setattr__(self, "past", None)  # no gap: the plain vector is exact
 
     @property
     def dot(self) -> Dot:
         """This version's own event."""
-        return Dot(self.origin, self.vv.get_count(self.origin))
+        return _dot(self.origin, self.vv.get_count(self.origin))
+
+    @property
+    def deleted(self) -> bool:
+        """True for a delete (the value is :data:`DELETED`)."""
+        return self.value is DELETED
+
+    @property
+    def dvv(self) -> DottedVersionVector:
+        """The exact history: the own dot and the context the write was based on."""
+        if self.past is not None:
+            return DottedVersionVector(self.dot, self.past)
+        counter = self.vv.get_count(self.origin)
+        return DottedVersionVector(
+            Dot(self.origin, counter),
+            VersionVector({**self.vv.to_dict(), self.origin: counter - 1}),
+        )
+
+    def covers(self, dot: Dot) -> bool:
+        """True when the event ``dot`` is part of this version's history (its own included)."""
+        if self.past is None:
+            return self.vv.contains(dot)
+        return dot.counter <= self.past.get_count(dot.node) or (
+            dot.node == self.origin and dot.counter == self.vv.get_count(self.origin)
+        )
+
+    def descends(self, other: Versioned[Any]) -> bool:
+        """True when this version's history contains ``other``'s (EQUAL counts)."""
+        if self.past is None and other.past is None:
+            return self.vv.descends(other.vv)
+        if self.dot == other.dot:
+            return True  # one event, one history
+        if not self.covers(other.dot):
+            return False
+        mine = self.past if self.past is not None else self.vv
+        if other.past is not None:
+            return mine.descends(other.past)
+        own = other.origin
+        return all(
+            (count - 1 if node == own else count) <= mine.get_count(node)
+            for node, count in other.vv.items()
+        )
 
     def compare(self, other: Versioned[Any]) -> Ordering:
         """How this version's history relates to ``other``'s."""
-        return self.vv.compare(other.vv)
+        return Ordering.of(self.descends(other), other.descends(self))
 
     def sort_key(self) -> tuple[HLCTimestamp, Dot]:
         """Newest-last order: HLC, then dot (deterministic across replicas)."""
         return self.hlc, self.dot
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-safe when ``value`` is."""
-        return {
-            "value": self.value,
-            "hlc": str(self.hlc),
-            "vv": self.vv.to_dict(),
-            "origin": self.origin,
-        }
+        """JSON-safe when ``value`` is; a delete has ``"deleted": true`` instead of a value."""
+        data: dict[str, Any] = {"deleted": True} if self.value is DELETED else {"value": self.value}
+        data["hlc"] = str(self.hlc)
+        data["vv"] = self.vv.to_dict()
+        data["origin"] = self.origin
+        if self.past is not None:
+            data["past"] = self.past.to_dict()
+        return data
 
     @classmethod
     def from_dict(cls, data: object) -> Versioned[Any]:
-        if not isinstance(data, Mapping) or set(data) != {"value", "hlc", "vv", "origin"}:
-            raise InvalidValueError(f"a version is {{value, hlc, vv, origin}}, got {data!r}")
+        if (
+            not isinstance(data, Mapping)
+            or not {"hlc", "vv", "origin"} <= set(data) <= _VERSION_KEYS
+            or ("value" in data) == ("deleted" in data)
+            or ("deleted" in data and data["deleted"] is not True)
+        ):
+            raise InvalidValueError(
+                f"a version is {{value or deleted, hlc, vv, origin[, past]}}, got {data!r}"
+            )
+        past = data.get("past")
+        value: Any = DELETED if "deleted" in data else data["value"]
         return cls(
-            data["value"],
+            value,
             HLCTimestamp.parse(data["hlc"]),
             VersionVector.from_dict(data["vv"]),
             data["origin"],
+            None if past is None else VersionVector.from_dict(past),
         )
+
+
+_VERSION_KEYS: Final = frozenset({"value", "deleted", "hlc", "vv", "origin", "past"})
 
 
 class SiblingSet(Generic[T]):
@@ -121,9 +236,7 @@ class SiblingSet(Generic[T]):
             seen = seen.merge(version.vv)
         entries: dict[Dot, Versioned[T]] = {}
         for version in given:
-            covered = any(
-                other.dot != version.dot and other.vv.contains(version.dot) for other in given
-            )
+            covered = any(other.dot != version.dot and other.covers(version.dot) for other in given)
             if not covered:
                 entries[version.dot] = version
         self._entries = entries
@@ -187,11 +300,16 @@ class SiblingSet(Generic[T]):
         Versions ``context`` covers are superseded; the others stay as siblings
         (at most ``limit`` in all, see the module docstring).
         """
-        _check_node(node)
+        _known_node(node)
         _check_limit(limit)
-        dot = Dot(node, max(self._context.get_count(node), context.get_count(node)) + 1)
+        if not isinstance(context, VersionVector):
+            raise InvalidValueError(f"context must be a VersionVector, got {context!r}")
+        counter = max(self._context.get_count(node), context.get_count(node)) + 1
+        dot = _dot(node, counter)
         dvv = DottedVersionVector(dot, context)
-        version = Versioned(value, hlc, dvv.to_vv(), node)
+        vv = context.merge(VersionVector._trusted({node: counter}))
+        gap = counter > context.get_count(node) + 1  # the write did not see its node's last
+        version = Versioned(value, hlc, vv, node, past=context if gap else None)
         kept: dict[Dot, Versioned[T]] = {}
         superseded: list[Versioned[T]] = []
         for sibling_dot, sibling in self._entries.items():
@@ -200,19 +318,36 @@ class SiblingSet(Generic[T]):
             else:
                 kept[sibling_dot] = sibling
         kept[dot] = version
-        seen = self._context.merge(context).merge(VersionVector({node: dot.counter}))
+        seen = self._context.merge(vv)
         siblings, dropped = SiblingSet._make(kept, seen).trim(limit, keep=dot)
-        return SiblingWrite(
-            siblings,
-            version,
-            dvv,
-            tuple(sorted(superseded, key=Versioned.sort_key)),
-            dropped,
-        )
+        if len(superseded) > 1:
+            superseded.sort(key=Versioned.sort_key)
+        return SiblingWrite(siblings, version, dvv, tuple(superseded), dropped)
+
+    def overwrite(
+        self, value: T, *, node: str, hlc: HLCTimestamp
+    ) -> tuple[SiblingSet[T], Versioned[T]]:
+        """A blind write at ``node``: ``write(value, node=node, hlc=hlc, context=self.context)``
+        without the report — it supersedes every sibling. Returns the new set and version."""
+        _known_node(node)
+        counters = self._context.to_dict()
+        counter = counters.get(node, 0) + 1
+        counters[node] = counter
+        vv = VersionVector._trusted(counters)
+        version = Versioned(value, hlc, vv, node)
+        return SiblingSet._make({_dot(node, counter): version}, vv), version
 
     def add(self, version: Versioned[T]) -> SiblingSet[T]:
-        """Receive one version (its ``vv`` is its history); the join of this set and it."""
-        return self.merge(SiblingSet([version]))
+        """Receive one version: drop the siblings its history covers and keep it, unless
+        this set has already seen its dot (see the module docstring on delivery order)."""
+        if not isinstance(version, Versioned):
+            raise InvalidValueError(f"a sibling must be a Versioned, got {version!r}")
+        context = self._context.merge(version.vv)
+        if self._context.contains(version.dot):  # held already, or superseded
+            return self if context == self._context else SiblingSet._make(self._entries, context)
+        entries = {d: v for d, v in self._entries.items() if not version.covers(d)}
+        entries[version.dot] = version
+        return SiblingSet._make(entries, context)
 
     def merge(self, other: SiblingSet[T]) -> SiblingSet[T]:
         """The join of two sibling sets (commutative, associative, idempotent)."""
@@ -242,10 +377,13 @@ class SiblingSet(Generic[T]):
 
     # Wire form -----------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "versions": [version.to_dict() for version in self.versions],
-            "context": self._context.to_dict(),
-        }
+        entries = self._entries
+        versions = (
+            [version.to_dict() for version in entries.values()]
+            if len(entries) == 1
+            else [version.to_dict() for version in self.versions]
+        )
+        return {"versions": versions, "context": self._context.to_dict()}
 
     @classmethod
     def from_dict(cls, data: object) -> SiblingSet[Any]:

@@ -35,8 +35,37 @@ class Ordering(enum.Enum):
     CONCURRENT = "concurrent"
     """Neither contains the other: the two are conflicting, concurrent updates."""
 
+    @classmethod
+    def of(cls, ge: bool, le: bool) -> Ordering:
+        """The ordering of two histories from whether each contains the other."""
+        if ge:
+            return cls.EQUAL if le else cls.AFTER
+        return cls.BEFORE if le else cls.CONCURRENT
+
     def reverse(self) -> Ordering:
         return {Ordering.BEFORE: Ordering.AFTER, Ordering.AFTER: Ordering.BEFORE}.get(self, self)
+
+
+_KNOWN_NODES: set[str] = set()
+"""Node ids already checked (a handful in any real system; bounded below)."""
+
+
+def _known_node(node: object) -> str:
+    """:func:`_check_node`, remembering the ids that passed (vectors are built constantly)."""
+    if isinstance(node, str) and node in _KNOWN_NODES:
+        return node
+    checked = _check_node(node)
+    if len(_KNOWN_NODES) < 65_536:
+        _KNOWN_NODES.add(checked)
+    return checked
+
+
+def _dot(node: str, counter: int) -> Dot:
+    """A :class:`Dot` from a node and counter already known to be valid (no checks)."""
+    dot = object.__new__(Dot)
+    object.__setattr__(dot, "node", node)
+    object.__setattr__(dot, "counter", counter)
+    return dot
 
 
 def _check_counter(counter: object, *, allow_zero: bool) -> int:
@@ -54,7 +83,7 @@ class Dot:
     counter: int
 
     def __post_init__(self) -> None:
-        _check_node(self.node)
+        _known_node(self.node)
         _check_counter(self.counter, allow_zero=False)
 
     def __str__(self) -> str:
@@ -78,11 +107,19 @@ class VersionVector(Mapping[str, int]):
     def __init__(self, counters: Mapping[str, int] | None = None) -> None:
         clean: dict[str, int] = {}
         for node, counter in (counters or {}).items():
-            _check_node(node)
+            _known_node(node)
             if _check_counter(counter, allow_zero=True):
                 clean[node] = counter
         self._counters = dict(sorted(clean.items()))
         self._hash: int | None = None
+
+    @classmethod
+    def _trusted(cls, counters: dict[str, int]) -> VersionVector:
+        """A vector from counters that are already valid and non-zero (no checks)."""
+        new = object.__new__(cls)
+        new._counters = dict(sorted(counters.items()))
+        new._hash = None
+        return new
 
     # Mapping protocol ---------------------------------------------------------
     def __getitem__(self, node: str) -> int:
@@ -115,16 +152,19 @@ class VersionVector(Mapping[str, int]):
     def increment(self, node: str) -> VersionVector:
         """The vector after one more event at ``node``."""
         counters = dict(self._counters)
-        counters[node] = counters.get(node, 0) + 1
-        return VersionVector(counters)
+        counters[_known_node(node)] = counters.get(node, 0) + 1
+        return VersionVector._trusted(counters)
 
     def merge(self, other: VersionVector) -> VersionVector:
         """The pointwise maximum: the union of both histories."""
-        counters = dict(self._counters)
+        mine = self._counters
+        counters: dict[str, int] | None = None
         for node, counter in other._counters.items():
-            if counter > counters.get(node, 0):
+            if counter > mine.get(node, 0):
+                if counters is None:
+                    counters = dict(mine)
                 counters[node] = counter
-        return VersionVector(counters)
+        return self if counters is None else VersionVector._trusted(counters)
 
     def descends(self, other: VersionVector) -> bool:
         """True when this history contains ``other``'s (``>=`` pointwise; EQUAL counts)."""
@@ -137,15 +177,7 @@ class VersionVector(Mapping[str, int]):
 
     def compare(self, other: VersionVector) -> Ordering:
         """BEFORE, AFTER, EQUAL or CONCURRENT, seen from ``self``."""
-        ge = self.descends(other)
-        le = other.descends(self)
-        if ge and le:
-            return Ordering.EQUAL
-        if ge:
-            return Ordering.AFTER
-        if le:
-            return Ordering.BEFORE
-        return Ordering.CONCURRENT
+        return Ordering.of(self.descends(other), other.descends(self))
 
     def contains(self, dot: Dot) -> bool:
         """True when the event ``dot`` is part of this history."""
@@ -156,7 +188,7 @@ class VersionVector(Mapping[str, int]):
         counter = self._counters.get(node, 0)
         if counter == 0:
             raise InvalidValueError(f"node {node!r} has no event in {self!r}")
-        return Dot(node, counter)
+        return _dot(node, counter)
 
     def to_dict(self) -> dict[str, int]:
         return dict(self._counters)
@@ -192,15 +224,7 @@ class DottedVersionVector:
         return self.contains(other.dot)
 
     def compare(self, other: DottedVersionVector) -> Ordering:
-        ge = self.descends(other)
-        le = other.descends(self)
-        if ge and le:
-            return Ordering.EQUAL
-        if ge:
-            return Ordering.AFTER
-        if le:
-            return Ordering.BEFORE
-        return Ordering.CONCURRENT
+        return Ordering.of(self.descends(other), other.descends(self))
 
     def to_vv(self) -> VersionVector:
         """A plain vector covering this history (it over-approximates any gap before the dot)."""

@@ -12,7 +12,12 @@ wraps one operation and classifies its outcome:
   (it may have happened). The process is then crashed: :class:`Processes` gives the
   worker a fresh process id, so one process never has two open operations.
 
-The history is written as JSON lines, one event per line (:func:`write_history`).
+The history is written as JSON lines, one event per line, or — for a path ending in
+``.edn`` — in Jepsen's EDN format (:func:`write_history`): one operation map per
+line, ``{:index 0, :time 1500, :type :invoke, :process 3, :f :write, :value ["k7" 12]}``,
+the key and value as a ``[key value]`` tuple as ``jepsen.independent`` writes them, an
+``:error`` string on failed and indeterminate completions, and each fault the lab
+applied as an ``:info`` operation of the ``:nemesis`` process.
 """
 
 from __future__ import annotations
@@ -20,9 +25,10 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from multistore.core._history import Event, EventType, Value
 from multistore.errors import MultistoreError
@@ -31,6 +37,7 @@ __all__ = [
     "Completion",
     "HistoryRecorder",
     "Processes",
+    "edn_lines",
     "read_history",
     "write_history",
 ]
@@ -69,8 +76,16 @@ class HistoryRecorder:
     def events(self) -> tuple[Event, ...]:
         return tuple(self._events)
 
-    def _append(self, process: int, kind: EventType, f: str, key: str, value: Value) -> Event:
-        event = Event(len(self._events), process, kind, f, key, value, self.now())
+    def _append(
+        self,
+        process: int,
+        kind: EventType,
+        f: str,
+        key: str,
+        value: Value,
+        error: str | None = None,
+    ) -> Event:
+        event = Event(len(self._events), process, kind, f, key, value, self.now(), error)
         self._events.append(event)
         return event
 
@@ -81,7 +96,14 @@ class HistoryRecorder:
         self._open[process] = event
         return event
 
-    def complete(self, invocation: Event, kind: EventType, value: Value = None) -> Event:
+    def complete(
+        self,
+        invocation: Event,
+        kind: EventType,
+        value: Value = None,
+        *,
+        error: BaseException | None = None,
+    ) -> Event:
         if kind is EventType.INVOKE:
             raise ValueError("a completion must be ok, fail or info")
         if self._open.get(invocation.process) is not invocation:
@@ -91,7 +113,8 @@ class HistoryRecorder:
             value = invocation.value
         elif kind is not EventType.OK:
             value = None
-        return self._append(invocation.process, kind, invocation.f, invocation.key, value)
+        message = None if error is None else _describe(error)
+        return self._append(invocation.process, kind, invocation.f, invocation.key, value, message)
 
     async def call(
         self,
@@ -109,14 +132,24 @@ class HistoryRecorder:
         try:
             result = await operation()
         except asyncio.CancelledError as exc:
-            self.complete(invocation, EventType.INFO)
+            self.complete(invocation, EventType.INFO, error=exc)
             raise exc
         except MultistoreError as exc:
             kind = EventType.FAIL if exc.definite else EventType.INFO
-            return Completion(self.complete(invocation, kind), exc)
+            return Completion(self.complete(invocation, kind, error=exc), exc)
         except Exception as exc:  # a timeout or a bug: we cannot know what happened
-            return Completion(self.complete(invocation, EventType.INFO), exc)
+            return Completion(self.complete(invocation, EventType.INFO, error=exc), exc)
         return Completion(self.complete(invocation, EventType.OK, result))
+
+
+def _describe(error: BaseException) -> str:
+    """An error as one line: its message, or its type when it has none."""
+    if isinstance(error, asyncio.CancelledError):
+        return "cancelled"
+    if isinstance(error, TimeoutError):
+        return "timed out"
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
 
 
 class Processes:
@@ -135,11 +168,74 @@ class Processes:
         return self._current[worker]
 
 
-def write_history(events: Iterable[Event], path: str | Path) -> None:
-    """Write the events as JSON lines, one per line."""
-    with Path(path).open("w", encoding="utf-8") as out:
-        for event in events:
-            out.write(json.dumps(event.to_dict(), separators=(", ", ": ")) + "\n")
+def write_history(
+    events: Iterable[Event],
+    path: str | Path,
+    *,
+    faults: Sequence[Mapping[str, Any]] = (),
+) -> None:
+    """Write the events as JSON lines, or as Jepsen EDN when ``path`` ends in ``.edn``
+    (then with ``faults``, the lab's fault log, as ``:nemesis`` operations)."""
+    out_path = Path(path)
+    if out_path.suffix.lower() == ".edn":
+        lines = edn_lines(events, faults=faults)
+    else:
+        lines = [json.dumps(event.to_dict(), separators=(", ", ": ")) for event in events]
+    with out_path.open("w", encoding="utf-8") as out:
+        for line in lines:
+            out.write(line + "\n")
+
+
+def _edn_string(text: str) -> str:
+    escaped = text.replace("\\", "\\\\").replace('"', '\\"')
+    return '"' + escaped.replace("\n", "\\n").replace("\t", "\\t").replace("\r", "\\r") + '"'
+
+
+def _edn_value(value: object) -> str:
+    if value is None:
+        return "nil"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    return _edn_string(str(value))
+
+
+def _edn_keyword(name: str) -> str:
+    return ":" + "".join(c if c.isalnum() or c in "-_?!*+." else "-" for c in name)
+
+
+def edn_lines(events: Iterable[Event], *, faults: Sequence[Mapping[str, Any]] = ()) -> list[str]:
+    """The history as Jepsen EDN operation maps, one per line, in time order; faults
+    (``{"at_s": …, "fault": "kill node0"}``) become ``:nemesis`` ``:info`` operations.
+    ``:index`` numbers every line in order (Jepsen wants dense indices), so with faults
+    it differs from the events' own index."""
+    rows: list[tuple[int, int, str]] = []
+    for event in sorted(events, key=lambda e: e.index):
+        fields = [
+            f":time {event.time}",
+            f":type {_edn_keyword(event.type.value)}",
+            f":process {event.process}",
+            f":f {_edn_keyword(event.f)}",
+            f":value [{_edn_string(event.key)} {_edn_value(event.value)}]",
+        ]
+        if event.error is not None:
+            fields.append(f":error {_edn_string(event.error)}")
+        rows.append((event.time, 0, ", ".join(fields)))
+    for fault in faults:
+        at = round(float(fault["at_s"]) * 1e9)
+        text = str(fault["fault"])
+        action = text.split(" ", 1)[0]
+        rows.append(
+            (
+                at,
+                1,
+                f":time {at}, :type :info, :process :nemesis, :f {_edn_keyword(action)}, "
+                f":value {_edn_string(text)}",
+            )
+        )
+    rows.sort(key=lambda row: (row[0], row[1]))  # stable: events keep their order
+    return [f"{{:index {i}, {text}}}" for i, (_, _, text) in enumerate(rows)]
 
 
 def read_history(path: str | Path) -> list[Event]:

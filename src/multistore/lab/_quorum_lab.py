@@ -2,17 +2,25 @@
 
 The lab starts its own topology — M embedded SQLite nodes, or M real Redis servers —
 and (by default) two coordinators (clients of the cluster, as two application servers
-would be), each with its own clock and its own connections to every node. Workers
-alternate between the coordinators. Faults:
+would be), each with its own clock and its own connections to every node. Every
+connection is a :class:`~multistore.lab._links.Link`: it can add latency to each
+message leg (``latency="exp:1ms"``, see :mod:`multistore.lab._latency`), lose
+requests, lose replies after the node applied the request, or refuse calls. Each
+operation goes through a coordinator drawn at random (``routing="random"``), or
+worker ``i`` sticks to coordinator ``i % C`` (``"sticky"``). The fault presets
+(:data:`~multistore.lab._faults.PRESET_HELP`):
 
 - ``kill``: a node crashes for everyone (a Redis server is SIGKILLed and restarted on
-  the same port and data; an embedded node is marked down, its file kept);
+  the same port and data; an embedded node refuses every call, its file kept);
+  ``kill-homes`` does it to two of the home nodes of key ``k0``;
 - ``partition``: the network splits into {coordinator0, node0} and {the other
   coordinators, every other node}: each coordinator reaches only its side (Redis: each
   coordinator talks to each node through its own TCP proxy, and the proxies across the
-  split blackhole their traffic; embedded: each coordinator's handles on the other
-  side's nodes fail). With a single coordinator it stays on the majority side and
-  just loses node0;
+  split blackhole their traffic; embedded: the links across the split lose every
+  message). With a single coordinator it stays on the majority side and just loses
+  node0;
+- ``lost-replies``: coordinator0's requests reach every node and are applied, but the
+  replies are lost: the coordinator times out on writes that took effect;
 - ``latency``: node0 answers 50 ms late; ``skew``: the last coordinator's wall clock
   (the HLC it stamps writes with) runs 10 s ahead; ``chaos``: a random mix.
 
@@ -23,30 +31,41 @@ rare stale read even at R+W>N. ``coordinators=1`` rules it out.
 
 After the workload the faults are healed, hints delivered, and every key read once
 more at ``ALL`` (so a write that survives on any replica is not counted as lost).
-The history is then checked (:func:`multistore.core._history_report.check_history`).
+The history is then checked (:func:`multistore.core._history_report.check_history`)
+and, with a latency distribution, the measured staleness is set beside the PBS model
+(:mod:`multistore.lab._pbs`). :mod:`multistore.lab._report` turns the result into
+the report and its verdict.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import random
 import tempfile
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Final
 
-from multistore.core._history import Value
+from multistore.core import VersionVector
+from multistore.core._history import EventType
 from multistore.core._history_report import check_history
 from multistore.core._linearizability import DEFAULT_SEARCH_BOUND
 from multistore.core._quorum import Consistency, Level, QuorumConfig
-from multistore.errors import InvalidValueError
+from multistore.errors import InvalidValueError, MultistoreError
 from multistore.lab._faults import FAULT_PRESETS, FaultRunner, SkewedClock, preset_schedule
-from multistore.lab._history import HistoryRecorder, write_history
+from multistore.lab._history import Completion, HistoryRecorder, write_history
+from multistore.lab._latency import Latency, parse_latency
+from multistore.lab._links import Link
+from multistore.lab._pbs import pbs_model
 from multistore.lab._redis import RedisServer, start_redis_cluster
+from multistore.lab._report import FINAL_PROCESS, LabProgress, summarize
 from multistore.lab._workload import (
     DEFAULT_MIX,
+    Observed,
     RegisterClient,
     Workload,
     final_reads,
@@ -54,13 +73,21 @@ from multistore.lab._workload import (
     run_workload,
 )
 from multistore.lab.proxy import TcpProxy
-from multistore.replication._qnodes import SQLiteNode
-from multistore.replication._quorum import QuorumCluster, WeakQuorumWarning, quorum_status
+from multistore.replication import (
+    HintStore,
+    QuorumCluster,
+    QuorumNode,
+    RedisNode,
+    SQLiteNode,
+    WeakQuorumWarning,
+    quorum_status,
+)
 
-__all__ = ["QuorumLabOptions", "format_lab_report", "lab_quorum", "run_quorum_lab"]
+__all__ = ["QuorumLabOptions", "lab_quorum", "run_quorum_lab"]
 
 TOPOLOGIES: Final = ("embedded", "redis")
-_FINAL_PROCESS: Final = 1_000_000
+PROBE_KEY: Final = "k0"
+"""The key whose homes ``kill-homes`` takes down."""
 
 
 def _level(text: str | int) -> Level:
@@ -94,20 +121,39 @@ class QuorumLabOptions:
     """Per-replica request timeout (seconds)."""
     coordinators: int = 2
     bound: int = DEFAULT_SEARCH_BOUND
+    latency: str = "none"
+    """Delay of every message leg (see :mod:`multistore.lab._latency`)."""
+    routing: str = "random"
+    single_writer: bool = False
+    """Each key written by one worker only (writes of a key never overlap)."""
 
     def __post_init__(self) -> None:
         if self.nodes not in TOPOLOGIES:
-            raise InvalidValueError(f"nodes must be one of {TOPOLOGIES}, got {self.nodes!r}")
+            raise InvalidValueError(f"nodes must be {' or '.join(TOPOLOGIES)}, got {self.nodes!r}")
         if self.faults not in FAULT_PRESETS:
-            raise InvalidValueError(f"unknown fault preset {self.faults!r}; use {FAULT_PRESETS}")
+            raise InvalidValueError(
+                f"unknown fault preset {self.faults!r}; use one of {', '.join(FAULT_PRESETS)}"
+            )
         if not 1 <= self.coordinators <= 8:
-            raise InvalidValueError(f"coordinators must be 1 … 8, got {self.coordinators}")
+            raise InvalidValueError(f"coordinators must be 1 to 8, got {self.coordinators}")
         if not 1 <= self.n <= self.m:
             raise InvalidValueError(f"need 1 <= N <= M, got N={self.n} M={self.m}")
+        if not self.timeout > 0:
+            raise InvalidValueError(
+                f"timeout must be above 0 seconds, got {self.timeout:g}: with no time to "
+                "answer, every operation would fail and nothing could be checked"
+            )
+        if self.bound < 1:
+            raise InvalidValueError(f"bound must be at least 1, got {self.bound}")
         self.config()  # validates R and W against N
+        self.workload()  # validates ops, concurrency, keys, duration, mix and routing
+        self.latency_model()
 
     def config(self) -> QuorumConfig:
         return QuorumConfig(n=self.n, r=_level(self.r), w=_level(self.w))
+
+    def latency_model(self) -> Latency | None:
+        return parse_latency(self.latency)
 
     def workload(self) -> Workload:
         return Workload(
@@ -118,6 +164,8 @@ class QuorumLabOptions:
             mix=parse_mix(self.mix),
             seed=self.seed,
             op_timeout=max(2.0, 8 * self.timeout),
+            routing=self.routing,
+            single_writer=self.single_writer,
         )
 
 
@@ -128,17 +176,19 @@ class _Client:
         self.cluster = cluster
         self.r = r
 
-    async def read(self, key: str) -> Value:
+    async def read(self, key: str) -> Observed:
         got = await self.cluster.get(key, r=self.r)
         if not got.found:
-            return None
+            return Observed(None, got.context)
         value = got.value
         if value is not None and not isinstance(value, int | str):
             raise InvalidValueError(f"the lab reads ints, got {value!r}")
-        return value
+        return Observed(value, got.context)
 
-    async def write(self, key: str, value: int) -> None:
-        await self.cluster.put(key, value)
+    async def write(self, key: str, value: int, context: object | None = None) -> None:
+        if not isinstance(context, VersionVector):
+            context = None
+        await self.cluster.put(key, value, context=context)
 
 
 class _Topology:
@@ -150,6 +200,7 @@ class _Topology:
         self.node_names = [f"node{i}" for i in range(options.m)]
         self.clocks = [SkewedClock() for _ in range(options.coordinators)]
         self.clusters: list[QuorumCluster] = []
+        self.links: list[list[Link]] = []  # [coordinator][node]
         self.servers: list[RedisServer] = []
         self.proxies: list[list[TcpProxy]] = []  # [coordinator][node]
 
@@ -162,25 +213,48 @@ class _Topology:
             for c in range(self.options.coordinators):
                 self.clusters.append(await self._coordinator(c))
 
-    async def _coordinator(self, c: int) -> QuorumCluster:
-        options, clock = self.options, self.clocks[c]
-        common: dict[str, Any] = {
-            "config": options.config(),
-            "timeout": options.timeout,
-            "node_id": f"coordinator{c}",
-            "hlc_now_ms": lambda: int(clock() * 1000),
-            "hints_path": str(self.workdir / f"hints{c}.db"),
-        }
+    async def _nodes(self) -> list[QuorumNode]:
+        options = self.options
         if options.nodes == "embedded":
-            return await QuorumCluster.embedded(str(self.workdir), nodes=options.m, **common)
+            opened: list[QuorumNode] = []
+            try:
+                for name in self.node_names:
+                    opened.append(await SQLiteNode(name, self.workdir / f"{name}.db").open())
+            except BaseException:
+                for node in opened:
+                    await node.close()
+                raise
+            return opened
         if not self.servers:
             self.servers = await asyncio.to_thread(start_redis_cluster, options.m)
         row = [TcpProxy("127.0.0.1", server.port) for server in self.servers]
         self.proxies.append(row)
         for proxy in row:
             proxy.start()
-        urls = [f"redis://127.0.0.1:{proxy.port}/0" for proxy in row]
-        return await QuorumCluster.redis(urls, **common)
+        deadline = max(options.timeout, 1.0)
+        return [
+            RedisNode.from_url(name, f"redis://127.0.0.1:{proxy.port}/0", timeout=deadline)
+            for name, proxy in zip(self.node_names, row, strict=True)
+        ]
+
+    async def _coordinator(self, c: int) -> QuorumCluster:
+        options, clock = self.options, self.clocks[c]
+        latency = options.latency_model()
+        hang = 4 * options.timeout + 1.0  # past the coordinator's timeout, which fires first
+        links = [
+            Link(node, latency=latency, rng=random.Random(f"{options.seed}:{c}:{i}"), hang=hang)
+            for i, node in enumerate(await self._nodes())
+        ]
+        self.links.append(links)
+        hints = await HintStore.open(self.workdir / f"hints{c}.db")
+        return QuorumCluster(
+            links,
+            hints=hints,
+            config=options.config(),
+            timeout=options.timeout,
+            node_id=f"coordinator{c}",
+            hlc_now_ms=lambda: int(clock() * 1000),
+        )
 
     async def close(self) -> None:
         for cluster in self.clusters:
@@ -196,35 +270,50 @@ class _Topology:
     def clients(self) -> list[RegisterClient]:
         return [_Client(cluster) for cluster in self.clusters]
 
+    def message_counts(self) -> dict[str, int]:
+        """Requests sent, applied, refused and lost, and replies lost, over every link."""
+        names = ("requests", "applied", "refused", "requests_lost", "replies_lost")
+        return {
+            name: sum(getattr(link.counts, name) for row in self.links for link in row)
+            for name in names
+        }
+
     # -- faults -------------------------------------------------------------------------
 
     def _index(self, node: str) -> int:
         try:
             return self.node_names.index(node)
         except ValueError:
-            raise InvalidValueError(f"no node {node!r} in {self.node_names}") from None
+            raise InvalidValueError(
+                f"no node {node!r}; nodes are {', '.join(self.node_names)}"
+            ) from None
 
-    def _embedded(self, c: int, node: str) -> SQLiteNode:
-        handle = self.clusters[c].node(node)
-        assert isinstance(handle, SQLiteNode)
-        return handle
+    def _coordinator_index(self, name: str) -> int | None:
+        number = name.removeprefix("coordinator")
+        if not name.startswith("coordinator") or not number.isdigit():
+            return None
+        if int(number) >= len(self.clusters):
+            last = len(self.clusters) - 1
+            raise InvalidValueError(f"no {name}: use coordinator0 to coordinator{last}")
+        return int(number)
 
-    def _handles(self, node: str) -> list[SQLiteNode]:
-        return [self._embedded(c, node) for c in range(len(self.clusters))]
+    def _column(self, node: str) -> list[Link]:
+        i = self._index(node)
+        return [row[i] for row in self.links]
 
     async def kill(self, node: str) -> None:
         if self.servers:
             await asyncio.to_thread(self.servers[self._index(node)].kill)
         else:
-            for handle in self._handles(node):
-                handle.set_down(True)
+            for link in self._column(node):
+                link.refused = True
 
     async def restart(self, node: str) -> None:
         if self.servers:
             await asyncio.to_thread(self.servers[self._index(node)].start)
         else:
-            for handle in self._handles(node):
-                handle.set_down(False)
+            for link in self._column(node):
+                link.refused = False
 
     def _split(self, node: str) -> list[tuple[int, int]]:
         """(coordinator, node index) pairs cut by a split {c0, node} | {others, the rest};
@@ -240,14 +329,14 @@ class _Topology:
             if self.proxies:
                 await asyncio.to_thread(self.proxies[c][j].blackhole)
             else:
-                self._embedded(c, self.node_names[j]).set_down(True)
+                self.links[c][j].cut = True
 
     async def heal(self, node: str) -> None:
         for c, j in self._split(node):
             if self.proxies:
                 await asyncio.to_thread(self.proxies[c][j].restore)
             else:
-                self._embedded(c, self.node_names[j]).set_down(False)
+                self.links[c][j].cut = False
 
     async def delay(self, node: str, seconds: float) -> None:
         i = self._index(node)
@@ -255,14 +344,44 @@ class _Topology:
             for row in self.proxies:
                 row[i].delay(seconds)
         else:
-            for handle in self._handles(node):
-                handle.set_delay(seconds)
+            for link in self._column(node):
+                link.extra_delay = seconds
+
+    async def lose_replies(self, node: str, lose: bool) -> None:
+        c = self._coordinator_index(node)
+        for link in self.links[c] if c is not None else self._column(node):
+            link.lose_replies = lose
 
     async def skew(self, node: str, ms: float) -> None:
-        name = node.removeprefix("coordinator")
-        if not name.isdigit() or int(name) >= len(self.clocks):
-            raise InvalidValueError(f"no clock {node!r}: use coordinator0 … {len(self.clocks) - 1}")
-        self.clocks[int(name)].offset_ms = ms
+        c = self._coordinator_index(node)
+        if c is None:
+            last = len(self.clocks) - 1
+            raise InvalidValueError(f"no clock {node!r}: use coordinator0 to coordinator{last}")
+        self.clocks[c].offset_ms = ms
+
+
+class _Tally:
+    """Counts completed operations for the progress display."""
+
+    def __init__(
+        self, total: int, runner: FaultRunner, report: Callable[[LabProgress], None] | None
+    ) -> None:
+        self.total = total
+        self.runner = runner
+        self.report = report
+        self.counts = {EventType.OK: 0, EventType.FAIL: 0, EventType.INFO: 0}
+
+    def phase(self, name: str) -> None:
+        if self.report is not None:
+            c = self.counts
+            done = sum(c.values())
+            faults = tuple(self.runner.in_effect)
+            ok, fail, info = c[EventType.OK], c[EventType.FAIL], c[EventType.INFO]
+            self.report(LabProgress(name, done, self.total, ok, fail, info, faults))
+
+    def __call__(self, done: Completion) -> None:
+        self.counts[done.type] += 1
+        self.phase("workload")
 
 
 async def run_quorum_lab(
@@ -271,45 +390,74 @@ async def run_quorum_lab(
     history: str | Path | None = None,
     plot: str | Path | None = None,
     workdir: str | Path | None = None,
+    progress: Callable[[LabProgress], None] | None = None,
 ) -> dict[str, Any]:
-    """Run the lab and return the report (see :func:`lab_quorum`)."""
+    """Run the lab and return the report (see :func:`lab_quorum`).
+
+    ``progress`` hears where the run is after every operation. A plot that cannot be
+    drawn leaves ``plot_error`` in the report instead of raising (the results stand).
+    """
     workload = options.workload()
+    latency = options.latency_model()
     with contextlib.ExitStack() as stack:
         if workdir is None:
             workdir = stack.enter_context(tempfile.TemporaryDirectory(prefix="mslab-"))
         topology = _Topology(options, Path(workdir))
-        recorder = HistoryRecorder()
-        schedule = preset_schedule(
-            options.faults,
-            topology.node_names,
-            options.duration,
-            clock_node=f"coordinator{options.coordinators - 1}",
-            seed=options.seed,
-        )
-        runner = FaultRunner(schedule, topology)
-        started = time.monotonic()
-        delivered = 0
         try:
+            if progress is not None:
+                progress(LabProgress("starting", 0, options.ops))
             await topology.start()
-            faults = asyncio.ensure_future(runner.run())
+            homes = topology.clusters[0].preference_list(PROBE_KEY)
+            schedule = preset_schedule(
+                options.faults,
+                topology.node_names,
+                options.duration,
+                clock_node=f"coordinator{options.coordinators - 1}",
+                seed=options.seed,
+                homes=homes,
+            )
+            recorder = HistoryRecorder()  # time 0 of the history: the workload starts
+            runner = FaultRunner(schedule, topology, clock=lambda: recorder.now() / 1e9)
+            tally = _Tally(options.ops, runner, progress)
+            started = time.monotonic()
+            faults = asyncio.ensure_future(runner.run(origin=0.0))
             try:
-                await run_workload(topology.clients(), recorder, workload)
+                await run_workload(topology.clients(), recorder, workload, on_operation=tally)
             finally:
                 if not faults.done():
                     faults.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await faults
             elapsed = time.monotonic() - started
+            tally.phase("healing")
+            workload_end = recorder.now() / 1e9
+            windows = runner.windows(until=workload_end)
             await runner.heal()
+            delivered = 0
             for cluster in topology.clusters:
                 delivered += await cluster.deliver_hints()
+            tally.phase("final reads")
             final = _Client(topology.clusters[0], r=Consistency.ALL)
-            await final_reads(final, recorder, workload, process=_FINAL_PROCESS, attempts=5)
+            await final_reads(final, recorder, workload, process=FINAL_PROCESS, attempts=5)
             status = [await quorum_status(cluster) for cluster in topology.clusters]
+            speculative = topology.clusters[0].speculative_after
+            messages = topology.message_counts()
         finally:
             await topology.close()
-    report = check_history(recorder.events, bound=options.bound)
+    tally.phase("checking")
+    events = recorder.events
+    checked = check_history(events, bound=options.bound)
     config = options.config()
+    model = None
+    if latency is not None:
+        model = pbs_model(
+            config.n,
+            config.read_count,
+            config.write_count,
+            latency,
+            seed=options.seed,
+            speculative_ms=None if speculative is None else speculative * 1e3,
+        )
     result: dict[str, Any] = {
         "config": {
             **asdict(options),
@@ -319,105 +467,49 @@ async def run_quorum_lab(
         },
         "warning": config.warning(),
         "faults": runner.log,
+        "fault_windows": windows,
+        "homes": {PROBE_KEY: list(homes)},
         "elapsed_s": round(elapsed, 3),
-        "throughput_ops_s": round(len(report.operations) / elapsed, 1) if elapsed else None,
+        "workload_s": round(workload_end, 3),
         "hints_delivered": delivered,
+        "messages": messages,
         "cluster_status": status,
-        **report.to_dict(),
+        **summarize(checked, model=model, latency=latency),
     }
     if history is not None:
-        write_history(recorder.events, history)
+        write_history(events, history, faults=runner.log)
         result["history"] = str(history)
     if plot is not None:
-        from multistore.lab._plot import plot_report
+        try:
+            from multistore.lab._plot import plot_report
 
-        title = f"{config.describe()}, M={options.m} {options.nodes}, faults: {options.faults}"
-        result["plot"] = str(plot_report(plot, report.staleness, report.operations, title=title))
+            title = f"{config.describe()}, M={options.m} {options.nodes}, faults: {options.faults}"
+            result["plot"] = str(
+                plot_report(plot, result, checked.operations, model=model, title=title)
+            )
+        except MultistoreError as exc:
+            result["plot_error"] = exc.message
     return result
 
 
 def lab_quorum(
     *,
-    n: int = 3,
-    r: str = "quorum",
-    w: str = "quorum",
-    m: int = 3,
-    ops: int = 600,
-    concurrency: int = 6,
-    duration: float = 4.0,
-    keys: int = 4,
-    mix: str = DEFAULT_MIX,
-    seed: int = 0,
-    nodes: str = "embedded",
-    faults: str = "none",
-    timeout: float = 0.5,
-    coordinators: int = 2,
     history: Path | None = None,
     plot: Path | None = None,
+    progress: Callable[[LabProgress], None] | None = None,
+    **options: Any,
 ) -> dict[str, Any]:
     """The CLI command body: run the lab, return the report as a JSON-ready dict.
 
-    Keys: ``config``, ``warning`` (R+W<=N), ``faults`` (what was done when), ``valid``,
-    ``counts`` (stale_reads, lost_writes, monotonic_violations, phantom_reads,
-    non_linearizable_keys, unknown_keys …), ``examples`` of each anomaly,
-    ``linearizability`` per key, ``staleness`` (PBS: P(stale) by ms since the write),
-    ``latency`` per operation (p50/p90/p99/max ms), ``history`` and ``plot`` paths.
+    ``options`` are the fields of :class:`QuorumLabOptions`. Keys of the report:
+    ``config``, ``warning`` (R+W<=N), ``faults`` (what was done when),
+    ``fault_windows``, ``verdict`` and ``exit_code`` (see
+    :mod:`multistore.lab._report`), ``valid``, ``counts`` (operations, stale_reads,
+    lost_writes, failed_writes_observed, monotonic_violations, phantom_reads,
+    non_linearizable_keys, unknown_keys …), ``examples`` of each anomaly and one
+    ``sentences`` line per kind, ``linearizability`` per key, ``staleness`` (PBS:
+    P(consistent read) by ms since the write, measured and modelled), ``latency``
+    per operation (p50/p90/p99/max ms), ``history`` and ``plot`` paths.
     """
-    options = QuorumLabOptions(
-        n=n,
-        r=r,
-        w=w,
-        m=m,
-        ops=ops,
-        concurrency=concurrency,
-        duration=duration,
-        keys=keys,
-        mix=mix,
-        seed=seed,
-        nodes=nodes,
-        faults=faults,
-        timeout=timeout,
-        coordinators=coordinators,
-    )
-    return asyncio.run(run_quorum_lab(options, history=history, plot=plot))
-
-
-def format_lab_report(report: dict[str, Any]) -> str:
-    """The report as a few readable lines (what ``--json`` prints in full)."""
-    cfg, counts = report["config"], report["counts"]
-    overlap = "R+W>N" if cfg["overlapping"] else "R+W<=N"
-    lines = [
-        f"quorum lab: N={cfg['n']} R={cfg['r']} W={cfg['w']} ({overlap}), M={cfg['m']} "
-        f"{cfg['nodes']} nodes, {cfg['coordinators']} coordinators, faults: {cfg['faults']}",
-        f"  {counts['operations']} operations ({counts['ok']} ok) in {report['elapsed_s']} s",
-    ]
-    if report.get("warning"):
-        lines.append(f"  warning: {report['warning']}")
-    lines.extend(f"  fault at {f['at_s']:>6} s: {f['fault']}" for f in report["faults"])
-    verdict = {True: "VALID", False: "ANOMALIES FOUND", None: "UNKNOWN (search bound hit)"}
-    lines.append(f"  verdict: {verdict[report['valid']]}")
-    for name in (
-        "stale_reads",
-        "lost_writes",
-        "unverified_writes",
-        "monotonic_violations",
-        "phantom_reads",
-        "non_linearizable_keys",
-        "unknown_keys",
-    ):
-        lines.append(f"    {name.replace('_', ' '):<24}{counts[name]}")
-    lines.append("  latency (ms)      ok   fail  info    p50     p90     p99")
-    for f, row in report["latency"].items():
-        pct = "".join(f"{row.get(f'p{q}_ms', float('nan')):>8.2f}" for q in (50, 90, 99))
-        lines.append(f"    {f:<12}{row['ok']:>6}{row['fail']:>7}{row['info']:>6}{pct}")
-    lines.append("  P(stale read) by time since the latest acknowledged write:")
-    for bucket in report["staleness"]:
-        if not bucket["reads"]:
-            continue
-        hi = "inf" if bucket["to_ms"] is None else f"{bucket['to_ms']:g}"
-        span = f"{bucket['from_ms']:g}-{hi} ms"
-        lines.append(f"    {span:<14}{bucket['p_stale']:>7.1%}  of {bucket['reads']} reads")
-    for key in ("history", "plot"):
-        if key in report:
-            lines.append(f"  {key}: {report[key]}")
-    return "\n".join(lines)
+    lab_options = QuorumLabOptions(**options)
+    return asyncio.run(run_quorum_lab(lab_options, history=history, plot=plot, progress=progress))

@@ -5,16 +5,24 @@
 picked by a :class:`ReadPolicy`; a write returns a :class:`CausalToken` and a read that
 carries it (directly, or through a :class:`Session`) sees that write. It runs over
 PostgreSQL streaming replication or, embedded, over SQLite files fed by log shipping.
-``replication_status(router)`` reports each node's role, lag and health.
+Tokens carry the primary's :class:`Timeline`; one whose write may have been lost in a
+failover raises :class:`ForkedTokenError`, a forged one :class:`InvalidTokenError`
+(:class:`TokenSigner` signs them). ``replication_status(router)`` reports each node's
+role, lag and health.
 
 **Multi-master.** :class:`MultiMasterNode` (a SQLite or PostgreSQL store that logs
-each local write with its HLC in the same transaction) and :class:`Replicator`
-(push/pull, resumable, idempotent) apply remote changes through a resolver from
-:mod:`multistore.core` (LWW, merge function, siblings, CRDTs) and record conflicts.
+each local write with its HLC and dotted version vector in the same transaction;
+deletes are tombstones with a causal context) and :class:`Replicator` (each change
+pushed once to each peer, relayed after a stall, resumable, idempotent, logs
+trimmed once every peer has a change) apply remote changes through a resolver from
+:mod:`multistore.core` (LWW, merge function, siblings, CRDTs) and record conflicts;
+a change that cannot be applied is set aside, one the skew guard refuses is held
+and retried.
 
 **Quorum.** :class:`QuorumCluster` places keys on N of M nodes (Redis servers or
-SQLite files) by consistent hashing, with per-request R/W, read repair, hinted
-handoff (:class:`HintStore`) and Merkle anti-entropy (:func:`anti_entropy`);
+SQLite files) by consistent hashing, with per-request R/W, strict or sloppy quorums,
+blocking read repair, hinted handoff (:class:`HintStore`), Merkle anti-entropy
+(:func:`anti_entropy`) and membership changes (:class:`MembershipChange`);
 :class:`QuorumWideColumnStore` is the distributed wide-column backend
 (``quorum://`` URLs).
 
@@ -31,7 +39,12 @@ from multistore.replication._changelog import (
     RejectedChange,
 )
 from multistore.replication._config import Backoff, LogShipping, RouterConfig
-from multistore.replication._errors import FailoverError, FailoverFailedError
+from multistore.replication._errors import (
+    FailoverError,
+    FailoverFailedError,
+    ForkedTokenError,
+    InvalidTokenError,
+)
 from multistore.replication._hints import (
     Hint,
     HintStore,
@@ -39,14 +52,12 @@ from multistore.replication._hints import (
 from multistore.replication._lag import Health
 from multistore.replication._logship import LogShipper
 from multistore.replication._mm_report import (
-    multimaster_demo,
     multimaster_status,
 )
 from multistore.replication._multimaster import (
     KeyRead,
     MultiMasterNode,
     NodeStatistics,
-    PeerPosition,
 )
 from multistore.replication._nodes import Node, Role, RoutedTransaction, is_read
 from multistore.replication._policies import (
@@ -59,6 +70,7 @@ from multistore.replication._policies import (
 from multistore.replication._qdetector import (
     ThresholdDetector,
 )
+from multistore.replication._qmembership import MembershipChange
 from multistore.replication._qnodes import (
     QuorumNode,
     SQLiteNode,
@@ -70,6 +82,7 @@ from multistore.replication._quorum import (
     QuorumCluster,
     QuorumError,
     WeakQuorumWarning,
+    coordinator_id,
     quorum_status,
 )
 from multistore.replication._quorum import ReadResult as QuorumReadResult
@@ -85,9 +98,11 @@ from multistore.replication._replicator import (
     ReplicatorStatistics,
     Transport,
 )
-from multistore.replication._router import Router, Session, WriteResult
+from multistore.replication._router import Router, WriteResult
+from multistore.replication._session import Session
 from multistore.replication._status import replication_status
-from multistore.replication._token import CausalToken
+from multistore.replication._timeline import Timeline
+from multistore.replication._token import CausalToken, TokenSigner
 
 __all__ = [
     "Backoff",
@@ -98,18 +113,20 @@ __all__ = [
     "FailoverError",
     "FailoverFailedError",
     "Faults",
+    "ForkedTokenError",
     "Health",
     "Hint",
     "HintStore",
+    "InvalidTokenError",
     "KeyRead",
     "LeastLagPolicy",
     "LogShipper",
     "LogShipping",
+    "MembershipChange",
     "MemoryTransport",
     "MultiMasterNode",
     "Node",
     "NodeStatistics",
-    "PeerPosition",
     "QuorumCluster",
     "QuorumError",
     "QuorumNode",
@@ -132,12 +149,14 @@ __all__ = [
     "SQLiteNode",
     "Session",
     "ThresholdDetector",
+    "Timeline",
+    "TokenSigner",
     "Transport",
     "WeakQuorumWarning",
     "WriteResult",
     "anti_entropy",
+    "coordinator_id",
     "is_read",
-    "multimaster_demo",
     "multimaster_status",
     "quorum_status",
     "replication_status",

@@ -1,25 +1,31 @@
 """The multi-master change log: one change per local write, its wire form and its tables.
 
 A :class:`Change` is one write as it travels between nodes: the key, the
-version written (value, HLC timestamp, causal context as a version vector,
-origin node) and the origin's sequence number. ``(origin, seq)`` names a change
-everywhere, so a node that receives it twice applies it once.
+version written (value or delete, HLC timestamp, causal history, origin node)
+and the origin's sequence number. ``(origin, seq)`` names a change everywhere;
+each origin numbers its changes 1, 2, 3, ... without gaps, and a node takes a
+peer's changes of one origin strictly in that order, so "what I have of
+origin *o*" is one number and re-deliveries are recognised without a lookup.
 
 Every node keeps, in its own relational store (SQLite or PostgreSQL):
 
 * ``mm_data`` — each key's state (JSON);
-* ``mm_log`` — every change it holds, its own and those it received, in local
-  order (``pos``); peers read it from a position, so a node relays what it
-  received and a partitioned pair still converges through a third node;
-* ``mm_peers`` — per peer: how far this node has applied the peer's log
-  (``pulled``, contiguous) and how far the peer acknowledged this node's log
-  (``acked``, where pushes resume);
-* ``mm_conflicts`` and ``mm_rejected`` — concurrent updates met (with the
-  versions that lost) and changes refused by the clock's skew guard;
-* ``mm_meta`` — the node id the store belongs to.
+* ``mm_log`` — the changes it has taken, its own and those it received (which
+  it relays), in local order (``pos``), until every peer has them;
+* ``mm_origins`` — per origin: how far this node has taken its changes
+  (contiguous);
+* ``mm_peer_has`` — per peer: what the peer last said it has (a version vector
+  of origin sequence numbers); the log is trimmed below what every peer has;
+* ``mm_pending`` — changes taken but not applied yet: held back by the clock's
+  skew guard, or waiting behind such a change to the same key from the same
+  origin;
+* ``mm_conflicts`` — concurrent updates met (with the versions that lost),
+  merges that failed, and changes set aside because they could not be applied;
+* ``mm_meta`` — the node id the store belongs to, and the clock and log head as
+  of the last trim or received batch (the log itself may be trimmed empty).
 
-The local write, its log row and the position bookkeeping always commit in the
-same local transaction.
+A local write, its log row and the bookkeeping always commit in one local
+transaction, and so does every batch of received changes.
 """
 
 from __future__ import annotations
@@ -29,10 +35,20 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
-from multistore.core import HLCTimestamp, Versioned
+from multistore.core import HLCTimestamp, Versioned, VersionVector
 from multistore.errors import InvalidValueError
 
-__all__ = ["SCHEMA", "Change", "ConflictRecord", "RejectedChange", "dumps", "loads"]
+__all__ = [
+    "SCHEMA",
+    "Change",
+    "ConflictRecord",
+    "RejectedChange",
+    "coalesce",
+    "decode_vv",
+    "dumps",
+    "is_stub",
+    "loads",
+]
 
 SCHEMA: Final = """
 CREATE TABLE IF NOT EXISTS mm_meta (
@@ -53,10 +69,21 @@ CREATE TABLE IF NOT EXISTS mm_log (
     body TEXT NOT NULL,
     PRIMARY KEY (origin, seq)
 );
-CREATE TABLE IF NOT EXISTS mm_peers (
+CREATE TABLE IF NOT EXISTS mm_origins (
+    origin TEXT NOT NULL PRIMARY KEY,
+    received BIGINT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS mm_peer_has (
     peer TEXT NOT NULL PRIMARY KEY,
-    pulled BIGINT NOT NULL,
-    acked BIGINT NOT NULL
+    has TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS mm_pending (
+    origin TEXT NOT NULL,
+    seq BIGINT NOT NULL,
+    key TEXT NOT NULL,
+    skew_ms BIGINT NOT NULL,
+    body TEXT NOT NULL,
+    PRIMARY KEY (origin, seq)
 );
 CREATE TABLE IF NOT EXISTS mm_conflicts (
     id BIGINT NOT NULL PRIMARY KEY,
@@ -65,28 +92,61 @@ CREATE TABLE IF NOT EXISTS mm_conflicts (
     origin TEXT NOT NULL,
     seq BIGINT NOT NULL,
     body TEXT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS mm_rejected (
-    origin TEXT NOT NULL,
-    seq BIGINT NOT NULL,
-    key TEXT NOT NULL,
-    skew_ms BIGINT NOT NULL,
-    body TEXT NOT NULL,
-    PRIMARY KEY (origin, seq)
 )
 """
+
+
+_ENCODER: Final = json.JSONEncoder(separators=(",", ":"), sort_keys=True, allow_nan=False)
 
 
 def dumps(data: object) -> str:
     """Compact, deterministic JSON; :class:`InvalidValueError` for values JSON cannot hold."""
     try:
-        return json.dumps(data, separators=(",", ":"), sort_keys=True, allow_nan=False)
+        return _ENCODER.encode(data)
     except (TypeError, ValueError) as exc:
         raise InvalidValueError(f"value is not JSON-safe: {exc}") from None
 
 
 def loads(text: str) -> Any:
     return json.loads(text)
+
+
+def is_stub(item: object) -> bool:
+    """True for the wire form of a superseded change (see :func:`coalesce`)."""
+    return isinstance(item, Mapping) and item.get("superseded") is True
+
+
+def coalesce(changes: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """``changes`` (wire form, each origin's in sequence order) with every change that a
+    later change of the same origin to the same key supersedes replaced by a stub
+    ``{"origin", "seq", "key", "superseded": true}``.
+
+    The later change's history covers the earlier one's, so taking it alone leaves a
+    key exactly as taking both would; the stub keeps the sequence numbers whole. Only
+    for plain values: a CRDT delta never supersedes another.
+    """
+    result = list(changes)
+    later: dict[tuple[str, str], Mapping[str, Any]] = {}
+    for i in range(len(result) - 1, -1, -1):
+        item = result[i]
+        try:
+            origin, key, version = item["origin"], item["key"], item["version"]
+            counter = version["vv"][origin]
+        except (KeyError, TypeError):
+            continue  # a stub, or a body this node could not read: sent as it is
+        newer = later.get((origin, key))
+        later[(origin, key)] = version
+        if newer is None:
+            continue
+        past = newer.get("past")
+        if past is None or (isinstance(past, Mapping) and past.get(origin, 0) >= counter):
+            result[i] = {"origin": origin, "seq": item["seq"], "key": key, "superseded": True}
+    return result
+
+
+def decode_vv(data: object) -> VersionVector:
+    """A version vector of origin sequence numbers from its JSON form (``{}`` for None)."""
+    return VersionVector() if data is None else VersionVector.from_dict(data)
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,11 +193,15 @@ class Change:
 
 @dataclass(frozen=True, slots=True)
 class ConflictRecord:
-    """Concurrent versions of ``key`` met when change ``origin:seq`` was applied.
+    """What happened to ``key`` when change ``origin:seq`` was made or applied.
 
-    ``kind`` is ``"lost"`` when versions were discarded (``losers``: LWW, or a
-    sibling limit), ``"merged"`` when a merge kept them all, ``"siblings"``
-    when they are kept side by side for the application.
+    ``kind`` is ``"lost"`` when concurrent versions were discarded (``losers``:
+    LWW, or a sibling limit), ``"merged"`` when a merge kept them all,
+    ``"siblings"`` when they are kept side by side for the application,
+    ``"unresolved"`` when the resolver (a merge function) raised on them — the
+    siblings are kept and shown as they are, ``error`` says why — and
+    ``"set_aside"`` when the change itself could not be applied (``error``): the
+    key kept its state and replication went on.
     """
 
     id: int
@@ -148,11 +212,13 @@ class ConflictRecord:
     losers: tuple[Versioned[Any], ...]
     values: tuple[Any, ...]
     """The value(s) current after the change was applied."""
+    error: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class RejectedChange:
-    """A change the skew guard refused: its timestamp was ``skew_ms`` ahead of our clock."""
+    """A change the skew guard holds back: its timestamp was ``skew_ms`` ahead of our clock
+    when last tried (0 for a change waiting behind a held-back change to the same key)."""
 
     change: Change
     skew_ms: int

@@ -5,10 +5,10 @@ A write whose home replica is down or fails keeps a *hint* in the durable
 node" — and, in a sloppy quorum, a stand-in node holds a copy meanwhile. When the
 home node answers a ping again, :func:`deliver_hints` writes each record to it
 (through the same atomic last-writer-wins or merge write as any replica write)
-and removes the stand-in's copy. Like Cassandra's ``max_hint_window``, hints are
-not kept for a node that has been failing for longer than the window, and hints
-older than the window are dropped at delivery; both are counted, and
-anti-entropy repairs what they would have carried.
+and then hands back the stand-in's copy (see :func:`_hand_back`). Like Cassandra's
+``max_hint_window``, hints are not kept for a node that has been failing for longer
+than the window, and hints older than the window are dropped at delivery; both are
+counted, and anti-entropy repairs what they would have carried.
 """
 
 from __future__ import annotations
@@ -20,11 +20,12 @@ from typing import TYPE_CHECKING, Any
 
 from multistore.errors import MultistoreError
 from multistore.replication._qfanout import Fanout
+from multistore.replication._qnodes import Record
 
 if TYPE_CHECKING:
     from multistore.replication._quorum import QuorumCluster
 
-__all__ = ["deliver_hints", "late_write_hinter", "record_hints"]
+__all__ = ["deliver_hints", "hint", "late_write_hinter", "record_hints"]
 
 
 async def hint(
@@ -36,7 +37,10 @@ async def hint(
     blob: bytes,
     fallback: str,
 ) -> bool:
-    """Keep a hint for ``home`` unless it has been failing for longer than the window."""
+    """Keep a hint for ``home`` unless it has been failing for longer than the window
+    (or left the cluster)."""
+    if home not in cluster.nodes:
+        return False
     if cluster.detector.down_for(home) > cluster.hint_window:
         cluster.stats.hints_dropped += 1
         return False
@@ -107,7 +111,14 @@ async def deliver_hints(cluster: QuorumCluster) -> int:
                         )
                         delivered += 1
                         cluster.stats.hints_delivered += 1
-                        await _forget_copy(cluster, item.fallback, item.group, item.member)
+                        await _hand_back(
+                            cluster,
+                            home,
+                            item.fallback,
+                            item.group,
+                            item.member,
+                            (item.hlc, item.blob),
+                        )
                     done.append(item.id)
             except MultistoreError:
                 break  # the home failed again; the rest wait for the next round
@@ -116,10 +127,27 @@ async def deliver_hints(cluster: QuorumCluster) -> int:
     return delivered
 
 
-async def _forget_copy(cluster: QuorumCluster, fallback: str, group: bytes, member: bytes) -> None:
-    """Remove a stand-in's copy once its home has the record (if it is not a replica)."""
+async def _hand_back(
+    cluster: QuorumCluster, home: str, fallback: str, group: bytes, member: bytes, hint: Record
+) -> None:
+    """Hand a stand-in's copy to ``home`` and remove it from the stand-in (unless the
+    stand-in is a replica of the group).
+
+    The copy may be newer than ``hint`` (a later sloppy write landed on the same
+    stand-in): it is written to the home first, and removed only if the stand-in still
+    holds exactly what the home acknowledged, so a copy never goes before another
+    replica holds it (or something newer) and no write drops below the copies it was
+    acknowledged with. On a failure here the copy stays (a stray copy is harmless).
+    """
     if not fallback or fallback in cluster.ring.preference_list(group, cluster.config.n):
         return
-    # on failure, anti-entropy and later hand-offs cope with a stray copy
     with contextlib.suppress(MultistoreError):
-        await cluster.call_node(fallback, lambda n: n.remove(group, member))
+        copy = await cluster.call_node(fallback, lambda n: n.read(group, member))
+        if copy is None:
+            return
+        if copy != hint:
+            hlc, blob = copy
+            await cluster.call_node(
+                home, lambda n: cluster.apply_record(n, group, member, hlc, blob)
+            )
+        await cluster.call_node(fallback, lambda n: n.remove(group, member, expected=copy))

@@ -1,128 +1,48 @@
-"""Multi-master status (for ``multistore status --json``) and the demo's multi-master section."""
+"""Multi-master status (for ``multistore status --json``)."""
 
 from __future__ import annotations
 
-import asyncio
-import json
-import time
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
-from multistore.core import (
-    LWW,
-    Cart,
-    CRDTResolver,
-    KeepSiblings,
-    MergeFunction,
-    Resolver,
-    merge_carts,
-)
 from multistore.replication._multimaster import MultiMasterNode
-from multistore.replication._replicator import MemoryTransport, Replicator
 
-__all__ = ["multimaster_demo", "multimaster_status"]
+__all__ = ["multimaster_status"]
 
 
 async def multimaster_status(nodes: Sequence[MultiMasterNode]) -> dict[str, Any]:
-    """Each node's log head, its replication position per peer, and its conflict counts.
+    """Each node's changes, what it has of every origin, what each peer has of it, its log
+    size, and its conflict and held-back counts.
 
-    ``behind`` is how many positions of the peer's log the node has not applied yet
-    (known only for peers in ``nodes``).
+    ``missing`` (per peer) is how many changes this node has that the peer has not
+    said it has — what replication still has to carry there.
     """
-    heads = {node.node_id: node.head for node in nodes}
     report: dict[str, Any] = {}
     for node in nodes:
+        mine = node.received
         peers: dict[str, Any] = {}
-        for peer in sorted(set(heads) - {node.node_id}):
-            position = node.position(peer)
+        for peer in sorted(set(node.peers) | {n.node_id for n in nodes} - {node.node_id}):
+            has = node.peer_has(peer)
             peers[peer] = {
-                "applied_position": position.pulled,
-                "acknowledged_by_peer": position.acked,
-                "behind": max(0, heads[peer] - position.pulled),
+                "has": has.to_dict(),
+                "missing": sum(max(0, n - has.get_count(o)) for o, n in mine.items()),
             }
         stats = node.statistics()
         report[node.node_id] = {
             "backend": node.store.backend,
             "strategy": repr(node.resolver),
+            "own_changes": node.seq,
+            "has": mine.to_dict(),
             "log_head": node.head,
+            "log_rows": await node.log_size(),
             "peers": peers,
             "conflicts": await node.conflict_count(),
-            "rejected_by_skew_guard": await node.rejected_count(),
+            "rejected_by_skew_guard": node.pending_count,
             "since_open": {
                 "local_writes": stats.local_writes,
                 "applied": stats.applied,
                 "duplicates_skipped": stats.duplicates,
+                "set_aside": stats.set_aside,
             },
         }
     return {"nodes": report}
-
-
-_SHARED = {"items": {"apple": 1}}
-_EDIT_A = {"items": {"apple": 1, "pear": 2}}
-_EDIT_B = {"items": {"apple": 3, "milk": 1}}
-
-
-async def _partitioned_carts(tmpdir: Path, name: str, resolver: Resolver) -> dict[str, Any]:
-    """Two embedded nodes share a cart, edit it while partitioned, then heal."""
-    transport = MemoryTransport()
-    a = await MultiMasterNode.open(f"sqlite:///{tmpdir}/{name}-a.db", "a", resolver=resolver)
-    try:
-        b = await MultiMasterNode.open(f"sqlite:///{tmpdir}/{name}-b.db", "b", resolver=resolver)
-        try:
-            replicator = Replicator([a, b], transport)
-            crdt = isinstance(resolver, CRDTResolver)
-            if crdt:
-                await a.update("cart", lambda cart: cart.add("apple", 1), Cart)
-            else:
-                await a.put("cart", _SHARED)
-            await replicator.sync()
-            transport.partition(["a"], ["b"])
-            if crdt:
-                await a.update("cart", lambda cart: cart.add("pear", 2), Cart)
-                await b.update("cart", lambda cart: cart.add("apple", 2), Cart)
-                await b.update("cart", lambda cart: cart.add("milk", 1), Cart)
-            else:
-                await a.put("cart", _EDIT_A)
-                await b.put("cart", _EDIT_B)
-            transport.heal()
-            await replicator.sync()
-            values_a, values_b = await a.values("cart"), await b.values("cart")
-            conflicts = await a.conflicts("cart") + await b.conflicts("cart")
-            lost = {
-                json.dumps(loser.value, sort_keys=True): loser.value
-                for record in conflicts
-                for loser in record.losers
-            }
-            return {
-                "strategy": repr(resolver),
-                "kept": list(values_a),
-                "converged": values_a == values_b,
-                "conflicts_recorded": len(conflicts),
-                "lost_versions": [lost[text] for text in sorted(lost)],
-            }
-        finally:
-            await b.close()
-    finally:
-        await a.close()
-
-
-async def multimaster_demo(tmpdir: str | Path) -> dict[str, Any]:
-    """Two embedded nodes take conflicting cart edits while partitioned, then heal.
-
-    Node a adds a pear, node b raises the apples to 3 and adds milk. The report
-    shows, per strategy, what both nodes keep afterwards (``kept``: one value, or
-    the siblings), the conflicts recorded and the versions that lost.
-    """
-    started = time.perf_counter()
-    root = Path(tmpdir)
-    await asyncio.to_thread(root.mkdir, parents=True, exist_ok=True)
-    report: dict[str, Any] = {
-        "edits": {"shared": _SHARED, "a": _EDIT_A, "b": _EDIT_B},
-        "lww": await _partitioned_carts(root, "lww", LWW()),
-        "merge": await _partitioned_carts(root, "merge", MergeFunction(merge_carts)),
-        "siblings": await _partitioned_carts(root, "siblings", KeepSiblings(limit=5)),
-        "crdt_cart": await _partitioned_carts(root, "crdt", CRDTResolver()),
-    }
-    report["elapsed_s"] = round(time.perf_counter() - started, 3)
-    return report

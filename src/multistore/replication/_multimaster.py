@@ -1,31 +1,50 @@
 """A multi-master node: a relational store that accepts writes and applies its peers' changes.
 
-Every node accepts writes locally. A local write stamps the version with the
-node's :class:`~multistore.core.HybridClock`, gives it the key's causal context
-(a version vector) and the next sequence number of this origin, and commits the
-new state, the change-log row and nothing else in **one** local transaction. The
-clock is restored when the node opens from the greatest timestamp in the log
-(and the clock's reading after the last batch it received, kept in ``mm_meta``),
-so it never goes backwards across restarts.
+**Local writes.** :meth:`~MultiMasterNode.put`, :meth:`~MultiMasterNode.delete`
+and :meth:`~MultiMasterNode.put_many` (plain values) and
+:meth:`~MultiMasterNode.update` (CRDT mutations) stamp the version with the
+node's :class:`~multistore.core.HybridClock`, give it its causal history and the
+next sequence number of this origin, and commit the new state, the change-log
+row and nothing else in **one** local transaction.
 
-A remote change is applied once: ``(origin, seq)`` already in the log (or
-already refused) makes a re-delivery a no-op. Its timestamp goes through the
-clock's skew guard first; a change from a clock too far ahead is recorded in
-``mm_rejected`` and not applied. Then the configured resolver decides what the
-key holds:
+A plain write is based on a *context* — what the writer had read
+(:meth:`~MultiMasterNode.read_with_context`), or, for a blind write, everything
+the node has seen — and gets a dotted version vector: a fresh dot plus exactly
+that context. It supersedes the versions the context covers and nothing else:
+two read-modify-writes based on the same read stay concurrent siblings, even on
+one node. A delete is such a write of a tombstone
+(:data:`~multistore.core.DELETED`), so a write it did not see survives it.
 
-* plain strategies (:class:`~multistore.core.LWW`,
-  :class:`~multistore.core.MergeFunction`, :class:`~multistore.core.KeepSiblings`)
-  keep the key's *causal* state as a :class:`~multistore.core.SiblingSet` (the
-  join of every version received, which converges in any delivery order) and
-  present it through the resolver: the LWW winner, the merged value, or the
-  newest ``limit`` siblings. A local write is based on everything the node has
-  seen, so it supersedes the siblings it read.
-* :class:`~multistore.core.CRDTResolver`: the key holds a CRDT state; local
-  mutations ship their **delta**, and the resolver joins it in. Nothing is lost.
+**Receiving.** Each origin numbers its changes without gaps and a node takes an
+origin's changes strictly in that order: a change it already has is skipped, one
+that arrives ahead of a missing one is skipped too (it comes again). Every taken
+change goes to the log, so the node relays it (unless every registered peer has
+it already). A *stub* — a change that a later change of its origin to the same
+key supersedes, sent without its value — is taken and not applied. Then:
+
+* its timestamp goes through the clock's skew guard; a change stamped too far
+  ahead is **held back** (``mm_pending``, :meth:`~MultiMasterNode.rejected`),
+  with any later change to the same key from the same origin behind it, and
+  retried by :meth:`~MultiMasterNode.retry_pending` until the clock allows it;
+* plain strategies keep each key's *causal* state as a
+  :class:`~multistore.core.SiblingSet` — the versions no other version
+  superseded, plus what has been seen — which is the same on every node that
+  took the same changes, in whatever order. Reads present it through the
+  resolver: the LWW winner, the merged value, or the siblings;
+* :class:`~multistore.core.CRDTResolver` nodes hold a CRDT state per key; local
+  mutations ship their delta and receivers join it in;
+* a change that cannot be applied (a CRDT of another type, an undecodable body)
+  is **set aside** with a conflict record: the key keeps its state and the
+  stream goes on.
 
 Every concurrent meeting is recorded in ``mm_conflicts`` with the versions that
-lost, for :meth:`MultiMasterNode.conflicts`.
+lost, and so is a merge function that raised (its siblings are then shown as
+they are), for :meth:`~MultiMasterNode.conflicts`.
+
+**Peers and the log.** A node remembers what each peer said it has (a version
+vector of origin sequence numbers, :meth:`~MultiMasterNode.record_peer`) and
+deletes log rows every registered peer has. :mod:`._replicator` moves the
+changes.
 
 One :class:`MultiMasterNode` object owns its store: two processes must not run
 the same node.
@@ -35,14 +54,14 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from multistore.core import (
     CRDT,
+    DELETED,
     ClockSkewError,
-    CRDTResolver,
     HLCTimestamp,
     HybridClock,
     Resolution,
@@ -51,7 +70,6 @@ from multistore.core import (
     SkewPolicy,
     Versioned,
     VersionVector,
-    crdt_from_dict,
 )
 from multistore.errors import ConflictError, InvalidValueError, UsageError
 from multistore.replication._changelog import (
@@ -59,13 +77,25 @@ from multistore.replication._changelog import (
     Change,
     ConflictRecord,
     RejectedChange,
+    coalesce,
+    decode_vv,
     dumps,
+    is_stub,
     loads,
 )
+from multistore.replication._mm_apply import (
+    Applier,
+    Counters,
+    Opaque,
+    decode_item,
+    encode_crdt,
+    plain,
+)
+from multistore.replication._mm_work import StateCache, Work
 from multistore.stores._registry import open_store
 from multistore.stores.relational import RelationalStore, Transaction
 
-__all__ = ["KeyRead", "MultiMasterNode", "NodeStatistics", "PeerPosition"]
+__all__ = ["KeyRead", "MultiMasterNode", "NodeStatistics"]
 
 C = TypeVar("C", bound=CRDT)
 
@@ -76,16 +106,6 @@ def wall_clock_ms() -> int:
 
 
 @dataclass(frozen=True, slots=True)
-class PeerPosition:
-    """Replication bookkeeping for one peer, as seen by this node."""
-
-    pulled: int
-    """This node applied the peer's log up to here (contiguously): pulls resume after it."""
-    acked: int
-    """The peer acknowledged this node's log up to here: pushes resume after it."""
-
-
-@dataclass(frozen=True, slots=True)
 class NodeStatistics:
     """What one node did since it was opened."""
 
@@ -93,10 +113,16 @@ class NodeStatistics:
     applied: int
     """Remote changes applied (each ``(origin, seq)`` once)."""
     duplicates: int
-    """Re-delivered changes skipped."""
+    """Changes received again and skipped."""
     rejected: int
-    """Changes the skew guard refused."""
+    """Times the skew guard held a change back (a retry that fails again counts again)."""
     conflicts: int
+    set_aside: int = 0
+    """Changes that could not be applied (recorded as conflicts)."""
+    deferred: int = 0
+    """Changes that arrived ahead of a missing one of the same origin (skipped, sent again)."""
+    superseded: int = 0
+    """Changes received as stubs: a later change of the same origin to the key covered them."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,25 +130,20 @@ class KeyRead:
     """What :meth:`MultiMasterNode.read_with_context` returns."""
 
     values: tuple[Any, ...]
-    """The current value, or the concurrent siblings; empty when the key is absent."""
+    """The current value, or the concurrent siblings; empty when the key is absent or deleted."""
     context: VersionVector
-    """Every version the read saw: pass it to ``put(..., context=...)``."""
-
-
-@dataclass
-class _Counters:
-    applied: int = 0
-    duplicates: int = 0
-    rejected: int = 0
-    conflicts: int = 0
+    """Every version the read saw: pass it to ``put(..., context=...)`` or ``delete``."""
+    deleted: bool = False
+    """True when a delete is among the current versions (alone, or beside live siblings)."""
 
 
 class MultiMasterNode:
     """One multi-master node on a relational store; see the module docstring.
 
-    Open with :meth:`open`; write with :meth:`put` (plain values) or
-    :meth:`update` (CRDT mutations under :class:`~multistore.core.CRDTResolver`);
-    read with :meth:`get`, :meth:`values` or :meth:`read`.
+    Open with :meth:`open`; write with :meth:`put`, :meth:`delete`,
+    :meth:`put_many` (plain values) or :meth:`update` (CRDT mutations under
+    :class:`~multistore.core.CRDTResolver`); read with :meth:`get`,
+    :meth:`values`, :meth:`read` or :meth:`read_with_context`.
     """
 
     def __init__(
@@ -132,14 +153,19 @@ class MultiMasterNode:
         self.node_id = node_id
         self.resolver = resolver
         self.clock = clock
-        self._crdt = isinstance(resolver, CRDTResolver)
+        self._applier = Applier(node_id, resolver, clock)
+        self._crdt = self._applier.crdt
         self._lock = asyncio.Lock()
         self._pos = 0
         self._seq = 0
+        self._received: dict[str, int] = {}
+        self._peer_has: dict[str, VersionVector] = {}
+        self._trimmed: dict[str, int] = {}
+        self._pending: dict[tuple[str, str], int] = {}
         self._conflict_id = 0
-        self._peers: dict[str, PeerPosition] = {}
         self._writes = 0
-        self._counters = _Counters()
+        self._counters = Counters()
+        self._cache = StateCache(_CACHED_KEYS)
 
     @classmethod
     async def open(
@@ -153,7 +179,7 @@ class MultiMasterNode:
         skew_policy: SkewPolicy | str = SkewPolicy.REJECT,
     ) -> MultiMasterNode:
         """Open (creating its tables if needed) the node ``node_id`` on the relational store
-        ``url``; restore its clock, sequence numbers and peer positions from the store."""
+        ``url``; restore its clock, sequence numbers and peers from the store."""
         if not isinstance(resolver, Resolver):
             raise InvalidValueError(f"resolver must be a Resolver strategy, got {resolver!r}")
         clock = HybridClock(node_id, now_ms=now_ms, max_skew_ms=max_skew_ms, policy=skew_policy)
@@ -183,25 +209,33 @@ class MultiMasterNode:
                 raise ConflictError(
                     f"store {store.url} holds multi-master node {owner!r}, not {self.node_id!r}"
                 )
-        self._pos = int(await store.fetch_val("SELECT COALESCE(MAX(pos), 0) FROM mm_log"))
-        self._seq = int(
-            await store.fetch_val(
-                "SELECT COALESCE(MAX(seq), 0) FROM mm_log WHERE origin = :me", {"me": self.node_id}
-            )
+        meta = {row[0]: row[1] for row in await store.fetch_all("SELECT name, value FROM mm_meta")}
+        self._pos = max(
+            int(await store.fetch_val("SELECT COALESCE(MAX(pos), 0) FROM mm_log")),
+            int(meta.get("pos", 0)),
         )
+        for row in await store.fetch_all("SELECT origin, MAX(seq) FROM mm_log GROUP BY origin"):
+            self._received[row[0]] = int(row[1])
+        for row in await store.fetch_all("SELECT origin, received FROM mm_origins"):
+            self._received[row[0]] = max(self._received.get(row[0], 0), int(row[1]))
+        self._seq = self._received.pop(self.node_id, 0)
         self._conflict_id = int(
             await store.fetch_val("SELECT COALESCE(MAX(id), 0) FROM mm_conflicts")
         )
-        last = await store.fetch_one(
-            "SELECT hlc_ms, hlc_counter FROM mm_log ORDER BY hlc_ms DESC, hlc_counter DESC LIMIT 1"
+        own = await store.fetch_one(
+            "SELECT hlc_ms, hlc_counter FROM mm_log WHERE origin = :me "
+            "ORDER BY hlc_ms DESC, hlc_counter DESC LIMIT 1",
+            {"me": self.node_id},
         )
-        if last is not None:
-            self.clock.restore(HLCTimestamp(int(last[0]), int(last[1]), self.node_id))
-        received = await store.fetch_val("SELECT value FROM mm_meta WHERE name = 'clock'")
-        if received is not None:
-            self.clock.restore(HLCTimestamp.parse(received))
-        for row in await store.fetch_all("SELECT peer, pulled, acked FROM mm_peers"):
-            self._peers[row[0]] = PeerPosition(int(row[1]), int(row[2]))
+        if own is not None:
+            self.clock.restore(HLCTimestamp(int(own[0]), int(own[1]), self.node_id))
+        if "clock" in meta:
+            self.clock.restore(HLCTimestamp.parse(meta["clock"]))
+        for row in await store.fetch_all("SELECT peer, has FROM mm_peer_has"):
+            self._peer_has[row[0]] = decode_vv(loads(row[1]))
+        for row in await store.fetch_all("SELECT origin, key FROM mm_pending"):
+            ident = (row[0], row[1])
+            self._pending[ident] = self._pending.get(ident, 0) + 1
 
     async def close(self) -> None:
         await self._store.close()
@@ -212,21 +246,57 @@ class MultiMasterNode:
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
 
+    # -- bookkeeping ------------------------------------------------------------------
+
     @property
     def store(self) -> RelationalStore:
         return self._store
 
     @property
     def head(self) -> int:
-        """The position of the last change in this node's log (0 when empty)."""
+        """The position of the last change appended to this node's log (0 when none)."""
         return self._pos
 
-    def position(self, peer: str) -> PeerPosition:
-        return self._peers.get(peer, PeerPosition(0, 0))
+    @property
+    def seq(self) -> int:
+        """How many changes this node has made (its own origin's last sequence number)."""
+        return self._seq
+
+    @property
+    def received(self) -> VersionVector:
+        """What this node has taken, per origin (itself included): peers need not send it."""
+        return VersionVector({**self._received, self.node_id: self._seq})
+
+    def received_from(self, origin: str) -> int:
+        """How far this node has taken ``origin``'s changes."""
+        return self._seq if origin == self.node_id else self._received.get(origin, 0)
+
+    @property
+    def pending_count(self) -> int:
+        """Changes taken but not applied yet (held back by the skew guard, or behind one)."""
+        return sum(self._pending.values())
+
+    @property
+    def peers(self) -> tuple[str, ...]:
+        """The registered peers: the log is kept until each of them has a change."""
+        return tuple(sorted(self._peer_has))
+
+    def peer_has(self, peer: str) -> VersionVector:
+        """What ``peer`` last said it has (empty when it never said)."""
+        return self._peer_has.get(peer, VersionVector())
 
     def statistics(self) -> NodeStatistics:
         c = self._counters
-        return NodeStatistics(self._writes, c.applied, c.duplicates, c.rejected, c.conflicts)
+        return NodeStatistics(
+            self._writes,
+            c.applied,
+            c.duplicates,
+            c.rejected,
+            c.conflicts,
+            c.set_aside,
+            c.deferred,
+            c.superseded,
+        )
 
     def __repr__(self) -> str:
         return f"<MultiMasterNode {self.node_id!r} on {self._store.backend}, {self.resolver!r}>"
@@ -242,26 +312,52 @@ class MultiMasterNode:
         losing by timestamp, as the strategy says). Without it the write is a blind
         overwrite of every version this node has seen.
         """
+        (change,) = await self._write([(key, _checked_value(value), context)])
+        return change
+
+    async def delete(self, key: str, *, context: VersionVector | None = None) -> Change:
+        """Delete ``key``: write a tombstone that supersedes what ``context`` covers (without
+        it, every version this node has seen). A write the delete did not see survives it;
+        a merge function sees the delete as :data:`~multistore.core.DELETED`."""
+        (change,) = await self._write([(key, DELETED, context)])
+        return change
+
+    async def put_many(self, items: Mapping[str, Any]) -> list[Change]:
+        """Blind-write several keys in one local transaction (one change per key)."""
+        if not isinstance(items, Mapping):
+            raise InvalidValueError(f"put_many takes a mapping of key -> value, got {items!r}")
+        return await self._write([(key, _checked_value(v), None) for key, v in items.items()])
+
+    async def _write(self, items: list[tuple[str, Any, VersionVector | None]]) -> list[Change]:
         if self._crdt:
             raise UsageError("this node's values are CRDTs: change them with update()")
-        _check_key(key)
-        if context is not None and not isinstance(context, VersionVector):
-            raise InvalidValueError(f"context must be a VersionVector, got {context!r}")
-        dumps(value)
+        for key, _, context in items:
+            _check_key(key)
+            if context is not None and not isinstance(context, VersionVector):
+                raise InvalidValueError(f"context must be a VersionVector, got {context!r}")
+        changes: list[Change] = []
         async with self._lock:
+            conflict_id = self._conflict_id
             async with self._store.transaction() as tx:
-                before = await self._siblings(tx, key)
-                written = before.write(
-                    value,
-                    node=self.node_id,
-                    hlc=self.clock.now(),
-                    context=before.context if context is None else context,
-                )
-                change = Change(self.node_id, self._seq + 1, key, written.version)
-                await self._save(tx, key, written.siblings.to_dict())
-                await self._append(tx, change, self._pos + 1)
-            self._seq, self._pos, self._writes = self._seq + 1, self._pos + 1, self._writes + 1
-        return change
+                work = Work(tx, SiblingSet.from_dict, self._pos, self._cache)
+                await work.load(key for key, _, _ in items)
+                for key, value, context in items:
+                    before: SiblingSet[Any] = work.get(key) or SiblingSet()
+                    hlc = self.clock.now()
+                    if context is None:  # blind: supersedes everything this node has seen
+                        after, version = before.overwrite(value, node=self.node_id, hlc=hlc)
+                    else:
+                        written = before.write(value, node=self.node_id, hlc=hlc, context=context)
+                        after, version = written.siblings, written.version
+                    change = Change(self.node_id, self._seq + len(changes) + 1, key, version)
+                    work.set(key, after)
+                    work.append(change.origin, change.seq, key, hlc, dumps(change.to_dict()))
+                    if len(after) > 1:
+                        conflict_id = self._applier.record(work, change, after, conflict_id)
+                    changes.append(change)
+                await work.flush(SiblingSet.to_dict)
+            self._commit_local(work, len(changes), conflict_id)
+        return changes
 
     async def update(
         self, key: str, mutate: Callable[[C], CRDT], factory: Callable[[str], C]
@@ -277,7 +373,9 @@ class MultiMasterNode:
         _check_key(key)
         async with self._lock:
             async with self._store.transaction() as tx:
-                current = await self._crdt_version(tx, key)
+                work = Work(tx, self._applier.decode_crdt, self._pos, self._cache)
+                await work.load([key])
+                current: Versioned[Any] | None = work.get(key)
                 state: Any = current.value.copy() if current is not None else factory(self.node_id)
                 delta = mutate(state)
                 if not isinstance(delta, CRDT):
@@ -288,50 +386,64 @@ class MultiMasterNode:
                 vv = (current.vv if current is not None else VersionVector()).increment(
                     self.node_id
                 )
-                stored = Versioned(state.to_dict(), hlc, vv, self.node_id)
                 change = Change(
                     self.node_id,
                     self._seq + 1,
                     key,
                     Versioned(delta.to_dict(), hlc, vv, self.node_id),
                 )
-                await self._save(tx, key, stored.to_dict())
-                await self._append(tx, change, self._pos + 1)
-            self._seq, self._pos, self._writes = self._seq + 1, self._pos + 1, self._writes + 1
+                work.set(key, Versioned(state, hlc, vv, self.node_id))
+                work.append(change.origin, change.seq, key, hlc, dumps(change.to_dict()))
+                await work.flush(encode_crdt)
+            self._commit_local(work, 1, self._conflict_id)
         return change
+
+    def _commit_local(self, work: Work, writes: int, conflict_id: int) -> None:
+        work.committed()
+        self._seq += writes
+        self._writes += writes
+        self._pos = work.pos
+        self._counters.conflicts += conflict_id - self._conflict_id
+        self._conflict_id = conflict_id
 
     # -- reading --------------------------------------------------------------------
 
-    async def read(self, key: str) -> Resolution[Any] | None:
-        """The resolver's view of ``key`` (winner, merged value or siblings), or None."""
+    async def _state(self, key: str) -> Any:
         _check_key(key)
         text = await self._store.fetch_val("SELECT state FROM mm_data WHERE key = :k", {"k": key})
         if text is None:
             return None
+        return self._applier.decoder()(loads(text))
+
+    async def read(self, key: str) -> Resolution[Any] | None:
+        """The resolver's view of ``key`` (winner, merged value or siblings; deletes appear
+        as :data:`~multistore.core.DELETED`), or None when the key was never written."""
+        state = await self._state(key)
+        if state is None:
+            return None
         if self._crdt:
-            return Resolution(self._decode_crdt(loads(text)))
-        return self._present(SiblingSet.from_dict(loads(text)))
+            return Resolution(state)
+        return self._applier.view(state)[0]
 
     async def read_with_context(self, key: str) -> KeyRead:
-        """The current value(s) of ``key`` and the causal context to pass to :meth:`put`
-        when writing a value computed from them (read-modify-write without lost updates)."""
-        _check_key(key)
-        text = await self._store.fetch_val("SELECT state FROM mm_data WHERE key = :k", {"k": key})
-        if text is None:
+        """The current value(s) of ``key`` and the causal context to pass to :meth:`put` or
+        :meth:`delete` when writing based on them (read-modify-write without lost updates)."""
+        state = await self._state(key)
+        if state is None:
             return KeyRead((), VersionVector())
         if self._crdt:
-            version = self._decode_crdt(loads(text))
-            return KeyRead((_plain(version.value),), version.vv)
-        siblings = SiblingSet.from_dict(loads(text))
-        values = tuple(_plain(v) for v in self._present(siblings).values)
-        return KeyRead(values, siblings.context)
+            return KeyRead((plain(state.value),), state.vv)
+        shown = self._applier.view(state)[0].values
+        live = tuple(plain(v) for v in shown if v is not DELETED)
+        return KeyRead(live, state.context, deleted=len(live) < len(shown))
 
     async def values(self, key: str) -> tuple[Any, ...]:
-        """The current value(s) of ``key``: one, or several concurrent siblings; () if absent."""
+        """The current value(s) of ``key``: one, or several concurrent siblings; () if absent
+        or deleted."""
         resolution = await self.read(key)
         if resolution is None:
             return ()
-        return tuple(_plain(value) for value in resolution.values)
+        return tuple(plain(value) for value in resolution.values if value is not DELETED)
 
     async def get(self, key: str, default: Any = None) -> Any:
         """The one current value of ``key`` (a CRDT's plain value); :class:`UsageError` when
@@ -344,23 +456,55 @@ class MultiMasterNode:
         return values[0]
 
     async def snapshot(self) -> dict[str, tuple[Any, ...]]:
-        """Every key's current value(s), as :meth:`values` gives them."""
+        """Every present key's current value(s), as :meth:`values` gives them (deleted keys
+        are left out)."""
         rows = await self._store.fetch_all("SELECT key FROM mm_data ORDER BY key")
-        return {row[0]: await self.values(row[0]) for row in rows}
+        found = {row[0]: await self.values(row[0]) for row in rows}
+        return {key: values for key, values in found.items() if values}
 
     async def export(self) -> dict[str, Any]:
-        """Every key's stored state (causal metadata included), for convergence checks."""
+        """Every key's stored state (causal metadata and tombstones included), for
+        convergence checks."""
         rows = await self._store.fetch_all("SELECT key, state FROM mm_data ORDER BY key")
         return {row[0]: loads(row[1]) for row in rows}
 
     async def changes_after(self, pos: int, limit: int = 500) -> tuple[list[Change], int]:
-        """Up to ``limit`` changes of this node's log after ``pos``, and the position reached."""
+        """Up to ``limit`` changes of this node's log after local position ``pos`` (rows
+        already trimmed are gone, stubs of superseded changes are left out), and the
+        position reached."""
         rows = await self._store.fetch_all(
             "SELECT pos, body FROM mm_log WHERE pos > :pos ORDER BY pos LIMIT :n",
             {"pos": pos, "n": limit},
         )
-        changes = [Change.from_dict(loads(row[1])) for row in rows]
+        bodies = [loads(row[1]) for row in rows]
+        changes = [Change.from_dict(body) for body in bodies if not is_stub(body)]
         return changes, (int(rows[-1][0]) if rows else pos)
+
+    async def changes_for(
+        self, have: VersionVector, limit: int = 500, *, origins: Iterable[str] | None = None
+    ) -> list[dict[str, Any]]:
+        """Up to ``limit`` changes (wire form) that a peer which has ``have`` lacks, each
+        origin's in sequence order; only of ``origins`` when given. A change that a later
+        one in the list supersedes goes as a stub (:func:`._changelog.coalesce`)."""
+        mine = self.received
+        wanted = sorted(mine if origins is None else set(origins) & set(mine))
+        found: list[dict[str, Any]] = []
+        for origin in wanted:
+            after = have.get_count(origin)
+            if mine.get_count(origin) <= after or len(found) >= limit:
+                continue
+            rows = await self._store.fetch_all(
+                "SELECT seq, body FROM mm_log WHERE origin = :o AND seq > :s ORDER BY seq LIMIT :n",
+                {"o": origin, "s": after, "n": limit - len(found)},
+            )
+            if rows and int(rows[0][0]) != after + 1:
+                continue  # trimmed: this peer was not registered when the others had it
+            found += [loads(row[1]) for row in rows]
+        return found if self._crdt else coalesce(found)
+
+    async def log_size(self) -> int:
+        """Rows in the change log now (it is trimmed once every registered peer has them)."""
+        return int(await self._store.fetch_val("SELECT COUNT(*) FROM mm_log"))
 
     async def conflicts(self, key: str | None = None) -> list[ConflictRecord]:
         """Recorded conflicts, oldest first (of ``key`` only, if given)."""
@@ -375,7 +519,14 @@ class MultiMasterNode:
             losers = tuple(Versioned.from_dict(item) for item in body["losers"])
             records.append(
                 ConflictRecord(
-                    int(row[0]), row[1], row[2], row[3], int(row[4]), losers, tuple(body["values"])
+                    int(row[0]),
+                    row[1],
+                    row[2],
+                    row[3],
+                    int(row[4]),
+                    losers,
+                    tuple(body["values"]),
+                    body.get("error"),
                 )
             )
         return records
@@ -384,197 +535,234 @@ class MultiMasterNode:
         return int(await self._store.fetch_val("SELECT COUNT(*) FROM mm_conflicts"))
 
     async def rejected(self) -> list[RejectedChange]:
-        """Changes the skew guard refused, by origin and sequence number."""
+        """Changes held back now: by the skew guard, or behind such a change to the same
+        key from the same origin (``skew_ms`` 0)."""
         rows = await self._store.fetch_all(
-            "SELECT body, skew_ms FROM mm_rejected ORDER BY origin, seq"
+            "SELECT body, skew_ms FROM mm_pending ORDER BY origin, seq"
         )
         return [RejectedChange(Change.from_dict(loads(row[0])), int(row[1])) for row in rows]
 
     async def rejected_count(self) -> int:
-        return int(await self._store.fetch_val("SELECT COUNT(*) FROM mm_rejected"))
+        return self.pending_count
+
+    # -- peers ----------------------------------------------------------------------
+
+    async def add_peer(self, peer: str) -> None:
+        """Register ``peer``: from now on a log row is kept until the peer has it too."""
+        if peer == self.node_id:
+            raise UsageError(f"node {peer!r} cannot be its own peer")
+        async with self._lock:
+            if peer in self._peer_has:
+                return
+            async with self._store.transaction() as tx:
+                await self._save_peer(tx, peer, VersionVector())
+            self._peer_has[peer] = VersionVector()
+
+    async def forget_peer(self, peer: str) -> None:
+        """Unregister a peer that left the group for good (the log stops waiting for it)."""
+        async with self._lock:
+            peer_has = {p: has for p, has in self._peer_has.items() if p != peer}
+            async with self._store.transaction() as tx:
+                await tx.execute("DELETE FROM mm_peer_has WHERE peer = :p", {"p": peer})
+                floors = await self._trim(tx, peer_has, self.received, self._pos)
+            self._peer_has = peer_has
+            self._trimmed.update(floors)
+
+    async def record_peer(self, peer: str, has: VersionVector) -> None:
+        """``peer`` says it has ``has``: remember it (registering the peer) and trim the log
+        below what every registered peer has."""
+        async with self._lock:
+            peer_has = self._merge_peer(peer, has)
+            if peer_has is None:
+                return
+            async with self._store.transaction() as tx:
+                await self._save_peer(tx, peer, peer_has[peer])
+                floors = await self._trim(tx, peer_has, self.received, self._pos)
+            self._peer_has = peer_has
+            self._trimmed.update(floors)
+
+    def _merge_peer(self, peer: str, has: VersionVector) -> dict[str, VersionVector] | None:
+        """The peers' vectors with what ``peer`` now says it has; None when nothing is new."""
+        if peer == self.node_id:
+            return None
+        known = self._peer_has.get(peer)
+        merged = has if known is None else known.merge(has)
+        if merged == known:
+            return None
+        return {**self._peer_has, peer: merged}
+
+    async def _save_peer(self, tx: Transaction, peer: str, has: VersionVector) -> None:
+        await tx.execute(
+            "INSERT INTO mm_peer_has (peer, has) VALUES (:p, :has) "
+            "ON CONFLICT (peer) DO UPDATE SET has = excluded.has",
+            {"p": peer, "has": dumps(has.to_dict())},
+        )
+
+    async def _trim(
+        self,
+        tx: Transaction,
+        peer_has: Mapping[str, VersionVector],
+        received: VersionVector,
+        pos: int,
+    ) -> dict[str, int]:
+        """Delete the log rows every registered peer has; return the new floors per origin
+        (``received``: what this node has, ``pos``: its log head, both as of this
+        transaction)."""
+        floors: dict[str, int] = {}
+        if not peer_has:
+            return floors
+        for origin, top in received.items():
+            floor = min(min(has.get_count(origin) for has in peer_has.values()), top)
+            if floor > self._trimmed.get(origin, 0):
+                await tx.execute(
+                    "DELETE FROM mm_log WHERE origin = :o AND seq <= :s",
+                    {"o": origin, "s": floor},
+                )
+                floors[origin] = floor
+        if floors:  # what the deleted rows would have told a restart
+            await _set_meta(tx, "pos", str(pos))
+            await _set_meta(tx, "clock", str(self.clock.last or self.clock.now()))
+            await tx.execute(
+                "INSERT INTO mm_origins (origin, received) VALUES (:o, :s) "
+                "ON CONFLICT (origin) DO UPDATE SET received = excluded.received",
+                {"o": self.node_id, "s": self._seq},
+            )
+        return floors
 
     # -- receiving ------------------------------------------------------------------
 
-    async def apply_batch(self, peer: str, after: int, upto: int, changes: Sequence[Change]) -> int:
-        """Apply ``changes`` (the peer's log from after ``after`` up to ``upto``).
+    async def apply_batch(
+        self,
+        peer: str,
+        changes: Sequence[Change | Mapping[str, Any]],
+        *,
+        peer_has: VersionVector | None = None,
+    ) -> VersionVector:
+        """Take ``changes`` from ``peer`` (decoded, or in wire form) and return what this
+        node has afterwards (:attr:`received`, for the acknowledgement).
 
-        Returns this node's contiguous position in the peer's log: it advances to
-        ``upto`` only when the batch starts at or before the current position, so a
-        batch that arrives early (out of order, or after a lost one) is applied but
-        the position waits for the gap to be filled.
+        Each origin's changes are taken in sequence order; duplicates and changes
+        ahead of a missing one are skipped. ``peer_has`` — what the peer says it
+        has — is recorded in the same transaction.
         """
         async with self._lock:
-            known = self.position(peer)
-            counters = _Counters()
-            pos = self._pos
+            counters = Counters()
+            received = dict(self._received)
+            taken: list[tuple[Change | Opaque, Change | Mapping[str, Any]]] = []
+            for item in changes:
+                change = decode_item(item)
+                if change is None:
+                    counters.deferred += 1  # not even its origin and number could be read
+                    continue
+                have = received.get(change.origin, 0)
+                if change.origin == self.node_id or change.seq <= have:
+                    counters.duplicates += 1
+                elif change.seq > have + 1:
+                    counters.deferred += 1
+                else:
+                    received[change.origin] = change.seq
+                    taken.append((change, item))
             conflict_id = self._conflict_id
+            pending = dict(self._pending)
+            peers = None if peer_has is None else self._merge_peer(peer, peer_has)
+            floors: dict[str, int] = {}
             async with self._store.transaction() as tx:
-                for change in changes:
-                    pos, conflict_id = await self._receive(tx, change, pos, conflict_id, counters)
-                pulled = max(known.pulled, upto) if after <= known.pulled else known.pulled
-                if pulled != known.pulled:
-                    await self._save_peer(tx, peer, PeerPosition(pulled, known.acked))
-                if counters.applied and self.clock.last is not None:
-                    # receive events move the clock past the changes' own stamps: keep it
-                    await tx.execute(
-                        "INSERT INTO mm_meta (name, value) VALUES ('clock', :ts) "
-                        "ON CONFLICT (name) DO UPDATE SET value = excluded.value",
-                        {"ts": str(self.clock.last)},
+                work = Work(tx, self._applier.decoder(), self._pos, self._cache)
+                known = peers or self._peer_has
+                if known:
+                    work.everyone_has = {
+                        origin: min(has.get_count(origin) for has in known.values())
+                        for origin in {c.origin for c, _ in taken}
+                    }
+                await work.load(c.key for c, _ in taken if isinstance(c, Change))
+                for change, item in taken:
+                    work.progress(change.origin, change.seq)
+                    conflict_id = self._applier.take(
+                        work, change, item, pending, conflict_id, counters
                     )
-            self._pos, self._conflict_id = pos, conflict_id
-            self._peers[peer] = PeerPosition(pulled, known.acked)
-            total = self._counters
-            total.applied += counters.applied
-            total.duplicates += counters.duplicates
-            total.rejected += counters.rejected
-            total.conflicts += counters.conflicts
-        return pulled
+                if counters.applied and self.clock.last is not None:
+                    # receive events moved the clock past the changes' own stamps: keep it
+                    await _set_meta(tx, "clock", str(self.clock.last))
+                await work.flush(self._applier.encoder())
+                if peers is not None:
+                    await self._save_peer(tx, peer, peers[peer])
+                if peers is not None or work.log_rows:
+                    has = VersionVector({**received, self.node_id: self._seq})
+                    floors = await self._trim(tx, peers or self._peer_has, has, work.pos)
+            work.committed()
+            if peers is not None:
+                self._peer_has = peers
+            self._trimmed.update(floors)
+            self._received, self._pos, self._pending = received, work.pos, pending
+            self._conflict_id = conflict_id
+            self._counters.add(counters)
+        return self.received
 
-    async def record_ack(self, peer: str, pos: int) -> None:
-        """The peer has applied this node's log up to ``pos``: pushes resume after it."""
+    async def retry_pending(self) -> int:
+        """Try the held-back changes again, each key's in order; return how many were applied."""
         async with self._lock:
-            known = self.position(peer)
-            if pos <= known.acked:
-                return
-            position = PeerPosition(known.pulled, min(pos, self._pos))
+            if not self._pending:
+                return 0
+            rows = await self._store.fetch_all(
+                "SELECT origin, seq, key, skew_ms, body FROM mm_pending ORDER BY origin, seq"
+            )
+            counters = Counters()
+            conflict_id = self._conflict_id
+            pending = dict(self._pending)
             async with self._store.transaction() as tx:
-                await self._save_peer(tx, peer, position)
-            self._peers[peer] = position
+                work = Work(tx, self._applier.decoder(), self._pos, self._cache)
+                await work.load(row[2] for row in rows)
+                blocked: set[tuple[str, str]] = set()
+                for row in rows:
+                    origin, seq, key, body = row[0], row[1], row[2], row[4]
+                    ident = (origin, key)
+                    if ident in blocked:
+                        continue
+                    change = Change.from_dict(loads(body))
+                    try:
+                        self.clock.observe(change.hlc)
+                    except ClockSkewError as exc:
+                        counters.rejected += 1
+                        blocked.add(ident)
+                        await tx.execute(
+                            "UPDATE mm_pending SET skew_ms = :skew WHERE origin = :o AND seq = :s",
+                            {"skew": max(exc.skew_ms, 1), "o": origin, "s": seq},
+                        )
+                        continue
+                    conflict_id = self._applier.apply(work, change, conflict_id, counters)
+                    work.released.append({"o": origin, "s": seq})
+                    pending[ident] -= 1
+                    if not pending[ident]:
+                        del pending[ident]
+                if counters.applied:
+                    await _set_meta(tx, "clock", str(self.clock.last))
+                await work.flush(self._applier.encoder())
+            work.committed()
+            self._pending, self._conflict_id = pending, conflict_id
+            self._counters.add(counters)
+        return counters.applied + counters.set_aside
 
-    async def _receive(
-        self, tx: Transaction, change: Change, pos: int, conflict_id: int, counters: _Counters
-    ) -> tuple[int, int]:
-        ident = {"o": change.origin, "s": change.seq}
-        seen = change.origin == self.node_id or (
-            await tx.fetch_val("SELECT 1 FROM mm_log WHERE origin = :o AND seq = :s", ident)
-            is not None
-            or await tx.fetch_val("SELECT 1 FROM mm_rejected WHERE origin = :o AND seq = :s", ident)
-            is not None
-        )
-        if seen:
-            counters.duplicates += 1
-            return pos, conflict_id
-        try:
-            self.clock.observe(change.hlc)
-        except ClockSkewError as exc:
-            counters.rejected += 1
-            await tx.execute(
-                "INSERT INTO mm_rejected (origin, seq, key, skew_ms, body) "
-                "VALUES (:o, :s, :k, :skew, :body)",
-                {**ident, "k": change.key, "skew": exc.skew_ms, "body": dumps(change.to_dict())},
-            )
-            return pos, conflict_id
-        if self._crdt:
-            conflict = await self._apply_crdt(tx, change)
-        else:
-            conflict = await self._apply_plain(tx, change)
-        pos += 1
-        await self._append(tx, change, pos)
-        counters.applied += 1
-        if conflict is not None:
-            conflict_id += 1
-            counters.conflicts += 1
-            kind, body = conflict
-            await tx.execute(
-                "INSERT INTO mm_conflicts (id, key, kind, origin, seq, body) "
-                "VALUES (:id, :k, :kind, :o, :s, :body)",
-                {**ident, "id": conflict_id, "k": change.key, "kind": kind, "body": dumps(body)},
-            )
-        return pos, conflict_id
 
-    async def _apply_plain(self, tx: Transaction, change: Change) -> tuple[str, Any] | None:
-        before = await self._siblings(tx, change.key)
-        remote = change.version
-        if before.context.contains(remote.dot):
-            return None  # this version, or one that superseded it, is already here
-        after = before.add(remote)
-        await self._save(tx, change.key, after.to_dict())
-        if len(before) == 0 or len(after) < 2 or remote.dot not in {v.dot for v in after}:
-            return None  # nothing concurrent met: the remote simply superseded the local
-        resolution = self.resolver.resolve(before, remote)
-        values = self._present(after).values
-        kind = "lost" if resolution.losers else "siblings" if len(values) > 1 else "merged"
-        return kind, {
-            "losers": [loser.to_dict() for loser in resolution.losers],
-            "values": list(values),
-        }
+_CACHED_KEYS = 10_000
+"""Decoded key states a node keeps in memory (the hot keys skip decoding)."""
 
-    async def _apply_crdt(self, tx: Transaction, change: Change) -> tuple[str, Any] | None:
-        local = await self._crdt_version(tx, change.key)
-        remote = self._decode_crdt(change.version.to_dict())
-        if local is None:
-            await self._save(tx, change.key, _encode_crdt(remote))
-            return None
-        resolution = self.resolver.resolve(local, remote)
-        winner = resolution.winner
-        assert winner is not None
-        if remote.dot == local.dot:  # same dot: the candidates were deduplicated; join anyway
-            winner = Versioned(local.value.merge(remote.value), local.hlc, local.vv, local.origin)
-        await self._save(tx, change.key, _encode_crdt(winner))
-        if not resolution.concurrent:
-            return None
-        return "merged", {"losers": [], "values": [_plain(winner.value)]}
 
-    # -- storage helpers --------------------------------------------------------------
+async def _set_meta(tx: Transaction, name: str, value: str) -> None:
+    await tx.execute(
+        "INSERT INTO mm_meta (name, value) VALUES (:n, :v) "
+        "ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+        {"n": name, "v": value},
+    )
 
-    def _present(self, siblings: SiblingSet[Any]) -> Resolution[Any]:
-        newest = siblings.newest
-        assert newest is not None
-        return self.resolver.resolve(siblings, newest)
 
-    def _decode_crdt(self, data: Any) -> Versioned[Any]:
-        version = Versioned.from_dict(data)
-        value = crdt_from_dict(version.value, node=self.node_id)
-        return Versioned(value, version.hlc, version.vv, version.origin)
-
-    async def _siblings(self, tx: Transaction, key: str) -> SiblingSet[Any]:
-        text = await tx.fetch_val("SELECT state FROM mm_data WHERE key = :k", {"k": key})
-        if text is None:
-            return SiblingSet()
-        return SiblingSet.from_dict(loads(text))
-
-    async def _crdt_version(self, tx: Transaction, key: str) -> Versioned[Any] | None:
-        text = await tx.fetch_val("SELECT state FROM mm_data WHERE key = :k", {"k": key})
-        return None if text is None else self._decode_crdt(loads(text))
-
-    async def _save(self, tx: Transaction, key: str, state: Any) -> None:
-        await tx.execute(
-            "INSERT INTO mm_data (key, state) VALUES (:k, :state) "
-            "ON CONFLICT (key) DO UPDATE SET state = excluded.state",
-            {"k": key, "state": dumps(state)},
-        )
-
-    async def _append(self, tx: Transaction, change: Change, pos: int) -> None:
-        await tx.execute(
-            "INSERT INTO mm_log (pos, origin, seq, key, hlc_ms, hlc_counter, body) "
-            "VALUES (:pos, :o, :s, :k, :ms, :counter, :body)",
-            {
-                "pos": pos,
-                "o": change.origin,
-                "s": change.seq,
-                "k": change.key,
-                "ms": change.hlc.physical_ms,
-                "counter": change.hlc.counter,
-                "body": dumps(change.to_dict()),
-            },
-        )
-
-    async def _save_peer(self, tx: Transaction, peer: str, position: PeerPosition) -> None:
-        await tx.execute(
-            "INSERT INTO mm_peers (peer, pulled, acked) VALUES (:p, :pulled, :acked) "
-            "ON CONFLICT (peer) DO UPDATE SET pulled = excluded.pulled, acked = excluded.acked",
-            {"p": peer, "pulled": position.pulled, "acked": position.acked},
-        )
+def _checked_value(value: Any) -> Any:
+    """A value for put(); whether JSON can hold it is checked as the write is encoded, in
+    its transaction (so a refused value leaves nothing written)."""
+    if value is DELETED:
+        raise InvalidValueError("write DELETED with delete(), not put()")
+    return value
 
 
 def _check_key(key: object) -> None:
     if not isinstance(key, str) or not key:
         raise InvalidValueError(f"a key must be a non-empty string, got {key!r}")
-
-
-def _encode_crdt(version: Versioned[Any]) -> dict[str, Any]:
-    return Versioned(version.value.to_dict(), version.hlc, version.vv, version.origin).to_dict()
-
-
-def _plain(value: Any) -> Any:
-    return value.value if isinstance(value, CRDT) else value

@@ -6,6 +6,8 @@ failure. After ``threshold`` failures in a row a node is *down*: requests skip i
 ``probe_after`` seconds have passed, when the next request probes it again. One
 failure short of the threshold it is *suspect*. Any success makes it *up*.
 Latency is an exponentially weighted moving average, shown in the status view.
+Nodes join and leave with the ring (:meth:`ThresholdDetector.add`, ``remove``);
+reports about a node that left are ignored.
 """
 
 from __future__ import annotations
@@ -46,8 +48,16 @@ class ThresholdDetector:
         self._clock = clock
         self._health = {name: NodeHealth() for name in nodes}
 
+    def add(self, node: str) -> None:
+        """Start watching a node that joined (as up)."""
+        self._health.setdefault(node, NodeHealth())
+
+    def remove(self, node: str) -> None:
+        """Forget a node that left."""
+        self._health.pop(node, None)
+
     def state(self, node: str) -> State:
-        health = self._health[node]
+        health = self._health.get(node) or NodeHealth()
         if health.failures >= self.threshold:
             return "down"
         if health.failures:
@@ -56,7 +66,9 @@ class ThresholdDetector:
 
     def available(self, node: str) -> bool:
         """False while a down node is not yet due for a probe."""
-        health = self._health[node]
+        health = self._health.get(node)
+        if health is None:  # a node that left: still asked by requests begun before
+            return True
         if health.failures < self.threshold:
             return True
         last = health.last_failure or 0.0
@@ -64,11 +76,14 @@ class ThresholdDetector:
 
     def down_for(self, node: str) -> float:
         """Seconds since the node's current run of failures began (0 when it answers)."""
-        since = self._health[node].down_since
+        health = self._health.get(node)
+        since = None if health is None else health.down_since
         return 0.0 if since is None else max(0.0, self._clock() - since)
 
     def success(self, node: str, seconds: float) -> None:
-        health = self._health[node]
+        health = self._health.get(node)
+        if health is None:
+            return
         health.failures = 0
         health.down_since = None
         health.successes += 1
@@ -76,13 +91,26 @@ class ThresholdDetector:
         health.latency_ms = ms if health.latency_ms is None else 0.8 * health.latency_ms + 0.2 * ms
 
     def failure(self, node: str) -> None:
-        health = self._health[node]
+        health = self._health.get(node)
+        if health is None:
+            return
         now = self._clock()
         health.failures += 1
         health.total_failures += 1
         health.last_failure = now
         if health.down_since is None:
             health.down_since = now  # the start of this run of failures
+
+    def fastest_first(self, nodes: list[str]) -> list[str]:
+        """``nodes`` by their latency average, lowest first (a node not heard from yet
+        first, so that it gets measured)."""
+        health = self._health
+
+        def latency(name: str) -> float:
+            known = health.get(name)
+            return 0.0 if known is None or known.latency_ms is None else known.latency_ms
+
+        return sorted(nodes, key=latency)
 
     def view(self) -> list[dict[str, Any]]:
         return [

@@ -1,13 +1,16 @@
 """The fan-out of one quorum request: concurrent calls, early return, retries.
 
-A write goes to every home replica that is not known to be down, and a stand-in
-(the next node on the ring: a sloppy quorum) replaces each home that is down or
-fails. A read asks R homes first; when one fails, or when the read is still short
-of R answers ``speculative_after`` seconds after it started (or after its last
-speculative retry), the next home is asked too (a speculative retry), then
-fallbacks. The fan-out returns as soon as ``need`` answers (``pneed`` of
-them from homes) are in; calls still running are handed back in
-:attr:`Fanout.pending` so the coordinator lets them finish in the background.
+A write goes to every home replica that is not known to be down, and in a sloppy
+quorum a stand-in (the next node on the ring) replaces each home that is down or
+fails; a strict quorum has no fallbacks to give it. When too few replicas are up to
+meet the level, nothing is sent at all. A read asks R of the homes first, in the
+coordinator's order (random by default, so no home is every read's first stop);
+when one fails, or when the read is still short of R answers ``speculative_after``
+seconds after it started (or after its last speculative retry), the next home is
+asked too (a speculative retry), then fallbacks (sloppy quorums only). The fan-out returns as
+soon as ``need`` answers (``pneed`` of them from homes) are in; calls still running
+are handed back in :attr:`Fanout.pending` so the coordinator lets them finish in
+the background.
 
 Answers from a fallback to a *read* count only when it holds something: a node
 that is not a replica of the key saying "nothing here" proves nothing.
@@ -31,6 +34,7 @@ from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from multistore.errors import MultistoreError
 from multistore.replication._qnodes import when_done
 
 __all__ = ["Fanout", "fan_out"]
@@ -50,6 +54,12 @@ class Fanout:
     pending: dict[asyncio.Future[Any], str] = field(default_factory=dict)
     """Calls still running (their future -> node name) when the fan-out returned."""
     speculative: int = 0
+    unavailable: bool = False
+    """Too few replicas were up to meet the level: nothing was sent."""
+    maybe_applied: bool = False
+    """Some call failed in a way that leaves open whether it took effect (a timeout, a
+    connection lost after sending): only calls that were all refused definitely, or
+    never sent, make a failed write definite."""
 
     def counts(self, *, write: bool) -> tuple[int, int]:
         """(answers that count, of which from homes)."""
@@ -80,6 +90,7 @@ class _Run:
         "finished",
         "loop",
         "need",
+        "order",
         "others",
         "pneed",
         "spares",
@@ -98,8 +109,10 @@ class _Run:
         pneed: int,
         write: bool,
         speculative_after: float | None,
+        order: Callable[[list[str]], list[str]] | None,
     ) -> None:
         self.call = call
+        self.order = order
         self.available = available
         self.need = need
         self.pneed = pneed
@@ -155,6 +168,11 @@ class _Run:
                 if home not in up:
                     fan.failed_homes.append(home)
                     fan.errors.append(f"{home}: marked down")
+            spare = sum(1 for name in self.others if available(name))
+            if len(up) + spare < self.need or len(up) < self.pneed:
+                fan.unavailable = True  # cannot succeed: send nothing (Cassandra's Unavailable)
+                self.finished.set_result(None)
+                return
         if self.write:
             for home in up:
                 self.launch(home)
@@ -162,6 +180,8 @@ class _Run:
                 self.stand_in_for(home)
         else:
             need = self.need
+            if self.order is not None and len(up) > 1:
+                up = self.order(up)
             for home in up[:need]:
                 self.launch(home)
             self.spares = up[need:]
@@ -222,6 +242,8 @@ class _Run:
             fan.results[name] = result
         else:
             fan.errors.append(f"{name}: {error}")
+            if not (isinstance(error, MultistoreError) and error.definite):
+                fan.maybe_applied = True
             if self.write and name in fan.homes:
                 fan.failed_homes.append(name)
                 self.stand_in_for(name)
@@ -267,9 +289,11 @@ def fan_out(
     pneed: int,
     write: bool,
     speculative_after: float | None,
+    order: Callable[[list[str]], list[str]] | None = None,
 ) -> Coroutine[Any, Any, Fanout]:
     """Start ``call(node)`` on replicas now; await the result for the fan-out once
-    ``need`` answers are in (see the module docstring)."""
-    run = _Run(call, homes, fallbacks, available, need, pneed, write, speculative_after)
+    ``need`` answers are in (see the module docstring). ``order`` puts the homes that
+    are up in the order a read asks them."""
+    run = _Run(call, homes, fallbacks, available, need, pneed, write, speculative_after, order)
     run.start()
     return run.wait()

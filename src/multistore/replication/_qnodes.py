@@ -36,7 +36,7 @@ from typing import Any, Final, TypeVar
 
 from multistore.core._merkle import leaf_hash
 from multistore.core._ring import token_of
-from multistore.errors import StoreError, StoreUnavailableError, UsageError
+from multistore.errors import Outcome, StoreError, StoreUnavailableError, UsageError
 from multistore.stores._worker import Worker
 
 __all__ = [
@@ -187,8 +187,12 @@ class QuorumNode(abc.ABC):
         order (reversed when asked), at most ``limit``."""
 
     @abc.abstractmethod
-    async def remove(self, group: bytes, member: bytes = b"") -> None:
-        """Forget a record entirely (hint cleanup on a fallback, purging expired rows)."""
+    async def remove(
+        self, group: bytes, member: bytes = b"", *, expected: Record | None = None
+    ) -> bool:
+        """Forget a record entirely (a stand-in's copy once its home has it, expired
+        rows); with ``expected``, only if the node still holds exactly that record.
+        True if a record was removed."""
 
     @abc.abstractmethod
     async def leaf_hashes(self, arcs: Sequence[tuple[int, int]], depth: int) -> dict[int, str]:
@@ -253,8 +257,10 @@ class SQLiteNode(QuorumNode):
     async def _call(self, op: str, fn: Callable[..., T], *args: Any) -> T:
         if self._delay:
             await asyncio.sleep(self._delay)
-        if self._down:
-            raise StoreUnavailableError(f"quorum node {self.name} is down ({op})")
+        if self._down:  # nothing was done: a definite failure
+            raise StoreUnavailableError(
+                f"quorum node {self.name} is down ({op})", outcome=Outcome.DEFINITE
+            )
         if self._worker is None or self._conn is None:
             raise UsageError(f"quorum node {self.name} is not open")
         try:
@@ -290,8 +296,11 @@ class SQLiteNode(QuorumNode):
         rows = await self._call("scan", _sqlite_scan, group, lo, hi, reverse, limit)
         return [(member, unpack_record(value)) for member, value in rows]
 
-    async def remove(self, group: bytes, member: bytes = b"") -> None:
-        await self._call("remove", _sqlite_remove, group, member)
+    async def remove(
+        self, group: bytes, member: bytes = b"", *, expected: Record | None = None
+    ) -> bool:
+        value = None if expected is None else pack_record(*expected)
+        return await self._call("remove", _sqlite_remove, group, member, value)
 
     async def leaf_hashes(self, arcs: Sequence[tuple[int, int]], depth: int) -> dict[int, str]:
         rows: list[tuple[str, str]] = []
@@ -399,8 +408,15 @@ def _sqlite_scan(
     return [(bytes(m), bytes(v)) for m, v in conn.execute(sql, params)]
 
 
-def _sqlite_remove(conn: sqlite3.Connection, group: bytes, member: bytes) -> None:
-    conn.execute("DELETE FROM records WHERE grp = ? AND member = ?", (group, member))
+def _sqlite_remove(
+    conn: sqlite3.Connection, group: bytes, member: bytes, value: bytes | None
+) -> bool:
+    sql = "DELETE FROM records WHERE grp = ? AND member = ?"
+    params: tuple[bytes, ...] = (group, member)
+    if value is not None:
+        sql += " AND value = ?"
+        params += (value,)
+    return conn.execute(sql, params).rowcount > 0
 
 
 def _sqlite_entries(conn: sqlite3.Connection, low: str, high: str) -> list[tuple[str, str]]:

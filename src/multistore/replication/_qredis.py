@@ -51,15 +51,27 @@ T = TypeVar("T")
 
 # KEYS: records hash, members zset, entry index zset, digests hash.
 # ARGV: member, value ("<hlc>\n<blob>"), entry. Alone, they are a last-writer-wins write
-# (the HLC texts before the newlines compare); a compare-and-set adds ARGV[4] ('0':
+# (the HLC texts before the newlines compare, byte by byte as Python and SQLite compare
+# them: Lua's own < follows the server's locale); a compare-and-set adds ARGV[4] ('0':
 # expect no record, '1': expect the value ARGV[5]). Few arguments: each costs the client.
 _WRITE: Final = RespScript("""
 local old = redis.call('HGET', KEYS[1], ARGV[1])
 if #ARGV == 3 then
   if old then
     local new = ARGV[2]
-    local held = string.sub(old, 1, string.find(old, '\\n', 1, true) - 1)
-    if held >= string.sub(new, 1, string.find(new, '\\n', 1, true) - 1) then return 0 end
+    local a = string.find(old, '\\n', 1, true) - 1
+    local b = string.find(new, '\\n', 1, true) - 1
+    local i, x, y = 1, 0, 0
+    while i <= a and i <= b do
+      x, y = string.byte(old, i), string.byte(new, i)
+      if x ~= y then break end
+      i = i + 1
+    end
+    if x == y then
+      if a >= b then return 0 end
+    elseif x > y then
+      return 0
+    end
   end
 elseif ARGV[4] == '0' then
   if old then return 0 end
@@ -94,13 +106,15 @@ end
 return out
 """)
 
-# KEYS: records hash, members zset, entry index zset, digests hash. ARGV: member, entry.
+# KEYS: records hash, members zset, entry index zset, digests hash. ARGV: member, entry,
+# and the value the record must still hold (optional).
 _REMOVE: Final = RespScript("""
-redis.call('HDEL', KEYS[1], ARGV[1])
+if #ARGV == 3 and redis.call('HGET', KEYS[1], ARGV[1]) ~= ARGV[3] then return 0 end
+local removed = redis.call('HDEL', KEYS[1], ARGV[1])
 redis.call('ZREM', KEYS[2], ARGV[1])
 redis.call('ZREM', KEYS[3], ARGV[2])
 redis.call('HDEL', KEYS[4], ARGV[2])
-return 1
+return removed
 """)
 
 # KEYS: entry index zset, digests hash. ARGV: hex chars per leaf, then lo/hi bound pairs.
@@ -142,6 +156,12 @@ return out
 """)
 
 _PING: Final = pack_command("PING")
+
+_REFUSALS: Final = frozenset(
+    {"NOREPLICAS", "READONLY", "OOM", "LOADING", "MASTERDOWN", "BUSY", "NOPERM", "NOAUTH"}
+)
+"""Error replies of commands Redis refused before running them (or, for a script, at
+its first write command: each of ours writes nothing before its first write)."""
 
 
 class Link(Protocol):
@@ -329,7 +349,12 @@ class RedisNode(QuorumNode):
     def _error(self, op: str, exc: RespError | RespConnectionError) -> StoreError:
         """The multistore error for a failed command (sent or not: the outcome)."""
         if isinstance(exc, RespError):
-            return StoreError(f"quorum node {self.name} failed {op}: {exc.message}")
+            # refusals Redis makes before a script's first write: nothing was applied
+            code = exc.message.split(" ", 1)[0]
+            refused = Outcome.DEFINITE if code in _REFUSALS else Outcome.INDETERMINATE
+            return StoreError(
+                f"quorum node {self.name} failed {op}: {exc.message}", outcome=refused
+            )
         outcome = Outcome.INDETERMINATE if exc.sent else Outcome.DEFINITE
         if isinstance(exc, RespTimeoutError):
             return StoreTimeoutError(
@@ -405,9 +430,14 @@ class RedisNode(QuorumNode):
         flat = await self._script("scan", _SCAN, self._keys(group), args, _flat)
         return [(_bytes(flat[i]), unpack_record(flat[i + 1])) for i in range(0, len(flat), 2)]
 
-    async def remove(self, group: bytes, member: bytes = b"") -> None:
+    async def remove(
+        self, group: bytes, member: bytes = b"", *, expected: Record | None = None
+    ) -> bool:
         keys = [*self._keys(group), self._index, self._digests]
-        await self._script("remove", _REMOVE, keys, [member, entry_name(group, member)], _text)
+        args: list[bytes | str] = [member, entry_name(group, member)]
+        if expected is not None:
+            args.append(pack_record(*expected))
+        return await self._script("remove", _REMOVE, keys, args, bool)
 
     async def leaf_hashes(self, arcs: Sequence[tuple[int, int]], depth: int) -> dict[int, str]:
         args: list[str | int] = [depth // 4]

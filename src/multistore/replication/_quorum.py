@@ -20,11 +20,15 @@ passes the read's ``context`` supersedes what that read saw.
 * **Read repair**: replicas that answered a read with an older state get the
   newest; the read waits for those repairs when R is a quorum (so reads are
   monotonic, as in Cassandra 4), and lets them run in the background otherwise.
-* **Sloppy quorum + hinted handoff**: a write whose home replica is down (or fails)
-  goes to the next node on the ring instead, and a hint is kept in a durable
-  :class:`HintStore`; :meth:`QuorumCluster.deliver_hints` hands the record to the
-  home node when it answers again. Hints older than ``hint_window`` (or for a node
-  down longer than that) are dropped and counted, as Cassandra's
+* **Strict or sloppy quorums, hinted handoff**: a write whose home replica is down
+  (or fails) keeps a hint in a durable :class:`HintStore`;
+  :meth:`QuorumCluster.deliver_hints` hands the record to the home node when it
+  answers again. In a strict quorum (the default, as Cassandra) a hint counts for
+  nothing toward W; in a sloppy one (``QuorumConfig(sloppy=True)``, as Riak) the next
+  node on the ring stands in for the home meanwhile, and its acknowledgement counts.
+  A request that cannot meet its level with the replicas up sends nothing and fails
+  definitely (Cassandra's Unavailable). Hints older than ``hint_window`` (or for a
+  node down longer than that) are dropped and counted, as Cassandra's
   ``max_hint_window``; anti-entropy repairs what they would have carried.
 * **Failure detection**: a threshold detector (:mod:`._qdetector`) marks a node
   down after consecutive failures; requests skip it until it is due for a probe.
@@ -35,13 +39,17 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import itertools
 import json
+import os
+import random
+import secrets
 import time
 import warnings
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Final, TypeVar
+from typing import Any, Final, Literal, TypeVar
 
 from multistore.core import (
     LWW,
@@ -52,6 +60,7 @@ from multistore.core import (
     Versioned,
     VersionVector,
 )
+from multistore.core._hlc import MAX_PHYSICAL_MS, HLCTimestamp, SkewPolicy
 from multistore.core._quorum import Level, QuorumConfig, required
 from multistore.core._ring import HashRing
 from multistore.errors import (
@@ -60,14 +69,15 @@ from multistore.errors import (
     Outcome,
     StoreError,
     StoreTimeoutError,
-    StoreUnavailableError,
     UsageError,
 )
 from multistore.replication._antientropy import RepairReport, anti_entropy
-from multistore.replication._handoff import deliver_hints, late_write_hinter, record_hints
+from multistore.replication._handoff import deliver_hints, hint, late_write_hinter, record_hints
 from multistore.replication._hints import HintStore
 from multistore.replication._qdetector import ThresholdDetector
+from multistore.replication._qerrors import QuorumError
 from multistore.replication._qfanout import Fanout, fan_out
+from multistore.replication._qmembership import MembershipChange, add_node, remove_node
 from multistore.replication._qnodes import QuorumNode, Record, SQLiteNode, when_done
 from multistore.replication._qredis import RedisNode
 
@@ -79,6 +89,7 @@ __all__ = [
     "ScanRow",
     "WeakQuorumWarning",
     "WriteResult",
+    "coordinator_id",
     "decode_set",
     "decode_version",
     "encode_set",
@@ -93,23 +104,35 @@ _PLACEMENT_CACHE: Final = 65_536
 """Groups whose ring placement the coordinator remembers (the cache is cleared when full)."""
 
 
+class _Identity:
+    """This process's random token and a counter of the coordinators it made."""
+
+    token = ""
+    serial = itertools.count(1)
+
+    @classmethod
+    def reset(cls) -> None:
+        cls.token = secrets.token_hex(6)
+        cls.serial = itertools.count(1)
+
+
+_Identity.reset()
+if hasattr(os, "register_at_fork"):  # a forked child must not reuse its parent's ids
+    os.register_at_fork(after_in_child=_Identity.reset)
+
+
+def coordinator_id() -> str:
+    """A fresh coordinator id, ``c-<48 random bits in hex>-<serial>``.
+
+    Unique by construction within a process (the serial), and across processes by
+    the random token drawn once per process (again in a forked child): the actor of
+    the coordinator's version vectors and the tie-break of its HLC stamps.
+    """
+    return f"c-{_Identity.token}-{next(_Identity.serial)}"
+
+
 class WeakQuorumWarning(UserWarning):
     """R + W <= N: reads may miss the latest acknowledged write."""
-
-
-class QuorumError(StoreUnavailableError):
-    """Fewer replicas answered than the consistency level needs.
-
-    Indeterminate for writes that reached some replicas: the write may still
-    surface (through read repair, hints or anti-entropy).
-    """
-
-    def __init__(
-        self, message: str, *, acks: Sequence[str], required: int, outcome: Outcome
-    ) -> None:
-        super().__init__(message, outcome=outcome)
-        self.acks = tuple(acks)
-        self.required = required
 
 
 @dataclass(frozen=True, slots=True)
@@ -241,9 +264,10 @@ class QuorumCluster:
         hint_window: float = 3600.0,
         clock: Callable[[], float] = time.time,
         hlc_now_ms: Callable[[], int] | None = None,
-        node_id: str = "coordinator",
+        node_id: str | None = None,
         failure_threshold: int = 3,
         probe_after: float = 1.0,
+        read_from: Literal["random", "fastest"] = "random",
     ) -> None:
         names = [node.name for node in nodes]
         if len(set(names)) != len(names) or not names:
@@ -258,6 +282,7 @@ class QuorumCluster:
         self.ring = HashRing(names, vnodes=vnodes)
         self._need_r = self.config.read_count
         self._need_w = self.config.write_count
+        self._sloppy = self.config.sloppy
         self.resolver: Resolver = resolver if resolver is not None else LWW()
         self._lww = isinstance(self.resolver, LWW)
         self.timeout = timeout
@@ -266,14 +291,33 @@ class QuorumCluster:
         self.hints = hints
         self.clock = clock
         now_ms = hlc_now_ms or (lambda: time.time_ns() // 1_000_000)
-        self._hlc = HybridClock(node_id, now_ms=now_ms, max_skew_ms=10**12)
+        if node_id is None:
+            node_id = coordinator_id()
+        # no skew guard: a context from a clock far ahead still orders the write after it
+        self._hlc = HybridClock(node_id, now_ms=now_ms, policy=SkewPolicy.FLAG)
         self.node_id = node_id
+        """This coordinator's identity: its version-vector actor and HLC tie-break."""
         self._nodes = {node.name: node for node in nodes}
         self.detector = ThresholdDetector(
             names, threshold=failure_threshold, probe_after=probe_after, clock=clock
         )
+        if read_from == "random":
+            self._read_order: Callable[[list[str]], list[str]] = _rotate
+        elif read_from == "fastest":
+            self._read_order = self.detector.fastest_first
+        else:
+            raise InvalidValueError(f"read_from must be 'random' or 'fastest', got {read_from!r}")
+        self.read_from = read_from
         self.stats = _Stats()
         self._background: set[asyncio.Future[Any]] = set()
+        self.pending_ring: HashRing | None = None
+        """The ring a membership change is moving to (writes go to its new replicas too)."""
+        self._switched_from = self._ring
+        self._generation = 0
+        self._in_flight: dict[int, int] = {}
+        self._idle: asyncio.Event | None = None
+        self._retired: dict[str, QuorumNode] = {}
+        self.membership_lock = asyncio.Lock()
         self._loop_task: asyncio.Task[None] | None = None
         self.closed = False
 
@@ -283,25 +327,26 @@ class QuorumCluster:
     async def embedded(
         cls,
         path: str | Path,
-        nodes: int = 3,
+        nodes: int | Sequence[str] = 3,
         *,
         hints_path: str | Path | None = "",
         **options: Any,
     ) -> QuorumCluster:
-        """``nodes`` SQLite nodes ``node0`` … in ``path``; hints in ``path/hints.db``
-        (``hints_path=None``: in memory)."""
+        """``nodes`` SQLite nodes ``node0`` … (or the names given) in ``path``, one file
+        ``<name>.db`` each; hints in ``path/hints.db`` (``hints_path=None``: in memory)."""
         root = Path(path)
+        names = [f"node{i}" for i in range(nodes)] if isinstance(nodes, int) else list(nodes)
         opened: list[SQLiteNode] = []
         try:
-            for i in range(nodes):
-                opened.append(await SQLiteNode(f"node{i}", root / f"node{i}.db").open())
+            for name in names:
+                opened.append(await SQLiteNode(name, root / f"{name}.db").open())
             hint_file = root / "hints.db" if hints_path == "" else hints_path
             hints = await HintStore.open(hint_file)
         except BaseException:
             for node in opened:
                 await node.close()
             raise
-        return cls(opened, hints=hints, **options)
+        return await _construct(cls, opened, hints, options)
 
     @classmethod
     async def redis(
@@ -321,7 +366,7 @@ class QuorumCluster:
             for label, url in zip(labels, urls, strict=True)
         ]
         hints = await HintStore.open(hints_path)
-        return cls(nodes, hints=hints, **options)
+        return await _construct(cls, nodes, hints, options)
 
     async def close(self) -> None:
         if self.closed:
@@ -331,7 +376,7 @@ class QuorumCluster:
             self._loop_task.cancel()
             await asyncio.gather(self._loop_task, return_exceptions=True)
         await self.wait_background()
-        for node in self._nodes.values():
+        for node in [*self._nodes.values(), *self._retired.values()]:
             await node.close()
         await self.hints.close()
 
@@ -435,13 +480,20 @@ class QuorumCluster:
     # -- record level (used by the wide-column store) -----------------------------------
 
     def _version(self, payload: Any, context: VersionVector | None) -> Versioned[Any]:
-        hlc = self._hlc.now()
-        counter = hlc.physical_ms * 2**24 + hlc.counter + 1
+        """The version a write makes: an HLC stamp, and a vector whose counter for this
+        coordinator encodes that stamp (``physical_ms * 2**24 + counter + 1``).
+
+        So a context tells how late the versions it covers were stamped, and a write
+        that carries one is stamped after all of them, whatever this coordinator's
+        wall clock says: under LWW a read-modify-write never loses to what it read.
+        """
         if context is None or not context:
-            vv = VersionVector({self.node_id: counter})
-        else:
-            counter = max(counter, context.get_count(self.node_id) + 1)
-            vv = context.merge(VersionVector({self.node_id: counter}))
+            hlc = self._hlc.now()
+            counter = hlc.physical_ms * _LOGICAL + hlc.counter + 1  # _counter(hlc), inline
+            return Versioned(payload, hlc, VersionVector({self.node_id: counter}), self.node_id)
+        hlc = self._hlc.update(_stamp_of(max(context.values()), self.node_id))
+        counter = max(_counter(hlc), context.get_count(self.node_id) + 1)
+        vv = context.merge(VersionVector({self.node_id: counter}))
         return Versioned(payload, hlc, vv, self.node_id)
 
     async def put_record(
@@ -474,25 +526,82 @@ class QuorumCluster:
             def store(node: QuorumNode) -> Awaitable[object]:
                 return self.apply_record(node, group, member, hlc, blob)
 
-        fan = await self._fanout(group, need, pneed, store, write=True)
-        acks = tuple(fan.results)
-        hinted: tuple[str, ...] = ()
-        if fan.failed_homes or fan.stand_in:
-            hinted = await record_hints(self, group, member, hlc, blob, fan)
-        for task, name in fan.pending.items():
-            if name in fan.homes:
-                when_done(task, late_write_hinter(self, group, member, hlc, blob, name))
-        total, primary = fan.counts(write=True)
-        if total < need or primary < pneed:
-            outcome = Outcome.INDETERMINATE if acks or fan.pending else Outcome.DEFINITE
-            raise QuorumError(
-                f"write of {group!r} reached {len(acks)} of the {need} replicas it needs "
-                f"({fan.describe_errors()})",
-                acks=acks,
-                required=need,
-                outcome=outcome,
-            )
-        return WriteResult(version, acks, hinted)
+        generation = self._generation  # counted in until _leave (membership's barrier)
+        in_flight = self._in_flight
+        in_flight[generation] = in_flight.get(generation, 0) + 1
+        pending = self.pending_ring  # the ring a membership change is moving to, if any
+        try:
+            fan = await self._fanout(group, need, pneed, store, write=True)
+            if fan.unavailable:
+                raise QuorumError(
+                    f"write of {group!r} not sent: fewer than the {need} replicas it needs "
+                    f"are up ({fan.describe_errors()})",
+                    acks=(),
+                    required=need,
+                    outcome=Outcome.DEFINITE,
+                )
+            joined = False
+            if pending is not None:  # a node joins or leaves: its new replicas too
+                joined = await self._write_joining(pending, group, member, hlc, blob, store)
+            acks = tuple(fan.results)
+            total, primary = fan.counts(write=True)
+            failed = total < need or primary < pneed
+            if failed and not (acks or fan.pending or fan.maybe_applied or joined):
+                # every replica refused definitely: no hint either, so it never will apply
+                raise QuorumError(
+                    f"write of {group!r} refused by every replica ({fan.describe_errors()})",
+                    acks=(),
+                    required=need,
+                    outcome=Outcome.DEFINITE,
+                )
+            hinted: tuple[str, ...] = ()
+            if fan.failed_homes or fan.stand_in:
+                hinted = await record_hints(self, group, member, hlc, blob, fan)
+            for task, name in fan.pending.items():
+                if name in fan.homes:
+                    when_done(task, late_write_hinter(self, group, member, hlc, blob, name))
+            if failed:
+                raise QuorumError(
+                    f"write of {group!r} reached {len(acks)} of the {need} replicas it needs "
+                    f"({fan.describe_errors()}); it may still apply",
+                    acks=acks,
+                    required=need,
+                    outcome=Outcome.INDETERMINATE,
+                )
+            return WriteResult(version, acks, hinted)
+        finally:
+            self._leave(generation)
+
+    async def _write_joining(
+        self,
+        pending: HashRing,
+        group: bytes,
+        member: bytes,
+        hlc: str,
+        blob: bytes,
+        store: Callable[[QuorumNode], Awaitable[object]],
+    ) -> bool:
+        """During a membership change, write to the group's replicas on the ``pending``
+        ring that are none on the old one (even if the ring switched meanwhile), and
+        wait for them (a failure leaves a hint). True when the write may have reached
+        one of them."""
+        homes = self._old_homes(pending, group)
+        targets = [n for n in pending.preference_list(group, self.config.n) if n not in homes]
+        if not targets:
+            return False
+        calls = [asyncio.ensure_future(self.call_node(n, store, single=self._lww)) for n in targets]
+        reached = False
+        for name, got in zip(
+            targets, await asyncio.gather(*calls, return_exceptions=True), strict=True
+        ):
+            if isinstance(got, BaseException):
+                if not isinstance(got, MultistoreError):
+                    raise got
+                reached = reached or not got.definite
+                await hint(self, name, group, member, hlc, blob, "")
+            else:
+                reached = True
+        return reached
 
     async def get_record(
         self, group: bytes, member: bytes, *, r: Level | None = None, pr: int | None = None
@@ -506,9 +615,23 @@ class QuorumCluster:
         def read(node: QuorumNode) -> Awaitable[Record | None]:
             return node.read(group, member)
 
-        fan = await self._fanout(group, need, pneed, read, write=False)
-        self._check_read(group, fan, need, pneed)
-        return await self._resolve_and_repair(group, member, dict(fan.results), need)
+        generation = self._generation  # counted in until _leave (membership's barrier)
+        in_flight = self._in_flight
+        in_flight[generation] = in_flight.get(generation, 0) + 1
+        try:
+            fan = await self._fanout(group, need, pneed, read, write=False)
+            self._check_read(group, fan, need, pneed)
+            result, target, stale = self._resolve(_answers(fan) if fan.stand_in else fan.results)
+            if target is None or not stale:
+                return result
+            await self._finish_repairs(
+                group,
+                [(len(result.replicas) - len(stale), self._repair(group, member, target, stale))],
+                need,
+            )
+            return ReadResult(result.versions, result.context, result.replicas, tuple(stale))
+        finally:
+            self._leave(generation)
 
     async def scan_records(
         self,
@@ -532,6 +655,22 @@ class QuorumCluster:
         async def scan(node: QuorumNode) -> list[tuple[bytes, Record]]:
             return await node.scan(group, lo, hi, reverse=reverse, limit=limit)
 
+        generation = self._generation  # counted in until _leave (membership's barrier)
+        in_flight = self._in_flight
+        in_flight[generation] = in_flight.get(generation, 0) + 1
+        try:
+            return await self._scan(group, scan, need, reverse, limit)
+        finally:
+            self._leave(generation)
+
+    async def _scan(
+        self,
+        group: bytes,
+        scan: Callable[[QuorumNode], Awaitable[list[tuple[bytes, Record]]]],
+        need: int,
+        reverse: bool,
+        limit: int | None,
+    ) -> tuple[list[ScanRow], bool]:
         fan = await self._fanout(group, need, 0, scan, write=False)
         self._check_read(group, fan, need, 0)
         members: set[bytes] = set()
@@ -546,16 +685,73 @@ class QuorumCluster:
                     last = rows[-1][0]
                     ordered = [m for m in ordered if (m >= last if reverse else m <= last)]
         out: list[ScanRow] = []
-        repairs: list[asyncio.Task[None]] = []
-        by_node = {name: dict(rows) for name, rows in fan.results.items()}
+        repairs: list[tuple[int, list[asyncio.Task[bool]]]] = []
+        by_node = {name: dict(rows) for name, rows in _answers(fan).items()}
         for m in ordered:
             records = {name: rows.get(m) for name, rows in by_node.items()}
             result, target, stale = self._resolve(records)
             if target is not None and stale:
-                repairs += self._repair(group, m, target, stale)
+                repairs.append((len(records) - len(stale), self._repair(group, m, target, stale)))
             out.append(ScanRow(m, result))
-        await self._finish_repairs(repairs, need)
+        await self._finish_repairs(group, repairs, need)
         return out, truncated
+
+    # -- membership -----------------------------------------------------------------------
+
+    async def add_node(self, node: QuorumNode, *, cleanup: bool = True) -> MembershipChange:
+        """Bootstrap ``node`` into the ring: stream it the ranges it will replicate,
+        then switch the ring (see :mod:`._qmembership`)."""
+        self._check_open()
+        return await add_node(self, node, cleanup=cleanup)
+
+    async def remove_node(self, name: str) -> MembershipChange:
+        """Decommission node ``name``: stream its ranges to the nodes that take them
+        over, then switch the ring (see :mod:`._qmembership`)."""
+        self._check_open()
+        return await remove_node(self, name)
+
+    def _old_homes(self, pending: HashRing, group: bytes) -> tuple[str, ...]:
+        if self.ring is pending:  # switched while the write was under way
+            return tuple(self._switched_from.preference_list(group, self.config.n))
+        return self.placement(group)[0]
+
+    def _leave(self, generation: int) -> None:
+        """Count out a request counted in under ``generation`` (the ring it began with)."""
+        left = self._in_flight[generation] - 1
+        if left:
+            self._in_flight[generation] = left
+            return
+        del self._in_flight[generation]
+        idle = self._idle
+        if idle is not None:
+            idle.set()
+
+    async def drain(self) -> None:
+        """Start a new generation of requests and wait for the older ones to finish
+        (the membership change's barrier: none of them still uses the old placement)."""
+        self._generation += 1
+        current = self._generation
+        while any(generation < current for generation in self._in_flight):
+            self._idle = asyncio.Event()
+            await self._idle.wait()
+        self._idle = None
+
+    def join(self, node: QuorumNode) -> None:
+        """Give the coordinator a handle on a node that is not on the ring yet."""
+        if node.name in self._nodes:
+            raise InvalidValueError(f"a node named {node.name!r} is already in the cluster")
+        self._nodes[node.name] = node
+        self.detector.add(node.name)
+
+    def switch_ring(self, ring: HashRing) -> None:
+        """Place keys by ``ring`` from now on; a node it drops is retired (its handle
+        is closed with the cluster)."""
+        for name in [n for n in self._nodes if n not in ring]:
+            self._retired[name] = self._nodes.pop(name)
+            self.detector.remove(name)
+        self._switched_from = self.ring
+        self.ring = ring
+        self.pending_ring = None
 
     # -- internals ----------------------------------------------------------------------
 
@@ -606,7 +802,10 @@ class QuorumCluster:
         :class:`~._qnodes.Reply`), so does this: the detector hears from a listener
         or done-callback, with no coroutine or task between.
         """
-        node = self._nodes[name]
+        try:
+            node = self._nodes[name]
+        except KeyError:  # a node that left, asked by a request begun before
+            node = self._retired[name]
         deadline = node.deadline
         call = fn(node)
         if single and deadline is not None and deadline <= self.timeout:
@@ -669,12 +868,13 @@ class QuorumCluster:
         fan = await fan_out(
             functools.partial(self.call_node, fn=fn, single=single),
             homes,
-            fallbacks,
+            fallbacks if self._sloppy else (),
             available=self.detector.available,
             need=need,
             pneed=pneed,
             write=write,
             speculative_after=self.speculative_after,
+            order=None if write else self._read_order,
         )
         if fan.speculative:
             self.stats.speculative_retries += fan.speculative
@@ -730,33 +930,51 @@ class QuorumCluster:
 
     def _repair(
         self, group: bytes, member: bytes, target: Record, stale: list[str]
-    ) -> list[asyncio.Task[None]]:
+    ) -> list[asyncio.Task[bool]]:
+        """Write ``target`` to the stale replicas; each task ends True once its replica
+        holds the target or something newer (False if it failed)."""
         self.stats.read_repairs += len(stale)
         hlc, blob = target
-        return [
-            asyncio.ensure_future(
-                self.call_node(n, lambda node: self.apply_record(node, group, member, hlc, blob))
-            )
-            for n in stale
-        ]
 
-    async def _finish_repairs(self, tasks: list[asyncio.Task[None]], need: int) -> None:
-        if not tasks:
-            return
-        if need > self.config.n // 2:  # a quorum read waits for its repairs: monotonic reads
-            await asyncio.gather(*tasks, return_exceptions=True)
-            return
-        for task in tasks:
-            self._track(task)
+        async def repair(name: str) -> bool:
+            try:
+                await self.call_node(
+                    name, lambda node: self.apply_record(node, group, member, hlc, blob)
+                )
+            except MultistoreError:
+                return False
+            return True
 
-    async def _resolve_and_repair(
-        self, group: bytes, member: bytes, records: dict[str, Record | None], need: int
-    ) -> ReadResult:
-        result, target, stale = self._resolve(records)
-        if target is None or not stale:
-            return result
-        await self._finish_repairs(self._repair(group, member, target, stale), need)
-        return ReadResult(result.versions, result.context, result.replicas, tuple(stale))
+        return [asyncio.ensure_future(repair(name)) for name in stale]
+
+    async def _finish_repairs(
+        self, group: bytes, repairs: list[tuple[int, list[asyncio.Task[bool]]]], need: int
+    ) -> None:
+        """Blocking read repair (Cassandra 4): a record that fewer than ``need`` of the
+        replicas that answered hold waits for its repairs; the read fails, as
+        indeterminate, unless they bring it to ``need`` replicas. Repairs of records
+        already held by ``need`` replicas run on in the background."""
+        waits: list[tuple[int, list[asyncio.Task[bool]]]] = []
+        for holders, tasks in repairs:
+            if holders >= need:
+                for task in tasks:
+                    self._track(task)
+            else:
+                waits.append((holders, tasks))
+        if not waits:
+            return
+        await asyncio.gather(*(task for _, tasks in waits for task in tasks))
+        for holders, tasks in waits:
+            held = holders + sum(task.result() for task in tasks)
+            if held < need:
+                raise QuorumError(
+                    f"read of {group!r} found a newer version on {holders} of the {need} "
+                    f"replicas it needs and repaired only {held - holders} more; the repair "
+                    "may still apply",
+                    acks=(),
+                    required=need,
+                    outcome=Outcome.INDETERMINATE,
+                )
 
     # -- hinted handoff -----------------------------------------------------------------
 
@@ -767,6 +985,57 @@ class QuorumCluster:
         """
         self._check_open()
         return await deliver_hints(self)
+
+
+async def _construct(
+    cls: type[QuorumCluster],
+    nodes: Sequence[QuorumNode],
+    hints: HintStore,
+    options: dict[str, Any],
+) -> QuorumCluster:
+    """``cls(nodes, hints=hints, **options)``, closing what was opened if it refuses."""
+    try:
+        return cls(nodes, hints=hints, **options)
+    except BaseException:
+        for node in nodes:
+            await node.close()
+        await hints.close()
+        raise
+
+
+_LOGICAL: Final = 2**24
+"""HLC counters per millisecond in a version-vector counter (MAX_COUNTER + 1)."""
+
+
+def _counter(hlc: HLCTimestamp) -> int:
+    """The version-vector counter of a write stamped ``hlc``."""
+    return hlc.physical_ms * _LOGICAL + hlc.counter + 1
+
+
+def _stamp_of(counter: int, node: str) -> HLCTimestamp:
+    """The HLC stamp a version-vector counter encodes (an upper bound on the stamp of
+    every version it covers)."""
+    physical, logical = divmod(counter - 1, _LOGICAL)
+    if physical > MAX_PHYSICAL_MS:
+        raise InvalidValueError(
+            f"context counter {counter} is not one a quorum write made (too large)"
+        )
+    return HLCTimestamp(physical, logical, node)
+
+
+def _rotate(names: list[str], _random: Callable[[], float] = random.random) -> list[str]:
+    """``names`` from a random one on: each is a read's first stop equally often."""
+    start = int(_random() * len(names))
+    return names[start:] + names[:start]
+
+
+def _answers(fan: Fanout) -> dict[str, Any]:
+    """The answers of a read fan-out that say something: a fallback that holds nothing
+    of the key is no replica of it (and gets no repair)."""
+    stand_in = fan.stand_in
+    if not stand_in:
+        return fan.results
+    return {name: got for name, got in fan.results.items() if got or name not in stand_in}
 
 
 def _consume(task: asyncio.Future[Any]) -> None:
@@ -798,6 +1067,9 @@ async def quorum_status(cluster: QuorumCluster) -> dict[str, Any]:
         "r": cluster.config.read_count,
         "w": cluster.config.write_count,
         "overlapping": cluster.config.overlapping,
+        "sloppy": cluster.config.sloppy,
+        "coordinator": cluster.node_id,
+        "read_from": cluster.read_from,
         "resolver": repr(cluster.resolver),
         "nodes": cluster.detector.view(),
         "hints": {

@@ -29,19 +29,17 @@ import struct
 import time
 import uuid
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import Any, Final, Self
-from urllib.parse import parse_qsl, unquote, urlsplit
 
-from multistore.core._quorum import Consistency, Level, QuorumConfig
+from multistore.core._quorum import Consistency, Level
 from multistore.core._ring import RING_SIZE
 from multistore.errors import (
-    InvalidURLError,
     InvalidValueError,
     NotFoundError,
 )
 from multistore.replication._qnodes import parse_entry
 from multistore.replication._quorum import TOMBSTONE, QuorumCluster, ReadResult, decode_set
+from multistore.replication._qurl import open_cluster, parse_quorum_url
 from multistore.stores.widecolumn._api import (
     Condition,
     Order,
@@ -59,7 +57,7 @@ from multistore.stores.widecolumn._query import (
     plan_select,
     to_micros,
 )
-from multistore.urls import OptionValue, StoreURL
+from multistore.urls import StoreURL
 
 __all__ = ["QuorumWideColumnStore", "encode_key", "parse_quorum_url"]
 
@@ -182,36 +180,9 @@ class QuorumWideColumnStore(WideColumnStore):
 
     @classmethod
     async def open(cls, url: StoreURL) -> Self:
-        """``quorum:///dir?nodes=3&n=3`` (embedded SQLite nodes in ``dir``) or a Redis
-        URL set: host/port of the first node and ``peers=h2:p2,h3:p3`` (a peer may name
-        its own database: ``h2:p2/1``). Options:
-        ``n``, ``r``, ``w`` (one/quorum/all/number), ``vnodes``, ``timeout``, ``prefix``."""
-        opts = url.options
-        n = int(opts.get("n", 3))
-        config = QuorumConfig(
-            n=n, r=_level(opts.get("r", "quorum")), w=_level(opts.get("w", "quorum"))
-        )
-        common: dict[str, Any] = {
-            "config": config,
-            "vnodes": int(opts.get("vnodes", 64)),
-            "timeout": float(opts.get("timeout", 2.0)),
-        }
-        if url.host is None:
-            path = url.database
-            if not path:
-                raise InvalidURLError("quorum:/// needs a directory for the embedded nodes")
-            cluster = await QuorumCluster.embedded(
-                Path(path), int(opts.get("nodes", max(3, n))), **common
-            )
-        else:
-            peers = [p for p in str(opts.get("peers", "")).split(",") if p]
-            db = url.database or "0"
-            urls = [f"redis://{url.host}:{url.port}/{db}"]
-            urls += [f"redis://{p}" if "/" in p else f"redis://{p}/{db}" for p in peers]
-            cluster = await QuorumCluster.redis(
-                urls, prefix=str(opts.get("prefix", "q:")), **common
-            )
-        return cls(cluster, url=url)
+        """The store on the cluster a ``quorum://`` URL describes (see
+        :mod:`._qurl`: embedded nodes in a folder, or Redis servers)."""
+        return cls(await open_cluster(url), url=url)
 
     @classmethod
     async def open_url(cls, text: str) -> Self:
@@ -424,8 +395,12 @@ class QuorumWideColumnStore(WideColumnStore):
                 if newest is None or newest.value == TOMBSTONE:
                     continue
                 expires = newest.value.get("x")
-                if expires is not None and expires <= now:
-                    await node.remove(group, member)
+                # only what was read: a write that came in meanwhile stays
+                if (
+                    expires is not None
+                    and expires <= now
+                    and await node.remove(group, member, expected=record)
+                ):
                     removed.add((group, member))
         return len(removed)
 
@@ -433,33 +408,3 @@ class QuorumWideColumnStore(WideColumnStore):
 def _expired(result: ReadResult, now: float) -> bool:
     expires = result.versions[0].value.get("x")
     return expires is not None and expires <= now
-
-
-def _level(value: object) -> Level:
-    text = str(value).lower()
-    if text.isdigit():
-        return int(text)
-    try:
-        return Consistency(text)
-    except ValueError:
-        raise InvalidURLError(
-            f"consistency level {value!r} must be one, quorum, all or a number"
-        ) from None
-
-
-def parse_quorum_url(text: str) -> StoreURL:
-    """``quorum:///dir?...`` or ``quorum://host:port/db?peers=...`` as a :class:`StoreURL`."""
-    parts = urlsplit(text)
-    if parts.scheme != "quorum":
-        raise InvalidURLError(f"not a quorum:// URL: {text!r}")
-    options: dict[str, OptionValue] = dict(parse_qsl(parts.query))
-    if not parts.hostname:
-        path = unquote(parts.path[1:])
-        return StoreURL(scheme="quorum", database=path or None, options=options)
-    return StoreURL(
-        scheme="quorum",
-        host=parts.hostname,
-        port=parts.port or 6379,
-        database=parts.path.strip("/") or None,
-        options=options,
-    )

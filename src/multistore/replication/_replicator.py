@@ -1,23 +1,37 @@
-"""The replicator: exchanges change-log batches between every pair of multi-master nodes.
+"""The replicator: moves changes between multi-master nodes, each change to each peer once.
 
-Three messages travel, each a JSON text:
+Every message is a JSON text and carries ``have``: the sender's version vector
+of origin sequence numbers (what it has taken of each origin), which the
+recipient records — that is how each node learns what its peers have, and so
+what it may trim from its log and need not send.
 
-* ``batch`` — ``{"type": "batch", "after": p, "upto": q, "changes": [...]}``: the
-  sender's log from after position ``p`` up to ``q``. Sent as a **push** (after
-  the position the recipient last acknowledged) and as the answer to a pull.
-* ``pull`` — ``{"type": "pull", "after": p}``: "send me your log after ``p``",
-  where ``p`` is the position the puller has applied contiguously (persisted, so
-  a restarted node resumes there).
-* ``ack`` — ``{"type": "ack", "pos": p}``: the recipient applied the sender's
-  log up to ``p``; the sender's next push starts there.
+* ``batch`` — ``{"type": "batch", "have": {...}, "changes": [...]}``: changes
+  the recipient lacks, each origin's in sequence order;
+* ``pull`` — ``{"type": "pull", "have": {...}}``: "send me what I lack"; the
+  answer is a batch of changes of any origin (relayed ones included);
+* ``ack`` — ``{"type": "ack", "have": {...}}``: the answer to a batch, and a
+  node's news to a peer when what it has changed and nothing else went there in
+  the round (so peers can trim their logs once replication is quiet).
 
-Nothing here assumes a reliable network: a batch may arrive late, twice, out of
-order or never. Re-delivered changes are skipped by ``(origin, seq)``; a batch
-that arrives ahead of a lost one is applied but does not move the position, so
-the gap is pulled again. :meth:`Replicator.round` sends and delivers one round of
-messages; :meth:`Replicator.sync` runs rounds until every node has applied every
-other node's log.
+**Who sends what.** Each node *pushes* its own changes to every peer, after
+what the peer last acknowledged of them; a push still in flight is not repeated
+until ``resend_after`` rounds passed without an acknowledgement. A node *pulls*
+from a peer only what it cannot expect directly: another origin's changes that
+the peer has and it has been missing for ``resend_after`` rounds (the origin is
+cut off from it, or its pushes were lost) — so a change normally travels once
+per peer, from its origin, and relaying through a third node is the fallback
+that makes a partitioned pair converge. With ``push=False`` nodes pull
+everything, from the origin while it answers.
 
+Nothing here assumes a reliable network: a message may arrive late, twice, out
+of order or never. A node takes each origin's changes in sequence order,
+skipping what it has and what arrives ahead of a gap (it is sent again).
+:meth:`Replicator.round` sends and delivers one round of messages;
+:meth:`Replicator.sync` runs rounds until every node has taken and applied
+every change (:meth:`Replicator.caught_up`).
+
+The replicator decides *when* to send from its view of all the nodes it drives
+(one process); *what* a node sends and applies depends only on the messages.
 The transport is a seam: :class:`MemoryTransport` is an in-process queue whose
 :class:`Faults` delay, duplicate, reorder and drop messages and cut links
 (partitions), driven by a seeded random generator so a failing run repeats.
@@ -31,8 +45,9 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from multistore.core import VersionVector
 from multistore.errors import InvalidValueError, StoreTimeoutError, UsageError
-from multistore.replication._changelog import Change, dumps
+from multistore.replication._changelog import decode_vv, dumps
 from multistore.replication._multimaster import MultiMasterNode
 
 __all__ = [
@@ -156,18 +171,14 @@ class ReplicatorStatistics:
     messages_sent: int
     batches_applied: int
     malformed: int
-    """Messages that could not be decoded or applied (dropped; the change is pulled again)."""
+    """Messages that could not be decoded (dropped; what they carried is sent again)."""
+    changes_sent: int = 0
+    """Changes carried by the batches sent (a change sent to two peers counts twice)."""
 
 
 class Replicator:
-    """Exchanges changes between every pair of ``nodes`` over ``transport``.
-
-    ``push`` sends each peer the log after its last acknowledgement; ``pull``
-    asks each peer for its log after this node's applied position. Both are on
-    by default; either alone converges. A push or pull is not repeated while it
-    may still be answered: only when the positions moved or after
-    ``resend_after`` rounds without an answer.
-    """
+    """Moves changes between every pair of ``nodes`` over ``transport``; see the module
+    docstring for who sends what."""
 
     def __init__(
         self,
@@ -186,45 +197,67 @@ class Replicator:
             raise UsageError("a replicator must push, pull or both")
         if type(batch_size) is not int or batch_size < 1:
             raise InvalidValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
+        if type(resend_after) is not int or resend_after < 1:
+            raise InvalidValueError(f"resend_after must be an int >= 1, got {resend_after!r}")
         self.nodes = list(nodes)
         self._by_id = {node.node_id: node for node in self.nodes}
         self.transport: Transport = transport if transport is not None else MemoryTransport()
         self.batch_size = batch_size
         self.push = push
         self.pull = pull
-        if type(resend_after) is not int or resend_after < 1:
-            raise InvalidValueError(f"resend_after must be an int >= 1, got {resend_after!r}")
         self.resend_after = resend_after
-        self._outstanding: dict[tuple[str, str, str], tuple[int, object]] = {}
+        self._registered = False
+        self._pushed: dict[tuple[str, str], tuple[int, int]] = {}
+        """(sender, recipient) -> (last own seq sent, round sent): a push in flight."""
+        self._pulled: dict[tuple[str, str], int] = {}
+        """(puller, peer) -> round of the last pull sent."""
+        self._progress: dict[tuple[str, str], tuple[int, int]] = {}
+        """(node, origin) -> (what the node had of origin, round it last changed)."""
+        self._told: dict[tuple[str, str], VersionVector] = {}
+        """(sender, recipient) -> the ``have`` of the last message sent."""
         self._rounds = 0
         self._sent = 0
+        self._changes_sent = 0
         self._batches = 0
         self._malformed = 0
 
     def statistics(self) -> ReplicatorStatistics:
-        return ReplicatorStatistics(self._rounds, self._sent, self._batches, self._malformed)
+        return ReplicatorStatistics(
+            self._rounds, self._sent, self._batches, self._malformed, self._changes_sent
+        )
 
     def caught_up(self) -> bool:
-        """True when every node has applied every other node's whole log."""
-        return all(
-            b.position(a.node_id).pulled >= a.head
-            for a in self.nodes
-            for b in self.nodes
-            if a is not b
+        """True when every node has taken every other node's changes and applied them all
+        (none held back by the skew guard)."""
+        return all(node.pending_count == 0 for node in self.nodes) and all(
+            b.received_from(a.node_id) >= a.seq for a in self.nodes for b in self.nodes
         )
 
     async def round(self) -> None:
-        """Send pushes and pulls between every pair, then deliver what the network lets through."""
+        """Retry held-back changes, send pushes and pulls, then deliver what the network
+        lets through."""
         self._rounds += 1
+        if not self._registered:
+            for a in self.nodes:
+                for b in self.nodes:
+                    if a is not b:
+                        await a.add_peer(b.node_id)
+            self._registered = True
+        for node in self.nodes:
+            if node.pending_count:
+                await node.retry_pending()
+        self._note_progress()
         for a in self.nodes:
             for b in self.nodes:
-                if a is b:
-                    continue
-                position = a.position(b.node_id)
-                if self.push and position.acked < a.head and self._due(a, b, "push", a.head):
-                    await self._send_batch(a, b.node_id, position.acked)
-                if self.pull and position.pulled < b.head and self._due(a, b, "pull", position):
-                    self._send(a.node_id, b.node_id, {"type": "pull", "after": position.pulled})
+                if a is not b and self.push:
+                    await self._push(a, b)
+            if self.pull:
+                self._pulls(a)
+        for a in self.nodes:  # tell peers what changed, so that they can trim their logs
+            have = a.received
+            for b in self.nodes:
+                if a is not b and self._told.get((a.node_id, b.node_id)) != have:
+                    self._send(a.node_id, b.node_id, {"type": "ack", "have": have.to_dict()})
         for envelope in self.transport.deliver():
             await self._handle(envelope)
 
@@ -232,44 +265,101 @@ class Replicator:
         """Run rounds until :meth:`caught_up`; return how many it took.
 
         :class:`StoreTimeoutError` when ``max_rounds`` were not enough (a partition
-        that never heals, or a network that drops everything).
+        that never heals, a network that drops everything, or a change the skew
+        guard keeps holding back).
         """
         for done in range(max_rounds + 1):
             if self.caught_up():
                 return done
             await self.round()
+        behind = [
+            f"{b.node_id} has {a.node_id}:{b.received_from(a.node_id)}/{a.seq}"
+            for a in self.nodes
+            for b in self.nodes
+            if b.received_from(a.node_id) < a.seq
+        ]
+        held = [
+            f"{node.node_id} holds back {node.pending_count} (skew guard)"
+            for node in self.nodes
+            if node.pending_count
+        ]
         raise StoreTimeoutError(
             f"nodes did not catch up within {max_rounds} replication rounds: "
-            + ", ".join(
-                f"{b.node_id} has {b.position(a.node_id).pulled}/{a.head} of {a.node_id}"
-                for a in self.nodes
-                for b in self.nodes
-                if a is not b and b.position(a.node_id).pulled < a.head
-            )
+            + ", ".join(behind + held)
         )
 
-    def _due(self, a: MultiMasterNode, b: MultiMasterNode, kind: str, state: object) -> bool:
-        """Send again only when something changed or the last one went unanswered for
-        ``resend_after`` rounds (it, or its answer, may have been lost)."""
-        key = (a.node_id, b.node_id, kind)
-        last = self._outstanding.get(key)
-        if last is not None and last[1] == state and self._rounds - last[0] < self.resend_after:
-            return False
-        self._outstanding[key] = (self._rounds, state)
-        return True
+    def _note_progress(self) -> None:
+        for node in self.nodes:
+            for origin in self.nodes:
+                key = (node.node_id, origin.node_id)
+                have = node.received_from(origin.node_id)
+                last = self._progress.get(key)
+                if last is None or last[0] != have:
+                    self._progress[key] = (have, self._rounds)
+
+    def _stalled(self, node: MultiMasterNode, origin: str) -> bool:
+        since = self._progress.get((node.node_id, origin), (0, self._rounds))[1]
+        return self._rounds - since >= self.resend_after
+
+    async def _push(self, a: MultiMasterNode, b: MultiMasterNode) -> None:
+        """Send ``b`` the next of ``a``'s own changes that ``b`` has not acknowledged and
+        that are not in flight (or were in flight too long)."""
+        acked = a.peer_has(b.node_id).get_count(a.node_id)
+        start = acked
+        flight = self._pushed.get((a.node_id, b.node_id))
+        if (
+            flight is not None
+            and flight[0] > acked
+            and self._rounds - flight[1] < self.resend_after
+        ):
+            start = flight[0]
+        if a.seq <= start:
+            return
+        changes = await a.changes_for(
+            VersionVector({a.node_id: start}), self.batch_size, origins=[a.node_id]
+        )
+        if changes:
+            self._pushed[(a.node_id, b.node_id)] = (changes[-1]["seq"], self._rounds)
+            self._send_batch(a, b.node_id, changes)
+
+    def _pulls(self, a: MultiMasterNode) -> None:
+        """Pull from peers what ``a`` has been missing: relays after a stall; with pushes
+        off, from the origin at once."""
+        targets: set[str] = set()
+        for origin in self.nodes:
+            if origin is a:
+                continue
+            mine = a.received_from(origin.node_id)
+            holders = [
+                peer
+                for peer in self.nodes
+                if peer is not a and peer.received_from(origin.node_id) > mine
+            ]
+            if not holders:
+                continue
+            stalled = self._stalled(a, origin.node_id)
+            if not self.push and not stalled and origin in holders:
+                targets.add(origin.node_id)
+            elif stalled:  # the origin is not getting through: rotate over the holders
+                turn = (self._rounds // self.resend_after) % len(holders)
+                targets.add(holders[turn].node_id)
+        for peer in sorted(targets):
+            last = self._pulled.get((a.node_id, peer))
+            if last is not None and self._rounds - last < self.resend_after:
+                continue
+            self._pulled[(a.node_id, peer)] = self._rounds
+            self._send(a.node_id, peer, {"type": "pull", "have": a.received.to_dict()})
 
     def _send(self, sender: str, recipient: str, message: dict[str, Any]) -> None:
         self._sent += 1
+        self._told[(sender, recipient)] = decode_vv(message["have"])
         self.transport.send(Envelope(sender, recipient, dumps(message)))
 
-    async def _send_batch(self, node: MultiMasterNode, recipient: str, after: int) -> None:
-        changes, upto = await node.changes_after(after, self.batch_size)
-        message = {
-            "type": "batch",
-            "after": after,
-            "upto": upto,
-            "changes": [change.to_dict() for change in changes],
-        }
+    def _send_batch(
+        self, node: MultiMasterNode, recipient: str, changes: list[dict[str, Any]]
+    ) -> None:
+        self._changes_sent += len(changes)
+        message = {"type": "batch", "have": node.received.to_dict(), "changes": changes}
         self._send(node.node_id, recipient, message)
 
     async def _handle(self, envelope: Envelope) -> None:
@@ -279,27 +369,23 @@ class Replicator:
         try:
             message = json.loads(envelope.payload)
             kind = message["type"]
+            have = decode_vv(message["have"])
             if kind == "pull":
-                await self._send_batch(node, envelope.sender, _position(message["after"]))
+                await node.record_peer(envelope.sender, have)
+                changes = await node.changes_for(have, self.batch_size)
+                if changes:
+                    self._send_batch(node, envelope.sender, changes)
             elif kind == "ack":
-                await node.record_ack(envelope.sender, _position(message["pos"]))
+                await node.record_peer(envelope.sender, have)
             elif kind == "batch":
-                changes = [Change.from_dict(item) for item in message["changes"]]
-                pulled = await node.apply_batch(
-                    envelope.sender,
-                    _position(message["after"]),
-                    _position(message["upto"]),
-                    changes,
-                )
+                items = message["changes"]
+                if not isinstance(items, list):
+                    raise InvalidValueError(f"a batch's changes must be a list, got {items!r}")
+                received = await node.apply_batch(envelope.sender, items, peer_has=have)
                 self._batches += 1
-                self._send(node.node_id, envelope.sender, {"type": "ack", "pos": pulled})
+                ack = {"type": "ack", "have": received.to_dict()}
+                self._send(node.node_id, envelope.sender, ack)
             else:
                 raise InvalidValueError(f"unknown message type {kind!r}")
         except (ValueError, KeyError, TypeError, InvalidValueError):
             self._malformed += 1
-
-
-def _position(value: object) -> int:
-    if type(value) is not int or value < 0:
-        raise InvalidValueError(f"a log position must be an int >= 0, got {value!r}")
-    return value

@@ -68,6 +68,20 @@ class KeyValueStore(Store, abc.ABC):
         """Store ``value`` only when ``key`` does not exist; True when it was stored."""
 
     @abc.abstractmethod
+    async def compare_and_set(
+        self,
+        key: str,
+        expected: bytes | str | None,
+        value: bytes | str,
+        *,
+        ttl: float | None = None,
+    ) -> bool:
+        """Atomically store ``value`` at ``key`` (replacing its TTL, as :meth:`set`
+        does) only when the key's value is exactly ``expected`` (``None``: only when
+        the key is missing); True when stored. A sorted set at ``key`` raises
+        :class:`WrongTypeError` and changes nothing."""
+
+    @abc.abstractmethod
     async def delete(self, *keys: str) -> int:
         """Remove keys of any kind; the number that existed."""
 
@@ -135,9 +149,9 @@ class KeyValueStore(Store, abc.ABC):
 
     # -- maintenance -----------------------------------------------------------
 
-    async def purge_expired(self) -> int:
-        """Remove expired keys now; the number removed. Backends that expire keys
-        themselves (Redis) return 0."""
+    async def purge_expired(self, prefix: str = "") -> int:
+        """Remove expired keys that start with ``prefix`` now; the number removed.
+        Backends that expire keys themselves (Redis) return 0."""
         return 0
 
     # -- JSON convenience ------------------------------------------------------

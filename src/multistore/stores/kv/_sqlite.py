@@ -115,6 +115,19 @@ class SQLiteKeyValueStore(SQLiteStore, KeyValueStore):
         seconds = check_ttl(ttl) if ttl is not None else None
         return await self._call(write, _set_if_absent, k, data, seconds)
 
+    async def compare_and_set(
+        self,
+        key: str,
+        expected: bytes | str | None,
+        value: bytes | str,
+        *,
+        ttl: float | None = None,
+    ) -> bool:
+        k, data = self._k(key), check_value(value)
+        old = None if expected is None else check_value(expected)
+        seconds = check_ttl(ttl) if ttl is not None else None
+        return await self._call(write, _compare_and_set, k, old, data, seconds)
+
     async def delete(self, *keys: str) -> int:
         ks = [self._prefix + k for k in check_keys(keys)]
         if not ks:
@@ -193,8 +206,10 @@ class SQLiteKeyValueStore(SQLiteStore, KeyValueStore):
         )
         return RateLimit(allowed=allowed, remaining=remaining, retry_after=retry)
 
-    async def purge_expired(self) -> int:
-        return await self._call(write, _purge)
+    async def purge_expired(self, prefix: str = "") -> int:
+        if not isinstance(prefix, str):
+            raise InvalidValueError(f"a purge prefix must be a string, not {prefix!r}")
+        return await self._call(write, _purge, self._prefix + prefix)
 
 
 # -- worker-thread functions: each gets the connection first ----------------------
@@ -269,6 +284,28 @@ def _set_if_absent(
         "INSERT INTO multistore_kv (key, kind, value, expires_at) VALUES (?, 'string', ?, ?)",
         (key, value, _expiry(now, ttl)),
     )
+    return True
+
+
+def _compare_and_set(
+    conn: sqlite3.Connection,
+    now: float,
+    key: str,
+    expected: bytes | None,
+    value: bytes,
+    ttl: float | None,
+) -> bool:
+    kind = _live_kind(conn, now, key)
+    if kind is None:
+        current = None
+    elif kind != "string":
+        raise _wrong_type(key, kind, "compare_and_set")
+    else:
+        (raw,) = conn.execute("SELECT value FROM multistore_kv WHERE key = ?", (key,)).fetchone()
+        current = bytes(raw)
+    if current != expected:
+        return False
+    _set(conn, now, key, value, ttl)
     return True
 
 
@@ -492,11 +529,10 @@ def _rate_limit(
     return False, 0, max(0.0, float(oldest) + window - now)
 
 
-def _purge(conn: sqlite3.Connection, now: float) -> int:
-    conn.execute(
-        "DELETE FROM multistore_kv_zset WHERE key IN "
-        "(SELECT key FROM multistore_kv WHERE expires_at <= ?)",
-        (now,),
-    )
-    cur = conn.execute("DELETE FROM multistore_kv WHERE expires_at <= ?", (now,))
-    return cur.rowcount
+def _purge(conn: sqlite3.Connection, now: float, prefix: str) -> int:
+    # substr counts characters, so this is "starts with", taken literally (no LIKE).
+    match = "expires_at <= ? AND key >= ? AND substr(key, 1, ?) = ?"
+    args = (now, prefix, len(prefix), prefix)
+    expired = f"SELECT key FROM multistore_kv WHERE {match}"
+    conn.execute(f"DELETE FROM multistore_kv_zset WHERE key IN ({expired})", args)
+    return conn.execute(f"DELETE FROM multistore_kv WHERE {match}", args).rowcount

@@ -11,7 +11,7 @@ URL options: ``pool_min`` (default 1), ``pool_max`` (5), ``connect_timeout`` (5 
 also how long to wait for a free pooled connection), ``timeout`` (the session's
 ``max_statement_time``, 30 s), ``ssl``.
 
-A connection idle for more than a second is pinged with ``ping(reconnect=True)``
+A connection idle for more than a second is pinged (and reconnected if it was dropped)
 when it is leased, so the store recovers by itself after a server restart.
 """
 
@@ -272,7 +272,11 @@ def _connect(settings: dict[str, Any]) -> MyConn:
 
 def _ping(conn: MyConn) -> None:
     try:
-        conn.ping(reconnect=True)
+        try:
+            conn.ping(reconnect=False)
+        except pymysql.err.Error:
+            # What ping(reconnect=True) does, without its DeprecationWarning (PyMySQL 1.1+).
+            conn.connect()
     except pymysql.err.Error as exc:
         raise StoreUnavailableError(
             f"MariaDB connection lost and reconnecting failed: {map_error(exc).message}",

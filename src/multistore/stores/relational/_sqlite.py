@@ -67,11 +67,17 @@ class SQLiteConnection(Connection):
     def __init__(self, store: SQLiteRelationalStore) -> None:
         super().__init__()
         self._store = store
+        self._interrupted = False
+        """A call was cancelled while queued or running: it may still run after."""
 
     async def _call(self, fn: Callable[..., T], *args: Any) -> T:
-        return await self._store._worker.run(
-            _guarded, fn, self._store._db, self._store._clock, *args
-        )
+        try:
+            return await self._store._worker.run(
+                _guarded, fn, self._store._db, self._store._clock, *args
+            )
+        except asyncio.CancelledError:
+            self._interrupted = True
+            raise
 
     async def _execute(self, sql: str, params: Any) -> int:
         return await self._call(_execute, sql, params)
@@ -154,9 +160,12 @@ class SQLiteRelationalStore(RelationalStore):
             finally:
                 conn._released = True
                 self._holder = None
-                if conn.in_transaction:  # only if the block was cancelled mid-exit
+                if conn.in_transaction or conn._interrupted or self._db.in_transaction:
+                    # Never hand the connection on inside a transaction (a block cancelled
+                    # mid-exit, a BEGIN sent as a plain statement): roll back what is
+                    # open, on the worker, after any call of this lease still queued.
                     with contextlib.suppress(MultistoreError):
-                        await conn._rollback()
+                        await conn._call(_rollback_open)
 
     async def run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         """Run ``fn(sqlite3_connection)`` on the worker thread, holding the lease."""
@@ -233,6 +242,11 @@ def _fetch(db: sqlite3.Connection, sql: str, params: Any, one: bool) -> list[Row
         return [columns.row(values) for values in cur.fetchall()]
     finally:
         cur.close()
+
+
+def _rollback_open(db: sqlite3.Connection) -> None:
+    if db.in_transaction:
+        db.execute("ROLLBACK")
 
 
 def _script(db: sqlite3.Connection, sql: str) -> None:

@@ -1,0 +1,101 @@
+"""``multistore quorum add-node`` / ``remove-node``: membership changes of a quorum
+cluster, from its ``quorum://`` URL (``--url``, or ``[replication.quorum] url`` in the
+config). Each prints what moved and the URL to open the cluster with from now on."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from rich.table import Table
+
+from multistore.cli._text import console
+from multistore.config import load_config
+from multistore.errors import UsageError
+from multistore.replication import QuorumNode, RedisNode, SQLiteNode
+from multistore.replication._qurl import cluster_members, membership_url, open_cluster
+from multistore.urls import StoreURL, parse_url
+
+
+def _quorum_url(config_path: Path | None, url: str | None) -> StoreURL:
+    if url is not None:
+        parsed = parse_url(url)
+        if parsed.scheme != "quorum":
+            raise UsageError(f"--url must be a quorum:// URL, got {parsed.scheme}://")
+        return parsed
+    spec = load_config(config_path).replication
+    if spec is None or spec.quorum is None:
+        raise UsageError("give --url quorum://… or set [replication.quorum] url in the config")
+    return spec.quorum
+
+
+def _new_node(
+    url: StoreURL, members: list[tuple[str, str]], name: str | None, node_url: str | None
+) -> tuple[QuorumNode | None, str, str]:
+    """(the node handle, unopened for SQLite; its name; where it is, as in the URL)."""
+    taken = {member for member, _ in members}
+    if name is None:
+        name = next(f"node{i}" for i in range(len(taken) + 1) if f"node{i}" not in taken)
+    if name in taken:
+        raise UsageError(f"the cluster has a node {name!r} already")
+    if url.host is None:
+        if node_url is not None:
+            raise UsageError("embedded nodes are files in the cluster's folder: drop --node")
+        return None, name, str(Path(str(url.database)) / f"{name}.db")
+    if node_url is None:
+        raise UsageError("a Redis cluster needs --node redis://HOST:PORT/DB for the new node")
+    parts = urlsplit(node_url)
+    if parts.scheme != "redis" or not parts.hostname:
+        raise UsageError(f"--node must be a redis://HOST:PORT/DB URL, got {node_url!r}")
+    place = f"{parts.hostname}:{parts.port or 6379}/{parts.path.strip('/') or '0'}"
+    timeout = max(1.0, float(url.options.get("timeout", 2.0)))
+    prefix = str(url.options.get("prefix", "q:"))
+    return RedisNode.from_url(name, node_url, timeout=timeout, prefix=prefix), name, place
+
+
+async def run_membership(
+    config_path: Path | None,
+    *,
+    url: str | None,
+    action: str,
+    name: str | None,
+    node_url: str | None,
+    quiet: bool,
+) -> dict[str, Any]:
+    """Add a node to the cluster (``action="add"``) or remove one (``"remove"``)."""
+    quorum_url = _quorum_url(config_path, url)
+    members = cluster_members(quorum_url)
+    if action == "remove":
+        if name is None or name not in {member for member, _ in members}:
+            known = ", ".join(member for member, _ in members)
+            raise UsageError(f"name the node to remove: one of {known}")
+        if node_url is not None:
+            raise UsageError("remove-node takes no --node")
+    cluster = await open_cluster(quorum_url)
+    try:
+        if action == "add":
+            node, name, place = _new_node(quorum_url, members, name, node_url)
+            if node is None:
+                node = await SQLiteNode(name, place).open()
+            change = await cluster.add_node(node)
+            members = [*members, (name, place)]
+        else:
+            assert name is not None
+            change = await cluster.remove_node(name)
+            members = [(member, place) for member, place in members if member != name]
+    finally:
+        await cluster.close()
+    report = dataclasses.asdict(change)
+    report["url"] = membership_url(quorum_url, members).render()
+    if not quiet:
+        table = Table(title=f"quorum: {change.node} {'joined' if action == 'add' else 'left'}")
+        table.add_column("")
+        table.add_column("", overflow="fold")
+        for key, value in report.items():
+            table.add_row(key.replace("_", " "), str(value))
+        out = console()
+        out.print(table)
+        out.print(f"open the cluster with: {report['url']}")
+    return report
