@@ -178,3 +178,26 @@ def test_square_brackets_in_messages_and_help_are_printed(tmp_path: Path, column
     assert recover.returncode == int(ErrorCode.TRANSACTION_INDETERMINATE), recover.stderr
     assert "p[1]:" in _squeezed(recover.stdout)
     assert "could not reach p[1]" in recover.stderr
+
+
+def test_every_help_text_escapes_its_square_brackets() -> None:
+    """Help texts are rich markup: an unescaped ``[word]`` vanishes from ``--help``
+    ("adds to [participants]" printed as "adds to ."). Each must be written ``\\[``."""
+    import re
+
+    import click
+    import typer
+
+    from multistore.cli._app import app
+
+    def walk(command: click.Command, path: str) -> list[str]:
+        found = [f"{path}: {command.help}"] if command.help else []
+        found += [f"{path} {p.name}: {p.help}" for p in command.params if getattr(p, "help", None)]
+        if isinstance(command, click.Group):
+            for name, sub in command.commands.items():
+                found += walk(sub, f"{path} {name}")
+        return found
+
+    texts = walk(typer.main.get_command(app), "multistore")
+    bare = [t for t in texts if re.search(r"(?<!\\)\[[^\]]+\]", t.split(": ", 1)[1])]
+    assert not bare, bare

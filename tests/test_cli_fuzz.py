@@ -145,6 +145,21 @@ def test_commands_with_generated_configs(
         st.tuples(st.just("recover"), st.sampled_from(["--participant", "--sagas"]), words),
         st.tuples(st.just("recover"), st.just("--retry-for"), st.sampled_from(["0", "1e-9"])),
         st.tuples(st.just("bench"), words, st.just("--json")),
+        st.tuples(st.just("sagas"), st.just("show"), words),
+        # Definitions that cannot import (a name that does import is run: user code).
+        st.tuples(
+            st.just("sagas"),
+            st.just("worker"),
+            st.just("--definitions"),
+            st.one_of(words.map("zz_no_module_{0}:x".format), st.sampled_from(["", ":", "a:"])),
+        ),
+        st.tuples(st.just("quorum"), st.sampled_from(["add-node", "remove-node"]), words),
+        st.tuples(
+            st.just("quorum"),
+            st.just("add-node"),
+            st.sampled_from(["--url", "--node"]),
+            st.one_of(st.sampled_from(URLS), words),
+        ),
     )
 )
 def test_commands_with_generated_arguments(tmp_path_factory: Any, args: tuple[str, ...]) -> None:

@@ -504,7 +504,9 @@ quorum_app = typer.Typer(
 app.add_typer(quorum_app, name="quorum")
 QuorumUrlOption = Annotated[
     str | None,
-    typer.Option("--url", help="The cluster's quorum:// URL (default: [replication.quorum] url)."),
+    typer.Option(
+        "--url", help="The cluster's quorum:// URL (default: \\[replication.quorum] url)."
+    ),
 ]
 
 
