@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -50,6 +51,28 @@ def test_status_json_reports_every_role(tmp_path: Path) -> None:
     assert all(row["ok"] for row in report["roles"])
 
 
+def test_status_in_an_empty_folder_creates_nothing(tmp_path: Path) -> None:
+    result = _run("status", cwd=tmp_path, env={"COLUMNS": "80"})
+    assert result.returncode == 0, result.stderr
+    assert list(tmp_path.iterdir()) == []
+    lines = result.stdout.splitlines()
+    assert all(len(line) <= 80 for line in lines), result.stdout
+    # every default URL whole on its row, as written in multistore.toml
+    rows = {line.split()[0]: line for line in lines if line.split()}
+    assert "sqlite:///.multistore/transactions.db" in rows["transactions"]
+    assert "not created yet" in rows["sessions"]
+    report = json.loads(_run("status", "--json", cwd=tmp_path).stdout)
+    assert {row["state"] for row in report["roles"]} == {"not created yet"}
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_status_after_the_stores_exist_opens_them(tmp_path: Path) -> None:
+    assert _run("demo", "--json", cwd=tmp_path).returncode == 0
+    report = json.loads(_run("status", "--json", cwd=tmp_path).stdout)
+    assert {row["state"] for row in report["roles"]} == {"ok"}
+    assert all(row["seconds"] >= 0 for row in report["roles"])
+
+
 def test_status_reports_a_down_server_with_its_exit_code(tmp_path: Path) -> None:
     (tmp_path / "multistore.toml").write_text('[roles]\nsessions = "redis://127.0.0.1:1/0"\n')
     result = _run("status", "--json", cwd=tmp_path)
@@ -82,6 +105,18 @@ def test_bench_unknown_name_lists_the_available_ones(tmp_path: Path) -> None:
     assert "stores" in result.stderr
 
 
+def test_bench_without_a_module_it_needs_says_what_to_install(tmp_path: Path) -> None:
+    bench_dir = tmp_path / "benchmarks"
+    bench_dir.mkdir()
+    (bench_dir / "__init__.py").write_text("")
+    (bench_dir / "_harness.py").write_text("")
+    (bench_dir / "needy.py").write_text("import no_such_driver_xyz\n")
+    result = _run("bench", "needy", cwd=tmp_path)
+    assert result.returncode == int(ErrorCode.BENCHMARK), result.stderr
+    assert result.stderr.startswith("error[benchmark]: benchmark needy needs the module ")
+    assert "no_such_driver_xyz" in result.stderr and "'multistore[all,bench]'" in result.stderr
+
+
 def test_bench_runs_a_benchmark_and_prints_rows_in_the_design_format(tmp_path: Path) -> None:
     bench_dir = tmp_path / "benchmarks"
     bench_dir.mkdir()
@@ -94,6 +129,9 @@ def test_bench_runs_a_benchmark_and_prints_rows_in_the_design_format(tmp_path: P
         "    def anchor():\n        sum(range(1000))\n"
         "    return [await compare('toy sum', ours, anchor, 'builtin', ops=20, rounds=3)]\n"
     )
+    table = _run("bench", "toy", cwd=tmp_path, env={"COLUMNS": "100"})
+    assert table.returncode == 0, table.stderr
+    assert re.search(r"^toy sum\s+\S.*µs/op\s+[\d.]+ µs/op\s+builtin\s+[\d.]+×", table.stdout, re.M)
     result = _run("bench", "toy", "--json", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     rows = json.loads(result.stdout)

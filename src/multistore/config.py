@@ -135,28 +135,53 @@ class Config:
         A folder that cannot be created (a file in the way, no permission) is a
         :class:`ConfigError` naming the key that chose it: ``multistore.data_dir`` for
         a role on its default, else ``roles.NAME``."""
-        spec = self.role(role)
-        if not spec.url.is_file or spec.url.path == ":memory:":
+        folder = self._folder(role)
+        if folder is None:
             return
-        folder = Path(spec.url.path).parent
         try:
             folder.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
-            where = str(self.path) if self.path is not None else "defaults"
-            if spec.is_default:
-                key = f"multistore.data_dir ({self.data_dir})"
-            else:
-                key = f"{spec.source.rpartition(': ')[2]} ({spec.url})"
             if isinstance(exc, FileExistsError):
                 reason = "a file of that name is in the way"
             elif isinstance(exc, NotADirectoryError):
                 reason = "part of the path is a file, not a folder"
             else:
                 reason = exc.strerror or type(exc).__name__
-            raise ConfigError(
-                f"{where}: {key}: cannot create the folder {folder}: {reason}; "
-                "choose a folder that can be created"
-            ) from None
+            raise self._folder_error(role, folder, reason) from None
+
+    def check_folder(self, role: str) -> None:
+        """Raise the :class:`ConfigError` :meth:`make_folder` would, creating nothing:
+        for ``multistore status``, which only looks."""
+        folder = self._folder(role)
+        if folder is None:
+            return
+        existing = folder
+        while not existing.exists() and existing != existing.parent:
+            existing = existing.parent
+        if existing == folder and not folder.is_dir():
+            raise self._folder_error(role, folder, "a file of that name is in the way")
+        if not existing.is_dir():
+            raise self._folder_error(role, folder, "part of the path is a file, not a folder")
+        if existing != folder and not os.access(existing, os.W_OK | os.X_OK):
+            raise self._folder_error(role, folder, f"no permission to create it in {existing}")
+
+    def _folder(self, role: str) -> Path | None:
+        spec = self.role(role)
+        if not spec.url.is_file or spec.url.path == ":memory:":
+            return None
+        return Path(spec.url.path).parent
+
+    def _folder_error(self, role: str, folder: Path, reason: str) -> ConfigError:
+        spec = self.role(role)
+        where = str(self.path) if self.path is not None else "defaults"
+        if spec.is_default:
+            key = f"multistore.data_dir ({self.data_dir})"
+        else:
+            key = f"{spec.source.rpartition(': ')[2]} ({spec.url})"
+        return ConfigError(
+            f"{where}: {key}: cannot create the folder {folder}: {reason}; "
+            "choose a folder that can be created"
+        )
 
 
 def load_config(
@@ -168,21 +193,30 @@ def load_config(
     chosen: Path | None
     if path is not None:
         chosen = Path(path)
-        if not chosen.is_file():
-            raise ConfigError(f"config file {chosen} does not exist; create it or drop --config")
+        _check_file(chosen, "", "drop --config")
     elif environ.get(CONFIG_ENV):
         chosen = Path(environ[CONFIG_ENV])
-        if not chosen.is_file():
-            raise ConfigError(
-                f"config file {chosen} (from ${CONFIG_ENV}) does not exist; "
-                f"create it or unset {CONFIG_ENV}"
-            )
+        _check_file(chosen, f" (from ${CONFIG_ENV})", f"unset {CONFIG_ENV}")
     else:
         candidate = Path.cwd() / DEFAULT_FILE
         chosen = candidate if candidate.is_file() else None
     if chosen is None:
         return _build(None, Path.cwd(), {}, {})
     return _load_file(chosen.resolve())
+
+
+def _check_file(path: Path, origin: str, or_else: str) -> None:
+    """A named config file must be a file: a folder or a missing path is one line."""
+    if path.is_dir():
+        inside = path / DEFAULT_FILE
+        hint = (
+            f"did you mean {inside}?" if inside.is_file() else f"give the path of a {DEFAULT_FILE}"
+        )
+        raise ConfigError(f"config file {path}{origin} is a folder, not a file; {hint}")
+    if not path.is_file():
+        raise ConfigError(
+            f"config file {path}{origin} does not exist; create it (multistore init) or {or_else}"
+        )
 
 
 def _load_file(path: Path) -> Config:
@@ -194,9 +228,11 @@ def _load_file(path: Path) -> Config:
         raise ConfigError(f"{path}: cannot read the config file ({exc})") from None
     for key in data:
         if key not in _TOP_LEVEL_KEYS:
+            close = difflib.get_close_matches(key, sorted(_TOP_LEVEL_KEYS), n=1)
+            hint = f"did you mean [{close[0]}]? " if close else ""
             raise ConfigError(
-                f"{path}: unknown section [{key}]; the file has [roles], [participants] "
-                "and [multistore]"
+                f"{path}: unknown section [{key}]; {hint}the file has [multistore], [roles], "
+                "[participants] and [replication]"
             )
     roles = data.get("roles", {})
     settings = data.get("multistore", {})

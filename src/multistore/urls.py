@@ -4,7 +4,8 @@ A store is named by a URL whose scheme picks the backend::
 
     sqlite:///relative/path.db        sqlite:////absolute/path.db   sqlite:///:memory:
     tantivy:///path/to/index          ladybug:///path/to/db         duckdb:///path.duckdb
-    redis://[:password@]host:port/0   falkordb://host:port/graphname
+    redis://[:password@]host:port/0   rediss://… (redis over TLS: ssl=true)
+    falkordb://host:port/graphname
     postgresql://user:pass@host:port/dbname?pool_max=10
     mariadb://user:pass@host:port/dbname
     influxdb://user:pass@host:port/dbname
@@ -22,6 +23,7 @@ validated again, as psycopg's ``make_conninfo`` does.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import os
 import re
 from collections.abc import Mapping
@@ -48,6 +50,9 @@ _ALIASES: Final[Mapping[str, str]] = {
     "postgres": "postgresql",
     "mysql": "mariadb",
 }
+#: Schemes that mean their base scheme over TLS, as redis-py reads them: ``rediss://``
+#: is ``redis://…?ssl=true``.
+_TLS_SCHEMES: Final[Mapping[str, str]] = {"rediss": "redis"}
 
 #: Schemes whose "location" is a path on this machine.
 FILE_SCHEMES: Final[frozenset[str]] = frozenset({"sqlite", "tantivy", "ladybug", "duckdb"})
@@ -103,6 +108,7 @@ _OPTION_SCHEMES: Final[Mapping[str, frozenset[str]]] = {
     "pool_max": frozenset({"postgresql", "mariadb", "redis", "falkordb"}),
     "sslmode": frozenset({"postgresql"}),
     "journal_mode": frozenset({"sqlite"}),
+    "create": frozenset({"sqlite", "duckdb", "influxdb"}),
     "synchronous": frozenset({"sqlite"}),
     "ssl": frozenset({"redis", "falkordb", "influxdb", "mariadb"}),
     "nodes": frozenset({"quorum"}),
@@ -216,17 +222,34 @@ def _format_option(value: OptionValue) -> str:
     return quote(str(value), safe="")
 
 
+def _options_for(scheme: str) -> list[str]:
+    """The query options a ``scheme://`` URL takes, sorted."""
+    return sorted(
+        name
+        for name in _OPTION_TYPES
+        if name not in _OPTION_SCHEMES or scheme in _OPTION_SCHEMES[name]
+    )
+
+
+def _did_you_mean(word: str, choices: list[str]) -> str:
+    close = difflib.get_close_matches(word, choices, n=1, cutoff=0.6)
+    return f"did you mean {close[0]!r}? " if close else ""
+
+
 def _convert_option(scheme: str, name: str, raw: object, source: str) -> OptionValue:
     kind = _OPTION_TYPES.get(name)
-    if kind is None:
-        known = ", ".join(sorted(_OPTION_TYPES))
-        raise InvalidURLError(f"unknown option {name!r} in {source}; known options: {known}")
     allowed = _OPTION_SCHEMES.get(name)
-    if allowed is not None and scheme not in allowed:
-        raise InvalidURLError(
-            f"option {name!r} does not apply to {scheme}:// URLs "
-            f"(only to {', '.join(sorted(allowed))})"
-        )
+    if kind is None or (allowed is not None and scheme not in allowed):
+        takes = _options_for(scheme)
+        hint = _did_you_mean(name, takes)
+        if kind is None:
+            problem = f"unknown option {name!r} in {source}"
+        else:
+            problem = (
+                f"option {name!r} does not apply to {scheme}:// URLs "
+                f"(only to {', '.join(sorted(allowed or ()))})"
+            )
+        raise InvalidURLError(f"{problem}; {hint}{scheme}:// URLs take: {', '.join(takes)}")
     try:
         value = _coerce(kind, raw)
     except (TypeError, ValueError):
@@ -330,10 +353,21 @@ def _parse_text(text: str) -> StoreURL:
             f"malformed store URL {redact_url(text)!r}: expected SCHEME://…, e.g. sqlite:///data.db"
         )
     raw_scheme = text.split("://", 1)[0].lower()
+    if raw_scheme in _TLS_SCHEMES:
+        plain = _TLS_SCHEMES[raw_scheme]
+        parsed = _parse_text(plain + text[len(raw_scheme) :])
+        if parsed.options.get("ssl") is False:
+            raise InvalidURLError(
+                f"{raw_scheme}:// means TLS, but the URL {redact_url(text)!r} says ssl=false; "
+                f"write {plain}:// for a plain connection"
+            )
+        return dataclasses.replace(parsed, options={**parsed.options, "ssl": True})
     scheme = _ALIASES.get(raw_scheme, raw_scheme)
     if scheme not in SCHEMES:
         allowed = ", ".join(sorted(SCHEMES))
-        raise InvalidURLError(f"unknown scheme {raw_scheme!r}; allowed schemes: {allowed}")
+        close = difflib.get_close_matches(raw_scheme, sorted({*SCHEMES, *_ALIASES}), n=1)
+        hint = f"did you mean {_ALIASES.get(close[0], close[0])}://? " if close else ""
+        raise InvalidURLError(f"unknown scheme {raw_scheme!r}; {hint}allowed schemes: {allowed}")
     source = f"URL {redact_url(text)!r}"
     if scheme in FILE_SCHEMES or (
         scheme in MIXED_SCHEMES and text.split("://", 1)[1].startswith("/")

@@ -1,5 +1,11 @@
 """Command definitions. Each command that reports has ``--json``; errors print one
-line and exit with the code of :class:`~multistore.errors.ErrorCode`."""
+line and exit with the code of :class:`~multistore.errors.ErrorCode`.
+
+Help texts are Markdown (``rich_markup_mode="markdown"``): they reflow to the
+terminal's width, `backticks` show as code and square brackets stay as written.
+:func:`multistore.cli._main.main` runs the app (help for a bare command, one line
+for a usage error, no value shown for a flag).
+"""
 
 from __future__ import annotations
 
@@ -12,8 +18,9 @@ from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import typer
+from rich.console import Console
+from rich.markup import escape
 
-from multistore.cli._text import console, joined, styled
 from multistore.errors import ErrorCode, MultistoreError
 
 T = TypeVar("T")
@@ -25,16 +32,43 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    rich_markup_mode="markdown",
+    context_settings={"help_option_names": ["-h", "--help"]},
 )
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from importlib.metadata import version
+
+        print(f"multistore {version('multistore')}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    show_version: Annotated[
+        bool,
+        typer.Option(
+            "--version",
+            "-V",
+            is_eager=True,
+            callback=_print_version,
+            help="Print the version of multistore and exit.",
+        ),
+    ] = False,
+) -> None:
+    pass
+
 
 ConfigOption = Annotated[
     Path | None,
     typer.Option(
         "--config",
         "-c",
+        metavar="FILE",
         help="Path to multistore.toml (default: $MULTISTORE_CONFIG, then ./multistore.toml, "
         "then embedded stores under ./.multistore/).",
-        dir_okay=False,
     ),
 ]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")]
@@ -44,8 +78,8 @@ def _error_line(code: ErrorCode, message: str) -> None:
     """``error[slug]: message`` as one line on stderr (line breaks in the message are
     folded, since a driver's message may hold some)."""
     text = " ".join(message.split())
-    line = joined(styled("error", "bold red"), f"[{code.slug}]: {text}")
-    console(stderr=True, soft_wrap=True).print(line, highlight=False)
+    err = Console(stderr=True, highlight=False, soft_wrap=True)
+    err.print(f"[bold red]error[/]{escape(f'[{code.slug}]: {text}')}")
 
 
 def _fail(exc: MultistoreError) -> typer.Exit:
@@ -78,8 +112,8 @@ def _print_json(data: Any) -> None:
 
 @app.command()
 def demo(config: ConfigOption = None, as_json: JsonOption = False) -> None:
-    """Run the seed's e-commerce system end to end on the configured stores
-    (embedded by default) and print what each part did."""
+    """Run an online shop's data work end to end on the configured stores (embedded by
+    default): each pattern in turn, with what it showed."""
 
     def body() -> None:
         from multistore.cli._demo import run_demo
@@ -92,11 +126,61 @@ def demo(config: ConfigOption = None, as_json: JsonOption = False) -> None:
 
 
 @app.command()
+def init(
+    server: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--server",
+            "-s",
+            metavar="URL",
+            help="A server to put the roles it serves on (repeatable), e.g. "
+            "postgresql://shop@db1/shop or redis://cache:6379/0; the other roles stay "
+            "embedded.",
+        ),
+    ] = None,
+    path: Annotated[
+        Path | None,
+        typer.Option("--path", metavar="FILE", help="Where to write (default: ./multistore.toml)."),
+    ] = None,
+    force: Annotated[bool, typer.Option("--force", help="Replace an existing file.")] = False,
+    as_json: JsonOption = False,
+) -> None:
+    """Write a commented multistore.toml: every role on its embedded default, or on the
+    servers given with --server."""
+
+    def body() -> None:
+        from multistore.cli._init import run_init
+
+        report = run_init(path, servers=server or [], force=force, quiet=as_json)
+        if as_json:
+            _print_json(report)
+
+    _guard(body)
+
+
+@app.command()
+def doctor(config: ConfigOption = None, as_json: JsonOption = False) -> None:
+    """Check that what the config needs is here: Python, the config, the drivers, the
+    embedded stores' folder and every server, with the fix for each that is not."""
+
+    def body() -> None:
+        from multistore.cli._doctor import run_doctor
+
+        report = asyncio.run(run_doctor(config, quiet=as_json))
+        if as_json:
+            _print_json(report)
+        if report["exit_code"]:
+            raise typer.Exit(code=report["exit_code"])
+
+    _guard(body)
+
+
+@app.command()
 def status(config: ConfigOption = None, as_json: JsonOption = False) -> None:
     """Show every role's store: model, backend, URL (password hidden) and whether it opens."""
 
     def body() -> None:
-        from multistore.cli._demo import run_status
+        from multistore.cli._status import run_status
 
         report = asyncio.run(run_status(config, quiet=as_json))
         if as_json:
@@ -163,7 +247,7 @@ def serve(
     ] = None,
     log_level: Annotated[str, typer.Option(help="uvicorn's log level.")] = "info",
 ) -> None:
-    """Serve the seed's shop over HTTP: the API (OpenAPI at /openapi.json), the
+    """Serve the example online shop over HTTP: the API (OpenAPI at /openapi.json), the
     operations console at /console, Prometheus metrics at /metrics."""
 
     def body() -> None:
@@ -199,7 +283,8 @@ def bench(
         typer.Option("--dir", help="Folder holding the benchmarks (default: ./benchmarks)."),
     ] = None,
 ) -> None:
-    """Run benchmarks/NAME and print ours vs the anchor as ratios (above 1 = ours better)."""
+    """Run benchmarks/NAME: multistore against the library it is compared with, as
+    ratios (above 1: multistore is better)."""
 
     def body() -> None:
         from multistore.cli._bench import print_rows, run_benchmark
@@ -328,12 +413,16 @@ def recover(
         typer.Option(
             "--participant",
             "-p",
+            metavar="NAME=URL",
             # The help is rich markup: "\\[" is a bracket.
             help="A 2PC participant as NAME=URL (repeatable; adds to \\[participants]).",
         ),
     ] = None,
     retry_for: Annotated[
-        float, typer.Option("--retry-for", min=0, help="Keep retrying down participants (s).")
+        float,
+        typer.Option(
+            "--retry-for", min=0, metavar="SECONDS", help="Keep retrying down participants (s)."
+        ),
     ] = 0.0,
     sagas: Annotated[
         str | None,
@@ -395,14 +484,32 @@ app.add_typer(lab_app, name="lab")
 
 @lab_app.command("quorum")
 def lab_quorum_command(
-    n: Annotated[int, typer.Option("--n", "-n", help="Replication factor N.")] = 3,
+    n: Annotated[
+        int,
+        typer.Option(
+            "-n", "--replicas", metavar="N", help="Replication factor N: nodes holding each key."
+        ),
+    ] = 3,
     r: Annotated[
-        str, typer.Option("--r", "-r", help="Read level: one, quorum, all or a number.")
+        str,
+        typer.Option(
+            "-r", "--read", metavar="LEVEL", help="Read level R: one, quorum, all or a number."
+        ),
     ] = "quorum",
     w: Annotated[
-        str, typer.Option("--w", "-w", help="Write level: one, quorum, all or a number.")
+        str,
+        typer.Option(
+            "-w", "--write", metavar="LEVEL", help="Write level W: one, quorum, all or a number."
+        ),
     ] = "quorum",
-    m: Annotated[int, typer.Option("--m", "-m", help="Nodes in the cluster (N <= M).")] = 3,
+    m: Annotated[
+        int,
+        typer.Option("-m", "--members", metavar="M", help="Nodes in the cluster (N <= M)."),
+    ] = 3,
+    old_n: Annotated[int | None, typer.Option("--n", hidden=True)] = None,
+    old_r: Annotated[str | None, typer.Option("--r", hidden=True)] = None,
+    old_w: Annotated[str | None, typer.Option("--w", hidden=True)] = None,
+    old_m: Annotated[int | None, typer.Option("--m", hidden=True)] = None,
     ops: Annotated[int, typer.Option(help="Operations in the workload.")] = 600,
     concurrency: Annotated[int, typer.Option(help="Concurrent workers.")] = 6,
     duration: Annotated[float, typer.Option(help="Seconds the operations are spread over.")] = 4.0,
@@ -471,11 +578,11 @@ def lab_quorum_command(
     def body() -> int:
         from multistore.cli._lab import run_lab_command
 
-        options = {
-            "n": n,
-            "r": r,
-            "w": w,
-            "m": m,
+        options = {  # --n, --r, --w and --m: the spelling of earlier versions
+            "n": n if old_n is None else old_n,
+            "r": r if old_r is None else old_r,
+            "w": w if old_w is None else old_w,
+            "m": m if old_m is None else old_m,
             "ops": ops,
             "concurrency": concurrency,
             "duration": duration,
@@ -560,8 +667,3 @@ def quorum_remove_node(
             _print_json(report)
 
     _guard(body)
-
-
-def main() -> None:
-    """Entry point of the ``multistore`` script."""
-    app()

@@ -1,4 +1,4 @@
-"""Demo section "sagas": the seed's order saga across three databases.
+"""Demo section "sagas": the shop's order saga across three databases.
 
 The shop's order saga (the one ``multistore serve`` runs): create order (orders db) →
 charge payment (payments db) → reserve stock (inventory db) → confirm order, each
@@ -18,10 +18,8 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from rich.table import Table
-
 from multistore.cli._demo import SectionReport
-from multistore.cli._text import styled
+from multistore.cli._human import table
 from multistore.config import Config
 from multistore.consistency import SagaEngine
 from multistore.service import OrderLine, create_tables, order_input, order_saga
@@ -124,27 +122,37 @@ async def sagas_section(config: Config) -> SectionReport:
         for store in dbs.values():
             await store.close()
 
-    runs = Table(title="two orders, two sagas (log: the sagas role)", show_lines=True)
-    for column in ("order", "asks for", "saga state", "steps (in order)", "why"):
-        runs.add_column(column, overflow="fold")
+    runs = table("order", "asks for", "saga state", "steps (in order)", "why", lines=True)
     for s in sagas:
         order = s["order"]
         colour = "green" if s["state"] == "completed" else "yellow"
         runs.add_row(
             str(order["order_id"]),
             f"{order['qty']} × {order['sku']}\n{order['qty'] * STOCK[order['sku']][0] / 100:.2f}",
-            styled(s["state"], colour),
+            f"[{colour}]{s['state']}[/]",
             "\n".join(f"{st['name']}: {st['state']}" for st in s["steps"]),
             s["error"] or "",
         )
-    rows = Table(title=f"what each database holds afterwards ({folder.name}/)", show_lines=True)
-    rows.add_column("database")
-    rows.add_column("table")
-    rows.add_column("rows", overflow="fold")
+    rows = table("database", "table", "rows", lines=True)
     for name, table_rows in held.items():
         db = "inventory" if name == "reservations" else name
         rows.add_row(f"{db}.db", name, _rows_text(name, table_rows))
-    report.tables.extend([runs, rows])
+    report.add(
+        runs,
+        "two orders, two sagas (their log: the sagas role)",
+        "Each step is a local transaction in its own database, with a compensation that "
+        "undoes it. Order 1002 cannot reserve its stock (the lamp is sold out), so the saga "
+        "undoes the steps that ran, newest first: the payment is refunded, the order "
+        "cancelled. The log records every step, so a crashed worker's sagas resume where "
+        "they stopped.",
+    )
+    report.add(rows, f"what each database holds afterwards ({folder.name}/)")
+    done = {s["order"]["order_id"]: s["state"] for s in sagas}
+    report.proved = (
+        f"order 1001 {done.get(1001)} across three databases; order 1002 could not "
+        f"reserve its stock and was {done.get(1002)}: refunded and cancelled, nothing "
+        "left half done"
+    )
     report.data.update(
         {"log_backend": config.role("sagas").url.scheme, "sagas": sagas, "databases": held}
     )

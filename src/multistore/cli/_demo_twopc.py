@@ -1,4 +1,4 @@
-"""Demo section "two-phase commit": the seed's order across three databases, and a
+"""Demo section "two-phase commit": the shop's order across three databases, and a
 coordinator crash that recovery finishes.
 
 The shop's orders, payments and inventory databases (the same tables and the same
@@ -21,10 +21,8 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from rich.table import Table
-
 from multistore.cli._demo import SectionReport
-from multistore.cli._text import joined, styled
+from multistore.cli._human import table
 from multistore.config import Config
 from multistore.consistency import TransactionCoordinator, open_participant, recover_transactions
 from multistore.core import Xid
@@ -135,21 +133,15 @@ async def twopc_section(config: Config) -> SectionReport:
     after = await _in_doubt(urls)
     rows_after = await _rows(urls)
 
-    steps = Table(title="the protocol, step by step", show_lines=True)
-    for column in ("step", "what happened"):
-        steps.add_column(column, overflow="fold")
+    steps = table("step", "what happened", lines=True)
     votes = ", ".join(f"{k} {v}" for k, v in first_votes.items())
     steps.add_row(
-        "order 123",
-        joined(f"prepare: {votes}\ncommit decision logged → ", styled(first["state"], "green")),
+        "order 123", f"prepare: {votes}\ncommit decision logged → [green]{first['state']}[/]"
     )
     steps.add_row(
         "order 124",
-        joined(
-            "every branch prepared, commit decision logged,\nthen the coordinator ",
-            styled("crashed", "red"),
-            " before phase 2",
-        ),
+        "every branch prepared, commit decision logged,\n"
+        "then the coordinator [red]crashed[/] before phase 2",
     )
     steps.add_row(
         "in doubt",
@@ -159,17 +151,29 @@ async def twopc_section(config: Config) -> SectionReport:
         "recovery",
         f"commit record found → committed {len(recovery['committed'])} branches, "
         f"rolled back {len(recovery['rolled_back'])}\n"
-        f"resolved: {recovery['resolved']}; "
-        f"in doubt now: {sum(len(bs) for bs in after.values())} branches",
+        + ("every branch resolved" if recovery["resolved"] else "[red]some branches unresolved[/]")
+        + f"; in doubt now: {sum(len(bs) for bs in after.values())} branches",
     )
-    rows = Table(title=f"rows in each database ({folder.name}/)", show_lines=True)
-    for column in ("database", "before recovery", "after recovery"):
-        rows.add_column(column, overflow="fold")
+    rows = table("database", "before recovery", "after recovery", lines=True)
     for name in PARTICIPANTS:
         rows.add_row(
             f"{name}.db", _rows_text(name, rows_before[name]), _rows_text(name, rows_after[name])
         )
-    report.tables.extend([steps, rows])
+    report.add(
+        steps,
+        "the protocol, step by step",
+        "Phase 1 asks every database to prepare (make the change durable, hold its locks, "
+        "promise to commit); phase 2 commits once the decision is in the log. A branch "
+        "left prepared by a crash is in doubt: only the decision log can say how it ends, "
+        "and recovery (multistore recover) finishes it.",
+    )
+    report.add(rows, f"rows in each database ({folder.name}/)")
+    branches = len(recovery["committed"])
+    report.proved = (
+        "order 123 committed in three databases at once; a coordinator crash after its "
+        f"commit decision left order 124 in doubt, and recovery committed all {branches} "
+        "branches from the decision log"
+    )
     report.data.update(
         {
             "log_backend": log.scheme,

@@ -15,7 +15,6 @@ import json
 import signal
 import sys
 import time
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +22,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from multistore.cli._human import age, moment
 from multistore.config import load_config
 from multistore.consistency import (
     ErrorInfo,
@@ -96,23 +96,7 @@ async def run_sagas_show(config_path: Path | None, saga_id: str, *, quiet: bool)
 
 def human_time(seconds: float | None, *, now: float | None = None) -> str:
     """``2025-06-01 12:03:04 (5 s ago)`` in local time; ``in 20 s`` for the future."""
-    if seconds is None:
-        return ""
-    stamp = datetime.fromtimestamp(seconds).strftime("%Y-%m-%d %H:%M:%S")
-    delta = (time.time() if now is None else now) - seconds
-    return f"{stamp} ({_age(delta)})"
-
-
-def _age(delta: float) -> str:
-    ahead = delta < 0
-    left = abs(delta)
-    for unit, size in (("d", 86400), ("h", 3600), ("min", 60)):
-        if left >= size:
-            amount = f"{left / size:.0f} {unit}"
-            break
-    else:
-        amount = f"{left:.0f} s"
-    return f"in {amount}" if ahead else f"{amount} ago"
+    return "" if seconds is None else moment(seconds, now=now)
 
 
 def _error_text(text: str | None) -> str:
@@ -167,7 +151,7 @@ def _print_list(sagas: list[dict[str, Any]], *, where: str, state: str | None) -
             escape(str(saga["saga_id"])),
             escape(f"{saga['name']} v{saga.get('version', '1')}"),
             str(saga["state"]),
-            "" if updated is None else _age(now - updated),
+            "" if updated is None else age(now - updated),
             escape(problem),
         )
     console.print(table)

@@ -187,10 +187,18 @@ class Connection(Queries):
         depth = len(self._levels)
         savepoint = f"multistore_sp{depth}" if depth else None
         with self._guard():
-            if savepoint is None:
-                await self._begin()
-            else:
-                await self._execute(f"SAVEPOINT {savepoint}", None)
+            try:
+                if savepoint is None:
+                    await self._begin()
+                else:
+                    await self._execute(f"SAVEPOINT {savepoint}", None)
+            except BaseException as exc:
+                if not (isinstance(exc, MultistoreError) and exc.definite):
+                    # cancelled (or lost) while BEGIN ran: it may have begun a transaction
+                    # that nothing would end, and the connection's next BEGIN would fail
+                    with contextlib.suppress(MultistoreError):
+                        await self._undo(savepoint)
+                raise
         tx = Transaction(self, savepoint)
         self._levels.append(tx)
         try:
