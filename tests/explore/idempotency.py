@@ -1,13 +1,17 @@
 """The idempotency middleware under the explorer: a client paying with Idempotency-Keys
 through one or two server processes (which crash and restart), retrying after every
 failure; uploads cut short, responses that cannot be delivered, concurrent duplicates,
-a payload changed under the same key, tokens refreshed between retries.
+a payload changed under the same key, its bearer token refreshed between retries (the
+servers identify the client by the user an authentication layer puts in the scope, the
+middleware's default). Half the schedules run with ``store_server_errors=False``.
 
 The handler records each execution in a side table (not through the middleware).
 Invariants: each key's payment executed at most once — unless a process died, or
 stalled past its lease, while the handler ran, or its outcome could not be stored
 after it ran (the window a handler that writes to another store than the keys' has;
-the docs say so); every 2xx the client got for a key
+the docs say so), or, with ``store_server_errors=False``, the handler itself failed
+after its effect (a server error releases the key then); a response that could not be
+delivered is no such failure; every 2xx the client got for a key
 carries that one execution's body (a replay is byte-identical); a request cut short
 executes nothing; once the faults stop, a retry gets the stored outcome (the 2xx, or
 the server error stored for a run that failed or was cancelled) or, for a key that
@@ -18,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 from collections.abc import MutableMapping
 from typing import Any, cast
 
@@ -34,6 +39,14 @@ class ClientGone(OSError):
     """The client closed the connection: the server cannot send the response."""
 
 
+class User:
+    """The authenticated user an authentication middleware puts in ``scope["user"]``
+    (Starlette's ``SimpleUser``): the same whatever token the request carried."""
+
+    is_authenticated = True
+    display_name = "alice"
+
+
 #: The idempotency lease (the default policy's).
 LEASE = 30.0
 
@@ -41,8 +54,16 @@ LEASE = 30.0
 class Server:
     """One server process: the payment app behind the middleware."""
 
-    def __init__(self, sim: Simulation, urls: dict[str, str], interrupted: set[str]) -> None:
+    def __init__(
+        self,
+        sim: Simulation,
+        urls: dict[str, str],
+        interrupted: set[str],
+        *,
+        store_server_errors: bool = True,
+    ) -> None:
         self.sim = sim
+        self.store_server_errors = store_server_errors
         self.urls = urls
         self.interrupted = interrupted
         """Keys whose handler ran when its process died, or stalled past the lease: the
@@ -83,6 +104,13 @@ class Server:
             break
 
         async def pay(scope: Message, receive: Any, send: Any) -> None:
+            try:
+                await handle(scope, receive, send)
+            except BaseException as exc:
+                scope["explore.raised"] = exc  # the handler's own failure
+                raise
+
+        async def handle(scope: Message, receive: Any, send: Any) -> None:
             body = b""
             while True:
                 message = await receive()
@@ -111,7 +139,9 @@ class Server:
             await send({"type": "http.response.body", "body": out})
 
         idem = Idempotency(kv, clock=actor.wall_clock)
-        self.middleware = IdempotencyMiddleware(pay, idem, client=lambda scope: "alice")
+        self.middleware = IdempotencyMiddleware(
+            pay, idem, store_server_errors=self.store_server_errors
+        )
         self.actor = actor
         try:
             await self.stop.wait()
@@ -126,6 +156,7 @@ class Attempt:
 
     def __init__(self, key: str, amount: int, *, truncate: bool, gone: bool) -> None:
         self.key = key
+        self.token = os.urandom(6).hex()  # refreshed for every request
         self.body = json.dumps({"amount": amount}).encode()
         self.truncate = truncate
         self.cut = truncate
@@ -143,7 +174,9 @@ class Attempt:
             "headers": [
                 (b"idempotency-key", self.key.encode()),
                 (b"content-type", b"application/json"),
+                (b"authorization", f"Bearer {self.token}".encode()),
             ],
+            "user": User(),  # put there by the authentication middleware in front
         }
 
     async def receive(self) -> Message:
@@ -177,9 +210,17 @@ async def _send(servers: list[Server], attempt: Attempt, pick: int, interrupted:
     await asyncio.wait({task})
     failed = task.cancelled() or task.exception() is not None
     if failed and scope.get("explore.effect"):
-        # The payment ran, then the request ended in an error: its outcome may not be
-        # stored, and the key is then taken over once its lease ends.
-        interrupted.add(attempt.key)
+        # The payment ran, then the request ended in an error. The middleware stores
+        # the outcome of a handler that failed and then raises the handler's error
+        # again; any other error (a store failure, a cancellation) may mean the outcome
+        # was not stored, and the key is then taken over once its lease ends. Without
+        # store_server_errors a failed handler releases the key for a retry — but a
+        # response that could not be delivered (ClientGone) is no failed handler.
+        raised = None if task.cancelled() else task.exception()
+        own = raised is not None and raised is scope.get("explore.raised")
+        released = not server.store_server_errors and not isinstance(raised, ClientGone)
+        if not own or released:
+            interrupted.add(attempt.key)
     if failed and attempt.status is None:
         attempt.status = 599  # the connection broke before a response (a crash)
 
@@ -194,7 +235,11 @@ async def idempotency(sim: Simulation) -> None:
         "CREATE TABLE executions (id INTEGER PRIMARY KEY, key TEXT NOT NULL, amount INT)"
     )
     interrupted: set[str] = set()
-    servers = [Server(sim, urls, interrupted) for _ in range(sim.choices.randint(1, 2))]
+    store_errors = sim.choices.random() < 0.5
+    servers = [
+        Server(sim, urls, interrupted, store_server_errors=store_errors)
+        for _ in range(sim.choices.randint(1, 2))
+    ]
     actors = [
         sim.spawn(f"server{i}", s.main, restart=s.main, cancellable=False)
         for i, s in enumerate(servers)
@@ -253,7 +298,7 @@ async def idempotency(sim: Simulation) -> None:
         ran = executed.get(key, [])
         pay = ran[0][1] if ran else amount
         attempt = Attempt(key, pay, truncate=False, gone=False)
-        for _ in range(50):
+        for _ in range(200):  # a lease written by a clock that had jumped ahead lasts longer
             attempt = Attempt(key, pay, truncate=False, gone=False)
             await _send(servers, attempt, 0, interrupted)
             if attempt.status not in (409, 503, 599):

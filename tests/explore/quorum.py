@@ -2,26 +2,37 @@
 few keys on four embedded nodes (N=3, R=W=2), node calls that fail, time out after
 applying or stall, coordinators that crash and restart, clocks that jump.
 
+Besides blind writes and reads, a coordinator does read-modify-writes (a read, then a
+write that passes the read's context), and now and then the first one adds a fifth
+node (a bootstrap that streams the moved ranges; the other coordinator, as the docs
+require, does not write meanwhile and opens the new membership afterwards). A quarter
+of the schedules use a sloppy quorum (hints count toward W and R).
+
 Invariants:
-* no stale read: a read that succeeded returns a version at least as new (in the
-  store's own order) as every write acknowledged before the read began;
-* convergence: once hints are delivered and anti-entropy has run on every node, the
-  N replicas of every key hold byte-identical records.
+* no stale read (strict quorums): a read that succeeded returns a version at least as
+  new (in the store's own order) as every write acknowledged before the read began;
+* monotonic reads (strict quorums): nor older than a read that returned before it began
+  (a read returns a version only once R replicas hold it);
+* a write with a context is stamped after every version its read returned;
+* a write that failed definitely never took effect: no read returns its value;
+* no lost write: once hints are delivered and anti-entropy has run, a read at ALL
+  returns, for every key, a version at least as new as every acknowledged write;
+* convergence: the N replicas of every key then hold byte-identical records.
 """
 
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
-from multistore.core import QuorumConfig
+from multistore.core import Consistency, QuorumConfig
 from multistore.errors import MultistoreError
 from multistore.lab.explore import Actor, InvariantViolation, Simulation
 from multistore.replication import QuorumCluster
+from multistore.replication._qnodes import SQLiteNode
 
 NODES = 4
-CONFIG = QuorumConfig(n=3, r=2, w=2)
 KEYS = ("k0", "k1")
 
 
@@ -35,14 +46,28 @@ class Op:
     ok: bool = False
     value: Any = None
     version: Any = None
+    definite: bool = False
+    """A write that failed with a definite error (it did not happen, and never will)."""
+    read: list[Any] = field(default_factory=list)
+    """For a read-modify-write: the versions its read returned."""
 
 
-async def _open(sim: Simulation, name: str, clock: Any) -> QuorumCluster:
+@dataclass
+class Membership:
+    """The nodes the coordinators open, and a change under way."""
+
+    nodes: int = NODES
+    changing: asyncio.Event | None = None
+    busy: dict[str, int] = field(default_factory=dict)
+    """Operations under way per coordinator (the admin waits until the others have none)."""
+
+
+async def _open(sim: Simulation, name: str, clock: Any, nodes: int, config: QuorumConfig) -> Any:
     return await QuorumCluster.embedded(
         sim.directory,
-        nodes=NODES,
+        nodes=nodes,
         hints_path=sim.directory / f"hints-{name}.db",
-        config=CONFIG,
+        config=config,
         clock=clock,
         vnodes=8,  # fewer token ranges: anti-entropy's repair walks them one by one
     )
@@ -50,7 +75,12 @@ async def _open(sim: Simulation, name: str, clock: Any) -> QuorumCluster:
 
 async def quorum(sim: Simulation) -> None:
     sim.messages = ("quorum-node",)
-    setup = await _open(sim, "setup", sim.wall_time)
+    sloppy = sim.choices.random() < 0.25
+    # The strict quorum is the default: the scenario does not name it.
+    config = QuorumConfig(n=3, r=2, w=2, sloppy=True) if sloppy else QuorumConfig(n=3, r=2, w=2)
+    join = sim.choices.random() < 0.3
+    members = Membership()
+    setup = await _open(sim, "setup", sim.wall_time, NODES, config)
     await setup.close()
     history: list[Op] = []
 
@@ -61,32 +91,36 @@ async def quorum(sim: Simulation) -> None:
         async def run(actor: Actor) -> None:
             nonlocal done
             try:
-                cluster = await _open(sim, name, actor.wall_clock)
+                cluster = await _open(sim, name, actor.wall_clock, members.nodes, config)
             except MultistoreError:
                 return
+            opened = members.nodes
             try:
                 while done < count:
                     done += 1
+                    while members.changing is not None and name != "c1":
+                        await members.changing.wait()  # no writes during a change
+                    if opened != members.nodes:  # the membership changed: open it
+                        await cluster.close()
+                        cluster = await _open(sim, name, actor.wall_clock, members.nodes, config)
+                        opened = members.nodes
                     key = sim.choices.choice(KEYS)
-                    op = Op(
-                        "write" if sim.choices.random() < 0.5 else "read",
-                        name,
-                        key,
-                        sim.loop.time(),
-                    )
+                    draw = sim.choices.random()
+                    if join and name == "c1" and members.nodes == NODES and draw < 0.15:
+                        await _add_node(sim, actor, cluster, members)
+                        opened = members.nodes
+                        continue
+                    kind = "write" if draw < 0.4 else "rmw" if draw < 0.6 else "read"
+                    op = Op(kind, name, key, sim.loop.time())
                     history.append(op)
+                    members.busy[name] = members.busy.get(name, 0) + 1
                     try:
-                        if op.kind == "write":
-                            op.value = f"{name}.{actor.incarnation}.{done}"
-                            result = await actor.call(cluster.put(key, op.value))
-                            op.version = result.version
-                        else:
-                            read = await actor.call(cluster.get(key))
-                            op.value = read.values
-                            op.version = max(read.versions, key=lambda v: v.hlc, default=None)
-                        op.ok = True
+                        await _perform(actor, cluster, op, f"{name}.{actor.incarnation}.{done}")
                     except (MultistoreError, asyncio.CancelledError) as exc:
+                        op.definite = isinstance(exc, MultistoreError) and exc.definite
                         sim.note(f"{actor.label} {op.kind} {key}: {type(exc).__name__}")
+                    finally:
+                        members.busy[name] -= 1
                     op.end = sim.loop.time()
                     await asyncio.sleep(sim.choices.uniform(0, 0.5))
             finally:
@@ -97,15 +131,16 @@ async def quorum(sim: Simulation) -> None:
     actors = [coordinator("c1"), coordinator("c2")]
     await sim.join(*actors)
     sim.quiesce()
-    check_reads(history)
+    if not sloppy:  # a sloppy quorum may read around the writes, by design
+        check_reads(history)
     # Heal: every coordinator's hints, then anti-entropy on every node.
     for name in ("c1", "c2"):
-        cluster = await _open(sim, name, sim.wall_time)
+        cluster = await _open(sim, name, sim.wall_time, members.nodes, config)
         try:
             await cluster.deliver_hints()
         finally:
             await cluster.close()
-    cluster = await _open(sim, "heal", sim.wall_time)
+    cluster = await _open(sim, "heal", sim.wall_time, members.nodes, config)
     try:
         await cluster.anti_entropy(depth=4)  # every pair of nodes
         for key in KEYS:
@@ -116,20 +151,106 @@ async def quorum(sim: Simulation) -> None:
                     f"{key}: replicas differ after anti-entropy: "
                     + ", ".join(f"{h}={r[0] if r else None}" for h, r in records.items())
                 )
+            final = await cluster.get(key, r=Consistency.ALL)
+            last = Op("read", "final", key, sim.loop.time(), ok=True, value=final.values)
+            last.version = max(final.versions, key=lambda v: v.hlc, default=None)
+            check_final(history, last)
     finally:
         await cluster.close()
 
 
+async def _perform(actor: Actor, cluster: Any, op: Op, value: str) -> None:
+    if op.kind == "read":
+        read = await actor.call(cluster.get(op.key))
+        op.value = read.values
+        op.version = max(read.versions, key=lambda v: v.hlc, default=None)
+    elif op.kind == "write":
+        op.value = value
+        op.version = (await actor.call(cluster.put(op.key, value))).version
+    else:
+        read = await actor.call(cluster.get(op.key))
+        op.read = list(read.versions)
+        op.value = value
+        put = cluster.put(op.key, value, context=read.context)
+        op.version = (await actor.call(put)).version
+    op.ok = True
+
+
+async def _add_node(sim: Simulation, actor: Actor, cluster: Any, members: Membership) -> None:
+    """Bootstrap node4 once the other coordinator has no operation under way."""
+    members.changing = asyncio.Event()
+    try:
+        for _ in range(200):
+            if not any(n for name, n in members.busy.items() if name != "c1"):
+                break
+            await asyncio.sleep(0.05)
+        name = f"node{NODES}"
+        try:
+            node = await SQLiteNode(name, sim.directory / f"{name}.db").open()
+            await actor.call(cluster.add_node(node))
+            sim.note(f"{actor.label} added {name}")
+        except (MultistoreError, asyncio.CancelledError) as exc:
+            sim.note(f"{actor.label} add {name}: {type(exc).__name__}")
+        finally:
+            # Whether the ring switched (the operator reads it in the admin's output):
+            # a change that failed before the switch left the ring as it was.
+            if name in cluster.ring:
+                members.nodes = NODES + 1
+    finally:
+        changing, members.changing = members.changing, None
+        changing.set()
+
+
 def check_reads(history: list[Op]) -> None:
-    writes = [op for op in history if op.kind == "write" and op.ok]
-    for read in (op for op in history if op.kind == "read" and op.ok):
+    writes = [op for op in history if op.kind != "read" and op.ok]
+    reads = [op for op in history if op.kind == "read" and op.ok]
+    for read in reads:
         before = [w for w in writes if w.key == read.key and w.end < read.start]
-        if not before:
-            continue
-        newest = max(before, key=lambda w: w.version.hlc)
-        if read.version is None or read.version.hlc < newest.version.hlc:
+        if before:
+            newest = max(before, key=lambda w: w.version.hlc)
+            if read.version is None or read.version.hlc < newest.version.hlc:
+                raise InvariantViolation(
+                    f"stale read of {read.key} by {read.actor} at {read.start:.3f}: got "
+                    f"{read.value} although {newest.value!r} ({newest.actor}) was "
+                    f"acknowledged at {newest.end:.3f}"
+                )
+        earlier = [r for r in reads if r.key == read.key and r.end < read.start and r.version]
+        if earlier:
+            seen = max(earlier, key=lambda r: r.version.hlc)
+            if read.version is None or read.version.hlc < seen.version.hlc:
+                raise InvariantViolation(
+                    f"non-monotonic reads of {read.key}: {read.actor} read {read.value} at "
+                    f"{read.start:.3f}, after {seen.actor} had read the newer {seen.value} "
+                    f"at {seen.end:.3f}"
+                )
+    for op in history:
+        if op.kind == "rmw" and op.ok:
+            behind = [v for v in op.read if not v.hlc < op.version.hlc]
+            if behind:
+                raise InvariantViolation(
+                    f"{op.actor}'s read-modify-write of {op.key} ({op.value!r}) was stamped "
+                    f"{op.version.hlc}, not after {behind[0].hlc} ({behind[0].value!r}) that "
+                    "its read returned: it loses to what it read"
+                )
+
+
+def check_final(history: list[Op], final: Op) -> None:
+    """The read at ALL after healing: no acknowledged write lost, no definitely failed
+    write applied (and no read returned one on the way)."""
+    ops = [op for op in history if op.key == final.key]
+    failed = {op.value for op in ops if op.kind != "read" and op.definite and op.value}
+    for read in [*(op for op in ops if op.kind == "read" and op.ok), final]:
+        seen = failed & set(read.value or ())
+        if seen:
             raise InvariantViolation(
-                f"stale read of {read.key} by {read.actor} at {read.start:.3f}: got "
-                f"{read.value} although {newest.value!r} ({newest.actor}) was acknowledged at "
-                f"{newest.end:.3f}"
+                f"{final.key}: a write reported as failed definitely took effect: "
+                f"{read.actor} read {sorted(seen)}"
+            )
+    acked = [op for op in ops if op.kind != "read" and op.ok]
+    if acked:
+        newest = max(acked, key=lambda w: w.version.hlc)
+        if final.version is None or final.version.hlc < newest.version.hlc:
+            raise InvariantViolation(
+                f"lost write of {final.key}: after healing, a read at ALL returns "
+                f"{final.value} although {newest.value!r} ({newest.actor}) was acknowledged"
             )

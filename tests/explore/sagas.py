@@ -1,11 +1,17 @@
 """Sagas under the explorer: a client process starting sagas (each a request that may be
-cancelled), a second worker recovering beside it, crashes and restarts.
+cancelled), a second worker recovering beside it, crashes and restarts. The second
+worker runs the same release, or a new one (the saga with one more step under version
+"2", the old version still registered, as the docs tell), or a mistaken one (the step
+added without a new version): it cannot run the client's sagas then, and must give them
+back without failing the rest of its ``recover()``.
 
 Each step's effect is a row keyed by the step's idempotency key in ``effects``; each
 compensation a row in ``undone``. Invariants once a fresh worker has recovered what is
 left: every saga that the log knows is completed or compensated (none running, pending
 or stuck); a completed saga has all its effects and nothing undone; a compensated saga
-has every effect it applied undone; a saga the log does not know left no effect.
+has every effect it applied undone; a saga the log does not know left no effect; and a
+worker's ``recover()`` fails only when the log cannot be reached, never because one saga
+cannot run there.
 """
 
 from __future__ import annotations
@@ -15,7 +21,7 @@ from typing import Any, cast
 
 from multistore.consistency import Saga, SagaEngine, Step, StepContext
 from multistore.core import SagaState
-from multistore.errors import MultistoreError, NotFoundError
+from multistore.errors import MultistoreError, NotFoundError, StoreError
 from multistore.lab.explore import Actor, InvariantViolation, LivenessError, Simulation
 from multistore.stores import open_store
 from multistore.stores.relational import RelationalStore
@@ -28,7 +34,7 @@ class Business(Exception):
     """The last step refuses: the saga compensates."""
 
 
-def define(shop: RelationalStore) -> Saga:
+def define(shop: RelationalStore, steps: tuple[str, ...] = STEPS, version: str = "1") -> Saga:
     async def act(ctx: StepContext) -> None:
         if ctx.step == "ship" and cast(dict[str, Any], ctx.input)["fail"]:
             raise Business("cannot ship")
@@ -43,22 +49,32 @@ def define(shop: RelationalStore) -> Saga:
             {"k": ctx.idempotency_key, "s": ctx.saga_id},
         )
 
-    return Saga("order", [Step(name, act, compensate=undo) for name in STEPS])
+    return Saga("order", [Step(name, act, compensate=undo) for name in steps], version=version)
 
 
 class Process:
     """A process with a saga engine (worker id fixed, as a restarted worker keeps it)."""
 
-    def __init__(self, sim: Simulation, worker: str, urls: dict[str, str]) -> None:
+    def __init__(
+        self, sim: Simulation, worker: str, urls: dict[str, str], release: str = "same"
+    ) -> None:
         self.sim = sim
         self.worker = worker
         self.urls = urls
+        self.release = release
+        """``same``; ``new``: version 2 with one more step, and version 1 kept;
+        ``mistaken``: the added step under version 1."""
 
     async def open(self, actor: Actor) -> tuple[SagaEngine, list[RelationalStore], Saga]:
         log = cast(RelationalStore, await open_store(self.urls["log"], model="relational"))
         shop = cast(RelationalStore, await open_store(self.urls["shop"], model="relational"))
         saga = define(shop)
-        engine = SagaEngine(log, [saga], worker_id=self.worker, lease=LEASE, clock=actor.wall_clock)
+        sagas = [saga]
+        if self.release == "new":
+            sagas.append(define(shop, (*STEPS, "notify"), version="2"))
+        elif self.release == "mistaken":
+            sagas = [define(shop, (*STEPS, "notify"))]
+        engine = SagaEngine(log, sagas, worker_id=self.worker, lease=LEASE, clock=actor.wall_clock)
         return engine, [log, shop], saga
 
 
@@ -105,7 +121,8 @@ async def sagas(sim: Simulation) -> None:
         finally:
             await close(engine, stores)
 
-    second = Process(sim, "w2", urls)
+    release = sim.choices.choice(("same", "same", "new", "mistaken"))
+    second = Process(sim, "w2", urls, release)
 
     async def work(actor: Actor) -> None:
         """Another worker: recover now and then."""
@@ -118,8 +135,13 @@ async def sagas(sim: Simulation) -> None:
                 await asyncio.sleep(sim.choices.uniform(0, 2 * LEASE))
                 try:
                     await actor.call(engine.recover())
-                except (MultistoreError, asyncio.CancelledError) as exc:
+                except (StoreError, asyncio.CancelledError) as exc:
                     sim.note(f"{actor.label} recover: {type(exc).__name__}")
+                except MultistoreError as exc:
+                    raise InvariantViolation(
+                        f"recover() of a worker with the {release} release failed: "
+                        f"{type(exc).__name__}: {exc}"
+                    ) from exc
         finally:
             await close(engine, stores)
 
