@@ -117,12 +117,16 @@ _OPTION_TYPES: Final[Mapping[str, type]] = {
     "node_id": str,
     "read_from": str,
     "target_session_attrs": str,
+    "wait_replicas": int,
+    "wait_timeout": float,
 }
 _OPTION_SCHEMES: Final[Mapping[str, frozenset[str]]] = {
     "pool_min": frozenset({"postgresql", "mariadb", "redis", "redis+cluster", "falkordb"}),
     "pool_max": frozenset({"postgresql", "mariadb", "redis", "redis+cluster", "falkordb"}),
     "sslmode": frozenset({"postgresql"}),
     "target_session_attrs": frozenset({"postgresql"}),
+    "wait_replicas": frozenset({"redis+cluster"}),
+    "wait_timeout": frozenset({"redis+cluster"}),
     "journal_mode": frozenset({"sqlite"}),
     "synchronous": frozenset({"sqlite"}),
     "ssl": frozenset({"redis", "falkordb", "influxdb", "mariadb"}),
@@ -278,9 +282,14 @@ def _convert_option(scheme: str, name: str, raw: object, source: str) -> OptionV
             f"option model={value!r} in {source} is not a data model; "
             f"use one of {', '.join(sorted(_MODELS))}"
         )
-    if name in ("pool_min", "pool_max", "timeout", "connect_timeout") and (
-        isinstance(value, int | float) and value < 0
-    ):
+    if name in (
+        "pool_min",
+        "pool_max",
+        "timeout",
+        "connect_timeout",
+        "wait_replicas",
+        "wait_timeout",
+    ) and (isinstance(value, int | float) and value < 0):
         raise InvalidURLError(f"option {name}={raw!r} in {source} must not be negative")
     return value
 

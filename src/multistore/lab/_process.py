@@ -346,6 +346,20 @@ class ServerProcess(ABC):
         proc.wait()
         self._reap()
 
+    def pause(self) -> None:
+        """SIGSTOP the server's process group: it keeps its connections and answers
+        nothing (a long GC pause, a frozen VM) until :meth:`resume`."""
+        proc = self._proc
+        if proc is None or proc.poll() is not None:
+            raise LabError(f"{self.name} on port {self._port} is not running; cannot pause it")
+        os.killpg(proc.pid, signal.SIGSTOP)
+
+    def resume(self) -> None:
+        """SIGCONT what :meth:`pause` stopped."""
+        proc = self._proc
+        if proc is not None and proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGCONT)
+
     def restart(self, timeout: float = START_TIMEOUT) -> None:
         self.stop()
         self.start(timeout)
