@@ -42,10 +42,13 @@ from multistore._resp import (
     RespError,
     RespPool,
     RespProtocolError,
+    RespTimeoutError,
     pack_command,
 )
+from multistore.errors import Outcome, StoreError, StoreTimeoutError, StoreUnavailableError
+from multistore.urls import StoreURL
 
-__all__ = ["SLOTS", "Address", "RespCluster", "key_slot"]
+__all__ = ["SLOTS", "Address", "RespCluster", "connection_error", "key_slot"]
 
 SLOTS: Final = 16384
 Address = tuple[str, int]
@@ -82,6 +85,15 @@ def key_slot(key: bytes | str) -> int:
     for byte in data:
         crc = ((crc << 8) & 0xFFFF) ^ table[(crc >> 8) ^ byte]
     return crc % SLOTS
+
+
+def connection_error(exc: RespConnectionError, where: str) -> StoreError:
+    """The store error for a failed cluster call: definite only when the command was
+    never sent."""
+    outcome = Outcome.INDETERMINATE if exc.sent else Outcome.DEFINITE
+    if isinstance(exc, RespTimeoutError):
+        return StoreTimeoutError(f"Redis Cluster did not answer in time: {where}", outcome=outcome)
+    return StoreUnavailableError(f"Redis Cluster unreachable: {where}: {exc}", outcome=outcome)
 
 
 def _redirect(message: str) -> tuple[int, Address]:
@@ -123,6 +135,20 @@ class RespCluster:
         self._refreshing: asyncio.Future[None] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._closed = False
+
+    @classmethod
+    def from_url(cls, url: StoreURL) -> RespCluster:
+        """The client a ``redis+cluster://`` URL describes (no I/O yet): its seed list,
+        credentials, ``timeout``, ``connect_timeout`` and ``pool_max`` (per node)."""
+        timeout = url.float_option("timeout", 5.0)
+        return cls(
+            list(url.hosts),
+            username=url.username or None,
+            password=url.password or None,
+            timeout=timeout,
+            connect_timeout=url.float_option("connect_timeout", timeout),
+            max_connections=url.int_option("pool_max", 10),
+        )
 
     # -- routing ----------------------------------------------------------------------
 

@@ -16,10 +16,12 @@ from typing import Any
 
 import pytest
 
+from multistore._resp import pack_command
 from multistore.errors import Outcome, StoreError, StoreTimeoutError, UsageError
 from multistore.lab._redis_cluster import RedisClusterServers, key_slot
 from multistore.stores import open_store
 from multistore.stores.kv import KeyValueStore
+from multistore.stores.widecolumn import ClusteringColumn, TableSchema, WideColumnStore
 
 pytestmark = pytest.mark.server
 
@@ -226,3 +228,45 @@ def test_acknowledged_writes_across_a_failover(
         assert acknowledged == [] and uncertain == ["during-1", "during-2"]
     else:
         assert acknowledged == ["during-1", "during-2"]  # acknowledged, and lost
+
+
+def test_a_wide_column_partition_stays_in_one_slot(
+    redis_cluster: RedisClusterServers, redis_cluster_url: str
+) -> None:
+    schema = TableSchema(
+        "readings",
+        partition_key=("sensor",),
+        clustering=(ClusteringColumn("ts", "desc"),),
+        columns={"sensor": "text", "ts": "int", "value": "float"},
+    )
+
+    holders: dict[str, set[tuple[str, int]]] = {}
+
+    async def main() -> None:
+        store = await open_store(redis_cluster_url + "/?model=widecolumn")
+        assert isinstance(store, WideColumnStore)
+        try:
+            await store.create_table(schema)
+            for sensor in range(12):
+                await store.upsert_many(
+                    "readings",
+                    [{"sensor": f"s{sensor}", "ts": t, "value": t / 2} for t in range(5)],
+                )
+            rows = await store.select("readings", {"sensor": "s3"}, where=[("ts", ">=", 2)])
+            assert [r["ts"] for r in rows] == [4, 3, 2]
+            cluster = store.native
+            for address in await cluster.primaries():
+                keys = await cluster.call_on(address, pack_command("KEYS", "wc:{readings.*"))
+                assert isinstance(keys, list)
+                for raw in keys:
+                    key = bytes(raw).decode()
+                    tag = key[key.index("{") : key.index("}") + 1]
+                    holders.setdefault(tag, set()).add(address)
+                    assert key_slot(key) == key_slot(tag[1:-1])
+        finally:
+            await store.close()
+
+    asyncio.run(main())
+    assert len(holders) == 12  # one tag per partition
+    assert all(len(places) == 1 for places in holders.values())  # each on one primary
+    assert len({p for places in holders.values() for p in places}) > 1  # spread over primaries

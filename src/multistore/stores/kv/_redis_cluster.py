@@ -38,17 +38,15 @@ from multistore._resp import (
     RespConnectionError,
     RespError,
     RespScript,
-    RespTimeoutError,
     pack_command,
 )
-from multistore._resp_cluster import RespCluster, key_slot
+from multistore._resp_cluster import RespCluster, connection_error, key_slot
 from multistore.errors import (
     InvalidValueError,
     MultistoreError,
     Outcome,
     StoreError,
     StoreTimeoutError,
-    StoreUnavailableError,
     UsageError,
 )
 from multistore.stores.kv._api import KeyValueStore, RateLimit, WrongTypeError
@@ -67,24 +65,11 @@ from multistore.stores.kv._checks import (
 from multistore.stores.kv._redis_lua import COMPARE_AND_SET_LUA, RATE_LIMIT_LUA, glob_escape
 from multistore.urls import StoreURL
 
-__all__ = ["RedisClusterKeyValueStore", "RedisClusterScript", "cluster_from_url"]
+__all__ = ["RedisClusterKeyValueStore", "RedisClusterScript"]
 
 _WRITES: Final = frozenset(
     {"SET", "DEL", "PEXPIRE", "INCRBY", "ZADD", "ZINCRBY", "ZREM", "EVALSHA", "EVAL"}
 )
-
-
-def cluster_from_url(url: StoreURL) -> RespCluster:
-    """The cluster client a ``redis+cluster://`` URL describes (no I/O yet)."""
-    timeout = url.float_option("timeout", 5.0)
-    return RespCluster(
-        list(url.hosts),
-        username=url.username or None,
-        password=url.password or None,
-        timeout=timeout,
-        connect_timeout=url.float_option("connect_timeout", timeout),
-        max_connections=url.int_option("pool_max", 10),
-    )
 
 
 def _float(raw: object) -> float:
@@ -110,7 +95,7 @@ class RedisClusterKeyValueStore(KeyValueStore):
 
     @classmethod
     async def open(cls, url: StoreURL) -> Self:
-        cluster = cluster_from_url(url)
+        cluster = RespCluster.from_url(url)
         store = cls(url, cluster)
         try:
             await store._run(None, "connect", cluster.refresh())
@@ -155,14 +140,7 @@ class RedisClusterKeyValueStore(KeyValueStore):
         except RespError as exc:
             raise _mapped(exc.message, op, key, where) from None
         except RespConnectionError as exc:
-            outcome = Outcome.INDETERMINATE if exc.sent else Outcome.DEFINITE
-            if isinstance(exc, RespTimeoutError):
-                raise StoreTimeoutError(
-                    f"Redis Cluster did not answer in time: {where}", outcome=outcome
-                ) from exc
-            raise StoreUnavailableError(
-                f"Redis Cluster unreachable: {where}: {exc}", outcome=outcome
-            ) from exc
+            raise connection_error(exc, where) from exc
 
     async def _cmd(self, key: str, op: str, name: str, k: str, *rest: Arg) -> Any:
         """Command ``name`` on the slot of ``k`` (the prefixed ``key``)."""
