@@ -2,8 +2,9 @@
 
 Session fixtures (one server of each kind per test session, started on first use and
 removed at the end): ``postgres_server``, ``mariadb_server``, ``redis_server``,
-``falkordb_server``, ``influxdb_server``, and ``redis_cluster`` (six Redis servers in
-cluster mode: three primaries with a replica each).
+``falkordb_server``, ``influxdb_server``, ``redis_cluster`` (six Redis servers in
+cluster mode: three primaries with a replica each), ``etcd_cluster`` (three etcd
+members) and ``patroni_cluster`` (three PostgreSQL members under Patroni, on that etcd).
 
 Function fixtures: ``postgres_url`` / ``mariadb_url`` / ``influxdb_url`` (URL of a fresh
 empty database), ``redis_url`` (db 0 after FLUSHALL), ``falkordb_url`` (a unique graph
@@ -25,6 +26,8 @@ from typing import TypeVar
 
 import pytest
 
+from multistore.lab._etcd import EtcdCluster
+from multistore.lab._patroni import PatroniCluster
 from multistore.lab._redis_cluster import RedisClusterServers
 from multistore.lab.proxy import TcpProxy
 from multistore.lab.servers import (
@@ -106,6 +109,44 @@ def redis_cluster() -> Iterator[RedisClusterServers]:
         cluster.start()
     except BinaryNotFoundError as exc:
         _missing(exc)
+        raise
+    try:
+        yield cluster
+    finally:
+        cluster.cleanup()
+
+
+@pytest.fixture(scope="session")
+def etcd_cluster() -> Iterator[EtcdCluster]:
+    cluster = EtcdCluster()
+    try:
+        cluster.start()
+    except BinaryNotFoundError as exc:
+        cluster.cleanup()
+        _missing(exc)
+        raise
+    except BaseException:
+        cluster.cleanup()
+        raise
+    try:
+        yield cluster
+    finally:
+        cluster.cleanup()
+
+
+@pytest.fixture(scope="session")
+def patroni_cluster(etcd_cluster: EtcdCluster) -> Iterator[PatroniCluster]:
+    """Three Patroni members; a test that kills one starts it again and waits with
+    ``wait_streaming()`` before it ends."""
+    cluster = PatroniCluster(etcd=etcd_cluster)
+    try:
+        cluster.start()
+    except BinaryNotFoundError as exc:
+        cluster.cleanup()
+        _missing(exc)
+        raise
+    except BaseException:
+        cluster.cleanup()
         raise
     try:
         yield cluster

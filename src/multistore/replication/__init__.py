@@ -5,6 +5,8 @@
 picked by a :class:`ReadPolicy`; a write returns a :class:`CausalToken` and a read that
 carries it (directly, or through a :class:`Session`) sees that write. It runs over
 PostgreSQL streaming replication or, embedded, over SQLite files fed by log shipping.
+:class:`PatroniRouter` follows a Patroni cluster (``PatroniRouter.open_patroni``):
+Patroni decides failovers, the router adopts the leader it names.
 ``replication_status(router)`` reports each node's role, lag and health.
 
 **Multi-master.** :class:`MultiMasterNode` (a SQLite or PostgreSQL store that logs
@@ -53,6 +55,7 @@ from multistore.replication._multimaster import (
     NodeStatistics,
 )
 from multistore.replication._nodes import Node, Role, RoutedTransaction, is_read
+from multistore.replication._patroni import PatroniRouter, PatroniSource
 from multistore.replication._policies import (
     LeastLagPolicy,
     RandomPolicy,
@@ -116,6 +119,8 @@ __all__ = [
     "MultiMasterNode",
     "Node",
     "NodeStatistics",
+    "PatroniRouter",
+    "PatroniSource",
     "QuorumCluster",
     "QuorumError",
     "QuorumNode",

@@ -1,0 +1,130 @@
+"""The router following Patroni on a real cluster: three PostgreSQL members under
+Patroni with a three-member etcd, all throwaway processes on loopback.
+
+Patroni decides every failover here; the router only adopts the leader Patroni names.
+Waits are bounded and poll conditions.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import time
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+import pytest
+
+from multistore.errors import Outcome, StoreError
+from multistore.lab._patroni import PatroniCluster
+from multistore.replication import CausalToken, FailoverError, PatroniRouter, Role
+from tests.replication.router_helpers import FAST
+
+pytestmark = pytest.mark.server
+
+T = TypeVar("T")
+CONFIG = dataclasses.replace(FAST, probe_interval=0.2, probe_timeout=1.0)
+
+
+async def until_ok(op: Callable[[], Awaitable[T]], what: str, within: float = 90.0) -> T:
+    """``op()`` retried on store errors until it succeeds, within a bound."""
+    deadline = time.monotonic() + within
+    while True:
+        try:
+            return await op()
+        except StoreError as exc:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{what}: still failing after {within:g} s: {exc}") from exc
+        await asyncio.sleep(0.1)
+
+
+async def _open(cluster: PatroniCluster) -> PatroniRouter:
+    return await PatroniRouter.open_patroni(
+        cluster.rest_endpoints(), cluster.url("postgres") + "?connect_timeout=2", config=CONFIG
+    )
+
+
+def test_the_router_starts_on_the_leader_patroni_names(patroni_cluster: PatroniCluster) -> None:
+    async def main() -> None:
+        router = await _open(patroni_cluster)
+        try:
+            leader = patroni_cluster.leader()
+            assert leader is not None
+            assert router.primary.name == leader.member
+            assert sorted(n.name for n in router.nodes) == ["pg0", "pg1", "pg2"]
+            assert not router.config.auto_failover  # Patroni decides
+            await router.execute("CREATE TABLE IF NOT EXISTS t_start (id INT PRIMARY KEY)")
+        finally:
+            await router.close()
+
+    asyncio.run(main())
+
+
+def test_kill_the_leader_patroni_elects_another_and_writes_reach_it(
+    patroni_cluster: PatroniCluster,
+) -> None:
+    old = patroni_cluster.leader()
+    assert old is not None
+
+    async def main() -> None:
+        router = await _open(patroni_cluster)
+        try:
+            await router.execute("CREATE TABLE IF NOT EXISTS t_ha (id INT PRIMARY KEY, v TEXT)")
+            first = await router.execute("INSERT INTO t_ha VALUES (1, 'before')")
+            await router.wait_replayed(first.token, within=30)
+            generation = router.generation
+            old.kill()  # Patroni and its PostgreSQL, SIGKILL
+            with pytest.raises(StoreError) as failed:
+                await router.execute("INSERT INTO t_ha VALUES (2, 'leader down')")
+            assert failed.value.outcome is Outcome.INDETERMINATE or failed.value.definite
+            # Writes go through once Patroni has a new leader and the router adopted it.
+            await until_ok(
+                lambda: router.execute(
+                    "INSERT INTO t_ha VALUES (3, 'after') ON CONFLICT DO NOTHING"
+                ),
+                "a write through the router after the failover",
+            )
+            new = patroni_cluster.leader()
+            assert new is not None and new is not old
+            assert router.primary.name == new.member
+            assert router.node(old.member).role is Role.REPLICA
+            assert router.generation > generation
+            # The token of a write the new leader has still gives read-your-writes.
+            session = router.session(first.token)
+            assert await session.fetch_val("SELECT v FROM t_ha WHERE id = 1") == "before"
+            # A token past the point the new timeline branched off names a write the
+            # new leader may not have: refused, never answered without it.
+            switch = router.switch_points[router.generation]
+            assert first.token.position <= switch
+            lost = CausalToken(generation, switch + 4096)
+            with pytest.raises(FailoverError) as refused:
+                await router.fetch_val("SELECT v FROM t_ha WHERE id = 1", token=lost)
+            assert refused.value.outcome is Outcome.INDETERMINATE
+        finally:
+            await router.close()
+
+    try:
+        asyncio.run(main())
+    finally:
+        old.start()
+        patroni_cluster.wait_streaming()
+
+
+def test_a_switchover_through_the_router(patroni_cluster: PatroniCluster) -> None:
+    async def main() -> None:
+        router = await _open(patroni_cluster)
+        try:
+            before = router.primary.name
+            target = next(n.name for n in router.nodes if n.name != before)
+            assert await router.failover(target) == target
+            leader = patroni_cluster.leader()
+            assert leader is not None and leader.member == target
+            await until_ok(
+                lambda: router.execute("CREATE TABLE IF NOT EXISTS t_sw (id INT)"),
+                "a write after the switchover",
+            )
+        finally:
+            await router.close()
+
+    asyncio.run(main())
+    patroni_cluster.wait_streaming()
