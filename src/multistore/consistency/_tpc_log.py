@@ -139,6 +139,10 @@ class DecisionLog:
     @classmethod
     async def open(cls, url: str | StoreURL) -> Self:
         parsed = parse_url(url)
+        if parsed.scheme == "etcd":  # a replicated log: decisions outlive this machine
+            from multistore.consistency._tpc_etcd import EtcdDecisionLog
+
+            return cast(Self, await EtcdDecisionLog.open_url(parsed))
         if parsed.scheme == "sqlite" and "synchronous" not in parsed.options:
             parsed = dataclasses.replace(parsed, options={**parsed.options, "synchronous": "full"})
         store = cast(RelationalStore, await open_store(parsed, model="relational"))
