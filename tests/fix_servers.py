@@ -4,7 +4,8 @@ Session fixtures (one server of each kind per test session, started on first use
 removed at the end): ``postgres_server``, ``mariadb_server``, ``redis_server``,
 ``falkordb_server``, ``influxdb_server``, ``redis_cluster`` (six Redis servers in
 cluster mode: three primaries with a replica each), ``etcd_cluster`` (three etcd
-members) and ``patroni_cluster`` (three PostgreSQL members under Patroni, on that etcd).
+members), ``patroni_cluster`` (three PostgreSQL members under Patroni, on that etcd)
+and ``nats_cluster`` (three NATS servers with clustered JetStream).
 
 Function fixtures: ``postgres_url`` / ``mariadb_url`` / ``influxdb_url`` (URL of a fresh
 empty database), ``redis_url`` (db 0 after FLUSHALL), ``falkordb_url`` (a unique graph
@@ -27,6 +28,7 @@ from typing import TypeVar
 import pytest
 
 from multistore.lab._etcd import EtcdCluster
+from multistore.lab._nats import NatsCluster
 from multistore.lab._patroni import PatroniCluster
 from multistore.lab._redis_cluster import RedisClusterServers
 from multistore.lab.proxy import TcpProxy
@@ -119,6 +121,24 @@ def redis_cluster() -> Iterator[RedisClusterServers]:
 @pytest.fixture(scope="session")
 def etcd_cluster() -> Iterator[EtcdCluster]:
     cluster = EtcdCluster()
+    try:
+        cluster.start()
+    except BinaryNotFoundError as exc:
+        cluster.cleanup()
+        _missing(exc)
+        raise
+    except BaseException:
+        cluster.cleanup()
+        raise
+    try:
+        yield cluster
+    finally:
+        cluster.cleanup()
+
+
+@pytest.fixture(scope="session")
+def nats_cluster() -> Iterator[NatsCluster]:
+    cluster = NatsCluster()
     try:
         cluster.start()
     except BinaryNotFoundError as exc:
