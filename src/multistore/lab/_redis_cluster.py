@@ -250,7 +250,8 @@ class RedisClusterServers:
 
     def wait_ok(self, timeout: float = START_TIMEOUT) -> None:
         """Until every running node says ``cluster_state:ok`` and knows all
-        ``primaries`` primaries with all slots."""
+        ``primaries`` primaries with all slots, and every running replica has its
+        first copy and a live link to its primary."""
         self._wait(self._all_ok, timeout, "cluster_state:ok on every running node")
 
     def _all_ok(self) -> bool:
@@ -274,6 +275,15 @@ class RedisClusterServers:
                 return False
             if sum("master" in flags for _, _, flags, _, _ in live) != self.primaries_count:
                 return False
+            try:
+                replication = _info(node, "replication")
+            except (OSError, LabError):
+                return False
+            if replication.get("role") == "slave" and (
+                replication.get("master_link_status") != "up"
+                or replication.get("master_sync_in_progress") != "0"
+            ):
+                return False  # a replica still loading its first copy
         return True
 
     def wait_promoted(self, old: RedisServer, timeout: float = START_TIMEOUT) -> RedisServer:
