@@ -30,8 +30,8 @@ async def http_json(
     deadline: float = 2.0,
 ) -> tuple[int, Any]:
     """``method`` ``path`` on ``address`` (``host:port``), ``body`` sent as JSON;
-    (status, the decoded JSON body or None), all within ``deadline`` seconds. Raises
-    :class:`HttpError`."""
+    (status, the decoded JSON body, its text when it is not JSON, or None when
+    empty), all within ``deadline`` seconds. Raises :class:`HttpError`."""
     host, _, port = address.rpartition(":")
     payload = b"" if body is None else json.dumps(body).encode()
     request = (
@@ -60,8 +60,8 @@ async def http_json(
         content = _unchunk(content)
     try:
         return int(status_line[1]), json.loads(content) if content.strip() else None
-    except ValueError:
-        return int(status_line[1]), None
+    except ValueError:  # a plain-text answer (an error's reason): handed over as text
+        return int(status_line[1]), content.decode(errors="replace").strip()
 
 
 def _unchunk(data: bytes) -> bytes:

@@ -447,13 +447,21 @@ class RespPool:
             raise reply
         return reply
 
-    def close(self) -> None:
-        """Close idle connections now and busy ones when their command ends; commands
-        waiting for a connection fail (not sent)."""
+    def close(self, *, now: bool = False) -> None:
+        """Close idle connections now and busy ones when their command ends (``now``:
+        at once too, their commands failing as sent); commands waiting for a
+        connection fail (not sent)."""
         self._closed = True
         idle, self._idle = self._idle, []
         for conn in idle:
             self._drop(conn)
+        if now:
+            for conn in list(self._live):
+                request = conn.request
+                self._live.discard(conn)
+                conn.abort()
+                if request is not None:
+                    self._failed(request, ConnectionAbortedError("the pool was closed"))
         queue = list(self._queue)
         self._queue.clear()
         for request in queue:

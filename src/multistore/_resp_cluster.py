@@ -283,36 +283,52 @@ class RespCluster:
             self._refreshing = None
 
     async def _load(self) -> None:
-        last: BaseException | None = None
+        """Ask every known node for ``CLUSTER SLOTS`` at once and take the first good
+        answer: a node that accepts connections but does not answer (paused, swapping,
+        partitioned after the handshake) must not hold up the others."""
         candidates = list(dict.fromkeys([*self._known, *self.seeds]))
-        for address in candidates:
-            try:
-                reply = await self.pool(address).call(_SLOTS_COMMAND)
-            except (RespConnectionError, RespError) as exc:
-                last = exc
-                continue
-            if not isinstance(reply, list) or not reply:
-                continue
-            table: list[Address | None] = [None] * SLOTS
-            known: list[Address] = []
-            for entry in reply:
-                start, end, primary = entry[0], entry[1], entry[2]
-                host = primary[0].decode() or address[0]
-                owner = (host, int(primary[1]))
-                for node in entry[2:]:
-                    known.append((node[0].decode() or address[0], int(node[1])))
-                for slot in range(int(start), int(end) + 1):
-                    table[slot] = owner
-            self._slots = table
-            self._known = list(dict.fromkeys([*known, *self.seeds]))
-            self._forget_stale_pools()
-            return
+        tasks = {
+            asyncio.ensure_future(self.pool(address).call(_SLOTS_COMMAND)): address
+            for address in candidates
+        }
+        last: BaseException | None = None
+        try:
+            pending = set(tasks)
+            while pending:
+                done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+                for task in done:
+                    try:
+                        reply = task.result()
+                    except (RespConnectionError, RespError) as exc:
+                        last = exc
+                        continue
+                    if isinstance(reply, list) and reply:
+                        self._install(reply, tasks[task])
+                        return
+        finally:
+            for task in tasks:
+                task.cancel()
         if isinstance(last, RespError):
             raise last
         raise RespConnectionError(
             f"no node of the Redis Cluster answered ({len(candidates)} tried): {last}",
             sent=False,
         )
+
+    def _install(self, reply: list[Any], address: Address) -> None:
+        """The slot table from a ``CLUSTER SLOTS`` reply (``address`` answered it)."""
+        table: list[Address | None] = [None] * SLOTS
+        known: list[Address] = []
+        for entry in reply:
+            start, end, primary = entry[0], entry[1], entry[2]
+            owner = (primary[0].decode() or address[0], int(primary[1]))
+            for node in entry[2:]:
+                known.append((node[0].decode() or address[0], int(node[1])))
+            for slot in range(int(start), int(end) + 1):
+                table[slot] = owner
+        self._slots = table
+        self._known = list(dict.fromkeys([*known, *self.seeds]))
+        self._forget_stale_pools()
 
     def _forget_stale_pools(self) -> None:
         live = set(self._known)
@@ -324,5 +340,7 @@ class RespCluster:
         for task in self._tasks:
             task.cancel()
         for pool in self._pools.values():
-            pool.close()
+            # Busy connections too: a cancelled refresh may leave one waiting for a
+            # reply nobody reads, which would outlive the event loop.
+            pool.close(now=True)
         self._pools.clear()

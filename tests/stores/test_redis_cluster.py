@@ -25,7 +25,7 @@ from multistore.stores.widecolumn import ClusteringColumn, TableSchema, WideColu
 pytestmark = pytest.mark.server
 
 #: More than the socket buffers of a loopback link hold (a few MB each way).
-FILLER = 32 * 1024 * 1024
+FILLER = 16 * 1024 * 1024
 
 
 async def _open(url: str) -> KeyValueStore:
@@ -272,3 +272,28 @@ def test_a_wide_column_partition_stays_in_one_slot(
     assert len(holders) == 12  # one tag per partition
     assert all(len(places) == 1 for places in holders.values())  # each on one primary
     assert len({p for places in holders.values() for p in places}) > 1  # spread over primaries
+
+
+def test_a_paused_seed_does_not_hold_up_opening(
+    redis_cluster: RedisClusterServers, redis_cluster_url: str
+) -> None:
+    # A node that accepts connections but answers nothing (SIGSTOP) listed first: the
+    # slot table comes from the others. With a timeout this long, waiting for the
+    # paused node would outlast the test's own limit.
+    paused = redis_cluster.replicas_of(redis_cluster.primaries()[0])[0]
+    others = [n for n in redis_cluster.nodes if n is not paused]
+    hosts = ",".join(f"{n.host}:{n.port}" for n in [paused, *others])
+    paused.pause()
+    try:
+
+        async def main() -> None:
+            store = await _open(f"redis+cluster://{hosts}/?timeout=600")
+            try:
+                await store.set("reachable", "yes")
+                assert await store.get("reachable") == b"yes"
+            finally:
+                await store.close()
+
+        asyncio.run(main())
+    finally:
+        paused.resume()

@@ -53,7 +53,7 @@ ENGINE_FAULTS: Final = {
     "etcd": ("none", "kill"),
 }
 #: Larger than a loopback link's socket buffers (see ``lagging-failover``).
-_FILLER: Final = 32 * 1024 * 1024
+_FILLER: Final = 16 * 1024 * 1024
 
 
 @dataclass(frozen=True)

@@ -289,19 +289,20 @@ class PatroniCluster:
             time.sleep(_POLL)
 
     def wait_streaming(self, timeout: float = START_TIMEOUT) -> None:
-        """Until every running member but the leader is a replica that runs and
-        streams (``GET /replica`` answers 200)."""
+        """Until every running member but the leader is a replica that runs, streams
+        (``GET /replica`` answers 200) and has replayed all the leader wrote (lag 0)."""
         deadline = time.monotonic() + timeout
         leader = self.wait_leader(timeout)
         while True:
-            states = {e.get("name"): e.get("state") for e in self.cluster_view().get("members", [])}
+            view = {e.get("name"): e for e in self.cluster_view().get("members", [])}
             waiting = [
                 m
                 for m in self.members
                 if m.is_running()
                 and m is not leader
                 and (
-                    states.get(m.member) != "running"
+                    view.get(m.member, {}).get("state") != "running"
+                    or view.get(m.member, {}).get("lag") not in (0, "0")
                     or patroni_get(m.rest_address, "/replica")[0] != 200
                 )
             ]

@@ -76,6 +76,16 @@ def _ask(node: RedisServer, *args: str) -> bytes:
     return data[1:].rstrip(b"\r\n")
 
 
+def _serves(ranges: list[str], slot: int) -> bool:
+    for text in ranges:
+        if text.startswith("["):
+            continue  # a slot being migrated
+        low, _, high = text.partition("-")
+        if int(low) <= slot <= int(high or low):
+            return True
+    return False
+
+
 def _nodes_view(node: RedisServer) -> list[tuple[str, int, list[str], str, list[str]]]:
     rows = []
     for line in _ask(node, "CLUSTER", "NODES").decode().splitlines():
@@ -227,23 +237,29 @@ class RedisClusterServers:
         ]
 
     def replicas_of(self, primary: RedisServer) -> list[RedisServer]:
-        rows = self._table()
+        """The nodes that replicate ``primary``, as it sees them itself."""
+        rows = _nodes_view(primary) if primary.is_running() else self._table()
         ids = {port: node_id for node_id, port, _, _, _ in rows}
         target = ids[primary.port]
         return [self.node_at(port) for _, port, _, parent, _ in rows if parent == target]
 
     def primary_for(self, key: bytes | str) -> RedisServer:
-        """The primary that serves ``key``'s slot now."""
+        """The primary that serves ``key``'s slot now: named so by a running node's
+        view and a primary by its own account (a node restarted a moment ago may
+        still hold an old view)."""
         slot = key_slot(key)
-        for _, port, flags, _, ranges in self._table():
-            if "master" not in flags or "fail" in flags:
+        for viewer in self.running():
+            try:
+                view = _nodes_view(viewer)
+            except (OSError, LabError):
                 continue
-            for text in ranges:
-                if text.startswith("["):
-                    continue  # a slot being migrated
-                low, _, high = text.partition("-")
-                if int(low) <= slot <= int(high or low):
-                    return self.node_at(port)
+            for _, port, flags, _, ranges in view:
+                if "master" not in flags or "fail" in flags or not _serves(ranges, slot):
+                    continue
+                node = self.node_at(port)
+                with contextlib.suppress(OSError, LabError):
+                    if node.is_running() and _info(node, "replication").get("role") == "master":
+                        return node
         raise LabError(f"no primary serves slot {slot} now")
 
     # -- waits ----------------------------------------------------------------------
