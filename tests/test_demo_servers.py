@@ -54,8 +54,8 @@ def test_demo_on_servers(
     assert poly["sessions"]["backend"] == "redis"
     assert poly["sessions"]["ttl_seconds"] == 3600
     assert poly["profiles"]["backend"] == "postgresql"
-    names = [d["name"] for d in poly["profiles"]["electronics_under_1000_by_price_desc"]]
-    assert names == ["Laptop", "Phone"]
+    names = [d["name"] for d in poly["profiles"]["premium_users_in_germany_by_orders"]]
+    assert names == ["Carol", "Alice"]
     assert poly["catalog"]["backend"] == "postgresql"
     assert poly["catalog"]["hits"] == ["prod_123"]
     assert poly["orders"]["backend"] == "mariadb"
@@ -75,6 +75,12 @@ def test_demo_on_embedded_stores_gives_the_same_answers(tmp_path: Path) -> None:
     assert poly["sessions"]["backend"] == "sqlite"
     assert poly["catalog"]["hits"] == ["prod_123"]
     assert poly["catalog"]["facets"] == {"electronics": 2, "accessories": 1}
+    # the profiles role holds user profiles, and the demo asks it about users
+    users = poly["profiles"]["premium_users_in_germany_by_orders"]
+    assert [(u["name"], u["address"]["city"]) for u in users] == [
+        ("Carol", "Munich"),
+        ("Alice", "Berlin"),
+    ]
     assert poly["social"]["friends_of_friends_of_alice"] == ["Carol"]
     assert poly["readings"]["sensor_001_after_midnight"] == 31
     assert poly["readings"]["newest"] == "2024-01-15T15:30:00+00:00"

@@ -1,6 +1,7 @@
 """What the README and docs show must run: every ```python block is executed as a
-script in a fresh folder. A block preceded by ``<!-- not-run: reason -->`` is skipped
-on purpose (e.g. it needs a server at a fixed address); the reason is required."""
+script in a fresh folder, and a docs example leaves nothing behind in it. A block
+preceded by ``<!-- not-run: reason -->`` is skipped on purpose (e.g. it needs a server at
+a fixed address); the reason is required."""
 
 from __future__ import annotations
 
@@ -49,3 +50,24 @@ def test_example_runs(where: str, code: str, tmp_path: Path) -> None:
         check=False,
     )
     assert result.returncode == 0, f"{where} failed:\n{result.stderr[-3000:]}"
+    if where.startswith("docs"):
+        # run in a user's working folder, a docs example leaves nothing behind there but
+        # the embedded stores of the config's roles (.multistore/, as the app would)
+        kept = {"example.py", ".multistore"}
+        left = sorted(p.name for p in tmp_path.iterdir() if p.name not in kept)
+        assert left == [], f"{where} left {left} in the working folder"
+
+
+WORDING = re.compile(r"\bthe seed\b|\bseed's\b|\bthe issues?\b|\banchors?\b", re.I)
+"""How the project was made (its seed document, its issues, its benchmark anchors) is
+not what a user reads the docs for."""
+
+
+def test_the_docs_speak_to_users() -> None:
+    found = [
+        f"{path.relative_to(REPO)}:{number}: {line.strip()}"
+        for path in sorted((REPO / "docs").rglob("*.md"))
+        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1)
+        if WORDING.search(line)
+    ]
+    assert found == []

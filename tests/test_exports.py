@@ -24,6 +24,7 @@ PACKAGES = [
     "multistore.core",
     "multistore.consistency",
     "multistore.replication",
+    "multistore.service",
     "multistore.lab.servers",
     "multistore.lab.proxy",
 ]

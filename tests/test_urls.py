@@ -107,6 +107,13 @@ def test_password_hidden_in_error_for_bad_url() -> None:
     assert "s3cret" not in str(info.value)
 
 
+def test_an_unencoded_at_sign_in_a_password_works() -> None:
+    """The last '@' ends the credentials, so an '@' in a password needs no encoding."""
+    url = parse_url("postgresql://app:pa@ss@db.example:5/shop")
+    assert (url.username, url.password, url.host, url.port) == ("app", "pa@ss", "db.example", 5)
+    assert "pa@ss" not in str(url)
+
+
 @pytest.mark.parametrize(
     "text", ["sqlite:////abs/shop.db", "sqlite:///rel/shop.db", "quorum:////abs/cluster?nodes=4"]
 )
@@ -208,3 +215,64 @@ def test_seed_list_overrides() -> None:
         parse_url(base, hosts=[("x", 70000)])
     single = parse_url("redis://h:1/0", host="z", port=2)
     assert single.hosts == (("z", 2),)
+
+
+@pytest.mark.parametrize(
+    ("url", "fragment"),
+    [
+        ("postgress://h/db", "did you mean postgresql://?"),
+        ("mysq://h/db", "did you mean mariadb://?"),
+        ("redis://h/0?timout=3", "did you mean 'timeout'?"),
+        ("postgresql://h/db?sslmod=require", "did you mean 'sslmode'?"),
+    ],
+)
+def test_a_misspelling_names_the_close_match(url: str, fragment: str) -> None:
+    with pytest.raises(InvalidURLError) as info:
+        parse_url(url)
+    assert fragment in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("url", "takes", "not_listed"),
+    [
+        ("redis://h/0?colour=1", {"ssl", "timeout", "pool_max", "prefix"}, {"n", "journal_mode"}),
+        ("sqlite:///a.db?pool_max=3", {"journal_mode", "create"}, {"sslmode", "peers", "ssl"}),
+        ("postgresql://h/db?ssl=true", {"sslmode", "pool_min"}, {"ssl", "create", "vnodes"}),
+    ],
+)
+def test_the_options_listed_are_those_of_the_scheme(
+    url: str, takes: set[str], not_listed: set[str]
+) -> None:
+    with pytest.raises(InvalidURLError) as info:
+        parse_url(url)
+    listed = set(str(info.value).rsplit(" URLs take: ", 1)[1].split(", "))
+    assert takes <= listed
+    assert not (not_listed & listed)
+
+
+def test_rediss_is_redis_over_tls() -> None:
+    url = parse_url("rediss://app:secret@cache.example:6380/2")
+    assert (url.scheme, url.host, url.port, url.database) == ("redis", "cache.example", 6380, "2")
+    assert url.options["ssl"] is True
+    assert parse_url(url.render(hide_password=False)) == url
+    with pytest.raises(InvalidURLError, match="rediss:// means TLS"):
+        parse_url("rediss://h/0?ssl=false")
+
+
+@pytest.mark.server
+def test_rediss_speaks_tls_to_a_real_server(redis_url: str) -> None:
+    """The test server speaks plain RESP: redis:// opens, while rediss:// starts a TLS
+    handshake that the server cannot answer, so opening fails (refused or timed out)."""
+    import asyncio
+
+    from multistore import StoreTimeoutError, StoreUnavailableError, open_store
+
+    async def main() -> None:
+        plain = await open_store(redis_url, model="kv")
+        await plain.close()
+        tls = redis_url.replace("redis://", "rediss://", 1) + "?connect_timeout=2&timeout=2"
+        with pytest.raises((StoreUnavailableError, StoreTimeoutError)):
+            store = await open_store(tls, model="kv")
+            await store.close()
+
+    asyncio.run(main())

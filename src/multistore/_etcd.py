@@ -163,3 +163,8 @@ class EtcdClient:
 
     async def revoke(self, lease: int) -> None:
         await self._call("lease/revoke", {"ID": str(lease)})
+
+    async def time_to_live(self, lease: int) -> int:
+        """The seconds ``lease`` has left (-1 or 0: expired or revoked)."""
+        reply = await self._call("lease/timetolive", {"ID": str(lease)})
+        return int(reply.get("TTL", -1))

@@ -35,7 +35,7 @@ from multistore.errors import ConfigError, MultistoreError
 from multistore.stores import _registry
 from multistore.stores._base import Store
 from multistore.stores._registry import backend_class, models_for_scheme
-from multistore.urls import StoreURL, parse_url
+from multistore.urls import StoreURL, is_usable_path, parse_url
 
 __all__ = [
     "CONFIG_ENV",
@@ -125,10 +125,63 @@ class Config:
     async def open(self, role: str) -> Store:
         """Open the store that serves ``role`` (as the role's data model)."""
         spec = self.role(role)
-        if spec.url.is_file and spec.url.path != ":memory:":
-            Path(spec.url.path).parent.mkdir(parents=True, exist_ok=True)
+        self.make_folder(role)
         cls = backend_class(spec.model, spec.url.scheme)
         return await cls.open(spec.url)
+
+    def make_folder(self, role: str) -> None:
+        """Create the folder that holds ``role``'s files (embedded stores only).
+
+        A folder that cannot be created (a file in the way, no permission) is a
+        :class:`ConfigError` naming the key that chose it: ``multistore.data_dir`` for
+        a role on its default, else ``roles.NAME``."""
+        folder = self._folder(role)
+        if folder is None:
+            return
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            if isinstance(exc, FileExistsError):
+                reason = "a file of that name is in the way"
+            elif isinstance(exc, NotADirectoryError):
+                reason = "part of the path is a file, not a folder"
+            else:
+                reason = exc.strerror or type(exc).__name__
+            raise self._folder_error(role, folder, reason) from None
+
+    def check_folder(self, role: str) -> None:
+        """Raise the :class:`ConfigError` :meth:`make_folder` would, creating nothing:
+        for ``multistore status``, which only looks."""
+        folder = self._folder(role)
+        if folder is None:
+            return
+        existing = folder
+        while not existing.exists() and existing != existing.parent:
+            existing = existing.parent
+        if existing == folder and not folder.is_dir():
+            raise self._folder_error(role, folder, "a file of that name is in the way")
+        if not existing.is_dir():
+            raise self._folder_error(role, folder, "part of the path is a file, not a folder")
+        if existing != folder and not os.access(existing, os.W_OK | os.X_OK):
+            raise self._folder_error(role, folder, f"no permission to create it in {existing}")
+
+    def _folder(self, role: str) -> Path | None:
+        spec = self.role(role)
+        if not spec.url.is_file or spec.url.path == ":memory:":
+            return None
+        return Path(spec.url.path).parent
+
+    def _folder_error(self, role: str, folder: Path, reason: str) -> ConfigError:
+        spec = self.role(role)
+        where = str(self.path) if self.path is not None else "defaults"
+        if spec.is_default:
+            key = f"multistore.data_dir ({self.data_dir})"
+        else:
+            key = f"{spec.source.rpartition(': ')[2]} ({spec.url})"
+        return ConfigError(
+            f"{where}: {key}: cannot create the folder {folder}: {reason}; "
+            "choose a folder that can be created"
+        )
 
 
 def load_config(
@@ -140,21 +193,30 @@ def load_config(
     chosen: Path | None
     if path is not None:
         chosen = Path(path)
-        if not chosen.is_file():
-            raise ConfigError(f"config file {chosen} does not exist; create it or drop --config")
+        _check_file(chosen, "", "drop --config")
     elif environ.get(CONFIG_ENV):
         chosen = Path(environ[CONFIG_ENV])
-        if not chosen.is_file():
-            raise ConfigError(
-                f"config file {chosen} (from ${CONFIG_ENV}) does not exist; "
-                f"create it or unset {CONFIG_ENV}"
-            )
+        _check_file(chosen, f" (from ${CONFIG_ENV})", f"unset {CONFIG_ENV}")
     else:
         candidate = Path.cwd() / DEFAULT_FILE
         chosen = candidate if candidate.is_file() else None
     if chosen is None:
         return _build(None, Path.cwd(), {}, {})
     return _load_file(chosen.resolve())
+
+
+def _check_file(path: Path, origin: str, or_else: str) -> None:
+    """A named config file must be a file: a folder or a missing path is one line."""
+    if path.is_dir():
+        inside = path / DEFAULT_FILE
+        hint = (
+            f"did you mean {inside}?" if inside.is_file() else f"give the path of a {DEFAULT_FILE}"
+        )
+        raise ConfigError(f"config file {path}{origin} is a folder, not a file; {hint}")
+    if not path.is_file():
+        raise ConfigError(
+            f"config file {path}{origin} does not exist; create it (multistore init) or {or_else}"
+        )
 
 
 def _load_file(path: Path) -> Config:
@@ -166,9 +228,11 @@ def _load_file(path: Path) -> Config:
         raise ConfigError(f"{path}: cannot read the config file ({exc})") from None
     for key in data:
         if key not in _TOP_LEVEL_KEYS:
+            close = difflib.get_close_matches(key, sorted(_TOP_LEVEL_KEYS), n=1)
+            hint = f"did you mean [{close[0]}]? " if close else ""
             raise ConfigError(
-                f"{path}: unknown section [{key}]; the file has [roles], [participants] "
-                "and [multistore]"
+                f"{path}: unknown section [{key}]; {hint}the file has [multistore], [roles], "
+                "[participants] and [replication]"
             )
     roles = data.get("roles", {})
     settings = data.get("multistore", {})
@@ -279,6 +343,11 @@ def _build(
     data_dir_value = settings.get("data_dir", DEFAULT_DATA_DIR)
     if not isinstance(data_dir_value, str) or not data_dir_value:
         raise ConfigError(f"{where}: multistore.data_dir must be a non-empty string path")
+    if not is_usable_path(data_dir_value):
+        raise ConfigError(
+            f"{where}: multistore.data_dir holds a NUL character or text this system cannot "
+            "use in a folder name"
+        )
     data_dir = (base / data_dir_value).resolve()
     resolved: dict[str, RoleSpec] = {}
     for role, value in roles.items():

@@ -93,11 +93,13 @@ __all__ = [
 class ErrorCode(enum.IntEnum):
     """Stable error codes. The values are CLI exit codes; never renumber them.
 
-    0 and 1 are left to success and "unexpected failure", 2 to usage errors of
-    the command line itself (as click and typer use it).
+    0 and 1 are left to success and "unexpected failure"; 2 is a usage error of
+    the command line itself (an unknown command or option, a missing argument), as
+    click and typer use it. No exception class carries it.
     """
 
     UNKNOWN = 1
+    COMMAND_LINE = 2
     REPLAYED = 3
     CONFIG = 10
     INVALID_URL = 11

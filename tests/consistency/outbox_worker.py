@@ -3,14 +3,16 @@
     python -m tests.consistency.outbox_worker CONFIG_JSON
 
 CONFIG_JSON: ``{"outbox": url, "inbox": kv url | null, "effects": url, "mode": "write" |
-"relay", "count": n, "worker": id, "lease": s, "idem_lease": s}``.
+"relay", "count": n, "worker": id, "lease": s, "idem_lease": s, "max_attempts": n}``
+(``max_attempts``: of the relay's retry policy, 20 if not given).
 
 - ``write``: create the tables, then write ``count`` products, each with its event
   (aggregates ``p0``, ``p1``, ``p2`` in turn), one transaction each; print the counts.
-- ``relay``: run an :class:`OutboxRelay` until no event is pending (60 s at most); the
-  handler inserts one row per call into ``effects`` (deduplicated by an inbox when
-  ``inbox`` is a URL). Prints one JSON line: the outbox's counts, the events handed
-  to the handler (``handed``) and those the inbox skipped (``skipped``).
+- ``relay``: run an :class:`OutboxRelay` until no event is pending but those held back
+  by a parked event of their aggregate (60 s at most); the handler inserts one row per
+  call into ``effects`` (deduplicated by an inbox when ``inbox`` is a URL). Prints one
+  JSON line: the outbox's counts, the events handed to the handler (``handed``) and
+  those the inbox skipped (``skipped``).
 
 ``OUTBOX_CRASH_AT=<point>:<aggregate>:<seq>`` SIGKILLs the process while that event is
 delivered: ``before_effect`` (handler called, nothing done), ``in_effect`` (the effect
@@ -40,7 +42,11 @@ from multistore.consistency import (
 from multistore.stores import open_store
 from multistore.stores.relational import RelationalStore
 
-RETRY = RetryPolicy(max_attempts=20, initial_delay=0.05, max_delay=0.5, retry_on=(Exception,))
+
+def _retry(max_attempts: int) -> RetryPolicy:
+    return RetryPolicy(
+        max_attempts=max_attempts, initial_delay=0.05, max_delay=0.5, retry_on=(Exception,)
+    )
 
 
 def _crash_if(point: str, event: OutboxEvent) -> None:
@@ -98,15 +104,27 @@ async def relay(config: dict[str, Any]) -> None:
             _crash_if("after_effect", event)
 
         worker = OutboxRelay(
-            outbox, handler, lease=float(config["lease"]), worker_id=config["worker"], retry=RETRY
+            outbox,
+            handler,
+            lease=float(config["lease"]),
+            worker_id=config["worker"],
+            retry=_retry(int(config.get("max_attempts", 20))),
         )
         give_up = time.monotonic() + 60
-        while (counts := await outbox.counts())["pending"]:
+        while await _waiting(outbox):
             if not await worker.run_once():
                 if time.monotonic() > give_up:
-                    raise TimeoutError(f"events still pending: {counts}")
+                    raise TimeoutError(f"events still pending: {await outbox.counts()}")
                 await asyncio.sleep(0.05)
+        counts = await outbox.counts()
         print(json.dumps({**counts, "handed": handed, "skipped": skipped}), flush=True)
+
+
+async def _waiting(outbox: Outbox) -> bool:
+    """Whether an event is pending that no parked event of its aggregate holds back."""
+    blocked = {r.event.aggregate for r in await outbox.parked()}
+    pending = await outbox.events(state="pending", limit=10_000)
+    return any(r.event.aggregate not in blocked for r in pending)
 
 
 if __name__ == "__main__":

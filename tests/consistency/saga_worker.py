@@ -26,12 +26,37 @@ import asyncio
 import json
 import os
 import signal
+import subprocess
 import sys
+from pathlib import Path
 
 from multistore.consistency._saga_engine import SagaEngine
 from multistore.stores import open_store
 from multistore.stores.relational import RelationalStore
 from tests.consistency.saga_shop import Shop, order_input
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def spawn(config: dict[str, object], crash_at: str | None = None, timeout: float = 60) -> int:
+    """Run this worker in a process (SIGKILLed at ``crash_at``, if given) until it
+    ends; its exit code: 0, or -9 when it was killed. Anything else fails the test."""
+    env = dict(os.environ)
+    env.pop("SAGA_CRASH_AT", None)
+    if crash_at is not None:
+        env["SAGA_CRASH_AT"] = crash_at
+    done = subprocess.run(
+        [sys.executable, "-m", "tests.consistency.saga_worker", json.dumps(config)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+    if done.returncode not in (0, -9):
+        raise AssertionError(f"worker failed ({done.returncode}):\n{done.stderr}")
+    return done.returncode
 
 
 def _observer(event: str, saga_id: str, step: str | None) -> None:

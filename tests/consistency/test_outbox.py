@@ -38,6 +38,7 @@ from multistore.consistency._outbox import new_event_id
 from multistore.errors import InvalidValueError, UsageError
 from multistore.stores import open_store
 from multistore.stores.relational import RelationalStore
+from tests.consistency.helpers import wait_for as poll
 
 ROOT = Path(__file__).resolve().parents[2]
 FAST_RETRY = RetryPolicy(
@@ -58,19 +59,9 @@ class Clock:
         self.now += seconds
 
 
-@pytest.fixture(
-    params=[
-        "sqlite",
-        pytest.param("postgresql", marks=pytest.mark.server),
-        pytest.param("mariadb", marks=pytest.mark.server),
-    ]
-)
-def url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'shop.db'}"
-    if request.param == "postgresql":
-        return str(request.getfixturevalue("postgres_url"))
-    return str(request.getfixturevalue("mariadb_url"))
+@pytest.fixture
+def url(relational_url: str) -> str:
+    return relational_url
 
 
 @contextlib.asynccontextmanager
@@ -99,15 +90,6 @@ async def save(store: RelationalStore, outbox: Outbox, aggregate: str, n: int) -
             {"id": f"{aggregate}-{n}", "name": f"product {n}"},
         )
         return await outbox.add(tx, aggregate, "product.upserted", {"id": f"{aggregate}-{n}"})
-
-
-async def poll(check: Callable[[], Awaitable[bool]], what: str, within: float = 30.0) -> None:
-    """Wait until ``check()`` is true, at most ``within`` seconds."""
-    give_up = time.monotonic() + within
-    while not await check():
-        if time.monotonic() > give_up:
-            raise TimeoutError(f"not within {within} s: {what}")
-        await asyncio.sleep(0.02)
 
 
 def in_order_per_aggregate(calls: list[tuple[str, int, bool]]) -> bool:
@@ -358,6 +340,39 @@ def test_a_delivery_cut_off_every_time_is_parked(url: str) -> None:
     asyncio.run(body())
 
 
+def test_a_cancelled_delivery_is_charged_to_the_event_in_the_handler(url: str) -> None:
+    """Cancelled while the handler runs event 2 of a batch: event 1 is delivered,
+    event 2 carries the interrupted attempt (not the claim's head), event 3 is
+    released untouched."""
+
+    async def body() -> None:
+        async with shop(url) as (store, outbox):
+            for n in (1, 2, 3):
+                await save(store, outbox, "p", n)
+            entered = asyncio.Event()
+
+            async def hangs_on_2(event: OutboxEvent) -> None:
+                if event.seq == 2:
+                    entered.set()
+                    await asyncio.Event().wait()
+
+            relay = OutboxRelay(outbox, hangs_on_2)
+            task = asyncio.create_task(relay.run_once())
+            await asyncio.wait_for(entered.wait(), 30)
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            rows = await outbox.events(aggregate="p")
+            assert [(r.event.seq, r.state, r.attempts, r.owner) for r in rows] == [
+                (1, "delivered", 1, None),
+                (2, "pending", 1, None),
+                (3, "pending", 0, None),
+            ]
+            assert rows[1].error is not None and rows[1].error.type == "DeliveryInterrupted"
+
+    asyncio.run(body())
+
+
 @pytest.mark.server
 def test_run_rides_out_a_lost_database(
     postgres_server: Any, postgres_url: str, tcp_proxy: Callable[[str, int], Any]
@@ -594,11 +609,12 @@ def test_inbox_turns_redeliveries_into_one_effect_per_consumer(tmp_path: Path) -
 COUNT = 6  # events p0:1, p1:1, p2:1, p0:2, p1:2, p2:2 (aggregates p0..p2)
 
 
-def _worker(config: dict[str, Any], crash_at: str | None = None) -> dict[str, Any]:
+def _spawn(config: dict[str, Any], crash_at: str | None) -> subprocess.CompletedProcess[str]:
+    """Run ``outbox_worker`` with ``config`` in a process (SIGKILLed at ``crash_at``)."""
     env = {k: v for k, v in os.environ.items() if k != "OUTBOX_CRASH_AT"}
     if crash_at is not None:
         env["OUTBOX_CRASH_AT"] = crash_at
-    done = subprocess.run(
+    return subprocess.run(
         [sys.executable, "-m", "tests.consistency.outbox_worker", json.dumps(config)],
         cwd=ROOT,
         env=env,
@@ -607,6 +623,10 @@ def _worker(config: dict[str, Any], crash_at: str | None = None) -> dict[str, An
         timeout=90,
         check=False,
     )
+
+
+def _worker(config: dict[str, Any], crash_at: str | None = None) -> dict[str, Any]:
+    done = _spawn(config, crash_at)
     if crash_at is not None:
         assert done.returncode == -9, f"expected a SIGKILL at {crash_at}:\n{done.stderr}"
         return {}
@@ -681,3 +701,62 @@ def test_sigkill_during_delivery_then_restart_delivers_everything(
         assert set(counted.values()) == {1}
     else:  # the whole unmarked batch was delivered again
         assert set(counted.values()) <= {1, 2}
+
+
+@pytest.fixture
+def poison_config(relational_url: str, tmp_path: Path) -> dict[str, Any]:
+    return {
+        "outbox": relational_url,
+        "inbox": None,
+        "effects": f"sqlite:///{tmp_path / 'effects.db'}",
+        "count": 9,  # p0:1..3, p1:1..3, p2:1..3
+        "worker": "relay-1",
+        "lease": 1.0,
+        "max_attempts": 3,
+    }
+
+
+def test_sigkill_at_event_3_of_a_batch_charges_and_parks_that_event(
+    poison_config: dict[str, Any],
+) -> None:
+    """The handler kills the relay process on event 3 of aggregate p0 every time, the
+    first time inside a batch that holds p0:1..3. Each restarted relay charges the
+    attempt to p0:3 (not to the claim's head p0:1), p0:3 is the event parked after
+    the policy's 3 attempts, and p0:1 and p0:2 are handed over once more after the
+    first crash, not once per crash."""
+    config = poison_config
+    _worker(dict(config, mode="write"))
+    killed = 0
+    for _ in range(8):
+        run = _spawn(dict(config, mode="relay"), "in_effect:p0:3")
+        if run.returncode == 0:
+            break
+        assert run.returncode == -9, run.stderr
+        killed += 1
+    else:
+        raise AssertionError(f"the relay never got past the poison event ({killed} kills)")
+    result = json.loads(run.stdout.strip().splitlines()[-1])
+    assert (result["pending"], result["parked"], result["delivered"]) == (0, 1, 8)
+    # one kill in the first batch (not charged: nothing says which event ran), then one
+    # per recorded attempt of p0:3
+    assert killed == 4
+
+    async def parked() -> list[tuple[str, int, int, str]]:
+        async with shop(config["outbox"]) as (_store, outbox):
+            return [
+                (r.event.aggregate, r.event.seq, r.attempts, r.error.type if r.error else "")
+                for r in await outbox.events(aggregate="p0")
+            ]
+
+    assert asyncio.run(parked()) == [
+        ("p0", 1, 1, ""),
+        ("p0", 2, 1, ""),
+        ("p0", 3, 3, "DeliveryInterrupted"),
+    ]
+    handed = asyncio.run(_effect_rows(config))
+    assert handed == {
+        "p0:1": 2,
+        "p0:2": 2,
+        "p0:3": 4,
+        **{f"p{a}:{s}": 1 for a in (1, 2) for s in (1, 2, 3)},
+    }

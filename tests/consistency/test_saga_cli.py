@@ -5,6 +5,7 @@ command retries it with the application's saga definitions and it ends compensat
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import textwrap
 from pathlib import Path
@@ -118,3 +119,101 @@ def test_recover_with_a_bad_sagas_spec_names_the_problem(tmp_path: Path) -> None
     result = _run(["-m", "multistore", "recover", "--sagas", "nosuchmodule:X"], tmp_path)
     assert result.returncode == 20
     assert "cannot import 'nosuchmodule'" in result.stderr
+
+
+ENQUEUE_CHANGED = textwrap.dedent(
+    """
+    import asyncio
+
+    from multistore import load_config
+    from multistore.consistency import Saga, SagaEngine, Step, StepContext
+    from opsagas import SAGAS
+
+
+    async def noop(ctx: StepContext) -> None:
+        return None
+
+
+    # the same saga name and version with other steps: runs logged by SAGAS[0] cannot
+    # be resumed by it
+    CHANGED = Saga("order", [Step("charge", noop), Step("ship", noop)])
+
+
+    async def main() -> None:
+        store = await load_config().open("sagas")
+        try:
+            async with SagaEngine(store, SAGAS) as old:
+                await old.enqueue(SAGAS[0], None, saga_id="order-8")
+            async with SagaEngine(store, [CHANGED]) as new:
+                print([r.blocked is not None for r in await new.recover()])
+        finally:
+            await store.close()
+
+
+    asyncio.run(main())
+    """
+)
+
+
+def test_the_sagas_command_reads_as_text_at_80_columns(tmp_path: Path) -> None:
+    (tmp_path / "opsagas.py").write_text(SAGAS_MODULE)
+    (tmp_path / "start.py").write_text(START)
+    (tmp_path / "changed.py").write_text(ENQUEUE_CHANGED)
+    (tmp_path / "payments-down").touch()
+    env = {"PYTHONPATH": str(tmp_path), "COLUMNS": "80"}
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return run_python(["-m", "multistore", *args], cwd=tmp_path, env=env, timeout=120)
+
+    empty = cli("sagas")
+    assert empty.returncode == 0, empty.stderr
+    assert empty.stdout.startswith("no sagas in sqlite:///")
+    assert _run(["start.py"], tmp_path).stdout.strip() == "stuck"
+    changed = _run(["changed.py"], tmp_path)
+    assert changed.stdout.strip() == "[True]", changed.stderr
+
+    listed = cli("sagas")
+    assert listed.returncode == 0, listed.stderr
+    lines = listed.stdout.splitlines()
+    assert all(len(line) <= 80 for line in lines[1:])  # the first names the log's URL
+    stuck = next(line for line in lines if "order-7" in line)
+    assert "order v1" in stuck and "stuck" in stuck
+    # one line per saga: its age, and its error as "Type: message" (cut to fit)
+    assert re.search(r"\b\d+ s ago\b", stuck)
+    assert "StoreUnavailableError: paym" in stuck
+    assert not re.search(r"\d{10}\.\d", listed.stdout)  # no Unix seconds
+    assert '{"type"' not in listed.stdout  # no JSON
+    # the saga that no worker could run says so, and why
+    blocked = next(line for line in lines if "order-8" in line)
+    assert "pending" in blocked and "blocked: ConflictError" in blocked
+
+    data = json.loads(cli("sagas", "--json").stdout)["sagas"]
+    by_id = {s["saga_id"]: s for s in data}
+    assert by_id["order-7"]["error"] == {"type": "RuntimeError", "message": "out of stock"}
+    assert by_id["order-7"]["compensation_error"]["type"] == "StoreUnavailableError"
+
+    shown = cli("sagas", "show", "order-7")
+    assert shown.returncode == 0, shown.stderr
+    assert all(len(line) <= 80 for line in shown.stdout.splitlines())
+    assert '{"type"' not in shown.stdout
+    text = " ".join(shown.stdout.split())
+    assert "order-7 order v1: stuck" in text
+    assert re.search(r"updated: \d{4}-\d\d-\d\d \d\d:\d\d:\d\d \(\d+ s ago\)", text)
+    assert "error: RuntimeError: out of stock" in text
+    assert "reserve failed: RuntimeError: out of stock" in text
+    assert "charge's compensation failed: StoreUnavailableError: payments: connection" in text
+    assert re.search(r"│ charge +│ completed +│ 1 +│ 2 +│ \"ch_1\"", shown.stdout)
+    shown_json = json.loads(cli("sagas", "show", "order-7", "--json").stdout)["saga"]
+    assert [s["output"] for s in shown_json["steps"]] == ["ch_1", None]
+
+    reason = " ".join(cli("sagas", "show", "order-8").stdout.split())
+    assert "order-8 order v1: pending, blocked" in reason
+    assert "cannot run because: ConflictError: saga 'order-8' was logged with steps" in reason
+
+    for args in (("sagas", "show", "order-9"), ("sagas", "--id", "order-9")):
+        missing = cli(*args)
+        assert missing.returncode == 30
+        assert "no saga with id 'order-9' in sqlite:///" in missing.stderr
+    none = cli("sagas", "--state", "completed")
+    assert none.returncode == 0
+    assert none.stdout.startswith("no sagas in state completed in sqlite:///")

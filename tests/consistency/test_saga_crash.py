@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import subprocess
 import sys
 import time
@@ -26,28 +25,13 @@ from multistore.lab.servers import PostgresServer
 from multistore.stores import open_store
 from multistore.stores.relational import RelationalStore
 from tests.consistency.saga_shop import INITIAL_STOCK, Shop, order_input
+from tests.consistency.saga_worker import spawn
 
 ROOT = Path(__file__).resolve().parents[2]
 COUNT = 4  # s0, s2 complete; s1, s3 compensate (no stock of the rare item)
 
 
-def _worker(config: dict[str, Any], crash_at: str | None = None, timeout: float = 60) -> int:
-    env = dict(os.environ)
-    env.pop("SAGA_CRASH_AT", None)
-    if crash_at is not None:
-        env["SAGA_CRASH_AT"] = crash_at
-    done = subprocess.run(
-        [sys.executable, "-m", "tests.consistency.saga_worker", json.dumps(config)],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
-    if done.returncode not in (0, -9):
-        raise AssertionError(f"worker failed ({done.returncode}):\n{done.stderr}")
-    return done.returncode
+_worker = spawn
 
 
 def _sqlite_config(tmp_path: Path, mode: str, worker: str = "w1") -> dict[str, Any]:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections.abc import Callable
-from decimal import Decimal
 from pathlib import Path
 from typing import cast
 
@@ -14,21 +13,25 @@ import pytest
 import redis
 
 from multistore.consistency import (
-    Order,
-    OutOfStockError,
+    NodeBusyError,
     TransactionAbortedError,
     TransactionCoordinator,
     TransactionIndeterminateError,
-    create_shop_tables,
     open_participant,
-    place_order,
     recover_transactions,
-    restock,
 )
 from multistore.core._tpc import TxState, Vote, Xid
 from multistore.errors import MultistoreError
 from multistore.lab.proxy import TcpProxy
 from multistore.lab.servers import MariaDBServer, PostgresServer
+from multistore.service import (
+    OrderLine,
+    OutOfStockError,
+    create_tables,
+    order_input,
+    place_order_atomically,
+    stock_products,
+)
 from multistore.stores import open_store
 from multistore.stores.relational import RelationalStore
 from tests.consistency.bank import (
@@ -39,7 +42,13 @@ from tests.consistency.bank import (
     snapshot,
     transfer,
 )
-from tests.consistency.checks import decision_records, in_doubt, log_records, nothing_in_doubt
+from tests.consistency.checks import (
+    decision_records,
+    expire_lease,
+    in_doubt,
+    log_records,
+    nothing_in_doubt,
+)
 
 pytestmark = pytest.mark.server
 
@@ -308,22 +317,26 @@ def test_seed_order_payment_inventory_transaction(
         async with await TransactionCoordinator.open(
             roles, log=log_url(tmp_path), node="shop"
         ) as coordinator:
-            await create_shop_tables(coordinator)
-            await restock(coordinator, {"product1": 1, "product2": 5})
-            tx = await place_order(
-                coordinator, {"order_id": 123, "amount": 99.99, "items": ["product1", "product2"]}
-            )
+            await create_tables(coordinator)
+            await stock_products(coordinator, {"product1": (4999, 1), "product2": (5000, 5)})
+            lines = [OrderLine("product1", 1, 4999), OrderLine("product2", 1, 5000)]
+            tx = await place_order_atomically(coordinator, order_input("ord_123", "u", lines))
             assert tx.state is TxState.COMMITTED
             with pytest.raises(OutOfStockError):  # product1 is sold out: nothing is written
-                await place_order(
-                    coordinator, Order(124, Decimal("5.00"), ("product2", "product1"))
+                await place_order_atomically(
+                    coordinator,
+                    order_input(
+                        "ord_124",
+                        "u",
+                        [OrderLine("product2", 1, 5000), OrderLine("product1", 1, 4999)],
+                    ),
                 )
         for role, sql, expected in [
-            ("orders", "SELECT id, amount_cents FROM orders", [(123, 9999)]),
-            ("payments", "SELECT order_id, amount_cents FROM payments", [(123, 9999)]),
+            ("orders", "SELECT id, total_cents FROM shop_orders", [("ord_123", 9999)]),
+            ("payments", "SELECT order_id, amount_cents FROM shop_payments", [("ord_123", 9999)]),
             (
                 "inventory",
-                "SELECT sku, stock FROM inventory ORDER BY sku",
+                "SELECT sku, stock FROM shop_stock ORDER BY sku",
                 [("product1", 0), ("product2", 4)],
             ),
         ]:
@@ -341,16 +354,18 @@ def test_seed_order_payment_inventory_transaction(
 def test_recovery_abort_wins_over_a_late_commit_decision(
     last_resource: bool, bank: dict[str, str], tmp_path: Path
 ) -> None:
-    """Recovery run while a coordinator is between prepare and its decision: the abort it
-    logs first makes the coordinator's commit record fail, so the coordinator aborts.
-    With a last resource (pg1) the abort goes into pg1's table, where the last
-    resource's own record then hits the duplicate key."""
+    """Recovery run while a coordinator is between prepare and its decision, after the
+    coordinator's lease ran out (it was paused): the abort recovery logs first makes the
+    coordinator's commit record fail, so the coordinator aborts. With a last resource
+    (pg1) the abort goes into pg1's table, where the last resource's own record then hits
+    the duplicate key."""
     urls = {k: bank[k] for k in ("pg1", "pg2", "lite")}
     prepared = {k: urls[k] for k in (("pg2", "lite") if last_resource else urls)}
     reports: list[dict[str, object]] = []
 
     def on_event(event: str, xid: Xid, name: str) -> None:
         if event == "prepared" and not reports and all(in_doubt(prepared, "late").values()):
+            expire_lease(str(tmp_path / "log.db"), "late")
             box: list[dict[str, object]] = []
             thread = threading.Thread(
                 target=lambda: box.append(
@@ -381,37 +396,41 @@ def test_recovery_abort_wins_over_a_late_commit_decision(
 
 
 def test_coordinator_recovers_its_node_when_it_starts(bank: dict[str, str], tmp_path: Path) -> None:
+    """A starting coordinator recovers its own node, and nodes nobody holds; a node whose
+    coordinator is alive is left to it, and its id cannot be taken twice."""
     urls = {k: bank[k] for k in ("pg1", "maria", "lite", "redis")}
-    crash = {"on": True}
 
     class Crash(BaseException):
-        """The coordinator dies here (raised from an event hook)."""
+        """The coordinator stops here (raised from an event hook)."""
 
     def on_event(event: str, xid: Xid, name: str) -> None:
-        if event == "decided" and crash["on"]:
+        if event == "decided":
             raise Crash  # leaves every branch prepared, with the commit decision logged
 
-    async def crashed() -> None:
-        coordinator = await TransactionCoordinator.open(
-            urls, log=log_url(tmp_path), node="restart", on_event=on_event
+    async def body() -> None:
+        crashed = await TransactionCoordinator.open(
+            urls, log=log_url(tmp_path), node="restart", on_event=on_event, recover_interval=None
         )
         try:
             with pytest.raises(Crash):
-                await transfer(coordinator, 0, list(urls))
+                await transfer(crashed, 0, list(urls))
+            assert all(in_doubt(urls, "restart").values())
+            async with await TransactionCoordinator.open(
+                urls, log=log_url(tmp_path), node="other"
+            ) as other:
+                assert other.last_recovery is not None
+                assert "restart" in other.last_recovery.skipped  # alive: left alone
+            assert all(in_doubt(urls, "restart").values())
+            with pytest.raises(NodeBusyError, match="node 'restart' is held by a live"):
+                await TransactionCoordinator.open(
+                    urls, log=log_url(tmp_path), node="restart", node_wait=0
+                )
         finally:
-            await coordinator.close()
-
-    asyncio.run(crashed())
-    assert all(in_doubt(urls, "restart").values())
-
-    async def restarted() -> None:
-        async with await TransactionCoordinator.open(urls, log=log_url(tmp_path), node="other"):
-            pass  # another node's start leaves "restart"'s branches alone
-        assert all(in_doubt(urls, "restart").values())
+            await crashed.close()  # its lease is free now
         async with await TransactionCoordinator.open(urls, log=log_url(tmp_path), node="restart"):
             pass  # opening it is the recovery of its own branches
 
-    asyncio.run(restarted())
+    asyncio.run(body())
     assert nothing_in_doubt(urls, "restart")
     assert assert_all_or_nothing(asyncio.run(snapshot(urls))) == {"t0"}
 
@@ -467,7 +486,9 @@ def test_redis_branch_is_guarded_by_reads_and_locks(bank: dict[str, str], tmp_pa
             with pytest.raises(Crash):
                 await transfer(coordinator, 0, list(urls))
             coordinator.on_event = None
-            with pytest.raises(TransactionAbortedError, match="locked by ms2pc:guard:"):
+            with pytest.raises(
+                TransactionAbortedError, match=r"locked by ms2pc:guard\.[0-9a-f]{10}:"
+            ):
                 async with coordinator.transaction(list(urls)) as tx:
                     tx["redis"].set("transfer:t0", "other")
                     await tx.sql("lite").execute("UPDATE accounts SET balance = 0")
@@ -576,8 +597,9 @@ def test_branch_rolled_back_by_hand_is_reported_as_a_heuristic_outcome(
         try:
             branch = Xid.parse(gid).for_branch("pg1")
             assert await participant.committed(branch) is True
-            assert await participant.purge_markers(0.0, keep={str(branch)}) == 0
-            assert await participant.purge_markers(0.0, keep=set()) == 1
+            assert await participant.purge_markers(0.0, {str(branch)}, lambda x: True) == 0
+            assert await participant.purge_markers(0.0, set(), lambda x: False) == 0  # not ours
+            assert await participant.purge_markers(0.0, set(), lambda x: True) == 1
             assert await participant.committed(branch) is False
         finally:
             await participant.close()

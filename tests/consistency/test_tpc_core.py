@@ -2,15 +2,23 @@
 
 from __future__ import annotations
 
+import ast
+from pathlib import Path
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+import multistore
+from multistore.consistency import DistributedTransaction
 from multistore.core._tpc import (
+    TRANSITIONS,
     Decision,
     TxState,
+    TxTransitionError,
     Vote,
     Xid,
+    advance,
     decide,
     last_resource,
     needs_decision_log,
@@ -138,3 +146,46 @@ def test_consistency_exports_the_two_phase_commit_api() -> None:
         and getattr(value, "__module__", "").startswith("multistore.consistency._tpc")
     }
     assert public <= set(consistency.__all__)
+
+
+def test_every_state_change_is_checked_against_the_transition_table() -> None:
+    assert set(TRANSITIONS) == set(TxState)
+    for state in TxState:
+        for to in TxState:
+            if to in TRANSITIONS[state]:
+                assert advance(state, to) is to
+            else:
+                with pytest.raises(TxTransitionError, match=f"from {state.value} to {to.value}"):
+                    advance(state, to)
+    finals = {s for s, allowed in TRANSITIONS.items() if not allowed}
+    assert finals == {TxState.COMMITTED, TxState.ABORTED, TxState.IN_DOUBT}
+
+
+def test_a_transaction_refuses_a_state_change_the_table_does_not_allow() -> None:
+    tx = DistributedTransaction(Xid("n", TID), {})
+    tx.state = TxState.PREPARING
+    tx.state = TxState.COMMITTING
+    with pytest.raises(TxTransitionError):
+        tx.state = TxState.ABORTING  # commit was decided: no way back
+    assert tx.state is TxState.COMMITTING
+
+
+def _always_raises(function: ast.AsyncFunctionDef | ast.FunctionDef) -> bool:
+    body = [s for s in function.body if not isinstance(s, ast.Expr)]  # docstrings
+    returns = [n for n in ast.walk(function) if isinstance(n, ast.Return)]
+    return bool(body) and isinstance(body[-1], ast.Raise) and not returns
+
+
+def test_no_function_annotated_none_always_raises() -> None:
+    """A function that always raises says so (``NoReturn``), so the type checker knows
+    the code after a call to it never runs."""
+    root = Path(multistore.__file__).parent
+    modules = [root / "core" / "_tpc.py", *sorted((root / "consistency").glob("_tpc*.py"))]
+    found = []
+    for path in modules:
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                none = isinstance(node.returns, ast.Constant) and node.returns.value is None
+                if none and _always_raises(node):
+                    found.append(f"{path.name}:{node.lineno} {node.name}")
+    assert found == []

@@ -6,24 +6,25 @@ balances unchanged, each transfer in all stores or in none."""
 from __future__ import annotations
 
 import asyncio
-import json
-import signal
-import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from multistore.consistency import recover_transactions
+from multistore.consistency import TransactionCoordinator, recover_transactions
 from multistore.core._tpc import Xid
 from multistore.lab.servers import PostgresServer
-from tests.consistency.bank import assert_all_or_nothing, bank_urls, snapshot
-from tests.consistency.checks import decision_records, in_doubt, log_records, nothing_in_doubt
+from tests.consistency.bank import assert_all_or_nothing, bank_urls, create_bank, snapshot
+from tests.consistency.checks import (
+    decision_records,
+    in_doubt,
+    kill_coordinator,
+    log_records,
+    nothing_in_doubt,
+)
 
 pytestmark = pytest.mark.server
 
-ROOT = Path(__file__).resolve().parents[2]
 PARTICIPANTS = 5
 
 # (decision holder, event, nth occurrence in the crashed transfer, does recovery commit
@@ -92,14 +93,7 @@ def _crash_and_recover(
         "crash_nth": nth,
         "last_resource": bool(holder),
     }
-    proc = subprocess.run(
-        [sys.executable, "-m", "tests.consistency.tpc_crash_script", json.dumps(config)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert proc.returncode == -signal.SIGKILL, proc.stdout + proc.stderr
+    kill_coordinator(config)
 
     left = in_doubt(urls, node)
     if event in ("prepared", "decided"):
@@ -124,3 +118,77 @@ def _crash_and_recover(
     # coordinator still in phase 1 could not log commit after recovery aborted)
     aborted_in_doubt = not commits and any(left.values())
     assert [d for _, d in records()] == (["abort"] if aborted_in_doubt else [])
+
+
+def test_a_killed_coordinators_node_is_taken_over_when_its_lease_runs_out(
+    postgres_server: PostgresServer,
+    postgres_url: str,
+    mariadb_url: str,
+    redis_url: str,
+    tmp_path: Path,
+) -> None:
+    """A coordinator with no node id of its own is SIGKILLed after deciding commit. A new
+    one (its own fresh id) takes the dead node's lease over once it runs out and commits
+    the transfer in the background, with nobody running recover."""
+    urls = bank_urls(postgres_server, postgres_url, mariadb_url, redis_url, tmp_path)
+    log = f"sqlite:///{tmp_path / 'log.db'}"
+    config = {
+        "participants": urls,
+        "log": log,
+        "node": None,
+        "count": 3,
+        "crash_tx": 2,
+        "crash_event": "decided",
+        "crash_nth": 1,
+        "lease_ttl": 1.0,
+    }
+    kill_coordinator(config)
+    left = in_doubt(urls, None)
+    [node] = {Xid.parse(gid).node for gids in left.values() for gid in gids}
+
+    async def take_over() -> None:
+        async with await TransactionCoordinator.open(
+            urls, log=log, lease_ttl=1.0, recover_interval=0.2
+        ) as fresh:
+            assert fresh.node != node
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + 60
+            while not await asyncio.to_thread(nothing_in_doubt, urls, node):
+                if loop.time() > deadline:
+                    raise TimeoutError(f"node {node} was not taken over within 60 s")
+                await asyncio.sleep(0.1)
+
+    asyncio.run(take_over())
+    assert assert_all_or_nothing(asyncio.run(snapshot(urls))) == {"t0", "t1", "t2"}
+    assert log_records(str(tmp_path / "log.db")) == []
+
+
+def test_a_restarted_coordinator_waits_out_its_predecessors_lease_and_recovers(
+    tmp_path: Path,
+) -> None:
+    """SIGKILLed after deciding commit, a coordinator named "restart" is started again
+    with the same node id at once: it waits for the dead process's lease to run out,
+    then takes the node and commits what it left."""
+    urls = {name: f"sqlite:///{tmp_path / name}.db" for name in ("a", "b")}
+    asyncio.run(create_bank(urls))
+    log = f"sqlite:///{tmp_path / 'log.db'}"
+    kill_coordinator(
+        {
+            "participants": urls,
+            "log": log,
+            "node": "restart",
+            "count": 1,
+            "crash_tx": 0,
+            "crash_event": "decided",
+            "crash_nth": 1,
+            "lease_ttl": 2.0,
+        }
+    )
+    assert all(in_doubt(urls, "restart").values())
+
+    async def restart() -> None:
+        async with await TransactionCoordinator.open(urls, log=log, node="restart", lease_ttl=2.0):
+            assert nothing_in_doubt(urls, "restart")  # recovered at open
+
+    asyncio.run(restart())
+    assert assert_all_or_nothing(asyncio.run(snapshot(urls))) == {"t0"}

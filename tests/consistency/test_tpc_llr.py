@@ -220,7 +220,9 @@ def test_a_last_resource_lost_before_its_commit_is_indeterminate_then_rolled_bac
     urls = {k: bank[k] for k in ("pg1", "lite", "redis")}
 
     def on_event(event: str, xid: Xid, name: str) -> None:
-        if event == "prepared" and all(in_doubt({k: urls[k] for k in ("lite", "redis")}, "lost")):
+        if event == "prepared" and all(
+            in_doubt({k: urls[k] for k in ("lite", "redis")}, "lost").values()
+        ):
             postgres_server.stop()  # the last resource's open transaction dies with it
 
     async def body() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 from pathlib import Path
 
@@ -76,6 +77,32 @@ def test_forgotten_records_go_with_the_next_write_or_at_close(log_url: str) -> N
         log = await DecisionLog.open(log_url)
         try:
             assert await log.records() == []
+        finally:
+            await log.close()
+
+    asyncio.run(body())
+
+
+def test_node_leases_run_on_the_log_databases_clock(
+    log_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A lease taken for 30 s, read by a client whose clock is an hour ahead: on
+    PostgreSQL the lease still has its 30 s (the database's clock decides); SQLite has no
+    clock of its own, so there the client's clock decides (one machine, one clock)."""
+
+    async def body() -> None:
+        log = await DecisionLog.open(log_url)
+        try:
+            assert await log.nodes.acquire("n1", "me", 30.0)
+            assert not await log.nodes.acquire("n1", "someone else", 30.0)
+            real = time.time
+            monkeypatch.setattr(time, "time", lambda: real() + 3600)
+            remaining = (await log.nodes.leases())["n1"].remaining
+            if log_url.startswith("postgresql"):
+                assert 0 < remaining <= 30
+                assert not await log.nodes.acquire("n1", "someone else", 30.0)
+            else:
+                assert remaining < 0
         finally:
             await log.close()
 

@@ -1,11 +1,12 @@
 """Run bank transfers through a 2PC coordinator and SIGKILL this process at a protocol point.
 
 Usage: ``python -m tests.consistency.tpc_crash_script CONFIG_JSON`` where the config has
-``participants`` (name -> URL), ``log`` (URL), ``node``, ``count`` (transfers to run),
-``crash_tx`` (index of the transfer to crash in), ``crash_event`` (``preparing``,
-``prepared``, ``decided``, ``committed``), ``crash_nth`` (crash at the n-th such event
-of that transfer) and ``last_resource`` (the coordinator's option). Prints ``done`` when
-it was not killed.
+``participants`` (name -> URL), ``log`` (URL), ``node`` (null: a fresh id), ``count``
+(transfers to run), ``crash_tx`` (index of the transfer to crash in), ``crash_event``
+(``preparing``, ``prepared``, ``decided``, ``committed``), ``crash_nth`` (crash at the
+n-th such event of that transfer), ``last_resource`` and ``lease_ttl`` (the
+coordinator's options; the lease is short by default so that recovery of the killed
+node need not wait long). Prints ``done`` when it was not killed.
 """
 
 from __future__ import annotations
@@ -34,9 +35,10 @@ async def main(config: dict[str, object]) -> None:
     coordinator = await TransactionCoordinator.open(
         participants,
         log=str(config["log"]),
-        node=str(config["node"]),
+        node=config.get("node"),  # type: ignore[arg-type]
         on_event=on_event,
         last_resource=bool(config.get("last_resource", False)),
+        lease_ttl=float(config.get("lease_ttl", 1.0)),  # type: ignore[arg-type]
     )
     try:
         for n in range(int(config["count"])):  # type: ignore[call-overload]

@@ -30,16 +30,29 @@ class Cluster:
         return server.execute(sql, database=self.database)
 
 
-def _wait_connectable(server: PostgresServer, database: str, bound: float = 30.0) -> None:
+def _wait_connectable(
+    server: PostgresServer, database: str, bound: float = 30.0, user: str = "postgres"
+) -> None:
     deadline = time.monotonic() + bound
+    url = server.url(database).replace("postgres@", f"{user}@", 1)
     while True:
         try:
-            with psycopg.connect(server.url(database), connect_timeout=2):
+            with psycopg.connect(url, connect_timeout=2):
                 return
         except psycopg.Error:
             if time.monotonic() > deadline:
                 raise
         time.sleep(0.05)  # polling for the replicated database, bounded above
+
+
+def create_role(cluster: Cluster, name: str, grants: list[str]) -> None:
+    """A login role with ``grants`` (run on the primary, in the cluster's database), once
+    every standby has replayed it."""
+    cluster.sql(cluster.primary, f"CREATE ROLE {name} LOGIN")
+    for grant in grants:
+        cluster.sql(cluster.primary, grant)
+    for standby in cluster.standbys:
+        _wait_connectable(standby, cluster.database, user=name)
 
 
 def start_cluster() -> Iterator[Cluster]:

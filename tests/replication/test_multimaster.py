@@ -21,7 +21,7 @@ from multistore.core import (
     merge_carts,
 )
 from multistore.errors import ConflictError, StoreTimeoutError, UsageError
-from multistore.replication._mm_report import multimaster_demo, multimaster_status
+from multistore.replication._mm_report import multimaster_status
 from multistore.replication._multimaster import MultiMasterNode
 from multistore.replication._replicator import Faults, MemoryTransport, Replicator
 from tests.replication.mm_helpers import ManualClock, assert_converged, open_nodes
@@ -331,21 +331,6 @@ def test_status_shows_what_each_node_has_and_conflicts(tmp_path: Path) -> None:
             assert node_a["backend"] == "sqlite"
 
     asyncio.run(body())
-
-
-def test_demo_reports_lww_merge_and_siblings(tmp_path: Path) -> None:
-    report = asyncio.run(multimaster_demo(tmp_path / "demo"))
-    a_edit = {"items": {"apple": 1, "pear": 2}}
-    b_edit = {"items": {"apple": 3, "milk": 1}}
-    assert all(report[s]["converged"] for s in ("lww", "merge", "siblings", "crdt_cart"))
-    assert report["lww"]["kept"] in ([a_edit], [b_edit])
-    assert len(report["lww"]["lost_versions"]) == 1
-    assert report["merge"]["kept"] == [{"items": {"apple": 3, "milk": 1, "pear": 2}}]
-    assert sorted(report["siblings"]["kept"], key=json.dumps) == sorted(
-        [a_edit, b_edit], key=json.dumps
-    )
-    assert report["crdt_cart"]["kept"] == [{"apple": 3, "milk": 1, "pear": 2}]
-    json.dumps(report)
 
 
 def test_put_and_update_check_the_mode(tmp_path: Path) -> None:

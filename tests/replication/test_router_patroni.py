@@ -17,7 +17,7 @@ import pytest
 
 from multistore.errors import Outcome, StoreError
 from multistore.lab._patroni import PatroniCluster, PatroniMember
-from multistore.replication import CausalToken, FailoverError, PatroniRouter, Role
+from multistore.replication import CausalToken, ForkedTokenError, PatroniRouter, Role
 from tests.replication.router_helpers import FAST
 
 pytestmark = pytest.mark.server
@@ -78,7 +78,7 @@ def test_kill_the_leader_patroni_elects_another_and_writes_reach_it(
             await router.execute("CREATE TABLE IF NOT EXISTS t_ha (id INT PRIMARY KEY, v TEXT)")
             first = await router.execute("INSERT INTO t_ha VALUES (1, 'before')")
             await router.wait_replayed(first.token, within=30)
-            generation = router.generation
+            timeline = router.timeline
             killed.append(old)
             old.kill()  # Patroni and its PostgreSQL, SIGKILL
             with pytest.raises(StoreError) as failed:
@@ -95,18 +95,18 @@ def test_kill_the_leader_patroni_elects_another_and_writes_reach_it(
             assert new is not None and new is not old
             assert router.primary.name == new.member
             assert router.node(old.member).role is Role.REPLICA
-            assert router.generation > generation
+            assert router.timeline > timeline
             # The token of a write the new leader has still gives read-your-writes.
             session = router.session(first.token)
             assert await session.fetch_val("SELECT v FROM t_ha WHERE id = 1") == "before"
             # A token past the point the new timeline branched off names a write the
             # new leader may not have: refused, never answered without it.
-            switch = router.switch_points[router.generation]
-            assert first.token.position <= switch
-            lost = CausalToken(generation, switch + 4096)
-            with pytest.raises(FailoverError) as refused:
+            end = router.history.ends[timeline]
+            assert first.token.timeline == timeline and first.token.position <= end
+            lost = CausalToken(timeline, end + 4096)
+            with pytest.raises(ForkedTokenError) as refused:
                 await router.fetch_val("SELECT v FROM t_ha WHERE id = 1", token=lost)
-            assert refused.value.outcome is Outcome.INDETERMINATE
+            assert refused.value.outcome is Outcome.DEFINITE
         finally:
             await router.close()
 

@@ -5,20 +5,24 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
+import time
 from collections.abc import Iterator
 
 import pytest
 
+from multistore.errors import InvalidValueError, StoreError, StoreUnavailableError
+from multistore.lab.proxy import TcpProxy
 from multistore.replication import (
     CausalToken,
     Health,
+    InvalidTokenError,
     Node,
     ReadPolicy,
     Router,
     RouterConfig,
     replication_status,
 )
-from tests.replication.pg_cluster import Cluster, start_cluster
+from tests.replication.pg_cluster import Cluster, create_role, start_cluster
 from tests.replication.router_helpers import FAST, wait_until
 
 pytestmark = pytest.mark.server
@@ -195,3 +199,103 @@ def test_bounded_staleness_strong_reads_and_status(cluster: Cluster) -> None:
                 cluster.sql(cluster.standbys[1], "SELECT pg_wal_replay_resume()")
 
     asyncio.run(body())
+
+
+def test_forged_tokens_are_refused_and_foreign_ones_checked_with_the_primary(
+    cluster: Cluster,
+) -> None:
+    # A router that never probes by itself: what it knows of the primary comes from
+    # its own writes and from the one probe a token ahead of it triggers.
+    quiet = dataclasses.replace(FAST, probe_interval=600.0, causal_wait=30.0)
+
+    async def body() -> None:
+        async with await _open(cluster, quiet) as router, await _open(cluster) as other:
+            await _table(other, "t_forged")
+            known = router.tracker.latest
+            # a real token from another router, past what this one has seen: accepted
+            written = await other.execute("INSERT INTO t_forged VALUES (1, 'other')")
+            assert written.token.position > known
+            assert await router.fetch_val("SELECT v FROM t_forged", token=written.token) == (
+                "other"
+            )
+            # a position no write reached: refused without polling any standby
+            polls = sum(n.polls for n in router.nodes)
+            forged = CausalToken(1, written.token.position + (1 << 40))
+            with pytest.raises(InvalidTokenError, match="ahead of the primary") as caught:
+                await router.fetch_val("SELECT count(*) FROM t_forged", token=forged)
+            assert caught.value.definite
+            assert sum(n.polls for n in router.nodes) == polls
+            with pytest.raises(InvalidTokenError, match="timeline 2"):
+                await router.fetch_val("SELECT 1", token=f"2:{written.token.position:X}")
+            with pytest.raises(InvalidValueError):
+                await router.fetch_val("SELECT 1", token="\uff11:3000000")
+
+    asyncio.run(body())
+
+
+def test_bounded_staleness_reads_leave_standbys_once_the_primary_stops_answering(
+    cluster: Cluster,
+) -> None:
+    async def body() -> None:
+        with TcpProxy("127.0.0.1", cluster.primary.port) as proxy:
+            via_proxy = f"postgresql://postgres@127.0.0.1:{proxy.port}/{cluster.database}"
+            async with await Router.open(
+                via_proxy + "?connect_timeout=2",
+                [cluster.url(s) for s in cluster.standbys],
+                config=FAST,
+                names=NAMES,
+            ) as router:
+                await _table(router, "t_unanswered")
+                proxy.cut()  # the router loses the primary; the standbys still stream
+                await wait_until(
+                    lambda: (
+                        router.primary_failures
+                        and time.monotonic() - router.primary.probed_at > 0.6
+                    ),
+                    "0.6 s since the last good primary probe",
+                )
+                reads = sum(n.reads for n in router.replicas)
+                with pytest.raises(StoreUnavailableError):  # only the primary could serve it
+                    await router.fetch_val("SELECT count(*) FROM t_unanswered", max_staleness=0.5)
+                assert sum(n.reads for n in router.replicas) == reads
+                assert all(router.staleness_bound(n) > 0.5 for n in router.replicas)
+                # reads without a bound still go to the standbys, which stay in rotation
+                assert await router.fetch_val("SELECT count(*) FROM t_unanswered") == 0
+                assert sum(n.reads for n in router.replicas) == reads + 1
+                proxy.restore()
+                await wait_until(lambda: router.primary_failures == 0, "the primary to answer")
+                assert (
+                    await router.fetch_val("SELECT count(*) FROM t_unanswered", max_staleness=5.0)
+                    == 0
+                )
+                assert sum(n.reads for n in router.replicas) == reads + 2
+
+    asyncio.run(body())
+
+
+def test_failover_does_not_promote_when_a_reachable_primary_cannot_be_fenced(
+    cluster: Cluster,
+) -> None:
+    # The cluster stays as it was: nothing is promoted.
+    create_role(cluster, "app", [])
+
+    async def body() -> None:
+        urls = [cluster.url(s).replace("postgres@", "app@", 1) for s in cluster.servers]
+        config = RouterConfig(probe_interval=0.05, probe_timeout=1.0)
+        async with await Router.open(urls[0], urls[1:], config=config) as router:
+            # without pg_read_all_stats it cannot see the standbys' timeline, and
+            # assumes they follow the primary's
+            assert all(n.timeline is None and n.health.in_rotation for n in router.replicas)
+            with pytest.raises(StoreError, match="could not be fenced"):
+                await router.failover()
+            assert router.primary is router.nodes[0] and router.timeline == 1
+            assert all(
+                cluster.sql(s, "SELECT pg_is_in_recovery()") == [(True,)] for s in cluster.standbys
+            )
+            await router.execute("SELECT 1 FROM pg_sleep(0)")  # still the primary
+
+    asyncio.run(body())
+
+
+def _since(moment: float) -> float:
+    return time.monotonic() - moment

@@ -5,20 +5,31 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
+import math
 import sqlite3
 import threading
+import time
 from pathlib import Path
 
 import pytest
 
-from multistore.errors import Outcome, StoreError, StoreTimeoutError
+from multistore.errors import (
+    InvalidValueError,
+    Outcome,
+    StoreError,
+    StoreTimeoutError,
+    StoreUnavailableError,
+)
 from multistore.replication import (
     CausalToken,
     FailoverError,
+    ForkedTokenError,
     Health,
+    InvalidTokenError,
     LogShipping,
     Role,
     Router,
+    TokenSigner,
     replication_status,
 )
 from multistore.stores.relational._sqlite import SQLiteRelationalStore
@@ -247,10 +258,10 @@ def test_failover_promotes_the_most_advanced_replica_and_fences_the_old_primary(
             assert during.value.outcome is Outcome.INDETERMINATE
             assert await task == "replica1"
 
-            assert router.generation == 2 and old.role is Role.FENCED
+            assert router.timeline == 2 and old.role is Role.FENCED
             session = router.session()
             await session.execute("INSERT INTO items (id, name) VALUES (5, 'after')")
-            assert session.token is not None and session.token.generation == 2
+            assert session.token is not None and session.token.timeline == 2
             assert await session.fetch_val("SELECT name FROM items WHERE id = 5") == "after"
             router.shipper.resume("replica2")  # follows the new primary
             await wait_until(
@@ -291,10 +302,213 @@ def test_automatic_failover(tmp_path: Path) -> None:
             ddl = await router.execute(DDL)
             await _caught_up(router, ddl.token)
             await router.primary.store.close()
-            await wait_until(lambda: router.generation == 2, "the automatic failover")
+            await wait_until(lambda: router.timeline == 2, "the automatic failover")
             await router.execute("INSERT INTO items (id, name) VALUES (1, 'a')")
             status = await replication_status(router)
             roles = {n["name"]: n["role"] for n in status["nodes"]}
             assert roles["primary"] == "fenced" and "primary" in roles.values()
+
+    asyncio.run(body())
+
+
+async def _lose_a_write(router: Router) -> tuple[CausalToken, CausalToken]:
+    """A write every replica has, then one only the primary has, then the primary
+    crashes and replica1 is promoted: (kept token, lost token)."""
+    await router.execute(DDL)
+    kept = await router.execute("INSERT INTO items (id, name) VALUES (1, 'kept')")
+    await _caught_up(router, kept.token)
+    for replica in router.replicas:
+        await router.shipper.pause(replica.name)
+    lost = await router.execute("INSERT INTO items (id, name) VALUES (2, 'lost')")
+    await router.primary.store.close()  # the primary crashes before shipping it
+    assert await router.failover() == "replica1"
+    return kept.token, lost.token
+
+
+def test_a_token_past_the_fork_fails_definitely_after_a_failover(tmp_path: Path) -> None:
+    async def body() -> None:
+        async with await open_embedded(tmp_path) as router:
+            kept, lost = await _lose_a_write(router)
+            assert await router.fetch_val("SELECT name FROM items WHERE id = 1", token=kept)
+            with pytest.raises(ForkedTokenError, match="may have been lost") as caught:
+                await router.fetch_val("SELECT name FROM items WHERE id = 2", token=lost)
+            assert caught.value.definite
+            assert router.timeline == 2 and router.history.ends == {1: kept.position}
+            # New writes on the new timeline reuse the lost write's position...
+            session = router.session()
+            i = 10
+            while session.token is None or session.token.position <= lost.position:
+                await session.execute("INSERT INTO items (id, name) VALUES (:id, 'new')", {"id": i})
+                i += 1
+            # ...and the lost token still fails instead of being satisfied by them.
+            for token in (lost, str(lost)):
+                with pytest.raises(ForkedTokenError):
+                    await router.fetch_val("SELECT count(*) FROM items", token=token)
+            with pytest.raises(ForkedTokenError):
+                await router.session(str(lost)).fetch_val("SELECT count(*) FROM items")
+            with pytest.raises(ForkedTokenError):
+                await router.wait_replayed(lost, within=5)
+            assert await session.fetch_val("SELECT count(*) FROM items") == i - 10 + 1
+
+    asyncio.run(body())
+
+
+def test_the_timeline_comes_from_the_files_and_survives_a_restart(tmp_path: Path) -> None:
+    async def body() -> tuple[CausalToken, CausalToken, CausalToken]:
+        async with await open_embedded(tmp_path) as router:
+            kept, lost = await _lose_a_write(router)
+            router.shipper.resume("replica2")
+            after = await router.execute("INSERT INTO items (id, name) VALUES (3, 'after')")
+            await _caught_up(router, after.token)
+        return kept, lost, after.token
+
+    kept, lost, after = asyncio.run(body())
+
+    async def reopened() -> None:
+        async with await Router.open(
+            f"sqlite:///{tmp_path / 'replica1.db'}",
+            [f"sqlite:///{tmp_path / 'replica2.db'}"],
+            config=FAST,
+        ) as router:
+            assert router.timeline == 2 and after.timeline == 2
+            assert router.replicas[0].timeline == 2  # learnt from the shipped log
+            assert await router.fetch_val("SELECT name FROM items WHERE id = 3", token=after)
+            assert await router.fetch_val("SELECT name FROM items WHERE id = 1", token=kept)
+            with pytest.raises(ForkedTokenError):
+                await router.fetch_val("SELECT name FROM items WHERE id = 2", token=lost)
+
+    asyncio.run(reopened())
+
+
+def test_forged_tokens_are_refused_at_once(tmp_path: Path) -> None:
+    config = dataclasses.replace(FAST, causal_wait=30.0)
+
+    async def body() -> None:
+        async with await open_embedded(tmp_path, config=config) as router:
+            await router.execute(DDL)
+            written = await router.execute("INSERT INTO items (id, name) VALUES (1, 'a')")
+            ahead = CausalToken(written.token.timeline, written.token.position + 1_000_000)
+            with pytest.raises(InvalidTokenError, match="ahead of the primary") as caught:
+                await router.fetch_val("SELECT count(*) FROM items", token=ahead)
+            assert caught.value.definite
+            assert sum(n.polls for n in router.nodes) == 0  # no replica was polled
+            with pytest.raises(InvalidTokenError, match="timeline 7"):
+                await router.fetch_val("SELECT count(*) FROM items", token="7:1")
+            with pytest.raises(InvalidValueError):
+                await router.fetch_val("SELECT count(*) FROM items", token="\uff11:\uff15")
+            assert await router.fetch_val("SELECT name FROM items", token=written.token) == "a"
+
+    asyncio.run(body())
+
+
+def test_signed_tokens(tmp_path: Path) -> None:
+    signer = TokenSigner(b"a secret of 32 bytes, not this!!")
+
+    async def body() -> None:
+        async with await Router.open(
+            f"sqlite:///{tmp_path / 'primary.db'}",
+            [f"sqlite:///{tmp_path / 'replica1.db'}"],
+            config=FAST,
+            shipping=LogShipping(delay=0.2, interval=0.02),
+            signer=signer,
+        ) as router:
+            await router.execute(DDL)
+            session = router.session()
+            await session.execute("INSERT INTO items (id, name) VALUES (1, 'a')")
+            token = session.token
+            assert token is not None and signer.verify(token)
+            header = str(token)
+            assert await router.session(header).fetch_val("SELECT name FROM items") == "a"
+            for bad in (token.unsigned, header[:-1] + ("0" if header[-1] != "0" else "1")):
+                with pytest.raises(InvalidTokenError, match="signature"):
+                    await router.fetch_val("SELECT name FROM items", token=bad)
+
+    asyncio.run(body())
+
+
+def test_bounded_staleness_reads_leave_replicas_once_the_primary_stops_answering(
+    tmp_path: Path,
+) -> None:
+    async def body() -> None:
+        async with await open_embedded(tmp_path) as router:
+            ddl = await router.execute(DDL)
+            await _caught_up(router, ddl.token)
+            await router.primary.store.close()  # no more primary probes
+            await wait_until(
+                lambda: (
+                    router.primary_failures and time.monotonic() - router.primary.probed_at > 0.6
+                ),
+                "0.6 s since the last good primary probe",
+            )
+            reads = sum(n.reads for n in router.replicas)
+            with pytest.raises(StoreUnavailableError):  # only the primary could serve it
+                await router.fetch_val("SELECT count(*) FROM items", max_staleness=0.5)
+            assert sum(n.reads for n in router.replicas) == reads
+            # reads without a bound still go to the replicas, which stay in rotation
+            assert await router.fetch_val("SELECT count(*) FROM items") == 0
+            assert sum(n.reads for n in router.replicas) == reads + 1
+
+    asyncio.run(body())
+
+
+def test_a_replica_whose_lag_is_unknown_serves_no_reads(tmp_path: Path) -> None:
+    async def seed() -> None:
+        async with await open_embedded(tmp_path, replicas=1) as router:
+            await router.execute(DDL)
+            written = await router.execute("INSERT INTO items (id, name) VALUES (1, 'a')")
+            await _caught_up(router, written.token)
+
+    asyncio.run(seed())
+
+    async def body() -> None:
+        # replica2 is a new, empty file that will not get an entry for a minute: it is
+        # behind every sample of the primary the router has, so its lag is unknown.
+        async with await Router.open(
+            f"sqlite:///{tmp_path / 'primary.db'}",
+            [f"sqlite:///{tmp_path / 'replica1.db'}", f"sqlite:///{tmp_path / 'replica2.db'}"],
+            config=FAST,
+            shipping=LogShipping(delay=60.0, interval=0.02),
+        ) as router:
+            r1, r2 = router.replicas
+            opened = r2.probed_at
+            await wait_until(lambda: r2.probed_at > opened + 1.0, "a second of probes")
+            assert not r2.health.in_rotation and router.staleness_bound(r2) == math.inf
+            for _ in range(10):
+                await router.fetch_val("SELECT count(*) FROM items", max_staleness=3600)
+                await router.fetch_val("SELECT count(*) FROM items")
+            assert r2.reads == 0 and r1.reads == 20
+            status = await replication_status(router)
+            by_name = {n["name"]: n for n in status["nodes"]}
+            assert by_name["replica2"]["lag_seconds"] is None
+            assert by_name["replica2"]["staleness_bound"] is None
+
+    asyncio.run(body())
+
+
+def _since(moment: float) -> float:
+    return time.monotonic() - moment
+
+
+def test_a_second_failover_never_reuses_a_timeline(tmp_path: Path) -> None:
+    """A replica promoted before it heard of the current timeline still starts a newer
+    one, forking off the current one: a token of a write it never got fails
+    definitely instead of being satisfied by another write at that position (found by
+    the schedule explorer: the second promotion started a second timeline 2)."""
+
+    async def body() -> None:
+        async with await open_embedded(tmp_path) as router:
+            await router.execute(DDL)
+            kept = await router.execute("INSERT INTO items (id, name) VALUES (1, 'kept')")
+            await _caught_up(router, kept.token)
+            await router.shipper.pause("replica2")  # it will not hear of timeline 2
+            assert await router.failover() == "replica1"
+            written = await router.execute("INSERT INTO items (id, name) VALUES (2, 'on 2')")
+            assert written.token.timeline == 2
+            assert await router.failover() == "replica2"
+            assert router.timeline == 3
+            assert router.history.ends[2] == kept.token.position  # where replica2 stopped
+            with pytest.raises(ForkedTokenError):
+                await router.fetch_val("SELECT name FROM items WHERE id = 2", token=written.token)
+            assert await router.fetch_val("SELECT name FROM items WHERE id = 1", token=kept.token)
 
     asyncio.run(body())

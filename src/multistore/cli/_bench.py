@@ -11,9 +11,10 @@ from pathlib import Path
 from typing import Any, Final
 
 from rich.console import Console
-from rich.table import Table
+from rich.markup import escape
 
-from multistore.errors import BenchmarkError
+from multistore.cli._human import quantity, table
+from multistore.errors import BenchmarkError, MultistoreError
 
 ROW_KEYS: Final = ("name", "metric", "unit", "ours", "anchor", "anchor_name", "speedup")
 _NAME_RE: Final = re.compile(r"^[a-z][a-z0-9_]*$")
@@ -50,16 +51,32 @@ def run_benchmark(name: str, directory: Path | None, *, progress: bool) -> list[
     root = str(folder.parent)
     if root not in sys.path:
         sys.path.insert(0, root)
-    module = importlib.import_module(f"{folder.name}.{name}")
-    runner = getattr(module, "run", None)
-    if runner is None:
-        raise BenchmarkError(f"benchmarks/{name}.py has no run() function")
-    if progress:
-        console = Console(stderr=True)
-        with console.status(f"running benchmark {name} (ours and the anchor, alternating)…"):
+    try:
+        module = importlib.import_module(f"{folder.name}.{name}")
+        runner = getattr(module, "run", None)
+        if runner is None:
+            raise BenchmarkError(f"benchmarks/{name}.py has no run() function")
+        if progress:
+            console = Console(stderr=True)
+            with console.status(
+                f"running benchmark {name} (multistore and its baseline, in turn)…"
+            ):
+                rows = asyncio.run(runner())
+        else:
             rows = asyncio.run(runner())
-    else:
-        rows = asyncio.run(runner())
+    except ModuleNotFoundError as exc:
+        pip = f"{Path(sys.executable).as_posix()} -m pip install"
+        raise BenchmarkError(
+            f"benchmark {name} needs the module {exc.name}, which is not installed; the "
+            f"benchmarks need the server drivers and their baselines: {pip} "
+            "'multistore[all,bench]' (and the database servers: make test installs them)"
+        ) from None
+    except MultistoreError:
+        raise
+    except Exception as exc:  # the benchmark's own code failed: report it as the benchmark's
+        raise BenchmarkError(f"benchmark {name} failed: {type(exc).__name__}: {exc}") from exc
+    if not isinstance(rows, list | tuple):
+        raise BenchmarkError(f"benchmark {name}: run() returned {type(rows).__name__}, not rows")
     return [_check_row(name, row) for row in rows]
 
 
@@ -75,20 +92,18 @@ def _check_row(name: str, row: Any) -> dict[str, Any]:
 
 
 def print_rows(name: str, rows: list[dict[str, Any]]) -> None:
-    table = Table(title=f"benchmark: {name} (speedup > 1 means multistore is better)")
-    for column in ("case", "metric", "ours", "anchor", "anchor name", "speedup"):
-        table.add_column(
-            column, justify="right" if column in ("ours", "anchor", "speedup") else "left"
-        )
+    shown = table("case", "metric", ">multistore", ">baseline", "baseline is", ">speedup")
     for row in rows:
         speed = row["speedup"]
         style = "green" if speed >= 1 else ("yellow" if speed >= 1 / 1.15 else "red")
-        table.add_row(
-            row["name"],
-            f"{row['metric']} ({row['unit']})",
-            f"{row['ours']:g}",
-            f"{row['anchor']:g}",
-            row["anchor_name"],
+        shown.add_row(
+            escape(row["name"]),
+            escape(row["metric"]),
+            quantity(row["ours"], row["unit"]),
+            quantity(row["anchor"], row["unit"]),
+            escape(row["anchor_name"]),
             f"[{style}]{speed:.2f}×[/]",
         )
-    Console().print(table)
+    console = Console()
+    console.print(f"[bold]benchmark: {escape(name)}[/] (speedup above 1: multistore is better)")
+    console.print(shown)

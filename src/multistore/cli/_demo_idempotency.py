@@ -14,9 +14,8 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-from rich.table import Table
-
 from multistore.cli._demo import SectionReport
+from multistore.cli._human import table
 from multistore.config import Config
 from multistore.consistency import Idempotency, IdempotencyPolicy
 from multistore.errors import IdempotencyKeyReusedError
@@ -91,19 +90,17 @@ async def idempotency_section(config: Config) -> SectionReport:
     finally:
         await store.close()
 
-    table = Table(title=f"POST /payments with Idempotency-Key: {KEY}")
-    for column in ("request", "amount", "outcome", "answer", "charges"):
-        table.add_column(column, overflow="fold")
+    shown = table("request", ">amount", "outcome", "answer", ">charges")
     for row in rows:
         if "error" in row:
             err = row["error"]
             outcome = f"[red]refused[/] {err['http_status']}"
-            answer = f"{err['error']} (code {err['code']})"
+            answer = f"key reused with another payload (error {err['code']})"
         else:
             outcome = "[green]executed[/]" if row["outcome"] == "executed" else "[cyan]replayed[/]"
             res = row["result"]
             answer = f"{res['payment_id']} {res['status']} {res['amount_cents'] / 100:.2f}"
-        table.add_row(
+        shown.add_row(
             row["request"],
             f"{row['amount_cents'] / 100:.2f}",
             outcome,
@@ -112,8 +109,18 @@ async def idempotency_section(config: Config) -> SectionReport:
         )
     state = record.state if record else "missing"
     times = "once" if len(charges) == 1 else f"{len(charges)} times"
-    table.caption = f"the card was charged {times}; the key's record: {state}"
-    report.tables.append(table)
+    report.add(
+        shown,
+        f"POST /payments with Idempotency-Key: {KEY}",
+        f"The card was charged {times}; the key's record is {state}. A client that timed "
+        "out cannot know whether the payment went through, so it sends the request again "
+        "with the same key: it gets the stored answer back instead of a second charge. "
+        "The same key with another amount is a client bug, refused with HTTP 422.",
+    )
+    report.proved = (
+        f"a payment sent three times with one key charged the card {times}; the key "
+        "reused for another amount was refused"
+    )
     report.data.update(
         {
             "backend": config.role("idempotency").url.scheme,

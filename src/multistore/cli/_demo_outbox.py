@@ -16,9 +16,8 @@ import contextlib
 import time
 from typing import Any, cast
 
-from rich.table import Table
-
 from multistore.cli._demo import SectionReport
+from multistore.cli._human import table
 from multistore.config import Config
 from multistore.consistency import (
     Idempotency,
@@ -49,8 +48,8 @@ class PriceCheckError(Exception):
 
 
 async def _reset(store: RelationalStore, search: SearchStore) -> Outbox:
-    for table in (TABLE, OUTBOX, f"{OUTBOX}_seq"):
-        await store.execute(f"DROP TABLE IF EXISTS {table}")
+    for name in (TABLE, OUTBOX, f"{OUTBOX}_seq"):
+        await store.execute(f"DROP TABLE IF EXISTS {name}")
     await store.execute(
         f"CREATE TABLE {TABLE} (id VARCHAR(16) PRIMARY KEY, name VARCHAR(200) NOT NULL, "
         "category VARCHAR(50) NOT NULL, price DOUBLE PRECISION NOT NULL)"
@@ -126,19 +125,26 @@ async def outbox_section(config: Config) -> SectionReport:
         for opened in (store, search, inbox_store):
             await opened.close()
 
-    table = Table(title="catalog (system of record) → outbox → relay → search index")
-    for column in ("product", "event", "indexed price"):
-        table.add_column(column)
+    shown = table("product", ">event", ">indexed price")
     for item in indexed:
-        table.add_row(item["aggregate"], f"#{item['seq']}", f"{item['price']:.2f}")
+        shown.add_row(item["aggregate"], f"#{item['seq']}", f"{item['price']:.2f}")
     hits = ", ".join(f"{h.id} {h.doc['price']:.2f}" for h in found.hits)
     redelivered = "ran again" if again else "skipped by the inbox"
-    table.caption = (
-        f"rolled back with its row: the price-0 save of p2; the first attempt failed "
-        f"({failures[0]}) and was retried; p1 #1 handed over again: {redelivered}; "
-        f"search 'laptop' by price: {hits}"
+    report.add(
+        shown,
+        "catalog (system of record) → outbox → relay → search index",
+        "Each save writes the product row and its event in one transaction, so the index "
+        "never misses a save nor sees one that rolled back. What happened:\n"
+        "• the price-0 save of p2 was rolled back with its row: no event, nothing indexed;\n"
+        f"• the relay's first delivery ({failures[0]}) failed and was retried after a "
+        "short backoff;\n"
+        f"• event p1 #1, handed over a second time (as after a relay crash): {redelivered};\n"
+        f"• search 'laptop' by price now finds: {hits}.",
     )
-    report.tables.append(table)
+    report.proved = (
+        "the search index followed the catalog through the outbox: a rolled-back save "
+        f"sent nothing, a failed delivery was retried, a redelivery was {redelivered}"
+    )
     report.data.update(
         {
             "backends": {

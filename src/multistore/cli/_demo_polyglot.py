@@ -1,6 +1,7 @@
-"""Demo section "polyglot persistence": the seed's e-commerce layout, one store per role.
+"""Demo section "polyglot persistence": an online shop's data, one store per role.
 
-sessions → key-value, profiles → document, catalog → search, orders → relational,
+sessions → key-value, profiles (user profiles of varying shape) → document,
+catalog → search, orders → relational,
 social → graph, metrics → time series, IoT readings → wide-column. Every part uses
 only the public store interfaces, so it runs unchanged when ``multistore.toml``
 points the roles at servers. Each part first clears what an earlier run left, so
@@ -15,16 +16,16 @@ from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from rich.table import Table
-
+from multistore.cli._human import duration, table
 from multistore.config import Config
+from multistore.service import READINGS
 from multistore.stores.document import DocumentStore
 from multistore.stores.graph import GraphStore
 from multistore.stores.kv import KeyValueStore
 from multistore.stores.relational import Migration, RelationalStore
 from multistore.stores.search import FieldType, SearchSchema, SearchStore
 from multistore.stores.timeseries import Point, TimeSeriesStore
-from multistore.stores.widecolumn import ClusteringColumn, TableSchema, WideColumnStore
+from multistore.stores.widecolumn import WideColumnStore
 
 # A fixed "now" keeps the report the same from run to run.
 NOW = datetime(2024, 1, 15, 11, 0, tzinfo=UTC)
@@ -60,39 +61,46 @@ async def _sessions(store: KeyValueStore) -> dict[str, Any]:
     }
 
 
-PRODUCTS: list[dict[str, Any]] = [
+PROFILES: list[dict[str, Any]] = [
     {
-        "_id": "prod_123",
-        "name": "Laptop",
-        "category": "electronics",
-        "price": 999.99,
-        "specs": {"cpu": "Intel i7", "ram": "16GB", "storage": "512GB SSD"},
-        "reviews": [{"user": "alice", "rating": 5, "comment": "Great!"}],
+        "_id": "user_1",
+        "name": "Alice",
+        "roles": ["user", "premium"],
+        "address": {"city": "Berlin", "country": "DE"},
+        "preferences": {"newsletter": True, "language": "de"},
+        "orders_placed": 12,
     },
     {
-        "_id": "prod_456",
-        "name": "T-Shirt",
-        "category": "clothing",
-        "price": 19.99,
-        "sizes": ["S", "M", "L", "XL"],
-        "color": "blue",
+        "_id": "user_2",
+        "name": "Bob",
+        "roles": ["user"],
+        "address": {"city": "Paris", "country": "FR"},
+        "orders_placed": 3,
     },
-    {"_id": "prod_789", "name": "Phone", "category": "electronics", "price": 649.0},
-    {"_id": "prod_790", "name": "Gaming Laptop", "category": "electronics", "price": 1899.0},
+    {
+        "_id": "user_3",
+        "name": "Carol",
+        "roles": ["user", "premium"],
+        "address": {"city": "Munich", "country": "DE"},
+        "phone": "+49 89 1234",
+        "orders_placed": 27,
+    },
+    {"_id": "user_4", "name": "Dan", "roles": ["user", "premium"], "orders_placed": 5},
 ]
+"""User profiles of varying shape: some have an address, a phone or preferences."""
 
 
 async def _profiles(store: DocumentStore) -> dict[str, Any]:
-    if "products" in await store.collections():
-        await store.drop_collection("products")
-    await store.insert_many("products", [dict(p) for p in PRODUCTS])
+    if "users" in await store.collections():
+        await store.drop_collection("users")
+    await store.insert_many("users", [dict(p) for p in PROFILES])
     found = await store.find(
-        "products",
-        {"category": "electronics", "price": {"$lt": 1000}},
-        sort=[("price", -1)],
-        projection=["name", "price"],
+        "users",
+        {"roles": "premium", "address.country": "DE"},
+        sort=[("orders_placed", -1)],
+        projection=["name", "address.city", "orders_placed"],
     )
-    return {"electronics_under_1000_by_price_desc": found}
+    return {"premium_users_in_germany_by_orders": found}
 
 
 async def _catalog(store: SearchStore) -> dict[str, Any]:
@@ -259,19 +267,6 @@ async def _metrics(store: TimeSeriesStore) -> dict[str, Any]:
     }
 
 
-READINGS = TableSchema(
-    "sensor_readings",
-    partition_key=("sensor_id",),
-    clustering=(ClusteringColumn("timestamp", "desc"),),
-    columns={
-        "sensor_id": "text",
-        "timestamp": "timestamp",
-        "temperature": "float",
-        "humidity": "float",
-    },
-)
-
-
 async def _readings(store: WideColumnStore) -> dict[str, Any]:
     await store.drop_table("sensor_readings", if_exists=True)
     await store.create_table(READINGS)
@@ -313,7 +308,7 @@ PARTS: list[tuple[str, str, type, Callable[[Any], Awaitable[dict[str, Any]]], st
         "document",
         DocumentStore,
         _profiles,
-        "catalog query: electronics under 1000, price desc",
+        "premium users in Germany, most orders first (profiles of varying shape)",
     ),
     ("catalog", "search", SearchStore, _catalog, "full-text 'laptop' with filters and facets"),
     (
@@ -335,12 +330,15 @@ def _summary(role: str, r: dict[str, Any]) -> str:
         board = ", ".join(f"{m} {s:g}" for m, s in r["leaderboard"])
         limits = " ".join("allowed" if a else "refused" for a in r["rate_limit_allowed"])
         return (
-            f"session:abc123 -> {r['session']['username']} {r['session']['roles']}, "
-            f"ttl {r['ttl_seconds']} s\nleaderboard: {board}\nrate limit 3/min: {limits}"
+            f"session:abc123 → {r['session']['username']} "
+            f"({', '.join(r['session']['roles'])}), expires in {duration(r['ttl_seconds'])}"
+            f"\nleaderboard: {board}\nrate limit 3/min: {limits}"
         )
     if role == "profiles":
-        found = r["electronics_under_1000_by_price_desc"]
-        return "\n".join(f"{d['name']}: {d['price']}" for d in found)
+        found = r["premium_users_in_germany_by_orders"]
+        return "\n".join(
+            f"{d['name']} ({d['address']['city']}): {d['orders_placed']} orders" for d in found
+        )
     if role == "catalog":
         facets = ", ".join(f"{k} {v}" for k, v in sorted(r["facets"].items()))
         return f"hits: {', '.join(r['hits'])}\nfacets for 'laptop': {facets}"
@@ -359,9 +357,10 @@ def _summary(role: str, r: dict[str, Any]) -> str:
         shown = ", ".join(f"{t} {v}" for t, v in windows[:4])
         return f"{r['points_written']} points; {len(windows)} windows: {shown}, …"
     if role == "readings":
+        newest = (r["newest"] or "-").replace("T", " ").replace("+00:00", " UTC")
         return (
             f"{r['rows_written']} rows in 2 partitions; sensor_001 after midnight: "
-            f"{r['sensor_001_after_midnight']} rows, newest {r['newest']}"
+            f"{r['sensor_001_after_midnight']} rows, newest {newest}"
         )
     return json.dumps(r, default=str)
 
@@ -370,14 +369,21 @@ async def polyglot_section(config: Config) -> Any:
     """Polyglot persistence: each kind of data in the store that fits it."""
     from multistore.cli._demo import SectionReport
 
-    report = SectionReport("polyglot persistence: the seed's e-commerce layout")
-    table = Table(title="what each store returned", show_lines=True)
-    for column in ("role", "model", "backend", "asked", "answer"):
-        table.add_column(column, overflow="fold")
+    report = SectionReport("polyglot persistence: each kind of data in the store that fits it")
+    shown = table("role", "store", "asked", "answer", lines=True)
     for role, model, kind, body, asked in PARTS:
         result = await _with(config, role, kind, body)
         backend = config.role(role).url.scheme
         report.data[role] = {"backend": backend, **result}
-        table.add_row(role, model, backend, asked, _summary(role, result))
-    report.tables.append(table)
+        shown.add_row(role, f"{model}\n({backend})", asked, _summary(role, result))
+    report.add(
+        shown,
+        "what each role's store answered",
+        "Each question is one the shop asks every day, sent to the kind of store built "
+        "for it: a session with a TTL to key-value, profiles of different shapes to "
+        "documents, full-text search with facets to a search index, a JOIN to SQL, "
+        "friends of friends to a graph, windowed means to time series, a sensor's "
+        "newest readings to a wide-column partition.",
+    )
+    report.proved = "seven questions, each answered by the data model built for it"
     return report

@@ -17,9 +17,8 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
-from rich.table import Table
-
 from multistore.cli._demo import SectionReport
+from multistore.cli._human import duration, table
 from multistore.config import Config
 from multistore.replication import LogShipping, Router, RouterConfig, replication_status
 
@@ -107,7 +106,7 @@ async def router_section(config: Config) -> SectionReport:
             {
                 "step": f"read cart 1 with token {written.token}",
                 "served_by": node,
-                "answer": f"{fresh!r} after {waited * 1000:.0f} ms",
+                "answer": f"{fresh!r} after {duration(waited)}",
                 "value": fresh,
                 "sees_write": fresh == "book,pen",
             }
@@ -119,7 +118,7 @@ async def router_section(config: Config) -> SectionReport:
             {
                 "step": "a session writes 'book,pen,lamp',\nthen reads cart 1",
                 "served_by": node,
-                "answer": f"{mine!r} after {waited * 1000:.0f} ms",
+                "answer": f"{mine!r} after {duration(waited)}",
                 "value": mine,
                 "sees_write": mine == "book,pen,lamp",
             }
@@ -149,28 +148,48 @@ async def router_section(config: Config) -> SectionReport:
         )
         status = await replication_status(router, refresh=False)
 
-    table = Table(title="carts on a primary and two log-shipping replicas", show_lines=True)
-    for column in ("step", "served by", "answer"):
-        table.add_column(column, overflow="fold")
+    shown = table("step", "served by", "answer", lines=True)
     for s in steps:
         answer = s["answer"]
         if s.get("stale"):
             answer = f"[red]{answer}: stale[/]"
         elif s.get("sees_write"):
             answer = f"[green]{answer}[/]"
-        table.add_row(s["step"], s["served_by"], answer)
-    nodes = Table(title="nodes after the failover")
-    for column in ("node", "role", "health", "position", "reads", "writes"):
-        nodes.add_column(column)
+        shown.add_row(s["step"], s["served_by"], answer)
+    nodes = table("node", "role", "health", ">log position", ">reads", ">writes")
     for n in status["nodes"]:
         nodes.add_row(
             n["name"], n["role"], n["health"], str(n["position"]), str(n["reads"]), str(n["writes"])
         )
-    nodes.caption = (
-        "a replica that follows a new primary rejoins the read rotation once it has "
-        "stayed caught up for readmit_after"
+    report.add(
+        shown,
+        "carts on a primary and two log-shipping replicas",
+        "A write returns a token: its position in the primary's log. A read that carries "
+        "the token waits for a replica that has replayed that far (or falls back to the "
+        "primary), so a user always sees their own writes; a session carries its latest "
+        "token for you.",
     )
-    report.tables.extend([table, nodes])
+    lagging = [n["name"] for n in status["nodes"] if n["health"] == "lagging"]
+    report.add(
+        nodes,
+        "nodes after the failover",
+        "The old primary is fenced: it takes no more writes. "
+        + (
+            f"{', '.join(lagging)} shows as lagging because it only just started to follow "
+            "the new primary; a replica rejoins the read rotation after it has stayed caught "
+            "up for a while (RouterConfig.readmit_after)."
+            if lagging
+            else "Every replica follows the new primary."
+        ),
+    )
+    missed = "missed" if steps[2]["stale"] else "happened to see"
+    saw = steps[3]["sees_write"] and steps[4]["sees_write"]
+    report.proved = (
+        f"reads spread over the replicas; a read without a token {missed} the write just "
+        "made, the same read with its token (or in a session) "
+        + ("saw it" if saw else "[red]did not see it[/]")
+        + f"; after the failover writes went to {steps[5]['written_on']}, the new primary"
+    )
     report.data.update(
         {
             "read_spread": spread,

@@ -1,9 +1,10 @@
-"""Demo section "sagas": the seed's order saga across three databases.
+"""Demo section "sagas": the shop's order saga across three databases.
 
-create order (orders db) → charge payment (payments db) → reserve inventory
-(inventory db), each step a local transaction with a compensation. The three
-databases are SQLite files in ``<data dir>/demo-sagas`` (cleared at the start); the
-execution log is the ``sagas`` role's store. Order 1001 goes through; order 1002
+The shop's order saga (the one ``multistore serve`` runs): create order (orders db) →
+charge payment (payments db) → reserve stock (inventory db) → confirm order, each
+step a local transaction with a compensation. The three databases are SQLite files
+in ``<data dir>/demo-sagas`` (cleared at the start); the execution log is the
+``sagas`` role's store. Order 1001 goes through; order 1002
 asks for a lamp that is out of stock, so the saga refunds the payment and cancels
 the order. Saga ids carry a per-run suffix because the log keeps every run and a
 saga id is idempotent (starting it again returns the first run).
@@ -15,108 +16,21 @@ import asyncio
 import shutil
 import uuid
 from pathlib import Path
-from typing import Any, cast
-
-from rich.table import Table
+from typing import Any
 
 from multistore.cli._demo import SectionReport
+from multistore.cli._human import table
 from multistore.config import Config
-from multistore.consistency import Saga, SagaEngine, Step, StepContext
+from multistore.consistency import SagaEngine
+from multistore.service import OrderLine, create_tables, order_input, order_saga
 from multistore.stores import open_store
 from multistore.stores.relational import RelationalStore
 
-STOCK = {"book": 5, "lamp": 0}
-ORDERS = [
-    {"order_id": 1001, "sku": "book", "qty": 2, "amount_cents": 4998},
-    {"order_id": 1002, "sku": "lamp", "qty": 1, "amount_cents": 3500},
+STOCK = {"book": (2499, 5), "lamp": (3500, 0)}  # sku -> (price in cents, stock)
+ORDERS: list[dict[str, Any]] = [
+    {"order_id": 1001, "sku": "book", "qty": 2},
+    {"order_id": 1002, "sku": "lamp", "qty": 1},
 ]
-
-SCHEMAS = {
-    "orders": "CREATE TABLE orders (order_id INTEGER PRIMARY KEY, sku TEXT NOT NULL, "
-    "qty INTEGER NOT NULL, status TEXT NOT NULL)",
-    "payments": "CREATE TABLE payments (order_id INTEGER PRIMARY KEY, "
-    "amount_cents INTEGER NOT NULL, status TEXT NOT NULL)",
-    "inventory": "CREATE TABLE inventory (sku TEXT PRIMARY KEY, stock INTEGER NOT NULL);\n"
-    "CREATE TABLE reservations (order_id INTEGER PRIMARY KEY, sku TEXT NOT NULL, "
-    "qty INTEGER NOT NULL)",
-}
-
-
-class OutOfStockError(Exception):
-    """Not enough stock: a business error, so the saga compensates at once."""
-
-
-def _order(ctx: StepContext) -> dict[str, Any]:
-    """The saga input: one of :data:`ORDERS`, as the log replays it."""
-    return cast(dict[str, Any], ctx.input)
-
-
-def order_saga(dbs: dict[str, RelationalStore]) -> Saga:
-    """The seed's saga; every effect is idempotent by order id, so a step run again
-    after a crash finds its own row instead of acting twice."""
-    orders, payments, inventory = dbs["orders"], dbs["payments"], dbs["inventory"]
-
-    async def create_order(ctx: StepContext) -> dict[str, Any]:
-        order = _order(ctx)
-        await orders.execute(
-            "INSERT INTO orders (order_id, sku, qty, status) "
-            "VALUES (:order_id, :sku, :qty, 'created') ON CONFLICT DO NOTHING",
-            {k: order[k] for k in ("order_id", "sku", "qty")},
-        )
-        return {"order_id": order["order_id"]}
-
-    async def cancel_order(ctx: StepContext) -> None:
-        await orders.execute(
-            "UPDATE orders SET status = 'cancelled' WHERE order_id = :id",
-            {"id": _order(ctx)["order_id"]},
-        )
-
-    async def charge_payment(ctx: StepContext) -> dict[str, Any]:
-        order = _order(ctx)
-        await payments.execute(
-            "INSERT INTO payments (order_id, amount_cents, status) "
-            "VALUES (:order_id, :amount_cents, 'charged') ON CONFLICT DO NOTHING",
-            {"order_id": order["order_id"], "amount_cents": order["amount_cents"]},
-        )
-        return {"charged_cents": order["amount_cents"]}
-
-    async def refund_payment(ctx: StepContext) -> None:
-        await payments.execute(
-            "UPDATE payments SET status = 'refunded' WHERE order_id = :id",
-            {"id": _order(ctx)["order_id"]},
-        )
-
-    async def reserve_inventory(ctx: StepContext) -> dict[str, Any]:
-        order = _order(ctx)
-        async with inventory.transaction() as tx:
-            if await tx.fetch_one(
-                "SELECT 1 FROM reservations WHERE order_id = :id", {"id": order["order_id"]}
-            ):
-                return {"reserved": order["qty"]}
-            taken = await tx.execute(
-                "UPDATE inventory SET stock = stock - :qty WHERE sku = :sku AND stock >= :qty",
-                {"sku": order["sku"], "qty": order["qty"]},
-            )
-            if not taken:
-                left = await tx.fetch_val(
-                    "SELECT stock FROM inventory WHERE sku = :sku", {"sku": order["sku"]}
-                )
-                raise OutOfStockError(f"{left} {order['sku']} left, the order wants {order['qty']}")
-            await tx.execute(
-                "INSERT INTO reservations (order_id, sku, qty) VALUES (:id, :sku, :qty)",
-                {"id": order["order_id"], "sku": order["sku"], "qty": order["qty"]},
-            )
-        return {"reserved": order["qty"]}
-
-    return Saga(
-        "demo_order",
-        [
-            Step("create_order", create_order, compensate=cancel_order, timeout=5.0),
-            Step("charge_payment", charge_payment, compensate=refund_payment, timeout=5.0),
-            Step("reserve_inventory", reserve_inventory, timeout=5.0),
-        ],
-        timeout=30.0,
-    )
 
 
 async def _open_databases(folder: Path) -> dict[str, RelationalStore]:
@@ -124,15 +38,21 @@ async def _open_databases(folder: Path) -> dict[str, RelationalStore]:
     await asyncio.to_thread(folder.mkdir, parents=True)
     dbs: dict[str, RelationalStore] = {}
     try:
-        for name, ddl in SCHEMAS.items():
+        for name in ("orders", "payments", "inventory"):
             store = await open_store(f"sqlite:///{folder / name}.db", model="relational")
             assert isinstance(store, RelationalStore)
             dbs[name] = store
-            await store.execute_script(ddl)
-        await dbs["inventory"].executemany(
-            "INSERT INTO inventory (sku, stock) VALUES (:sku, :stock)",
-            [{"sku": sku, "stock": n} for sku, n in STOCK.items()],
-        )
+        await create_tables(dbs)
+        for sku, (price, stock) in STOCK.items():
+            await dbs["inventory"].execute(
+                "INSERT INTO shop_products (sku, name, description, category, price_cents, "
+                "updated_at) VALUES (:sku, :sku, '', 'demo', :price, 0)",
+                {"sku": sku, "price": price},
+            )
+            await dbs["inventory"].execute(
+                "INSERT INTO shop_stock (sku, stock) VALUES (:sku, :stock)",
+                {"sku": sku, "stock": stock},
+            )
     except BaseException:
         for store in dbs.values():
             await store.close()
@@ -142,10 +62,11 @@ async def _open_databases(folder: Path) -> dict[str, RelationalStore]:
 
 async def _holdings(dbs: dict[str, RelationalStore]) -> dict[str, list[dict[str, Any]]]:
     queries = {
-        "orders": "SELECT order_id, sku, qty, status FROM orders ORDER BY order_id",
-        "payments": "SELECT order_id, amount_cents, status FROM payments ORDER BY order_id",
-        "inventory": "SELECT sku, stock FROM inventory ORDER BY sku",
-        "reservations": "SELECT order_id, sku, qty FROM reservations ORDER BY order_id",
+        "orders": "SELECT o.id AS order_id, i.sku AS sku, i.qty AS qty, o.status AS status "
+        "FROM shop_orders o JOIN shop_order_items i ON i.order_id = o.id ORDER BY o.id",
+        "payments": "SELECT order_id, amount_cents, status FROM shop_payments ORDER BY order_id",
+        "inventory": "SELECT sku, stock FROM shop_stock ORDER BY sku",
+        "reservations": "SELECT order_id, sku, qty FROM shop_reservations ORDER BY order_id",
     }
     held: dict[str, list[dict[str, Any]]] = {}
     for name, sql in queries.items():
@@ -182,7 +103,10 @@ async def sagas_section(config: Config) -> SectionReport:
         async with log, SagaEngine(log, [saga]) as engine:
             for order in ORDERS:
                 saga_id = f"order-{order['order_id']}-{run}"
-                result = await engine.start(saga, order, saga_id=saga_id)
+                price = STOCK[order["sku"]][0]
+                line = OrderLine(order["sku"], order["qty"], price)
+                shop_order = order_input(str(order["order_id"]), "demo-user", [line])
+                result = await engine.start(saga, shop_order, saga_id=saga_id)
                 shown = await engine.show(saga_id)
                 sagas.append(
                     {
@@ -198,27 +122,37 @@ async def sagas_section(config: Config) -> SectionReport:
         for store in dbs.values():
             await store.close()
 
-    runs = Table(title="two orders, two sagas (log: the sagas role)", show_lines=True)
-    for column in ("order", "asks for", "saga state", "steps (in order)", "why"):
-        runs.add_column(column, overflow="fold")
+    runs = table("order", "asks for", "saga state", "steps (in order)", "why", lines=True)
     for s in sagas:
         order = s["order"]
         colour = "green" if s["state"] == "completed" else "yellow"
         runs.add_row(
             str(order["order_id"]),
-            f"{order['qty']} × {order['sku']}\n{order['amount_cents'] / 100:.2f}",
+            f"{order['qty']} × {order['sku']}\n{order['qty'] * STOCK[order['sku']][0] / 100:.2f}",
             f"[{colour}]{s['state']}[/]",
             "\n".join(f"{st['name']}: {st['state']}" for st in s["steps"]),
             s["error"] or "",
         )
-    rows = Table(title=f"what each database holds afterwards ({folder.name}/)", show_lines=True)
-    rows.add_column("database")
-    rows.add_column("table")
-    rows.add_column("rows", overflow="fold")
+    rows = table("database", "table", "rows", lines=True)
     for name, table_rows in held.items():
         db = "inventory" if name == "reservations" else name
         rows.add_row(f"{db}.db", name, _rows_text(name, table_rows))
-    report.tables.extend([runs, rows])
+    report.add(
+        runs,
+        "two orders, two sagas (their log: the sagas role)",
+        "Each step is a local transaction in its own database, with a compensation that "
+        "undoes it. Order 1002 cannot reserve its stock (the lamp is sold out), so the saga "
+        "undoes the steps that ran, newest first: the payment is refunded, the order "
+        "cancelled. The log records every step, so a crashed worker's sagas resume where "
+        "they stopped.",
+    )
+    report.add(rows, f"what each database holds afterwards ({folder.name}/)")
+    done = {s["order"]["order_id"]: s["state"] for s in sagas}
+    report.proved = (
+        f"order 1001 {done.get(1001)} across three databases; order 1002 could not "
+        f"reserve its stock and was {done.get(1002)}: refunded and cancelled, nothing "
+        "left half done"
+    )
     report.data.update(
         {"log_backend": config.role("sagas").url.scheme, "sagas": sagas, "databases": held}
     )

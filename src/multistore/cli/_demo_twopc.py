@@ -1,7 +1,8 @@
-"""Demo section "two-phase commit": the seed's order across three databases, and a
+"""Demo section "two-phase commit": the shop's order across three databases, and a
 coordinator crash that recovery finishes.
 
-The orders, payments and inventory databases are SQLite files in
+The shop's orders, payments and inventory databases (the same tables and the same
+transaction as ``multistore serve`` with ``"mode": "2pc"``) are SQLite files in
 ``<data dir>/demo-2pc`` (cleared at the start); the decision log is the
 ``transactions`` role's store. Order 123 commits normally. For order 124 the
 coordinator "crashes" right after its commit decision reached the log (the
@@ -17,33 +18,31 @@ from __future__ import annotations
 import asyncio
 import shutil
 import uuid
-from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-from rich.table import Table
-
 from multistore.cli._demo import SectionReport
+from multistore.cli._human import table
 from multistore.config import Config
-from multistore.consistency import (
-    Order,
-    TransactionCoordinator,
-    create_shop_tables,
-    open_participant,
-    place_order,
-    recover_transactions,
-    restock,
-)
+from multistore.consistency import TransactionCoordinator, open_participant, recover_transactions
 from multistore.core import Xid
+from multistore.service import (
+    OrderLine,
+    create_tables,
+    order_input,
+    place_order_atomically,
+    stock_products,
+)
 from multistore.stores import open_store
 from multistore.stores.relational import RelationalStore
 
 PARTICIPANTS = ("orders", "payments", "inventory")
 QUERIES = {
-    "orders": "SELECT id, amount_cents, items FROM orders ORDER BY id",
-    "payments": "SELECT order_id, amount_cents FROM payments ORDER BY order_id",
-    "inventory": "SELECT sku, stock FROM inventory ORDER BY sku",
+    "orders": "SELECT id, total_cents FROM shop_orders ORDER BY id",
+    "payments": "SELECT order_id, amount_cents FROM shop_payments ORDER BY order_id",
+    "inventory": "SELECT sku, stock FROM shop_stock ORDER BY sku",
 }
+PRICES = {"product1": 4999, "product2": 5000}
 
 
 class CoordinatorCrash(BaseException):
@@ -75,7 +74,7 @@ async def _rows(urls: dict[str, str]) -> dict[str, list[dict[str, Any]]]:
 
 def _rows_text(name: str, rows: list[dict[str, Any]]) -> str:
     if name == "orders":
-        text = [f"{r['id']}: {r['amount_cents'] / 100:.2f} [{r['items']}]" for r in rows]
+        text = [f"{r['id']}: {r['total_cents'] / 100:.2f}" for r in rows]
     elif name == "payments":
         text = [f"{r['order_id']}: {r['amount_cents'] / 100:.2f}" for r in rows]
     else:
@@ -106,17 +105,21 @@ async def twopc_section(config: Config) -> SectionReport:
 
     coordinator = await TransactionCoordinator.open(urls, log=log, node=node, on_event=on_event)
     try:
-        await create_shop_tables(coordinator)
-        await restock(coordinator, {"product1": 5, "product2": 5})
-        committed = await place_order(
-            coordinator, Order(123, Decimal("99.99"), ("product1", "product2"))
+        await create_tables(coordinator)
+        await stock_products(coordinator, {sku: (price, 5) for sku, price in PRICES.items()})
+        lines = [OrderLine(sku, 1, price) for sku, price in PRICES.items()]
+        committed = await place_order_atomically(
+            coordinator, order_input("ord_123", "alice", lines)
         )
         first_votes = {k: v.value if v else None for k, v in committed.votes.items()}
-        first = {"order_id": 123, "state": committed.state.value, "votes": first_votes}
+        first = {"order_id": "ord_123", "state": committed.state.value, "votes": first_votes}
         crash["armed"] = True
         crashed = False
         try:
-            await place_order(coordinator, Order(124, Decimal("5.00"), ("product1",)))
+            await place_order_atomically(
+                coordinator,
+                order_input("ord_124", "alice", [OrderLine("product1", 1, PRICES["product1"])]),
+            )
         except CoordinatorCrash:
             crashed = True
         if not crashed:  # pragma: no cover - the event hook is broken
@@ -130,9 +133,7 @@ async def twopc_section(config: Config) -> SectionReport:
     after = await _in_doubt(urls)
     rows_after = await _rows(urls)
 
-    steps = Table(title="the protocol, step by step", show_lines=True)
-    for column in ("step", "what happened"):
-        steps.add_column(column, overflow="fold")
+    steps = table("step", "what happened", lines=True)
     votes = ", ".join(f"{k} {v}" for k, v in first_votes.items())
     steps.add_row(
         "order 123", f"prepare: {votes}\ncommit decision logged → [green]{first['state']}[/]"
@@ -150,23 +151,35 @@ async def twopc_section(config: Config) -> SectionReport:
         "recovery",
         f"commit record found → committed {len(recovery['committed'])} branches, "
         f"rolled back {len(recovery['rolled_back'])}\n"
-        f"resolved: {recovery['resolved']}; "
-        f"in doubt now: {sum(len(bs) for bs in after.values())} branches",
+        + ("every branch resolved" if recovery["resolved"] else "[red]some branches unresolved[/]")
+        + f"; in doubt now: {sum(len(bs) for bs in after.values())} branches",
     )
-    rows = Table(title=f"rows in each database ({folder.name}/)", show_lines=True)
-    for column in ("database", "before recovery", "after recovery"):
-        rows.add_column(column, overflow="fold")
+    rows = table("database", "before recovery", "after recovery", lines=True)
     for name in PARTICIPANTS:
         rows.add_row(
             f"{name}.db", _rows_text(name, rows_before[name]), _rows_text(name, rows_after[name])
         )
-    report.tables.extend([steps, rows])
+    report.add(
+        steps,
+        "the protocol, step by step",
+        "Phase 1 asks every database to prepare (make the change durable, hold its locks, "
+        "promise to commit); phase 2 commits once the decision is in the log. A branch "
+        "left prepared by a crash is in doubt: only the decision log can say how it ends, "
+        "and recovery (multistore recover) finishes it.",
+    )
+    report.add(rows, f"rows in each database ({folder.name}/)")
+    branches = len(recovery["committed"])
+    report.proved = (
+        "order 123 committed in three databases at once; a coordinator crash after its "
+        f"commit decision left order 124 in doubt, and recovery committed all {branches} "
+        "branches from the decision log"
+    )
     report.data.update(
         {
             "log_backend": log.scheme,
             "node": node,
             "committed_order": first,
-            "crash": {"order_id": 124, "at": "decided", "crashed": crashed},
+            "crash": {"order_id": "ord_124", "at": "decided", "crashed": crashed},
             "in_doubt_before_recovery": before,
             "recovery": recovery,
             "in_doubt_after_recovery": after,

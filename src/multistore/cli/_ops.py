@@ -1,127 +1,48 @@
-"""Operator commands: ``multistore sagas`` and ``multistore recover``."""
+"""Operator command ``multistore recover`` (``multistore sagas`` is in ``_sagas``)."""
 
 from __future__ import annotations
 
-import importlib
-import sys
+import asyncio
 from pathlib import Path
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
+from multistore.cli._sagas import load_saga_definitions, saga_store
 from multistore.config import load_config
-from multistore.consistency import Saga, SagaEngine, SagaLog, list_sagas, show_saga
+from multistore.consistency import Saga, SagaEngine, SagaLog, list_sagas
 from multistore.core import SagaState
-from multistore.errors import NotFoundError, UsageError
+from multistore.errors import InvalidURLError, UsageError
 from multistore.stores.relational import RelationalStore
+from multistore.urls import StoreURL, parse_url, redact_url
 
 
-async def _saga_store(config_path: Path | None) -> RelationalStore:
-    config = load_config(config_path)
-    store = await config.open("sagas")
-    assert isinstance(store, RelationalStore)
-    return store
-
-
-async def run_sagas(
-    config_path: Path | None, *, state: str | None, saga_id: str | None, limit: int, quiet: bool
-) -> dict[str, Any]:
-    """List sagas (optionally by state) or show one saga with its step history."""
-    if state is not None and state not in {s.value for s in SagaState}:
-        known = ", ".join(s.value for s in SagaState)
-        raise UsageError(f"unknown saga state {state!r}; states are: {known}")
-    store = await _saga_store(config_path)
-    try:
-        await SagaLog(store).setup()
-        if saga_id is not None:
-            saga = await show_saga(store, saga_id)
-            if saga is None:
-                raise NotFoundError(f"no saga with id {saga_id!r} in {store.url}")
-            if not quiet:
-                _print_saga(saga)
-            return {"saga": saga}
-        sagas = await list_sagas(store, state=state, limit=limit)
-        if not quiet:
-            table = Table(title=f"sagas in {store.url}" + (f" (state {state})" if state else ""))
-            for column in ("saga_id", "name", "state", "error", "updated_at"):
-                table.add_column(column, overflow="fold")
-            for saga in sagas:
-                table.add_row(
-                    str(saga["saga_id"]),
-                    str(saga["name"]),
-                    str(saga["state"]),
-                    str(saga.get("error") or ""),
-                    str(saga.get("updated_at") or ""),
-                )
-            Console().print(table)
-        return {"sagas": sagas}
-    finally:
-        await store.close()
-
-
-def _print_saga(saga: dict[str, Any]) -> None:
-    console = Console()
-    console.print(f"[bold]{saga['saga_id']}[/] {saga['name']}: {saga['state']}")
-    table = Table()
-    for column in ("step", "state", "attempts", "output", "error"):
-        table.add_column(column, overflow="fold")
-    for step in saga.get("steps", []):
-        table.add_row(
-            str(step.get("name", step.get("step", ""))),
-            str(step.get("state", "")),
-            str(step.get("attempts", "")),
-            str(step.get("output", "")),
-            str(step.get("error") or ""),
-        )
-    console.print(table)
-
-
-def _parse_participants(items: list[str]) -> dict[str, str]:
-    parsed: dict[str, str] = {}
+def _parse_participants(items: list[str]) -> dict[str, StoreURL]:
+    parsed: dict[str, StoreURL] = {}
     for item in items:
         name, sep, url = item.partition("=")
-        if not sep or not name or not url:
-            raise UsageError(f"--participant takes NAME=URL, got {item!r}")
-        parsed[name] = url
+        if not sep or not name.strip() or not url:
+            raise UsageError(f"--participant takes NAME=URL, got {redact_url(item)!r}")
+        try:
+            parsed[name] = parse_url(url)
+        except InvalidURLError as exc:
+            raise InvalidURLError(f"--participant {name!r}: {exc}") from None
     return parsed
-
-
-def load_saga_definitions(spec: str) -> list[Saga]:
-    """Import ``module:attribute`` naming a Saga, a sequence of Sagas, or a function
-    returning either (the operator's way to hand the CLI the saga code)."""
-    module_name, sep, attribute = spec.partition(":")
-    if not sep or not module_name or not attribute:
-        raise UsageError(f"--sagas takes MODULE:ATTRIBUTE, got {spec!r}")
-    if str(Path.cwd()) not in sys.path:
-        sys.path.insert(0, str(Path.cwd()))
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise UsageError(f"--sagas: cannot import {module_name!r}: {exc}") from None
-    try:
-        found: Any = getattr(module, attribute)
-    except AttributeError:
-        raise UsageError(f"--sagas: {module_name} has no attribute {attribute!r}") from None
-    if callable(found) and not isinstance(found, Saga):
-        found = found()
-    sagas = [found] if isinstance(found, Saga) else list(found)
-    if not sagas or not all(isinstance(s, Saga) for s in sagas):
-        raise UsageError(f"--sagas: {spec} is not a Saga or a sequence of Sagas")
-    return sagas
 
 
 async def _retry_stuck(
     store: RelationalStore, definitions: list[Saga], stuck: list[dict[str, Any]]
 ) -> list[dict[str, Any]]:
     engine = SagaEngine(store, definitions)
-    known = {saga.name for saga in definitions}
+    known = {(saga.name, saga.version) for saga in definitions}
     results: list[dict[str, Any]] = []
     try:
         await engine.setup()
         for row in stuck:
             saga_id, name = str(row["saga_id"]), str(row["name"])
-            if name not in known:
+            if (name, str(row["version"])) not in known:
                 results.append({"saga_id": saga_id, "name": name, "skipped": "no definition"})
                 continue
             result = await engine.retry_stuck(saga_id)
@@ -142,54 +63,126 @@ async def run_recover(
     retry_for: float,
     quiet: bool,
     sagas: str | None = None,
+    log: str | None = None,
+    node: str | None = None,
 ) -> dict[str, Any]:
-    """Resolve in-doubt two-phase-commit branches; list stuck sagas, and retry them
-    when the saga definitions are given (``--sagas module:attribute``)."""
+    """Resolve in-doubt two-phase-commit branches with the decision log (``--log``, else
+    the ``transactions`` role); list stuck sagas, and retry them when the saga
+    definitions are given (``--sagas module:attribute``). Opens only what that needs:
+    no log when there is no participant, no saga log that does not exist yet."""
     definitions = load_saga_definitions(sagas) if sagas is not None else None
     from multistore.consistency import recover_transactions
 
     config = load_config(config_path)
     named: dict[str, Any] = dict(config.participants)
     named.update(_parse_participants(participants))
-    log = config.role("transactions").url
-    if log.is_file:
-        Path(log.path).parent.mkdir(parents=True, exist_ok=True)
+    log_url = parse_url(log) if log is not None else config.role("transactions").url
     twopc: dict[str, Any]
     if named:
-        twopc = await recover_transactions(named, log, retry_for=retry_for)
+        twopc = await recover_transactions(named, log_url, node=node, retry_for=retry_for)
     else:
-        twopc = {"resolved": True, "note": "no participants configured ([participants])"}
-    store = await _saga_store(config_path)
-    try:
-        await SagaLog(store).setup()
-        stuck = await list_sagas(store, state=SagaState.STUCK.value)
-        retried = await _retry_stuck(store, definitions, stuck) if definitions else []
-    finally:
-        await store.close()
+        twopc = {
+            "checked": [],
+            "resolved": True,
+            "note": "nothing was checked: no two-phase-commit participants are configured "
+            "([participants] in multistore.toml, or -p NAME=URL)",
+        }
+    saga_role = config.role("sagas")
+    stuck: list[dict[str, Any]] = []
+    retried: list[dict[str, Any]] = []
+    saga_note = ""
+    if saga_role.url.is_file and not await asyncio.to_thread(Path(saga_role.url.path).exists):
+        saga_note = f"no saga log at {saga_role.url.render()}: no sagas to check"
+    else:
+        store = await saga_store(config_path)
+        try:
+            await SagaLog(store).setup()
+            stuck = await list_sagas(store, state=SagaState.STUCK.value)
+            retried = await _retry_stuck(store, definitions, stuck) if definitions else []
+        finally:
+            await store.close()
     report = {"transactions": twopc, "stuck_sagas": stuck, "retried_sagas": retried}
+    if saga_note:
+        report["sagas_note"] = saga_note
     if not quiet:
-        console = Console()
-        table = Table(title="two-phase commit recovery")
-        table.add_column("outcome")
-        table.add_column("transactions", overflow="fold")
-        for key in ("committed", "rolled_back", "heuristics", "unreachable", "pending"):
-            if key in twopc:
-                table.add_row(key, str(twopc[key]))
-        table.add_row("resolved", str(twopc.get("resolved")))
-        console.print(table)
-        if retried:
+        _print_recovery(twopc)
+        console = Console(highlight=False, soft_wrap=True)
+        if saga_note:
+            console.print(escape(saga_note))
+        elif retried:
             for entry in retried:
                 console.print(
-                    f"saga {entry['saga_id']} ({entry['name']}): "
-                    + str(entry.get("state", entry.get("skipped")))
-                    + (f" — {entry['error']}" if "error" in entry else "")
+                    escape(
+                        f"saga {entry['saga_id']} ({entry['name']}): "
+                        + str(entry.get("state", entry.get("skipped")))
+                        + (f" — {entry['error']}" if "error" in entry else "")
+                    )
                 )
         elif stuck:
             console.print(
                 f"[yellow]{len(stuck)} stuck saga(s)[/]: "
-                + ", ".join(str(s["saga_id"]) for s in stuck)
+                + escape(", ".join(str(s["saga_id"]) for s in stuck))
                 + " — retry them with --sagas MODULE:ATTRIBUTE (your saga definitions)"
             )
         else:
             console.print("no stuck sagas")
     return report
+
+
+def _print_recovery(twopc: dict[str, Any]) -> None:
+    """What two-phase-commit recovery checked and did, in plain words."""
+    console = Console(highlight=False, soft_wrap=True)
+    if "note" in twopc:
+        console.print(f"[bold]two-phase commit[/]: {escape(twopc['note'])}")
+        return
+    console.print(f"[bold]two-phase commit[/]: decision {escape(twopc['log'])}")
+    checked = ", ".join(twopc["checked"]) or "none (all unreachable)"
+    console.print(escape(f"participants checked: {checked}"))
+    nodes = ", ".join(twopc["nodes"]) or "none had anything in doubt"
+    console.print(escape(f"coordinator nodes recovered: {nodes}"))
+    for why in twopc["skipped"].values():
+        console.print(escape(f"left to its live coordinator: {why}"))
+    table = Table()
+    table.add_column("outcome")
+    table.add_column("transactions", overflow="fold")
+    for key in ("committed", "rolled_back", "pending", "forgotten"):
+        if twopc[key]:
+            table.add_row(key, escape("\n".join(twopc[key])))
+    for heuristic in twopc["heuristics"]:
+        kind = "hazard" if heuristic["hazard"] else "heuristic"
+        table.add_row(kind, escape(f"{heuristic['participant']}: {heuristic['detail']}"))
+    for name, error in twopc["unreachable"].items():
+        table.add_row("unreachable", escape(f"{name}: {error}"))
+    for branch, why in twopc["other_logs"].items():
+        table.add_row("other log", escape(f"{branch} {why}"))
+    if table.row_count:
+        console.print(table)
+    else:
+        console.print("nothing was in doubt")
+    console.print("resolved" if twopc["resolved"] else "[bold red]not resolved[/]")
+
+
+def unresolved_line(twopc: dict[str, Any]) -> str:
+    """One line that says why recovery is not finished and what to run next."""
+    locations: dict[str, str] = twopc.get("log_locations", {})
+    if twopc.get("other_logs"):
+        count = len(twopc["other_logs"])
+        known = sorted({url for url in locations.values() if url})
+        if known:
+            runs = " and ".join(f"multistore recover --log {url}" for url in known)
+            return (
+                f"{count} in-doubt branch(es) belong to another decision log than "
+                f"{twopc['log']}: left prepared; run {runs}"
+            )
+        ids = ", ".join(sorted(i or "(written before logs had ids)" for i in locations))
+        return (
+            f"{count} in-doubt branch(es) belong to another decision log ({ids}) than "
+            f"{twopc['log']}: left prepared; pass that log with --log URL"
+        )
+    if twopc.get("unreachable"):
+        names = ", ".join(sorted(twopc["unreachable"]))
+        return f"could not reach {names}: run recover again once they are up (or --retry-for)"
+    hazards = [h for h in twopc.get("heuristics", []) if h["hazard"]]
+    if hazards:
+        return f"{len(hazards)} branch(es) left in doubt for an operator: {hazards[0]['detail']}"
+    return f"commit decisions still pending: {', '.join(twopc.get('pending', []))}"

@@ -10,8 +10,9 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from rich.console import Console
-from rich.table import Table
+from rich.markup import escape
 
+from multistore.cli._human import quantity, table
 from multistore.config import load_config
 from multistore.errors import UsageError
 from multistore.replication import QuorumNode, RedisNode, SQLiteNode
@@ -90,11 +91,19 @@ async def run_membership(
     report = dataclasses.asdict(change)
     report["url"] = membership_url(quorum_url, members).render()
     if not quiet:
-        table = Table(title=f"quorum: {change.node} {'joined' if action == 'add' else 'left'}")
-        table.add_column("")
-        table.add_column("", overflow="fold")
+        console = Console(highlight=False)
+        console.print(f"[bold]quorum: {change.node} {'joined' if action == 'add' else 'left'}[/]")
+        shown = table("", "", show_header=False)
         for key, value in report.items():
-            table.add_row(key.replace("_", " "), str(value))
-        Console().print(table)
-        Console().print(f"open the cluster with: {report['url']}")
+            if key == "url":
+                continue
+            if isinstance(value, list | tuple):
+                text = ", ".join(map(str, value))
+            elif key == "bytes_streamed":
+                text = quantity(value, "bytes")
+            else:
+                text = str(value)
+            shown.add_row(key.replace("_", " "), escape(text))
+        console.print(shown)
+        console.print(f"open the cluster with: {escape(report['url'])}")
     return report

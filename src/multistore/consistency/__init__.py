@@ -8,16 +8,20 @@ replayed after — as a decorator (:func:`idempotent`) or ASGI middleware
 
 Sagas: :class:`Saga` of :class:`Step` s with compensations, run by a
 :class:`SagaEngine` over a durable log in a relational store; crash recovery, retries
-(:class:`RetryPolicy`), a ``stuck`` state for operators (:func:`list_sagas`).
+(:class:`RetryPolicy`), a ``stuck`` state for operators (:func:`list_sagas`), and a
+:class:`SagaWorker` that runs enqueued and abandoned sagas until stopped.
 
 Two-phase commit: :class:`TransactionCoordinator` runs a :class:`DistributedTransaction`
 over named participants (PostgreSQL ``PREPARE TRANSACTION``, MariaDB ``XA``, SQLite
-write intents, Redis staged write-sets) with a durable :class:`DecisionLog`;
-:func:`recover_transactions` (and :meth:`TransactionCoordinator.recover`) resolve the
-in-doubt branches a crash leaves behind. Failures are definite
-(:class:`TransactionAbortedError`) or indeterminate
+write intents, Redis staged write-sets) with a durable :class:`DecisionLog` (by default
+the config's ``transactions`` role, :func:`default_log`) that names every branch and
+holds each coordinator's node id as a lease (:class:`NodeBusyError` for a second
+holder); :func:`recover_transactions` (and :meth:`TransactionCoordinator.recover`, also
+run in the background) resolve the in-doubt branches a crash leaves behind. Failures
+are definite (:class:`TransactionAbortedError`) or indeterminate
 (:class:`TransactionIndeterminateError`); contradicting outcomes are reported as
-:class:`HeuristicOutcome`.
+:class:`HeuristicOutcome` (a branch that cannot be applied as prepared:
+:class:`BranchHazardError`).
 
 Outbox: :meth:`Outbox.add` writes an event in the caller's transaction (atomic with
 the business write); an :class:`OutboxRelay` delivers the events at least once, in
@@ -72,18 +76,21 @@ from multistore.consistency._saga_log import (
     list_sagas,
     show_saga,
 )
+from multistore.consistency._saga_worker import SagaWorker, WorkerStatistics
 from multistore.consistency._tpc_coordinator import (
     DistributedTransaction,
     EventHook,
     TransactionCoordinator,
 )
 from multistore.consistency._tpc_errors import (
+    BranchHazardError,
     HeuristicOutcome,
     TransactionAbortedError,
     TransactionHeuristicError,
     TransactionIndeterminateError,
 )
-from multistore.consistency._tpc_log import DecisionLog, LogRecord
+from multistore.consistency._tpc_log import DecisionLog, LogRecord, default_log
+from multistore.consistency._tpc_nodes import NodeBusyError
 from multistore.consistency._tpc_participants import (
     Branch,
     Participant,
@@ -95,13 +102,6 @@ from multistore.consistency._tpc_recovery import (
     recover_once,
     recover_transactions,
 )
-from multistore.consistency._tpc_shop import (
-    Order,
-    OutOfStockError,
-    create_shop_tables,
-    place_order,
-    restock,
-)
 
 __all__ = [
     "COMPENSATION_RETRY",
@@ -111,6 +111,7 @@ __all__ = [
     "OUTBOX_RETRY",
     "RETRIABLE_ERRORS",
     "Branch",
+    "BranchHazardError",
     "DecisionLog",
     "DistributedTransaction",
     "ErrorInfo",
@@ -124,8 +125,7 @@ __all__ = [
     "Inbox",
     "JetStreamDestination",
     "LogRecord",
-    "Order",
-    "OutOfStockError",
+    "NodeBusyError",
     "Outbox",
     "OutboxEvent",
     "OutboxRecord",
@@ -140,26 +140,26 @@ __all__ = [
     "SagaEngine",
     "SagaLog",
     "SagaResult",
+    "SagaWorker",
     "Step",
     "StepContext",
     "TransactionAbortedError",
     "TransactionCoordinator",
     "TransactionHeuristicError",
     "TransactionIndeterminateError",
+    "WorkerStatistics",
     "check_idempotency_key",
     "client_from_principal",
     "consume_jetstream",
-    "create_shop_tables",
     "current_run",
     "deduplicated",
+    "default_log",
     "default_retriable",
     "fingerprint",
     "idempotent",
     "list_sagas",
     "open_participant",
-    "place_order",
     "recover_once",
     "recover_transactions",
-    "restock",
     "show_saga",
 ]

@@ -17,6 +17,10 @@ response, following draft-ietf-httpapi-idempotency-key-header and Stripe:
   retry gets it with ``Idempotent-Replayed: true``. With ``store_server_errors``
   (the default, as Stripe) a 5xx, and an exception (stored as the 500 the client
   got), are stored too; without it they release the key and a retry runs again.
+
+``idem`` is an :class:`Idempotency`, or a function of the request's scope that
+returns one: an app whose stores open in its lifespan adds the middleware at import
+time with ``idem=lambda scope: scope["state"]["idem"]`` (see docs/fastapi.md).
 """
 
 from __future__ import annotations
@@ -149,7 +153,7 @@ class IdempotencyMiddleware:
     def __init__(
         self,
         app: ASGIApp,
-        idem: Idempotency,
+        idem: Idempotency | Callable[[Scope], Idempotency],
         *,
         methods: Iterable[str] = ("POST", "PATCH"),
         required: bool = True,
@@ -265,7 +269,8 @@ class IdempotencyMiddleware:
         raised: BaseException | None = None
         entered = False
         try:
-            async with self.idem.begin(key, payload, client=client) as run:
+            idem = self.idem if isinstance(self.idem, Idempotency) else self.idem(scope)
+            async with idem.begin(key, payload, client=client) as run:
                 entered = True
                 if run.replayed:
                     await self._replay(send, run.result())

@@ -31,6 +31,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
+from multistore.consistency._log_clock import LogClock
 from multistore.consistency._saga import ErrorInfo
 from multistore.errors import InvalidValueError, UsageError
 from multistore.stores.relational import RelationalStore, Row, Transaction, TransactionStatus
@@ -188,7 +189,8 @@ class OutboxEvent:
     """The JSON value given to :meth:`Outbox.add`, decoded."""
     created_at: float
     attempt: int = 1
-    """Which delivery this is: 1 the first, more after failures or interrupted runs."""
+    """The deliveries recorded before this one, plus one: 1 the first, more after
+    failures and interrupted deliveries."""
 
     @classmethod
     def from_row(cls, row: Row, attempt: int | None = None) -> OutboxEvent:
@@ -211,7 +213,8 @@ class OutboxRecord:
     state: str
     """``pending``, ``delivered`` or ``parked``."""
     attempts: int
-    """Deliveries started so far (failed, interrupted, and the successful one)."""
+    """Deliveries recorded so far: failed, cut off, and the successful one (not a
+    delivery cut off inside a batch by a relay that died: nothing says where it was)."""
     error: ErrorInfo | None
     """The last failure (kept after a later success or a retry of a parked event)."""
     next_attempt_at: float | None
@@ -224,9 +227,12 @@ class OutboxRecord:
 class Outbox:
     """Events in a table of a relational store, written inside the caller's transaction.
 
-    ``table`` names the events table (``<table>_seq`` holds the counters); ``clock``
-    (wall-clock seconds) stamps events and is shared with the relays for leases and
-    retry times.
+    ``table`` names the events table (``<table>_seq`` holds the counters). Leases and
+    retry times are on the database's clock where it has one (PostgreSQL, MariaDB:
+    the server computes and compares them), on SQLite on the machine's; the time
+    stamps people read (``created_at``, ``delivered_at``, and :meth:`purge`'s cut-off)
+    on this machine's wall clock. A ``clock`` (wall-clock seconds) given replaces
+    both, on every backend: tests pass one to control time.
     """
 
     def __init__(
@@ -234,7 +240,7 @@ class Outbox:
         store: RelationalStore,
         *,
         table: str = "multistore_outbox",
-        clock: Callable[[], float] = time.time,
+        clock: Callable[[], float] | None = None,
     ) -> None:
         if not isinstance(store, RelationalStore):
             raise UsageError(
@@ -250,7 +256,8 @@ class Outbox:
             raise UsageError(f"no outbox on {store.backend}:// stores")
         self.store = store
         self.table = table
-        self.clock = clock
+        self.time = LogClock(store, clock)
+        self.clock = self.time.wall
         self.backend = store.backend
         self._insert = _insert_sql(table, self.backend)
 

@@ -3,55 +3,72 @@
 Every read and write here is for one owner (a relay's ``worker_id``). A claim takes
 the *head* of each aggregate it can (its lowest event not yet delivered, if that one
 is pending, due, and not leased by a live relay) and the pending events right after
-it, and leases them all. Every later write is fenced on the owner.
+it, and leases them all. It says which of them another run had leased before and left
+without an outcome (that run died, was cut off, or lost its lease): their aggregates
+are delivered with a record before each event (:meth:`Leases.start`). Every later
+write is fenced on the owner.
 
 - PostgreSQL: one statement; the heads are selected ``FOR UPDATE SKIP LOCKED`` and
   the lease is written by an ``UPDATE … RETURNING`` (``event_id = ANY(array)`` in
   the other statements, so their text does not depend on the batch).
 - MariaDB: a ``READ COMMITTED`` transaction (no gap locks) with ``SKIP LOCKED``.
 - SQLite: a ``BEGIN IMMEDIATE`` transaction; the write lock serialises claimers.
+
+Leases and retry times are written and compared on the database's clock where it has
+one (PostgreSQL, MariaDB: inside each statement); on SQLite on the outbox's ``clock``
+(see :mod:`multistore.consistency._log_clock`).
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Collection, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from multistore.consistency._outbox import EVENT_COLUMNS, Outbox, OutboxEvent, in_marks
 from multistore.stores.relational import Row, Transaction
 
-__all__ = ["Leases", "Outcome", "by_aggregate"]
+__all__ = ["Claimed", "Leases", "Outcome", "by_aggregate"]
 
 _HEAD = (
-    "o.state = 'pending' AND (o.owner IS NULL OR o.owner = :owner OR o.lease_until < :now) "
-    "AND (o.next_attempt_at IS NULL OR o.next_attempt_at <= :now) "
+    "o.state = 'pending' AND (o.owner IS NULL OR o.owner = :owner OR o.lease_until < {now}) "
+    "AND (o.next_attempt_at IS NULL OR o.next_attempt_at <= {now}) "
     "AND NOT EXISTS (SELECT 1 FROM {t} p WHERE p.aggregate = o.aggregate "
     "AND p.state IN ('pending', 'parked') AND p.seq < o.seq)"
 )
 
 
-def _pg_claim(table: str) -> str:
+def _pg_claim(table: str, now: str) -> str:
     """One statement: lock the heads, add up to ``ceil(limit / heads)`` events of each
     aggregate (nearest to its head first, at most ``limit`` in all), lease them."""
-    head = _HEAD.format(t=table)
+    head = _HEAD.format(t=table, now=now)
     return (
         f"WITH heads AS (SELECT o.event_id, o.aggregate, o.seq FROM {table} o WHERE {head} "
         "ORDER BY o.event_id LIMIT :limit FOR UPDATE SKIP LOCKED), "
         "per AS (SELECT (:limit + GREATEST(COUNT(*), 1) - 1) / GREATEST(COUNT(*), 1) AS n "
         "FROM heads), "
-        "batch AS (SELECT f.event_id, f.seq = h.seq AS head FROM heads h CROSS JOIN per "
-        f"CROSS JOIN LATERAL (SELECT f.event_id, f.seq FROM {table} f "
+        "batch AS (SELECT f.event_id, f.taken FROM heads h CROSS JOIN per "
+        "CROSS JOIN LATERAL (SELECT f.event_id, f.seq, f.owner IS NOT NULL AS taken "
+        f"FROM {table} f "
         "WHERE f.aggregate = h.aggregate AND f.state = 'pending' AND f.seq >= h.seq "
         "ORDER BY f.seq LIMIT per.n) f "
         "ORDER BY f.seq - h.seq, h.event_id LIMIT :limit) "
-        f"UPDATE {table} AS e SET owner = :owner, lease_until = :until, "
-        "attempts = e.attempts + CASE WHEN b.head THEN 1 ELSE 0 END "
+        f"UPDATE {table} AS e SET owner = :owner, lease_until = {now} + :lease "
         "FROM batch b WHERE e.event_id = b.event_id "
         "RETURNING e.event_id, e.aggregate, e.seq, e.event_type, e.payload, e.created_at, "
-        "e.attempts"
+        "e.attempts, b.taken"
     )
+
+
+@dataclass(frozen=True)
+class Claimed:
+    """An event of a claim. ``taken``: another run had leased it and left it without
+    an outcome, so it may have been handed over already (which of the events of
+    that run's batch was in the handler when it stopped is not known)."""
+
+    event: OutboxEvent
+    taken: bool
 
 
 @dataclass(frozen=True)
@@ -61,7 +78,8 @@ class Outcome:
     event_id: str
     attempts: int
     error: str
-    next_attempt_at: float | None  # None: parked
+    retry_in: float | None
+    """Seconds until the event is due again; None: parked."""
 
 
 class Leases:
@@ -70,7 +88,10 @@ class Leases:
     def __init__(self, outbox: Outbox, owner: str) -> None:
         self.outbox = outbox
         self.owner = owner
-        self._claim_sql = _pg_claim(outbox.table) if outbox.backend == "postgresql" else ""
+        self._now = outbox.time.sql
+        self._claim_sql = (
+            _pg_claim(outbox.table, self._now) if outbox.backend == "postgresql" else ""
+        )
 
     def _ids(self, params: dict[str, Any], name: str, ids: Sequence[str]) -> str:
         """A condition ``event_id`` in ``ids``: one array parameter on PostgreSQL (one
@@ -80,27 +101,62 @@ class Leases:
             return f"event_id = ANY(:{name})"
         return f"event_id IN ({in_marks(params, name, ids)})"
 
-    async def claim(self, *, lease: float, limit: int) -> list[OutboxEvent]:
+    async def claim(self, *, lease: float, limit: int) -> list[Claimed]:
         """Lease up to ``limit`` events (heads and the events right after them); each
-        with its ``attempt`` (a head's claim counts as a delivery started)."""
-        now = self.outbox.clock()
+        with its ``attempt``: the deliveries recorded so far, plus one."""
         params: dict[str, Any] = {
             "owner": self.owner,
-            "now": now,
-            "until": now + lease,
+            "now": self.outbox.clock(),
+            "lease": lease,
             "limit": limit,
         }
         if self._claim_sql:
             rows = await self.outbox.store.fetch_all(self._claim_sql, params)
-            return [OutboxEvent.from_row(r, max(int(r["attempts"]), 1)) for r in rows]
-        async with self._transaction() as tx:
-            return await self._claim_in(tx, params)
+        else:
+            async with self._transaction() as tx:
+                rows = await self._claim_in(tx, params)
+        return [
+            Claimed(OutboxEvent.from_row(r, int(r["attempts"]) + 1), bool(r["taken"])) for r in rows
+        ]
+
+    async def start(self, event: OutboxEvent | None, after: OutboxEvent | None) -> bool:
+        """Record that ``event`` is handed over now (its attempts become
+        ``event.attempt``) and, in the same statement, that ``after`` (the event
+        before it, whose handler returned) is delivered; either may be None. False if
+        the lease is lost."""
+        params: dict[str, Any] = {"owner": self.owner, "now": self.outbox.clock()}
+        sets: list[str] = []
+        if event is not None:
+            params.update(cur=event.event_id, attempt=event.attempt)
+            sets.append("attempts = CASE WHEN event_id = :cur THEN :attempt ELSE attempts END")
+        if after is not None:
+            params["prev"] = after.event_id
+            marks = {
+                "state": "'delivered'",
+                "delivered_at": ":now",
+                "next_attempt_at": "NULL",
+                "lease_until": "NULL",
+                "owner": "NULL",  # last: MariaDB assigns left to right
+            }
+            sets.extend(
+                f"{column} = CASE WHEN event_id = :prev THEN {value} ELSE {column} END"
+                for column, value in marks.items()
+            )
+        ids = [f":{name}" for name in ("cur", "prev") if name in params]
+        if not ids:
+            return True
+        changed = await self.outbox.store.execute(
+            f"UPDATE {self.outbox.table} SET {', '.join(sets)} "
+            f"WHERE owner = :owner AND event_id IN ({', '.join(ids)})",
+            params,
+        )
+        return changed == len(ids)
 
     async def renew(self, held: Sequence[str], *, lease: float) -> int:
         """Extend the leases of ``held``; how many were still this owner's."""
-        params: dict[str, Any] = {"owner": self.owner, "until": self.outbox.clock() + lease}
+        params: dict[str, Any] = {"owner": self.owner, "lease": lease, "now": self.outbox.clock()}
         return await self.outbox.store.execute(
-            f"UPDATE {self.outbox.table} SET lease_until = :until "
+            f"UPDATE {self.outbox.table} SET lease_until = {self._now} + :lease "
             f"WHERE owner = :owner AND {self._ids(params, 'i', held)}",
             params,
         )
@@ -113,12 +169,12 @@ class Leases:
             async with conn.transaction() as tx:
                 yield tx
 
-    async def _claim_in(self, tx: Transaction, params: dict[str, Any]) -> list[OutboxEvent]:
+    async def _claim_in(self, tx: Transaction, params: dict[str, Any]) -> list[Row]:
         table = self.outbox.table
         lock = " FOR UPDATE SKIP LOCKED" if self.outbox.backend == "mariadb" else ""
         heads = await tx.fetch_all(
             f"SELECT o.event_id, o.aggregate, o.seq FROM {table} o "
-            f"WHERE {_HEAD.format(t=table)} ORDER BY o.event_id LIMIT :limit{lock}",
+            f"WHERE {_HEAD.format(t=table, now=self._now)} ORDER BY o.event_id LIMIT :limit{lock}",
             params,
         )
         if not heads:
@@ -130,8 +186,8 @@ class Leases:
             select.update({f"a{n}": h["aggregate"], f"s{n}": h["seq"], f"e{n}": h["seq"] + per})
             ranges.append(f"(aggregate = :a{n} AND seq >= :s{n} AND seq < :e{n})")
         rows = await tx.fetch_all(
-            f"SELECT {EVENT_COLUMNS} FROM {table} WHERE state = 'pending' "
-            f"AND ({' OR '.join(ranges)})",
+            f"SELECT {EVENT_COLUMNS}, CASE WHEN owner IS NULL THEN 0 ELSE 1 END AS taken "
+            f"FROM {table} WHERE state = 'pending' AND ({' OR '.join(ranges)})",
             select,
         )
         start = {str(h["aggregate"]): (n, int(h["seq"])) for n, h in enumerate(heads)}
@@ -141,45 +197,40 @@ class Leases:
             return int(row["seq"]) - first, order
 
         chosen = sorted(rows, key=nearest)[: params["limit"]]
-        head_ids = [str(h["event_id"]) for h in heads]
-        lease: dict[str, Any] = {"owner": params["owner"], "until": params["until"]}
+        lease = {name: params[name] for name in ("owner", "lease", "now")}
+        ids = [str(r["event_id"]) for r in chosen]
         await tx.execute(
-            f"UPDATE {table} SET owner = :owner, lease_until = :until, attempts = attempts + 1 "
-            f"WHERE event_id IN ({in_marks(lease, 'h', head_ids)})",
+            f"UPDATE {table} SET owner = :owner, lease_until = {self._now} + :lease "
+            f"WHERE event_id IN ({in_marks(lease, 'i', ids)})",
             lease,
         )
-        heads_set = set(head_ids)
-        rest = [str(r["event_id"]) for r in chosen if str(r["event_id"]) not in heads_set]
-        if rest:
-            lease = {"owner": params["owner"], "until": params["until"]}
-            await tx.execute(
-                f"UPDATE {table} SET owner = :owner, lease_until = :until "
-                f"WHERE event_id IN ({in_marks(lease, 'f', rest)})",
-                lease,
-            )
-        return [
-            OutboxEvent.from_row(r, int(r["attempts"]) + 1 if r["event_id"] in heads_set else 1)
-            for r in chosen
-        ]
+        return chosen
 
     async def finish(
-        self, held: Sequence[str], delivered: Sequence[str], outcomes: Sequence[Outcome]
+        self,
+        held: Collection[str],
+        delivered: Sequence[str],
+        outcomes: Sequence[Outcome],
+        *,
+        started: Sequence[str] = (),
     ) -> None:
-        """Mark the delivered events, record failures, give the rest of the batch back:
-        every write fenced on this relay's lease."""
-        done = {*delivered, *(o.event_id for o in outcomes)}
+        """Mark the delivered events (one more attempt each, except those in
+        ``started``, whose attempt :meth:`start` recorded), record failures, give the
+        rest of the batch back: every write fenced on this relay's lease."""
+        done = {*delivered, *started, *(o.event_id for o in outcomes)}
         release = [i for i in held if i not in done]
         table, store = self.outbox.table, self.outbox.store
         now = self.outbox.clock()
         statements: list[tuple[str, dict[str, Any]]] = []
-        if delivered:
+        for ids, counted, more in ((delivered, "d", " + 1"), (started, "s", "")):
+            if not ids:
+                continue
             params: dict[str, Any] = {"owner": self.owner, "now": now}
             statements.append(
                 (
                     f"UPDATE {table} SET state = 'delivered', delivered_at = :now, owner = NULL, "
-                    "lease_until = NULL, next_attempt_at = NULL, "
-                    "attempts = CASE WHEN attempts = 0 THEN 1 ELSE attempts END "
-                    f"WHERE owner = :owner AND {self._ids(params, 'd', delivered)}",
+                    f"lease_until = NULL, next_attempt_at = NULL, attempts = attempts{more} "
+                    f"WHERE owner = :owner AND {self._ids(params, counted, ids)}",
                     params,
                 )
             )
@@ -187,13 +238,15 @@ class Leases:
             statements.append(
                 (
                     f"UPDATE {table} SET state = :state, attempts = :attempts, "
-                    "last_error = :error, next_attempt_at = :next, owner = NULL, "
-                    "lease_until = NULL WHERE owner = :owner AND event_id = :event_id",
+                    f"last_error = :error, next_attempt_at = {self._now} + :retry_in, "
+                    "owner = NULL, lease_until = NULL "
+                    "WHERE owner = :owner AND event_id = :event_id",
                     {
-                        "state": "pending" if o.next_attempt_at is not None else "parked",
+                        "state": "pending" if o.retry_in is not None else "parked",
                         "attempts": o.attempts,
                         "error": o.error,
-                        "next": o.next_attempt_at,
+                        "retry_in": o.retry_in,
+                        "now": now,
                         "owner": self.owner,
                         "event_id": o.event_id,
                     },

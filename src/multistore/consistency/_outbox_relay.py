@@ -19,6 +19,14 @@ and the failed event is due again after the retry policy's backoff — or is
 **parked** once the policy gives up, which blocks its aggregate until
 :meth:`Outbox.retry_parked`. At the end of the batch the delivered events are marked
 in one statement, fenced on the relay's lease.
+
+A run that stops inside the handler (cancelled) records the interrupted attempt on
+the event it was handling. A run that dies leaves no record of where it was: the next
+claim sees its events as *taken*, and delivers those aggregates carefully — before
+each event is handed over, one statement records its attempt and marks the event
+before it delivered — so that an event that kills the relay every time is charged
+with each attempt and parked after the policy's attempts, and the events before it
+are not handed over again.
 """
 
 from __future__ import annotations
@@ -33,7 +41,7 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from multistore.consistency._outbox import Outbox, OutboxEvent
-from multistore.consistency._outbox_claims import Leases, Outcome, by_aggregate
+from multistore.consistency._outbox_claims import Claimed, Leases, Outcome, by_aggregate
 from multistore.consistency._retry import RetryPolicy
 from multistore.consistency._saga import ErrorInfo
 from multistore.errors import (
@@ -148,57 +156,87 @@ class OutboxRelay:
         """Claim one batch, hand its events to the handler, record the outcomes;
         the number of events delivered (the handler returned)."""
         async with self._lock:
-            events = await self._leases.claim(lease=self.lease, limit=self.batch)
-            self._claimed = len(events)
-            if not events:
+            claimed = await self._leases.claim(lease=self.lease, limit=self.batch)
+            self._claimed = len(claimed)
+            if not claimed:
                 return 0
-            groups = by_aggregate(events)
-            held = [e.event_id for e in events]
-            delivered: list[str] = []
-            outcomes: list[Outcome] = []
+            batch = _Batch(claimed)
             lost = asyncio.Event()
-            beat = asyncio.get_running_loop().create_task(self._heartbeat(held, lost))
+            beat = asyncio.get_running_loop().create_task(self._heartbeat(batch.held, lost))
             try:
-                await self._deliver(groups, lost, delivered, outcomes)
+                await self._deliver(batch, lost)
             except BaseException:
                 await self._stop(beat)
+                if batch.current is not None:  # cut off inside the handler
+                    batch.outcomes.append(self._cut_off(batch.current))
                 with contextlib.suppress(MultistoreError):  # the leases run out instead
-                    await self._leases.finish(held, delivered, outcomes)
+                    await batch.finish(self._leases)
                 raise
             await self._stop(beat)
-            await self._leases.finish(held, delivered, outcomes)
-            parked = sum(1 for o in outcomes if o.next_attempt_at is None)
+            await batch.finish(self._leases)
+            outcomes = batch.outcomes
+            parked = sum(1 for o in outcomes if o.retry_in is None)
+            delivered = batch.returned
             self._count(
                 batches=1,
-                delivered=len(delivered),
+                delivered=delivered,
                 failed=len(outcomes) - parked,
                 parked=parked,
                 lease_lost=1 if lost.is_set() else 0,
             )
-            return len(delivered)
+            return delivered
 
-    async def _deliver(
-        self,
-        groups: list[list[OutboxEvent]],
-        lost: asyncio.Event,
-        delivered: list[str],
-        outcomes: list[Outcome],
-    ) -> None:
+    async def _deliver(self, batch: _Batch, lost: asyncio.Event) -> None:
         """Hand each aggregate's events over in order; an aggregate stops at its first
-        failure, the batch when the leases were lost."""
-        for group in groups:
+        failure, the batch when the leases were lost. An aggregate with events that
+        another run left taken is handed over one recorded event at a time."""
+        for group in batch.groups:
+            careful = any(batch.taken[e.event_id] for e in group)
+            before: OutboxEvent | None = None
             for event in group:
                 if lost.is_set():
                     return
                 if event.attempt > self.retry.max_attempts:
-                    outcomes.append(self._interrupted(event))
+                    batch.outcomes.append(self._interrupted(event))
                     break
+                if careful and not await self._start(batch, event, before, lost):
+                    return
+                batch.current = event
                 try:
                     await self.handler(event)
                 except Exception as exc:
-                    outcomes.append(self._failed(event, exc))
+                    batch.current = None
+                    if careful:
+                        batch.started.remove(event.event_id)
+                    batch.outcomes.append(self._failed(event, exc))
                     break
-                delivered.append(event.event_id)
+                batch.current = None
+                batch.returned += 1
+                if careful:
+                    before = event
+                else:
+                    batch.delivered.append(event.event_id)
+            if before is not None and not await self._start(batch, None, before, lost):
+                return
+
+    async def _start(
+        self,
+        batch: _Batch,
+        event: OutboxEvent | None,
+        before: OutboxEvent | None,
+        lost: asyncio.Event,
+    ) -> bool:
+        """Careful delivery: record ``event``'s attempt and mark ``before`` delivered,
+        in one statement; False (and ``lost`` set) if the leases were lost."""
+        if not await self._leases.start(event, before):
+            lost.set()
+            return False
+        if before is not None:
+            batch.held.discard(before.event_id)
+            batch.started.remove(before.event_id)
+        if event is not None:
+            batch.started.append(event.event_id)
+        return True
 
     @staticmethod
     async def _stop(beat: asyncio.Task[None]) -> None:
@@ -213,21 +251,54 @@ class OutboxRelay:
         delay = self.retry.delay(event.attempt, self._random())
         if isinstance(exc, IdempotencyInProgressError):  # an inbox still held by a dead run
             delay = max(delay, exc.retry_after)
-        return Outcome(event.event_id, event.attempt, error, self.outbox.clock() + delay)
+        return Outcome(event.event_id, event.attempt, error, delay)
 
     def _interrupted(self, event: OutboxEvent) -> Outcome:
-        """A head claimed more often than the policy allows: every earlier delivery was
-        cut off (the relay died or was cancelled while the handler ran). Park it."""
+        """An event whose recorded attempts used up the policy, the last one cut off
+        (the relay died or was cancelled while the handler ran). Park it."""
         message = (
-            f"{event.attempt - 1} deliveries were interrupted (the relay stopped while the "
-            "handler ran); parked so that it cannot stop the relay again"
+            f"its delivery was cut off (the relay stopped while the handler ran) after "
+            f"{event.attempt - 1} recorded attempts; parked so that it cannot stop the "
+            "relay again"
         )
         error = ErrorInfo("DeliveryInterrupted", message).to_json()
         return Outcome(event.event_id, event.attempt - 1, error, None)
 
-    async def _heartbeat(self, held: list[str], lost: asyncio.Event) -> None:
+    def _cut_off(self, event: OutboxEvent) -> Outcome:
+        """The relay was cancelled while the handler ran ``event``: count the attempt,
+        due again at once."""
+        message = "the relay was stopped while the handler ran"
+        error = ErrorInfo("DeliveryInterrupted", message).to_json()
+        return Outcome(event.event_id, event.attempt, error, 0.0)
+
+    async def _heartbeat(self, held: set[str], lost: asyncio.Event) -> None:
         while True:
             await asyncio.sleep(self.lease / 3)
+            ids = sorted(held)
             with contextlib.suppress(MultistoreError):  # a hiccup: the lease still runs
-                if await self._leases.renew(held, lease=self.lease) < len(held):
+                if await self._leases.renew(ids, lease=self.lease) < len(ids):
                     lost.set()  # another relay took some over: hand out nothing more
+
+
+class _Batch:
+    """One claim and what became of its events."""
+
+    def __init__(self, claimed: list[Claimed]) -> None:
+        events = [c.event for c in claimed]
+        self.groups = by_aggregate(events)
+        self.taken = {c.event.event_id: c.taken for c in claimed}
+        self.held = {e.event_id for e in events}
+        """Events still leased to this relay (a careful delivery gives them up early)."""
+        self.delivered: list[str] = []
+        """Handled; their attempt is counted when they are marked delivered."""
+        self.started: list[str] = []
+        """Handled (or being handled) with their attempt recorded before, not marked yet."""
+        self.outcomes: list[Outcome] = []
+        self.current: OutboxEvent | None = None
+        """The event in the handler right now."""
+        self.returned = 0
+        """How many times the handler returned."""
+
+    async def finish(self, leases: Leases) -> None:
+        started = [i for i in self.started if self.current is None or i != self.current.event_id]
+        await leases.finish(self.held, self.delivered, self.outcomes, started=started)

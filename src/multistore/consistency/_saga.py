@@ -59,6 +59,7 @@ __all__ = [
 ]
 
 JSON = Any
+VERSION_MAX = 64
 StepFn = Callable[["StepContext"], Awaitable[JSON]]
 
 
@@ -130,6 +131,11 @@ class Saga:
     """A named, ordered list of steps (a :class:`Parallel` group is one stage of
     concurrent steps), and an optional whole-saga timeout (seconds).
 
+    ``version`` names this definition of the saga: a run is logged with the version
+    that started it and only that version may resume it, so a changed definition
+    gets a new version and workers keep the old one registered until its runs are
+    finished (see docs/consistency/sagas.md, "Changing a saga").
+
     ``steps`` is the flat list of every step in order (a group's members in place);
     ``groups[i]`` numbers the stage of ``steps[i]``, so members of one group share it.
     """
@@ -137,11 +143,17 @@ class Saga:
     name: str
     steps: Sequence[Step | Parallel]
     timeout: float | None = None
+    version: str = "1"
     groups: tuple[int, ...] = field(init=False, default=())
 
     def __post_init__(self) -> None:
         if not self.name:
             raise UsageError("a saga needs a name")
+        if not isinstance(self.version, str) or not 0 < len(self.version) <= VERSION_MAX:
+            raise UsageError(
+                f"saga {self.name!r}: version must be a string of 1 to {VERSION_MAX} "
+                f"characters, not {self.version!r}"
+            )
         if not self.steps:
             raise UsageError(f"saga {self.name!r} has no steps")
         flat: list[Step] = []
@@ -204,7 +216,9 @@ class ErrorInfo:
 class SagaResult:
     """Where a saga run stands: its state, the outputs of its completed steps, the
     business error that made it compensate (kept after a successful compensation)
-    and the compensation error that left it stuck."""
+    and the compensation error that left it stuck. ``blocked`` says why the last
+    worker that took the saga could not run it (its definition does not match the
+    log, …); a worker tries it again after its lease."""
 
     saga_id: str
     name: str
@@ -212,6 +226,8 @@ class SagaResult:
     outputs: Mapping[str, JSON] = field(default_factory=dict)
     error: ErrorInfo | None = None
     compensation_error: ErrorInfo | None = None
+    version: str = "1"
+    blocked: str | None = None
 
     @property
     def completed(self) -> bool:

@@ -9,22 +9,29 @@ action with the same idempotency key, so actions (and compensations) must be
 idempotent under that key — then every effect is applied exactly once.
 
 Each saga is run by the worker that holds its lease (``owner``, ``lease_until`` in
-the log); a heartbeat extends the leases of the sagas a worker is running, and every
-log write is fenced on the owner, so two workers never run one saga at once.
+the log); a heartbeat extends the leases of the sagas this engine is running — and of
+no other — and every log write is fenced on the owner, so two workers never run one
+saga at once. A run that ends without finishing its saga gives the lease back: at
+once after a cancellation (any worker may resume the saga), or *blocked* with the
+error as its reason after any other error (a worker tries it again after a lease).
+
+Each run is logged with the version of the definition that started it, and only that
+version resumes it: a worker keeps old versions registered to finish their runs.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import random as _random
-import time
 import uuid
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, Self, TypeVar
 
+from multistore.consistency._log_clock import LogClock
 from multistore.consistency._retry import RetryPolicy
 from multistore.consistency._saga import (
     JSON,
@@ -49,6 +56,8 @@ DEFAULT_LEASE = 30.0
 """Seconds a worker holds a saga without renewing; a crashed worker's sagas are
 taken over by another worker after this long."""
 
+T = TypeVar("T")
+
 Observer = Callable[[str, str, str | None], None]
 """``observer(event, saga_id, step_name)``, called at each point of a run."""
 
@@ -56,11 +65,18 @@ Observer = Callable[[str, str, str | None], None]
 class SagaEngine:
     """Runs sagas on a log kept in ``log`` (an open relational store).
 
-    ``worker_id`` names this worker in the log; a worker restarted with the same id
-    takes its own unfinished sagas back at once on :meth:`recover` (never run two
-    live workers with one id). ``clock`` (wall-clock seconds, shared by all workers
-    for leases and deadlines), ``sleep`` (backoff waits) and ``random`` (jitter) can
-    be replaced in tests.
+    ``sagas`` are the definitions this engine can run; register several versions of
+    one saga name to finish runs started by older code. ``worker_id`` names this
+    worker in the log; a worker restarted with the same id takes its own unfinished
+    sagas back at once on :meth:`recover` (never run two live workers with one id).
+    Leases and deadlines are on the log database's clock where it has one: on
+    PostgreSQL and MariaDB the server computes and compares every lease, and saga
+    deadlines use the server's time as last read (at setup and by the heartbeat)
+    plus the local monotonic time since, so a worker's wrong wall clock changes
+    nothing. An SQLite log is on one machine and uses its clock (``time.time()``),
+    which every process on the file shares. A ``clock`` (wall-clock seconds) given
+    replaces all of this on every backend; with ``sleep`` (backoff waits) and
+    ``random`` (jitter) it lets a test control time.
     """
 
     def __init__(
@@ -71,7 +87,7 @@ class SagaEngine:
         worker_id: str | None = None,
         lease: float = DEFAULT_LEASE,
         concurrency: int = 8,
-        clock: Callable[[], float] = time.time,
+        clock: Callable[[], float] | None = None,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         random: Callable[[], float] = _random.random,
         observer: Observer | None = None,
@@ -80,16 +96,17 @@ class SagaEngine:
             raise UsageError(f"lease must be positive, not {lease}")
         if concurrency < 1:
             raise UsageError(f"concurrency must be at least 1, not {concurrency}")
-        self.log = SagaLog(log)
+        self.time = LogClock(log, clock)
+        self.log = SagaLog(log, self.time)
         self.store = log
         self.worker_id = worker_id or f"worker-{uuid.uuid4().hex[:12]}"
         self.lease = lease
         self.concurrency = concurrency
-        self._clock = clock
+        self._clock = self.time.now
         self._sleep = sleep
         self._random = random
         self._observer = observer
-        self._sagas: dict[str, Saga] = {}
+        self._sagas: dict[tuple[str, str], Saga] = {}
         self._running: set[str] = set()
         self._heartbeat: asyncio.Task[None] | None = None
         self._ready = False
@@ -99,16 +116,23 @@ class SagaEngine:
     # -- lifetime ----------------------------------------------------------------
 
     def register(self, saga: Saga) -> None:
-        """Make a saga definition known (needed to start or recover sagas of its name)."""
-        known = self._sagas.get(saga.name)
+        """Make a saga definition known: this engine then starts and resumes the runs
+        of its name and version. Register old versions too while their runs last."""
+        key = (saga.name, saga.version)
+        known = self._sagas.get(key)
         if known is not None and known is not saga:
-            raise UsageError(f"another saga named {saga.name!r} is registered already")
-        self._sagas[saga.name] = saga
+            raise UsageError(
+                f"another definition of saga {saga.name!r} version {saga.version!r} is "
+                "registered already; give a changed definition a new version"
+            )
+        self._sagas[key] = saga
 
     async def setup(self) -> None:
-        """Create the log tables if missing. Called by the first start or recover."""
+        """Create the log tables if missing and read the database's clock. Called by
+        the first start or recover."""
         if not self._ready:
             await self.log.setup()
+            await self.time.sync()
             self._ready = True
 
     async def close(self) -> None:
@@ -147,7 +171,7 @@ class SagaEngine:
         record = await self._create(saga, input, saga_id, run_here=True)
         if record is None:
             return await self._existing(saga, input, saga_id)
-        return await self._run(saga, record, prestarted=0)
+        return await self._hold(record.saga_id, self._run(saga, record, prestarted=0))
 
     async def enqueue(self, saga: Saga, input: JSON = None, *, saga_id: str | None = None) -> str:
         """Record a saga as pending without running it; a worker's :meth:`recover`
@@ -160,32 +184,56 @@ class SagaEngine:
         return record.saga_id
 
     async def recover(self) -> list[SagaResult]:
-        """Resume every unfinished saga (of a registered name) that no live worker
-        holds, exactly where its log says it stopped; up to ``concurrency`` at once.
-        Returns the results of the sagas this call ran (finished, or stuck)."""
+        """Resume every unfinished saga (of a registered name and version) that no
+        live worker holds, exactly where its log says it stopped; up to
+        ``concurrency`` at once. Returns the results of the sagas this call ran:
+        finished, stuck, or blocked (``SagaResult.blocked`` says why; one saga that
+        cannot run never stops the others)."""
         await self.setup()
         results: list[SagaResult] = []
+        tried: set[str] = set()
         while True:
-            now = self._clock()
-            ids = await self.log.claim_batch(
-                sorted(self._sagas),
-                owner=self.worker_id,
-                lease_until=now + self.lease,
-                now=now,
-                limit=self.concurrency,
-                exclude=sorted(self._running),
-            )
+            ids = await self._claim(self.concurrency, exclude=tried)
             if not ids:
                 return results
-            batch = await asyncio.gather(*(self._resume(i) for i in ids))
+            tried.update(ids)
+            batch = await asyncio.gather(*(self._resume_claimed(i) for i in ids))
             results.extend(r for r in batch if r is not None)
+
+    async def _claim(self, limit: int, *, exclude: Collection[str] = ()) -> list[str]:
+        """Lease up to ``limit`` resumable sagas of the registered definitions."""
+        now = self._clock()
+        return await self.log.claim_batch(
+            sorted(self._sagas),
+            owner=self.worker_id,
+            lease=self.lease,
+            now=now,
+            limit=limit,
+            exclude=sorted({*self._running, *exclude}),
+        )
+
+    async def _resume_claimed(self, saga_id: str) -> SagaResult | None:
+        """Run a saga this worker has just leased to its end. None if it runs here
+        already, another worker took it over, or the log could not be read; a
+        blocked result if it could not run (the saga was given back with the
+        reason, see :meth:`_hold`)."""
+        loaded: list[SagaRecord] = []
+        try:
+            return await self._resume(saga_id, loaded)
+        except SagaLeaseLostError:
+            return None
+        except Exception as exc:
+            if not loaded:
+                return None
+            return dataclasses.replace(_result(loaded[-1]), blocked=str(ErrorInfo.of(exc)))
 
     async def result(self, saga_id: str) -> SagaResult:
         """The current result of a saga from the log."""
         record = await self.log.load(saga_id)
         if record is None:
             raise NotFoundError(f"no saga {saga_id!r} in the log")
-        return _result(record)
+        blocked = None if record.state.finished else await self.log.blocked(saga_id)
+        return dataclasses.replace(_result(record), blocked=blocked)
 
     # -- operators ---------------------------------------------------------------------
 
@@ -215,32 +263,40 @@ class SagaEngine:
             raise NotFoundError(f"no saga {saga_id!r} in the log")
         if record.state is not SagaState.STUCK:
             raise ConflictError(f"saga {saga_id!r} is {record.state.value}, not stuck")
-        saga = self._definition(record.name)
-        now = self._clock()
+        saga = self._definition(record)
         # A stuck saga has no owner: take it with a fenced write of our own.
-        if not await self._take_stuck(saga_id, now):
+        if not await self.log.take_stuck(
+            saga_id, self.worker_id, lease=self.lease, now=self._clock()
+        ):
             raise ConflictError(f"saga {saga_id!r} was taken by another operator or worker")
         reopened = sm.reopen_stuck(record)
-        await self.log.save(
-            record, reopened, owner=self.worker_id, lease_until=now + self.lease, now=now
-        )
-        return await self._run(saga, reopened)
+
+        async def run() -> SagaResult:
+            await self._save(record, reopened)
+            return await self._run(saga, reopened)
+
+        return await self._hold(saga_id, run())
 
     # -- internals ---------------------------------------------------------------------
 
-    def _definition(self, name: str) -> Saga:
-        saga = self._sagas.get(name)
+    def _definition(self, record: SagaRecord) -> Saga:
+        """The registered definition that runs ``record``: its name and version, with
+        the steps it was logged with (else :class:`ConflictError`)."""
+        saga = self._sagas.get((record.name, record.version))
         if saga is None:
-            raise NotFoundError(f"no saga named {name!r} is registered with this engine")
+            raise NotFoundError(
+                f"saga {record.saga_id!r} was started by version {record.version!r} of "
+                f"{record.name!r}, which is not registered with this engine"
+            )
+        logged = [s.name for s in record.steps]
+        if logged != saga.step_names:
+            raise ConflictError(
+                f"saga {record.saga_id!r} was logged with steps {logged} by version "
+                f"{record.version!r} of {record.name!r}; the definition registered under "
+                f"that version has {saga.step_names}. Register the definition it started "
+                "with, and give the changed one a new version"
+            )
         return saga
-
-    async def _take_stuck(self, saga_id: str, now: float) -> bool:
-        taken = await self.store.execute(
-            "UPDATE multistore_sagas SET owner = :owner, lease_until = :lease_until "
-            "WHERE saga_id = :saga_id AND state = 'stuck' AND owner IS NULL",
-            {"owner": self.worker_id, "lease_until": now + self.lease, "saga_id": saga_id},
-        )
-        return taken == 1
 
     async def _create(
         self, saga: Saga, input: JSON, saga_id: str | None, *, run_here: bool
@@ -251,14 +307,14 @@ class SagaEngine:
         sid = saga_id if saga_id is not None else uuid.uuid4().hex
         now = self._clock()
         deadline = None if saga.timeout is None else now + saga.timeout
-        record = sm.new_saga(sid, saga.name, text, saga.step_names, deadline)
+        record = sm.new_saga(sid, saga.name, text, saga.step_names, deadline, saga.version)
         if run_here:
             record = self._start_first(saga, record)
         try:
             await self.log.create(
                 record,
                 owner=self.worker_id if run_here else None,
-                lease_until=now + self.lease if run_here else None,
+                lease=self.lease if run_here else None,
                 now=now,
             )
         except DuplicateKeyError:
@@ -285,75 +341,111 @@ class SagaEngine:
     async def _existing(self, saga: Saga, input: JSON, saga_id: str | None) -> SagaResult:
         assert saga_id is not None
         record = await self._check_same(saga, input, saga_id)
-        if record.state.finished or saga_id in self._running:
-            return _result(record)
-        now = self._clock()
-        if not await self.log.claim(
-            saga_id, owner=self.worker_id, lease_until=now + self.lease, now=now
+        if (
+            record.state.finished
+            or saga_id in self._running
+            or (record.name, record.version) not in self._sagas
         ):
+            return _result(record)  # done, or run here already, or by another version
+        now = self._clock()
+        if not await self.log.claim(saga_id, owner=self.worker_id, lease=self.lease, now=now):
             return _result(record)  # a live worker runs it
-        return await self._resume(saga_id) or _result(record)
+        try:
+            return await self._resume(saga_id) or _result(record)
+        except SagaLeaseLostError:
+            return _result(record)
 
-    async def _resume(self, saga_id: str) -> SagaResult | None:
+    async def _resume(
+        self, saga_id: str, loaded: list[SagaRecord] | None = None
+    ) -> SagaResult | None:
+        """Run a saga this worker holds the lease of, from where its log stands (the
+        record read from the log is added to ``loaded``)."""
         if saga_id in self._running:
             return None
-        record = await self.log.load(saga_id)
-        if record is None:
-            return None
-        saga = self._definition(record.name)
-        prestarted = None
-        if record.state is SagaState.PENDING:
-            self._emit("saga_started", saga_id, None)
-            started = self._start_first(saga, record)
-            await self._save(record, started)
-            record, prestarted = started, 0
-        else:
-            self._emit("saga_resumed", saga_id, None)
-        try:
+
+        async def run() -> SagaResult | None:
+            record = await self.log.load(saga_id)
+            if record is None:
+                return None
+            if loaded is not None:
+                loaded.append(record)
+            saga = self._definition(record)
+            prestarted = None
+            if record.state is SagaState.PENDING:
+                self._emit("saga_started", saga_id, None)
+                started = self._start_first(saga, record)
+                await self._save(record, started)
+                record, prestarted = started, 0
+            else:
+                self._emit("saga_resumed", saga_id, None)
             return await self._run(saga, record, prestarted)
+
+        return await self._hold(saga_id, run())
+
+    async def _hold(self, saga_id: str, body: Awaitable[T]) -> T:
+        """Await ``body``, which drives saga ``saga_id`` under this worker's lease (the
+        heartbeat renews it meanwhile). If it ends with an error the saga is given
+        back: released after a cancellation, so that any worker may resume it at
+        once; blocked with the error as its reason after any other error, so that a
+        worker tries it again only after a lease."""
+        self._running.add(saga_id)
+        self._ensure_heartbeat()
+        try:
+            return await body
         except SagaLeaseLostError:
-            return None
+            raise
+        except Exception as exc:
+            await self._give_back(saga_id, str(ErrorInfo.of(exc)))
+            raise
+        except BaseException:
+            await self._give_back(saga_id, None)
+            raise
+        finally:
+            self._running.discard(saga_id)
+
+    async def _give_back(self, saga_id: str, reason: str | None) -> None:
+        """Release (``reason`` None) or block a saga this worker holds; best effort:
+        if the log cannot be reached, the lease runs out instead (no heartbeat
+        renews it any more)."""
+        with contextlib.suppress(Exception):
+            if reason is None:
+                await asyncio.wait_for(self.log.release(saga_id, self.worker_id), self.lease)
+            else:
+                block = self.log.block(
+                    saga_id, self.worker_id, reason, retry_in=self.lease, now=self._clock()
+                )
+                await asyncio.wait_for(block, self.lease)
 
     async def _run(
         self, saga: Saga, record: SagaRecord, prestarted: int | None = None
     ) -> SagaResult:
-        """Drive one saga that this worker holds until it halts. ``prestarted`` is a
-        step whose start this worker has just logged (its action has not run)."""
-        if record.steps and [s.name for s in record.steps] != saga.step_names:
-            raise ConflictError(
-                f"saga {record.saga_id!r} was logged with steps "
-                f"{[s.name for s in record.steps]}, the definition of {saga.name!r} "
-                f"now has {saga.step_names}; keep old definitions under another name"
-            )
+        """Drive one saga that this worker holds (inside :meth:`_hold`) until it halts.
+        ``prestarted`` is a step whose start this worker has just logged (its action
+        has not run)."""
         compensable = [s.compensate is not None for s in saga.flat_steps]
         groups = saga.groups
-        self._running.add(record.saga_id)
-        self._ensure_heartbeat()
-        try:
-            while True:
-                move = sm.next_move(record, compensable, self._clock(), groups)
-                if isinstance(move, sm.Halt):
-                    return _result(record)
-                if isinstance(move, sm.Finish):
-                    record = await self._save(record, sm.finish(record, move.state))
-                    self._emit("saga_" + move.state.value, record.saga_id, None)
-                elif isinstance(move, sm.Abort):
-                    error = ErrorInfo.of(SagaTimeoutError(move.reason))
-                    record = await self._save(record, sm.abort(record, error.to_json()))
-                elif isinstance(move, sm.RunStep):
-                    logged = prestarted == move.index
-                    record, prestarted = await self._run_step(
-                        saga, record, move.index, compensable, groups, logged=logged
-                    )
-                elif isinstance(move, sm.RunGroup):
-                    record = await self._run_group(saga, record, move, prestarted)
-                    prestarted = None
-                elif isinstance(move, sm.CompensateGroup):
-                    record = await self._compensate_group(saga, record, move.indices)
-                else:
-                    record = await self._compensate(saga, record, move.index)
-        finally:
-            self._running.discard(record.saga_id)
+        while True:
+            move = sm.next_move(record, compensable, self._clock(), groups)
+            if isinstance(move, sm.Halt):
+                return _result(record)
+            if isinstance(move, sm.Finish):
+                record = await self._save(record, sm.finish(record, move.state))
+                self._emit("saga_" + move.state.value, record.saga_id, None)
+            elif isinstance(move, sm.Abort):
+                error = ErrorInfo.of(SagaTimeoutError(move.reason))
+                record = await self._save(record, sm.abort(record, error.to_json()))
+            elif isinstance(move, sm.RunStep):
+                logged = prestarted == move.index
+                record, prestarted = await self._run_step(
+                    saga, record, move.index, compensable, groups, logged=logged
+                )
+            elif isinstance(move, sm.RunGroup):
+                record = await self._run_group(saga, record, move, prestarted)
+                prestarted = None
+            elif isinstance(move, sm.CompensateGroup):
+                record = await self._compensate_group(saga, record, move.indices)
+            else:
+                record = await self._compensate(saga, record, move.index)
 
     def _start_first(self, saga: Saga, record: SagaRecord) -> SagaRecord:
         """A new saga goes straight to running with its first step started, so its
@@ -595,9 +687,7 @@ class SagaEngine:
 
     async def _save(self, before: SagaRecord, after: SagaRecord) -> SagaRecord:
         now = self._clock()
-        await self.log.save(
-            before, after, owner=self.worker_id, lease_until=now + self.lease, now=now
-        )
+        await self.log.save(before, after, owner=self.worker_id, lease=self.lease, now=now)
         return after
 
     def _ensure_heartbeat(self) -> None:
@@ -605,10 +695,14 @@ class SagaEngine:
             self._heartbeat = asyncio.get_running_loop().create_task(self._beat())
 
     async def _beat(self) -> None:
+        """Every ``lease / 3`` s, extend the leases of the sagas running here now (and
+        read the database's clock again)."""
         while True:
             await asyncio.sleep(self.lease / 3)
+            running = sorted(self._running)
             with contextlib.suppress(Exception):
-                await self.log.renew(self.worker_id, lease_until=self._clock() + self.lease)
+                await self.log.renew(self.worker_id, running, lease=self.lease, now=self._clock())
+                await self.time.sync()
 
     def _emit(self, event: str, saga_id: str, step: str | None) -> None:
         if self._observer is not None:
@@ -641,4 +735,5 @@ def _result(record: SagaRecord) -> SagaResult:
         outputs=outputs,
         error=ErrorInfo.from_json(record.error),
         compensation_error=ErrorInfo.from_json(record.compensation_error),
+        version=record.version,
     )

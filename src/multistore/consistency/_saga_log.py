@@ -1,12 +1,18 @@
 """The durable saga log in a relational store (SQLite, PostgreSQL or MariaDB).
 
-Two tables: ``multistore_sagas`` (one row per saga: name, state, input, errors,
-deadline, and the lease: ``owner`` and ``lease_until``) and
-``multistore_saga_steps`` (one row per step: state, attempts, output, errors).
+Two tables: ``multistore_sagas`` (one row per saga: name, definition version, state,
+input, errors, deadline, the lease — ``owner`` and ``lease_until`` — and ``blocked``,
+why the last worker could not run it) and ``multistore_saga_steps`` (one row per
+step: state, attempts, output, errors).
 
 Every write of a running saga is one transaction that first updates the saga row
 ``WHERE owner = <this worker>`` (the fence: a worker whose lease was taken over
 cannot write) and then the step rows that changed.
+
+Leases are written and compared on the database's clock where it has one
+(PostgreSQL, MariaDB: ``lease_until = now() + lease`` inside the statement); on SQLite
+on the caller's ``now`` (see :mod:`multistore.consistency._log_clock`). A test that
+controls time passes a :class:`LogClock` with its own clock.
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from multistore.consistency._log_clock import LogClock
 from multistore.consistency._saga import SagaLeaseLostError
 from multistore.core._saga import (
     UNFINISHED_STATES,
@@ -22,7 +29,7 @@ from multistore.core._saga import (
     StepRecord,
     StepState,
 )
-from multistore.stores.relational import RelationalStore, Row
+from multistore.stores.relational import RelationalStore, Row, Transaction
 
 __all__ = ["SAGA_TABLES", "SagaLog", "list_sagas", "show_saga"]
 
@@ -32,6 +39,7 @@ _SCHEMA = (
     """CREATE TABLE IF NOT EXISTS multistore_sagas (
         saga_id VARCHAR(255) PRIMARY KEY,
         name VARCHAR(255) NOT NULL,
+        version VARCHAR(64) NOT NULL DEFAULT '1',
         state VARCHAR(20) NOT NULL,
         input TEXT NOT NULL,
         error TEXT,
@@ -39,6 +47,7 @@ _SCHEMA = (
         deadline DOUBLE PRECISION,
         owner VARCHAR(255),
         lease_until DOUBLE PRECISION,
+        blocked TEXT,
         created_at DOUBLE PRECISION NOT NULL,
         updated_at DOUBLE PRECISION NOT NULL
     )""",
@@ -58,12 +67,19 @@ _SCHEMA = (
     )""",
 )
 
+# Columns added since the first release: a log created before them gets them at setup.
+_ADDED_COLUMNS = (
+    ("version", "VARCHAR(64) NOT NULL DEFAULT '1'"),
+    ("blocked", "TEXT"),
+)
+
 _UNFINISHED_SQL = ", ".join(f"'{s.value}'" for s in UNFINISHED_STATES)
 
 _INSERT_SAGA = (
-    "INSERT INTO multistore_sagas (saga_id, name, state, input, error, compensation_error, "
-    "deadline, owner, lease_until, created_at, updated_at) VALUES (:saga_id, :name, :state, "
-    ":input, NULL, NULL, :deadline, :owner, :lease_until, :now, :now)"
+    "INSERT INTO multistore_sagas (saga_id, name, version, state, input, error, "
+    "compensation_error, deadline, owner, lease_until, created_at, updated_at) VALUES "
+    "(:saga_id, :name, :version, :state, :input, NULL, NULL, :deadline, :owner, "
+    "{now} + :lease, :now, :now)"
 )
 _INSERT_STEP = (
     "INSERT INTO multistore_saga_steps (saga_id, idx, name, state, attempts, output, error, "
@@ -72,8 +88,9 @@ _INSERT_STEP = (
 )
 _UPDATE_SAGA = (
     "UPDATE multistore_sagas SET state = :state, error = :error, "
-    "compensation_error = :compensation_error, owner = :new_owner, lease_until = :lease_until, "
-    "updated_at = :now WHERE saga_id = :saga_id AND owner = :owner"
+    "compensation_error = :compensation_error, owner = :new_owner, "
+    "lease_until = {now} + :lease, blocked = NULL, updated_at = :now "
+    "WHERE saga_id = :saga_id AND owner = :owner"
 )
 _UPDATE_STEP = (
     "UPDATE multistore_saga_steps SET state = :state, attempts = :attempts, output = :output, "
@@ -81,46 +98,64 @@ _UPDATE_STEP = (
     "compensation_error = :compensation_error, updated_at = :now "
     "WHERE saga_id = :saga_id AND idx = :idx"
 )
+# Free (never leased, released, or blocked and due again), expired, or ours.
 _CLAIMABLE = (
-    f"state IN ({_UNFINISHED_SQL}) AND (owner IS NULL OR owner = :owner OR lease_until < :now)"
+    f"state IN ({_UNFINISHED_SQL}) "
+    "AND (lease_until IS NULL OR lease_until < {now} OR owner = :owner)"
 )
 
 
 class SagaLog:
     """Reads and writes saga records in one relational store."""
 
-    def __init__(self, store: RelationalStore) -> None:
+    def __init__(self, store: RelationalStore, clock: LogClock | None = None) -> None:
         self.store = store
+        self.time = clock or LogClock(store)
+        """Where the leases take their time from (the database's clock by default)."""
         self._skip_locked = store.backend in ("postgresql", "mariadb")
         self._postgres = store.backend == "postgresql"
+        self._now = now = self.time.sql
+        self._insert_saga = _INSERT_SAGA.format(now=now)
+        self._update_saga = _UPDATE_SAGA.format(now=now)
+        self._claimable = _CLAIMABLE.format(now=now)
 
     async def setup(self) -> None:
-        """Create the tables if they are missing (safe to run from several workers)."""
+        """Create the tables if they are missing, and add the columns a log made by
+        an earlier release lacks (safe to run from several workers)."""
         async with self.store.transaction() as tx:
             if self.store.backend == "postgresql":
                 await tx.execute("SELECT pg_advisory_xact_lock(7311975041)")
             for statement in _SCHEMA:
                 await tx.execute(statement)
+            have = await _columns(tx, self.store.backend, "multistore_sagas")
+            for column, definition in _ADDED_COLUMNS:
+                if column not in have:
+                    await tx.execute(
+                        f"ALTER TABLE multistore_sagas ADD COLUMN {column} {definition}"
+                    )
 
     async def create(
-        self, record: SagaRecord, *, owner: str | None, lease_until: float | None, now: float
+        self, record: SagaRecord, *, owner: str | None, lease: float | None, now: float
     ) -> None:
-        """Insert a new saga and its steps. A saga id that exists raises
-        :class:`~multistore.errors.DuplicateKeyError` and changes nothing."""
+        """Insert a new saga and its steps, leased to ``owner`` for ``lease`` seconds
+        (or free: both None). A saga id that exists raises
+        :class:`~multistore.errors.DuplicateKeyError` and changes nothing. ``now``
+        stamps the rows (and is the lease clock on SQLite)."""
         if self._postgres:
-            await self._create_pg(record, owner=owner, lease_until=lease_until, now=now)
+            await self._create_pg(record, owner=owner, lease=lease, now=now)
             return
         async with self.store.transaction() as tx:
             await tx.execute(
-                _INSERT_SAGA,
+                self._insert_saga,
                 {
                     "saga_id": record.saga_id,
                     "name": record.name,
+                    "version": record.version,
                     "state": record.state.value,
                     "input": record.input,
                     "deadline": record.deadline,
                     "owner": owner,
-                    "lease_until": lease_until,
+                    "lease": lease,
                     "now": now,
                 },
             )
@@ -130,22 +165,23 @@ class SagaLog:
             )
 
     async def _create_pg(
-        self, record: SagaRecord, *, owner: str | None, lease_until: float | None, now: float
+        self, record: SagaRecord, *, owner: str | None, lease: float | None, now: float
     ) -> None:
         params: dict[str, Any] = {
             "saga_id": record.saga_id,
             "name": record.name,
+            "version": record.version,
             "state": record.state.value,
             "input": record.input,
             "deadline": record.deadline,
             "owner": owner,
-            "lease_until": lease_until,
+            "lease": lease,
             "now": now,
         }
         steps = [_step_params(record.saga_id, i, s, now) for i, s in enumerate(record.steps)]
         values = _pg_step_values(params, steps)
         await self.store.execute(
-            f"WITH saga AS ({_INSERT_SAGA} RETURNING saga_id) "
+            f"WITH saga AS ({self._insert_saga} RETURNING saga_id) "
             "INSERT INTO multistore_saga_steps (saga_id, idx, name, state, attempts, output, "
             "error, compensation_attempts, compensation_error, updated_at) "
             "SELECT saga.saga_id, v.idx, v.name, v.state, v.attempts, v.output, v.error, "
@@ -158,8 +194,8 @@ class SagaLog:
     async def load(self, saga_id: str) -> SagaRecord | None:
         async with self.store.connection() as conn:
             row = await conn.fetch_one(
-                "SELECT saga_id, name, state, input, error, compensation_error, deadline "
-                "FROM multistore_sagas WHERE saga_id = :id",
+                "SELECT saga_id, name, version, state, input, error, compensation_error, "
+                "deadline FROM multistore_sagas WHERE saga_id = :id",
                 {"id": saga_id},
             )
             if row is None:
@@ -189,7 +225,15 @@ class SagaLog:
             error=row["error"],
             compensation_error=row["compensation_error"],
             deadline=None if row["deadline"] is None else float(row["deadline"]),
+            version=str(row["version"]),
         )
+
+    async def blocked(self, saga_id: str) -> str | None:
+        """Why the last worker that took the saga could not run it (None: nothing)."""
+        reason = await self.store.fetch_val(
+            "SELECT blocked FROM multistore_sagas WHERE saga_id = :id", {"id": saga_id}
+        )
+        return None if reason is None else str(reason)
 
     async def save(
         self,
@@ -197,18 +241,19 @@ class SagaLog:
         after: SagaRecord,
         *,
         owner: str,
-        lease_until: float,
+        lease: float,
         now: float,
     ) -> None:
         """Write the transition ``before -> after`` if ``owner`` still holds the
-        saga; a finished saga is released. Raises :class:`SagaLeaseLostError` otherwise."""
+        saga, and extend its lease to ``lease`` seconds from now; a finished saga is
+        released. Raises :class:`SagaLeaseLostError` otherwise."""
         release = after.state.finished
         saga_params = {
             "state": after.state.value,
             "error": after.error,
             "compensation_error": after.compensation_error,
             "new_owner": None if release else owner,
-            "lease_until": None if release else lease_until,
+            "lease": None if release else lease,
             "now": now,
             "saga_id": after.saga_id,
             "owner": owner,
@@ -224,7 +269,7 @@ class SagaLog:
             params = dict(saga_params)
             values = _pg_step_values(params, changed)
             updated = await self.store.execute(
-                f"WITH fence AS ({_UPDATE_SAGA} RETURNING saga_id) "
+                f"WITH fence AS ({self._update_saga} RETURNING saga_id) "
                 "UPDATE multistore_saga_steps AS t SET state = v.state, attempts = v.attempts, "
                 "output = v.output, error = v.error, "
                 "compensation_attempts = v.compensation_attempts, "
@@ -238,7 +283,7 @@ class SagaLog:
                 raise _lease_lost(after.saga_id, owner)
             return
         async with self.store.transaction() as tx:
-            fenced = await tx.execute(_UPDATE_SAGA, saga_params)
+            fenced = await tx.execute(self._update_saga, saga_params)
             if fenced != 1:
                 raise _lease_lost(after.saga_id, owner)
             if len(changed) == 1:
@@ -246,59 +291,68 @@ class SagaLog:
             elif changed:
                 await tx.executemany(_UPDATE_STEP, changed)
 
-    async def claim(self, saga_id: str, *, owner: str, lease_until: float, now: float) -> bool:
+    async def claim(self, saga_id: str, *, owner: str, lease: float, now: float) -> bool:
         """Take the lease of one unfinished saga if it is free, expired or ours."""
         claimed = await self.store.execute(
-            f"UPDATE multistore_sagas SET owner = :owner, lease_until = :lease_until "
-            f"WHERE saga_id = :saga_id AND {_CLAIMABLE}",
-            {"owner": owner, "lease_until": lease_until, "now": now, "saga_id": saga_id},
+            f"UPDATE multistore_sagas SET owner = :owner, lease_until = {self._now} + :lease "
+            f"WHERE saga_id = :saga_id AND {self._claimable}",
+            {"owner": owner, "lease": lease, "now": now, "saga_id": saga_id},
         )
         return claimed == 1
 
     async def claim_batch(
         self,
-        names: Sequence[str],
+        definitions: Sequence[tuple[str, str]],
         *,
         owner: str,
-        lease_until: float,
+        lease: float,
         now: float,
         limit: int,
         exclude: Sequence[str] = (),
     ) -> list[str]:
-        """Take the leases of up to ``limit`` unfinished sagas of the given names that
-        are free, expired or ours (oldest first). On PostgreSQL and MariaDB rows
-        locked by a concurrent claimer are skipped (``FOR UPDATE SKIP LOCKED``)."""
-        if not names:
+        """Take the leases of up to ``limit`` unfinished sagas logged with one of the
+        ``(name, version)`` pairs in ``definitions`` that are free, expired or ours
+        (oldest first). On PostgreSQL and MariaDB rows locked by a concurrent claimer
+        are skipped (``FOR UPDATE SKIP LOCKED``)."""
+        if not definitions:
             return []
         params: dict[str, Any] = {"owner": owner, "now": now, "limit": limit}
-        name_marks = _marks(params, "n", names)
+        pairs = []
+        for n, (name, version) in enumerate(definitions):
+            params[f"n{n}"], params[f"v{n}"] = name, version
+            pairs.append(f"(name = :n{n} AND version = :v{n})")
         not_in = ""
         if exclude:
             not_in = f" AND saga_id NOT IN ({_marks(params, 'x', exclude)})"
         lock = " FOR UPDATE SKIP LOCKED" if self._skip_locked else ""
         async with self.store.transaction() as tx:
             rows = await tx.fetch_all(
-                f"SELECT saga_id FROM multistore_sagas WHERE {_CLAIMABLE} "
-                f"AND name IN ({name_marks}){not_in} ORDER BY created_at LIMIT :limit{lock}",
+                f"SELECT saga_id FROM multistore_sagas WHERE {self._claimable} "
+                f"AND ({' OR '.join(pairs)}){not_in} ORDER BY created_at LIMIT :limit{lock}",
                 params,
             )
             ids = [str(r["saga_id"]) for r in rows]
             if ids:
-                update: dict[str, Any] = {"owner": owner, "lease_until": lease_until}
+                update: dict[str, Any] = {"owner": owner, "lease": lease, "now": now}
                 id_marks = _marks(update, "i", ids)
                 await tx.execute(
-                    f"UPDATE multistore_sagas SET owner = :owner, lease_until = :lease_until "
-                    f"WHERE saga_id IN ({id_marks})",
+                    f"UPDATE multistore_sagas SET owner = :owner, "
+                    f"lease_until = {self._now} + :lease WHERE saga_id IN ({id_marks})",
                     update,
                 )
         return ids
 
-    async def renew(self, owner: str, *, lease_until: float) -> int:
-        """Extend the lease of every unfinished saga ``owner`` holds (the heartbeat)."""
+    async def renew(self, owner: str, saga_ids: Sequence[str], *, lease: float, now: float) -> int:
+        """Extend to ``lease`` seconds from now the leases of ``saga_ids`` that
+        ``owner`` still holds (the heartbeat of the sagas a worker is running, and of
+        no other); how many it extended."""
+        if not saga_ids:
+            return 0
+        params: dict[str, Any] = {"owner": owner, "lease": lease, "now": now}
         return await self.store.execute(
-            f"UPDATE multistore_sagas SET lease_until = :lease_until "
-            f"WHERE owner = :owner AND state IN ({_UNFINISHED_SQL})",
-            {"owner": owner, "lease_until": lease_until},
+            f"UPDATE multistore_sagas SET lease_until = {self._now} + :lease "
+            f"WHERE owner = :owner AND saga_id IN ({_marks(params, 'i', saga_ids)})",
+            params,
         )
 
     async def release(self, saga_id: str, owner: str) -> None:
@@ -308,6 +362,47 @@ class SagaLog:
             "WHERE saga_id = :saga_id AND owner = :owner",
             {"saga_id": saga_id, "owner": owner},
         )
+
+    async def block(
+        self, saga_id: str, owner: str, reason: str, *, retry_in: float, now: float
+    ) -> bool:
+        """Give a saga back that ``owner`` cannot run, with the reason: no worker
+        takes it for ``retry_in`` seconds. False if ``owner`` no longer held it."""
+        blocked = await self.store.execute(
+            f"UPDATE multistore_sagas SET owner = NULL, lease_until = {self._now} + :retry_in, "
+            "blocked = :reason WHERE saga_id = :saga_id AND owner = :owner",
+            {
+                "saga_id": saga_id,
+                "owner": owner,
+                "reason": reason,
+                "retry_in": retry_in,
+                "now": now,
+            },
+        )
+        return blocked == 1
+
+    async def take_stuck(self, saga_id: str, owner: str, *, lease: float, now: float) -> bool:
+        """Lease a stuck saga (which no worker holds) to an operator's ``owner``."""
+        taken = await self.store.execute(
+            f"UPDATE multistore_sagas SET owner = :owner, lease_until = {self._now} + :lease "
+            "WHERE saga_id = :saga_id AND state = 'stuck' AND owner IS NULL",
+            {"owner": owner, "lease": lease, "now": now, "saga_id": saga_id},
+        )
+        return taken == 1
+
+
+async def _columns(tx: Transaction, backend: str, table: str) -> set[str]:
+    """The column names of ``table``."""
+    if backend == "sqlite":
+        rows = await tx.fetch_all(f"PRAGMA table_info({table})")
+        return {str(r["name"]) for r in rows}
+    schema = "current_schema()" if backend == "postgresql" else "DATABASE()"
+    rows = await tx.fetch_all(
+        "SELECT column_name AS name FROM information_schema.columns "
+        f"WHERE table_schema = {schema} AND table_name = :table",
+        {"table": table},
+    )
+    return {str(r["name"]).lower() for r in rows}
 
 
 def _lease_lost(saga_id: str, owner: str) -> SagaLeaseLostError:
@@ -367,8 +462,8 @@ def _step_params(saga_id: str, idx: int, step: StepRecord, now: float) -> dict[s
 # -- inspection (for operators and the CLI) --------------------------------------
 
 _SAGA_COLUMNS = (
-    "saga_id, name, state, error, compensation_error, deadline, owner, lease_until, "
-    "created_at, updated_at"
+    "saga_id, name, version, state, error, compensation_error, deadline, owner, "
+    "lease_until, blocked, created_at, updated_at"
 )
 
 
@@ -380,8 +475,9 @@ async def list_sagas(
     store: RelationalStore, *, state: str | SagaState | None = None, limit: int = 100
 ) -> list[dict[str, Any]]:
     """The sagas in the log, newest first, optionally only those in ``state``; each a
-    dict with ``saga_id, name, state, error, compensation_error, deadline, owner,
-    lease_until, created_at, updated_at`` (errors are JSON text ``{"type", "message"}``)."""
+    dict with ``saga_id, name, version, state, error, compensation_error, deadline,
+    owner, lease_until, blocked, created_at, updated_at`` (errors are JSON text
+    ``{"type", "message"}``; ``blocked`` is why the last worker could not run it)."""
     if state is None:
         rows = await store.fetch_all(
             f"SELECT {_SAGA_COLUMNS} FROM multistore_sagas "

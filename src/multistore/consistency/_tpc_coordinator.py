@@ -4,8 +4,7 @@
 
     coordinator = await TransactionCoordinator.open(
         {"orders": "postgresql://…/orders", "payments": "mariadb://…/payments",
-         "inventory": "sqlite:///inventory.db"},
-        log="sqlite:///.multistore/2pc-log.db", node="shop-1")
+         "inventory": "sqlite:///inventory.db"})
     async with coordinator.transaction(["orders", "payments", "inventory"]) as tx:
         await tx["orders"].execute("INSERT INTO orders (id, total) VALUES (:id, :t)", …)
 
@@ -29,16 +28,26 @@ Outcomes: normal exit means committed everywhere. :class:`TransactionAbortedErro
 (definite) means rolled back everywhere. :class:`TransactionIndeterminateError` means
 commit may have been decided and some branch is not confirmed; the recovery manager
 finishes it — the coordinator never reports failure for a transaction that recovery
-will commit.
+will commit. Once the block has ended, the protocol runs in a task of its own: a
+caller cancelled meanwhile gets :class:`asyncio.CancelledError`, and the transaction
+still completes (or is left to recovery) exactly as it would have.
+
+The log (by default the config's ``transactions`` role) holds the coordinator's
+*node* id as a lease (``_tpc_nodes``): ``node`` names it (a second live coordinator
+with the same id is refused), or, left out, a fresh id is made. A live coordinator
+renews its lease and, every ``recover_interval`` seconds, recovers in the background
+its own transactions left in doubt (a phase 2 that failed) and those of nodes whose
+lease ran out (a coordinator that crashed or closed), so nothing waits for an operator.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import secrets
 import uuid
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
-from typing import Any, Self
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from typing import Any, NoReturn, Self, TypeVar
 
 from multistore.consistency._tpc_errors import (
     HeuristicOutcome,
@@ -47,6 +56,7 @@ from multistore.consistency._tpc_errors import (
     TransactionIndeterminateError,
 )
 from multistore.consistency._tpc_log import DecisionLog
+from multistore.consistency._tpc_nodes import NodeBusyError, new_owner
 from multistore.consistency._tpc_participants import (
     Branch,
     Participant,
@@ -55,10 +65,12 @@ from multistore.consistency._tpc_participants import (
 )
 from multistore.consistency._tpc_recovery import RecoveryReport, recover_once
 from multistore.core._tpc import (
+    TID_DIGITS,
     Decision,
     TxState,
     Vote,
     Xid,
+    advance,
     decide,
     last_resource,
     needs_decision_log,
@@ -68,6 +80,13 @@ from multistore.errors import DuplicateKeyError, MultistoreError, UsageError
 from multistore.urls import StoreURL
 
 __all__ = ["DistributedTransaction", "EventHook", "TransactionCoordinator"]
+
+T = TypeVar("T")
+
+#: How long a coordinator's node lease lasts unless renewed (it renews every third).
+LEASE_TTL = 15.0
+#: How often a live coordinator recovers in the background (seconds).
+RECOVER_INTERVAL = 5.0
 
 #: Called at protocol points with (event, xid, participant name or ""):
 #: ``preparing`` (phase 1 starts), ``prepared`` (one branch), ``decided`` (commit decided
@@ -80,6 +99,17 @@ def _wake(future: asyncio.Future[None]) -> None:
         future.set_result(None)
 
 
+def _fresh_node() -> str:
+    return f"c-{secrets.token_hex(5)}"
+
+
+def _settled(task: asyncio.Future[Any]) -> None:
+    """Retrieve a finished task's exception (its caller may have been cancelled and
+    never look), so asyncio does not report it as lost."""
+    if not task.cancelled():
+        task.exception()
+
+
 class DistributedTransaction:
     """One distributed transaction: ``tx[name]`` is that participant's branch."""
 
@@ -88,7 +118,7 @@ class DistributedTransaction:
         self.branches = dict(branches)
         self.holder = holder
         """The last resource (whose own commit records the decision), if any."""
-        self.state = TxState.ACTIVE
+        self._state = TxState.ACTIVE
         self.votes: dict[str, Vote | None] = {}
         self.reasons: dict[str, str] = {}
         self.heuristics: list[HeuristicOutcome] = []
@@ -106,6 +136,14 @@ class DistributedTransaction:
                 f"(it spans {sorted(self.branches)})"
             ) from None
 
+    @property
+    def state(self) -> TxState:
+        return self._state
+
+    @state.setter
+    def state(self, to: TxState) -> None:
+        self._state = advance(self._state, to)  # checked against TRANSITIONS
+
     def sql(self, name: str) -> SQLBranch:
         """The branch on a relational participant, typed as such."""
         branch = self[name]
@@ -118,7 +156,10 @@ class DistributedTransaction:
 
 
 class TransactionCoordinator:
-    """Runs distributed transactions over named participants, with a decision log."""
+    """Runs distributed transactions over named participants, with a decision log.
+
+    Build it with :meth:`open` (which takes the node's lease and starts background
+    recovery); the constructor alone does neither."""
 
     def __init__(
         self,
@@ -130,39 +171,67 @@ class TransactionCoordinator:
         commit_timeout: float = 10.0,
         on_event: EventHook | None = None,
         last_resource: bool = False,
+        lease_ttl: float = LEASE_TTL,
+        recover_interval: float | None = RECOVER_INTERVAL,
     ) -> None:
-        Xid(node, "0" * 32)  # validates the node id
+        Xid(node, "0" * TID_DIGITS, log=log.log_id or "0" * 10)  # validates the node id
         self.participants = dict(participants)
         self.log = log
         self.node = node
+        self.owner = new_owner()
+        """This coordinator's lease token in the log (see ``_tpc_nodes``)."""
         self.prepare_timeout = prepare_timeout
         self.commit_timeout = commit_timeout
         self.last_resource = last_resource
         self.on_event = on_event
+        self.lease_ttl = lease_ttl
+        self.recover_interval = recover_interval
+        self.last_recovery: RecoveryReport | None = None
+        """The report of the latest recovery pass (at open, on demand or background)."""
         self._holders: dict[tuple[str, ...], str | None] = {}
         """The last resource by the transaction's participant names (it does not depend
         on the transaction id)."""
-        self._background: set[asyncio.Task[None]] = set()
+        self._background: set[asyncio.Task[Any]] = set()
+        self._in_flight: dict[str, int] = {}
+        """Global ids of this coordinator's transactions under way (and how many tasks
+        still work on each): recovery leaves them alone."""
+        self._keepers: list[asyncio.Task[None]] = []
+        self._lost: str | None = None
+        """Why this coordinator may not start transactions any more (its lease lost)."""
+        self._recovering = asyncio.Lock()
 
     @classmethod
     async def open(
         cls,
         participants: Mapping[str, str | StoreURL | Participant],
         *,
-        log: str | StoreURL = "sqlite:///.multistore/2pc-log.db",
-        node: str = "node1",
+        log: str | StoreURL | None = None,
+        node: str | None = None,
         prepare_timeout: float = 10.0,
         commit_timeout: float = 10.0,
         recover: bool = True,
         on_event: EventHook | None = None,
         last_resource: bool = False,
+        lease_ttl: float = LEASE_TTL,
+        recover_interval: float | None = RECOVER_INTERVAL,
+        node_wait: float | None = None,
     ) -> Self:
-        """Open the participants (URLs or ready objects) and the log; with ``recover``
-        first resolve what this node left in doubt (participants that are down are
-        skipped; run :meth:`recover` again later). ``last_resource``: let a PostgreSQL
-        or MariaDB branch record the decision by its own commit (module docstring)."""
+        """Open the participants (URLs or ready objects) and the log (None: the
+        config's ``transactions`` role, as recovery and ``multistore recover`` find it).
+
+        ``node``: this coordinator's id in the log; taken as a lease, waiting up to
+        ``node_wait`` seconds (default ``lease_ttl``: long enough for a crashed
+        predecessor's lease to run out) while another coordinator holds it, then
+        :class:`NodeBusyError`. None: a fresh id (``c-`` and 10 hex digits); what an
+        earlier process left is then recovered when its lease runs out, by whichever
+        coordinator of the log comes first. With ``recover``, resolve what this node and
+        nodes nobody holds left in doubt (participants that are down are skipped; the
+        background recovery tries again every ``recover_interval`` seconds, None: never).
+        ``last_resource``: let a PostgreSQL or MariaDB branch record the decision by its
+        own commit (module docstring)."""
         opened: dict[str, Participant] = {}
         decision_log: DecisionLog | None = None
+        self: Self | None = None
         try:
             for name, target in participants.items():
                 opened[name] = (
@@ -171,18 +240,30 @@ class TransactionCoordinator:
                     else await open_participant(name, target)
                 )
             decision_log = await DecisionLog.open(log)
+            for participant in opened.values():
+                await participant.note_log(decision_log.log_id, decision_log.location)
             self = cls(
                 opened,
                 decision_log,
-                node=node,
+                node=node or _fresh_node(),
                 prepare_timeout=prepare_timeout,
                 commit_timeout=commit_timeout,
                 on_event=on_event,
                 last_resource=last_resource,
+                lease_ttl=lease_ttl,
+                recover_interval=recover_interval,
+            )
+            await self._take_node(
+                explicit=node is not None, wait=lease_ttl if node_wait is None else node_wait
             )
             if recover:
                 await self.recover()
+            self._start_keepers()
         except BaseException:
+            if self is not None:
+                await self._stop_keepers()
+                with contextlib.suppress(Exception):
+                    await decision_log.nodes.release(self.node, self.owner)  # type: ignore[union-attr]
             for participant in opened.values():
                 with contextlib.suppress(Exception):
                     await participant.close()
@@ -191,7 +272,36 @@ class TransactionCoordinator:
             raise
         return self
 
+    async def _take_node(self, *, explicit: bool, wait: float) -> None:
+        """Take the node's lease: a fresh id (drawn again if the log knows it), or the
+        one asked for (waiting for a lease held by another coordinator to run out, for
+        up to ``wait`` seconds)."""
+        nodes = self.log.nodes
+        if not explicit:
+            while self.node in await nodes.leases() or not await nodes.acquire(
+                self.node, self.owner, self.lease_ttl
+            ):
+                self.node = _fresh_node()
+            return
+        node = self.node
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + wait
+        while not await nodes.acquire(node, self.owner, self.lease_ttl):
+            lease = (await nodes.leases()).get(node)
+            left = deadline - loop.time()
+            if lease is None or left <= 0:
+                held = lease.describe() if lease is not None else f"node {node!r} is taken"
+                raise NodeBusyError(
+                    f"{held}: give each coordinator its own node id (or none, and one is "
+                    "made up), or close the other one first"
+                )
+            await asyncio.sleep(min(max(lease.remaining, 0.05), left, 1.0))
+
     async def close(self) -> None:
+        """Stop background recovery, let transactions still completing finish (bounded),
+        give the node's lease back and close participants and log. Whatever is left in
+        doubt is recovered by the next coordinator of the log, or ``multistore recover``."""
+        await self._stop_keepers()
         if self._background:
             await asyncio.wait(self._background, timeout=2 * self.commit_timeout)
         for participant in self.participants.values():
@@ -200,6 +310,9 @@ class TransactionCoordinator:
                     await participant.decisions.flush()
             with contextlib.suppress(Exception):
                 await participant.close()
+        if self._lost is None:
+            with contextlib.suppress(MultistoreError):
+                await self.log.nodes.release(self.node, self.owner)
         await self.log.close()
 
     async def __aenter__(self) -> Self:
@@ -208,11 +321,78 @@ class TransactionCoordinator:
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
 
-    async def recover(self, *, all_nodes: bool = False) -> RecoveryReport:
-        """Resolve in-doubt branches of this node (or of every node) once."""
-        return await recover_once(
-            self.log, self.participants, node=None if all_nodes else self.node
-        )
+    async def recover(self) -> RecoveryReport:
+        """One recovery pass: this node's transactions left in doubt (not those still
+        under way) and those of nodes whose lease ran out."""
+        async with self._recovering:
+            report = await recover_once(
+                self.log,
+                self.participants,
+                owner=self.owner,
+                # The live view, not a copy: a transaction that starts while the pass
+                # runs is still left alone when the pass reaches its branches.
+                in_flight=self._in_flight.keys(),
+                lease_ttl=self.lease_ttl,
+            )
+        self.last_recovery = report
+        return report
+
+    # -- the node's lease and background recovery --
+
+    def _start_keepers(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._keepers.append(loop.create_task(self._renew_lease()))
+        if self.recover_interval is not None:
+            self._keepers.append(loop.create_task(self._recover_periodically()))
+
+    async def _stop_keepers(self) -> None:
+        keepers, self._keepers = self._keepers, []
+        for task in keepers:
+            task.cancel()
+        for task in keepers:
+            with contextlib.suppress(BaseException):
+                await task
+
+    async def _renew_lease(self) -> None:
+        while True:
+            await asyncio.sleep(self.lease_ttl / 3)
+            try:
+                held = await self.log.nodes.renew(self.owner, self.lease_ttl)
+            except MultistoreError:
+                continue  # the log is down: try again (the lease may run out meanwhile)
+            if self.node not in held:
+                self._lost = (
+                    f"coordinator node {self.node!r} lost its lease in {self.log.describe()} "
+                    f"(not renewed for {self.lease_ttl:g} s, another process took it over); "
+                    "open a new coordinator"
+                )
+                return
+
+    async def _recover_periodically(self) -> None:
+        assert self.recover_interval is not None
+        while self._lost is None:
+            await asyncio.sleep(self.recover_interval)
+            with contextlib.suppress(Exception):  # down participants: next time
+                await self.recover()
+
+    def _shielded(self, work: Awaitable[T]) -> Awaitable[T]:
+        """Run ``work`` in a task of its own that a cancelled caller does not stop (the
+        caller gets CancelledError; ``close`` waits for the task)."""
+        task = asyncio.ensure_future(work)
+        self._background.add(task)
+        task.add_done_callback(_settled)
+        task.add_done_callback(self._background.discard)
+        return asyncio.shield(task)
+
+    def _enter(self, gtrid: str) -> None:
+        self._in_flight[gtrid] = self._in_flight.get(gtrid, 0) + 1
+
+    def _leave(self, gtrid: str) -> None:
+        left = self._in_flight.get(gtrid, 1) - 1
+        if left:
+            self._in_flight[gtrid] = left
+        else:
+            self._in_flight.pop(gtrid, None)
 
     def _emit(self, event: str, xid: Xid, name: str = "") -> None:
         if self.on_event is not None:
@@ -228,31 +408,47 @@ class TransactionCoordinator:
             raise UsageError(
                 f"unknown participants {unknown}; configured: {sorted(self.participants)}"
             )
-        xid = Xid(self.node, uuid.uuid4().hex)
+        if self._lost is not None:
+            raise NodeBusyError(self._lost)
+        xid = Xid(self.node, uuid.uuid4().hex[:TID_DIGITS], log=self.log.log_id)
         holder = self._holder(xid, names) if self.last_resource else None
-        tx = DistributedTransaction(xid, await self._begin_all(xid, names, holder or ""), holder)
+        self._enter(xid.gtrid)  # recovery leaves it alone from here on
         try:
-            try:
-                yield tx
-            except BaseException as exc:
-                tx.state = TxState.ABORTING
-                await self._rollback(tx, list(tx.branches))
-                tx.state = TxState.ABORTED
-                if isinstance(exc, MultistoreError) and not exc.definite:
-                    # A statement timed out or lost its connection: unknown for that
-                    # statement, but no branch was prepared, so the transaction is not.
-                    raise TransactionAbortedError(
-                        f"transaction {xid.gtrid} rolled back: a statement failed: {exc}",
-                        gtrid=xid.gtrid,
-                    ) from exc
-                raise
-            await self._complete(tx)
+            branches = await self._begin_all(xid, names, holder or "")
+        except BaseException:
+            self._leave(xid.gtrid)
+            raise
+        tx = DistributedTransaction(xid, branches, holder)
+        try:
+            yield tx
+        except BaseException as exc:
+            await self._shielded(self._finish(tx, self._abandon(tx)))
+            if isinstance(exc, MultistoreError) and not exc.definite:
+                # A statement timed out or lost its connection: unknown for that
+                # statement, but no branch was prepared, so the transaction is not.
+                raise TransactionAbortedError(
+                    f"transaction {xid.gtrid} rolled back: a statement failed: {exc}",
+                    gtrid=xid.gtrid,
+                ) from exc
+            raise
+        await self._shielded(self._finish(tx, self._complete(tx)))
+
+    async def _abandon(self, tx: DistributedTransaction) -> None:
+        tx.state = TxState.ABORTING
+        await self._rollback(tx, list(tx.branches))
+        tx.state = TxState.ABORTED
+
+    async def _finish(self, tx: DistributedTransaction, work: Awaitable[None]) -> None:
+        """Run the end of the protocol, then hand every connection back."""
+        try:
+            await work
         finally:
             # Every branch is finished here (committed, prepared or rolled back), so a
             # release only hands the connection back: one after the other, no tasks.
             for name, branch in tx.branches.items():
                 if name not in tx._stragglers:
                     await self._release(branch)
+            self._leave(tx.xid.gtrid)
 
     async def _release(self, branch: Branch) -> None:
         with contextlib.suppress(Exception):  # a stuck connection is dropped, not waited on
@@ -316,8 +512,8 @@ class TransactionCoordinator:
             except DuplicateKeyError:
                 tx.reasons["coordinator"] = "a recovery manager decided abort first"
                 await self._abort(tx, targets)
-            except MultistoreError as exc:
-                if exc.definite:
+            except Exception as exc:
+                if isinstance(exc, MultistoreError) and exc.definite:
                     tx.reasons["coordinator"] = f"the decision log refused the commit: {exc}"
                     await self._abort(tx, targets)
                 tx.state = TxState.IN_DOUBT
@@ -354,7 +550,7 @@ class TransactionCoordinator:
         try:
             async with asyncio.timeout(self.commit_timeout):
                 await last.commit_deciding(targets)
-        except (MultistoreError, TimeoutError) as exc:
+        except Exception as exc:  # anything but a definite error: it may have committed
             if isinstance(exc, MultistoreError) and exc.definite:
                 tx.votes[holder] = Vote.NO
                 tx.reasons[holder] = f"the last resource did not commit: {exc}"
@@ -375,7 +571,7 @@ class TransactionCoordinator:
         try:
             async with asyncio.timeout(self.commit_timeout):
                 await branch.commit(one_phase=True)
-        except (MultistoreError, TimeoutError) as exc:
+        except Exception as exc:  # anything but a definite error: it may have committed
             definite = isinstance(exc, MultistoreError) and exc.definite
             tx.state = TxState.ABORTED if definite else TxState.IN_DOUBT
             if definite:
@@ -439,10 +635,13 @@ class TransactionCoordinator:
             elif isinstance(exc, MultistoreError):
                 tx.votes[name] = None
                 tx.reasons[name] = str(exc)
+            elif isinstance(exc, Exception):  # not ours: the branch may be prepared
+                tx.votes[name] = None
+                tx.reasons[name] = f"prepare failed unexpectedly: {type(exc).__name__}: {exc}"
             else:
                 raise exc
 
-    async def _abort(self, tx: DistributedTransaction, targets: Sequence[str]) -> None:
+    async def _abort(self, tx: DistributedTransaction, targets: Sequence[str]) -> NoReturn:
         tx.state = TxState.ABORTING
         await self._rollback(tx, targets)
         tx.state = TxState.ABORTED
@@ -460,6 +659,7 @@ class TransactionCoordinator:
         async def one(name: str) -> None:
             branch = tx.branches[name]
             if name in tx._stragglers:
+                self._enter(tx.xid.gtrid)  # left in flight until the straggler is cleaned
                 task = asyncio.ensure_future(self._clean_straggler(branch, tx._stragglers[name]))
                 self._background.add(task)
                 task.add_done_callback(self._background.discard)
@@ -468,10 +668,10 @@ class TransactionCoordinator:
             unknown = name in tx.votes and tx.votes[name] is None
             try:
                 await asyncio.wait_for(branch.rollback(), self.commit_timeout)
-            except (MultistoreError, TimeoutError):
+            except Exception:
                 unknown = True
             if unknown:
-                with contextlib.suppress(MultistoreError, TimeoutError):
+                with contextlib.suppress(Exception):
                     await asyncio.wait_for(
                         branch.participant.rollback_prepared(branch.xid), self.commit_timeout
                     )
@@ -482,6 +682,12 @@ class TransactionCoordinator:
         """Best effort for a branch whose prepare did not answer in time: wait for the
         cancelled prepare to end, roll back (also a prepared branch of that id), release.
         Whatever is left prepared has no commit record: recovery rolls it back."""
+        try:
+            await self._clean(branch, prepare)
+        finally:
+            self._leave(branch.xid.gtrid)
+
+    async def _clean(self, branch: Branch, prepare: asyncio.Future[Vote]) -> None:
         await asyncio.wait({prepare}, timeout=2 * self.commit_timeout)
         if prepare.done() and not prepare.cancelled():
             prepare.exception()  # retrieved: it was reported as "no answer" already
@@ -500,6 +706,9 @@ class TransactionCoordinator:
             branch = tx.branches[name]
             async with asyncio.timeout(self.commit_timeout):
                 found = await branch.commit()
+                # Gone: committed all the same (a retry after a lost answer) if its
+                # commit marker is there; otherwise resolved against the decision.
+                found = found or bool(await branch.participant.committed(branch.xid))
             if not found:
                 tx.heuristics.append(
                     HeuristicOutcome(
@@ -516,16 +725,18 @@ class TransactionCoordinator:
         if len(targets) == 1:  # no task for a single branch
             try:
                 await one(targets[0])
-            except (MultistoreError, TimeoutError) as exc:
+            except Exception as exc:
                 results = [exc]
         else:
             results = await asyncio.gather(*(one(n) for n in targets), return_exceptions=True)
         pending: dict[str, str] = {}
         for name, result in zip(targets, results, strict=True):
             if isinstance(result, BaseException):
-                if not isinstance(result, MultistoreError | TimeoutError):
-                    raise result
-                pending[name] = str(result) or "timeout"
+                if not isinstance(result, Exception):
+                    raise result  # the process is going down (a crash, an interrupt)
+                # Whatever failed, the commit decision stands: the outcome is unknown
+                # until recovery finishes the branch.
+                pending[name] = str(result) or type(result).__name__
         if pending:
             tx.state = TxState.IN_DOUBT
             listed = "; ".join(f"{k}: {v}" for k, v in sorted(pending.items()))

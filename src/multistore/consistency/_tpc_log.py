@@ -7,8 +7,14 @@ coordinator still in phase 1 and a recovery run cannot both win: the loser's ins
 fails and the coordinator aborts. A commit record is deleted once every branch
 confirmed (forgotten); abort records are kept for ``abort_retention`` seconds.
 
-SQLite (the default, opened with ``synchronous=full`` so a commit survives a power
-cut) serves one coordinator; PostgreSQL lets several coordinators share one log.
+SQLite (opened with ``synchronous=full`` so a commit survives a power cut) serves the
+coordinators of one machine; PostgreSQL lets coordinators on several machines share one
+log. With no URL the log is the config's ``transactions`` role (:func:`default_log`):
+the coordinator, :func:`~multistore.consistency.recover_transactions` and
+``multistore recover`` all find it the same way.
+
+A log has an id, made when it is created, and keeps its coordinators' node leases
+(:mod:`._tpc_nodes`); every branch id names the log that decides it.
 
 Commit records are **group-committed**: decisions that arrive while a write is in
 flight are queued and written together in one transaction (one fsync) after it, so
@@ -30,8 +36,12 @@ import sqlite3
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Final, Self, cast
 
+from multistore.config import load_config
+from multistore.consistency._tpc_nodes import SCHEMA as NODES_SCHEMA
+from multistore.consistency._tpc_nodes import NodeRegistry
 from multistore.core._tpc import Decision, Xid
 from multistore.errors import DuplicateKeyError, InvalidQueryError, MultistoreError, StoreError
 from multistore.stores._registry import open_store
@@ -39,7 +49,15 @@ from multistore.stores.relational import RelationalStore
 from multistore.stores.relational._sqlite import SQLiteRelationalStore
 from multistore.urls import StoreURL, parse_url
 
-__all__ = ["DECISIONS_TABLE", "LOG_TABLE", "DecisionLog", "LogRecord", "ensure_table", "schema"]
+__all__ = [
+    "DECISIONS_TABLE",
+    "LOG_TABLE",
+    "DecisionLog",
+    "LogRecord",
+    "default_log",
+    "ensure_table",
+    "schema",
+]
 
 LOG_TABLE: Final = "multistore_tpc_log"
 #: The same records, kept by a participant that is a transaction's last resource.
@@ -108,6 +126,23 @@ async def ensure_table(store: RelationalStore, ddl: str) -> None:
         await store.execute_script(ddl)
 
 
+def default_log() -> StoreURL:
+    """The decision log used when none is given: the ``transactions`` role of the
+    config (``multistore.toml``, ``$MULTISTORE_CONFIG``), by default
+    ``.multistore/transactions.db`` in the working directory."""
+    return load_config().role("transactions").url
+
+
+def _located(url: StoreURL) -> StoreURL:
+    """A SQLite log by its absolute path (so that messages, and the participants that
+    note which logs use them, name the same file from any working directory)."""
+    if url.scheme != "sqlite" or url.path == ":memory:":
+        return url
+    path = Path(url.path).resolve()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return dataclasses.replace(url, database=str(path))
+
+
 @dataclass(frozen=True)
 class LogRecord:
     gtrid: str
@@ -135,23 +170,45 @@ class DecisionLog:
         self._writer: asyncio.Task[None] | None = None
         self.writes = 0
         """How many log transactions wrote commit records (for statistics)."""
+        self.nodes = NodeRegistry(store)
+        """The coordinator nodes' leases (a coordinator's log; see ``_tpc_nodes``)."""
+        self.log_id = ""
+        """The log's id, named by every branch id it decides (a coordinator's log)."""
+        self.location = store.url.render()
+        """Where the log is, for messages (password hidden)."""
 
     @classmethod
-    async def open(cls, url: str | StoreURL) -> Self:
-        parsed = parse_url(url)
+    async def open(cls, url: str | StoreURL | None = None) -> Self:
+        """Open (and, if new, create) the log at ``url``; :func:`default_log` if None."""
+        parsed = _located(default_log() if url is None else parse_url(url))
         if parsed.scheme == "etcd":  # a replicated log: decisions outlive this machine
             from multistore.consistency._tpc_etcd import EtcdDecisionLog
 
             return cast(Self, await EtcdDecisionLog.open_url(parsed))
+        location = parsed.render()
         if parsed.scheme == "sqlite" and "synchronous" not in parsed.options:
             parsed = dataclasses.replace(parsed, options={**parsed.options, "synchronous": "full"})
         store = cast(RelationalStore, await open_store(parsed, model="relational"))
         try:
             await ensure_table(store, schema(LOG_TABLE))
+            for ddl in NODES_SCHEMA.split(";"):
+                await ensure_table(store, ddl)
+            self = cls(store)
+            self.log_id = await self.nodes.log_id()
         except BaseException:
             await store.close()
             raise
-        return cls(store)
+        self.location = location
+        return self
+
+    def describe(self) -> str:
+        """``log <id> at <url>``."""
+        return f"log {self.log_id} at {self.location}"
+
+    def owns(self, xid: Xid, known_nodes: Sequence[str] | set[str] = ()) -> bool:
+        """Whether this log decides ``xid``: its id names this log, or (an id written
+        before logs had ids) its node is one this log knows."""
+        return xid.log == self.log_id if xid.log else xid.node in known_nodes
 
     async def close(self) -> None:
         try:

@@ -16,21 +16,72 @@ and presumed abort makes recovery roll it back).
 A participant with a :attr:`Participant.decisions` table (PostgreSQL, MariaDB) can be
 a transaction's *last resource*: its branch is not prepared but committed in one phase
 by :meth:`Branch.commit_deciding`, together with the transaction's commit record.
+
+Every participant also notes which decision logs have used it (:meth:`Participant.note_log`),
+so that recovery reading one log can say where another log's branches are decided.
 """
 
 from __future__ import annotations
 
 import abc
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
 from typing import Any
 
 from multistore.consistency._tpc_log import DecisionLog
 from multistore.core._tpc import Vote, Xid
 from multistore.errors import UnsupportedError
-from multistore.stores.relational import Params, Row
+from multistore.stores import missing_driver
+from multistore.stores.relational import Params, RelationalStore, Row
 from multistore.urls import StoreURL, parse_url
 
-__all__ = ["Branch", "Participant", "SQLBranch", "open_participant"]
+__all__ = [
+    "LOGS_SCHEMA",
+    "LOGS_TABLE",
+    "Branch",
+    "Participant",
+    "SQLBranch",
+    "logs_in",
+    "note_log_in",
+    "open_participant",
+    "purgeable",
+]
+
+#: Which decision logs have used a participant (log id -> where the log is).
+LOGS_TABLE = "multistore_tpc_logs"
+
+
+LOGS_SCHEMA = (
+    f"CREATE TABLE IF NOT EXISTS {LOGS_TABLE} "
+    "(log_id VARCHAR(16) PRIMARY KEY, location VARCHAR(1000) NOT NULL)"
+)
+
+
+async def note_log_in(store: RelationalStore, log_id: str, location: str) -> None:
+    """Upsert ``log_id -> location`` into :data:`LOGS_TABLE` of ``store``."""
+    insert = f"INSERT INTO {LOGS_TABLE} (log_id, location) VALUES (:id, :location) "
+    if store.url.scheme == "mariadb":
+        insert += "ON DUPLICATE KEY UPDATE location = VALUES(location)"
+    else:
+        insert += "ON CONFLICT (log_id) DO UPDATE SET location = excluded.location"
+    await store.execute(insert, {"id": log_id, "location": location})
+
+
+async def logs_in(store: RelationalStore) -> dict[str, str]:
+    rows = await store.fetch_all(f"SELECT log_id, location FROM {LOGS_TABLE}")
+    return {str(row["log_id"]): str(row["location"]) for row in rows}
+
+
+def purgeable(
+    gids: Sequence[str], keep: Collection[str], owned: Callable[[Xid], bool]
+) -> list[str]:
+    """Of the commit markers ``gids`` (old enough to go), those of branches ``owned``
+    by the recovery run that purges (its log and nodes) and not in ``keep``."""
+    out: list[str] = []
+    for gid in gids:
+        xid = Xid.try_parse(gid)
+        if xid is not None and gid not in keep and owned(xid):
+            out.append(gid)
+    return out
 
 
 class Branch(abc.ABC):
@@ -58,11 +109,13 @@ class Branch(abc.ABC):
         """Phase 2 commit (``one_phase``: commit without a prepare). False when the
         participant no longer knows the prepared branch (a heuristic outcome)."""
 
+    @abc.abstractmethod
     async def commit_deciding(self, prepared: Sequence[str]) -> None:
         """Last resource: commit this (unprepared) branch in one phase together with the
         commit record of its transaction naming the ``prepared`` participants. Once it
-        committed, commit is decided; a definite error means it did not (and never will)."""
-        raise UnsupportedError(f"participant {self.name!r} cannot be a last resource")
+        committed, commit is decided; a definite error means it did not (and never will).
+        A participant without :attr:`Participant.decisions` raises
+        :class:`~multistore.errors.UnsupportedError` (the coordinator never asks it)."""
 
     @abc.abstractmethod
     async def rollback(self) -> None:
@@ -115,7 +168,8 @@ class Participant(abc.ABC):
 
     @abc.abstractmethod
     async def in_doubt(self) -> list[Xid]:
-        """Branches prepared here (by any multistore coordinator) and not yet resolved."""
+        """Branches of this participant (named after it) prepared here, by any
+        multistore coordinator, and not yet resolved."""
 
     @abc.abstractmethod
     async def commit_prepared(self, xid: Xid) -> bool:
@@ -133,14 +187,26 @@ class Participant(abc.ABC):
         wrote at prepare: True or False, or None when this participant cannot tell."""
         return None
 
-    async def purge_markers(self, older_than: float, keep: Collection[str]) -> int:
-        """Drop commit markers older than ``older_than`` seconds, except the branch ids
-        in ``keep`` (those a commit record still names); how many were dropped."""
+    async def purge_markers(
+        self, older_than: float, keep: Collection[str], owned: Callable[[Xid], bool]
+    ) -> int:
+        """Drop commit markers older than ``older_than`` seconds of the branches
+        ``owned`` (by the log and nodes of the recovery run that purges), except the
+        branch ids in ``keep`` (those a commit record still names); how many were dropped."""
         return 0
 
+    @abc.abstractmethod
+    async def note_log(self, log_id: str, location: str) -> None:
+        """Remember that decision log ``log_id``, at ``location``, uses this participant."""
+
+    @abc.abstractmethod
+    async def known_logs(self) -> dict[str, str]:
+        """The decision logs that have used this participant: log id -> location."""
+
+    @abc.abstractmethod
     async def execute_script(self, sql: str) -> None:
-        """Run DDL (or other setup) outside any distributed transaction."""
-        raise UnsupportedError(f"participant {self.name!r} does not run SQL")
+        """Run DDL (or other setup) outside any distributed transaction
+        (:class:`~multistore.errors.UnsupportedError` where there is no SQL)."""
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.name!r} {self.url.render()}>"
@@ -149,6 +215,13 @@ class Participant(abc.ABC):
 async def open_participant(name: str, url: str | StoreURL) -> Participant:
     """The participant for a store URL: PostgreSQL, MariaDB, SQLite or Redis."""
     parsed = parse_url(url)
+    try:
+        return await _open_participant(name, parsed)
+    except ImportError as exc:  # the scheme's driver is an extra that is not installed
+        raise missing_driver(parsed.scheme, exc) from None
+
+
+async def _open_participant(name: str, parsed: StoreURL) -> Participant:
     if parsed.scheme == "postgresql":
         from multistore.consistency._tpc_sql import PostgresParticipant
 

@@ -15,13 +15,13 @@ Keys get the URL's ``prefix`` option in front.
 from __future__ import annotations
 
 import json
-from collections.abc import Collection
-from typing import Any, Final, Self
+from collections.abc import Callable, Collection, Sequence
+from typing import Any, Final, NoReturn, Self
 
 import redis.asyncio as aioredis
 from redis import exceptions as rex
 
-from multistore.consistency._tpc_participants import Branch, Participant
+from multistore.consistency._tpc_participants import Branch, Participant, purgeable
 from multistore.core._tpc import Vote, Xid
 from multistore.errors import (
     ConflictError,
@@ -30,6 +30,7 @@ from multistore.errors import (
     StoreError,
     StoreTimeoutError,
     StoreUnavailableError,
+    UnsupportedError,
 )
 from multistore.urls import StoreURL
 
@@ -139,6 +140,9 @@ class RedisBranch(Branch):
         if was == "prepared":
             await self.participant.rollback_prepared(self.xid)
 
+    async def commit_deciding(self, prepared: Sequence[str]) -> NoReturn:
+        raise UnsupportedError(f"participant {self.name!r} (Redis) cannot be a last resource")
+
     async def release(self) -> None:
         if self.state == "active":
             self.state = "done"
@@ -151,6 +155,7 @@ class RedisParticipant(Participant):
         self.prefix = url.str_option("prefix", "")
         self.set_key = f"{self.prefix}ms2pc:prepared"
         self.done_key = f"{self.prefix}ms2pc:committed"
+        self.logs_key = f"{self.prefix}ms2pc:logs"
 
     @classmethod
     async def open(cls, name: str, url: StoreURL) -> Self:
@@ -191,7 +196,7 @@ class RedisParticipant(Participant):
     async def in_doubt(self) -> list[Xid]:
         members = await self.call("smembers", self.set_key)
         found = (Xid.try_parse(bytes(m).decode()) for m in members)
-        return sorted(xid for xid in found if xid is not None)
+        return sorted(xid for xid in found if xid is not None and xid.branch == self.name)
 
     async def commit_prepared(self, xid: Xid) -> bool:
         args = (self.tx_key(xid), self.set_key, self.done_key, str(xid), "1", self.prefix)
@@ -204,13 +209,25 @@ class RedisParticipant(Participant):
     async def committed(self, xid: Xid) -> bool | None:
         return await self.call("zscore", self.done_key, str(xid)) is not None
 
-    async def purge_markers(self, older_than: float, keep: Collection[str]) -> int:
+    async def purge_markers(
+        self, older_than: float, keep: Collection[str], owned: Callable[[Xid], bool]
+    ) -> int:
         now = (await self.call("time"))[0]
         old = await self.call("zrangebyscore", self.done_key, "-inf", now - older_than)
-        gone = [m for m in (bytes(x).decode() for x in old) if m not in keep]
+        gone = purgeable([bytes(x).decode() for x in old], keep, owned)
         if gone:
             await self.call("zrem", self.done_key, *gone)
         return len(gone)
+
+    async def note_log(self, log_id: str, location: str) -> None:
+        await self.call("hset", self.logs_key, log_id, location)
+
+    async def known_logs(self) -> dict[str, str]:
+        found = await self.call("hgetall", self.logs_key)
+        return {bytes(k).decode(): bytes(v).decode() for k, v in found.items()}
+
+    async def execute_script(self, sql: str) -> NoReturn:
+        raise UnsupportedError(f"participant {self.name!r} is Redis: it runs no SQL")
 
     async def close(self) -> None:
         await self.client.aclose()

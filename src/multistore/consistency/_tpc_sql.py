@@ -42,14 +42,21 @@ import contextlib
 import enum
 import json
 import time
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
 from contextlib import AsyncExitStack
 from typing import Any, Final, Self, cast
 
 import psycopg
 
 from multistore.consistency._tpc_log import DECISIONS_TABLE, DecisionLog, ensure_table, schema
-from multistore.consistency._tpc_participants import Participant, SQLBranch
+from multistore.consistency._tpc_participants import (
+    LOGS_SCHEMA,
+    Participant,
+    SQLBranch,
+    logs_in,
+    note_log_in,
+    purgeable,
+)
 from multistore.core._tpc import XA_FORMAT_ID, Vote, Xid
 from multistore.errors import (
     ConflictError,
@@ -112,6 +119,7 @@ class _RelationalParticipant(Participant):
         try:
             await ensure_table(store, _MARKERS_TABLE)
             await ensure_table(store, schema(DECISIONS_TABLE))
+            await ensure_table(store, LOGS_SCHEMA)
         except BaseException:
             await store.close()
             raise
@@ -123,15 +131,25 @@ class _RelationalParticipant(Participant):
         )
         return found is not None
 
-    async def purge_markers(self, older_than: float, keep: Collection[str]) -> int:
+    async def purge_markers(
+        self, older_than: float, keep: Collection[str], owned: Callable[[Xid], bool]
+    ) -> int:
         rows = await self.store.fetch_all(
             f"SELECT gid FROM {MARKERS} WHERE created < :cutoff",
             {"cutoff": time.time() - older_than},
         )
-        old = [{"gid": row["gid"]} for row in rows if row["gid"] not in keep]
+        old = purgeable([str(row["gid"]) for row in rows], keep, owned)
         if old:
-            await self.store.executemany(f"DELETE FROM {MARKERS} WHERE gid = :gid", old)
+            await self.store.executemany(
+                f"DELETE FROM {MARKERS} WHERE gid = :gid", [{"gid": gid} for gid in old]
+            )
         return len(old)
+
+    async def note_log(self, log_id: str, location: str) -> None:
+        await note_log_in(self.store, log_id, location)
+
+    async def known_logs(self) -> dict[str, str]:
+        return await logs_in(self.store)
 
     async def close(self) -> None:
         await self.store.close()
@@ -229,20 +247,20 @@ class _SQLBranch(SQLBranch):
                 f"{self.name}: a recovery manager decided abort first (its record is there): {exc}"
             ) from exc
 
+    @abc.abstractmethod
     async def _commit_with(self, record: str) -> None:
         """Insert ``record`` in the branch's transaction and commit it in one phase (or,
         with no transaction started, insert it on its own)."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def _record_clash(self, exc: DuplicateKeyError) -> bool:
         """True when ``exc`` is the commit record meeting recovery's abort record."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     async def _begin_with(
         self, conn: Connection, sql: str, params: Params | None, *, fetch: bool
     ) -> tuple[int, list[Row]]:
         """Start the branch's transaction and run its first statement."""
-        raise NotImplementedError
 
     def _check_no_failure(self) -> None:
         if self.failure is not None:
@@ -317,6 +335,11 @@ class PostgresBranch(_SQLBranch):
         except psycopg.Error as exc:
             raise map_pg_error(exc) from exc
 
+    async def _begin_with(
+        self, conn: Connection, sql: str, params: Params | None, *, fetch: bool
+    ) -> tuple[int, list[Row]]:
+        return await self._run(conn, sql, params, fetch=fetch)  # BEGIN rides along
+
     async def release(self) -> None:
         await super().release()
         self._cursor = None
@@ -385,6 +408,8 @@ class PostgresBranch(_SQLBranch):
                 raise
             else:
                 return True
+        # (The first COMMIT PREPARED may have gone through before the session died; then
+        # the branch is unknown here, and the coordinator asks its commit marker.)
         return await self.participant.commit_prepared(self.xid)
 
     async def _commit_with(self, record: str) -> None:
@@ -434,7 +459,8 @@ class PostgresParticipant(_RelationalParticipant):
             "ORDER BY prepared"
         )
         found = (Xid.try_parse(row["gid"]) for row in rows)
-        return [xid for xid in found if xid is not None]
+        # Several participants may share a database: each lists its own branches.
+        return [xid for xid in found if xid is not None and xid.branch == self.name]
 
     def _finish_sql(self, verb: str, xid: Xid) -> str:
         return f"{verb} PREPARED '{xid}'"

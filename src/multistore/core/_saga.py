@@ -123,6 +123,8 @@ class SagaRecord:
     ``error`` is the business error that made the saga compensate (kept when the
     compensation succeeds); ``compensation_error`` is the error that left it stuck.
     ``deadline`` is in the engine's clock (seconds), or None for no saga timeout.
+    ``version`` names the definition the saga was started with: only that version of
+    the definition may run it.
     """
 
     saga_id: str
@@ -133,6 +135,7 @@ class SagaRecord:
     error: str | None = None
     compensation_error: str | None = None
     deadline: float | None = None
+    version: str = "1"
 
     def step_index(self, name: str) -> int:
         for i, step in enumerate(self.steps):
@@ -258,9 +261,15 @@ _TO_COMPENSATE = (StepState.STARTED, StepState.COMPLETED, StepState.FAILED)
 
 
 def new_saga(
-    saga_id: str, name: str, input: str, step_names: Sequence[str], deadline: float | None
+    saga_id: str,
+    name: str,
+    input: str,
+    step_names: Sequence[str],
+    deadline: float | None,
+    version: str = "1",
 ) -> SagaRecord:
-    """The record of a saga that was created and not started yet."""
+    """The record of a saga that was created and not started yet, by version
+    ``version`` of its definition."""
     if len(set(step_names)) != len(step_names):
         raise SagaTransitionError(f"saga {name!r} has two steps with the same name")
     return SagaRecord(
@@ -270,6 +279,7 @@ def new_saga(
         state=SagaState.PENDING,
         steps=tuple(StepRecord(n) for n in step_names),
         deadline=deadline,
+        version=version,
     )
 
 

@@ -1,13 +1,17 @@
 """The two-phase commit protocol as pure values and rules (presumed abort), no I/O.
 
-* :class:`Xid` — a global transaction id that names the coordinator's node, so a
-  recovery manager knows whose in-doubt branches are whose. It formats to and parses
-  from one string (``ms2pc:<node>:<tid>`` for the transaction, ``…:<branch>`` for the
-  branch a participant holds, ``…:<branch>@<holder>`` when participant ``holder``
-  records the decision instead of the coordinator's log) that fits PostgreSQL's
-  200-byte GID and MariaDB's 64-byte ``gtrid``/``bqual``.
+* :class:`Xid` — a global transaction id that names the decision log and the
+  coordinator's node, so a recovery manager knows whose in-doubt branches are whose.
+  It formats to and parses from one string (``ms2pc:<node>.<log>:<tid>`` for the
+  transaction, ``…:<branch>`` for the branch a participant holds, ``…:<branch>@<holder>``
+  when participant ``holder`` records the decision instead of the coordinator's log)
+  that fits PostgreSQL's 200-byte GID and MariaDB's 64-byte ``gtrid``/``bqual``. Ids
+  written before logs had ids (``ms2pc:<node>:<tid>``, 32 hex digits) still parse,
+  with an empty ``log``.
 * :class:`TxState`, :class:`Vote`, :class:`Decision` — where a transaction stands,
   what a participant answered to prepare, what the coordinator decided.
+  :data:`TRANSITIONS` is the state machine; :func:`advance` checks every state change
+  against it.
 * The presumed-abort rules: :func:`decide`, :func:`needs_decision_log`,
   :func:`phase_two_targets`, :func:`last_resource` and, for recovery,
   :func:`resolve_in_doubt`.
@@ -31,15 +35,19 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Final
 
-from multistore.errors import InvalidValueError
+from multistore.errors import InvalidValueError, UsageError
 
 __all__ = [
+    "TID_DIGITS",
+    "TRANSITIONS",
     "XA_FORMAT_ID",
     "XID_PREFIX",
     "Decision",
     "TxState",
+    "TxTransitionError",
     "Vote",
     "Xid",
+    "advance",
     "decide",
     "last_resource",
     "needs_decision_log",
@@ -53,8 +61,14 @@ XID_PREFIX: Final = "ms2pc"
 XA_FORMAT_ID: Final = 0x6D73  # "ms"
 
 _NODE_RE: Final = re.compile(r"[A-Za-z0-9_-]{1,24}")
-_TID_RE: Final = re.compile(r"[0-9a-f]{32}")
+_TID_RE: Final = re.compile(r"[0-9a-f]{16,32}")
+_LOG_RE: Final = re.compile(r"[0-9a-f]{10}")
 _BRANCH_RE: Final = re.compile(r"[A-Za-z0-9_-]{1,48}")
+#: MariaDB's limit on an XA ``gtrid``, in bytes (the global id must fit it).
+_GTRID_MAX: Final = 64
+#: Hex digits of a transaction id in an id that names its log (the log id takes the rest
+#: of the 64-byte gtrid).
+TID_DIGITS: Final = 22
 
 
 class TxState(enum.Enum):
@@ -80,6 +94,43 @@ class TxState(enum.Enum):
         return self in (TxState.COMMITTED, TxState.ABORTED)
 
 
+#: Every state change the coordinator may make; anything else is a bug
+#: (:class:`TxTransitionError`). IN_DOUBT, COMMITTED and ABORTED are final for the
+#: coordinator: an in-doubt transaction is finished by recovery, from the log.
+TRANSITIONS: Final[Mapping[TxState, frozenset[TxState]]] = {
+    # the block ended normally (prepare starts) or raised (everything rolls back)
+    TxState.ACTIVE: frozenset({TxState.PREPARING, TxState.ABORTING}),
+    TxState.PREPARING: frozenset(
+        {
+            TxState.COMMITTING,  # commit decided (and logged when needed)
+            TxState.ABORTING,  # a NO vote or no answer: abort decided
+            TxState.COMMITTED,  # a one-phase commit (one branch, or the last resource alone)
+            TxState.ABORTED,  # a one-phase commit that definitely failed
+            TxState.IN_DOUBT,  # the decision's write (log or last resource) is unknown
+        }
+    ),
+    TxState.COMMITTING: frozenset({TxState.COMMITTED, TxState.IN_DOUBT}),
+    TxState.ABORTING: frozenset({TxState.ABORTED}),
+    TxState.COMMITTED: frozenset(),
+    TxState.ABORTED: frozenset(),
+    TxState.IN_DOUBT: frozenset(),
+}
+
+
+class TxTransitionError(UsageError):
+    """A state change that :data:`TRANSITIONS` does not allow."""
+
+
+def advance(current: TxState, to: TxState) -> TxState:
+    """``to``, if the state machine allows going there from ``current``."""
+    if to not in TRANSITIONS[current]:
+        allowed = ", ".join(sorted(s.value for s in TRANSITIONS[current])) or "none (final)"
+        raise TxTransitionError(
+            f"a transaction cannot go from {current.value} to {to.value} (allowed: {allowed})"
+        )
+    return to
+
+
 class Vote(enum.Enum):
     """A participant's answer to prepare."""
 
@@ -100,17 +151,21 @@ class Decision(enum.Enum):
 class Xid:
     """A global transaction id, or one branch of it (``branch`` set).
 
-    ``str(xid)`` is ``ms2pc:<node>:<tid>[:<branch>[@<holder>]]`` and :meth:`parse`
+    ``str(xid)`` is ``ms2pc:<node>.<log>:<tid>[:<branch>[@<holder>]]`` and :meth:`parse`
     reads it back. ``node`` names the coordinator (letters, digits, ``_``, ``-``; at
-    most 24), ``tid`` is 32 lowercase hex digits, ``branch`` the participant's name,
-    ``holder`` the participant whose database holds the transaction's decision (its
-    last resource), empty when the coordinator's log does.
+    most 24), ``log`` the decision log that decides it (10 lowercase hex digits, made
+    when the log was created; empty in ids written before logs had ids, printed then as
+    ``ms2pc:<node>:<tid>``), ``tid`` is 16-32 lowercase hex digits (22 in new ids, so the
+    global id fits MariaDB's 64 bytes), ``branch`` the participant's name, ``holder``
+    the participant whose database holds the transaction's decision (its last
+    resource), empty when the coordinator's log does.
     """
 
     node: str
     tid: str
     branch: str = ""
     holder: str = ""
+    log: str = ""
 
     def __post_init__(self) -> None:
         if not _NODE_RE.fullmatch(self.node):
@@ -118,7 +173,21 @@ class Xid:
                 f"coordinator node id {self.node!r} must be 1-24 letters, digits, '_' or '-'"
             )
         if not _TID_RE.fullmatch(self.tid):
-            raise InvalidValueError(f"transaction id {self.tid!r} must be 32 lowercase hex digits")
+            raise InvalidValueError(
+                f"transaction id {self.tid!r} must be 16-32 lowercase hex digits"
+            )
+        if self.log and not _LOG_RE.fullmatch(self.log):
+            raise InvalidValueError(f"log id {self.log!r} must be 10 lowercase hex digits")
+        if not self.log and len(self.tid) != 32:
+            # An id without a log id is one written before logs had ids: 32 digits.
+            raise InvalidValueError(
+                f"transaction id {self.tid!r}: an id without a log id has 32 hex digits"
+            )
+        if len(self.gtrid) > _GTRID_MAX:
+            raise InvalidValueError(
+                f"global transaction id {self.gtrid!r} is longer than {_GTRID_MAX} characters "
+                "(a shorter node id or transaction id fits)"
+            )
         if self.branch and not _BRANCH_RE.fullmatch(self.branch):
             raise InvalidValueError(
                 f"branch name {self.branch!r} must be 1-48 letters, digits, '_' or '-'"
@@ -132,7 +201,8 @@ class Xid:
     @property
     def gtrid(self) -> str:
         """The global part (no branch): the key of the decision log."""
-        return f"{XID_PREFIX}:{self.node}:{self.tid}"
+        owner = f"{self.node}.{self.log}" if self.log else self.node
+        return f"{XID_PREFIX}:{owner}:{self.tid}"
 
     @property
     def is_branch(self) -> bool:
@@ -141,7 +211,7 @@ class Xid:
     def for_branch(self, branch: str, holder: str = "") -> Xid:
         """This transaction's id on participant ``branch`` (its decision held by
         participant ``holder``, if given)."""
-        return Xid(self.node, self.tid, branch, holder)
+        return Xid(self.node, self.tid, branch, holder, self.log)
 
     @property
     def bqual(self) -> str:
@@ -150,7 +220,7 @@ class Xid:
 
     @property
     def global_xid(self) -> Xid:
-        return Xid(self.node, self.tid)
+        return Xid(self.node, self.tid, log=self.log)
 
     def __str__(self) -> str:
         return f"{self.gtrid}:{self.bqual}" if self.branch else self.gtrid
@@ -162,14 +232,17 @@ class Xid:
         if len(parts) not in (3, 4) or parts[0] != XID_PREFIX:
             raise InvalidValueError(
                 f"{text!r} is not a multistore transaction id "
-                "(ms2pc:<node>:<tid>[:<branch>[@<holder>]])"
+                "(ms2pc:<node>.<log>:<tid>[:<branch>[@<holder>]])"
             )
+        node, dot, log = parts[1].partition(".")
+        if dot and not log:
+            raise InvalidValueError(f"{text!r}: '.' must be followed by the log id")
         if len(parts) == 3:
-            return cls(parts[1], parts[2])
+            return cls(node, parts[2], log=log)
         branch, at, holder = parts[3].partition("@")
         if at and not holder:
             raise InvalidValueError(f"{text!r}: '@' must be followed by the decision holder")
-        return cls(parts[1], parts[2], branch, holder)
+        return cls(node, parts[2], branch, holder, log)
 
     @classmethod
     def try_parse(cls, text: str) -> Xid | None:

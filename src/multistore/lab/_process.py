@@ -50,6 +50,8 @@ LOOPBACK = "127.0.0.1"
 START_TIMEOUT = 60.0
 #: Upper bound on waiting for a graceful shutdown before falling back to SIGKILL.
 STOP_TIMEOUT = 30.0
+#: Upper bound on waiting for the last processes of a stopped server to go.
+LINGER_TIMEOUT = 30.0
 _POLL_INTERVAL = 0.05
 
 
@@ -280,16 +282,25 @@ class ServerProcess(ABC):
             self._prepare()
             self._prepared = True
         attempts = 3 if first and not self._port_fixed else 1
-        for attempt in range(1, attempts + 1):
+        attempt = 1
+        lingering_until = time.monotonic() + LINGER_TIMEOUT
+        while True:
             offset = self.logfile.stat().st_size if self.logfile.exists() else 0
             self._spawn()
             try:
                 self._wait_ready(timeout)
             except ServerStartError:
+                log = self._log_since(offset).lower()
                 # Another process took the port between choosing and binding it: before
                 # any restart has relied on the port, choose another one.
-                if attempt < attempts and "already in use" in self._log_since(offset).lower():
+                if attempt < attempts and "already in use" in log:
+                    attempt += 1
                     self._choose_new_ports()
+                    continue
+                # The previous server's last processes are still exiting (a slow
+                # shutdown on a loaded machine) and hold its shared memory: wait.
+                if "pre-existing shared memory" in log and time.monotonic() < lingering_until:
+                    time.sleep(0.5)
                     continue
                 raise
             break
@@ -455,7 +466,7 @@ class ServerProcess(ABC):
         proc = self._proc
         if proc is None:
             return
-        deadline = time.monotonic() + 5.0
+        deadline = time.monotonic() + LINGER_TIMEOUT
         while time.monotonic() < deadline:
             try:
                 os.killpg(proc.pid, 0)

@@ -5,9 +5,12 @@
 picked by a :class:`ReadPolicy`; a write returns a :class:`CausalToken` and a read that
 carries it (directly, or through a :class:`Session`) sees that write. It runs over
 PostgreSQL streaming replication or, embedded, over SQLite files fed by log shipping.
-:class:`PatroniRouter` follows a Patroni cluster (``PatroniRouter.open_patroni``):
-Patroni decides failovers, the router adopts the leader it names.
-``replication_status(router)`` reports each node's role, lag and health.
+Tokens carry the primary's :class:`Timeline`; one whose write may have been lost in a
+failover raises :class:`ForkedTokenError`, a forged one :class:`InvalidTokenError`
+(:class:`TokenSigner` signs them). :class:`PatroniRouter` follows a Patroni cluster
+(``PatroniRouter.open_patroni``): Patroni decides failovers, the router adopts the
+leader it names. ``replication_status(router)`` reports each node's role, lag and
+health.
 
 **Multi-master.** :class:`MultiMasterNode` (a SQLite or PostgreSQL store that logs
 each local write with its HLC and dotted version vector in the same transaction;
@@ -38,7 +41,12 @@ from multistore.replication._changelog import (
     RejectedChange,
 )
 from multistore.replication._config import Backoff, LogShipping, RouterConfig
-from multistore.replication._errors import FailoverError, FailoverFailedError
+from multistore.replication._errors import (
+    FailoverError,
+    FailoverFailedError,
+    ForkedTokenError,
+    InvalidTokenError,
+)
 from multistore.replication._hints import (
     Hint,
     HintStore,
@@ -46,7 +54,6 @@ from multistore.replication._hints import (
 from multistore.replication._lag import Health
 from multistore.replication._logship import LogShipper
 from multistore.replication._mm_report import (
-    multimaster_demo,
     multimaster_status,
 )
 from multistore.replication._multimaster import (
@@ -94,9 +101,11 @@ from multistore.replication._replicator import (
     ReplicatorStatistics,
     Transport,
 )
-from multistore.replication._router import Router, Session, WriteResult
+from multistore.replication._router import Router, WriteResult
+from multistore.replication._session import Session
 from multistore.replication._status import replication_status
-from multistore.replication._token import CausalToken
+from multistore.replication._timeline import Timeline
+from multistore.replication._token import CausalToken, TokenSigner
 
 __all__ = [
     "Backoff",
@@ -107,9 +116,11 @@ __all__ = [
     "FailoverError",
     "FailoverFailedError",
     "Faults",
+    "ForkedTokenError",
     "Health",
     "Hint",
     "HintStore",
+    "InvalidTokenError",
     "KeyRead",
     "LeastLagPolicy",
     "LogShipper",
@@ -143,13 +154,14 @@ __all__ = [
     "SQLiteNode",
     "Session",
     "ThresholdDetector",
+    "Timeline",
+    "TokenSigner",
     "Transport",
     "WeakQuorumWarning",
     "WriteResult",
     "anti_entropy",
     "coordinator_id",
     "is_read",
-    "multimaster_demo",
     "multimaster_status",
     "quorum_status",
     "replication_status",

@@ -1,9 +1,10 @@
 """Lag measurement and the replica health state machine. Pure: no I/O, time passed in.
 
-:class:`LagTracker` remembers when the primary's log reached which position (from the
-router's own writes and from probes); a replica's lag in seconds is then how long ago
-the primary first passed the replica's position. It works the same on PostgreSQL
-LSNs and on the embedded change log, and an idle primary shows no lag.
+:class:`LagTracker` remembers at which position the primary's log stood at which times
+(from probes and from the router's own writes); a replica's lag in seconds is then an
+upper bound: the time since the last sample at or below the replica's position. It
+works the same on PostgreSQL LSNs and on the embedded change log; a caught-up replica
+of an idle primary shows the time since the last probe.
 
 :class:`ReplicaHealth` decides whether a replica takes new reads: a lag past the bound
 takes it out at once; it comes back only after staying under the bound for
@@ -15,7 +16,7 @@ from __future__ import annotations
 
 import bisect
 import enum
-from collections import deque
+import math
 
 from multistore.replication._config import RouterConfig
 
@@ -25,36 +26,67 @@ _MAX_SAMPLES = 4096
 
 
 class LagTracker:
-    """``(time, position)`` samples of the primary's log, increasing in both."""
+    """Samples ``(t, p)`` of the primary's log: position ``p`` was read at or after time
+    ``t``, so every commit made before ``t`` is at or below ``p``.
+
+    A replica that has replayed up to ``r`` therefore holds every commit made before
+    the time of the last sample with ``p <= r``, and ``now`` minus that time is an
+    upper bound on how stale it is. The bound grows while no new sample comes (an
+    idle primary is still probed; a primary that stops answering probes adds no
+    samples, so the bound keeps growing), and it is unknown (``None``/infinite) for a
+    replica behind every sample kept. Samples that another sample makes useless (one
+    taken no earlier at no further position) are dropped, so times and positions both
+    increase along the list.
+    """
 
     def __init__(self) -> None:
-        self._times: deque[float] = deque()
-        self._positions: deque[int] = deque()
-
-    @property
-    def latest(self) -> int:
-        return self._positions[-1] if self._positions else 0
+        self._times: list[float] = []
+        self._positions: list[int] = []
+        self.latest = 0
+        """The furthest position seen (from probes and from writes through the router)."""
 
     def observe(self, position: int, now: float) -> None:
-        """The primary's log was at ``position`` at time ``now``."""
-        if self._positions and position <= self._positions[-1]:
+        """The primary's log was read at ``position`` at or after time ``now``."""
+        at = now
+        self.latest = max(self.latest, position)
+        times, positions = self._times, self._positions
+        if not times or at >= times[-1]:  # the usual case: the newest sample
+            while positions and positions[-1] >= position:
+                times.pop()
+                positions.pop()
+            times.append(at)
+            positions.append(position)
+            if len(times) > 2 * _MAX_SAMPLES:
+                del times[:-_MAX_SAMPLES]
+                del positions[:-_MAX_SAMPLES]
             return
-        self._times.append(now)
-        self._positions.append(position)
-        if len(self._positions) > _MAX_SAMPLES:
-            self._times.popleft()
-            self._positions.popleft()
+        # A sample stamped before the newest one (a write's, after a probe's).
+        j = bisect.bisect_right(positions, position) - 1
+        if j >= 0 and times[j] >= at:
+            return  # a later sample at or below this position says more
+        i = bisect.bisect_left(positions, position)
+        k = bisect.bisect_right(times, at, lo=i)
+        del times[i:k]
+        del positions[i:k]
+        times.insert(i, at)
+        positions.insert(i, position)
+
+    def fresh_as_of(self, replica_position: int) -> float | None:
+        """A time before which every commit is at or below ``replica_position`` (the
+        latest such sample); None when no sample says so."""
+        j = bisect.bisect_right(self._positions, replica_position) - 1
+        return self._times[j] if j >= 0 else None
 
     def lag_seconds(self, replica_position: int, now: float) -> float:
-        """How long ago the primary first went past ``replica_position`` (0: caught up)."""
-        i = bisect.bisect_right(self._positions, replica_position)
-        if i >= len(self._positions):
-            return 0.0
-        return max(0.0, now - self._times[i])
+        """An upper bound on the staleness of a replica at ``replica_position`` at time
+        ``now``; ``math.inf`` when unknown."""
+        fresh = self.fresh_as_of(replica_position)
+        return math.inf if fresh is None else max(0.0, now - fresh)
 
     def reset(self) -> None:
         self._times.clear()
         self._positions.clear()
+        self.latest = 0
 
 
 class Health(enum.Enum):
@@ -112,6 +144,17 @@ class ReplicaHealth:
         if now - self.under_since >= self.config.readmit_after:
             self.state = Health.OK
             self.under_since = None
+
+    def probe_reachable(self) -> None:
+        """A probe reached the replica but its lag could not be measured, because the
+        primary did not answer its probe: no evidence about lag, so a replica in
+        rotation stays in it and one out of rotation stays out."""
+        self.failures = 0
+        self.attempt = 0
+        self.last_error = None
+        self.under_since = None
+        if self.state is Health.DOWN:
+            self.state = Health.LAGGING
 
     def probe_failed(self, error: str, now: float) -> None:
         """A probe that failed or timed out: no evidence either way, until the failures

@@ -9,6 +9,12 @@ so a replica's position is the last entry it holds and a promoted replica contin
 the same numbering. ``delay`` holds every entry back that many seconds after it
 committed, so lag is visible and measurable on one machine.
 
+Timelines: every node keeps ``multistore_timeline`` (timeline, parent, fork). A
+promotion adds the row of a new timeline whose parent ended at the promoted replica's
+last entry (``fork``), and logs that row as an entry of kind ``timeline``, so the
+replicas that follow the new primary learn it in log order. Entries the old primary
+wrote past the fork are not in the new history: their positions name other writes now.
+
 Limits: only writes made through the router are shipped; statements must be
 deterministic (no ``random()``, ``CURRENT_TIMESTAMP`` in a write); the log is not
 truncated.
@@ -32,6 +38,7 @@ from typing import Any, ClassVar
 from multistore.errors import InvalidValueError, MultistoreError, NotFoundError, StoreError
 from multistore.replication._config import LogShipping
 from multistore.replication._nodes import Backend, Node, ReplayState, Role, RoutedTransaction
+from multistore.replication._timeline import Timeline
 from multistore.stores.relational import Queries, RelationalStore, Row
 
 __all__ = ["LogShipper", "SQLiteBackend"]
@@ -53,6 +60,17 @@ _COPY = (
     " VALUES (:position, :kind, :sql, :params, :committed_at)"
 )
 _LAST = "SELECT coalesce(max(position), 0) FROM multistore_changelog"
+TIMELINE_DDL = (
+    "CREATE TABLE IF NOT EXISTS multistore_timeline ("
+    " timeline INTEGER PRIMARY KEY,"
+    " parent INTEGER,"
+    " fork INTEGER NOT NULL)"
+)
+_FIRST_TIMELINE = "INSERT OR IGNORE INTO multistore_timeline VALUES (1, NULL, 0)"
+_CURRENT_TIMELINE = "SELECT coalesce(max(timeline), 1) FROM multistore_timeline"
+_NEW_TIMELINE = (
+    "INSERT INTO multistore_timeline (timeline, parent, fork) VALUES (:timeline, :parent, :fork)"
+)
 
 
 def _encode_value(value: Any) -> Any:
@@ -100,6 +118,7 @@ class _Replica:
     store: RelationalStore
     delay: float
     applied: int = 0
+    timeline: int = 1
     error: str | None = None
     running: asyncio.Event = field(default_factory=asyncio.Event)
     wake: asyncio.Event = field(default_factory=asyncio.Event)
@@ -123,6 +142,7 @@ class LogShipper:
     async def add(self, name: str, store: RelationalStore) -> None:
         replica = _Replica(name, store, self.shipping.delay)
         replica.applied = int(await store.fetch_val(_LAST))
+        replica.timeline = int(await store.fetch_val(_CURRENT_TIMELINE))
         replica.running.set()
         replica.task = asyncio.create_task(self._run(replica), name=f"logship-{name}")
         self._replicas[name] = replica
@@ -166,6 +186,10 @@ class LogShipper:
         if replica.error is not None:
             raise StoreError(f"replica {name} stopped applying the change log: {replica.error}")
         return replica.applied
+
+    def timeline(self, name: str) -> int:
+        """The timeline of the last entry ``name`` applied."""
+        return self._get(name).timeline
 
     async def close(self) -> None:
         for name in list(self._replicas):
@@ -217,6 +241,9 @@ class LogShipper:
                 replica.error = f"entry {due[0]['position']}..{due[-1]['position']}: {exc}"
                 raise
             replica.applied = int(due[-1]["position"])
+            for entry in due:
+                if entry["kind"] == "timeline":
+                    replica.timeline = int(decode_params(entry["params"])["timeline"])
         return due_in
 
     @staticmethod
@@ -247,6 +274,8 @@ class SQLiteBackend(Backend):
 
     async def prepare(self, node: Node) -> None:
         await node.store.execute(CHANGELOG_DDL)
+        await node.store.execute(TIMELINE_DDL)
+        await node.store.execute(_FIRST_TIMELINE)
         if node.role is Role.REPLICA:
             await self.shipper.add(node.name, node.store)
 
@@ -266,27 +295,84 @@ class SQLiteBackend(Backend):
             yield scope
             if scope.position is None:
                 scope.position = int(await tx.fetch_val(_LAST))
+            # Before the commit: nothing past ``position`` can commit while we hold
+            # the write lock, so every commit made before this time is at or below it.
+            scope.observed_at = time.monotonic()
         self.shipper.notify()
 
     async def primary_position(self, node: Node) -> int:
         return int(await node.store.fetch_val(_LAST))
 
+    async def timeline(self, node: Node) -> Timeline:
+        rows = await node.store.fetch_all(
+            "SELECT timeline, parent, fork FROM multistore_timeline ORDER BY timeline"
+        )
+        current = max((int(r["timeline"]) for r in rows), default=1)
+        ends = {int(r["parent"]): int(r["fork"]) for r in rows if r["parent"] is not None}
+        return Timeline(current, ends)
+
     async def replay_state(self, node: Node) -> ReplayState:
         if node.role is Role.REPLICA:
             position = self.shipper.position(node.name)
-        else:
-            position = await self.primary_position(node)
-        return ReplayState(position, position)
+            return ReplayState(position, position, timeline=self.shipper.timeline(node.name))
+        position = await self.primary_position(node)
+        timeline = int(await node.store.fetch_val(_CURRENT_TIMELINE))
+        return ReplayState(position, position, timeline=timeline)
 
     async def promote(self, node: Node) -> None:
+        """Stop feeding ``node``, then start a new timeline on it that forks off at its
+        last entry, logged so that the replicas following it learn it in order.
+
+        The node may not have heard yet of the timeline its source (the primary it
+        followed) is on, when an earlier failover's entries had not reached it: those
+        timelines are copied from the source first, so the new one is newer than every
+        timeline the cluster used and forks off the current one (a replica that applied
+        entries past a fork was refused by :meth:`repoint` and is not promoted)."""
         with contextlib.suppress(NotFoundError):
             await self.shipper.remove(node.name)
+        known: list[Row] = []
+        with contextlib.suppress(MultistoreError):  # the source may be gone: what we have
+            known = await self.shipper.source.fetch_all(
+                "SELECT timeline, parent, fork FROM multistore_timeline"
+            )
+        async with node.store.transaction() as tx:
+            for row in known:
+                await tx.execute(
+                    "INSERT OR IGNORE INTO multistore_timeline (timeline, parent, fork) "
+                    "VALUES (:timeline, :parent, :fork)",
+                    dict(row),
+                )
+            parent = int(await tx.fetch_val(_CURRENT_TIMELINE))
+            params = {"timeline": parent + 1, "parent": parent, "fork": await tx.fetch_val(_LAST)}
+            await tx.execute(_NEW_TIMELINE, params)
+            await tx.fetch_val(
+                _APPEND,
+                {
+                    "kind": "timeline",
+                    "sql": _NEW_TIMELINE,
+                    "params": encode_params(params),
+                    "at": time.time(),
+                },
+            )
 
     async def repoint(self, node: Node, primary: Node) -> None:
+        """Feed ``node`` from ``primary``; refused when it applied entries past the
+        fork of the new timeline (they are not in the new primary's history)."""
         self.shipper.source = primary.store
+        fork = await primary.store.fetch_val(
+            "SELECT fork FROM multistore_timeline WHERE timeline = (" + _CURRENT_TIMELINE + ")"
+        )
+        applied = self.shipper.position(node.name)
+        if fork is not None and applied > int(fork):
+            await self.shipper.remove(node.name)
+            raise StoreError(
+                f"{node.name} applied entries up to {applied}, past the fork at {fork}: it "
+                f"diverged from {primary.name}; rebuild it from a copy of {primary.name}"
+            )
 
-    async def fence(self, node: Node) -> None:
+    async def fence(self, node: Node) -> int | None:
         """Nothing to do on the file: the router never uses a fenced node again."""
+        return None
 
     async def close(self) -> None:
         await self.shipper.close()

@@ -2,10 +2,10 @@
 
 A :class:`Node` wraps an open :class:`~multistore.stores.relational.RelationalStore`
 with what the router knows of it: its role, its rotation health, its last measured
-position and lag, and counters. A :class:`Backend` holds the backend-specific
-operations (positions, the write scope that yields the causal position, promote,
-repoint, fence): PostgreSQL streaming replication in ``_postgres.py``, the embedded
-SQLite change log in ``_logship.py``.
+position, timeline and lag, and counters. A :class:`Backend` holds the
+backend-specific operations (positions, timelines, the write scope that yields the
+causal position, promote, repoint, fence): PostgreSQL streaming replication in
+``_postgres.py``, the embedded SQLite change log in ``_logship.py``.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import abc
 import datetime as dt
 import enum
 import functools
+import math
 import re
 import time
 from collections.abc import AsyncIterator, Sequence
@@ -24,6 +25,7 @@ from typing import Any, ClassVar
 from multistore.errors import UsageError
 from multistore.replication._config import RouterConfig
 from multistore.replication._lag import ReplicaHealth
+from multistore.replication._timeline import Timeline
 from multistore.replication._token import CausalToken
 from multistore.stores.relational import Params, Queries, RelationalStore, Row, Transaction
 
@@ -70,19 +72,20 @@ class Node:
         self.health = ReplicaHealth(config)
         self.position = 0
         """Last measured replay position (a replica) or log position (the primary)."""
+        self.timeline: int | None = None
+        """The timeline it was last seen on (a standby: the one it receives); None
+        while unknown."""
         self.probed_at = 0.0
-        self.lag_seconds = 0.0
+        self.lag_seconds = math.inf
+        """An upper bound on its staleness at the last probe (``math.inf``: unknown)."""
         self.lag_positions = 0
         self.replay_time: dt.datetime | None = None
         self.in_flight = 0
         self.reads = 0
         self.writes = 0
+        self.polls = 0
+        """Replay-position polls made while reads with a causal token waited for it."""
         self.fence_pending = False
-
-    def staleness_bound(self, now: float) -> float:
-        """An upper bound on how stale a read here is now: the lag at the last probe
-        plus the time since."""
-        return self.lag_seconds + max(0.0, now - self.probed_at)
 
     def __repr__(self) -> str:
         return f"<Node {self.name} {self.role.value} {self.health.state.value}>"
@@ -95,6 +98,8 @@ class ReplayState:
     received: int
     """What it has received and will apply once promoted (at least ``position``)."""
     replay_time: dt.datetime | None = None
+    timeline: int | None = None
+    """The timeline it is on (a standby: the one it receives), if known."""
 
 
 class RoutedTransaction(Queries):
@@ -111,7 +116,11 @@ class RoutedTransaction(Queries):
         self.started: float = root.started if root is not None else time.time()
         """When the write began (the time its change-log entries carry)."""
         self.position: int | None = None
-        """The change-log position of its last logged statement (log shipping)."""
+        """The change-log position of its last logged statement (log shipping); after
+        the scope, the causal position of the write."""
+        self.observed_at = 0.0
+        """A monotonic time at or before which ``position`` was read after the
+        commit: every commit made before it is at or below ``position``."""
         self.token: CausalToken | None = None
 
     def note_position(self, position: int) -> None:
@@ -172,7 +181,13 @@ class Backend(abc.ABC):
         the scope committed."""
 
     @abc.abstractmethod
-    async def primary_position(self, node: Node) -> int: ...
+    async def primary_position(self, node: Node) -> int:
+        """The primary's log position: at or past the end of every commit made before
+        the call (PostgreSQL: the WAL insert position)."""
+
+    @abc.abstractmethod
+    async def timeline(self, node: Node) -> Timeline:
+        """The timeline of a primary and where each of its ancestors ended."""
 
     @abc.abstractmethod
     async def replay_state(self, node: Node) -> ReplayState: ...
@@ -186,8 +201,12 @@ class Backend(abc.ABC):
         """Make a replica follow ``primary``."""
 
     @abc.abstractmethod
-    async def fence(self, node: Node) -> None:
-        """Stop a former primary from taking writes (best effort; raises if unreachable)."""
+    async def fence(self, node: Node) -> int | None:
+        """Stop a former primary from taking writes from anyone, for good; its last log
+        position when known. Raises :class:`~multistore.errors.StoreUnavailableError`
+        (or ``TimeoutError``) when the node cannot be reached, another
+        :class:`~multistore.errors.MultistoreError` when it was reached but could not
+        be fenced."""
 
     async def close(self) -> None:  # noqa: B027 - optional hook
         """Stop background work (the log shipper)."""

@@ -9,19 +9,19 @@ rejoins the old one as a replica; the router only follows.
   Patroni), the leader first; the URL given is the template for user, password,
   database and options, its host is replaced by each member's.
 - Every probe round (``RouterConfig.probe_interval``) asks Patroni who leads. When
-  the leader changed, the router adopts it: a new generation, the new leader is the
-  primary, the others (the former leader too) go out of rotation until a probe shows
-  them replaying again. A write that was running on the former leader fails with
+  the leader changed and has left the old PostgreSQL timeline, the router adopts it:
+  the new leader is the primary, its timeline history is read from it, the others
+  (the former leader too) go out of rotation until a probe shows them replaying
+  again. A write that was running on the former leader fails with
   :class:`~multistore.replication.FailoverError` (indeterminate), as after our own
   failover. The router's own automatic failover is off: Patroni decides.
-- Read-your-writes across a failover: a causal token from before the change carries a
-  WAL position on the old timeline. The new timeline branched off at the position
-  Patroni's history reports (``GET /history``); a token at or before it names a write
-  the new leader has, and reads wait for it as usual; a token past it names a write
-  the new leader may not have (acknowledged by the old leader, never replicated), so
-  the read raises :class:`~multistore.replication.FailoverError` instead of answering
-  without it. In Patroni's synchronous mode that cannot happen to an acknowledged
-  write.
+- Read-your-writes across a failover: causal tokens carry the PostgreSQL timeline, as
+  with our own failover. A token of the old timeline at or before the position where
+  the new timeline forked off names a write the new leader has, and reads wait for it
+  as usual; a token past it names a write the new leader may not have (acknowledged
+  by the old leader, never replicated), so the read raises
+  :class:`~multistore.replication.ForkedTokenError` instead of answering without it.
+  In Patroni's synchronous mode that cannot happen to an acknowledged write.
 - :meth:`PatroniRouter.failover` asks Patroni for a switchover (``POST
   /switchover``) and waits until the new leader is adopted.
 
@@ -38,13 +38,18 @@ from collections.abc import Sequence
 from typing import Any, Self
 
 from multistore._http import HttpError, http_json
-from multistore.errors import InvalidURLError, StoreUnavailableError, UsageError
-from multistore.replication._config import RouterConfig
-from multistore.replication._errors import FailoverError, FailoverFailedError
-from multistore.replication._nodes import Node, Role
+from multistore.errors import (
+    InvalidURLError,
+    MultistoreError,
+    Outcome,
+    StoreUnavailableError,
+    UsageError,
+)
+from multistore.replication._config import RouterConfig, bounded
+from multistore.replication._errors import FailoverFailedError
+from multistore.replication._nodes import Role
 from multistore.replication._policies import ReadPolicy
 from multistore.replication._router import Router
-from multistore.replication._token import CausalToken
 from multistore.urls import parse_url
 
 __all__ = ["PatroniRouter", "PatroniSource"]
@@ -59,16 +64,30 @@ class PatroniSource:
         self.endpoints = list(endpoints)
         self.timeout = timeout
 
-    async def _ask(self, method: str, path: str, body: Any = None) -> tuple[str, int, Any]:
+    async def _ask(
+        self, method: str, path: str, body: Any = None, *, deadline: float | None = None
+    ) -> tuple[str, int, Any]:
+        """The first answer of the endpoints, in order. A request that may have reached
+        one (no answer in time) is not sent to the next: a ``POST`` is not idempotent
+        (a switchover done, its answer lost, is refused by the new leader)."""
         errors = []
         for address in self.endpoints:
             try:
-                status, reply = await http_json(method, address, path, body, deadline=self.timeout)
+                status, reply = await http_json(
+                    method, address, path, body, deadline=deadline or self.timeout
+                )
             except HttpError as exc:
+                if exc.sent and method != "GET":
+                    raise StoreUnavailableError(
+                        f"Patroni {method} {path} on {address}: {exc}",
+                        outcome=Outcome.INDETERMINATE,
+                    ) from exc
                 errors.append(str(exc))
                 continue
             return address, status, reply
-        raise StoreUnavailableError(f"no Patroni REST API answered: {'; '.join(errors)}")
+        raise StoreUnavailableError(
+            f"no Patroni REST API answered: {'; '.join(errors)}", outcome=Outcome.DEFINITE
+        )
 
     async def members(self) -> list[dict[str, Any]]:
         """``GET /cluster``'s members (name, role, state, host, port, timeline, …)."""
@@ -78,23 +97,12 @@ class PatroniSource:
         members = reply.get("members", [])
         return [m for m in members if isinstance(m, dict) and "name" in m]
 
-    async def switch_point(self, timeline: int) -> int | None:
-        """The WAL position where ``timeline`` branched off its parent, from ``GET
-        /history`` (rows ``[parent timeline, position, reason, …]``); None while
-        Patroni has not recorded it yet."""
-        _, status, reply = await self._ask("GET", "/history")
-        if status != 200 or not isinstance(reply, list):
-            raise StoreUnavailableError(f"Patroni GET /history answered {status}")
-        for row in reply:
-            if isinstance(row, list) and len(row) > 1 and int(row[0]) == timeline - 1:
-                return int(row[1])
-        return None
-
     async def switchover(self, leader: str, candidate: str | None) -> None:
         body: dict[str, Any] = {"leader": leader}
         if candidate is not None:
             body["candidate"] = candidate
-        _, status, reply = await self._ask("POST", "/switchover", body)
+        # Patroni answers once the new leader runs: seconds, more under load.
+        _, status, reply = await self._ask("POST", "/switchover", body, deadline=60.0)
         if status != 200:
             raise FailoverFailedError(f"Patroni refused the switchover ({status}): {reply}")
 
@@ -110,10 +118,6 @@ class PatroniRouter(Router):
     """A :class:`Router` over a Patroni cluster. Open with :meth:`open_patroni`."""
 
     patroni: PatroniSource | None = None
-    #: Generation -> the WAL position its timeline began at (the switch point).
-    switch_points: dict[int, int]
-    #: The PostgreSQL timeline of the leader the router follows.
-    timeline: int = 1
 
     @classmethod
     async def open_patroni(
@@ -149,8 +153,6 @@ class PatroniRouter(Router):
             urls[0], urls[1:], policy=policy, config=config, names=[m["name"] for m in ordered]
         )
         router.patroni = source
-        router.switch_points = {}
-        router.timeline = int(leader.get("timeline") or 1)
         return router
 
     # -- following -------------------------------------------------------------------
@@ -162,7 +164,8 @@ class PatroniRouter(Router):
         await super().refresh(initial=initial)
 
     async def follow(self) -> bool:
-        """Ask Patroni who leads and adopt a new leader; True when the leader changed."""
+        """Ask Patroni who leads and adopt a new leader once it runs on a new timeline;
+        True when the leader changed."""
         assert self.patroni is not None
         member = _leader(await self.patroni.members())
         current = next((n for n in self.nodes if n.role is Role.PRIMARY), None)
@@ -173,22 +176,22 @@ class PatroniRouter(Router):
             new = self.node(leader)
         except UsageError:
             return False  # a member added after open: not ours to route to
-        timeline = int(member.get("timeline") or 0)
-        if timeline <= self.timeline:
-            return False  # Patroni has not published the new leader's timeline yet
-        switch = await self.patroni.switch_point(timeline)
-        if switch is None:
-            return False  # promoted, history not recorded yet: adopt it next round
+        try:
+            history = await bounded(self.backend.timeline(new), self.config.probe_timeout)
+        except (MultistoreError, TimeoutError):
+            return False  # not answering yet: adopt it next round
+        if history.id <= self.history.id:
+            return False  # Patroni named it, its promotion has not finished: next round
         async with self.failover_lock:
-            self.generation += 1
-            self.switch_points[self.generation] = switch
-            self.timeline = timeline
             now = time.monotonic()
             if current is not None:
                 current.role = Role.REPLICA  # Patroni rejoins it (pg_rewind) as a replica
                 current.health.eject(f"no longer Patroni's leader ({leader} is)", now)
             new.role = Role.PRIMARY
             new.health.admit()
+            new.timeline = history.id
+            self.history = history
+            self.history_pending = None
             for node in self.replicas:
                 if node.health.in_rotation:
                     node.health.suspend()  # until a probe shows it follows the new leader
@@ -196,33 +199,17 @@ class PatroniRouter(Router):
             self.primary_failures = 0
         return True
 
-    def survived(self, token: CausalToken) -> bool:
-        """Whether the write ``token`` names is on the current leader's timeline: its
-        position is at or before every switch point since its generation."""
-        later = [p for g, p in self.switch_points.items() if g > token.generation]
-        return all(token.position <= point for point in later)
-
-    async def _choose(
-        self,
-        token: CausalToken | None,
-        max_staleness: float | None,
-        causal_wait: float | None,
-        tried: set[str],
-    ) -> Node:
-        if token is not None and token.generation < self.generation and not self.survived(token):
-            raise FailoverError(
-                f"the write of token {token} was acknowledged by a former leader past the "
-                "point the current leader's timeline branched off: it may be lost, so no "
-                "read can show it; read from the primary (strong=True) to see what is there"
-            )
-        return await super()._choose(token, max_staleness, causal_wait, tried)
-
     async def failover(self, candidate: str | None = None, *, within: float = 60.0) -> str:
         """A planned switchover through Patroni (``POST /switchover``), optionally to
         ``candidate``; waits until the router has adopted the new leader; its name."""
         assert self.patroni is not None
         old = self.primary.name
-        await self.patroni.switchover(old, candidate)
+        try:
+            await self.patroni.switchover(old, candidate)
+        except StoreUnavailableError as exc:
+            if exc.definite:
+                raise
+            # Sent, its answer lost: Patroni may be switching over; the wait below tells.
         deadline = time.monotonic() + within
         while True:
             with contextlib.suppress(StoreUnavailableError):

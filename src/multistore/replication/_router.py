@@ -12,6 +12,12 @@ Routing of one call:
   ``causal_wait`` seconds, polling with backoff), with ``max_staleness=`` only among
   replicas whose lag is provably below it; when none qualifies, the primary.
 
+A token is checked before anything is sent: its signature (when the router has a
+:class:`TokenSigner`), its timeline against the primary's history (``_timeline.py``:
+past a fork it names a write that may have been lost in a failover), and its position
+against the furthest the router knows the primary reached (one primary probe when it
+is further, then refused).
+
 A background task probes the primary's position and every replica's replay position
 (the lag monitor, see ``_lag.py``); ``failover()`` is in ``_failover.py``.
 """
@@ -20,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -36,17 +43,19 @@ from multistore.errors import (
     UsageError,
 )
 from multistore.replication._config import LogShipping, RouterConfig, bounded
-from multistore.replication._errors import FailoverError
+from multistore.replication._errors import FailoverError, InvalidTokenError
 from multistore.replication._lag import LagTracker
 from multistore.replication._logship import LogShipper, SQLiteBackend
 from multistore.replication._nodes import Backend, Node, Role, RoutedTransaction, is_read
 from multistore.replication._policies import ReadPolicy, RoundRobinPolicy
-from multistore.replication._token import CausalToken
+from multistore.replication._session import Session
+from multistore.replication._timeline import Timeline
+from multistore.replication._token import CausalToken, TokenSigner
 from multistore.stores import open_store
 from multistore.stores.relational import Params, Queries, RelationalStore, Row
 from multistore.urls import parse_url
 
-__all__ = ["Router", "Session", "WriteResult"]
+__all__ = ["Router", "WriteResult"]
 
 T = TypeVar("T")
 _POLL_FIRST = 0.002
@@ -73,18 +82,25 @@ class Router:
         nodes: list[Node],
         policy: ReadPolicy,
         config: RouterConfig,
+        signer: TokenSigner | None = None,
     ) -> None:
         self.backend = backend
         self.nodes = nodes
         self.policy = policy
         self.config = config
-        self.generation = 1
-        """Bumped by each failover; a write that started in an older one fails."""
+        self.signer = signer
+        self.history = Timeline(1)
+        """The primary's timeline and where its ancestors ended, read from the database
+        at open and after each failover."""
+        self.history_pending: str | None = None
+        """Why the new primary's timeline could not be read after a promotion; while
+        set, writes and token checks fail and each probe round tries again."""
         self.tracker = LagTracker()
         self.failing_over = False
         self.primary_failures = 0
         self.failover_lock = asyncio.Lock()
         self._monitor: asyncio.Task[None] | None = None
+        self._sampling: asyncio.Future[None] | None = None
         self._closed = False
 
     # -- lifetime --
@@ -99,13 +115,16 @@ class Router:
         config: RouterConfig | None = None,
         shipping: LogShipping | None = None,
         names: Sequence[str] | None = None,
+        signer: TokenSigner | None = None,
     ) -> Self:
         """Open every node and start the lag monitor.
 
         ``primary`` and ``replicas`` are URLs of one scheme: ``postgresql://`` (a
         primary and its streaming standbys) or ``sqlite:///`` (a primary file and
         replica files fed by log shipping, configured by ``shipping``). ``names``
-        overrides the node names (default ``host:port`` or the file name).
+        overrides the node names (default ``host:port`` or the file name). With
+        ``signer``, every token the router hands out is signed and every token it is
+        given must carry a valid signature.
         """
         config = config or RouterConfig()
         urls = [primary, *replicas]
@@ -136,7 +155,7 @@ class Router:
                 from multistore.replication._postgres import PostgresBackend
 
                 backend = PostgresBackend()
-            router = cls(backend, nodes, policy or RoundRobinPolicy(), config)
+            router = cls(backend, nodes, policy or RoundRobinPolicy(), config, signer)
             for node in nodes:
                 await backend.prepare(node)
             await router.refresh(initial=True)
@@ -170,6 +189,12 @@ class Router:
         await self.close()
 
     # -- topology --
+
+    @property
+    def timeline(self) -> int:
+        """The primary's timeline: the same in every router of the cluster and after
+        restarts, since it is read from the database; each failover increments it."""
+        return self.history.id
 
     @property
     def primary(self) -> Node:
@@ -218,52 +243,97 @@ class Router:
     async def transaction(self) -> AsyncIterator[RoutedTransaction]:
         """A transaction on the primary; reads inside it see its writes. After the block,
         ``tx.token`` is the causal token of the commit."""
-        node, generation = self._writable()
+        node, timeline = self._writable()
         node.in_flight += 1
         try:
             async with self.backend.write_scope(node.store, transaction=True) as scope:
                 yield scope
         except StoreUnavailableError as exc:
-            self._check_generation(node, generation, exc)
+            self._check_still_primary(node, timeline, exc)
             raise
         finally:
             node.in_flight -= 1
-        self._committed(node, generation, scope)
+        self._committed(node, timeline, scope)
 
     async def _write(self, fn: Callable[[Queries], Awaitable[T]]) -> tuple[T, CausalToken]:
-        node, generation = self._writable()
+        node, timeline = self._writable()
         node.in_flight += 1
         try:
             async with self.backend.write_scope(node.store, transaction=False) as scope:
                 result = await fn(scope)
         except StoreUnavailableError as exc:
-            self._check_generation(node, generation, exc)
+            self._check_still_primary(node, timeline, exc)
             raise
         finally:
             node.in_flight -= 1
-        return result, self._committed(node, generation, scope)
+        return result, self._committed(node, timeline, scope)
 
     def _writable(self) -> tuple[Node, int]:
         if self._closed:
             raise StoreUnavailableError("the router is closed", outcome=Outcome.DEFINITE)
         if self.failing_over:
             raise FailoverError("a failover is in progress: the write was not sent; retry it")
-        return self.primary, self.generation
+        if self.history_pending is not None:
+            raise FailoverError(
+                "the new primary's timeline is not known yet, so the write was not sent: "
+                f"{self.history_pending}",
+                outcome=Outcome.DEFINITE,
+            )
+        return self.primary, self.history.id
 
-    def _check_generation(self, node: Node, generation: int, exc: BaseException | None) -> None:
-        if generation != self.generation or node.role is not Role.PRIMARY:
+    def _check_still_primary(self, node: Node, timeline: int, exc: BaseException | None) -> None:
+        if timeline != self.history.id or node.role is not Role.PRIMARY:
             raise FailoverError(
                 f"the write ran on {node.name} while it was being replaced as primary; it "
                 "may or may not have taken effect, and would not survive the failover"
             ) from exc
 
-    def _committed(self, node: Node, generation: int, scope: RoutedTransaction) -> CausalToken:
-        self._check_generation(node, generation, None)
+    def _committed(self, node: Node, timeline: int, scope: RoutedTransaction) -> CausalToken:
+        self._check_still_primary(node, timeline, None)
         assert scope.position is not None
         node.writes += 1
-        self.tracker.observe(scope.position, time.monotonic())
-        scope.token = CausalToken(generation, scope.position)
+        self.tracker.observe(scope.position, scope.observed_at)
+        token = CausalToken(timeline, scope.position)
+        scope.token = self.signer.sign(token) if self.signer is not None else token
         return scope.token
+
+    # -- tokens --
+
+    async def check_token(self, token: CausalToken | str) -> CausalToken:
+        """``token`` parsed and checked as a read would check it; raises
+        :class:`InvalidTokenError` for a bad signature, an unknown timeline or a
+        position ahead of the primary, :class:`ForkedTokenError` when its write may
+        have been lost in a failover."""
+        if isinstance(token, str):
+            token = CausalToken.parse(token)
+        if self.history_pending is not None:
+            raise StoreUnavailableError(
+                f"cannot check causal token {token.unsigned}: the new primary's timeline is "
+                f"not known yet: {self.history_pending}",
+                outcome=Outcome.DEFINITE,
+            )
+        if self.signer is not None and not self.signer.verify(token):
+            raise InvalidTokenError(
+                f"causal token {token.unsigned} is unsigned or its signature is wrong: "
+                "this router only takes tokens it signed"
+            )
+        self.history.check(token)
+        if token.timeline == self.history.id and token.position > self.tracker.latest:
+            # Maybe written through another router since our last probe: ask once.
+            try:
+                await self._sample_primary()
+            except (MultistoreError, TimeoutError) as exc:
+                raise StoreUnavailableError(
+                    f"causal token {token.unsigned} is ahead of every position this router "
+                    f"has seen, and the primary could not be asked: {exc}",
+                    outcome=Outcome.DEFINITE,
+                ) from exc
+            if token.position > self.tracker.latest:
+                raise InvalidTokenError(
+                    f"causal token {token.unsigned} is ahead of the primary "
+                    f"(at {self.tracker.latest:X}): no write made it; refused unread"
+                )
+        return token
 
     # -- reads --
 
@@ -332,8 +402,8 @@ class Router:
         """Run a read; a statement that writes is run as a write (its token returned)."""
         if not is_read(sql):
             return await self._write(fn)
-        if isinstance(token, str):
-            token = CausalToken.parse(token)
+        if token is not None:
+            token = await self.check_token(token)
         if max_staleness is not None and max_staleness < 0:
             raise UsageError("max_staleness must be >= 0 seconds")
         tried: set[str] = set()
@@ -367,8 +437,6 @@ class Router:
     ) -> Node:
         eligible = self._eligible(max_staleness, tried)
         if token is not None and eligible:
-            if token.generation > self.generation:
-                return self.primary  # written after a failover this router has not seen
             eligible = await self._replayed(eligible, token.position, causal_wait)
         return self._pick(eligible)
 
@@ -387,8 +455,19 @@ class Router:
             if n.role is Role.REPLICA
             and n.health.in_rotation
             and n.name not in tried
-            and n.staleness_bound(now) <= max_staleness
+            and self.staleness_bound(n, now) <= max_staleness
         ]
+
+    def staleness_bound(self, node: Node, now: float | None = None) -> float:
+        """An upper bound, in seconds, on how stale a read on ``node`` is at ``now``:
+        the time since the last primary sample at or below its replay position
+        (``math.inf`` when unknown: behind every sample kept, or on a timeline that
+        is not part of the primary's history)."""
+        if node.role is Role.PRIMARY:
+            return 0.0
+        if node.timeline is not None and not self.history.contains(node.timeline, node.position):
+            return math.inf
+        return self.tracker.lag_seconds(node.position, time.monotonic() if now is None else now)
 
     def _pick(self, eligible: list[Node]) -> Node:
         if not eligible:
@@ -421,9 +500,9 @@ class Router:
 
     async def wait_replayed(self, token: CausalToken | str, *, within: float = 10.0) -> None:
         """Wait until every replica has replayed past ``token`` (polling with backoff);
-        with :class:`~multistore.errors.StoreTimeoutError` after ``within`` seconds."""
-        if isinstance(token, str):
-            token = CausalToken.parse(token)
+        with :class:`~multistore.errors.StoreTimeoutError` after ``within`` seconds.
+        The token is checked first, as a read checks it."""
+        token = await self.check_token(token)
         deadline = time.monotonic() + within
         delay = _POLL_FIRST
         while True:
@@ -443,6 +522,7 @@ class Router:
                 delay = min(delay * 2, _POLL_CAP)
 
     async def _poll(self, node: Node, bound: float) -> None:
+        node.polls += 1
         with contextlib.suppress(MultistoreError, TimeoutError):
             state = await bounded(self.backend.replay_state(node), bound)
             node.position = max(node.position, state.position)
@@ -457,24 +537,25 @@ class Router:
 
     async def refresh(self, *, initial: bool = False) -> None:
         """One round of probes: the primary's position, each replica's lag and health;
-        retries fencing of former primaries; may start an automatic failover."""
+        retries fencing of former primaries; may start an automatic failover. The
+        first round (``initial``) also reads the primary's timeline."""
         from multistore.replication._failover import failover, retry_fences
 
         if self.failing_over:
             return
         timeout = self.config.probe_timeout
         try:
-            primary = self.primary
-            position = await bounded(self.backend.primary_position(primary), timeout)
+            await self._probe_primary()
+            if initial or self.history_pending is not None:
+                self.history = await bounded(self.backend.timeline(self.primary), timeout)
+                self.primary.timeline = self.history.id
+                self.history_pending = None
         except (MultistoreError, TimeoutError) as exc:
             self.primary_failures += 1
             if initial:
                 raise StoreUnavailableError(f"cannot probe the primary: {exc}") from exc
         else:
             self.primary_failures = 0
-            primary.position = position
-            primary.probed_at = time.monotonic()
-            self.tracker.observe(position, primary.probed_at)
         await asyncio.gather(
             *(self._probe(n, initial) for n in self.replicas),
             retry_fences(self),
@@ -485,6 +566,22 @@ class Router:
             and self.primary_failures >= self.config.failures_to_failover
         ):
             await failover(self)
+
+    async def _probe_primary(self) -> None:
+        primary = self.primary
+        started = time.monotonic()  # the position is read after this: a valid sample time
+        position = await bounded(self.backend.primary_position(primary), self.config.probe_timeout)
+        primary.position = max(primary.position, position)
+        primary.probed_at = started
+        self.tracker.observe(position, started)
+
+    async def _sample_primary(self) -> None:
+        """One primary probe, shared by every caller that asks while it runs."""
+        sampling = self._sampling
+        if sampling is None or sampling.done():
+            sampling = self._sampling = asyncio.ensure_future(self._probe_primary())
+            sampling.add_done_callback(_retrieve)
+        await asyncio.shield(sampling)
 
     async def _probe(self, node: Node, initial: bool) -> None:
         started = time.monotonic()
@@ -500,12 +597,16 @@ class Router:
             return
         now = time.monotonic()
         node.position = max(node.position, state.position)
+        if state.timeline is not None:
+            node.timeline = state.timeline
         node.replay_time = state.replay_time
         node.probed_at = started
-        node.lag_positions = max(0, self.tracker.latest - state.position)
-        node.lag_seconds = self.tracker.lag_seconds(state.position, now)
-        if initial and node.lag_positions == 0:
+        node.lag_positions = max(0, self.tracker.latest - node.position)
+        node.lag_seconds = self.staleness_bound(node, now)
+        if initial and node.lag_positions == 0 and node.lag_seconds < math.inf:
             node.health.admit()
+        elif self.primary_failures:
+            node.health.probe_reachable()  # no fresh primary sample: lag is not measured
         else:
             node.health.probe_ok(node.lag_seconds, now)
 
@@ -517,76 +618,15 @@ class Router:
         return await failover(self)
 
     def __repr__(self) -> str:
-        return f"<Router {self.backend.scheme} primary={self.primary.name} gen={self.generation}>"
-
-
-class Session:
-    """Reads that see the session's own writes: the token of each write is kept and
-    passed to later reads. ``str(session.token)`` travels in a cookie or header;
-    ``router.session(token_string)`` picks it up in another process."""
-
-    def __init__(self, router: Router, token: CausalToken | str | None = None) -> None:
-        self.router = router
-        self.token = CausalToken.parse(token) if isinstance(token, str) else token
-
-    def _saw(self, token: CausalToken | None) -> None:
-        if token is not None:
-            self.token = token.later(self.token)
-
-    async def execute(self, sql: str, params: Params | None = None) -> int:
-        result = await self.router.execute(sql, params)
-        self._saw(result.token)
-        return result.rowcount
-
-    async def executemany(self, sql: str, seq_of_params: Sequence[Params]) -> int:
-        result = await self.router.executemany(sql, seq_of_params)
-        self._saw(result.token)
-        return result.rowcount
-
-    @contextlib.asynccontextmanager
-    async def transaction(self) -> AsyncIterator[RoutedTransaction]:
-        async with self.router.transaction() as tx:
-            yield tx
-        self._saw(tx.token)
-
-    async def fetch_all(
-        self,
-        sql: str,
-        params: Params | None = None,
-        *,
-        max_staleness: float | None = None,
-        strong: bool = False,
-    ) -> list[Row]:
-        rows, written = await self.router._read(
-            sql, lambda q: q.fetch_all(sql, params), self.token, max_staleness, strong, None
+        return (
+            f"<Router {self.backend.scheme} primary={self.primary.name} timeline={self.history.id}>"
         )
-        self._saw(written)
-        return rows
 
-    async def fetch_one(
-        self,
-        sql: str,
-        params: Params | None = None,
-        *,
-        max_staleness: float | None = None,
-        strong: bool = False,
-    ) -> Row | None:
-        row, written = await self.router._read(
-            sql, lambda q: q.fetch_one(sql, params), self.token, max_staleness, strong, None
-        )
-        self._saw(written)
-        return row
 
-    async def fetch_val(
-        self,
-        sql: str,
-        params: Params | None = None,
-        *,
-        max_staleness: float | None = None,
-        strong: bool = False,
-    ) -> Any:
-        row = await self.fetch_one(sql, params, max_staleness=max_staleness, strong=strong)
-        return None if row is None else row[0]
+def _retrieve(future: asyncio.Future[None]) -> None:
+    """Mark a shared probe's outcome as seen (its waiters may all have been cancelled)."""
+    if not future.cancelled():
+        future.exception()
 
 
 def _default_names(urls: Sequence[str]) -> list[str]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import math
 import time
 from typing import Any
 
@@ -19,10 +20,13 @@ async def replication_status(router: Router, *, refresh: bool = True) -> dict[st
     """A JSON-ready report of the router's nodes (``multistore status --json``).
 
     With ``refresh`` (the default) one probe round runs first, so lag is current.
-    Keys: ``backend``, ``generation``, ``primary``, ``failing_over`` and ``nodes``, a
-    list of ``{name, url (password hidden), role, health, position, lag_seconds,
-    lag_positions, in_flight, reads, writes, error}``; PostgreSQL nodes add ``lsn``
-    and ``replay_time``.
+    Keys: ``backend``, ``timeline``, ``primary``, ``failing_over``,
+    ``timeline_pending`` (why the timeline is not known after a promotion, or None) and
+    ``nodes``, a
+    list of ``{name, url (password hidden), role, health, timeline, position,
+    lag_seconds, lag_positions, staleness_bound, in_flight, reads, writes, error}``
+    (``lag_seconds`` and ``staleness_bound`` are upper bounds, None while unknown);
+    PostgreSQL nodes add ``lsn`` and ``replay_time``.
     """
     if refresh:
         with contextlib.suppress(MultistoreError):
@@ -37,10 +41,11 @@ async def replication_status(router: Router, *, refresh: bool = True) -> dict[st
             "url": parse_url(node.url).render(hide_password=True),
             "role": node.role.value,
             "health": node.health.state.value if node.role is not Role.PRIMARY else "ok",
+            "timeline": node.timeline,
             "position": node.position,
-            "lag_seconds": round(node.lag_seconds, 3) if replica else 0.0,
+            "lag_seconds": _seconds(node.lag_seconds) if replica else 0.0,
             "lag_positions": node.lag_positions if replica else 0,
-            "staleness_bound": round(node.staleness_bound(now), 3) if replica else 0.0,
+            "staleness_bound": _seconds(router.staleness_bound(node, now)) if replica else 0.0,
             "in_flight": node.in_flight,
             "reads": node.reads,
             "writes": node.writes,
@@ -57,8 +62,13 @@ async def replication_status(router: Router, *, refresh: bool = True) -> dict[st
     primary = next((n.name for n in router.nodes if n.role is Role.PRIMARY), None)
     return {
         "backend": router.backend.scheme,
-        "generation": router.generation,
+        "timeline": router.timeline,
         "primary": primary,
         "failing_over": router.failing_over,
+        "timeline_pending": router.history_pending,
         "nodes": nodes,
     }
+
+
+def _seconds(value: float) -> float | None:
+    return None if math.isinf(value) else round(value, 3)

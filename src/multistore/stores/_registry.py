@@ -9,8 +9,9 @@ install.
 from __future__ import annotations
 
 import importlib
-from collections.abc import Mapping
-from typing import Final
+from collections.abc import Callable, Coroutine, Generator, Mapping
+from types import TracebackType
+from typing import Any, Final
 
 from multistore.errors import ConfigError, UnsupportedError
 from multistore.stores._base import Store
@@ -18,8 +19,11 @@ from multistore.urls import StoreURL, parse_url
 
 __all__ = [
     "BACKENDS",
+    "EXTRAS",
     "MODELS",
+    "StoreOpening",
     "backend_class",
+    "missing_driver",
     "models_for_scheme",
     "open_store",
     "resolve_model",
@@ -59,7 +63,7 @@ MODELS: Final[tuple[str, ...]] = (
 )
 
 #: The pip extra that brings each server scheme's driver.
-_EXTRAS: Final[Mapping[str, str]] = {
+EXTRAS: Final[Mapping[str, str]] = {
     "postgresql": "postgres",
     "mariadb": "mariadb",
     "redis": "redis",
@@ -108,26 +112,85 @@ def backend_class(model: str, scheme: str) -> type[Store]:
             module_name if absolute else f"multistore.stores.{module_name}"
         )
     except ImportError as exc:
-        missing = exc.name or "a driver"
-        extra = _EXTRAS.get(scheme)
-        hint = f"pip install 'multistore[{extra}]'" if extra else "reinstall multistore"
-        raise ConfigError(
-            f"the {scheme} backend needs {missing}, which is not installed; run: {hint}"
-        ) from None
+        raise missing_driver(scheme, exc) from None
     cls = getattr(module, class_name)
     assert isinstance(cls, type) and issubclass(cls, Store)
     return cls
 
 
-async def open_store(
+def missing_driver(scheme: str, exc: ImportError) -> ConfigError:
+    """The error for a backend whose driver is not installed: it names the extra."""
+    missing = exc.name or "a driver"
+    extra = EXTRAS.get(scheme)
+    hint = f"pip install 'multistore[{extra}]'" if extra else "reinstall multistore"
+    return ConfigError(f"the {scheme} backend needs {missing}, which is not installed; run: {hint}")
+
+
+class StoreOpening(Coroutine[Any, Any, Store]):
+    """What :func:`open_store` returns: a coroutine, so ``await open_store(...)`` and
+    ``asyncio.run(open_store(...))`` give the store, and also an async context manager,
+    so ``async with open_store(...) as store:`` opens it and closes it at the end of
+    the block (as ``async with await open_store(...)`` does).
+
+    Nothing runs until it is awaited or entered."""
+
+    __slots__ = ("_coro", "_factory", "_store")
+
+    def __init__(self, factory: Callable[[], Coroutine[Any, Any, Store]]) -> None:
+        self._factory = factory
+        self._coro: Coroutine[Any, Any, Store] | None = None
+        self._store: Store | None = None
+
+    def _inner(self) -> Coroutine[Any, Any, Store]:
+        if self._coro is None:
+            self._coro = self._factory()
+        return self._coro
+
+    def send(self, value: Any) -> Any:
+        return self._inner().send(value)
+
+    def throw(
+        self,
+        typ: type[BaseException] | BaseException,
+        val: BaseException | object = None,
+        tb: TracebackType | None = None,
+    ) -> Any:
+        if isinstance(typ, BaseException):
+            return self._inner().throw(typ)
+        return self._inner().throw(typ, val, tb)
+
+    def close(self) -> None:
+        if self._coro is not None:
+            self._coro.close()
+
+    def __await__(self) -> Generator[Any, None, Store]:
+        return self._inner().__await__()
+
+    async def __aenter__(self) -> Store:
+        self._store = await self._inner()
+        return self._store
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._store is not None:
+            store, self._store = self._store, None
+            await store.close()
+
+
+def open_store(
     url: str | StoreURL, *, model: str | None = None, **overrides: object
-) -> Store:
+) -> StoreOpening:
     """Open the store a URL names. The scheme picks the backend; ``model`` (or
     ``?model=`` in the URL) chooses among the models a scheme serves.
 
     >>> store = await open_store("sqlite:///.multistore/sessions.db", model="kv")  # doctest: +SKIP
+    >>> async with open_store("sqlite:///sessions.db", model="kv") as store:  # doctest: +SKIP
+    ...     await store.set("k", "v")
     """
-    parsed = parse_url(url, **overrides)
-    chosen = resolve_model(parsed, model)
-    cls = backend_class(chosen, parsed.scheme)
-    return await cls.open(parsed)
+
+    async def opening() -> Store:
+        parsed = parse_url(url, **overrides)
+        chosen = resolve_model(parsed, model)
+        cls = backend_class(chosen, parsed.scheme)
+        return await cls.open(parsed)
+
+    return StoreOpening(opening)

@@ -67,11 +67,17 @@ class SQLiteConnection(Connection):
     def __init__(self, store: SQLiteRelationalStore) -> None:
         super().__init__()
         self._store = store
+        self._interrupted = False
+        """A call was cancelled while queued or running: it may still run after."""
 
     async def _call(self, fn: Callable[..., T], *args: Any) -> T:
-        return await self._store._worker.run(
-            _guarded, fn, self._store._db, self._store._clock, *args
-        )
+        try:
+            return await self._store._worker.run(
+                _guarded, fn, self._store._db, self._store._clock, *args
+            )
+        except asyncio.CancelledError:
+            self._interrupted = True
+            raise
 
     async def _execute(self, sql: str, params: Any) -> int:
         return await self._call(_execute, sql, params)
@@ -154,9 +160,12 @@ class SQLiteRelationalStore(RelationalStore):
             finally:
                 conn._released = True
                 self._holder = None
-                if conn.in_transaction:  # only if the block was cancelled mid-exit
+                if conn.in_transaction or conn._interrupted or self._db.in_transaction:
+                    # Never hand the connection on inside a transaction (a block cancelled
+                    # mid-exit, a BEGIN sent as a plain statement): roll back what is
+                    # open, on the worker, after any call of this lease still queued.
                     with contextlib.suppress(MultistoreError):
-                        await conn._rollback()
+                        await conn._call(_rollback_open)
 
     async def run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         """Run ``fn(sqlite3_connection)`` on the worker thread, holding the lease."""
@@ -181,6 +190,8 @@ def _guarded(fn: Callable[..., T], db: sqlite3.Connection, clock: _Clock, *args:
         raise _map_error(exc) from exc
     except OverflowError as exc:
         raise InvalidValueError(f"sqlite: {exc}") from exc
+    except UnicodeEncodeError as exc:
+        raise InvalidValueError(f"sqlite: a string that is not valid Unicode: {exc}") from exc
     finally:
         clock.deadline = float("inf")
 
@@ -233,20 +244,39 @@ def _fetch(db: sqlite3.Connection, sql: str, params: Any, one: bool) -> list[Row
         cur.close()
 
 
+def _rollback_open(db: sqlite3.Connection) -> None:
+    if db.in_transaction:
+        db.execute("ROLLBACK")
+
+
 def _script(db: sqlite3.Connection, sql: str) -> None:
     """Run ``;``-separated statements one at a time inside the caller's transaction
     (``executescript`` would COMMIT first). ``complete_statement`` knows about string
     literals, comments and trigger bodies."""
+    alone = not db.in_transaction
+    ran = 0
+
+    def run(statement: str) -> None:
+        nonlocal ran
+        try:
+            db.execute(statement).close()
+        except sqlite3.Error as exc:
+            error = _map_error(exc)
+            if alone and ran:  # the statements before it committed on their own
+                error.outcome = Outcome.INDETERMINATE
+            raise error from exc
+        ran += 1
+
     buffer = ""
     for piece in sql.split(";"):
         buffer += piece + ";"
         if sqlite3.complete_statement(buffer):
             if buffer.strip(" \t\r\n;"):
-                db.execute(buffer).close()
+                run(buffer)
             buffer = ""
     rest = buffer[:-1]
     if rest.strip(" \t\r\n;"):
-        db.execute(rest).close()
+        run(rest)
 
 
 _NAMED_CODES: Final = {

@@ -1,0 +1,22 @@
+"""Multi-master replication under the schedule explorer (see tests/explore/multimaster.py)."""
+
+from __future__ import annotations
+
+import pytest
+
+from multistore.lab.explore import Faults
+from tests.explore.conftest import Explorer
+from tests.explore.multimaster import multimaster
+
+#: A whole exploration, not one schedule: thousands of schedules take minutes.
+pytestmark = pytest.mark.timeout(1800)
+
+
+def test_multimaster_sqlite(explorer: Explorer) -> None:
+    report = explorer(multimaster, 2000, Faults.all())
+    assert report.faults > 0
+
+
+@pytest.mark.soak
+def test_multimaster_sqlite_soak(explorer: Explorer) -> None:
+    explorer(multimaster, 0, Faults.all())

@@ -1,0 +1,22 @@
+"""The outbox under the schedule explorer (see tests/explore/outbox.py for the invariants)."""
+
+from __future__ import annotations
+
+import pytest
+
+from multistore.lab.explore import Faults
+from tests.explore.conftest import Explorer
+from tests.explore.outbox import outbox
+
+#: A whole exploration, not one schedule: thousands of schedules take minutes.
+pytestmark = pytest.mark.timeout(1800)
+
+
+def test_outbox_sqlite(explorer: Explorer) -> None:
+    report = explorer(outbox, 2000, Faults.all())
+    assert report.faults > 0
+
+
+@pytest.mark.soak
+def test_outbox_sqlite_soak(explorer: Explorer) -> None:
+    explorer(outbox, 0, Faults.all())

@@ -1,0 +1,22 @@
+"""The quorum store under the schedule explorer (see tests/explore/quorum.py)."""
+
+from __future__ import annotations
+
+import pytest
+
+from multistore.lab.explore import Faults
+from tests.explore.conftest import Explorer
+from tests.explore.quorum import quorum
+
+#: A whole exploration, not one schedule: thousands of schedules take minutes.
+pytestmark = pytest.mark.timeout(1800)
+
+
+def test_quorum_sqlite(explorer: Explorer) -> None:
+    report = explorer(quorum, 2000, Faults.all())
+    assert report.faults > 0
+
+
+@pytest.mark.soak
+def test_quorum_sqlite_soak(explorer: Explorer) -> None:
+    explorer(quorum, 0, Faults.all())
