@@ -2,12 +2,16 @@
 
 Session fixtures (one server of each kind per test session, started on first use and
 removed at the end): ``postgres_server``, ``mariadb_server``, ``redis_server``,
-``falkordb_server``, ``influxdb_server``.
+``falkordb_server``, ``influxdb_server``, ``redis_cluster`` (six Redis servers in
+cluster mode: three primaries with a replica each), ``etcd_cluster`` (three etcd
+members), ``patroni_cluster`` (three PostgreSQL members under Patroni, on that etcd)
+and ``nats_cluster`` (three NATS servers with clustered JetStream).
 
 Function fixtures: ``postgres_url`` / ``mariadb_url`` / ``influxdb_url`` (URL of a fresh
 empty database), ``redis_url`` (db 0 after FLUSHALL), ``falkordb_url`` (a unique graph
-name), and ``tcp_proxy`` (a factory ``tcp_proxy(host, port) -> TcpProxy``, stopped at the
-end of the test).
+name), ``redis_cluster_url`` (the cluster emptied, whole again after any fault), and
+``tcp_proxy`` (a factory ``tcp_proxy(host, port) -> TcpProxy``, stopped at the end of
+the test).
 
 A test that stops or kills a session server must start it again before it ends (use
 ``try/finally``); the URL fixtures also restart a server they find stopped.
@@ -23,6 +27,10 @@ from typing import TypeVar
 
 import pytest
 
+from multistore.lab._etcd import EtcdCluster
+from multistore.lab._nats import NatsCluster
+from multistore.lab._patroni import PatroniCluster
+from multistore.lab._redis_cluster import RedisClusterServers
 from multistore.lab.proxy import TcpProxy
 from multistore.lab.servers import (
     BinaryNotFoundError,
@@ -94,6 +102,85 @@ def falkordb_server() -> Iterator[FalkorDBServer]:
 @pytest.fixture(scope="session")
 def influxdb_server() -> Iterator[InfluxDBServer]:
     yield from _session_server(InfluxDBServer)
+
+
+@pytest.fixture(scope="session")
+def redis_cluster() -> Iterator[RedisClusterServers]:
+    try:
+        cluster = RedisClusterServers()
+        cluster.start()
+    except BinaryNotFoundError as exc:
+        _missing(exc)
+        raise
+    try:
+        yield cluster
+    finally:
+        cluster.cleanup()
+
+
+@pytest.fixture(scope="session")
+def etcd_cluster() -> Iterator[EtcdCluster]:
+    cluster = EtcdCluster()
+    try:
+        cluster.start()
+    except BinaryNotFoundError as exc:
+        cluster.cleanup()
+        _missing(exc)
+        raise
+    except BaseException:
+        cluster.cleanup()
+        raise
+    try:
+        yield cluster
+    finally:
+        cluster.cleanup()
+
+
+@pytest.fixture(scope="session")
+def nats_cluster() -> Iterator[NatsCluster]:
+    cluster = NatsCluster()
+    try:
+        cluster.start()
+    except BinaryNotFoundError as exc:
+        cluster.cleanup()
+        _missing(exc)
+        raise
+    except BaseException:
+        cluster.cleanup()
+        raise
+    try:
+        yield cluster
+    finally:
+        cluster.cleanup()
+
+
+@pytest.fixture(scope="session")
+def patroni_cluster(etcd_cluster: EtcdCluster) -> Iterator[PatroniCluster]:
+    """Three Patroni members; a test that kills one starts it again and waits with
+    ``wait_streaming()`` before it ends."""
+    cluster = PatroniCluster(etcd=etcd_cluster)
+    try:
+        cluster.start()
+    except BinaryNotFoundError as exc:
+        cluster.cleanup()
+        _missing(exc)
+        raise
+    except BaseException:
+        cluster.cleanup()
+        raise
+    try:
+        yield cluster
+    finally:
+        cluster.cleanup()
+
+
+@pytest.fixture
+def redis_cluster_url(redis_cluster: RedisClusterServers) -> str:
+    """A ``redis+cluster://`` URL (every node a seed) of the session cluster, emptied;
+    nodes a test killed are started again first."""
+    redis_cluster.start()
+    redis_cluster.flushall()
+    return redis_cluster.url()
 
 
 @pytest.fixture

@@ -123,6 +123,100 @@ def test_file_urls_render_to_text_that_parses_back(text: str) -> None:
     assert parse_url(url.render()) == url
 
 
+# -- seed lists (several hosts per URL, as libpq's multi-host strings) ---------------
+
+
+@pytest.mark.parametrize(
+    ("text", "hosts"),
+    [
+        ("redis+cluster://h1:7000,h2:7001,h3:7002", (("h1", 7000), ("h2", 7001), ("h3", 7002))),
+        ("nats://a,b:4333,c", (("a", 4222), ("b", 4333), ("c", 4222))),
+        (
+            "etcd://[::1]:2379,[fe80::2],10.0.0.3:2380",
+            (("::1", 2379), ("fe80::2", 2379), ("10.0.0.3", 2380)),
+        ),
+        ("postgresql://u@H1:5432,h2:5433/shop", (("h1", 5432), ("h2", 5433))),
+        ("redis://h:6380/0", (("h", 6380),)),
+    ],
+)
+def test_seed_lists_keep_every_host_in_order(text: str, hosts: tuple[tuple[str, int], ...]) -> None:
+    url = parse_url(text)
+    assert url.hosts == hosts
+    assert (url.host, url.port) == hosts[0]
+    assert parse_url(url.render()) == url
+
+
+@pytest.mark.parametrize("scheme", ["redis+cluster", "postgresql", "etcd", "nats"])
+def test_seed_list_with_every_reserved_character_in_the_password(scheme: str) -> None:
+    # ',' ':' '@' '/' '?' '[' ']' in a password, percent-encoded, next to a host list:
+    # none of them may be read as a host separator, a port or the path.
+    nasty = NASTY + ",h9:1,[::1]:2"
+    url = parse_url(f"{scheme}://app:{quote(nasty, safe='')}@h1:7000,[::1]:7001,h3:7002/0")
+    assert url.password == nasty
+    assert url.username == "app"
+    assert url.hosts == (("h1", 7000), ("::1", 7001), ("h3", 7002))
+    assert parse_url(url.render(hide_password=False)) == url
+    assert nasty not in str(url)
+
+
+def test_an_unencoded_at_or_comma_in_a_password_stays_in_the_password() -> None:
+    # The userinfo ends at the *last* '@' of the netloc, so a password left unencoded
+    # by mistake does not turn into hosts.
+    url = parse_url("redis+cluster://:p@ss,w:rd@h1:7000,h2:7001")
+    assert url.password == "p@ss,w:rd"
+    assert url.hosts == (("h1", 7000), ("h2", 7001))
+
+
+def test_libpq_host_and_port_strings() -> None:
+    url = parse_url("postgresql://u@h1:5432,h2:5433/db?target_session_attrs=read-write")
+    assert url.libpq_host == "h1,h2"
+    assert url.libpq_port == "5432,5433"
+    assert url.options["target_session_attrs"] == "read-write"
+
+
+@pytest.mark.parametrize(
+    ("text", "fragment"),
+    [
+        ("redis://h1:6379,h2:6379/0", "names one server"),
+        ("mariadb://root@a,b/db", "names one server"),
+        ("nats://a:1,,b:2", "empty entry"),
+        ("nats://a:1,", "empty entry"),
+        ("etcd://a:2379,A:2379", "listed twice"),
+        ("nats://a:1,b:x", "port in 'b:x'"),
+        ("nats://a:1,b:0", "port in 'b:0'"),
+        ("nats://a:1,[::1", "IPv6"),
+        ("nats://a:1,[::1]x", "not [IPv6]:PORT"),
+        ("nats://a:1,b c:2", "not a host name"),
+        ("redis+cluster://h:7000/2", "only database 0"),
+        ("redis://h/0?target_session_attrs=any", "does not apply"),
+    ],
+)
+def test_bad_seed_lists_name_the_problem(text: str, fragment: str) -> None:
+    with pytest.raises(InvalidURLError) as info:
+        parse_url(text)
+    assert fragment in str(info.value)
+
+
+def test_seed_list_overrides() -> None:
+    base = parse_url(f"redis+cluster://:{quote(NASTY, safe='')}@h1:7000,h2:7001")
+    url = parse_url(base, hosts=[("x", 1), ("[::1]", 2)])
+    assert url.hosts == (("x", 1), ("::1", 2))
+    assert (url.host, url.port) == ("x", 1)
+    assert url.password == NASTY
+    with pytest.raises(InvalidURLError, match="hosts="):
+        parse_url(base, host="x")
+    with pytest.raises(InvalidURLError, match="listed twice"):
+        parse_url(base, hosts=[("x", 1), ("x", 1)])
+    with pytest.raises(InvalidURLError, match="names one server"):
+        parse_url("redis://h/0", hosts=[("x", 1), ("y", 2)])
+    with pytest.raises(InvalidURLError, match="non-empty list"):
+        parse_url(base, hosts="x:1")
+    with pytest.raises(InvalidURLError, match="out of range"):
+        parse_url(base, hosts=[("x", 70000)])
+    single = parse_url("redis://h:1/0", host="z", port=2)
+    assert single.hosts == (("z", 2),)
+
+
 @pytest.mark.parametrize(
     ("url", "fragment"),
     [

@@ -246,12 +246,26 @@ Done = Callable[[object], None]
 class _Request:
     """One command: sent on a connection, queued for one, or waiting for one to open."""
 
-    __slots__ = ("command", "conn", "deadline", "done", "fallback", "finished")
+    __slots__ = (
+        "command",
+        "conn",
+        "deadline",
+        "done",
+        "expected",
+        "fallback",
+        "finished",
+        "replies",
+    )
 
-    def __init__(self, command: bytes, fallback: Callable[[], bytes] | None, done: Done) -> None:
+    def __init__(
+        self, command: bytes, fallback: Callable[[], bytes] | None, done: Done, count: int = 1
+    ) -> None:
         self.command = command
         self.fallback = fallback
         self.done = done
+        self.expected = count
+        """How many replies answer it (several commands pipelined as one request)."""
+        self.replies: list[object] = []
         self.deadline = 0.0
         self.conn: _Connection | None = None
         """The connection it was written to (None: not sent)."""
@@ -291,6 +305,13 @@ class _Connection(asyncio.Protocol):
             return
         try:
             reply = reader.pop()
+            if request.expected > 1:  # pipelined: all the replies, as a list
+                while reply is not INCOMPLETE:
+                    request.replies.append(reply)
+                    if len(request.replies) == request.expected:
+                        reply = request.replies
+                        break
+                    reply = reader.pop()
         except RespProtocolError as exc:
             self._fail(exc)
             return
@@ -406,12 +427,17 @@ class RespPool:
         callback: it should be quick, and not raise."""
         self._submit(command, fallback, done)
 
-    async def call(self, command: bytes, fallback: Callable[[], bytes] | None = None) -> object:
+    async def call(
+        self, command: bytes, fallback: Callable[[], bytes] | None = None, *, count: int = 1
+    ) -> object:
         """:meth:`send` as a coroutine: returns the reply, raises the failure. Cancelled
         before the command was sent, it is never sent; after, its reply is read and
-        dropped."""
+        dropped. ``count`` > 1: ``command`` is that many commands packed one after the
+        other, sent together on one connection (``ASKING`` then a command; a write then
+        ``WAIT``); the reply is the list of their replies, error replies included as
+        :class:`RespError` values (``fallback`` is not used)."""
         future = self._running_loop().create_future()
-        request = self._submit(command, fallback, functools.partial(_settle, future))
+        request = self._submit(command, fallback, functools.partial(_settle, future), count)
         try:
             reply = await future
         except asyncio.CancelledError:
@@ -421,13 +447,21 @@ class RespPool:
             raise reply
         return reply
 
-    def close(self) -> None:
-        """Close idle connections now and busy ones when their command ends; commands
-        waiting for a connection fail (not sent)."""
+    def close(self, *, now: bool = False) -> None:
+        """Close idle connections now and busy ones when their command ends (``now``:
+        at once too, their commands failing as sent); commands waiting for a
+        connection fail (not sent)."""
         self._closed = True
         idle, self._idle = self._idle, []
         for conn in idle:
             self._drop(conn)
+        if now:
+            for conn in list(self._live):
+                request = conn.request
+                self._live.discard(conn)
+                conn.abort()
+                if request is not None:
+                    self._failed(request, ConnectionAbortedError("the pool was closed"))
         queue = list(self._queue)
         self._queue.clear()
         for request in queue:
@@ -447,9 +481,11 @@ class RespPool:
             raise RuntimeError("a RespPool serves one event loop, and that loop is closed")
         return loop
 
-    def _submit(self, command: bytes, fallback: Callable[[], bytes] | None, done: Done) -> _Request:
+    def _submit(
+        self, command: bytes, fallback: Callable[[], bytes] | None, done: Done, count: int = 1
+    ) -> _Request:
         loop = self._running_loop()
-        request = _Request(command, fallback, done)
+        request = _Request(command, None if count > 1 else fallback, done, count)
         if self._closed:
             request.finished = True
             loop.call_soon(done, RespConnectionError("the connection pool is closed", sent=False))

@@ -10,6 +10,20 @@ A store is named by a URL whose scheme picks the backend::
     mariadb://user:pass@host:port/dbname
     influxdb://user:pass@host:port/dbname
 
+Some schemes take a *seed list*: several ``host:port`` pairs separated by commas, as
+libpq's multi-host strings do (``postgresql://u@h1:5432,h2:5433/db``)::
+
+    redis+cluster://[:password@]h1:7000,h2:7001,h3:7002/?prefix=shop:
+    postgresql://user:pass@h1:5432,h2:5432,h3:5432/db?target_session_attrs=read-write
+    etcd://h1:2379,h2:2379,h3:2379/?prefix=/multistore/
+    nats://h1:4222,h2:4222,h3:4222
+
+:attr:`StoreURL.hosts` holds every ``(host, port)`` of the list in the order written
+(a host without a port gets the scheme's default); :attr:`StoreURL.host` and
+:attr:`StoreURL.port` are the first. A seed list on a scheme that names one server,
+an empty entry (``h1,,h2``) or the same address twice is an
+:class:`~multistore.errors.InvalidURLError`.
+
 File schemes follow SQLAlchemy's convention: three slashes and a relative path,
 four slashes for an absolute one. Credentials are percent-decoded, so a password
 may hold any character once encoded (``quote(password, safe="")``).
@@ -36,6 +50,7 @@ from multistore.errors import InvalidURLError
 __all__ = [
     "FILE_SCHEMES",
     "MIXED_SCHEMES",
+    "MULTI_HOST_SCHEMES",
     "SCHEMES",
     "SERVER_SCHEMES",
     "OptionValue",
@@ -58,7 +73,11 @@ _TLS_SCHEMES: Final[Mapping[str, str]] = {"rediss": "redis"}
 FILE_SCHEMES: Final[frozenset[str]] = frozenset({"sqlite", "tantivy", "ladybug", "duckdb"})
 #: Schemes that name a server by host and port.
 SERVER_SCHEMES: Final[frozenset[str]] = frozenset(
-    {"redis", "postgresql", "mariadb", "falkordb", "influxdb"}
+    {"redis", "redis+cluster", "postgresql", "mariadb", "falkordb", "influxdb", "etcd", "nats"}
+)
+#: Server schemes whose URL may name several servers (a seed list, ``h1:p1,h2:p2``).
+MULTI_HOST_SCHEMES: Final[frozenset[str]] = frozenset(
+    {"redis+cluster", "postgresql", "etcd", "nats"}
 )
 #: Schemes that name either a folder (``quorum:///dir`` — embedded nodes) or servers
 #: (``quorum://host:port/0?peers=…`` — Redis nodes).
@@ -68,11 +87,14 @@ SCHEMES: Final[frozenset[str]] = FILE_SCHEMES | SERVER_SCHEMES | MIXED_SCHEMES
 
 _DEFAULT_PORTS: Final[Mapping[str, int]] = {
     "redis": 6379,
+    "redis+cluster": 6379,
     "postgresql": 5432,
     "mariadb": 3306,
     "falkordb": 6379,
     "influxdb": 8086,
     "quorum": 6379,
+    "etcd": 2379,
+    "nats": 4222,
 }
 
 _BOOL_TRUE = {"1", "true", "yes", "on"}
@@ -102,11 +124,17 @@ _OPTION_TYPES: Final[Mapping[str, type]] = {
     "sloppy": bool,
     "node_id": str,
     "read_from": str,
+    "target_session_attrs": str,
+    "wait_replicas": int,
+    "wait_timeout": float,
 }
 _OPTION_SCHEMES: Final[Mapping[str, frozenset[str]]] = {
-    "pool_min": frozenset({"postgresql", "mariadb", "redis", "falkordb"}),
-    "pool_max": frozenset({"postgresql", "mariadb", "redis", "falkordb"}),
+    "pool_min": frozenset({"postgresql", "mariadb", "redis", "redis+cluster", "falkordb"}),
+    "pool_max": frozenset({"postgresql", "mariadb", "redis", "redis+cluster", "falkordb"}),
     "sslmode": frozenset({"postgresql"}),
+    "target_session_attrs": frozenset({"postgresql"}),
+    "wait_replicas": frozenset({"redis+cluster"}),
+    "wait_timeout": frozenset({"redis+cluster"}),
     "journal_mode": frozenset({"sqlite"}),
     "create": frozenset({"sqlite", "duckdb", "influxdb"}),
     "synchronous": frozenset({"sqlite"}),
@@ -140,6 +168,30 @@ class StoreURL:
     database: str | None = None
     """Server schemes: the database/db index/graph name. File schemes: the path."""
     options: Mapping[str, OptionValue] = field(default_factory=dict)
+    hosts: tuple[tuple[str, int], ...] = ()
+    """Every ``(host, port)`` the URL names, in order; ``host``/``port`` are the first.
+    Empty for file URLs."""
+
+    def __post_init__(self) -> None:
+        if not self.hosts and self.host is not None and self.port is not None:
+            object.__setattr__(self, "hosts", ((self.host, self.port),))
+
+    @property
+    def libpq_host(self) -> str | None:
+        """The hosts as libpq's ``host`` parameter takes them (``h1,h2``)."""
+        return ",".join(h for h, _ in self.hosts) if self.hosts else self.host
+
+    @property
+    def libpq_port(self) -> str | None:
+        """The ports as libpq's ``port`` parameter takes them (``5432,5433``)."""
+        return ",".join(str(p) for _, p in self.hosts) if self.hosts else None
+
+    @property
+    def target_session_attrs(self) -> str | None:
+        """libpq's ``target_session_attrs`` (``read-write``, ``primary``, ``any`` …):
+        which of a seed list's servers a connection may settle on."""
+        value = self.options.get("target_session_attrs")
+        return None if value is None else str(value)
 
     @property
     def is_file(self) -> bool:
@@ -184,11 +236,10 @@ class StoreURL:
                 pw = "***" if hide_password else quote(self.password, safe="")
                 user = f"{user}:{pw}"
             netloc = f"{user}@"
-        if self.host is not None:
-            host = f"[{self.host}]" if ":" in self.host else self.host
-            netloc += host
-            if self.port is not None:
-                netloc += f":{self.port}"
+        if self.hosts:
+            netloc += ",".join(_render_host(h, p) for h, p in self.hosts)
+        elif self.host is not None:
+            netloc += _render_host(self.host, self.port)
         db = self.database or ""
         if self.is_file:
             # Three slashes, then the path: "/abs" gives the four slashes of an absolute one.
@@ -206,6 +257,11 @@ class StoreURL:
 
     def __str__(self) -> str:
         return self.render()
+
+
+def _render_host(host: str, port: int | None) -> str:
+    text = f"[{host}]" if ":" in host else host
+    return text if port is None else f"{text}:{port}"
 
 
 def _quote_path(path: str) -> str:
@@ -261,9 +317,14 @@ def _convert_option(scheme: str, name: str, raw: object, source: str) -> OptionV
             f"option model={value!r} in {source} is not a data model; "
             f"use one of {', '.join(sorted(_MODELS))}"
         )
-    if name in ("pool_min", "pool_max", "timeout", "connect_timeout") and (
-        isinstance(value, int | float) and value < 0
-    ):
+    if name in (
+        "pool_min",
+        "pool_max",
+        "timeout",
+        "connect_timeout",
+        "wait_replicas",
+        "wait_timeout",
+    ) and (isinstance(value, int | float) and value < 0):
         raise InvalidURLError(f"option {name}={raw!r} in {source} must not be negative")
     return value
 
@@ -312,12 +373,20 @@ def parse_url(url: str | StoreURL, **overrides: object) -> StoreURL:
     fields: dict[str, object] = {}
     options = dict(parsed.options)
     for key, value in overrides.items():
-        if key in ("host", "port", "username", "password", "database"):
+        if key in ("host", "port", "username", "password", "database", "hosts"):
             fields[key] = value
         elif key == "scheme":
             raise InvalidURLError("the scheme cannot be overridden; write another URL")
         else:
             options[key] = _convert_option(parsed.scheme, key, value, "keyword overrides")
+    if len(parsed.hosts) > 1 and ("host" in fields or "port" in fields):
+        raise InvalidURLError(
+            f"the URL names {len(parsed.hosts)} servers; override them all with hosts=[…] "
+            "rather than host= or port="
+        )
+    if "hosts" in fields:
+        fields["hosts"] = _check_hosts_override(parsed.scheme, fields["hosts"])
+        fields["host"], fields["port"] = fields["hosts"][0]  # type: ignore[index]
     if "port" in fields and fields["port"] is not None:
         fields["port"] = _check_port(fields["port"], "keyword overrides")
     if "host" in fields and fields["host"] is not None:
@@ -327,9 +396,45 @@ def parse_url(url: str | StoreURL, **overrides: object) -> StoreURL:
     for key in ("username", "password", "database"):
         if key in fields and fields[key] is not None and not isinstance(fields[key], str):
             raise InvalidURLError(f"{key} override must be a string")
+    if ("host" in fields or "port" in fields) and "hosts" not in fields:
+        host = fields.get("host", parsed.host)
+        port = fields.get("port", parsed.port)
+        fields["hosts"] = ((host, port),) if host is not None and port is not None else ()
     result = dataclasses.replace(parsed, options=options, **fields)  # type: ignore[arg-type]
     _validate(result, "keyword overrides")
     return result
+
+
+def _check_hosts_override(scheme: str, value: object) -> tuple[tuple[str, int], ...]:
+    if isinstance(value, str) or not isinstance(value, list | tuple) or not value:
+        raise InvalidURLError("hosts override must be a non-empty list of (host, port) pairs")
+    hosts: list[tuple[str, int]] = []
+    for item in value:
+        if not isinstance(item, list | tuple) or len(item) != 2:
+            raise InvalidURLError(f"hosts override entry {item!r} is not a (host, port) pair")
+        host, port = item
+        if not isinstance(host, str) or not _HOST_RE.match(host):
+            raise InvalidURLError(f"host override {host!r} is not a host name or address")
+        hosts.append((host.strip("[]"), _check_port(port, "keyword overrides")))
+    return _checked_seed_list(scheme, hosts, "keyword overrides")
+
+
+def _checked_seed_list(
+    scheme: str, hosts: list[tuple[str, int]], source: str
+) -> tuple[tuple[str, int], ...]:
+    if len(hosts) > 1 and scheme not in MULTI_HOST_SCHEMES:
+        raise InvalidURLError(
+            f"{scheme}:// names one server, but {source} lists {len(hosts)}; seed lists "
+            f"(h1:p1,h2:p2) work with {', '.join(f'{s}://' for s in sorted(MULTI_HOST_SCHEMES))}"
+        )
+    seen: set[tuple[str, int]] = set()
+    for address in hosts:
+        if address in seen:
+            raise InvalidURLError(
+                f"{_render_host(*address)} is listed twice in the hosts of {source}"
+            )
+        seen.add(address)
+    return tuple(hosts)
 
 
 def _check_port(port: object, source: str) -> int:
@@ -418,17 +523,6 @@ def _parse_server(scheme: str, text: str, source: str) -> StoreURL:
             )
     try:
         parts = urlsplit(text)
-        hostname = parts.hostname
-        port_text = parts.netloc.rpartition("@")[2]
-        port: int | None
-        try:
-            port = parts.port
-        except ValueError:
-            raise InvalidURLError(
-                f"malformed {source}: port in {port_text!r} is not a number in 1-65535"
-            ) from None
-    except InvalidURLError:
-        raise
     except ValueError:
         raise InvalidURLError(
             f"malformed {source}: the host is not a name or an address "
@@ -438,27 +532,55 @@ def _parse_server(scheme: str, text: str, source: str) -> StoreURL:
         raise InvalidURLError(
             f"malformed {source}: unexpected '#'; percent-encode it as %23 in a password"
         )
-    if not hostname:
-        raise InvalidURLError(f"malformed {source}: no host (write {scheme}://HOST:PORT/…)")
-    if not _HOST_RE.match(hostname):
-        raise InvalidURLError(f"malformed {source}: {hostname!r} is not a host name or address")
-    username = unquote(parts.username) if parts.username else None
-    password = unquote(parts.password) if parts.password is not None else None
+    userinfo, at, hostlist = parts.netloc.rpartition("@")
+    items = hostlist.split(",")
+    hosts = _checked_seed_list(
+        scheme, [_parse_host(scheme, item, source, len(items) > 1) for item in items], source
+    )
+    username = password = None
+    if at:
+        user_text, colon, password_text = userinfo.partition(":")
+        username = unquote(user_text) if user_text else None
+        password = unquote(password_text) if colon else None
     database = unquote(parts.path[1:]) if parts.path.startswith("/") and parts.path != "/" else None
     if database is not None and "/" in database:
         raise InvalidURLError(f"malformed {source}: database name {database!r} contains '/'")
     options = _parse_query(scheme, parts.query, source)
     result = StoreURL(
         scheme=scheme,
-        host=hostname,
-        port=port if port is not None else _DEFAULT_PORTS[scheme],
+        host=hosts[0][0],
+        port=hosts[0][1],
         username=username,
         password=password,
         database=database,
         options=options,
+        hosts=hosts,
     )
     _validate(result, source)
     return result
+
+
+def _parse_host(scheme: str, item: str, source: str, listed: bool) -> tuple[str, int]:
+    """One ``host[:port]`` (``[v6][:port]``) of a URL's host list."""
+    if not item and listed:
+        raise InvalidURLError(f"malformed {source}: an empty entry in the list of hosts")
+    if item.startswith("["):
+        host, bracket, rest = item[1:].partition("]")
+        if not bracket or (rest and not rest.startswith(":")):
+            raise InvalidURLError(f"malformed {source}: {item!r} is not [IPv6]:PORT")
+        port_text = rest[1:] if rest else None
+    else:
+        host, colon, port_text_raw = item.partition(":")
+        port_text = port_text_raw if colon else None
+    if not host:
+        raise InvalidURLError(f"malformed {source}: no host (write {scheme}://HOST:PORT/…)")
+    if not _HOST_RE.match(host):
+        raise InvalidURLError(f"malformed {source}: {host!r} is not a host name or address")
+    if port_text is None or port_text == "":
+        return host.lower(), _DEFAULT_PORTS[scheme]
+    if not port_text.isdigit() or not 0 < int(port_text) < 65536:
+        raise InvalidURLError(f"malformed {source}: port in {item!r} is not a number in 1-65535")
+    return host.lower(), int(port_text)
 
 
 def _parse_query(scheme: str, query: str, source: str) -> dict[str, OptionValue]:
@@ -475,6 +597,10 @@ def _parse_query(scheme: str, query: str, source: str) -> dict[str, OptionValue]
 
 
 def _validate(url: StoreURL, source: str) -> None:
+    if url.scheme == "redis+cluster" and url.database not in (None, "0"):
+        raise InvalidURLError(
+            f"redis database {url.database!r} in {source}: Redis Cluster has only database 0"
+        )
     if url.scheme == "redis" and url.database is not None and not url.database.isdigit():
         raise InvalidURLError(
             f"redis database {url.database!r} in {source} must be a number (e.g. /0)"

@@ -43,6 +43,7 @@ ROOT = Path(__file__).resolve().parents[2]
     params=[
         "sqlite-kv",
         pytest.param("redis-kv", marks=pytest.mark.server),
+        pytest.param("rediscluster-kv", marks=pytest.mark.server),
         "sqlite-relational",
         pytest.param("postgresql-relational", marks=pytest.mark.server),
         pytest.param("mariadb-relational", marks=pytest.mark.server),
@@ -54,6 +55,8 @@ def target(request: pytest.FixtureRequest, tmp_path: Path) -> Target:
         return f"sqlite:///{tmp_path / 'idem-kv.db'}", "kv"
     if name == "redis-kv":
         return str(request.getfixturevalue("redis_url")), "kv"
+    if name == "rediscluster-kv":
+        return str(request.getfixturevalue("redis_cluster_url")), "kv"
     if name == "sqlite-relational":
         return f"sqlite:///{tmp_path / 'idem-rel.db'}", "relational"
     if name == "postgresql-relational":
@@ -69,6 +72,7 @@ def sqlite_target(tmp_path: Path) -> Target:
 @pytest.fixture(
     params=[
         pytest.param("redis-kv", marks=pytest.mark.server),
+        pytest.param("redis_cluster-kv", marks=pytest.mark.server),
         pytest.param("postgres-relational", marks=pytest.mark.server),
         pytest.param("mariadb-relational", marks=pytest.mark.server),
     ]
@@ -77,7 +81,7 @@ def server_target(request: pytest.FixtureRequest) -> Target:
     """The backends whose database has a clock of its own."""
     name = str(request.param)
     fixture = name.split("-")[0] + "_url"
-    return str(request.getfixturevalue(fixture)), "kv" if name == "redis-kv" else "relational"
+    return str(request.getfixturevalue(fixture)), name.split("-")[1]
 
 
 @contextlib.asynccontextmanager

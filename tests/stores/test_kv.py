@@ -1,7 +1,8 @@
 """The key-value conformance suite: every test runs against every kv backend.
 
-Backends: SQLite (a file under tmp_path) and Redis (a real throwaway server). Each test
-opens its own store inside ``asyncio.run`` so no pool crosses event loops.
+Backends: SQLite (a file under tmp_path), Redis and Redis Cluster (real throwaway
+servers). Each test opens its own store inside ``asyncio.run`` so no pool crosses event
+loops.
 """
 
 from __future__ import annotations
@@ -35,11 +36,17 @@ Body = Callable[[KeyValueStore], Awaitable[None]]
 
 
 @pytest.fixture(
-    params=["sqlite", pytest.param("redis", marks=pytest.mark.server)],
+    params=[
+        "sqlite",
+        pytest.param("redis", marks=pytest.mark.server),
+        pytest.param("redis-cluster", marks=pytest.mark.server),
+    ],
 )
 def kv_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'kv.db'}"
+    if request.param == "redis-cluster":
+        return str(request.getfixturevalue("redis_cluster_url"))
     return str(request.getfixturevalue("redis_url"))
 
 

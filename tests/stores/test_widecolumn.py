@@ -1,6 +1,7 @@
 """The wide-column conformance suite, run against every wide-column backend.
 
-Backends: SQLite, and the quorum cluster (embedded SQLite nodes, and Redis nodes).
+Backends: SQLite, the quorum cluster (embedded SQLite nodes, and Redis nodes), and Redis
+Cluster (a partition per hash slot).
 """
 
 from __future__ import annotations
@@ -41,10 +42,19 @@ EVENTS = TableSchema(
 )
 
 
-@pytest.fixture(params=["sqlite", "quorum", pytest.param("quorum-redis", marks=pytest.mark.server)])
+@pytest.fixture(
+    params=[
+        "sqlite",
+        "quorum",
+        pytest.param("quorum-redis", marks=pytest.mark.server),
+        pytest.param("redis-cluster", marks=pytest.mark.server),
+    ]
+)
 def wc_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'wc.db'}?model=widecolumn"
+    if request.param == "redis-cluster":  # a partition per hash slot
+        return str(request.getfixturevalue("redis_cluster_url")) + "/?model=widecolumn"
     # The quorum cluster: 3 nodes, N=3, QUORUM reads and writes.
     if request.param == "quorum":
         return f"quorum:///{tmp_path / 'quorum'}?nodes=3&n=3"

@@ -27,6 +27,8 @@ Outbox: :meth:`Outbox.add` writes an event in the caller's transaction (atomic w
 the business write); an :class:`OutboxRelay` delivers the events at least once, in
 order per aggregate, with leases for several relays and parking after its retries;
 an :class:`Inbox` (or :func:`deduplicated`) makes a consumer process each event once.
+:class:`JetStreamDestination` relays events to NATS JetStream (deduplicated by event id)
+and :func:`consume_jetstream` feeds a durable JetStream consumer into an inbox.
 """
 
 from multistore.consistency._idempotency import (
@@ -48,6 +50,7 @@ from multistore.consistency._idempotency_backends import (
 )
 from multistore.consistency._inbox import Inbox, deduplicated
 from multistore.consistency._outbox import Outbox, OutboxEvent, OutboxRecord
+from multistore.consistency._outbox_nats import JetStreamDestination, consume_jetstream
 from multistore.consistency._outbox_relay import OUTBOX_RETRY, OutboxRelay, RelayStatistics
 from multistore.consistency._retry import (
     COMPENSATION_RETRY,
@@ -120,6 +123,7 @@ __all__ = [
     "IdempotencyRecord",
     "IdempotentRun",
     "Inbox",
+    "JetStreamDestination",
     "LogRecord",
     "NodeBusyError",
     "Outbox",
@@ -146,6 +150,7 @@ __all__ = [
     "WorkerStatistics",
     "check_idempotency_key",
     "client_from_principal",
+    "consume_jetstream",
     "current_run",
     "deduplicated",
     "default_log",

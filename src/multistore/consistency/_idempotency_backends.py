@@ -54,6 +54,7 @@ from multistore.stores.relational._api import RelationalStore
 
 if TYPE_CHECKING:
     from multistore.stores.kv._redis import RedisKeyValueStore
+    from multistore.stores.kv._redis_cluster import RedisClusterKeyValueStore
 
 Clock = Callable[[], float]
 
@@ -526,7 +527,9 @@ class RedisRecords(RecordBackend):
     round trip, decided on the server's clock (``TIME``). Redis drops expired records
     by itself (every record has a TTL: its expiry, or its lease end if later)."""
 
-    def __init__(self, store: RedisKeyValueStore, namespace: str) -> None:
+    def __init__(
+        self, store: RedisKeyValueStore | RedisClusterKeyValueStore, namespace: str
+    ) -> None:
         self.store = store
         self.namespace = namespace
         self._claim = store.script(_REDIS_CLAIM, name="idempotency claim")
@@ -852,6 +855,12 @@ def records_for(
             from multistore.stores.kv._redis import RedisKeyValueStore
 
             if isinstance(store, RedisKeyValueStore):
+                return RedisRecords(store, namespace)
+        if store.backend == "redis+cluster":
+            # A record is one key, so each claim script runs on one slot's primary.
+            from multistore.stores.kv._redis_cluster import RedisClusterKeyValueStore
+
+            if isinstance(store, RedisClusterKeyValueStore):
                 return RedisRecords(store, namespace)
         return KeyValueRecords(store, namespace, clock)
     raise UnsupportedError(

@@ -181,6 +181,10 @@ class DecisionLog:
     async def open(cls, url: str | StoreURL | None = None) -> Self:
         """Open (and, if new, create) the log at ``url``; :func:`default_log` if None."""
         parsed = _located(default_log() if url is None else parse_url(url))
+        if parsed.scheme == "etcd":  # a replicated log: decisions outlive this machine
+            from multistore.consistency._tpc_etcd import EtcdDecisionLog
+
+            return cast(Self, await EtcdDecisionLog.open_url(parsed))
         location = parsed.render()
         if parsed.scheme == "sqlite" and "synchronous" not in parsed.options:
             parsed = dataclasses.replace(parsed, options={**parsed.options, "synchronous": "full"})

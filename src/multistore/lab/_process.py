@@ -235,6 +235,11 @@ class ServerProcess(ABC):
     def _ready(self) -> bool:
         """True once the server answers its protocol (called repeatedly while starting)."""
 
+    def _own_port(self) -> int:
+        """The port that the launched process itself listens on (where a child of
+        another session serves ``port``, as PostgreSQL under Patroni does)."""
+        return self.port
+
     def _prepare(self) -> None:  # noqa: B027 - optional hook
         """One-time initialisation of the data directory before the first start."""
 
@@ -302,6 +307,29 @@ class ServerProcess(ABC):
         if first:
             self._after_first_start()
 
+    def launch(self) -> None:
+        """Start the process without waiting for it to answer, for members of a cluster
+        that answer only once enough of them run (etcd); then :meth:`wait_started`.
+        No port retries: give the launcher fixed ports."""
+        if self.is_running():
+            return
+        if self._removed:
+            raise LabError(f"{self.name} server was cleaned up; its data directory is gone")
+        self.check_binaries()
+        _hook_sigterm()
+        if not self._prepared:
+            self._prepare()
+            self._prepared = True
+            self._launched_first = True
+        self._spawn()
+
+    def wait_started(self, timeout: float = START_TIMEOUT) -> None:
+        """Wait until a server started with :meth:`launch` answers (bounded)."""
+        self._wait_ready(timeout)
+        if getattr(self, "_launched_first", False):
+            self._launched_first = False
+            self._after_first_start()
+
     def _spawn(self) -> None:
         with self.logfile.open("ab") as log:
             log.write(
@@ -357,6 +385,20 @@ class ServerProcess(ABC):
         proc.wait()
         self._reap()
 
+    def pause(self) -> None:
+        """SIGSTOP the server's process group: it keeps its connections and answers
+        nothing (a long GC pause, a frozen VM) until :meth:`resume`."""
+        proc = self._proc
+        if proc is None or proc.poll() is not None:
+            raise LabError(f"{self.name} on port {self._port} is not running; cannot pause it")
+        os.killpg(proc.pid, signal.SIGSTOP)
+
+    def resume(self) -> None:
+        """SIGCONT what :meth:`pause` stopped."""
+        proc = self._proc
+        if proc is not None and proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGCONT)
+
     def restart(self, timeout: float = START_TIMEOUT) -> None:
         self.stop()
         self.start(timeout)
@@ -409,7 +451,7 @@ class ServerProcess(ABC):
             # Ready only when the answer comes from *our* process: another server that
             # took the port while ours was down would answer too, and tests would then
             # kill, restart and query the wrong server without noticing.
-            if self._ready() and _listens(proc.pid, self.port):
+            if self._ready() and _listens(proc.pid, self._own_port()):
                 return
             if time.monotonic() > deadline:
                 self.kill()

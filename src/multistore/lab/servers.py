@@ -14,6 +14,16 @@ log), picks a free port on 127.0.0.1 and keeps it, and the data, across restarts
   URL ``falkordb://127.0.0.1:PORT/graph``.
 - :class:`InfluxDBServer` — InfluxDB 1.x without auth. URL ``influxdb://127.0.0.1:PORT/db``.
 
+Clusters of real distributed engines (each member its own process and directory):
+
+- :class:`RedisClusterServers` — Redis Cluster, three primaries with a replica each,
+  made with ``redis-cli --cluster create``. URL ``redis+cluster://h:p1,h:p2,…``.
+- :class:`EtcdCluster` — three etcd members. URL ``etcd://h:p1,h:p2,h:p3``.
+- :class:`PatroniCluster` — three PostgreSQL members under Patroni, on an
+  :class:`EtcdCluster`; ``rest_endpoints()`` for the router, ``url()`` a seed list.
+- :class:`NatsCluster` — three NATS servers with clustered JetStream.
+  URL ``nats://h:p1,h:p2,h:p3``.
+
 All share :class:`ServerProcess`: ``start()`` (waits until the server answers, bounded),
 ``stop()`` (graceful), ``kill()`` (SIGKILL, a crash), ``restart()``, ``cleanup()``,
 ``pid``, ``is_running()``, and use as a context manager::
@@ -22,8 +32,11 @@ All share :class:`ServerProcess`: ``start()`` (waits until the server answers, b
         client = redis.Redis.from_url(server.url())
 """
 
+from multistore.lab._etcd import EtcdCluster, EtcdServer
 from multistore.lab._influxdb import INFLUXD, InfluxDBServer
 from multistore.lab._mariadb import MARIADB_INSTALL_DB, MARIADBD, MariaDBServer
+from multistore.lab._nats import NatsCluster, NatsServer
+from multistore.lab._patroni import PatroniCluster, PatroniMember
 from multistore.lab._postgres import PG_BIN, PostgresServer
 from multistore.lab._process import (
     LOOPBACK,
@@ -37,6 +50,7 @@ from multistore.lab._process import (
     unique_name,
 )
 from multistore.lab._redis import REDIS_SERVER, FalkorDBServer, RedisServer, start_redis_cluster
+from multistore.lab._redis_cluster import RedisClusterServers
 
 __all__ = [
     "INFLUXD",
@@ -48,11 +62,18 @@ __all__ = [
     "START_TIMEOUT",
     "STOP_TIMEOUT",
     "BinaryNotFoundError",
+    "EtcdCluster",
+    "EtcdServer",
     "FalkorDBServer",
     "InfluxDBServer",
     "LabError",
     "MariaDBServer",
+    "NatsCluster",
+    "NatsServer",
+    "PatroniCluster",
+    "PatroniMember",
     "PostgresServer",
+    "RedisClusterServers",
     "RedisServer",
     "ServerProcess",
     "ServerStartError",

@@ -7,8 +7,10 @@ carries it (directly, or through a :class:`Session`) sees that write. It runs ov
 PostgreSQL streaming replication or, embedded, over SQLite files fed by log shipping.
 Tokens carry the primary's :class:`Timeline`; one whose write may have been lost in a
 failover raises :class:`ForkedTokenError`, a forged one :class:`InvalidTokenError`
-(:class:`TokenSigner` signs them). ``replication_status(router)`` reports each node's
-role, lag and health.
+(:class:`TokenSigner` signs them). :class:`PatroniRouter` follows a Patroni cluster
+(``PatroniRouter.open_patroni``): Patroni decides failovers, the router adopts the
+leader it names. ``replication_status(router)`` reports each node's role, lag and
+health.
 
 **Multi-master.** :class:`MultiMasterNode` (a SQLite or PostgreSQL store that logs
 each local write with its HLC and dotted version vector in the same transaction;
@@ -60,6 +62,7 @@ from multistore.replication._multimaster import (
     NodeStatistics,
 )
 from multistore.replication._nodes import Node, Role, RoutedTransaction, is_read
+from multistore.replication._patroni import PatroniRouter, PatroniSource
 from multistore.replication._policies import (
     LeastLagPolicy,
     RandomPolicy,
@@ -127,6 +130,8 @@ __all__ = [
     "MultiMasterNode",
     "Node",
     "NodeStatistics",
+    "PatroniRouter",
+    "PatroniSource",
     "QuorumCluster",
     "QuorumError",
     "QuorumNode",

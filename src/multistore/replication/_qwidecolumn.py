@@ -25,7 +25,6 @@ partition delete tombstones the rows a read at the read level finds.
 from __future__ import annotations
 
 import asyncio
-import struct
 import time
 import uuid
 from collections.abc import Mapping, Sequence
@@ -47,15 +46,13 @@ from multistore.stores.widecolumn._api import (
     WideColumnStore,
     check_identifier,
 )
+from multistore.stores.widecolumn._keys import bounds, encode_key, from_json, successor, to_json
 from multistore.stores.widecolumn._query import (
-    SelectPlan,
     check_existing,
     check_rows,
     check_ttl,
-    from_micros,
     plan_delete,
     plan_select,
-    to_micros,
 )
 from multistore.urls import StoreURL
 
@@ -63,98 +60,6 @@ __all__ = ["QuorumWideColumnStore", "encode_key", "parse_quorum_url"]
 
 _SCHEMAS: Final = b"\x00wc-schemas"
 _CONCURRENCY: Final = 64
-
-
-# -- order-preserving keys ------------------------------------------------------------
-
-
-def _escape(data: bytes) -> bytes:
-    return data.replace(b"\x00", b"\x00\xff") + b"\x00\x01"
-
-
-def _encode_value(kind: str, value: Any) -> bytes:
-    if kind in ("int", "timestamp"):
-        number = to_micros(value) if kind == "timestamp" else value
-        return (number + 2**63).to_bytes(8, "big")
-    if kind == "float":
-        number = 0.0 if value == 0 else float(value)
-        bits = struct.unpack(">Q", struct.pack(">d", number))[0]
-        bits = bits ^ 0xFFFFFFFFFFFFFFFF if bits >> 63 else bits | (1 << 63)
-        return int(bits).to_bytes(8, "big")
-    if kind == "bool":
-        return b"\x01" if value else b"\x00"
-    if kind == "text":
-        return _escape(value.encode("utf-8"))
-    return _escape(bytes(value))
-
-
-def encode_key(schema: TableSchema, columns: Sequence[str], values: Sequence[Any]) -> bytes:
-    """Bytes that sort like the values in the clustering order of ``columns``."""
-    out = bytearray()
-    orders = {c.name: c.order for c in schema.clustering}
-    for column, value in zip(columns, values, strict=True):
-        part = _encode_value(schema.columns[column], value)
-        if orders.get(column) == "desc":
-            part = bytes(255 - b for b in part)
-        out += part
-    return bytes(out)
-
-
-def _successor(prefix: bytes) -> bytes | None:
-    """The least byte string greater than every string that starts with ``prefix``."""
-    trimmed = prefix.rstrip(b"\xff")
-    if not trimmed:
-        return None
-    return trimmed[:-1] + bytes([trimmed[-1] + 1])
-
-
-def _bounds(plan: SelectPlan) -> tuple[bytes | None, bytes | None]:
-    schema = plan.schema
-    names = schema.clustering_names
-    prefix = encode_key(schema, names[: len(plan.prefix)], plan.prefix)
-    lo: bytes | None = prefix or None
-    hi: bytes | None = _successor(prefix) if prefix else None
-    column = plan.range_column
-    if column is None:
-        return lo, hi
-    desc = dict((c.name, c.order) for c in schema.clustering)[column] == "desc"
-    low_value, high_value = plan.lower, plan.upper
-    if desc:  # a larger value sorts first: value bounds swap sides
-        low_value, high_value = high_value, low_value
-    if low_value is not None:
-        at = prefix + encode_key(schema, [column], [low_value.value])
-        lo = at if low_value.inclusive else _successor(at)
-    if high_value is not None:
-        at = prefix + encode_key(schema, [column], [high_value.value])
-        hi = _successor(at) if high_value.inclusive else at
-    return lo, hi
-
-
-# -- row values -------------------------------------------------------------------------
-
-
-def _to_json(kind: str, value: Any) -> Any:
-    if value is None:
-        return None
-    if kind == "timestamp":
-        return to_micros(value)
-    if kind == "blob":
-        return bytes(value).hex()
-    return value
-
-
-def _from_json(kind: str, value: Any) -> Any:
-    if value is None:
-        return None
-    if kind == "timestamp":
-        return from_micros(value)
-    if kind == "blob":
-        return bytes.fromhex(value)
-    if kind == "float":
-        return float(value)
-    if kind == "bool":
-        return bool(value)
-    return value
 
 
 class QuorumWideColumnStore(WideColumnStore):
@@ -296,7 +201,7 @@ class QuorumWideColumnStore(WideColumnStore):
                 schema, schema.clustering_names, [row[c] for c in schema.clustering_names]
             )
             payload = {
-                "v": {c: _to_json(kind, row[c]) for c, kind in schema.columns.items()},
+                "v": {c: to_json(kind, row[c]) for c, kind in schema.columns.items()},
                 "x": expires,
             }
             writes.append((group, member, payload))
@@ -353,7 +258,7 @@ class QuorumWideColumnStore(WideColumnStore):
     ) -> list[dict[str, Any]]:
         schema, incarnation = await self._table(table)
         plan = plan_select(schema, partition, where, order, limit, columns)
-        lo, hi = _bounds(plan)
+        lo, hi = bounds(plan)
         if lo is not None and hi is not None and lo >= hi:
             return []
         group = self._group(schema, incarnation, plan.partition)
@@ -361,7 +266,7 @@ class QuorumWideColumnStore(WideColumnStore):
         out = []
         for _, result in rows:
             data = result.value
-            out.append({c: _from_json(schema.columns[c], data.get(c)) for c in plan.columns})
+            out.append({c: from_json(schema.columns[c], data.get(c)) for c in plan.columns})
         return out
 
     async def delete(
@@ -374,7 +279,7 @@ class QuorumWideColumnStore(WideColumnStore):
         values, prefix = plan_delete(schema, partition, clustering)
         group = self._group(schema, incarnation, values)
         key = encode_key(schema, schema.clustering_names[: len(prefix)], prefix)
-        lo, hi = (key, _successor(key)) if key else (None, None)
+        lo, hi = (key, successor(key)) if key else (None, None)
         rows = await self._scan_all(group, lo, hi)
         await self._write_all([(group, member, TOMBSTONE) for member, _ in rows])
 

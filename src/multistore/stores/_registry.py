@@ -34,6 +34,7 @@ __all__ = [
 BACKENDS: Final[Mapping[tuple[str, str], str]] = {
     ("kv", "sqlite"): "kv._sqlite:SQLiteKeyValueStore",
     ("kv", "redis"): "kv._redis:RedisKeyValueStore",
+    ("kv", "redis+cluster"): "kv._redis_cluster:RedisClusterKeyValueStore",
     ("document", "sqlite"): "document._sqlite:SQLiteDocumentStore",
     ("document", "postgresql"): "document._postgres:PostgresDocumentStore",
     ("search", "tantivy"): "search._tantivy:TantivySearchStore",
@@ -44,6 +45,7 @@ BACKENDS: Final[Mapping[tuple[str, str], str]] = {
     ("graph", "ladybug"): "graph._ladybug:LadybugGraphStore",
     ("graph", "falkordb"): "graph._falkordb:FalkorDBGraphStore",
     ("widecolumn", "sqlite"): "widecolumn._sqlite:SQLiteWideColumnStore",
+    ("widecolumn", "redis+cluster"): "widecolumn._redis_cluster:RedisClusterWideColumnStore",
     ("timeseries", "duckdb"): "timeseries._duckdb:DuckDBTimeSeriesStore",
     ("timeseries", "influxdb"): "timeseries._influxdb:InfluxDBTimeSeriesStore",
     # The distributed wide-column store lives with the quorum replication it is built on.

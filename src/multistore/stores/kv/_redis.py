@@ -32,7 +32,7 @@ import contextlib
 import math
 import uuid
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any, Final, Self, cast
+from typing import Any, Self, cast
 
 import redis.asyncio as aioredis
 from redis import exceptions as rex
@@ -73,54 +73,10 @@ from multistore.stores.kv._checks import (
     check_value,
     ttl_millis,
 )
+from multistore.stores.kv._redis_lua import COMPARE_AND_SET_LUA, RATE_LIMIT_LUA, glob_escape
 from multistore.urls import StoreURL
 
 __all__ = ["RedisKeyValueStore", "RedisScript"]
-
-# KEYS[1] the limiter's sorted set; ARGV: limit, window (s), a unique member.
-# Scores are the server's clock in epoch seconds (TIME), so clients with skewed
-# clocks share one timeline. Entries older than the window are dropped; a
-# refused request is not recorded.
-_RATE_LIMIT_LUA: Final = """
-local key = KEYS[1]
-local limit = tonumber(ARGV[1])
-local window = tonumber(ARGV[2])
-local t = redis.call('TIME')
-local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
-redis.call('ZREMRANGEBYSCORE', key, '-inf', now - window)
-local count = redis.call('ZCARD', key)
-if count < limit then
-    redis.call('ZADD', key, now, ARGV[3])
-    redis.call('PEXPIRE', key, math.ceil(window * 1000))
-    return {1, limit - count - 1, '0'}
-end
-local oldest = redis.call('ZRANGE', key, 0, 0, 'WITHSCORES')
-return {0, 0, tostring(tonumber(oldest[2]) + window - now)}
-"""
-
-# KEYS[1]; ARGV: '1' when a value is expected ('' for "the key is missing"), the
-# expected value, the new value, the TTL in ms ('' for none). GET on a sorted set
-# raises WRONGTYPE, so nothing changes then.
-_COMPARE_AND_SET_LUA: Final = """
-local cur = redis.call('GET', KEYS[1])
-if ARGV[1] == '' then
-    if cur then return 0 end
-elseif cur ~= ARGV[2] then
-    return 0
-end
-if ARGV[4] == '' then
-    redis.call('SET', KEYS[1], ARGV[3])
-else
-    redis.call('SET', KEYS[1], ARGV[3], 'PX', ARGV[4])
-end
-return 1
-"""
-
-_GLOB_SPECIAL: Final = frozenset("*?[]\\")
-
-
-def _glob_escape(text: str) -> str:
-    return "".join("\\" + c if c in _GLOB_SPECIAL else c for c in text)
 
 
 def _bytes(value: object) -> bytes:
@@ -140,9 +96,9 @@ class RedisKeyValueStore(KeyValueStore):
         self._prefix = prefix
         self._closed = False
         self._close_callbacks: list[Callable[[], None]] = []
-        self._limiter = client.register_script(_RATE_LIMIT_LUA)
+        self._limiter = client.register_script(RATE_LIMIT_LUA)
         self._lean = None if url.option("ssl", False) else _lean_pool(url)
-        self._compare_and_set = self.script(_COMPARE_AND_SET_LUA, name="compare_and_set")
+        self._compare_and_set = self.script(COMPARE_AND_SET_LUA, name="compare_and_set")
 
     @classmethod
     async def open(cls, url: StoreURL) -> Self:
@@ -361,7 +317,7 @@ class RedisKeyValueStore(KeyValueStore):
 
     async def scan(self, prefix: str = "") -> list[str]:
         check_prefix(prefix)
-        pattern = _glob_escape(self._prefix + prefix) + "*"
+        pattern = glob_escape(self._prefix + prefix) + "*"
         cut = len(self._prefix.encode())
         found: set[str] = set()
         with self._errors("scan"):

@@ -203,8 +203,9 @@ class PostgresRelationalStore(RelationalStore):
         timeout = url.float_option("timeout", 30.0)
         conninfo = make_conninfo(
             "",
-            host=url.host,
-            port=url.port,
+            host=url.libpq_host,
+            port=url.libpq_port,
+            target_session_attrs=url.target_session_attrs,
             user=url.username,
             password=url.password,
             dbname=url.database or "postgres",

@@ -98,8 +98,9 @@ class PostgresSearchStore(SearchStore):
         timeout = url.float_option("timeout", 10.0)
         connect_timeout = url.float_option("connect_timeout", 5.0)
         params: dict[str, Any] = {
-            "host": url.host,
-            "port": url.port,
+            "host": url.libpq_host,
+            "port": url.libpq_port,
+            "target_session_attrs": url.target_session_attrs,
             "user": url.username,
             "password": url.password,
             "dbname": url.database,
