@@ -142,3 +142,100 @@ def test_bench_runs_a_benchmark_and_prints_rows_in_the_design_format(tmp_path: P
     low = (anchor - 0.005) / (ours + 0.005)
     high = (anchor + 0.005) / max(ours - 0.005, 1e-9)
     assert low * 0.999 <= speedup <= high * 1.001
+
+
+@pytest.mark.parametrize("command", ["status", "demo"])
+def test_a_data_dir_that_cannot_be_created_exits_with_the_config_code(
+    tmp_path: Path, command: str
+) -> None:
+    (tmp_path / "afile").write_text("x")
+    (tmp_path / "multistore.toml").write_text('[multistore]\ndata_dir = "afile/data"\n')
+    result = _run(command, cwd=tmp_path)
+    assert result.returncode == int(ErrorCode.CONFIG), result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("error[config]: ")
+    assert "multistore.data_dir" in lines[0] and "is a file" in lines[0]
+    assert "Traceback" not in result.stderr
+
+
+def test_recover_refuses_a_bad_participant_in_one_line_without_its_password(
+    tmp_path: Path,
+) -> None:
+    """A NAME=URL whose URL does not parse, or an item without NAME=, is refused before
+    anything runs; the password never shows."""
+    for item, code in (
+        ("bank=redis://app:Sec/ret9@127.0.0.1:1/0", ErrorCode.INVALID_URL),
+        ("postgresql://app:Secret9@127.0.0.1:1/db", ErrorCode.USAGE),
+    ):
+        result = _run("recover", "--participant", item, cwd=tmp_path)
+        assert result.returncode == int(code), result.stderr
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith(f"error[{code.slug}]: "), result.stderr
+        assert "ret9" not in result.stderr + result.stdout
+        assert "Secret9" not in result.stderr + result.stdout
+
+
+def test_recover_with_a_participant_down_says_so_in_one_line(tmp_path: Path) -> None:
+    result = _run("recover", "--participant", "cache=redis://127.0.0.1:1/0", cwd=tmp_path)
+    code = ErrorCode.TRANSACTION_INDETERMINATE
+    assert result.returncode == int(code), result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"error[{code.slug}]: "), result.stderr
+    assert "could not reach cache" in lines[0]
+
+
+def _squeezed(text: str) -> str:
+    """Terminal output without spaces, line breaks and table borders, so that a value
+    folded over several lines of a table cell reads as one word again."""
+    return "".join(c for c in text if not c.isspace() and c not in "│┃║|")
+
+
+@pytest.mark.parametrize("columns", ["80", "120"])
+def test_square_brackets_in_messages_and_help_are_printed(tmp_path: Path, columns: str) -> None:
+    """rich read ``[...]`` as markup and dropped it: the hint ``multistore[redis]``, a
+    data directory ``d[1]``, a participant ``p[1]`` and the help's ``[participants]``
+    lost their brackets. Everything the CLI prints from users and messages is literal."""
+    from tests.test_optional_drivers import BLOCKER
+
+    (tmp_path / "sitecustomize.py").write_text(BLOCKER)
+    (tmp_path / "multistore.toml").write_text(
+        '[multistore]\ndata_dir = "d[1]"\n[roles]\nsessions = "redis://127.0.0.1:1/0"\n'
+    )
+    env = {"PYTHONPATH": str(tmp_path), "COLUMNS": columns}
+    help_text = _run("recover", "--help", cwd=tmp_path, env={"COLUMNS": columns})
+    assert "addsto[participants])" in _squeezed(help_text.stdout)
+
+    status = _run("status", cwd=tmp_path, env=env)
+    assert "'multistore[redis]'" in _squeezed(status.stdout)
+    assert "/d[1]/" in _squeezed(status.stdout)
+    assert status.returncode == int(ErrorCode.CONFIG), status.stderr
+    assert "pip install 'multistore[redis]'" in status.stderr
+
+    recover = _run("recover", "-p", "p[1]=redis://127.0.0.1:1/0", cwd=tmp_path, env=env)
+    assert recover.returncode == int(ErrorCode.TRANSACTION_INDETERMINATE), recover.stderr
+    assert "p[1]:" in _squeezed(recover.stdout)
+    assert "could not reach p[1]" in recover.stderr
+
+
+def test_every_help_text_escapes_its_square_brackets() -> None:
+    """Help texts are rich markup: an unescaped ``[word]`` vanishes from ``--help``
+    ("adds to [participants]" printed as "adds to ."). Each must be written ``\\[``."""
+    import re
+
+    import click
+    import typer
+
+    from multistore.cli._app import app
+
+    def walk(command: click.Command, path: str) -> list[str]:
+        found = [f"{path}: {command.help}"] if command.help else []
+        found += [f"{path} {p.name}: {p.help}" for p in command.params if getattr(p, "help", None)]
+        if isinstance(command, click.Group):
+            for name, sub in command.commands.items():
+                found += walk(sub, f"{path} {name}")
+        return found
+
+    texts = walk(typer.main.get_command(app), "multistore")
+    bare = [t for t in texts if re.search(r"(?<!\\)\[[^\]]+\]", t.split(": ", 1)[1])]
+    assert not bare, bare

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import pytest
@@ -93,3 +94,36 @@ def test_bad_config_is_one_error_naming_file_key_and_fix(
 def test_missing_explicit_file(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="does not exist"):
         load_config(tmp_path / "nope.toml")
+
+
+@pytest.mark.parametrize("role", ["sessions", "catalog", "social", "metrics"])
+def test_a_data_dir_that_cannot_be_created_is_a_config_error(tmp_path: Path, role: str) -> None:
+    """A file where the data directory should go: opening any embedded role is a
+    ConfigError naming multistore.data_dir and the reason (it was a raw
+    NotADirectoryError), and nothing is created."""
+    (tmp_path / "afile").write_text("x")
+    path = _write(tmp_path, '[multistore]\ndata_dir = "afile/data"\n')
+    config = load_config(path)
+    with pytest.raises(ConfigError) as info:
+        asyncio.run(config.open(role))
+    message = str(info.value)
+    assert str(path) in message and "multistore.data_dir" in message
+    assert "part of the path is a file" in message
+    assert (tmp_path / "afile").read_text() == "x"
+
+
+def test_a_role_folder_that_cannot_be_created_names_the_role(tmp_path: Path) -> None:
+    (tmp_path / "afile").write_text("x")
+    path = _write(tmp_path, '[roles]\norders = "sqlite:///afile/orders.db"\n')
+    with pytest.raises(ConfigError, match=r"roles\.orders .*a file of that name is in the way"):
+        asyncio.run(load_config(path).open("orders"))
+
+
+def test_a_data_dir_or_file_url_with_a_nul_is_a_config_error(tmp_path: Path) -> None:
+    """It was a raw ValueError ("embedded null byte") when the folder was made."""
+    path = _write(tmp_path, '[multistore]\ndata_dir = "a\\u0000b"\n')
+    with pytest.raises(ConfigError, match="NUL"):
+        load_config(path)
+    path = _write(tmp_path, '[roles]\norders = "sqlite:///a%00b.db"\n')
+    with pytest.raises(ConfigError, match="NUL"):
+        load_config(path)

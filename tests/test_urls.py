@@ -107,6 +107,13 @@ def test_password_hidden_in_error_for_bad_url() -> None:
     assert "s3cret" not in str(info.value)
 
 
+def test_an_unencoded_at_sign_in_a_password_works() -> None:
+    """The last '@' ends the credentials, so an '@' in a password needs no encoding."""
+    url = parse_url("postgresql://app:pa@ss@db.example:5/shop")
+    assert (url.username, url.password, url.host, url.port) == ("app", "pa@ss", "db.example", 5)
+    assert "pa@ss" not in str(url)
+
+
 @pytest.mark.parametrize(
     "text", ["sqlite:////abs/shop.db", "sqlite:///rel/shop.db", "quorum:////abs/cluster?nodes=4"]
 )

@@ -35,7 +35,7 @@ from multistore.errors import ConfigError, MultistoreError
 from multistore.stores import _registry
 from multistore.stores._base import Store
 from multistore.stores._registry import backend_class, models_for_scheme
-from multistore.urls import StoreURL, parse_url
+from multistore.urls import StoreURL, is_usable_path, parse_url
 
 __all__ = [
     "CONFIG_ENV",
@@ -125,10 +125,63 @@ class Config:
     async def open(self, role: str) -> Store:
         """Open the store that serves ``role`` (as the role's data model)."""
         spec = self.role(role)
-        if spec.url.is_file and spec.url.path != ":memory:":
-            Path(spec.url.path).parent.mkdir(parents=True, exist_ok=True)
+        self.make_folder(role)
         cls = backend_class(spec.model, spec.url.scheme)
         return await cls.open(spec.url)
+
+    def make_folder(self, role: str) -> None:
+        """Create the folder that holds ``role``'s files (embedded stores only).
+
+        A folder that cannot be created (a file in the way, no permission) is a
+        :class:`ConfigError` naming the key that chose it: ``multistore.data_dir`` for
+        a role on its default, else ``roles.NAME``."""
+        folder = self._folder(role)
+        if folder is None:
+            return
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            if isinstance(exc, FileExistsError):
+                reason = "a file of that name is in the way"
+            elif isinstance(exc, NotADirectoryError):
+                reason = "part of the path is a file, not a folder"
+            else:
+                reason = exc.strerror or type(exc).__name__
+            raise self._folder_error(role, folder, reason) from None
+
+    def check_folder(self, role: str) -> None:
+        """Raise the :class:`ConfigError` :meth:`make_folder` would, creating nothing:
+        for ``multistore status``, which only looks."""
+        folder = self._folder(role)
+        if folder is None:
+            return
+        existing = folder
+        while not existing.exists() and existing != existing.parent:
+            existing = existing.parent
+        if existing == folder and not folder.is_dir():
+            raise self._folder_error(role, folder, "a file of that name is in the way")
+        if not existing.is_dir():
+            raise self._folder_error(role, folder, "part of the path is a file, not a folder")
+        if existing != folder and not os.access(existing, os.W_OK | os.X_OK):
+            raise self._folder_error(role, folder, f"no permission to create it in {existing}")
+
+    def _folder(self, role: str) -> Path | None:
+        spec = self.role(role)
+        if not spec.url.is_file or spec.url.path == ":memory:":
+            return None
+        return Path(spec.url.path).parent
+
+    def _folder_error(self, role: str, folder: Path, reason: str) -> ConfigError:
+        spec = self.role(role)
+        where = str(self.path) if self.path is not None else "defaults"
+        if spec.is_default:
+            key = f"multistore.data_dir ({self.data_dir})"
+        else:
+            key = f"{spec.source.rpartition(': ')[2]} ({spec.url})"
+        return ConfigError(
+            f"{where}: {key}: cannot create the folder {folder}: {reason}; "
+            "choose a folder that can be created"
+        )
 
 
 def load_config(
@@ -290,6 +343,11 @@ def _build(
     data_dir_value = settings.get("data_dir", DEFAULT_DATA_DIR)
     if not isinstance(data_dir_value, str) or not data_dir_value:
         raise ConfigError(f"{where}: multistore.data_dir must be a non-empty string path")
+    if not is_usable_path(data_dir_value):
+        raise ConfigError(
+            f"{where}: multistore.data_dir holds a NUL character or text this system cannot "
+            "use in a folder name"
+        )
     data_dir = (base / data_dir_value).resolve()
     resolved: dict[str, RoleSpec] = {}
     for role, value in roles.items():

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -39,7 +40,9 @@ __all__ = [
     "SERVER_SCHEMES",
     "OptionValue",
     "StoreURL",
+    "is_usable_path",
     "parse_url",
+    "redact_url",
 ]
 
 #: Scheme aliases that users write, mapped to the canonical scheme.
@@ -188,7 +191,8 @@ class StoreURL:
                 netloc += f":{self.port}"
         db = self.database or ""
         if self.is_file:
-            text = f"{self.scheme}:///{db}"  # an absolute path gives four slashes, as parsed
+            # Three slashes, then the path: "/abs" gives the four slashes of an absolute one.
+            text = f"{self.scheme}:///{_quote_path(db)}"
         else:
             text = (
                 f"{self.scheme}://{netloc}/{quote(db, safe='')}"
@@ -202,6 +206,14 @@ class StoreURL:
 
     def __str__(self) -> str:
         return self.render()
+
+
+def _quote_path(path: str) -> str:
+    """A file path as URL text that parses back to it: only '%', '?', '#' and control
+    characters are percent-encoded, so the path stays readable."""
+    return "".join(
+        f"%{ord(c):02X}" if c in "%?#" or ord(c) < 0x20 or ord(c) == 0x7F else c for c in path
+    )
 
 
 def _format_option(value: OptionValue) -> str:
@@ -338,7 +350,7 @@ def _parse_text(text: str) -> StoreURL:
     text = text.strip()
     if "://" not in text:
         raise InvalidURLError(
-            f"malformed store URL {_redact(text)!r}: expected SCHEME://…, e.g. sqlite:///data.db"
+            f"malformed store URL {redact_url(text)!r}: expected SCHEME://…, e.g. sqlite:///data.db"
         )
     raw_scheme = text.split("://", 1)[0].lower()
     if raw_scheme in _TLS_SCHEMES:
@@ -346,7 +358,7 @@ def _parse_text(text: str) -> StoreURL:
         parsed = _parse_text(plain + text[len(raw_scheme) :])
         if parsed.options.get("ssl") is False:
             raise InvalidURLError(
-                f"{raw_scheme}:// means TLS, but the URL {_redact(text)!r} says ssl=false; "
+                f"{raw_scheme}:// means TLS, but the URL {redact_url(text)!r} says ssl=false; "
                 f"write {plain}:// for a plain connection"
             )
         return dataclasses.replace(parsed, options={**parsed.options, "ssl": True})
@@ -356,7 +368,7 @@ def _parse_text(text: str) -> StoreURL:
         close = difflib.get_close_matches(raw_scheme, sorted({*SCHEMES, *_ALIASES}), n=1)
         hint = f"did you mean {_ALIASES.get(close[0], close[0])}://? " if close else ""
         raise InvalidURLError(f"unknown scheme {raw_scheme!r}; {hint}allowed schemes: {allowed}")
-    source = f"URL {_redact(text)!r}"
+    source = f"URL {redact_url(text)!r}"
     if scheme in FILE_SCHEMES or (
         scheme in MIXED_SCHEMES and text.split("://", 1)[1].startswith("/")
     ):
@@ -375,20 +387,35 @@ def _parse_file(scheme: str, text: str, source: str) -> StoreURL:
     path = unquote(rest[1:])
     if not path:
         raise InvalidURLError(f"malformed {source}: no path after {scheme}:///")
+    if not is_usable_path(path):
+        raise InvalidURLError(
+            f"malformed {source}: the path holds a NUL character or text this system "
+            "cannot use in a file name"
+        )
     options = _parse_query(scheme, query, source)
     result = StoreURL(scheme=scheme, database=path, options=options)
     _validate(result, source)
     return result
 
 
+_ENCODE: Final[Mapping[str, str]] = {"/": "%2F", "?": "%3F", "#": "%23", "[": "%5B", "]": "%5D"}
+
+
 def _parse_server(scheme: str, text: str, source: str) -> StoreURL:
-    if "#" in text:
-        raise InvalidURLError(
-            f"malformed {source}: unexpected '#'; percent-encode it as %23 in a password"
-        )
-    # urlsplit cannot take a raw password with '@', '/', '?' or '#'; find the
-    # userinfo by the *last* '@' before the path so that a password left
-    # unencoded by mistake still gives a clear error rather than a wrong host.
+    rest = text.split("://", 1)[1]
+    userinfo, at, _ = rest.rpartition("@")
+    if at:
+        # A '/', '?' or '#' before the last '@' ends the host part early for every URL
+        # parser, and '[' ']' read as an IPv6 host: a user name or password holding
+        # one unencoded would be split into host, path and query, and shown in errors.
+        # Refuse it before parsing.
+        bad = next((c for c in userinfo if c in _ENCODE), None)
+        if bad is not None:
+            raise InvalidURLError(
+                f"malformed {source}: a password with {bad!r} must be percent-encoded "
+                f"({_ENCODE[bad]}), as must '/', '?', '#' and '@' in any user name or "
+                "password (and an '@' in the path or query)"
+            )
     try:
         parts = urlsplit(text)
         hostname = parts.hostname
@@ -402,8 +429,11 @@ def _parse_server(scheme: str, text: str, source: str) -> StoreURL:
             ) from None
     except InvalidURLError:
         raise
-    except ValueError as exc:
-        raise InvalidURLError(f"malformed {source}: {exc}") from None
+    except ValueError:
+        raise InvalidURLError(
+            f"malformed {source}: the host is not a name or an address "
+            "(an IPv6 address goes in brackets, e.g. [::1])"
+        ) from None
     if parts.fragment:
         raise InvalidURLError(
             f"malformed {source}: unexpected '#'; percent-encode it as %23 in a password"
@@ -457,13 +487,33 @@ def _validate(url: StoreURL, source: str) -> None:
         raise InvalidURLError(f"{url.scheme}:// URLs take a path, not a host, in {source}")
 
 
-def _redact(text: str) -> str:
-    """Hide the password of a URL for use in error messages."""
-    head, sep, rest = text.partition("://")
-    if not sep:
+def is_usable_path(path: str) -> bool:
+    """True when ``path`` can name a file here: no NUL, and encodable for the OS."""
+    if "\x00" in path:
+        return False
+    try:
+        os.fsencode(path)
+    except UnicodeError:
+        return False
+    return True
+
+
+_SCHEME_HEAD = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*:/{1,2}")
+
+
+def redact_url(text: str) -> str:
+    """``text`` with the user information of a URL in it hidden, for error messages:
+    everything between the scheme and the *last* '@' becomes ``user:***`` (the user
+    name kept only when it is plain), so a password is hidden whole even when it
+    holds unencoded '/', '?', '#' or '@'."""
+    userinfo, at, hostpart = text.rpartition("@")
+    if not at:
         return text
-    userinfo, at, hostpart = rest.rpartition("@")
-    if not at or ":" not in userinfo.split("/")[0]:
-        return text
-    user = userinfo.split(":", 1)[0]
-    return f"{head}://{user}:***@{hostpart}"
+    match = _SCHEME_HEAD.match(userinfo)
+    head = match.group(0) if match else ""
+    user, colon, _ = userinfo[len(head) :].partition(":")
+    if user and not any(c in user for c in "/?#@"):
+        shown = f"{user}:***" if colon else user
+    else:
+        shown = "***"
+    return f"{head}{shown}@{hostpart}"

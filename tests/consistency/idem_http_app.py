@@ -30,7 +30,7 @@ from starlette.authentication import AuthCredentials, AuthenticationBackend, Sim
 from starlette.middleware import Middleware
 from starlette.middleware.authentication import AuthenticationMiddleware
 from starlette.requests import HTTPConnection, Request
-from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
 from multistore.consistency import Idempotency, IdempotencyMiddleware, IdempotencyPolicy
@@ -109,7 +109,9 @@ async def orders(request: Request) -> Response:
     if data.get("raise"):
         raise RuntimeError(f"execution {execution} failed after its effects")
     status = int(data.get("status", 201))
-    response = JSONResponse({"execution": execution, "order": data}, status_code=status)
+    # ASCII escapes: an order may hold a lone surrogate escape, which UTF-8 cannot encode
+    echo = json.dumps({"execution": execution, "order": data})
+    response = Response(echo, status_code=status, media_type="application/json")
     response.headers["location"] = f"/orders/{execution}"
     response.headers["cache-control"] = "no-store"
     response.headers["x-execution"] = str(execution)

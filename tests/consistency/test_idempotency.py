@@ -599,10 +599,49 @@ def test_key_format_and_missing_key(sqlite_target: Target) -> None:
     asyncio.run(body())
 
 
+def test_a_cancellation_while_the_lease_renewal_stops_is_raised_after_the_outcome_is_stored(
+    sqlite_target: Target,
+) -> None:
+    """The function returned while a lease renewal was in flight, and its caller was
+    cancelled (a timeout, a shutdown) as the run stopped that renewal: the outcome is
+    stored (a retry replays it, nothing runs twice) and the cancellation reaches the
+    caller instead of being taken for the renewal's own."""
+    calls: list[str] = []
+
+    async def body() -> None:
+        async with opened(sqlite_target, IdempotencyPolicy(lease=0.3, heartbeat=0.05)) as idem:
+
+            @idempotent(idem, key=lambda k: k)
+            async def charge(k: str) -> str:
+                calls.append(k)
+                if len(calls) == 1:
+                    run = current_run()
+                    assert run is not None
+
+                    async def renewing() -> bool:
+                        return run._beat is not None  # a renewal is in flight
+
+                    await wait_for(renewing)
+                    task = asyncio.current_task()
+                    assert task is not None
+                    task.cancel()  # lands at the run's next wait: stopping the renewal
+                return f"charged {k}"
+
+            with pytest.raises(asyncio.CancelledError):
+                await charge("order-1")
+            assert await charge("order-1") == "charged order-1"  # replayed
+            assert calls == ["order-1"]
+
+    asyncio.run(body())
+
+
 def test_fingerprint_is_canonical_and_policy_is_validated() -> None:
     assert fingerprint({"a": 1, "b": [1, 2]}) == fingerprint({"b": [1, 2], "a": 1})
     assert fingerprint({"a": 1}) != fingerprint({"a": 2})
     assert len(fingerprint(None)) == 64
+    # a lone surrogate is a Python string UTF-8 cannot encode: fingerprinted, distinctly
+    assert fingerprint({"note": "\ud800"}) != fingerprint({"note": "\udc00"})
+    assert fingerprint(["\ud83d\ude00"]) != fingerprint(["\U0001f600"])
     with pytest.raises(InvalidValueError):
         IdempotencyPolicy(lease=0)
     with pytest.raises(InvalidValueError):

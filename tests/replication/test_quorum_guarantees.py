@@ -61,10 +61,13 @@ def test_coordinator_ids_are_unique_and_settable(tmp_path: Path) -> None:
             assert store.cluster.config.sloppy and not other.cluster.config.sloppy
             assert (store.cluster.read_from, other.cluster.read_from) == ("fastest", "random")
             assert store.cluster.node_id == "shop-eu-1"
+            actor = store.cluster.actor
+            assert actor.startswith("shop-eu-1/")  # and a part drawn for this object
             written = await store.cluster.put("k", 1)
-            assert written.version.origin == "shop-eu-1"
-            assert written.version.hlc.node == "shop-eu-1"
+            assert written.version.origin == actor
+            assert written.version.hlc.node == actor
             assert other.cluster.node_id not in ("shop-eu-1", store.cluster.node_id)
+            assert other.cluster.actor == other.cluster.node_id
         finally:
             await store.close()
             await other.close()
@@ -72,6 +75,41 @@ def test_coordinator_ids_are_unique_and_settable(tmp_path: Path) -> None:
     asyncio.run(body())
     with pytest.raises(InvalidURLError, match="sloppy"):
         asyncio.run(QuorumWideColumnStore.open_url(f"quorum:///{tmp_path / 'x'}?sloppy=maybe"))
+
+
+@pytest.mark.parametrize("resolver", ["lww", "siblings"])
+def test_a_coordinator_restarted_with_its_node_id_never_reuses_a_stamp(
+    tmp_path: Path, resolver: str
+) -> None:
+    """A coordinator opened again with the same ``node_id`` whose clock reads what it
+    read before (a clock stepped back, or the earlier run's stamps pushed ahead by a
+    context from a fast clock) must not stamp a write as one of the earlier run's: an
+    equal stamp was refused by every replica yet acknowledged, and the read returned
+    the earlier value (under ``KeepSiblings`` the earlier counter made the write look
+    seen already)."""
+    options: dict[str, object] = {"node_id": "shop-eu-1", "hlc_now_ms": lambda: SAME_MS}
+    if resolver == "siblings":
+        options["resolver"] = KeepSiblings()
+
+    async def body() -> None:
+        first = await QuorumCluster.embedded(tmp_path, nodes=3, **options)
+        before = await first.put("k", "before the restart")
+        await first.close()
+        again = await QuorumCluster.embedded(tmp_path, nodes=3, **options)
+        try:
+            after = await again.put("k", "after the restart")
+            assert after.version.hlc != before.version.hlc
+            assert after.version.vv != before.version.vv
+            found = (await again.get("k", r=Consistency.ALL)).values
+            if resolver == "lww":  # the greater stamp wins, whichever run made it
+                winner = max([before, after], key=lambda w: w.version.hlc)
+                assert found == (winner.version.value["v"],)
+            else:  # neither saw the other: siblings
+                assert sorted(found) == ["after the restart", "before the restart"]
+        finally:
+            await again.close()
+
+    asyncio.run(body())
 
 
 async def _diverge(topo: Topology, a: QuorumCluster, b: QuorumCluster, keys: list[str]) -> None:

@@ -1065,3 +1065,17 @@ def test_state_machine_agrees_with_the_model(doc_url: str) -> None:
             )
         finally:
             runner.run(store.close())
+
+
+def test_skip_and_limit_beyond_64_bits_are_invalid_values(doc_url: str) -> None:
+    """SQLite raised OverflowError for these; every backend now refuses them alike."""
+
+    async def body(s: DocumentStore) -> None:
+        await s.insert("c", {"_id": "a"})
+        with pytest.raises(InvalidValueError, match="limit"):
+            await s.find("c", limit=2**64)
+        with pytest.raises(InvalidValueError, match="skip"):
+            await s.find("c", skip=2**63)
+        assert [d["_id"] for d in await s.find("c", skip=0, limit=2**63 - 1)] == ["a"]
+
+    run(doc_url, body)

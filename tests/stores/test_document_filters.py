@@ -58,6 +58,7 @@ ALLOWED_IMPORTS = {
     "multistore.errors",
     "multistore.stores.document._values",
     "multistore.stores.document._filters",
+    "multistore.stores._limits",  # pure: bounds and a safe repr for messages
 }
 
 

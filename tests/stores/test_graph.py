@@ -779,3 +779,57 @@ def test_backend_agrees_with_a_model(graph_url: str) -> None:
             suppress_health_check=[HealthCheck.too_slow],
         ),
     )
+
+
+def test_an_empty_node_key_is_refused(graph_url: str) -> None:
+    """Ladybug stored a node with key "" (other stores refuse empty ids)."""
+
+    async def body(s: GraphStore) -> None:
+        await s.create_node("Person", "alice")
+        with pytest.raises(InvalidValueError, match="empty"):
+            await s.create_node("Person", "")
+        with pytest.raises(InvalidValueError, match="empty"):
+            await s.create_relationship("Person", "alice", "KNOWS", "Person", "")
+        assert await s.count_nodes("Person") == 1
+
+    run(graph_url, body)
+
+
+@pytest.mark.parametrize(
+    "key",
+    [" alice", "alice ", "\tbob", "b" * 1025, "é" * 513, "lone \ud800"],
+    ids=["leading-space", "trailing-space", "leading-tab", "1025-bytes", "1026-bytes", "surrogate"],
+)
+def test_keys_no_backend_can_find_again_are_refused(graph_url: str, key: str) -> None:
+    """Found by the hostile suite: FalkorDB stored these keys but its index never found
+    them again (edge whitespace, 4096 bytes and more), or failed with a driver error
+    (a lone surrogate, which Ladybug stored as something else)."""
+
+    async def body(s: GraphStore) -> None:
+        await s.create_node("Person", "alice")
+        with pytest.raises(InvalidValueError):
+            await s.create_node("Person", key)
+        assert await s.count_nodes("Person") == 1
+        long_key = "k" * 1024
+        await s.create_node("Person", long_key)
+        assert await s.get_node("Person", long_key) is not None
+
+    run(graph_url, body)
+
+
+def test_raw_queries_refuse_what_no_backend_can_run(graph_url: str) -> None:
+    async def body(s: GraphStore) -> None:
+        await s.create_node("Person", "alice")
+        with pytest.raises(InvalidQueryError):
+            await s.query("MATCH (n) RETURN n.key AS \ud800")
+        with pytest.raises(InvalidQueryError):
+            await s.query("MATCH (n {key: $k}) RETURN n", {"other": 1})
+        deep: dict[str, Any] = {}
+        for _ in range(100):
+            deep = {"a": deep}
+        with pytest.raises(InvalidValueError, match="nested too deeply"):
+            await s.query("RETURN $p AS p", {"p": deep})
+        with pytest.raises(InvalidValueError, match="k"):
+            await s.recommend("Person", "alice", "KNOWS", k=10**5000)
+
+    run(graph_url, body)

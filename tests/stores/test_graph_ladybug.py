@@ -162,3 +162,33 @@ def test_unopenable_path_is_unavailable(tmp_path: Path) -> None:
         assert info.value.definite
 
     asyncio.run(main())
+
+
+def test_two_store_objects_on_one_file_share_the_database(url: str) -> None:
+    """Two stores of one process on one file see each other's writes, and every write
+    one of them acknowledged is still there once both are closed (a second
+    ``ladybug.Database`` on the file would have kept its own copy and lost it)."""
+
+    async def body() -> None:
+        first, second = await open_store(url), await open_store(url)
+        assert isinstance(first, LadybugGraphStore) and isinstance(second, LadybugGraphStore)
+        try:
+            await first.create_node("Person", "p1", {"age": 1})
+            await second.create_node("Person", "p2", {"age": 2, "city": "Oslo"})
+            await first.create_node("Town", "oslo")
+            await second.create_relationship("Person", "p2", "LIVES_IN", "Town", "oslo")
+            assert await first.count_nodes("Person") == 2
+            assert [n["key"] for n in await first.neighbors("Person", "p2")] == ["oslo"]
+        finally:
+            await first.close()
+        assert await second.count_nodes() == 3  # closing one leaves the other working
+        await second.close()
+        again = await open_store(url)
+        assert isinstance(again, LadybugGraphStore)
+        try:
+            assert await again.count_nodes("Person") == 2
+            assert (await again.get_node("Person", "p2") or {}).get("city") == "Oslo"
+        finally:
+            await again.close()
+
+    asyncio.run(body())

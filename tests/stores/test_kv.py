@@ -814,3 +814,75 @@ def test_redis_no_answer_is_an_indeterminate_timeout(
             await s.close()
 
     asyncio.run(main())
+
+
+# -- numbers and nesting beyond every backend's range ---------------------------------
+
+
+def test_numbers_beyond_range_are_invalid_values_naming_the_argument(kv_url: str) -> None:
+    """A TTL, window or score too large for any backend (10**400 does not even fit a
+    float) is refused before anything is sent, the same way on every backend, and
+    leaves the stored state alone."""
+
+    async def body(s: KeyValueStore) -> None:
+        await s.set("k", "v", ttl=100)
+        await s.zadd("z", {"m": 1.0})
+        calls = [
+            ("ttl", s.set("k", "w", ttl=10**400)),
+            ("ttl", s.set("k", "w", ttl=1e300)),
+            ("ttl", s.set_if_absent("new", "w", ttl=10**400)),
+            ("ttl", s.expire("k", 10**400)),
+            ("window", s.rate_limit("r", 5, 10**400)),
+            ("window", s.rate_limit("r", 5, 1e300)),
+            ("rate limit", s.rate_limit("r", 2**64, 10)),
+            ("score", s.zadd("z", {"m": 10**400})),
+            ("increment", s.zincrby("z", "m", -(10**400))),
+        ]
+        for name, call in calls:
+            with pytest.raises(InvalidValueError, match=name):
+                await call
+        assert await s.get("k") == b"v"
+        assert 0 < (await s.ttl("k") or 0) <= 100
+        assert await s.get("new") is None and await s.get("r") is None
+        assert await s.zscore("z", "m") == 1.0
+
+    run(kv_url, body)
+
+
+def test_json_nested_too_deeply_is_an_invalid_value(kv_url: str) -> None:
+    """set_json refuses lists nested deeper than 100 levels (as the document store
+    does); get_json of a stored value too deep for Python's decoder is an
+    InvalidValueError, not a RecursionError."""
+    deep: list[Any] = []
+    for _ in range(10_000):
+        deep = [deep]
+    ok: list[Any] = []
+    for _ in range(99):
+        ok = [ok]
+
+    async def body(s: KeyValueStore) -> None:
+        with pytest.raises(InvalidValueError, match="nested deeper than 100"):
+            await s.set_json("j", deep)
+        assert await s.get("j") is None
+        await s.set_json("j", ok)
+        assert await s.get_json("j") == ok
+        await s.set("raw", "[" * 100_000 + "]" * 100_000)
+        with pytest.raises(InvalidValueError, match="nested too deeply"):
+            await s.get_json("raw")
+
+    run(kv_url, body)
+
+
+def test_json_object_keys_must_be_strings_and_far_indexes_mean_the_end(kv_url: str) -> None:
+    """JSON would turn the key 1 into "1" (and {1: …, "1": …} into one key): refused.
+    A sorted-set index beyond 64 bits means "past that end", as in Redis."""
+
+    async def body(s: KeyValueStore) -> None:
+        with pytest.raises(InvalidValueError, match="not a string"):
+            await s.set_json("j", {"a": {1: "x", "1": "y"}})
+        assert await s.get("j") is None
+        await s.zadd("z", {"a": 1.0, "b": 2.0})
+        assert await s.zrange("z", -(2**70), 2**70) == [("a", 1.0), ("b", 2.0)]
+        assert await s.zrange("z", 2**70, 2**71) == []
+
+    run(kv_url, body)

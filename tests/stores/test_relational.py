@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import uuid
 from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
 from decimal import Decimal
@@ -16,6 +17,8 @@ from multistore.errors import (
     ConflictError,
     DuplicateKeyError,
     InvalidQueryError,
+    InvalidValueError,
+    MultistoreError,
     NotFoundError,
     StoreTimeoutError,
     StoreUnavailableError,
@@ -352,6 +355,153 @@ def test_executemany_inserts_all_or_validates_first(store_url: str) -> None:
                 [{"id": 30, "name": "ok"}, {"id": 31}],
             )
         assert await store.fetch_val("SELECT COUNT(*) FROM people") == 13
+
+    run(store_url, body)
+
+
+def test_executemany_outside_a_transaction_is_all_or_nothing(store_url: str) -> None:
+    """A multi-row call with no transaction around it runs in one of its own: a row
+    that fails leaves none of the others behind, so its definite error is true (SQLite
+    committed the rows before the failing one, and said DEFINITE)."""
+
+    async def body(store: RelationalStore) -> None:
+        await make_people(store)
+        insert = "INSERT INTO people (id, name) VALUES (:id, :name)"
+        rows = [{"id": 10, "name": "new"}, {"id": 1, "name": "exists"}, {"id": 11, "name": "x"}]
+        with pytest.raises(DuplicateKeyError) as caught:
+            await store.executemany(insert, rows)
+        assert caught.value.definite
+        assert await store.fetch_val("SELECT COUNT(*) FROM people") == 3
+        update = "UPDATE people SET name = :name WHERE id = :id"
+        with pytest.raises(MultistoreError) as failed:
+            await store.executemany(update, [{"id": 2, "name": "Bobby"}, {"id": 3, "name": None}])
+        assert failed.value.definite
+        assert await store.fetch_val("SELECT name FROM people WHERE id = 2") == "Bob"
+        async with store.connection() as conn:
+            with pytest.raises(DuplicateKeyError):
+                await conn.executemany(insert, rows)
+            assert not conn.in_transaction
+            assert await conn.fetch_val("SELECT COUNT(*) FROM people") == 3
+        async with store.transaction() as tx:  # inside the caller's transaction: a savepoint
+            await tx.execute(insert, {"id": 20, "name": "kept"})
+            with pytest.raises(DuplicateKeyError):
+                async with tx.transaction() as sp:
+                    await sp.executemany(insert, rows)
+        assert await store.fetch_val("SELECT COUNT(*) FROM people") == 4
+
+    run(store_url, body)
+
+
+def test_a_script_that_fails_part_way_is_not_definite(store_url: str, backend: str) -> None:
+    """A script outside a transaction: PostgreSQL runs it as one implicit transaction,
+    so a failure undoes it all (definite); SQLite and MariaDB commit statement by
+    statement (a script may hold statements that cannot run in a transaction), so a
+    failure after the first statement is indeterminate. A failing first statement has
+    written nothing: definite everywhere."""
+
+    async def body(store: RelationalStore) -> None:
+        await make_people(store)
+        with pytest.raises(DuplicateKeyError) as first:
+            await store.execute_script(
+                "INSERT INTO people (id, name) VALUES (1, 'dup');\n"
+                "INSERT INTO people (id, name) VALUES (40, 'x');"
+            )
+        assert first.value.definite
+        with pytest.raises(DuplicateKeyError) as later:
+            await store.execute_script(
+                "INSERT INTO people (id, name) VALUES (41, 'x');\n"
+                "INSERT INTO people (id, name) VALUES (1, 'dup');"
+            )
+        written = await store.fetch_val("SELECT COUNT(*) FROM people WHERE id >= 40")
+        if backend == "postgresql":
+            assert written == 0 and later.value.definite
+        else:
+            assert written == 1 and not later.value.definite
+
+    run(store_url, body)
+
+
+@pytest.mark.parametrize(
+    "value", [float("nan"), float("inf"), -float("inf"), Decimal("NaN"), Decimal("-Infinity")]
+)
+def test_nan_and_infinities_are_refused_alike(store_url: str, value: Any) -> None:
+    """SQLite stored NaN as NULL without a word, MariaDB refused it and PostgreSQL kept
+    it: every backend now refuses NaN and infinities as parameters, writing nothing."""
+
+    async def body(store: RelationalStore) -> None:
+        await store.execute("CREATE TABLE nums (id INT PRIMARY KEY, x DOUBLE PRECISION)")
+        with pytest.raises(InvalidValueError, match=":x"):
+            await store.execute("INSERT INTO nums (id, x) VALUES (1, :x)", {"x": value})
+        with pytest.raises(InvalidValueError, match=":x"):
+            await store.executemany(
+                "INSERT INTO nums (id, x) VALUES (:id, :x)",
+                [{"id": 2, "x": 1.0}, {"id": 3, "x": value}],
+            )
+        assert await store.fetch_val("SELECT COUNT(*) FROM nums") == 0
+
+    run(store_url, body)
+
+
+class _SQLText:
+    """An object whose text is SQL: PyMySQL wrote ``str(value)`` into the statement."""
+
+    def __str__(self) -> str:
+        return "0); DELETE FROM things; --"
+
+
+@pytest.mark.parametrize(
+    "value",
+    [_SQLText(), {"a": 1}, {1, 2}, [[1], [2]], "lone \ud800 surrogate"],
+    ids=["object", "dict", "set", "nested-list", "surrogate"],
+)
+def test_parameters_no_backend_can_send_are_refused_alike(store_url: str, value: Any) -> None:
+    """Found by the hostile suite: MariaDB spliced an unknown object's text into the
+    SQL unescaped, sets and nested lists raised RecursionError or a server error, and
+    lone surrogates raised UnicodeEncodeError on SQLite and PostgreSQL."""
+
+    async def body(store: RelationalStore) -> None:
+        await store.execute("CREATE TABLE things (id INT PRIMARY KEY, v VARCHAR(100))")
+        await store.execute("INSERT INTO things (id, v) VALUES (1, 'kept')")
+        with pytest.raises(InvalidValueError):
+            await store.execute("INSERT INTO things (id, v) VALUES (2, :v)", {"v": value})
+        rows = await store.fetch_all("SELECT id, v FROM things")
+        assert [(r["id"], r["v"]) for r in rows] == [(1, "kept")]
+
+    run(store_url, body)
+
+
+def test_statements_and_values_no_backend_runs_are_definite_usage_errors(store_url: str) -> None:
+    """Found by the hostile suite: MariaDB answered a blank statement, a list where one
+    value belongs and bytes that are not UTF-8 with indeterminate store errors;
+    PostgreSQL raised ValueError for an int too long to print; a statement that is not
+    a string raised TypeError."""
+
+    async def body(store: RelationalStore) -> None:
+        await store.execute("CREATE TABLE items (id VARCHAR(20) PRIMARY KEY, n BIGINT)")
+        for sql in ("", "  ", "-- only a comment"):
+            with pytest.raises(InvalidQueryError, match="empty statement"):
+                await store.execute(sql)
+        with pytest.raises(InvalidQueryError, match="string"):
+            await store.fetch_all(["SELECT 1"])  # type: ignore[arg-type]
+        for value in (10**5000, [1, 2]):
+            with pytest.raises(UsageError) as info:
+                await store.execute("INSERT INTO items (id, n) VALUES ('a', :n)", {"n": value})
+            assert info.value.definite
+        try:  # SQLite compares the blob; the servers refuse it, definitely
+            await store.fetch_all("SELECT * FROM items WHERE id = :v", {"v": b"\x80"})
+        except UsageError as exc:
+            assert exc.definite
+        assert await store.fetch_val("SELECT COUNT(*) FROM items") == 0
+
+    run(store_url, body)
+
+
+def test_uuid_parameters_are_sent_as_text_everywhere(store_url: str) -> None:
+    async def body(store: RelationalStore) -> None:
+        await store.execute("CREATE TABLE ids (id VARCHAR(36) PRIMARY KEY)")
+        key = uuid.UUID("12345678-1234-5678-1234-567812345678")
+        await store.execute("INSERT INTO ids (id) VALUES (:id)", {"id": key})
+        assert await store.fetch_val("SELECT id FROM ids") == str(key)
 
     run(store_url, body)
 

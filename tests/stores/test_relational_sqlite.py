@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sqlite3
 from pathlib import Path
 
@@ -154,6 +155,42 @@ def test_positional_placeholders_are_refused(tmp_path: Path) -> None:
                 await store.fetch_all("SELECT ?")
             with pytest.raises(InvalidQueryError, match="one statement"):
                 await store.execute("SELECT 1; SELECT 2")
+        finally:
+            await store.close()
+
+    asyncio.run(main())
+
+
+def test_a_transaction_cancelled_at_any_step_leaves_the_connection_usable(
+    tmp_path: Path,
+) -> None:
+    """Cancel a transaction after 0, 1, 2, … turns of the event loop (while BEGIN runs,
+    inside the block, while COMMIT runs), until one finishes first: the next transaction
+    on the store's only connection begins and commits (a cancelled BEGIN once left the
+    connection inside a transaction nothing ended: "cannot start a transaction within a
+    transaction")."""
+
+    async def main() -> None:
+        store = await _open(f"sqlite:///{tmp_path}/a.db")
+        try:
+            await store.execute("CREATE TABLE t (x INT PRIMARY KEY)")
+
+            async def insert(x: int) -> None:
+                async with store.transaction() as tx:
+                    await tx.execute("INSERT INTO t VALUES (:x)", {"x": x})
+
+            for turns in range(10_000):
+                task = asyncio.ensure_future(insert(2 * turns))
+                for _ in range(turns):
+                    await asyncio.sleep(0)
+                finished = task.done()
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+                await insert(2 * turns + 1)
+                assert await store.fetch_val("SELECT x FROM t WHERE x = :x", {"x": 2 * turns + 1})
+                if finished:
+                    break
         finally:
             await store.close()
 

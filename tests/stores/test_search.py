@@ -777,3 +777,18 @@ def test_tantivy_and_postgres_agree_on_a_random_corpus(tmp_path: Path, postgres_
     assert sum(1 for total, _, _ in tantivy if total) > 40  # the queries do find things
     for kwargs, ours, theirs in zip(searches, tantivy, postgres, strict=True):
         assert ours == theirs, kwargs
+
+
+def test_numbers_beyond_any_backend_are_refused_alike(search_url: str) -> None:
+    async def body(s: SearchStore) -> None:
+        with pytest.raises(InvalidValueError, match="limit"):
+            await s.search("products", "laptop", limit=2**64)
+        with pytest.raises(InvalidValueError, match="offset"):
+            await s.search("products", "laptop", offset=2**63)
+        with pytest.raises(InvalidQueryError, match="finite"):
+            await s.search("products", ranges={"price": (10**400, None)})
+        with pytest.raises(InvalidValueError, match="too large"):
+            await s.index("products", [{"id": "big", "title": "x", "price": 10**400}])
+        assert await s.get("products", "big") is None
+
+    run(search_url, body)

@@ -108,3 +108,47 @@ def test_path_that_is_a_file_is_unavailable(tmp_path: Path) -> None:
             await _open(f"tantivy:///{path}")
 
     asyncio.run(body())
+
+
+def test_index_definitions_created_by_two_processes_at_once_all_stay(tmp_path: Path) -> None:
+    """Each of two processes creates 12 indexes in one directory at the same time; every
+    create that returned must be in the metadata a fresh store reads (a read-modify-write
+    without a lock kept only the last writer's view)."""
+    from tests.stores.test_two_processes import TAGS, run_pair
+
+    url = f"tantivy:///{tmp_path / 'search'}"
+    lines = run_pair("tantivy-creates", url, tmp_path)
+    acked = {line["args"][0] for tag in TAGS for line in lines[tag] if line["ok"]}
+
+    async def body() -> None:
+        store = await _open(url)
+        try:
+            assert acked - set(await store.indexes()) == set(), "acknowledged creates lost"
+        finally:
+            await store.close()
+
+    asyncio.run(body())
+    refused = [line for tag in TAGS for line in lines[tag] if not line["ok"]]
+    assert not refused, "a create was refused"
+
+
+def test_drop_is_refused_while_another_store_object_writes_the_index(tmp_path: Path) -> None:
+    url = f"tantivy:///{tmp_path / 'search'}"
+
+    async def body() -> None:
+        writer, other = await _open(url), await _open(url)
+        try:
+            await writer.create_index("products", SCHEMA)
+            await writer.index("products", CATALOG)  # holds the index's writer
+            with pytest.raises(StoreUnavailableError) as refused:
+                await other.drop_index("products")
+            assert refused.value.definite
+            assert await other.indexes() == ["products"]
+            assert (await writer.search("products", limit=0)).total == len(CATALOG)
+        finally:
+            await writer.close()
+        await other.drop_index("products")  # the writer let go: now it may
+        assert await other.indexes() == []
+        await other.close()
+
+    asyncio.run(body())

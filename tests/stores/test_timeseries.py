@@ -953,3 +953,24 @@ def test_hostile_names_and_values_roundtrip_as_data(ts_url: str) -> None:
         assert "cpu" in await s.measurements()
 
     run(ts_url, body)
+
+
+def test_limit_beyond_64_bits_and_non_ascii_percentiles_are_refused(ts_url: str) -> None:
+    """DuckDB answered limit=2**64 with a StoreError and took ``p٩٥`` (Arabic-Indic
+    digits) as p95, which InfluxDB refuses: both backends now refuse both alike."""
+
+    async def body(s: TimeSeriesStore) -> None:
+        await s.write_many([Point("cpu", {"host": "a"}, {"v": 1.0}, T0)])
+        with pytest.raises(InvalidValueError, match="limit"):
+            await s.query("cpu", start=FAR_PAST, end=FAR_FUTURE, limit=2**64)
+        for fn in ("p٩٥", "p９５", "p9５"):
+            with pytest.raises(InvalidQueryError, match="unknown aggregate"):
+                await s.aggregate(
+                    "cpu", "v", fn=fn, every=timedelta(hours=1), start=FAR_PAST, end=FAR_FUTURE
+                )
+        windows = await s.aggregate(
+            "cpu", "v", fn="p95", every=timedelta(hours=1), start=FAR_PAST, end=FAR_FUTURE
+        )
+        assert [w.value for w in windows] == [1.0]
+
+    run(ts_url, body)

@@ -539,3 +539,18 @@ def test_injection_attempts_are_stored_as_data(wc_url: str) -> None:
         assert len(rows) == 1
 
     run(wc_url, body)
+
+
+def test_limit_and_ttl_beyond_range_are_invalid_values(wc_url: str) -> None:
+    async def body(s: WideColumnStore) -> None:
+        await s.create_table(EVENTS)
+        row = {"user_id": 1, "day": "d", "ts": 1, "event_id": "e", "kind": "k"}
+        with pytest.raises(InvalidValueError, match="limit"):
+            await s.select("events", {"user_id": 1, "day": "d"}, limit=2**63)
+        with pytest.raises(InvalidValueError, match="ttl"):
+            await s.upsert("events", row, ttl=10**400)
+        with pytest.raises(InvalidValueError, match="ttl"):
+            await s.upsert_many("events", [row], ttl=1e300)
+        assert await s.select("events", {"user_id": 1, "day": "d"}) == []
+
+    run(wc_url, body)

@@ -74,9 +74,16 @@ ConfigOption = Annotated[
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")]
 
 
-def _fail(exc: MultistoreError) -> typer.Exit:
+def _error_line(code: ErrorCode, message: str) -> None:
+    """``error[slug]: message`` as one line on stderr (line breaks in the message are
+    folded, since a driver's message may hold some)."""
+    text = " ".join(message.split())
     err = Console(stderr=True, highlight=False, soft_wrap=True)
-    err.print(f"[bold red]error[/]{escape(f'[{exc.code.slug}]: {exc.message}')}")
+    err.print(f"[bold red]error[/]{escape(f'[{code.slug}]: {text}')}")
+
+
+def _fail(exc: MultistoreError) -> typer.Exit:
+    _error_line(exc.code, exc.message)
     return typer.Exit(code=int(exc.code))
 
 
@@ -92,11 +99,9 @@ def _guard(fn: Callable[[], T]) -> T:
     except Exception as exc:
         if os.environ.get("MULTISTORE_DEBUG"):
             raise
-        err = Console(stderr=True, highlight=False, soft_wrap=True)
-        err.print(
-            "[bold red]error[/]"
-            + escape(f"[unknown]: {type(exc).__name__}: {exc} ")
-            + "(set MULTISTORE_DEBUG=1 for the traceback)"
+        _error_line(
+            ErrorCode.UNKNOWN,
+            f"{type(exc).__name__}: {exc} (set MULTISTORE_DEBUG=1 for the traceback)",
         )
         raise typer.Exit(code=int(ErrorCode.UNKNOWN)) from None
 
@@ -180,9 +185,21 @@ def status(config: ConfigOption = None, as_json: JsonOption = False) -> None:
         report = asyncio.run(run_status(config, quiet=as_json))
         if as_json:
             _print_json(report)
-        if any(not r["ok"] for r in report["roles"]) or any(
-            not part["ok"] for part in report["replication"].values()
-        ):
+        failed = [r for r in report["roles"] if not r["ok"]]
+        down = [name for name, part in report["replication"].items() if not part["ok"]]
+        if failed:
+            first = failed[0]
+            code = ErrorCode(first["code"])
+            _error_line(
+                code,
+                f"{len(failed)} of {len(report['roles'])} roles did not open; "
+                f"{first['role']}: {first['detail']}",
+            )
+            raise typer.Exit(code=int(code))
+        if down:
+            _error_line(
+                ErrorCode.STORE_UNAVAILABLE, f"replication not reachable: {', '.join(down)}"
+            )
             raise typer.Exit(code=int(ErrorCode.STORE_UNAVAILABLE))
 
     _guard(body)
@@ -397,7 +414,8 @@ def recover(
             "--participant",
             "-p",
             metavar="NAME=URL",
-            help="A 2PC participant as NAME=URL (repeatable; adds to [participants]).",
+            # The help is rich markup: "\\[" is a bracket.
+            help="A 2PC participant as NAME=URL (repeatable; adds to \\[participants]).",
         ),
     ] = None,
     retry_for: Annotated[
@@ -451,8 +469,7 @@ def recover(
         twopc = report["transactions"]
         if not twopc.get("resolved", True):
             code = ErrorCode.TRANSACTION_INDETERMINATE
-            err = Console(stderr=True, highlight=False, soft_wrap=True)
-            err.print(f"[bold red]error[/]{escape(f'[{code.slug}]: {unresolved_line(twopc)}')}")
+            _error_line(code, unresolved_line(twopc))
             raise typer.Exit(code=int(code))
 
     _guard(body)
@@ -594,7 +611,9 @@ quorum_app = typer.Typer(
 app.add_typer(quorum_app, name="quorum")
 QuorumUrlOption = Annotated[
     str | None,
-    typer.Option("--url", help="The cluster's quorum:// URL (default: [replication.quorum] url)."),
+    typer.Option(
+        "--url", help="The cluster's quorum:// URL (default: \\[replication.quorum] url)."
+    ),
 ]
 
 

@@ -14,7 +14,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from multistore.cli._human import quantity, table
-from multistore.errors import BenchmarkError
+from multistore.errors import BenchmarkError, MultistoreError
 
 ROW_KEYS: Final = ("name", "metric", "unit", "ours", "anchor", "anchor_name", "speedup")
 _NAME_RE: Final = re.compile(r"^[a-z][a-z0-9_]*$")
@@ -71,6 +71,12 @@ def run_benchmark(name: str, directory: Path | None, *, progress: bool) -> list[
             f"benchmarks need the server drivers and their baselines: {pip} "
             "'multistore[all,bench]' (and the database servers: make test installs them)"
         ) from None
+    except MultistoreError:
+        raise
+    except Exception as exc:  # the benchmark's own code failed: report it as the benchmark's
+        raise BenchmarkError(f"benchmark {name} failed: {type(exc).__name__}: {exc}") from exc
+    if not isinstance(rows, list | tuple):
+        raise BenchmarkError(f"benchmark {name}: run() returned {type(rows).__name__}, not rows")
     return [_check_row(name, row) for row in rows]
 
 

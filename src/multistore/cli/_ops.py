@@ -14,18 +14,21 @@ from multistore.cli._sagas import load_saga_definitions, saga_store
 from multistore.config import load_config
 from multistore.consistency import Saga, SagaEngine, SagaLog, list_sagas
 from multistore.core import SagaState
-from multistore.errors import UsageError
+from multistore.errors import InvalidURLError, UsageError
 from multistore.stores.relational import RelationalStore
-from multistore.urls import parse_url
+from multistore.urls import StoreURL, parse_url, redact_url
 
 
-def _parse_participants(items: list[str]) -> dict[str, str]:
-    parsed: dict[str, str] = {}
+def _parse_participants(items: list[str]) -> dict[str, StoreURL]:
+    parsed: dict[str, StoreURL] = {}
     for item in items:
         name, sep, url = item.partition("=")
-        if not sep or not name or not url:
-            raise UsageError(f"--participant takes NAME=URL, got {item!r}")
-        parsed[name] = url
+        if not sep or not name.strip() or not url:
+            raise UsageError(f"--participant takes NAME=URL, got {redact_url(item)!r}")
+        try:
+            parsed[name] = parse_url(url)
+        except InvalidURLError as exc:
+            raise InvalidURLError(f"--participant {name!r}: {exc}") from None
     return parsed
 
 

@@ -61,6 +61,17 @@ async def _check_role(config: Config, role: str) -> dict[str, Any]:
         "source": spec.source,
     }
     if absent_file(spec.url):
+        try:  # it may be created on first use only if its folder can be
+            config.check_folder(role)
+        except ConfigError as exc:
+            return {
+                **row,
+                "ok": False,
+                "state": _state_of(exc),
+                "detail": f"{type(exc).__name__}: {exc}",
+                "code": int(exc.code),
+                "seconds": None,
+            }
         return {
             **row,
             "ok": True,

@@ -128,7 +128,8 @@ def fingerprint(payload: Any) -> str:
         raise InvalidValueError(
             f"an idempotent request's payload must be JSON to be fingerprinted: {exc}"
         ) from None
-    return hashlib.sha256(text.encode()).hexdigest()
+    # a lone surrogate is a Python string UTF-8 cannot encode: keep it, distinct
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
 
 
 def check_idempotency_key(key: object) -> str:
@@ -366,16 +367,27 @@ class IdempotentRun:
             self._beat = None
             self._start_heartbeat()
 
-    async def _stop_heartbeat(self) -> None:
+    async def _stop_heartbeat(self) -> bool:
+        """Stop renewing the lease and wait for a renewal in flight to end. True when
+        the caller was cancelled meanwhile: :meth:`_finish` stores the outcome, then
+        raises that cancellation (the renewal's own cancellation is not the caller's)."""
         self._stopped = True
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
         beat, self._beat = self._beat, None
-        if beat is not None:
-            beat.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await beat
+        if beat is None:
+            return False
+        beat.cancel()
+        cancelled = False
+        while not beat.done():
+            try:
+                await asyncio.wait((beat,))
+            except asyncio.CancelledError:
+                cancelled = True
+        if not beat.cancelled():
+            beat.exception()  # retrieved: a renewal's failure only ends the renewals
+        return cancelled
 
     async def _complete(self, outcome: dict[str, Any]) -> None:
         async with self._lock:
@@ -397,8 +409,15 @@ class IdempotentRun:
 
     async def _finish(self, exc: BaseException | None) -> None:
         """End the execution: store the outcome (the value set, or ``exc`` when it is
-        storable) or release the key. Raises what the caller must raise instead."""
-        await self._stop_heartbeat()
+        storable) or release the key. Raises what the caller must raise instead —
+        a cancellation of the caller that landed while the lease renewal stopped, once
+        the outcome is stored."""
+        cancelled = await self._stop_heartbeat()
+        await self._settle(exc)
+        if cancelled:
+            raise asyncio.CancelledError
+
+    async def _settle(self, exc: BaseException | None) -> None:
         if exc is not None:
             storable = not isinstance(exc, self._idem.policy.retry_on) and not self._discard
             if isinstance(exc, Exception) and storable:

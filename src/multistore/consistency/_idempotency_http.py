@@ -160,13 +160,22 @@ def parse_idempotency_key(values: Sequence[str], *, bare_keys: bool = True) -> s
 # -- the request's fingerprint ---------------------------------------------------------
 
 _JSON_TYPE: Final = re.compile(r"application/(?:[\w.+-]+\+)?json", re.ASCII)
-_canonical: Final = json.JSONEncoder(
-    sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
-).encode
+_string: Final = json.JSONEncoder(ensure_ascii=False).encode
 
 
 class _NotCanonical(ValueError):
     """A JSON body with something a canonical form would hide (duplicate names, NaN)."""
+
+
+class _Number:
+    """A JSON number kept as the text it was sent as: two numbers are one only when
+    written alike (``0.1`` and ``0.10000000000000001`` are two amounts, though one
+    binary float)."""
+
+    __slots__ = ("text",)
+
+    def __init__(self, text: str) -> None:
+        self.text = text
 
 
 def _unique_names(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
@@ -180,26 +189,68 @@ def _no_constants(name: str) -> Any:
     raise _NotCanonical(f"{name} is not JSON")
 
 
+def _canonical(value: Any) -> str:
+    """The canonical text of a parsed JSON value: member names sorted, no whitespace,
+    strings escaped one way, numbers as they were written."""
+    out: list[str] = []
+    _write(value, out)
+    return "".join(out)
+
+
+def _write(value: Any, out: list[str]) -> None:
+    if isinstance(value, _Number):
+        out.append(value.text)
+    elif isinstance(value, str):
+        out.append(_string(value))
+    elif isinstance(value, dict):
+        out.append("{")
+        for i, name in enumerate(sorted(value)):
+            if i:
+                out.append(",")
+            out.append(_string(name))
+            out.append(":")
+            _write(value[name], out)
+        out.append("}")
+    elif isinstance(value, list):
+        out.append("[")
+        for i, item in enumerate(value):
+            if i:
+                out.append(",")
+            _write(item, out)
+        out.append("]")
+    else:  # True, False, None
+        out.append(_LITERALS[value])
+
+
+_LITERALS: Final = {True: "true", False: "false", None: "null"}
+
+
 def body_fingerprint(
     body: bytes, content_type: str | None, content_encoding: str | None, *, canonical_json: bool
 ) -> str:
     """SHA-256 of the request body: of its canonical JSON (sorted names, no
-    whitespace) when ``canonical_json`` and the body is ``application/json`` (or
-    ``+json``), not content-encoded, and valid JSON without duplicate member names;
-    of the raw bytes otherwise. Two bodies that differ only in whitespace or member
-    order then get the same fingerprint, as Stripe compares a request's parameters."""
+    whitespace, numbers as written) when ``canonical_json`` and the body is
+    ``application/json`` (or ``+json``), not content-encoded, valid JSON without
+    duplicate member names and whose strings UTF-8 can encode (no lone surrogate
+    escape); of the raw bytes otherwise. Two bodies that differ only in whitespace or
+    member order then get the same fingerprint, as Stripe compares a request's
+    parameters; two that differ in a number's digits never do."""
     if canonical_json and content_type and not content_encoding:
         media = content_type.split(";", 1)[0].strip().lower()
         if _JSON_TYPE.fullmatch(media):
             try:
                 data = json.loads(
-                    body, object_pairs_hook=_unique_names, parse_constant=_no_constants
+                    body,
+                    object_pairs_hook=_unique_names,
+                    parse_constant=_no_constants,
+                    parse_float=_Number,
+                    parse_int=_Number,
                 )
-                text = _canonical(data)
-            except (ValueError, RecursionError):
+                canonical = _canonical(data).encode()
+            except (ValueError, RecursionError):  # UnicodeEncodeError is a ValueError
                 pass  # not canonical JSON: the raw bytes decide
             else:
-                return "json:" + hashlib.sha256(text.encode()).hexdigest()
+                return "json:" + hashlib.sha256(canonical).hexdigest()
     return "raw:" + hashlib.sha256(body).hexdigest()
 
 

@@ -30,6 +30,7 @@ from typing import Any
 from multistore.consistency._tpc_log import DecisionLog
 from multistore.core._tpc import Vote, Xid
 from multistore.errors import UnsupportedError
+from multistore.stores import missing_driver
 from multistore.stores.relational import Params, RelationalStore, Row
 from multistore.urls import StoreURL, parse_url
 
@@ -214,6 +215,13 @@ class Participant(abc.ABC):
 async def open_participant(name: str, url: str | StoreURL) -> Participant:
     """The participant for a store URL: PostgreSQL, MariaDB, SQLite or Redis."""
     parsed = parse_url(url)
+    try:
+        return await _open_participant(name, parsed)
+    except ImportError as exc:  # the scheme's driver is an extra that is not installed
+        raise missing_driver(parsed.scheme, exc) from None
+
+
+async def _open_participant(name: str, parsed: StoreURL) -> Participant:
     if parsed.scheme == "postgresql":
         from multistore.consistency._tpc_sql import PostgresParticipant
 

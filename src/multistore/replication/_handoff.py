@@ -8,13 +8,15 @@ home node answers a ping again, :func:`deliver_hints` writes each record to it
 and then hands back the stand-in's copy (see :func:`_hand_back`). Like Cassandra's
 ``max_hint_window``, hints are not kept for a node that has been failing for longer
 than the window, and hints older than the window are dropped at delivery; both are
-counted, and anti-entropy repairs what they would have carried.
+counted, and anti-entropy among the key's replicas repairs what they would have
+carried. A stand-in is no replica of the key, so anti-entropy never looks at its
+copy: a hint that names a stand-in is kept whatever the window, and one past the
+window is dropped only once the stand-in's copy has been handed back to the home.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -38,10 +40,11 @@ async def hint(
     fallback: str,
 ) -> bool:
     """Keep a hint for ``home`` unless it has been failing for longer than the window
-    (or left the cluster)."""
+    (or left the cluster); a hint naming the ``fallback`` that holds a copy for the
+    home is kept whatever the window (the only way to that copy)."""
     if home not in cluster.nodes:
         return False
-    if cluster.detector.down_for(home) > cluster.hint_window:
+    if not fallback and cluster.detector.down_for(home) > cluster.hint_window:
         cluster.stats.hints_dropped += 1
         return False
     await cluster.hints.add(home, group, member, hlc, blob, fallback, cluster.clock())
@@ -92,34 +95,37 @@ async def deliver_hints(cluster: QuorumCluster) -> int:
             await cluster.call_node(home, lambda n: n.ping())
         except MultistoreError:
             continue
+        after = 0
         while True:
-            batch = await cluster.hints.pending(home, limit=200)
+            batch = await cluster.hints.pending(home, limit=200, after=after)
             if not batch:
                 break
+            after = batch[-1].id
             done: list[int] = []
             now = cluster.clock()
             try:
                 for item in batch:
                     if now - item.created > cluster.hint_window:
-                        cluster.stats.hints_dropped += 1
-                    else:
-                        await cluster.call_node(
-                            home,
-                            lambda n, h=item: cluster.apply_record(  # type: ignore[misc]
-                                n, h.group, h.member, h.hlc, h.blob
-                            ),
-                        )
-                        delivered += 1
-                        cluster.stats.hints_delivered += 1
-                        await _hand_back(
-                            cluster,
-                            home,
-                            item.fallback,
-                            item.group,
-                            item.member,
-                            (item.hlc, item.blob),
-                        )
+                        # not delivered; but a stand-in's copy goes back to the home
+                        # first, or the hint stays for a later round
+                        if await _hand_back(
+                            cluster, home, item.fallback, item.group, item.member, None
+                        ):
+                            done.append(item.id)
+                            cluster.stats.hints_dropped += 1
+                        continue
+                    await cluster.call_node(
+                        home,
+                        lambda n, h=item: cluster.apply_record(  # type: ignore[misc]
+                            n, h.group, h.member, h.hlc, h.blob
+                        ),
+                    )
                     done.append(item.id)
+                    delivered += 1
+                    cluster.stats.hints_delivered += 1
+                    await _hand_back(
+                        cluster, home, item.fallback, item.group, item.member, (item.hlc, item.blob)
+                    )
             except MultistoreError:
                 break  # the home failed again; the rest wait for the next round
             finally:
@@ -128,26 +134,37 @@ async def deliver_hints(cluster: QuorumCluster) -> int:
 
 
 async def _hand_back(
-    cluster: QuorumCluster, home: str, fallback: str, group: bytes, member: bytes, hint: Record
-) -> None:
+    cluster: QuorumCluster,
+    home: str,
+    fallback: str,
+    group: bytes,
+    member: bytes,
+    hint: Record | None,
+) -> bool:
     """Hand a stand-in's copy to ``home`` and remove it from the stand-in (unless the
-    stand-in is a replica of the group).
+    stand-in is a replica of the group); ``hint`` is the record just delivered to the
+    home (None: nothing was). False when the stand-in failed; a failure of the home
+    raises.
 
     The copy may be newer than ``hint`` (a later sloppy write landed on the same
     stand-in): it is written to the home first, and removed only if the stand-in still
     holds exactly what the home acknowledged, so a copy never goes before another
     replica holds it (or something newer) and no write drops below the copies it was
-    acknowledged with. On a failure here the copy stays (a stray copy is harmless).
+    acknowledged with. On a failure here the copy stays.
     """
     if not fallback or fallback in cluster.ring.preference_list(group, cluster.config.n):
-        return
-    with contextlib.suppress(MultistoreError):
+        return True
+    try:
         copy = await cluster.call_node(fallback, lambda n: n.read(group, member))
-        if copy is None:
-            return
-        if copy != hint:
-            hlc, blob = copy
-            await cluster.call_node(
-                home, lambda n: cluster.apply_record(n, group, member, hlc, blob)
-            )
+    except MultistoreError:
+        return False
+    if copy is None:
+        return True
+    if copy != hint:
+        hlc, blob = copy
+        await cluster.call_node(home, lambda n: cluster.apply_record(n, group, member, hlc, blob))
+    try:
         await cluster.call_node(fallback, lambda n: n.remove(group, member, expected=copy))
+    except MultistoreError:
+        return False
+    return True

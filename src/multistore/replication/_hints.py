@@ -94,13 +94,16 @@ class HintStore:
             (home, group, member, hlc, blob, fallback, created),
         )
 
-    async def pending(self, home: str | None = None, limit: int = 1000) -> list[Hint]:
-        """The oldest hints (of one home node, or of all), at most ``limit``."""
-        where, params = ("WHERE home = ?", (home,)) if home is not None else ("", ())
+    async def pending(
+        self, home: str | None = None, limit: int = 1000, *, after: int = 0
+    ) -> list[Hint]:
+        """The oldest hints (of one home node, or of all) whose id is above ``after``,
+        at most ``limit``."""
+        where, params = ("AND home = ?", (home,)) if home is not None else ("", ())
         rows = await self._run(
             "SELECT id, home, grp, member, hlc, blob, fallback, created FROM hints "
-            f"{where} ORDER BY id LIMIT ?",
-            (*params, limit),
+            f"WHERE id > ? {where} ORDER BY id LIMIT ?",
+            (after, *params, limit),
         )
         return [
             Hint(*cast("tuple[int, str, bytes, bytes, str, bytes, str, float]", r)) for r in rows

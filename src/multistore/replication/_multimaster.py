@@ -46,6 +46,13 @@ vector of origin sequence numbers, :meth:`~MultiMasterNode.record_peer`) and
 deletes log rows every registered peer has. :mod:`._replicator` moves the
 changes.
 
+**Cancellation.** A change's transaction and the node object's note of it (its
+sequence number, log head, received vector and cached states) are one unit: a
+cancellation while the transaction is built rolls it back; one that lands while it
+commits waits for the commit, lets the node take note, and is raised then. A commit
+that fails without saying whether it happened has the node read its state back from
+the store.
+
 One :class:`MultiMasterNode` object owns its store: two processes must not run
 the same node.
 """
@@ -53,8 +60,9 @@ the same node.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -71,7 +79,7 @@ from multistore.core import (
     Versioned,
     VersionVector,
 )
-from multistore.errors import ConflictError, InvalidValueError, UsageError
+from multistore.errors import ConflictError, InvalidValueError, MultistoreError, UsageError
 from multistore.replication._changelog import (
     SCHEMA,
     Change,
@@ -166,6 +174,8 @@ class MultiMasterNode:
         self._writes = 0
         self._counters = Counters()
         self._cache = StateCache(_CACHED_KEYS)
+        self._stale = False
+        """A commit failed without saying whether it happened: read the state back."""
 
     @classmethod
     async def open(
@@ -209,6 +219,14 @@ class MultiMasterNode:
                 raise ConflictError(
                     f"store {store.url} holds multi-master node {owner!r}, not {self.node_id!r}"
                 )
+        await self._read_state()
+
+    async def _read_state(self) -> None:
+        """Take the node's sequence numbers, log head, peers, held-back changes and clock
+        from the store (at open, and after a commit that may or may not have happened)."""
+        store = self._store
+        self._received, self._peer_has, self._pending = {}, {}, {}
+        self._cache = StateCache(_CACHED_KEYS)
         meta = {row[0]: row[1] for row in await store.fetch_all("SELECT name, value FROM mm_meta")}
         self._pos = max(
             int(await store.fetch_val("SELECT COALESCE(MAX(pos), 0) FROM mm_log")),
@@ -236,6 +254,64 @@ class MultiMasterNode:
         for row in await store.fetch_all("SELECT origin, key FROM mm_pending"):
             ident = (row[0], row[1])
             self._pending[ident] = self._pending.get(ident, 0) + 1
+        self._stale = False
+
+    @contextlib.asynccontextmanager
+    async def _locked(self) -> AsyncIterator[None]:
+        """Hold the node's lock, with its state read back first if a commit left it unsure."""
+        async with self._lock:
+            if self._stale:
+                await self._read_state()
+            yield
+
+    @contextlib.asynccontextmanager
+    async def _transaction(
+        self,
+    ) -> AsyncIterator[tuple[Transaction, Callable[[Callable[[], None]], None]]]:
+        """A transaction of the node's store, and ``on_commit(fn)``: ``fn`` (the node's
+        in-memory note of what the transaction changed) runs right after the commit.
+
+        The commit and those notes are one unit a cancellation cannot split: a
+        cancellation while the block runs rolls the transaction back (nothing
+        happened, nothing is noted); one that lands once the block is done waits for
+        the commit and the notes and is raised afterwards. Were the commit interrupted
+        between the store and the notes, the node would number its next change with
+        a sequence number already used and never offer the committed one to a peer.
+        A commit that fails without saying whether it happened (an indeterminate
+        error) has the node read its state back from the store. Hold the lock.
+        """
+        scope = self._store.transaction()
+        tx = await scope.__aenter__()
+        notes: list[Callable[[], None]] = []
+        try:
+            yield tx, notes.append
+        except BaseException as exc:
+            await scope.__aexit__(type(exc), exc, exc.__traceback__)  # rolls back
+            raise
+        commit = asyncio.ensure_future(self._commit(scope, notes))
+        try:
+            await _outlast(commit)
+        except MultistoreError as exc:
+            if not exc.definite:
+                with contextlib.suppress(MultistoreError):  # else: at the next change
+                    await self._read_state()
+            raise
+
+    async def _commit(
+        self,
+        scope: contextlib.AbstractAsyncContextManager[Transaction],
+        notes: list[Callable[[], None]],
+    ) -> None:
+        try:
+            await scope.__aexit__(None, None, None)
+        except MultistoreError as exc:
+            self._stale = not exc.definite  # it may have committed
+            raise
+        except BaseException:
+            self._stale = True
+            raise
+        for note in notes:
+            note()
 
     async def close(self) -> None:
         await self._store.close()
@@ -336,9 +412,9 @@ class MultiMasterNode:
             if context is not None and not isinstance(context, VersionVector):
                 raise InvalidValueError(f"context must be a VersionVector, got {context!r}")
         changes: list[Change] = []
-        async with self._lock:
+        async with self._locked():
             conflict_id = self._conflict_id
-            async with self._store.transaction() as tx:
+            async with self._transaction() as (tx, on_commit):
                 work = Work(tx, SiblingSet.from_dict, self._pos, self._cache)
                 await work.load(key for key, _, _ in items)
                 for key, value, context in items:
@@ -356,7 +432,7 @@ class MultiMasterNode:
                         conflict_id = self._applier.record(work, change, after, conflict_id)
                     changes.append(change)
                 await work.flush(SiblingSet.to_dict)
-            self._commit_local(work, len(changes), conflict_id)
+                on_commit(lambda: self._commit_local(work, len(changes), conflict_id))
         return changes
 
     async def update(
@@ -371,31 +447,28 @@ class MultiMasterNode:
         if not self._crdt:
             raise UsageError("update() needs a CRDTResolver node; use put() for plain values")
         _check_key(key)
-        async with self._lock:
-            async with self._store.transaction() as tx:
-                work = Work(tx, self._applier.decode_crdt, self._pos, self._cache)
-                await work.load([key])
-                current: Versioned[Any] | None = work.get(key)
-                state: Any = current.value.copy() if current is not None else factory(self.node_id)
-                delta = mutate(state)
-                if not isinstance(delta, CRDT):
-                    raise InvalidValueError(
-                        f"mutate must return the CRDT delta (the mutator's result), got {delta!r}"
-                    )
-                hlc = self.clock.now()
-                vv = (current.vv if current is not None else VersionVector()).increment(
-                    self.node_id
+        async with self._locked(), self._transaction() as (tx, on_commit):
+            work = Work(tx, self._applier.decode_crdt, self._pos, self._cache)
+            await work.load([key])
+            current: Versioned[Any] | None = work.get(key)
+            state: Any = current.value.copy() if current is not None else factory(self.node_id)
+            delta = mutate(state)
+            if not isinstance(delta, CRDT):
+                raise InvalidValueError(
+                    f"mutate must return the CRDT delta (the mutator's result), got {delta!r}"
                 )
-                change = Change(
-                    self.node_id,
-                    self._seq + 1,
-                    key,
-                    Versioned(delta.to_dict(), hlc, vv, self.node_id),
-                )
-                work.set(key, Versioned(state, hlc, vv, self.node_id))
-                work.append(change.origin, change.seq, key, hlc, dumps(change.to_dict()))
-                await work.flush(encode_crdt)
-            self._commit_local(work, 1, self._conflict_id)
+            hlc = self.clock.now()
+            vv = (current.vv if current is not None else VersionVector()).increment(self.node_id)
+            change = Change(
+                self.node_id,
+                self._seq + 1,
+                key,
+                Versioned(delta.to_dict(), hlc, vv, self.node_id),
+            )
+            work.set(key, Versioned(state, hlc, vv, self.node_id))
+            work.append(change.origin, change.seq, key, hlc, dumps(change.to_dict()))
+            await work.flush(encode_crdt)
+            on_commit(lambda: self._commit_local(work, 1, self._conflict_id))
         return change
 
     def _commit_local(self, work: Work, writes: int, conflict_id: int) -> None:
@@ -551,35 +624,37 @@ class MultiMasterNode:
         """Register ``peer``: from now on a log row is kept until the peer has it too."""
         if peer == self.node_id:
             raise UsageError(f"node {peer!r} cannot be its own peer")
-        async with self._lock:
+        async with self._locked():
             if peer in self._peer_has:
                 return
-            async with self._store.transaction() as tx:
+            async with self._transaction() as (tx, on_commit):
                 await self._save_peer(tx, peer, VersionVector())
-            self._peer_has[peer] = VersionVector()
+                on_commit(lambda: self._peer_has.__setitem__(peer, VersionVector()))
 
     async def forget_peer(self, peer: str) -> None:
         """Unregister a peer that left the group for good (the log stops waiting for it)."""
-        async with self._lock:
+        async with self._locked():
             peer_has = {p: has for p, has in self._peer_has.items() if p != peer}
-            async with self._store.transaction() as tx:
+            async with self._transaction() as (tx, on_commit):
                 await tx.execute("DELETE FROM mm_peer_has WHERE peer = :p", {"p": peer})
                 floors = await self._trim(tx, peer_has, self.received, self._pos)
-            self._peer_has = peer_has
-            self._trimmed.update(floors)
+                on_commit(lambda: self._noted_peers(peer_has, floors))
 
     async def record_peer(self, peer: str, has: VersionVector) -> None:
         """``peer`` says it has ``has``: remember it (registering the peer) and trim the log
         below what every registered peer has."""
-        async with self._lock:
+        async with self._locked():
             peer_has = self._merge_peer(peer, has)
             if peer_has is None:
                 return
-            async with self._store.transaction() as tx:
+            async with self._transaction() as (tx, on_commit):
                 await self._save_peer(tx, peer, peer_has[peer])
                 floors = await self._trim(tx, peer_has, self.received, self._pos)
-            self._peer_has = peer_has
-            self._trimmed.update(floors)
+                on_commit(lambda: self._noted_peers(peer_has, floors))
+
+    def _noted_peers(self, peer_has: dict[str, VersionVector], floors: dict[str, int]) -> None:
+        self._peer_has = peer_has
+        self._trimmed.update(floors)
 
     def _merge_peer(self, peer: str, has: VersionVector) -> dict[str, VersionVector] | None:
         """The peers' vectors with what ``peer`` now says it has; None when nothing is new."""
@@ -645,7 +720,7 @@ class MultiMasterNode:
         ahead of a missing one are skipped. ``peer_has`` — what the peer says it
         has — is recorded in the same transaction.
         """
-        async with self._lock:
+        async with self._locked():
             counters = Counters()
             received = dict(self._received)
             taken: list[tuple[Change | Opaque, Change | Mapping[str, Any]]] = []
@@ -666,7 +741,7 @@ class MultiMasterNode:
             pending = dict(self._pending)
             peers = None if peer_has is None else self._merge_peer(peer, peer_has)
             floors: dict[str, int] = {}
-            async with self._store.transaction() as tx:
+            async with self._transaction() as (tx, on_commit):
                 work = Work(tx, self._applier.decoder(), self._pos, self._cache)
                 known = peers or self._peer_has
                 if known:
@@ -689,18 +764,22 @@ class MultiMasterNode:
                 if peers is not None or work.log_rows:
                     has = VersionVector({**received, self.node_id: self._seq})
                     floors = await self._trim(tx, peers or self._peer_has, has, work.pos)
-            work.committed()
-            if peers is not None:
-                self._peer_has = peers
-            self._trimmed.update(floors)
-            self._received, self._pos, self._pending = received, work.pos, pending
-            self._conflict_id = conflict_id
-            self._counters.add(counters)
+
+                def note() -> None:
+                    work.committed()
+                    if peers is not None:
+                        self._peer_has = peers
+                    self._trimmed.update(floors)
+                    self._received, self._pos, self._pending = received, work.pos, pending
+                    self._conflict_id = conflict_id
+                    self._counters.add(counters)
+
+                on_commit(note)
         return self.received
 
     async def retry_pending(self) -> int:
         """Try the held-back changes again, each key's in order; return how many were applied."""
-        async with self._lock:
+        async with self._locked():
             if not self._pending:
                 return 0
             rows = await self._store.fetch_all(
@@ -709,7 +788,7 @@ class MultiMasterNode:
             counters = Counters()
             conflict_id = self._conflict_id
             pending = dict(self._pending)
-            async with self._store.transaction() as tx:
+            async with self._transaction() as (tx, on_commit):
                 work = Work(tx, self._applier.decoder(), self._pos, self._cache)
                 await work.load(row[2] for row in rows)
                 blocked: set[tuple[str, str]] = set()
@@ -737,10 +816,31 @@ class MultiMasterNode:
                 if counters.applied:
                     await _set_meta(tx, "clock", str(self.clock.last))
                 await work.flush(self._applier.encoder())
-            work.committed()
-            self._pending, self._conflict_id = pending, conflict_id
-            self._counters.add(counters)
+
+                def note() -> None:
+                    work.committed()
+                    self._pending, self._conflict_id = pending, conflict_id
+                    self._counters.add(counters)
+
+                on_commit(note)
         return counters.applied + counters.set_aside
+
+
+async def _outlast(task: asyncio.Future[None]) -> None:
+    """Await ``task`` to its end even if the caller is cancelled meanwhile (``task`` is
+    not cancelled with it); then raise the caller's cancellation, if there was one, or
+    the task's error."""
+    cancelled = False
+    while not task.done():
+        try:
+            await asyncio.wait((task,))
+        except asyncio.CancelledError:
+            cancelled = True
+    if cancelled:
+        if not task.cancelled():
+            task.exception()  # retrieved: the caller's cancellation is what it sees
+        raise asyncio.CancelledError
+    task.result()
 
 
 _CACHED_KEYS = 10_000

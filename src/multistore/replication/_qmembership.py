@@ -6,8 +6,11 @@ virtual nodes (:meth:`~multistore.core._ring.HashRing.moves`). The ring switches
 only once every moved range is on its new replicas:
 
 1. The new ring becomes *pending*: every write that starts from now on also goes to
-   the key's replicas on the new ring that are none on the current one, and waits
-   for them (one that fails gets a hint).
+   the key's replicas on the new ring that are none on the current one, and is
+   acknowledged only once W of its replicas on the current ring *and* W of its
+   replicas on the new ring hold it (as Cassandra counts pending endpoints); else it
+   fails, indeterminate (a new replica that failed gets a hint). So whichever ring a
+   read uses, before or after the switch, it meets W replicas of the write.
 2. The writes that started before, and so may have missed those nodes, are waited
    for.
 3. Each moved range is streamed: every old replica of the range that answers lists
@@ -31,19 +34,28 @@ replicas) and must be reopened with the new membership afterwards.
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Literal
 
 from multistore.core._ring import HashRing, Move
 from multistore.errors import InvalidValueError, MultistoreError, Outcome
 from multistore.replication._handoff import deliver_hints
 from multistore.replication._qerrors import QuorumError
+from multistore.replication._qfanout import Fanout
 from multistore.replication._qnodes import QuorumNode, Record, parse_entry
 
 if TYPE_CHECKING:
     from multistore.replication._quorum import QuorumCluster
 
-__all__ = ["MembershipChange", "add_node", "remove_node"]
+__all__ = [
+    "MembershipChange",
+    "NewReplicas",
+    "add_node",
+    "check_new_replicas",
+    "remove_node",
+    "write_new_replicas",
+]
 
 _BATCH = 64
 """Records streamed concurrently."""
@@ -66,6 +78,86 @@ class MembershipChange:
     hints_pending: int
     """Hints for the new replicas that could not be delivered when the change ended
     (0 unless one of them failed during the change)."""
+
+
+@dataclass(slots=True)
+class NewReplicas:
+    """What a write made during a membership change heard from its replicas on the
+    pending ring (step 1 of the module docstring)."""
+
+    homes: tuple[str, ...]
+    """The write's replicas on the pending ring."""
+    acked: set[str] = field(default_factory=set)
+    """Those that hold it (acknowledged, as a current replica or as a gained one)."""
+    failed: list[str] = field(default_factory=list)
+    """Gained replicas (none on the current ring) whose write failed: hinted, unless the
+    write failed definitely everywhere."""
+    maybe_applied: bool = False
+    """A failed write to a gained replica may have taken effect (not a definite refusal)."""
+
+
+def check_new_replicas(
+    cluster: QuorumCluster, pending: HashRing, group: bytes, need: int, pneed: int
+) -> tuple[str, ...]:
+    """The write's replicas on the pending ring; a definite :class:`QuorumError` (nothing
+    sent) when fewer than the level needs are up, as the failure detector knows."""
+    homes = tuple(pending.preference_list(group, cluster.config.n))
+    up = sum(1 for name in homes if cluster.detector.available(name))
+    if up < need or up < pneed:
+        raise QuorumError(
+            f"write of {group!r} not sent: a membership change is under way and fewer "
+            f"than the {need} replicas it needs on the new ring are up",
+            acks=(),
+            required=need,
+            outcome=Outcome.DEFINITE,
+        )
+    return homes
+
+
+async def write_new_replicas(
+    cluster: QuorumCluster,
+    homes: tuple[str, ...],
+    fan: Fanout,
+    need: int,
+    store: Callable[[QuorumNode], Awaitable[object]],
+    *,
+    single: bool,
+) -> NewReplicas:
+    """After the write's fan-out to its current replicas (``fan``): write it to its
+    replicas on the pending ring that are none of those (``homes`` are all of them),
+    and wait until each of those calls has ended and ``need`` of ``homes`` hold it —
+    waiting, if need be, for current replicas that stay replicas and were still
+    writing when the fan-out returned — or no call that could bring it there is left."""
+    heard = NewReplicas(homes, {name for name in fan.results if name in homes})
+    gained: dict[asyncio.Future[Any], str] = {
+        asyncio.ensure_future(cluster.call_node(name, store, single=single)): name
+        for name in homes
+        if name not in fan.homes and name not in fan.results and name not in fan.pending.values()
+    }
+    staying: dict[asyncio.Future[Any], str] = {
+        future: name for future, name in fan.pending.items() if name in homes
+    }
+    waiting = set(gained) | set(staying)
+    try:
+        while waiting and (len(heard.acked) < need or any(f in gained for f in waiting)):
+            done, waiting = await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+            for future in done:
+                error = None if future.cancelled() else future.exception()
+                if future.cancelled() or error is not None:
+                    if future in gained:
+                        if error is not None and not isinstance(error, MultistoreError):
+                            raise error
+                        heard.maybe_applied |= not (
+                            isinstance(error, MultistoreError) and error.definite
+                        )
+                        heard.failed.append(gained[future])
+                    continue
+                heard.acked.add(gained.get(future) or staying[future])
+    finally:
+        for future in gained:  # the caller gave up: the calls finish in the background
+            if not future.done():
+                cluster.track(future)
+    return heard
 
 
 async def add_node(

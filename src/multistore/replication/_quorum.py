@@ -29,7 +29,11 @@ passes the read's ``context`` supersedes what that read saw.
   A request that cannot meet its level with the replicas up sends nothing and fails
   definitely (Cassandra's Unavailable). Hints older than ``hint_window`` (or for a
   node down longer than that) are dropped and counted, as Cassandra's
-  ``max_hint_window``; anti-entropy repairs what they would have carried.
+  ``max_hint_window``; anti-entropy repairs what they would have carried. A hint
+  naming a stand-in is dropped only once the stand-in's copy is back on its home
+  (anti-entropy never looks at a stand-in's copy).
+* **Membership changes** (:mod:`._qmembership`): while one is under way a write is
+  acknowledged once W of its replicas on the current ring and W on the new one hold it.
 * **Failure detection**: a threshold detector (:mod:`._qdetector`) marks a node
   down after consecutive failures; requests skip it until it is due for a probe.
 * **Anti-entropy**: Merkle trees per shared token range (:mod:`._antientropy`).
@@ -77,7 +81,14 @@ from multistore.replication._hints import HintStore
 from multistore.replication._qdetector import ThresholdDetector
 from multistore.replication._qerrors import QuorumError
 from multistore.replication._qfanout import Fanout, fan_out
-from multistore.replication._qmembership import MembershipChange, add_node, remove_node
+from multistore.replication._qmembership import (
+    MembershipChange,
+    NewReplicas,
+    add_node,
+    check_new_replicas,
+    remove_node,
+    write_new_replicas,
+)
 from multistore.replication._qnodes import QuorumNode, Record, SQLiteNode, when_done
 from multistore.replication._qredis import RedisNode
 
@@ -291,12 +302,22 @@ class QuorumCluster:
         self.hints = hints
         self.clock = clock
         now_ms = hlc_now_ms or (lambda: time.time_ns() // 1_000_000)
+        actor = coordinator_id()
         if node_id is None:
-            node_id = coordinator_id()
+            node_id = actor
+        else:  # a name given again after a restart must not stamp as the run before did
+            valid = HLCTimestamp(0, 0, node_id).node  # InvalidValueError if it is not
+            actor = f"{valid}/{actor.removeprefix('c-')}"
         # no skew guard: a context from a clock far ahead still orders the write after it
-        self._hlc = HybridClock(node_id, now_ms=now_ms, policy=SkewPolicy.FLAG)
+        self._hlc = HybridClock(actor, now_ms=now_ms, policy=SkewPolicy.FLAG)
         self.node_id = node_id
-        """This coordinator's identity: its version-vector actor and HLC tie-break."""
+        """This coordinator's name (``node_id=``, or a fresh :func:`coordinator_id`)."""
+        self.actor = actor
+        """This coordinator object's version-vector actor and HLC tie-break: its
+        ``node_id`` when drawn by :func:`coordinator_id`; a given ``node_id`` followed
+        by ``/`` and a part drawn as :func:`coordinator_id` draws it. So no two
+        coordinator objects, a restarted one with the same ``node_id`` included, make
+        equal stamps or reuse a version-vector counter."""
         self._nodes = {node.name: node for node in nodes}
         self.detector = ThresholdDetector(
             names, threshold=failure_threshold, probe_after=probe_after, clock=clock
@@ -312,7 +333,6 @@ class QuorumCluster:
         self._background: set[asyncio.Future[Any]] = set()
         self.pending_ring: HashRing | None = None
         """The ring a membership change is moving to (writes go to its new replicas too)."""
-        self._switched_from = self._ring
         self._generation = 0
         self._in_flight: dict[int, int] = {}
         self._idle: asyncio.Event | None = None
@@ -490,11 +510,11 @@ class QuorumCluster:
         if context is None or not context:
             hlc = self._hlc.now()
             counter = hlc.physical_ms * _LOGICAL + hlc.counter + 1  # _counter(hlc), inline
-            return Versioned(payload, hlc, VersionVector({self.node_id: counter}), self.node_id)
-        hlc = self._hlc.update(_stamp_of(max(context.values()), self.node_id))
-        counter = max(_counter(hlc), context.get_count(self.node_id) + 1)
-        vv = context.merge(VersionVector({self.node_id: counter}))
-        return Versioned(payload, hlc, vv, self.node_id)
+            return Versioned(payload, hlc, VersionVector({self.actor: counter}), self.actor)
+        hlc = self._hlc.update(_stamp_of(max(context.values()), self.actor))
+        counter = max(_counter(hlc), context.get_count(self.actor) + 1)
+        vv = context.merge(VersionVector({self.actor: counter}))
+        return Versioned(payload, hlc, vv, self.actor)
 
     async def put_record(
         self,
@@ -531,6 +551,9 @@ class QuorumCluster:
         in_flight[generation] = in_flight.get(generation, 0) + 1
         pending = self.pending_ring  # the ring a membership change is moving to, if any
         try:
+            moving = None
+            if pending is not None:  # its replicas on the new ring must be up too
+                moving = check_new_replicas(self, pending, group, need, pneed)
             fan = await self._fanout(group, need, pneed, store, write=True)
             if fan.unavailable:
                 raise QuorumError(
@@ -540,13 +563,17 @@ class QuorumCluster:
                     required=need,
                     outcome=Outcome.DEFINITE,
                 )
-            joined = False
-            if pending is not None:  # a node joins or leaves: its new replicas too
-                joined = await self._write_joining(pending, group, member, hlc, blob, store)
             acks = tuple(fan.results)
             total, primary = fan.counts(write=True)
             failed = total < need or primary < pneed
-            if failed and not (acks or fan.pending or fan.maybe_applied or joined):
+            maybe_applied = bool(acks or fan.pending or fan.maybe_applied)
+            heard = None
+            if moving is not None:  # W of its replicas on the new ring as well
+                heard = await write_new_replicas(self, moving, fan, need, store, single=self._lww)
+                acks += tuple(sorted(heard.acked.difference(acks)))
+                maybe_applied = maybe_applied or bool(heard.acked) or heard.maybe_applied
+                failed = failed or len(heard.acked) < need or len(heard.acked) < pneed
+            if failed and not maybe_applied:
                 # every replica refused definitely: no hint either, so it never will apply
                 raise QuorumError(
                     f"write of {group!r} refused by every replica ({fan.describe_errors()})",
@@ -557,13 +584,17 @@ class QuorumCluster:
             hinted: tuple[str, ...] = ()
             if fan.failed_homes or fan.stand_in:
                 hinted = await record_hints(self, group, member, hlc, blob, fan)
+            if heard is not None:
+                for name in heard.failed:
+                    if await hint(self, name, group, member, hlc, blob, ""):
+                        hinted += (name,)
             for task, name in fan.pending.items():
                 if name in fan.homes:
                     when_done(task, late_write_hinter(self, group, member, hlc, blob, name))
             if failed:
                 raise QuorumError(
-                    f"write of {group!r} reached {len(acks)} of the {need} replicas it needs "
-                    f"({fan.describe_errors()}); it may still apply",
+                    f"write of {group!r} reached {total} of the {need} replicas it needs"
+                    f"{_on_new_ring(heard)} ({fan.describe_errors()}); it may still apply",
                     acks=acks,
                     required=need,
                     outcome=Outcome.INDETERMINATE,
@@ -571,37 +602,6 @@ class QuorumCluster:
             return WriteResult(version, acks, hinted)
         finally:
             self._leave(generation)
-
-    async def _write_joining(
-        self,
-        pending: HashRing,
-        group: bytes,
-        member: bytes,
-        hlc: str,
-        blob: bytes,
-        store: Callable[[QuorumNode], Awaitable[object]],
-    ) -> bool:
-        """During a membership change, write to the group's replicas on the ``pending``
-        ring that are none on the old one (even if the ring switched meanwhile), and
-        wait for them (a failure leaves a hint). True when the write may have reached
-        one of them."""
-        homes = self._old_homes(pending, group)
-        targets = [n for n in pending.preference_list(group, self.config.n) if n not in homes]
-        if not targets:
-            return False
-        calls = [asyncio.ensure_future(self.call_node(n, store, single=self._lww)) for n in targets]
-        reached = False
-        for name, got in zip(
-            targets, await asyncio.gather(*calls, return_exceptions=True), strict=True
-        ):
-            if isinstance(got, BaseException):
-                if not isinstance(got, MultistoreError):
-                    raise got
-                reached = reached or not got.definite
-                await hint(self, name, group, member, hlc, blob, "")
-            else:
-                reached = True
-        return reached
 
     async def get_record(
         self, group: bytes, member: bytes, *, r: Level | None = None, pr: int | None = None
@@ -710,11 +710,6 @@ class QuorumCluster:
         self._check_open()
         return await remove_node(self, name)
 
-    def _old_homes(self, pending: HashRing, group: bytes) -> tuple[str, ...]:
-        if self.ring is pending:  # switched while the write was under way
-            return tuple(self._switched_from.preference_list(group, self.config.n))
-        return self.placement(group)[0]
-
     def _leave(self, generation: int) -> None:
         """Count out a request counted in under ``generation`` (the ring it began with)."""
         left = self._in_flight[generation] - 1
@@ -749,7 +744,6 @@ class QuorumCluster:
         for name in [n for n in self._nodes if n not in ring]:
             self._retired[name] = self._nodes.pop(name)
             self.detector.remove(name)
-        self._switched_from = self.ring
         self.ring = ring
         self.pending_ring = None
 
@@ -844,9 +838,11 @@ class QuorumCluster:
 
     def spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
         """Run ``coro`` in the background; :meth:`wait_background` waits for it."""
-        self._track(asyncio.ensure_future(coro))
+        self.track(asyncio.ensure_future(coro))
 
-    def _track(self, task: asyncio.Future[Any]) -> None:
+    def track(self, task: asyncio.Future[Any]) -> None:
+        """Let ``task`` (a call nobody awaits any more) finish in the background;
+        :meth:`wait_background` waits for it."""
         self._background.add(task)
         when_done(task, self._untrack)
 
@@ -879,7 +875,7 @@ class QuorumCluster:
         if fan.speculative:
             self.stats.speculative_retries += fan.speculative
         for task in fan.pending:
-            self._track(task)
+            self.track(task)
         return fan
 
     def target_record(self, records: Sequence[Record]) -> Record:
@@ -958,7 +954,7 @@ class QuorumCluster:
         for holders, tasks in repairs:
             if holders >= need:
                 for task in tasks:
-                    self._track(task)
+                    self.track(task)
             else:
                 waits.append((holders, tasks))
         if not waits:
@@ -1023,6 +1019,13 @@ def _stamp_of(counter: int, node: str) -> HLCTimestamp:
     return HLCTimestamp(physical, logical, node)
 
 
+def _on_new_ring(heard: NewReplicas | None) -> str:
+    """How many of a write's replicas on the pending ring hold it, for an error."""
+    if heard is None:
+        return ""
+    return f", and {len(heard.acked)} of those on the ring a membership change moves to"
+
+
 def _rotate(names: list[str], _random: Callable[[], float] = random.random) -> list[str]:
     """``names`` from a random one on: each is a read's first stop equally often."""
     start = int(_random() * len(names))
@@ -1069,6 +1072,7 @@ async def quorum_status(cluster: QuorumCluster) -> dict[str, Any]:
         "overlapping": cluster.config.overlapping,
         "sloppy": cluster.config.sloppy,
         "coordinator": cluster.node_id,
+        "actor": cluster.actor,
         "read_from": cluster.read_from,
         "resolver": repr(cluster.resolver),
         "nodes": cluster.detector.view(),

@@ -6,6 +6,13 @@ backends are imported lazily through :mod:`multistore.stores._registry`.
 """
 
 from multistore.stores._base import Store
-from multistore.stores._registry import BACKENDS, EXTRAS, MODELS, StoreOpening, open_store
+from multistore.stores._registry import (
+    BACKENDS,
+    EXTRAS,
+    MODELS,
+    StoreOpening,
+    missing_driver,
+    open_store,
+)
 
-__all__ = ["BACKENDS", "EXTRAS", "MODELS", "Store", "StoreOpening", "open_store"]
+__all__ = ["BACKENDS", "EXTRAS", "MODELS", "Store", "StoreOpening", "missing_driver", "open_store"]

@@ -23,6 +23,7 @@ __all__ = [
     "MODELS",
     "StoreOpening",
     "backend_class",
+    "missing_driver",
     "models_for_scheme",
     "open_store",
     "resolve_model",
@@ -109,15 +110,18 @@ def backend_class(model: str, scheme: str) -> type[Store]:
             module_name if absolute else f"multistore.stores.{module_name}"
         )
     except ImportError as exc:
-        missing = exc.name or "a driver"
-        extra = EXTRAS.get(scheme)
-        hint = f"pip install 'multistore[{extra}]'" if extra else "reinstall multistore"
-        raise ConfigError(
-            f"the {scheme} backend needs {missing}, which is not installed; run: {hint}"
-        ) from None
+        raise missing_driver(scheme, exc) from None
     cls = getattr(module, class_name)
     assert isinstance(cls, type) and issubclass(cls, Store)
     return cls
+
+
+def missing_driver(scheme: str, exc: ImportError) -> ConfigError:
+    """The error for a backend whose driver is not installed: it names the extra."""
+    missing = exc.name or "a driver"
+    extra = EXTRAS.get(scheme)
+    hint = f"pip install 'multistore[{extra}]'" if extra else "reinstall multistore"
+    return ConfigError(f"the {scheme} backend needs {missing}, which is not installed; run: {hint}")
 
 
 class StoreOpening(Coroutine[Any, Any, Store]):

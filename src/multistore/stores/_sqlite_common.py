@@ -90,7 +90,7 @@ def connect(
     try:
         conn.execute(f"PRAGMA busy_timeout = {int(seconds * 1000)}")
         if path != ":memory:":
-            conn.execute(f"PRAGMA journal_mode = {journal}")
+            _set_journal_mode(conn, journal, seconds)
         conn.execute(f"PRAGMA synchronous = {sync}")
         prepare(conn)
     except sqlite3.Error as exc:
@@ -99,6 +99,27 @@ def connect(
             f"cannot prepare SQLite file {path!r} as {what}: {exc}", outcome=Outcome.DEFINITE
         ) from exc
     return conn
+
+
+def _set_journal_mode(conn: sqlite3.Connection, mode: str, timeout: float) -> None:
+    """``PRAGMA journal_mode``, retried while another connection holds the file.
+
+    Changing the journal mode needs an exclusive lock, and SQLite reports a conflict
+    at once instead of calling the busy handler: two processes that open a new file
+    together would otherwise see "database is locked". The mode is kept in the file,
+    so once one of them has set it the other finds it set."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            (current,) = conn.execute("PRAGMA journal_mode").fetchone()
+            if str(current).lower() != mode:
+                conn.execute(f"PRAGMA journal_mode = {mode}")
+            return
+        except sqlite3.OperationalError as exc:
+            text = str(exc)
+            if ("locked" not in text and "busy" not in text) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.005)
 
 
 async def start(

@@ -13,8 +13,9 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from multistore.errors import DuplicateKeyError, InvalidQueryError
+from multistore.errors import DuplicateKeyError, InvalidValueError
 from multistore.stores._base import Store
+from multistore.stores._limits import check_count, short_repr
 from multistore.stores.document._filters import Node, SortKey, parse_filter, parse_sort
 from multistore.stores.document._updates import (
     ID,
@@ -84,12 +85,16 @@ class DocumentStore(Store):
     async def insert_many(self, collection: str, docs: Iterable[Mapping[str, Any]]) -> list[str]:
         """Store several new documents at once: all of them, or none on any error."""
         name = check_collection(collection)
+        if not isinstance(docs, Iterable) or isinstance(docs, str | bytes | Mapping):
+            raise InvalidValueError(
+                f"insert_many takes a list of documents, not {type(docs).__name__}"
+            )
         prepared = [prepare_document(doc) for doc in docs]
         ids = [str(doc[ID]) for doc in prepared]
         seen: set[str] = set()
         for doc_id in ids:
             if doc_id in seen:
-                raise DuplicateKeyError(f"insert_many got _id {doc_id!r} twice")
+                raise DuplicateKeyError(f"insert_many got _id {short_repr(doc_id)} twice")
             seen.add(doc_id)
         if prepared:
             await self._insert(name, prepared)
@@ -133,9 +138,9 @@ class DocumentStore(Store):
         name = check_collection(collection)
         node = parse_filter(filter)
         keys = parse_sort(sort)
-        _check_count("skip", skip)
+        check_count(skip, "skip")
         if limit is not None:
-            _check_count("limit", limit)
+            check_count(limit, "limit")
         shape = parse_projection(projection)
         docs = await self._find(name, node, keys, skip, limit)
         if shape is None:
@@ -228,8 +233,3 @@ class DocumentStore(Store):
 
     @abc.abstractmethod
     async def _indexes(self, name: str) -> list[IndexInfo]: ...
-
-
-def _check_count(what: str, value: object) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise InvalidQueryError(f"{what} must be a non-negative integer, not {value!r}")

@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar, Final, Literal, TypeAlias
 
 from multistore.errors import InvalidQueryError
+from multistore.stores._limits import short_repr
 from multistore.stores.document._values import Path, check_value, json_equal, kind, parse_path
 
 __all__ = [
@@ -135,7 +136,7 @@ def _parse_filter(raw: object, where: str) -> Node:
     clauses: list[Node] = []
     for key, value in raw.items():
         if not isinstance(key, str):
-            raise InvalidQueryError(f"{where}: key {key!r} is not a string")
+            raise InvalidQueryError(f"{where}: key {short_repr(key)} is not a string")
         if key.startswith("$"):
             clauses.append(_parse_logical(key, value, where))
         else:
@@ -156,10 +157,13 @@ def _parse_logical(op: str, value: object, where: str) -> Node:
     if op not in _LOGICAL_OPS:
         hint = " (use it on a field: {'a': {'$not': {...}}})" if op == "$not" else ""
         raise InvalidQueryError(
-            f"unknown top-level operator {op!r} in {where}{hint}; known: {', '.join(_LOGICAL_OPS)}"
+            f"unknown top-level operator {short_repr(op)} in {where}{hint}; known: "
+            f"{', '.join(_LOGICAL_OPS)}"
         )
     if not isinstance(value, list) or not value:
-        raise InvalidQueryError(f"{op} in {where} takes a non-empty list of filters, not {value!r}")
+        raise InvalidQueryError(
+            f"{op} in {where} takes a non-empty list of filters, not {short_repr(value)}"
+        )
     items = tuple(_parse_filter(item, f"{op}[{i}]") for i, item in enumerate(value))
     if op == "$and":
         return And(items)
@@ -179,7 +183,8 @@ def _parse_operators(path: Path, ops: Mapping[Any, Any], where: str) -> Node:
     for op, operand in ops.items():
         if not isinstance(op, str) or not op.startswith("$"):
             raise InvalidQueryError(
-                f"{where}: the value for {str(path)!r} mixes operators and fields ({op!r}); "
+                f"{where}: the value for {short_repr(str(path))} mixes operators and fields "
+                f"({short_repr(op)}); "
                 "use a dotted path for a nested field"
             )
         if op == "$eq":
@@ -191,43 +196,46 @@ def _parse_operators(path: Path, ops: Mapping[Any, Any], where: str) -> Node:
         elif op in ("$in", "$nin"):
             if not isinstance(operand, list):
                 raise InvalidQueryError(
-                    f"{op} on {str(path)!r} takes a list, not {type(operand).__name__}"
+                    f"{op} on {short_repr(str(path))} takes a list, not {type(operand).__name__}"
                 )
             node: Node = In(path, tuple(_query_value(v, path, op) for v in operand))
             clauses.append(node if op == "$in" else Not(node))
         elif op == "$exists":
             if not isinstance(operand, bool | int) or operand not in (0, 1):
                 raise InvalidQueryError(
-                    f"$exists on {str(path)!r} takes true or false, not {operand!r}"
+                    f"$exists on {short_repr(str(path))} takes true or false, not "
+                    f"{short_repr(operand)}"
                 )
             clauses.append(Exists(path) if operand else Not(Exists(path)))
         elif op == "$not":
             if not isinstance(operand, Mapping) or not operand:
                 raise InvalidQueryError(
-                    f"$not on {str(path)!r} takes a dict of operators, e.g. {{'$gt': 5}}"
+                    f"$not on {short_repr(str(path))} takes a dict of operators, e.g. {{'$gt': 5}}"
                 )
             if not all(isinstance(k, str) and k.startswith("$") for k in operand):
                 raise InvalidQueryError(
-                    f"$not on {str(path)!r} takes operators only, not {dict(operand)!r}"
+                    f"$not on {short_repr(str(path))} takes operators only, not "
+                    f"{short_repr(dict(operand))}"
                 )
             clauses.append(Not(_parse_operators(path, operand, where)))
         else:
             raise InvalidQueryError(
-                f"unknown operator {op!r} on {str(path)!r} in {where}; "
+                f"unknown operator {short_repr(op)} on {short_repr(str(path))} in {where}; "
                 f"known: {', '.join(_FIELD_OPS)}"
             )
     return _all_of(clauses)
 
 
 def _query_value(value: object, path: Path, op: str) -> Any:
-    check_value(value, f"{op} value for {str(path)!r}", InvalidQueryError)
+    check_value(value, f"{op} value for {short_repr(str(path))}", InvalidQueryError)
     return value
 
 
 def _range_value(value: object, path: Path, op: str) -> Any:
     if kind(value) not in ("number", "string"):
         raise InvalidQueryError(
-            f"{op} on {str(path)!r} compares with a number or a string, not {value!r}"
+            f"{op} on {short_repr(str(path))} compares with a number or a string, not "
+            f"{short_repr(value)}"
         )
     return _query_value(value, path, op)
 
@@ -452,20 +460,22 @@ def parse_sort(raw: object) -> tuple[SortKey, ...]:
         return ()
     if isinstance(raw, str | Mapping) or not isinstance(raw, Sequence):
         raise InvalidQueryError(
-            f"sort takes a list of (path, 1 or -1) pairs, e.g. [('price', -1)], not {raw!r}"
+            "sort takes a list of (path, 1 or -1) pairs, e.g. [('price', -1)], not "
+            f"{short_repr(raw)}"
         )
     keys: list[SortKey] = []
     for item in raw:
         if isinstance(item, str) or not isinstance(item, Sequence) or len(item) != 2:
-            raise InvalidQueryError(f"sort entry {item!r} is not a (path, 1 or -1) pair")
+            raise InvalidQueryError(f"sort entry {short_repr(item)} is not a (path, 1 or -1) pair")
         path = parse_path(item[0], where="sort")
         direction = item[1]
         if isinstance(direction, bool) or direction not in (1, -1):
             raise InvalidQueryError(
-                f"sort direction for {item[0]!r} must be 1 or -1, not {direction!r}"
+                f"sort direction for {short_repr(item[0])} must be 1 or -1, not "
+                f"{short_repr(direction)}"
             )
         if any(k.path == path for k in keys):
-            raise InvalidQueryError(f"sort names {item[0]!r} twice")
+            raise InvalidQueryError(f"sort names {short_repr(item[0])} twice")
         keys.append(SortKey(path, direction == -1))
     return tuple(keys)
 

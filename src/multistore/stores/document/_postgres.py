@@ -50,6 +50,7 @@ from multistore.errors import (
     StoreUnavailableError,
     UsageError,
 )
+from multistore.stores._limits import short_repr
 from multistore.stores.document import _postgres_sql as sql
 from multistore.stores.document._api import Document, DocumentStore, IndexInfo
 from multistore.stores.document._filters import Node, SortKey
@@ -85,7 +86,7 @@ class PostgresDocumentStore(DocumentStore):
         prefix = url.str_option("prefix", "")
         if not _PREFIX.fullmatch(prefix) or len(prefix) > 32:
             raise InvalidURLError(
-                f"prefix={prefix!r}: use up to 32 letters, digits or '_' for table names"
+                f"prefix={short_repr(prefix)}: use up to 32 letters, digits or '_' for table names"
             )
         connect_timeout = url.float_option("connect_timeout", 5.0)
         timeout = url.float_option("timeout", 30.0)
@@ -359,7 +360,7 @@ class PostgresDocumentStore(DocumentStore):
             cur = await conn.execute("SELECT to_regclass(%s)", (sql.quote_ident(table),))
             row = await cur.fetchone()
             if row is None or row[0] is None:
-                raise NotFoundError(f"collection {name!r} does not exist in {self.url}")
+                raise NotFoundError(f"collection {short_repr(name)} does not exist in {self.url}")
             cur = await conn.execute(
                 f"SELECT path, name FROM {sql.quote_ident(self._catalog)} "
                 "WHERE collection = %s".encode(),
@@ -393,7 +394,7 @@ async def _insert_rows(conn: PgConn, query: bytes, params: dict[str, Any], name:
     except psycopg.errors.UniqueViolation as exc:
         detail = exc.diag.message_detail or ""
         raise DuplicateKeyError(
-            f"a document with that _id already exists in {name!r}: {detail}".rstrip(": ")
+            f"a document with that _id already exists in {short_repr(name)}: {detail}".rstrip(": ")
         ) from exc
 
 
@@ -431,7 +432,7 @@ def _map_error(exc: psycopg.Error, collection: str | None) -> MultistoreError:
     message = f"postgresql: {' '.join(str(exc).split())}"
     state = exc.sqlstate or ""
     if state == "42P01" and collection:
-        return NotFoundError(f"collection {collection!r} does not exist")
+        return NotFoundError(f"collection {short_repr(collection)} does not exist")
     if state == "23505":
         return DuplicateKeyError(message)
     if state in ("3D000", "42P01"):

@@ -35,6 +35,7 @@ from multistore.errors import (
     MultistoreError,
     NotFoundError,
 )
+from multistore.stores._limits import short_repr
 from multistore.stores._sqlite_common import (
     SQLiteStore,
     connect,
@@ -70,7 +71,7 @@ class SQLiteDocumentStore(SQLiteStore, DocumentStore):
         prefix = url.str_option("prefix", "")
         if not _PREFIX.fullmatch(prefix) or len(prefix) > 32:
             raise InvalidURLError(
-                f"prefix={prefix!r}: use up to 32 letters, digits or '_' for table names"
+                f"prefix={short_repr(prefix)}: use up to 32 letters, digits or '_' for table names"
             )
         catalog = f"{prefix}doc__indexes"
         worker, conn = await start(
@@ -85,7 +86,7 @@ class SQLiteDocumentStore(SQLiteStore, DocumentStore):
 
     def _error(self, exc: sqlite3.Error, subject: str | None) -> MultistoreError:
         if subject is not None and str(exc).startswith("no such table"):
-            return NotFoundError(f"collection {subject!r} does not exist in {self.url}")
+            return NotFoundError(f"collection {short_repr(subject)} does not exist in {self.url}")
         return sqlite_error(self.url, exc)
 
     # -- hooks -------------------------------------------------------------------------
@@ -253,7 +254,7 @@ def _insert_row(conn: sqlite3.Connection, query: str, name: str, row: tuple[str,
         conn.execute(query, row)
     except sqlite3.IntegrityError as exc:
         raise DuplicateKeyError(
-            f"a document with _id {row[0]!r} already exists in {name!r}"
+            f"a document with _id {short_repr(row[0])} already exists in {short_repr(name)}"
         ) from exc
 
 
@@ -309,6 +310,6 @@ def _list_indexes(
     conn: sqlite3.Connection, table: str, catalog: str, name: str
 ) -> list[tuple[str, str]]:
     if not _table_exists(conn, table):
-        raise NotFoundError(f"collection {name!r} does not exist")
+        raise NotFoundError(f"collection {short_repr(name)} does not exist")
     query = f"SELECT path, name FROM {sql.quote_ident(catalog)} WHERE collection = ?"
     return [(row[0], row[1]) for row in conn.execute(query, (name,))]

@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 from multistore.errors import InvalidQueryError, InvalidValueError
+from multistore.stores._limits import short_repr
 from multistore.stores.document._values import (
     INT64_MAX,
     INT64_MIN,
@@ -64,7 +65,7 @@ def check_collection(name: object) -> str:
     """A valid collection name: lowercase letter, then lowercase letters, digits, ``_``."""
     if not isinstance(name, str) or not _COLLECTION.fullmatch(name):
         raise InvalidValueError(
-            f"bad collection name {name!r}: use a lowercase letter followed by up to 47 "
+            f"bad collection name {short_repr(name)}: use a lowercase letter followed by up to 47 "
             "lowercase letters, digits or '_' (e.g. 'products', 'user_profiles')"
         )
     return name
@@ -73,7 +74,7 @@ def check_collection(name: object) -> str:
 def check_id(doc_id: object) -> str:
     """A valid document id: a non-empty string of at most 512 characters."""
     if not isinstance(doc_id, str) or not doc_id:
-        raise InvalidValueError(f"bad document id {doc_id!r}: ids are non-empty strings")
+        raise InvalidValueError(f"bad document id {short_repr(doc_id)}: ids are non-empty strings")
     if len(doc_id) > _ID_MAX:
         raise InvalidValueError(f"document id is longer than {_ID_MAX} characters")
     check_value(doc_id, "document id", InvalidValueError)
@@ -95,13 +96,14 @@ def prepare_document(doc: object, doc_id: str | None = None) -> dict[str, Any]:
     if doc_id is not None:
         if ID in doc and doc[ID] != doc_id:
             raise InvalidValueError(
-                f"the document's _id {doc[ID]!r} differs from the id {doc_id!r} it replaces"
+                f"the document's _id {short_repr(doc[ID])} differs from the id "
+                f"{short_repr(doc_id)} it replaces"
             )
         final = doc_id
     else:
         final = check_id(doc[ID]) if ID in doc else new_id()
     body = {k: v for k, v in doc.items() if k != ID}
-    check_value(body, f"document {final!r}", InvalidValueError)
+    check_value(body, f"document {short_repr(final)}", InvalidValueError)
     return {ID: final, **copy_value(body)}
 
 
@@ -126,37 +128,38 @@ def parse_update(raw: object) -> tuple[UpdateOp, ...]:
     for op, fields in raw.items():
         if not isinstance(op, str) or not op.startswith("$"):
             raise InvalidQueryError(
-                f"update key {op!r} is not an operator; use replace() to replace a "
+                f"update key {short_repr(op)} is not an operator; use replace() to replace a "
                 f"whole document, or one of {', '.join(_UPDATE_OPS)}"
             )
         if op not in _UPDATE_OPS:
             raise InvalidQueryError(
-                f"unknown update operator {op!r}; known: {', '.join(_UPDATE_OPS)}"
+                f"unknown update operator {short_repr(op)}; known: {', '.join(_UPDATE_OPS)}"
             )
         if not isinstance(fields, Mapping) or not fields:
             raise InvalidQueryError(f"{op} takes a non-empty dict of {{path: value}}")
         for raw_path, value in fields.items():
             path = parse_path(raw_path, where=f"{op}")
             if path.segments[0] == ID:
-                raise InvalidQueryError(f"{op} on {raw_path!r}: _id cannot be changed")
+                raise InvalidQueryError(f"{op} on {short_repr(raw_path)}: _id cannot be changed")
             ops.append(UpdateOp(op, path, _operand(op, path, value)))
     for i, a in enumerate(ops):
         for b in ops[i + 1 :]:
             if a.path.overlaps(b.path):
                 raise InvalidQueryError(
-                    f"update paths {str(a.path)!r} ({a.op}) and {str(b.path)!r} ({b.op}) "
+                    f"update paths {short_repr(str(a.path))} ({a.op}) and "
+                    f"{short_repr(str(b.path))} ({b.op}) "
                     "conflict: one is, or contains, the other"
                 )
     return tuple(ops)
 
 
 def _operand(op: str, path: Path, value: object) -> Any:
-    where = f"{op} value for {str(path)!r}"
+    where = f"{op} value for {short_repr(str(path))}"
     if op == "$unset":
         return None
     if op == "$inc":
         if kind(value) != "number":
-            raise InvalidValueError(f"{where}: $inc takes a number, not {value!r}")
+            raise InvalidValueError(f"{where}: $inc takes a number, not {short_repr(value)}")
         check_value(value, where, InvalidValueError)
         return value
     if op == "$push":
@@ -183,14 +186,16 @@ def apply_update(doc: Mapping[str, Any], ops: tuple[UpdateOp, ...]) -> dict[str,
             continue
         parent, key = _parent(result, op.path)
         current = parent.get(key, _ABSENT)
-        where = f"{op.op} on {str(op.path)!r}"
+        where = f"{op.op} on {short_repr(str(op.path))}"
         if op.op == "$set":
             parent[key] = copy_value(op.value)
         elif op.op == "$inc":
             if current is _ABSENT:
                 current = 0
             elif kind(current) != "number":
-                raise InvalidValueError(f"{where}: the field holds {current!r}, not a number")
+                raise InvalidValueError(
+                    f"{where}: the field holds {short_repr(current)}, not a number"
+                )
             parent[key] = _add(current, op.value, where)
         else:
             if current is _ABSENT:
@@ -198,8 +203,10 @@ def apply_update(doc: Mapping[str, Any], ops: tuple[UpdateOp, ...]) -> dict[str,
             elif isinstance(current, list):
                 current.extend(copy_value(list(op.value)))
             else:
-                raise InvalidValueError(f"{where}: the field holds {current!r}, not an array")
-    check_value(result, f"updated document {doc.get(ID)!r}", InvalidValueError)
+                raise InvalidValueError(
+                    f"{where}: the field holds {short_repr(current)}, not an array"
+                )
+    check_value(result, f"updated document {short_repr(doc.get(ID))}", InvalidValueError)
     return result
 
 
@@ -216,7 +223,8 @@ def _parent(doc: dict[str, Any], path: Path) -> tuple[dict[str, Any], str]:
         elif not isinstance(child, dict):
             at = ".".join(path.segments[: i + 1])
             raise InvalidValueError(
-                f"cannot create {str(path)!r}: {at!r} holds {kind(child)} {child!r}, not an object"
+                f"cannot create {short_repr(str(path))}: {short_repr(at)} holds "
+                f"{kind(child)} {short_repr(child)}, not an object"
             )
         node = child
     return node, path.segments[-1]
@@ -263,12 +271,17 @@ def parse_projection(raw: object) -> Shape | None:
             if isinstance(value, bool) or value in (0, 1):
                 flags[key] = bool(value)
             else:
-                raise InvalidQueryError(f"projection value for {key!r} must be 0 or 1")
+                raise InvalidQueryError(f"projection value for {short_repr(key)} must be 0 or 1")
     elif isinstance(raw, list | tuple):
+        for key in raw:
+            if not isinstance(key, str):
+                raise InvalidQueryError(
+                    f"a projection path must be a string, not {short_repr(key)}"
+                )
         flags = {key: True for key in raw}
     else:
         raise InvalidQueryError(
-            f"projection takes a list of paths or a {{path: 0 or 1}} dict, not {raw!r}"
+            f"projection takes a list of paths or a {{path: 0 or 1}} dict, not {short_repr(raw)}"
         )
     if not flags:
         return None
@@ -287,10 +300,10 @@ def parse_projection(raw: object) -> Shape | None:
         for segment in path.segments[:-1]:
             child = node.setdefault(segment, {})
             if child is True:
-                raise InvalidQueryError(f"projection paths collide at {str(path)!r}")
+                raise InvalidQueryError(f"projection paths collide at {short_repr(str(path))}")
             node = child
         if path.segments[-1] in node:
-            raise InvalidQueryError(f"projection paths collide at {str(path)!r}")
+            raise InvalidQueryError(f"projection paths collide at {short_repr(str(path))}")
         node[path.segments[-1]] = True
     return Shape(include=modes.pop(), keep_id=keep_id, tree=tree)
 

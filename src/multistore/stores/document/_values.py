@@ -31,6 +31,7 @@ from decimal import Decimal
 from typing import Any, Final
 
 from multistore.errors import InvalidQueryError, MultistoreError
+from multistore.stores._limits import short_repr
 
 __all__ = [
     "INT64_MAX",
@@ -81,29 +82,34 @@ def parse_path(raw: object, *, where: str = "filter") -> Path:
     """Validate a dotted path; :class:`InvalidQueryError` naming the problem if bad."""
     if not isinstance(raw, str) or not raw:
         raise InvalidQueryError(
-            f"bad path {raw!r} in {where}: a path is a non-empty string such as 'specs.cpu'"
+            f"bad path {short_repr(raw)} in {where}: a path is a non-empty string such as "
+            "'specs.cpu'"
         )
     segments = raw.split(".")
     if len(segments) > MAX_PATH_DEPTH:
         raise InvalidQueryError(
-            f"bad path {raw!r} in {where}: at most {MAX_PATH_DEPTH} segments are supported"
+            f"bad path {short_repr(raw)} in {where}: at most {MAX_PATH_DEPTH} segments are "
+            "supported"
         )
     for segment in segments:
         if not segment:
-            raise InvalidQueryError(f"bad path {raw!r} in {where}: empty segment")
+            raise InvalidQueryError(f"bad path {short_repr(raw)} in {where}: empty segment")
         if segment.startswith("$"):
             raise InvalidQueryError(
-                f"bad path {raw!r} in {where}: {segment!r} is an operator, not a field; "
+                f"bad path {short_repr(raw)} in {where}: {short_repr(segment)} is an "
+                "operator, not a field; "
                 "operators go inside a field's dict, e.g. {'price': {'$lt': 10}}"
             )
         if _POSITION.fullmatch(segment):
             raise InvalidQueryError(
-                f"bad path {raw!r} in {where}: array positions ({segment!r}) are not "
+                f"bad path {short_repr(raw)} in {where}: array positions "
+                f"({short_repr(segment)}) are not "
                 "supported; a path into an array applies to every element"
             )
         if not _SEGMENT.fullmatch(segment):
             raise InvalidQueryError(
-                f"bad path {raw!r} in {where}: segment {segment!r} may hold only "
+                f"bad path {short_repr(raw)} in {where}: segment {short_repr(segment)} may "
+                "hold only "
                 "letters, digits, '_' and '-'"
             )
     return Path(tuple(segments))
@@ -150,11 +156,13 @@ def check_value(
         return
     if isinstance(value, int):
         if not INT64_MIN <= value <= INT64_MAX:
-            raise error(f"{where}: integer {value} is outside the 64-bit range")
+            raise error(f"{where}: integer {short_repr(value)} is outside the 64-bit range")
         return
     if isinstance(value, float):
         if not math.isfinite(value):
-            raise error(f"{where}: {value!r} is not a JSON number (NaN and Infinity are not)")
+            raise error(
+                f"{where}: {short_repr(value)} is not a JSON number (NaN and Infinity are not)"
+            )
         return
     if isinstance(value, str):
         _check_string(value, where, error)
@@ -168,10 +176,11 @@ def check_value(
     if isinstance(value, dict):
         for key, item in value.items():
             if not isinstance(key, str):
-                raise error(f"{where}: key {key!r} is not a string")
+                raise error(f"{where}: key {short_repr(key)} is not a string")
             if key.startswith("$"):
                 raise error(
-                    f"{where}: key {key!r} starts with '$', which marks operators; rename the field"
+                    f"{where}: key {short_repr(key)} starts with '$', which marks "
+                    "operators; rename the field"
                 )
             _check_string(key, f"{where}: key", error)
             check_value(item, f"{where}.{key}", error, depth=depth + 1)
@@ -189,7 +198,9 @@ def _check_string(text: str, where: str, error: type[MultistoreError]) -> None:
         try:
             text.encode("utf-8")
         except UnicodeEncodeError:
-            raise error(f"{where}: {text!r} is not valid Unicode (lone surrogate)") from None
+            raise error(
+                f"{where}: {short_repr(text)} is not valid Unicode (lone surrogate)"
+            ) from None
 
 
 def copy_value(value: Any) -> Any:

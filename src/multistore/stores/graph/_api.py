@@ -44,6 +44,7 @@ from typing import Any, ClassVar
 
 from multistore.errors import NotFoundError
 from multistore.stores._base import Store
+from multistore.stores._limits import short_repr
 from multistore.stores.graph._checks import (
     KEY_PROPERTY,
     Direction,
@@ -64,7 +65,7 @@ Node = dict[str, Any]
 
 
 def node_not_found(label: str, key: str) -> NotFoundError:
-    return NotFoundError(f"no node ({label} {{{KEY_PROPERTY}: {key!r}}}) in the graph")
+    return NotFoundError(f"no node ({label} {{{KEY_PROPERTY}: {short_repr(key)}}}) in the graph")
 
 
 class GraphStore(Store, abc.ABC):
@@ -90,7 +91,7 @@ class GraphStore(Store, abc.ABC):
         ``None`` removes one, properties not mentioned are kept."""
         label = check_name(label)
         key = check_key(key)
-        props = check_properties(properties, f"node ({label} {key!r})", key)
+        props = check_properties(properties, f"node ({label} {short_repr(key)})", key)
         await self._merge_node(label, key, props)
 
     async def get_node(self, label: str, key: str) -> Node | None:

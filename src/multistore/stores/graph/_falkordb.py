@@ -54,12 +54,14 @@ from multistore.errors import (
     UnsupportedError,
     UsageError,
 )
+from multistore.stores._limits import short_repr
 from multistore.stores.graph._api import GraphStore, Node, node_not_found
 from multistore.stores.graph._checks import (
     KEY_PROPERTY,
     Direction,
     PropertyValue,
     arrow,
+    check_cypher,
     check_params,
     quote,
 )
@@ -214,13 +216,15 @@ class FalkorDBGraphStore(GraphStore):
 
     async def _missing_node(self, label: str, key: str) -> NotFoundError:
         if label not in await self._names("db.labels"):
-            return NotFoundError(f"unknown node label {label!r}: the graph has no such label")
+            return NotFoundError(
+                f"unknown node label {short_repr(label)}: the graph has no such label"
+            )
         return node_not_found(label, key)
 
     async def _check_rel_type(self, rel_type: str | None) -> None:
         if rel_type is not None and rel_type not in await self._names("db.relationshipTypes"):
             raise NotFoundError(
-                f"unknown relationship type {rel_type!r}: the graph has no such type"
+                f"unknown relationship type {short_repr(rel_type)}: the graph has no such type"
             )
 
     async def _ensure_index(self, label: str) -> None:
@@ -236,8 +240,7 @@ class FalkorDBGraphStore(GraphStore):
     # -- raw Cypher --------------------------------------------------------------------
 
     async def query(self, cypher: str, params: Mapping[str, Any] | None = None) -> list[Node]:
-        if not isinstance(cypher, str) or not cypher.strip():
-            raise InvalidQueryError("query() needs a non-empty Cypher string")
+        check_cypher(cypher)
         bound = check_params(params, strict=True)
         with self._errors("query"):
             result = await self._graph.query(cypher, bound or None)
@@ -265,7 +268,9 @@ class FalkorDBGraphStore(GraphStore):
             node: Node = _plain(rows[0][0])
             return node
         if label not in await self._names("db.labels"):
-            raise NotFoundError(f"unknown node label {label!r}: the graph has no such label")
+            raise NotFoundError(
+                f"unknown node label {short_repr(label)}: the graph has no such label"
+            )
         return None
 
     async def _merge_relationship(
@@ -376,7 +381,9 @@ class FalkorDBGraphStore(GraphStore):
         if result.nodes_deleted:
             return True
         if label not in await self._names("db.labels"):
-            raise NotFoundError(f"unknown node label {label!r}: the graph has no such label")
+            raise NotFoundError(
+                f"unknown node label {short_repr(label)}: the graph has no such label"
+            )
         return False
 
     async def _count_nodes(self, label: str | None) -> int:
@@ -384,7 +391,9 @@ class FalkorDBGraphStore(GraphStore):
         rows = await self._rows("count_nodes", f"MATCH {pattern} RETURN count(n)")
         count = int(rows[0][0])
         if count == 0 and label is not None and label not in await self._names("db.labels"):
-            raise NotFoundError(f"unknown node label {label!r}: the graph has no such label")
+            raise NotFoundError(
+                f"unknown node label {short_repr(label)}: the graph has no such label"
+            )
         return count
 
     async def _clear(self) -> None:

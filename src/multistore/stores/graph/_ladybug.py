@@ -28,11 +28,13 @@ raises :class:`~multistore.errors.StoreTimeoutError`).
 from __future__ import annotations
 
 import contextlib
+import os
 import re
+import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Final, Self, TypeVar
+from typing import Any, ClassVar, Final, Self, TypeVar
 
 import ladybug
 
@@ -49,6 +51,7 @@ from multistore.errors import (
     StoreUnavailableError,
     UsageError,
 )
+from multistore.stores._limits import short_repr
 from multistore.stores._worker import Worker
 from multistore.stores.graph._api import GraphStore, Node, node_not_found
 from multistore.stores.graph._checks import (
@@ -57,6 +60,7 @@ from multistore.stores.graph._checks import (
     Direction,
     PropertyValue,
     arrow,
+    check_cypher,
     check_params,
     quote,
 )
@@ -130,7 +134,7 @@ def _fit(where: str, value: object, column_type: str) -> object:
     else:
         return value  # a type made by raw DDL (DATE, …): Ladybug decides
     raise InvalidValueError(
-        f"{where}: the column has type {column_type}, which cannot hold {value!r}"
+        f"{where}: the column has type {column_type}, which cannot hold {short_repr(value)}"
     )
 
 
@@ -170,7 +174,9 @@ def _error(exc: Exception, what: str) -> MultistoreError:
         return exc
     text = str(exc).strip()
     message = f"{what}: {text}"
-    if text.startswith("Parser exception"):
+    if text.startswith("Parser exception") or (
+        text.startswith("Parameter ") and text.endswith(" not found.")
+    ):
         return InvalidQueryError(message)
     if text.startswith(("Binder exception", "Catalog exception")):
         if "does not exist" in text:
@@ -194,34 +200,37 @@ def _error(exc: Exception, what: str) -> MultistoreError:
 class LadybugGraphStore(GraphStore):
     """Graph store on an embedded Ladybug database. See the module docstring."""
 
-    def __init__(self, url: StoreURL, worker: Worker, db: Any, conn: Any) -> None:
+    def __init__(self, url: StoreURL, shared: _Shared, conn: Any) -> None:
         self.url = url
-        self._worker = worker
-        self._db = db
+        self._shared = shared
+        self._worker = shared.worker
         self._conn = conn
-        self._catalog_cache: _Catalog | None = None
         self._closed = False
 
     @classmethod
     async def open(cls, url: StoreURL) -> Self:
-        worker = Worker("ladybug")
-        timeout = url.option("timeout")
+        shared = _Shared.acquire(url.path)
         try:
-            db, conn = await worker.run(_connect, url.path, timeout)
+            conn = await shared.worker.run(shared.connect, url.option("timeout"))
         except Exception as exc:
-            worker.close()
+            await shared.release()
             raise StoreUnavailableError(
-                f"cannot open the Ladybug database {url.path!r}: {exc}", outcome=Outcome.DEFINITE
+                f"cannot open the Ladybug database {short_repr(url.path)}: "
+                f"{' '.join(str(exc).split())}",
+                outcome=Outcome.DEFINITE,
             ) from exc
-        return cls(url, worker, db, conn)
+        except BaseException:
+            await shared.release()
+            raise
+        return cls(url, shared, conn)
 
     async def close(self) -> None:
         if not self._closed:
             self._closed = True
             try:
-                await self._worker.run(_disconnect, self._conn, self._db)
+                await self._worker.run(self._conn.close)
             finally:
-                self._worker.close()
+                await self._shared.release()
 
     @property
     def native(self) -> Any:
@@ -251,7 +260,7 @@ class LadybugGraphStore(GraphStore):
                 each.close()
 
     def _catalog(self) -> _Catalog:
-        if self._catalog_cache is None:
+        if self._shared.catalog is None:
             catalog = _Catalog()
             for row in self._rows("CALL show_tables() RETURN *"):
                 name, kind = str(row[1]), str(row[2])
@@ -265,16 +274,19 @@ class LadybugGraphStore(GraphStore):
                     for pair in self._rows(f"CALL show_connection('{literal}') RETURN *"):
                         table.pairs.add((str(pair[0]).lower(), str(pair[1]).lower()))
                     catalog.rels[name.lower()] = table
-            self._catalog_cache = catalog
-        return self._catalog_cache
+            self._shared.catalog = catalog
+        return self._shared.catalog
 
     def _node_table(self, label: str) -> _Table:
         table = self._catalog().nodes.get(label.lower())
         if table is None:
-            raise NotFoundError(f"unknown node label {label!r}: the graph has no such label")
+            raise NotFoundError(
+                f"unknown node label {short_repr(label)}: the graph has no such label"
+            )
         if KEY_PROPERTY not in table.columns:
             raise InvalidQueryError(
-                f"label {label!r} was not made by the helpers: it has no {KEY_PROPERTY!r} "
+                f"label {short_repr(label)} was not made by the helpers: it has no "
+                f"{short_repr(KEY_PROPERTY)} "
                 "property; use query() for it"
             )
         return table
@@ -285,7 +297,7 @@ class LadybugGraphStore(GraphStore):
         table = self._catalog().rels.get(rel_type.lower())
         if table is None:
             raise NotFoundError(
-                f"unknown relationship type {rel_type!r}: the graph has no such type"
+                f"unknown relationship type {short_repr(rel_type)}: the graph has no such type"
             )
         return table
 
@@ -295,7 +307,7 @@ class LadybugGraphStore(GraphStore):
             result = fn()
             self._rows("COMMIT")
         except BaseException:
-            self._catalog_cache = None
+            self._shared.catalog = None
             with contextlib.suppress(Exception):  # the first error is the one to report
                 self._rows("ROLLBACK")
             raise
@@ -324,15 +336,14 @@ class LadybugGraphStore(GraphStore):
             if value is None:
                 sets.append(f"x.{quote(column[0])} = NULL")
             else:
-                params[f"p{i}"] = _fit(f"{what}, property {name!r}", value, column[1])
+                params[f"p{i}"] = _fit(f"{what}, property {short_repr(name)}", value, column[1])
                 sets.append(f"x.{quote(column[0])} = $p{i}")
         return ddl, sets, params
 
     # -- raw Cypher --------------------------------------------------------------------
 
     async def query(self, cypher: str, params: Mapping[str, Any] | None = None) -> list[Node]:
-        if not isinstance(cypher, str) or not cypher.strip():
-            raise InvalidQueryError("query() needs a non-empty Cypher string")
+        check_cypher(cypher)
         bound = check_params(params, strict=False)
         return await self._run("query", self._sync_query, cypher, bound)
 
@@ -341,7 +352,7 @@ class LadybugGraphStore(GraphStore):
             result = self._conn.execute(cypher, params)
         finally:
             if _DDL_RE.search(cypher):
-                self._catalog_cache = None
+                self._shared.catalog = None
         results = result if isinstance(result, list) else [result]
         try:
             last = results[-1]
@@ -363,13 +374,15 @@ class LadybugGraphStore(GraphStore):
     def _sync_merge_node(
         self, label: str, key: str, props: dict[str, PropertyValue | None]
     ) -> None:
-        what = f"node ({label} {key!r})"
+        what = f"node ({label} {short_repr(key)})"
         catalog = self._catalog()
         ddl: list[str] = []
         table = catalog.nodes.get(label.lower())
         if table is None:
             if label.lower() in catalog.rels:
-                raise InvalidQueryError(f"{label!r} is a relationship type here, not a label")
+                raise InvalidQueryError(
+                    f"{short_repr(label)} is a relationship type here, not a label"
+                )
             table = _Table(label, {KEY_PROPERTY: (KEY_PROPERTY, "STRING")})
             columns = [f"{_K} STRING PRIMARY KEY"]
             for name, value in props.items():
@@ -392,7 +405,7 @@ class LadybugGraphStore(GraphStore):
 
         if ddl or alters:
             self._transaction(work)
-            self._catalog_cache = None
+            self._shared.catalog = None
         else:
             work()
 
@@ -443,7 +456,9 @@ class LadybugGraphStore(GraphStore):
         rel = catalog.rels.get(rel_type.lower())
         if rel is None:
             if rel_type.lower() in catalog.nodes:
-                raise InvalidQueryError(f"{rel_type!r} is a node label here, not a relationship")
+                raise InvalidQueryError(
+                    f"{short_repr(rel_type)} is a node label here, not a relationship"
+                )
             rel = _Table(rel_type, pairs={pair})
             columns = [f"FROM {quote(source.name)} TO {quote(target.name)}"]
             for name, value in props.items():
@@ -473,7 +488,7 @@ class LadybugGraphStore(GraphStore):
 
         if ddl or alters:
             self._transaction(work)
-            self._catalog_cache = None
+            self._shared.catalog = None
         else:
             work()
 
@@ -608,14 +623,16 @@ class LadybugGraphStore(GraphStore):
             return int(self._rows("MATCH (n) RETURN count(n)")[0][0])
         table = self._catalog().nodes.get(label.lower())
         if table is None:
-            raise NotFoundError(f"unknown node label {label!r}: the graph has no such label")
+            raise NotFoundError(
+                f"unknown node label {short_repr(label)}: the graph has no such label"
+            )
         return int(self._rows(f"MATCH (n:{quote(table.name)}) RETURN count(n)")[0][0])
 
     async def _clear(self) -> None:
         await self._run("clear", self._sync_clear)
 
     def _sync_clear(self) -> None:
-        self._catalog_cache = None
+        self._shared.catalog = None
         catalog = self._catalog()
 
         def work() -> None:
@@ -623,26 +640,80 @@ class LadybugGraphStore(GraphStore):
                 self._rows(f"DROP TABLE {quote(table.name)}")
 
         self._transaction(work)
-        self._catalog_cache = None
+        self._shared.catalog = None
 
 
-def _connect(path: str, timeout: object) -> tuple[Any, Any]:
-    if path != ":memory:":
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-    db = ladybug.Database(path)
-    try:
-        conn = ladybug.Connection(db)
-        conn.execute(f"CALL var_length_extend_max_depth={MAX_HOPS}")
-        if isinstance(timeout, int | float) and timeout > 0:
-            conn.set_query_timeout(int(timeout * 1000))
-    except BaseException:
-        db.close()
-        raise
-    return db, conn
+class _Shared:
+    """One Ladybug database of this process and the thread that drives it, shared by
+    every store object open on the same file.
 
+    Ladybug does not notice a second ``Database`` on a file inside the process that
+    holds it (its file lock only keeps other processes out): both would write the
+    file, and the changes of one would be lost. So the store objects on one path share
+    the ``Database``, one worker thread (Ladybug objects are not safe to use from
+    several threads at once) and the schema cache; each has its own ``Connection``.
+    ``:memory:`` databases are private to their store object."""
 
-def _disconnect(conn: Any, db: Any) -> None:
-    try:
-        conn.close()
-    finally:
-        db.close()
+    _open: ClassVar[dict[str, _Shared]] = {}
+    _lock: ClassVar[threading.Lock] = threading.Lock()
+
+    def __init__(self, path: str, key: str | None) -> None:
+        self.path = path
+        self.key = key
+        self.worker = Worker("ladybug")
+        self.db: Any = None
+        self.users = 0
+        self.catalog: _Catalog | None = None
+
+    @classmethod
+    def acquire(cls, path: str) -> _Shared:
+        """The shared database of ``path``, counted as used by one more store."""
+        key = None if path == ":memory:" else os.path.realpath(path)
+        with cls._lock:
+            shared = cls._open.get(key) if key is not None else None
+            if shared is None:
+                shared = cls(path, key)
+                if key is not None:
+                    cls._open[key] = shared
+            shared.users += 1
+        return shared
+
+    def connect(self, timeout: object) -> Any:
+        """(worker thread) A new connection, opening the database first if needed."""
+        if self.db is None:
+            if self.path != ":memory:":
+                Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+            self.db = ladybug.Database(self.path)
+            self.catalog = None
+        conn = ladybug.Connection(self.db)
+        try:
+            conn.execute(f"CALL var_length_extend_max_depth={MAX_HOPS}")
+            if isinstance(timeout, int | float) and timeout > 0:
+                conn.set_query_timeout(int(timeout * 1000))
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    def _close_if_unused(self) -> None:
+        """(worker thread) Close the database when no store uses it any more."""
+        with self._lock:
+            unused = self.users == 0
+        if unused and self.db is not None:
+            db, self.db = self.db, None
+            self.catalog = None
+            db.close()
+
+    async def release(self) -> None:
+        """One store less; the last one closes the database and stops the thread."""
+        with self._lock:
+            self.users -= 1
+        try:
+            await self.worker.run(self._close_if_unused)
+        finally:
+            with self._lock:
+                done = self.users == 0
+                if done and self.key is not None and self._open.get(self.key) is self:
+                    del self._open[self.key]
+            if done:
+                self.worker.close()

@@ -27,6 +27,7 @@ from typing import Any, ClassVar
 
 from multistore.errors import InvalidValueError, WrongTypeError
 from multistore.stores._base import Store
+from multistore.stores._limits import short_repr
 from multistore.stores.kv._checks import dump_json
 
 __all__ = ["KeyValueStore", "RateLimit", "WrongTypeError"]
@@ -156,16 +157,24 @@ class KeyValueStore(Store, abc.ABC):
     # -- JSON convenience ------------------------------------------------------
 
     async def set_json(self, key: str, value: Any, *, ttl: float | None = None) -> None:
-        """Store ``value`` as JSON. NaN, Infinity and values JSON cannot hold raise
-        :class:`InvalidValueError`."""
+        """Store ``value`` as JSON. NaN, Infinity, values JSON cannot hold and lists or
+        dicts nested more than 100 deep raise :class:`InvalidValueError`."""
         await self.set(key, dump_json(value, key), ttl=ttl)
 
     async def get_json(self, key: str) -> Any:
-        """The JSON value at ``key`` decoded, or ``None`` when missing."""
+        """The JSON value at ``key`` decoded, or ``None`` when missing. A value that is
+        not JSON (or nests too deeply for Python's decoder) raises
+        :class:`InvalidValueError`."""
         raw = await self.get(key)
         if raw is None:
             return None
         try:
             return json.loads(raw)
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise InvalidValueError(f"the value at key {key!r} is not JSON: {exc}") from None
+            raise InvalidValueError(
+                f"the value at key {short_repr(key)} is not JSON: {exc}"
+            ) from None
+        except RecursionError:
+            raise InvalidValueError(
+                f"the value at key {short_repr(key)} is JSON nested too deeply to decode"
+            ) from None

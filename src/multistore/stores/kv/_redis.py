@@ -58,6 +58,7 @@ from multistore.errors import (
     StoreUnavailableError,
     UsageError,
 )
+from multistore.stores._limits import short_repr
 from multistore.stores.kv._api import KeyValueStore, RateLimit, WrongTypeError
 from multistore.stores.kv._checks import (
     check_amount,
@@ -66,6 +67,7 @@ from multistore.stores.kv._checks import (
     check_keys,
     check_limit,
     check_member,
+    check_prefix,
     check_score,
     check_ttl,
     check_value,
@@ -126,7 +128,7 @@ def _bytes(value: object) -> bytes:
         return value
     if isinstance(value, str):
         return value.encode()
-    raise StoreError(f"unexpected reply from Redis: {value!r}")
+    raise StoreError(f"unexpected reply from Redis: {short_repr(value)}")
 
 
 class RedisKeyValueStore(KeyValueStore):
@@ -257,7 +259,7 @@ class RedisKeyValueStore(KeyValueStore):
     def _errors(self, op: str, key: str | None = None) -> Iterator[None]:
         if self._closed:
             raise UsageError(f"the key-value store {self.url} is closed")
-        where = f"{op} on {self.url}" + (f" (key {key!r})" if key is not None else "")
+        where = f"{op} on {self.url}" + (f" (key {short_repr(key)})" if key is not None else "")
         try:
             yield
         except rex.TimeoutError as exc:
@@ -268,15 +270,17 @@ class RedisKeyValueStore(KeyValueStore):
             text = str(exc)
             if text.startswith("WRONGTYPE") or "WRONGTYPE" in text.split(" script:")[0]:
                 raise WrongTypeError(
-                    f"{op} on key {key!r}, which holds another kind of value (WRONGTYPE)"
+                    f"{op} on key {short_repr(key)}, which holds another kind of value (WRONGTYPE)"
                 ) from None
             if "not an integer" in text or "overflow" in text:
                 raise InvalidValueError(
-                    f"{op}: the value at key {key!r} is not a 64-bit integer or would "
+                    f"{op}: the value at key {short_repr(key)} is not a 64-bit integer or would "
                     f"overflow ({text})"
                 ) from None
             if "NaN" in text:
-                raise InvalidValueError(f"{op} on key {key!r}: the score would be NaN") from None
+                raise InvalidValueError(
+                    f"{op} on key {short_repr(key)}: the score would be NaN"
+                ) from None
             raise StoreError(f"Redis error: {where}: {text}") from exc
         except rex.RedisError as exc:
             raise StoreError(f"Redis error: {where}: {exc}") from exc
@@ -356,8 +360,7 @@ class RedisKeyValueStore(KeyValueStore):
         return [None if v is None else _bytes(v) for v in values]
 
     async def scan(self, prefix: str = "") -> list[str]:
-        if not isinstance(prefix, str):
-            raise InvalidValueError(f"a scan prefix must be a string, not {prefix!r}")
+        check_prefix(prefix)
         pattern = _glob_escape(self._prefix + prefix) + "*"
         cut = len(self._prefix.encode())
         found: set[str] = set()
@@ -371,7 +374,9 @@ class RedisKeyValueStore(KeyValueStore):
     async def zadd(self, key: str, mapping: dict[str, float]) -> int:
         k = self._k(key)
         if not isinstance(mapping, dict):
-            raise InvalidValueError(f"zadd takes a dict of member -> score, not {mapping!r}")
+            raise InvalidValueError(
+                f"zadd takes a dict of member -> score, not {short_repr(mapping)}"
+            )
         pairs = {check_member(m): check_score(s) for m, s in mapping.items()}
         if not pairs:
             return 0
@@ -390,7 +395,7 @@ class RedisKeyValueStore(KeyValueStore):
         with self._errors("zincrby", key):
             score = await self._client.zincrby(k, step, m)
         if score is None:  # only with RESP3 "NX"-style options, which we never send
-            raise StoreError(f"zincrby on {self.url} returned no score for key {key!r}")
+            raise StoreError(f"zincrby on {self.url} returned no score for key {short_repr(key)}")
         return float(score)
 
     async def zrange(

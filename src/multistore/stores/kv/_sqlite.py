@@ -31,6 +31,7 @@ from collections.abc import Sequence
 from typing import Final, Self
 
 from multistore.errors import InvalidValueError
+from multistore.stores._limits import short_repr
 from multistore.stores._sqlite_common import SQLiteStore, connect, read, start, write
 from multistore.stores._worker import Worker
 from multistore.stores.kv._api import KeyValueStore, RateLimit, WrongTypeError
@@ -43,6 +44,7 @@ from multistore.stores.kv._checks import (
     check_keys,
     check_limit,
     check_member,
+    check_prefix,
     check_score,
     check_ttl,
     check_value,
@@ -150,8 +152,7 @@ class SQLiteKeyValueStore(SQLiteStore, KeyValueStore):
         return await self._call(_mget, ks)
 
     async def scan(self, prefix: str = "") -> list[str]:
-        if not isinstance(prefix, str):
-            raise InvalidValueError(f"a scan prefix must be a string, not {prefix!r}")
+        check_prefix(prefix)
         found = await self._call(_scan, self._prefix + prefix)
         cut = len(self._prefix)
         return [k[cut:] for k in found]
@@ -161,7 +162,9 @@ class SQLiteKeyValueStore(SQLiteStore, KeyValueStore):
     async def zadd(self, key: str, mapping: dict[str, float]) -> int:
         k = self._k(key)
         if not isinstance(mapping, dict):
-            raise InvalidValueError(f"zadd takes a dict of member -> score, not {mapping!r}")
+            raise InvalidValueError(
+                f"zadd takes a dict of member -> score, not {short_repr(mapping)}"
+            )
         pairs = [(check_member(m), check_score(s)) for m, s in mapping.items()]
         if not pairs:
             return 0
@@ -244,7 +247,7 @@ def _drop(conn: sqlite3.Connection, key: str) -> None:
 
 def _wrong_type(key: str, kind: str, operation: str) -> WrongTypeError:
     held = "a sorted set" if kind == "zset" else "a string"
-    return WrongTypeError(f"{operation} on key {key!r}, which holds {held}")
+    return WrongTypeError(f"{operation} on key {short_repr(key)}, which holds {held}")
 
 
 def _expiry(now: float, ttl: float | None) -> float | None:
@@ -347,10 +350,10 @@ def _incr(conn: sqlite3.Connection, now: float, key: str, amount: int) -> int:
     (raw,) = conn.execute("SELECT value FROM multistore_kv WHERE key = ?", (key,)).fetchone()
     current = parse_int(bytes(raw))
     if current is None:
-        raise InvalidValueError(f"incr: the value at key {key!r} is not a 64-bit integer")
+        raise InvalidValueError(f"incr: the value at key {short_repr(key)} is not a 64-bit integer")
     result = current + amount
     if not INT64_MIN <= result <= INT64_MAX:
-        raise InvalidValueError(f"incr: key {key!r} would overflow a 64-bit integer")
+        raise InvalidValueError(f"incr: key {short_repr(key)} would overflow a 64-bit integer")
     conn.execute("UPDATE multistore_kv SET value = ? WHERE key = ?", (str(result).encode(), key))
     return result
 
@@ -438,7 +441,9 @@ def _zincrby(conn: sqlite3.Connection, now: float, key: str, member: str, amount
     ).fetchone()
     score = (0.0 if row is None else float(row[0])) + amount
     if math.isnan(score):
-        raise InvalidValueError(f"zincrby: the score of {member!r} in {key!r} would be NaN")
+        raise InvalidValueError(
+            f"zincrby: the score of {short_repr(member)} in {short_repr(key)} would be NaN"
+        )
     conn.execute(
         "INSERT INTO multistore_kv_zset (key, member, score) VALUES (?, ?, ?) "
         "ON CONFLICT (key, member) DO UPDATE SET score = excluded.score",

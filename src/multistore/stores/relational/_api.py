@@ -60,7 +60,8 @@ class Queries(abc.ABC):
 
     @abc.abstractmethod
     async def executemany(self, sql: str, seq_of_params: Sequence[Params]) -> int:
-        """Run one statement once per mapping of parameters; return the rows changed."""
+        """Run one statement once per mapping of parameters; return the rows changed.
+        All or nothing: outside a transaction the call runs in one of its own."""
 
     @abc.abstractmethod
     async def fetch_all(self, sql: str, params: Params | None = None) -> list[Row]:
@@ -72,7 +73,13 @@ class Queries(abc.ABC):
 
     @abc.abstractmethod
     async def execute_script(self, sql: str) -> None:
-        """Run several ``;``-separated statements (DDL, migrations). No parameters."""
+        """Run several ``;``-separated statements (DDL, migrations). No parameters.
+
+        Outside a transaction PostgreSQL runs the script as one implicit transaction;
+        SQLite and MariaDB commit it statement by statement, so an error after the
+        first statement is indeterminate (the earlier ones stay). Run it inside
+        ``transaction()`` to make it all or nothing (except MariaDB DDL, which commits
+        implicitly)."""
 
     async def fetch_val(self, sql: str, params: Params | None = None) -> Any:
         """Run a query and return the first column of its first row (None if no row)."""
@@ -141,6 +148,12 @@ class Connection(Queries):
                 "executemany needs a statement with :name placeholders; use execute()"
             )
         self._check_usable()
+        if not self._levels:
+            # No transaction of the caller's: one of its own, so that the rows land all
+            # or none, and an error of one row is definite for the whole call.
+            async with self.transaction():
+                with self._guard():
+                    return await self._executemany(compiled.sql, args)
         with self._guard():
             return await self._executemany(compiled.sql, args)
 
@@ -174,10 +187,18 @@ class Connection(Queries):
         depth = len(self._levels)
         savepoint = f"multistore_sp{depth}" if depth else None
         with self._guard():
-            if savepoint is None:
-                await self._begin()
-            else:
-                await self._execute(f"SAVEPOINT {savepoint}", None)
+            try:
+                if savepoint is None:
+                    await self._begin()
+                else:
+                    await self._execute(f"SAVEPOINT {savepoint}", None)
+            except BaseException as exc:
+                if not (isinstance(exc, MultistoreError) and exc.definite):
+                    # cancelled (or lost) while BEGIN ran: it may have begun a transaction
+                    # that nothing would end, and the connection's next BEGIN would fail
+                    with contextlib.suppress(MultistoreError):
+                        await self._undo(savepoint)
+                raise
         tx = Transaction(self, savepoint)
         self._levels.append(tx)
         try:

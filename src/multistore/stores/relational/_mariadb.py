@@ -19,8 +19,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 import time
+import uuid
 from collections.abc import AsyncIterator, Callable
+from decimal import Decimal
 from typing import TYPE_CHECKING, Any, Final, Self, TypeVar
 
 import pymysql
@@ -90,8 +93,13 @@ class MariaDBConnection(Connection):
         return await self._call(_fetch, sql, params, one)
 
     async def _script(self, sql: str) -> None:
-        for statement in split_statements(sql, "mariadb"):
-            await self._call(_execute, statement, None)
+        for i, statement in enumerate(split_statements(sql, "mariadb")):
+            try:
+                await self._call(_execute, statement, None)
+            except MultistoreError as exc:
+                if i and not self._levels:  # the statements before it committed already
+                    exc.outcome = Outcome.INDETERMINATE
+                raise
 
     async def _begin(self) -> None:
         await self._execute("START TRANSACTION", None)
@@ -283,26 +291,67 @@ def _guarded(fn: Callable[..., T], conn: MyConn | None, *args: Any) -> T:
         return fn(conn, *args)
     except pymysql.err.Error as exc:
         raise map_error(exc) from exc
-    except (TypeError, ValueError) as exc:
+    except (TypeError, ValueError, RecursionError) as exc:
         # PyMySQL escapes values on the client: a value it cannot express.
         raise InvalidValueError(f"mariadb: cannot send a parameter value: {exc}") from exc
 
 
+#: Values PyMySQL escapes itself. It writes anything else into the statement as
+#: ``str(value)``, unquoted: an object whose text is SQL would run as SQL.
+_SENDABLE: Final = (
+    type(None),
+    bool,
+    int,
+    float,
+    str,
+    bytes,
+    bytearray,
+    Decimal,
+    dt.date,
+    dt.time,
+    dt.timedelta,
+    uuid.UUID,  # sent as text
+)
+
+
+def _sendable(params: Any) -> Any:
+    """The parameters with UUIDs as text; InvalidValueError for a value PyMySQL would
+    splice into the SQL unescaped (a list or tuple is sent as ``(a, b, …)``)."""
+    if not params:
+        return params
+    checked: dict[str, Any] = {}
+    for name, value in params.items():
+        items = value if isinstance(value, list | tuple) else (value,)
+        for item in items:
+            if not isinstance(item, _SENDABLE):
+                raise InvalidValueError(
+                    f"mariadb: placeholder :{name} holds a {type(item).__name__}, which "
+                    "cannot be sent as a parameter (use str, bytes, a number, Decimal, "
+                    "a date/time or UUID)"
+                )
+        if isinstance(value, uuid.UUID):
+            value = str(value)
+        elif isinstance(value, list | tuple):
+            value = tuple(str(v) if isinstance(v, uuid.UUID) else v for v in value)
+        checked[name] = value
+    return checked
+
+
 def _execute(conn: MyConn, sql: str, params: Any) -> int:
     with conn.cursor() as cur:
-        cur.execute(sql, params)
+        cur.execute(sql, _sendable(params))
         return max(int(cur.rowcount), 0)
 
 
 def _executemany(conn: MyConn, sql: str, seq_of_params: list[Any]) -> int:
     with conn.cursor() as cur:
-        cur.executemany(sql, seq_of_params)
+        cur.executemany(sql, [_sendable(p) for p in seq_of_params])
         return max(int(cur.rowcount), 0)
 
 
 def _fetch(conn: MyConn, sql: str, params: Any, one: bool) -> list[Row]:
     with conn.cursor() as cur:
-        cur.execute(sql, params)
+        cur.execute(sql, _sendable(params))
         if cur.description is None:
             return []
         columns = Columns([d[0] for d in cur.description])
@@ -317,8 +366,9 @@ _NOT_FOUND: Final = frozenset({1146, 1049, 1051, 1109})
 _TIMEOUT: Final = frozenset({1969, 3024, 1205, 1317})
 _UNAVAILABLE: Final = frozenset({2002, 2003, 2006, 2013, 2014, 2055, 1053, 1927, 1040})
 _ACCESS: Final = frozenset({1044, 1045, 1698})
-_BAD_QUERY: Final = frozenset({1054, 1064, 1149, 1305, 1630, 1060, 1061, 1050, 1091})
-_BAD_VALUE: Final = frozenset({1264, 1265, 1292, 1365, 1366, 1406, 1367, 1690})
+#: 1241 and 4078: a list parameter, which is sent as a row, where one value belongs.
+_BAD_QUERY: Final = frozenset({1054, 1064, 1149, 1305, 1630, 1060, 1061, 1050, 1091, 1241, 4078})
+_BAD_VALUE: Final = frozenset({1264, 1265, 1292, 1300, 1365, 1366, 1406, 1367, 1690})
 
 
 def map_error(exc: pymysql.err.Error) -> MultistoreError:

@@ -17,6 +17,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 from multistore.errors import ConflictError, InvalidValueError, NotFoundError, UnsupportedError
+from multistore.stores._limits import short_repr
 
 if TYPE_CHECKING:
     from multistore.stores.relational._api import Connection, Transaction
@@ -142,7 +143,8 @@ def _plan(migrations: Sequence[Migration], backend: str) -> list[_Step]:
             raise InvalidValueError(f"expected Migration objects, got {type(m).__name__}")
         if isinstance(m.version, bool) or not isinstance(m.version, int) or m.version < 1:
             raise InvalidValueError(
-                f"migration version must be a positive integer, got {m.version!r} ({m.name!r})"
+                f"migration version must be a positive integer, got {short_repr(m.version)} "
+                f"({m.name!r})"
             )
         if m.version in steps:
             raise InvalidValueError(

@@ -17,11 +17,13 @@ and ``::type`` casts. A statement without placeholders is passed through unchang
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
+from decimal import Decimal
 from typing import Any, Final, Literal
 
-from multistore.errors import InvalidQueryError
+from multistore.errors import InvalidQueryError, InvalidValueError
 
 __all__ = ["Compiled", "Dialect", "bind", "compile_sql", "split_statements"]
 
@@ -49,9 +51,20 @@ class Compiled:
         return bool(self.names)
 
 
-@functools.lru_cache(maxsize=512)
 def compile_sql(sql: str, dialect: Dialect) -> Compiled:
-    """Rewrite the ``:name`` placeholders of ``sql`` for ``dialect``'s driver."""
+    """Rewrite the ``:name`` placeholders of ``sql`` for ``dialect``'s driver. A
+    statement that is not a string, or holds nothing but blanks and comments (which
+    MariaDB refuses and the others ignore), is an :class:`InvalidQueryError`."""
+    if not isinstance(sql, str):
+        raise InvalidQueryError(f"a statement must be a string, not {type(sql).__name__}")
+    compiled = _compile(sql, dialect)
+    if not compiled.names and _is_blank(sql, dialect):
+        raise InvalidQueryError("empty statement: the SQL holds no statement to run")
+    return compiled
+
+
+@functools.lru_cache(maxsize=512)
+def _compile(sql: str, dialect: Dialect) -> Compiled:
     pyformat = dialect != "sqlite"
     out: list[str] = []
     names: list[str] = []
@@ -135,9 +148,29 @@ def bind(compiled: Compiled, params: Mapping[str, Any] | None) -> Any:
         raise InvalidQueryError(
             f"no value given for placeholder {listed} in {_excerpt(compiled.source)}"
         )
+    for name in compiled.names:
+        value = given[name]
+        if isinstance(value, Mapping | set | frozenset) or (
+            isinstance(value, list | tuple)
+            and any(isinstance(item, list | tuple | Mapping | set | frozenset) for item in value)
+        ):
+            raise InvalidValueError(
+                f"placeholder :{name} is a {type(value).__name__} that no backend stores; "
+                "pass a scalar (or, for PostgreSQL arrays, a flat list)"
+            )
+        if isinstance(value, float | Decimal) and not _finite(value):
+            raise InvalidValueError(
+                f"placeholder :{name} is {value!r}: NaN and infinities cannot be stored the "
+                "same way on every backend (SQLite turns NaN into NULL, MariaDB refuses "
+                "both), so they are refused; store NULL or a sentinel instead"
+            )
     if compiled.dialect == "sqlite":
         return [given[name] for name in compiled.names]
     return {name: given[name] for name in compiled.names}
+
+
+def _finite(value: float | Decimal) -> bool:
+    return value.is_finite() if isinstance(value, Decimal) else math.isfinite(value)
 
 
 def _skip_non_code(sql: str, i: int, dialect: Dialect) -> int:

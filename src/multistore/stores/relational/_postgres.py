@@ -121,7 +121,7 @@ class PostgresConnection(Connection):
             async with self._conn.cursor() as cur:
                 await cur.execute(sql, params)
                 return max(cur.rowcount, 0)
-        except psycopg.Error as exc:
+        except (psycopg.Error, ValueError) as exc:
             raise map_error(exc) from exc
 
     async def _executemany(self, sql: str, seq_of_params: list[Any]) -> int:
@@ -129,14 +129,14 @@ class PostgresConnection(Connection):
             async with self._conn.cursor() as cur:
                 await cur.executemany(sql, seq_of_params)
                 return max(cur.rowcount, 0)
-        except psycopg.Error as exc:
+        except (psycopg.Error, ValueError) as exc:
             raise map_error(exc) from exc
 
     async def _fetch(self, sql: str, params: Any, *, one: bool) -> list[Row]:
         try:
             async with self._conn.cursor() as cur:
                 return await _fetch_on(cur, sql, params, one=one)
-        except psycopg.Error as exc:
+        except (psycopg.Error, ValueError) as exc:
             raise map_error(exc) from exc
 
     async def _script(self, sql: str) -> None:
@@ -278,7 +278,7 @@ class PostgresRelationalStore(RelationalStore):
             count = max(cur.rowcount, 0)
         except BaseException as exc:
             await self._put(slot.conn)
-            if isinstance(exc, psycopg.Error):
+            if isinstance(exc, psycopg.Error | ValueError):
                 raise map_error(exc) from exc
             raise
         await self._give_back(slot)
@@ -303,7 +303,7 @@ class PostgresRelationalStore(RelationalStore):
             rows = await _fetch_on(slot.cursor or self._cursor(slot), compiled.sql, args, one=one)
         except BaseException as exc:
             await self._put(slot.conn)
-            if isinstance(exc, psycopg.Error):
+            if isinstance(exc, psycopg.Error | ValueError):
                 raise map_error(exc) from exc
             raise
         await self._give_back(slot)
@@ -401,8 +401,12 @@ async def _connect(conninfo: str, url: StoreURL) -> PgConn:
         raise mapped from exc
 
 
-def map_error(exc: psycopg.Error) -> MultistoreError:
-    """The multistore error for a psycopg error; the server's message is kept."""
+def map_error(exc: psycopg.Error | ValueError) -> MultistoreError:
+    """The multistore error for a psycopg error; the server's message is kept. A
+    ``ValueError`` comes from turning a parameter into text before anything is sent
+    (a string with a lone surrogate, an int too long to print)."""
+    if isinstance(exc, ValueError):
+        return InvalidValueError(f"postgresql: cannot send a parameter: {exc}")
     message = f"postgresql: {' '.join(str(exc).split())}"
     state = exc.sqlstate or ""
     cls = state[:2]

@@ -190,6 +190,8 @@ def _guarded(fn: Callable[..., T], db: sqlite3.Connection, clock: _Clock, *args:
         raise _map_error(exc) from exc
     except OverflowError as exc:
         raise InvalidValueError(f"sqlite: {exc}") from exc
+    except UnicodeEncodeError as exc:
+        raise InvalidValueError(f"sqlite: a string that is not valid Unicode: {exc}") from exc
     finally:
         clock.deadline = float("inf")
 
@@ -251,16 +253,30 @@ def _script(db: sqlite3.Connection, sql: str) -> None:
     """Run ``;``-separated statements one at a time inside the caller's transaction
     (``executescript`` would COMMIT first). ``complete_statement`` knows about string
     literals, comments and trigger bodies."""
+    alone = not db.in_transaction
+    ran = 0
+
+    def run(statement: str) -> None:
+        nonlocal ran
+        try:
+            db.execute(statement).close()
+        except sqlite3.Error as exc:
+            error = _map_error(exc)
+            if alone and ran:  # the statements before it committed on their own
+                error.outcome = Outcome.INDETERMINATE
+            raise error from exc
+        ran += 1
+
     buffer = ""
     for piece in sql.split(";"):
         buffer += piece + ";"
         if sqlite3.complete_statement(buffer):
             if buffer.strip(" \t\r\n;"):
-                db.execute(buffer).close()
+                run(buffer)
             buffer = ""
     rest = buffer[:-1]
     if rest.strip(" \t\r\n;"):
-        db.execute(rest).close()
+        run(rest)
 
 
 _NAMED_CODES: Final = {

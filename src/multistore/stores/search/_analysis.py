@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Final
 
 from multistore.errors import InvalidQueryError
+from multistore.stores._limits import short_repr
 
 __all__ = [
     "MAX_WORD_BYTES",
@@ -139,7 +140,7 @@ def parse_query(query: str) -> ParsedQuery:
             end = query.find('"', i + 1)
             if end < 0:
                 raise InvalidQueryError(
-                    f"unbalanced quote at position {i} in query {_shorten(query)!r}; "
+                    f"unbalanced quote at position {i} in query {short_repr(_shorten(query))}; "
                     'close the phrase with another "'
                 )
             raw = query[i + 1 : end]

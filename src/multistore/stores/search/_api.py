@@ -45,6 +45,7 @@ from typing import Any, ClassVar, Final, Literal
 
 from multistore.errors import InvalidValueError
 from multistore.stores._base import Store
+from multistore.stores._limits import short_repr
 
 __all__ = [
     "FieldType",
@@ -82,7 +83,8 @@ def _field_type(value: object, name: str) -> FieldType:
         except ValueError:
             pass
     raise InvalidValueError(
-        f"field {name!r} has type {value!r}; use FieldType.TEXT, KEYWORD or NUMERIC"
+        f"field {short_repr(name)} has type {short_repr(value)}; use FieldType.TEXT, "
+        "KEYWORD or NUMERIC"
     )
 
 
@@ -105,16 +107,17 @@ class SearchSchema:
         for name, kind in self.fields.items():
             if not isinstance(name, str) or not _FIELD_NAME.fullmatch(name):
                 raise InvalidValueError(
-                    f"field name {name!r} is not allowed; use a letter followed by letters, "
+                    f"field name {short_repr(name)} is not allowed; use a letter followed "
+                    "by letters, "
                     "digits or underscores (at most 63)"
                 )
             checked[name] = _field_type(kind, name)
         if not isinstance(self.id_field, str) or not _FIELD_NAME.fullmatch(self.id_field):
-            raise InvalidValueError(f"id field name {self.id_field!r} is not allowed")
+            raise InvalidValueError(f"id field name {short_repr(self.id_field)} is not allowed")
         id_kind = checked.get(self.id_field)
         if id_kind is not None and id_kind is not FieldType.KEYWORD:
             raise InvalidValueError(
-                f"the id field {self.id_field!r} may only be listed as a KEYWORD field, "
+                f"the id field {short_repr(self.id_field)} may only be listed as a KEYWORD field, "
                 f"not {id_kind.name}"
             )
         object.__setattr__(self, "fields", checked)

@@ -38,6 +38,7 @@ from multistore.errors import (
     StoreTimeoutError,
     StoreUnavailableError,
 )
+from multistore.stores._limits import short_repr
 from multistore.stores.search._api import (
     FieldType,
     Hit,
@@ -82,7 +83,9 @@ class PostgresSearchStore(SearchStore):
         self._timeout = timeout
         prefix = url.str_option("prefix", "")
         if prefix and not (prefix.replace("_", "a").isalnum() and prefix.isascii()):
-            raise InvalidURLError(f"prefix={prefix!r}: use letters, digits and underscores")
+            raise InvalidURLError(
+                f"prefix={short_repr(prefix)}: use letters, digits and underscores"
+            )
         self._prefix = prefix.lower()
         self._meta = f"{self._prefix}multistore_search_indexes"
         self._schemas: dict[str, SearchSchema] = {}
@@ -201,7 +204,7 @@ class PostgresSearchStore(SearchStore):
             return StoreUnavailableError(f"lost the PostgreSQL connection to {what}: {detail}")
         if isinstance(exc, psycopg.errors.UndefinedTable) and index is not None:
             self._schemas.pop(index, None)
-            return NotFoundError(f"no search index named {index!r}")
+            return NotFoundError(f"no search index named {short_repr(index)}")
         if isinstance(exc, psycopg.errors.ProgramLimitExceeded):
             return InvalidValueError(f"PostgreSQL cannot {what}: {detail}")
         if isinstance(exc, psycopg.errors.DuplicateTable):
@@ -237,9 +240,9 @@ class PostgresSearchStore(SearchStore):
             )
             return await cur.fetchone()
 
-        row = await self._run(f"read the schema of index {name!r}", op)
+        row = await self._run(f"read the schema of index {short_repr(name)}", op)
         if row is None:
-            raise NotFoundError(f"no search index named {name!r}")
+            raise NotFoundError(f"no search index named {short_repr(name)}")
         schema = self._schemas[name] = SearchSchema.from_dict(row[0])
         return schema
 
@@ -263,7 +266,7 @@ class PostgresSearchStore(SearchStore):
                     if existing == schema:
                         return
                     raise ConflictError(
-                        f"search index {name!r} exists with another schema "
+                        f"search index {short_repr(name)} exists with another schema "
                         f"({existing.to_dict()}); drop it first to change it"
                     )
                 for statement in create_table_sql(self._table(name), schema):
@@ -273,7 +276,7 @@ class PostgresSearchStore(SearchStore):
                     (name, Jsonb(schema.to_dict())),
                 )
 
-        await self._run(f"create search index {name!r}", op, name)
+        await self._run(f"create search index {short_repr(name)}", op, name)
         self._schemas[name] = schema
 
     async def drop_index(self, name: str) -> None:
@@ -294,8 +297,8 @@ class PostgresSearchStore(SearchStore):
                 return True
 
         self._schemas.pop(name, None)
-        if not await self._run(f"drop search index {name!r}", op, name):
-            raise NotFoundError(f"no search index named {name!r}")
+        if not await self._run(f"drop search index {short_repr(name)}", op, name):
+            raise NotFoundError(f"no search index named {short_repr(name)}")
 
     async def indexes(self) -> list[str]:
         async def op(conn: Conn) -> list[str]:
@@ -335,7 +338,7 @@ class PostgresSearchStore(SearchStore):
             async with conn.transaction(), conn.cursor() as cur:
                 await cur.executemany(statement, rows)
 
-        await self._run(f"index documents into {name!r}", op, name)
+        await self._run(f"index documents into {short_repr(name)}", op, name)
 
     async def delete(self, name: str, id: str) -> bool:
         await self._schema_of(name)
@@ -348,7 +351,7 @@ class PostgresSearchStore(SearchStore):
             cur = await conn.execute(statement, (id,))
             return cur.rowcount > 0
 
-        return await self._run(f"delete from {name!r}", op, name)
+        return await self._run(f"delete from {short_repr(name)}", op, name)
 
     async def get(self, name: str, id: str) -> dict[str, Any] | None:
         schema = await self._schema_of(name)
@@ -361,7 +364,7 @@ class PostgresSearchStore(SearchStore):
             cur = await conn.execute(statement, (id,))
             return await cur.fetchone()
 
-        row = await self._run(f"read from {name!r}", op, name)
+        row = await self._run(f"read from {short_repr(name)}", op, name)
         return None if row is None else _doc(schema, row[0])
 
     # -- search -------------------------------------------------------------------------
@@ -386,7 +389,7 @@ class PostgresSearchStore(SearchStore):
             cur = await conn.execute(statement, params)
             return await cur.fetchone()
 
-        row = await self._run(f"search {name!r}", op, name)
+        row = await self._run(f"search {short_repr(name)}", op, name)
         assert row is not None
         hits = [
             Hit(id=str(hit_id), score=float(score), doc=_doc(schema, doc))

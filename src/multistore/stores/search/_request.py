@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from multistore.errors import InvalidQueryError, InvalidValueError, NotFoundError
+from multistore.stores._limits import check_count, short_repr
 from multistore.stores.search._analysis import ParsedQuery, normalize_text, parse_query
 from multistore.stores.search._api import FieldType, SearchSchema
 
@@ -43,7 +44,7 @@ def check_index_name(name: object) -> str:
     """Return ``name`` if it is a valid index name, else raise InvalidValueError."""
     if not isinstance(name, str) or not _INDEX_NAME.fullmatch(name):
         raise InvalidValueError(
-            f"index name {name!r} is not allowed; use a lower-case letter followed by "
+            f"index name {short_repr(name)} is not allowed; use a lower-case letter followed by "
             "lower-case letters, digits or underscores (at most 40)"
         )
     return name
@@ -52,7 +53,7 @@ def check_index_name(name: object) -> str:
 def known_index_name(name: object) -> str:
     """Return ``name`` if it could name an index, else raise NotFoundError."""
     if not isinstance(name, str) or not _INDEX_NAME.fullmatch(name):
-        raise NotFoundError(f"no search index named {name!r}")
+        raise NotFoundError(f"no search index named {short_repr(name)}")
     return name
 
 
@@ -69,7 +70,7 @@ def check_id(id: object, index: str) -> str:
     """Return ``id`` if it is a valid document id, else raise InvalidValueError."""
     if not isinstance(id, str) or not id:
         raise InvalidValueError(
-            f"document ids in index {index!r} are non-empty strings, got {id!r}"
+            f"document ids in index {short_repr(index)} are non-empty strings, got {short_repr(id)}"
         )
     _check_string(id, f"id {id[:40]!r}")
     if len(id.encode("utf-8")) > MAX_KEYWORD_BYTES:
@@ -98,19 +99,19 @@ def prepare_docs(
     """Validate a batch against ``schema``; raise InvalidValueError on the first problem."""
     if isinstance(docs, Mapping) or not isinstance(docs, Sequence) or isinstance(docs, str):
         raise InvalidValueError(
-            f"index({index!r}, docs) takes a list of documents, not {type(docs).__name__}"
+            f"index({short_repr(index)}, docs) takes a list of documents, not {type(docs).__name__}"
         )
     return [_prepare(schema, index, position, doc) for position, doc in enumerate(docs)]
 
 
 def _prepare(schema: SearchSchema, index: str, position: int, doc: object) -> PreparedDoc:
-    where = f"document #{position} of the batch for index {index!r}"
+    where = f"document #{position} of the batch for index {short_repr(index)}"
     if not isinstance(doc, Mapping):
         raise InvalidValueError(f"{where} is a {type(doc).__name__}, not a dict")
     if schema.id_field not in doc:
-        raise InvalidValueError(f"{where} has no id field {schema.id_field!r}")
+        raise InvalidValueError(f"{where} has no id field {short_repr(schema.id_field)}")
     doc_id = check_id(doc[schema.id_field], index)
-    where = f"document {doc_id[:40]!r} (#{position}) of the batch for index {index!r}"
+    where = f"document {doc_id[:40]!r} (#{position}) of the batch for index {short_repr(index)}"
     stored: dict[str, Any] = {}
     for name, value in doc.items():
         if name == schema.id_field and name not in schema.fields:
@@ -119,8 +120,10 @@ def _prepare(schema: SearchSchema, index: str, position: int, doc: object) -> Pr
         kind = schema.fields.get(name) if isinstance(name, str) else None
         if kind is None:
             known = ", ".join([schema.id_field, *schema.fields])
-            raise InvalidValueError(f"{where} has unknown field {name!r}; the schema has {known}")
-        stored[name] = _check_value(kind, value, f"field {name!r} of {where}")
+            raise InvalidValueError(
+                f"{where} has unknown field {short_repr(name)}; the schema has {known}"
+            )
+        stored[name] = _check_value(kind, value, f"field {short_repr(name)} of {where}")
     texts = [stored.get(name) for name in schema.names(FieldType.TEXT)]
     return PreparedDoc(
         id=doc_id,
@@ -204,10 +207,11 @@ def build_request(
 def _field_of(schema: SearchSchema, index: str, name: object, kind: FieldType, use: str) -> str:
     actual = schema.fields.get(name) if isinstance(name, str) else None
     if actual is None:
-        raise InvalidQueryError(f"{use}: index {index!r} has no field {name!r}")
+        raise InvalidQueryError(f"{use}: index {short_repr(index)} has no field {short_repr(name)}")
     if actual is not kind:
         raise InvalidQueryError(
-            f"{use}: field {name!r} of index {index!r} is {actual.name}, not {kind.name}"
+            f"{use}: field {short_repr(name)} of index {short_repr(index)} is "
+            f"{actual.name}, not {kind.name}"
         )
     assert isinstance(name, str)
     return name
@@ -226,12 +230,13 @@ def _filters(
         values: Sequence[object] = [value] if isinstance(value, str) else value
         if not isinstance(values, Sequence):
             raise InvalidQueryError(
-                f"filter on {field!r} needs a str or a list of str, got {type(value).__name__}"
+                f"filter on {short_repr(field)} needs a str or a list of str, got "
+                f"{type(value).__name__}"
             )
         for item in values:
             if not isinstance(item, str):
                 raise InvalidQueryError(
-                    f"filter on {field!r}: values are strings, got {type(item).__name__}"
+                    f"filter on {short_repr(field)}: values are strings, got {type(item).__name__}"
                 )
         result.append((field, tuple(str(v) for v in dict.fromkeys(values))))
     return tuple(result)
@@ -242,11 +247,16 @@ def _bound(field: str, value: object) -> float | None:
         return None
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise InvalidQueryError(
-            f"range on {field!r}: bounds are numbers or None, got {type(value).__name__}"
+            f"range on {short_repr(field)}: bounds are numbers or None, got {type(value).__name__}"
         )
-    number = float(value)
+    try:
+        number = float(value)
+    except OverflowError:
+        number = math.inf
     if not math.isfinite(number):
-        raise InvalidQueryError(f"range on {field!r}: bound {number} is not a finite number")
+        raise InvalidQueryError(
+            f"range on {short_repr(field)}: bound {short_repr(value)} is not a finite number"
+        )
     return number
 
 
@@ -261,7 +271,7 @@ def _ranges(
     for name, bounds in ranges.items():
         field = _field_of(schema, index, name, FieldType.NUMERIC, "range")
         if not isinstance(bounds, tuple | list) or len(bounds) != 2:
-            raise InvalidQueryError(f"range on {field!r} must be a (low, high) pair")
+            raise InvalidQueryError(f"range on {short_repr(field)} must be a (low, high) pair")
         result.append((field, _bound(field, bounds[0]), _bound(field, bounds[1])))
     return tuple(result)
 
@@ -285,21 +295,22 @@ def _sort(
     name, direction = sort
     field = _field_of(schema, index, name, FieldType.NUMERIC, "sort")
     if direction not in ("asc", "desc"):
-        raise InvalidQueryError(f'sort direction must be "asc" or "desc", not {direction!r}')
+        raise InvalidQueryError(
+            f'sort direction must be "asc" or "desc", not {short_repr(direction)}'
+        )
     return field, direction == "desc"
 
 
 def _count(what: str, value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise InvalidQueryError(f"{what} must be an int >= 0, got {value!r}")
-    return value
+    return check_count(value, what)
 
 
 def _limit(offset: object, limit: object) -> int:
     checked = _count("limit", limit)
     if isinstance(offset, int) and offset + checked > MAX_WINDOW:
         raise InvalidQueryError(
-            f"offset + limit is {offset + checked}; at most {MAX_WINDOW} hits can be paged "
+            f"offset + limit is {short_repr(offset + checked)}; at most {MAX_WINDOW} hits "
+            "can be paged "
             "through (narrow the query or sort instead)"
         )
     return checked

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import shutil
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -44,6 +43,8 @@ from multistore.errors import (
     StoreError,
     StoreUnavailableError,
 )
+from multistore.stores._files import locked, replace_atomically
+from multistore.stores._limits import short_repr
 from multistore.stores._worker import Worker
 from multistore.stores.search._analysis import MAX_WORD_BYTES, STOP_WORDS, Clause
 from multistore.stores.search._api import (
@@ -72,6 +73,8 @@ P = ParamSpec("P")
 T = TypeVar("T")
 
 META_FILE: Final = "indexes.json"
+#: Held while the metadata is read, changed and written back (see ``_files.locked``).
+LOCK_FILE: Final = "indexes.lock"
 TOKENIZER: Final = "multistore_en"
 _WRITER_HEAP: Final = 20_000_000
 #: tantivy's terms aggregation refuses more buckets than this; past it, facets are
@@ -117,8 +120,9 @@ class _Index:
                 self.writer = self.index.writer(heap_size=_WRITER_HEAP, num_threads=1)
             except ValueError as exc:
                 raise StoreUnavailableError(
-                    f"cannot write search index {name!r}: {exc} (is another store object "
-                    "or process writing the same directory?)"
+                    f"cannot write search index {short_repr(name)}: {exc} (is another store object "
+                    "or process writing the same directory?)",
+                    outcome=Outcome.DEFINITE,
                 ) from exc
         return self.writer
 
@@ -149,6 +153,7 @@ class TantivySearchStore(SearchStore):
         self._worker = worker
         self._indexes: dict[str, _Index] = {}
         self._closed = False
+        self._lock_timeout = url.float_option("timeout", 10.0)
 
     @classmethod
     async def open(cls, url: StoreURL) -> Self:
@@ -207,28 +212,33 @@ class TantivySearchStore(SearchStore):
         except (OSError, ValueError, KeyError, TypeError, MultistoreError) as exc:
             raise StoreError(f"cannot read search metadata {path}: {exc}") from exc
 
-    def _write_meta(self) -> None:
-        if self._root is None:
-            return
+    @contextlib.contextmanager
+    def _meta_lock(self, what: str) -> Iterator[None]:
+        """Serialise a read-modify-write of the metadata with every other store object
+        and process on this directory."""
+        assert self._root is not None
+        with locked(self._root / LOCK_FILE, timeout=self._lock_timeout, what=what):
+            yield
+
+    def _write_meta(self, schemas: Mapping[str, SearchSchema]) -> None:
+        """Replace the metadata file with ``schemas`` (call with the lock held)."""
+        assert self._root is not None
         path = self._root / META_FILE
         data = {
             "format": 1,
-            "indexes": {name: ix.schema.to_dict() for name, ix in sorted(self._indexes.items())},
+            "indexes": {name: schema.to_dict() for name, schema in sorted(schemas.items())},
         }
-        tmp = path.with_suffix(".json.tmp")
         try:
-            with tmp.open("w", encoding="utf-8") as out:
-                json.dump(data, out, indent=2)
-                out.flush()
-                os.fsync(out.fileno())
-            os.replace(tmp, path)
+            replace_atomically(path, json.dumps(data, indent=2).encode("utf-8"))
         except OSError as exc:
-            raise StoreError(f"cannot write search metadata {path}: {exc}") from exc
+            raise StoreError(
+                f"cannot write search metadata {path}: {exc}", outcome=Outcome.DEFINITE
+            ) from exc
 
     def _open_index(self, name: str, schema: SearchSchema, *, create: bool) -> _Index:
         tschema = _tantivy_schema(schema)
         analyzer = _analyzer()
-        with _engine_errors(f"open search index {name!r}"):
+        with _engine_errors(f"open search index {short_repr(name)}"):
             if self._root is None:
                 index = tantivy.Index(tschema)
             else:
@@ -251,7 +261,7 @@ class TantivySearchStore(SearchStore):
             if schema is not None:
                 ix = self._indexes[name] = self._open_index(name, schema, create=False)
         if ix is None:
-            raise NotFoundError(f"no search index named {name!r}")
+            raise NotFoundError(f"no search index named {short_repr(name)}")
         return ix
 
     def _release_all(self) -> None:
@@ -267,38 +277,69 @@ class TantivySearchStore(SearchStore):
         await self._call(self._create_sync, name, schema)
 
     def _create_sync(self, name: str, schema: SearchSchema) -> None:
-        with contextlib.suppress(NotFoundError):
-            existing = self._get(name)
-            if existing.schema == schema:
+        if self._root is None:
+            existing = self._indexes.get(name)
+            if existing is None:
+                self._indexes[name] = self._open_index(name, schema, create=True)
+            elif existing.schema != schema:
+                raise _schema_conflict(name, existing.schema)
+            return
+        with self._meta_lock(f"create search index {short_repr(name)}"):
+            schemas = self._read_meta()
+            recorded = schemas.get(name)
+            if recorded is not None:
+                if recorded != schema:
+                    raise _schema_conflict(name, recorded)
+                self._get(name)
                 return
-            raise ConflictError(
-                f"search index {name!r} exists with another schema "
-                f"({existing.schema.to_dict()}); drop it first to change it"
-            )
-        self._indexes[name] = self._open_index(name, schema, create=True)
-        try:
-            self._write_meta()
-        except BaseException:
-            del self._indexes[name]
-            raise
+            self._forget(name)  # dropped by another store object meanwhile
+            ix = self._open_index(name, schema, create=True)
+            try:
+                self._write_meta({**schemas, name: schema})
+            except BaseException:
+                ix.release()
+                shutil.rmtree(self._root / name, ignore_errors=True)
+                raise
+            self._indexes[name] = ix
 
     async def drop_index(self, name: str) -> None:
         await self._call(self._drop_sync, name)
 
     def _drop_sync(self, name: str) -> None:
-        ix = self._get(name)
-        ix.release()
-        del self._indexes[name]
-        self._write_meta()
-        if self._root is not None:
+        if self._root is None:
+            ix = self._get(name)
+            ix.release()
+            del self._indexes[name]
+            return
+        with self._meta_lock(f"drop search index {short_repr(name)}"):
+            schemas = self._read_meta()
+            if name not in schemas:
+                self._forget(name)
+                raise NotFoundError(f"no search index named {short_repr(name)}")
+            ix = self._get(name)
+            # Taking the writer fails while another store object or process writes the
+            # index: the drop is refused rather than pulling the files from under it.
+            ix.get_writer(name)
+            del schemas[name]
+            self._write_meta(schemas)
+            self._forget(name)
             shutil.rmtree(self._root / name, ignore_errors=True)
+
+    def _forget(self, name: str) -> None:
+        """Drop the cached handle on ``name`` (releasing its writer), if any."""
+        ix = self._indexes.pop(name, None)
+        if ix is not None:
+            ix.release()
 
     async def indexes(self) -> list[str]:
         return await self._call(self._names_sync)
 
     def _names_sync(self) -> list[str]:
         if self._root is not None:
-            for name in self._read_meta():
+            recorded = self._read_meta()
+            for name in [n for n in self._indexes if n not in recorded]:
+                self._forget(name)  # dropped by another store object or process
+            for name in recorded:
                 self._get(name)
         return sorted(self._indexes)
 
@@ -317,7 +358,7 @@ class TantivySearchStore(SearchStore):
         if not prepared:
             return
         writer = ix.get_writer(name)
-        with _engine_errors(f"index documents into {name!r}"):
+        with _engine_errors(f"index documents into {short_repr(name)}"):
             try:
                 for item in prepared:
                     writer.delete_documents_by_term("_id", item.id)
@@ -335,7 +376,7 @@ class TantivySearchStore(SearchStore):
     def _delete_sync(self, name: str, id: str) -> bool:
         ix = self._get(name)
         check_id(id, name)
-        with _engine_errors(f"delete from {name!r}"):
+        with _engine_errors(f"delete from {short_repr(name)}"):
             found = _count(ix.index.searcher().search(self._id_query(ix, id), 1)) > 0
             if not found:
                 return False
@@ -351,7 +392,7 @@ class TantivySearchStore(SearchStore):
     def _get_sync(self, name: str, id: str) -> dict[str, Any] | None:
         ix = self._get(name)
         check_id(id, name)
-        with _engine_errors(f"read from {name!r}"):
+        with _engine_errors(f"read from {short_repr(name)}"):
             searcher = ix.index.searcher()
             result = searcher.search(self._id_query(ix, id), 1)
             if not result.hits:
@@ -381,7 +422,7 @@ class TantivySearchStore(SearchStore):
             request = build_request(
                 ix.schema, name, query, filters, ranges, facets, sort, offset, limit
             )
-            with _engine_errors(f"search {name!r}"):
+            with _engine_errors(f"search {short_repr(name)}"):
                 return self._search_sync(ix, request)
 
         return await self._call(run)
@@ -464,6 +505,13 @@ class TantivySearchStore(SearchStore):
             pass  # more distinct values than an aggregation may hold
         pairs = searcher.terms_with_prefix(field, "", filter_query=query)
         return sort_facet_counts({str(term): int(count) for term, count in pairs if count})
+
+
+def _schema_conflict(name: str, schema: SearchSchema) -> ConflictError:
+    return ConflictError(
+        f"search index {short_repr(name)} exists with another schema "
+        f"({schema.to_dict()}); drop it first to change it"
+    )
 
 
 def _count(result: tantivy.SearchResult) -> int:

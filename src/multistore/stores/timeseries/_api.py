@@ -29,6 +29,7 @@ from typing import ClassVar
 
 from multistore.errors import InvalidQueryError
 from multistore.stores._base import Store
+from multistore.stores._limits import short_repr
 from multistore.stores.timeseries._points import FieldValue, Point, Window, check_name
 from multistore.stores.timeseries._query import check_measurement, parse_fn
 
@@ -110,7 +111,7 @@ class TimeSeriesStore(Store, abc.ABC):
         )
         if source == target:
             raise InvalidQueryError(
-                f"downsample into the source measurement {source!r} would overwrite it; "
+                f"downsample into the source measurement {short_repr(source)} would overwrite it; "
                 "pick another target measurement"
             )
         parse_fn(fn)

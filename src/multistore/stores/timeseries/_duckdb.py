@@ -51,9 +51,11 @@ import duckdb
 from multistore.errors import (
     MultistoreError,
     NotFoundError,
+    Outcome,
     StoreError,
     StoreUnavailableError,
 )
+from multistore.stores._limits import short_repr
 from multistore.stores._worker import Worker
 from multistore.stores.timeseries._api import TimeSeriesStore
 from multistore.stores.timeseries._points import (
@@ -219,7 +221,10 @@ class DuckDBTimeSeriesStore(TimeSeriesStore):
             conn, catalog = await worker.run(_connect, path, bool(url.option("create", True)))
         except duckdb.Error as exc:
             worker.close()
-            raise StoreUnavailableError(f"cannot open DuckDB file {path}: {exc}") from exc
+            raise StoreUnavailableError(
+                f"cannot open DuckDB file {path}: {' '.join(str(exc).split())}",
+                outcome=Outcome.DEFINITE,
+            ) from exc
         except BaseException:
             worker.close()
             raise
@@ -399,7 +404,7 @@ class DuckDBTimeSeriesStore(TimeSeriesStore):
 
     def _must_exist(self, measurement: str) -> None:
         if self._conn.execute(_HAS_POINTS, [measurement]).fetchone() is None:
-            raise NotFoundError(f"measurement {measurement!r} not found")
+            raise NotFoundError(f"measurement {short_repr(measurement)} not found")
 
     async def query(
         self,
@@ -501,7 +506,9 @@ class DuckDBTimeSeriesStore(TimeSeriesStore):
             kind = self._known([measurement])[measurement].kinds.get(field)
         if kind is None:
             self._must_exist(measurement)
-            raise NotFoundError(f"field {field!r} not found in measurement {measurement!r}")
+            raise NotFoundError(
+                f"field {short_repr(field)} not found in measurement {short_repr(measurement)}"
+            )
         agg.check_kind(measurement, field, kind)
         groups = [f"g{i}" for i in range(len(group_by))]
         select = ["epoch_us(p.time) - ((epoch_us(p.time) % ?) + ?) % ? AS w"]

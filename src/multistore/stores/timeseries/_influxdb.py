@@ -39,6 +39,7 @@ from multistore.errors import (
     StoreTimeoutError,
     StoreUnavailableError,
 )
+from multistore.stores._limits import short_repr
 from multistore.stores._worker import Worker
 from multistore.stores.timeseries._api import TimeSeriesStore
 from multistore.stores.timeseries._influxql import ident, line, time_ns
@@ -170,7 +171,7 @@ class InfluxDBTimeSeriesStore(TimeSeriesStore):
                     outcome=Outcome.DEFINITE,
                 )
             return StoreError(f"{where} rejected {what}: {_message(exc)}")
-        return StoreError(f"{where}: {what} failed: {exc!r}")
+        return StoreError(f"{where}: {what} failed: {short_repr(exc)}")
 
     async def _influxql(
         self, what: str, query: str, binds: dict[str, str] | None = None, *, post: bool = False
@@ -221,7 +222,7 @@ class InfluxDBTimeSeriesStore(TimeSeriesStore):
     async def _must_exist(self, measurement: str) -> None:
         _, exists = await self._refresh(measurement)
         if not exists:
-            raise NotFoundError(f"measurement {measurement!r} not found")
+            raise NotFoundError(f"measurement {short_repr(measurement)} not found")
 
     # -- writes --------------------------------------------------------------------
 
@@ -269,11 +270,11 @@ class InfluxDBTimeSeriesStore(TimeSeriesStore):
                     ) from None
                 if not self._create or attempt == 2:
                     raise NotFoundError(
-                        f"InfluxDB database {self._database!r} does not exist"
+                        f"InfluxDB database {short_repr(self._database)} does not exist"
                         + ("" if self._create else " (create=false)")
                     ) from None
             await self._influxql(
-                f"CREATE DATABASE {self._database!r}",
+                f"CREATE DATABASE {short_repr(self._database)}",
                 f"CREATE DATABASE {ident(self._database)}",
                 post=True,
             )
@@ -308,7 +309,7 @@ class InfluxDBTimeSeriesStore(TimeSeriesStore):
         text = f"SELECT {columns} FROM {ident(name)} WHERE {where} GROUP BY * ORDER BY time ASC"
         if count is not None:
             text += f" LIMIT {count}"
-        series = await self._influxql(f"query of {name!r}", text, binds)
+        series = await self._influxql(f"query of {short_repr(name)}", text, binds)
         if not series:
             await self._must_exist(name)
             return []
@@ -354,8 +355,10 @@ class InfluxDBTimeSeriesStore(TimeSeriesStore):
             kind = kinds.get(key)
             if kind is None:
                 if not exists:
-                    raise NotFoundError(f"measurement {name!r} not found")
-                raise NotFoundError(f"field {key!r} not found in measurement {name!r}")
+                    raise NotFoundError(f"measurement {short_repr(name)} not found")
+                raise NotFoundError(
+                    f"field {short_repr(key)} not found in measurement {short_repr(name)}"
+                )
         agg.check_kind(name, key, kind)
         where, binds = _where(start_us, end_us, tag_filter)
         group = "".join(f", {ident(g)}" for g in groups)
@@ -363,7 +366,9 @@ class InfluxDBTimeSeriesStore(TimeSeriesStore):
             f"SELECT {_call_sql(agg, key)} FROM {ident(name)} WHERE {where} "
             f"GROUP BY time({every_us}u){group} fill(none)"
         )
-        series = await self._influxql(f"{agg.label} of {name!r}.{key!r}", text, binds)
+        series = await self._influxql(
+            f"{agg.label} of {short_repr(name)}.{short_repr(key)}", text, binds
+        )
         if not series:
             await self._must_exist(name)
             return []
@@ -398,7 +403,7 @@ class InfluxDBTimeSeriesStore(TimeSeriesStore):
     async def drop_measurement(self, measurement: str) -> None:
         name = check_measurement(measurement)
         await self._influxql(
-            f"DROP MEASUREMENT {name!r}", f"DROP MEASUREMENT {ident(name)}", post=True
+            f"DROP MEASUREMENT {short_repr(name)}", f"DROP MEASUREMENT {ident(name)}", post=True
         )
         self._fields.pop(name, None)
 

@@ -29,6 +29,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Final, TypeAlias
 
 from multistore.errors import InvalidValueError, UsageError
+from multistore.stores._limits import short_repr
 
 __all__ = [
     "EPOCH",
@@ -131,7 +132,8 @@ def check_batch(points: object) -> tuple[list[Point], dict[str, dict[str, str]]]
             first = seen.setdefault(key, kind)
             if first != kind:
                 raise InvalidValueError(
-                    f"field {key!r} of measurement {point.measurement!r} gets both {first} "
+                    f"field {short_repr(key)} of measurement "
+                    f"{short_repr(point.measurement)} gets both {first} "
                     f"and {kind} values in one batch; nothing was written"
                 )
         checked.append(point)
@@ -144,7 +146,8 @@ def check_kinds(measurement: str, wanted: Mapping[str, str], stored: Mapping[str
         have = stored.get(key)
         if have is not None and have != kind:
             raise InvalidValueError(
-                f"field type conflict: field {key!r} of measurement {measurement!r} holds "
+                f"field type conflict: field {short_repr(key)} of measurement "
+                f"{short_repr(measurement)} holds "
                 f"{have} values, cannot write a {kind}; nothing was written"
             )
 
@@ -184,16 +187,19 @@ def check_name(
     if not value:
         raise error(f"{what} must not be empty")
     if _CONTROL.search(value):
-        raise error(f"{what} {value!r} contains a control character (newline, tab …)")
+        raise error(f"{what} {short_repr(value)} contains a control character (newline, tab …)")
     if _SURROGATE.search(value):
-        raise error(f"{what} {value!r} is not valid Unicode (lone surrogate)")
+        raise error(f"{what} {short_repr(value)} is not valid Unicode (lone surrogate)")
     if _BAD_BACKSLASH.search(value):
         raise error(
-            f"{what} {value!r} has a backslash before a space, ',', '=', '\"' or at the end; "
+            f"{what} {short_repr(value)} has a backslash before a space, ',', '=', "
+            f"'\"' or at the end; "
             "InfluxDB's line protocol cannot store that sequence"
         )
     if measurement and value.startswith("#"):
-        raise error(f"{what} {value!r} starts with '#', which line protocol reads as a comment")
+        raise error(
+            f"{what} {short_repr(value)} starts with '#', which line protocol reads as a comment"
+        )
     if key and value == "time":
         raise error(f"{what} cannot be 'time': the name is reserved for the timestamp")
     return value
@@ -217,12 +223,12 @@ def _check_time(when: object, what: str) -> datetime:
 
 
 def _check_value(measurement: str, key: str, value: object) -> FieldValue:
-    where = f"field {key!r} of measurement {measurement!r}"
+    where = f"field {short_repr(key)} of measurement {short_repr(measurement)}"
     if isinstance(value, bool):
         return bool(value)
     if isinstance(value, int):
         if not _INT64_MIN <= value <= _INT64_MAX:
-            raise InvalidValueError(f"{where}: integer {value} does not fit in 64 bits")
+            raise InvalidValueError(f"{where}: integer {short_repr(value)} does not fit in 64 bits")
         return int(value)
     if isinstance(value, float):
         if not math.isfinite(value):
@@ -242,27 +248,29 @@ def _checked(
 ) -> tuple[dict[str, str], dict[str, FieldValue], datetime]:
     name = check_name(measurement, "measurement name", measurement=True)
     if not isinstance(tags, Mapping):
-        raise InvalidValueError(f"tags of {name!r} must be a mapping, got {type(tags).__name__}")
+        raise InvalidValueError(
+            f"tags of {short_repr(name)} must be a mapping, got {type(tags).__name__}"
+        )
     if not isinstance(fields, Mapping):
         raise InvalidValueError(
-            f"fields of {name!r} must be a mapping, got {type(fields).__name__}"
+            f"fields of {short_repr(name)} must be a mapping, got {type(fields).__name__}"
         )
     if not fields:
-        raise InvalidValueError(f"a point of {name!r} needs at least one field")
+        raise InvalidValueError(f"a point of {short_repr(name)} needs at least one field")
     size = len(name.encode())
     checked_tags: dict[str, str] = {}
     for key, value in tags.items():
-        check_name(key, f"tag key of {name!r}", key=True)
-        check_name(value, f"tag {key!r} of {name!r}")
+        check_name(key, f"tag key of {short_repr(name)}", key=True)
+        check_name(value, f"tag {short_repr(key)} of {short_repr(name)}")
         checked_tags[key] = value
         size += len(key.encode()) + len(value.encode()) + 2
     if size > MAX_SERIES_BYTES:
         raise InvalidValueError(
-            f"measurement {name!r} with its tags takes {size} bytes; the limit is "
+            f"measurement {short_repr(name)} with its tags takes {size} bytes; the limit is "
             f"{MAX_SERIES_BYTES}"
         )
     checked_fields: dict[str, FieldValue] = {}
     for key, value in fields.items():
-        check_name(key, f"field key of {name!r}", key=True)
+        check_name(key, f"field key of {short_repr(name)}", key=True)
         checked_fields[key] = _check_value(name, key, value)
-    return checked_tags, checked_fields, _check_time(when, f"time of a point of {name!r}")
+    return checked_tags, checked_fields, _check_time(when, f"time of a point of {short_repr(name)}")

@@ -23,6 +23,7 @@ from datetime import datetime, timedelta
 from typing import Final, NamedTuple
 
 from multistore.errors import InvalidQueryError, InvalidValueError
+from multistore.stores._limits import check_count, short_repr
 from multistore.stores.timeseries._points import (
     MAX_US,
     MIN_US,
@@ -57,7 +58,7 @@ __all__ = [
 
 FUNCTIONS: Final = ("mean", "min", "max", "sum", "count", "median")
 NUMERIC_KINDS: Final = frozenset({"float", "integer"})
-_PERCENTILE = re.compile(r"p(\d{1,3}(?:\.\d+)?)")
+_PERCENTILE = re.compile(r"p([0-9]{1,3}(?:\.[0-9]+)?)")
 
 
 @dataclass(frozen=True)
@@ -77,8 +78,8 @@ class Agg:
         """Only ``count`` works on string and boolean fields."""
         if self.name != "count" and kind not in NUMERIC_KINDS:
             raise InvalidQueryError(
-                f"{self.label} needs a numeric field, but field {field!r} of measurement "
-                f"{measurement!r} holds {kind} values (only count works on it)"
+                f"{self.label} needs a numeric field, but field {short_repr(field)} of measurement "
+                f"{short_repr(measurement)} holds {kind} values (only count works on it)"
             )
 
 
@@ -93,9 +94,10 @@ def parse_fn(fn: object) -> Agg:
         value = float(match.group(1))
         if 0 < value <= 100:
             return Agg("percentile", value)
-        raise InvalidQueryError(f"percentile {fn!r} must be above p0 and at most p100")
+        raise InvalidQueryError(f"percentile {short_repr(fn)} must be above p0 and at most p100")
     raise InvalidQueryError(
-        f"unknown aggregate fn {fn!r}; use one of {', '.join(FUNCTIONS)} or pNN (e.g. p95)"
+        f"unknown aggregate fn {short_repr(fn)}; use one of {', '.join(FUNCTIONS)} or pNN "
+        "(e.g. p95)"
     )
 
 
@@ -157,7 +159,7 @@ def check_tag_filter(tags: object) -> dict[str, str]:
         check_name(key, "tag key in the filter", error=InvalidQueryError, key=True)
         if not isinstance(value, str):
             raise InvalidQueryError(
-                f"tag filter {key!r} must be a string, got {type(value).__name__}"
+                f"tag filter {short_repr(key)} must be a string, got {type(value).__name__}"
             )
         checked[key] = value
     return checked
@@ -194,9 +196,7 @@ def check_group_by(group_by: object) -> list[str]:
 def check_limit(limit: object) -> int | None:
     if limit is None:
         return None
-    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
-        raise InvalidQueryError(f"limit must be a positive int or None, got {limit!r}")
-    return limit
+    return check_count(limit, "limit", minimum=1)
 
 
 def check_every(every: object) -> int:

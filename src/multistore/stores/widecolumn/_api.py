@@ -49,6 +49,7 @@ from typing import Any, ClassVar, Final, Literal, get_args
 
 from multistore.errors import InvalidQueryError
 from multistore.stores._base import Store
+from multistore.stores._limits import short_repr
 
 __all__ = [
     "COLUMN_TYPES",
@@ -79,11 +80,13 @@ def check_identifier(name: object, what: str) -> str:
     """``name`` if it is a plain identifier, else :class:`InvalidQueryError`."""
     if not isinstance(name, str) or not _IDENTIFIER.fullmatch(name):
         raise InvalidQueryError(
-            f"{what} {name!r} is not an identifier: use letters, digits and _, "
+            f"{what} {short_repr(name)} is not an identifier: use letters, digits and _, "
             "not starting with a digit, at most 63 characters"
         )
     if name.lower().startswith(RESERVED_PREFIX):
-        raise InvalidQueryError(f"{what} {name!r}: names starting {RESERVED_PREFIX!r} are reserved")
+        raise InvalidQueryError(
+            f"{what} {short_repr(name)}: names starting {short_repr(RESERVED_PREFIX)} are reserved"
+        )
     return name
 
 
@@ -98,7 +101,8 @@ class ClusteringColumn:
         check_identifier(self.name, "clustering column")
         if self.order not in ("asc", "desc"):
             raise InvalidQueryError(
-                f"clustering order of {self.name!r} must be 'asc' or 'desc', not {self.order!r}"
+                f"clustering order of {short_repr(self.name)} must be 'asc' or 'desc', not "
+                f"{short_repr(self.order)}"
             )
 
 
@@ -123,32 +127,40 @@ class TableSchema:
             tuple(ClusteringColumn(c) if isinstance(c, str) else c for c in self.clustering),
         )
         if not isinstance(self.columns, Mapping):
-            raise InvalidQueryError(f"columns of table {self.name!r} must be a dict name -> type")
+            raise InvalidQueryError(
+                f"columns of table {short_repr(self.name)} must be a dict name -> type"
+            )
         object.__setattr__(self, "columns", dict(self.columns))
         seen: set[str] = set()
         for column, kind in self.columns.items():
-            check_identifier(column, f"column of table {self.name!r}")
+            check_identifier(column, f"column of table {short_repr(self.name)}")
             if column.lower() in seen:
                 raise InvalidQueryError(
-                    f"table {self.name!r} declares column {column!r} twice "
+                    f"table {short_repr(self.name)} declares column {short_repr(column)} twice "
                     "(names are compared without case)"
                 )
             seen.add(column.lower())
             if kind not in COLUMN_TYPES:
                 raise InvalidQueryError(
-                    f"column {column!r} of table {self.name!r} has unknown type {kind!r}; "
+                    f"column {short_repr(column)} of table {short_repr(self.name)} has "
+                    f"unknown type {short_repr(kind)}; "
                     f"types are {', '.join(sorted(COLUMN_TYPES))}"
                 )
         if not self.partition_key:
-            raise InvalidQueryError(f"table {self.name!r} needs at least one partition key column")
+            raise InvalidQueryError(
+                f"table {short_repr(self.name)} needs at least one partition key column"
+            )
         keys = [*self.partition_key, *(c.name for c in self.clustering)]
         for column in keys:
             if not isinstance(column, str) or column not in self.columns:
                 raise InvalidQueryError(
-                    f"key column {column!r} of table {self.name!r} is not among its columns"
+                    f"key column {short_repr(column)} of table {short_repr(self.name)} is "
+                    "not among its columns"
                 )
         if len(set(keys)) != len(keys):
-            raise InvalidQueryError(f"table {self.name!r} names a key column twice: {keys}")
+            raise InvalidQueryError(
+                f"table {short_repr(self.name)} names a key column twice: {keys}"
+            )
 
     @property
     def clustering_names(self) -> tuple[str, ...]:

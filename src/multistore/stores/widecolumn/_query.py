@@ -16,6 +16,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, Final
 
 from multistore.errors import ConflictError, InvalidQueryError, InvalidValueError, UsageError
+from multistore.stores._limits import check_count, check_seconds, short_repr, to_float
 from multistore.stores.widecolumn._api import TableSchema
 
 __all__ = [
@@ -51,7 +52,7 @@ def check_value(schema: TableSchema, column: str, value: Any, error: type[UsageE
     """``value`` checked against the column's type and normalised (ints to float for
     float columns, datetimes to UTC, bytearrays to bytes). None passes through."""
     kind = schema.columns[column]
-    where = f"column {column!r} of table {schema.name!r}"
+    where = f"column {short_repr(column)} of table {short_repr(schema.name)}"
     if value is None:
         return None
     if kind == "text":
@@ -59,18 +60,18 @@ def check_value(schema: TableSchema, column: str, value: Any, error: type[UsageE
             try:
                 value.encode("utf-8")
             except UnicodeEncodeError:
-                raise error(f"{where}: text {value!r} is not valid Unicode") from None
+                raise error(f"{where}: text {short_repr(value)} is not valid Unicode") from None
             return value
     elif kind == "int":
         if isinstance(value, int) and not isinstance(value, bool):
             if not INT64_MIN <= value <= INT64_MAX:
-                raise error(f"{where}: {value} is outside the 64-bit integer range")
+                raise error(f"{where}: {short_repr(value)} is outside the 64-bit integer range")
             return value
     elif kind == "float":
         if isinstance(value, int | float) and not isinstance(value, bool):
-            number = float(value)
+            number = to_float(value, where)
             if not math.isfinite(number):
-                raise error(f"{where}: {value!r} is not a finite number")
+                raise error(f"{where}: {short_repr(value)} is not a finite number")
             return number
     elif kind == "bool":
         if isinstance(value, bool):
@@ -79,24 +80,26 @@ def check_value(schema: TableSchema, column: str, value: Any, error: type[UsageE
         if isinstance(value, datetime):
             if value.utcoffset() is None:
                 raise error(
-                    f"{where}: timestamp {value!r} has no timezone; "
+                    f"{where}: timestamp {short_repr(value)} has no timezone; "
                     "use e.g. datetime(..., tzinfo=UTC)"
                 )
             return value.astimezone(UTC)
     elif kind == "blob" and isinstance(value, bytes | bytearray | memoryview):
         return bytes(value)
-    raise error(f"{where} is {kind}; got {type(value).__name__} {value!r}")
+    raise error(f"{where} is {kind}; got {type(value).__name__} {short_repr(value)}")
 
 
 def check_row(schema: TableSchema, row: Mapping[str, Any]) -> dict[str, Any]:
     """Every column of ``schema`` (in schema order) with its checked value; key columns
     must be present and not None. Errors are :class:`InvalidValueError`."""
     if not isinstance(row, Mapping):
-        raise InvalidValueError(f"a row of table {schema.name!r} must be a dict, not {row!r}")
+        raise InvalidValueError(
+            f"a row of table {short_repr(schema.name)} must be a dict, not {short_repr(row)}"
+        )
     unknown = [c for c in row if c not in schema.columns]
     if unknown:
         raise InvalidValueError(
-            f"table {schema.name!r} has no column {unknown[0]!r}; "
+            f"table {short_repr(schema.name)} has no column {short_repr(unknown[0])}; "
             f"columns are {', '.join(schema.columns)}"
         )
     checked: dict[str, Any] = {}
@@ -104,7 +107,8 @@ def check_row(schema: TableSchema, row: Mapping[str, Any]) -> dict[str, Any]:
         value = check_value(schema, column, row.get(column), InvalidValueError)
         if value is None and column in schema.primary_key:
             raise InvalidValueError(
-                f"row of table {schema.name!r} lacks primary key column {column!r}"
+                f"row of table {short_repr(schema.name)} lacks primary key column "
+                f"{short_repr(column)}"
             )
         checked[column] = value
     return checked
@@ -113,7 +117,7 @@ def check_row(schema: TableSchema, row: Mapping[str, Any]) -> dict[str, Any]:
 def check_rows(schema: TableSchema, rows: object) -> list[dict[str, Any]]:
     """:func:`check_row` of every row of the list ``upsert_many`` takes."""
     if isinstance(rows, Mapping) or not isinstance(rows, Sequence):
-        raise InvalidValueError(f"upsert_many takes a list of rows, not {rows!r}")
+        raise InvalidValueError(f"upsert_many takes a list of rows, not {short_repr(rows)}")
     return [check_row(schema, row) for row in rows]
 
 
@@ -123,35 +127,28 @@ def check_existing(existing: TableSchema, schema: TableSchema, if_not_exists: bo
     :class:`ConflictError`."""
     if existing.name != schema.name:
         raise ConflictError(
-            f"cannot create table {schema.name!r}: table {existing.name!r} exists "
+            f"cannot create table {short_repr(schema.name)}: table "
+            f"{short_repr(existing.name)} exists "
             "and names are compared without case"
         )
     if existing != schema:
         raise ConflictError(
-            f"table {schema.name!r} exists with another schema: {existing.to_json()}"
+            f"table {short_repr(schema.name)} exists with another schema: {existing.to_json()}"
         )
     if not if_not_exists:
-        raise ConflictError(f"table {schema.name!r} already exists")
+        raise ConflictError(f"table {short_repr(schema.name)} already exists")
 
 
 def check_ttl(ttl: object) -> float | None:
-    if ttl is None:
-        return None
-    if (
-        isinstance(ttl, bool)
-        or not isinstance(ttl, int | float)
-        or not math.isfinite(ttl)
-        or ttl <= 0
-    ):
-        raise InvalidValueError(f"a TTL must be a finite number of seconds above 0, not {ttl!r}")
-    return float(ttl)
+    """None, or a TTL in seconds: a finite number above 0, at most ``MAX_SECONDS``."""
+    return None if ttl is None else check_seconds(ttl, "ttl")
 
 
 def _check_partition(schema: TableSchema, partition: Mapping[str, Any]) -> tuple[Any, ...]:
     if not isinstance(partition, Mapping):
         raise InvalidQueryError(
-            f"partition must be a dict of the partition key columns of {schema.name!r} "
-            f"({', '.join(schema.partition_key)}), not {partition!r}"
+            f"partition must be a dict of the partition key columns of {short_repr(schema.name)} "
+            f"({', '.join(schema.partition_key)}), not {short_repr(partition)}"
         )
     extra = [c for c in partition if c not in schema.partition_key]
     if extra:
@@ -161,13 +158,14 @@ def _check_partition(schema: TableSchema, partition: Mapping[str, Any]) -> tuple
             else ""
         )
         raise InvalidQueryError(
-            f"{extra[0]!r} is not a partition key column of table {schema.name!r} "
+            f"{short_repr(extra[0])} is not a partition key column of table "
+            f"{short_repr(schema.name)} "
             f"(partition key: {', '.join(schema.partition_key)}){hint}"
         )
     missing = [c for c in schema.partition_key if partition.get(c) is None]
     if missing:
         raise InvalidQueryError(
-            f"a query of table {schema.name!r} must name the whole partition key; "
+            f"a query of table {short_repr(schema.name)} must name the whole partition key; "
             f"missing {', '.join(missing)} (reads never scan across partitions)"
         )
     return tuple(
@@ -222,8 +220,9 @@ def plan_select(
             later = [c for c in clustering[i + 1 :] if c in equal or c in lower or c in upper]
             if later:
                 raise InvalidQueryError(
-                    f"cannot restrict clustering column {later[0]!r} of {schema.name!r} "
-                    f"without restricting {column!r} first (clustering order: "
+                    f"cannot restrict clustering column {short_repr(later[0])} of "
+                    f"{short_repr(schema.name)} "
+                    f"without restricting {short_repr(column)} first (clustering order: "
                     f"{', '.join(clustering)})"
                 )
             break
@@ -234,19 +233,21 @@ def plan_select(
         later = [c for c in clustering[i + 1 :] if c in equal or c in lower or c in upper]
         if later:
             raise InvalidQueryError(
-                f"cannot restrict clustering column {later[0]!r} of {schema.name!r} "
-                f"after a range on {column!r}; only the last restricted column may take a range"
+                f"cannot restrict clustering column {short_repr(later[0])} of "
+                f"{short_repr(schema.name)} "
+                f"after a range on {short_repr(column)}; only the last restricted column "
+                "may take a range"
             )
         break
     if order is not None and order not in ("asc", "desc"):
-        raise InvalidQueryError(f"order must be 'asc', 'desc' or None, not {order!r}")
+        raise InvalidQueryError(f"order must be 'asc', 'desc' or None, not {short_repr(order)}")
     if order is not None and not clustering:
         raise InvalidQueryError(
-            f"table {schema.name!r} has no clustering columns, so its rows have no order"
+            f"table {short_repr(schema.name)} has no clustering columns, so its rows have no order"
         )
     reverse = order is not None and order != schema.clustering[0].order
-    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
-        raise InvalidQueryError(f"limit must be a positive int or None, not {limit!r}")
+    if limit is not None:
+        check_count(limit, "limit", minimum=1)
     return SelectPlan(
         schema=schema,
         partition=values,
@@ -264,44 +265,58 @@ def _group_conditions(
     schema: TableSchema, where: Sequence[Any]
 ) -> tuple[dict[str, Any], dict[str, Bound], dict[str, Bound]]:
     if isinstance(where, str | bytes) or not isinstance(where, Sequence):
-        raise InvalidQueryError(f"where must be a list of (column, op, value), not {where!r}")
+        raise InvalidQueryError(
+            f"where must be a list of (column, op, value), not {short_repr(where)}"
+        )
     equal: dict[str, Any] = {}
     lower: dict[str, Bound] = {}
     upper: dict[str, Bound] = {}
     for condition in where:
         if not isinstance(condition, tuple | list) or len(condition) != 3:
-            raise InvalidQueryError(f"a where condition is (column, op, value), not {condition!r}")
+            raise InvalidQueryError(
+                f"a where condition is (column, op, value), not {short_repr(condition)}"
+            )
         column, op, raw = condition
         if not isinstance(column, str) or column not in schema.columns:
-            raise InvalidQueryError(f"table {schema.name!r} has no column {column!r}")
+            raise InvalidQueryError(
+                f"table {short_repr(schema.name)} has no column {short_repr(column)}"
+            )
         if column in schema.partition_key:
             raise InvalidQueryError(
-                f"{column!r} is a partition key column of {schema.name!r}: give it in "
+                f"{short_repr(column)} is a partition key column of "
+                f"{short_repr(schema.name)}: give it in "
                 "partition={...}, not in where"
             )
         if column not in schema.clustering_names:
             raise InvalidQueryError(
-                f"{column!r} is not a clustering column of {schema.name!r}; only clustering "
+                f"{short_repr(column)} is not a clustering column of "
+                f"{short_repr(schema.name)}; only clustering "
                 f"columns ({', '.join(schema.clustering_names) or 'none'}) can be restricted"
             )
         if op not in _OPERATORS:
             raise InvalidQueryError(
-                f"unknown operator {op!r} on {column!r}; use one of = < <= > >="
+                f"unknown operator {short_repr(op)} on {short_repr(column)}; use one of = < <= > >="
             )
         if raw is None:
-            raise InvalidQueryError(f"cannot compare clustering column {column!r} with None")
+            raise InvalidQueryError(
+                f"cannot compare clustering column {short_repr(column)} with None"
+            )
         value = check_value(schema, column, raw, InvalidQueryError)
         taken = column in equal or column in lower or column in upper
         if op == "=":
             if taken:
-                raise InvalidQueryError(f"{column!r} is restricted twice; = excludes others")
+                raise InvalidQueryError(
+                    f"{short_repr(column)} is restricted twice; = excludes others"
+                )
             equal[column] = value
             continue
         if column in equal:
-            raise InvalidQueryError(f"{column!r} is restricted twice; = excludes others")
+            raise InvalidQueryError(f"{short_repr(column)} is restricted twice; = excludes others")
         side = lower if op in (">", ">=") else upper
         if column in side:
-            raise InvalidQueryError(f"{column!r} has two {op[0]} bounds; give at most one")
+            raise InvalidQueryError(
+                f"{short_repr(column)} has two {op[0]} bounds; give at most one"
+            )
         side[column] = Bound(value, inclusive=op.endswith("="))
     return equal, lower, upper
 
@@ -310,10 +325,14 @@ def _check_columns(schema: TableSchema, columns: Sequence[str] | None) -> tuple[
     if columns is None:
         return tuple(schema.columns)
     if isinstance(columns, str | bytes) or not isinstance(columns, Sequence) or not columns:
-        raise InvalidQueryError(f"columns must be a non-empty list of names, not {columns!r}")
+        raise InvalidQueryError(
+            f"columns must be a non-empty list of names, not {short_repr(columns)}"
+        )
     for column in columns:
         if not isinstance(column, str) or column not in schema.columns:
-            raise InvalidQueryError(f"table {schema.name!r} has no column {column!r}")
+            raise InvalidQueryError(
+                f"table {short_repr(schema.name)} has no column {short_repr(column)}"
+            )
     if len(set(columns)) != len(columns):
         raise InvalidQueryError(f"columns names a column twice: {list(columns)}")
     return tuple(columns)
@@ -327,12 +346,12 @@ def plan_delete(
     if clustering is None:
         return values, ()
     if not isinstance(clustering, Mapping):
-        raise InvalidQueryError(f"clustering must be a dict or None, not {clustering!r}")
+        raise InvalidQueryError(f"clustering must be a dict or None, not {short_repr(clustering)}")
     names = schema.clustering_names
     unknown = [c for c in clustering if c not in names]
     if unknown:
         raise InvalidQueryError(
-            f"{unknown[0]!r} is not a clustering column of {schema.name!r} "
+            f"{short_repr(unknown[0])} is not a clustering column of {short_repr(schema.name)} "
             f"(clustering: {', '.join(names) or 'none'})"
         )
     prefix: list[Any] = []
@@ -340,11 +359,11 @@ def plan_delete(
         if column not in clustering:
             break
         if clustering[column] is None:
-            raise InvalidQueryError(f"cannot delete by {column!r} = None")
+            raise InvalidQueryError(f"cannot delete by {short_repr(column)} = None")
         prefix.append(check_value(schema, column, clustering[column], InvalidQueryError))
     if len(prefix) != len(clustering):
         raise InvalidQueryError(
-            f"delete on {schema.name!r} must give a leading run of clustering columns "
+            f"delete on {short_repr(schema.name)} must give a leading run of clustering columns "
             f"({', '.join(names)}), got {', '.join(clustering)}"
         )
     return values, tuple(prefix)

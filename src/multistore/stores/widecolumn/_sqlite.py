@@ -30,6 +30,7 @@ from multistore.errors import (
     MultistoreError,
     NotFoundError,
 )
+from multistore.stores._limits import short_repr
 from multistore.stores._sqlite_common import SQLiteStore, connect, sqlite_error, start, write
 from multistore.stores._worker import Worker
 from multistore.stores.widecolumn._api import (
@@ -146,7 +147,7 @@ class SQLiteWideColumnStore(SQLiteStore, WideColumnStore):
         if isinstance(exc, sqlite3.OperationalError) and text.startswith("no such table: wc_"):
             name = text.removeprefix("no such table: wc_")
             self._schemas.pop(name, None)
-            return NotFoundError(f"wide-column table {name!r} does not exist")
+            return NotFoundError(f"wide-column table {short_repr(name)} does not exist")
         return sqlite_error(self.url, exc)
 
     async def _schema(self, name: str) -> TableSchema:
@@ -156,14 +157,16 @@ class SQLiteWideColumnStore(SQLiteStore, WideColumnStore):
             self._schemas = await self._call(_load_schemas)
             schema = self._schemas.get(name)
         if schema is None:
-            raise NotFoundError(f"wide-column table {name!r} does not exist in {self.url}")
+            raise NotFoundError(
+                f"wide-column table {short_repr(name)} does not exist in {self.url}"
+            )
         return schema
 
     # -- tables ----------------------------------------------------------------
 
     async def create_table(self, schema: TableSchema, *, if_not_exists: bool = True) -> None:
         if not isinstance(schema, TableSchema):
-            raise InvalidValueError(f"create_table takes a TableSchema, not {schema!r}")
+            raise InvalidValueError(f"create_table takes a TableSchema, not {short_repr(schema)}")
         await self._call(write, _create_table, schema, bool(if_not_exists))
         self._schemas[schema.name] = schema
 
@@ -172,7 +175,9 @@ class SQLiteWideColumnStore(SQLiteStore, WideColumnStore):
         dropped = await self._call(write, _drop_table, name)
         self._schemas.pop(name, None)
         if not dropped and not if_exists:
-            raise NotFoundError(f"wide-column table {name!r} does not exist in {self.url}")
+            raise NotFoundError(
+                f"wide-column table {short_repr(name)} does not exist in {self.url}"
+            )
 
     async def schema(self, name: str) -> TableSchema:
         return await self._schema(name)
