@@ -24,6 +24,7 @@ one (PostgreSQL, MariaDB: inside each statement); on SQLite on the outbox's ``cl
 from __future__ import annotations
 
 import contextlib
+import json
 from collections.abc import AsyncIterator, Collection, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -153,6 +154,21 @@ class Finished:
         return not self.outcomes and not self.started and len(self.delivered) == len(self.held)
 
 
+def _claimed(values: tuple[Any, ...]) -> Claimed:
+    """A claimed row (``EVENT_COLUMNS``, then ``taken``), read by position."""
+    event_id, aggregate, seq, event_type, payload, created_at, attempts, taken = values
+    event = OutboxEvent(
+        str(event_id),
+        str(aggregate),
+        int(seq),
+        str(event_type),
+        json.loads(payload),
+        float(created_at),
+        int(attempts) + 1,
+    )
+    return Claimed(event, bool(taken))
+
+
 class Leases:
     """The outbox table as one relay (``owner``) reads and writes it."""
 
@@ -201,9 +217,7 @@ class Leases:
             async with self._transaction() as tx:
                 await _run(tx, first)
                 rows = await self._claim_in(tx, params)
-        return [
-            Claimed(OutboxEvent.from_row(r, int(r["attempts"]) + 1), bool(r["taken"])) for r in rows
-        ]
+        return [_claimed(r.as_tuple()) for r in rows]
 
     async def start(self, event: OutboxEvent | None, after: OutboxEvent | None) -> bool:
         """Record that ``event`` is handed over now (its attempts become
