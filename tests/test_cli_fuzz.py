@@ -145,7 +145,7 @@ def test_commands_with_generated_configs(
         st.tuples(st.just("recover"), st.sampled_from(["--participant", "--sagas"]), words),
         st.tuples(st.just("recover"), st.just("--retry-for"), st.sampled_from(["0", "1e-9"])),
         st.tuples(st.just("bench"), words, st.just("--json")),
-        st.tuples(st.just("sagas"), st.just("show"), words),
+        st.tuples(st.just("sagas"), st.sampled_from(["show", "cancel"]), words),
         # Definitions that cannot import (a name that does import is run: user code).
         st.tuples(
             st.just("sagas"),

@@ -350,6 +350,65 @@ def test_compensation_failing_past_its_policy_leaves_saga_stuck_then_retry(
     _run(body)
 
 
+def test_an_operator_cancels_a_stuck_saga(tmp_path: Path) -> None:
+    """A stuck saga an operator gives up on ends cancelled: nothing runs it again (not
+    recovery, not a retry), its steps stay as they were, and the reason is logged."""
+    refunds: list[str] = []
+
+    async def charge(ctx: StepContext) -> str:
+        return "charged"
+
+    async def refund(ctx: StepContext) -> None:
+        refunds.append(ctx.saga_id)
+        raise StoreUnavailableError("the payment provider is down")
+
+    async def fail(ctx: StepContext) -> None:
+        raise RuntimeError("out of stock")
+
+    saga = Saga(
+        "order",
+        [
+            Step(
+                "charge",
+                charge,
+                compensate=refund,
+                compensation_retry=RetryPolicy(max_attempts=1, retry_on=(Exception,)),
+            ),
+            Step("reserve", fail),
+        ],
+    )
+
+    async def body() -> None:
+        log = await _open(_sqlite_log(tmp_path))
+        async with log, _engine(log, saga, FakeTime()) as engine:
+            assert (await engine.start(saga, None, saga_id="o1")).state is SagaState.STUCK
+            cancelled = await engine.cancel_stuck("o1", "refunded by hand,\n ticket 42")
+            assert cancelled.state is SagaState.CANCELLED
+            assert cancelled.compensation_error is not None
+            assert cancelled.compensation_error.type == "SagaCancelled"
+            assert cancelled.compensation_error.message.startswith(
+                "cancelled by an operator: refunded by hand, ticket 42 (it was stuck on "
+                "StoreUnavailableError: the payment provider is down)"
+            )
+            assert (await engine.result("o1")).state is SagaState.CANCELLED
+            shown = await engine.show("o1")
+            assert shown["owner"] is None
+            assert [s["state"] for s in shown["steps"]] == ["completed", "failed"]
+            assert await engine.list_stuck() == []
+            assert [s["saga_id"] for s in await engine.list_sagas(state="cancelled")] == ["o1"]
+            attempts = len(refunds)
+            assert await engine.recover() == []
+            with pytest.raises(ConflictError, match="cancelled, not stuck"):
+                await engine.retry_stuck("o1")
+            with pytest.raises(ConflictError, match="cancelled, not stuck"):
+                await engine.cancel_stuck("o1")
+            with pytest.raises(NotFoundError):
+                await engine.cancel_stuck("nobody")
+            assert len(refunds) == attempts  # nothing ran the refund again
+
+    _run(body)
+
+
 def test_step_timeout_is_retried_then_fails(tmp_path: Path) -> None:
     calls: list[int] = []
 

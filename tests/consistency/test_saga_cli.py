@@ -217,3 +217,26 @@ def test_the_sagas_command_reads_as_text_at_80_columns(tmp_path: Path) -> None:
     none = cli("sagas", "--state", "completed")
     assert none.returncode == 0
     assert none.stdout.startswith("no sagas in state completed in sqlite:///")
+
+
+def test_an_operator_cancels_a_stuck_saga_from_the_command_line(tmp_path: Path) -> None:
+    (tmp_path / "opsagas.py").write_text(SAGAS_MODULE)
+    (tmp_path / "start.py").write_text(START)
+    (tmp_path / "payments-down").touch()
+    assert _run(["start.py"], tmp_path).stdout.strip() == "stuck"
+
+    cancel = ["-m", "multistore", "sagas", "cancel", "order-7", "--reason", "refunded by hand"]
+    done = _run(cancel, tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert "saga order-7 is cancelled" in done.stdout
+    assert "cancelled by an operator: refunded by hand" in done.stdout
+
+    again = _run(cancel, tmp_path)  # only a stuck saga can be cancelled
+    assert again.returncode != 0
+    assert again.stderr.count("\n") == 1 and "is cancelled, not stuck" in again.stderr
+    (tmp_path / "payments-down").unlink()
+    retried = _run(["-m", "multistore", "recover", "--sagas", "opsagas:SAGAS", "--json"], tmp_path)
+    assert json.loads(retried.stdout)["retried_sagas"] == []  # nothing runs it again
+    assert not (tmp_path / "refunds.txt").exists()
+    shown = _run(["-m", "multistore", "sagas", "show", "order-7", "--json"], tmp_path)
+    assert json.loads(shown.stdout)["saga"]["state"] == "cancelled"

@@ -10,10 +10,15 @@ moves.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import sqlite3
 from pathlib import Path
 
+import pytest
+
 from multistore.core._quorum import QuorumConfig
-from multistore.replication import QuorumCluster, SQLiteNode, WriteResult
+from multistore.errors import Outcome
+from multistore.replication import QuorumCluster, QuorumError, SQLiteNode, WriteResult
 
 SLOPPY = QuorumConfig(n=3, r=2, w=2, sloppy=True)
 
@@ -129,6 +134,67 @@ def test_a_stand_in_copy_for_a_home_down_past_the_window_keeps_its_hint(
             assert await cluster.hints.counts() == {}
             await cluster.anti_entropy()
             assert (await cluster.get("cart", r=3)).value == {"apple": 2}
+        finally:
+            await cluster.close()
+
+    asyncio.run(body())
+
+
+def _refuse_hints(path: Path) -> None:
+    """The hint store's file refuses new hints (a trigger: a real SQLite refusal)."""
+    with contextlib.closing(sqlite3.connect(path)) as conn:
+        conn.execute(
+            "CREATE TRIGGER no_hints BEFORE INSERT ON hints "
+            "BEGIN SELECT RAISE(ABORT, 'disk full'); END"
+        )
+        conn.commit()
+
+
+def test_a_hint_the_store_cannot_keep_does_not_fail_a_write_its_replicas_hold(
+    tmp_path: Path,
+) -> None:
+    """Found by the explorer (quorum seed 1098 with read-modify-writes): a write that
+    reached W of its homes raised the hint store's definite error though the replicas
+    had applied it. Hints are best effort: the write is acknowledged, the hint counted
+    as dropped, and anti-entropy brings the home that missed it up to date."""
+
+    async def body() -> None:
+        cluster = await QuorumCluster.embedded(
+            tmp_path, 3, config=QuorumConfig(n=3, r=2, w=2), hint_window=60.0
+        )
+        try:
+            _refuse_hints(tmp_path / "hints.db")
+            home = cluster.preference_list("cart")[0]
+            _node(cluster, home).set_down(True)
+            written = await cluster.put("cart", {"apple": 1})
+            assert home not in written.acks and len(written.acks) == 2
+            assert written.hinted == ()
+            assert cluster.stats.hints_dropped == 1
+            _node(cluster, home).set_down(False)
+            await cluster.anti_entropy()
+            assert await _node(cluster, home).read(b"cart") is not None
+            assert (await cluster.get("cart", r=3)).value == {"apple": 1}
+        finally:
+            await cluster.close()
+
+    asyncio.run(body())
+
+
+def test_a_write_whose_stand_in_hint_cannot_be_kept_is_indeterminate(tmp_path: Path) -> None:
+    """In a sloppy quorum the hint is the only way back to a stand-in's copy: a write
+    acknowledged by stand-ins whose hint cannot be kept fails, as indeterminate (the
+    stand-ins hold it), never as definite."""
+
+    async def body() -> None:
+        cluster = await _sloppy(tmp_path, [1_000.0])
+        try:
+            _refuse_hints(tmp_path / "hints.db")
+            for name in cluster.preference_list("cart"):
+                _node(cluster, name).set_down(True)
+            with pytest.raises(QuorumError) as failed:
+                await cluster.put("cart", {"apple": 1})
+            assert failed.value.outcome is Outcome.INDETERMINATE
+            assert "hint could not be kept" in str(failed.value)
         finally:
             await cluster.close()
 

@@ -158,10 +158,13 @@ def test_console_in_a_browser(server: ServiceProcess, browser: Browser, tmp_path
                 "BEGIN SELECT RAISE(ABORT, 'the payment provider refuses refunds'); END"
             )
             payments.commit()
-            stuck = alice.order({sku: 2})  # out of stock -> refund -> refused -> stuck
-            assert stuck.status_code == 202, stuck.text
-            order_id = stuck.json()["id"]
-            assert stuck.json()["saga"]["state"] == "stuck"
+            ids = []
+            for _ in range(2):
+                stuck = alice.order({sku: 2})  # out of stock -> refund -> refused -> stuck
+                assert stuck.status_code == 202, stuck.text
+                assert stuck.json()["saga"]["state"] == "stuck"
+                ids.append(stuck.json()["id"])
+            order_id, given_up = ids
             payments.execute("DROP TRIGGER no_refunds")  # the provider is back
             payments.commit()
         assert alice.order({sku: 1}).status_code == 201
@@ -177,7 +180,7 @@ def test_console_in_a_browser(server: ServiceProcess, browser: Browser, tmp_path
             login(page, server.base, "admin", ADMIN_PASSWORD)
 
             expect(page.locator("h1")).to_have_text("Overview")
-            expect(page.locator(".card", has_text="sagas stuck")).to_contain_text("1")
+            expect(page.locator(".card", has_text="sagas stuck")).to_contain_text("2")
             expect(page.locator(".card", has_text="in-doubt 2PC branches")).to_contain_text("3")
             health = page.locator("table tbody tr")
             expect(health).to_have_count(11)
@@ -185,7 +188,7 @@ def test_console_in_a_browser(server: ServiceProcess, browser: Browser, tmp_path
             page.screenshot(path=pictures / "console-overview.png", full_page=True)
 
             page.click("header nav >> text=Sagas")
-            page.click(".tabs >> text=stuck 1")
+            page.click(".tabs >> text=stuck 2")
             page.click(f"a.id[title='{order_id}']")
             expect(page.locator("h1")).to_have_text("Saga")
             expect(page.locator(".toolbar")).to_contain_text("stuck")
@@ -197,6 +200,19 @@ def test_console_in_a_browser(server: ServiceProcess, browser: Browser, tmp_path
             expect(page.locator(".toolbar")).to_contain_text("compensated")
             expect(page.locator("text=Retry compensation")).to_have_count(0)
             page.screenshot(path=pictures / "console-saga-retried.png", full_page=True)
+
+            # The other one: the operator refunds by hand and gives up on it.
+            page.goto(f"{server.base}/console/sagas/{given_up}")
+            expect(page.locator(".toolbar")).to_contain_text("stuck")
+            page.once("dialog", lambda dialog: dialog.accept())
+            page.click("text=Cancel saga")
+            expect(page.locator(".flash")).to_have_text("cancelled: the saga is now cancelled")
+            expect(page.locator(".toolbar")).to_contain_text("cancelled by an operator")
+            expect(page.locator("text=Retry compensation")).to_have_count(0)
+            expect(page.locator("text=Cancel saga")).to_have_count(0)
+            page.click("header nav >> text=Sagas")
+            expect(page.locator(".tabs")).to_contain_text("cancelled 1")
+            expect(page.locator(".tabs")).to_contain_text("stuck 0")
 
             page.click("header nav >> text=2PC")
             rows = page.locator("table tbody tr")

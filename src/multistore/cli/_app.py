@@ -356,6 +356,28 @@ def sagas_show(
     _guard(body)
 
 
+@sagas_app.command("cancel")
+def sagas_cancel(
+    ctx: typer.Context,
+    saga_id: Annotated[str, typer.Argument(help="The stuck saga's id.")],
+    reason: Annotated[
+        str, typer.Option("--reason", help="Why, for whoever reads the log later.")
+    ] = "",
+    config: ConfigOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Give up on a stuck saga's compensation: it ends cancelled (undo by hand)."""
+
+    def body() -> None:
+        from multistore.cli._sagas import run_sagas_cancel
+
+        report = asyncio.run(run_sagas_cancel(config or ctx.obj, saga_id, reason, quiet=as_json))
+        if as_json:
+            _print_json(report)
+
+    _guard(body)
+
+
 @sagas_app.command("worker")
 def sagas_worker(
     ctx: typer.Context,

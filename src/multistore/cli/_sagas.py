@@ -1,4 +1,5 @@
-"""The bodies of ``multistore sagas`` (list), ``sagas show ID`` and ``sagas worker``.
+"""The bodies of ``multistore sagas`` (list), ``sagas show ID``, ``sagas cancel ID``
+and ``sagas worker``.
 
 What a person reads is made for reading: times as local dates with their age
 ("2025-06-01 12:03:04, 5 s ago"), errors as ``Type: message``, a line that says so
@@ -39,6 +40,7 @@ from multistore.stores.relational import RelationalStore
 
 __all__ = [
     "load_saga_definitions",
+    "run_sagas_cancel",
     "run_sagas_list",
     "run_sagas_show",
     "run_sagas_worker",
@@ -89,6 +91,25 @@ async def run_sagas_show(config_path: Path | None, saga_id: str, *, quiet: bool)
     saga = _decoded(saga)
     saga["steps"] = [_decoded(step) for step in saga["steps"]]
     return {"saga": saga}
+
+
+async def run_sagas_cancel(
+    config_path: Path | None, saga_id: str, reason: str, *, quiet: bool
+) -> dict[str, Any]:
+    """Cancel a stuck saga (:meth:`SagaEngine.cancel_stuck`); the saga as it is then."""
+    store = await saga_store(config_path)
+    try:
+        engine = SagaEngine(store)
+        await engine.setup()
+        result = await engine.cancel_stuck(saga_id, reason)
+    finally:
+        await store.close()
+    if not quiet:
+        console = Console(highlight=False)
+        console.print(f"saga {escape(saga_id)} is {result.state.value}")
+        if result.compensation_error is not None:
+            console.print(escape(result.compensation_error.message), soft_wrap=False)
+    return {"saga_id": saga_id, "state": result.state.value}
 
 
 # -- reading ----------------------------------------------------------------------------

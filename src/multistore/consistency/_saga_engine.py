@@ -277,6 +277,31 @@ class SagaEngine:
 
         return await self._hold(saga_id, run())
 
+    async def cancel_stuck(self, saga_id: str, reason: str = "") -> SagaResult:
+        """Give up on a stuck saga's compensation: it ends ``cancelled`` (nothing runs
+        it again; what its steps left is the operator's to undo by hand), with
+        ``reason`` logged beside the error that left it stuck. :class:`ConflictError`
+        if it is not stuck or another operator or worker holds it."""
+        record = await self.log.load(saga_id)
+        if record is None:
+            raise NotFoundError(f"no saga {saga_id!r} in the log")
+        if record.state is not SagaState.STUCK:
+            raise ConflictError(f"saga {saga_id!r} is {record.state.value}, not stuck")
+        if not await self.log.take_stuck(
+            saga_id, self.worker_id, lease=self.lease, now=self._clock()
+        ):
+            raise ConflictError(f"saga {saga_id!r} was taken by another operator or worker")
+        why = " ".join(reason.split()) or "no reason given"
+        before = ErrorInfo.from_json(record.compensation_error)
+        message = f"cancelled by an operator: {why}"
+        if before is not None:
+            message += f" (it was stuck on {before})"
+        cancelled = sm.cancel_stuck(record, ErrorInfo("SagaCancelled", message).to_json())
+        # A finished state: the fenced write releases the saga as it lands.
+        await self._save(record, cancelled)
+        self._emit("saga_cancelled", saga_id, None)
+        return _result(cancelled)
+
     # -- internals ---------------------------------------------------------------------
 
     def _definition(self, record: SagaRecord) -> Saga:

@@ -16,6 +16,9 @@ Saga states::
                           │ a compensation failed past its retry policy
                           ▼
                         STUCK ──operator retries──▶ COMPENSATING
+                          │ operator gives up on the compensation (undoes by hand)
+                          ▼
+                      CANCELLED
 
 Parallel groups: consecutive steps may form a group (``groups[i]`` is step ``i``'s
 group number; steps of one group share it). A group's members are started together,
@@ -59,6 +62,7 @@ __all__ = [
     "StepState",
     "abort",
     "begin",
+    "cancel_stuck",
     "compensation_attempted",
     "finish",
     "group_compensated",
@@ -81,11 +85,17 @@ class SagaState(enum.Enum):
     COMPLETED = "completed"
     COMPENSATED = "compensated"
     STUCK = "stuck"
+    CANCELLED = "cancelled"
 
     @property
     def finished(self) -> bool:
         """True for the end states: nothing will run without an operator."""
-        return self in (SagaState.COMPLETED, SagaState.COMPENSATED, SagaState.STUCK)
+        return self in (
+            SagaState.COMPLETED,
+            SagaState.COMPENSATED,
+            SagaState.STUCK,
+            SagaState.CANCELLED,
+        )
 
 
 UNFINISHED_STATES = (SagaState.PENDING, SagaState.RUNNING, SagaState.COMPENSATING)
@@ -411,6 +421,15 @@ def reopen_stuck(saga: SagaRecord) -> SagaRecord:
     return dataclasses.replace(
         saga, state=SagaState.COMPENSATING, steps=steps, compensation_error=None
     )
+
+
+def cancel_stuck(saga: SagaRecord, error: str) -> SagaRecord:
+    """An operator gives up on a stuck saga's compensation (what its steps left is
+    theirs to undo by hand): it ends CANCELLED with its steps as they were, and
+    ``error`` (the operator's reason, encoded by the engine) as its compensation
+    error."""
+    _expect(saga, SagaState.STUCK)
+    return dataclasses.replace(saga, state=SagaState.CANCELLED, compensation_error=error)
 
 
 def finish(saga: SagaRecord, state: SagaState) -> SagaRecord:

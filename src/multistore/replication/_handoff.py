@@ -9,7 +9,8 @@ and then hands back the stand-in's copy (see :func:`_hand_back`). Like Cassandra
 ``max_hint_window``, hints are not kept for a node that has been failing for longer
 than the window, and hints older than the window are dropped at delivery; both are
 counted, and anti-entropy among the key's replicas repairs what they would have
-carried. A stand-in is no replica of the key, so anti-entropy never looks at its
+carried; a hint the hint store fails to keep is dropped and counted the same way.
+A stand-in is no replica of the key, so anti-entropy never looks at its
 copy: a hint that names a stand-in is kept whatever the window, and one past the
 window is dropped only once the stand-in's copy has been handed back to the home.
 """
@@ -47,7 +48,15 @@ async def hint(
     if not fallback and cluster.detector.down_for(home) > cluster.hint_window:
         cluster.stats.hints_dropped += 1
         return False
-    await cluster.hints.add(home, group, member, hlc, blob, fallback, cluster.clock())
+    try:
+        await cluster.hints.add(home, group, member, hlc, blob, fallback, cluster.clock())
+    except MultistoreError:
+        if fallback:
+            raise  # the only way back to the stand-in's copy: the caller must know
+        # Best effort, as Cassandra's hints: the write's replicas have it (or it
+        # failed anyway), and anti-entropy repairs what the hint would have carried.
+        cluster.stats.hints_dropped += 1
+        return False
     cluster.stats.hints_recorded += 1
     return True
 

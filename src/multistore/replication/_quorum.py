@@ -29,9 +29,11 @@ passes the read's ``context`` supersedes what that read saw.
   A request that cannot meet its level with the replicas up sends nothing and fails
   definitely (Cassandra's Unavailable). Hints older than ``hint_window`` (or for a
   node down longer than that) are dropped and counted, as Cassandra's
-  ``max_hint_window``; anti-entropy repairs what they would have carried. A hint
-  naming a stand-in is dropped only once the stand-in's copy is back on its home
-  (anti-entropy never looks at a stand-in's copy).
+  ``max_hint_window``, and so is a hint the hint store fails to keep (hints are best
+  effort); anti-entropy repairs what they would have carried. A hint naming a
+  stand-in is dropped only once the stand-in's copy is back on its home (anti-entropy
+  never looks at a stand-in's copy), and a write whose such hint cannot be kept fails
+  as indeterminate.
 * **Membership changes** (:mod:`._qmembership`): while one is under way a write is
   acknowledged once W of its replicas on the current ring and W on the new one hold it.
 * **Failure detection**: a threshold detector (:mod:`._qdetector`) marks a node
@@ -582,12 +584,23 @@ class QuorumCluster:
                     outcome=Outcome.DEFINITE,
                 )
             hinted: tuple[str, ...] = ()
-            if fan.failed_homes or fan.stand_in:
-                hinted = await record_hints(self, group, member, hlc, blob, fan)
-            if heard is not None:
-                for name in heard.failed:
-                    if await hint(self, name, group, member, hlc, blob, ""):
-                        hinted += (name,)
+            try:
+                if fan.failed_homes or fan.stand_in:
+                    hinted = await record_hints(self, group, member, hlc, blob, fan)
+                if heard is not None:
+                    for name in heard.failed:
+                        if await hint(self, name, group, member, hlc, blob, ""):
+                            hinted += (name,)
+            except MultistoreError as exc:
+                # Only a hint leading to a stand-in's copy fails here: the replicas
+                # hold the write, but it cannot be acknowledged without the hint.
+                raise QuorumError(
+                    f"write of {group!r} reached {total} of the {need} replicas it needs, "
+                    f"but its hint could not be kept ({exc}); it may still apply",
+                    acks=acks,
+                    required=need,
+                    outcome=Outcome.INDETERMINATE,
+                ) from exc
             for task, name in fan.pending.items():
                 if name in fan.homes:
                     when_done(task, late_write_hinter(self, group, member, hlc, blob, name))

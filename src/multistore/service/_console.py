@@ -1,8 +1,8 @@
 """The operations console under ``/console`` (admin only).
 
 Pages: overview (store health per role, the key numbers), sagas by state with each
-saga's timeline and a retry for stuck ones, in-doubt two-phase-commit branches with
-resolve, the outbox backlog with parked events and retry, recent idempotency keys
+saga's timeline and a retry or cancel for stuck ones, in-doubt two-phase-commit
+branches with resolve, the outbox backlog with parked events and retry, recent idempotency keys
 by state, replication (cart nodes, router replicas, quorum nodes, hints and
 repairs), and the request metrics as charts. It logs in with the shop's sessions (a
 cookie); every action is a POST form with a token tied to the session.
@@ -51,14 +51,21 @@ def _csrf(request: Request) -> str:
     return hmac.new((token or "").encode(), b"console", hashlib.sha256).hexdigest()
 
 
-def _form(request: Request, action: str, label: str, fields: dict[str, str], confirm: str) -> Cell:
+def _form(
+    request: Request,
+    action: str,
+    label: str,
+    fields: dict[str, str],
+    confirm: str,
+    kind: str = "primary",
+) -> Cell:
     hidden = "".join(
         f'<input type="hidden" name="{esc(k)}" value="{esc(v)}">'
         for k, v in {**fields, "csrf": _csrf(request)}.items()
     )
     return (
         f'<form class="inline" method="post" action="{esc(action)}" data-confirm="{esc(confirm)}">'
-        f'{hidden}<button class="primary" type="submit">{esc(label)}</button></form>'
+        f'{hidden}<button class="{kind}" type="submit">{esc(label)}</button></form>'
     )
 
 
@@ -255,12 +262,21 @@ def console_router() -> APIRouter:
             )
         actions = ""
         if shown["state"] == SagaState.STUCK.value:
+            quoted = urllib.parse.quote(saga_id)
             actions = _form(
                 request,
-                f"/console/sagas/{urllib.parse.quote(saga_id)}/retry",
+                f"/console/sagas/{quoted}/retry",
                 "Retry compensation",
                 {},
                 "Run this saga's compensations again?",
+            ) + _form(
+                request,
+                f"/console/sagas/{quoted}/cancel",
+                "Cancel saga",
+                {},
+                "Give up on this saga's compensation? What its steps did stays as it is, "
+                "for you to undo by hand.",
+                kind="",
             )
         error = _error_text(shown.get("compensation_error") or shown.get("error"))
         head = (
@@ -283,6 +299,15 @@ def console_router() -> APIRouter:
             f"retried: the saga is now {result.state.value}",
             bad=result.state is SagaState.STUCK,
         )
+
+    async def cancel_saga(request: Request, shop: Shop, user: User) -> Response:
+        saga_id = request.path_params["saga_id"]
+        back = f"/console/sagas/{urllib.parse.quote(saga_id)}"
+        try:
+            result = await shop.engine.cancel_stuck(saga_id, f"from the console by {user.username}")
+        except MultistoreError as exc:
+            return _back(back, f"cancel failed: {exc.message}", bad=True)
+        return _back(back, f"cancelled: the saga is now {result.state.value}")
 
     async def transactions(request: Request, shop: Shop, user: User) -> Response:
         assert shop.coordinator is not None
@@ -510,6 +535,7 @@ def console_router() -> APIRouter:
     router.add_api_route("/sagas", admin_page(sagas), methods=["GET"])
     router.add_api_route("/sagas/{saga_id}", admin_page(saga), methods=["GET"])
     router.add_api_route("/sagas/{saga_id}/retry", admin_page(retry_saga), methods=["POST"])
+    router.add_api_route("/sagas/{saga_id}/cancel", admin_page(cancel_saga), methods=["POST"])
     router.add_api_route("/transactions", admin_page(transactions), methods=["GET"])
     router.add_api_route("/transactions/resolve", admin_page(resolve), methods=["POST"])
     router.add_api_route("/outbox", admin_page(outbox), methods=["GET"])

@@ -76,6 +76,7 @@ button, .button { font:inherit; padding:5px 12px; border-radius:6px; border:1px 
   background:#fff; cursor:pointer; white-space:nowrap; }
 button.primary { background:#101828; color:#fff; border-color:#101828; }
 form.inline { display:inline; margin:0; }
+form.inline + form.inline { margin-left:8px; }
 .flash { padding:10px 14px; border-radius:8px; margin-bottom:16px; border:1px solid; }
 .flash.ok { background:#ecfdf3; border-color:#abefc6; color:var(--ok); }
 .flash.bad { background:#fef3f2; border-color:#fecdca; color:var(--bad); }
