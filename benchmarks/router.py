@@ -12,8 +12,10 @@ A PostgreSQL primary and one streaming standby (started here, from the lab's lau
 - a read-your-writes read whose token the standby has already replayed (no wait)
   against the same bare read;
 - a write followed by a read-your-writes read, which waits for the standby to replay
-  the write, against a bare write then read, both on the primary (the only way to
-  read your writes without the router);
+  the write (``causal_wait=2``), against a bare write then read, both on the primary
+  (the only way to read your writes without the router); and the same with
+  ``causal_wait=0`` (the default), where the read goes to the primary at once unless
+  the router already knows a replica has the write;
 - the embedded setup: a primary-key read through the router over SQLite log-shipping
   replicas against plain ``sqlite3`` on a replica file.
 """
@@ -137,6 +139,23 @@ async def _postgres_cases(primary: PostgresServer, standby: PostgresServer, db: 
             await compare(
                 "write, then read-your-writes read (waits for the standby)",
                 ours_write_read,
+                bare_write_read,
+                "psycopg write then read, both on the primary",
+                ops=100,
+                warmup=10,
+            )
+        )
+
+        async def ours_write_read_at_once() -> None:
+            i = next(ids)
+            written = await router.execute("INSERT INTO bench VALUES (:id, 'w')", {"id": i})
+            await router.fetch_one(SELECT, {"id": i}, token=written.token, causal_wait=0.0)
+
+        rows.append(
+            await compare(
+                "write, then read-your-writes read (causal_wait=0, the default: "
+                "the primary at once when no replica is known to have the write)",
+                ours_write_read_at_once,
                 bare_write_read,
                 "psycopg write then read, both on the primary",
                 ops=100,

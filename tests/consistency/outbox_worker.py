@@ -112,7 +112,8 @@ async def relay(config: dict[str, Any]) -> None:
         )
         give_up = time.monotonic() + 60
         while await _waiting(outbox):
-            if not await worker.run_once():
+            # drain(): each batch's outcomes are written with the next claim
+            if not await worker.drain():
                 if time.monotonic() > give_up:
                     raise TimeoutError(f"events still pending: {await outbox.counts()}")
                 await asyncio.sleep(0.05)

@@ -401,7 +401,10 @@ def test_run_rides_out_a_lost_database(
                 async def delivered(n: int) -> bool:
                     return len(seen) == n
 
-                await poll(lambda: delivered(1), "the first event delivered")
+                async def marked() -> bool:  # not only handed over: recorded as delivered
+                    return (await outbox.counts())["delivered"] == 1
+
+                await poll(marked, "the first event delivered")
                 proxy.cut()
                 await save(store, outbox, "p", 2)
 
@@ -559,6 +562,112 @@ def test_run_delivers_what_arrives_until_stopped(tmp_path: Path) -> None:
             stop.set()
             await asyncio.wait_for(task, 30)
             assert seen == [1, 2, 3, 4, 5]
+
+    asyncio.run(body())
+
+
+def test_drain_records_each_batch_with_the_next_claim(url: str) -> None:
+    """drain() goes batch after batch, writing each batch's outcomes together with the
+    next claim: every event handed over once and in order, each delivered one
+    charged one attempt, a failure recorded with its retry time, the next batch not
+    claiming what the batch before delivered or failed."""
+
+    async def body() -> None:
+        clock = Clock()
+        async with shop(url, clock) as (store, outbox):
+            for n in range(1, 6):
+                for aggregate in ("a", "b", "c"):
+                    await save(store, outbox, aggregate, n)
+            calls: list[tuple[str, int, bool]] = []
+
+            async def handler(event: OutboxEvent) -> None:
+                ok = (event.aggregate, event.seq, event.attempt) != ("b", 3, 1)
+                calls.append((event.aggregate, event.seq, ok))
+                if not ok:
+                    raise ValueError("b #3 is refused once")
+
+            relay = OutboxRelay(outbox, handler, batch=4, retry=FAST_RETRY)
+            assert await relay.drain() == 12  # b stops at #3, retried in 10 s
+            assert in_order_per_aggregate(calls)
+            assert len(calls) == 13 and len(set(calls)) == 13
+            records = {(r.event.aggregate, r.event.seq): r for r in await outbox.events()}
+            assert all(
+                (r.state, r.attempts, r.owner) == ("delivered", 1, None)
+                for key, r in records.items()
+                if key[0] != "b" or key[1] < 3
+            )
+            failed = records["b", 3]
+            assert (failed.state, failed.attempts, failed.owner) == ("pending", 1, None)
+            assert failed.next_attempt_at == clock.now + 10.0
+            assert [(r.state, r.owner) for k, r in records.items() if k[0] == "b" and k[1] > 3] == [
+                ("pending", None)
+            ] * 2
+            assert relay.statistics().failed == 1
+            clock.advance(10.0)
+            assert await relay.drain() == 3
+            assert in_order_per_aggregate(calls)
+            assert await outbox.counts() == {"pending": 0, "delivered": 15, "parked": 0}
+
+    asyncio.run(body())
+
+
+def test_a_chained_claim_leaves_an_aggregate_whose_event_another_relay_took(url: str) -> None:
+    """The batch's outcomes and the next claim share a transaction (on PostgreSQL one
+    statement, whose parts all read the snapshot from before the mark). If another
+    relay took an event of the batch over meanwhile, the mark leaves that event alone
+    and the claim must still see it open: the aggregate's next event is not a head."""
+
+    async def body() -> None:
+        async with shop(url) as (store, outbox):
+            for n in range(1, 4):
+                await save(store, outbox, "p", n)
+            entered, release = asyncio.Event(), asyncio.Event()
+            seen: list[int] = []
+
+            async def handler(event: OutboxEvent) -> None:
+                seen.append(event.seq)
+                if event.seq == 2:
+                    entered.set()
+                    await release.wait()
+
+            relay = OutboxRelay(outbox, handler, batch=2, worker_id="x")
+            draining = asyncio.create_task(relay.drain())
+            await asyncio.wait_for(entered.wait(), 30)
+            # another relay took #1 over (as after an expired lease)
+            await store.execute(
+                f"UPDATE {outbox.table} SET owner = 'y' WHERE aggregate = 'p' AND seq = 1"
+            )
+            release.set()
+            assert await asyncio.wait_for(draining, 30) == 2
+            assert seen == [1, 2]
+            records = [(r.event.seq, r.state, r.owner) for r in await outbox.events(aggregate="p")]
+            assert records == [(1, "pending", "y"), (2, "delivered", None), (3, "pending", None)]
+
+    asyncio.run(body())
+
+
+def test_a_head_behind_a_window_of_blocked_events_is_claimed(url: str) -> None:
+    """Many pending events of a blocked aggregate (its first one parked) come before
+    another aggregate's only event: the claim still finds that one (PostgreSQL looks
+    for heads among the oldest due events first, then among all)."""
+
+    async def body() -> None:
+        async with shop(url) as (store, outbox):
+            for n in range(1, 13):
+                await save(store, outbox, "blocked", n)
+            await save(store, outbox, "free", 1)
+            seen: list[tuple[str, int]] = []
+
+            async def handler(event: OutboxEvent) -> None:
+                seen.append((event.aggregate, event.seq))
+                if event.aggregate == "blocked":
+                    raise KeyError("never")
+
+            refuse_once = RetryPolicy(max_attempts=1, retry_on=(Exception,))
+            relay = OutboxRelay(outbox, handler, batch=2, retry=refuse_once)
+            assert await relay.drain() == 1
+            assert seen == [("blocked", 1), ("free", 1)]
+            assert await outbox.counts() == {"pending": 11, "delivered": 1, "parked": 1}
 
     asyncio.run(body())
 

@@ -112,10 +112,13 @@ async def outbox(sim: Simulation) -> None:
             )
             try:
                 for _ in range(rounds):
+                    # drain() writes each batch's outcomes with the next claim
+                    drain = sim.choices.random() < 0.5
                     try:
-                        await actor.call(relay.run_once())
+                        await actor.call(relay.drain() if drain else relay.run_once())
                     except (MultistoreError, asyncio.CancelledError) as exc:
-                        sim.note(f"{actor.label} run_once: {type(exc).__name__}")
+                        how = "drain" if drain else "run_once"
+                        sim.note(f"{actor.label} {how}: {type(exc).__name__}")
                     await asyncio.sleep(sim.choices.uniform(0, 3))
             finally:
                 await store.close()

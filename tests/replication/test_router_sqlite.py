@@ -512,3 +512,31 @@ def test_a_second_failover_never_reuses_a_timeline(tmp_path: Path) -> None:
             assert await router.fetch_val("SELECT name FROM items WHERE id = 1", token=kept.token)
 
     asyncio.run(body())
+
+
+def test_a_token_no_replica_is_known_to_have_goes_to_the_primary_at_once(
+    tmp_path: Path,
+) -> None:
+    """By default a read-your-writes read does not wait for a replica: if none is
+    known to have replayed the token, the primary serves it, and no replica is polled
+    (the wait is opt-in with causal_wait)."""
+
+    async def body() -> None:
+        slow = LogShipping(delay=600.0, interval=0.02)  # the replicas never get the write
+        async with await Router.open(
+            f"sqlite:///{tmp_path / 'primary.db'}",
+            [f"sqlite:///{tmp_path / 'replica.db'}"],
+            shipping=slow,
+        ) as router:  # the default RouterConfig
+            await router.execute(DDL)
+            written = await router.execute("INSERT INTO items (id, name) VALUES (1, 'a')")
+            primary, replica = router.nodes
+            polls = replica.polls
+            name = "SELECT name FROM items WHERE id = 1"
+            assert await router.fetch_val(name, token=written.token) == "a"
+            assert (primary.reads, replica.reads, replica.polls) == (1, 0, polls)
+            # a bound given: the replicas are polled until it runs out, then the primary
+            assert await router.fetch_val(name, token=written.token, causal_wait=0.2) == "a"
+            assert (primary.reads, replica.reads) == (2, 0) and replica.polls > polls
+
+    asyncio.run(body())

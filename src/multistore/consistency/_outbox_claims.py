@@ -8,9 +8,11 @@ without an outcome (that run died, was cut off, or lost its lease): their aggreg
 are delivered with a record before each event (:meth:`Leases.start`). Every later
 write is fenced on the owner.
 
-- PostgreSQL: one statement; the heads are selected ``FOR UPDATE SKIP LOCKED`` and
-  the lease is written by an ``UPDATE … RETURNING`` (``event_id = ANY(array)`` in
-  the other statements, so their text does not depend on the batch).
+- PostgreSQL: one statement; the heads are looked for among the oldest due events
+  (and among all only when none of those is one), selected ``FOR UPDATE SKIP
+  LOCKED``, and the lease is written by an ``UPDATE … RETURNING``
+  (``event_id = ANY(array)`` in the other statements, so their text does not depend
+  on the batch). The same statement can first mark the batch before delivered.
 - MariaDB: a ``READ COMMITTED`` transaction (no gap locks) with ``SKIP LOCKED``.
 - SQLite: a ``BEGIN IMMEDIATE`` transaction; the write lock serialises claimers.
 
@@ -22,6 +24,7 @@ one (PostgreSQL, MariaDB: inside each statement); on SQLite on the outbox's ``cl
 from __future__ import annotations
 
 import contextlib
+import json
 from collections.abc import AsyncIterator, Collection, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -29,33 +32,85 @@ from typing import Any
 from multistore.consistency._outbox import EVENT_COLUMNS, Outbox, OutboxEvent, in_marks
 from multistore.stores.relational import Row, Transaction
 
-__all__ = ["Claimed", "Leases", "Outcome", "by_aggregate"]
+__all__ = ["Claimed", "Finished", "Leases", "Outcome", "by_aggregate"]
 
+Statement = tuple[str, dict[str, Any]]
+
+_DUE = (
+    "{o}.state = 'pending' AND ({o}.owner IS NULL OR {o}.owner = :owner "
+    "OR {o}.lease_until < {now}) AND ({o}.next_attempt_at IS NULL OR {o}.next_attempt_at <= {now})"
+)
 _HEAD = (
-    "o.state = 'pending' AND (o.owner IS NULL OR o.owner = :owner OR o.lease_until < {now}) "
-    "AND (o.next_attempt_at IS NULL OR o.next_attempt_at <= {now}) "
-    "AND NOT EXISTS (SELECT 1 FROM {t} p WHERE p.aggregate = o.aggregate "
-    "AND p.state IN ('pending', 'parked') AND p.seq < o.seq)"
+    _DUE.format(o="o", now="{now}")
+    + " AND NOT EXISTS (SELECT 1 FROM {t} p WHERE p.aggregate = o.aggregate "
+    "AND p.state IN ('pending', 'parked') AND p.seq < o.seq{done})"
 )
 
+#: PostgreSQL looks for heads among the oldest ``WINDOW * limit`` events that are due
+#: (and, only when none of those is a head, among all of them), so a claim reads a
+#: few hundred rows however long the backlog of a few aggregates.
+WINDOW = 2
+_FIRST = "AND o.event_id = ANY(ARRAY(SELECT event_id FROM first))"
 
-def _pg_claim(table: str, now: str) -> str:
-    """One statement: lock the heads, add up to ``ceil(limit / heads)`` events of each
-    aggregate (nearest to its head first, at most ``limit`` in all), lease them."""
-    head = _HEAD.format(t=table, now=now)
+
+def _delivered_sql(table: str, counted: str, more: str) -> str:
+    """Mark the events in the array ``:<counted>`` delivered (``more``: " + 1" to
+    count the attempt), fenced on the owner."""
     return (
-        f"WITH heads AS (SELECT o.event_id, o.aggregate, o.seq FROM {table} o WHERE {head} "
-        "ORDER BY o.event_id LIMIT :limit FOR UPDATE SKIP LOCKED), "
+        f"UPDATE {table} SET state = 'delivered', delivered_at = :now, owner = NULL, "
+        f"lease_until = NULL, next_attempt_at = NULL, attempts = attempts{more} "
+        f"WHERE owner = :owner AND event_id = ANY(:{counted})"
+    )
+
+
+def _pg_claim(table: str, now: str, *, chained: bool = False) -> str:
+    """One statement: lock the heads, add up to ``ceil(limit / heads)`` events of each
+    aggregate (nearest to its head first, at most ``limit`` in all), lease them.
+
+    The heads are the oldest among the first ``WINDOW * limit`` due events (``near``:
+    of each aggregate only its first event there can be one, so only those are
+    looked at); only if that window holds none (its aggregates are all blocked or leased) does
+    the claim search every due event (``far``), so no head waits for ever behind
+    blocked events. Either way the heads are the oldest claimable ones in what was
+    searched, and a head beyond the window moves into it as older events go.
+
+    ``chained``: the statement first marks the events in ``:done`` delivered (the
+    batch before, every event of it delivered). All parts of one statement read the
+    same snapshot, from before that mark, so the claim leaves those events out
+    itself: none is taken again, and those the mark changed (``done``) no longer
+    count as open in front of their aggregate's next event."""
+    if chained:
+        mark = f"done AS ({_delivered_sql(table, 'done', ' + 1')} RETURNING event_id), "
+        fresh = " AND NOT ({o}.event_id = ANY(:done))"
+        probe = " AND p.event_id NOT IN (SELECT event_id FROM done)"
+    else:
+        mark = fresh = probe = ""
+    head = _HEAD.format(t=table, now=now, done=probe) + fresh.format(o="o")
+    heads = (
+        f"SELECT o.event_id, o.aggregate, o.seq FROM {table} o WHERE {head} "
+        "{more} ORDER BY o.event_id LIMIT :limit FOR UPDATE SKIP LOCKED"
+    )
+    due = _DUE.format(o="w", now=now) + fresh.format(o="w")
+    return (
+        f"WITH {mark}win AS (SELECT w.event_id, w.aggregate, w.seq FROM {table} w "
+        f"WHERE {due} ORDER BY w.event_id LIMIT {WINDOW} * :limit), "
+        # Only an aggregate's first event in the window can be its head.
+        "first AS (SELECT DISTINCT ON (aggregate) event_id FROM win ORDER BY aggregate, seq), "
+        f"near AS ({heads.format(more=_FIRST)}), "
+        f"far AS ({heads.format(more='AND NOT EXISTS (SELECT 1 FROM near)')}), "
+        "heads AS (SELECT * FROM near UNION ALL SELECT * FROM far), "
         "per AS (SELECT (:limit + GREATEST(COUNT(*), 1) - 1) / GREATEST(COUNT(*), 1) AS n "
         "FROM heads), "
         "batch AS (SELECT f.event_id, f.taken FROM heads h CROSS JOIN per "
         "CROSS JOIN LATERAL (SELECT f.event_id, f.seq, f.owner IS NOT NULL AS taken "
         f"FROM {table} f "
-        "WHERE f.aggregate = h.aggregate AND f.state = 'pending' AND f.seq >= h.seq "
-        "ORDER BY f.seq LIMIT per.n) f "
+        "WHERE f.aggregate = h.aggregate AND f.state = 'pending' AND f.seq >= h.seq"
+        f"{fresh.format(o='f')} ORDER BY f.seq LIMIT per.n) f "
         "ORDER BY f.seq - h.seq, h.event_id LIMIT :limit) "
         f"UPDATE {table} AS e SET owner = :owner, lease_until = {now} + :lease "
+        # The array gives the planner an index lookup of the batch's rows.
         "FROM batch b WHERE e.event_id = b.event_id "
+        "AND e.event_id = ANY(ARRAY(SELECT event_id FROM batch)) "
         "RETURNING e.event_id, e.aggregate, e.seq, e.event_type, e.payload, e.created_at, "
         "e.attempts, b.taken"
     )
@@ -82,6 +137,38 @@ class Outcome:
     """Seconds until the event is due again; None: parked."""
 
 
+@dataclass(frozen=True)
+class Finished:
+    """What became of a batch, to record (:meth:`Leases.finish`)."""
+
+    held: Collection[str]
+    """The events still leased to the relay."""
+    delivered: Sequence[str]
+    """Handled; one more attempt each when marked."""
+    outcomes: Sequence[Outcome] = ()
+    started: Sequence[str] = ()
+    """Handled, with their attempt recorded before (:meth:`Leases.start`)."""
+
+    def all_delivered(self) -> bool:
+        """Every held event was delivered, nothing else to record."""
+        return not self.outcomes and not self.started and len(self.delivered) == len(self.held)
+
+
+def _claimed(values: tuple[Any, ...]) -> Claimed:
+    """A claimed row (``EVENT_COLUMNS``, then ``taken``), read by position."""
+    event_id, aggregate, seq, event_type, payload, created_at, attempts, taken = values
+    event = OutboxEvent(
+        str(event_id),
+        str(aggregate),
+        int(seq),
+        str(event_type),
+        json.loads(payload),
+        float(created_at),
+        int(attempts) + 1,
+    )
+    return Claimed(event, bool(taken))
+
+
 class Leases:
     """The outbox table as one relay (``owner``) reads and writes it."""
 
@@ -89,9 +176,9 @@ class Leases:
         self.outbox = outbox
         self.owner = owner
         self._now = outbox.time.sql
-        self._claim_sql = (
-            _pg_claim(outbox.table, self._now) if outbox.backend == "postgresql" else ""
-        )
+        postgres = outbox.backend == "postgresql"
+        self._claim_sql = _pg_claim(outbox.table, self._now) if postgres else ""
+        self._chained_sql = _pg_claim(outbox.table, self._now, chained=True) if postgres else ""
 
     def _ids(self, params: dict[str, Any], name: str, ids: Sequence[str]) -> str:
         """A condition ``event_id`` in ``ids``: one array parameter on PostgreSQL (one
@@ -101,23 +188,36 @@ class Leases:
             return f"event_id = ANY(:{name})"
         return f"event_id IN ({in_marks(params, name, ids)})"
 
-    async def claim(self, *, lease: float, limit: int) -> list[Claimed]:
+    async def claim(
+        self, *, lease: float, limit: int, after: Finished | None = None
+    ) -> list[Claimed]:
         """Lease up to ``limit`` events (heads and the events right after them); each
-        with its ``attempt``: the deliveries recorded so far, plus one."""
+        with its ``attempt``: the deliveries recorded so far, plus one.
+
+        ``after`` (what became of the batch before) is recorded first, in the same
+        transaction: one commit for both. On PostgreSQL, when every event of it was
+        delivered, in the same statement."""
         params: dict[str, Any] = {
             "owner": self.owner,
             "now": self.outbox.clock(),
             "lease": lease,
             "limit": limit,
         }
-        if self._claim_sql:
+        first = [] if after is None else self._outcomes(after)
+        if self._claim_sql and after is not None and after.all_delivered():
+            params["done"] = list(after.delivered)
+            rows = await self.outbox.store.fetch_all(self._chained_sql, params)
+        elif self._claim_sql and not first:
             rows = await self.outbox.store.fetch_all(self._claim_sql, params)
+        elif self._claim_sql:
+            async with self.outbox.store.transaction() as tx:
+                await _run(tx, first)
+                rows = await tx.fetch_all(self._claim_sql, params)
         else:
             async with self._transaction() as tx:
+                await _run(tx, first)
                 rows = await self._claim_in(tx, params)
-        return [
-            Claimed(OutboxEvent.from_row(r, int(r["attempts"]) + 1), bool(r["taken"])) for r in rows
-        ]
+        return [_claimed(r.as_tuple()) for r in rows]
 
     async def start(self, event: OutboxEvent | None, after: OutboxEvent | None) -> bool:
         """Record that ``event`` is handed over now (its attempts become
@@ -172,9 +272,10 @@ class Leases:
     async def _claim_in(self, tx: Transaction, params: dict[str, Any]) -> list[Row]:
         table = self.outbox.table
         lock = " FOR UPDATE SKIP LOCKED" if self.outbox.backend == "mariadb" else ""
+        head = _HEAD.format(t=table, now=self._now, done="")
         heads = await tx.fetch_all(
             f"SELECT o.event_id, o.aggregate, o.seq FROM {table} o "
-            f"WHERE {_HEAD.format(t=table, now=self._now)} ORDER BY o.event_id LIMIT :limit{lock}",
+            f"WHERE {head} ORDER BY o.event_id LIMIT :limit{lock}",
             params,
         )
         if not heads:
@@ -206,26 +307,34 @@ class Leases:
         )
         return chosen
 
-    async def finish(
-        self,
-        held: Collection[str],
-        delivered: Sequence[str],
-        outcomes: Sequence[Outcome],
-        *,
-        started: Sequence[str] = (),
-    ) -> None:
-        """Mark the delivered events (one more attempt each, except those in
+    async def finish(self, finished: Finished) -> None:
+        """Mark the delivered events (one more attempt each, except those
         ``started``, whose attempt :meth:`start` recorded), record failures, give the
         rest of the batch back: every write fenced on this relay's lease."""
+        statements = self._outcomes(finished)
+        if len(statements) == 1:
+            await self.outbox.store.execute(*statements[0])
+        elif statements:
+            async with self.outbox.store.transaction() as tx:
+                await _run(tx, statements)
+
+    def _outcomes(self, finished: Finished) -> list[Statement]:
+        """The statements of :meth:`finish`."""
+        held, delivered, outcomes = finished.held, finished.delivered, finished.outcomes
+        started = finished.started
         done = {*delivered, *started, *(o.event_id for o in outcomes)}
         release = [i for i in held if i not in done]
-        table, store = self.outbox.table, self.outbox.store
+        table = self.outbox.table
         now = self.outbox.clock()
-        statements: list[tuple[str, dict[str, Any]]] = []
+        statements: list[Statement] = []
         for ids, counted, more in ((delivered, "d", " + 1"), (started, "s", "")):
             if not ids:
                 continue
             params: dict[str, Any] = {"owner": self.owner, "now": now}
+            if self._claim_sql:
+                params[counted] = list(ids)
+                statements.append((_delivered_sql(table, counted, more), params))
+                continue
             statements.append(
                 (
                     f"UPDATE {table} SET state = 'delivered', delivered_at = :now, owner = NULL, "
@@ -261,12 +370,12 @@ class Leases:
                     params,
                 )
             )
-        if len(statements) == 1:
-            await store.execute(*statements[0])
-            return
-        async with store.transaction() as tx:
-            for sql, params in statements:
-                await tx.execute(sql, params)
+        return statements
+
+
+async def _run(tx: Transaction, statements: Sequence[Statement]) -> None:
+    for sql, params in statements:
+        await tx.execute(sql, params)
 
 
 def by_aggregate(events: list[OutboxEvent]) -> list[list[OutboxEvent]]:

@@ -18,7 +18,10 @@ that aggregate's part of the batch (the events after it are released, not handed
 and the failed event is due again after the retry policy's backoff — or is
 **parked** once the policy gives up, which blocks its aggregate until
 :meth:`Outbox.retry_parked`. At the end of the batch the delivered events are marked
-in one statement, fenced on the relay's lease.
+in one statement, fenced on the relay's lease. :meth:`OutboxRelay.drain` and
+:meth:`OutboxRelay.run` write a batch's outcomes in one transaction with the next
+claim (on PostgreSQL, when the whole batch was delivered, in the claim's statement):
+one commit per batch.
 
 A run that stops inside the handler (cancelled) records the interrupted attempt on
 the event it was handling. A run that dies leaves no record of where it was: the next
@@ -41,7 +44,13 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from multistore.consistency._outbox import Outbox, OutboxEvent
-from multistore.consistency._outbox_claims import Claimed, Leases, Outcome, by_aggregate
+from multistore.consistency._outbox_claims import (
+    Claimed,
+    Finished,
+    Leases,
+    Outcome,
+    by_aggregate,
+)
 from multistore.consistency._retry import RetryPolicy
 from multistore.consistency._saga import ErrorInfo
 from multistore.errors import (
@@ -134,14 +143,15 @@ class OutboxRelay:
     # -- the loop -------------------------------------------------------------------
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Deliver until ``stop`` is set: batch after batch while there is work, else
-        poll with a backoff from ``poll_interval`` to ``max_poll_interval``. A store
-        that fails, times out or reports a deadlock ends a round, not the loop (it is
-        counted in :meth:`statistics`); other errors are raised."""
+        """Deliver until ``stop`` is set: batch after batch while there is work (as
+        :meth:`drain` does), else poll with a backoff from ``poll_interval`` to
+        ``max_poll_interval``. A store that fails, times out or reports a deadlock
+        ends a round, not the loop (it is counted in :meth:`statistics`); other errors
+        are raised."""
         wait = self.poll_interval
         while not stop.is_set():
             try:
-                delivered = await self.run_once()
+                delivered = await self._drain(stop)
             except (StoreError, ConflictError) as exc:  # down, timed out, deadlocked
                 self._count(store_errors=1, error=ErrorInfo.of(exc))
                 delivered = self._claimed = 0
@@ -156,35 +166,69 @@ class OutboxRelay:
         """Claim one batch, hand its events to the handler, record the outcomes;
         the number of events delivered (the handler returned)."""
         async with self._lock:
-            claimed = await self._leases.claim(lease=self.lease, limit=self.batch)
-            self._claimed = len(claimed)
+            claimed = await self._claim()
             if not claimed:
                 return 0
-            batch = _Batch(claimed)
-            lost = asyncio.Event()
-            beat = asyncio.get_running_loop().create_task(self._heartbeat(batch.held, lost))
-            try:
-                await self._deliver(batch, lost)
-            except BaseException:
-                await self._stop(beat)
-                if batch.current is not None:  # cut off inside the handler
-                    batch.outcomes.append(self._cut_off(batch.current))
-                with contextlib.suppress(MultistoreError):  # the leases run out instead
-                    await batch.finish(self._leases)
-                raise
-            await self._stop(beat)
+            batch, lost = await self._run_batch(claimed)
             await batch.finish(self._leases)
-            outcomes = batch.outcomes
-            parked = sum(1 for o in outcomes if o.retry_in is None)
-            delivered = batch.returned
-            self._count(
-                batches=1,
-                delivered=delivered,
-                failed=len(outcomes) - parked,
-                parked=parked,
-                lease_lost=1 if lost.is_set() else 0,
-            )
-            return delivered
+            return self._counted(batch, lost)
+
+    async def drain(self) -> int:
+        """Deliver batch after batch until a claim finds nothing (or the leases were
+        lost); the number of events delivered. Each batch's outcomes are written in
+        one transaction with the next claim: one commit per batch, not two."""
+        return await self._drain(None)
+
+    async def _drain(self, stop: asyncio.Event | None) -> int:
+        total = 0
+        async with self._lock:
+            claimed = await self._claim()
+            while claimed:
+                batch, lost = await self._run_batch(claimed)
+                if lost.is_set() or (stop is not None and stop.is_set()):
+                    await batch.finish(self._leases)
+                    return total + self._counted(batch, lost)
+                claimed = await self._claim(batch)
+                total += self._counted(batch, lost)
+        return total
+
+    async def _claim(self, before: _Batch | None = None) -> list[Claimed]:
+        """The next batch; the outcomes of ``before`` written in the same transaction."""
+        after = None if before is None else before.finished()
+        claimed = await self._leases.claim(lease=self.lease, limit=self.batch, after=after)
+        self._claimed = len(claimed)
+        return claimed
+
+    async def _run_batch(self, claimed: list[Claimed]) -> tuple[_Batch, asyncio.Event]:
+        """Deliver a claimed batch under a heartbeat; its outcomes are left to write
+        (if the delivery is cut off, they are written here, then the error raised)."""
+        batch = _Batch(claimed)
+        lost = asyncio.Event()
+        beat = asyncio.get_running_loop().create_task(self._heartbeat(batch.held, lost))
+        try:
+            await self._deliver(batch, lost)
+        except BaseException:
+            await self._stop(beat)
+            if batch.current is not None:  # cut off inside the handler
+                batch.outcomes.append(self._cut_off(batch.current))
+            with contextlib.suppress(MultistoreError):  # the leases run out instead
+                await batch.finish(self._leases)
+            raise
+        await self._stop(beat)
+        return batch, lost
+
+    def _counted(self, batch: _Batch, lost: asyncio.Event) -> int:
+        """Add a finished batch to the statistics; the number it delivered."""
+        outcomes = batch.outcomes
+        parked = sum(1 for o in outcomes if o.retry_in is None)
+        self._count(
+            batches=1,
+            delivered=batch.returned,
+            failed=len(outcomes) - parked,
+            parked=parked,
+            lease_lost=1 if lost.is_set() else 0,
+        )
+        return batch.returned
 
     async def _deliver(self, batch: _Batch, lost: asyncio.Event) -> None:
         """Hand each aggregate's events over in order; an aggregate stops at its first
@@ -299,6 +343,9 @@ class _Batch:
         self.returned = 0
         """How many times the handler returned."""
 
-    async def finish(self, leases: Leases) -> None:
+    def finished(self) -> Finished:
         started = [i for i in self.started if self.current is None or i != self.current.event_id]
-        await leases.finish(self.held, self.delivered, self.outcomes, started=started)
+        return Finished(self.held, self.delivered, self.outcomes, started)
+
+    async def finish(self, leases: Leases) -> None:
+        await leases.finish(self.finished())

@@ -17,7 +17,7 @@ DEFAULT_MAX_LAG: Final = 5.0
 DEFAULT_READMIT_AFTER: Final = 2.0
 DEFAULT_PROBE_INTERVAL: Final = 0.5
 DEFAULT_PROBE_TIMEOUT: Final = 1.0
-DEFAULT_CAUSAL_WAIT: Final = 1.0
+DEFAULT_CAUSAL_WAIT: Final = 0.0
 
 
 @dataclass(frozen=True)
@@ -45,7 +45,11 @@ class RouterConfig:
       one probe that times out does not flap it; a read that fails ejects at once.
     - ``retry``: the backoff between attempts to bring back an ejected node.
     - ``causal_wait``: how long a read with a token waits for a replica to replay
-      past it before it goes to the primary.
+      past it before it goes to the primary. 0 (the default): no wait — a replica
+      that the router already knows has replayed the token serves the read, else
+      the primary does at once, so such a read is never slower than one on the
+      primary. Above 0 the router polls the replicas' replay positions (with backoff)
+      up to that bound, keeping reads off the primary at the cost of latency.
     - ``auto_failover``: promote a replica by itself after ``failures_to_failover``
       consecutive failed probes of the primary (off by default).
     """
