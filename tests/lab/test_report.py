@@ -111,3 +111,22 @@ def test_a_search_that_gives_up_is_unknown_not_valid() -> None:
         "  verdict: UNKNOWN: no anomaly found, but the search gave up on some key (exit code 81)"
         in (format_lab_report(report).splitlines())
     )
+
+
+def test_the_report_fits_the_terminal_folded_at_spaces() -> None:
+    """At 80 columns (what the CLI passes when the output is no terminal) every line of
+    the report fits, continuation lines are indented under their line, and no word is
+    cut: the folded text holds the same words in the same order."""
+    report = report_of(
+        w(0, 1, 0, 10 * MS, key="k1"),
+        w(0, 2, 20 * MS, 30 * MS, key="k1"),
+        r(7, 1, 60 * MS, 70 * MS, key="k1"),
+    )
+    plain = format_lab_report(report)
+    assert max(len(line) for line in plain.splitlines()) > 80  # long sentences to fold
+    folded = format_lab_report(report, width=80)
+    lines = folded.splitlines()
+    assert max(len(line) for line in lines) <= 80
+    assert folded.split() == plain.split()
+    stale = next(i for i, line in enumerate(lines) if line.startswith("    stale read:"))
+    assert lines[stale + 1].startswith("      ") and not lines[stale + 1].startswith("       ")

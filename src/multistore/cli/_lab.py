@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import shutil
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -26,7 +27,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from multistore.errors import ErrorCode, UnsupportedError
 from multistore.lab._plot import require_matplotlib
 from multistore.lab._quorum_lab import QuorumLabOptions, run_quorum_lab
-from multistore.lab._report import LabProgress, format_header, format_lab_report
+from multistore.lab._report import LabProgress, fold, format_header, format_lab_report
 
 __all__ = ["run_lab_command"]
 
@@ -92,7 +93,7 @@ def run_lab_command(
         fields = lab_options.__dataclass_fields__
         config = {name: getattr(lab_options, name) for name in fields}
         config.update(r=quorum.read_count, w=quorum.write_count, overlapping=quorum.overlapping)
-        print(format_header(config), flush=True)
+        print(fold(format_header(config), _columns()), flush=True)
     with _progress(err) as show:
         report = asyncio.run(run_quorum_lab(lab_options, history=history, plot=plot, progress=show))
     if plot_error is not None:
@@ -100,9 +101,16 @@ def run_lab_command(
     if as_json:
         sys.stdout.write(json.dumps(report, indent=2, default=str) + "\n")
     else:
-        print(format_lab_report(report, header=False))
+        print(format_lab_report(report, header=False, width=_columns()))
     code = int(report["exit_code"])
     if report.get("plot_error"):
         err.print("[bold red]error[/]" + escape(f"[unsupported]: {report['plot_error']}"))
         return code or int(ErrorCode.UNSUPPORTED)
     return code
+
+
+def _columns() -> int | None:
+    """The terminal's width; None when the output is no terminal (lines kept whole)."""
+    if not sys.stdout.isatty():
+        return None
+    return shutil.get_terminal_size((80, 24)).columns

@@ -106,7 +106,7 @@ async def run_recover(
         report["sagas_note"] = saga_note
     if not quiet:
         _print_recovery(twopc)
-        console = Console(highlight=False, soft_wrap=True)
+        console = Console(highlight=False, soft_wrap=False)
         if saga_note:
             console.print(escape(saga_note))
         elif retried:
@@ -131,7 +131,7 @@ async def run_recover(
 
 def _print_recovery(twopc: dict[str, Any]) -> None:
     """What two-phase-commit recovery checked and did, in plain words."""
-    console = Console(highlight=False, soft_wrap=True)
+    console = Console(highlight=False, soft_wrap=False)
     if "note" in twopc:
         console.print(f"[bold]two-phase commit[/]: {escape(twopc['note'])}")
         return

@@ -20,6 +20,7 @@ from __future__ import annotations
 import bisect
 import enum
 import math
+import textwrap
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
@@ -306,8 +307,32 @@ def _pct(p: float | None) -> str:
     return "     -" if p is None else f"{p:>6.1%}"
 
 
-def format_lab_report(report: Mapping[str, Any], *, header: bool = True) -> str:
-    """The report as readable lines (what ``--json`` prints in full)."""
+def fold(text: str, width: int | None) -> str:
+    """Each line of ``text`` folded to ``width`` columns at spaces, its continuation
+    lines indented two more than it (None: as it is)."""
+    if width is None:
+        return text
+    out: list[str] = []
+    for line in text.split("\n"):
+        indent = " " * (len(line) - len(line.lstrip(" ")) + 2)
+        out.extend(
+            textwrap.wrap(
+                line,
+                width=max(width, 40),
+                subsequent_indent=indent,
+                break_long_words=False,
+                break_on_hyphens=False,
+            )
+            or [line]
+        )
+    return "\n".join(out)
+
+
+def format_lab_report(
+    report: Mapping[str, Any], *, header: bool = True, width: int | None = None
+) -> str:
+    """The report as readable lines (what ``--json`` prints in full), folded to
+    ``width`` columns if given."""
     counts = report["counts"]
     lines = [format_header(report["config"])] if header else []
     lines.append(
@@ -339,7 +364,7 @@ def format_lab_report(report: Mapping[str, Any], *, header: bool = True) -> str:
     for key in ("history", "plot"):
         if key in report:
             lines.append(f"  {key}: {report[key]}")
-    return "\n".join(lines)
+    return fold("\n".join(lines), width)
 
 
 def _staleness_lines(report: Mapping[str, Any]) -> list[str]:
