@@ -41,7 +41,7 @@ async def _open(sim: Simulation, topology: list[str]) -> Router:
         topology[0],
         topology[1:],
         config=RouterConfig(causal_wait=0.5),
-        shipping=LogShipping(delay=sim.choices.choice((0.0, 0.1, 0.5))),
+        shipping=LogShipping(delay=sim.choices.choice((0.0, 0.1, 0.5, 3.0))),
     )
 
 
