@@ -135,4 +135,12 @@ def membership_url(url: StoreURL, members: list[tuple[str, str]]) -> StoreURL:
         options["peers"] = ",".join(peers)
     if not default:
         options["names"] = ",".join(names)
-    return replace(url, host=host, port=int(port), database=db or None, options=options)
+    # ``hosts`` too: a URL renders its host list (seed lists), not ``host``/``port``.
+    return replace(
+        url,
+        host=host,
+        port=int(port),
+        hosts=((host, int(port)),),
+        database=db or None,
+        options=options,
+    )
