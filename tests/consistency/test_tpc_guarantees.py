@@ -663,3 +663,44 @@ def test_a_coordinators_own_recovery_leaves_a_transaction_that_started_meanwhile
 
     asyncio.run(body())
     assert assert_all_or_nothing(asyncio.run(snapshot(urls))) == {"t0"}
+
+
+def test_close_stops_a_background_recovery_that_lost_its_cancellation(tmp_path: Path) -> None:
+    """On Python 3.11 ``asyncio.wait_for`` returns its result instead of raising when a
+    cancel comes just as the awaited call finishes; redis-py wraps every command it
+    sends in one, so a background recovery pass can lose the cancel of ``close()``. The
+    pass must still end and ``close()`` return, not wait for it forever."""
+    urls = sqlite_bank(tmp_path, "a", "b")
+
+    async def body() -> None:
+        coordinator = await TransactionCoordinator.open(
+            urls, log=log_url(tmp_path), node="lost", recover_interval=0.05
+        )
+        participant = coordinator.participants["a"]
+        purge_markers = participant.purge_markers
+        in_pass = asyncio.Event()
+        lost: list[BaseException] = []
+
+        async def losing_the_cancel(*args: Any) -> int:
+            if not lost:
+                in_pass.set()
+                try:
+                    await asyncio.Event().wait()  # until close() cancels the pass
+                except asyncio.CancelledError as exc:
+                    lost.append(exc)  # dropped, as that wait_for drops it
+            return await purge_markers(*args)
+
+        participant.purge_markers = losing_the_cancel  # type: ignore[method-assign]
+        async with asyncio.timeout(30):
+            await in_pass.wait()
+        closing = asyncio.ensure_future(coordinator.close())
+        await asyncio.wait({closing}, timeout=30)  # a bound on a hang, not a speed check
+        if not closing.done():
+            closing.cancel()  # (its own cancel reaches the pass: cleans up)
+            await asyncio.wait({closing}, timeout=30)
+            pytest.fail("close() waits for a background recovery that lost its cancel")
+        await closing
+        assert len(lost) == 1
+        assert asyncio.all_tasks() == {asyncio.current_task()}  # the keepers ended
+
+    asyncio.run(body())

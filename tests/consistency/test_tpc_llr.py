@@ -226,8 +226,10 @@ def test_a_last_resource_lost_before_its_commit_is_indeterminate_then_rolled_bac
             postgres_server.stop()  # the last resource's open transaction dies with it
 
     async def body() -> None:
+        # The stop above blocks the event loop while the other prepare's answer waits
+        # to be read: a prepare timeout that a loaded machine cannot overrun.
         async with await open_coordinator(
-            urls, tmp_path, "lost", on_event=on_event, commit_timeout=5
+            urls, tmp_path, "lost", on_event=on_event, commit_timeout=5, prepare_timeout=120
         ) as coordinator:
             with pytest.raises(TransactionIndeterminateError) as caught:
                 await transfer(coordinator, 0, list(urls))

@@ -87,6 +87,8 @@ T = TypeVar("T")
 LEASE_TTL = 15.0
 #: How often a live coordinator recovers in the background (seconds).
 RECOVER_INTERVAL = 5.0
+#: While stopping, a keeper still running is cancelled again this often (seconds).
+_RECANCEL_EVERY = 0.5
 
 #: Called at protocol points with (event, xid, participant name or ""):
 #: ``preparing`` (phase 1 starts), ``prepared`` (one branch), ``decided`` (commit decided
@@ -196,6 +198,9 @@ class TransactionCoordinator:
         """Global ids of this coordinator's transactions under way (and how many tasks
         still work on each): recovery leaves them alone."""
         self._keepers: list[asyncio.Task[None]] = []
+        self._stopping = False
+        """Set when the keepers must stop: each checks it at every turn, so one that
+        swallowed its cancellation still ends (see ``_stop_keepers``)."""
         self._lost: str | None = None
         """Why this coordinator may not start transactions any more (its lease lost)."""
         self._recovering = asyncio.Lock()
@@ -305,11 +310,15 @@ class TransactionCoordinator:
         if self._background:
             await asyncio.wait(self._background, timeout=2 * self.commit_timeout)
         for participant in self.participants.values():
+            # Bounded: a straggler still running past the wait above may hold a
+            # participant's connection (a SQLite store has one).
             if participant.decisions is not None:
                 with contextlib.suppress(Exception):  # recovery forgets them otherwise
-                    await participant.decisions.flush()
+                    async with asyncio.timeout(self.commit_timeout):
+                        await participant.decisions.flush()
             with contextlib.suppress(Exception):
-                await participant.close()
+                async with asyncio.timeout(self.commit_timeout):
+                    await participant.close()
         if self._lost is None:
             with contextlib.suppress(MultistoreError):
                 await self.log.nodes.release(self.node, self.owner)
@@ -341,21 +350,38 @@ class TransactionCoordinator:
 
     def _start_keepers(self) -> None:
         loop = asyncio.get_running_loop()
+        self._stopping = False
         self._keepers.append(loop.create_task(self._renew_lease()))
         if self.recover_interval is not None:
             self._keepers.append(loop.create_task(self._recover_periodically()))
+        for task in self._keepers:
+            task.add_done_callback(_settled)
 
     async def _stop_keepers(self) -> None:
-        keepers, self._keepers = self._keepers, []
-        for task in keepers:
-            task.cancel()
-        for task in keepers:
-            with contextlib.suppress(BaseException):
-                await task
+        """Stop the keepers, waiting at most ``commit_timeout``. A cancellation can be
+        lost: on Python 3.11 ``asyncio.wait_for`` (which drivers use inside every call,
+        redis-py for each command it sends) returns its result instead of raising when
+        the cancel comes just as the awaited call finishes. So the keepers also check
+        ``_stopping`` at every turn, and a keeper still running is cancelled again
+        until it ends; past the bound it is left to end at its next check."""
+        self._stopping = True
+        pending = set(self._keepers)
+        self._keepers = []
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.commit_timeout
+        while pending:
+            left = deadline - loop.time()
+            if left <= 0:
+                return
+            for task in pending:
+                task.cancel()
+            _, pending = await asyncio.wait(pending, timeout=min(left, _RECANCEL_EVERY))
 
     async def _renew_lease(self) -> None:
-        while True:
+        while not self._stopping:
             await asyncio.sleep(self.lease_ttl / 3)
+            if self._stopping:
+                return
             try:
                 held = await self.log.nodes.renew(self.owner, self.lease_ttl)
             except MultistoreError:
@@ -370,8 +396,10 @@ class TransactionCoordinator:
 
     async def _recover_periodically(self) -> None:
         assert self.recover_interval is not None
-        while self._lost is None:
+        while self._lost is None and not self._stopping:
             await asyncio.sleep(self.recover_interval)
+            if self._stopping:
+                return
             with contextlib.suppress(Exception):  # down participants: next time
                 await self.recover()
 
