@@ -793,3 +793,43 @@ def test_a_worker_whose_lease_was_taken_over_cannot_write(urls: dict[str, str]) 
         ]
 
     _run(body)
+
+
+def test_close_stops_a_heartbeat_that_lost_its_cancellation(tmp_path: Path) -> None:
+    """On Python 3.11 ``asyncio.wait_for`` (inside drivers' calls) can swallow a cancel
+    that comes just as the call finishes. A lease renewal that loses the cancel of
+    ``close()`` must not keep the heartbeat, and so ``close()``, going forever."""
+
+    async def body() -> None:
+        log = await _open(_sqlite_log(tmp_path))
+        async with log:
+            engine = SagaEngine(log, lease=0.3)
+            await engine.setup()
+            renew = engine.log.renew
+            in_renewal = asyncio.Event()
+            lost: list[BaseException] = []
+
+            async def losing_the_cancel(*args: Any, **kwargs: Any) -> Any:
+                if not lost:
+                    in_renewal.set()
+                    try:
+                        await asyncio.Event().wait()  # until close() cancels the beat
+                    except asyncio.CancelledError as exc:
+                        lost.append(exc)  # dropped, as that wait_for drops it
+                return await renew(*args, **kwargs)
+
+            engine.log.renew = losing_the_cancel  # type: ignore[method-assign]
+            engine._running.add("s1")
+            engine._ensure_heartbeat()
+            async with asyncio.timeout(30):
+                await in_renewal.wait()
+            closing = asyncio.ensure_future(engine.close())
+            await asyncio.wait({closing}, timeout=10)  # a bound on a hang, not a speed check
+            if not closing.done():
+                closing.cancel()
+                pytest.fail("close() waits for a heartbeat that lost its cancel")
+            await closing
+            assert len(lost) == 1
+            assert asyncio.all_tasks() == {asyncio.current_task()}  # the heartbeat ended
+
+    _run(body)

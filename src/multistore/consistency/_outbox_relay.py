@@ -43,6 +43,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Final
 
+from multistore._aio import RECANCEL_EVERY, stop_task
 from multistore.consistency._outbox import Outbox, OutboxEvent
 from multistore.consistency._outbox_claims import (
     Claimed,
@@ -282,11 +283,9 @@ class OutboxRelay:
             batch.started.append(event.event_id)
         return True
 
-    @staticmethod
-    async def _stop(beat: asyncio.Task[None]) -> None:
-        beat.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await beat
+    async def _stop(self, beat: asyncio.Task[None]) -> None:
+        # Cancelled again until it ends (a cancel can be lost), within a bound.
+        await stop_task(beat, max(self.lease, 4 * RECANCEL_EVERY))
 
     def _failed(self, event: OutboxEvent, exc: Exception) -> Outcome:
         error = ErrorInfo.of(exc).to_json()

@@ -31,6 +31,7 @@ from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from types import TracebackType
 from typing import Any, Self, TypeVar
 
+from multistore._aio import RECANCEL_EVERY, stop_task
 from multistore.consistency._log_clock import LogClock
 from multistore.consistency._retry import RetryPolicy
 from multistore.consistency._saga import (
@@ -138,10 +139,8 @@ class SagaEngine:
     async def close(self) -> None:
         """Stop the heartbeat. (The log store is the caller's to close.)"""
         task, self._heartbeat = self._heartbeat, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        if task is not None:  # cancelled again until it ends: a cancel can be lost
+            await stop_task(task, max(self.lease, 4 * RECANCEL_EVERY))
 
     async def __aenter__(self) -> Self:
         await self.setup()
@@ -722,8 +721,12 @@ class SagaEngine:
     async def _beat(self) -> None:
         """Every ``lease / 3`` s, extend the leases of the sagas running here now (and
         read the database's clock again)."""
-        while True:
+        me = asyncio.current_task()
+        # A beat that lost its cancel still ends once it is no longer the heartbeat.
+        while self._heartbeat is me:
             await asyncio.sleep(self.lease / 3)
+            if self._heartbeat is not me:
+                return
             running = sorted(self._running)
             with contextlib.suppress(Exception):
                 await self.log.renew(self.worker_id, running, lease=self.lease, now=self._clock())
