@@ -173,7 +173,9 @@ def test_recover_says_plainly_that_nothing_was_checked_and_creates_nothing(
 ) -> None:
     result = run_cli("recover", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
-    assert "nothing was checked: no two-phase-commit participants are configured" in (result.stdout)
+    said = " ".join(result.stdout.split())  # folded to the console's 80 columns
+    assert "nothing was checked: no two-phase-commit participants are configured" in said
+    assert max(len(line) for line in result.stdout.splitlines()[:2]) <= 80
     assert "[participants]" in result.stdout
     assert not (tmp_path / ".multistore").exists()  # no log, no saga store made
 

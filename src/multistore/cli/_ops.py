@@ -106,7 +106,7 @@ async def run_recover(
         report["sagas_note"] = saga_note
     if not quiet:
         _print_recovery(twopc)
-        console = Console(highlight=False, soft_wrap=False)
+        console = Console(highlight=False, soft_wrap=True)
         if saga_note:
             console.print(escape(saga_note))
         elif retried:
@@ -131,9 +131,10 @@ async def run_recover(
 
 def _print_recovery(twopc: dict[str, Any]) -> None:
     """What two-phase-commit recovery checked and did, in plain words."""
-    console = Console(highlight=False, soft_wrap=False)
+    console = Console(highlight=False, soft_wrap=True)
     if "note" in twopc:
-        console.print(f"[bold]two-phase commit[/]: {escape(twopc['note'])}")
+        # Words only (no path), so folded at the console's width like prose.
+        console.print(f"[bold]two-phase commit[/]: {escape(twopc['note'])}", soft_wrap=False)
         return
     console.print(f"[bold]two-phase commit[/]: decision {escape(twopc['log'])}")
     checked = ", ".join(twopc["checked"]) or "none (all unreachable)"
