@@ -203,6 +203,11 @@ class PatroniRouter(Router):
         """A planned switchover through Patroni (``POST /switchover``), optionally to
         ``candidate``; waits until the router has adopted the new leader; its name."""
         assert self.patroni is not None
+        # The leader Patroni names now: an earlier switchover whose answer was an error
+        # (503 under load) may have run all the same, and Patroni refuses (412) one
+        # that names a member that is no longer the leader.
+        with contextlib.suppress(StoreUnavailableError):
+            await self.follow()
         old = self.primary.name
         try:
             await self.patroni.switchover(old, candidate)
