@@ -284,8 +284,14 @@ def test_failover_does_not_promote_when_a_reachable_primary_cannot_be_fenced(
         config = RouterConfig(probe_interval=0.05, probe_timeout=1.0)
         async with await Router.open(urls[0], urls[1:], config=config) as router:
             # without pg_read_all_stats it cannot see the standbys' timeline, and
-            # assumes they follow the primary's
-            assert all(n.timeline is None and n.health.in_rotation for n in router.replicas)
+            # assumes they follow the primary's (under load a first probe may be late:
+            # waited for, within a bound)
+            deadline = time.monotonic() + 60
+            while not all(n.health.in_rotation for n in router.replicas):
+                if time.monotonic() > deadline:
+                    raise TimeoutError("the standbys never came into rotation")
+                await asyncio.sleep(0.05)
+            assert all(n.timeline is None for n in router.replicas)
             with pytest.raises(StoreError, match="could not be fenced"):
                 await router.failover()
             assert router.primary is router.nodes[0] and router.timeline == 1
