@@ -150,9 +150,22 @@ def test_two_worker_processes_one_killed_every_saga_finishes_once(
     asyncio.run(enqueue())
     env = {"SAGA_EFFECTS_URL": effects_url}
     killed = _spawn_worker(config, "A", {**env, "SAGA_KILL_AFTER": "15"})
-    survivor = _spawn_worker(config, "B", env)
+    survivor: subprocess.Popen[str] | None = None
     try:
-        _, err = killed.communicate(timeout=120)
+        # B starts once A has begun: a B that started first could run every saga
+        # while A was still importing, and A would never reach its 15th step
+
+        async def a_began() -> bool:
+            if killed.poll() is not None:
+                return True
+            effects = await open_relational(effects_url)
+            async with effects:
+                n = await effects.fetch_val("SELECT COUNT(*) FROM executions")
+            return int(n) > 0
+
+        asyncio.run(wait_for(a_began, "worker A ran its first step", within=60))
+        survivor = _spawn_worker(config, "B", env)
+        _, err = killed.communicate(timeout=60)
         assert killed.returncode == -9, err
 
         async def all_completed() -> bool:
@@ -164,15 +177,16 @@ def test_two_worker_processes_one_killed_every_saga_finishes_once(
             return int(n) == count
 
         async def wait_all() -> None:
-            await wait_for(all_completed, "every saga completed", within=120)
+            await wait_for(all_completed, "every saga completed", within=60)
 
         asyncio.run(wait_all())
+        assert survivor is not None
         survivor.send_signal(signal.SIGTERM)  # a graceful stop
         out, err = survivor.communicate(timeout=60)
         assert survivor.returncode == 0, err
     finally:
         for proc in (killed, survivor):
-            if proc.poll() is None:
+            if proc is not None and proc.poll() is None:
                 proc.kill()
                 proc.communicate()
     stats = json.loads(out)
