@@ -6,6 +6,7 @@ stalling store calls, lost replies, clock jumps.
 
 Each write sets a key to the next number of that key (so a key's value only grows).
 Invariants:
+* forged tokens: a read carrying a token far ahead of the primary is refused unread;
 * read-your-writes: a read carrying the token of an acknowledged write returns that
   write's number or a later one, or fails (a definite ``ForkedTokenError`` only after a
   failover, or a store error) — never an older value;
@@ -24,7 +25,9 @@ from typing import Any
 from multistore.errors import MultistoreError
 from multistore.lab.explore import Actor, InvariantViolation, Simulation
 from multistore.replication import (
+    CausalToken,
     ForkedTokenError,
+    InvalidTokenError,
     LogShipping,
     Router,
     RouterConfig,
@@ -32,6 +35,8 @@ from multistore.replication import (
 
 KEYS = ("k0", "k1")
 BOUND = 2.0
+#: A position no write in a schedule reaches (positions of the embedded setup are small).
+FORGED_POSITION = 1 << 48
 
 
 async def _open(sim: Simulation, topology: list[str]) -> Router:
@@ -135,6 +140,9 @@ async def _read(
     failovers: list[float],
 ) -> None:
     started = sim.loop.time()
+    if sim.choices.random() < 0.1:
+        await _read_forged(routed, key)
+        return
     if acked[key] and sim.choices.random() < 0.6:
         when, n, token = sim.choices.choice(acked[key])
         try:
@@ -159,3 +167,15 @@ async def _read(
             f"bounded staleness: {key} read {got} with max_staleness={BOUND}, but "
             f"{max(due)} was acknowledged more than {BOUND} s before the read"
         )
+
+
+async def _read_forged(routed: Router, key: str) -> None:
+    """A read with a token no write produced, far ahead of the primary on its timeline:
+    refused unread (``InvalidTokenError``, or a definite error when the primary cannot be
+    asked), never answered after waiting for replicas that will not get there."""
+    forged = CausalToken(routed.timeline, FORGED_POSITION)
+    try:
+        got = await routed.fetch_val("SELECT n FROM kv WHERE k = :k", {"k": key}, token=forged)
+    except InvalidTokenError:
+        return
+    raise InvariantViolation(f"forged token {forged} ahead of the primary: {key} read {got}")
