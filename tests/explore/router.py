@@ -12,6 +12,10 @@ Invariants:
   failover, or a store error) — never an older value;
 * bounded staleness: a read with ``max_staleness=s`` returns at least the number of
   every write acknowledged more than ``s`` seconds before the read began;
+* tokens across failovers: after the faults stop, a router opened then (as a restarted
+  process would) reads with every token handed out before the last failover, once the
+  new primary has taken more writes than those tokens name: each read sees its write or
+  raises ``ForkedTokenError`` — a token past a fork names another write by then;
 * durability: after the faults stop, the primary holds, for every key, at least the
   last number acknowledged since the last failover (the embedded setup's planned
   failover does not wait for the replicas to catch up, as its docs say).
@@ -106,6 +110,8 @@ async def router(sim: Simulation) -> None:
     final = await _open(sim, topology)
     try:
         since = max(failovers, default=-1.0)
+        if failovers:
+            await _read_old_tokens(final, acked, failovers)
         for key, writes in acked.items():
             # The embedded setup's planned failover does not wait for the replicas to
             # catch up (docs/replication/router.md): what is checked is what was
@@ -179,3 +185,38 @@ async def _read_forged(routed: Router, key: str) -> None:
     except InvalidTokenError:
         return
     raise InvariantViolation(f"forged token {forged} ahead of the primary: {key} read {got}")
+
+
+async def _read_old_tokens(
+    routed: Router, acked: dict[str, list[tuple[float, int, str]]], failovers: list[float]
+) -> None:
+    """Read with each token from before the last failover through ``routed`` (opened after
+    it), once the primary is past every position those tokens name."""
+    last = max(failovers)
+    old = [
+        (key, n, CausalToken.parse(t)) for key, ws in acked.items() for w, n, t in ws if w < last
+    ]
+    if not old:
+        return
+    target = max(token.position for _, _, token in old)
+    for pad in range(target + 1):  # each write moves the position on by one at least
+        wrote = await routed.execute("INSERT INTO kv VALUES (:k, 0)", {"k": f"pad{pad}"})
+        if wrote.token.position > target:
+            break
+    for key, n, token in old:
+        try:
+            got: Any = await routed.fetch_val(
+                "SELECT n FROM kv WHERE k = :k", {"k": key}, token=token
+            )
+        except ForkedTokenError:
+            continue
+        except InvalidTokenError as exc:
+            raise InvariantViolation(
+                f"a router opened after the last failover refuses the token of {key}'s "
+                f"write {n} ({token}), which this cluster handed out: {exc}"
+            ) from None
+        if got is None or int(got) < n:
+            raise InvariantViolation(
+                f"read-your-writes after failover: {key} read {got} with the token of "
+                f"write {n} ({token}) through a router opened after the last failover"
+            )
