@@ -443,13 +443,13 @@ class SagaEngine:
         if the log cannot be reached, the lease runs out instead (no heartbeat
         renews it any more)."""
         with contextlib.suppress(Exception):
-            if reason is None:
-                await asyncio.wait_for(self.log.release(saga_id, self.worker_id), self.lease)
-            else:
-                block = self.log.block(
-                    saga_id, self.worker_id, reason, retry_in=self.lease, now=self._clock()
-                )
-                await asyncio.wait_for(block, self.lease)
+            async with asyncio.timeout(self.lease):
+                if reason is None:
+                    await self.log.release(saga_id, self.worker_id)
+                else:
+                    await self.log.block(
+                        saga_id, self.worker_id, reason, retry_in=self.lease, now=self._clock()
+                    )
 
     async def _run(
         self, saga: Saga, record: SagaRecord, prestarted: int | None = None
@@ -707,9 +707,16 @@ class SagaEngine:
                 limit = left
         if limit is None:
             return await fn(ctx)
+        # In this task, not wait_for's: on Python 3.11 wait_for returns the step's
+        # result when the run is cancelled in the turn the step returns, and the run
+        # would go on to the next step after it was cancelled.
+        timer = asyncio.timeout(limit)
         try:
-            return await asyncio.wait_for(fn(ctx), limit)
+            async with timer:
+                return await fn(ctx)
         except TimeoutError as exc:
+            if not timer.expired():
+                raise  # the step's own TimeoutError, not its time running out
             what = "compensation" if ctx.compensating else "action"
             if step_timeout is not None and limit >= step_timeout:
                 raise StepTimeoutError(
