@@ -23,14 +23,23 @@ async def stop_task(task: asyncio.Task[Any], bound: float) -> None:
     """Cancel ``task`` and wait for it to end, cancelling it again every
     :data:`RECANCEL_EVERY` seconds, for at most ``bound`` seconds (a task still running
     then is left to end on its own). The task's own error, if it ended with one, is
-    raised; the caller's cancellation propagates."""
+    raised; the caller's cancellation propagates, and the task is still cancelled
+    again until it ends or the bound passes (a caller cancelled while it stops a
+    heartbeat must not leave that heartbeat running)."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + bound
-    while not task.done():
-        left = deadline - loop.time()
-        if left <= 0:
-            return
-        task.cancel()
-        await asyncio.wait({task}, timeout=min(left, RECANCEL_EVERY))
-    if not task.cancelled() and (error := task.exception()) is not None:
+    again: asyncio.TimerHandle | None = None
+
+    def cancel() -> None:
+        nonlocal again
+        again = None
+        if not task.done() and loop.time() < deadline:
+            task.cancel()
+            again = loop.call_later(RECANCEL_EVERY, cancel)
+
+    cancel()
+    await asyncio.wait({task}, timeout=max(bound, 0))
+    if again is not None:
+        again.cancel()
+    if task.done() and not task.cancelled() and (error := task.exception()) is not None:
         raise error

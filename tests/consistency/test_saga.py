@@ -430,6 +430,30 @@ def test_step_timeout_is_retried_then_fails(tmp_path: Path) -> None:
     _run(body)
 
 
+def test_a_steps_own_timeout_error_is_not_reported_as_its_timeout(tmp_path: Path) -> None:
+    """A step with a timeout that raises TimeoutError itself (a client's timeout) fails
+    with that error, not with "ran past its timeout"."""
+
+    async def client_times_out(ctx: StepContext) -> None:
+        raise TimeoutError("the payment API did not answer")
+
+    once = RetryPolicy(max_attempts=1)
+    saga = Saga("pay", [Step("pay", client_times_out, timeout=30, retry=once)])
+
+    async def body() -> None:
+        log = await _open(_sqlite_log(tmp_path))
+        async with log, _engine(log, saga, FakeTime()) as engine:
+            result = await engine.start(saga, None, saga_id="p1")
+        assert result.state is SagaState.COMPENSATED
+        assert result.error is not None
+        assert (result.error.type, result.error.message) == (
+            "TimeoutError",
+            "the payment API did not answer",
+        )
+
+    _run(body)
+
+
 def test_saga_deadline_stops_forward_steps_and_compensates(tmp_path: Path) -> None:
     ran: list[str] = []
     t = FakeTime()

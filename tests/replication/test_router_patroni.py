@@ -139,3 +139,37 @@ def test_a_switchover_through_the_router(patroni_cluster: PatroniCluster) -> Non
 
     asyncio.run(main())
     patroni_cluster.wait_streaming()
+
+
+def test_a_retried_switchover_to_a_member_that_leads_already_succeeds(
+    patroni_cluster: PatroniCluster,
+) -> None:
+    """A switchover to ``b`` ran, but its caller saw an error (Patroni answered 503
+    under load, or the answer was lost). The retry, ``failover(candidate=b)``, finds b
+    leading: it returns b without asking Patroni for another switchover (which Patroni
+    refuses, b being the leader already)."""
+
+    async def main() -> None:
+        router = await _open(patroni_cluster)
+        try:
+            timeline, old = router.timeline, router.primary.name
+            b = next(n.name for n in router.nodes if n.role is Role.REPLICA)
+            assert router.patroni is not None
+            patroni = router.patroni
+
+            async def switched_to_b() -> None:
+                leader = patroni_cluster.leader()
+                if leader is None or leader.member != b:
+                    await patroni.switchover(old, b)  # the first call, its answer "lost"
+
+            await until_ok(switched_to_b, "Patroni switches over to b")
+            new = await until_ok(lambda: router.failover(b), "the retried switchover")
+            assert new == b and router.primary.name == b
+            leader = patroni_cluster.leader()
+            assert leader is not None and leader.member == b
+            assert router.timeline == timeline + 1  # one switchover, not two
+        finally:
+            await router.close()
+
+    asyncio.run(main())
+    patroni_cluster.wait_streaming()

@@ -257,20 +257,14 @@ class SagaEngine:
 
     async def retry_stuck(self, saga_id: str) -> SagaResult:
         """Compensate a stuck saga again (fresh retry budgets) and return its result."""
-        record = await self.log.load(saga_id)
-        if record is None:
-            raise NotFoundError(f"no saga {saga_id!r} in the log")
-        if record.state is not SagaState.STUCK:
-            raise ConflictError(f"saga {saga_id!r} is {record.state.value}, not stuck")
-        saga = self._definition(record)
-        # A stuck saga has no owner: take it with a fenced write of our own.
-        if not await self.log.take_stuck(
-            saga_id, self.worker_id, lease=self.lease, now=self._clock()
-        ):
-            raise ConflictError(f"saga {saga_id!r} was taken by another operator or worker")
-        reopened = sm.reopen_stuck(record)
+        saga = self._definition(await self._load_stuck(saga_id))
+        await self._take_stuck(saga_id)
 
         async def run() -> SagaResult:
+            # The log as it is now that we hold the saga: another operator's retry may
+            # have compensated more steps since the read above.
+            record = await self._load_stuck(saga_id)
+            reopened = sm.reopen_stuck(record)
             await self._save(record, reopened)
             return await self._run(saga, reopened)
 
@@ -281,25 +275,42 @@ class SagaEngine:
         it again; what its steps left is the operator's to undo by hand), with
         ``reason`` logged beside the error that left it stuck. :class:`ConflictError`
         if it is not stuck or another operator or worker holds it."""
+        await self._load_stuck(saga_id)
+        await self._take_stuck(saga_id)
+        try:
+            # Read again under our lease: a retry may have moved it on since.
+            record = await self._load_stuck(saga_id)
+            why = " ".join(reason.split()) or "no reason given"
+            before = ErrorInfo.from_json(record.compensation_error)
+            message = f"cancelled by an operator: {why}"
+            if before is not None:
+                message += f" (it was stuck on {before})"
+            cancelled = sm.cancel_stuck(record, ErrorInfo("SagaCancelled", message).to_json())
+            # A finished state: the fenced write releases the saga as it lands.
+            await self._save(record, cancelled)
+        except SagaLeaseLostError:
+            raise
+        except BaseException:
+            await self._give_back(saga_id, None)  # still stuck: any operator may act
+            raise
+        self._emit("saga_cancelled", saga_id, None)
+        return _result(cancelled)
+
+    async def _load_stuck(self, saga_id: str) -> SagaRecord:
         record = await self.log.load(saga_id)
         if record is None:
             raise NotFoundError(f"no saga {saga_id!r} in the log")
         if record.state is not SagaState.STUCK:
             raise ConflictError(f"saga {saga_id!r} is {record.state.value}, not stuck")
+        return record
+
+    async def _take_stuck(self, saga_id: str) -> None:
+        """Lease a stuck saga to this engine (it has no owner, or an operator's lease
+        on it ran out) with a fenced write of our own."""
         if not await self.log.take_stuck(
             saga_id, self.worker_id, lease=self.lease, now=self._clock()
         ):
             raise ConflictError(f"saga {saga_id!r} was taken by another operator or worker")
-        why = " ".join(reason.split()) or "no reason given"
-        before = ErrorInfo.from_json(record.compensation_error)
-        message = f"cancelled by an operator: {why}"
-        if before is not None:
-            message += f" (it was stuck on {before})"
-        cancelled = sm.cancel_stuck(record, ErrorInfo("SagaCancelled", message).to_json())
-        # A finished state: the fenced write releases the saga as it lands.
-        await self._save(record, cancelled)
-        self._emit("saga_cancelled", saga_id, None)
-        return _result(cancelled)
 
     # -- internals ---------------------------------------------------------------------
 
@@ -432,13 +443,13 @@ class SagaEngine:
         if the log cannot be reached, the lease runs out instead (no heartbeat
         renews it any more)."""
         with contextlib.suppress(Exception):
-            if reason is None:
-                await asyncio.wait_for(self.log.release(saga_id, self.worker_id), self.lease)
-            else:
-                block = self.log.block(
-                    saga_id, self.worker_id, reason, retry_in=self.lease, now=self._clock()
-                )
-                await asyncio.wait_for(block, self.lease)
+            async with asyncio.timeout(self.lease):
+                if reason is None:
+                    await self.log.release(saga_id, self.worker_id)
+                else:
+                    await self.log.block(
+                        saga_id, self.worker_id, reason, retry_in=self.lease, now=self._clock()
+                    )
 
     async def _run(
         self, saga: Saga, record: SagaRecord, prestarted: int | None = None
@@ -696,9 +707,16 @@ class SagaEngine:
                 limit = left
         if limit is None:
             return await fn(ctx)
+        # In this task, not wait_for's: on Python 3.11 wait_for returns the step's
+        # result when the run is cancelled in the turn the step returns, and the run
+        # would go on to the next step after it was cancelled.
+        timer = asyncio.timeout(limit)
         try:
-            return await asyncio.wait_for(fn(ctx), limit)
+            async with timer:
+                return await fn(ctx)
         except TimeoutError as exc:
+            if not timer.expired():
+                raise  # the step's own TimeoutError, not its time running out
             what = "compensation" if ctx.compensating else "action"
             if step_timeout is not None and limit >= step_timeout:
                 raise StepTimeoutError(

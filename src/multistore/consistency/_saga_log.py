@@ -382,10 +382,13 @@ class SagaLog:
         return blocked == 1
 
     async def take_stuck(self, saga_id: str, owner: str, *, lease: float, now: float) -> bool:
-        """Lease a stuck saga (which no worker holds) to an operator's ``owner``."""
+        """Lease a stuck saga to an operator's ``owner``: one that no worker holds, or
+        whose operator's lease ran out (it stopped between taking the saga and writing
+        the retry or the cancel; its late write is fenced)."""
         taken = await self.store.execute(
             f"UPDATE multistore_sagas SET owner = :owner, lease_until = {self._now} + :lease "
-            "WHERE saga_id = :saga_id AND state = 'stuck' AND owner IS NULL",
+            "WHERE saga_id = :saga_id AND state = 'stuck' "
+            f"AND (owner IS NULL OR lease_until < {self._now})",
             {"owner": owner, "lease": lease, "now": now, "saga_id": saga_id},
         )
         return taken == 1

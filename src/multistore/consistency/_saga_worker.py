@@ -12,12 +12,12 @@ which gives their leases back at once so that another worker resumes them.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import functools
 from dataclasses import dataclass
 from typing import Any
 
+from multistore._aio import RECANCEL_EVERY, stop_task
 from multistore.consistency._saga import ErrorInfo, SagaResult
 from multistore.consistency._saga_engine import SagaEngine
 from multistore.core._saga import SagaState
@@ -157,12 +157,12 @@ class SagaWorker:
             await asyncio.wait(set(self._tasks), timeout=self.grace)
 
     async def _cancel_all(self) -> None:
-        tasks = set(self._tasks)
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(BaseException):
-                await task
+        """Cancel the running sagas and wait for them, cancelling again those that lost
+        the cancel, for at most a lease (past it another worker may take them over, and
+        a straggler's log writes are fenced)."""
+        bound = max(self.engine.lease, 4 * RECANCEL_EVERY)
+        stops = [stop_task(task, bound) for task in set(self._tasks)]
+        await asyncio.gather(*stops, return_exceptions=True)
 
     def _count(self, *, error: ErrorInfo | None = None, **more: int) -> None:
         stats = self._stats

@@ -413,9 +413,10 @@ class SQLiteParticipant(Participant):
     async def begin(self, xid: Xid) -> SQLiteBranch:
         stack = AsyncExitStack()
         try:
-            conn = await asyncio.wait_for(
-                stack.enter_async_context(self.store.connection()), self.lock_timeout
-            )
+            # In this task (not wait_for's, which on Python 3.11 can swallow a cancel
+            # that comes as the lock is granted, and would hold the lease in its task).
+            async with asyncio.timeout(self.lock_timeout):
+                conn = await stack.enter_async_context(self.store.connection())
         except TimeoutError:
             await stack.aclose()
             raise StoreTimeoutError(

@@ -201,7 +201,9 @@ class PatroniRouter(Router):
 
     async def failover(self, candidate: str | None = None, *, within: float = 60.0) -> str:
         """A planned switchover through Patroni (``POST /switchover``), optionally to
-        ``candidate``; waits until the router has adopted the new leader; its name."""
+        ``candidate``; waits until the router has adopted the new leader; its name.
+        When ``candidate`` leads already (the leader Patroni names is adopted first),
+        nothing is asked of Patroni and its name is returned."""
         assert self.patroni is not None
         # The leader Patroni names now: an earlier switchover whose answer was an error
         # (503 under load) may have run all the same, and Patroni refuses (412) one
@@ -209,6 +211,10 @@ class PatroniRouter(Router):
         with contextlib.suppress(StoreUnavailableError):
             await self.follow()
         old = self.primary.name
+        if candidate is not None and candidate == old:
+            # Leads already (a retry after such a switchover): Patroni would refuse one
+            # from a member to itself.
+            return old
         try:
             await self.patroni.switchover(old, candidate)
         except StoreUnavailableError as exc:

@@ -221,7 +221,10 @@ class MariaDBRelationalStore(RelationalStore):
             raise StoreUnavailableError(f"{self!r} is closed", outcome=Outcome.DEFINITE)
         try:
             if self._free.locked():  # wait for a session to be handed back, bounded
-                await asyncio.wait_for(self._free.acquire(), self._connect_timeout)
+                # not wait_for: on Python 3.11 it can swallow a cancel that comes as
+                # the session is handed over
+                async with asyncio.timeout(self._connect_timeout):
+                    await self._free.acquire()
             else:
                 await self._free.acquire()  # free: returns at once (wait_for costs a task)
         except TimeoutError:
