@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from multistore.errors import (
+    ConflictError,
     InvalidValueError,
     Outcome,
     StoreError,
@@ -23,6 +24,7 @@ from multistore.errors import (
 from multistore.replication import (
     CausalToken,
     FailoverError,
+    FailoverFailedError,
     ForkedTokenError,
     Health,
     InvalidTokenError,
@@ -538,5 +540,73 @@ def test_a_token_no_replica_is_known_to_have_goes_to_the_primary_at_once(
             # a bound given: the replicas are polled until it runs out, then the primary
             assert await router.fetch_val(name, token=written.token, causal_wait=0.2) == "a"
             assert (primary.reads, replica.reads) == (2, 0) and replica.polls > polls
+
+    asyncio.run(body())
+
+
+def test_a_planned_failover_waits_for_a_lagging_replica_and_loses_no_write(
+    tmp_path: Path,
+) -> None:
+    """The fence tells the last entry of the old primary; the promoted replica has it."""
+
+    async def body() -> None:
+        shipping = LogShipping(delay=1.0, interval=0.02)
+        async with await open_embedded(tmp_path, shipping=shipping) as router:
+            ddl = await router.execute(DDL)
+            await _caught_up(router, ddl.token)
+            last = await router.execute("INSERT INTO items (id, name) VALUES (1, 'a')")
+            # no replica has the write yet: it is held back a second
+            assert all(
+                router.shipper.position(n.name) < last.token.position for n in router.replicas
+            )
+            assert await router.failover() in ("replica1", "replica2")
+            got = await router.fetch_val("SELECT name FROM items WHERE id = 1", strong=True)
+            assert got == "a"
+            assert (
+                await router.fetch_val("SELECT name FROM items WHERE id = 1", token=last.token)
+                == "a"
+            )
+
+    asyncio.run(body())
+
+
+def test_a_second_router_on_the_old_topology_cannot_write_to_the_fenced_primary(
+    tmp_path: Path,
+) -> None:
+    """Another process that still names the old primary (its router never saw the
+    failover) has its writes refused by the file itself, not acknowledged and lost."""
+
+    async def body() -> None:
+        async with await open_embedded(tmp_path) as router:
+            ddl = await router.execute(DDL)
+            await _caught_up(router, ddl.token)
+            # its own router, reading nothing from the replicas (the first one ships)
+            stale = await Router.open(f"sqlite:///{tmp_path / 'primary.db'}", [], config=FAST)
+            async with stale:
+                await stale.execute("INSERT INTO items (id, name) VALUES (1, 'before')")
+                assert await router.failover() == "replica1"
+                with pytest.raises(ConflictError, match="fenced by a failover") as refused:
+                    await stale.execute("INSERT INTO items (id, name) VALUES (2, 'after')")
+                assert refused.value.outcome is Outcome.DEFINITE
+            assert await router.fetch_val("SELECT count(*) FROM items", strong=True) == 1
+        assert _rows(tmp_path / "primary.db") == 1  # the refused write left nothing
+        assert _rows(tmp_path / "replica1.db") == 1
+
+    asyncio.run(body())
+
+
+def test_a_failover_with_no_replica_left_fences_nothing(tmp_path: Path) -> None:
+    """With nothing to promote, the primary is not fenced: it keeps taking writes."""
+
+    async def body() -> None:
+        async with await open_embedded(tmp_path, replicas=1) as router:
+            ddl = await router.execute(DDL)
+            await _caught_up(router, ddl.token)
+            assert await router.failover() == "replica1"  # the old primary is fenced
+            with pytest.raises(FailoverFailedError, match="nothing was fenced or promoted"):
+                await router.failover()
+            assert router.primary.name == "replica1"
+            await router.execute("INSERT INTO items (id, name) VALUES (1, 'still')")
+            assert await router.fetch_val("SELECT name FROM items WHERE id = 1") == "still"
 
     asyncio.run(body())

@@ -53,6 +53,11 @@ async def failover(router: Router) -> str:
         router.failing_over = True
         try:
             final: int | None = None
+            if old is not None and await _replay_states(router) == []:
+                # Fencing now would leave the cluster without any primary.
+                raise FailoverFailedError(
+                    "failover: no replica answered; nothing was fenced or promoted"
+                )
             if old is not None:
                 old.role = Role.FENCED
                 old.fence_pending = True
@@ -118,9 +123,8 @@ async def _fence_first(router: Router, old: Node) -> int | None:
     return final
 
 
-async def _most_advanced(router: Router, final: int | None) -> Node | None:
-    """The replica that received the most; with ``final``, first wait (bounded) until
-    one has received up to it."""
+async def _replay_states(router: Router) -> list[tuple[int, int, Node]]:
+    """(received, position, node) of each replica that answers (bounded)."""
     candidates = router.replicas
     timeout = router.config.probe_timeout * 2
 
@@ -130,11 +134,17 @@ async def _most_advanced(router: Router, final: int | None) -> Node | None:
         except (MultistoreError, TimeoutError):
             return None
 
+    states = await asyncio.gather(*(ask(n) for n in candidates))
+    return [(s.received, s.position, n) for n, s in zip(candidates, states, strict=True) if s]
+
+
+async def _most_advanced(router: Router, final: int | None) -> Node | None:
+    """The replica that received the most; with ``final``, first wait (bounded) until
+    one has received up to it."""
     deadline = time.monotonic() + CATCH_UP_TIMEOUT
     delay = 0.01
     while True:
-        states = await asyncio.gather(*(ask(n) for n in candidates))
-        ranked = [(s.received, s.position, n) for n, s in zip(candidates, states, strict=True) if s]
+        ranked = await _replay_states(router)
         if not ranked:
             return None
         best = max(ranked, key=lambda r: (r[0], r[1]))

@@ -35,7 +35,14 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any, ClassVar
 
-from multistore.errors import InvalidValueError, MultistoreError, NotFoundError, StoreError
+from multistore.errors import (
+    InvalidValueError,
+    MultistoreError,
+    NotFoundError,
+    StoreError,
+    StoreUnavailableError,
+    UsageError,
+)
 from multistore.replication._config import LogShipping
 from multistore.replication._nodes import Backend, Node, ReplayState, Role, RoutedTransaction
 from multistore.replication._timeline import Timeline
@@ -60,6 +67,16 @@ _COPY = (
     " VALUES (:position, :kind, :sql, :params, :committed_at)"
 )
 _LAST = "SELECT coalesce(max(position), 0) FROM multistore_changelog"
+# The fence of a replaced primary: a row here, and every later append to its log (so
+# every write through any router, in any process) aborts in the writer's transaction.
+FENCE_DDL = "CREATE TABLE IF NOT EXISTS multistore_fence (fenced_at REAL NOT NULL)"
+FENCE_TRIGGER = (
+    "CREATE TRIGGER IF NOT EXISTS multistore_fenced BEFORE INSERT ON multistore_changelog"
+    " WHEN EXISTS (SELECT 1 FROM multistore_fence) BEGIN"
+    " SELECT RAISE(ABORT, 'this node was fenced by a failover: it is no longer the"
+    " primary and takes no writes; open the router on the promoted node');"
+    " END"
+)
 TIMELINE_DDL = (
     "CREATE TABLE IF NOT EXISTS multistore_timeline ("
     " timeline INTEGER PRIMARY KEY,"
@@ -275,6 +292,8 @@ class SQLiteBackend(Backend):
     async def prepare(self, node: Node) -> None:
         await node.store.execute(CHANGELOG_DDL)
         await node.store.execute(TIMELINE_DDL)
+        await node.store.execute(FENCE_DDL)
+        await node.store.execute(FENCE_TRIGGER)
         await node.store.execute(_FIRST_TIMELINE)
         if node.role is Role.REPLICA:
             await self.shipper.add(node.name, node.store)
@@ -371,8 +390,29 @@ class SQLiteBackend(Backend):
             )
 
     async def fence(self, node: Node) -> int | None:
-        """Nothing to do on the file: the router never uses a fenced node again."""
-        return None
+        """Fence the file: from this commit on, every write through a router (this one or
+        another process's) fails on it. Its last entry, which no later write can pass.
+
+        When the caller's own task holds the file's connection (a failover asked for from
+        inside a transaction on the old primary), the fence cannot be taken before that
+        transaction ends: it stays pending, as for an unreachable primary, and the
+        router's monitor takes it later (the router refuses the old primary meanwhile)."""
+        try:
+            return await self._fence(node)
+        except UsageError as exc:
+            raise StoreUnavailableError(f"cannot fence {node.name} now: {exc}") from exc
+
+    @staticmethod
+    async def _fence(node: Node) -> int:
+        async with node.store.transaction() as tx:
+            await tx.execute(FENCE_DDL)
+            await tx.execute(FENCE_TRIGGER)
+            await tx.execute(
+                "INSERT INTO multistore_fence (fenced_at) VALUES (:at)", {"at": time.time()}
+            )
+            # Read under the write lock the insert took: every write that committed
+            # before is at or below it, and none can commit after.
+            return int(await tx.fetch_val(_LAST))
 
     async def close(self) -> None:
         await self.shipper.close()
