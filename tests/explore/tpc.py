@@ -21,10 +21,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, cast
 
-from multistore.consistency import RecoveryReport, TransactionCoordinator, recover_transactions
+from multistore.consistency import (
+    DecisionLog,
+    RecoveryReport,
+    TransactionCoordinator,
+    open_participant,
+    recover_once,
+    recover_transactions,
+)
+from multistore.core._tpc import Xid
 from multistore.errors import MultistoreError, TransactionHeuristicError
 from multistore.lab.explore import Actor, InvariantViolation, Simulation
 from multistore.stores import open_store
@@ -32,6 +40,12 @@ from multistore.stores.relational import RelationalStore
 
 START = 100
 BANKS = ("a", "b")
+#: The operator's late pass purges markers and abort records older than this: past any
+#: stall (at most four of 60 s) and clock jumps (at most four of 30 s, on either side)
+#: a schedule has, so that nothing still needed is old enough.
+RETENTION = 600.0
+#: When that pass runs (virtual seconds after the operator's other passes).
+LATE = RETENTION + 300.0
 
 
 async def create_bank(url: str) -> None:
@@ -60,9 +74,21 @@ class App:
         heuristics: list[str] | None = None,
         *,
         ledger: bool = False,
+        linger: float = 0.0,
+        requests: bool = False,
+        held: int = 0,
     ):
         self.sim = sim
         self.ledger = ledger
+        self.linger = linger
+        """Seconds the process stays up after its transfers (its background recovery
+        running), before it closes."""
+        self.requests = requests
+        """Each transfer a request of its own (a server's): a cancel fault cancels that
+        transfer only (its client went away) and the process goes on with the next."""
+        self.held = held
+        """Steps of the other actors each of its recovery passes waits for right after
+        a participant listed its in-doubt branches (0: none)."""
         self.lease_ttl = lease_ttl
         self.heuristics = heuristics if heuristics is not None else []
         """Heuristic outcomes reported to this process (there should be none)."""
@@ -91,42 +117,58 @@ class App:
         # A crash drops the process's server connections (its open work rolls back).
         actor.on_crash.append(lambda: self.sim.background(_drop(coordinator)))
         self._watch(actor, coordinator)
+        if self.held:
+            for participant in coordinator.participants.values():
+                participant.in_doubt = _held(self.sim, participant.in_doubt, self.held)  # type: ignore[method-assign]
         try:
             while self.left > 0:
                 self.left -= 1
-                amount = self.sim.choices.randint(1, 9)
-                source, target = self.sim.choices.sample(BANKS, 2)
+                if not self.requests:
+                    await self._transfer(actor, coordinator)
+                    continue
                 try:
-                    async with coordinator.transaction([source, target]) as tx:
-                        tid = tx.xid.gtrid
-                        # Banks in one order in every process: no deadlock across them.
-                        moves = {source: -amount, target: amount}
-                        ids: dict[str, int] = {}
-                        for bank, delta in sorted(moves.items()):
-                            await tx.sql(bank).execute(
-                                "UPDATE accounts SET balance = balance + :d WHERE id = 1",
-                                {"d": delta},
-                            )
-                            await tx.sql(bank).execute(
-                                "INSERT INTO transfers (tid, delta) VALUES (:t, :d)",
-                                {"t": tid, "d": delta},
-                            )
-                            if self.ledger:
-                                ids[bank] = await tx.sql(bank).fetch_val(
-                                    "INSERT INTO ledger (tid) VALUES (:t) RETURNING id", {"t": tid}
-                                )
-                        for bank, other in zip(BANKS, reversed(BANKS), strict=True):
-                            if self.ledger:  # the id the other bank gave its row
-                                await tx.sql(bank).execute(
-                                    "UPDATE transfers SET ref = :r WHERE tid = :t",
-                                    {"r": ids[other], "t": tid},
-                                )
-                except TransactionHeuristicError as exc:
-                    self.heuristics.extend(f"{actor.label}: {h}" for h in exc.heuristics)
-                except MultistoreError as exc:
-                    self.sim.note(f"{actor.label}: {type(exc).__name__}")
+                    await actor.call(self._transfer(actor, coordinator))
+                except asyncio.CancelledError:
+                    task = asyncio.current_task()
+                    if task is None or task.cancelling():
+                        raise  # the process itself is cancelled
+                    self.sim.note(f"{actor.label}: its client went away, the transfer cancelled")
+            await asyncio.sleep(self.linger)
         finally:
             await coordinator.close()
+
+    async def _transfer(self, actor: Actor, coordinator: TransactionCoordinator) -> None:
+        amount = self.sim.choices.randint(1, 9)
+        source, target = self.sim.choices.sample(BANKS, 2)
+        try:
+            async with coordinator.transaction([source, target]) as tx:
+                tid = tx.xid.gtrid
+                # Banks in one order in every process: no deadlock across them.
+                moves = {source: -amount, target: amount}
+                ids: dict[str, int] = {}
+                for bank, delta in sorted(moves.items()):
+                    await tx.sql(bank).execute(
+                        "UPDATE accounts SET balance = balance + :d WHERE id = 1",
+                        {"d": delta},
+                    )
+                    await tx.sql(bank).execute(
+                        "INSERT INTO transfers (tid, delta) VALUES (:t, :d)",
+                        {"t": tid, "d": delta},
+                    )
+                    if self.ledger:
+                        ids[bank] = await tx.sql(bank).fetch_val(
+                            "INSERT INTO ledger (tid) VALUES (:t) RETURNING id", {"t": tid}
+                        )
+                for bank, other in zip(BANKS, reversed(BANKS), strict=True):
+                    if self.ledger:  # the id the other bank gave its row
+                        await tx.sql(bank).execute(
+                            "UPDATE transfers SET ref = :r WHERE tid = :t",
+                            {"r": ids[other], "t": tid},
+                        )
+        except TransactionHeuristicError as exc:
+            self.heuristics.extend(f"{actor.label}: {h}" for h in exc.heuristics)
+        except MultistoreError as exc:
+            self.sim.note(f"{actor.label}: {type(exc).__name__}")
 
     def _watch(self, actor: Actor, coordinator: TransactionCoordinator) -> None:
         """Note the heuristic outcomes of the coordinator's own recovery passes (at
@@ -209,11 +251,14 @@ async def check_banks(
 async def transfers(sim: Simulation) -> None:
     """One coordinator (restarted after a crash), and now and then an operator's
     `recover` beside it, or a second application process with its own log or the first's;
-    on SQLite."""
+    on SQLite. Besides: applications that serve each transfer as a request of its own
+    (a cancelled one does not stop the process), a second process that stays up a while
+    after its transfers, and the operator's other ways of recovering (:func:`_operator`),
+    one of which waits many minutes of virtual time."""
     urls = {name: f"sqlite:///{sim.directory / name}.db" for name in BANKS}
     for url in urls.values():
         await create_bank(url)
-    await run_transfers(sim, urls, ledger=True)
+    await run_transfers(sim, urls, ledger=True, extra=True)
 
 
 def transfers_on(urls: dict[str, str]) -> Callable[[Simulation], Awaitable[None]]:
@@ -256,6 +301,106 @@ def _against_commit(report: dict[str, Any]) -> list[dict[str, Any]]:
     return [h for h in report["heuristics"] if h["decision"] == "commit"]
 
 
+def _operator(
+    sim: Simulation,
+    urls: dict[str, str],
+    logs: list[str],
+    heuristics: list[str],
+    *,
+    extra: bool,
+) -> Actor:
+    """`multistore recover` run by hand now and then, with the first log. ``extra``:
+    with either log, in one of three ways: a few passes now and then; many passes, each
+    held (descheduled) for some of the other actors' steps right after a participant
+    lists its in-doubt branches; or a few passes and, long after, one with a short
+    retention (:data:`RETENTION`) that purges old commit markers and abort records,
+    followed by one with the same retention and a log of its own."""
+    mode = sim.choices.choice(("now and then", "held", "late")) if extra else "now and then"
+    passes = sim.choices.randint(4, 12) if mode == "held" else sim.choices.randint(1, 3)
+    hold = sim.choices.randint(1, 30) if mode == "held" else 0
+
+    def noting(report: dict[str, Any]) -> None:
+        heuristics.extend(f"operator: {h}" for h in _against_commit(report))
+
+    async def operator(actor: Actor) -> None:
+        # Chosen once it runs: the list is complete by then.
+        log = sim.choices.choice(logs) if extra else logs[0]
+        if mode == "held":
+            await _recover_by_hand(sim, urls, log, noting, passes, hold=hold)
+            return
+        for _ in range(passes):
+            try:
+                noting(await recover_transactions(urls, log))
+            except MultistoreError as exc:
+                sim.note(f"operator: {type(exc).__name__}")
+            await asyncio.sleep(sim.choices.uniform(0, 0.05))
+        if mode == "late":
+            await asyncio.sleep(LATE)
+            await _recover_by_hand(sim, urls, log, noting, 1, retention=RETENTION)
+            # And the operator of another deployment on the same banks, with a log of
+            # its own: no branch is its to resolve, no commit marker its to purge.
+            own = f"sqlite:///{sim.directory / 'other-deployment.db'}"
+            await _recover_by_hand(sim, urls, own, noting, 1, retention=RETENTION)
+
+    return sim.spawn("operator", operator, after_steps=sim.choices.randint(0, 60))
+
+
+async def _recover_by_hand(
+    sim: Simulation,
+    urls: dict[str, str],
+    log: str,
+    noting: Callable[[dict[str, Any]], None],
+    passes: int,
+    *,
+    hold: int = 0,
+    retention: float | None = None,
+) -> None:
+    """``passes`` passes of :func:`recover_once` over participants opened once. ``hold``:
+    each participant's listing of its in-doubt branches is followed by that many of the
+    other actors' steps (a pass descheduled between its listing and what it does
+    with it)."""
+    opened: dict[str, Any] = {}
+    try:
+        decision_log = await DecisionLog.open(log)
+    except MultistoreError as exc:
+        sim.note(f"operator cannot open the log: {type(exc).__name__}")
+        return
+    try:
+        for name, url in urls.items():
+            opened[name] = participant = await open_participant(name, url)
+            if hold:
+                participant.in_doubt = _held(sim, participant.in_doubt, hold)  # type: ignore[method-assign]
+        for _ in range(passes):
+            try:
+                if retention is None:
+                    report = await recover_once(decision_log, opened)
+                else:
+                    report = await recover_once(decision_log, opened, retention=retention)
+                noting(report.as_dict())
+            except MultistoreError as exc:
+                sim.note(f"operator: {type(exc).__name__}")
+            await asyncio.sleep(sim.choices.uniform(0, 0.05))
+    except MultistoreError as exc:
+        sim.note(f"operator cannot open a participant: {type(exc).__name__}")
+    finally:
+        for participant in opened.values():
+            with contextlib.suppress(Exception):
+                await participant.close()
+        with contextlib.suppress(Exception):
+            await decision_log.close()
+
+
+def _held(
+    sim: Simulation, listing: Callable[[], Awaitable[list[Xid]]], steps: int
+) -> Callable[[], Coroutine[Any, Any, list[Xid]]]:
+    async def held() -> list[Xid]:
+        found = await listing()
+        await sim.hold(steps)
+        return found
+
+    return held
+
+
 async def reset_bank(url: str) -> None:
     store = cast(RelationalStore, await open_store(url, model="relational"))
     try:
@@ -272,27 +417,26 @@ async def reset_bank(url: str) -> None:
 
 
 async def run_transfers(
-    sim: Simulation, urls: dict[str, str], lease_ttl: float = 15.0, *, ledger: bool = False
+    sim: Simulation,
+    urls: dict[str, str],
+    lease_ttl: float = 15.0,
+    *,
+    ledger: bool = False,
+    extra: bool = False,
 ) -> None:
+    """The scenario (module docstring). ``extra``: also the situations that need virtual
+    time (see :func:`transfers`)."""
     log = f"sqlite:///{sim.directory / 'log.db'}"
     heuristics: list[str] = []
     app = App(sim, urls, log, "node1", lease_ttl, heuristics, ledger=ledger)
+    if extra:
+        app.requests = sim.choices.random() < 0.5
+        if sim.choices.random() < 0.3:
+            app.held = sim.choices.randint(1, 30)
     actors = [sim.spawn("app", app.run, restart=app.run)]
     logs = [log]
     if sim.choices.random() < 0.5:
-        passes = sim.choices.randint(1, 3)
-
-        async def operator(actor: Actor) -> None:
-            for _ in range(passes):  # `multistore recover`, run now and then
-                try:
-                    report = await recover_transactions(urls, log)
-                except MultistoreError as exc:
-                    sim.note(f"operator: {type(exc).__name__}")
-                else:
-                    heuristics.extend(f"operator: {h}" for h in _against_commit(report))
-                await asyncio.sleep(sim.choices.uniform(0, 0.05))
-
-        actors.append(sim.spawn("operator", operator, after_steps=sim.choices.randint(0, 60)))
+        actors.append(_operator(sim, urls, logs, heuristics, extra=extra))
     if sim.choices.random() < 0.3:
         # A second application process: with a log of its own, or sharing the first's
         # (its background recovery then runs beside the first's transfers).
@@ -301,6 +445,12 @@ async def run_transfers(
             other_log = f"sqlite:///{sim.directory / 'log2.db'}"
             logs.append(other_log)
         other = App(sim, urls, other_log, None, lease_ttl, heuristics, ledger=ledger)
+        if extra:
+            other.requests = sim.choices.random() < 0.5
+            if other.recover_interval >= 1.0 and sim.choices.random() < 0.5:
+                # It stays up a while after its transfers, recovering in the
+                # background, while the first one may be down after a crash.
+                other.linger = 4 * other.recover_interval + lease_ttl
         actors.append(sim.spawn("app2", other.run, restart=other.run))
     await sim.join(*actors)
     sim.quiesce()

@@ -545,6 +545,19 @@ class Simulation:
         """Add a line to the schedule's trace (printed when the schedule fails)."""
         self._trace(f"note {text}")
 
+    async def hold(self, steps: int) -> None:
+        """Let the other actors take ``steps`` steps before the caller goes on: a
+        process descheduled at a chosen point of its work (a scenario asks for this
+        where a slow step matters, say between a read and the write that relies on it).
+        The hold ends sooner when no other actor has a step to take, and at once once
+        the faults are off. Draws nothing from the scheduler's random choices."""
+        if steps <= 0 or not self.faults_on:
+            return
+        gate: asyncio.Future[None] = self.loop.create_future()
+        self._gates.append((self.steps + steps, gate))
+        self._trace(f"{_label()} held for {steps} steps")
+        await gate
+
     def stop(self, actor: Actor) -> None:
         """Cancel an actor that runs until told to stop (a worker, a relay)."""
         last = actor.last()
@@ -923,3 +936,9 @@ class Simulation:
             for conn in self._all_connections:
                 with contextlib.suppress(sqlite3.Error):
                     conn.close()
+
+
+def _label() -> str:
+    """The calling actor's label, for the trace."""
+    actor = _ACTOR.get()
+    return actor.label if actor is not None else "scenario"
