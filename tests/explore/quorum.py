@@ -6,7 +6,9 @@ Besides blind writes and reads, a coordinator does read-modify-writes (a read, t
 write that passes the read's context), and now and then the first one adds a fifth
 node (a bootstrap that streams the moved ranges; the other coordinator, as the docs
 require, does not write meanwhile and opens the new membership afterwards). A quarter
-of the schedules use a sloppy quorum (hints count toward W and R).
+of the schedules use a sloppy quorum (hints count toward W and R); in those, two nodes
+may be down for a while (writes then land on the stand-in and one home), and the
+coordinators deliver their hints during the run too.
 
 Invariants:
 * no stale read (strict quorums): a read that succeeded returns a version at least as
@@ -15,6 +17,9 @@ Invariants:
   (a read returns a version only once R replicas hold it);
 * a write with a context is stamped after every version its read returned;
 * a write that failed definitely never took effect: no read returns its value;
+* an acknowledged write stays on at least W nodes (its version or a newer one): checked
+  after every hint delivery (a stand-in's copy goes only once a home holds it), after
+  a membership change (the moved ranges were streamed before the switch) and at the end;
 * no lost write: once hints are delivered and anti-entropy has run, a read at ALL
   returns, for every key, a version at least as new as every acknowledged write;
 * convergence: the N replicas of every key then hold byte-identical records.
@@ -23,6 +28,7 @@ Invariants:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -34,6 +40,7 @@ from multistore.replication._qnodes import SQLiteNode
 
 NODES = 4
 KEYS = ("k0", "k1")
+W = 2
 
 
 @dataclass
@@ -62,6 +69,50 @@ class Membership:
     """Operations under way per coordinator (the admin waits until the others have none)."""
 
 
+@dataclass
+class Outage:
+    """Nodes down (every call to them fails, their data kept) for the operations that
+    start within ``[start, end)`` of virtual time."""
+
+    nodes: tuple[str, ...] = ()
+    start: float = 0.0
+    end: float = 0.0
+
+    def apply(self, cluster: Any, now: float) -> None:
+        down = self.start <= now < self.end
+        for name in self.nodes:
+            if name in cluster.nodes:
+                cluster.node(name).set_down(down)
+
+
+class Copies:
+    """Every node's record of each key, read outside the actors (no steps, no faults)."""
+
+    def __init__(self) -> None:
+        self.nodes: list[SQLiteNode] = []
+
+    async def open(self, sim: Simulation) -> None:
+        for i in range(NODES + 1):  # node4 too, once it joins
+            name = f"node{i}"
+            self.nodes.append(await SQLiteNode(name, sim.directory / f"{name}.db").open())
+
+    async def check(self, history: list[Op], when: str) -> None:
+        """Every acknowledged write is on at least W nodes (its version or a newer one)."""
+        for key in KEYS:
+            acked = [op for op in history if op.key == key and op.kind != "read" and op.ok]
+            if not acked:
+                continue
+            records = {node.name: await node.read(key.encode()) for node in self.nodes}
+            for op in acked:
+                stamp = str(op.version.hlc)
+                holders = [n for n, rec in records.items() if rec is not None and rec[0] >= stamp]
+                if len(holders) < W:
+                    raise InvariantViolation(
+                        f"{key}: {op.value!r} ({op.actor}, acknowledged at {op.end:.3f}) is on "
+                        f"{len(holders)} node(s) {holders} after {when}, fewer than W={W}"
+                    )
+
+
 async def _open(sim: Simulation, name: str, clock: Any, nodes: int, config: QuorumConfig) -> Any:
     return await QuorumCluster.embedded(
         sim.directory,
@@ -80,8 +131,15 @@ async def quorum(sim: Simulation) -> None:
     config = QuorumConfig(n=3, r=2, w=2, sloppy=True) if sloppy else QuorumConfig(n=3, r=2, w=2)
     join = sim.choices.random() < 0.3
     members = Membership()
+    outage = Outage()
+    if sloppy and sim.choices.random() < 0.5:
+        start = sim.choices.uniform(0, 0.6)
+        names = tuple(sim.choices.sample([f"node{i}" for i in range(NODES)], 2))
+        outage = Outage(names, start, start + sim.choices.uniform(0.2, 1.5))
     setup = await _open(sim, "setup", sim.wall_time, NODES, config)
     await setup.close()
+    copies = Copies()
+    await copies.open(sim)
     history: list[Op] = []
 
     def coordinator(name: str) -> Actor:
@@ -104,11 +162,18 @@ async def quorum(sim: Simulation) -> None:
                         await cluster.close()
                         cluster = await _open(sim, name, actor.wall_clock, members.nodes, config)
                         opened = members.nodes
+                    outage.apply(cluster, sim.loop.time())
                     key = sim.choices.choice(KEYS)
                     draw = sim.choices.random()
                     if join and name == "c1" and members.nodes == NODES and draw < 0.15:
                         await _add_node(sim, actor, cluster, members)
                         opened = members.nodes
+                        await copies.check(history, f"{actor.label}'s membership change")
+                        continue
+                    if sloppy and draw >= 0.85:
+                        with contextlib.suppress(MultistoreError, asyncio.CancelledError):
+                            await actor.call(cluster.deliver_hints())
+                        await copies.check(history, f"{actor.label} delivered its hints")
                         continue
                     kind = "write" if draw < 0.4 else "rmw" if draw < 0.6 else "read"
                     op = Op(kind, name, key, sim.loop.time())
@@ -133,6 +198,7 @@ async def quorum(sim: Simulation) -> None:
     sim.quiesce()
     if not sloppy:  # a sloppy quorum may read around the writes, by design
         check_reads(history)
+    await copies.check(history, "the run")
     # Heal: every coordinator's hints, then anti-entropy on every node.
     for name in ("c1", "c2"):
         cluster = await _open(sim, name, sim.wall_time, members.nodes, config)
@@ -140,6 +206,7 @@ async def quorum(sim: Simulation) -> None:
             await cluster.deliver_hints()
         finally:
             await cluster.close()
+        await copies.check(history, f"{name}'s hints were delivered after the run")
     cluster = await _open(sim, "heal", sim.wall_time, members.nodes, config)
     try:
         await cluster.anti_entropy(depth=4)  # every pair of nodes
