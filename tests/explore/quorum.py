@@ -8,7 +8,9 @@ node (a bootstrap that streams the moved ranges; the other coordinator, as the d
 require, does not write meanwhile and opens the new membership afterwards). A quarter
 of the schedules use a sloppy quorum (hints count toward W and R); in those, two nodes
 may be down for a while (writes then land on the stand-in and one home), and the
-coordinators deliver their hints during the run too.
+coordinators deliver their hints during the run too. In a fifth of the strict schedules
+two nodes' disks are full for a while (writes to them fail, reads still answer): a
+write then lands on its third home only, and a read that meets it cannot repair it.
 
 Invariants:
 * no stale read (strict quorums): a read that succeeded returns a version at least as
@@ -30,13 +32,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from multistore.core import Consistency, QuorumConfig
-from multistore.errors import MultistoreError
+from multistore.errors import MultistoreError, Outcome, StoreUnavailableError
 from multistore.lab.explore import Actor, InvariantViolation, Simulation
-from multistore.replication import QuorumCluster
-from multistore.replication._qnodes import SQLiteNode
+from multistore.replication import HintStore, QuorumCluster, SQLiteNode
+from multistore.replication._qnodes import Record
 
 NODES = 4
 KEYS = ("k0", "k1")
@@ -113,11 +116,65 @@ class Copies:
                     )
 
 
-async def _open(sim: Simulation, name: str, clock: Any, nodes: int, config: QuorumConfig) -> Any:
-    return await QuorumCluster.embedded(
-        sim.directory,
-        nodes=nodes,
-        hints_path=sim.directory / f"hints-{name}.db",
+@dataclass
+class FullDisks:
+    """Nodes whose disk is full within ``[start, end)`` of virtual time: every write to
+    them fails before it is stored (reads still answer)."""
+
+    nodes: tuple[str, ...] = ()
+    start: float = 0.0
+    end: float = 0.0
+    sim: Simulation | None = None
+
+    def check(self, name: str) -> None:
+        if name in self.nodes and self.start <= asyncio.get_running_loop().time() < self.end:
+            if self.sim is not None:
+                self.sim.note(f"a write to {name} refused: its disk is full")
+            raise StoreUnavailableError(
+                f"explorer: quorum node {name}'s disk is full", outcome=Outcome.DEFINITE
+            )
+
+
+class ScenarioNode(SQLiteNode):
+    """A SQLite node whose writes fail while its disk is full (:class:`FullDisks`)."""
+
+    def __init__(self, name: str, path: Path, disks: FullDisks) -> None:
+        super().__init__(name, path)
+        self.disks = disks
+
+    async def write_lww(self, group: bytes, member: bytes, hlc: str, blob: bytes) -> bool:
+        self.disks.check(self.name)
+        return await super().write_lww(group, member, hlc, blob)
+
+    async def write_cas(
+        self, group: bytes, member: bytes, hlc: str, blob: bytes, expected: Record | None
+    ) -> bool:
+        self.disks.check(self.name)
+        return await super().write_cas(group, member, hlc, blob, expected)
+
+
+async def _open(
+    sim: Simulation,
+    name: str,
+    clock: Any,
+    nodes: int,
+    config: QuorumConfig,
+    disks: FullDisks | None = None,
+) -> Any:
+    disks = disks or FullDisks()
+    opened: list[SQLiteNode] = []
+    try:
+        for i in range(nodes):
+            path = sim.directory / f"node{i}.db"
+            opened.append(await ScenarioNode(f"node{i}", path, disks).open())
+        hints = await HintStore.open(sim.directory / f"hints-{name}.db")
+    except BaseException:
+        for node in opened:
+            await node.close()
+        raise
+    return QuorumCluster(
+        opened,
+        hints=hints,
         config=config,
         clock=clock,
         vnodes=8,  # fewer token ranges: anti-entropy's repair walks them one by one
@@ -138,6 +195,11 @@ async def quorum(sim: Simulation) -> None:
         outage = Outage(names, start, start + sim.choices.uniform(0.2, 1.5))
     setup = await _open(sim, "setup", sim.wall_time, NODES, config)
     await setup.close()
+    disks = FullDisks()
+    if not sloppy and sim.choices.random() < 0.2:
+        start = sim.choices.uniform(0, 0.6)
+        names = tuple(sim.choices.sample([f"node{i}" for i in range(NODES)], 2))
+        disks = FullDisks(names, start, start + sim.choices.uniform(0.5, 2.0), sim)
     copies = Copies()
     await copies.open(sim)
     history: list[Op] = []
@@ -149,7 +211,7 @@ async def quorum(sim: Simulation) -> None:
         async def run(actor: Actor) -> None:
             nonlocal done
             try:
-                cluster = await _open(sim, name, actor.wall_clock, members.nodes, config)
+                cluster = await _open(sim, name, actor.wall_clock, members.nodes, config, disks)
             except MultistoreError:
                 return
             opened = members.nodes
@@ -160,7 +222,9 @@ async def quorum(sim: Simulation) -> None:
                         await members.changing.wait()  # no writes during a change
                     if opened != members.nodes:  # the membership changed: open it
                         await cluster.close()
-                        cluster = await _open(sim, name, actor.wall_clock, members.nodes, config)
+                        cluster = await _open(
+                            sim, name, actor.wall_clock, members.nodes, config, disks
+                        )
                         opened = members.nodes
                     outage.apply(cluster, sim.loop.time())
                     key = sim.choices.choice(KEYS)
