@@ -269,6 +269,9 @@ async def quorum(sim: Simulation) -> None:
 
     actors = [coordinator("c1"), coordinator("c2")]
     await sim.join(*actors)
+    for failed in sim.actors:  # a check an actor made on the way comes first
+        if isinstance(failed.error, InvariantViolation):
+            raise failed.error
     sim.quiesce()
     if not sloppy:  # a sloppy quorum may read around the writes, by design
         # at R=1 a read may meet a write still on its way, then the next one miss it
