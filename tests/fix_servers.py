@@ -39,10 +39,12 @@ from multistore.lab.servers import (
     MariaDBServer,
     PostgresServer,
     RedisServer,
+    ServerGroup,
     ServerProcess,
     unique_name,
 )
 
+_G = TypeVar("_G", bound=ServerGroup)
 _S = TypeVar("_S", bound=ServerProcess)
 
 
@@ -52,7 +54,7 @@ def _missing(exc: BinaryNotFoundError) -> None:
     pytest.fail(f"{exc} (`make test` installs it as root on Debian)", pytrace=False)
 
 
-def _session_server(factory: Callable[[], _S]) -> Iterator[_S]:
+def _session_server(factory: Callable[[], _G]) -> Iterator[_G]:
     try:
         server = factory()
     except BinaryNotFoundError as exc:
@@ -106,72 +108,24 @@ def influxdb_server() -> Iterator[InfluxDBServer]:
 
 @pytest.fixture(scope="session")
 def redis_cluster() -> Iterator[RedisClusterServers]:
-    try:
-        cluster = RedisClusterServers()
-        cluster.start()
-    except BinaryNotFoundError as exc:
-        _missing(exc)
-        raise
-    try:
-        yield cluster
-    finally:
-        cluster.cleanup()
+    yield from _session_server(RedisClusterServers)
 
 
 @pytest.fixture(scope="session")
 def etcd_cluster() -> Iterator[EtcdCluster]:
-    cluster = EtcdCluster()
-    try:
-        cluster.start()
-    except BinaryNotFoundError as exc:
-        cluster.cleanup()
-        _missing(exc)
-        raise
-    except BaseException:
-        cluster.cleanup()
-        raise
-    try:
-        yield cluster
-    finally:
-        cluster.cleanup()
+    yield from _session_server(EtcdCluster)
 
 
 @pytest.fixture(scope="session")
 def nats_cluster() -> Iterator[NatsCluster]:
-    cluster = NatsCluster()
-    try:
-        cluster.start()
-    except BinaryNotFoundError as exc:
-        cluster.cleanup()
-        _missing(exc)
-        raise
-    except BaseException:
-        cluster.cleanup()
-        raise
-    try:
-        yield cluster
-    finally:
-        cluster.cleanup()
+    yield from _session_server(NatsCluster)
 
 
 @pytest.fixture(scope="session")
 def patroni_cluster(etcd_cluster: EtcdCluster) -> Iterator[PatroniCluster]:
     """Three Patroni members; a test that kills one starts it again and waits with
     ``wait_streaming()`` before it ends."""
-    cluster = PatroniCluster(etcd=etcd_cluster)
-    try:
-        cluster.start()
-    except BinaryNotFoundError as exc:
-        cluster.cleanup()
-        _missing(exc)
-        raise
-    except BaseException:
-        cluster.cleanup()
-        raise
-    try:
-        yield cluster
-    finally:
-        cluster.cleanup()
+    yield from _session_server(lambda: PatroniCluster(etcd=etcd_cluster))
 
 
 @pytest.fixture

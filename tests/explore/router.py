@@ -6,11 +6,17 @@ stalling store calls, lost replies, clock jumps.
 
 Each write sets a key to the next number of that key (so a key's value only grows).
 Invariants:
+* forged tokens: a read carrying a token far ahead of the primary is refused unread;
 * read-your-writes: a read carrying the token of an acknowledged write returns that
   write's number or a later one, or fails (a definite ``ForkedTokenError`` only after a
   failover, or a store error) — never an older value;
 * bounded staleness: a read with ``max_staleness=s`` returns at least the number of
-  every write acknowledged more than ``s`` seconds before the read began;
+  every write acknowledged more than ``s`` seconds before the read began and since the
+  last failover before it (an earlier one may be lost in the failover);
+* tokens across failovers: after the faults stop, a router opened then (as a restarted
+  process would) reads with every token handed out before the last failover, once the
+  new primary has taken more writes than those tokens name: each read sees its write or
+  raises ``ForkedTokenError`` — a token past a fork names another write by then;
 * durability: after the faults stop, the primary holds, for every key, at least the
   last number acknowledged since the last failover (the embedded setup's planned
   failover does not wait for the replicas to catch up, as its docs say).
@@ -24,7 +30,9 @@ from typing import Any
 from multistore.errors import MultistoreError
 from multistore.lab.explore import Actor, InvariantViolation, Simulation
 from multistore.replication import (
+    CausalToken,
     ForkedTokenError,
+    InvalidTokenError,
     LogShipping,
     Router,
     RouterConfig,
@@ -32,6 +40,8 @@ from multistore.replication import (
 
 KEYS = ("k0", "k1")
 BOUND = 2.0
+#: A position no write in a schedule reaches (positions of the embedded setup are small).
+FORGED_POSITION = 1 << 48
 
 
 async def _open(sim: Simulation, topology: list[str]) -> Router:
@@ -101,6 +111,8 @@ async def router(sim: Simulation) -> None:
     final = await _open(sim, topology)
     try:
         since = max(failovers, default=-1.0)
+        if failovers:
+            await _read_old_tokens(final, acked, failovers)
         for key, writes in acked.items():
             # The embedded setup's planned failover does not wait for the replicas to
             # catch up (docs/replication/router.md): what is checked is what was
@@ -135,6 +147,9 @@ async def _read(
     failovers: list[float],
 ) -> None:
     started = sim.loop.time()
+    if sim.choices.random() < 0.1:
+        await _read_forged(routed, key)
+        return
     if acked[key] and sim.choices.random() < 0.6:
         when, n, token = sim.choices.choice(acked[key])
         try:
@@ -153,9 +168,58 @@ async def _read(
             )
         return
     got = await routed.fetch_val("SELECT n FROM kv WHERE k = :k", {"k": key}, max_staleness=BOUND)
-    due = [n for when, n, _ in acked[key] if when < started - BOUND]
+    # A write from before a failover may be lost in it (see the durability invariant).
+    since = max((f for f in failovers if f <= started), default=-1.0)
+    due = [n for when, n, _ in acked[key] if since < when < started - BOUND]
     if due and (got is None or int(got) < max(due)):
         raise InvariantViolation(
             f"bounded staleness: {key} read {got} with max_staleness={BOUND}, but "
             f"{max(due)} was acknowledged more than {BOUND} s before the read"
         )
+
+
+async def _read_forged(routed: Router, key: str) -> None:
+    """A read with a token no write produced, far ahead of the primary on its timeline:
+    refused unread (``InvalidTokenError``, or a definite error when the primary cannot be
+    asked), never answered after waiting for replicas that will not get there."""
+    forged = CausalToken(routed.timeline, FORGED_POSITION)
+    try:
+        got = await routed.fetch_val("SELECT n FROM kv WHERE k = :k", {"k": key}, token=forged)
+    except InvalidTokenError:
+        return
+    raise InvariantViolation(f"forged token {forged} ahead of the primary: {key} read {got}")
+
+
+async def _read_old_tokens(
+    routed: Router, acked: dict[str, list[tuple[float, int, str]]], failovers: list[float]
+) -> None:
+    """Read with each token from before the last failover through ``routed`` (opened after
+    it), once the primary is past every position those tokens name."""
+    last = max(failovers)
+    old = [
+        (key, n, CausalToken.parse(t)) for key, ws in acked.items() for w, n, t in ws if w < last
+    ]
+    if not old:
+        return
+    target = max(token.position for _, _, token in old)
+    for pad in range(target + 1):  # each write moves the position on by one at least
+        wrote = await routed.execute("INSERT INTO kv VALUES (:k, 0)", {"k": f"pad{pad}"})
+        if wrote.token.position > target:
+            break
+    for key, n, token in old:
+        try:
+            got: Any = await routed.fetch_val(
+                "SELECT n FROM kv WHERE k = :k", {"k": key}, token=token
+            )
+        except ForkedTokenError:
+            continue
+        except InvalidTokenError as exc:
+            raise InvariantViolation(
+                f"a router opened after the last failover refuses the token of {key}'s "
+                f"write {n} ({token}), which this cluster handed out: {exc}"
+            ) from None
+        if got is None or int(got) < n:
+            raise InvariantViolation(
+                f"read-your-writes after failover: {key} read {got} with the token of "
+                f"write {n} ({token}) through a router opened after the last failover"
+            )

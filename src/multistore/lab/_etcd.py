@@ -14,13 +14,12 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
-from types import TracebackType
-from typing import Self
 
 from multistore.lab._process import (
     LOOPBACK,
     START_TIMEOUT,
     LabError,
+    ServerGroup,
     ServerProcess,
     free_port,
     unique_name,
@@ -112,7 +111,7 @@ class EtcdServer(ServerProcess):
         return isinstance(reply, dict) and reply.get("health") == "true"
 
 
-class EtcdCluster:
+class EtcdCluster(ServerGroup):
     """``size`` etcd members on loopback. :meth:`url` is an ``etcd://`` seed list."""
 
     def __init__(self, size: int = 3) -> None:
@@ -175,22 +174,6 @@ class EtcdCluster:
     def cleanup(self) -> None:
         for member in self.members:
             member.cleanup()
-
-    def __enter__(self) -> Self:
-        try:
-            self.start()
-        except BaseException:
-            self.cleanup()
-            raise
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.cleanup()
 
 
 def _post_json(url: str, body: object, timeout: float = 2.0) -> dict[str, object]:

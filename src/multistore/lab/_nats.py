@@ -14,12 +14,11 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
-from types import TracebackType
-from typing import Self
 
 from multistore.lab._process import (
     LOOPBACK,
     START_TIMEOUT,
+    ServerGroup,
     ServerProcess,
     free_port,
     unique_name,
@@ -97,7 +96,7 @@ cluster {{
             return False
 
 
-class NatsCluster:
+class NatsCluster(ServerGroup):
     """``size`` JetStream servers in one cluster. :meth:`url` is a ``nats://`` seed list."""
 
     def __init__(self, size: int = 3) -> None:
@@ -137,19 +136,3 @@ class NatsCluster:
     def cleanup(self) -> None:
         for server in self.servers:
             server.cleanup()
-
-    def __enter__(self) -> Self:
-        try:
-            self.start()
-        except BaseException:
-            self.cleanup()
-            raise
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.cleanup()

@@ -27,8 +27,7 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
 
 from multistore.lab._etcd import EtcdCluster
 from multistore.lab._postgres import PG_BIN
@@ -36,6 +35,7 @@ from multistore.lab._process import (
     LOOPBACK,
     START_TIMEOUT,
     LabError,
+    ServerGroup,
     ServerProcess,
     free_port,
     unique_name,
@@ -189,7 +189,7 @@ class PatroniMember(ServerProcess):
         super().kill()
 
 
-class PatroniCluster:
+class PatroniCluster(ServerGroup):
     """``size`` Patroni members sharing one etcd cluster (started with them unless
     given). :meth:`url` lists every member, leader or not (a libpq seed list)."""
 
@@ -224,22 +224,6 @@ class PatroniCluster:
             member.cleanup()
         if self._own_etcd:
             self.etcd.cleanup()
-
-    def __enter__(self) -> Self:
-        try:
-            self.start()
-        except BaseException:
-            self.cleanup()
-            raise
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.cleanup()
 
     # -- what Patroni says -----------------------------------------------------------
 

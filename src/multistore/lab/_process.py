@@ -38,6 +38,7 @@ __all__ = [
     "STOP_TIMEOUT",
     "BinaryNotFoundError",
     "LabError",
+    "ServerGroup",
     "ServerProcess",
     "ServerStartError",
     "free_port",
@@ -191,7 +192,34 @@ def _hook_sigterm() -> None:
     signal.signal(signal.SIGTERM, on_sigterm)
 
 
-class ServerProcess(ABC):
+class ServerGroup(ABC):
+    """Server processes started and thrown away together: one server, or a cluster. As
+    a context manager it starts them, and cleans up what did start if one fails."""
+
+    @abstractmethod
+    def start(self) -> None: ...
+
+    @abstractmethod
+    def cleanup(self) -> None: ...
+
+    def __enter__(self) -> Self:
+        try:
+            self.start()
+        except BaseException:
+            self.cleanup()
+            raise
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.cleanup()
+
+
+class ServerProcess(ServerGroup):
     """One server process with a private temporary directory.
 
     Subclasses say how to initialise the data directory once (:meth:`_prepare`), how
@@ -240,10 +268,10 @@ class ServerProcess(ABC):
         another session serves ``port``, as PostgreSQL under Patroni does)."""
         return self.port
 
-    def _prepare(self) -> None:  # noqa: B027 - optional hook
+    def _prepare(self) -> None:
         """One-time initialisation of the data directory before the first start."""
 
-    def _after_first_start(self) -> None:  # noqa: B027 - optional hook
+    def _after_first_start(self) -> None:
         """One-time setup through the running server (users, grants)."""
 
     # -- public API -------------------------------------------------------------------
@@ -417,18 +445,6 @@ class ServerProcess(ABC):
         except OSError:
             return "(no log)"
         return "\n".join(text.splitlines()[-lines:])
-
-    def __enter__(self) -> Self:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.cleanup()
 
     def __repr__(self) -> str:
         state = "running" if self.is_running() else "stopped"

@@ -20,8 +20,6 @@ import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from types import TracebackType
-from typing import Self
 
 from multistore._resp_cluster import key_slot
 from multistore.lab._process import (
@@ -29,6 +27,7 @@ from multistore.lab._process import (
     START_TIMEOUT,
     BinaryNotFoundError,
     LabError,
+    ServerGroup,
     tcp_request,
 )
 from multistore.lab._redis import RedisServer
@@ -95,7 +94,7 @@ def _nodes_view(node: RedisServer) -> list[tuple[str, int, list[str], str, list[
     return rows
 
 
-class RedisClusterServers:
+class RedisClusterServers(ServerGroup):
     """``primaries`` Redis Cluster primaries with ``replicas`` replicas each.
 
     ``node_timeout`` (ms) is Redis' ``cluster-node-timeout``: how long a node must be
@@ -175,22 +174,6 @@ class RedisClusterServers:
     def cleanup(self) -> None:
         for node in self.nodes:
             node.cleanup()
-
-    def __enter__(self) -> Self:
-        try:
-            self.start()
-        except BaseException:
-            self.cleanup()
-            raise
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.cleanup()
 
     # -- addresses ------------------------------------------------------------------
 

@@ -30,6 +30,9 @@ All share :class:`ServerProcess`: ``start()`` (waits until the server answers, b
 
     with RedisServer() as server:
         client = redis.Redis.from_url(server.url())
+
+The clusters are :class:`ServerGroup` objects: ``start()`` and ``cleanup()`` for all their
+processes, and as a context manager they clean up what did start when one fails.
 """
 
 from multistore.lab._etcd import EtcdCluster, EtcdServer
@@ -44,6 +47,7 @@ from multistore.lab._process import (
     STOP_TIMEOUT,
     BinaryNotFoundError,
     LabError,
+    ServerGroup,
     ServerProcess,
     ServerStartError,
     free_port,
@@ -75,6 +79,7 @@ __all__ = [
     "PostgresServer",
     "RedisClusterServers",
     "RedisServer",
+    "ServerGroup",
     "ServerProcess",
     "ServerStartError",
     "free_port",

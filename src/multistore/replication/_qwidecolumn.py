@@ -46,7 +46,13 @@ from multistore.stores.widecolumn._api import (
     WideColumnStore,
     check_identifier,
 )
-from multistore.stores.widecolumn._keys import bounds, encode_key, from_json, successor, to_json
+from multistore.stores.widecolumn._keys import (
+    encode_key,
+    key_range,
+    project,
+    successor,
+    to_json,
+)
 from multistore.stores.widecolumn._query import (
     check_existing,
     check_rows,
@@ -258,16 +264,12 @@ class QuorumWideColumnStore(WideColumnStore):
     ) -> list[dict[str, Any]]:
         schema, incarnation = await self._table(table)
         plan = plan_select(schema, partition, where, order, limit, columns)
-        lo, hi = bounds(plan)
-        if lo is not None and hi is not None and lo >= hi:
+        span = key_range(plan)
+        if span is None:
             return []
         group = self._group(schema, incarnation, plan.partition)
-        rows = await self._scan_all(group, lo, hi, reverse=plan.reverse, limit=plan.limit)
-        out = []
-        for _, result in rows:
-            data = result.value
-            out.append({c: from_json(schema.columns[c], data.get(c)) for c in plan.columns})
-        return out
+        rows = await self._scan_all(group, *span, reverse=plan.reverse, limit=plan.limit)
+        return [project(plan, result.value) for _, result in rows]
 
     async def delete(
         self,

@@ -21,6 +21,8 @@ may also inject a fault:
   pause, a SIGSTOP): none of its store calls goes through, so its heartbeats stop,
   its leases expire and others move on.
 * **clock jump** — the actor's wall clock (``time.time()``) jumps by up to ±30 s.
+* **clock leap** (off unless a suite asks for it) — a rare, large jump: by half of
+  ``clock_leap_seconds`` up to all of it, either way (past a skew guard of a minute).
 * **partition** — the actor is cut off from one store (one node) for up to 10 s: its
   requests there time out, either before they arrive or after they took effect.
 * **duplicate** — a message to a node (a worker the scenario names in
@@ -131,6 +133,8 @@ class Faults:
     partition: float = 0.0
     partition_seconds: float = 10.0
     duplicate: float = 0.0
+    clock_leap: float = 0.0
+    clock_leap_seconds: float = 180.0
     lost_replies: float = 0.0
     """Per step: every reply of the step's request is lost from there on (0: never,
     and the schedules drawn are those of a scenario that does not know the field)."""
@@ -168,6 +172,8 @@ class Faults:
             one(self.partition),
             self.partition_seconds,
             one(self.duplicate),
+            one(self.clock_leap),
+            self.clock_leap_seconds,
             one(self.lost_replies),  # draws nothing when the cap is 0
         )
 
@@ -734,6 +740,11 @@ class Simulation:
             jump = self.rng.uniform(-faults.clock_jump_seconds, faults.clock_jump_seconds)
             actor.clock_offset += jump
             self._trace(f"{actor.label} clock jumps {jump:+.1f} s")
+        if self._fault(faults.clock_leap):
+            leap = self.rng.uniform(faults.clock_leap_seconds / 2, faults.clock_leap_seconds)
+            leap = leap if self.rng.random() < 0.5 else -leap
+            actor.clock_offset += leap
+            self._trace(f"{actor.label} clock leaps {leap:+.1f} s")
         return _Action.PROCEED
 
     def _on_idle(self, timeout: float | None) -> bool:

@@ -29,7 +29,6 @@ of the redis-py pool, sent and read directly.
 from __future__ import annotations
 
 import contextlib
-import math
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Self, cast
@@ -73,7 +72,13 @@ from multistore.stores.kv._checks import (
     check_value,
     ttl_millis,
 )
-from multistore.stores.kv._redis_lua import COMPARE_AND_SET_LUA, RATE_LIMIT_LUA, glob_escape
+from multistore.stores.kv._redis_lua import (
+    COMPARE_AND_SET_LUA,
+    RATE_LIMIT_LUA,
+    cas_args,
+    glob_escape,
+    ttl_from_pttl,
+)
 from multistore.urls import StoreURL
 
 __all__ = ["RedisKeyValueStore", "RedisScript"]
@@ -274,11 +279,7 @@ class RedisKeyValueStore(KeyValueStore):
         *,
         ttl: float | None = None,
     ) -> bool:
-        data = check_value(value)
-        old = b"" if expected is None else check_value(expected)
-        px = str(ttl_millis(check_ttl(ttl))) if ttl is not None else ""
-        flag = "" if expected is None else "1"
-        return bool(await self._compare_and_set([key], [flag, old, data, px]))
+        return bool(await self._compare_and_set([key], cas_args(expected, value, ttl)))
 
     async def delete(self, *keys: str) -> int:
         ks = [self._prefix + k for k in dict.fromkeys(check_keys(keys))]
@@ -296,11 +297,7 @@ class RedisKeyValueStore(KeyValueStore):
         k = self._k(key)
         with self._errors("ttl", key):
             ms = int(await self._client.pttl(k))
-        if ms == -2:
-            return None
-        if ms == -1:
-            return math.inf
-        return ms / 1000
+        return ttl_from_pttl(ms)
 
     async def incr(self, key: str, amount: int = 1) -> int:
         k, step = self._k(key), check_amount(amount)

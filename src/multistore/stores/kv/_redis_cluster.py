@@ -27,7 +27,6 @@ connection or no answer after sending is indeterminate.
 from __future__ import annotations
 
 import asyncio
-import math
 import uuid
 from collections import defaultdict
 from collections.abc import Sequence
@@ -62,7 +61,13 @@ from multistore.stores.kv._checks import (
     check_value,
     ttl_millis,
 )
-from multistore.stores.kv._redis_lua import COMPARE_AND_SET_LUA, RATE_LIMIT_LUA, glob_escape
+from multistore.stores.kv._redis_lua import (
+    COMPARE_AND_SET_LUA,
+    RATE_LIMIT_LUA,
+    cas_args,
+    glob_escape,
+    ttl_from_pttl,
+)
 from multistore.urls import StoreURL
 
 __all__ = ["RedisClusterKeyValueStore", "RedisClusterScript"]
@@ -231,11 +236,7 @@ class RedisClusterKeyValueStore(KeyValueStore):
         *,
         ttl: float | None = None,
     ) -> bool:
-        data = check_value(value)
-        old = b"" if expected is None else check_value(expected)
-        px = str(ttl_millis(check_ttl(ttl))) if ttl is not None else ""
-        flag = "" if expected is None else "1"
-        return bool(await self._compare_and_set([key], [flag, old, data, px]))
+        return bool(await self._compare_and_set([key], cas_args(expected, value, ttl)))
 
     async def delete(self, *keys: str) -> int:
         ks = [self._prefix + k for k in dict.fromkeys(check_keys(keys))]
@@ -249,11 +250,7 @@ class RedisClusterKeyValueStore(KeyValueStore):
 
     async def ttl(self, key: str) -> float | None:
         ms = int(await self._cmd(key, "ttl", "PTTL", self._k(key)))
-        if ms == -2:
-            return None
-        if ms == -1:
-            return math.inf
-        return ms / 1000
+        return ttl_from_pttl(ms)
 
     async def incr(self, key: str, amount: int = 1) -> int:
         step = check_amount(amount)

@@ -1,11 +1,15 @@
-"""The Lua scripts and the ``SCAN MATCH`` escaping that the Redis key-value backends
-(one server, and Redis Cluster) share; no driver imported here."""
+"""The Lua scripts, their arguments, reply decoding and the ``SCAN MATCH`` escaping that
+the Redis key-value backends (one server, and Redis Cluster) share; no driver imported
+here."""
 
 from __future__ import annotations
 
+import math
 from typing import Final
 
-__all__ = ["COMPARE_AND_SET_LUA", "RATE_LIMIT_LUA", "glob_escape"]
+from multistore.stores.kv._checks import check_ttl, check_value, ttl_millis
+
+__all__ = ["COMPARE_AND_SET_LUA", "RATE_LIMIT_LUA", "cas_args", "glob_escape", "ttl_from_pttl"]
 
 # KEYS[1] the limiter's sorted set; ARGV: limit, window (s), a unique member.
 # Scores are the server's clock in epoch seconds (TIME), so clients with skewed
@@ -45,6 +49,27 @@ else
 end
 return 1
 """
+
+
+def cas_args(
+    expected: bytes | str | None, value: bytes | str, ttl: float | None
+) -> list[bytes | str]:
+    """ARGV of :data:`COMPARE_AND_SET_LUA`, the values checked first."""
+    data = check_value(value)
+    old = b"" if expected is None else check_value(expected)
+    px = str(ttl_millis(check_ttl(ttl))) if ttl is not None else ""
+    return ["" if expected is None else "1", old, data, px]
+
+
+def ttl_from_pttl(ms: int) -> float | None:
+    """A ``PTTL`` reply as :meth:`KeyValueStore.ttl` answers: None for a missing key,
+    infinity for a key without expiry, else seconds."""
+    if ms == -2:
+        return None
+    if ms == -1:
+        return math.inf
+    return ms / 1000
+
 
 _GLOB_SPECIAL: Final = frozenset("*?[]\\")
 

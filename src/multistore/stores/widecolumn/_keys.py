@@ -7,7 +7,7 @@ range (``ZRANGEBYLEX``)."""
 from __future__ import annotations
 
 import struct
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from multistore.stores.widecolumn._api import TableSchema
@@ -106,3 +106,16 @@ def from_json(kind: str, value: Any) -> Any:
     if kind == "bool":
         return bool(value)
     return value
+
+
+def key_range(plan: SelectPlan) -> tuple[bytes | None, bytes | None] | None:
+    """:func:`bounds` of a plan, or None when no key can fall between them."""
+    lo, hi = bounds(plan)
+    if lo is not None and hi is not None and lo >= hi:
+        return None
+    return lo, hi
+
+
+def project(plan: SelectPlan, data: Mapping[str, Any]) -> dict[str, Any]:
+    """The plan's columns of a row stored as JSON values."""
+    return {c: from_json(plan.schema.columns[c], data.get(c)) for c in plan.columns}

@@ -51,7 +51,13 @@ from multistore.stores.widecolumn._api import (
     WideColumnStore,
     check_identifier,
 )
-from multistore.stores.widecolumn._keys import bounds, encode_key, from_json, successor, to_json
+from multistore.stores.widecolumn._keys import (
+    encode_key,
+    key_range,
+    project,
+    successor,
+    to_json,
+)
 from multistore.stores.widecolumn._query import (
     check_existing,
     check_rows,
@@ -310,9 +316,10 @@ class RedisClusterWideColumnStore(WideColumnStore):
     ) -> list[dict[str, Any]]:
         schema, incarnation = await self._table(table)
         plan = plan_select(schema, partition, where, order, limit, columns)
-        lo, hi = bounds(plan)
-        if lo is not None and hi is not None and lo >= hi:
+        span = key_range(plan)
+        if span is None:
             return []
+        lo, hi = span
         keys = self._keys(schema, incarnation, plan.partition)
         args: list[Arg] = [
             _lex(lo, True, b"-"),
@@ -322,11 +329,7 @@ class RedisClusterWideColumnStore(WideColumnStore):
             repr(time.time()),
         ]
         values = await self._script("select", _SELECT, keys, args)
-        out = []
-        for raw in values:
-            data = json.loads(raw)
-            out.append({c: from_json(schema.columns[c], data.get(c)) for c in plan.columns})
-        return out
+        return [project(plan, json.loads(raw)) for raw in values]
 
     async def delete(
         self,
