@@ -27,6 +27,10 @@ may also inject a fault:
   requests there time out, either before they arrive or after they took effect.
 * **duplicate** — a message to a node (a worker the scenario names in
   :attr:`Simulation.messages`) is delivered twice.
+* **lost replies** — from this call on, every reply of one request (the work an actor
+  runs with :meth:`Actor.call` or :meth:`Actor.start`) is lost: its calls take effect,
+  the caller hears none of them (a connection that drops every answer for the rest of
+  one write). Off unless a scenario asks for it (:attr:`Faults.lost_replies`).
 
 Time is virtual (:class:`~multistore.lab.explore._loop.VirtualTimeLoop`); ``time.time``,
 ``time.monotonic``, ``os.urandom`` (hence ``uuid.uuid4``) and the ``random`` module are
@@ -131,6 +135,9 @@ class Faults:
     duplicate: float = 0.0
     clock_leap: float = 0.0
     clock_leap_seconds: float = 180.0
+    lost_replies: float = 0.0
+    """Per step: every reply of the step's request is lost from there on (0: never,
+    and the schedules drawn are those of a scenario that does not know the field)."""
 
     @classmethod
     def all(cls, rate: float = 0.08, *, max_faults: int = 4) -> Faults:
@@ -167,6 +174,7 @@ class Faults:
             one(self.duplicate),
             one(self.clock_leap),
             self.clock_leap_seconds,
+            one(self.lost_replies),  # draws nothing when the cap is 0
         )
 
 
@@ -472,6 +480,8 @@ class Simulation:
         self._dying: list[Actor] = []
         self._restore: list[tuple[type, str, Any]] = []
         self._partitions: list[tuple[str, str, float, str]] = []
+        self._deaf: set[asyncio.Task[Any]] = set()
+        """Requests whose every reply is lost (the ``lost_replies`` fault)."""
         self.messages: tuple[str, ...] = ()
         """Worker name prefixes whose calls are messages to another node (quorum
         nodes, say): only those may be delivered twice (the ``duplicate`` fault)."""
@@ -682,6 +692,8 @@ class Simulation:
         """A fault right after a call took effect (no scheduling point here)."""
         if not actor.alive:
             return _Action.CRASH
+        if self._deafened(actor, what):
+            return _Action.LOST
         action = self._draw(actor, after=True)
         if action is not _Action.PROCEED:
             self._trace(f"{actor.label} after {what}: {action.value}")
@@ -690,6 +702,21 @@ class Simulation:
         elif action is _Action.CANCEL:
             actor._cancel()
         return action
+
+    def _deafened(self, actor: Actor, what: str) -> bool:
+        """Whether the reply of this call is lost with every other reply of its request."""
+        request = _REQUEST.get()
+        if request is None or not self.faults_on:
+            return False
+        if request in self._deaf:
+            self._trace(f"{actor.label} after {what}: lost reply (its request hears nothing)")
+            return True
+        if self._fault(self.faults.lost_replies):
+            self._deaf.add(request)
+            request.add_done_callback(self._deaf.discard)
+            self._trace(f"{actor.label} after {what}: every reply of its request lost from here")
+            return True
+        return False
 
     def _partitioned(self, actor: Actor, target: str) -> str | None:
         """``request`` or ``reply`` while a partition cuts ``actor`` off from ``target``."""
