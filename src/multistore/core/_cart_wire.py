@@ -18,13 +18,15 @@ written with the JSON body instead (see :meth:`Cart._encode_wire`).
 
 from __future__ import annotations
 
+from itertools import repeat
+from operator import gt
 from typing import TYPE_CHECKING
 
 from multistore.core._causal import CausalContext
 from multistore.core._counters import PNCounter
 from multistore.core._dotstore import DotKernel
 from multistore.core._hlc import _check_node
-from multistore.core._vv import Dot, _dot
+from multistore.core._vv import Dot, _dot, _new_tuple
 from multistore.core._wire import Reader, Writer, fits
 
 if TYPE_CHECKING:
@@ -108,38 +110,40 @@ def decode_cart(body: Reader, kernel: DotKernel[str, PNCounter]) -> None:
     cloud = list(map(_dot, where, _counters(body, body.column(n, "cloud counters"), "cloud")))
     n = body.count("entry count")
     items = body.text(n, "items")
-    where = _nodes(body, body.column(n, "entry nodes"), nodes, "entry")
+    at = body.column(n, "entry nodes")
+    where = _nodes(body, at, nodes, "entry")
     counters = _counters(body, body.column(n, "entry counters"), "entry")
     epochs = _counters(body, body.column(n, "epochs"), "epoch")
     ups = body.column(n, "increments")
     downs = body.column(n, "decrements")
     body.end()
     context = CausalContext(vv, cloud)
-    dots = list(map(_dot, where, counters))
-    if cloud:
+    # Whole-column steps run in C (map, zip, dict); only the counters need a loop.
+    dots: list[Dot] = list(map(_new_tuple, repeat(Dot), zip(where, counters, strict=True)))
+    tops = [vv.get(node, 0) for node in nodes]
+    if any(map(gt, counters, map(tops.__getitem__, at))):
         unseen = [dot for dot in dots if not context.contains(dot)]
-    else:
-        unseen = [dot for dot in dots if dot[1] > vv.get(dot[0], 0)]
-    if unseen:
-        raise body.fail(f"dot {unseen[0]} is not in the state's context")
+        if unseen:
+            raise body.fail(f"dot {unseen[0]} is not in the state's context")
     owner = dict(zip(dots, items, strict=True))
     if len(owner) != n:
         raise body.fail("two entries share a dot")
-    entries: dict[str, dict[Dot, PNCounter]] = {}
-    for item, dot, node, epoch, up, down in zip(
-        items, dots, where, epochs, ups, downs, strict=True
-    ):
+    payloads: list[PNCounter] = []
+    append = payloads.append
+    for own, up, down in zip(map("{}:{}".format, where, epochs), ups, downs, strict=True):
         # PNCounter._own, inlined: this loop is most of the decoding time.
-        own = f"{node}:{epoch}"
         counter = new(PNCounter)
         counter._node = own
         counter._p = {own: up} if up else {}
         counter._n = {own: down} if down else {}
-        held = entries.get(item)
-        if held is None:
-            entries[item] = {dot: counter}
-        else:
-            held[dot] = counter
+        append(counter)
+    entries: dict[str, dict[Dot, PNCounter]] = dict(
+        zip(items, map(dict, zip(zip(dots, payloads, strict=True))), strict=True)
+    )
+    if len(entries) != n:  # an item with several contributions: group them
+        entries = {}
+        for item, dot, payload in zip(items, dots, payloads, strict=True):
+            entries.setdefault(item, {})[dot] = payload
     kernel.context = context
     kernel.owner = owner
     kernel.entries = entries
@@ -148,7 +152,7 @@ def decode_cart(body: Reader, kernel: DotKernel[str, PNCounter]) -> None:
 def _nodes(body: Reader, where: list[int], nodes: list[str], part: str) -> list[str]:
     if where and max(where) >= len(nodes):
         raise body.fail(f"{part} node index {max(where)} is past the node table")
-    return [nodes[i] for i in where]
+    return list(map(nodes.__getitem__, where))
 
 
 def _counters(body: Reader, counters: list[int], part: str) -> list[int]:
