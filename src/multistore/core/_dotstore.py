@@ -83,15 +83,22 @@ class DotKernel(Generic[K, V]):
         A dot survives if both hold it, or if one holds it and the other never saw
         it. A dot names one event, so both sides hold the same payload for it;
         payloads are shared, never copied (they must not be changed in place).
-        Only the dots one side holds and the other does not need a look: two set
-        differences over the dot indexes find them.
+        Only the dots one side holds and the other does not need a look: between
+        two full states, two set differences over the dot indexes find them (in C);
+        a small delta is looked at dot by dot, so that it costs its own size only.
         """
         mine, theirs = self.context, other.context
         my_owner, their_owner = self.owner, other.owner
         # 1. drop my live dots that the other has seen and no longer holds
-        gone = [dot for dot in my_owner.keys() - their_owner.keys() if theirs.contains(dot)]
+        if theirs.size() < len(my_owner) // 4:
+            gone = [d for d in theirs.dots() if d in my_owner and d not in their_owner]
+        else:
+            gone = [d for d in my_owner.keys() - their_owner.keys() if theirs.contains(d)]
         # 2. take their live dots that I have never seen
-        new = [dot for dot in their_owner.keys() - my_owner.keys() if not mine.contains(dot)]
+        if len(their_owner) < len(my_owner) // 4:
+            new = [d for d in their_owner if d not in my_owner and not mine.contains(d)]
+        else:
+            new = [d for d in their_owner.keys() - my_owner.keys() if not mine.contains(d)]
         entries = self.entries
         if gone:
             changed: dict[K, dict[Dot, V]] = {}
