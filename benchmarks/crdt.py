@@ -9,11 +9,13 @@ Cases, at 10, 1,000 and 100,000 elements:
   item -> quantity): a fresh ``Doc`` applies replica A's state update, then
   replica B's — Yjs's way to merge two states; ours copies A and joins B in
   memory. Yjs has no in-memory doc-to-doc merge, so its side includes decoding;
-  one more cart row at 1,000 items makes ours decode both JSON states too.
+  two more cart rows at 1,000 items make ours decode both states too: from the
+  binary wire form (``to_bytes``), and from the older JSON wire form.
 * **State size**: the compact JSON of ``to_dict()`` against a plain JSON
   encoding of the same data (a list of elements, ``{"items": {...}}``) —
   ``speedup`` = plain / ours, so below 1 is the price of the causal metadata —
-  and, for the cart, against the Yjs update of the same cart.
+  and, for the cart, against the Yjs update of the same cart; the cart's binary
+  wire form (``to_bytes``) against the Yjs update as well.
 
 pycrdt is a benchmark-only dependency, imported lazily.
 """
@@ -168,22 +170,29 @@ async def _cart_cases(size: int) -> list[Row]:
         )
     ]
     if size == 1_000:
-        # Yjs above decodes both states from bytes; do the same: decode our JSON, then merge.
-        wire_a, wire_b = a.to_json(), b.to_json()
+        # Yjs above decodes both states from bytes; do the same: decode our wire form
+        # (to_bytes), then merge. The second row decodes the older JSON wire form.
+        wire_a, wire_b = a.to_bytes(), b.to_bytes()
+        json_a, json_b = a.to_json().encode(), b.to_json().encode()
 
         async def ours_from_wire() -> object:
-            left = Cart.from_dict(json.loads(wire_a), node="node-c")
-            return left.merge(Cart.from_dict(json.loads(wire_b), node="node-c"))
+            left = Cart.from_bytes(wire_a, node="node-c")
+            return left.merge(Cart.from_bytes(wire_b, node="node-c"))
 
-        rows.append(
-            await compare(
-                f"cart merge from the wire (decode both states), {size:,} items",
-                ours_from_wire,
-                _yjs_merge(update_a, update_b),
-                "pycrdt (Yjs) Map, apply both updates",
-                **_timing(size),
+        async def ours_from_json() -> object:
+            left = Cart.from_bytes(json_a, node="node-c")
+            return left.merge(Cart.from_bytes(json_b, node="node-c"))
+
+        for label, fn in (("wire", ours_from_wire), ("JSON wire form", ours_from_json)):
+            rows.append(
+                await compare(
+                    f"cart merge from the {label} (decode both states), {size:,} items",
+                    fn,
+                    _yjs_merge(update_a, update_b),
+                    "pycrdt (Yjs) Map, apply both updates",
+                    **_timing(size),
+                )
             )
-        )
     merged = a.merge(b)
     ours_size = len(merged.to_json().encode())
     plain = _compact({"items": merged.quantities()})
@@ -191,6 +200,14 @@ async def _cart_cases(size: int) -> list[Row]:
     doc = _yjs_merge(update_a, update_b)()
     rows.append(
         _size_row(f"cart state, {size:,} items", ours_size, len(doc.get_update()), "Yjs update")
+    )
+    rows.append(
+        _size_row(
+            f"cart wire state (to_bytes), {size:,} items",
+            len(merged.to_bytes()),
+            len(doc.get_update()),
+            "Yjs update",
+        )
     )
     return rows
 

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from multistore.core import CRDT, GCounter, ORMap, ORSet, PNCounter, crdt_from_dict
+from multistore.core import CRDT, GCounter, ORMap, ORSet, PNCounter, crdt_from_bytes, crdt_from_dict
 from multistore.errors import InvalidValueError
 from tests.core.histories import KINDS, PLANS, Kind, Step, run_history
 
@@ -85,6 +85,12 @@ def test_to_dict_round_trips_and_a_restarted_replica_keeps_going(
     assert back.value == state.value
     assert crdt_from_dict(json.loads(text), node="elsewhere") == state
     assert back.merge(other) == state.merge(other)
+    # the wire form too, and the older wire form (bare JSON text) still reads
+    wire = type(state).from_bytes(state.to_bytes(), node=state.node)
+    assert wire == state and wire.value == state.value
+    assert crdt_from_bytes(state.to_bytes(), node="elsewhere") == state
+    assert wire.merge(other) == state.merge(other)
+    assert type(state).from_bytes(state.to_json().encode(), node="x") == state
     # a replica restarted from its saved state makes events that never reuse a dot
     original = history.replicas[picks[2] % len(history.replicas)]
     restarted = type(original).from_dict(original.to_dict(), node=original.node)

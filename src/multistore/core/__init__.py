@@ -38,7 +38,7 @@ from multistore.core._checkers import (
     staleness_curve,
 )
 from multistore.core._counters import GCounter, PNCounter
-from multistore.core._crdt import CRDT, crdt_from_dict
+from multistore.core._crdt import CRDT, crdt_from_bytes, crdt_from_dict
 from multistore.core._history import (
     NEVER,
     Event,
@@ -210,6 +210,7 @@ __all__ = [
     "check_linearizable",
     "check_register",
     "check_unique_writes",
+    "crdt_from_bytes",
     "crdt_from_dict",
     "decide",
     "find_lost_writes",

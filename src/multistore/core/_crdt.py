@@ -14,6 +14,10 @@ its mutators stamp their events with). The contract:
   (or a full state later replaces them).
 * ``to_dict()`` / ``from_dict()`` give a compact JSON-safe form. ``==`` compares
   states (the node binding is not part of the state).
+* ``to_bytes()`` / ``from_bytes()`` give the wire form (see ``_wire``): a version
+  byte, a tag, then a binary body for the classes that have one (the cart) or
+  the compact JSON otherwise. ``from_bytes`` also reads the older wire form, the
+  bare JSON text of ``to_json()``.
 """
 
 from __future__ import annotations
@@ -24,11 +28,13 @@ from collections.abc import Mapping
 from typing import Any, ClassVar, Self
 
 from multistore.core._hlc import _check_node
+from multistore.core._wire import JSON_TAG, LEGACY_JSON_START, WIRE_VERSION, Reader, Writer
 from multistore.errors import InvalidValueError
 
-__all__ = ["CRDT", "crdt_from_dict"]
+__all__ = ["CRDT", "crdt_from_bytes", "crdt_from_dict"]
 
 _TYPES: dict[str, type[CRDT]] = {}
+_WIRE_TAGS: dict[int, type[CRDT]] = {}
 
 
 class CRDT(ABC):
@@ -37,6 +43,9 @@ class CRDT(ABC):
     type_name: ClassVar[str]
     """The name written as ``"type"`` by :meth:`to_dict`."""
 
+    _wire_tag: ClassVar[int | None] = None
+    """The tag byte of this class's binary wire body (None: the wire form is JSON)."""
+
     __slots__ = ("_node",)
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
@@ -44,6 +53,9 @@ class CRDT(ABC):
         name = cls.__dict__.get("type_name")
         if isinstance(name, str):
             _TYPES[name] = cls
+        tag = cls.__dict__.get("_wire_tag")
+        if isinstance(tag, int):
+            _WIRE_TAGS[tag] = cls
 
     def __init__(self, node: str) -> None:
         self._node = _check_node(node)
@@ -124,6 +136,45 @@ class CRDT(ABC):
         """:meth:`to_dict` as compact JSON text."""
         return json.dumps(self.to_dict(), separators=(",", ":"), ensure_ascii=False)
 
+    def to_bytes(self) -> bytes:
+        """The wire form: version byte, tag, then a binary body or compact JSON."""
+        if self._wire_tag is not None:
+            body = self._encode_wire(Writer(self._wire_tag))
+            if body is not None:
+                return body
+        return bytes((WIRE_VERSION, JSON_TAG)) + self.to_json().encode()
+
+    def _encode_wire(self, out: Writer) -> bytes | None:
+        """The binary wire form, or None when this state needs the JSON body."""
+        return None
+
+    @classmethod
+    def _decode_wire(cls, body: Reader, node: str) -> Self:
+        raise NotImplementedError
+
+    @classmethod
+    def from_bytes(cls, data: object, *, node: str) -> Self:
+        """Read a state written by :meth:`to_bytes` (or the older JSON form), bound to ``node``.
+
+        Input that is not such a state — truncated, of another type, with an unknown
+        version or tag, or with lengths that run past its end — raises
+        :class:`~multistore.errors.InvalidValueError`.
+        """
+        view = _view(data)
+        node = _check_node(node)
+        if view[0] == LEGACY_JSON_START:
+            return cls.from_dict(_json(view), node=node)
+        tag = _wire_header(view)
+        if tag == JSON_TAG:
+            return cls.from_dict(_json(view[2:]), node=node)
+        if tag != cls._wire_tag or cls._wire_tag is None:
+            found = _WIRE_TAGS.get(tag)
+            raise InvalidValueError(
+                f"expected a {cls.type_name!r} wire state, got "
+                + (f"a {found.type_name!r} one" if found else f"unknown tag {tag}")
+            )
+        return cls._decode_wire(Reader(view[2:], cls.type_name), node)
+
     @classmethod
     def from_dict(cls, data: object, *, node: str) -> Self:
         """Read a state written by :meth:`to_dict`, bound to replica ``node``."""
@@ -148,6 +199,46 @@ def crdt_from_dict(data: object, *, node: str) -> CRDT:
     return crdt_type(data.get("type") if isinstance(data, Mapping) else None).from_dict(
         data, node=node
     )
+
+
+def crdt_from_bytes(data: object, *, node: str) -> CRDT:
+    """Decode any CRDT state written by ``to_bytes`` (or the older JSON form)."""
+    view = _view(data)
+    if view[0] != LEGACY_JSON_START:
+        tag = _wire_header(view)
+        if tag != JSON_TAG:
+            cls = _WIRE_TAGS.get(tag)
+            if cls is None:
+                raise InvalidValueError(f"unknown CRDT wire tag {tag}")
+            return cls.from_bytes(view, node=node)
+        view = view[2:]
+    return crdt_from_dict(_json(view), node=node)
+
+
+def _view(data: object) -> memoryview:
+    if not isinstance(data, bytes | bytearray | memoryview):
+        raise InvalidValueError(f"a CRDT wire state is bytes, got {type(data).__name__}")
+    view = memoryview(data).cast("B")
+    if not view:
+        raise InvalidValueError("a CRDT wire state cannot be empty")
+    return view
+
+
+def _wire_header(view: memoryview) -> int:
+    if view[0] != WIRE_VERSION:
+        raise InvalidValueError(
+            f"unknown CRDT wire version {view[0]} (this code reads {WIRE_VERSION} and JSON)"
+        )
+    if len(view) < 2:
+        raise InvalidValueError("truncated CRDT wire state: no tag after the version byte")
+    return view[1]
+
+
+def _json(view: memoryview) -> object:
+    try:
+        return json.loads(str(view, "utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise InvalidValueError(f"a CRDT wire state's JSON does not parse: {exc}") from None
 
 
 def crdt_type(name: object) -> type[CRDT]:

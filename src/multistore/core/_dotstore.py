@@ -5,12 +5,16 @@ payload = the value) and the OR-Map (key = map key, payload = a CRDT). Each dot
 belongs to exactly one key (a dot is one event, and an event touches one key),
 so an index dot -> key lets a small delta remove dots without scanning the
 whole store.
+
+The per-key dot maps are never changed in place: a change replaces the key's map
+with a new one. So a copy of a kernel shares them (copying is two flat dict
+copies, however many keys), and so do the states that merge produces.
 """
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Iterable, Iterator
-from typing import Generic, TypeVar
+from collections.abc import Hashable, Iterable, Iterator, Mapping
+from typing import Any, Generic, TypeVar
 
 from multistore.core._causal import CausalContext
 from multistore.core._vv import Dot
@@ -19,6 +23,10 @@ __all__ = ["DotKernel"]
 
 K = TypeVar("K", bound=Hashable)
 V = TypeVar("V")
+
+
+_NONE: Mapping[Any, Any] = {}
+"""The dot map of an absent key (shared: never changed)."""
 
 
 class DotKernel(Generic[K, V]):
@@ -32,22 +40,24 @@ class DotKernel(Generic[K, V]):
         self.context = CausalContext()
 
     def copy(self) -> DotKernel[K, V]:
-        """A copy sharing the payloads (which are never changed in place)."""
+        """A copy sharing the per-key maps and the payloads (neither is changed in place)."""
         clone: DotKernel[K, V] = DotKernel()
-        clone.entries = {key: dict(dots) for key, dots in self.entries.items()}
+        clone.entries = dict(self.entries)
         clone.owner = dict(self.owner)
         clone.context = self.context.copy()
         return clone
 
-    def dots(self, key: K) -> dict[Dot, V]:
-        return self.entries.get(key, {})
+    def dots(self, key: K) -> Mapping[Dot, V]:
+        return self.entries.get(key, _NONE)
 
     def keys(self) -> Iterator[K]:
         return iter(self.entries)
 
     def add(self, key: K, dot: Dot, payload: V) -> None:
         """Record a live dot (and see it in the context)."""
-        self.entries.setdefault(key, {})[dot] = payload
+        dots = dict(self.entries.get(key, _NONE))
+        dots[dot] = payload
+        self.entries[key] = dots
         self.owner[dot] = key
         self.context.add(dot)
 
@@ -56,9 +66,11 @@ class DotKernel(Generic[K, V]):
         key = self.owner.pop(dot, None)
         if key is None:
             return
-        dots = self.entries[key]
+        dots = dict(self.entries[key])
         del dots[dot]
-        if not dots:
+        if dots:
+            self.entries[key] = dots
+        else:
             del self.entries[key]
 
     def see(self, dots: Iterable[Dot]) -> None:
@@ -71,23 +83,47 @@ class DotKernel(Generic[K, V]):
         A dot survives if both hold it, or if one holds it and the other never saw
         it. A dot names one event, so both sides hold the same payload for it;
         payloads are shared, never copied (they must not be changed in place).
+        Only the dots one side holds and the other does not need a look: between
+        two full states, two set differences over the dot indexes find them (in C);
+        a small delta is looked at dot by dot, so that it costs its own size only.
         """
-        theirs = other.context
+        mine, theirs = self.context, other.context
+        my_owner, their_owner = self.owner, other.owner
         # 1. drop my live dots that the other has seen and no longer holds
-        if theirs.size() < len(self.owner):
-            candidates = [d for d in theirs.dots() if d in self.owner]
+        if theirs.size() < len(my_owner) // 4:
+            gone = [d for d in theirs.dots() if d in my_owner and d not in their_owner]
         else:
-            candidates = list(self.owner)
-        for dot in candidates:
-            if dot not in other.owner and theirs.contains(dot):
-                self.discard(dot)
+            gone = [d for d in my_owner.keys() - their_owner.keys() if theirs.contains(d)]
         # 2. take their live dots that I have never seen
-        mine = self.context
-        for key, dots in other.entries.items():
-            for dot, payload in dots.items():
-                if not mine.contains(dot):
-                    self.entries.setdefault(key, {})[dot] = payload
-                    self.owner[dot] = key
+        if len(their_owner) < len(my_owner) // 4:
+            new = [d for d in their_owner if d not in my_owner and not mine.contains(d)]
+        else:
+            new = [d for d in their_owner.keys() - my_owner.keys() if not mine.contains(d)]
+        entries = self.entries
+        if gone:
+            changed: dict[K, dict[Dot, V]] = {}
+            for dot in gone:
+                key = my_owner.pop(dot)
+                dots = changed.get(key)
+                if dots is None:
+                    dots = changed[key] = dict(entries[key])
+                del dots[dot]
+            for key, dots in changed.items():
+                if dots:
+                    entries[key] = dots
+                else:
+                    del entries[key]
+        if new:
+            added: dict[K, dict[Dot, V]] = {}
+            their_entries = other.entries
+            for dot in new:
+                key = their_owner[dot]
+                dots = added.get(key)
+                if dots is None:
+                    dots = added[key] = dict(entries.get(key, _NONE))
+                dots[dot] = their_entries[key][dot]
+                my_owner[dot] = key
+            entries.update(added)
         # 3. the context is the union
         mine.update(theirs)
 

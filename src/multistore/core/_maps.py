@@ -28,11 +28,13 @@ from __future__ import annotations
 from collections.abc import Callable, Hashable, Iterator, Mapping
 from typing import Any, Generic, Self, TypeVar
 
+from multistore.core._cart_wire import decode_cart, encode_cart
 from multistore.core._causal import CausalContext, decode_dots, decode_nodes, encode_dots
 from multistore.core._counters import PNCounter
 from multistore.core._crdt import CRDT, crdt_type, json_key
 from multistore.core._dotstore import DotKernel
 from multistore.core._vv import Dot
+from multistore.core._wire import Reader, Writer
 from multistore.errors import InvalidValueError
 
 __all__ = ["Cart", "ORMap"]
@@ -216,6 +218,7 @@ class Cart(ORMap[str, PNCounter]):
     """
 
     type_name = "cart"
+    _wire_tag = ord("c")
     __slots__ = ()
 
     def __init__(self, node: str) -> None:
@@ -259,6 +262,15 @@ class Cart(ORMap[str, PNCounter]):
             raise InvalidValueError(f"a cart quantity is up or [up, down], got {state!r}")
         up, down = pair
         return PNCounter._own(contribution_id, up, down)
+
+    def _encode_wire(self, out: Writer) -> bytes | None:
+        return encode_cart(self._kernel, out)
+
+    @classmethod
+    def _decode_wire(cls, body: Reader, node: str) -> Self:
+        cart = cls(node)
+        decode_cart(body, cart._kernel)
+        return cart
 
     @classmethod
     def _decode(cls, data: Mapping[str, Any], node: str) -> Self:
