@@ -1,8 +1,9 @@
 """The primary/replica router under the explorer, on a SQLite primary with two
 log-shipped replicas: one router process whose clients write and read with tokens and
 with a staleness bound, now and then a planned failover, sometimes a second router
-process reading with the first one's tokens; crashes and restarts, failing and
-stalling store calls, lost replies, clock jumps.
+process reading with the first one's tokens, sometimes another process writing to the
+first primary through a router of its own; crashes and restarts, failing and stalling
+store calls, lost replies, clock jumps.
 
 Each write sets a key to the next number of that key (so a key's value only grows).
 Invariants:
@@ -17,6 +18,9 @@ Invariants:
   process would) reads with every token handed out before the last failover, once the
   new primary has taken more writes than those tokens name: each read sees its write or
   raises ``ForkedTokenError`` — a token past a fork names another write by then;
+* fenced old primary: a second application process, whose router writes to the first
+  primary and never hears of a failover, has no write acknowledged after a failover
+  began that the final primary lacks (once fenced, the old primary refuses its writes);
 * durability: after the faults stop (and an operator's failover, when one was
   interrupted after its fence), the primary holds, for every key, at least the last
   number acknowledged since the last failover (one that could not fence first, or
@@ -65,10 +69,11 @@ async def router(sim: Simulation) -> None:
     topology = [f"sqlite:///{sim.directory / name}.db" for name in ("primary", "r1", "r2")]
     setup = await _open(sim, topology)
     try:
-        ddl = await setup.execute("CREATE TABLE kv (k TEXT PRIMARY KEY, n INTEGER NOT NULL)")
+        await setup.execute("CREATE TABLE kv (k TEXT PRIMARY KEY, n INTEGER NOT NULL)")
         for key in KEYS:
             await setup.execute("INSERT INTO kv VALUES (:k, 0)", {"k": key})
-        await setup.wait_replayed(ddl.token)
+        side = await setup.execute("CREATE TABLE side (id INTEGER PRIMARY KEY)")
+        await setup.wait_replayed(side.token)
     finally:
         await setup.close()
 
@@ -106,7 +111,32 @@ async def router(sim: Simulation) -> None:
         finally:
             await routed.close()
 
+    stale_acked: list[tuple[float, int]] = []  # (when, id)
+
+    async def stale(actor: Actor) -> None:
+        """Another application process that writes through a router of its own on the
+        first primary and never hears of a failover: once the old primary is fenced its
+        writes are refused; none may be acknowledged and then lost."""
+        try:
+            routed = await Router.open(topology_at_start[0], [], config=RouterConfig())
+        except MultistoreError:
+            return
+        try:
+            for _ in range(sim.choices.randint(2, 5)):
+                ident = len(stale_acked) + 1000 * actor.incarnation + 1
+                try:
+                    await actor.call(routed.execute("INSERT INTO side VALUES (:id)", {"id": ident}))
+                    stale_acked.append((sim.loop.time(), ident))
+                except (MultistoreError, asyncio.CancelledError) as exc:
+                    sim.note(f"{actor.label}: {type(exc).__name__}: {str(exc)[:60]}")
+                await asyncio.sleep(sim.choices.uniform(0, 1.0))
+        finally:
+            await routed.close()
+
+    topology_at_start = list(topology)
     actors = [sim.spawn("app", app, restart=app)]
+    if sim.choices.random() < 0.3:
+        actors.append(sim.spawn("stale", stale, restart=stale))
     await sim.join(*actors)
     sim.quiesce()
     final = await _open(sim, topology)
@@ -133,6 +163,18 @@ async def router(sim: Simulation) -> None:
             if have is None or int(have) < last:
                 raise InvariantViolation(
                     f"{key}: the primary holds {have}, but {last} was acknowledged"
+                )
+        for when, ident in stale_acked:
+            if when <= since:
+                continue
+            have = await final.fetch_val(
+                "SELECT id FROM side WHERE id = :id", {"id": ident}, strong=True
+            )
+            if have is None:
+                raise InvariantViolation(
+                    f"a write acknowledged to a router still on the old primary at "
+                    f"{when:.3f} (after the last failover began, at {since:.3f}) is lost: "
+                    f"side row {ident}"
                 )
     finally:
         await final.close()
