@@ -24,9 +24,9 @@ def test_tpc_sqlite_soak(explorer: Explorer) -> None:
 
 @pytest.mark.server
 def test_tpc_postgres_mariadb(explorer: Explorer, postgres_url: str, mariadb_url: str) -> None:
-    """Real PREPARE TRANSACTION and XA: the same scenario, 120 schedules on real time."""
+    """Real PREPARE TRANSACTION and XA: the same scenario, 200 schedules on real time."""
     # Short statement timeouts: two coordinators moving money both ways deadlock across
     # the two servers, which only a timeout breaks.
     urls = {"a": f"{postgres_url}?timeout=2", "b": f"{mariadb_url}?timeout=2"}
-    report = explorer(transfers_on(urls), 120, Faults.all(), virtual=False)
+    report = explorer(transfers_on(urls), 200, Faults.all(), virtual=False)
     assert report.faults > 0
