@@ -83,7 +83,13 @@ def _running(server: _S) -> _S:
 
 @pytest.fixture(scope="session")
 def postgres_server() -> Iterator[PostgresServer]:
-    yield from _session_server(PostgresServer)
+    """The session's PostgreSQL, with ``fsync=off``: every test makes a database (about
+    300 files each), so with fsync on a shutdown checkpoint or the start-up after a kill
+    fsyncs tens of thousands of files, which on a loaded machine took over a minute and
+    failed the next start. The tests kill processes, never the machine, and a killed
+    process's writes stay in the page cache, so no crash test depends on fsync. The
+    lab's default (and the benchmarks' servers) keep ``fsync=on``."""
+    yield from _session_server(lambda: PostgresServer(extra_conf={"fsync": "off"}))
 
 
 @pytest.fixture(scope="session")

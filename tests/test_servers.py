@@ -64,7 +64,8 @@ def test_postgres_write_read_and_prepared_transactions(postgres_url: str) -> Non
         conn.execute("CREATE TABLE t (id int PRIMARY KEY, v text)")
         conn.execute("INSERT INTO t VALUES (1, 'hello')")
         assert conn.execute("SELECT v FROM t WHERE id = 1").fetchall() == [("hello",)]
-        assert conn.execute("SHOW fsync").fetchone() == ("on",)
+        # the session server turns fsync off (tests/fix_servers.py says why)
+        assert conn.execute("SHOW fsync").fetchone() == ("off",)
     # Two-phase commit needs max_prepared_transactions > 0.
     with psycopg.connect(conninfo) as conn:
         conn.tpc_begin(conn.xid(1, "lab-test", "branch"))

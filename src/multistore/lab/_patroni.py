@@ -143,6 +143,7 @@ class PatroniMember(ServerProcess):
                     "unix_socket_directories": str(self.rootdir),
                     "shared_buffers": "32MB",
                     "fsync": "on",
+                    "recovery_init_sync_method": "syncfs",
                 },
             },
         }

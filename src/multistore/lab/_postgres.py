@@ -46,6 +46,10 @@ class PostgresServer(ServerProcess):
             "max_replication_slots": 10,
             "hot_standby": "on",
             "fsync": "on",
+            # After a crash, one syncfs() of the file system instead of an fsync() of
+            # every file of every test database: on a loaded machine the per-file walk
+            # took over a minute, and the next start met the lingering postmaster.
+            "recovery_init_sync_method": "syncfs",
             "synchronous_commit": "on",
             "full_page_writes": "on",
             "max_connections": 100,
