@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
+import random
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, cast
 
@@ -46,6 +48,9 @@ BANKS = ("a", "b")
 RETENTION = 600.0
 #: When that pass runs (virtual seconds after the operator's other passes).
 LATE = RETENTION + 300.0
+#: How long a process the scenario killed may stay down before it restarts (virtual
+#: seconds): not at all, past its node's lease, or past the operator's late passes.
+RESTART_DELAYS = (0.0, 30.0, LATE + 300.0)
 
 
 async def create_bank(url: str) -> None:
@@ -77,6 +82,8 @@ class App:
         linger: float = 0.0,
         requests: bool = False,
         held: int = 0,
+        kill_at: str | None = None,
+        restart_delay: float = 0.0,
     ):
         self.sim = sim
         self.ledger = ledger
@@ -89,6 +96,12 @@ class App:
         self.held = held
         """Steps of the other actors each of its recovery passes waits for right after
         a participant listed its in-doubt branches (0: none)."""
+        self.kill_at = kill_at
+        """The coordinator event (``decided``: its commit record written; ``committed``:
+        one branch committed) at whose first occurrence the scenario kills the process."""
+        self.restart_delay = restart_delay
+        """Seconds a killed process stays down before its restart."""
+        self.killed = False
         self.lease_ttl = lease_ttl
         self.heuristics = heuristics if heuristics is not None else []
         """Heuristic outcomes reported to this process (there should be none)."""
@@ -100,7 +113,12 @@ class App:
         self.left = sim.choices.randint(1, 3)
 
     async def run(self, actor: Actor) -> None:
-        options = {"node": self.node} if self.node is not None else {}
+        if self.killed:  # restarted after the scenario's kill: down a while first
+            self.killed = False
+            await asyncio.sleep(self.restart_delay)
+        options: dict[str, Any] = {"node": self.node} if self.node is not None else {}
+        if self.kill_at is not None:
+            options["on_event"] = functools.partial(self._kill_on, actor)
         try:
             coordinator = await TransactionCoordinator.open(
                 self.urls,
@@ -169,6 +187,13 @@ class App:
             self.heuristics.extend(f"{actor.label}: {h}" for h in exc.heuristics)
         except MultistoreError as exc:
             self.sim.note(f"{actor.label}: {type(exc).__name__}")
+
+    def _kill_on(self, actor: Actor, event: str, xid: Xid, name: str) -> None:
+        if event == self.kill_at:
+            self.kill_at = None
+            self.killed = True
+            self.sim.note(f"{actor.label}: killed at {event} {name} of {xid.gtrid}")
+            self.sim.kill(actor)
 
     def _watch(self, actor: Actor, coordinator: TransactionCoordinator) -> None:
         """Note the heuristic outcomes of the coordinator's own recovery passes (at
@@ -261,6 +286,27 @@ async def transfers(sim: Simulation) -> None:
     await run_transfers(sim, urls, ledger=True, extra=True)
 
 
+async def check_hazards(urls: dict[str, str], reported: list[dict[str, Any]]) -> None:
+    """A branch recovery kept as a hazard (its replay would not reproduce it) was never
+    applied, so its transfer is in one bank at most: one in every bank had committed
+    there already, and its replay should never have been tried (say, its commit marker
+    was gone)."""
+    everywhere: set[str] | None = None
+    for url in urls.values():
+        store = cast(RelationalStore, await open_store(url, model="relational"))
+        try:
+            tids = {str(r["tid"]) for r in await store.fetch_all("SELECT tid FROM transfers")}
+        finally:
+            await store.close()
+        everywhere = tids if everywhere is None else everywhere & tids
+    for h in reported:
+        if h["gtrid"] in (everywhere or set()):
+            raise InvariantViolation(
+                f"transfer {h['gtrid']} committed in every bank, yet recovery replayed its "
+                f"branch at {h['participant']} and kept it as a hazard: {h['detail']}"
+            )
+
+
 def transfers_on(urls: dict[str, str]) -> Callable[[Simulation], Awaitable[None]]:
     """The same on servers (``urls``: bank name -> a PostgreSQL or MariaDB database,
     emptied and filled again for every schedule)."""
@@ -308,19 +354,24 @@ def _operator(
     heuristics: list[str],
     *,
     extra: bool,
+    late: bool = False,
 ) -> Actor:
     """`multistore recover` run by hand now and then, with the first log. ``extra``:
     with either log, in one of three ways: a few passes now and then; many passes, each
     held (descheduled) for some of the other actors' steps right after a participant
     lists its in-doubt branches; or a few passes and, long after, one with a short
     retention (:data:`RETENTION`) that purges old commit markers and abort records,
-    followed by one with the same retention and a log of its own."""
+    followed by one with the same retention and a log of its own. ``late``: that third
+    way whatever the draw, with the pass of its own log first."""
     mode = sim.choices.choice(("now and then", "held", "late")) if extra else "now and then"
+    mode = "late" if late else mode
     passes = sim.choices.randint(4, 12) if mode == "held" else sim.choices.randint(1, 3)
     hold = sim.choices.randint(1, 30) if mode == "held" else 0
 
     def noting(report: dict[str, Any]) -> None:
-        heuristics.extend(f"operator: {h}" for h in _against_commit(report))
+        # A hazard keeps its intent: the final recovery reports it again (and checks it).
+        against = _against_commit(report)
+        heuristics.extend(f"operator: {h}" for h in against if not h["hazard"])
 
     async def operator(actor: Actor) -> None:
         # Chosen once it runs: the list is complete by then.
@@ -336,11 +387,11 @@ def _operator(
             await asyncio.sleep(sim.choices.uniform(0, 0.05))
         if mode == "late":
             await asyncio.sleep(LATE)
-            await _recover_by_hand(sim, urls, log, noting, 1, retention=RETENTION)
             # And the operator of another deployment on the same banks, with a log of
             # its own: no branch is its to resolve, no commit marker its to purge.
             own = f"sqlite:///{sim.directory / 'other-deployment.db'}"
-            await _recover_by_hand(sim, urls, own, noting, 1, retention=RETENTION)
+            for one in (own, log) if late else (log, own):
+                await _recover_by_hand(sim, urls, one, noting, 1, retention=RETENTION)
 
     return sim.spawn("operator", operator, after_steps=sim.choices.randint(0, 60))
 
@@ -433,21 +484,37 @@ async def run_transfers(
         app.requests = sim.choices.random() < 0.5
         if sim.choices.random() < 0.3:
             app.held = sim.choices.randint(1, 30)
+    # A fifth of the extra schedules kill the first process at a chosen point: right
+    # after it logged a commit decision, or after one bank committed its branch (a
+    # window of a few of its steps that crash faults seldom hit). Drawn apart from the
+    # other choices, so the other schedules stay as they were.
+    plan = random.Random(sim.seed * 7907 + 5)
+    staged = False
+    if extra and plan.random() < 0.2:
+        app.kill_at = plan.choice(("decided", "committed"))
+        app.restart_delay = plan.choice(RESTART_DELAYS)
+        # In half of those, the others as the kill needs them: a second process with a
+        # log of its own that stays up recovering while the first one is down, and an
+        # operator's late passes (another deployment's first) before it comes back.
+        staged = plan.random() < 0.5
+        if staged and app.kill_at == "committed":
+            app.restart_delay = RESTART_DELAYS[-1]
     actors = [sim.spawn("app", app.run, restart=app.run)]
     logs = [log]
-    if sim.choices.random() < 0.5:
-        actors.append(_operator(sim, urls, logs, heuristics, extra=extra))
-    if sim.choices.random() < 0.3:
+    if sim.choices.random() < 0.5 or staged:
+        actors.append(_operator(sim, urls, logs, heuristics, extra=extra, late=staged))
+    if sim.choices.random() < 0.3 or staged:
         # A second application process: with a log of its own, or sharing the first's
         # (its background recovery then runs beside the first's transfers).
         other_log = log
-        if sim.choices.random() < 0.5:
+        if sim.choices.random() < 0.5 or staged:
             other_log = f"sqlite:///{sim.directory / 'log2.db'}"
             logs.append(other_log)
         other = App(sim, urls, other_log, None, lease_ttl, heuristics, ledger=ledger)
         if extra:
             other.requests = sim.choices.random() < 0.5
-            if other.recover_interval >= 1.0 and sim.choices.random() < 0.5:
+            lingers = other.recover_interval >= 1.0 and sim.choices.random() < 0.5
+            if lingers or staged:
                 # It stays up a while after its transfers, recovering in the
                 # background, while the first one may be down after a crash.
                 other.linger = 4 * other.recover_interval + lease_ttl
@@ -464,13 +531,18 @@ async def run_transfers(
             reports[one] = await recover_transactions(urls, one)
             found += reports[one]["heuristics"]
     hazards = {h["gtrid"] for h in found if h["hazard"]}
+    if hazards:
+        await check_hazards(urls, [h for h in found if h["hazard"]])
     heuristics.extend(
         f"final recovery: {h}"
         for h in _against_commit({"heuristics": found})
         if h["gtrid"] not in hazards
     )
     for one, report in reports.items():
-        honest = not report["unreachable"] and not report["other_logs"]
+        # Another log's branches still in doubt are excused only as that log's hazards
+        # (kept by its recovery, as the module docstring says).
+        others = {branch.rsplit(":", 1)[0] for branch in report["other_logs"]}
+        honest = not report["unreachable"] and others <= hazards
         if not report["resolved"] and not (honest and set(report["pending"]) <= hazards):
             raise InvariantViolation(f"final recovery with {one} left work: {report}")
     await check_banks(urls, hazards, ledger=ledger)

@@ -568,6 +568,20 @@ class Simulation:
         self._trace(f"{_label()} held for {steps} steps")
         await gate
 
+    def kill(self, actor: Actor) -> None:
+        """Crash ``actor`` now, at a point the scenario chose (as a crash test kills a
+        real process right after a given write): the same as a crash fault there, but
+        not counted among the schedule's faults and drawing nothing from the
+        scheduler's random choices. Called from the actor's own code, it raises
+        :class:`ActorCrashed` there. Does nothing once the faults are off or when the
+        actor is not running."""
+        if not self.faults_on or not actor.alive:
+            return
+        self._trace(f"{actor.label} killed by the scenario")
+        self._crash(actor, counted=False)
+        if asyncio.current_task() in actor.tasks:
+            raise ActorCrashed(f"{actor.label} killed by the scenario")
+
     def stop(self, actor: Actor) -> None:
         """Cancel an actor that runs until told to stop (a worker, a relay)."""
         last = actor.last()
@@ -629,8 +643,9 @@ class Simulation:
         if not actor.finished.done():
             actor.finished.set_result(None)
 
-    def _crash(self, actor: Actor) -> None:
-        self.fault_count += 1
+    def _crash(self, actor: Actor, *, counted: bool = True) -> None:
+        if counted:
+            self.fault_count += 1
         actor.state = ActorState.CRASHED
         for conn in actor.connections:
             with contextlib.suppress(sqlite3.Error):
