@@ -23,6 +23,7 @@ import asyncio
 import contextlib
 import functools
 import random
+import sqlite3
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, cast
 
@@ -104,6 +105,8 @@ class App:
         self.killed = False
         self.lease_ttl = lease_ttl
         self.heuristics = heuristics if heuristics is not None else []
+        self.wedged: list[str] = []
+        """Connections this process was handed inside an earlier transaction."""
         """Heuristic outcomes reported to this process (there should be none)."""
         # Background recovery now and then often enough to run beside a transfer.
         self.recover_interval = sim.choices.choice((0.1, 1.0, 5.0))
@@ -151,6 +154,7 @@ class App:
                     if task is None or task.cancelling():
                         raise  # the process itself is cancelled
                     self.sim.note(f"{actor.label}: its client went away, the transfer cancelled")
+                    await self._check_connections(actor, coordinator)
             await asyncio.sleep(self.linger)
         finally:
             await coordinator.close()
@@ -187,6 +191,30 @@ class App:
             self.heuristics.extend(f"{actor.label}: {h}" for h in exc.heuristics)
         except MultistoreError as exc:
             self.sim.note(f"{actor.label}: {type(exc).__name__}")
+            if "within a transaction" in str(exc):
+                # A connection of this process was handed back inside a transaction
+                # (a phase 2 cut off between its statements, say).
+                self.wedged.append(f"{actor.label}: {exc}")
+
+    async def _check_connections(self, actor: Actor, coordinator: TransactionCoordinator) -> None:
+        """A SQLite store never hands its connection out inside a transaction, even after
+        a request was cancelled in the middle of a phase 2."""
+        for participant in coordinator.participants.values():
+            for store in (
+                getattr(participant, "store", None),
+                getattr(participant, "intents", None),
+            ):
+                if not isinstance(store, RelationalStore) or not isinstance(
+                    getattr(store, "native", None), sqlite3.Connection
+                ):
+                    continue
+                with contextlib.suppress(MultistoreError):
+                    async with store.connection():
+                        if store.native.in_transaction:  # type: ignore[attr-defined]
+                            self.wedged.append(
+                                f"{actor.label}: {participant.name}'s store handed out its "
+                                "connection inside a transaction after a cancelled request"
+                            )
 
     def _kill_on(self, actor: Actor, event: str, xid: Xid, name: str) -> None:
         if event == self.kill_at:
@@ -212,6 +240,12 @@ class App:
 
         note(coordinator.last_recovery)
         coordinator.recover = recover_noting  # type: ignore[method-assign]
+
+
+def _interrupt_after_marker(sim: Simulation, left: list[int], actor: Actor, what: str) -> None:
+    if left[0] and actor.name == "app" and "INSERT INTO multistore_tpc_applied" in what:
+        left[0] -= 1
+        sim.interrupt(actor)
 
 
 async def _drop(coordinator: TransactionCoordinator) -> None:
@@ -499,7 +533,13 @@ async def run_transfers(
         staged = plan.random() < 0.5
         if staged and app.kill_at == "committed":
             app.restart_delay = RESTART_DELAYS[-1]
+    elif extra and plan.random() < 0.1:
+        # Or its client goes away right after a branch's commit marker was written:
+        # the transfer (a request) is cancelled there, the process goes on.
+        app.requests = True
+        sim.watches.append(functools.partial(_interrupt_after_marker, sim, [1]))
     actors = [sim.spawn("app", app.run, restart=app.run)]
+    apps = [app]
     logs = [log]
     if sim.choices.random() < 0.5 or staged:
         actors.append(_operator(sim, urls, logs, heuristics, extra=extra, late=staged))
@@ -514,12 +554,20 @@ async def run_transfers(
         if extra:
             other.requests = sim.choices.random() < 0.5
             lingers = other.recover_interval >= 1.0 and sim.choices.random() < 0.5
+            if staged:
+                other.recover_interval = max(other.recover_interval, 1.0)
             if lingers or staged:
                 # It stays up a while after its transfers, recovering in the
                 # background, while the first one may be down after a crash.
                 other.linger = 4 * other.recover_interval + lease_ttl
         actors.append(sim.spawn("app2", other.run, restart=other.run))
+        apps.append(other)
     await sim.join(*actors)
+    wedged = [line for one in apps for line in one.wedged]
+    if wedged:
+        raise InvariantViolation(
+            "a connection handed out inside an earlier transaction: " + "; ".join(wedged)
+        )
     sim.quiesce()
     # Nodes of crashed coordinators are recovered once their leases run out. A log's
     # report names another log's branches still in doubt: asked again once every log
