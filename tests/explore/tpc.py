@@ -518,20 +518,23 @@ async def run_transfers(
         app.requests = sim.choices.random() < 0.5
         if sim.choices.random() < 0.3:
             app.held = sim.choices.randint(1, 30)
-    # A fifth of the extra schedules kill the first process at a chosen point: right
+    # A tenth of the extra schedules kill the first process at a chosen point: right
     # after it logged a commit decision, or after one bank committed its branch (a
     # window of a few of its steps that crash faults seldom hit). Drawn apart from the
     # other choices, so the other schedules stay as they were.
     plan = random.Random(sim.seed * 7907 + 5)
-    staged = False
-    if extra and plan.random() < 0.2:
+    second = late = False
+    if extra and plan.random() < 0.1:
         app.kill_at = plan.choice(("decided", "committed"))
         app.restart_delay = plan.choice(RESTART_DELAYS)
-        # In half of those, the others as the kill needs them: a second process with a
-        # log of its own that stays up recovering while the first one is down, and an
-        # operator's late passes (another deployment's first) before it comes back.
-        staged = plan.random() < 0.5
-        if staged and app.kill_at == "committed":
+        # In half of those, the others as the kill needs them: after a commit decision,
+        # a second process with a log of its own that stays up recovering while the
+        # first one is down; after a branch's commit, an operator's late passes
+        # (another deployment's first) before the first one comes back.
+        if plan.random() < 0.5:
+            second = app.kill_at == "decided"
+            late = not second
+        if late:
             app.restart_delay = RESTART_DELAYS[-1]
     elif extra and plan.random() < 0.1:
         # Or its client goes away right after a branch's commit marker was written:
@@ -541,22 +544,22 @@ async def run_transfers(
     actors = [sim.spawn("app", app.run, restart=app.run)]
     apps = [app]
     logs = [log]
-    if sim.choices.random() < 0.5 or staged:
-        actors.append(_operator(sim, urls, logs, heuristics, extra=extra, late=staged))
-    if sim.choices.random() < 0.3 or staged:
+    if sim.choices.random() < 0.5 or late:
+        actors.append(_operator(sim, urls, logs, heuristics, extra=extra, late=late))
+    if sim.choices.random() < 0.3 or second:
         # A second application process: with a log of its own, or sharing the first's
         # (its background recovery then runs beside the first's transfers).
         other_log = log
-        if sim.choices.random() < 0.5 or staged:
+        if sim.choices.random() < 0.5 or second:
             other_log = f"sqlite:///{sim.directory / 'log2.db'}"
             logs.append(other_log)
         other = App(sim, urls, other_log, None, lease_ttl, heuristics, ledger=ledger)
         if extra:
             other.requests = sim.choices.random() < 0.5
             lingers = other.recover_interval >= 1.0 and sim.choices.random() < 0.5
-            if staged:
+            if second:
                 other.recover_interval = max(other.recover_interval, 1.0)
-            if lingers or staged:
+            if lingers or second:
                 # It stays up a while after its transfers, recovering in the
                 # background, while the first one may be down after a crash.
                 other.linger = 4 * other.recover_interval + lease_ttl
