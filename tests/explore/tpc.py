@@ -14,7 +14,10 @@ nothing outside the coordinators touches the banks, so a branch is only ever res
 decided. The one allowed exception is the SQLite participant's documented hazard: a
 prepared branch whose replay after a crash would not reproduce what was prepared
 (another process wrote the same rows meanwhile) is reported, nothing of it is applied,
-its intent is kept and the run stays not resolved; that transfer is then in one bank only.
+its intent is kept and the run stays not resolved; that transfer is then in one bank only
+(never in both: a branch that committed is never replayed). And a SQLite store never
+hands out its connection inside a transaction, even after a request was cancelled in
+the middle of its phase 2.
 """
 
 from __future__ import annotations
@@ -313,7 +316,10 @@ async def transfers(sim: Simulation) -> None:
     on SQLite. Besides: applications that serve each transfer as a request of its own
     (a cancelled one does not stop the process), a second process that stays up a while
     after its transfers, and the operator's other ways of recovering (:func:`_operator`),
-    one of which waits many minutes of virtual time."""
+    one of which waits many minutes of virtual time; the first process killed right
+    after it logged a commit decision or after a bank committed its branch, and kept
+    down a while, or one of its transfers cancelled right after a commit marker was
+    written (:func:`run_transfers`)."""
     urls = {name: f"sqlite:///{sim.directory / name}.db" for name in BANKS}
     for url in urls.values():
         await create_bank(url)
