@@ -14,13 +14,19 @@ nothing outside the coordinators touches the banks, so a branch is only ever res
 decided. The one allowed exception is the SQLite participant's documented hazard: a
 prepared branch whose replay after a crash would not reproduce what was prepared
 (another process wrote the same rows meanwhile) is reported, nothing of it is applied,
-its intent is kept and the run stays not resolved; that transfer is then in one bank only.
+its intent is kept and the run stays not resolved; that transfer is then in one bank only
+(never in both: a branch that committed is never replayed). And a SQLite store never
+hands out its connection inside a transaction, even after a request was cancelled in
+the middle of its phase 2.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
+import random
+import sqlite3
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, cast
 
@@ -46,6 +52,9 @@ BANKS = ("a", "b")
 RETENTION = 600.0
 #: When that pass runs (virtual seconds after the operator's other passes).
 LATE = RETENTION + 300.0
+#: How long a process the scenario killed may stay down before it restarts (virtual
+#: seconds): not at all, past its node's lease, or past the operator's late passes.
+RESTART_DELAYS = (0.0, 30.0, LATE + 300.0)
 
 
 async def create_bank(url: str) -> None:
@@ -77,6 +86,8 @@ class App:
         linger: float = 0.0,
         requests: bool = False,
         held: int = 0,
+        kill_at: str | None = None,
+        restart_delay: float = 0.0,
     ):
         self.sim = sim
         self.ledger = ledger
@@ -89,8 +100,16 @@ class App:
         self.held = held
         """Steps of the other actors each of its recovery passes waits for right after
         a participant listed its in-doubt branches (0: none)."""
+        self.kill_at = kill_at
+        """The coordinator event (``decided``: its commit record written; ``committed``:
+        one branch committed) at whose first occurrence the scenario kills the process."""
+        self.restart_delay = restart_delay
+        """Seconds a killed process stays down before its restart."""
+        self.killed = False
         self.lease_ttl = lease_ttl
         self.heuristics = heuristics if heuristics is not None else []
+        self.wedged: list[str] = []
+        """Connections this process was handed inside an earlier transaction."""
         """Heuristic outcomes reported to this process (there should be none)."""
         # Background recovery now and then often enough to run beside a transfer.
         self.recover_interval = sim.choices.choice((0.1, 1.0, 5.0))
@@ -100,7 +119,12 @@ class App:
         self.left = sim.choices.randint(1, 3)
 
     async def run(self, actor: Actor) -> None:
-        options = {"node": self.node} if self.node is not None else {}
+        if self.killed:  # restarted after the scenario's kill: down a while first
+            self.killed = False
+            await asyncio.sleep(self.restart_delay)
+        options: dict[str, Any] = {"node": self.node} if self.node is not None else {}
+        if self.kill_at is not None:
+            options["on_event"] = functools.partial(self._kill_on, actor)
         try:
             coordinator = await TransactionCoordinator.open(
                 self.urls,
@@ -133,6 +157,7 @@ class App:
                     if task is None or task.cancelling():
                         raise  # the process itself is cancelled
                     self.sim.note(f"{actor.label}: its client went away, the transfer cancelled")
+                    await self._check_connections(actor, coordinator)
             await asyncio.sleep(self.linger)
         finally:
             await coordinator.close()
@@ -169,6 +194,37 @@ class App:
             self.heuristics.extend(f"{actor.label}: {h}" for h in exc.heuristics)
         except MultistoreError as exc:
             self.sim.note(f"{actor.label}: {type(exc).__name__}")
+            if "within a transaction" in str(exc):
+                # A connection of this process was handed back inside a transaction
+                # (a phase 2 cut off between its statements, say).
+                self.wedged.append(f"{actor.label}: {exc}")
+
+    async def _check_connections(self, actor: Actor, coordinator: TransactionCoordinator) -> None:
+        """A SQLite store never hands its connection out inside a transaction, even after
+        a request was cancelled in the middle of a phase 2."""
+        for participant in coordinator.participants.values():
+            for store in (
+                getattr(participant, "store", None),
+                getattr(participant, "intents", None),
+            ):
+                if not isinstance(store, RelationalStore) or not isinstance(
+                    getattr(store, "native", None), sqlite3.Connection
+                ):
+                    continue
+                with contextlib.suppress(MultistoreError):
+                    async with store.connection():
+                        if store.native.in_transaction:  # type: ignore[attr-defined]
+                            self.wedged.append(
+                                f"{actor.label}: {participant.name}'s store handed out its "
+                                "connection inside a transaction after a cancelled request"
+                            )
+
+    def _kill_on(self, actor: Actor, event: str, xid: Xid, name: str) -> None:
+        if event == self.kill_at:
+            self.kill_at = None
+            self.killed = True
+            self.sim.note(f"{actor.label}: killed at {event} {name} of {xid.gtrid}")
+            self.sim.kill(actor)
 
     def _watch(self, actor: Actor, coordinator: TransactionCoordinator) -> None:
         """Note the heuristic outcomes of the coordinator's own recovery passes (at
@@ -187,6 +243,12 @@ class App:
 
         note(coordinator.last_recovery)
         coordinator.recover = recover_noting  # type: ignore[method-assign]
+
+
+def _interrupt_after_marker(sim: Simulation, left: list[int], actor: Actor, what: str) -> None:
+    if left[0] and actor.name == "app" and "INSERT INTO multistore_tpc_applied" in what:
+        left[0] -= 1
+        sim.interrupt(actor)
 
 
 async def _drop(coordinator: TransactionCoordinator) -> None:
@@ -254,11 +316,35 @@ async def transfers(sim: Simulation) -> None:
     on SQLite. Besides: applications that serve each transfer as a request of its own
     (a cancelled one does not stop the process), a second process that stays up a while
     after its transfers, and the operator's other ways of recovering (:func:`_operator`),
-    one of which waits many minutes of virtual time."""
+    one of which waits many minutes of virtual time; the first process killed right
+    after it logged a commit decision or after a bank committed its branch, and kept
+    down a while, or one of its transfers cancelled right after a commit marker was
+    written (:func:`run_transfers`)."""
     urls = {name: f"sqlite:///{sim.directory / name}.db" for name in BANKS}
     for url in urls.values():
         await create_bank(url)
     await run_transfers(sim, urls, ledger=True, extra=True)
+
+
+async def check_hazards(urls: dict[str, str], reported: list[dict[str, Any]]) -> None:
+    """A branch recovery kept as a hazard (its replay would not reproduce it) was never
+    applied, so its transfer is in one bank at most: one in every bank had committed
+    there already, and its replay should never have been tried (say, its commit marker
+    was gone)."""
+    everywhere: set[str] | None = None
+    for url in urls.values():
+        store = cast(RelationalStore, await open_store(url, model="relational"))
+        try:
+            tids = {str(r["tid"]) for r in await store.fetch_all("SELECT tid FROM transfers")}
+        finally:
+            await store.close()
+        everywhere = tids if everywhere is None else everywhere & tids
+    for h in reported:
+        if h["gtrid"] in (everywhere or set()):
+            raise InvariantViolation(
+                f"transfer {h['gtrid']} committed in every bank, yet recovery replayed its "
+                f"branch at {h['participant']} and kept it as a hazard: {h['detail']}"
+            )
 
 
 def transfers_on(urls: dict[str, str]) -> Callable[[Simulation], Awaitable[None]]:
@@ -308,19 +394,24 @@ def _operator(
     heuristics: list[str],
     *,
     extra: bool,
+    late: bool = False,
 ) -> Actor:
     """`multistore recover` run by hand now and then, with the first log. ``extra``:
     with either log, in one of three ways: a few passes now and then; many passes, each
     held (descheduled) for some of the other actors' steps right after a participant
     lists its in-doubt branches; or a few passes and, long after, one with a short
     retention (:data:`RETENTION`) that purges old commit markers and abort records,
-    followed by one with the same retention and a log of its own."""
+    followed by one with the same retention and a log of its own. ``late``: that third
+    way whatever the draw, with the pass of its own log first."""
     mode = sim.choices.choice(("now and then", "held", "late")) if extra else "now and then"
+    mode = "late" if late else mode
     passes = sim.choices.randint(4, 12) if mode == "held" else sim.choices.randint(1, 3)
     hold = sim.choices.randint(1, 30) if mode == "held" else 0
 
     def noting(report: dict[str, Any]) -> None:
-        heuristics.extend(f"operator: {h}" for h in _against_commit(report))
+        # A hazard keeps its intent: the final recovery reports it again (and checks it).
+        against = _against_commit(report)
+        heuristics.extend(f"operator: {h}" for h in against if not h["hazard"])
 
     async def operator(actor: Actor) -> None:
         # Chosen once it runs: the list is complete by then.
@@ -336,11 +427,11 @@ def _operator(
             await asyncio.sleep(sim.choices.uniform(0, 0.05))
         if mode == "late":
             await asyncio.sleep(LATE)
-            await _recover_by_hand(sim, urls, log, noting, 1, retention=RETENTION)
             # And the operator of another deployment on the same banks, with a log of
             # its own: no branch is its to resolve, no commit marker its to purge.
             own = f"sqlite:///{sim.directory / 'other-deployment.db'}"
-            await _recover_by_hand(sim, urls, own, noting, 1, retention=RETENTION)
+            for one in (own, log) if late else (log, own):
+                await _recover_by_hand(sim, urls, one, noting, 1, retention=RETENTION)
 
     return sim.spawn("operator", operator, after_steps=sim.choices.randint(0, 60))
 
@@ -433,26 +524,59 @@ async def run_transfers(
         app.requests = sim.choices.random() < 0.5
         if sim.choices.random() < 0.3:
             app.held = sim.choices.randint(1, 30)
+    # A tenth of the extra schedules kill the first process at a chosen point: right
+    # after it logged a commit decision, or after one bank committed its branch (a
+    # window of a few of its steps that crash faults seldom hit). Drawn apart from the
+    # other choices, so the other schedules stay as they were.
+    plan = random.Random(sim.seed * 7907 + 5)
+    second = late = False
+    if extra and plan.random() < 0.1:
+        app.kill_at = plan.choice(("decided", "committed"))
+        app.restart_delay = plan.choice(RESTART_DELAYS)
+        # In half of those, the others as the kill needs them: after a commit decision,
+        # a second process with a log of its own that stays up recovering while the
+        # first one is down; after a branch's commit, an operator's late passes
+        # (another deployment's first) before the first one comes back.
+        if plan.random() < 0.5:
+            second = app.kill_at == "decided"
+            late = not second
+        if late:
+            app.restart_delay = RESTART_DELAYS[-1]
+    elif extra and plan.random() < 0.1:
+        # Or its client goes away right after a branch's commit marker was written:
+        # the transfer (a request) is cancelled there, the process goes on.
+        app.requests = True
+        sim.watches.append(functools.partial(_interrupt_after_marker, sim, [1]))
     actors = [sim.spawn("app", app.run, restart=app.run)]
+    apps = [app]
     logs = [log]
-    if sim.choices.random() < 0.5:
-        actors.append(_operator(sim, urls, logs, heuristics, extra=extra))
-    if sim.choices.random() < 0.3:
+    if sim.choices.random() < 0.5 or late:
+        actors.append(_operator(sim, urls, logs, heuristics, extra=extra, late=late))
+    if sim.choices.random() < 0.3 or second:
         # A second application process: with a log of its own, or sharing the first's
         # (its background recovery then runs beside the first's transfers).
         other_log = log
-        if sim.choices.random() < 0.5:
+        if sim.choices.random() < 0.5 or second:
             other_log = f"sqlite:///{sim.directory / 'log2.db'}"
             logs.append(other_log)
         other = App(sim, urls, other_log, None, lease_ttl, heuristics, ledger=ledger)
         if extra:
             other.requests = sim.choices.random() < 0.5
-            if other.recover_interval >= 1.0 and sim.choices.random() < 0.5:
+            lingers = other.recover_interval >= 1.0 and sim.choices.random() < 0.5
+            if second:
+                other.recover_interval = max(other.recover_interval, 1.0)
+            if lingers or second:
                 # It stays up a while after its transfers, recovering in the
                 # background, while the first one may be down after a crash.
                 other.linger = 4 * other.recover_interval + lease_ttl
         actors.append(sim.spawn("app2", other.run, restart=other.run))
+        apps.append(other)
     await sim.join(*actors)
+    wedged = [line for one in apps for line in one.wedged]
+    if wedged:
+        raise InvariantViolation(
+            "a connection handed out inside an earlier transaction: " + "; ".join(wedged)
+        )
     sim.quiesce()
     # Nodes of crashed coordinators are recovered once their leases run out. A log's
     # report names another log's branches still in doubt: asked again once every log
@@ -464,13 +588,18 @@ async def run_transfers(
             reports[one] = await recover_transactions(urls, one)
             found += reports[one]["heuristics"]
     hazards = {h["gtrid"] for h in found if h["hazard"]}
+    if hazards:
+        await check_hazards(urls, [h for h in found if h["hazard"]])
     heuristics.extend(
         f"final recovery: {h}"
         for h in _against_commit({"heuristics": found})
         if h["gtrid"] not in hazards
     )
     for one, report in reports.items():
-        honest = not report["unreachable"] and not report["other_logs"]
+        # Another log's branches still in doubt are excused only as that log's hazards
+        # (kept by its recovery, as the module docstring says).
+        others = {branch.rsplit(":", 1)[0] for branch in report["other_logs"]}
+        honest = not report["unreachable"] and others <= hazards
         if not report["resolved"] and not (honest and set(report["pending"]) <= hazards):
             raise InvariantViolation(f"final recovery with {one} left work: {report}")
     await check_banks(urls, hazards, ledger=ledger)

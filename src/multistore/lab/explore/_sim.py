@@ -27,6 +27,9 @@ may also inject a fault:
   requests there time out, either before they arrive or after they took effect.
 * **duplicate** — a message to a node (a worker the scenario names in
   :attr:`Simulation.messages`) is delivered twice.
+* **kill**, **interrupt** (never drawn) — a scenario crashes an actor, or cancels what it
+  does, at a point of its choosing (:meth:`Simulation.kill`, :meth:`Simulation.interrupt`,
+  say from a :attr:`Simulation.watches` callback right after a given store call).
 * **lost replies** — from this call on, every reply of one request (the work an actor
   runs with :meth:`Actor.call` or :meth:`Actor.start`) is lost: its calls take effect,
   the caller hears none of them (a connection that drops every answer for the rest of
@@ -377,6 +380,8 @@ class _Hook:
             with contextlib.suppress(Exception):
                 await self._invoke(call)
         if actor is not None and not what.endswith(": close"):
+            if self.sim.watches:
+                await self.sim._watch(actor, what)
             action = self.sim._after(actor, what)
             if action is _Action.LOST:
                 self._drop_transactions()
@@ -486,6 +491,11 @@ class Simulation:
         """Worker name prefixes whose calls are messages to another node (quorum
         nodes, say): only those may be delivered twice (the ``duplicate`` fault)."""
         self._background: set[asyncio.Task[Any]] = set()
+        self.watches: list[Callable[[Actor, str], None]] = []
+        """Called with the actor and the call's description after each store call of an
+        actor took effect (before the faults drawn there): a scenario's way to
+        :meth:`kill` or :meth:`interrupt` an actor at a point of its choosing."""
+        self._interrupting = False
         self.loop.set_task_factory(self._task_factory)  # type: ignore[arg-type]
         self.loop.set_exception_handler(self._exception_handler)
 
@@ -568,6 +578,39 @@ class Simulation:
         self._trace(f"{_label()} held for {steps} steps")
         await gate
 
+    def kill(self, actor: Actor) -> None:
+        """Crash ``actor`` now, at a point the scenario chose (as a crash test kills a
+        real process right after a given write): the same as a crash fault there, but
+        not counted among the schedule's faults and drawing nothing from the
+        scheduler's random choices. Called from the actor's own code, it raises
+        :class:`ActorCrashed` there. Does nothing once the faults are off or when the
+        actor is not running."""
+        if not self.faults_on or not actor.alive:
+            return
+        self._trace(f"{actor.label} killed by the scenario")
+        self._crash(actor, counted=False)
+        if asyncio.current_task() in actor.tasks:
+            raise ActorCrashed(f"{actor.label} killed by the scenario")
+
+    def interrupt(self, actor: Actor) -> None:
+        """Cancel what ``actor`` does now (the request the current call belongs to, else
+        its main task), as a cancel fault right after a call would: called from a
+        :attr:`watches` callback, the cancellation lands right after that call took
+        effect. Not counted among the faults; draws nothing from the scheduler's
+        random choices. Does nothing once the faults are off."""
+        if not self.faults_on or not actor.alive:
+            return
+        self._trace(f"{actor.label} interrupted by the scenario")
+        actor._cancel()
+        self._interrupting = True
+
+    async def _watch(self, actor: Actor, what: str) -> None:
+        for watch in list(self.watches):
+            watch(actor, what)
+        if self._interrupting:
+            self._interrupting = False
+            await asyncio.sleep(0)  # delivered here if this is the cancelled task
+
     def stop(self, actor: Actor) -> None:
         """Cancel an actor that runs until told to stop (a worker, a relay)."""
         last = actor.last()
@@ -629,8 +672,9 @@ class Simulation:
         if not actor.finished.done():
             actor.finished.set_result(None)
 
-    def _crash(self, actor: Actor) -> None:
-        self.fault_count += 1
+    def _crash(self, actor: Actor, *, counted: bool = True) -> None:
+        if counted:
+            self.fault_count += 1
         actor.state = ActorState.CRASHED
         for conn in actor.connections:
             with contextlib.suppress(sqlite3.Error):
@@ -902,6 +946,8 @@ class Simulation:
                     f"explorer: {what} failed before it ran", outcome=Outcome.DEFINITE
                 )
             result = await original(obj, *args, **kwargs)
+            if sim.watches:
+                await sim._watch(actor, what)
             action = sim._after(actor, what)
             if action is _Action.LOST:
                 raise StoreTimeoutError(f"explorer: the reply of {what} was lost (it took effect)")
