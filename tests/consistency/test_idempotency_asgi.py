@@ -424,6 +424,46 @@ def test_outcome_is_stored_when_it_cannot_be_delivered(tmp_path: Path) -> None:
     run(body())
 
 
+def test_a_retry_sent_once_the_response_arrived_is_replayed_not_409(tmp_path: Path) -> None:
+    """The outcome is stored before the response's last message goes out: a client that
+    retries as soon as it has the whole response gets the replay, never "in progress"."""
+
+    async def body() -> None:
+        async with opened(tmp_path) as idem:
+            inner = CountingApp()
+            app = IdempotencyMiddleware(inner, idem)
+            retried: list[tuple[int | None, dict[str, str]]] = []
+            scope: dict[str, Any] = {
+                "type": "http",
+                "method": "POST",
+                "path": "/orders",
+                "query_string": b"",
+                "headers": [(b"content-type", b"application/json"), (b"idempotency-key", b"k1")],
+                "extensions": {},
+                "user": User("alice"),
+            }
+            chunks = [{"type": "http.request", "body": b"{}", "more_body": False}]
+
+            async def receive() -> dict[str, Any]:
+                if chunks:
+                    return chunks.pop(0)
+                await asyncio.Event().wait()
+                raise AssertionError("unreachable")
+
+            async def send(message: dict[str, Any]) -> None:
+                last = message["type"] == "http.response.body" and not message.get("more_body")
+                if last:  # the client has the whole response now, and retries at once
+                    status, headers, _ = await call(app)
+                    retried.append((status, headers))
+
+            await app(scope, receive, send)
+            ((status, headers),) = retried
+            assert (status, headers.get("idempotent-replayed")) == (201, "true")
+            assert inner.calls == 1
+
+    run(body())
+
+
 def test_server_errors_and_exceptions_are_stored_by_default(tmp_path: Path) -> None:
     """As Stripe: once the request started executing its outcome is stored, a 5xx and
     an exception (as the 500 the client got) included; the exception still reaches

@@ -102,6 +102,9 @@ class _Capture:
         self.unstorable = False
         """The body went past the limit, or came in a form a copy cannot be kept of."""
         self.undelivered: BaseException | None = None
+        self.held: Message | None = None
+        """The response's last message, sent once the outcome is stored (:meth:`flush`):
+        a client that retries as soon as it has the whole response gets the replay."""
 
     async def __call__(self, message: Message) -> None:
         kind = message["type"]
@@ -118,6 +121,18 @@ class _Capture:
         elif kind == "http.response.zerocopysend":  # a file descriptor: no copy to keep
             self.unstorable = True
             self.complete = not message.get("more_body", False)
+        if self.complete and kind != "http.response.start":
+            self.held = message
+            return
+        await self._deliver(message)
+
+    async def flush(self) -> None:
+        """Send the held last message (after the outcome was stored, or failed to be)."""
+        held, self.held = self.held, None
+        if held is not None:
+            await self._deliver(held)
+
+    async def _deliver(self, message: Message) -> None:
         if self.undelivered is None:
             try:
                 await self.send(message)
@@ -268,6 +283,7 @@ class IdempotencyMiddleware:
     ) -> None:
         raised: BaseException | None = None
         entered = False
+        capture: _Capture | None = None
         try:
             idem = self.idem if isinstance(self.idem, Idempotency) else self.idem(scope)
             async with idem.begin(key, payload, client=client) as run:
@@ -297,6 +313,10 @@ class IdempotencyMiddleware:
             if entered:
                 raise
             await self._problem(send, exc)
+        finally:
+            if capture is not None:
+                # The outcome is stored (or storing it failed): the response ends now.
+                await capture.flush()
         if raised is not None:
             raise raised  # stored as the 500 it became; the server logs it
 
