@@ -34,7 +34,7 @@ from multistore.consistency import (
     TransactionCoordinator,
 )
 from multistore.core import SagaState
-from multistore.errors import InvalidValueError
+from multistore.errors import InvalidValueError, Outcome, StoreUnavailableError
 from multistore.service._errors import (
     OrderCancelledError,
     OrderNotFoundError,
@@ -425,6 +425,18 @@ class Orders:
                 if result.error.type == OutOfStockError.__name__:
                     error = OutOfStockError(result.error.message, order_id=order_id)
                 raise error
+            if not result.state.finished:
+                # Another live worker runs this order's saga (a retry after a crash,
+                # before the dead run's lease ran out and the restarted worker took
+                # it): until its first step the order has no row. Not a 404, which
+                # would be kept as the key's answer: a 503 the client retries.
+                try:
+                    return await self.get(order_id)
+                except OrderNotFoundError:
+                    raise StoreUnavailableError(
+                        f"order {order_id} is being placed by another worker; retry shortly",
+                        outcome=Outcome.INDETERMINATE,
+                    ) from None
         return await self.get(order_id)
 
     async def _place_atomically(self, order: dict[str, Any]) -> None:
