@@ -55,7 +55,11 @@ def explorer(request: pytest.FixtureRequest) -> Explorer:
             if schedule.error is not None:
                 raise schedule.error
             return ExploreReport(
-                request.node.name, schedules=1, steps=schedule.steps, faults=schedule.faults
+                request.node.name,
+                schedules=1,
+                steps=schedule.steps,
+                faults=schedule.faults,
+                replayed=True,
             )
         count = config.getoption("--explore-schedules") or (SOAK if slow else schedules)
         first = 1_000_000 if slow else 0  # the soak explores seeds the default run does not

@@ -14,7 +14,7 @@ pytestmark = pytest.mark.timeout(1800)
 
 def test_idempotency_sqlite(explorer: Explorer) -> None:
     report = explorer(idempotency, 2000, Faults.all())
-    assert report.faults > 0
+    assert report.replayed or report.faults > 0
 
 
 @pytest.mark.soak

@@ -19,7 +19,7 @@ FAULTS = dataclasses.replace(Faults.all(), clock_leap=0.01)
 
 def test_multimaster_sqlite(explorer: Explorer) -> None:
     report = explorer(multimaster, 2000, FAULTS)
-    assert report.faults > 0
+    assert report.replayed or report.faults > 0
 
 
 @pytest.mark.soak

@@ -19,7 +19,7 @@ FAULTS = replace(Faults.all(), lost_replies=0.04)
 
 def test_quorum_sqlite(explorer: Explorer) -> None:
     report = explorer(quorum, 2000, FAULTS)
-    assert report.faults > 0
+    assert report.replayed or report.faults > 0
 
 
 @pytest.mark.soak

@@ -14,7 +14,7 @@ pytestmark = pytest.mark.timeout(1800)
 
 def test_tpc_sqlite(explorer: Explorer) -> None:
     report = explorer(transfers, 2000, Faults.all())
-    assert report.faults > 0
+    assert report.replayed or report.faults > 0
 
 
 @pytest.mark.soak
@@ -29,4 +29,4 @@ def test_tpc_postgres_mariadb(explorer: Explorer, postgres_url: str, mariadb_url
     # the two servers, which only a timeout breaks.
     urls = {"a": f"{postgres_url}?timeout=2", "b": f"{mariadb_url}?timeout=2"}
     report = explorer(transfers_on(urls), 200, Faults.all(), virtual=False)
-    assert report.faults > 0
+    assert report.replayed or report.faults > 0

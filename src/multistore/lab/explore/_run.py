@@ -83,6 +83,9 @@ class ExploreReport:
     outcomes: dict[str, int] = field(default_factory=dict)
     """Counts of what the scenario reported for each schedule (see ``Simulation.note``
     is for the trace; scenarios return nothing, so this counts actor end states)."""
+    replayed: bool = False
+    """One seed replayed (``--explore-seed``), not an exploration: a seed may inject no
+    fault at all."""
 
     def summary(self) -> str:
         per = self.seconds / self.schedules * 1000 if self.schedules else 0.0
