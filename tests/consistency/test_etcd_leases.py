@@ -25,9 +25,11 @@ from multistore.consistency import EtcdLeases, Outbox, SagaEngine
 from multistore.core._saga import SagaState
 from multistore.errors import ConfigError, UsageError
 from multistore.lab._etcd import EtcdCluster
+from multistore.lab.servers import PostgresServer
 from multistore.stores import open_store
 from multistore.stores.relational import RelationalStore
 from tests.consistency.etcd_lease_worker import EFFECTS, Effects, saga
+from tests.consistency.worker_sagas import SAGAS, TABLES
 
 pytestmark = pytest.mark.server
 
@@ -295,3 +297,59 @@ def test_lease_settings_are_checked(tmp_path: Path) -> None:
     assert leases is not None
     assert leases.hosts == (("10.0.0.1", 2379), ("10.0.0.2", 2379))
     assert EtcdLeases(leases).prefix == "/s/"
+
+
+def test_the_cli_saga_worker_holds_the_configured_etcd_lease(
+    etcd_cluster: EtcdCluster, postgres_server: PostgresServer, tmp_path: Path
+) -> None:
+    """`multistore sagas worker` with `multistore.leases` in its config registers in
+    etcd while it runs (and its sagas run), and gives the lease up when it stops."""
+    log_url, effects_url = postgres_server.create_database(), postgres_server.create_database()
+    etcd = _etcd(etcd_cluster)
+    config = tmp_path / "multistore.toml"
+    config.write_text(f'[multistore]\nleases = "{etcd}"\n[roles]\nsagas = "{log_url}"\n')
+
+    async def enqueue() -> None:
+        effects, log = await _relational(effects_url), await _relational(log_url)
+        async with effects, log, SagaEngine(log, SAGAS) as engine:
+            for statement in TABLES:
+                await effects.execute(statement)
+            await engine.enqueue(SAGAS[0], {"amount": 1}, saga_id="c1")
+
+    asyncio.run(enqueue())
+    command = [sys.executable, "-m", "multistore", "sagas", "worker", "-c", str(config)]
+    command += ["--definitions", "tests.consistency.worker_sagas:SAGAS", "--worker-id", "cli-w"]
+    worker = subprocess.Popen(
+        command,
+        cwd=ROOT,
+        env={**os.environ, "SAGA_EFFECTS_URL": effects_url},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    leases = EtcdLeases(etcd)
+    live = f"{leases.prefix}leases/sagas/live/"
+
+    async def watch() -> None:
+        log = await _relational(log_url)
+        async with log, SagaEngine(log, SAGAS) as engine:
+
+            async def registered() -> bool:
+                found = await leases.client.get_prefix(live)
+                return [v.key.decode()[len(live) :].split("@")[0] for v in found] == ["cli-w"]
+
+            await _wait("the worker registers in etcd", registered)
+            await _wait("the worker completes the saga", lambda: _all_completed(engine, ["c1"]))
+        worker.send_signal(signal.SIGTERM)
+        await asyncio.to_thread(worker.wait, 30)
+
+        async def released() -> bool:
+            return await leases.client.get_prefix(live) == []
+
+        await _wait("the worker gives its lease up", released)
+
+    try:
+        asyncio.run(watch())
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+            worker.wait()

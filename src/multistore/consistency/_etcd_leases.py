@@ -40,8 +40,8 @@ from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 from multistore._aio import stop_task
-from multistore._etcd import EtcdClient, EtcdError
-from multistore.errors import Outcome, StoreUnavailableError, UsageError
+from multistore._etcd import EtcdClient, EtcdError, store_call
+from multistore.errors import StoreUnavailableError, UsageError
 from multistore.urls import StoreURL, parse_url
 
 __all__ = ["DEFAULT_ETCD_TTL", "EtcdLeases", "LeaseTerm"]
@@ -84,13 +84,7 @@ class EtcdLeases:
         return base + "live/", base + "seen/"
 
     async def _run(self, op: str, call: Awaitable[T]) -> T:
-        try:
-            return await call
-        except EtcdError as exc:
-            outcome = Outcome.INDETERMINATE if exc.sent else Outcome.DEFINITE
-            raise StoreUnavailableError(
-                f"etcd worker leases {self.url.render()}: {op}: {exc}", outcome=outcome
-            ) from exc
+        return await store_call(f"etcd worker leases {self.url.render()}: {op}", call)
 
     async def hold(self, group: str, worker_id: str) -> LeaseTerm:
         """Take a new lease for ``worker_id`` in ``group`` and keep it alive in the
