@@ -22,12 +22,14 @@ import pytest
 
 from multistore.config import load_config
 from multistore.consistency import EtcdLeases, Outbox, SagaEngine
+from multistore.consistency._etcd_leases import lease_group
 from multistore.core._saga import SagaState
 from multistore.errors import ConfigError, UsageError
 from multistore.lab._etcd import EtcdCluster
 from multistore.lab.servers import PostgresServer
 from multistore.stores import open_store
 from multistore.stores.relational import RelationalStore
+from multistore.urls import parse_url
 from tests.consistency.etcd_lease_worker import EFFECTS, Effects, saga
 from tests.consistency.worker_sagas import SAGAS, TABLES
 
@@ -266,7 +268,7 @@ def test_a_paused_saga_worker_runs_no_step_after_its_etcd_lease_ended(
             leases = EtcdLeases(etcd)
 
             async def lease_gone() -> bool:
-                return old_owner in await leases.dead("sagas")
+                return old_owner in await leases.dead(lease_group("sagas", store.url))
 
             await _wait("etcd drops a's lease", lease_gone)
             os.kill(a.pid, signal.SIGCONT)
@@ -297,6 +299,11 @@ def test_lease_settings_are_checked(tmp_path: Path) -> None:
     assert leases is not None
     assert leases.hosts == (("10.0.0.1", 2379), ("10.0.0.2", 2379))
     assert EtcdLeases(leases).prefix == "/s/"
+    # Workers on other databases under one prefix are other groups.
+    one = lease_group("sagas", parse_url("postgresql://u:p@db1:5432/shop"))
+    assert one == lease_group("sagas", parse_url("postgresql://v@db1:5432/shop?timeout=3"))
+    assert one != lease_group("sagas", parse_url("postgresql://u@db1:5432/other"))
+    assert lease_group("outbox", parse_url("sqlite:///a.db"), "outbox").startswith("outbox/outbox/")
 
 
 def test_the_cli_saga_worker_holds_the_configured_etcd_lease(
@@ -327,7 +334,7 @@ def test_the_cli_saga_worker_holds_the_configured_etcd_lease(
         stderr=subprocess.DEVNULL,
     )
     leases = EtcdLeases(etcd)
-    live = f"{leases.prefix}leases/sagas/live/"
+    live = f"{leases.prefix}leases/{lease_group('sagas', parse_url(log_url))}/live/"
 
     async def watch() -> None:
         log = await _relational(log_url)

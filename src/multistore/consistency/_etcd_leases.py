@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import math
 import time
 from collections.abc import Awaitable, Callable
@@ -44,12 +45,23 @@ from multistore._etcd import EtcdClient, EtcdError, store_call
 from multistore.errors import StoreUnavailableError, UsageError
 from multistore.urls import StoreURL, parse_url
 
-__all__ = ["DEFAULT_ETCD_TTL", "EtcdLeases", "LeaseTerm"]
+__all__ = ["DEFAULT_ETCD_TTL", "EtcdLeases", "LeaseTerm", "WorkerLease", "lease_group"]
 
 DEFAULT_ETCD_TTL = 10.0
 """Seconds an etcd worker lease lives without a keepalive (whole seconds on etcd)."""
 
 T = TypeVar("T")
+
+
+def lease_group(kind: str, url: StoreURL, *parts: str) -> str:
+    """The group of the workers of one ``kind`` (``outbox``, ``sagas``) on one
+    database: ``kind``, ``parts`` (a table) and a digest of the database's hosts and
+    name, so that workers on other databases under the same prefix never expire
+    claims that are not in theirs. (The same database named by other host names is
+    another group: its dead workers' claims then wait for the database lease.)"""
+    hosts = ",".join(f"{h}:{p}" for h, p in url.hosts) or url.host or ""
+    where = f"{url.scheme}://{hosts}/{url.database or ''}"
+    return "/".join([kind, *parts, hashlib.sha256(where.encode()).hexdigest()[:16]])
 
 
 class EtcdLeases:
@@ -94,8 +106,10 @@ class EtcdLeases:
         owner = f"{worker_id}@{lease:x}"
         live, seen = self._keys(group)
         try:
-            await self._run("register", self.client.put(seen + owner, worker_id))
+            # Live first: an owner seen without its live key is dead, never one that
+            # is still registering.
             await self._run("register", self.client.put(live + owner, worker_id, lease=lease))
+            await self._run("register", self.client.put(seen + owner, worker_id))
         except BaseException:
             with contextlib.suppress(StoreUnavailableError):
                 await self._run("revoke", self.client.revoke(lease))

@@ -44,7 +44,7 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from multistore._aio import RECANCEL_EVERY, stop_task
-from multistore.consistency._etcd_leases import EtcdLeases, WorkerLease
+from multistore.consistency._etcd_leases import EtcdLeases, WorkerLease, lease_group
 from multistore.consistency._outbox import Outbox, OutboxEvent
 from multistore.consistency._outbox_claims import (
     Claimed,
@@ -141,7 +141,12 @@ class OutboxRelay:
         self.etcd = (
             None
             if leases is None
-            else WorkerLease(leases, f"outbox/{outbox.table}", self.worker_id, self._expire)
+            else WorkerLease(
+                leases,
+                lease_group("outbox", outbox.store.url, outbox.table),
+                self.worker_id,
+                self._expire,
+            )
         )
 
     @property

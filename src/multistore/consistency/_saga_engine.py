@@ -32,7 +32,7 @@ from types import TracebackType
 from typing import Any, Self, TypeVar
 
 from multistore._aio import RECANCEL_EVERY, stop_task
-from multistore.consistency._etcd_leases import EtcdLeases, WorkerLease
+from multistore.consistency._etcd_leases import EtcdLeases, WorkerLease, lease_group
 from multistore.consistency._log_clock import LogClock
 from multistore.consistency._retry import RetryPolicy
 from multistore.consistency._saga import (
@@ -121,7 +121,9 @@ class SagaEngine:
         self._heartbeat: asyncio.Task[None] | None = None
         self._ready = False
         self.etcd = (
-            None if leases is None else WorkerLease(leases, "sagas", self.worker_id, self._expire)
+            None
+            if leases is None
+            else WorkerLease(leases, lease_group("sagas", log.url), self.worker_id, self._expire)
         )
         for saga in sagas:
             self.register(saga)
