@@ -175,13 +175,14 @@ class LeaseTerm:
 
     async def close(self) -> None:
         """Stop the keepalive and give the lease up at once (best effort: otherwise
-        it runs out)."""
+        it runs out), also one that ran out here only: nothing acts on it any more, so
+        the others may take its claims over without waiting for etcd's clock."""
         task, self._task = self._task, None
         if task is not None:
             await stop_task(task, 5.0)
-        was_valid = self.valid()
+        gone = self.lost  # etcd said so
         self.lost = True
-        if was_valid:
+        if not gone:
             with contextlib.suppress(StoreUnavailableError):
                 await self.leases._run("revoke", self.leases.client.revoke(self.lease))
 
