@@ -9,13 +9,23 @@ client a user would take instead, on clusters started here from the lab's launch
   ``psycopg.AsyncConnection`` to the leader (target: at least 0.91x). ``strong=True``
   reads go to the leader, as the anchor does; a second row lets the router send the
   read to a replica, as it does by default.
+
+Environment, for a quick check rather than a measurement (the smoke test uses them):
+``MULTISTORE_BENCH_ROUNDS`` and ``MULTISTORE_BENCH_OPS`` (default 21 rounds of 100
+operations), ``MULTISTORE_BENCH_REDIS_CLUSTER`` (a ``redis+cluster://`` seed URL) and
+``MULTISTORE_BENCH_PATRONI`` (the Patroni REST endpoints, ``host:port`` comma-separated,
+a space, then a PostgreSQL URL with the user and database) to use running clusters
+instead of starting them.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
+import os
 import time
+from collections.abc import Iterator
 
 import psycopg
 from redis.asyncio.cluster import ClusterNode, RedisCluster
@@ -26,19 +36,20 @@ from multistore.lab._redis_cluster import RedisClusterServers
 from multistore.replication import PatroniRouter, RouterConfig
 from multistore.stores import open_store
 from multistore.stores.kv import KeyValueStore
+from multistore.urls import parse_url
 
 VALUE = b'{"user_id":123,"username":"alice","roles":["user","premium"]}'
-ROUNDS = 21
-OPS = 100
+ROUNDS = int(os.environ.get("MULTISTORE_BENCH_ROUNDS", "21"))
+OPS = int(os.environ.get("MULTISTORE_BENCH_OPS", "100"))
 ROWS = 1000
 SELECT = "SELECT id, v FROM bench WHERE id = :id"
 SELECT_PG = "SELECT id, v FROM bench WHERE id = %s"
 
 
-async def _redis_cluster_rows(cluster: RedisClusterServers) -> list[Row]:
-    store = await open_store(cluster.url(), model="kv")
+async def _redis_cluster_rows(url: str) -> list[Row]:
+    store = await open_store(url, model="kv")
     assert isinstance(store, KeyValueStore)
-    raw = RedisCluster(startup_nodes=[ClusterNode(n.host, n.port) for n in cluster.nodes])
+    raw = RedisCluster(startup_nodes=[ClusterNode(h, p) for h, p in parse_url(url).hosts])
     await raw.initialize()
     try:
         await store.set("session:abc123", VALUE)
@@ -66,14 +77,18 @@ async def _redis_cluster_rows(cluster: RedisClusterServers) -> list[Row]:
         await raw.aclose()
 
 
-async def _patroni_rows(cluster: PatroniCluster) -> list[Row]:
+async def _patroni_rows(rest: list[str], url: str) -> list[Row]:
     config = RouterConfig(max_lag=30.0, probe_interval=0.5, causal_wait=2.0)
-    router = await PatroniRouter.open_patroni(
-        cluster.rest_endpoints(), cluster.url("postgres"), config=config
+    router = await PatroniRouter.open_patroni(rest, url, config=config)
+    leader = parse_url(router.primary.url)
+    direct = await psycopg.AsyncConnection.connect(
+        host=leader.host,
+        port=leader.port,
+        user=leader.username,
+        password=leader.password,
+        dbname=leader.database,
+        autocommit=True,
     )
-    leader = cluster.leader()
-    assert leader is not None
-    direct = await psycopg.AsyncConnection.connect(leader.url(), autocommit=True)
     try:
         await router.execute("CREATE TABLE IF NOT EXISTS bench (id BIGINT PRIMARY KEY, v TEXT)")
         loaded = await router.executemany(
@@ -115,10 +130,31 @@ async def _patroni_rows(cluster: PatroniCluster) -> list[Row]:
         await router.close()
 
 
+@contextlib.contextmanager
+def _redis_cluster() -> Iterator[str]:
+    given = os.environ.get("MULTISTORE_BENCH_REDIS_CLUSTER")
+    if given:
+        yield given
+        return
+    with RedisClusterServers() as cluster:
+        yield cluster.url()
+
+
+@contextlib.contextmanager
+def _patroni() -> Iterator[tuple[list[str], str]]:
+    given = os.environ.get("MULTISTORE_BENCH_PATRONI")
+    if given:
+        rest, url = given.split()
+        yield rest.split(","), url
+        return
+    with PatroniCluster() as cluster:
+        yield cluster.rest_endpoints(), cluster.url("postgres")
+
+
 async def run() -> list[Row]:
     rows: list[Row] = []
-    with RedisClusterServers() as redis_cluster:
-        rows += await _redis_cluster_rows(redis_cluster)
-    with PatroniCluster() as patroni:
-        rows += await _patroni_rows(patroni)
+    with _redis_cluster() as url:
+        rows += await _redis_cluster_rows(url)
+    with _patroni() as (rest, url):
+        rows += await _patroni_rows(rest, url)
     return rows

@@ -528,3 +528,38 @@ def test_a_server_whose_port_is_taken_does_not_pass_for_started(
         assert redis_server.is_running()
     finally:
         intruder.cleanup()
+
+
+def _connect_from(source: str, port: int) -> socket.socket:
+    return socket.create_connection(("127.0.0.1", port), timeout=5.0, source_address=(source, 0))
+
+
+def _ping(sock: socket.socket) -> bytes:
+    """PING's reply on ``sock``; b"" if the connection was closed or reset."""
+    try:
+        sock.sendall(b"*1\r\n$4\r\nPING\r\n")
+        return _read_reply(sock, 7)
+    except OSError:
+        return b""
+
+
+def _ping_from(source: str, port: int) -> bytes:
+    """PING through a new connection that leaves from ``source`` (a loopback address)."""
+    with _connect_from(source, port) as sock:
+        return _ping(sock)
+
+
+@pytest.mark.server
+def test_proxy_cut_from_cuts_only_the_connections_of_those_sources(
+    redis_server: RedisServer, redis_url: str, tcp_proxy: ProxyFactory
+) -> None:
+    proxy = tcp_proxy(redis_server.host, redis_server.port)
+    with _connect_from("127.0.0.12", proxy.port) as open_one:
+        assert _ping(open_one) == b"+PONG\r\n"
+        proxy.cut_from("127.0.0.12")
+        assert _ping(open_one) == b""  # the open connection was reset
+    assert _ping_from("127.0.0.12", proxy.port) == b""  # a new one is closed on accept
+    assert _ping_from("127.0.0.1", proxy.port) == b"+PONG\r\n"  # others go on
+    assert _ping_from("127.0.0.13", proxy.port) == b"+PONG\r\n"
+    proxy.restore()
+    assert _ping_from("127.0.0.12", proxy.port) == b"+PONG\r\n"

@@ -16,13 +16,16 @@ hundred bytes each.
 from __future__ import annotations
 
 import base64
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from multistore._http import HttpError, http_json
+from multistore.errors import Outcome, StoreUnavailableError
 
-__all__ = ["EtcdClient", "EtcdError", "EtcdValue"]
+__all__ = ["EtcdClient", "EtcdError", "EtcdValue", "store_call"]
+
+T = TypeVar("T")
 
 
 def _b64(data: bytes | str) -> str:
@@ -50,6 +53,16 @@ class EtcdError(Exception):
     def __init__(self, message: str, *, sent: bool) -> None:
         super().__init__(message)
         self.sent = sent
+
+
+async def store_call(what: str, call: Awaitable[T]) -> T:
+    """Await an etcd call; its failure as a :class:`StoreUnavailableError` naming
+    ``what``, indeterminate when the request may have been applied."""
+    try:
+        return await call
+    except EtcdError as exc:
+        outcome = Outcome.INDETERMINATE if exc.sent else Outcome.DEFINITE
+        raise StoreUnavailableError(f"{what}: {exc}", outcome=outcome) from exc
 
 
 @dataclass(frozen=True)

@@ -72,7 +72,7 @@ ROLES: Final[Mapping[str, tuple[str, str, str]]] = {
 }
 
 _TOP_LEVEL_KEYS: Final = frozenset({"roles", "multistore", "participants", "replication"})
-_SETTINGS_KEYS: Final = frozenset({"data_dir"})
+_SETTINGS_KEYS: Final = frozenset({"data_dir", "leases"})
 
 
 @dataclass(frozen=True)
@@ -115,6 +115,9 @@ class Config:
     """Two-phase commit participants by name (``[participants]``), for recovery."""
     replication: ReplicationSpec | None = None
     """Replication topologies to report in ``multistore status`` (``[replication]``)."""
+    leases: StoreURL | None = None
+    """``multistore.leases``: the etcd cluster whose leases outbox relays and saga
+    workers hold (``etcd://h1:2379,h2:2379/?prefix=/shop/&ttl=10``), or None."""
 
     def role(self, name: str) -> RoleSpec:
         try:
@@ -349,6 +352,7 @@ def _build(
             "use in a folder name"
         )
     data_dir = (base / data_dir_value).resolve()
+    leases = _leases_url(where, settings.get("leases"))
     resolved: dict[str, RoleSpec] = {}
     for role, value in roles.items():
         if role not in ROLES:
@@ -371,7 +375,26 @@ def _build(
             url = _anchor(parse_url(default), data_dir)
             resolved[role] = RoleSpec(role, model, url, "default")
     ordered = {role: resolved[role] for role in ROLES}
-    return Config(path=path, data_dir=data_dir, roles=ordered)
+    return Config(path=path, data_dir=data_dir, roles=ordered, leases=leases)
+
+
+def _leases_url(where: str, value: object) -> StoreURL | None:
+    if value is None:
+        return None
+    example = 'leases = "etcd://h1:2379,h2:2379,h3:2379/?prefix=/shop/&ttl=10"'
+    if not isinstance(value, str):
+        raise ConfigError(f"{where}: multistore.leases must be an etcd URL string, e.g. {example}")
+    try:
+        url = parse_url(value)
+    except MultistoreError as exc:
+        raise ConfigError(f"{where}: multistore.leases: {exc}") from None
+    if url.scheme != "etcd":
+        raise ConfigError(
+            f"{where}: multistore.leases needs an etcd:// URL, not {url.scheme}://; e.g. {example}"
+        )
+    if url.float_option("ttl", 10.0) < 1:
+        raise ConfigError(f"{where}: multistore.leases: ttl must be at least 1 second")
+    return url
 
 
 def _check_model(where: str, role: str, model: str, url: StoreURL) -> None:

@@ -15,7 +15,7 @@ libpq's multi-host strings do (``postgresql://u@h1:5432,h2:5433/db``)::
 
     redis+cluster://[:password@]h1:7000,h2:7001,h3:7002/?prefix=shop:
     postgresql://user:pass@h1:5432,h2:5432,h3:5432/db?target_session_attrs=read-write
-    etcd://h1:2379,h2:2379,h3:2379/?prefix=/multistore/
+    etcd://h1:2379,h2:2379,h3:2379/?prefix=/multistore/&ttl=10
     nats://h1:4222,h2:4222,h3:4222
 
 :attr:`StoreURL.hosts` holds every ``(host, port)`` of the list in the order written
@@ -127,6 +127,7 @@ _OPTION_TYPES: Final[Mapping[str, type]] = {
     "target_session_attrs": str,
     "wait_replicas": int,
     "wait_timeout": float,
+    "ttl": float,
 }
 _OPTION_SCHEMES: Final[Mapping[str, frozenset[str]]] = {
     "pool_min": frozenset({"postgresql", "mariadb", "redis", "redis+cluster", "falkordb"}),
@@ -135,6 +136,7 @@ _OPTION_SCHEMES: Final[Mapping[str, frozenset[str]]] = {
     "target_session_attrs": frozenset({"postgresql"}),
     "wait_replicas": frozenset({"redis+cluster"}),
     "wait_timeout": frozenset({"redis+cluster"}),
+    "ttl": frozenset({"etcd"}),
     "journal_mode": frozenset({"sqlite"}),
     "create": frozenset({"sqlite", "duckdb", "influxdb"}),
     "synchronous": frozenset({"sqlite"}),

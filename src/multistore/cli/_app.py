@@ -634,8 +634,9 @@ def lab_engine_command(
     fault: Annotated[
         str,
         typer.Option(
-            help="none or kill; redis-cluster also pause and lagging-failover (the replica "
-            "falls behind, then its primary dies)."
+            help="none or kill; redis-cluster also pause, lagging-failover (the replica "
+            "falls behind, then its primary dies) and partition (the primary's cluster bus "
+            "cut, clients still reach it)."
         ),
     ] = "kill",
     duration: Annotated[float, typer.Option(help="Seconds of workload.")] = 6.0,

@@ -27,6 +27,7 @@ from multistore.cli._human import age, moment
 from multistore.config import load_config
 from multistore.consistency import (
     ErrorInfo,
+    EtcdLeases,
     Saga,
     SagaEngine,
     SagaLog,
@@ -276,7 +277,15 @@ async def run_sagas_worker(
         stop.set()
 
     try:
-        engine = SagaEngine(store, sagas, worker_id=worker_id, lease=lease, concurrency=concurrency)
+        etcd = load_config(config_path).leases
+        engine = SagaEngine(
+            store,
+            sagas,
+            worker_id=worker_id,
+            lease=lease,
+            concurrency=concurrency,
+            leases=None if etcd is None else EtcdLeases(etcd),
+        )
         worker = SagaWorker(engine, grace=grace)
     except BaseException:
         await store.close()

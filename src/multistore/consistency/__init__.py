@@ -27,10 +27,12 @@ Outbox: :meth:`Outbox.add` writes an event in the caller's transaction (atomic w
 the business write); an :class:`OutboxRelay` delivers the events at least once, in
 order per aggregate, with leases for several relays and parking after its retries;
 an :class:`Inbox` (or :func:`deduplicated`) makes a consumer process each event once.
+:class:`EtcdLeases` ties relays' and saga workers' claims to etcd leases.
 :class:`JetStreamDestination` relays events to NATS JetStream (deduplicated by event id)
 and :func:`consume_jetstream` feeds a durable JetStream consumer into an inbox.
 """
 
+from multistore.consistency._etcd_leases import DEFAULT_ETCD_TTL, EtcdLeases
 from multistore.consistency._idempotency import (
     DEFAULT_POLICY,
     Idempotency,
@@ -105,6 +107,7 @@ from multistore.consistency._tpc_recovery import (
 
 __all__ = [
     "COMPENSATION_RETRY",
+    "DEFAULT_ETCD_TTL",
     "DEFAULT_LEASE",
     "DEFAULT_POLICY",
     "DEFAULT_RETRY",
@@ -115,6 +118,7 @@ __all__ = [
     "DecisionLog",
     "DistributedTransaction",
     "ErrorInfo",
+    "EtcdLeases",
     "EventHook",
     "HeuristicOutcome",
     "Idempotency",

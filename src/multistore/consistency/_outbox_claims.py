@@ -252,6 +252,16 @@ class Leases:
         )
         return changed == len(ids)
 
+    async def expire(self, owner: str) -> int:
+        """End the leases of every event ``owner`` holds (a relay whose etcd lease ran
+        out): they are claimable at once, and still count as *taken*."""
+        params: dict[str, Any] = {"dead": owner, "now": self.outbox.clock()}
+        return await self.outbox.store.execute(
+            f"UPDATE {self.outbox.table} SET lease_until = {self._now} - 1 "
+            "WHERE owner = :dead AND state = 'pending'",
+            params,
+        )
+
     async def renew(self, held: Sequence[str], *, lease: float) -> int:
         """Extend the leases of ``held``; how many were still this owner's."""
         params: dict[str, Any] = {"owner": self.owner, "lease": lease, "now": self.outbox.clock()}

@@ -44,6 +44,7 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from multistore._aio import RECANCEL_EVERY, stop_task
+from multistore.consistency._etcd_leases import EtcdLeases, WorkerLease, lease_group
 from multistore.consistency._outbox import Outbox, OutboxEvent
 from multistore.consistency._outbox_claims import (
     Claimed,
@@ -98,6 +99,12 @@ class OutboxRelay:
     restarted with the same id takes its own leases back at once, so never run two
     live relays with one id. ``poll_interval`` doubles up to ``max_poll_interval``
     while :meth:`run` finds nothing to do.
+
+    ``leases``: hold an etcd lease too (see :class:`EtcdLeases`). The relay's claims
+    then last only as long as that lease: another relay expires and takes them over
+    as soon as etcd lets the lease go, however long ``lease`` is, and this relay hands
+    no event over once its etcd lease has run out (it takes a new one, under a new
+    owner name, before it claims again). :meth:`close` gives the etcd lease up.
     """
 
     def __init__(
@@ -112,6 +119,7 @@ class OutboxRelay:
         poll_interval: float = 0.05,
         max_poll_interval: float = 1.0,
         random: Callable[[], float] = _random.random,
+        leases: EtcdLeases | None = None,
     ) -> None:
         if batch < 1 or not lease > 0:
             raise UsageError("an outbox relay needs batch >= 1 and a positive lease")
@@ -130,6 +138,40 @@ class OutboxRelay:
         self._lock = asyncio.Lock()
         self._leases = Leases(outbox, self.worker_id)
         self._claimed = 0
+        self.etcd = (
+            None
+            if leases is None
+            else WorkerLease(
+                leases,
+                lease_group("outbox", outbox.store.url, outbox.table),
+                self.worker_id,
+                self._expire,
+            )
+        )
+
+    @property
+    def owner(self) -> str:
+        """The name this relay's claims carry: ``worker_id``, or with ``leases`` the
+        worker id and the etcd lease of the current term."""
+        return self._leases.owner
+
+    async def close(self) -> None:
+        """Give the etcd lease up (with ``leases``; nothing to do otherwise)."""
+        if self.etcd is not None:
+            await self.etcd.close()
+
+    def _valid(self) -> bool:
+        """This relay may hand events over: no etcd lease is asked for, or it lives."""
+        return self.etcd is None or self.etcd.valid()
+
+    async def _expire(self, owner: str) -> None:
+        await self._leases.expire(owner)
+
+    async def _take_term(self) -> None:
+        """With ``leases``: a live etcd lease (a new one, a new owner, if the last ran
+        out) and the claims of relays whose lease etcd let go expired."""
+        if self.etcd is not None and await self.etcd.ensure():
+            self._leases = Leases(self.outbox, self.etcd.owner)
 
     def statistics(self) -> RelayStatistics:
         return self._stats
@@ -150,18 +192,21 @@ class OutboxRelay:
         ends a round, not the loop (it is counted in :meth:`statistics`); other errors
         are raised."""
         wait = self.poll_interval
-        while not stop.is_set():
-            try:
-                delivered = await self._drain(stop)
-            except (StoreError, ConflictError) as exc:  # down, timed out, deadlocked
-                self._count(store_errors=1, error=ErrorInfo.of(exc))
-                delivered = self._claimed = 0
-            if delivered or self._claimed >= self.batch:
-                wait = self.poll_interval
-                continue
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), wait)
-            wait = min(wait * 2, self.max_poll_interval)
+        try:
+            while not stop.is_set():
+                try:
+                    delivered = await self._drain(stop)
+                except (StoreError, ConflictError) as exc:  # down, timed out, deadlocked
+                    self._count(store_errors=1, error=ErrorInfo.of(exc))
+                    delivered = self._claimed = 0
+                if delivered or self._claimed >= self.batch:
+                    wait = self.poll_interval
+                    continue
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), wait)
+                wait = min(wait * 2, self.max_poll_interval)
+        finally:
+            await self.close()
 
     async def run_once(self) -> int:
         """Claim one batch, hand its events to the handler, record the outcomes;
@@ -195,6 +240,13 @@ class OutboxRelay:
 
     async def _claim(self, before: _Batch | None = None) -> list[Claimed]:
         """The next batch; the outcomes of ``before`` written in the same transaction."""
+        if before is not None and not self._valid():
+            # The etcd lease ran out: record what the batch did under its owner (the
+            # database fences it), then claim as a new owner.
+            with contextlib.suppress(MultistoreError):
+                await before.finish(self._leases)
+            before = None
+        await self._take_term()
         after = None if before is None else before.finished()
         claimed = await self._leases.claim(lease=self.lease, limit=self.batch, after=after)
         self._claimed = len(claimed)
@@ -240,6 +292,9 @@ class OutboxRelay:
             before: OutboxEvent | None = None
             for event in group:
                 if lost.is_set():
+                    return
+                if not self._valid():  # the etcd lease ran out (paused, cut off)
+                    lost.set()
                     return
                 if event.attempt > self.retry.max_attempts:
                     batch.outcomes.append(self._interrupted(event))
@@ -317,6 +372,9 @@ class OutboxRelay:
     async def _heartbeat(self, held: set[str], lost: asyncio.Event) -> None:
         while True:
             await asyncio.sleep(self.lease / 3)
+            if not self._valid():  # renew nothing once the etcd lease ran out
+                lost.set()
+                return
             ids = sorted(held)
             with contextlib.suppress(MultistoreError):  # a hiccup: the lease still runs
                 if await self._leases.renew(ids, lease=self.lease) < len(ids):

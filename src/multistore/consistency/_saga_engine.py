@@ -32,6 +32,7 @@ from types import TracebackType
 from typing import Any, Self, TypeVar
 
 from multistore._aio import RECANCEL_EVERY, stop_task
+from multistore.consistency._etcd_leases import EtcdLeases, WorkerLease, lease_group
 from multistore.consistency._log_clock import LogClock
 from multistore.consistency._retry import RetryPolicy
 from multistore.consistency._saga import (
@@ -78,6 +79,13 @@ class SagaEngine:
     which every process on the file shares. A ``clock`` (wall-clock seconds) given
     replaces all of this on every backend; with ``sleep`` (backoff waits) and
     ``random`` (jitter) it lets a test control time.
+
+    ``leases``: hold an etcd lease too (see :class:`EtcdLeases`). The engine's sagas
+    are then its only while that lease lives: another engine on the same etcd prefix
+    expires them and resumes them as soon as etcd lets the lease go, however long
+    ``lease`` is, and this engine writes nothing to the log and starts no step or
+    compensation once its etcd lease has run out (those runs end as taken over; it
+    takes a new lease, under a new owner name, before it claims again).
     """
 
     def __init__(
@@ -92,6 +100,7 @@ class SagaEngine:
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         random: Callable[[], float] = _random.random,
         observer: Observer | None = None,
+        leases: EtcdLeases | None = None,
     ) -> None:
         if lease <= 0:
             raise UsageError(f"lease must be positive, not {lease}")
@@ -111,6 +120,11 @@ class SagaEngine:
         self._running: set[str] = set()
         self._heartbeat: asyncio.Task[None] | None = None
         self._ready = False
+        self.etcd = (
+            None
+            if leases is None
+            else WorkerLease(leases, lease_group("sagas", log.url), self.worker_id, self._expire)
+        )
         for saga in sagas:
             self.register(saga)
 
@@ -137,10 +151,35 @@ class SagaEngine:
             self._ready = True
 
     async def close(self) -> None:
-        """Stop the heartbeat. (The log store is the caller's to close.)"""
+        """Stop the heartbeat and give the etcd lease up. (The log store is the
+        caller's to close.)"""
         task, self._heartbeat = self._heartbeat, None
         if task is not None:  # cancelled again until it ends: a cancel can be lost
             await stop_task(task, max(self.lease, 4 * RECANCEL_EVERY))
+        if self.etcd is not None:
+            await self.etcd.close()
+
+    @property
+    def owner(self) -> str:
+        """The name this engine's leases carry in the log: ``worker_id``, or with
+        ``leases`` the worker id and the etcd lease of the current term."""
+        return self.worker_id if self.etcd is None else self.etcd.owner
+
+    async def _expire(self, owner: str) -> None:
+        await self.log.expire(owner, now=self._clock())
+
+    async def _take_term(self) -> None:
+        """With ``leases``: a live etcd lease before this engine claims a saga."""
+        if self.etcd is not None:
+            await self.etcd.ensure()
+
+    def _check_term(self, saga_id: str) -> None:
+        """Refuse to act on a saga once the etcd lease ran out (with ``leases``)."""
+        if self.etcd is not None and not self.etcd.valid():
+            raise SagaLeaseLostError(
+                f"saga {saga_id!r}: the etcd lease of worker {self.owner!r} ran out; "
+                "another worker may resume the saga, this one stops"
+            )
 
     async def __aenter__(self) -> Self:
         await self.setup()
@@ -201,10 +240,11 @@ class SagaEngine:
 
     async def _claim(self, limit: int, *, exclude: Collection[str] = ()) -> list[str]:
         """Lease up to ``limit`` resumable sagas of the registered definitions."""
+        await self._take_term()
         now = self._clock()
         return await self.log.claim_batch(
             sorted(self._sagas),
-            owner=self.worker_id,
+            owner=self.owner,
             lease=self.lease,
             now=now,
             limit=limit,
@@ -307,9 +347,8 @@ class SagaEngine:
     async def _take_stuck(self, saga_id: str) -> None:
         """Lease a stuck saga to this engine (it has no owner, or an operator's lease
         on it ran out) with a fenced write of our own."""
-        if not await self.log.take_stuck(
-            saga_id, self.worker_id, lease=self.lease, now=self._clock()
-        ):
+        await self._take_term()
+        if not await self.log.take_stuck(saga_id, self.owner, lease=self.lease, now=self._clock()):
             raise ConflictError(f"saga {saga_id!r} was taken by another operator or worker")
 
     # -- internals ---------------------------------------------------------------------
@@ -345,10 +384,11 @@ class SagaEngine:
         record = sm.new_saga(sid, saga.name, text, saga.step_names, deadline, saga.version)
         if run_here:
             record = self._start_first(saga, record)
+            await self._take_term()
         try:
             await self.log.create(
                 record,
-                owner=self.worker_id if run_here else None,
+                owner=self.owner if run_here else None,
                 lease=self.lease if run_here else None,
                 now=now,
             )
@@ -382,8 +422,9 @@ class SagaEngine:
             or (record.name, record.version) not in self._sagas
         ):
             return _result(record)  # done, or run here already, or by another version
+        await self._take_term()
         now = self._clock()
-        if not await self.log.claim(saga_id, owner=self.worker_id, lease=self.lease, now=now):
+        if not await self.log.claim(saga_id, owner=self.owner, lease=self.lease, now=now):
             return _result(record)  # a live worker runs it
         try:
             return await self._resume(saga_id) or _result(record)
@@ -445,10 +486,10 @@ class SagaEngine:
         with contextlib.suppress(Exception):
             async with asyncio.timeout(self.lease):
                 if reason is None:
-                    await self.log.release(saga_id, self.worker_id)
+                    await self.log.release(saga_id, self.owner)
                 else:
                     await self.log.block(
-                        saga_id, self.worker_id, reason, retry_in=self.lease, now=self._clock()
+                        saga_id, self.owner, reason, retry_in=self.lease, now=self._clock()
                     )
 
     async def _run(
@@ -700,6 +741,7 @@ class SagaEngine:
     async def _call(
         self, fn: StepFn, ctx: StepContext, step_timeout: float | None, deadline: float | None
     ) -> JSON:
+        self._check_term(ctx.saga_id)
         limit = step_timeout
         if deadline is not None:
             left = max(deadline - self._clock(), 0.0)
@@ -728,8 +770,9 @@ class SagaEngine:
             ) from exc
 
     async def _save(self, before: SagaRecord, after: SagaRecord) -> SagaRecord:
+        self._check_term(after.saga_id)
         now = self._clock()
-        await self.log.save(before, after, owner=self.worker_id, lease=self.lease, now=now)
+        await self.log.save(before, after, owner=self.owner, lease=self.lease, now=now)
         return after
 
     def _ensure_heartbeat(self) -> None:
@@ -746,8 +789,10 @@ class SagaEngine:
             if self._heartbeat is not me:
                 return
             running = sorted(self._running)
+            if self.etcd is not None and not self.etcd.valid():
+                continue  # renew nothing once the etcd lease ran out
             with contextlib.suppress(Exception):
-                await self.log.renew(self.worker_id, running, lease=self.lease, now=self._clock())
+                await self.log.renew(self.owner, running, lease=self.lease, now=self._clock())
                 await self.time.sync()
 
     def _emit(self, event: str, saga_id: str, step: str | None) -> None:

@@ -355,6 +355,14 @@ class SagaLog:
             params,
         )
 
+    async def expire(self, owner: str, *, now: float) -> int:
+        """End the leases of every saga ``owner`` holds (a worker whose etcd lease ran
+        out): any worker may claim them at once."""
+        return await self.store.execute(
+            f"UPDATE multistore_sagas SET lease_until = {self._now} - 1 WHERE owner = :dead",
+            {"dead": owner, "now": now},
+        )
+
     async def release(self, saga_id: str, owner: str) -> None:
         """Give a saga's lease back (this worker stops running it)."""
         await self.store.execute(

@@ -34,11 +34,11 @@ import time
 from collections.abc import Awaitable, Sequence
 from typing import Any, Self, TypeVar
 
-from multistore._etcd import EtcdClient, EtcdError
+from multistore._etcd import EtcdClient, store_call
 from multistore.consistency._tpc_log import DecisionLog, LogRecord
 from multistore.consistency._tpc_nodes import NodeLease
 from multistore.core._tpc import Decision, Xid
-from multistore.errors import DuplicateKeyError, Outcome, StoreError, StoreUnavailableError
+from multistore.errors import DuplicateKeyError, StoreError
 from multistore.urls import StoreURL
 
 __all__ = ["EtcdDecisionLog", "EtcdNodeRegistry"]
@@ -174,13 +174,7 @@ class EtcdDecisionLog(DecisionLog):
             await self.flush()
 
     async def _run(self, op: str, call: Any) -> Any:
-        try:
-            return await call
-        except EtcdError as exc:
-            outcome = Outcome.INDETERMINATE if exc.sent else Outcome.DEFINITE
-            raise StoreUnavailableError(
-                f"etcd decision log {self.url}: {op}: {exc}", outcome=outcome
-            ) from exc
+        return await store_call(f"etcd decision log {self.url}: {op}", call)
 
     def _key(self, gtrid: str) -> str:
         return self.prefix + gtrid

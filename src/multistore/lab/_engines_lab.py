@@ -10,7 +10,12 @@ Targets, each started by the lab as throwaway processes (or handed in by a test)
   replica), ``pause`` (SIGSTOP that primary past the node timeout, then SIGCONT) and
   ``lagging-failover`` (the replica paused, a large write fills the replication
   link's socket buffers so that what follows stays in the primary's memory, the
-  primary killed, the replica resumed and promoted: what Redis Cluster loses).
+  primary killed, the replica resumed and promoted: what Redis Cluster loses) and
+  ``partition`` (the primary cut off from the other nodes — cluster bus and
+  replication — through the TCP proxies the nodes announce, while clients still
+  reach it: the majority promotes its replica, the old primary takes writes until it
+  sees itself in the minority, and rejoins as a replica when the partition heals,
+  dropping them).
 - ``patroni``: three PostgreSQL members under Patroni on a three-member etcd, the
   workload through :class:`~multistore.replication.PatroniRouter` (writes on the
   leader, strong reads). ``synchronous`` turns on Patroni's synchronous mode for the
@@ -48,7 +53,7 @@ from multistore.lab._report import ANOMALY_KINDS, FINAL_PROCESS, Verdict, summar
 __all__ = ["ENGINE_FAULTS", "EngineLabOptions", "format_engine_report", "run_engine_lab"]
 
 ENGINE_FAULTS: Final = {
-    "redis-cluster": ("none", "kill", "pause", "lagging-failover"),
+    "redis-cluster": ("none", "kill", "pause", "lagging-failover", "partition"),
     "patroni": ("none", "kill"),
     "etcd": ("none", "kill"),
 }
@@ -146,6 +151,13 @@ class _RedisClusterTarget:
 
     async def fault(self, name: str) -> str:
         primary = await asyncio.to_thread(self.cluster.primary_for, "{lab}")
+        if name == "partition":
+            await asyncio.to_thread(self.cluster.partition, primary)
+            promoted = await asyncio.to_thread(self.cluster.wait_promoted, primary)
+            return (
+                f"cut primary {primary.port} off from the other nodes (clients still reach it); "
+                f"the majority promoted its replica {promoted.port}"
+            )
         if name == "kill":
             await asyncio.to_thread(primary.kill)
             self.down.append(primary)
@@ -186,6 +198,7 @@ class _RedisClusterTarget:
             await filler.close()
 
     async def heal(self) -> None:
+        await asyncio.to_thread(self.cluster.heal)
         for node in self.paused:
             node.resume()
         self.paused.clear()
@@ -397,7 +410,7 @@ async def run_engine_lab(
     own = topology is None
     if options.target == "redis-cluster":
         cluster_r = topology if isinstance(topology, RedisClusterServers) else None
-        cluster_r = cluster_r or RedisClusterServers()
+        cluster_r = cluster_r or RedisClusterServers(proxies=options.fault == "partition")
         topology = cluster_r
         target: Any = _RedisClusterTarget(cluster_r, options)
     elif options.target == "patroni":

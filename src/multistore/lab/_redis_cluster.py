@@ -31,6 +31,7 @@ from multistore.lab._process import (
     tcp_request,
 )
 from multistore.lab._redis import RedisServer
+from multistore.lab.proxy import TcpProxy
 
 __all__ = ["REDIS_CLI", "RedisClusterServers", "key_slot"]
 
@@ -99,6 +100,14 @@ class RedisClusterServers(ServerGroup):
 
     ``node_timeout`` (ms) is Redis' ``cluster-node-timeout``: how long a node must be
     unreachable before the others fail it over. ``extra_args`` go to every server.
+
+    ``proxies``: every node is reached through two :class:`~multistore.lab.proxy.TcpProxy`
+    (its cluster bus port and its client port, announced with
+    ``cluster-announce-bus-port`` and ``cluster-announce-port``), and each node dials
+    its peers from a loopback address of its own (``bind-source-addr`` 127.0.0.11,
+    .12, …), so that :meth:`partition` can cut one node off from the others — the
+    cluster bus and the replication links, both ways — while clients (from 127.0.0.1)
+    still reach it. The helpers here speak of nodes by their real ports.
     """
 
     def __init__(
@@ -109,6 +118,7 @@ class RedisClusterServers(ServerGroup):
         node_timeout: int = 2000,
         appendonly: bool = True,
         extra_args: tuple[str, ...] = (),
+        proxies: bool = False,
     ) -> None:
         if primaries < 3:
             raise LabError("Redis Cluster needs at least 3 primaries")
@@ -134,6 +144,12 @@ class RedisClusterServers(ServerGroup):
             for _ in range(primaries * (1 + replicas))
         ]
         self._created = False
+        self.bus_proxies: list[TcpProxy] = []
+        self.client_proxies: list[TcpProxy] = []
+        self._real_port: dict[int, int] = {}
+        self.apart: list[RedisServer] = []
+        """Nodes :meth:`partition` cut off (the waits leave them out)."""
+        self._proxies = proxies
 
     # -- lifetime -------------------------------------------------------------------
 
@@ -144,10 +160,33 @@ class RedisClusterServers(ServerGroup):
             raise BinaryNotFoundError(str(REDIS_CLI), "apt package redis-tools")
         for node in self.nodes:
             node.start(timeout)
+        if self._proxies and not self.bus_proxies:
+            self._set_up_proxies()
         if not self._created:
             self._create(timeout)
             self._created = True
         self.wait_ok(timeout)
+
+    def _set_up_proxies(self) -> None:
+        """A proxy for each node's client and bus ports, made once the nodes run (so
+        that no proxy takes a port a node meant to use), announced with ``CONFIG SET``
+        and kept in the node's arguments for its restarts."""
+        for node in self.nodes:
+            bus, client = TcpProxy(LOOPBACK, node.port + 10000), TcpProxy(LOOPBACK, node.port)
+            bus.start()
+            client.start()
+            self.bus_proxies.append(bus)
+            self.client_proxies.append(client)
+            self._real_port[client.port] = node.port
+            settings = {
+                "cluster-announce-ip": LOOPBACK,
+                "cluster-announce-port": str(client.port),
+                "cluster-announce-bus-port": str(bus.port),
+                "bind-source-addr": self.source_addr(node),
+            }
+            for name, value in settings.items():
+                _ask(node, "CONFIG", "SET", name, value)
+                node.extra_args += [f"--{name}", value]
 
     def _create(self, timeout: float) -> None:
         command = [
@@ -174,6 +213,43 @@ class RedisClusterServers(ServerGroup):
     def cleanup(self) -> None:
         for node in self.nodes:
             node.cleanup()
+        for proxy in self.bus_proxies + self.client_proxies:
+            proxy.stop()
+
+    # -- partitions between the nodes (with ``proxies``) ----------------------------
+
+    def source_addr(self, node: RedisServer) -> str:
+        """The loopback address ``node`` dials its peers from (``proxies``)."""
+        return f"127.0.0.{11 + self.nodes.index(node)}"
+
+    def partition(self, node: RedisServer) -> None:
+        """Cut ``node`` off from every other node, both ways: the cluster bus and the
+        replication links. Clients still reach it."""
+        if not self.bus_proxies:
+            raise LabError("a partition needs a cluster started with proxies=True")
+        mine = self.nodes.index(node)
+        self.apart.append(node)
+        others = [self.source_addr(n) for n in self.nodes if n is not node]
+        for i, (bus, client) in enumerate(zip(self.bus_proxies, self.client_proxies, strict=True)):
+            if i == mine:
+                bus.cut()
+                client.cut_from(*others)
+            else:
+                bus.cut_from(self.source_addr(node))
+                client.cut_from(self.source_addr(node))
+
+    def heal(self) -> None:
+        """Undo :meth:`partition`."""
+        for proxy in self.bus_proxies + self.client_proxies:
+            proxy.restore()
+        self.apart.clear()
+
+    def _view(self, node: RedisServer) -> list[tuple[str, int, list[str], str, list[str]]]:
+        """``node``'s CLUSTER NODES, with real ports for announced ones."""
+        return [
+            (node_id, self._real_port.get(port, port), flags, parent, ranges)
+            for node_id, port, flags, parent, ranges in _nodes_view(node)
+        ]
 
     # -- addresses ------------------------------------------------------------------
 
@@ -199,7 +275,7 @@ class RedisClusterServers(ServerGroup):
         last: Exception | None = None
         for node in self.running():
             try:
-                return _nodes_view(node)
+                return self._view(node)
             except (OSError, LabError) as exc:
                 last = exc
         raise LabError(f"no running node of the cluster answers CLUSTER NODES: {last}")
@@ -221,7 +297,7 @@ class RedisClusterServers(ServerGroup):
 
     def replicas_of(self, primary: RedisServer) -> list[RedisServer]:
         """The nodes that replicate ``primary``, as it sees them itself."""
-        rows = _nodes_view(primary) if primary.is_running() else self._table()
+        rows = self._view(primary) if primary.is_running() else self._table()
         ids = {port: node_id for node_id, port, _, _, _ in rows}
         target = ids[primary.port]
         return [self.node_at(port) for _, port, _, parent, _ in rows if parent == target]
@@ -233,7 +309,7 @@ class RedisClusterServers(ServerGroup):
         slot = key_slot(key)
         for viewer in self.running():
             try:
-                view = _nodes_view(viewer)
+                view = self._view(viewer)
             except (OSError, LabError):
                 continue
             for _, port, flags, _, ranges in view:
@@ -255,6 +331,8 @@ class RedisClusterServers(ServerGroup):
 
     def _all_ok(self) -> bool:
         for node in self.running():
+            if node in self.apart:
+                continue  # cut off by partition(): it knows it is in the minority
             try:
                 info = _info(node, "INFO")
             except (OSError, LabError):
@@ -264,7 +342,7 @@ class RedisClusterServers(ServerGroup):
             if int(info.get("cluster_known_nodes", "0")) != len(self.nodes):
                 return False
             try:
-                view = _nodes_view(node)
+                view = self._view(node)
             except (OSError, LabError):
                 return False
             # Every live primary serves slots (the replicas of a fresh cluster start as

@@ -9,7 +9,11 @@ with plain method calls: put it between a client and a real server, then
   nothing in either direction (a partition: requests hang); bytes already read are held
   and delivered after :meth:`TcpProxy.restore`, as TCP retransmission would;
 - :meth:`TcpProxy.delay` adds latency to every chunk in both directions, without
-  limiting throughput (each chunk is due ``seconds`` after it was read).
+  limiting throughput (each chunk is due ``seconds`` after it was read);
+- :meth:`TcpProxy.cut_from` cuts only the connections that come from the given
+  addresses (peers that bind their outgoing connections to a loopback address of
+  their own, as Redis' ``bind-source-addr`` does): a partition between two servers
+  behind their own proxies, the others left alone.
 
     with TcpProxy("127.0.0.1", redis.port) as proxy:
         client = redis_py.Redis(port=proxy.port)
@@ -56,6 +60,11 @@ class _Link:
             task.cancel()
 
 
+def _source(writer: asyncio.StreamWriter) -> str:
+    peer = writer.get_extra_info("peername")
+    return str(peer[0]) if peer else ""
+
+
 class TcpProxy:
     """Forwards 127.0.0.1:``port`` to ``target_host``:``target_port``, with fault modes."""
 
@@ -73,6 +82,7 @@ class TcpProxy:
         self._flowing: asyncio.Event | None = None
         self._accepted = 0
         self._handlers: set[asyncio.Task[Any]] = set()
+        self._cut_sources: frozenset[str] = frozenset()
 
     # -- lifecycle ----------------------------------------------------------------------
 
@@ -150,8 +160,20 @@ class TcpProxy:
             raise ValueError(f"delay must be >= 0, got {seconds}")
         self._delay = seconds
 
+    def cut_from(self, *hosts: str) -> None:
+        """Abort the connections from ``hosts`` and refuse theirs until
+        :meth:`restore` (other clients go on as before)."""
+        self._call(self._cut_from(frozenset(hosts)))
+
+    async def _cut_from(self, hosts: frozenset[str]) -> None:
+        self._cut_sources = self._cut_sources | hosts
+        for link in list(self._links):
+            if _source(link.client) in self._cut_sources:
+                self._links.discard(link)
+                link.abort()
+
     def restore(self) -> None:
-        """Back to normal forwarding with no added delay."""
+        """Back to normal forwarding with no added delay, from every source."""
         self._delay = 0.0
         self._call(self._set_mode(ProxyMode.NORMAL))
 
@@ -188,6 +210,8 @@ class TcpProxy:
 
     async def _set_mode(self, mode: ProxyMode) -> None:
         self._mode = mode
+        if mode is ProxyMode.NORMAL:
+            self._cut_sources = frozenset()
         assert self._flowing is not None
         if mode is ProxyMode.BLACKHOLE:
             self._flowing.clear()
@@ -204,7 +228,7 @@ class TcpProxy:
         assert handler is not None
         self._handlers.add(handler)
         handler.add_done_callback(self._handlers.discard)
-        if self._mode is ProxyMode.CUT:
+        if self._mode is ProxyMode.CUT or _source(writer) in self._cut_sources:
             writer.transport.abort()
             return
         link = _Link(writer)

@@ -40,6 +40,7 @@ from typing import Any
 
 from multistore.config import Config
 from multistore.consistency import (
+    EtcdLeases,
     Idempotency,
     IdempotencyPolicy,
     Outbox,
@@ -203,8 +204,13 @@ class Shop:
         self.saga = order_saga(
             self.dbs, instruments=instruments, compensation_retry=settings.compensation_retry
         )
+        etcd = self.config.leases
         self.engine = SagaEngine(
-            self.saga_log, [self.saga], worker_id=settings.name, lease=settings.saga_lease
+            self.saga_log,
+            [self.saga],
+            worker_id=settings.name,
+            lease=settings.saga_lease,
+            leases=None if etcd is None else EtcdLeases(etcd),
         )
         await self.engine.setup()
         self.coordinator = await TransactionCoordinator.open(
@@ -267,8 +273,12 @@ class Shop:
         self._tasks.append(asyncio.create_task(guarded(), name=f"shop {name}"))
 
     async def _relay(self) -> None:
+        etcd = self.config.leases
         relay = OutboxRelay(
-            self.outbox, self.catalog.apply_event, worker_id=f"{self.settings.name}-relay"
+            self.outbox,
+            self.catalog.apply_event,
+            worker_id=f"{self.settings.name}-relay",
+            leases=None if etcd is None else EtcdLeases(etcd),
         )
         self.relay = relay
         await relay.run(self._stop)
