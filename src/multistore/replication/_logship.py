@@ -36,6 +36,7 @@ from decimal import Decimal
 from typing import Any, ClassVar
 
 from multistore.errors import (
+    ConflictError,
     InvalidValueError,
     MultistoreError,
     NotFoundError,
@@ -70,13 +71,18 @@ _LAST = "SELECT coalesce(max(position), 0) FROM multistore_changelog"
 # The fence of a replaced primary: a row here, and every later append to its log (so
 # every write through any router, in any process) aborts in the writer's transaction.
 FENCE_DDL = "CREATE TABLE IF NOT EXISTS multistore_fence (fenced_at REAL NOT NULL)"
+FENCED = (
+    "this node was fenced by a failover: it is no longer the primary and takes no writes;"
+    " open the router on the promoted node"
+)
 FENCE_TRIGGER = (
     "CREATE TRIGGER IF NOT EXISTS multistore_fenced BEFORE INSERT ON multistore_changelog"
-    " WHEN EXISTS (SELECT 1 FROM multistore_fence) BEGIN"
-    " SELECT RAISE(ABORT, 'this node was fenced by a failover: it is no longer the"
-    " primary and takes no writes; open the router on the promoted node');"
-    " END"
+    f" WHEN EXISTS (SELECT 1 FROM multistore_fence) BEGIN SELECT RAISE(ABORT, '{FENCED}'); END"
 )
+# Read first in every routed write, under the write lock its transaction holds: no
+# statement of that write (``DELETE FROM multistore_fence``, ``DROP TRIGGER``) can run
+# before it, so a client cannot lift the fence through a router.
+_IS_FENCED = "SELECT EXISTS (SELECT 1 FROM multistore_fence)"
 TIMELINE_DDL = (
     "CREATE TABLE IF NOT EXISTS multistore_timeline ("
     " timeline INTEGER PRIMARY KEY,"
@@ -285,6 +291,7 @@ class SQLiteBackend(Backend):
     """SQLite nodes; replicas fed by a :class:`LogShipper`."""
 
     scheme: ClassVar[str] = "sqlite"
+    fence_may_time_out_unreached: ClassVar[bool] = False
 
     def __init__(self, shipper: LogShipper) -> None:
         self.shipper = shipper
@@ -310,6 +317,8 @@ class SQLiteBackend(Backend):
         self, store: RelationalStore, *, transaction: bool
     ) -> AsyncIterator[RoutedTransaction]:
         async with store.transaction() as tx:
+            if await tx.fetch_val(_IS_FENCED):
+                raise ConflictError(FENCED)
             scope = RoutedTransaction(tx, self)
             yield scope
             if scope.position is None:
