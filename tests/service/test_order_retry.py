@@ -1,5 +1,6 @@
-"""An order's retry while another live worker runs its saga (after a crash, before the
-dead run's lease ran out and a restarted worker took the saga over)."""
+"""An order's retry that runs again: while another live worker runs its saga (after a
+crash, before the dead run's lease ran out and a restarted worker took the saga over),
+and after the catalog's prices changed."""
 
 from __future__ import annotations
 
@@ -12,7 +13,8 @@ import pytest
 from multistore.config import load_config
 from multistore.core import SagaState
 from multistore.errors import Outcome, StoreUnavailableError
-from multistore.service._orders import OrderLine, order_input
+from multistore.service._errors import OutOfStockError
+from multistore.service._orders import OrderLine, order_input, stock_products
 from multistore.service._shop import Shop
 
 
@@ -45,6 +47,45 @@ def test_a_retry_while_another_worker_holds_the_saga_is_503_not_a_stored_404(
             assert caught.value.outcome is Outcome.INDETERMINATE
             shown = await orders.engine.result("ord_held")
             assert shown.state is SagaState.PENDING  # nothing ran here
+        finally:
+            await shop.close()
+
+    asyncio.run(body())
+
+
+def test_a_retry_after_a_price_change_finds_the_order_placed_first(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A retry that runs again (the first run's key lease ran out after a crash) prices
+    its items anew. The order id names the order the first run placed, at the first
+    prices: the retry answers with it, not with a conflict the key would keep."""
+    monkeypatch.chdir(tmp_path)
+
+    async def body() -> None:
+        shop = await Shop.open(load_config(None, env={}), background=False)
+        try:
+            orders = shop.orders
+            assert shop.coordinator is not None
+            await stock_products(shop.coordinator, {"sku-r": (300, 10)})
+            first = await orders.place("ord_priced", "u1", await orders.price([("sku-r", 2)]))
+            assert (first["status"], first["total_cents"]) == ("confirmed", 600)
+            await stock_products(shop.coordinator, {"sku-r": (350, 10)})
+            again = await orders.place("ord_priced", "u1", await orders.price([("sku-r", 2)]))
+            assert (again["id"], again["status"], again["total_cents"]) == (
+                "ord_priced",
+                "confirmed",
+                600,
+            )
+            charged = await shop.dbs["payments"].fetch_all(
+                "SELECT amount_cents FROM shop_payments WHERE order_id = 'ord_priced'"
+            )
+            assert [r["amount_cents"] for r in charged] == [600]  # charged once
+            # an order the first run found out of stock is out of stock for the retry too
+            with pytest.raises(OutOfStockError):
+                await orders.place("ord_short", "u1", await orders.price([("sku-r", 50)]))
+            await stock_products(shop.coordinator, {"sku-r": (400, 10)})
+            with pytest.raises(OutOfStockError):
+                await orders.place("ord_short", "u1", await orders.price([("sku-r", 50)]))
         finally:
             await shop.close()
 

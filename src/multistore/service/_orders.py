@@ -18,6 +18,7 @@ order instead of placing another.
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -29,12 +30,13 @@ from multistore.consistency import (
     RetryPolicy,
     Saga,
     SagaEngine,
+    SagaResult,
     Step,
     StepContext,
     TransactionCoordinator,
 )
 from multistore.core import SagaState
-from multistore.errors import InvalidValueError, Outcome, StoreUnavailableError
+from multistore.errors import ConflictError, InvalidValueError, Outcome, StoreUnavailableError
 from multistore.service._errors import (
     OrderCancelledError,
     OrderNotFoundError,
@@ -84,6 +86,15 @@ class SQL(Protocol):
 
 def _lines(data: Any) -> list[OrderLine]:
     return [OrderLine(str(i["sku"]), int(i["qty"]), int(i["price_cents"])) for i in data]
+
+
+def _same_order(placed: Mapping[str, Any], order: Mapping[str, Any]) -> bool:
+    """Whether two order inputs are the same user's same items (prices aside)."""
+
+    def items(o: Mapping[str, Any]) -> list[tuple[str, int]]:
+        return [(str(i["sku"]), int(i["qty"])) for i in o["items"]]
+
+    return placed["user_id"] == order["user_id"] and items(placed) == items(order)
 
 
 def _input(ctx: StepContext) -> dict[str, Any]:
@@ -417,7 +428,7 @@ class Orders:
         if mode == "2pc":
             await self._place_atomically(order)
         else:
-            result = await self.engine.start(self.saga, order, saga_id=order_id)
+            result = await self._start_saga(order)
             if result.state is SagaState.COMPENSATED and result.error is not None:
                 error = OrderCancelledError(
                     f"order {order_id} was cancelled: {result.error.message}", order_id=order_id
@@ -438,6 +449,23 @@ class Orders:
                         outcome=Outcome.INDETERMINATE,
                     ) from None
         return await self.get(order_id)
+
+    async def _start_saga(self, order: dict[str, Any]) -> SagaResult:
+        """Start (or find) the order's saga. A retry that runs again (the first run's
+        key lease ran out after a crash) prices its items anew; when the prices changed
+        meanwhile, the order id still names the order the first run placed: that
+        order, at its first prices, rather than a conflict the key would keep."""
+        order_id = order["order_id"]
+        try:
+            return await self.engine.start(self.saga, order, saga_id=order_id)
+        except ConflictError:
+            first = await self.engine.log.load(order_id)
+            if first is None or first.name != self.saga.name:
+                raise
+            placed = json.loads(first.input)
+            if placed == order or not _same_order(placed, order):
+                raise
+            return await self.engine.start(self.saga, placed, saga_id=order_id)
 
     async def _place_atomically(self, order: dict[str, Any]) -> None:
         if self.coordinator is None:  # pragma: no cover - the shop always opens one
