@@ -5,6 +5,9 @@ and after the catalog's prices changed."""
 from __future__ import annotations
 
 import asyncio
+import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -15,7 +18,11 @@ from multistore.core import SagaState
 from multistore.errors import Outcome, StoreUnavailableError
 from multistore.service._errors import OutOfStockError
 from multistore.service._orders import OrderLine, order_input, stock_products
+from multistore.service._settings import ServiceSettings
 from multistore.service._shop import Shop
+from tests.service.order_crash_script import ORDER_ID
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_a_retry_while_another_worker_holds_the_saga_is_503_not_a_stored_404(
@@ -86,6 +93,52 @@ def test_a_retry_after_a_price_change_finds_the_order_placed_first(
             await stock_products(shop.coordinator, {"sku-r": (400, 10)})
             with pytest.raises(OutOfStockError):
                 await orders.place("ord_short", "u1", await orders.price([("sku-r", 50)]))
+        finally:
+            await shop.close()
+
+    asyncio.run(body())
+
+
+def test_a_2pc_order_retried_while_its_first_run_is_in_doubt_is_503(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The first run's process is SIGKILLed in phase 2: the payment and the stock
+    committed, the order row waits for recovery. A retry that runs again before
+    recovery gets a 503 (not stored), not the conflict of placing the order a second
+    time (which the key would keep for good). The dead node's lease (30 s) keeps
+    recovery off it meanwhile; once recovery committed the order, a retry finds it."""
+    crashed = subprocess.run(
+        [sys.executable, "-m", "tests.service.order_crash_script", str(tmp_path)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert crashed.returncode == -signal.SIGKILL, crashed.stderr
+    monkeypatch.chdir(tmp_path)
+
+    async def body() -> None:
+        settings = ServiceSettings(name="retrying")
+        shop = await Shop.open(load_config(None, env={}), settings, background=False)
+        try:
+            orders = shop.orders
+            lines = await orders.price([("sku-c", 2)])
+            with pytest.raises(StoreUnavailableError, match="being placed") as caught:
+                await orders.place(ORDER_ID, "u1", lines, mode="2pc")
+            assert caught.value.outcome is Outcome.INDETERMINATE
+            # nothing was placed twice: the first run's payment and stock only
+            assert (
+                await shop.dbs["inventory"].fetch_val(
+                    "SELECT stock FROM shop_stock WHERE sku = 'sku-c'"
+                )
+                == 8
+            )
+            assert (
+                await shop.dbs["payments"].fetch_val(
+                    "SELECT count(*) FROM shop_payments WHERE order_id = :id", {"id": ORDER_ID}
+                )
+                == 1
+            )
         finally:
             await shop.close()
 

@@ -475,6 +475,19 @@ class Orders:
             "SELECT 1 FROM shop_orders WHERE id = :id", {"id": order_id}
         ):
             return  # placed already (a retry of a committed order)
+        if await self.dbs["inventory"].fetch_one(
+            "SELECT 1 FROM shop_reservations WHERE order_id = :id", {"id": order_id}
+        ) or await self.dbs["payments"].fetch_one(
+            "SELECT 1 FROM shop_payments WHERE order_id = :id", {"id": order_id}
+        ):
+            # An earlier run's transaction committed here and there, and its orders
+            # branch waits for recovery (that run's process died in phase 2). Placing
+            # the order again would fail on its stock and be kept as the key's answer.
+            raise StoreUnavailableError(
+                f"order {order_id} is being placed: an earlier attempt's transaction is "
+                "not finished yet (recovery completes it); retry shortly",
+                outcome=Outcome.INDETERMINATE,
+            )
         with self.instruments.span("2pc transaction", {"order.id": order_id}):
             await place_order_atomically(self.coordinator, order, clock=self.clock)
 
