@@ -617,19 +617,24 @@ def test_a_failover_with_no_replica_left_fences_nothing(tmp_path: Path) -> None:
 
 
 def test_a_client_cannot_lift_the_fence_through_a_router(tmp_path: Path) -> None:
-    """A write that deletes the fence row or drops its trigger is refused like any
-    other: the fence is read before the first statement of every routed write."""
+    """A write that deletes the fence row or drops its triggers is refused like any
+    other, and rolled back whole, so the writes after it are refused too."""
 
     async def body() -> None:
         router = await open_embedded(tmp_path)
         async with router, await _stale_router(router, tmp_path) as stale:
             assert await router.failover() == "replica1"
-            for lift in ("DELETE FROM multistore_fence", "DROP TRIGGER multistore_fenced"):
+            for lift in (
+                "DELETE FROM multistore_fence",
+                "DROP TRIGGER multistore_fenced",
+                "DROP TRIGGER multistore_fence_kept",
+                "DROP TRIGGER multistore_fence_kept; DELETE FROM multistore_fence",
+            ):
                 with pytest.raises(ConflictError, match="fenced by a failover"):
-                    await stale.execute(lift)
+                    await stale.execute_script(lift)
             with pytest.raises(ConflictError, match="fenced by a failover"):
                 async with stale.transaction() as tx:
-                    await tx.execute("DELETE FROM multistore_fence")
+                    await tx.execute("DROP TRIGGER multistore_fenced")
                     await tx.execute("INSERT INTO items (id, name) VALUES (1, 'lost')")
             with pytest.raises(ConflictError, match="fenced by a failover"):
                 await stale.execute("INSERT INTO items (id, name) VALUES (2, 'lost')")

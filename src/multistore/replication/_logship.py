@@ -79,10 +79,21 @@ FENCE_TRIGGER = (
     "CREATE TRIGGER IF NOT EXISTS multistore_fenced BEFORE INSERT ON multistore_changelog"
     f" WHEN EXISTS (SELECT 1 FROM multistore_fence) BEGIN SELECT RAISE(ABORT, '{FENCED}'); END"
 )
-# Read first in every routed write, under the write lock its transaction holds: no
-# statement of that write (``DELETE FROM multistore_fence``, ``DROP TRIGGER``) can run
-# before it, so a client cannot lift the fence through a router.
-_IS_FENCED = "SELECT EXISTS (SELECT 1 FROM multistore_fence)"
+# A fence row is never deleted; and a routed write appends to the log only while the
+# file has no fence row and still has this trigger, so a write through a router cannot
+# lift the fence (``DELETE FROM multistore_fence``, ``DROP TRIGGER``) for itself or
+# for later writes: its append fails and its transaction rolls back whole.
+FENCE_KEPT = (
+    "CREATE TRIGGER IF NOT EXISTS multistore_fence_kept BEFORE DELETE ON multistore_fence"
+    f" BEGIN SELECT RAISE(ABORT, '{FENCED}'); END"
+)
+_ROUTED_APPEND = (
+    "INSERT INTO multistore_changelog (kind, sql, params, committed_at)"
+    " SELECT :kind, :sql, :params, :at"
+    " WHERE NOT EXISTS (SELECT 1 FROM multistore_fence) AND EXISTS (SELECT 1 FROM"
+    " sqlite_master WHERE type = 'trigger' AND name = 'multistore_fence_kept')"
+    " RETURNING position"
+)
 TIMELINE_DDL = (
     "CREATE TABLE IF NOT EXISTS multistore_timeline ("
     " timeline INTEGER PRIMARY KEY,"
@@ -301,15 +312,18 @@ class SQLiteBackend(Backend):
         await node.store.execute(TIMELINE_DDL)
         await node.store.execute(FENCE_DDL)
         await node.store.execute(FENCE_TRIGGER)
+        await node.store.execute(FENCE_KEPT)
         await node.store.execute(_FIRST_TIMELINE)
         if node.role is Role.REPLICA:
             await self.shipper.add(node.name, node.store)
 
     async def log(self, scope: RoutedTransaction, kind: str, sql: str, params: Any) -> None:
         position = await scope.inner.fetch_val(
-            _APPEND,
+            _ROUTED_APPEND,
             {"kind": kind, "sql": sql, "params": encode_params(params), "at": scope.started},
         )
+        if position is None:  # the write itself tried to lift the fence
+            raise ConflictError(FENCED)
         scope.note_position(int(position))
 
     @asynccontextmanager
@@ -317,8 +331,6 @@ class SQLiteBackend(Backend):
         self, store: RelationalStore, *, transaction: bool
     ) -> AsyncIterator[RoutedTransaction]:
         async with store.transaction() as tx:
-            if await tx.fetch_val(_IS_FENCED):
-                raise ConflictError(FENCED)
             scope = RoutedTransaction(tx, self)
             yield scope
             if scope.position is None:
@@ -416,6 +428,7 @@ class SQLiteBackend(Backend):
         async with node.store.transaction() as tx:
             await tx.execute(FENCE_DDL)
             await tx.execute(FENCE_TRIGGER)
+            await tx.execute(FENCE_KEPT)
             await tx.execute(
                 "INSERT INTO multistore_fence (fenced_at) VALUES (:at)", {"at": time.time()}
             )
