@@ -693,3 +693,36 @@ def test_a_fence_kept_waiting_by_another_writer_promotes_nothing(
             assert [r["id"] for r in got] == [1, 2]
 
     asyncio.run(body())
+
+
+def test_a_replica_failing_after_the_precheck_leaves_no_primary_until_a_failover_succeeds(
+    tmp_path: Path,
+) -> None:
+    """The replica answered (an embedded replica's position is its shipper's), then its
+    promotion failed: the old primary is fenced already, so the router has no primary
+    and refuses writes until a failover to another replica succeeds; nothing is lost."""
+
+    async def body() -> None:
+        async with await open_embedded(tmp_path) as router:
+            ddl = await router.execute(DDL)
+            written = await router.execute("INSERT INTO items (id, name) VALUES (1, 'a')")
+            await router.wait_replayed(written.token)
+            await router.node("replica1").store.close()  # it goes away after answering
+            with pytest.raises(FailoverFailedError, match="promoting replica1 failed"):
+                await router.failover()
+            roles = {n.name: n.role for n in router.nodes}
+            assert roles == {
+                "primary": Role.FENCED,
+                "replica1": Role.REBUILD,
+                "replica2": Role.REPLICA,
+            }
+            with pytest.raises(FailoverError, match="no primary"):
+                await router.execute("INSERT INTO items (id, name) VALUES (2, 'b')")
+            assert _rows(tmp_path / "primary.db") == 1  # the refused write left nothing
+            assert await router.failover() == "replica2"
+            await router.execute("INSERT INTO items (id, name) VALUES (2, 'b')")
+            got = await router.fetch_all("SELECT id FROM items ORDER BY id", strong=True)
+            assert [r["id"] for r in got] == [1, 2]
+            assert ddl.token.timeline == 1 and router.timeline == 2
+
+    asyncio.run(body())
