@@ -15,8 +15,8 @@ import pytest
 
 from multistore.config import load_config
 from multistore.core import SagaState
-from multistore.errors import Outcome, StoreUnavailableError
-from multistore.service._errors import OutOfStockError
+from multistore.errors import ConflictError, Outcome, StoreUnavailableError
+from multistore.service._errors import OrderCancelledError, OutOfStockError
 from multistore.service._orders import OrderLine, order_input, stock_products
 from multistore.service._settings import ServiceSettings
 from multistore.service._shop import Shop
@@ -139,6 +139,49 @@ def test_a_2pc_order_retried_while_its_first_run_is_in_doubt_is_503(
                 )
                 == 1
             )
+        finally:
+            await shop.close()
+
+    asyncio.run(body())
+
+
+def test_a_key_used_again_after_its_record_expired_never_takes_another_requests_charge(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Orders and payments take their ids from the client and the key ("ord_<d>" pays
+    with "pay_<d>", a payment's own id): once a payment's key record expired, the same
+    key for an order named that payment. The order is refused, not confirmed uncharged;
+    a payment with the key of an order, or of another amount, is refused too."""
+    monkeypatch.chdir(tmp_path)
+
+    async def body() -> None:
+        shop = await Shop.open(load_config(None, env={}), background=False)
+        try:
+            orders = shop.orders
+            assert shop.coordinator is not None
+            await stock_products(shop.coordinator, {"sku-p": (300, 10)})
+            await orders.pay("pay_reused", "u1", 100, "a tip")
+            lines = await orders.price([("sku-p", 2)])
+            with pytest.raises(OrderCancelledError, match="recorded for another request"):
+                await orders.place("ord_reused", "u1", lines)
+            await orders.place("ord_first", "u1", lines, mode="2pc")
+            with pytest.raises(ConflictError, match="recorded for another request"):
+                await orders.pay("pay_first", "u1", 600, "with the order's key")
+            with pytest.raises(ConflictError, match="recorded for another request"):
+                await orders.pay("pay_reused", "u1", 250, "another amount")
+            again = await orders.pay("pay_reused", "u1", 100, "a tip")  # a plain retry
+            assert again["amount_cents"] == 100
+            charged = await shop.dbs["payments"].fetch_all(
+                "SELECT id, order_id, amount_cents FROM shop_payments ORDER BY id"
+            )
+            assert [(r["id"], r["order_id"], r["amount_cents"]) for r in charged] == [
+                ("pay_first", "ord_first", 600),
+                ("pay_reused", None, 100),
+            ]
+            stock = await shop.dbs["inventory"].fetch_val(
+                "SELECT stock FROM shop_stock WHERE sku = 'sku-p'"
+            )
+            assert stock == 8  # the first order's two only
         finally:
             await shop.close()
 

@@ -164,8 +164,26 @@ async def charge(
     order_id: str | None = None,
     now: float,
 ) -> None:
-    """Record a charge unless ``payment_id`` is recorded already (so a retry charges once)."""
-    if await q.fetch_one("SELECT 1 FROM shop_payments WHERE id = :id", {"id": payment_id}):
+    """Record a charge unless ``payment_id`` is recorded already (so a retry charges once).
+
+    Payment ids come from the client and its ``Idempotency-Key``, so a key used again
+    once its record expired (for an order after a payment, or with another amount)
+    names a charge recorded for another request: :class:`ConflictError`, rather than
+    taking that charge for this one (an order confirmed without being charged)."""
+    recorded = await q.fetch_one(
+        "SELECT order_id, user_id, amount_cents FROM shop_payments WHERE id = :id",
+        {"id": payment_id},
+    )
+    if recorded is not None:
+        if (recorded["order_id"], recorded["user_id"], int(recorded["amount_cents"])) != (
+            order_id,
+            user_id,
+            amount_cents,
+        ):
+            raise ConflictError(
+                f"payment {payment_id} was recorded for another request (its "
+                "Idempotency-Key was used before, and that record expired); send a new key"
+            )
         return
     await q.execute(
         "INSERT INTO shop_payments (id, order_id, user_id, amount_cents, status, description, "
