@@ -5,10 +5,12 @@ and after the catalog's prices changed."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -23,6 +25,18 @@ from multistore.service._shop import Shop
 from tests.service.order_crash_script import ORDER_ID
 
 ROOT = Path(__file__).resolve().parents[2]
+
+
+@contextlib.asynccontextmanager
+async def _shop_with(products: dict[str, tuple[int, int]]) -> AsyncIterator[Shop]:
+    """The embedded shop of the current directory, with ``products`` in stock."""
+    shop = await Shop.open(load_config(None, env={}), background=False)
+    try:
+        assert shop.coordinator is not None
+        await stock_products(shop.coordinator, products)
+        yield shop
+    finally:
+        await shop.close()
 
 
 def test_a_retry_while_another_worker_holds_the_saga_is_503_not_a_stored_404(
@@ -69,11 +83,9 @@ def test_a_retry_after_a_price_change_finds_the_order_placed_first(
     monkeypatch.chdir(tmp_path)
 
     async def body() -> None:
-        shop = await Shop.open(load_config(None, env={}), background=False)
-        try:
+        async with _shop_with({"sku-r": (300, 10)}) as shop:
             orders = shop.orders
             assert shop.coordinator is not None
-            await stock_products(shop.coordinator, {"sku-r": (300, 10)})
             first = await orders.place("ord_priced", "u1", await orders.price([("sku-r", 2)]))
             assert (first["status"], first["total_cents"]) == ("confirmed", 600)
             await stock_products(shop.coordinator, {"sku-r": (350, 10)})
@@ -93,8 +105,6 @@ def test_a_retry_after_a_price_change_finds_the_order_placed_first(
             await stock_products(shop.coordinator, {"sku-r": (400, 10)})
             with pytest.raises(OutOfStockError):
                 await orders.place("ord_short", "u1", await orders.price([("sku-r", 50)]))
-        finally:
-            await shop.close()
 
     asyncio.run(body())
 
@@ -155,11 +165,9 @@ def test_a_key_used_again_after_its_record_expired_never_takes_another_requests_
     monkeypatch.chdir(tmp_path)
 
     async def body() -> None:
-        shop = await Shop.open(load_config(None, env={}), background=False)
-        try:
+        async with _shop_with({"sku-p": (300, 10)}) as shop:
             orders = shop.orders
             assert shop.coordinator is not None
-            await stock_products(shop.coordinator, {"sku-p": (300, 10)})
             await orders.pay("pay_reused", "u1", 100, "a tip")
             lines = await orders.price([("sku-p", 2)])
             with pytest.raises(OrderCancelledError, match="recorded for another request"):
@@ -182,7 +190,5 @@ def test_a_key_used_again_after_its_record_expired_never_takes_another_requests_
                 "SELECT stock FROM shop_stock WHERE sku = 'sku-p'"
             )
             assert stock == 8  # the first order's two only
-        finally:
-            await shop.close()
 
     asyncio.run(body())
