@@ -669,3 +669,52 @@ def test_cancelled_discarded_and_unfinished_runs(tmp_path: Path) -> None:
             assert status == 500 and json.loads(raw)["type"] == DOCS + "#response-not-stored"
 
     run(body())
+
+
+def test_a_response_with_trailers_reaches_the_client_whole(tmp_path: Path) -> None:
+    """The HTTP trailers extension: the body's last chunk is held until the outcome is
+    stored, and the trailers after it are held too; both reach the client, in order
+    (the trailers are not stored: a replay has the body only)."""
+    trailers = {"type": "http.response.trailers", "headers": [(b"x-sum", b"ab")]}
+
+    async def trailing_app(scope: Any, receive: Any, send: Any) -> None:
+        await receive()
+        start = {"type": "http.response.start", "status": 200, "trailers": True}
+        await send({**start, "headers": [(b"content-type", b"text/plain")]})
+        await send({"type": "http.response.body", "body": b"a", "more_body": True})
+        await send({"type": "http.response.body", "body": b"b", "more_body": False})
+        await send({**trailers, "more_trailers": False})
+
+    async def body() -> None:
+        async with opened(tmp_path) as idem:
+            app = IdempotencyMiddleware(trailing_app, idem)
+            sent: list[dict[str, Any]] = []
+
+            async def receive() -> dict[str, Any]:
+                return {"type": "http.request", "body": b"{}", "more_body": False}
+
+            async def send(message: dict[str, Any]) -> None:
+                sent.append(message)
+
+            scope = {
+                "type": "http",
+                "method": "POST",
+                "path": "/orders",
+                "query_string": b"",
+                "headers": [(b"idempotency-key", b"k1"), (b"content-type", b"application/json")],
+                "extensions": {"http.response.trailers": {}},
+                "user": User("alice"),
+            }
+            await app(scope, receive, send)
+            assert [m["type"].rsplit(".", 1)[1] for m in sent] == [
+                "start",
+                "body",
+                "body",
+                "trailers",
+            ]
+            assert b"".join(m.get("body", b"") for m in sent) == b"ab"
+            assert sent[-1]["headers"] == [(b"x-sum", b"ab")]
+            status, headers, raw = await call(app)
+            assert (status, headers["idempotent-replayed"], raw) == (200, "true", b"ab")
+
+    run(body())

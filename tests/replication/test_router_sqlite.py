@@ -570,6 +570,14 @@ def test_a_planned_failover_waits_for_a_lagging_replica_and_loses_no_write(
     asyncio.run(body())
 
 
+async def _stale_router(router: Router, tmp_path: Path) -> Router:
+    """Create the table, then open a second router on the same primary, as another
+    process would: its own router, reading nothing from the replicas (the first ships)."""
+    ddl = await router.execute(DDL)
+    await _caught_up(router, ddl.token)
+    return await Router.open(f"sqlite:///{tmp_path / 'primary.db'}", [], config=FAST)
+
+
 def test_a_second_router_on_the_old_topology_cannot_write_to_the_fenced_primary(
     tmp_path: Path,
 ) -> None:
@@ -578,11 +586,7 @@ def test_a_second_router_on_the_old_topology_cannot_write_to_the_fenced_primary(
 
     async def body() -> None:
         async with await open_embedded(tmp_path) as router:
-            ddl = await router.execute(DDL)
-            await _caught_up(router, ddl.token)
-            # its own router, reading nothing from the replicas (the first one ships)
-            stale = await Router.open(f"sqlite:///{tmp_path / 'primary.db'}", [], config=FAST)
-            async with stale:
+            async with await _stale_router(router, tmp_path) as stale:
                 await stale.execute("INSERT INTO items (id, name) VALUES (1, 'before')")
                 assert await router.failover() == "replica1"
                 with pytest.raises(ConflictError, match="fenced by a failover") as refused:
@@ -608,5 +612,117 @@ def test_a_failover_with_no_replica_left_fences_nothing(tmp_path: Path) -> None:
             assert router.primary.name == "replica1"
             await router.execute("INSERT INTO items (id, name) VALUES (1, 'still')")
             assert await router.fetch_val("SELECT name FROM items WHERE id = 1") == "still"
+
+    asyncio.run(body())
+
+
+def test_a_client_cannot_lift_the_fence_through_a_router(tmp_path: Path) -> None:
+    """A write that deletes the fence row or drops its triggers is refused like any
+    other, and rolled back whole, so the writes after it are refused too."""
+
+    async def body() -> None:
+        router = await open_embedded(tmp_path)
+        async with router, await _stale_router(router, tmp_path) as stale:
+            assert await router.failover() == "replica1"
+            for lift in (
+                "DELETE FROM multistore_fence",
+                "DROP TRIGGER multistore_fenced",
+                "DROP TRIGGER multistore_fence_kept",
+                "DROP TRIGGER multistore_fence_kept; DELETE FROM multistore_fence",
+            ):
+                with pytest.raises(ConflictError, match="fenced by a failover"):
+                    await stale.execute_script(lift)
+            with pytest.raises(ConflictError, match="fenced by a failover"):
+                async with stale.transaction() as tx:
+                    await tx.execute("DROP TRIGGER multistore_fenced")
+                    await tx.execute("INSERT INTO items (id, name) VALUES (1, 'lost')")
+            with pytest.raises(ConflictError, match="fenced by a failover"):
+                await stale.execute("INSERT INTO items (id, name) VALUES (2, 'lost')")
+        assert _rows(tmp_path / "primary.db") == 0
+        with sqlite3.connect(tmp_path / "primary.db") as db:
+            assert db.execute("SELECT count(*) FROM multistore_fence").fetchone()[0] == 1
+
+    asyncio.run(body())
+
+
+def test_a_fence_kept_waiting_by_another_writer_promotes_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another router's transaction holds the old primary's write lock past the fence's
+    bound: the failover fails and promotes nothing, so the write that transaction then
+    commits (and its router acknowledges) is not lost with the old primary.
+
+    The fence's bound (shortened here) runs out before the file's busy timeout, as with
+    the defaults (30 s each, the bound started first)."""
+    monkeypatch.setattr("multistore.replication._failover.FENCE_TIMEOUT", 0.3)
+
+    async def body() -> None:
+        async with await Router.open(
+            f"sqlite:///{tmp_path / 'primary.db'}?timeout=1",
+            [f"sqlite:///{tmp_path / f'replica{i}.db'}" for i in (1, 2)],
+            config=FAST,
+            shipping=LogShipping(delay=0.0, interval=0.02),
+        ) as router:
+            async with await _stale_router(router, tmp_path) as stale:
+                entered, release = asyncio.Event(), asyncio.Event()
+
+                async def hold() -> CausalToken:
+                    async with stale.transaction() as tx:
+                        await tx.execute("INSERT INTO items (id, name) VALUES (1, 'held')")
+                        entered.set()
+                        await release.wait()
+                    assert tx.token is not None
+                    return tx.token
+
+                holder = asyncio.create_task(hold())
+                await entered.wait()
+                try:
+                    with pytest.raises(FailoverFailedError, match="nothing was promoted"):
+                        await router.failover()
+                finally:
+                    release.set()
+                    acknowledged = await holder
+            assert router.primary.name == "primary"
+            assert {n.name for n in router.replicas} == {"replica1", "replica2"}
+            # the acknowledged write is on the primary, which still takes writes
+            assert await router.fetch_val("SELECT name FROM items WHERE id = 1", strong=True)
+            await router.execute("INSERT INTO items (id, name) VALUES (2, 'later')")
+            await router.wait_replayed(acknowledged)
+            assert await router.failover() == "replica1"
+            got = await router.fetch_all("SELECT id FROM items ORDER BY id", strong=True)
+            assert [r["id"] for r in got] == [1, 2]
+
+    asyncio.run(body())
+
+
+def test_a_replica_failing_after_the_precheck_leaves_no_primary_until_a_failover_succeeds(
+    tmp_path: Path,
+) -> None:
+    """The replica answered (an embedded replica's position is its shipper's), then its
+    promotion failed: the old primary is fenced already, so the router has no primary
+    and refuses writes until a failover to another replica succeeds; nothing is lost."""
+
+    async def body() -> None:
+        async with await open_embedded(tmp_path) as router:
+            ddl = await router.execute(DDL)
+            written = await router.execute("INSERT INTO items (id, name) VALUES (1, 'a')")
+            await router.wait_replayed(written.token)
+            await router.node("replica1").store.close()  # it goes away after answering
+            with pytest.raises(FailoverFailedError, match="promoting replica1 failed"):
+                await router.failover()
+            roles = {n.name: n.role for n in router.nodes}
+            assert roles == {
+                "primary": Role.FENCED,
+                "replica1": Role.REBUILD,
+                "replica2": Role.REPLICA,
+            }
+            with pytest.raises(FailoverError, match="no primary"):
+                await router.execute("INSERT INTO items (id, name) VALUES (2, 'b')")
+            assert _rows(tmp_path / "primary.db") == 1  # the refused write left nothing
+            assert await router.failover() == "replica2"
+            await router.execute("INSERT INTO items (id, name) VALUES (2, 'b')")
+            got = await router.fetch_all("SELECT id FROM items ORDER BY id", strong=True)
+            assert [r["id"] for r in got] == [1, 2]
+            assert ddl.token.timeline == 1 and router.timeline == 2
 
     asyncio.run(body())

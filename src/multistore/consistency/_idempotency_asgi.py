@@ -102,9 +102,10 @@ class _Capture:
         self.unstorable = False
         """The body went past the limit, or came in a form a copy cannot be kept of."""
         self.undelivered: BaseException | None = None
-        self.held: Message | None = None
-        """The response's last message, sent once the outcome is stored (:meth:`flush`):
-        a client that retries as soon as it has the whole response gets the replay."""
+        self.held: list[Message] = []
+        """The response's last body message and what follows it (its trailers, when the
+        start announced them), sent once the outcome is stored (:meth:`flush`): a
+        client that retries as soon as it has the whole response gets the replay."""
 
     async def __call__(self, message: Message) -> None:
         kind = message["type"]
@@ -122,15 +123,15 @@ class _Capture:
             self.unstorable = True
             self.complete = not message.get("more_body", False)
         if self.complete and kind != "http.response.start":
-            self.held = message
+            self.held.append(message)
             return
         await self._deliver(message)
 
     async def flush(self) -> None:
-        """Send the held last message (after the outcome was stored, or failed to be)."""
-        held, self.held = self.held, None
-        if held is not None:
-            await self._deliver(held)
+        """Send the held messages (after the outcome was stored, or failed to be)."""
+        held, self.held = self.held, []
+        for message in held:
+            await self._deliver(message)
 
     async def _deliver(self, message: Message) -> None:
         if self.undelivered is None:

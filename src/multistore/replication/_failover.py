@@ -111,7 +111,17 @@ async def _fence_first(router: Router, old: Node) -> int | None:
     An unreachable old primary leaves the fence pending (retried by the monitor)."""
     try:
         final = await bounded(router.backend.fence(old), FENCE_TIMEOUT)
-    except (StoreUnavailableError, TimeoutError) as exc:
+    except TimeoutError as exc:
+        if not router.backend.fence_may_time_out_unreached:
+            # A local file that another connection keeps locked: that writer may still
+            # commit there, and promoting now would lose what it acknowledges.
+            raise FailoverFailedError(
+                f"failover: {old.name} could not be fenced within {FENCE_TIMEOUT:g} s "
+                "(another transaction holds its write lock), so nothing was promoted"
+            ) from exc
+        old.health.eject(f"fence pending: {exc or 'timed out'}", time.monotonic())
+        return None
+    except StoreUnavailableError as exc:
         old.health.eject(f"fence pending: {exc}", time.monotonic())
         return None
     except MultistoreError as exc:

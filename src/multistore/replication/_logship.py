@@ -36,6 +36,7 @@ from decimal import Decimal
 from typing import Any, ClassVar
 
 from multistore.errors import (
+    ConflictError,
     InvalidValueError,
     MultistoreError,
     NotFoundError,
@@ -70,12 +71,28 @@ _LAST = "SELECT coalesce(max(position), 0) FROM multistore_changelog"
 # The fence of a replaced primary: a row here, and every later append to its log (so
 # every write through any router, in any process) aborts in the writer's transaction.
 FENCE_DDL = "CREATE TABLE IF NOT EXISTS multistore_fence (fenced_at REAL NOT NULL)"
+FENCED = (
+    "this node was fenced by a failover: it is no longer the primary and takes no writes;"
+    " open the router on the promoted node"
+)
 FENCE_TRIGGER = (
     "CREATE TRIGGER IF NOT EXISTS multistore_fenced BEFORE INSERT ON multistore_changelog"
-    " WHEN EXISTS (SELECT 1 FROM multistore_fence) BEGIN"
-    " SELECT RAISE(ABORT, 'this node was fenced by a failover: it is no longer the"
-    " primary and takes no writes; open the router on the promoted node');"
-    " END"
+    f" WHEN EXISTS (SELECT 1 FROM multistore_fence) BEGIN SELECT RAISE(ABORT, '{FENCED}'); END"
+)
+# A fence row is never deleted; and a routed write appends to the log only while the
+# file has no fence row and still has this trigger, so a write through a router cannot
+# lift the fence (``DELETE FROM multistore_fence``, ``DROP TRIGGER``) for itself or
+# for later writes: its append fails and its transaction rolls back whole.
+FENCE_KEPT = (
+    "CREATE TRIGGER IF NOT EXISTS multistore_fence_kept BEFORE DELETE ON multistore_fence"
+    f" BEGIN SELECT RAISE(ABORT, '{FENCED}'); END"
+)
+_ROUTED_APPEND = (
+    "INSERT INTO multistore_changelog (kind, sql, params, committed_at)"
+    " SELECT :kind, :sql, :params, :at"
+    " WHERE NOT EXISTS (SELECT 1 FROM multistore_fence) AND EXISTS (SELECT 1 FROM"
+    " sqlite_master WHERE type = 'trigger' AND name = 'multistore_fence_kept')"
+    " RETURNING position"
 )
 TIMELINE_DDL = (
     "CREATE TABLE IF NOT EXISTS multistore_timeline ("
@@ -285,6 +302,7 @@ class SQLiteBackend(Backend):
     """SQLite nodes; replicas fed by a :class:`LogShipper`."""
 
     scheme: ClassVar[str] = "sqlite"
+    fence_may_time_out_unreached: ClassVar[bool] = False
 
     def __init__(self, shipper: LogShipper) -> None:
         self.shipper = shipper
@@ -294,15 +312,18 @@ class SQLiteBackend(Backend):
         await node.store.execute(TIMELINE_DDL)
         await node.store.execute(FENCE_DDL)
         await node.store.execute(FENCE_TRIGGER)
+        await node.store.execute(FENCE_KEPT)
         await node.store.execute(_FIRST_TIMELINE)
         if node.role is Role.REPLICA:
             await self.shipper.add(node.name, node.store)
 
     async def log(self, scope: RoutedTransaction, kind: str, sql: str, params: Any) -> None:
         position = await scope.inner.fetch_val(
-            _APPEND,
+            _ROUTED_APPEND,
             {"kind": kind, "sql": sql, "params": encode_params(params), "at": scope.started},
         )
+        if position is None:  # the write itself tried to lift the fence
+            raise ConflictError(FENCED)
         scope.note_position(int(position))
 
     @asynccontextmanager
@@ -407,6 +428,7 @@ class SQLiteBackend(Backend):
         async with node.store.transaction() as tx:
             await tx.execute(FENCE_DDL)
             await tx.execute(FENCE_TRIGGER)
+            await tx.execute(FENCE_KEPT)
             await tx.execute(
                 "INSERT INTO multistore_fence (fenced_at) VALUES (:at)", {"at": time.time()}
             )

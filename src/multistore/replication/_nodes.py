@@ -166,6 +166,10 @@ class Backend(abc.ABC):
     """The operations the router needs that differ per backend."""
 
     scheme: ClassVar[str]
+    fence_may_time_out_unreached: ClassVar[bool] = True
+    """Whether a fence that times out may not have reached the node (a server across a
+    network). False for a local file: the fence reached it and waited for another
+    writer, which may still commit there, so nothing may be promoted."""
 
     async def prepare(self, node: Node) -> None:  # noqa: B027 - optional hook
         """Called once per node at open."""

@@ -18,6 +18,7 @@ order instead of placing another.
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -29,12 +30,13 @@ from multistore.consistency import (
     RetryPolicy,
     Saga,
     SagaEngine,
+    SagaResult,
     Step,
     StepContext,
     TransactionCoordinator,
 )
 from multistore.core import SagaState
-from multistore.errors import InvalidValueError, Outcome, StoreUnavailableError
+from multistore.errors import ConflictError, InvalidValueError, Outcome, StoreUnavailableError
 from multistore.service._errors import (
     OrderCancelledError,
     OrderNotFoundError,
@@ -84,6 +86,15 @@ class SQL(Protocol):
 
 def _lines(data: Any) -> list[OrderLine]:
     return [OrderLine(str(i["sku"]), int(i["qty"]), int(i["price_cents"])) for i in data]
+
+
+def _same_order(placed: Mapping[str, Any], order: Mapping[str, Any]) -> bool:
+    """Whether two order inputs are the same user's same items (prices aside)."""
+
+    def items(o: Mapping[str, Any]) -> list[tuple[str, int]]:
+        return [(str(i["sku"]), int(i["qty"])) for i in o["items"]]
+
+    return placed["user_id"] == order["user_id"] and items(placed) == items(order)
 
 
 def _input(ctx: StepContext) -> dict[str, Any]:
@@ -153,8 +164,26 @@ async def charge(
     order_id: str | None = None,
     now: float,
 ) -> None:
-    """Record a charge unless ``payment_id`` is recorded already (so a retry charges once)."""
-    if await q.fetch_one("SELECT 1 FROM shop_payments WHERE id = :id", {"id": payment_id}):
+    """Record a charge unless ``payment_id`` is recorded already (so a retry charges once).
+
+    Payment ids come from the client and its ``Idempotency-Key``, so a key used again
+    once its record expired (for an order after a payment, or with another amount)
+    names a charge recorded for another request: :class:`ConflictError`, rather than
+    taking that charge for this one (an order confirmed without being charged)."""
+    recorded = await q.fetch_one(
+        "SELECT order_id, user_id, amount_cents FROM shop_payments WHERE id = :id",
+        {"id": payment_id},
+    )
+    if recorded is not None:
+        if (recorded["order_id"], recorded["user_id"], int(recorded["amount_cents"])) != (
+            order_id,
+            user_id,
+            amount_cents,
+        ):
+            raise ConflictError(
+                f"payment {payment_id} was recorded for another request (its "
+                "Idempotency-Key was used before, and that record expired); send a new key"
+            )
         return
     await q.execute(
         "INSERT INTO shop_payments (id, order_id, user_id, amount_cents, status, description, "
@@ -417,7 +446,7 @@ class Orders:
         if mode == "2pc":
             await self._place_atomically(order)
         else:
-            result = await self.engine.start(self.saga, order, saga_id=order_id)
+            result = await self._start_saga(order)
             if result.state is SagaState.COMPENSATED and result.error is not None:
                 error = OrderCancelledError(
                     f"order {order_id} was cancelled: {result.error.message}", order_id=order_id
@@ -439,6 +468,23 @@ class Orders:
                     ) from None
         return await self.get(order_id)
 
+    async def _start_saga(self, order: dict[str, Any]) -> SagaResult:
+        """Start (or find) the order's saga. A retry that runs again (the first run's
+        key lease ran out after a crash) prices its items anew; when the prices changed
+        meanwhile, the order id still names the order the first run placed: that
+        order, at its first prices, rather than a conflict the key would keep."""
+        order_id = order["order_id"]
+        try:
+            return await self.engine.start(self.saga, order, saga_id=order_id)
+        except ConflictError:
+            first = await self.engine.log.load(order_id)
+            if first is None or first.name != self.saga.name:
+                raise
+            placed = json.loads(first.input)
+            if placed == order or not _same_order(placed, order):
+                raise
+            return await self.engine.start(self.saga, placed, saga_id=order_id)
+
     async def _place_atomically(self, order: dict[str, Any]) -> None:
         if self.coordinator is None:  # pragma: no cover - the shop always opens one
             raise InvalidValueError("mode: 2pc is not available on this service")
@@ -447,6 +493,19 @@ class Orders:
             "SELECT 1 FROM shop_orders WHERE id = :id", {"id": order_id}
         ):
             return  # placed already (a retry of a committed order)
+        if await self.dbs["inventory"].fetch_one(
+            "SELECT 1 FROM shop_reservations WHERE order_id = :id", {"id": order_id}
+        ) or await self.dbs["payments"].fetch_one(
+            "SELECT 1 FROM shop_payments WHERE order_id = :id", {"id": order_id}
+        ):
+            # An earlier run's transaction committed here and there, and its orders
+            # branch waits for recovery (that run's process died in phase 2). Placing
+            # the order again would fail on its stock and be kept as the key's answer.
+            raise StoreUnavailableError(
+                f"order {order_id} is being placed: an earlier attempt's transaction is "
+                "not finished yet (recovery completes it); retry shortly",
+                outcome=Outcome.INDETERMINATE,
+            )
         with self.instruments.span("2pc transaction", {"order.id": order_id}):
             await place_order_atomically(self.coordinator, order, clock=self.clock)
 
