@@ -25,10 +25,11 @@ What each side does per transaction, so the ratios can be read fairly:
   pipeline mode, or one hop to the MariaDB session's thread), the bare loops send it on
   its own.
 * Ours does more, and that is charged to it: the decision record (the bare loops keep
-  none, so they cannot recover) and, per prepared branch, the commit-marker INSERT that
-  lets recovery detect heuristic outcomes (on PostgreSQL in the same round trip as
-  ``PREPARE TRANSACTION``, on MariaDB in the same thread hop as ``XA END`` /
-  ``XA PREPARE``).
+  none, so they cannot recover) and its deletion once the transaction is finished (in
+  the background, one DELETE for sixteen records), and, per prepared branch, the
+  commit-marker INSERT that lets recovery detect heuristic outcomes (on PostgreSQL in
+  the same round trip as ``PREPARE TRANSACTION``, on MariaDB in the same thread hop as
+  ``XA END`` / ``XA PREPARE``).
 * Both PostgreSQL databases (and MariaDB) run on one server on this machine, and the
   clients share its two cores with the servers: "prepare concurrently" overlaps round
   trips but not server CPU (nor the one WAL's flushes), so it gains nothing here.

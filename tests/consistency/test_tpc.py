@@ -666,3 +666,48 @@ def test_mariadb_down_between_prepare_and_commit_is_recovered(
     assert [b.rsplit(":", 1)[1] for b in report["committed"]] == ["maria"]
     assert assert_all_or_nothing(asyncio.run(snapshot(urls))) == {"t0"}
     assert nothing_in_doubt(urls, "mdown")
+
+
+def test_prepares_and_commits_run_on_every_branch_at_once(
+    bank: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Phase 1 and phase 2 fan out: each branch's prepare (and then its commit) waits
+    until every branch's has started; one after the other, the first would wait in vain
+    (TimeoutError: the transaction aborts, or ends indeterminate, and the test fails)."""
+    from multistore.consistency._tpc_sql import MariaDBBranch, PostgresBranch
+
+    names = ["pg1", "pg2", "maria"]
+    started: dict[str, list[str]] = {"prepare": [], "commit": []}
+    everyone: dict[str, asyncio.Event] = {}
+
+    def rendezvous(cls: type, method: str) -> None:
+        original = getattr(cls, method)
+
+        async def waiting(self: PostgresBranch | MariaDBBranch, **kwargs: bool) -> object:
+            started[method].append(self.name)
+            arrived = everyone.setdefault(method, asyncio.Event())
+            if len(started[method]) == len(names):
+                arrived.set()
+            async with asyncio.timeout(5):  # bounded: well below the prepare timeout
+                await arrived.wait()
+            return await original(self, **kwargs)
+
+        monkeypatch.setattr(cls, method, waiting)
+
+    for cls in (PostgresBranch, MariaDBBranch):
+        rendezvous(cls, "prepare")
+        rendezvous(cls, "commit")
+
+    async def body() -> None:
+        async with await TransactionCoordinator.open(
+            {n: bank[n] for n in names}, log=log_url(tmp_path), node="fan"
+        ) as coordinator:
+            async with coordinator.transaction(names) as tx:
+                for name in names:
+                    await tx.sql(name).execute(
+                        "UPDATE accounts SET balance = balance + 0 WHERE id = 0"
+                    )
+            assert tx.state is TxState.COMMITTED
+
+    asyncio.run(body())
+    assert sorted(started["prepare"]) == sorted(started["commit"]) == sorted(names)

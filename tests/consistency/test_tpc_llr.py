@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import time
+import uuid
 from pathlib import Path
+from typing import cast
 
 import pytest
 
@@ -13,6 +15,7 @@ from multistore.consistency import (
     TransactionAbortedError,
     TransactionCoordinator,
     TransactionIndeterminateError,
+    open_participant,
     recover_transactions,
 )
 from multistore.consistency._tpc_sql import FORGET_BATCH
@@ -311,3 +314,41 @@ async def _balance(url: str) -> int:
         return int(await store.fetch_val("SELECT balance FROM accounts WHERE id = 0"))
     finally:
         await store.close()
+
+
+@pytest.mark.parametrize("kind", ["postgresql", "mariadb"])
+def test_a_batch_of_forgotten_records_is_one_delete(
+    kind: str, request: pytest.FixtureRequest
+) -> None:
+    """A last resource forgets finished records FORGET_BATCH at a time in one statement,
+    so one forced log write for the batch (PostgreSQL: one transaction id; MariaDB: one
+    DELETE, where one autocommit DELETE per record forced the log once per record), also
+    when some were forgotten already (by recovery, say)."""
+    url = str(request.getfixturevalue("postgres_url" if kind == "postgresql" else "mariadb_url"))
+    counter = (
+        "SELECT pg_snapshot_xmax(pg_current_snapshot())::text::bigint AS n"
+        if kind == "postgresql"
+        else "SELECT VARIABLE_VALUE AS n FROM information_schema.GLOBAL_STATUS "
+        "WHERE VARIABLE_NAME = 'COM_DELETE'"
+    )
+
+    async def body() -> None:
+        participant = await open_participant("holder", url)
+        store = cast(RelationalStore, await open_store(url, model="relational"))
+        try:
+            records = participant.decisions
+            assert records is not None
+            xids = [Xid("n1", uuid.uuid4().hex) for _ in range(FORGET_BATCH)]
+            await asyncio.gather(*(records.log_commit(x, ["a"]) for x in xids))
+            await records.forget(xids[3])  # gone before the batch names it
+            before = int(await store.fetch_val(counter))
+            for x in xids:
+                records.forget_later(x)
+            await records.flush()
+            assert int(await store.fetch_val(counter)) - before == 1
+            assert decision_records(url) == []
+        finally:
+            await store.close()
+            await participant.close()
+
+    asyncio.run(body())

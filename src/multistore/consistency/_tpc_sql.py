@@ -22,9 +22,10 @@ round trip on PostgreSQL (``INSERT …; COMMIT``) and one hop on MariaDB (the in
 ``XA END``, ``XA COMMIT … ONE PHASE``). Recovery's abort record for the same key (a
 duplicate key for whichever of the two comes second) keeps a late commit from
 happening after recovery rolled the other branches back. Records of finished
-transactions are deleted in the background, ``FORGET_BATCH`` at a time, one autocommit
-DELETE each: a last resource's transaction inserts its own record and nothing else in
-that table, so two of them never wait on each other there.
+transactions are deleted in the background, ``FORGET_BATCH`` at a time in one autocommit
+DELETE (one forced log write for the batch): a last resource's transaction inserts its
+own record and nothing else in that table, so two of them never wait on each other
+there.
 
 Round trips: a branch starts its transaction (``BEGIN``, ``XA START``) together with
 its first statement — PostgreSQL in psycopg's pipeline mode, MariaDB in one hop to the
