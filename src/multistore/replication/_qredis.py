@@ -38,6 +38,7 @@ from multistore.replication._qnodes import (
     Reply,
     entry_name,
     pack_record,
+    record_digest,
     token_hex_bounds,
     unpack_record,
 )
@@ -50,32 +51,47 @@ __all__ = ["RedisNode"]
 T = TypeVar("T")
 
 # KEYS: records hash, members zset, entry index zset, digests hash.
-# ARGV: member, value ("<hlc>\n<blob>"), entry. Alone, they are a last-writer-wins write
-# (the HLC texts before the newlines compare, byte by byte as Python and SQLite compare
-# them: Lua's own < follows the server's locale); a compare-and-set adds ARGV[4] ('0':
-# expect no record, '1': expect the value ARGV[5]). Few arguments: each costs the client.
-_WRITE: Final = RespScript("""
+# ARGV: member, value ("<hlc>\n<blob>"), entry, the value's SHA-1 (hex; computed once by
+# the client rather than by every replica). Alone, they are a last-writer-wins write: the
+# HLC texts before the newlines compare byte by byte, as Python and SQLite compare them
+# (Lua's own < follows the server's locale). An HLC text in its usual form starts with
+# 12 + 6 lowercase hex digits (physical time, counter) of fixed width, whose byte order is
+# their order as numbers: those compare in two steps, and only a tie, or a text not in
+# that form, walks the bytes. A compare-and-set adds ARGV[5] ('0': expect no record, '1':
+# expect the value ARGV[6]). Few arguments: each costs the client.
+_WRITE: Final = RespScript(
+    """
 local old = redis.call('HGET', KEYS[1], ARGV[1])
-if #ARGV == 3 then
+if #ARGV == 4 then
   if old then
     local new = ARGV[2]
-    local a = string.find(old, '\\n', 1, true) - 1
-    local b = string.find(new, '\\n', 1, true) - 1
-    local i, x, y = 1, 0, 0
-    while i <= a and i <= b do
-      x, y = string.byte(old, i), string.byte(new, i)
-      if x ~= y then break end
-      i = i + 1
+    local po, co = string.match(old, HLC_HEAD)
+    local pn, cn = string.match(new, HLC_HEAD)
+    local x, y, i = 0, 0, 1
+    if po and pn then
+      if po ~= pn then
+        x, y = tonumber(po, 16), tonumber(pn, 16)
+      elseif co ~= cn then
+        x, y = tonumber(co, 16), tonumber(cn, 16)
+      else
+        i = 21  -- the same stamp: the node ids after it decide
+      end
     end
     if x == y then
-      if a >= b then return 0 end
-    elseif x > y then
-      return 0
+      local a = string.find(old, '\\n', 1, true) - 1
+      local b = string.find(new, '\\n', 1, true) - 1
+      while i <= a and i <= b do
+        x, y = string.byte(old, i), string.byte(new, i)
+        if x ~= y then break end
+        i = i + 1
+      end
+      if x == y and a >= b then return 0 end
     end
+    if x > y then return 0 end
   end
-elseif ARGV[4] == '0' then
+elseif ARGV[5] == '0' then
   if old then return 0 end
-elseif old ~= ARGV[5] then
+elseif old ~= ARGV[6] then
   return 0
 end
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
@@ -83,9 +99,10 @@ if not old then  -- a record that exists is in both indexes already
   redis.call('ZADD', KEYS[2], 0, ARGV[1])
   redis.call('ZADD', KEYS[3], 0, ARGV[3])
 end
-redis.call('HSET', KEYS[4], ARGV[3], redis.sha1hex(ARGV[2]))
+redis.call('HSET', KEYS[4], ARGV[3], ARGV[4])
 return 1
-""")
+""".replace("HLC_HEAD", "'^(" + "[0-9a-f]" * 12 + ")%-(" + "[0-9a-f]" * 6 + ")%-'")
+)
 
 # KEYS: records hash, members zset. ARGV: lo, hi, reverse, limit.
 _SCAN: Final = RespScript("""
@@ -397,7 +414,8 @@ class RedisNode(QuorumNode):
 
         def pack() -> tuple[bytes, Callable[[], bytes]]:
             keys = (prefix + b"r:" + group, prefix + b"m:" + group, self._index, self._digests)
-            args = (member, pack_record(hlc, blob), entry_name(group, member), *cas)
+            value = pack_record(hlc, blob)
+            args = (member, value, entry_name(group, member), record_digest(value), *cas)
             return _WRITE.pack(keys, args)
 
         command, fallback = _repacked((prefix, group, member, hlc, cas), blob, pack)
