@@ -7,13 +7,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import pytest
 
+from multistore import _resp
 from multistore._resp import (
+    HIREDIS,
     INCOMPLETE,
+    Reader,
     RespConnectionError,
     RespError,
     RespPool,
@@ -21,6 +24,7 @@ from multistore._resp import (
     RespReader,
     RespScript,
     RespTimeoutError,
+    new_reader,
     pack_command,
     parse_reply,
 )
@@ -56,22 +60,44 @@ def test_every_reply_type_parses(wire: bytes, value: object) -> None:
     assert parse_reply(wire + b"$3\r\nab") == (value, len(wire))
 
 
+READERS = [
+    pytest.param(RespReader, id="python"),
+    pytest.param(new_reader, id="hiredis"),  # hiredis comes with the redis extra
+]
+
+
+def test_hiredis_parses_the_replies() -> None:
+    assert HIREDIS
+    assert type(new_reader()) is not RespReader
+
+
+@pytest.fixture(params=["hiredis", "python"])
+def parser(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Run a test with the connections' replies parsed by hiredis, then by the
+    pure-Python reader (what runs where hiredis is not installed)."""
+    if request.param == "python":
+        monkeypatch.setattr(_resp, "_hiredis", None)
+    assert (type(new_reader()) is RespReader) == (request.param == "python")
+    return str(request.param)
+
+
+@pytest.mark.parametrize("make", READERS)
 @pytest.mark.parametrize(("wire", "value"), REPLIES)
-def test_reply_split_at_every_byte(wire: bytes, value: object) -> None:
+def test_reply_split_at_every_byte(wire: bytes, value: object, make: Callable[[], Reader]) -> None:
     for cut in range(len(wire)):
         assert parse_reply(wire[:cut]) == (INCOMPLETE, 0), cut
-        reader = RespReader()
+        reader = make()
         reader.feed(wire[:cut])
-        assert reader.pop() is INCOMPLETE
+        assert reader.gets() is INCOMPLETE
         reader.feed(wire[cut:])
-        assert reader.pop() == value, cut
-        assert reader.pending == 0
+        assert reader.gets() == value, cut
+        assert not reader.has_data()
     # byte by byte, twice in a row on one reader
-    reader = RespReader()
+    reader = make()
     got: list[object] = []
     for byte in wire * 2:
         reader.feed(bytes([byte]))
-        reply = reader.pop()
+        reply = reader.gets()
         if reply is not INCOMPLETE:
             got.append(reply)
     assert got == [value, value]
@@ -113,7 +139,7 @@ def test_commands_are_packed_as_bulk_arrays() -> None:
 
 
 def test_pool_selects_db_and_runs_scripts_with_noscript_fallback(
-    redis_url: str, redis_server: RedisServer
+    redis_url: str, redis_server: RedisServer, parser: str
 ) -> None:
     async def body() -> None:
         pool = RespPool("127.0.0.1", int(redis_url.rsplit(":", 1)[1].split("/")[0]), db=5)
@@ -141,7 +167,9 @@ def test_pool_selects_db_and_runs_scripts_with_noscript_fallback(
     asyncio.run(body())
 
 
-def test_lean_path_survives_a_server_restart(redis_url: str, redis_server: RedisServer) -> None:
+def test_lean_path_survives_a_server_restart(
+    redis_url: str, redis_server: RedisServer, parser: str
+) -> None:
     url = redis_server.url(2)
     with asyncio.Runner() as runner:
         store = runner.run(open_store(url, model="kv"))
