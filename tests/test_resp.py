@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from multistore import _resp
+from multistore._redis_link import RedisPyLink, open_link, redis_py_link
 from multistore._resp import (
     HIREDIS,
     INCOMPLETE,
@@ -33,6 +34,9 @@ from multistore.consistency._idempotency_backends import RedisRecords
 from multistore.errors import Outcome, StoreUnavailableError
 from multistore.lab._redis import RedisServer
 from multistore.stores import open_store
+from multistore.stores.kv import WrongTypeError
+from multistore.stores.kv._redis import RedisKeyValueStore
+from multistore.urls import parse_url
 
 # (wire bytes, parsed value) for every RESP2 reply type, nested arrays included.
 REPLIES: list[tuple[bytes, object]] = [
@@ -176,7 +180,7 @@ def test_lean_path_survives_a_server_restart(
         try:
             idem = Idempotency(store, policy=IdempotencyPolicy())
             assert isinstance(idem.backend, RedisRecords)
-            lean: Any = store._lean  # type: ignore[attr-defined]
+            lean: Any = store._link  # type: ignore[attr-defined]
             assert isinstance(lean, RespPool)
             executions = 0
 
@@ -234,21 +238,29 @@ def test_deadline_covers_the_reply_and_the_wait_for_a_connection(
     asyncio.run(body())
 
 
-def test_redis_py_path_for_tls_urls_runs_the_same_scripts(
+def test_redis_py_path_for_tls_urls_runs_the_same_commands_and_scripts(
     redis_url: str, redis_server: RedisServer
 ) -> None:
-    """``ssl`` URLs send the scripts on the store's redis-py pool instead (the lean
-    client has no TLS). The fixture has no TLS, so the pool is forced here; the
-    scripts, the NOSCRIPT fallback after ``SCRIPT FLUSH`` and the replay must work."""
+    """``ssl`` URLs send every command on a redis-py connection instead (the lean
+    client has no TLS). The fixture has no TLS, so the store is built here on the link
+    an ssl URL gets, over plain TCP: the commands, their error mapping, the scripts,
+    the NOSCRIPT fallback after ``SCRIPT FLUSH`` and the replay must work."""
+    url = redis_server.url(3)
+    assert isinstance(open_link(parse_url(url + "?ssl=true")), RedisPyLink)
 
     async def body() -> None:
-        store = await open_store(redis_server.url(3), model="kv")
+        link = redis_py_link(url, timeout=5.0, connect_timeout=5.0, max_connections=4)
+        store = RedisKeyValueStore(parse_url(url), link)
         try:
+            await store.set("plain", "v")
+            assert await store.get("plain") == b"v"
+            assert await store.incr("n", 2) == 2
+            assert await store.zadd("z", {"a": 1.5}) == 1
+            assert await store.zrange("z", 0, -1) == [("a", 1.5)]
+            with pytest.raises(WrongTypeError):
+                await store.incr("z")
             idem = Idempotency(store, policy=IdempotencyPolicy())
             assert isinstance(idem.backend, RedisRecords)
-            lean = store._lean  # type: ignore[attr-defined]
-            assert lean is not None
-            store._lean = None  # type: ignore[attr-defined]  # what an ssl URL gets
             executions = 0
 
             async def charge(order: str) -> str:
@@ -262,7 +274,6 @@ def test_redis_py_path_for_tls_urls_runs_the_same_scripts(
             assert await call("o-1") == "charged o-1"  # replayed through EVAL
             assert await call("o-2") == "charged o-2"
             assert executions == 2
-            assert not lean._idle  # nothing went through the lean pool
             record = await idem.get("o-1", client="shop")
             assert record is not None and record.state == "completed"
             assert record.result == {"value": "charged o-1"}

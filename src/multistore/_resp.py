@@ -513,6 +513,10 @@ class RespPool:
                 request, RespConnectionError("the connection pool is closed", sent=False)
             )
 
+    async def aclose(self) -> None:
+        """:meth:`close` (as a coroutine, like :class:`~multistore._redis_link.RedisPyLink`'s)."""
+        self.close()
+
     # -- internals ------------------------------------------------------------------
 
     def _running_loop(self) -> asyncio.AbstractEventLoop:

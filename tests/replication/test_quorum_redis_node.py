@@ -14,12 +14,13 @@ from urllib.parse import quote
 
 import pytest
 
+from multistore._redis_link import RedisPyLink
 from multistore._resp import RespPool, pack_command
 from multistore.core._quorum import QuorumConfig
 from multistore.errors import Outcome, StoreError, StoreTimeoutError, StoreUnavailableError
 from multistore.lab.servers import RedisServer, unique_name
 from multistore.replication._qnodes import Reply, SQLiteNode, entry_name
-from multistore.replication._qredis import RedisNode, RedisPyLink
+from multistore.replication._qredis import RedisNode
 from multistore.replication._quorum import QuorumCluster
 
 pytestmark = pytest.mark.server

@@ -11,7 +11,9 @@ Commands go over the lean RESP2 client (:mod:`multistore._resp`): the hot calls 
 I/O callback settles, so the coordinator's fan-out needs no task per replica and
 hears each answer without waiting for another turn of the event loop. URLs the
 lean client cannot serve (``rediss://``, ``unix://``, ``?ssl=true``) go through
-redis-py instead, the same commands sent on a connection of its pool.
+redis-py instead, the same commands sent on a connection of its pool: the package's one
+Redis transport (:mod:`multistore._redis_link`) picks, from the URL read as every store
+URL is.
 """
 
 from __future__ import annotations
@@ -19,14 +21,12 @@ from __future__ import annotations
 import asyncio
 import functools
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any, Final, Protocol, TypeVar, cast
-from urllib.parse import parse_qs, unquote, urlsplit
+from typing import Any, Final, TypeVar, cast
 
+from multistore._redis_link import Link, open_link
 from multistore._resp import (
-    Done,
     RespConnectionError,
     RespError,
-    RespPool,
     RespScript,
     RespTimeoutError,
     pack_command,
@@ -42,9 +42,6 @@ from multistore.replication._qnodes import (
     token_hex_bounds,
     unpack_record,
 )
-
-if TYPE_CHECKING:  # redis is an optional extra, imported for the URLs that need it
-    import redis.asyncio as aioredis
 
 __all__ = ["RedisNode"]
 
@@ -181,72 +178,6 @@ _REFUSALS: Final = frozenset(
 its first write command: each of ours writes nothing before its first write)."""
 
 
-class Link(Protocol):
-    """Where a node's commands go: :class:`~multistore._resp.RespPool` or
-    :class:`RedisPyLink` (same contract as :meth:`RespPool.send`)."""
-
-    def send(
-        self, command: bytes, done: Done, fallback: Callable[[], bytes] | None = None
-    ) -> None: ...
-
-
-class RedisPyLink:
-    """:meth:`RespPool.send` over a redis-py client, for the URLs the lean client
-    cannot serve (TLS, Unix sockets): a task per command, on a connection of the
-    client's pool, failures given to ``done`` as the lean client's exceptions."""
-
-    def __init__(self, client: aioredis.Redis, timeout: float) -> None:
-        from redis import exceptions as rex
-
-        self.client = client
-        self.timeout = timeout
-        self._pool: Any = client.connection_pool  # redis-py: partly untyped
-        self._rex = rex
-        self._tasks: set[asyncio.Task[None]] = set()
-
-    def send(self, command: bytes, done: Done, fallback: Callable[[], bytes] | None = None) -> None:
-        task = asyncio.get_running_loop().create_task(self._run(command, done, fallback))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
-    async def _run(self, command: bytes, done: Done, fallback: Callable[[], bytes] | None) -> None:
-        rex = self._rex
-        sent = False
-        reply: object
-        try:
-            async with asyncio.timeout(self.timeout):
-                conn = await self._pool.get_connection()
-                try:
-                    sent = True
-                    # as redis-py does: on any failure but an error reply the connection
-                    # disconnects itself, so the pool never hands out a half-read one
-                    await conn.send_packed_command(command, False)
-                    try:
-                        reply = await conn.read_response()
-                    except rex.NoScriptError:
-                        if fallback is None:
-                            raise
-                        await conn.send_packed_command(fallback(), False)
-                        reply = await conn.read_response()
-                finally:
-                    await self._pool.release(conn)
-        except rex.ResponseError as exc:
-            reply = RespError(str(exc))
-        except (TimeoutError, rex.TimeoutError):
-            where = "reply" if sent else "connection"
-            reply = RespTimeoutError(f"no {where} within {self.timeout} s", sent=sent)
-        except (rex.RedisError, OSError) as exc:
-            reply = RespConnectionError(str(exc), sent=sent)
-        done(reply)
-
-    async def aclose(self) -> None:
-        await self.client.aclose()
-
-
-def _truthy(values: list[str] | None) -> bool:
-    return values is not None and values[-1].lower() in ("1", "true", "yes", "on")
-
-
 def _bytes(value: object) -> bytes:
     if isinstance(value, bytes):
         return value
@@ -302,34 +233,9 @@ class RedisNode(QuorumNode):
         cls, name: str, url: str, *, timeout: float = 5.0, prefix: str = "q:"
     ) -> RedisNode:
         """A node for ``redis://[[user]:password@]host:port/db`` (connections are made
-        on first use); ``rediss://``, ``unix://`` and ``?ssl=true`` go through redis-py."""
-        parts = urlsplit(url)
-        query = parse_qs(parts.query)
-        link: Link
-        if parts.scheme == "redis" and not _truthy(query.get("ssl")):
-            db = parts.path.strip("/") or (query.get("db") or ["0"])[-1]
-            link = RespPool(
-                parts.hostname or "127.0.0.1",
-                parts.port or 6379,
-                db=int(db),
-                username=unquote(parts.username) if parts.username else None,
-                password=unquote(parts.password) if parts.password else None,
-                timeout=timeout,
-                max_connections=64,
-            )
-        else:
-            import redis.asyncio as aioredis
-            from redis.asyncio.retry import Retry
-            from redis.backoff import NoBackoff
-
-            client = aioredis.Redis.from_url(
-                url,
-                socket_timeout=None,  # each command has the link's deadline instead
-                socket_connect_timeout=timeout,
-                retry=Retry(NoBackoff(), 0),
-                max_connections=64,
-            )
-            link = RedisPyLink(client, timeout)
+        on first use); ``rediss://``, ``?ssl=true`` and ``unix://`` go through redis-py
+        (see :func:`multistore._redis_link.open_link`)."""
+        link = open_link(url, timeout=timeout, max_connections=64)
         return cls(name, link, prefix, timeout=timeout)
 
     # -- one command --------------------------------------------------------------------
@@ -485,11 +391,7 @@ class RedisNode(QuorumNode):
                 return
 
     async def close(self) -> None:
-        link = self.link
-        if isinstance(link, RespPool):
-            link.close()
-        elif isinstance(link, RedisPyLink):
-            await link.aclose()
+        await self.link.aclose()
 
     def __repr__(self) -> str:
         return f"RedisNode({self.name!r})"
