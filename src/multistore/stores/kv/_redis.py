@@ -35,6 +35,7 @@ from multistore._redis_link import RedisPyLink, connection_error, open_link
 from multistore._resp import Arg, RespConnectionError, RespError, RespPool, RespScript, pack_command
 from multistore.errors import MultistoreError, Outcome, UsageError
 from multistore.stores._limits import short_repr
+from multistore.stores._registry import missing_driver
 from multistore.stores.kv._checks import check_keys, check_prefix
 from multistore.stores.kv._redis_base import (
     RespKeyValueStore,
@@ -70,7 +71,11 @@ class RedisKeyValueStore(RespKeyValueStore):
 
     @classmethod
     async def open(cls, url: StoreURL) -> Self:
-        store = cls(url, open_link(url))
+        try:
+            link = open_link(url)
+        except ImportError as exc:  # TLS goes through redis-py, an optional extra
+            raise missing_driver(url.scheme, exc) from None
+        store = cls(url, link)
         try:
             await store._run(None, "connect", _PING)
         except MultistoreError as exc:
