@@ -12,10 +12,11 @@ every ratio comes from one set of samples:
 * a *bare concurrent fan-out* — the same commands sent to the three servers at
   once by plain redis-py (a task per server, no coordinator), returning at the
   W-th reply for a put (SET on all three) and when the R GETs a read sends have
-  answered. Its clients are configured as our nodes' are (``socket_timeout=None``:
-  redis-py's 5 s default wraps every send in ``asyncio.wait_for``, a task per
-  command). The gap to it is our coordinator; its gap to the single command is
-  what fanning out costs on this machine.
+  answered (to R of the replicas from a random one on, as our reads spread). Its
+  clients are configured as our nodes' are (``socket_timeout=None``: redis-py's 5 s
+  default wraps every send in ``asyncio.wait_for``, a task per command). The gap to
+  it is our coordinator; its gap to the single command is what fanning out costs on
+  this machine.
 
 Rows: median and p99 latency per operation, and throughput with 32 concurrent
 callers. The fan-out is concurrent, so a QUORUM operation should cost about the bare
@@ -28,6 +29,7 @@ machine, over ten runs, QUORUM put 0.93x and QUORUM get 1.02x the bare fan-out
 from __future__ import annotations
 
 import asyncio
+import random
 import statistics
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -117,8 +119,16 @@ def _first(count: int, calls: Callable[[], list[Awaitable[Any]]]) -> Op:
     return fan
 
 
-def _getter(clients: Sequence[aioredis.Redis]) -> Callable[[], list[Awaitable[Any]]]:
-    return lambda: [client.get("bench:key") for client in clients]
+def _getter(clients: Sequence[aioredis.Redis], count: int) -> Callable[[], list[Awaitable[Any]]]:
+    """GETs to ``count`` of the replicas, from a random one on, as our reads pick them
+    (``read_from="random"``): reading the same replica every time would measure a
+    hotspot that spread reads avoid, and a hot server answers faster on a busy machine."""
+
+    def calls() -> list[Awaitable[Any]]:
+        start = random.randrange(len(clients))
+        return [clients[(start + i) % len(clients)].get("bench:key") for i in range(count)]
+
+    return calls
 
 
 def _rate(fn: Op, callers: int = 32, per_caller: int = 40) -> Callable[[], Awaitable[float]]:
@@ -152,7 +162,7 @@ async def run() -> list[Row]:
                 label = level.value.upper()
                 count = required(level, N)
                 sets = _first(count, lambda: [c.set("bench:key", RAW) for c in bare])
-                gets = _first(count, _getter(bare[:count]))
+                gets = _first(count, _getter(bare, count))
                 rows += await _latency_rows(
                     f"quorum put, N=3 W={label}, 3 redis nodes",
                     lambda lv=level: cluster.put("bench:key", VALUE, w=lv),  # type: ignore[misc]
