@@ -22,8 +22,8 @@ Rows: median and p99 latency per operation, and throughput with 32 concurrent
 callers. The fan-out is concurrent, so a QUORUM operation should cost about the bare
 fan-out, not the sum of its replicas. Measured numbers and what they mean are in
 docs/replication/quorum.md ("What it costs"): on the shared, loaded 2-core development
-machine, over ten runs, QUORUM put 0.93x and QUORUM get 1.02x the bare fan-out
-(medians; run-to-run ranges 0.71-1.66x and 0.80-1.33x).
+machine (load 11-12), three runs gave QUORUM put 1.15x, 0.88x, 0.81x and QUORUM get
+1.07x, 0.97x, 1.04x the bare fan-out (bare time / ours; redis-py with hiredis).
 """
 
 from __future__ import annotations
