@@ -200,7 +200,7 @@ def test_square_brackets_in_messages_and_help_are_printed(tmp_path: Path, column
 
     (tmp_path / "sitecustomize.py").write_text(BLOCKER)
     (tmp_path / "multistore.toml").write_text(
-        '[multistore]\ndata_dir = "d[1]"\n[roles]\nsessions = "redis://127.0.0.1:1/0"\n'
+        '[multistore]\ndata_dir = "d[1]"\n[roles]\nsessions = "rediss://127.0.0.1:1/0"\n'
     )
     env = {"PYTHONPATH": str(tmp_path), "COLUMNS": columns}
     help_text = _run("recover", "--help", cwd=tmp_path, env={"COLUMNS": columns})

@@ -13,7 +13,9 @@ from pathlib import Path
 BLOCKER = textwrap.dedent(
     """
     import sys
-    BLOCKED = {"psycopg", "psycopg_pool", "pymysql", "redis", "falkordb", "influxdb"}
+    BLOCKED = {
+        "psycopg", "psycopg_pool", "pymysql", "redis", "hiredis", "falkordb", "influxdb"
+    }
 
     class Blocker:
         def find_spec(self, name, path=None, target=None):
@@ -64,18 +66,23 @@ def test_public_packages_import_without_server_drivers(tmp_path: Path) -> None:
 
 
 def test_server_url_without_its_driver_names_the_extra(tmp_path: Path) -> None:
+    """Redis over plain TCP needs no driver (multistore's own client, pure Python
+    without hiredis); TLS goes through redis-py, so that URL names the extra."""
     code = textwrap.dedent(
         """
         import asyncio, multistore
-        try:
-            asyncio.run(multistore.open_store("redis://127.0.0.1:1/0"))
-        except multistore.ConfigError as exc:
-            print(exc)
+        for url in ["redis://127.0.0.1:1/0", "rediss://127.0.0.1:1/0"]:
+            try:
+                asyncio.run(multistore.open_store(url))
+            except (multistore.ConfigError, multistore.StoreUnavailableError) as exc:
+                print(type(exc).__name__, exc)
         """
     )
     result = _run(tmp_path, code)
     assert result.returncode == 0, result.stderr
-    assert "pip install 'multistore[redis]'" in result.stdout
+    plain, tls = result.stdout.splitlines()
+    assert plain.startswith("StoreUnavailableError"), plain  # tried: nothing was missing
+    assert tls.startswith("ConfigError") and "pip install 'multistore[redis]'" in tls, tls
 
 
 def test_demo_runs_without_server_drivers(tmp_path: Path) -> None:

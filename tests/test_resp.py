@@ -7,13 +7,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import pytest
 
+from multistore import _resp
+from multistore._redis_link import RedisPyLink, open_link, redis_py_link
 from multistore._resp import (
+    HIREDIS,
     INCOMPLETE,
+    Reader,
     RespConnectionError,
     RespError,
     RespPool,
@@ -21,6 +25,7 @@ from multistore._resp import (
     RespReader,
     RespScript,
     RespTimeoutError,
+    new_reader,
     pack_command,
     parse_reply,
 )
@@ -29,6 +34,9 @@ from multistore.consistency._idempotency_backends import RedisRecords
 from multistore.errors import Outcome, StoreUnavailableError
 from multistore.lab._redis import RedisServer
 from multistore.stores import open_store
+from multistore.stores.kv import WrongTypeError
+from multistore.stores.kv._redis import RedisKeyValueStore
+from multistore.urls import parse_url
 
 # (wire bytes, parsed value) for every RESP2 reply type, nested arrays included.
 REPLIES: list[tuple[bytes, object]] = [
@@ -56,22 +64,44 @@ def test_every_reply_type_parses(wire: bytes, value: object) -> None:
     assert parse_reply(wire + b"$3\r\nab") == (value, len(wire))
 
 
+READERS = [
+    pytest.param(RespReader, id="python"),
+    pytest.param(new_reader, id="hiredis"),  # hiredis comes with the redis extra
+]
+
+
+def test_hiredis_parses_the_replies() -> None:
+    assert HIREDIS
+    assert type(new_reader()) is not RespReader
+
+
+@pytest.fixture(params=["hiredis", "python"])
+def parser(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Run a test with the connections' replies parsed by hiredis, then by the
+    pure-Python reader (what runs where hiredis is not installed)."""
+    if request.param == "python":
+        monkeypatch.setattr(_resp, "_hiredis", None)
+    assert (type(new_reader()) is RespReader) == (request.param == "python")
+    return str(request.param)
+
+
+@pytest.mark.parametrize("make", READERS)
 @pytest.mark.parametrize(("wire", "value"), REPLIES)
-def test_reply_split_at_every_byte(wire: bytes, value: object) -> None:
+def test_reply_split_at_every_byte(wire: bytes, value: object, make: Callable[[], Reader]) -> None:
     for cut in range(len(wire)):
         assert parse_reply(wire[:cut]) == (INCOMPLETE, 0), cut
-        reader = RespReader()
+        reader = make()
         reader.feed(wire[:cut])
-        assert reader.pop() is INCOMPLETE
+        assert reader.gets() is INCOMPLETE
         reader.feed(wire[cut:])
-        assert reader.pop() == value, cut
-        assert reader.pending == 0
+        assert reader.gets() == value, cut
+        assert not reader.has_data()
     # byte by byte, twice in a row on one reader
-    reader = RespReader()
+    reader = make()
     got: list[object] = []
     for byte in wire * 2:
         reader.feed(bytes([byte]))
-        reply = reader.pop()
+        reply = reader.gets()
         if reply is not INCOMPLETE:
             got.append(reply)
     assert got == [value, value]
@@ -113,7 +143,7 @@ def test_commands_are_packed_as_bulk_arrays() -> None:
 
 
 def test_pool_selects_db_and_runs_scripts_with_noscript_fallback(
-    redis_url: str, redis_server: RedisServer
+    redis_url: str, redis_server: RedisServer, parser: str
 ) -> None:
     async def body() -> None:
         pool = RespPool("127.0.0.1", int(redis_url.rsplit(":", 1)[1].split("/")[0]), db=5)
@@ -141,14 +171,16 @@ def test_pool_selects_db_and_runs_scripts_with_noscript_fallback(
     asyncio.run(body())
 
 
-def test_lean_path_survives_a_server_restart(redis_url: str, redis_server: RedisServer) -> None:
+def test_lean_path_survives_a_server_restart(
+    redis_url: str, redis_server: RedisServer, parser: str
+) -> None:
     url = redis_server.url(2)
     with asyncio.Runner() as runner:
         store = runner.run(open_store(url, model="kv"))
         try:
             idem = Idempotency(store, policy=IdempotencyPolicy())
             assert isinstance(idem.backend, RedisRecords)
-            lean: Any = store._lean  # type: ignore[attr-defined]
+            lean: Any = store._link  # type: ignore[attr-defined]
             assert isinstance(lean, RespPool)
             executions = 0
 
@@ -206,21 +238,29 @@ def test_deadline_covers_the_reply_and_the_wait_for_a_connection(
     asyncio.run(body())
 
 
-def test_redis_py_path_for_tls_urls_runs_the_same_scripts(
+def test_redis_py_path_for_tls_urls_runs_the_same_commands_and_scripts(
     redis_url: str, redis_server: RedisServer
 ) -> None:
-    """``ssl`` URLs send the scripts on the store's redis-py pool instead (the lean
-    client has no TLS). The fixture has no TLS, so the pool is forced here; the
-    scripts, the NOSCRIPT fallback after ``SCRIPT FLUSH`` and the replay must work."""
+    """``ssl`` URLs send every command on a redis-py connection instead (the lean
+    client has no TLS). The fixture has no TLS, so the store is built here on the link
+    an ssl URL gets, over plain TCP: the commands, their error mapping, the scripts,
+    the NOSCRIPT fallback after ``SCRIPT FLUSH`` and the replay must work."""
+    url = redis_server.url(3)
+    assert isinstance(open_link(parse_url(url + "?ssl=true")), RedisPyLink)
 
     async def body() -> None:
-        store = await open_store(redis_server.url(3), model="kv")
+        link = redis_py_link(url, timeout=5.0, connect_timeout=5.0, max_connections=4)
+        store = RedisKeyValueStore(parse_url(url), link)
         try:
+            await store.set("plain", "v")
+            assert await store.get("plain") == b"v"
+            assert await store.incr("n", 2) == 2
+            assert await store.zadd("z", {"a": 1.5}) == 1
+            assert await store.zrange("z", 0, -1) == [("a", 1.5)]
+            with pytest.raises(WrongTypeError):
+                await store.incr("z")
             idem = Idempotency(store, policy=IdempotencyPolicy())
             assert isinstance(idem.backend, RedisRecords)
-            lean = store._lean  # type: ignore[attr-defined]
-            assert lean is not None
-            store._lean = None  # type: ignore[attr-defined]  # what an ssl URL gets
             executions = 0
 
             async def charge(order: str) -> str:
@@ -234,7 +274,6 @@ def test_redis_py_path_for_tls_urls_runs_the_same_scripts(
             assert await call("o-1") == "charged o-1"  # replayed through EVAL
             assert await call("o-2") == "charged o-2"
             assert executions == 2
-            assert not lean._idle  # nothing went through the lean pool
             record = await idem.get("o-1", client="shop")
             assert record is not None and record.state == "completed"
             assert record.result == {"value": "charged o-1"}

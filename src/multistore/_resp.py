@@ -7,8 +7,10 @@ work (pool bookkeeping, a readiness probe, timeout wrappers, stream reader); a b
 :class:`asyncio.Protocol` costs about 35 us. This module is that protocol, plus:
 ``AUTH``/``SELECT`` on connect, a per-command deadline, and a pool
 that drops a connection on any failure (the next command opens a fresh one, so a
-restarted server is survived). TLS is not supported: the caller uses redis-py for
-``ssl`` URLs.
+restarted server is survived). Replies are parsed by ``hiredis`` when it is installed
+(it comes with the ``redis`` extra), else by the pure-Python :class:`RespReader`: the
+same values either way. TLS and Unix sockets are not supported: callers use redis-py for
+those URLs.
 
 :meth:`RespPool.send` starts a command and hands its reply to a callback, with no
 task or coroutine in between, so a caller fanning one request out to several servers
@@ -30,12 +32,14 @@ import hashlib
 import select
 from collections import deque
 from collections.abc import Callable, Sequence
-from typing import Final, TypeAlias
+from typing import Final, Protocol, TypeAlias
 
 __all__ = [
+    "HIREDIS",
     "INCOMPLETE",
     "Arg",
     "Done",
+    "Reader",
     "RespConnectionError",
     "RespError",
     "RespPool",
@@ -44,6 +48,7 @@ __all__ = [
     "RespScript",
     "RespTimeoutError",
     "bulk",
+    "new_reader",
     "pack_command",
     "parse_reply",
 ]
@@ -182,7 +187,8 @@ def parse_reply(buf: bytes, pos: int = 0) -> tuple[object, int]:
 
 
 class RespReader:
-    """Replies from a byte stream fed in arbitrary pieces."""
+    """Replies from a byte stream fed in arbitrary pieces (pure Python; the same
+    methods as ``hiredis.Reader``, which :func:`new_reader` prefers)."""
 
     def __init__(self) -> None:
         self._buf = b""
@@ -195,6 +201,10 @@ class RespReader:
         """Bytes received but not yet returned as a reply."""
         return len(self._buf)
 
+    def has_data(self) -> bool:
+        """True when bytes were received that no reply returned yet."""
+        return bool(self._buf)
+
     def pop(self) -> object:
         """The next whole reply, or :data:`INCOMPLETE`."""
         if not self._buf:
@@ -203,6 +213,40 @@ class RespReader:
         if reply is not INCOMPLETE:
             self._buf = self._buf[end:]
         return reply
+
+    gets = pop
+
+
+class Reader(Protocol):
+    """What a connection reads replies with: :class:`RespReader` or ``hiredis.Reader``."""
+
+    def feed(self, data: bytes, /) -> None: ...
+
+    def gets(self) -> object: ...
+
+    def has_data(self) -> bool: ...
+
+
+try:  # an optional speed-up: the pure-Python reader gives the same values
+    import hiredis as _hiredis
+except ImportError:  # pragma: no cover -- installed with the redis extra
+    _hiredis = None  # type: ignore[assignment]
+
+HIREDIS: Final = _hiredis is not None
+"""True when replies are parsed by ``hiredis`` (installed with the ``redis`` extra): the
+same values as :class:`RespReader` gives, 4-8 times faster. It checks less: a RESP3 reply
+type waits for more data instead of failing, lines have no length limit, and the CRLF
+after a bulk string is not checked (this client speaks RESP2 to Redis servers only)."""
+
+
+def new_reader() -> Reader:
+    """A reader for one connection: ``hiredis.Reader`` when installed, else :class:`RespReader`."""
+    if _hiredis is None:
+        return RespReader()
+    reader: Reader = _hiredis.Reader(
+        replyError=RespError, protocolError=RespProtocolError, notEnoughData=INCOMPLETE
+    )
+    return reader
 
 
 # -- scripts ----------------------------------------------------------------------
@@ -278,7 +322,7 @@ class _Connection(asyncio.Protocol):
     def __init__(self, pool: RespPool) -> None:
         self._pool = pool
         self._transport: asyncio.Transport | None = None
-        self._reader = RespReader()
+        self._reader = new_reader()
         self._poll = select.poll()
         self.request: _Request | None = None
         self.ready = False
@@ -304,14 +348,14 @@ class _Connection(asyncio.Protocol):
             self._fail(RespProtocolError("Redis sent data nobody asked for"))
             return
         try:
-            reply = reader.pop()
+            reply = reader.gets()
             if request.expected > 1:  # pipelined: all the replies, as a list
                 while reply is not INCOMPLETE:
                     request.replies.append(reply)
                     if len(request.replies) == request.expected:
                         reply = request.replies
                         break
-                    reply = reader.pop()
+                    reply = reader.gets()
         except RespProtocolError as exc:
             self._fail(exc)
             return
@@ -356,7 +400,7 @@ class _Connection(asyncio.Protocol):
         """True when an idle connection is unusable: failed, closed by the server (a
         restart: its end-of-stream is readable before the loop has seen it), or
         holding bytes nobody asked for."""
-        return self.broken or bool(self._poll.poll(0)) or self._reader.pending > 0
+        return self.broken or bool(self._poll.poll(0)) or self._reader.has_data()
 
     def close(self) -> None:
         self.broken = True
@@ -468,6 +512,10 @@ class RespPool:
             self._complete(
                 request, RespConnectionError("the connection pool is closed", sent=False)
             )
+
+    async def aclose(self) -> None:
+        """:meth:`close` (as a coroutine, like :class:`~multistore._redis_link.RedisPyLink`'s)."""
+        self.close()
 
     # -- internals ------------------------------------------------------------------
 

@@ -42,13 +42,11 @@ from multistore._resp import (
     RespError,
     RespPool,
     RespProtocolError,
-    RespTimeoutError,
     pack_command,
 )
-from multistore.errors import Outcome, StoreError, StoreTimeoutError, StoreUnavailableError
 from multistore.urls import StoreURL
 
-__all__ = ["SLOTS", "Address", "RespCluster", "connection_error", "key_slot"]
+__all__ = ["SLOTS", "Address", "RespCluster", "key_slot"]
 
 SLOTS: Final = 16384
 Address = tuple[str, int]
@@ -85,15 +83,6 @@ def key_slot(key: bytes | str) -> int:
     for byte in data:
         crc = ((crc << 8) & 0xFFFF) ^ table[(crc >> 8) ^ byte]
     return crc % SLOTS
-
-
-def connection_error(exc: RespConnectionError, where: str) -> StoreError:
-    """The store error for a failed cluster call: definite only when the command was
-    never sent."""
-    outcome = Outcome.INDETERMINATE if exc.sent else Outcome.DEFINITE
-    if isinstance(exc, RespTimeoutError):
-        return StoreTimeoutError(f"Redis Cluster did not answer in time: {where}", outcome=outcome)
-    return StoreUnavailableError(f"Redis Cluster unreachable: {where}: {exc}", outcome=outcome)
 
 
 def _redirect(message: str) -> tuple[int, Address]:

@@ -14,12 +14,13 @@ from urllib.parse import quote
 
 import pytest
 
+from multistore._redis_link import RedisPyLink
 from multistore._resp import RespPool, pack_command
 from multistore.core._quorum import QuorumConfig
 from multistore.errors import Outcome, StoreError, StoreTimeoutError, StoreUnavailableError
 from multistore.lab.servers import RedisServer, unique_name
-from multistore.replication._qnodes import Reply, entry_name
-from multistore.replication._qredis import RedisNode, RedisPyLink
+from multistore.replication._qnodes import Reply, SQLiteNode, entry_name
+from multistore.replication._qredis import RedisNode
 from multistore.replication._quorum import QuorumCluster
 
 pytestmark = pytest.mark.server
@@ -256,5 +257,60 @@ def test_url_user_password_with_reserved_characters_and_database(redis_url: str)
         finally:
             await admin.call(pack_command("ACL", "DELUSER", user))
             admin.close()
+
+    asyncio.run(body())
+
+
+_STAMPS = [
+    # the usual form: fixed-width hex physical time and counter, then the node id
+    "0190a1b2c3d4-000001-a",
+    "0190a1b2c3d4-000001-b",
+    "0190a1b2c3d4-000001-ab",
+    "0190a1b2c3d4-000002-a",
+    "0190a1b2c3d5-000000-a",
+    "0190a1b2c3d5-000000-",
+    "0190a1b2c3e0-000000-a",
+    "1190a1b2c3d4-000000-a",
+    "fffffffffffe-ffffff-z",
+    "ffffffffffff-000000-a",
+    # not in that form: only the bytes decide (numbers would order these otherwise)
+    "0002",
+    "00010",
+    "0190A1B2C3D4-000001-a",
+    "0190B1B2C3D4-000001-a",
+    "0x90a1b2c3d4-000001-a",
+    " 190a1b2c3d4-000001-a",
+    "0190a1b2c3d4-00001-a",
+    "0190a1b2c3d4-000001",
+    "0190a1b2c3d4",
+    "",
+]
+
+
+def test_redis_and_sqlite_nodes_keep_the_same_write_and_digest(
+    redis_url: str, tmp_path: Path
+) -> None:
+    """Last writer wins by the HLC texts' byte order on both node kinds, whatever the
+    texts look like (the Redis script compares the usual form as numbers), and both
+    keep the same anti-entropy digests."""
+
+    async def body() -> None:
+        redis = RedisNode.from_url("r", redis_url, timeout=5.0, prefix=unique_name("q") + ":")
+        sqlite = await SQLiteNode("s", tmp_path / "s.db").open()
+        try:
+            for i, first in enumerate(_STAMPS):
+                for j, second in enumerate(_STAMPS):
+                    group = b"g%d-%d" % (i, j)
+                    for node in (redis, sqlite):
+                        assert await node.write_lww(group, b"", first, b"1") is True
+                        stored = await node.write_lww(group, b"", second, b"2")
+                        assert stored is (second.encode() > first.encode()), (first, second)
+            assert await redis.entries(0, 2**64 - 1) == await sqlite.entries(0, 2**64 - 1)
+            assert await redis.leaf_hashes([(0, 2**64 - 1)], 8) == await sqlite.leaf_hashes(
+                [(0, 2**64 - 1)], 8
+            )
+        finally:
+            await redis.close()
+            await sqlite.close()
 
     asyncio.run(body())

@@ -7,14 +7,13 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 from rich.console import Console
 from rich.markup import escape
 
 from multistore.cli._human import quantity, table
 from multistore.config import load_config
-from multistore.errors import UsageError
+from multistore.errors import InvalidURLError, UsageError
 from multistore.replication import QuorumNode, RedisNode, SQLiteNode
 from multistore.replication._qurl import cluster_members, membership_url, open_cluster
 from multistore.urls import StoreURL, parse_url
@@ -47,10 +46,13 @@ def _new_node(
         return None, name, str(Path(str(url.database)) / f"{name}.db")
     if node_url is None:
         raise UsageError("a Redis cluster needs --node redis://HOST:PORT/DB for the new node")
-    parts = urlsplit(node_url)
-    if parts.scheme != "redis" or not parts.hostname:
+    try:
+        node = parse_url(node_url)
+    except InvalidURLError as exc:
+        raise UsageError(f"--node must be a redis://HOST:PORT/DB URL: {exc}") from None
+    if node.scheme != "redis" or not node.host:
         raise UsageError(f"--node must be a redis://HOST:PORT/DB URL, got {node_url!r}")
-    place = f"{parts.hostname}:{parts.port or 6379}/{parts.path.strip('/') or '0'}"
+    place = f"{node.host}:{node.port or 6379}/{node.database or '0'}"
     timeout = max(1.0, float(url.options.get("timeout", 2.0)))
     prefix = str(url.options.get("prefix", "q:"))
     return RedisNode.from_url(name, node_url, timeout=timeout, prefix=prefix), name, place

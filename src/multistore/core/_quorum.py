@@ -53,8 +53,12 @@ def required(level: Level | str, n: int) -> int:
                     f"unknown consistency level {text!r}; use one, quorum, all or a number"
                 ) from None
             level = int(text)
-    if isinstance(level, Consistency):
-        return {Consistency.ONE: 1, Consistency.QUORUM: n // 2 + 1, Consistency.ALL: n}[level]
+    if level is Consistency.QUORUM:  # per request: no table built, no enum hashed
+        return n // 2 + 1
+    if level is Consistency.ONE:
+        return 1
+    if level is Consistency.ALL:
+        return n
     if type(level) is not int or not 1 <= level <= n:
         raise InvalidValueError(
             f"a replica count must be an int in [1, {n}] (N={n}), got {level!r}"

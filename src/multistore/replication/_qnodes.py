@@ -47,6 +47,7 @@ __all__ = [
     "entry_name",
     "pack_record",
     "parse_entry",
+    "record_digest",
     "token_hex_bounds",
     "unpack_record",
     "when_done",
@@ -78,7 +79,8 @@ def unpack_record(value: bytes) -> Record:
     return hlc.decode(), blob
 
 
-def _digest(value: bytes) -> str:
+def record_digest(value: bytes) -> str:
+    """The anti-entropy digest of a stored value (``pack_record``'s bytes): SHA-1, hex."""
     return hashlib.sha1(value, usedforsecurity=False).hexdigest()
 
 
@@ -376,7 +378,7 @@ def _sqlite_write(
         conn.execute(
             "INSERT OR REPLACE INTO records (grp, member, value, hlc, entry, digest) "
             "VALUES (?, ?, ?, ?, ?, ?)",
-            (group, member, value, hlc, entry_name(group, member), _digest(value)),
+            (group, member, value, hlc, entry_name(group, member), record_digest(value)),
         )
     except BaseException:
         conn.execute("ROLLBACK")

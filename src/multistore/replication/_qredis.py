@@ -11,7 +11,9 @@ Commands go over the lean RESP2 client (:mod:`multistore._resp`): the hot calls 
 I/O callback settles, so the coordinator's fan-out needs no task per replica and
 hears each answer without waiting for another turn of the event loop. URLs the
 lean client cannot serve (``rediss://``, ``unix://``, ``?ssl=true``) go through
-redis-py instead, the same commands sent on a connection of its pool.
+redis-py instead, the same commands sent on a connection of its pool: the package's one
+Redis transport (:mod:`multistore._redis_link`) picks, from the URL read as every store
+URL is.
 """
 
 from __future__ import annotations
@@ -19,14 +21,12 @@ from __future__ import annotations
 import asyncio
 import functools
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any, Final, Protocol, TypeVar, cast
-from urllib.parse import parse_qs, unquote, urlsplit
+from typing import Any, Final, TypeVar, cast
 
+from multistore._redis_link import Link, open_link
 from multistore._resp import (
-    Done,
     RespConnectionError,
     RespError,
-    RespPool,
     RespScript,
     RespTimeoutError,
     pack_command,
@@ -38,44 +38,57 @@ from multistore.replication._qnodes import (
     Reply,
     entry_name,
     pack_record,
+    record_digest,
     token_hex_bounds,
     unpack_record,
 )
-
-if TYPE_CHECKING:  # redis is an optional extra, imported for the URLs that need it
-    import redis.asyncio as aioredis
 
 __all__ = ["RedisNode"]
 
 T = TypeVar("T")
 
 # KEYS: records hash, members zset, entry index zset, digests hash.
-# ARGV: member, value ("<hlc>\n<blob>"), entry. Alone, they are a last-writer-wins write
-# (the HLC texts before the newlines compare, byte by byte as Python and SQLite compare
-# them: Lua's own < follows the server's locale); a compare-and-set adds ARGV[4] ('0':
-# expect no record, '1': expect the value ARGV[5]). Few arguments: each costs the client.
-_WRITE: Final = RespScript("""
+# ARGV: member, value ("<hlc>\n<blob>"), entry, the value's SHA-1 (hex; computed once by
+# the client rather than by every replica). Alone, they are a last-writer-wins write: the
+# HLC texts before the newlines compare byte by byte, as Python and SQLite compare them
+# (Lua's own < follows the server's locale). An HLC text in its usual form starts with
+# 12 + 6 lowercase hex digits (physical time, counter) of fixed width, whose byte order is
+# their order as numbers: those compare in two steps, and only a tie, or a text not in
+# that form, walks the bytes. A compare-and-set adds ARGV[5] ('0': expect no record, '1':
+# expect the value ARGV[6]). Few arguments: each costs the client.
+_WRITE: Final = RespScript(
+    """
 local old = redis.call('HGET', KEYS[1], ARGV[1])
-if #ARGV == 3 then
+if #ARGV == 4 then
   if old then
     local new = ARGV[2]
-    local a = string.find(old, '\\n', 1, true) - 1
-    local b = string.find(new, '\\n', 1, true) - 1
-    local i, x, y = 1, 0, 0
-    while i <= a and i <= b do
-      x, y = string.byte(old, i), string.byte(new, i)
-      if x ~= y then break end
-      i = i + 1
+    local po, co = string.match(old, HLC_HEAD)
+    local pn, cn = string.match(new, HLC_HEAD)
+    local x, y, i = 0, 0, 1
+    if po and pn then
+      if po ~= pn then
+        x, y = tonumber(po, 16), tonumber(pn, 16)
+      elseif co ~= cn then
+        x, y = tonumber(co, 16), tonumber(cn, 16)
+      else
+        i = 21  -- the same stamp: the node ids after it decide
+      end
     end
     if x == y then
-      if a >= b then return 0 end
-    elseif x > y then
-      return 0
+      local a = string.find(old, '\\n', 1, true) - 1
+      local b = string.find(new, '\\n', 1, true) - 1
+      while i <= a and i <= b do
+        x, y = string.byte(old, i), string.byte(new, i)
+        if x ~= y then break end
+        i = i + 1
+      end
+      if x == y and a >= b then return 0 end
     end
+    if x > y then return 0 end
   end
-elseif ARGV[4] == '0' then
+elseif ARGV[5] == '0' then
   if old then return 0 end
-elseif old ~= ARGV[5] then
+elseif old ~= ARGV[6] then
   return 0
 end
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
@@ -83,9 +96,10 @@ if not old then  -- a record that exists is in both indexes already
   redis.call('ZADD', KEYS[2], 0, ARGV[1])
   redis.call('ZADD', KEYS[3], 0, ARGV[3])
 end
-redis.call('HSET', KEYS[4], ARGV[3], redis.sha1hex(ARGV[2]))
+redis.call('HSET', KEYS[4], ARGV[3], ARGV[4])
 return 1
-""")
+""".replace("HLC_HEAD", "'^(" + "[0-9a-f]" * 12 + ")%-(" + "[0-9a-f]" * 6 + ")%-'")
+)
 
 # KEYS: records hash, members zset. ARGV: lo, hi, reverse, limit.
 _SCAN: Final = RespScript("""
@@ -164,72 +178,6 @@ _REFUSALS: Final = frozenset(
 its first write command: each of ours writes nothing before its first write)."""
 
 
-class Link(Protocol):
-    """Where a node's commands go: :class:`~multistore._resp.RespPool` or
-    :class:`RedisPyLink` (same contract as :meth:`RespPool.send`)."""
-
-    def send(
-        self, command: bytes, done: Done, fallback: Callable[[], bytes] | None = None
-    ) -> None: ...
-
-
-class RedisPyLink:
-    """:meth:`RespPool.send` over a redis-py client, for the URLs the lean client
-    cannot serve (TLS, Unix sockets): a task per command, on a connection of the
-    client's pool, failures given to ``done`` as the lean client's exceptions."""
-
-    def __init__(self, client: aioredis.Redis, timeout: float) -> None:
-        from redis import exceptions as rex
-
-        self.client = client
-        self.timeout = timeout
-        self._pool: Any = client.connection_pool  # redis-py: partly untyped
-        self._rex = rex
-        self._tasks: set[asyncio.Task[None]] = set()
-
-    def send(self, command: bytes, done: Done, fallback: Callable[[], bytes] | None = None) -> None:
-        task = asyncio.get_running_loop().create_task(self._run(command, done, fallback))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
-    async def _run(self, command: bytes, done: Done, fallback: Callable[[], bytes] | None) -> None:
-        rex = self._rex
-        sent = False
-        reply: object
-        try:
-            async with asyncio.timeout(self.timeout):
-                conn = await self._pool.get_connection()
-                try:
-                    sent = True
-                    # as redis-py does: on any failure but an error reply the connection
-                    # disconnects itself, so the pool never hands out a half-read one
-                    await conn.send_packed_command(command, False)
-                    try:
-                        reply = await conn.read_response()
-                    except rex.NoScriptError:
-                        if fallback is None:
-                            raise
-                        await conn.send_packed_command(fallback(), False)
-                        reply = await conn.read_response()
-                finally:
-                    await self._pool.release(conn)
-        except rex.ResponseError as exc:
-            reply = RespError(str(exc))
-        except (TimeoutError, rex.TimeoutError):
-            where = "reply" if sent else "connection"
-            reply = RespTimeoutError(f"no {where} within {self.timeout} s", sent=sent)
-        except (rex.RedisError, OSError) as exc:
-            reply = RespConnectionError(str(exc), sent=sent)
-        done(reply)
-
-    async def aclose(self) -> None:
-        await self.client.aclose()
-
-
-def _truthy(values: list[str] | None) -> bool:
-    return values is not None and values[-1].lower() in ("1", "true", "yes", "on")
-
-
 def _bytes(value: object) -> bytes:
     if isinstance(value, bytes):
         return value
@@ -285,34 +233,9 @@ class RedisNode(QuorumNode):
         cls, name: str, url: str, *, timeout: float = 5.0, prefix: str = "q:"
     ) -> RedisNode:
         """A node for ``redis://[[user]:password@]host:port/db`` (connections are made
-        on first use); ``rediss://``, ``unix://`` and ``?ssl=true`` go through redis-py."""
-        parts = urlsplit(url)
-        query = parse_qs(parts.query)
-        link: Link
-        if parts.scheme == "redis" and not _truthy(query.get("ssl")):
-            db = parts.path.strip("/") or (query.get("db") or ["0"])[-1]
-            link = RespPool(
-                parts.hostname or "127.0.0.1",
-                parts.port or 6379,
-                db=int(db),
-                username=unquote(parts.username) if parts.username else None,
-                password=unquote(parts.password) if parts.password else None,
-                timeout=timeout,
-                max_connections=64,
-            )
-        else:
-            import redis.asyncio as aioredis
-            from redis.asyncio.retry import Retry
-            from redis.backoff import NoBackoff
-
-            client = aioredis.Redis.from_url(
-                url,
-                socket_timeout=None,  # each command has the link's deadline instead
-                socket_connect_timeout=timeout,
-                retry=Retry(NoBackoff(), 0),
-                max_connections=64,
-            )
-            link = RedisPyLink(client, timeout)
+        on first use); ``rediss://``, ``?ssl=true`` and ``unix://`` go through redis-py
+        (see :func:`multistore._redis_link.open_link`)."""
+        link = open_link(url, timeout=timeout, max_connections=64)
         return cls(name, link, prefix, timeout=timeout)
 
     # -- one command --------------------------------------------------------------------
@@ -397,7 +320,8 @@ class RedisNode(QuorumNode):
 
         def pack() -> tuple[bytes, Callable[[], bytes]]:
             keys = (prefix + b"r:" + group, prefix + b"m:" + group, self._index, self._digests)
-            args = (member, pack_record(hlc, blob), entry_name(group, member), *cas)
+            value = pack_record(hlc, blob)
+            args = (member, value, entry_name(group, member), record_digest(value), *cas)
             return _WRITE.pack(keys, args)
 
         command, fallback = _repacked((prefix, group, member, hlc, cas), blob, pack)
@@ -467,11 +391,7 @@ class RedisNode(QuorumNode):
                 return
 
     async def close(self) -> None:
-        link = self.link
-        if isinstance(link, RespPool):
-            link.close()
-        elif isinstance(link, RedisPyLink):
-            await link.aclose()
+        await self.link.aclose()
 
     def __repr__(self) -> str:
         return f"RedisNode({self.name!r})"

@@ -27,11 +27,11 @@ connection or no answer after sending is indeterminate.
 from __future__ import annotations
 
 import asyncio
-import uuid
 from collections import defaultdict
 from collections.abc import Sequence
 from typing import Any, Final, Self
 
+from multistore._redis_link import connection_error
 from multistore._resp import (
     Arg,
     RespConnectionError,
@@ -39,64 +39,39 @@ from multistore._resp import (
     RespScript,
     pack_command,
 )
-from multistore._resp_cluster import RespCluster, connection_error, key_slot
+from multistore._resp_cluster import RespCluster, key_slot
 from multistore.errors import (
     InvalidValueError,
     MultistoreError,
     Outcome,
-    StoreError,
     StoreTimeoutError,
     UsageError,
 )
-from multistore.stores.kv._api import KeyValueStore, RateLimit, WrongTypeError
-from multistore.stores.kv._checks import (
-    check_amount,
-    check_index,
-    check_key,
-    check_keys,
-    check_limit,
-    check_member,
-    check_score,
-    check_ttl,
-    check_value,
-    ttl_millis,
-)
-from multistore.stores.kv._redis_lua import (
-    COMPARE_AND_SET_LUA,
-    RATE_LIMIT_LUA,
-    cas_args,
-    glob_escape,
-    ttl_from_pttl,
-)
+from multistore.stores.kv._checks import check_keys
+from multistore.stores.kv._redis_base import RespKeyValueStore, RespKvScript, reply_error
+from multistore.stores.kv._redis_lua import glob_escape
 from multistore.urls import StoreURL
 
 __all__ = ["RedisClusterKeyValueStore", "RedisClusterScript"]
+
+RedisClusterScript = RespKvScript
+"""A Lua script bound to one :class:`RedisClusterKeyValueStore`; its keys (prefixed)
+must share one slot."""
 
 _WRITES: Final = frozenset(
     {"SET", "DEL", "PEXPIRE", "INCRBY", "ZADD", "ZINCRBY", "ZREM", "EVALSHA", "EVAL"}
 )
 
 
-def _float(raw: object) -> float:
-    if isinstance(raw, bytes | str | int | float):
-        return float(raw)
-    raise StoreError(f"unexpected reply from Redis: {raw!r}")
-
-
-class RedisClusterKeyValueStore(KeyValueStore):
+class RedisClusterKeyValueStore(RespKeyValueStore):
     """Key-value store on a Redis Cluster. See the module docstring."""
 
     def __init__(self, url: StoreURL, cluster: RespCluster) -> None:
-        self.url = url
         self._cluster = cluster
-        self._prefix = url.str_option("prefix", "")
         self._wait = url.int_option("wait_replicas", 0)
         self._wait_ms = max(1, round(url.float_option("wait_timeout", 1.0) * 1000))
         self._wait_command = pack_command("WAIT", self._wait, self._wait_ms)
-        self._closed = False
-        self._close_callbacks: list[Any] = []
-        self._limiter = self.script(RATE_LIMIT_LUA, name="rate_limit")
-        self._compare_and_set = self.script(COMPARE_AND_SET_LUA, name="compare_and_set")
+        self._setup(url)
 
     @classmethod
     async def open(cls, url: StoreURL) -> Self:
@@ -113,16 +88,10 @@ class RedisClusterKeyValueStore(KeyValueStore):
     async def close(self) -> None:
         if not self._closed:
             self._closed = True
-            callbacks, self._close_callbacks = self._close_callbacks, []
             try:
-                for callback in callbacks:
-                    callback()
+                self._run_close_callbacks()
             finally:
                 self._cluster.close()
-
-    def on_close(self, callback: Any) -> None:
-        """Run ``callback`` when the store closes."""
-        self._close_callbacks.append(callback)
 
     @property
     def native(self) -> RespCluster:
@@ -130,9 +99,6 @@ class RedisClusterKeyValueStore(KeyValueStore):
         return self._cluster
 
     # -- plumbing --------------------------------------------------------------------
-
-    def _k(self, key: object) -> str:
-        return self._prefix + check_key(key)
 
     async def _run(self, key: str | None, op: str, call: Any) -> Any:
         """Await ``call`` (a cluster call) with errors mapped for ``op``."""
@@ -143,7 +109,7 @@ class RedisClusterKeyValueStore(KeyValueStore):
         try:
             return await call
         except RespError as exc:
-            raise _mapped(exc.message, op, key, where) from None
+            raise reply_error(exc.message, op, key, where) from None
         except RespConnectionError as exc:
             raise connection_error(exc, where) from exc
 
@@ -170,11 +136,6 @@ class RedisClusterKeyValueStore(KeyValueStore):
                 outcome=Outcome.INDETERMINATE,
             )
         return reply
-
-    def script(self, body: str, *, name: str = "script") -> RedisClusterScript:
-        """A Lua script run with ``EVALSHA`` (``EVAL`` when the node lacks it) on the
-        primary of its keys' slot; the keys (prefixed) must share one slot."""
-        return RedisClusterScript(self, RespScript(body), name)
 
     async def _eval(
         self, script: RespScript, name: str, keys: Sequence[str], args: Sequence[Arg]
@@ -210,51 +171,11 @@ class RedisClusterKeyValueStore(KeyValueStore):
 
     # -- strings ---------------------------------------------------------------------
 
-    async def get(self, key: str) -> bytes | None:
-        value = await self._cmd(key, "get", "GET", self._k(key))
-        return None if value is None else bytes(value)
-
-    async def set(self, key: str, value: bytes | str, *, ttl: float | None = None) -> None:
-        k, data = self._k(key), check_value(value)
-        if ttl is None:
-            await self._cmd(key, "set", "SET", k, data)
-        else:
-            await self._cmd(key, "set", "SET", k, data, "PX", ttl_millis(check_ttl(ttl)))
-
-    async def set_if_absent(
-        self, key: str, value: bytes | str, *, ttl: float | None = None
-    ) -> bool:
-        k, data = self._k(key), check_value(value)
-        extra: list[Arg] = [] if ttl is None else ["PX", ttl_millis(check_ttl(ttl))]
-        return await self._cmd(key, "set_if_absent", "SET", k, data, "NX", *extra) is not None
-
-    async def compare_and_set(
-        self,
-        key: str,
-        expected: bytes | str | None,
-        value: bytes | str,
-        *,
-        ttl: float | None = None,
-    ) -> bool:
-        return bool(await self._compare_and_set([key], cas_args(expected, value, ttl)))
-
     async def delete(self, *keys: str) -> int:
         ks = [self._prefix + k for k in dict.fromkeys(check_keys(keys))]
         if not ks:
             return 0
         return sum(int(reply) for _, reply in await self._per_slot("delete", "DEL", ks))
-
-    async def expire(self, key: str, ttl: float) -> bool:
-        ms = ttl_millis(check_ttl(ttl))
-        return bool(await self._cmd(key, "expire", "PEXPIRE", self._k(key), ms))
-
-    async def ttl(self, key: str) -> float | None:
-        ms = int(await self._cmd(key, "ttl", "PTTL", self._k(key)))
-        return ttl_from_pttl(ms)
-
-    async def incr(self, key: str, amount: int = 1) -> int:
-        step = check_amount(amount)
-        return int(await self._cmd(key, "incr", "INCRBY", self._k(key), step))
 
     async def mget(self, keys: Sequence[str]) -> list[bytes | None]:
         ks = [self._prefix + k for k in check_keys(keys)]
@@ -286,91 +207,3 @@ class RedisClusterKeyValueStore(KeyValueStore):
         primaries = await self._run(None, "scan", self._cluster.primaries())
         await asyncio.gather(*[one(a) for a in primaries])
         return sorted(found)
-
-    # -- sorted sets -----------------------------------------------------------------
-
-    async def zadd(self, key: str, mapping: dict[str, float]) -> int:
-        k = self._k(key)
-        if not isinstance(mapping, dict):
-            raise InvalidValueError(f"zadd takes a dict of member -> score, not {mapping!r}")
-        pairs = {check_member(m): check_score(s) for m, s in mapping.items()}
-        if not pairs:
-            return 0
-        flat: list[Arg] = []
-        for member, score in pairs.items():
-            flat += [score, member]
-        return int(await self._cmd(key, "zadd", "ZADD", k, *flat))
-
-    async def zscore(self, key: str, member: str) -> float | None:
-        m = check_member(member)
-        score = await self._cmd(key, "zscore", "ZSCORE", self._k(key), m)
-        return None if score is None else _float(score)
-
-    async def zincrby(self, key: str, member: str, amount: float) -> float:
-        m, step = check_member(member), check_score(amount, "increment")
-        return _float(await self._cmd(key, "zincrby", "ZINCRBY", self._k(key), step, m))
-
-    async def zrange(
-        self, key: str, start: int, stop: int, *, desc: bool = False
-    ) -> list[tuple[str, float]]:
-        first, last = check_index(start, "start"), check_index(stop, "stop")
-        extra: list[Arg] = ["REV"] if desc else []
-        rows = await self._cmd(
-            key, "zrange", "ZRANGE", self._k(key), first, last, *extra, "WITHSCORES"
-        )
-        return [(bytes(rows[i]).decode(), _float(rows[i + 1])) for i in range(0, len(rows), 2)]
-
-    async def zrank(self, key: str, member: str, *, desc: bool = False) -> int | None:
-        m = check_member(member)
-        rank = await self._cmd(key, "zrank", "ZREVRANK" if desc else "ZRANK", self._k(key), m)
-        return None if rank is None else int(rank)
-
-    async def zrem(self, key: str, *members: str) -> int:
-        k = self._k(key)
-        ms = [check_member(m) for m in members]
-        if not ms:
-            return 0
-        return int(await self._cmd(key, "zrem", "ZREM", k, *ms))
-
-    # -- rate limiting ---------------------------------------------------------------
-
-    async def rate_limit(self, key: str, limit: int, window: float) -> RateLimit:
-        most, seconds = check_limit(limit, window)
-        allowed, remaining, retry = await self._limiter(
-            [key], [most, repr(seconds), uuid.uuid4().hex]
-        )
-        return RateLimit(
-            allowed=bool(allowed), remaining=int(remaining), retry_after=max(0.0, _float(retry))
-        )
-
-
-class RedisClusterScript:
-    """A Lua script bound to one :class:`RedisClusterKeyValueStore`; call it with keys
-    (of one slot) and arguments."""
-
-    __slots__ = ("_script", "_store", "name")
-
-    def __init__(self, store: RedisClusterKeyValueStore, script: RespScript, name: str) -> None:
-        self._store = store
-        self._script = script
-        self.name = name
-
-    @property
-    def sha(self) -> str:
-        return self._script.sha
-
-    async def __call__(self, keys: Sequence[str], args: Sequence[Arg] = ()) -> Any:
-        return await self._store._eval(self._script, self.name, keys, args)
-
-
-def _mapped(text: str, op: str, key: str | None, where: str) -> MultistoreError:
-    head = text.split(" script:")[0]
-    if text.startswith("WRONGTYPE") or "WRONGTYPE" in head:
-        return WrongTypeError(f"{op} on key {key!r}, which holds another kind of value (WRONGTYPE)")
-    if "not an integer" in text or "overflow" in text:
-        return InvalidValueError(
-            f"{op}: the value at key {key!r} is not a 64-bit integer or would overflow ({text})"
-        )
-    if "NaN" in text:
-        return InvalidValueError(f"{op} on key {key!r}: the score would be NaN")
-    return StoreError(f"Redis error: {where}: {text}")

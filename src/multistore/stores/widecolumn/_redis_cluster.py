@@ -32,8 +32,9 @@ from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from typing import Any, Final, Self
 
+from multistore._redis_link import connection_error
 from multistore._resp import Arg, RespConnectionError, RespError, RespScript, pack_command
-from multistore._resp_cluster import RespCluster, connection_error, key_slot
+from multistore._resp_cluster import RespCluster, key_slot
 from multistore.errors import (
     InvalidURLError,
     InvalidValueError,
