@@ -31,7 +31,7 @@ from __future__ import annotations
 import contextlib
 import uuid
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any, Self, cast
+from typing import Any, NoReturn, Self, cast
 
 import redis.asyncio as aioredis
 from redis import exceptions as rex
@@ -176,23 +176,27 @@ class RedisKeyValueStore(KeyValueStore):
             return await self._eval_on_pool(command, fallback, name, key)
         try:
             return await lean.call(command, fallback)
-        except RespError as exc:  # an error reply: mapped as redis-py's exception would be
+        except (RespError, RespConnectionError) as exc:
+            self._raise_lean_error(exc, name, key)
+
+    def _raise_lean_error(self, exc: Exception, name: str, key: str | None) -> NoReturn:
+        """Raise what a failure of a script on the lean pool means (called in the
+        ``except`` block that caught ``exc``)."""
+        if isinstance(exc, RespError):  # an error reply: mapped as redis-py's would be
             parser: Any = BaseParser  # untyped
             reply = parser.parse_error(exc.message)
             with self._errors(name, key):
                 raise reply from None
-            raise  # pragma: no cover -- _errors maps every redis-py error
-        except RespConnectionError as exc:
-            # Sent: the script may have run (indeterminate); not sent: it did not.
-            outcome = Outcome.INDETERMINATE if exc.sent else Outcome.DEFINITE
-            where = f"{name} on {self.url}" + (f" (key {key!r})" if key is not None else "")
-            if isinstance(exc, RespTimeoutError):
-                raise StoreTimeoutError(
-                    f"Redis did not answer in time: {where}", outcome=outcome
-                ) from exc
-            raise StoreUnavailableError(
-                f"Redis unreachable: {where}: {exc}", outcome=outcome
+            raise AssertionError("_errors maps every redis-py error")  # pragma: no cover
+        assert isinstance(exc, RespConnectionError)
+        # Sent: the script may have run (indeterminate); not sent: it did not.
+        outcome = Outcome.INDETERMINATE if exc.sent else Outcome.DEFINITE
+        where = f"{name} on {self.url}" + (f" (key {key!r})" if key is not None else "")
+        if isinstance(exc, RespTimeoutError):
+            raise StoreTimeoutError(
+                f"Redis did not answer in time: {where}", outcome=outcome
             ) from exc
+        raise StoreUnavailableError(f"Redis unreachable: {where}: {exc}", outcome=outcome) from exc
 
     async def _eval_on_pool(
         self, command: bytes, fallback: Callable[[], bytes], name: str, key: str | None
@@ -406,7 +410,16 @@ class RedisScript:
         return self._script.sha
 
     async def __call__(self, keys: Sequence[str], args: Sequence[Arg] = ()) -> Any:
-        return await self._store._eval(self._script, self.name, keys, args)
+        store = self._store
+        lean = store._lean
+        if lean is None or store._closed:
+            return await store._eval(self._script, self.name, keys, args)
+        # The store's ``_eval`` written out: this is every idempotent request's path.
+        command, fallback = self._script.pack([store._k(k) for k in keys], args)
+        try:
+            return await lean.call(command, fallback)
+        except (RespError, RespConnectionError) as exc:
+            store._raise_lean_error(exc, self.name, keys[0] if keys else None)
 
 
 def _lean_pool(url: StoreURL) -> RespPool:
