@@ -825,3 +825,34 @@ def test_a_first_call_is_two_round_trips_and_a_replay_one(redis_url: str) -> Non
             await store.close()
 
     asyncio.run(body())
+
+
+def test_a_policy_changed_after_use_renews_on_its_own_heartbeat(sqlite_target: Target) -> None:
+    """Runs started after ``idem.policy`` changed renew on the new heartbeat, not on the
+    one of the runs before (the shared renewal timer is per policy too)."""
+    policy = IdempotencyPolicy(lease=0.6, heartbeat=0.1)
+
+    async def body() -> None:
+        async with opened(sqlite_target) as holder, opened(sqlite_target, policy) as other:
+            async with holder.begin("warm-up", {}) as run:  # renewals every 10 s so far
+                run.set_result(0)
+            holder.policy = policy
+            running = asyncio.Event()
+
+            async def slow() -> None:
+                async with holder.begin("slow", {}) as run:
+                    running.set()
+                    await asyncio.sleep(1.5)  # more than two of the new lease periods
+                    run.set_result(1)
+
+            task = asyncio.create_task(slow())
+            await running.wait()
+            while not task.done():
+                with contextlib.suppress(IdempotencyInProgressError):
+                    async with other.begin("slow", {}) as retry:
+                        assert task.done(), "a retry ran while the holder was alive"
+                        assert retry.replayed
+                await asyncio.sleep(0.05)
+            await task
+
+    asyncio.run(body())

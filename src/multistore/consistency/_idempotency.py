@@ -559,12 +559,13 @@ class Idempotency:
         self._keeper: _LeaseKeeper | None = None
 
     def _lease_keeper(self) -> _LeaseKeeper:
-        """The keeper of this event loop's runs (made again if the loop changed: the
-        runs of an earlier loop keep theirs)."""
+        """The keeper of this event loop's runs (made again if the loop or the policy
+        changed: the runs that joined the earlier one stay with it)."""
         loop = asyncio.get_running_loop()
         keeper = self._keeper
-        if keeper is None or keeper.loop is not loop:
-            keeper = self._keeper = _LeaseKeeper(loop, self.policy.heartbeat_interval)
+        interval = self.policy.heartbeat_interval
+        if keeper is None or keeper.loop is not loop or keeper.interval != interval:
+            keeper = self._keeper = _LeaseKeeper(loop, interval)
         return keeper
 
     async def _setup(self) -> None:
