@@ -17,6 +17,10 @@ Cases, at 10, 1,000 and 100,000 elements:
   and, for the cart, against the Yjs update of the same cart; the cart's binary
   wire form (``to_bytes``) against the Yjs update as well.
 
+* **Multi-master replication**: a fresh node pulling 1,000 cart writes from
+  another, two embedded (SQLite) nodes against raw sqlite3, and two PostgreSQL
+  nodes against raw psycopg doing the same storage work.
+
 pycrdt is a benchmark-only dependency, imported lazily.
 """
 
@@ -293,10 +297,92 @@ async def _replication_case() -> Row:
     )
 
 
+async def _postgres_replication_case() -> Row:
+    """Changes applied per second between two multi-master nodes on PostgreSQL.
+
+    The same workload as the embedded case: node a holds 1,000 cart writes (100
+    keys), written before the clock starts; a fresh node b pulls and applies them all.
+    Each run gets fresh databases on one throwaway server. The anchor is the floor of
+    the same storage work in psycopg: the same 1,000 change rows inserted and the
+    states upserted, one transaction per 200, each statement batched (pipelined).
+    """
+    import time
+
+    import psycopg
+
+    from benchmarks._harness import BenchEnv
+    from multistore.core import MergeFunction, merge_carts
+    from multistore.replication._multimaster import MultiMasterNode
+    from multistore.replication._replicator import Replicator
+
+    resolver = MergeFunction(merge_carts)
+    env = BenchEnv()
+    try:
+
+        async def source() -> MultiMasterNode:
+            """A fresh node a holding the writes (not timed)."""
+            origin = await MultiMasterNode.open(await env.url("postgresql"), "a", resolver=resolver)
+            for i in range(REPLICATED_CHANGES):
+                await origin.put(f"cart:{i % 100}", {"items": {f"sku-{i}": i % 5 + 1}})
+            return origin
+
+        origin = await source()
+        try:
+            changes = (await origin.changes_after(0, 10**6))[0]
+        finally:
+            await origin.close()
+        bodies = [json.dumps(c.to_dict()) for c in changes]
+
+        async def ours() -> float:
+            origin = await source()
+            target = await MultiMasterNode.open(await env.url("postgresql"), "b", resolver=resolver)
+            try:
+                start = time.perf_counter()
+                await Replicator([origin, target], push=False).sync()
+                elapsed = time.perf_counter() - start
+            finally:
+                await target.close()
+                await origin.close()
+            return REPLICATED_CHANGES / elapsed
+
+        async def anchor() -> float:
+            url = await env.url("postgresql")
+            with psycopg.connect(url) as db:
+                db.execute(
+                    "CREATE TABLE log (origin TEXT, seq INT, body TEXT, PRIMARY KEY (origin, seq))"
+                )
+                db.execute("CREATE TABLE data (key TEXT PRIMARY KEY, state TEXT)")
+                db.commit()
+                start = time.perf_counter()
+                for first in range(0, len(bodies), 200):
+                    batch = list(enumerate(bodies[first : first + 200], start=first + 1))
+                    # executemany pipelines the statements: a batch, not a round trip each
+                    with db.transaction(), db.cursor() as cur:
+                        cur.executemany("INSERT INTO log VALUES ('a', %s, %s)", batch)
+                        cur.executemany(
+                            "INSERT INTO data VALUES (%s, %s) "
+                            "ON CONFLICT (key) DO UPDATE SET state = excluded.state",
+                            [(f"cart:{seq % 100}", body) for seq, body in batch],
+                        )
+                elapsed = time.perf_counter() - start
+            return REPLICATED_CHANGES / elapsed
+
+        return await compare_throughput(
+            "multi-master replication, 2 PostgreSQL nodes",
+            ours,
+            anchor,
+            "raw psycopg inserts",
+            unit="changes/s",
+        )
+    finally:
+        env.close()
+
+
 async def run() -> list[Row]:
     rows: list[Row] = []
     for size in SIZES:
         rows += await _orset_cases(size)
         rows += await _cart_cases(size)
     rows.append(await _replication_case())
+    rows.append(await _postgres_replication_case())
     return rows

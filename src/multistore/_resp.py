@@ -268,16 +268,26 @@ class RespScript:
         """``(EVALSHA command, a function packing the same call as EVAL)``."""
         n = len(keys)
         head = b"*%d\r\n" % (3 + n + len(args))
-        parts = [head, self._evalsha, bulk(n)]
-        for part in (*keys, *args):
-            parts.append(_bulk_bytes(part) if type(part) is bytes else bulk(part))
-        command = b"".join(parts)
+        numkeys = _NUMKEYS[n] if n < len(_NUMKEYS) else bulk(n)
+        command = b"".join((head, self._evalsha, numkeys, _bulks((*keys, *args))))
         body, cut = self._eval, len(head) + len(self._evalsha)
         return command, lambda: head + body + command[cut:]
 
 
-def _bulk_bytes(data: bytes) -> bytes:
-    return b"$%d\r\n%b\r\n" % (len(data), data)
+_NUMKEYS: Final = tuple(bulk(n) for n in range(8))
+
+
+def _bulks(parts: tuple[Arg, ...]) -> bytes:
+    """``b"".join(bulk(p) for p in parts)``, in C loops when every part is a string
+    (the common case: this is on every script call's path)."""
+    try:
+        data = list(map(str.encode, parts))  # type: ignore[arg-type]
+    except TypeError:  # bytes or numbers among them
+        return b"".join([bulk(p) for p in parts])
+    if not data:
+        return b""
+    heads = map(b"$%d\r\n".__mod__, map(len, data))  # "$<length>\r\n" of each
+    return b"\r\n".join(map(b"".join, zip(heads, data, strict=True))) + b"\r\n"
 
 
 # -- connections ------------------------------------------------------------------

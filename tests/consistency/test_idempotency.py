@@ -32,7 +32,12 @@ from multistore.consistency._idempotency import (
     fingerprint,
     idempotent,
 )
-from multistore.errors import InvalidValueError, NotFoundError, StoreUnavailableError
+from multistore.errors import (
+    InvalidValueError,
+    NotFoundError,
+    StoreUnavailableError,
+    UsageError,
+)
 from multistore.stores import open_store
 
 Target = tuple[str, str]  # (url, model)
@@ -662,5 +667,192 @@ def test_non_json_result_is_stored_as_an_error(sqlite_target: Target) -> None:
                         if run.replayed:
                             run.result()  # the stored error is raised again
                         run.set_result(object())
+
+    asyncio.run(body())
+
+
+def _nested(depth: int) -> list[Any]:
+    value: list[Any] = []
+    for _ in range(depth):
+        value = [value]
+    return value
+
+
+def test_values_nested_too_deeply_for_json_are_refused_not_crashed(sqlite_target: Target) -> None:
+    """A payload or a result nested deeper than JSON encoding can recurse is bad input
+    (InvalidValueError), not a RecursionError: a result that cannot be stored is stored
+    as that error, so a retry replays it instead of finding the key held until its
+    lease runs out and running the function a second time."""
+    deep = _nested(100_000)
+    calls = 0
+
+    async def body() -> None:
+        async with opened(sqlite_target) as idem:
+            with pytest.raises(InvalidValueError, match="JSON"):
+                async with idem.begin("deep-payload", deep):
+                    raise AssertionError("must not run")
+
+            @idempotent(idem, key=lambda k: k)
+            async def build(k: str) -> list[Any]:
+                nonlocal calls
+                calls += 1
+                return deep
+
+            for _ in range(2):
+                with pytest.raises(InvalidValueError, match="not JSON"):
+                    await build("deep-result")
+            assert calls == 1
+
+    asyncio.run(body())
+
+
+def test_a_checkpoint_after_the_run_ended_is_refused(sqlite_target: Target) -> None:
+    async def body() -> None:
+        async with opened(sqlite_target) as idem:
+            async with idem.begin("done", {}) as run:
+                run.set_result(1)
+            with pytest.raises(UsageError, match="after the run's block ended"):
+                await run.checkpoint("late")
+            async with idem.begin("done", {}) as again:
+                assert again.replayed and again.result() == 1
+                assert again.recovery_point is None
+
+    asyncio.run(body())
+
+
+def test_holders_started_at_different_moments_all_keep_their_leases(
+    sqlite_target: Target,
+) -> None:
+    """The runs in progress on one event loop share one renewal timer, armed for the
+    renewal due first: holders that started at different moments each keep their key
+    for several lease periods, and a retry of any of them never runs."""
+    policy = IdempotencyPolicy(lease=0.6, heartbeat=0.1)
+    keys = [f"slow-{i}" for i in range(4)]
+    executions = dict.fromkeys(keys, 0)
+
+    async def body() -> None:
+        async with opened(sqlite_target, policy) as holder, opened(sqlite_target, policy) as other:
+
+            async def slow(idem: Idempotency, key: str) -> str:
+                async with idem.begin(key, {}) as run:
+                    if run.replayed:
+                        return str(run.result())
+                    executions[key] += 1
+                    await asyncio.sleep(1.5)  # more than two lease periods
+                    run.set_result(key)
+                return key
+
+            holders = []
+            for key in keys:  # each one starts once the one before is running
+                holders.append(asyncio.create_task(slow(holder, key)))
+                await wait_for(lambda k=key: asyncio.sleep(0, executions[k] == 1))  # type: ignore[misc]
+            refused = 0
+            while not all(task.done() for task in holders):
+                for key, task in zip(keys, holders, strict=True):
+                    with contextlib.suppress(IdempotencyInProgressError):
+                        await slow(other, key)
+                        assert task.done(), f"a retry of {key} ran while its holder was alive"
+                        continue
+                    refused += 1
+                await asyncio.sleep(0.05)
+            assert [await task for task in holders] == keys
+            assert refused >= 10
+            assert [await slow(other, key) for key in keys] == keys
+            assert executions == dict.fromkeys(keys, 1)
+
+    asyncio.run(body())
+
+
+@pytest.mark.server
+def test_a_first_call_is_two_round_trips_and_a_replay_one(redis_url: str) -> None:
+    """On Redis a first call is its claim and its completion (two scripts, no other
+    command: no extra read) and starts no task; a replay is the claim alone."""
+    import redis.asyncio as aioredis
+
+    async def body() -> None:
+        store = await open_store(redis_url, model="kv")
+        admin = aioredis.Redis.from_url(redis_url)
+
+        async def commands() -> dict[str, int]:
+            stats = await admin.info("commandstats")
+            return {name: int(s["calls"]) for name, s in stats.items() if name != "cmdstat_info"}
+
+        def sent(before: dict[str, int], after: dict[str, int]) -> dict[str, int]:
+            return {n: c - before.get(n, 0) for n, c in after.items() if c != before.get(n, 0)}
+
+        try:
+            idem = Idempotency(store)
+
+            @idempotent(idem, key=lambda n: f"order-{n}")
+            async def pay(n: int) -> dict[str, int]:
+                return {"paid": n}
+
+            assert await pay(0) == {"paid": 0}  # the server learns the scripts (EVAL)
+            loop = asyncio.get_running_loop()
+            started: list[object] = []
+
+            def factory(loop: asyncio.AbstractEventLoop, coro: Any, **kw: Any) -> asyncio.Task[Any]:
+                started.append(coro)
+                return asyncio.Task(coro, loop=loop, **kw)
+
+            before = await commands()
+            loop.set_task_factory(factory)
+            try:
+                assert await pay(1) == {"paid": 1}
+            finally:
+                loop.set_task_factory(None)
+            first = await commands()
+            assert await pay(1) == {"paid": 1}
+            replay = await commands()
+            # Commands a script runs are counted too: each script reads the server's
+            # clock and the record's fields; the claim and the completion each write
+            # the hash and its TTL; a replay reads the stored outcome.
+            assert sent(before, first) == {
+                "cmdstat_evalsha": 2,
+                "cmdstat_time": 2,
+                "cmdstat_hmget": 2,
+                "cmdstat_hset": 2,
+                "cmdstat_pexpire": 2,
+            }
+            assert started == []
+            assert sent(first, replay) == {
+                "cmdstat_evalsha": 1,
+                "cmdstat_time": 1,
+                "cmdstat_hmget": 2,
+            }
+        finally:
+            await admin.aclose()
+            await store.close()
+
+    asyncio.run(body())
+
+
+def test_a_policy_changed_after_use_renews_on_its_own_heartbeat(sqlite_target: Target) -> None:
+    """Runs started after ``idem.policy`` changed renew on the new heartbeat, not on the
+    one of the runs before (the shared renewal timer is per policy too)."""
+    policy = IdempotencyPolicy(lease=0.6, heartbeat=0.1)
+
+    async def body() -> None:
+        async with opened(sqlite_target) as holder, opened(sqlite_target, policy) as other:
+            async with holder.begin("warm-up", {}) as run:  # renewals every 10 s so far
+                run.set_result(0)
+            holder.policy = policy
+            running = asyncio.Event()
+
+            async def slow() -> None:
+                async with holder.begin("slow", {}) as run:
+                    running.set()
+                    await asyncio.sleep(1.5)  # more than two of the new lease periods
+                    run.set_result(1)
+
+            task = asyncio.create_task(slow())
+            await running.wait()
+            while not task.done():
+                with contextlib.suppress(IdempotencyInProgressError):
+                    async with other.begin("slow", {}) as retry:
+                        assert task.done(), "a retry ran while the holder was alive"
+                        assert retry.replayed
+                await asyncio.sleep(0.05)
+            await task
 
     asyncio.run(body())

@@ -34,10 +34,11 @@ import os
 import re
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Final, ParamSpec, TypeVar, cast
+from typing import Any, Final, NoReturn, ParamSpec, TypeVar, cast
 
+from multistore._json import encoder as json_encoder
 from multistore.consistency._idempotency_backends import (
     CLAIM_ATTEMPTS,
     IdempotencyRecord,
@@ -115,15 +116,13 @@ class IdempotencyPolicy:
 DEFAULT_POLICY: Final = IdempotencyPolicy()
 
 
-_CANONICAL: Final = json.JSONEncoder(
-    sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
-)
+_canonical: Final = json_encoder(sort_keys=True, ensure_ascii=False, allow_nan=False)
 
 
 def fingerprint(payload: Any) -> str:
     """SHA-256 (hex) of the canonical JSON of ``payload`` (sorted keys, no spaces)."""
     try:
-        text = _CANONICAL.encode(payload)
+        text = _canonical(payload)
     except (TypeError, ValueError) as exc:
         raise InvalidValueError(
             f"an idempotent request's payload must be JSON to be fingerprinted: {exc}"
@@ -223,6 +222,49 @@ def current_run() -> IdempotentRun | None:
     return _current.get()
 
 
+_RELEASED: Final[dict[str, Any]] = {"owner": None}
+
+
+class _LeaseKeeper:
+    """Renews the leases of the runs in progress on one event loop, with one timer for
+    them all: a run joins when it starts (a dict insertion) and leaves when it ends,
+    so a run that ends before its first renewal is due costs no timer and no task.
+    Runs join in the order their renewals fall due (one interval after joining, on the
+    loop's monotonic clock), so the timer is armed for the first of them only."""
+
+    __slots__ = ("_due", "_timer", "interval", "loop")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, interval: float) -> None:
+        self.loop = loop
+        self.interval = interval
+        self._due: dict[IdempotentRun, float] = {}
+        self._timer: asyncio.TimerHandle | None = None
+
+    def add(self, run: IdempotentRun) -> None:
+        due = self.loop.time() + self.interval
+        self._due[run] = due
+        if self._timer is None:
+            self._timer = self.loop.call_at(due, self._fire)
+
+    def discard(self, run: IdempotentRun) -> None:
+        self._due.pop(run, None)
+
+    def _fire(self) -> None:
+        """Start the renewals that are due; arm the timer for the next one."""
+        self._timer = None
+        due = self._due
+        # A timer may fire a hair early (the loop's clock resolution): a renewal due
+        # within a millisecond is due now.
+        now = self.loop.time() + 0.001
+        while due:
+            run, when = next(iter(due.items()))
+            if when > now:
+                self._timer = self.loop.call_at(when, self._fire)
+                return
+            del due[run]
+            run._beat_due()
+
+
 class IdempotentRun:
     """One claim on an idempotency key, from ``async with idem.begin(...) as run``.
 
@@ -234,6 +276,21 @@ class IdempotentRun:
     ``run.resumed`` is True when this run took the key over from a holder whose
     lease ran out; ``run.recovery_point`` is then the holder's last checkpoint.
     """
+
+    __slots__ = (
+        "_beat",
+        "_discard",
+        "_idem",
+        "_keeper",
+        "_lock",
+        "_lost",
+        "_owner",
+        "_record",
+        "_stopped",
+        "_value",
+        "replayed",
+        "resumed",
+    )
 
     def __init__(
         self,
@@ -250,8 +307,10 @@ class IdempotentRun:
         self.replayed = replayed
         self.resumed = resumed
         self._value: Any = None
-        self._lock = asyncio.Lock()
-        self._timer: asyncio.TimerHandle | None = None
+        self._lock: asyncio.Lock | None = None
+        """Serializes the record's changes once a checkpoint or a renewal has begun;
+        made then (a run that has neither completes without one)."""
+        self._keeper: _LeaseKeeper | None = None
         self._beat: asyncio.Task[None] | None = None
         self._stopped = False
         self._lost = False
@@ -304,9 +363,11 @@ class IdempotentRun:
             raise UsageError("checkpoint() on a replayed run: the work is already done")
         if not isinstance(point, str) or not point:
             raise InvalidValueError("a recovery point is a non-empty string")
-        async with self._lock:
+        if self._stopped:
+            raise UsageError("checkpoint() after the run's block ended: its outcome is stored")
+        async with self._changing():
             ok = await self._swap(
-                lambda r: r.evolve(recovery_point=point, recovery_data=data),
+                {"recovery_point": point, "recovery_data": data},
                 lease=self._idem.policy.lease,
             )
         if not ok:
@@ -319,17 +380,17 @@ class IdempotentRun:
 
     async def _swap(
         self,
-        change: Callable[[IdempotencyRecord], IdempotencyRecord],
+        changes: Mapping[str, Any],
         *,
         lease: float | None,
         expires_after: float | None = None,
     ) -> bool:
-        """Apply ``change`` to our record by compare-and-swap (the backend sets the
+        """Apply ``changes`` to our record by compare-and-swap (the backend sets the
         version and the lease and expiry times); False once the record is not ours."""
         backend = self._idem.backend
         for _ in range(3):
             new = await backend.advance(
-                change(self._record), self._record, lease=lease, expires_after=expires_after
+                self._record, changes, lease=lease, expires_after=expires_after
             )
             if new is not None:
                 self._record = new
@@ -342,42 +403,49 @@ class IdempotentRun:
             self._record = current
         return False
 
+    def _changing(self) -> asyncio.Lock:
+        lock = self._lock
+        if lock is None:
+            lock = self._lock = asyncio.Lock()
+        return lock
+
     def _start_heartbeat(self) -> None:
-        """Arm the first renewal. A timer, not a task: a run that ends before the
-        first renewal is due costs one ``call_later`` and its cancellation."""
-        self._timer = asyncio.get_running_loop().call_later(
-            self._idem.policy.heartbeat_interval, self._beat_due
-        )
+        """Have the first renewal due one heartbeat from now: the run joins its
+        :class:`Idempotency`'s lease keeper (no timer or task of its own)."""
+        self._keeper = self._idem._lease_keeper()
+        self._keeper.add(self)
 
     def _beat_due(self) -> None:
-        self._timer = None
         if not self._stopped:
             self._beat = asyncio.create_task(self._renew(), name=f"idempotency lease {self.key}")
 
     async def _renew(self) -> None:
         lease = self._idem.policy.lease
-        async with self._lock:
+        async with self._changing():
             if self._stopped:
                 return
             try:
-                ok = await self._swap(lambda r: r, lease=lease)
+                ok = await self._swap({}, lease=lease)
             except MultistoreError:
                 ok = True  # the store hiccuped: the lease still runs, try next beat
         if ok and not self._stopped:
             self._beat = None
             self._start_heartbeat()
 
-    async def _stop_heartbeat(self) -> bool:
-        """Stop renewing the lease and wait for a renewal in flight to end. True when
-        the caller was cancelled meanwhile: :meth:`_finish` stores the outcome, then
-        raises that cancellation (the renewal's own cancellation is not the caller's)."""
+    def _stop_heartbeat(self) -> asyncio.Task[None] | None:
+        """Stop renewing the lease; the renewal in flight, if any, to wait for."""
         self._stopped = True
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        keeper = self._keeper
+        if keeper is not None:
+            keeper.discard(self)
         beat, self._beat = self._beat, None
-        if beat is None:
-            return False
+        return beat
+
+    @staticmethod
+    async def _wait_renewal(beat: asyncio.Task[None]) -> bool:
+        """Cancel the renewal in flight and wait for it to end. True when the caller
+        was cancelled meanwhile: :meth:`_finish` stores the outcome, then raises that
+        cancellation (the renewal's own cancellation is not the caller's)."""
         beat.cancel()
         cancelled = False
         while not beat.done():
@@ -390,12 +458,16 @@ class IdempotentRun:
         return cancelled
 
     async def _complete(self, outcome: dict[str, Any]) -> None:
-        async with self._lock:
-            ok = await self._swap(
-                lambda r: r.evolve(state="completed", owner=None, result=outcome),
-                lease=None,
-                expires_after=self._idem.policy.expires_after,
-            )
+        # The run's last change ends the lease. Without the lock when no checkpoint or
+        # renewal ever began: none can begin once the run has stopped.
+        lock = self._lock
+        expires_after = self._idem.policy.expires_after
+        changes = {"state": "completed", "owner": None, "result": outcome}
+        if lock is None:
+            ok = await self._swap(changes, lease=None, expires_after=expires_after)
+        else:
+            async with lock:
+                ok = await self._swap(changes, lease=None, expires_after=expires_after)
         if not ok:
             raise IdempotencyLeaseLostError(
                 f"idempotency key {self.key!r}: another run took the key over after this "
@@ -404,16 +476,23 @@ class IdempotentRun:
 
     async def _release(self) -> None:
         """Give the key up without an outcome: a retry may run (from the last checkpoint)."""
-        async with self._lock:
-            await self._swap(lambda r: r.evolve(owner=None), lease=None)
+        async with self._changing():
+            await self._swap(_RELEASED, lease=None)
 
     async def _finish(self, exc: BaseException | None) -> None:
         """End the execution: store the outcome (the value set, or ``exc`` when it is
         storable) or release the key. Raises what the caller must raise instead —
         a cancellation of the caller that landed while the lease renewal stopped, once
         the outcome is stored."""
-        cancelled = await self._stop_heartbeat()
-        await self._settle(exc)
+        beat = self._stop_heartbeat()
+        cancelled = False if beat is None else await self._wait_renewal(beat)
+        if exc is None and not self._discard:  # the common case, one coroutine less
+            try:
+                await self._complete({"value": self._value})
+            except ResultNotJSONError as bad:
+                await self._complete_not_json(bad)
+        else:
+            await self._settle(exc)
         if cancelled:
             raise asyncio.CancelledError
 
@@ -430,13 +509,17 @@ class IdempotentRun:
             return
         try:
             await self._complete({"value": self._value})
-        except ResultNotJSONError as bad:  # nothing was written: store that error instead
-            error = InvalidValueError(
-                f"idempotency key {self.key!r}: the result is not JSON and cannot be "
-                f"stored for replay: {bad}"
-            )
-            await self._complete({"error": _encode_error(error)})
-            raise error from None
+        except ResultNotJSONError as bad:
+            await self._complete_not_json(bad)
+
+    async def _complete_not_json(self, bad: ResultNotJSONError) -> NoReturn:
+        """The result could not be stored (nothing was written): store that error instead."""
+        error = InvalidValueError(
+            f"idempotency key {self.key!r}: the result is not JSON and cannot be "
+            f"stored for replay: {bad}"
+        )
+        await self._complete({"error": _encode_error(error)})
+        raise error from None
 
 
 # -- the store-facing object -----------------------------------------------------------
@@ -473,6 +556,17 @@ class Idempotency:
         )
         self._ready = False
         self._setup_lock = asyncio.Lock()
+        self._keeper: _LeaseKeeper | None = None
+
+    def _lease_keeper(self) -> _LeaseKeeper:
+        """The keeper of this event loop's runs (made again if the loop or the policy
+        changed: the runs that joined the earlier one stay with it)."""
+        loop = asyncio.get_running_loop()
+        keeper = self._keeper
+        interval = self.policy.heartbeat_interval
+        if keeper is None or keeper.loop is not loop or keeper.interval != interval:
+            keeper = self._keeper = _LeaseKeeper(loop, interval)
+        return keeper
 
     async def _setup(self) -> None:
         if self._ready:

@@ -35,13 +35,15 @@ from __future__ import annotations
 import abc
 import contextlib
 import dataclasses
+import functools
 import json
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Final, Literal
+from typing import TYPE_CHECKING, Any, Final, Literal, NamedTuple
 
+from multistore._json import encoder as json_encoder
 from multistore.errors import (
     DuplicateKeyError,
     InvalidValueError,
@@ -107,12 +109,11 @@ class IdempotencyRecord:
     def evolve(self, **changes: Any) -> IdempotencyRecord:
         """A copy with ``changes`` (field names), as ``dataclasses.replace`` without its
         per-call introspection (it is on every request's path)."""
-        unknown = changes.keys() - _FIELD_SET
-        if unknown:
-            raise TypeError(f"IdempotencyRecord has no fields {sorted(unknown)}")
+        if not changes.keys() <= _FIELD_SET:
+            unknown = sorted(changes.keys() - _FIELD_SET)
+            raise TypeError(f"IdempotencyRecord has no fields {unknown}")
         new = object.__new__(IdempotencyRecord)
-        new.__dict__.update(self.__dict__)
-        new.__dict__.update(changes)
+        object.__setattr__(new, "__dict__", {**self.__dict__, **changes})
         return new
 
     def dumps(self) -> str:
@@ -185,7 +186,7 @@ class ResultNotJSONError(InvalidValueError):
     """A result or recovery data to store is not JSON (nothing was written)."""
 
 
-_compact: Final = json.JSONEncoder(separators=(",", ":"), allow_nan=False).encode
+_compact: Final = json_encoder(allow_nan=False)
 
 
 def _dumps(record: IdempotencyRecord, data: dict[str, Any]) -> str:
@@ -200,8 +201,7 @@ def _dumps(record: IdempotencyRecord, data: dict[str, Any]) -> str:
 ClaimStatus = Literal["created", "resumed", "completed", "busy", "mismatch", "contended"]
 
 
-@dataclass(frozen=True, slots=True)
-class Claim:
+class Claim(NamedTuple):
     """What :meth:`RecordBackend.claim` found: ``created`` (a fresh record, ours),
     ``resumed`` (taken over from a holder whose lease ran out, ours), ``completed``
     (the stored record, to replay), ``busy`` (a live holder; ``retry_after``
@@ -253,16 +253,17 @@ class RecordBackend(abc.ABC):
     @abc.abstractmethod
     async def advance(
         self,
-        new: IdempotencyRecord,
         current: IdempotencyRecord,
+        changes: Mapping[str, Any],
         *,
         lease: float | None,
         expires_after: float | None = None,
     ) -> IdempotencyRecord | None:
-        """Store ``new`` (state, owner, recovery point, result) in place of ``current``
-        if the stored record is still ``current`` (same version and owner); None
-        otherwise. Sets the version and times: ``lease_until`` = now + ``lease`` (now
-        when None); ``expires_at`` kept, or now + ``expires_after`` if given and passed."""
+        """Store ``current`` with ``changes`` (of its state, owner, recovery point and
+        data, result) if the stored record is still ``current`` (same version and
+        owner), and return what was stored; None otherwise. Sets the version and times:
+        ``lease_until`` = now + ``lease`` (now when None); ``expires_at`` kept, or now +
+        ``expires_after`` if given and passed."""
 
 
 class CasRecords(RecordBackend, abc.ABC):
@@ -336,39 +337,37 @@ class CasRecords(RecordBackend, abc.ABC):
                 return Claim("completed", record)
             if record.lease_until > now:
                 return Claim("busy", record, record.lease_until - now)
-            taken = await self._advance_at(
-                dataclasses.replace(record, owner=owner), record, now, lease=lease
-            )
+            taken = await self._advance_at(record, {"owner": owner}, now, lease=lease)
             if taken is not None:
                 return Claim("resumed", taken)
         return Claim("contended")
 
     async def advance(
         self,
-        new: IdempotencyRecord,
         current: IdempotencyRecord,
+        changes: Mapping[str, Any],
         *,
         lease: float | None,
         expires_after: float | None = None,
     ) -> IdempotencyRecord | None:
         return await self._advance_at(
-            new, current, await self.now(), lease=lease, expires_after=expires_after
+            current, changes, await self.now(), lease=lease, expires_after=expires_after
         )
 
     async def _advance_at(
         self,
-        new: IdempotencyRecord,
         current: IdempotencyRecord,
+        changes: Mapping[str, Any],
         now: float,
         *,
         lease: float | None,
         expires_after: float | None = None,
     ) -> IdempotencyRecord | None:
-        expires = new.expires_at
+        expires = current.expires_at
         if expires_after is not None and expires <= now:
             expires = now + expires_after
-        record = dataclasses.replace(
-            new,
+        record = current.evolve(
+            **changes,
             version=current.version + 1,
             lease_until=now if lease is None else now + lease,
             expires_at=expires,
@@ -506,6 +505,7 @@ return {t[1] * 1000 + math.floor(t[2] / 1000), redis.call('HGETALL', KEYS[1])}
 """
 
 
+@functools.lru_cache(maxsize=64)  # a policy's few durations, on every request's path
 def _ms(seconds: float) -> str:
     """A duration for the scripts: whole milliseconds, at least 1."""
     return str(max(1, round(seconds * 1000)))
@@ -656,31 +656,32 @@ class RedisRecords(RecordBackend):
 
     async def advance(
         self,
-        new: IdempotencyRecord,
         current: IdempotencyRecord,
+        changes: Mapping[str, Any],
         *,
         lease: float | None,
         expires_after: float | None = None,
     ) -> IdempotencyRecord | None:
-        recovery_data, result = new.recovery_data, new.result
+        fields = {**current.__dict__, **changes}
+        recovery_data, result = fields["recovery_data"], fields["result"]
         try:
             rd = "null" if recovery_data is None else _compact(recovery_data)
             rs = "" if result is None else _compact(result)
         except (TypeError, ValueError) as exc:
             raise ResultNotJSONError(
-                f"idempotency key {new.key!r}: the stored result or recovery data is not "
-                f"JSON: {exc}"
+                f"idempotency key {current.key!r}: the stored result or recovery data is "
+                f"not JSON: {exc}"
             ) from None
         reply = await self._advance(
-            [self._key(new.scope, new.key)],
+            [self._key(current.scope, current.key)],
             [
                 str(current.version),
                 current.owner or "",
                 "" if lease is None else _ms(lease),
                 "" if expires_after is None else _ms(expires_after),
-                new.state,
-                new.owner or "",
-                new.recovery_point or "",
+                fields["state"],
+                fields["owner"] or "",
+                fields["recovery_point"] or "",
                 rd,
                 rs,
             ],
@@ -688,12 +689,13 @@ class RedisRecords(RecordBackend):
         if not reply:
             return None
         version, lease_until, expires_at, created_at = reply
-        return new.evolve(
-            version=version,
-            lease_until=lease_until / 1000,
-            expires_at=expires_at / 1000,
-            created_at=created_at / 1000,
-        )
+        fields["version"] = version
+        fields["lease_until"] = lease_until / 1000
+        fields["expires_at"] = expires_at / 1000
+        fields["created_at"] = created_at / 1000
+        record = object.__new__(IdempotencyRecord)
+        object.__setattr__(record, "__dict__", fields)
+        return record
 
     async def reap(self) -> int:
         return 0  # Redis drops expired keys by itself
