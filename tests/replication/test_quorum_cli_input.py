@@ -1,0 +1,70 @@
+"""``multistore quorum add-node`` on bad input: a clear usage error before anything
+changes. A node the printed URL could not name again (its name holds the ``names=``
+separator, or is empty), or a ``--node`` that is the storage of a node the cluster
+has already, would otherwise join, stream, and have the nodes that lost ranges forget
+them, leaving a cluster no URL opens correctly."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+
+from multistore.core._quorum import Consistency
+from multistore.errors import ErrorCode
+from multistore.lab.servers import RedisServer, unique_name
+from multistore.replication._qurl import open_cluster
+from multistore.urls import parse_url
+from tests.cli import run_cli
+from tests.replication.quorum_helpers import held
+
+KEYS = [f"cli:{i}" for i in range(40)]
+
+
+async def _write_keys(url: str) -> None:
+    cluster = await open_cluster(parse_url(url))
+    try:
+        for key in KEYS:
+            await cluster.put(key, key, w=Consistency.ALL)
+    finally:
+        await cluster.close()
+
+
+async def _every_node_has_every_key(url: str) -> None:
+    cluster = await open_cluster(parse_url(url))
+    try:
+        for key in KEYS:
+            records = await held(cluster, key)
+            assert len(records) == len(cluster.nodes), key
+            assert all(record is not None for record in records.values()), key
+    finally:
+        await cluster.close()
+
+
+@pytest.mark.parametrize("name", ["a,b", "", "sub/node"])
+def test_add_node_refuses_a_name_the_url_cannot_name_again(tmp_path: Path, name: str) -> None:
+    folder = tmp_path / "cluster"
+    url = f"quorum:///{folder}?nodes=3&n=3"
+    asyncio.run(_write_keys(url))
+    before = sorted(p.name for p in folder.iterdir())
+    refused = run_cli("quorum", "add-node", name, "--url", url, cwd=tmp_path)
+    assert refused.returncode == ErrorCode.USAGE, refused.stdout + refused.stderr
+    assert "node name" in refused.stderr
+    assert sorted(p.name for p in folder.iterdir()) == before  # no node file made
+    asyncio.run(_every_node_has_every_key(url))  # nothing streamed away or forgotten
+
+
+@pytest.mark.server
+def test_add_node_refuses_a_redis_node_the_cluster_has_already(
+    redis_nodes: list[RedisServer], tmp_path: Path
+) -> None:
+    first, second, third = (f"127.0.0.1:{s.port}" for s in redis_nodes[:3])
+    prefix = unique_name("cli") + ":"
+    url = f"quorum://{first}/0?n=3&prefix={prefix}&peers={second},{third}"
+    asyncio.run(_write_keys(url))
+    for again in (f"redis://{second}/0", f"redis://{second}"):
+        refused = run_cli("quorum", "add-node", "--url", url, "--node", again, cwd=tmp_path)
+        assert refused.returncode == ErrorCode.USAGE, refused.stdout + refused.stderr
+        assert "node1" in refused.stderr
+    asyncio.run(_every_node_has_every_key(url))
