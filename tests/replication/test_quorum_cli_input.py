@@ -7,16 +7,18 @@ them, leaving a cluster no URL opens correctly."""
 from __future__ import annotations
 
 import asyncio
+import signal
 from pathlib import Path
 
 import pytest
 
-from multistore.core._quorum import Consistency
+from multistore.core._quorum import Consistency, QuorumConfig
 from multistore.errors import ErrorCode
 from multistore.lab.servers import RedisServer, unique_name
+from multistore.replication._quorum import QuorumCluster
 from multistore.replication._qurl import open_cluster
 from multistore.urls import parse_url
-from tests.cli import run_cli
+from tests.cli import run_cli, run_python
 from tests.replication.quorum_helpers import held
 
 KEYS = [f"cli:{i}" for i in range(40)]
@@ -68,3 +70,45 @@ def test_add_node_refuses_a_redis_node_the_cluster_has_already(
         assert refused.returncode == ErrorCode.USAGE, refused.stdout + refused.stderr
         assert "node1" in refused.stderr
     asyncio.run(_every_node_has_every_key(url))
+
+
+def test_add_node_killed_while_nodes_forget_moved_ranges_has_printed_the_url(
+    tmp_path: Path,
+) -> None:
+    """``add-node`` SIGKILLed once the ring has switched, as soon as a node that lost a
+    range has forgotten one of its records: the command must have printed the URL to open
+    the cluster with by then, and on that ring every key is still on W replicas. (The
+    keys were written while node2 was down, by a coordinator whose hints are gone: on
+    the old ring they are on two replicas, and forgetting one leaves a single copy.)"""
+    folder = tmp_path / "cluster"
+    config = QuorumConfig(n=3, r=2, w=2)
+
+    async def write() -> None:
+        cluster = await QuorumCluster.embedded(folder, 3, config=config, hints_path=None)
+        try:
+            cluster.node("node2").set_down(True)
+            for key in KEYS:
+                await cluster.put(key, key)
+        finally:
+            await cluster.close()
+
+    asyncio.run(write())
+    killed = run_python(
+        ["-m", "tests.replication.quorum_join_kill_script", f"quorum:///{folder}?nodes=3&n=3", "1"],
+        cwd=Path(__file__).parents[2],
+    )
+    assert killed.returncode == -signal.SIGKILL, killed.stdout + killed.stderr
+    output = " ".join((killed.stdout + killed.stderr).split())
+    assert f"quorum:///{folder}?n=3&nodes=4" in output, output
+
+    async def check() -> None:
+        cluster = await open_cluster(parse_url(f"quorum:///{folder}?n=3&nodes=4"))
+        try:
+            for key in KEYS:
+                records = await held(cluster, key, cluster.preference_list(key))
+                assert sum(record is not None for record in records.values()) >= 2, key
+                assert (await cluster.get(key)).value == key
+        finally:
+            await cluster.close()
+
+    asyncio.run(check())

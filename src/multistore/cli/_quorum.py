@@ -100,8 +100,18 @@ async def run_membership(
             node = _open_node(quorum_url, name, place, node_url)
             if isinstance(node, SQLiteNode):
                 node = await node.open()
-            change = await cluster.add_node(node)
+            before = cluster.ring
+            change = await cluster.add_node(node, cleanup=False)
             members = [*members, (name, place)]
+            # The ring has switched: say so before the nodes that lost ranges forget
+            # them (from then on only the new ring holds every key on W replicas), so
+            # an interrupted command has told where the cluster is.
+            joined = membership_url(quorum_url, members).render()
+            Console(stderr=True, highlight=False, soft_wrap=True).print(
+                f"quorum: {change.node} joined; open the cluster with: {escape(joined)}"
+            )
+            removed = await cluster.cleanup(before)
+            change = dataclasses.replace(change, records_removed=removed)
         else:
             assert name is not None
             change = await cluster.remove_node(name)

@@ -53,6 +53,7 @@ __all__ = [
     "NewReplicas",
     "add_node",
     "check_new_replicas",
+    "cleanup",
     "remove_node",
     "write_new_replicas",
 ]
@@ -287,6 +288,15 @@ async def _hand_over_hints(cluster: QuorumCluster, nodes: set[str], *, strict: b
             outcome=Outcome.DEFINITE,
         )
     return left
+
+
+async def cleanup(cluster: QuorumCluster, before: HashRing) -> int:
+    """Step 6's cleanup, run on its own after ``add_node(..., cleanup=False)`` returned:
+    the nodes that replicated a range on ring ``before`` and no longer do forget its
+    records. The number of records removed."""
+    async with cluster.membership_lock:
+        await cluster.drain()
+        return await _cleanup(cluster, before.moves(cluster.ring, cluster.config.n))
 
 
 async def _cleanup(cluster: QuorumCluster, moves: list[Move]) -> int:

@@ -88,6 +88,7 @@ from multistore.replication._qmembership import (
     NewReplicas,
     add_node,
     check_new_replicas,
+    cleanup,
     remove_node,
     write_new_replicas,
 )
@@ -716,6 +717,15 @@ class QuorumCluster:
         then switch the ring (see :mod:`._qmembership`)."""
         self._check_open()
         return await add_node(self, node, cleanup=cleanup)
+
+    async def cleanup(self, before: HashRing) -> int:
+        """After ``add_node(node, cleanup=False)``: have the nodes that replicated a range
+        on ring ``before`` (``cluster.ring`` as it was) and no longer do forget its
+        records; returns how many were removed (see :mod:`._qmembership`). Split from
+        the join so a caller can record the new membership first: once records are
+        forgotten, only the new ring holds every key on W replicas."""
+        self._check_open()
+        return await cleanup(self, before)
 
     async def remove_node(self, name: str) -> MembershipChange:
         """Decommission node ``name``: stream its ranges to the nodes that take them
