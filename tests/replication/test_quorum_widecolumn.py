@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from multistore.core._quorum import Consistency, QuorumConfig
-from multistore.errors import InvalidValueError
+from multistore.errors import InvalidValueError, Outcome
 from multistore.lab.servers import RedisServer, unique_name
 from multistore.replication._qnodes import SQLiteNode, parse_entry
 from multistore.replication._quorum import QuorumCluster, QuorumError, decode_set
@@ -222,6 +222,38 @@ def test_a_purged_row_never_brings_back_what_it_overwrote(tmp_path: Path) -> Non
             for name in store.cluster.nodes:  # gone for good from every replica
                 entries = await store.cluster.node(name).entries(0, 2**64 - 1)
                 assert not [e for e, _ in entries if parse_entry(e)[0].startswith(b"t:")], name
+        finally:
+            await store.close()
+
+    asyncio.run(body())
+
+
+def test_a_batch_with_some_rows_written_never_fails_definitely(tmp_path: Path) -> None:
+    """``upsert_many`` writes its rows independently: when one row is refused
+    definitely (every replica of its partition down) and another is written, the
+    error must not say the write did not happen."""
+    table = TableSchema("t", ("id",), columns={"id": "int", "v": "text"})
+
+    async def body() -> None:
+        cluster = await QuorumCluster.embedded(tmp_path, 5, config=QuorumConfig(n=3, r=2, w=2))
+        store = QuorumWideColumnStore(cluster)
+        try:
+            await store.create_table(table)
+            schema, incarnation = await store._table("t")
+            homes = {
+                i: set(cluster.preference_list(store._group(schema, incarnation, [i])))
+                for i in range(200)
+            }
+            other = next(i for i in range(1, 200) if len(homes[i] - homes[0]) >= 2)
+            for name in homes[0]:
+                cluster.node(name).set_down(True)  # row 0 is refused by every replica
+            with pytest.raises(QuorumError) as caught:
+                await store.upsert_many("t", [{"id": 0, "v": "a"}, {"id": other, "v": "b"}])
+            for name in homes[0]:
+                cluster.node(name).set_down(False)
+            assert await store.select("t", {"id": other}) == [{"id": other, "v": "b"}]
+            assert caught.value.outcome is Outcome.INDETERMINATE
+            assert "1 of 2 rows were written" in str(caught.value)
         finally:
             await store.close()
 

@@ -36,9 +36,16 @@ from multistore.errors import (
     InvalidValueError,
     MultistoreError,
     NotFoundError,
+    Outcome,
 )
 from multistore.replication._qnodes import parse_entry
-from multistore.replication._quorum import TOMBSTONE, QuorumCluster, ReadResult, decode_set
+from multistore.replication._quorum import (
+    TOMBSTONE,
+    QuorumCluster,
+    QuorumError,
+    ReadResult,
+    decode_set,
+)
 from multistore.replication._qurl import open_cluster, parse_quorum_url
 from multistore.stores.widecolumn._api import (
     Condition,
@@ -222,9 +229,26 @@ class QuorumWideColumnStore(WideColumnStore):
                 await self.cluster.put_record(group, member, payload, w=self.w)
 
         results = await asyncio.gather(*(one(*w) for w in writes), return_exceptions=True)
-        for result in results:
-            if isinstance(result, BaseException):
-                raise result
+        failed = [result for result in results if isinstance(result, BaseException)]
+        if not failed:
+            return
+        first = failed[0]
+        errors = [error for error in failed if isinstance(error, MultistoreError)]
+        if (
+            len(errors) == len(failed)
+            and errors[0].definite
+            and (len(failed) < len(results) or not all(error.definite for error in errors))
+        ):
+            # The rows are written independently: one refused definitely does not make
+            # the whole write definite when others were (or may have been) written.
+            raise QuorumError(
+                f"{len(results) - len(failed)} of {len(results)} rows were written, "
+                f"{len(failed)} failed (not atomic: Cassandra's unlogged batch): {first}",
+                acks=(),
+                required=0,
+                outcome=Outcome.INDETERMINATE,
+            ) from first
+        raise first
 
     async def _scan_all(
         self,
