@@ -218,6 +218,29 @@ def test_two_writes_through_one_coordinator_from_one_read_stay_siblings(topo: To
     run(topo, body)
 
 
+@pytest.mark.parametrize("bad", [5, -1, "2", True, 1.0])
+def test_a_bad_per_request_pw_or_pr_is_refused_before_anything_is_sent(
+    tmp_path: Path, bad: object
+) -> None:
+    """``pw``/``pr`` out of [0, N] (or not an int) are bad input: a clear error, and the
+    write is not sent (on main pw=5 wrote every replica and then failed, and pw="2"
+    wrote them and raised TypeError)."""
+
+    async def body() -> None:
+        cluster = await QuorumCluster.embedded(tmp_path, 3)
+        try:
+            with pytest.raises(InvalidValueError, match="pw must be an int in"):
+                await cluster.put("k", "v", pw=bad)  # type: ignore[arg-type]
+            with pytest.raises(InvalidValueError, match="pr must be an int in"):
+                await cluster.get("k", pr=bad)  # type: ignore[arg-type]
+            for name in cluster.nodes:
+                assert await cluster.node(name).read(b"k") is None
+        finally:
+            await cluster.close()
+
+    asyncio.run(body())
+
+
 @pytest.mark.parametrize("bad", ["has space", ""])
 def test_a_bad_coordinator_id_is_refused_and_nothing_stays_open(tmp_path: Path, bad: str) -> None:
     async def body() -> None:

@@ -67,7 +67,7 @@ from multistore.core import (
     VersionVector,
 )
 from multistore.core._hlc import MAX_PHYSICAL_MS, HLCTimestamp, SkewPolicy
-from multistore.core._quorum import Level, QuorumConfig, required
+from multistore.core._quorum import Level, QuorumConfig, home_count, required
 from multistore.core._ring import HashRing
 from multistore.errors import (
     InvalidValueError,
@@ -532,7 +532,7 @@ class QuorumCluster:
         if self.closed:
             self._check_open()
         need = self._need_w if w is None else required(w, self.config.n)
-        pneed = self.config.pw if pw is None else pw
+        pneed = self.config.pw if pw is None else home_count("pw", pw, self.config.n)
         version = self._version(payload, context)
         hlc = str(version.hlc)
         blob = encode_version(version, hlc)
@@ -623,7 +623,7 @@ class QuorumCluster:
         if self.closed:
             self._check_open()
         need = self._need_r if r is None else required(r, self.config.n)
-        pneed = self.config.pr if pr is None else pr
+        pneed = self.config.pr if pr is None else home_count("pr", pr, self.config.n)
         self.stats.reads += 1
 
         def read(node: QuorumNode) -> Awaitable[Record | None]:
