@@ -222,9 +222,10 @@ def test_two_writes_through_one_coordinator_from_one_read_stay_siblings(topo: To
 def test_a_bad_per_request_pw_or_pr_is_refused_before_anything_is_sent(
     tmp_path: Path, bad: object
 ) -> None:
-    """``pw``/``pr`` out of [0, N] (or not an int) are bad input: a clear error, and the
-    write is not sent (on main pw=5 wrote every replica and then failed, and pw="2"
-    wrote them and raised TypeError)."""
+    """``pw``/``pr`` out of [0, N] (or not an int), a context that is no version vector
+    and an empty key are bad input: a clear error, and the write is not sent (on main
+    pw=5 wrote every replica and then failed, pw="2" wrote them and raised TypeError, a
+    dict context raised AttributeError and an empty bytes key was written)."""
 
     async def body() -> None:
         cluster = await QuorumCluster.embedded(tmp_path, 3)
@@ -233,8 +234,13 @@ def test_a_bad_per_request_pw_or_pr_is_refused_before_anything_is_sent(
                 await cluster.put("k", "v", pw=bad)  # type: ignore[arg-type]
             with pytest.raises(InvalidValueError, match="pr must be an int in"):
                 await cluster.get("k", pr=bad)  # type: ignore[arg-type]
+            with pytest.raises(InvalidValueError, match="context must be"):
+                await cluster.put("k", "v", context={"a": 1})  # type: ignore[arg-type]
+            with pytest.raises(InvalidValueError, match="non-empty"):
+                await cluster.put(b"", "v")  # type: ignore[arg-type]
             for name in cluster.nodes:
                 assert await cluster.node(name).read(b"k") is None
+                assert await cluster.node(name).read(b"") is None
         finally:
             await cluster.close()
 

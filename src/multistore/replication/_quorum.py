@@ -510,6 +510,10 @@ class QuorumCluster:
         that carries one is stamped after all of them, whatever this coordinator's
         wall clock says: under LWW a read-modify-write never loses to what it read.
         """
+        if context is not None and not isinstance(context, VersionVector):
+            raise InvalidValueError(
+                f"context must be the VersionVector a read returned (.context), got {context!r}"
+            )
         if context is None or not context:
             hlc = self._hlc.now()
             counter = hlc.physical_ms * _LOGICAL + hlc.counter + 1  # _counter(hlc), inline
@@ -1071,7 +1075,7 @@ def _consume(task: asyncio.Future[Any]) -> None:
 
 
 def _group(key: str | bytes) -> bytes:
-    if isinstance(key, bytes):
+    if isinstance(key, bytes) and key:
         return key
     if not isinstance(key, str) or not key:
         raise InvalidValueError(f"a quorum key must be a non-empty string, got {key!r}")
