@@ -57,6 +57,27 @@ def test_add_node_refuses_a_name_the_url_cannot_name_again(tmp_path: Path, name:
     asyncio.run(_every_node_has_every_key(url))  # nothing streamed away or forgotten
 
 
+@pytest.mark.parametrize("action", ["add-node", "remove-node node0"])
+def test_a_membership_change_of_a_folder_without_the_cluster_changes_nothing(
+    tmp_path: Path, action: str
+) -> None:
+    """A mistyped folder (or node count) is a usage error, not a new cluster made of
+    empty node files that a node then joins."""
+    folder = tmp_path / "cluster"
+    asyncio.run(_write_keys(f"quorum:///{folder}?nodes=3&n=3"))
+    for url in (f"quorum:///{tmp_path / 'clustr'}?nodes=3&n=3", f"quorum:///{folder}?nodes=4"):
+        refused = run_cli("quorum", *action.split(), "--url", url, cwd=tmp_path)
+        assert refused.returncode == ErrorCode.USAGE, refused.stdout + refused.stderr
+        assert "no node file" in refused.stderr
+    assert not (tmp_path / "clustr").exists()
+    assert sorted(p.name for p in folder.glob("*.db")) == [
+        "hints.db",
+        "node0.db",
+        "node1.db",
+        "node2.db",
+    ]
+
+
 @pytest.mark.server
 def test_add_node_refuses_a_redis_node_the_cluster_has_already(
     redis_nodes: list[RedisServer], tmp_path: Path

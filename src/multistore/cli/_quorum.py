@@ -32,6 +32,19 @@ def _quorum_url(config_path: Path | None, url: str | None) -> StoreURL:
     return spec.quorum
 
 
+def _check_node_files(url: StoreURL, members: list[tuple[str, str]]) -> None:
+    """An embedded cluster's node files must all be there: a mistyped folder (or node
+    count) must not become a new cluster of empty nodes that a node then joins."""
+    if url.host is not None:
+        return
+    missing = [name for name, place in members if not Path(place).is_file()]
+    if missing:
+        raise UsageError(
+            f"no node file for {', '.join(missing)} in {url.database}: is the URL's "
+            "folder (or its nodes=/names=) that of the cluster?"
+        )
+
+
 def _new_node(
     url: StoreURL, members: list[tuple[str, str]], name: str | None, node_url: str | None
 ) -> tuple[str, str]:
@@ -86,6 +99,7 @@ async def run_membership(
     """Add a node to the cluster (``action="add"``) or remove one (``"remove"``)."""
     quorum_url = _quorum_url(config_path, url)
     members = cluster_members(quorum_url)
+    _check_node_files(quorum_url, members)
     if action == "remove":
         if name is None or name not in {member for member, _ in members}:
             known = ", ".join(member for member, _ in members)
