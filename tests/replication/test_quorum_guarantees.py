@@ -247,6 +247,33 @@ def test_a_bad_per_request_pw_or_pr_is_refused_before_anything_is_sent(
     asyncio.run(body())
 
 
+@pytest.mark.parametrize(
+    "option",
+    [
+        {"timeout": 0},
+        {"timeout": -1.0},
+        {"timeout": float("nan")},
+        {"timeout": "1"},
+        {"speculative_after": -1},
+        {"hint_window": float("nan")},
+        {"probe_after": float("inf")},
+        {"probe_after": -1},
+        {"failure_threshold": 0},
+    ],
+)
+def test_a_setting_no_cluster_works_with_is_refused(
+    tmp_path: Path, option: dict[str, float]
+) -> None:
+    """On main ``timeout=0`` (or NaN, or negative) was taken: every write was sent,
+    applied on every replica, and failed as indeterminate."""
+
+    async def body() -> None:
+        with pytest.raises(InvalidValueError, match=next(iter(option))):
+            await QuorumCluster.embedded(tmp_path, 3, **option)
+
+    asyncio.run(body())
+
+
 @pytest.mark.parametrize("bad", ["has space", ""])
 def test_a_bad_coordinator_id_is_refused_and_nothing_stays_open(tmp_path: Path, bad: str) -> None:
     async def body() -> None:

@@ -47,6 +47,7 @@ import asyncio
 import functools
 import itertools
 import json
+import math
 import os
 import random
 import secrets
@@ -283,6 +284,7 @@ class QuorumCluster:
         probe_after: float = 1.0,
         read_from: Literal["random", "fastest"] = "random",
     ) -> None:
+        _check_tunables(timeout, speculative_after, hint_window, failure_threshold, probe_after)
         names = [node.name for node in nodes]
         if len(set(names)) != len(names) or not names:
             raise InvalidValueError(f"quorum nodes need unique names, got {names}")
@@ -1080,6 +1082,33 @@ def _group(key: str | bytes) -> bytes:
     if not isinstance(key, str) or not key:
         raise InvalidValueError(f"a quorum key must be a non-empty string, got {key!r}")
     return key.encode("utf-8")
+
+
+def _check_tunables(
+    timeout: float,
+    speculative_after: float | None,
+    hint_window: float,
+    failure_threshold: int,
+    probe_after: float,
+) -> None:
+    """Refuse settings no cluster can work with (a timeout of 0 would fail every write
+    as indeterminate after sending it). ``hint_window`` may be infinite (hints kept
+    until delivered)."""
+    seconds = {"timeout": timeout, "hint_window": hint_window, "probe_after": probe_after}
+    if speculative_after is not None:
+        seconds["speculative_after"] = speculative_after
+    for name, value in seconds.items():
+        if (
+            type(value) not in (int, float)
+            or math.isnan(value)
+            or value < 0
+            or (name != "hint_window" and math.isinf(value))
+        ):
+            raise InvalidValueError(f"{name} must be a number of seconds >= 0, got {value!r}")
+    if timeout == 0:
+        raise InvalidValueError("timeout must be more than 0 seconds, got 0")
+    if type(failure_threshold) is not int or failure_threshold < 1:
+        raise InvalidValueError(f"failure_threshold must be an int >= 1, got {failure_threshold!r}")
 
 
 def _warn_if_weak(config: QuorumConfig) -> None:
