@@ -13,10 +13,11 @@ from pathlib import Path
 import pytest
 
 from multistore.core._quorum import Consistency, QuorumConfig
-from multistore.errors import ErrorCode
+from multistore.errors import ErrorCode, InvalidURLError
 from multistore.lab.servers import RedisServer, unique_name
 from multistore.replication._quorum import QuorumCluster
 from multistore.replication._qurl import open_cluster
+from multistore.replication._qwidecolumn import QuorumWideColumnStore
 from multistore.urls import parse_url
 from tests.cli import run_cli, run_python
 from tests.replication.quorum_helpers import held
@@ -133,3 +134,15 @@ def test_add_node_killed_while_nodes_forget_moved_ranges_has_printed_the_url(
             await cluster.close()
 
     asyncio.run(check())
+
+
+@pytest.mark.parametrize("option", ["timeout=abc", "vnodes=x", "n=three", "nodes=4.5"])
+def test_a_quorum_url_option_that_is_no_number_is_an_invalid_url(
+    tmp_path: Path, option: str
+) -> None:
+    async def body() -> None:
+        with pytest.raises(InvalidURLError, match=option.split("=")[0]):
+            await QuorumWideColumnStore.open_url(f"quorum:///{tmp_path / 'c'}?{option}")
+
+    asyncio.run(body())
+    assert not (tmp_path / "c").exists()  # nothing opened
