@@ -220,11 +220,11 @@ async def quorum(sim: Simulation) -> None:
 
         async def run(actor: Actor) -> None:
             nonlocal done
+            opened = members.nodes  # as it is when the open starts: a change may come first
             try:
-                cluster = await _open(sim, name, actor.wall_clock, members.nodes, config, disks)
+                cluster = await _open(sim, name, actor.wall_clock, opened, config, disks)
             except MultistoreError:
                 return
-            opened = members.nodes
             try:
                 while done < count:
                     done += 1
@@ -232,10 +232,8 @@ async def quorum(sim: Simulation) -> None:
                         await members.changing.wait()  # no writes during a change
                     if opened != members.nodes:  # the membership changed: open it
                         await cluster.close()
-                        cluster = await _open(
-                            sim, name, actor.wall_clock, members.nodes, config, disks
-                        )
                         opened = members.nodes
+                        cluster = await _open(sim, name, actor.wall_clock, opened, config, disks)
                     outage.apply(cluster, sim.loop.time())
                     key = sim.choices.choice(KEYS)
                     draw = sim.choices.random()

@@ -195,6 +195,85 @@ def test_concurrent_writes_of_two_coordinators_stay_siblings(topo: Topology) -> 
     run(topo, body)
 
 
+@pytest.mark.xfail(
+    strict=True,
+    raises=AssertionError,
+    reason="the coordinator is the version-vector actor: its later write's vector covers "
+    "its earlier one (docs/replication/quorum.md, limits)",
+)
+def test_two_writes_through_one_coordinator_from_one_read_stay_siblings(topo: Topology) -> None:
+    """Two read-modify-writes of one key through one coordinator, both based on the same
+    read: neither saw the other, so both must stay (today the later one supersedes the
+    earlier, as if it had seen it)."""
+
+    async def body() -> None:
+        a = await topo.cluster(resolver=KeepSiblings())
+        await a.put("cart", {"apple": 1})
+        base = await a.get("cart")
+        await a.put("cart", {"apple": 2}, context=base.context)
+        await a.put("cart", {"pear": 1}, context=base.context)
+        both = await a.get("cart", r=Consistency.ALL)
+        assert sorted(map(str, both.values)) == ["{'apple': 2}", "{'pear': 1}"]
+
+    run(topo, body)
+
+
+@pytest.mark.parametrize("bad", [5, -1, "2", True, 1.0])
+def test_a_bad_per_request_pw_or_pr_is_refused_before_anything_is_sent(
+    tmp_path: Path, bad: object
+) -> None:
+    """``pw``/``pr`` out of [0, N] (or not an int), a context that is no version vector
+    and an empty key are bad input: a clear error, and the write is not sent (on main
+    pw=5 wrote every replica and then failed, pw="2" wrote them and raised TypeError, a
+    dict context raised AttributeError and an empty bytes key was written)."""
+
+    async def body() -> None:
+        cluster = await QuorumCluster.embedded(tmp_path, 3)
+        try:
+            with pytest.raises(InvalidValueError, match="pw must be an int in"):
+                await cluster.put("k", "v", pw=bad)  # type: ignore[arg-type]
+            with pytest.raises(InvalidValueError, match="pr must be an int in"):
+                await cluster.get("k", pr=bad)  # type: ignore[arg-type]
+            with pytest.raises(InvalidValueError, match="context must be"):
+                await cluster.put("k", "v", context={"a": 1})  # type: ignore[arg-type]
+            with pytest.raises(InvalidValueError, match="non-empty"):
+                await cluster.put(b"", "v")  # type: ignore[arg-type]
+            for name in cluster.nodes:
+                assert await cluster.node(name).read(b"k") is None
+                assert await cluster.node(name).read(b"") is None
+        finally:
+            await cluster.close()
+
+    asyncio.run(body())
+
+
+@pytest.mark.parametrize(
+    "option",
+    [
+        {"timeout": 0},
+        {"timeout": -1.0},
+        {"timeout": float("nan")},
+        {"timeout": "1"},
+        {"speculative_after": -1},
+        {"hint_window": float("nan")},
+        {"probe_after": float("inf")},
+        {"probe_after": -1},
+        {"failure_threshold": 0},
+    ],
+)
+def test_a_setting_no_cluster_works_with_is_refused(
+    tmp_path: Path, option: dict[str, float]
+) -> None:
+    """On main ``timeout=0`` (or NaN, or negative) was taken: every write was sent,
+    applied on every replica, and failed as indeterminate."""
+
+    async def body() -> None:
+        with pytest.raises(InvalidValueError, match=next(iter(option))):
+            await QuorumCluster.embedded(tmp_path, 3, **option)
+
+    asyncio.run(body())
+
+
 @pytest.mark.parametrize("bad", ["has space", ""])
 def test_a_bad_coordinator_id_is_refused_and_nothing_stays_open(tmp_path: Path, bad: str) -> None:
     async def body() -> None:

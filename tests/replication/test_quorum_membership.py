@@ -181,6 +181,31 @@ def test_a_change_that_cannot_stream_leaves_the_ring_as_it_was(topo: Topology) -
     run(topo, body)
 
 
+def test_a_join_whose_new_node_times_out_is_a_definite_error_and_can_be_retried(
+    topo: Topology,
+) -> None:
+    """Writes to the joining node time out (they may still apply there), so the change
+    fails before the switch: that it did not happen is certain, whatever the node
+    did, so the error is a definite QuorumError; run again, the same join completes."""
+
+    async def body() -> None:
+        cluster = await topo.cluster(m=3, timeout=0.3, failure_threshold=99)
+        for key in KEYS[:30]:
+            await cluster.put(key, "v", w=Consistency.ALL)
+        node = await topo.open_node("node3")
+        with topo.hold_writes("node3"), pytest.raises(QuorumError, match="unchanged") as caught:
+            await cluster.add_node(node)
+        assert caught.value.outcome is Outcome.DEFINITE
+        assert "node3" not in cluster.ring and cluster.nodes == ["node0", "node1", "node2"]
+        change = await cluster.add_node(await topo.open_node("node3"))
+        assert change.nodes == ("node0", "node1", "node2", "node3")
+        for key in KEYS[:30]:
+            records = await held(cluster, key, cluster.preference_list(key))
+            assert all(record is not None for record in records.values()), key
+
+    run(topo, body)
+
+
 # -- the CLI ------------------------------------------------------------------------------
 
 

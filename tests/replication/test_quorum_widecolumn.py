@@ -8,17 +8,18 @@ servers (one of which is killed for real).
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 
-from multistore.core._quorum import Consistency
-from multistore.errors import InvalidValueError
+from multistore.core._quorum import Consistency, QuorumConfig
+from multistore.errors import InvalidValueError, Outcome
 from multistore.lab.servers import RedisServer, unique_name
-from multistore.replication._qnodes import SQLiteNode
-from multistore.replication._quorum import QuorumError
+from multistore.replication._qnodes import SQLiteNode, parse_entry
+from multistore.replication._quorum import QuorumCluster, QuorumError, decode_set
 from multistore.replication._qwidecolumn import QuorumWideColumnStore, encode_key
 from multistore.stores.widecolumn import ClusteringColumn, TableSchema
 
@@ -171,3 +172,89 @@ def test_clustering_encoding_preserves_order(kind: str, values: list[object]) ->
         ordered = values if order == "asc" else values[::-1]
         expected = [encode_key(schema, ["c", "d"], [v, d]) for v in ordered for d in (0, 1)]
         assert sorted(expected) == expected  # byte order is the declared order
+
+
+async def _expiry(store: QuorumWideColumnStore, node: str) -> float:
+    """The expiry time of the one row ``node`` holds (the test's table has one)."""
+    quorum_node = store.cluster.node(node)
+    for entry, _ in await quorum_node.entries(0, 2**64 - 1):
+        group, member = parse_entry(entry)
+        record = await quorum_node.read(group, member)
+        if group.startswith(b"t:") and record is not None:
+            newest = decode_set(record[1]).newest
+            assert newest is not None
+            expires = newest.value["x"]
+            assert isinstance(expires, float)
+            return expires
+    raise AssertionError(f"{node} holds no row")
+
+
+def test_a_purged_row_never_brings_back_what_it_overwrote(tmp_path: Path) -> None:
+    """A row overwritten by a version with a TTL that one replica missed (its hint
+    lived with a coordinator that is gone): once that version has expired,
+    ``purge_expired`` and anti-entropy must not bring the overwritten row back."""
+    config = QuorumConfig(n=3, r=2, w=2)
+    table = TableSchema("t", ("id",), columns={"id": "int", "v": "text"})
+
+    async def body() -> None:
+        first = QuorumWideColumnStore(
+            await QuorumCluster.embedded(tmp_path, 3, config=config, hints_path=None)
+        )
+        await first.create_table(table)
+        await first.with_consistency(w=Consistency.ALL).upsert("t", {"id": 1, "v": "old"})
+        first.cluster.node("node2").set_down(True)  # misses the overwrite
+        await first.upsert("t", {"id": 1, "v": "new"}, ttl=0.2)
+        expires = await _expiry(first, "node0")
+        await first.close()  # its hint for node2 was in memory
+        store = QuorumWideColumnStore(
+            await QuorumCluster.embedded(tmp_path, 3, config=config, hints_path=None)
+        )
+        try:
+            deadline = time.monotonic() + 30
+            while time.time() <= expires:  # wait for the expiry itself, without reading
+                if time.monotonic() > deadline:
+                    raise TimeoutError("the row did not expire")
+                await asyncio.sleep(0.02)
+            assert await store.purge_expired() == 1
+            await store.cluster.anti_entropy()
+            for r in (1, 2, 3):
+                assert await store.with_consistency(r=r).select("t", {"id": 1}) == [], r
+            for name in store.cluster.nodes:  # gone for good from every replica
+                entries = await store.cluster.node(name).entries(0, 2**64 - 1)
+                assert not [e for e, _ in entries if parse_entry(e)[0].startswith(b"t:")], name
+        finally:
+            await store.close()
+
+    asyncio.run(body())
+
+
+def test_a_batch_with_some_rows_written_never_fails_definitely(tmp_path: Path) -> None:
+    """``upsert_many`` writes its rows independently: when one row is refused
+    definitely (every replica of its partition down) and another is written, the
+    error must not say the write did not happen."""
+    table = TableSchema("t", ("id",), columns={"id": "int", "v": "text"})
+
+    async def body() -> None:
+        cluster = await QuorumCluster.embedded(tmp_path, 5, config=QuorumConfig(n=3, r=2, w=2))
+        store = QuorumWideColumnStore(cluster)
+        try:
+            await store.create_table(table)
+            schema, incarnation = await store._table("t")
+            homes = {
+                i: set(cluster.preference_list(store._group(schema, incarnation, [i])))
+                for i in range(200)
+            }
+            other = next(i for i in range(1, 200) if len(homes[i] - homes[0]) >= 2)
+            for name in homes[0]:
+                cluster.node(name).set_down(True)  # row 0 is refused by every replica
+            with pytest.raises(QuorumError) as caught:
+                await store.upsert_many("t", [{"id": 0, "v": "a"}, {"id": other, "v": "b"}])
+            for name in homes[0]:
+                cluster.node(name).set_down(False)
+            assert await store.select("t", {"id": other}) == [{"id": other, "v": "b"}]
+            assert caught.value.outcome is Outcome.INDETERMINATE
+            assert "1 of 2 rows were written" in str(caught.value)
+        finally:
+            await store.close()
+
+    asyncio.run(body())

@@ -31,19 +31,40 @@ def _quorum_url(config_path: Path | None, url: str | None) -> StoreURL:
     return spec.quorum
 
 
+def _check_node_files(url: StoreURL, members: list[tuple[str, str]]) -> None:
+    """An embedded cluster's node files must all be there: a mistyped folder (or node
+    count) must not become a new cluster of empty nodes that a node then joins."""
+    if url.host is not None:
+        return
+    missing = [name for name, place in members if not Path(place).is_file()]
+    if missing:
+        raise UsageError(
+            f"no node file for {', '.join(missing)} in {url.database}: is the URL's "
+            "folder (or its nodes=/names=) that of the cluster?"
+        )
+
+
 def _new_node(
     url: StoreURL, members: list[tuple[str, str]], name: str | None, node_url: str | None
-) -> tuple[QuorumNode | None, str, str]:
-    """(the node handle, unopened for SQLite; its name; where it is, as in the URL)."""
+) -> tuple[str, str]:
+    """(the new node's name; where it is, as in the URL), checked before anything
+    changes: the URL printed afterwards must name it again, and it must be no node the
+    cluster has already (a join streams it ranges and has the nodes that lost them
+    forget them: twice the same storage would forget what it was just sent)."""
     taken = {member for member, _ in members}
     if name is None:
         name = next(f"node{i}" for i in range(len(taken) + 1) if f"node{i}" not in taken)
+    if not name or any(c in name for c in ",/\\"):
+        raise UsageError(
+            f"node name {name!r} cannot be used: it must be non-empty and hold no ',' "
+            "(the URL's names= separator), '/' or '\\'"
+        )
     if name in taken:
         raise UsageError(f"the cluster has a node {name!r} already")
     if url.host is None:
         if node_url is not None:
             raise UsageError("embedded nodes are files in the cluster's folder: drop --node")
-        return None, name, str(Path(str(url.database)) / f"{name}.db")
+        return name, str(Path(str(url.database)) / f"{name}.db")
     if node_url is None:
         raise UsageError("a Redis cluster needs --node redis://HOST:PORT/DB for the new node")
     try:
@@ -53,9 +74,19 @@ def _new_node(
     if node.scheme != "redis" or not node.host:
         raise UsageError(f"--node must be a redis://HOST:PORT/DB URL, got {node_url!r}")
     place = f"{node.host}:{node.port or 6379}/{node.database or '0'}"
+    for member, where in members:
+        if where == place:
+            raise UsageError(f"--node {node_url} is node {member!r} of the cluster already")
+    return name, place
+
+
+def _open_node(url: StoreURL, name: str, place: str, node_url: str | None) -> QuorumNode:
+    """A handle on the new node (unopened for SQLite)."""
+    if url.host is None or node_url is None:
+        return SQLiteNode(name, place)
     timeout = max(1.0, float(url.options.get("timeout", 2.0)))
     prefix = str(url.options.get("prefix", "q:"))
-    return RedisNode.from_url(name, node_url, timeout=timeout, prefix=prefix), name, place
+    return RedisNode.from_url(name, node_url, timeout=timeout, prefix=prefix)
 
 
 async def run_membership(
@@ -70,20 +101,33 @@ async def run_membership(
     """Add a node to the cluster (``action="add"``) or remove one (``"remove"``)."""
     quorum_url = _quorum_url(config_path, url)
     members = cluster_members(quorum_url)
+    _check_node_files(quorum_url, members)
     if action == "remove":
         if name is None or name not in {member for member, _ in members}:
             known = ", ".join(member for member, _ in members)
             raise UsageError(f"name the node to remove: one of {known}")
         if node_url is not None:
             raise UsageError("remove-node takes no --node")
+    else:
+        name, place = _new_node(quorum_url, members, name, node_url)
     cluster = await open_cluster(quorum_url)
     try:
         if action == "add":
-            node, name, place = _new_node(quorum_url, members, name, node_url)
-            if node is None:
-                node = await SQLiteNode(name, place).open()
-            change = await cluster.add_node(node)
+            node = _open_node(quorum_url, name, place, node_url)
+            if isinstance(node, SQLiteNode):
+                node = await node.open()
+            before = cluster.ring
+            change = await cluster.add_node(node, cleanup=False)
             members = [*members, (name, place)]
+            # The ring has switched: say so before the nodes that lost ranges forget
+            # them (from then on only the new ring holds every key on W replicas), so
+            # an interrupted command has told where the cluster is.
+            joined = membership_url(quorum_url, members).render()
+            Console(stderr=True, highlight=False, soft_wrap=True).print(
+                f"quorum: {change.node} joined; open the cluster with: {escape(joined)}"
+            )
+            removed = await cluster.cleanup(before)
+            change = dataclasses.replace(change, records_removed=removed)
         else:
             assert name is not None
             change = await cluster.remove_node(name)

@@ -26,7 +26,7 @@ from typing import Final
 
 from multistore.errors import InvalidValueError
 
-__all__ = ["PRESETS", "Consistency", "Level", "QuorumConfig", "required"]
+__all__ = ["PRESETS", "Consistency", "Level", "QuorumConfig", "home_count", "required"]
 
 
 class Consistency(enum.Enum):
@@ -39,6 +39,14 @@ class Consistency(enum.Enum):
 
 Level = Consistency | int
 """A consistency level: a :class:`Consistency` or an explicit replica count."""
+
+
+def home_count(name: str, value: object, n: int) -> int:
+    """``pr``/``pw``: how many of the answers must come from homes, an int in
+    ``[0, n]`` (``InvalidValueError`` otherwise)."""
+    if type(value) is not int or not 0 <= value <= n:
+        raise InvalidValueError(f"{name} must be an int in [0, {n}], got {value!r}")
+    return value
 
 
 def required(level: Level | str, n: int) -> int:
@@ -95,9 +103,8 @@ class QuorumConfig:
             raise InvalidValueError(f"the replication factor N must be an int >= 1, got {self.n!r}")
         required(self.r, self.n)
         required(self.w, self.n)
-        for name, value in (("pr", self.pr), ("pw", self.pw)):
-            if type(value) is not int or not 0 <= value <= self.n:
-                raise InvalidValueError(f"{name} must be an int in [0, {self.n}], got {value!r}")
+        home_count("pr", self.pr, self.n)
+        home_count("pw", self.pw, self.n)
         if type(self.sloppy) is not bool:
             raise InvalidValueError(f"sloppy must be True or False, got {self.sloppy!r}")
 

@@ -25,10 +25,11 @@ only once every moved range is on its new replicas:
    counts what could not be), and — with ``cleanup`` — the nodes that no longer
    replicate a range forget its records (Cassandra's ``nodetool cleanup``).
 
-A failure before step 5 leaves the ring as it was (a definite :class:`QuorumError`:
-the change did not happen). One coordinator drives a change; other coordinators on
-the same nodes must not write during it (their writes would not reach the new
-replicas) and must be reopened with the new membership afterwards.
+A failure before step 5 leaves the ring as it was and raises a definite
+:class:`QuorumError` (the change did not happen, whatever the error of the node that
+made it fail said about that node's own write). One coordinator drives a change;
+other coordinators on the same nodes must not write during it (their writes would not
+reach the new replicas) and must be reopened with the new membership afterwards.
 """
 
 from __future__ import annotations
@@ -53,6 +54,7 @@ __all__ = [
     "NewReplicas",
     "add_node",
     "check_new_replicas",
+    "cleanup",
     "remove_node",
     "write_new_replicas",
 ]
@@ -208,11 +210,20 @@ async def _change(
             if move.gained:
                 await _stream(cluster, move, streamed)
         await _hand_over_hints(cluster, gained, strict=True)
-    except BaseException:
+    except BaseException as exc:
         cluster.pending_ring = None
         if action == "join":
             cluster.switch_ring(cluster.ring)  # retires the node that did not join
-        raise
+        if not isinstance(exc, MultistoreError) or (isinstance(exc, QuorumError) and exc.definite):
+            raise
+        # A node's error may be indeterminate (a write that timed out may still apply
+        # there), but the change certainly did not happen: say that.
+        raise QuorumError(
+            f"{action} of {node!r} failed before the ring switched ({exc}); the ring is unchanged",
+            acks=(),
+            required=0,
+            outcome=Outcome.DEFINITE,
+        ) from exc
     cluster.switch_ring(ring)
     await cluster.drain()
     pending = await _hand_over_hints(cluster, gained, strict=False)
@@ -287,6 +298,15 @@ async def _hand_over_hints(cluster: QuorumCluster, nodes: set[str], *, strict: b
             outcome=Outcome.DEFINITE,
         )
     return left
+
+
+async def cleanup(cluster: QuorumCluster, before: HashRing) -> int:
+    """Step 6's cleanup, run on its own after ``add_node(..., cleanup=False)`` returned:
+    the nodes that replicated a range on ring ``before`` and no longer do forget its
+    records. The number of records removed."""
+    async with cluster.membership_lock:
+        await cluster.drain()
+        return await _cleanup(cluster, before.moves(cluster.ring, cluster.config.n))
 
 
 async def _cleanup(cluster: QuorumCluster, moves: list[Move]) -> int:

@@ -47,6 +47,7 @@ import asyncio
 import functools
 import itertools
 import json
+import math
 import os
 import random
 import secrets
@@ -67,7 +68,7 @@ from multistore.core import (
     VersionVector,
 )
 from multistore.core._hlc import MAX_PHYSICAL_MS, HLCTimestamp, SkewPolicy
-from multistore.core._quorum import Level, QuorumConfig, required
+from multistore.core._quorum import Level, QuorumConfig, home_count, required
 from multistore.core._ring import HashRing
 from multistore.errors import (
     InvalidValueError,
@@ -88,6 +89,7 @@ from multistore.replication._qmembership import (
     NewReplicas,
     add_node,
     check_new_replicas,
+    cleanup,
     remove_node,
     write_new_replicas,
 )
@@ -282,6 +284,7 @@ class QuorumCluster:
         probe_after: float = 1.0,
         read_from: Literal["random", "fastest"] = "random",
     ) -> None:
+        _check_tunables(timeout, speculative_after, hint_window, failure_threshold, probe_after)
         names = [node.name for node in nodes]
         if len(set(names)) != len(names) or not names:
             raise InvalidValueError(f"quorum nodes need unique names, got {names}")
@@ -509,6 +512,10 @@ class QuorumCluster:
         that carries one is stamped after all of them, whatever this coordinator's
         wall clock says: under LWW a read-modify-write never loses to what it read.
         """
+        if context is not None and not isinstance(context, VersionVector):
+            raise InvalidValueError(
+                f"context must be the VersionVector a read returned (.context), got {context!r}"
+            )
         if context is None or not context:
             hlc = self._hlc.now()
             counter = hlc.physical_ms * _LOGICAL + hlc.counter + 1  # _counter(hlc), inline
@@ -531,7 +538,7 @@ class QuorumCluster:
         if self.closed:
             self._check_open()
         need = self._need_w if w is None else required(w, self.config.n)
-        pneed = self.config.pw if pw is None else pw
+        pneed = self.config.pw if pw is None else home_count("pw", pw, self.config.n)
         version = self._version(payload, context)
         hlc = str(version.hlc)
         blob = encode_version(version, hlc)
@@ -622,7 +629,7 @@ class QuorumCluster:
         if self.closed:
             self._check_open()
         need = self._need_r if r is None else required(r, self.config.n)
-        pneed = self.config.pr if pr is None else pr
+        pneed = self.config.pr if pr is None else home_count("pr", pr, self.config.n)
         self.stats.reads += 1
 
         def read(node: QuorumNode) -> Awaitable[Record | None]:
@@ -716,6 +723,15 @@ class QuorumCluster:
         then switch the ring (see :mod:`._qmembership`)."""
         self._check_open()
         return await add_node(self, node, cleanup=cleanup)
+
+    async def cleanup(self, before: HashRing) -> int:
+        """After ``add_node(node, cleanup=False)``: have the nodes that replicated a range
+        on ring ``before`` (``cluster.ring`` as it was) and no longer do forget its
+        records; returns how many were removed (see :mod:`._qmembership`). Split from
+        the join so a caller can record the new membership first: once records are
+        forgotten, only the new ring holds every key on W replicas."""
+        self._check_open()
+        return await cleanup(self, before)
 
     async def remove_node(self, name: str) -> MembershipChange:
         """Decommission node ``name``: stream its ranges to the nodes that take them
@@ -1061,11 +1077,38 @@ def _consume(task: asyncio.Future[Any]) -> None:
 
 
 def _group(key: str | bytes) -> bytes:
-    if isinstance(key, bytes):
+    if isinstance(key, bytes) and key:
         return key
     if not isinstance(key, str) or not key:
         raise InvalidValueError(f"a quorum key must be a non-empty string, got {key!r}")
     return key.encode("utf-8")
+
+
+def _check_tunables(
+    timeout: float,
+    speculative_after: float | None,
+    hint_window: float,
+    failure_threshold: int,
+    probe_after: float,
+) -> None:
+    """Refuse settings no cluster can work with (a timeout of 0 would fail every write
+    as indeterminate after sending it). ``hint_window`` may be infinite (hints kept
+    until delivered)."""
+    seconds = {"timeout": timeout, "hint_window": hint_window, "probe_after": probe_after}
+    if speculative_after is not None:
+        seconds["speculative_after"] = speculative_after
+    for name, value in seconds.items():
+        if (
+            type(value) not in (int, float)
+            or math.isnan(value)
+            or value < 0
+            or (name != "hint_window" and math.isinf(value))
+        ):
+            raise InvalidValueError(f"{name} must be a number of seconds >= 0, got {value!r}")
+    if timeout == 0:
+        raise InvalidValueError("timeout must be more than 0 seconds, got 0")
+    if type(failure_threshold) is not int or failure_threshold < 1:
+        raise InvalidValueError(f"failure_threshold must be an int >= 1, got {failure_threshold!r}")
 
 
 def _warn_if_weak(config: QuorumConfig) -> None:

@@ -14,9 +14,10 @@ identity; default: one unique to it).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 from multistore.core._quorum import Consistency, Level, QuorumConfig
@@ -25,6 +26,8 @@ from multistore.replication._quorum import QuorumCluster
 from multistore.urls import OptionValue, StoreURL
 
 __all__ = ["cluster_members", "membership_url", "open_cluster", "parse_quorum_url"]
+
+T = TypeVar("T", int, float)
 
 
 def parse_quorum_url(text: str) -> StoreURL:
@@ -57,6 +60,17 @@ def _level(value: object) -> Level:
         ) from None
 
 
+def _number(opts: Mapping[str, OptionValue], name: str, default: T, kind: type[T]) -> T:
+    """Option ``name`` as an int or a float (``default`` when absent)."""
+    if name not in opts:
+        return default
+    try:
+        return kind(str(opts[name]))
+    except ValueError:
+        what = "an int" if kind is int else "a number"
+        raise InvalidURLError(f"quorum URL option {name}={opts[name]!r} must be {what}") from None
+
+
 def _flag(name: str, value: object) -> bool:
     text = str(value).lower()
     if text in ("1", "true", "yes", "on"):
@@ -75,7 +89,7 @@ def cluster_members(url: StoreURL) -> list[tuple[str, str]]:
         if "names" in opts:
             names = [name for name in str(opts["names"]).split(",") if name]
         else:
-            count = int(opts.get("nodes", max(3, int(opts.get("n", 3)))))
+            count = _number(opts, "nodes", max(3, _number(opts, "n", 3, int)), int)
             names = [f"node{i}" for i in range(count)]
         return [(name, str(Path(url.database) / f"{name}.db")) for name in names]
     db = url.database or "0"
@@ -93,15 +107,15 @@ async def open_cluster(url: StoreURL) -> QuorumCluster:
     """The coordinator the URL describes (see the module docstring)."""
     opts = url.options
     config = QuorumConfig(
-        n=int(opts.get("n", 3)),
+        n=_number(opts, "n", 3, int),
         r=_level(opts.get("r", "quorum")),
         w=_level(opts.get("w", "quorum")),
         sloppy=_flag("sloppy", opts.get("sloppy", "false")),
     )
     common: dict[str, Any] = {
         "config": config,
-        "vnodes": int(opts.get("vnodes", 64)),
-        "timeout": float(opts.get("timeout", 2.0)),
+        "vnodes": _number(opts, "vnodes", 64, int),
+        "timeout": _number(opts, "timeout", 2.0, float),
     }
     if "node_id" in opts:
         common["node_id"] = str(opts["node_id"])

@@ -34,10 +34,18 @@ from multistore.core._quorum import Consistency, Level
 from multistore.core._ring import RING_SIZE
 from multistore.errors import (
     InvalidValueError,
+    MultistoreError,
     NotFoundError,
+    Outcome,
 )
 from multistore.replication._qnodes import parse_entry
-from multistore.replication._quorum import TOMBSTONE, QuorumCluster, ReadResult, decode_set
+from multistore.replication._quorum import (
+    TOMBSTONE,
+    QuorumCluster,
+    QuorumError,
+    ReadResult,
+    decode_set,
+)
 from multistore.replication._qurl import open_cluster, parse_quorum_url
 from multistore.stores.widecolumn._api import (
     Condition,
@@ -221,9 +229,26 @@ class QuorumWideColumnStore(WideColumnStore):
                 await self.cluster.put_record(group, member, payload, w=self.w)
 
         results = await asyncio.gather(*(one(*w) for w in writes), return_exceptions=True)
-        for result in results:
-            if isinstance(result, BaseException):
-                raise result
+        failed = [result for result in results if isinstance(result, BaseException)]
+        if not failed:
+            return
+        first = failed[0]
+        errors = [error for error in failed if isinstance(error, MultistoreError)]
+        if (
+            len(errors) == len(failed)
+            and errors[0].definite
+            and (len(failed) < len(results) or not all(error.definite for error in errors))
+        ):
+            # The rows are written independently: one refused definitely does not make
+            # the whole write definite when others were (or may have been) written.
+            raise QuorumError(
+                f"{len(results) - len(failed)} of {len(results)} rows were written, "
+                f"{len(failed)} failed (not atomic: Cassandra's unlogged batch): {first}",
+                acks=(),
+                required=0,
+                outcome=Outcome.INDETERMINATE,
+            ) from first
+        raise first
 
     async def _scan_all(
         self,
@@ -286,30 +311,67 @@ class QuorumWideColumnStore(WideColumnStore):
         await self._write_all([(group, member, TOMBSTONE) for member, _ in rows])
 
     async def purge_expired(self) -> int:
-        """Remove expired rows from every reachable node; the number of rows removed."""
+        """Remove expired rows for good; the number of rows removed.
+
+        A row goes only once every replica of its partition answers and holds the
+        expired version: a replica that missed it still holds what it overwrote,
+        which read repair or anti-entropy would otherwise bring back once the
+        expired version is gone everywhere else. So the expired version is first
+        written to the replicas that lack it (and this coordinator's hints are
+        delivered); a row with a replica down waits for a later purge."""
+        cluster = self.cluster
         now = time.time()
-        removed: set[tuple[bytes, bytes]] = set()
-        for name in self.cluster.nodes:
-            node = self.cluster.node(name)
-            for entry, _ in await node.entries(0, RING_SIZE - 1):
-                group, member = parse_entry(entry)
-                if not group.startswith(b"t:"):
-                    continue
-                record = await node.read(group, member)
-                if record is None:
-                    continue
-                newest = decode_set(record[1]).newest
-                if newest is None or newest.value == TOMBSTONE:
-                    continue
-                expires = newest.value.get("x")
-                # only what was read: a write that came in meanwhile stays
-                if (
-                    expires is not None
-                    and expires <= now
-                    and await node.remove(group, member, expected=record)
-                ):
-                    removed.add((group, member))
-        return len(removed)
+        await cluster.deliver_hints()
+        found: set[tuple[bytes, bytes]] = set()
+        for name in cluster.nodes:
+            try:
+                entries = await cluster.call_node(name, lambda n: n.entries(0, RING_SIZE - 1))
+            except MultistoreError:
+                continue  # its rows are purged once it answers (their replicas must)
+            found.update(
+                (group, member)
+                for group, member in map(parse_entry, (entry for entry, _ in entries))
+                if group.startswith(b"t:")
+            )
+        removed = 0
+        for group, member in sorted(found):
+            try:
+                removed += await self._purge_row(group, member, now)
+            except MultistoreError:
+                continue  # kept for a later purge
+        return removed
+
+    async def _purge_row(self, group: bytes, member: bytes, now: float) -> bool:
+        """Remove one row from its replicas if its newest version expired (see
+        :meth:`purge_expired`); True if some replica removed it."""
+        cluster = self.cluster
+        homes = cluster.preference_list(group)
+        held = {
+            name: await cluster.call_node(name, lambda n: n.read(group, member)) for name in homes
+        }
+        records = [record for record in held.values() if record is not None]
+        if not records:
+            return False
+        target = cluster.target_record(records)
+        newest = decode_set(target[1]).newest
+        if newest is None or newest.value == TOMBSTONE:
+            return False
+        expires = newest.value.get("x")
+        if expires is None or expires > now:
+            return False
+        hlc, blob = target
+        for name, record in held.items():
+            if record != target:
+                await cluster.call_node(
+                    name, lambda n: cluster.apply_record(n, group, member, hlc, blob)
+                )
+        gone = False
+        for name in homes:
+            # only what was read: a write that came in meanwhile stays
+            gone |= await cluster.call_node(
+                name, lambda n: n.remove(group, member, expected=target)
+            )
+        return gone
 
 
 def _expired(result: ReadResult, now: float) -> bool:
