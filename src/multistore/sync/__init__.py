@@ -1,0 +1,23 @@
+"""multistore for sync code (Flask, Django, scripts, notebooks).
+
+The same stores as the async API, opened from the same URLs, with the same
+semantics: each backend shares its SQL, commands and checks with its async twin.
+Embedded backends (SQLite) run each call on the calling thread, with no hop to a
+worker thread; server backends use the driver's sync client.
+
+>>> from multistore.sync import open_store  # doctest: +SKIP
+>>> with open_store("sqlite:///sessions.db", model="kv") as store:  # doctest: +SKIP
+...     store.set("k", "v")
+
+Threads: a sync store may be shared by the threads of a process; each call is
+atomic with respect to the store's other calls (embedded backends run one call at
+a time under a lock, server backends take a pooled connection per call).
+"""
+
+from multistore.stores._sync_base import SyncStore as Store
+from multistore.stores._sync_registry import SYNC_BACKENDS
+from multistore.stores.kv import RateLimit
+from multistore.stores.kv._sync_api import SyncKeyValueStore as KeyValueStore
+from multistore.sync._open import open_store
+
+__all__ = ["SYNC_BACKENDS", "KeyValueStore", "RateLimit", "Store", "open_store"]

@@ -1,0 +1,111 @@
+"""What the sync API promises beyond the conformance suites (which run against both
+APIs): embedded calls run on the caller's thread, a store may be shared by threads,
+and a model or backend without a sync twin is refused clearly."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from multistore.errors import UnsupportedError, UsageError
+from multistore.sync import KeyValueStore, open_store
+
+
+@pytest.fixture(params=["sqlite", pytest.param("redis", marks=pytest.mark.server)])
+def kv(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[KeyValueStore]:
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path / 'kv.db'}"
+    else:
+        url = f"{request.getfixturevalue('redis_url')}?prefix=sync{id(tmp_path)}:"
+    store = open_store(url, model="kv")
+    assert isinstance(store, KeyValueStore)
+    with store:
+        yield store
+
+
+def _threads(count: int, work: object) -> None:
+    assert callable(work)
+    threads = [threading.Thread(target=work) for _ in range(count)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+        assert not t.is_alive()
+
+
+def test_embedded_call_runs_on_the_callers_thread(tmp_path: Path) -> None:
+    before = threading.active_count()
+    with open_store(f"sqlite:///{tmp_path / 'kv.db'}", model="kv") as store:
+        assert isinstance(store, KeyValueStore)
+        store.set("k", "v")
+        assert store.get("k") == b"v"
+        assert threading.active_count() == before  # no worker thread was started
+        seen: list[int] = []
+        store.run(lambda conn: seen.append(threading.get_ident()))  # type: ignore[attr-defined]
+        assert seen == [threading.get_ident()]
+        other: list[int] = []
+
+        def elsewhere() -> None:
+            store.run(lambda conn: other.append(threading.get_ident()))  # type: ignore[attr-defined]
+
+        t = threading.Thread(target=elsewhere)
+        t.start()
+        t.join()
+        assert other == [t.ident]
+
+
+def test_threads_share_one_store(kv: KeyValueStore) -> None:
+    """Calls from several threads on one store each apply once and atomically."""
+    errors: list[BaseException] = []
+
+    def work() -> None:
+        try:
+            for _ in range(40):
+                kv.incr("hits")
+                kv.zincrby("board", "x", 1)
+                kv.rate_limit("burst", 25, 60)
+        except BaseException as exc:  # handed to the test below
+            errors.append(exc)
+
+    _threads(4, work)
+    assert errors == []
+    assert kv.get("hits") == b"160"
+    assert kv.zscore("board", "x") == 160
+    assert kv.rate_limit("burst", 25, 60).allowed is False  # exactly 25 were counted
+
+
+def test_compare_and_set_across_threads_has_one_winner(kv: KeyValueStore) -> None:
+    kv.set("n", "0")
+    for round_ in range(5):
+        won: list[bool] = []
+        start = threading.Barrier(4)
+
+        def work(
+            seen: bytes = str(round_).encode(),
+            new: str = str(round_ + 1),
+            start: threading.Barrier = start,
+            won: list[bool] = won,
+        ) -> None:
+            start.wait(timeout=30)
+            won.append(kv.compare_and_set("n", seen, new))
+
+        _threads(4, work)
+        assert sorted(won) == [False, False, False, True]
+    assert kv.get("n") == b"5"
+
+
+def test_closed_store_refuses_calls(kv: KeyValueStore) -> None:
+    kv.close()
+    kv.close()  # twice is fine
+    with pytest.raises(UsageError, match="closed"):
+        kv.get("k")
+
+
+def test_a_backend_without_a_sync_twin_is_refused_by_name(tmp_path: Path) -> None:
+    with pytest.raises(UnsupportedError, match=r"search model on tantivy://.*async API"):
+        open_store(f"tantivy:///{tmp_path / 'idx'}")
+    with pytest.raises(UnsupportedError, match="duckdb:// does not serve the kv model"):
+        open_store(f"duckdb:///{tmp_path / 'x.db'}", model="kv")
