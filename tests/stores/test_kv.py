@@ -811,7 +811,7 @@ def test_redis_reconnects_after_restart(redis_server: Any, redis_url: str, api: 
 
 @pytest.mark.server
 def test_redis_no_answer_is_an_indeterminate_timeout(
-    redis_server: Any, redis_url: str, tcp_proxy: Callable[[str, int], Any]
+    redis_server: Any, redis_url: str, tcp_proxy: Callable[[str, int], Any], api: str
 ) -> None:
     proxy = tcp_proxy("127.0.0.1", redis_server.port)
     url = f"redis://127.0.0.1:{proxy.port}/0?timeout=0.5&connect_timeout=0.5"

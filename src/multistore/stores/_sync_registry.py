@@ -19,6 +19,7 @@ __all__ = ["SYNC_BACKENDS", "open_sync_store", "sync_backend_class"]
 #: (model, scheme) -> "module:Class", relative to ``multistore.stores``.
 SYNC_BACKENDS: Final[Mapping[tuple[str, str], str]] = {
     ("kv", "sqlite"): "kv._sqlite:SyncSQLiteKeyValueStore",
+    ("kv", "redis"): "kv._redis:SyncRedisKeyValueStore",
 }
 
 

@@ -1,4 +1,7 @@
-"""The Redis key-value backend (``redis.asyncio`` with a blocking connection pool).
+"""The Redis key-value backend, for async code (``redis.asyncio`` with a blocking
+connection pool, :class:`RedisKeyValueStore`) and sync code (``redis`` with a
+thread-safe blocking pool, :class:`SyncRedisKeyValueStore`). Both send the commands
+of :mod:`multistore.stores.kv._redis_commands` and map errors the same way.
 
 Every interface operation is one Redis command, except :meth:`rate_limit`, which
 is one Lua script (so atomic on the server). Keys get the URL's ``prefix``
@@ -29,16 +32,17 @@ of the redis-py pool, sent and read directly.
 from __future__ import annotations
 
 import contextlib
-import uuid
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any, Self, cast
+from typing import Any, Self, TypeVar
 
+import redis
 import redis.asyncio as aioredis
 from redis import exceptions as rex
 from redis._parsers.base import BaseParser
 from redis.asyncio.connection import BlockingConnectionPool, Connection, SSLConnection
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
+from redis.retry import Retry as SyncRetry
 
 from multistore._resp import (
     Arg,
@@ -49,47 +53,26 @@ from multistore._resp import (
     RespTimeoutError,
 )
 from multistore.errors import (
-    InvalidValueError,
     MultistoreError,
     Outcome,
-    StoreError,
     StoreTimeoutError,
     StoreUnavailableError,
     UsageError,
 )
-from multistore.stores._limits import short_repr
-from multistore.stores.kv._api import KeyValueStore, RateLimit, WrongTypeError
-from multistore.stores.kv._checks import (
-    check_amount,
-    check_index,
-    check_key,
-    check_keys,
-    check_limit,
-    check_member,
-    check_prefix,
-    check_score,
-    check_ttl,
-    check_value,
-    ttl_millis,
+from multistore.stores.kv._api import KeyValueStore, RateLimit
+from multistore.stores.kv._redis_commands import (
+    Command,
+    KeyValueCommands,
+    ScriptCall,
+    as_bytes,
+    redis_errors,
 )
-from multistore.stores.kv._redis_lua import (
-    COMPARE_AND_SET_LUA,
-    RATE_LIMIT_LUA,
-    cas_args,
-    glob_escape,
-    ttl_from_pttl,
-)
+from multistore.stores.kv._sync_api import SyncKeyValueStore
 from multistore.urls import StoreURL
 
-__all__ = ["RedisKeyValueStore", "RedisScript"]
+T = TypeVar("T")
 
-
-def _bytes(value: object) -> bytes:
-    if isinstance(value, bytes):
-        return value
-    if isinstance(value, str):
-        return value.encode()
-    raise StoreError(f"unexpected reply from Redis: {short_repr(value)}")
+__all__ = ["RedisKeyValueStore", "RedisScript", "SyncRedisKeyValueStore", "SyncRedisScript"]
 
 
 class RedisKeyValueStore(KeyValueStore):
@@ -98,28 +81,18 @@ class RedisKeyValueStore(KeyValueStore):
     def __init__(self, url: StoreURL, client: aioredis.Redis, prefix: str) -> None:
         self.url = url
         self._client = client
-        self._prefix = prefix
+        self._commands = KeyValueCommands(prefix)
         self._closed = False
         self._close_callbacks: list[Callable[[], None]] = []
-        self._limiter = client.register_script(RATE_LIMIT_LUA)
         self._lean = None if url.option("ssl", False) else _lean_pool(url)
-        self._compare_and_set = self.script(COMPARE_AND_SET_LUA, name="compare_and_set")
+        self._scripts: dict[str, RespScript] = {}
 
     @classmethod
     async def open(cls, url: StoreURL) -> Self:
-        timeout = url.float_option("timeout", 5.0)
         pool = BlockingConnectionPool(
-            max_connections=url.int_option("pool_max", 10),
-            timeout=timeout,
             connection_class=SSLConnection if url.option("ssl", False) else Connection,
-            host=url.host or "127.0.0.1",
-            port=url.port or 6379,
-            db=int(url.database or 0),
-            username=url.username,
-            password=url.password,
-            socket_timeout=timeout,
-            socket_connect_timeout=url.float_option("connect_timeout", timeout),
             retry=Retry(NoBackoff(), 0),
+            **_pool_options(url),
         )
         client = aioredis.Redis.from_pool(pool)
         store = cls(url, client, url.str_option("prefix", ""))
@@ -166,8 +139,18 @@ class RedisKeyValueStore(KeyValueStore):
     async def _eval(
         self, script: RespScript, name: str, keys: Sequence[str], args: Sequence[Arg]
     ) -> Any:
-        ks = [self._k(k) for k in keys]
-        key = keys[0] if keys else None
+        ks = [self._commands.key(k) for k in keys]
+        return await self._eval_keys(script, name, ks, args, keys[0] if keys else None)
+
+    async def _eval_keys(
+        self,
+        script: RespScript,
+        name: str,
+        ks: Sequence[str],
+        args: Sequence[Arg],
+        key: str | None,
+    ) -> Any:
+        """The script with keys already prefixed; ``key`` names it in errors."""
         if self._closed:
             raise UsageError(f"the key-value store {self.url} is closed")
         command, fallback = script.pack(ks, args)
@@ -220,56 +203,32 @@ class RedisKeyValueStore(KeyValueStore):
     def _errors(self, op: str, key: str | None = None) -> Iterator[None]:
         if self._closed:
             raise UsageError(f"the key-value store {self.url} is closed")
-        where = f"{op} on {self.url}" + (f" (key {short_repr(key)})" if key is not None else "")
-        try:
+        with redis_errors(self.url, op, key):
             yield
-        except rex.TimeoutError as exc:
-            raise StoreTimeoutError(f"Redis did not answer in time: {where}") from exc
-        except rex.ConnectionError as exc:
-            raise StoreUnavailableError(f"Redis unreachable: {where}: {exc}") from exc
-        except rex.ResponseError as exc:
-            text = str(exc)
-            if text.startswith("WRONGTYPE") or "WRONGTYPE" in text.split(" script:")[0]:
-                raise WrongTypeError(
-                    f"{op} on key {short_repr(key)}, which holds another kind of value (WRONGTYPE)"
-                ) from None
-            if "not an integer" in text or "overflow" in text:
-                raise InvalidValueError(
-                    f"{op}: the value at key {short_repr(key)} is not a 64-bit integer or would "
-                    f"overflow ({text})"
-                ) from None
-            if "NaN" in text:
-                raise InvalidValueError(
-                    f"{op} on key {short_repr(key)}: the score would be NaN"
-                ) from None
-            raise StoreError(f"Redis error: {where}: {text}") from exc
-        except rex.RedisError as exc:
-            raise StoreError(f"Redis error: {where}: {exc}") from exc
 
-    def _k(self, key: object) -> str:
-        return self._prefix + check_key(key)
+    async def _do(self, command: Command[T]) -> T:
+        with self._errors(command.op, command.key):
+            reply = await self._client.execute_command(*command.args)  # type: ignore[no-untyped-call]
+        return command.parse(reply)
 
-    # -- strings ---------------------------------------------------------------
+    async def _run_script(self, call: ScriptCall[T]) -> T:
+        script = self._scripts.get(call.body)
+        if script is None:
+            script = self._scripts[call.body] = RespScript(call.body)
+        return call.parse(await self._eval_keys(script, call.op, call.keys, call.args, call.key))
+
+    # -- the interface ---------------------------------------------------------
 
     async def get(self, key: str) -> bytes | None:
-        k = self._k(key)
-        with self._errors("get", key):
-            value = await self._client.get(k)
-        return None if value is None else _bytes(value)
+        return await self._do(self._commands.get(key))
 
     async def set(self, key: str, value: bytes | str, *, ttl: float | None = None) -> None:
-        k, data = self._k(key), check_value(value)
-        px = ttl_millis(check_ttl(ttl)) if ttl is not None else None
-        with self._errors("set", key):
-            await self._client.set(k, data, px=px)
+        await self._do(self._commands.set(key, value, ttl))
 
     async def set_if_absent(
         self, key: str, value: bytes | str, *, ttl: float | None = None
     ) -> bool:
-        k, data = self._k(key), check_value(value)
-        px = ttl_millis(check_ttl(ttl)) if ttl is not None else None
-        with self._errors("set_if_absent", key):
-            return bool(await self._client.set(k, data, px=px, nx=True))
+        return await self._do(self._commands.set_if_absent(key, value, ttl))
 
     async def compare_and_set(
         self,
@@ -279,114 +238,57 @@ class RedisKeyValueStore(KeyValueStore):
         *,
         ttl: float | None = None,
     ) -> bool:
-        return bool(await self._compare_and_set([key], cas_args(expected, value, ttl)))
+        return await self._run_script(self._commands.compare_and_set(key, expected, value, ttl))
 
     async def delete(self, *keys: str) -> int:
-        ks = [self._prefix + k for k in dict.fromkeys(check_keys(keys))]
-        if not ks:
-            return 0
-        with self._errors("delete"):
-            return int(await self._client.delete(*ks))
+        command = self._commands.delete(keys)
+        return 0 if command is None else await self._do(command)
 
     async def expire(self, key: str, ttl: float) -> bool:
-        k, ms = self._k(key), ttl_millis(check_ttl(ttl))
-        with self._errors("expire", key):
-            return bool(await self._client.pexpire(k, ms))
+        return await self._do(self._commands.expire(key, ttl))
 
     async def ttl(self, key: str) -> float | None:
-        k = self._k(key)
-        with self._errors("ttl", key):
-            ms = int(await self._client.pttl(k))
-        return ttl_from_pttl(ms)
+        return await self._do(self._commands.ttl(key))
 
     async def incr(self, key: str, amount: int = 1) -> int:
-        k, step = self._k(key), check_amount(amount)
-        with self._errors("incr", key):
-            return int(await self._client.incrby(k, step))
+        return await self._do(self._commands.incr(key, amount))
 
     async def mget(self, keys: Sequence[str]) -> list[bytes | None]:
-        ks = [self._prefix + k for k in check_keys(keys)]
-        if not ks:
-            return []
-        with self._errors("mget"):
-            values = await self._client.mget(ks)
-        return [None if v is None else _bytes(v) for v in values]
+        command = self._commands.mget(keys)
+        return [] if command is None else await self._do(command)
 
     async def scan(self, prefix: str = "") -> list[str]:
-        check_prefix(prefix)
-        pattern = glob_escape(self._prefix + prefix) + "*"
-        cut = len(self._prefix.encode())
-        found: set[str] = set()
+        pattern, answer = self._commands.scan(prefix)
+        found: set[bytes] = set()
         with self._errors("scan"):
             async for raw in self._client.scan_iter(match=pattern, count=1000):
-                found.add(bytes(raw)[cut:].decode("utf-8", errors="surrogateescape"))
-        return sorted(found)
-
-    # -- sorted sets -----------------------------------------------------------
+                found.add(as_bytes(raw))
+        return answer(found)
 
     async def zadd(self, key: str, mapping: dict[str, float]) -> int:
-        k = self._k(key)
-        if not isinstance(mapping, dict):
-            raise InvalidValueError(
-                f"zadd takes a dict of member -> score, not {short_repr(mapping)}"
-            )
-        pairs = {check_member(m): check_score(s) for m, s in mapping.items()}
-        if not pairs:
-            return 0
-        with self._errors("zadd", key):
-            return int(await self._client.zadd(k, pairs))  # type: ignore[arg-type]
+        command = self._commands.zadd(key, mapping)
+        return 0 if command is None else await self._do(command)
 
     async def zscore(self, key: str, member: str) -> float | None:
-        k, m = self._k(key), check_member(member)
-        with self._errors("zscore", key):
-            score = await self._client.zscore(k, m)
-        return None if score is None else float(score)
+        return await self._do(self._commands.zscore(key, member))
 
     async def zincrby(self, key: str, member: str, amount: float) -> float:
-        k, m = self._k(key), check_member(member)
-        step = check_score(amount, "increment")
-        with self._errors("zincrby", key):
-            score = await self._client.zincrby(k, step, m)
-        if score is None:  # only with RESP3 "NX"-style options, which we never send
-            raise StoreError(f"zincrby on {self.url} returned no score for key {short_repr(key)}")
-        return float(score)
+        return await self._do(self._commands.zincrby(key, member, amount))
 
     async def zrange(
         self, key: str, start: int, stop: int, *, desc: bool = False
     ) -> list[tuple[str, float]]:
-        k = self._k(key)
-        first, last = check_index(start, "start"), check_index(stop, "stop")
-        with self._errors("zrange", key):
-            rows = await self._client.zrange(k, first, last, desc=bool(desc), withscores=True)
-        pairs = cast("list[tuple[bytes, float]]", rows)
-        return [(_bytes(m).decode(), float(s)) for m, s in pairs]
+        return await self._do(self._commands.zrange(key, start, stop, desc))
 
     async def zrank(self, key: str, member: str, *, desc: bool = False) -> int | None:
-        k, m = self._k(key), check_member(member)
-        with self._errors("zrank", key):
-            rank = await (self._client.zrevrank(k, m) if desc else self._client.zrank(k, m))
-        return None if rank is None else int(cast(int, rank))
+        return await self._do(self._commands.zrank(key, member, desc))
 
     async def zrem(self, key: str, *members: str) -> int:
-        k = self._k(key)
-        ms = [check_member(m) for m in members]
-        if not ms:
-            return 0
-        with self._errors("zrem", key):
-            return int(await self._client.zrem(k, *ms))
-
-    # -- rate limiting ---------------------------------------------------------
+        command = self._commands.zrem(key, members)
+        return 0 if command is None else await self._do(command)
 
     async def rate_limit(self, key: str, limit: int, window: float) -> RateLimit:
-        k = self._k(key)
-        most, seconds = check_limit(limit, window)
-        with self._errors("rate_limit", key):
-            allowed, remaining, retry = await self._limiter(
-                keys=[k], args=[most, repr(seconds), uuid.uuid4().hex]
-            )
-        return RateLimit(
-            allowed=bool(allowed), remaining=int(remaining), retry_after=max(0.0, float(retry))
-        )
+        return await self._run_script(self._commands.rate_limit(key, limit, window))
 
 
 class RedisScript:
@@ -407,6 +309,178 @@ class RedisScript:
 
     async def __call__(self, keys: Sequence[str], args: Sequence[Arg] = ()) -> Any:
         return await self._store._eval(self._script, self.name, keys, args)
+
+
+class SyncRedisKeyValueStore(SyncKeyValueStore):
+    """Key-value store on a Redis server, for sync code: redis-py's sync client on a
+    blocking connection pool, which threads may share (each call takes a connection
+    of its own). Same URL options, commands and errors as
+    :class:`RedisKeyValueStore`."""
+
+    def __init__(self, url: StoreURL, client: redis.Redis, prefix: str) -> None:
+        self.url = url
+        self._client = client
+        self._commands = KeyValueCommands(prefix)
+        self._closed = False
+        self._scripts: dict[str, Any] = {}
+
+    @classmethod
+    def open(cls, url: StoreURL) -> Self:
+        pool = redis.BlockingConnectionPool(  # type: ignore[no-untyped-call]
+            connection_class=redis.SSLConnection if url.option("ssl", False) else redis.Connection,
+            retry=SyncRetry(NoBackoff(), 0),
+            **_pool_options(url),
+        )
+        client = redis.Redis.from_pool(pool)
+        store = cls(url, client, url.str_option("prefix", ""))
+        try:
+            with store._errors("connect"):
+                client.ping()
+        except MultistoreError as exc:
+            client.close()
+            exc.outcome = Outcome.DEFINITE
+            raise
+        return store
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self._client.close()
+
+    @property
+    def native(self) -> redis.Redis:
+        """The ``redis.Redis`` client (keys are not prefixed for you)."""
+        return self._client
+
+    def script(self, body: str, *, name: str = "script") -> SyncRedisScript:
+        """A Lua script to run on this store's server: ``script(keys, args)`` sends it
+        (``EVALSHA``, loading it when the server does not have it) and returns the raw
+        reply. ``keys`` get the URL's ``prefix``; errors are mapped as for every
+        operation, with ``name`` in the message."""
+        return SyncRedisScript(self, body, name)
+
+    @contextlib.contextmanager
+    def _errors(self, op: str, key: str | None = None) -> Iterator[None]:
+        if self._closed:
+            raise UsageError(f"the key-value store {self.url} is closed")
+        with redis_errors(self.url, op, key):
+            yield
+
+    def _do(self, command: Command[T]) -> T:
+        with self._errors(command.op, command.key):
+            reply = self._client.execute_command(*command.args)  # type: ignore[no-untyped-call]
+        return command.parse(reply)
+
+    def _eval_keys(
+        self, body: str, name: str, ks: Sequence[str], args: Sequence[Arg], key: str | None
+    ) -> Any:
+        script = self._scripts.get(body)
+        if script is None:
+            script = self._scripts[body] = self._client.register_script(body)
+        with self._errors(name, key):
+            return script(keys=list(ks), args=list(args))
+
+    def _run_script(self, call: ScriptCall[T]) -> T:
+        return call.parse(self._eval_keys(call.body, call.op, call.keys, call.args, call.key))
+
+    def get(self, key: str) -> bytes | None:
+        return self._do(self._commands.get(key))
+
+    def set(self, key: str, value: bytes | str, *, ttl: float | None = None) -> None:
+        self._do(self._commands.set(key, value, ttl))
+
+    def set_if_absent(self, key: str, value: bytes | str, *, ttl: float | None = None) -> bool:
+        return self._do(self._commands.set_if_absent(key, value, ttl))
+
+    def compare_and_set(
+        self,
+        key: str,
+        expected: bytes | str | None,
+        value: bytes | str,
+        *,
+        ttl: float | None = None,
+    ) -> bool:
+        return self._run_script(self._commands.compare_and_set(key, expected, value, ttl))
+
+    def delete(self, *keys: str) -> int:
+        command = self._commands.delete(keys)
+        return 0 if command is None else self._do(command)
+
+    def expire(self, key: str, ttl: float) -> bool:
+        return self._do(self._commands.expire(key, ttl))
+
+    def ttl(self, key: str) -> float | None:
+        return self._do(self._commands.ttl(key))
+
+    def incr(self, key: str, amount: int = 1) -> int:
+        return self._do(self._commands.incr(key, amount))
+
+    def mget(self, keys: Sequence[str]) -> list[bytes | None]:
+        command = self._commands.mget(keys)
+        return [] if command is None else self._do(command)
+
+    def scan(self, prefix: str = "") -> list[str]:
+        pattern, answer = self._commands.scan(prefix)
+        with self._errors("scan"):
+            found = {as_bytes(raw) for raw in self._client.scan_iter(match=pattern, count=1000)}
+        return answer(found)
+
+    def zadd(self, key: str, mapping: dict[str, float]) -> int:
+        command = self._commands.zadd(key, mapping)
+        return 0 if command is None else self._do(command)
+
+    def zscore(self, key: str, member: str) -> float | None:
+        return self._do(self._commands.zscore(key, member))
+
+    def zincrby(self, key: str, member: str, amount: float) -> float:
+        return self._do(self._commands.zincrby(key, member, amount))
+
+    def zrange(
+        self, key: str, start: int, stop: int, *, desc: bool = False
+    ) -> list[tuple[str, float]]:
+        return self._do(self._commands.zrange(key, start, stop, desc))
+
+    def zrank(self, key: str, member: str, *, desc: bool = False) -> int | None:
+        return self._do(self._commands.zrank(key, member, desc))
+
+    def zrem(self, key: str, *members: str) -> int:
+        command = self._commands.zrem(key, members)
+        return 0 if command is None else self._do(command)
+
+    def rate_limit(self, key: str, limit: int, window: float) -> RateLimit:
+        return self._run_script(self._commands.rate_limit(key, limit, window))
+
+
+class SyncRedisScript:
+    """A Lua script bound to one :class:`SyncRedisKeyValueStore` (from its
+    :meth:`~SyncRedisKeyValueStore.script`); call it with keys and arguments."""
+
+    __slots__ = ("_body", "_store", "name")
+
+    def __init__(self, store: SyncRedisKeyValueStore, body: str, name: str) -> None:
+        self._store = store
+        self._body = body
+        self.name = name
+
+    def __call__(self, keys: Sequence[str], args: Sequence[Arg] = ()) -> Any:
+        ks = [self._store._commands.key(k) for k in keys]
+        return self._store._eval_keys(self._body, self.name, ks, args, keys[0] if keys else None)
+
+
+def _pool_options(url: StoreURL) -> dict[str, Any]:
+    """The options of a redis-py connection pool (async or sync) for the URL."""
+    timeout = url.float_option("timeout", 5.0)
+    return {
+        "max_connections": url.int_option("pool_max", 10),
+        "timeout": timeout,
+        "host": url.host or "127.0.0.1",
+        "port": url.port or 6379,
+        "db": int(url.database or 0),
+        "username": url.username,
+        "password": url.password,
+        "socket_timeout": timeout,
+        "socket_connect_timeout": url.float_option("connect_timeout", timeout),
+    }
 
 
 def _lean_pool(url: StoreURL) -> RespPool:
