@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from multistore.errors import UnsupportedError, UsageError
-from multistore.sync import KeyValueStore, open_store
+from multistore.sync import DocumentStore, KeyValueStore, open_store
 
 
 @pytest.fixture(params=["sqlite", pytest.param("redis", marks=pytest.mark.server)])
@@ -109,3 +109,18 @@ def test_a_backend_without_a_sync_twin_is_refused_by_name(tmp_path: Path) -> Non
         open_store(f"tantivy:///{tmp_path / 'idx'}")
     with pytest.raises(UnsupportedError, match="duckdb:// does not serve the kv model"):
         open_store(f"duckdb:///{tmp_path / 'x.db'}", model="kv")
+
+
+def test_threads_share_one_document_store(tmp_path: Path) -> None:
+    with open_store(f"sqlite:///{tmp_path / 'docs.db'}", model="document") as store:
+        assert isinstance(store, DocumentStore)
+        store.insert("counters", {"_id": "c", "n": 0})
+
+        def work() -> None:
+            for _ in range(25):
+                assert store.update("counters", "c", {"$inc": {"n": 1}})
+                store.insert("log", {"by": threading.get_ident()})
+
+        _threads(4, work)
+        assert store.get("counters", "c") == {"_id": "c", "n": 100}
+        assert store.count("log") == 100

@@ -20,6 +20,7 @@ __all__ = ["SYNC_BACKENDS", "open_sync_store", "sync_backend_class"]
 SYNC_BACKENDS: Final[Mapping[tuple[str, str], str]] = {
     ("kv", "sqlite"): "kv._sqlite:SyncSQLiteKeyValueStore",
     ("kv", "redis"): "kv._redis:SyncRedisKeyValueStore",
+    ("document", "sqlite"): "document._sqlite:SyncSQLiteDocumentStore",
 }
 
 

@@ -16,8 +16,9 @@ a time under a lock, server backends take a pooled connection per call).
 
 from multistore.stores._sync_base import SyncStore as Store
 from multistore.stores._sync_registry import SYNC_BACKENDS
+from multistore.stores.document._sync_api import SyncDocumentStore as DocumentStore
 from multistore.stores.kv import RateLimit
 from multistore.stores.kv._sync_api import SyncKeyValueStore as KeyValueStore
 from multistore.sync._open import open_store
 
-__all__ = ["SYNC_BACKENDS", "KeyValueStore", "RateLimit", "Store", "open_store"]
+__all__ = ["SYNC_BACKENDS", "DocumentStore", "KeyValueStore", "RateLimit", "Store", "open_store"]
