@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from multistore.errors import UnsupportedError, UsageError
-from multistore.sync import DocumentStore, KeyValueStore, open_store
+from multistore.sync import DocumentStore, KeyValueStore, RelationalStore, open_store
 
 
 @pytest.fixture(params=["sqlite", pytest.param("redis", marks=pytest.mark.server)])
@@ -124,3 +124,24 @@ def test_threads_share_one_document_store(tmp_path: Path) -> None:
         _threads(4, work)
         assert store.get("counters", "c") == {"_id": "c", "n": 100}
         assert store.count("log") == 100
+
+
+def test_threads_share_one_relational_store(tmp_path: Path) -> None:
+    """Each thread's read-modify-write transaction runs whole, one at a time: no
+    update is lost, and a thread that already holds the connection is told so
+    instead of waiting for itself."""
+    with open_store(f"sqlite:///{tmp_path / 'orders.db'}", model="relational") as store:
+        assert isinstance(store, RelationalStore)
+        store.execute("CREATE TABLE stock (sku TEXT PRIMARY KEY, qty INTEGER NOT NULL)")
+        store.execute("INSERT INTO stock VALUES ('x', 0)")
+
+        def work() -> None:
+            for _ in range(20):
+                with store.transaction() as tx:
+                    qty = tx.fetch_val("SELECT qty FROM stock WHERE sku = 'x'")
+                    tx.execute("UPDATE stock SET qty = :q WHERE sku = 'x'", {"q": qty + 1})
+
+        _threads(4, work)
+        assert store.fetch_val("SELECT qty FROM stock") == 80
+        with store.transaction(), pytest.raises(UsageError, match="already holds"):
+            store.execute("SELECT 1")

@@ -21,6 +21,7 @@ SYNC_BACKENDS: Final[Mapping[tuple[str, str], str]] = {
     ("kv", "sqlite"): "kv._sqlite:SyncSQLiteKeyValueStore",
     ("kv", "redis"): "kv._redis:SyncRedisKeyValueStore",
     ("document", "sqlite"): "document._sqlite:SyncSQLiteDocumentStore",
+    ("relational", "sqlite"): "relational._sqlite:SyncSQLiteRelationalStore",
 }
 
 

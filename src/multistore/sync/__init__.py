@@ -19,6 +19,23 @@ from multistore.stores._sync_registry import SYNC_BACKENDS
 from multistore.stores.document._sync_api import SyncDocumentStore as DocumentStore
 from multistore.stores.kv import RateLimit
 from multistore.stores.kv._sync_api import SyncKeyValueStore as KeyValueStore
+from multistore.stores.relational import Migration, Row, TransactionStatus
+from multistore.stores.relational._sync_api import SyncConnection as Connection
+from multistore.stores.relational._sync_api import SyncRelationalStore as RelationalStore
+from multistore.stores.relational._sync_api import SyncTransaction as Transaction
 from multistore.sync._open import open_store
 
-__all__ = ["SYNC_BACKENDS", "DocumentStore", "KeyValueStore", "RateLimit", "Store", "open_store"]
+__all__ = [
+    "SYNC_BACKENDS",
+    "Connection",
+    "DocumentStore",
+    "KeyValueStore",
+    "Migration",
+    "RateLimit",
+    "RelationalStore",
+    "Row",
+    "Store",
+    "Transaction",
+    "TransactionStatus",
+    "open_store",
+]
