@@ -42,6 +42,7 @@ BACKENDS = [
     ("sqlite", "async"),
     ("sqlite", "sync"),
     pytest.param(("postgresql", "async"), marks=pytest.mark.server),
+    pytest.param(("postgresql", "sync"), marks=pytest.mark.server),
     pytest.param(("mariadb", "async"), marks=pytest.mark.server),
 ]
 

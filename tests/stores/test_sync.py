@@ -145,3 +145,21 @@ def test_threads_share_one_relational_store(tmp_path: Path) -> None:
         assert store.fetch_val("SELECT qty FROM stock") == 80
         with store.transaction(), pytest.raises(UsageError, match="already holds"):
             store.execute("SELECT 1")
+
+
+@pytest.mark.server
+def test_threads_share_one_postgres_store(postgres_url: str) -> None:
+    """Each thread leases a pooled connection of its own; every transaction lands."""
+    with open_store(postgres_url, model="relational") as store:
+        assert isinstance(store, RelationalStore)
+        store.execute("CREATE TABLE hits (n INTEGER NOT NULL)")
+        store.execute("INSERT INTO hits VALUES (0)")
+
+        def work() -> None:
+            for _ in range(20):
+                with store.transaction() as tx:
+                    tx.execute("UPDATE hits SET n = n + 1")
+                    tx.execute("SELECT pg_sleep(0)")
+
+        _threads(4, work)
+        assert store.fetch_val("SELECT n FROM hits") == 80

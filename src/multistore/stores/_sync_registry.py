@@ -22,6 +22,7 @@ SYNC_BACKENDS: Final[Mapping[tuple[str, str], str]] = {
     ("kv", "redis"): "kv._redis:SyncRedisKeyValueStore",
     ("document", "sqlite"): "document._sqlite:SyncSQLiteDocumentStore",
     ("relational", "sqlite"): "relational._sqlite:SyncSQLiteRelationalStore",
+    ("relational", "postgresql"): "relational._postgres_sync:SyncPostgresRelationalStore",
 }
 
 
