@@ -14,6 +14,7 @@ atomic with respect to the store's other calls (embedded backends run one call a
 a time under a lock, server backends take a pooled connection per call).
 """
 
+from multistore.consistency._outbox_sync import SyncOutbox as Outbox
 from multistore.stores._sync_base import SyncStore as Store
 from multistore.stores._sync_registry import SYNC_BACKENDS
 from multistore.stores.document._sync_api import SyncDocumentStore as DocumentStore
@@ -31,6 +32,7 @@ __all__ = [
     "DocumentStore",
     "KeyValueStore",
     "Migration",
+    "Outbox",
     "RateLimit",
     "RelationalStore",
     "Row",
