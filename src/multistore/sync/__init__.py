@@ -14,6 +14,9 @@ atomic with respect to the store's other calls (embedded backends run one call a
 a time under a lock, server backends take a pooled connection per call).
 """
 
+from multistore.consistency._idempotency_sync import SyncIdempotency as Idempotency
+from multistore.consistency._idempotency_sync import SyncIdempotentRun as IdempotentRun
+from multistore.consistency._idempotency_sync import idempotent
 from multistore.consistency._outbox_sync import SyncOutbox as Outbox
 from multistore.stores._sync_base import SyncStore as Store
 from multistore.stores._sync_registry import SYNC_BACKENDS
@@ -30,6 +33,8 @@ __all__ = [
     "SYNC_BACKENDS",
     "Connection",
     "DocumentStore",
+    "Idempotency",
+    "IdempotentRun",
     "KeyValueStore",
     "Migration",
     "Outbox",
@@ -39,5 +44,6 @@ __all__ = [
     "Store",
     "Transaction",
     "TransactionStatus",
+    "idempotent",
     "open_store",
 ]
