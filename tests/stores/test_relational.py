@@ -44,6 +44,7 @@ BACKENDS = [
     pytest.param(("postgresql", "async"), marks=pytest.mark.server),
     pytest.param(("postgresql", "sync"), marks=pytest.mark.server),
     pytest.param(("mariadb", "async"), marks=pytest.mark.server),
+    pytest.param(("mariadb", "sync"), marks=pytest.mark.server),
 ]
 
 _api = "async"  # the API that open_relational uses, set by the fixture below

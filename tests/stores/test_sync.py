@@ -148,9 +148,11 @@ def test_threads_share_one_relational_store(tmp_path: Path) -> None:
 
 
 @pytest.mark.server
-def test_threads_share_one_postgres_store(postgres_url: str) -> None:
+@pytest.mark.parametrize("server", ["postgres", "mariadb"])
+def test_threads_share_one_server_store(server: str, request: pytest.FixtureRequest) -> None:
     """Each thread leases a pooled connection of its own; every transaction lands."""
-    with open_store(postgres_url, model="relational") as store:
+    url = str(request.getfixturevalue(f"{server}_url"))
+    with open_store(url, model="relational") as store:
         assert isinstance(store, RelationalStore)
         store.execute("CREATE TABLE hits (n INTEGER NOT NULL)")
         store.execute("INSERT INTO hits VALUES (0)")
@@ -159,7 +161,7 @@ def test_threads_share_one_postgres_store(postgres_url: str) -> None:
             for _ in range(20):
                 with store.transaction() as tx:
                     tx.execute("UPDATE hits SET n = n + 1")
-                    tx.execute("SELECT pg_sleep(0)")
+                    assert tx.fetch_val("SELECT COUNT(*) FROM hits") == 1
 
         _threads(4, work)
         assert store.fetch_val("SELECT n FROM hits") == 80

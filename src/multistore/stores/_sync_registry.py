@@ -23,6 +23,7 @@ SYNC_BACKENDS: Final[Mapping[tuple[str, str], str]] = {
     ("document", "sqlite"): "document._sqlite:SyncSQLiteDocumentStore",
     ("relational", "sqlite"): "relational._sqlite:SyncSQLiteRelationalStore",
     ("relational", "postgresql"): "relational._postgres_sync:SyncPostgresRelationalStore",
+    ("relational", "mariadb"): "relational._mariadb_sync:SyncMariaDBRelationalStore",
 }
 
 

@@ -125,27 +125,7 @@ class MariaDBRelationalStore(RelationalStore):
 
     @classmethod
     async def open(cls, url: StoreURL) -> Self:
-        timeout = url.float_option("timeout", 30.0)
-        init = (
-            "SET SESSION sql_mode = CONCAT_WS(',', NULLIF(@@SESSION.sql_mode, ''), "
-            f"'ANSI_QUOTES', 'PIPES_AS_CONCAT'), max_statement_time = {timeout:g}"
-        )
-        settings: dict[str, Any] = {
-            "host": url.host,
-            "port": url.port,
-            "user": url.username or "root",
-            "password": url.password or "",
-            "database": url.database,
-            "charset": "utf8mb4",
-            "autocommit": True,
-            "client_flag": CLIENT.FOUND_ROWS,
-            "connect_timeout": url.float_option("connect_timeout", 5.0),
-            "read_timeout": timeout + 10.0,
-            "write_timeout": timeout + 10.0,
-            "init_command": init,
-        }
-        if url.option("ssl", False):
-            settings["ssl"] = {"fake_flag_to_enable_tls": True}
+        settings = settings_of(url)
         first = _Slot("mariadb-0")
         try:
             first.conn = await first.worker.run(_connect, settings)
@@ -194,7 +174,7 @@ class MariaDBRelationalStore(RelationalStore):
     @contextlib.asynccontextmanager
     async def _migration_connection(self) -> AsyncIterator[Connection]:
         # GET_LOCK is held by the session, across the migrations' transactions.
-        name = f"multistore_migrations:{self.url.database or ''}"[:64]
+        name = migration_lock(self.url.database)
         async with self.connection() as conn:
             got = await conn.fetch_val(
                 "SELECT GET_LOCK(:name, :wait)", {"name": name, "wait": self._timeout}
@@ -256,7 +236,38 @@ class MariaDBRelationalStore(RelationalStore):
         self._free.release()
 
 
-# -- worker-thread functions --
+def settings_of(url: StoreURL) -> dict[str, Any]:
+    """PyMySQL's connection settings for the URL and its options."""
+    timeout = url.float_option("timeout", 30.0)
+    init = (
+        "SET SESSION sql_mode = CONCAT_WS(',', NULLIF(@@SESSION.sql_mode, ''), "
+        f"'ANSI_QUOTES', 'PIPES_AS_CONCAT'), max_statement_time = {timeout:g}"
+    )
+    settings: dict[str, Any] = {
+        "host": url.host,
+        "port": url.port,
+        "user": url.username or "root",
+        "password": url.password or "",
+        "database": url.database,
+        "charset": "utf8mb4",
+        "autocommit": True,
+        "client_flag": CLIENT.FOUND_ROWS,
+        "connect_timeout": url.float_option("connect_timeout", 5.0),
+        "read_timeout": timeout + 10.0,
+        "write_timeout": timeout + 10.0,
+        "init_command": init,
+    }
+    if url.option("ssl", False):
+        settings["ssl"] = {"fake_flag_to_enable_tls": True}
+    return settings
+
+
+def migration_lock(database: str | None) -> str:
+    """The name of the session lock that serialises migrators of a database."""
+    return f"multistore_migrations:{database or ''}"[:64]
+
+
+# -- worker-thread functions (the sync store calls them on the caller's thread) --
 
 
 def _connect(settings: dict[str, Any]) -> MyConn:
