@@ -176,20 +176,14 @@ class MariaDBRelationalStore(RelationalStore):
         # GET_LOCK is held by the session, across the migrations' transactions.
         name = migration_lock(self.url.database)
         async with self.connection() as conn:
-            got = await conn.fetch_val(
-                "SELECT GET_LOCK(:name, :wait)", {"name": name, "wait": self._timeout}
-            )
+            got = await conn.fetch_val(GET_LOCK, {"name": name, "wait": self._timeout})
             if got != 1:
-                raise StoreTimeoutError(
-                    f"another process is migrating {self.url.database!r}: the migration lock "
-                    f"{name!r} was not free within {self._timeout:g} s",
-                    outcome=Outcome.DEFINITE,
-                )
+                raise migration_busy(self.url, name, self._timeout)
             try:
                 yield conn
             finally:
                 with contextlib.suppress(MultistoreError):
-                    await conn.fetch_val("SELECT RELEASE_LOCK(:name)", {"name": name})
+                    await conn.fetch_val(RELEASE_LOCK, {"name": name})
 
     def _new_slot(self) -> _Slot:
         slot = _Slot(f"mariadb-{len(self._slots)}")
@@ -265,6 +259,19 @@ def settings_of(url: StoreURL) -> dict[str, Any]:
 def migration_lock(database: str | None) -> str:
     """The name of the session lock that serialises migrators of a database."""
     return f"multistore_migrations:{database or ''}"[:64]
+
+
+GET_LOCK: Final = "SELECT GET_LOCK(:name, :wait)"
+RELEASE_LOCK: Final = "SELECT RELEASE_LOCK(:name)"
+
+
+def migration_busy(url: StoreURL, name: str, timeout: float) -> StoreTimeoutError:
+    """The error when the migration lock stayed taken (definite: nothing ran)."""
+    return StoreTimeoutError(
+        f"another process is migrating {url.database!r}: the migration lock "
+        f"{name!r} was not free within {timeout:g} s",
+        outcome=Outcome.DEFINITE,
+    )
 
 
 # -- worker-thread functions (the sync store calls them on the caller's thread) --

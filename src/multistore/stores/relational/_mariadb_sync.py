@@ -19,12 +19,15 @@ from typing import TYPE_CHECKING, Any, Final, Self, TypeVar
 
 from multistore.errors import MultistoreError, Outcome, StoreTimeoutError, StoreUnavailableError
 from multistore.stores.relational._mariadb import (
+    GET_LOCK,
+    RELEASE_LOCK,
     _connect,
     _execute,
     _executemany,
     _fetch,
     _guarded,
     _ping,
+    migration_busy,
     migration_lock,
     settings_of,
 )
@@ -139,20 +142,14 @@ class SyncMariaDBRelationalStore(SyncRelationalStore):
         # GET_LOCK is held by the session, across the migrations' transactions.
         name = migration_lock(self.url.database)
         with self.connection() as conn:
-            got = conn.fetch_val(
-                "SELECT GET_LOCK(:name, :wait)", {"name": name, "wait": self._timeout}
-            )
+            got = conn.fetch_val(GET_LOCK, {"name": name, "wait": self._timeout})
             if got != 1:
-                raise StoreTimeoutError(
-                    f"another process is migrating {self.url.database!r}: the migration lock "
-                    f"{name!r} was not free within {self._timeout:g} s",
-                    outcome=Outcome.DEFINITE,
-                )
+                raise migration_busy(self.url, name, self._timeout)
             try:
                 yield conn
             finally:
                 with contextlib.suppress(MultistoreError):
-                    conn.fetch_val("SELECT RELEASE_LOCK(:name)", {"name": name})
+                    conn.fetch_val(RELEASE_LOCK, {"name": name})
 
     def _acquire(self) -> _Session:
         if self._closed:
