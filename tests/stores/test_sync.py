@@ -11,7 +11,15 @@ from pathlib import Path
 import pytest
 
 from multistore.errors import UnsupportedError, UsageError
-from multistore.sync import DocumentStore, KeyValueStore, RelationalStore, open_store
+from multistore.sync import (
+    ClusteringColumn,
+    DocumentStore,
+    KeyValueStore,
+    RelationalStore,
+    TableSchema,
+    WideColumnStore,
+    open_store,
+)
 
 
 @pytest.fixture(params=["sqlite", pytest.param("redis", marks=pytest.mark.server)])
@@ -165,3 +173,27 @@ def test_threads_share_one_server_store(server: str, request: pytest.FixtureRequ
 
         _threads(4, work)
         assert store.fetch_val("SELECT n FROM hits") == 80
+
+
+def test_threads_share_one_widecolumn_store(tmp_path: Path) -> None:
+    schema = TableSchema(
+        "events",
+        partition_key=("user",),
+        clustering=(ClusteringColumn("n", "asc"),),
+        columns={"user": "text", "n": "int"},
+    )
+    with open_store(f"sqlite:///{tmp_path / 'wc.db'}", model="widecolumn") as store:
+        assert isinstance(store, WideColumnStore)
+        store.create_table(schema)
+
+        def work(base: int) -> None:
+            for i in range(25):
+                store.upsert("events", {"user": "u", "n": base + i})
+
+        threads = [threading.Thread(target=work, args=(100 * t,)) for t in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=60)
+        rows = store.select("events", {"user": "u"})
+        assert [r["n"] for r in rows] == sorted(100 * t + i for t in range(4) for i in range(25))

@@ -19,10 +19,10 @@ from __future__ import annotations
 import sqlite3
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Generator
 from pathlib import Path
 from types import TracebackType
-from typing import ClassVar, Concatenate, Final, ParamSpec, TypeVar
+from typing import Any, ClassVar, Concatenate, Final, ParamSpec, TypeVar
 
 from multistore.errors import (
     InvalidURLError,
@@ -40,6 +40,7 @@ from multistore.stores._worker import Worker
 from multistore.urls import StoreURL
 
 __all__ = [
+    "Plan",
     "SQLiteStore",
     "SyncSQLiteStore",
     "connect",
@@ -52,6 +53,12 @@ __all__ = [
 
 P = ParamSpec("P")
 T = TypeVar("T")
+
+Plan = Generator[Callable[[sqlite3.Connection], Any], Any, T]
+"""An operation of several steps: it yields functions of the connection, receives
+what each returned (or has its error thrown in) and returns the answer; the async
+store runs each step on its worker thread, the sync store on the calling thread
+(``_drive``)."""
 
 _JOURNAL_MODES: Final = frozenset({"wal", "delete", "truncate", "persist", "memory", "off"})
 _SYNCHRONOUS: Final = frozenset({"off", "normal", "full", "extra"})
@@ -264,6 +271,21 @@ class SQLiteStore(Store):
         """The error to raise for a driver error in work on ``subject``."""
         return sqlite_error(self.url, exc)
 
+    async def _drive(self, plan: Plan[T]) -> T:
+        """Run ``plan``, each step on the worker thread."""
+        try:
+            step = next(plan)
+            while True:
+                try:
+                    result = await self._call(step)
+                except BaseException as exc:
+                    step = plan.throw(exc)
+                else:
+                    step = plan.send(result)
+        except StopIteration as stop:
+            value: T = stop.value
+            return value
+
 
 class SyncSQLiteStore(SyncStore):
     """The sync twin of :class:`SQLiteStore`: one ``sqlite3`` connection, used on the
@@ -334,3 +356,18 @@ class SyncSQLiteStore(SyncStore):
     def _error(self, exc: sqlite3.Error, subject: str | None) -> MultistoreError:
         """The error to raise for a driver error in work on ``subject``."""
         return sqlite_error(self.url, exc)
+
+    def _drive(self, plan: Plan[T]) -> T:
+        """Run ``plan``, each step on this thread under the lock."""
+        try:
+            step = next(plan)
+            while True:
+                try:
+                    result = self._call(step)
+                except BaseException as exc:
+                    step = plan.throw(exc)
+                else:
+                    step = plan.send(result)
+        except StopIteration as stop:
+            value: T = stop.value
+            return value

@@ -24,6 +24,7 @@ SYNC_BACKENDS: Final[Mapping[tuple[str, str], str]] = {
     ("relational", "sqlite"): "relational._sqlite:SyncSQLiteRelationalStore",
     ("relational", "postgresql"): "relational._postgres_sync:SyncPostgresRelationalStore",
     ("relational", "mariadb"): "relational._mariadb_sync:SyncMariaDBRelationalStore",
+    ("widecolumn", "sqlite"): "widecolumn._sqlite:SyncSQLiteWideColumnStore",
 }
 
 

@@ -27,10 +27,14 @@ from multistore.stores.relational import Migration, Row, TransactionStatus
 from multistore.stores.relational._sync_api import SyncConnection as Connection
 from multistore.stores.relational._sync_api import SyncRelationalStore as RelationalStore
 from multistore.stores.relational._sync_api import SyncTransaction as Transaction
+from multistore.stores.widecolumn import ClusteringColumn, Condition, TableSchema
+from multistore.stores.widecolumn._sync_api import SyncWideColumnStore as WideColumnStore
 from multistore.sync._open import open_store
 
 __all__ = [
     "SYNC_BACKENDS",
+    "ClusteringColumn",
+    "Condition",
     "Connection",
     "DocumentStore",
     "Idempotency",
@@ -42,8 +46,10 @@ __all__ = [
     "RelationalStore",
     "Row",
     "Store",
+    "TableSchema",
     "Transaction",
     "TransactionStatus",
+    "WideColumnStore",
     "idempotent",
     "open_store",
 ]
