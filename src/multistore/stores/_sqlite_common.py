@@ -35,6 +35,7 @@ from multistore.errors import (
     UsageError,
 )
 from multistore.stores._base import Store
+from multistore.stores._plans import drive, drive_async
 from multistore.stores._sync_base import SyncStore
 from multistore.stores._worker import Worker
 from multistore.urls import StoreURL
@@ -273,18 +274,7 @@ class SQLiteStore(Store):
 
     async def _drive(self, plan: Plan[T]) -> T:
         """Run ``plan``, each step on the worker thread."""
-        try:
-            step = next(plan)
-            while True:
-                try:
-                    result = await self._call(step)
-                except BaseException as exc:
-                    step = plan.throw(exc)
-                else:
-                    step = plan.send(result)
-        except StopIteration as stop:
-            value: T = stop.value
-            return value
+        return await drive_async(plan, self._call)
 
 
 class SyncSQLiteStore(SyncStore):
@@ -359,15 +349,4 @@ class SyncSQLiteStore(SyncStore):
 
     def _drive(self, plan: Plan[T]) -> T:
         """Run ``plan``, each step on this thread under the lock."""
-        try:
-            step = next(plan)
-            while True:
-                try:
-                    result = self._call(step)
-                except BaseException as exc:
-                    step = plan.throw(exc)
-                else:
-                    step = plan.send(result)
-        except StopIteration as stop:
-            value: T = stop.value
-            return value
+        return drive(plan, self._call)

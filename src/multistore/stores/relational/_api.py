@@ -16,6 +16,7 @@ from contextlib import AbstractAsyncContextManager
 from typing import Any, ClassVar, TypeVar
 
 from multistore.stores._base import Store
+from multistore.stores._plans import drive_async
 from multistore.stores.relational._migrations import (
     AppliedMigration,
     Migration,
@@ -136,19 +137,7 @@ class Connection(Queries):
         return await self._rollback()
 
     async def _drive(self, steps: Steps[T]) -> T:
-        """:func:`~multistore.stores.relational._protocol.drive`, awaiting each step."""
-        try:
-            op = next(steps)
-            while True:
-                try:
-                    result = await self._run(op)
-                except BaseException as exc:
-                    op = steps.throw(exc)
-                else:
-                    op = steps.send(result)
-        except StopIteration as stop:
-            value: T = stop.value
-            return value
+        return await drive_async(steps, self._run)
 
     # -- the public statement methods --
 

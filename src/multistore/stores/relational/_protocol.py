@@ -3,9 +3,9 @@ and savepoints, the failure that aborts a transaction, commit outcomes.
 
 Each public operation of a connection is a generator that yields the driver
 primitives to run (:class:`Op`) and receives their results (or has their errors
-thrown in); :func:`drive` runs one on a sync connection, the async
-:class:`~multistore.stores.relational.Connection` awaits each primitive instead
-(psycopg's ``generators.py`` and ``waiting.py`` split the same way). The state lives
+thrown in); :func:`~multistore.stores._plans.drive` runs one on a sync connection,
+the async :class:`~multistore.stores.relational.Connection` awaits each primitive
+with :func:`~multistore.stores._plans.drive_async`. The state lives
 in :class:`ConnectionCore` and in the transaction objects (:class:`TransactionState`).
 """
 
@@ -27,7 +27,6 @@ __all__ = [
     "Steps",
     "TransactionState",
     "TransactionStatus",
-    "drive",
 ]
 
 T = TypeVar("T")
@@ -59,22 +58,6 @@ class Op(NamedTuple):
 
 Steps = Generator[Op, Any, T]
 """An operation in progress: it yields primitives and returns the answer."""
-
-
-def drive(steps: Steps[T], run: Callable[[Op], Any]) -> T:
-    """Run ``steps`` to the end, doing each primitive with ``run`` on this thread."""
-    try:
-        op = next(steps)
-        while True:
-            try:
-                result = run(op)
-            except BaseException as exc:
-                op = steps.throw(exc)
-            else:
-                op = steps.send(result)
-    except StopIteration as stop:
-        value: T = stop.value
-        return value
 
 
 class TransactionState:

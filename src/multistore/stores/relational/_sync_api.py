@@ -13,6 +13,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager
 from typing import Any, ClassVar
 
+from multistore.stores._plans import drive
 from multistore.stores._sync_base import SyncStore
 from multistore.stores.relational._migrations import (
     AppliedMigration,
@@ -26,7 +27,6 @@ from multistore.stores.relational._protocol import (
     Op,
     Params,
     TransactionState,
-    drive,
 )
 from multistore.stores.relational._rows import Row
 
