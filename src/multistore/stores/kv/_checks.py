@@ -74,6 +74,8 @@ def _string_keys(value: Any) -> bool:
 
 def check_key(key: object) -> str:
     """A valid key (a non-empty string that UTF-8 can encode) or InvalidValueError."""
+    if type(key) is str and key and key.isascii():  # the common case: nothing to encode
+        return key
     if not isinstance(key, str) or not key:
         raise InvalidValueError(f"a key must be a non-empty string, not {short_repr(key)}")
     _check_utf8(key, "key")

@@ -74,7 +74,7 @@ class KeyValueSteps:
         return self.prefix + check_key(key)
 
     def get(self, key: str) -> Step[bytes | None]:
-        k = self._k(key)
+        k = self.prefix + check_key(key)
         return lambda conn: _get(conn, k)
 
     def set(self, key: str, value: bytes | str, ttl: float | None) -> Step[None]:
