@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -15,8 +16,10 @@ from multistore.sync import (
     ClusteringColumn,
     DocumentStore,
     KeyValueStore,
+    Point,
     RelationalStore,
     TableSchema,
+    TimeSeriesStore,
     WideColumnStore,
     open_store,
 )
@@ -63,6 +66,11 @@ def test_embedded_call_runs_on_the_callers_thread(tmp_path: Path) -> None:
         t.start()
         t.join()
         assert other == [t.ident]
+    with open_store(f"duckdb:///{tmp_path / 'm.duckdb'}") as metrics:
+        assert isinstance(metrics, TimeSeriesStore)
+        metrics.write(Point("cpu", {"host": "a"}, {"load": 1.0}, datetime.now(UTC)))
+        assert metrics.measurements() == ["cpu"]
+        assert threading.active_count() == before  # nor for DuckDB
 
 
 def test_threads_share_one_store(kv: KeyValueStore) -> None:
@@ -197,3 +205,24 @@ def test_threads_share_one_widecolumn_store(tmp_path: Path) -> None:
             t.join(timeout=60)
         rows = store.select("events", {"user": "u"})
         assert [r["n"] for r in rows] == sorted(100 * t + i for t in range(4) for i in range(25))
+
+
+def test_threads_share_one_timeseries_store(tmp_path: Path) -> None:
+    start = datetime(2026, 1, 1, tzinfo=UTC)
+    with open_store(f"duckdb:///{tmp_path / 'm.duckdb'}") as store:
+        assert isinstance(store, TimeSeriesStore)
+
+        def work(host: str) -> None:
+            for i in range(20):
+                store.write(
+                    Point("cpu", {"host": host}, {"load": float(i)}, start + timedelta(seconds=i))
+                )
+
+        threads = [threading.Thread(target=work, args=(f"h{t}",)) for t in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=60)
+        points = store.query("cpu", start=start, end=start + timedelta(minutes=1))
+        assert len(points) == 80
+        assert {p.tags["host"] for p in points} == {"h0", "h1", "h2", "h3"}

@@ -25,6 +25,7 @@ SYNC_BACKENDS: Final[Mapping[tuple[str, str], str]] = {
     ("relational", "postgresql"): "relational._postgres_sync:SyncPostgresRelationalStore",
     ("relational", "mariadb"): "relational._mariadb_sync:SyncMariaDBRelationalStore",
     ("widecolumn", "sqlite"): "widecolumn._sqlite:SyncSQLiteWideColumnStore",
+    ("timeseries", "duckdb"): "timeseries._duckdb_sync:SyncDuckDBTimeSeriesStore",
 }
 
 

@@ -27,6 +27,8 @@ from multistore.stores.relational import Migration, Row, TransactionStatus
 from multistore.stores.relational._sync_api import SyncConnection as Connection
 from multistore.stores.relational._sync_api import SyncRelationalStore as RelationalStore
 from multistore.stores.relational._sync_api import SyncTransaction as Transaction
+from multistore.stores.timeseries import Point, Window
+from multistore.stores.timeseries._sync_api import SyncTimeSeriesStore as TimeSeriesStore
 from multistore.stores.widecolumn import ClusteringColumn, Condition, TableSchema
 from multistore.stores.widecolumn._sync_api import SyncWideColumnStore as WideColumnStore
 from multistore.sync._open import open_store
@@ -42,14 +44,17 @@ __all__ = [
     "KeyValueStore",
     "Migration",
     "Outbox",
+    "Point",
     "RateLimit",
     "RelationalStore",
     "Row",
     "Store",
     "TableSchema",
+    "TimeSeriesStore",
     "Transaction",
     "TransactionStatus",
     "WideColumnStore",
+    "Window",
     "idempotent",
     "open_store",
 ]
