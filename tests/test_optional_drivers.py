@@ -50,7 +50,8 @@ def test_public_packages_import_without_server_drivers(tmp_path: Path) -> None:
                      "multistore.stores.search", "multistore.stores.relational",
                      "multistore.stores.graph", "multistore.stores.widecolumn",
                      "multistore.stores.timeseries", "multistore.consistency",
-                     "multistore.replication", "multistore.lab.servers", "multistore.cli"]:
+                     "multistore.replication", "multistore.lab.servers", "multistore.cli",
+                     "multistore.sync"]:
             importlib.import_module(name)
         try:
             import redis
@@ -76,6 +77,29 @@ def test_server_url_without_its_driver_names_the_extra(tmp_path: Path) -> None:
     result = _run(tmp_path, code)
     assert result.returncode == 0, result.stderr
     assert "pip install 'multistore[redis]'" in result.stdout
+
+
+def test_sync_api_without_server_drivers(tmp_path: Path) -> None:
+    """The sync API's embedded stores work; a server URL names the extra."""
+    code = textwrap.dedent(
+        """
+        import multistore
+        from multistore.sync import open_store
+        with open_store("sqlite:///kv.db", model="kv") as store:
+            store.set("k", "v")
+            print(store.get("k"))
+        for url in ["redis://127.0.0.1:1/0", "postgresql://u@127.0.0.1:1/db?model=relational"]:
+            try:
+                open_store(url)
+            except multistore.ConfigError as exc:
+                print(exc)
+        """
+    )
+    result = _run(tmp_path, code)
+    assert result.returncode == 0, result.stderr
+    assert "b'v'" in result.stdout
+    assert "pip install 'multistore[redis]'" in result.stdout
+    assert "pip install 'multistore[postgres]'" in result.stdout
 
 
 def test_demo_runs_without_server_drivers(tmp_path: Path) -> None:
