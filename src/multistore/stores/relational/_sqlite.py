@@ -43,6 +43,8 @@ from multistore.errors import (
 from multistore.stores._sqlite_common import connect, start
 from multistore.stores._worker import Worker
 from multistore.stores.relational._api import Connection, RelationalStore
+from multistore.stores.relational._params import bind, compile_sql
+from multistore.stores.relational._protocol import Params
 from multistore.stores.relational._rows import Columns, Row
 from multistore.stores.relational._sync_api import SyncConnection, SyncRelationalStore
 from multistore.urls import StoreURL
@@ -229,14 +231,7 @@ class SyncSQLiteRelationalStore(SyncRelationalStore):
 
     @contextlib.contextmanager
     def connection(self) -> Iterator[SyncConnection]:
-        if self._closed:
-            raise StoreUnavailableError(f"{self!r} is closed", outcome=Outcome.DEFINITE)
-        if self._holder == threading.get_ident():
-            raise UsageError(
-                "this thread already holds the SQLite store's only connection (inside "
-                "store.connection() or store.transaction()); run the statement on that "
-                "connection or transaction instead of on the store"
-            )
+        self._check_free()
         with self._lease:
             if self._closed:
                 raise StoreUnavailableError(f"{self!r} is closed", outcome=Outcome.DEFINITE)
@@ -257,6 +252,49 @@ class SyncSQLiteRelationalStore(SyncRelationalStore):
         """Run ``fn(sqlite3_connection)`` on this thread, holding the lease."""
         with self.connection():
             return fn(self._db)
+
+    # -- one-statement calls: the lease and the statement, no connection object --
+
+    def execute(self, sql: str, params: Params | None = None) -> int:
+        return self._once(_execute, sql, params)
+
+    def fetch_all(self, sql: str, params: Params | None = None) -> list[Row]:
+        return self._once(_fetch, sql, params, False)
+
+    def fetch_one(self, sql: str, params: Params | None = None) -> Row | None:
+        rows = self._once(_fetch, sql, params, True)
+        return rows[0] if rows else None
+
+    def fetch_val(self, sql: str, params: Params | None = None) -> Any:
+        rows = self._once(_fetch, sql, params, True)
+        return rows[0][0] if rows else None
+
+    def _check_free(self) -> None:
+        """Refuse a closed store, and a lease this thread holds already (it would wait
+        for itself)."""
+        if self._closed:
+            raise StoreUnavailableError(f"{self!r} is closed", outcome=Outcome.DEFINITE)
+        if self._holder == threading.get_ident():
+            raise UsageError(
+                "this thread already holds the SQLite store's only connection (inside "
+                "store.connection() or store.transaction()); run the statement on that "
+                "connection or transaction instead of on the store"
+            )
+
+    def _once(self, fn: Callable[..., T], sql: str, params: Params | None, *extra: Any) -> T:
+        """One statement, as ``connection()`` then the statement on it would run it."""
+        compiled = compile_sql(sql, "sqlite")
+        args = bind(compiled, params)
+        self._check_free()
+        with self._lease:
+            if self._closed:
+                raise StoreUnavailableError(f"{self!r} is closed", outcome=Outcome.DEFINITE)
+            try:
+                return _guarded(fn, self._db, self._clock, compiled.sql, args, *extra)
+            finally:
+                if self._db.in_transaction:  # a BEGIN sent as a plain statement
+                    with contextlib.suppress(MultistoreError):
+                        _guarded(_rollback_open, self._db, self._clock)
 
 
 def _connect(url: StoreURL, clock: _Clock) -> sqlite3.Connection:
