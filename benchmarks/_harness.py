@@ -51,7 +51,7 @@ async def _time_ops(fn: Callable[[], object], ops: int) -> float:
 
 async def compare(
     name: str,
-    ours: Callable[[], Awaitable[object]],
+    ours: Callable[[], object],
     anchor: Callable[[], object],
     anchor_name: str,
     *,
@@ -59,7 +59,8 @@ async def compare(
     rounds: int = 15,
     warmup: int = 30,
 ) -> Row:
-    """Median per-operation latency of ``ours`` vs ``anchor``, alternating rounds."""
+    """Median per-operation latency of ``ours`` vs ``anchor``, alternating rounds.
+    Either may be sync or return an awaitable."""
     for _ in range(warmup):
         await _call(ours)
         await _call(anchor)

@@ -6,6 +6,8 @@ Each backend: insert one row (autocommit) and select one row by primary key, on 
 - SQLite: :class:`SQLiteRelationalStore` (``:name`` translation, a worker thread, an
   exclusive lease on the connection) against plain ``sqlite3`` on the event-loop
   thread with ``?`` placeholders, same WAL and ``synchronous=NORMAL`` settings.
+- SQLite, sync API (:func:`multistore.sync.open_store`): the same statements on the
+  calling thread (no worker hop), against the same plain ``sqlite3`` calls.
 - PostgreSQL: :class:`PostgresRelationalStore` (a pooled connection: the store's
   fast path for one-statement calls, see its module) against one bare
   ``psycopg.AsyncConnection`` in autocommit mode, no pool (the strict anchor),
@@ -26,6 +28,8 @@ import pymysql
 from benchmarks._harness import BenchEnv, Row, compare
 from multistore.stores import open_store
 from multistore.stores.relational import RelationalStore
+from multistore.sync import RelationalStore as SyncRelationalStore
+from multistore.sync import open_store as open_sync_store
 from multistore.urls import parse_url
 
 DDL = "CREATE TABLE users (id BIGINT PRIMARY KEY, email VARCHAR(255) NOT NULL)"
@@ -44,7 +48,7 @@ async def _open(url: str) -> RelationalStore:
 
 async def _pair(
     backend: str,
-    store: RelationalStore,
+    store: RelationalStore | SyncRelationalStore,
     ours_ids: Iterator[int],
     raw_insert: Callable[[], object],
     raw_select: Callable[[], object],
@@ -74,6 +78,8 @@ async def _pair(
 
 async def _sqlite_cases(env: BenchEnv) -> list[Row]:
     store = await _open(f"sqlite:///{env.tmp / 'relational-ours.db'}")
+    sync = open_sync_store(f"sqlite:///{env.tmp / 'relational-sync.db'}", model="relational")
+    assert isinstance(sync, SyncRelationalStore)
     raw = sqlite3.connect(env.tmp / "relational-raw.db", isolation_level=None)
     raw.execute("PRAGMA journal_mode = wal")
     raw.execute("PRAGMA synchronous = normal")
@@ -81,8 +87,10 @@ async def _sqlite_cases(env: BenchEnv) -> list[Row]:
     ours_ids, raw_ids = itertools.count(1), itertools.count(1)
     try:
         await store.execute(DDL)
+        sync.execute(DDL)
         raw.execute(DDL)
         await store.execute(INSERT, {"id": 0, "email": "alice@example.com"})
+        sync.execute(INSERT, {"id": 0, "email": "alice@example.com"})
         raw.execute("INSERT INTO users (id, email) VALUES (?, ?)", (0, "alice@example.com"))
 
         def raw_insert() -> None:
@@ -91,11 +99,16 @@ async def _sqlite_cases(env: BenchEnv) -> list[Row]:
         def raw_select() -> object:
             return raw.execute("SELECT id, email FROM users WHERE id = ?", (0,)).fetchone()
 
-        return await _pair(
-            "sqlite", store, ours_ids, raw_insert, raw_select, "sqlite3 INSERT", "sqlite3 SELECT"
-        )
+        anchors = ("sqlite3 INSERT", "sqlite3 SELECT")
+        return [
+            *await _pair("sqlite", store, ours_ids, raw_insert, raw_select, *anchors),
+            *await _pair(
+                "sqlite, sync API", sync, itertools.count(1), raw_insert, raw_select, *anchors
+            ),
+        ]
     finally:
         await store.close()
+        sync.close()
         raw.close()
 
 

@@ -21,6 +21,7 @@ PACKAGES = [
     "multistore.stores.graph",
     "multistore.stores.widecolumn",
     "multistore.stores.timeseries",
+    "multistore.sync",
     "multistore.core",
     "multistore.consistency",
     "multistore.replication",

@@ -52,7 +52,8 @@ def test_public_packages_import_without_server_drivers(tmp_path: Path) -> None:
                      "multistore.stores.search", "multistore.stores.relational",
                      "multistore.stores.graph", "multistore.stores.widecolumn",
                      "multistore.stores.timeseries", "multistore.consistency",
-                     "multistore.replication", "multistore.lab.servers", "multistore.cli"]:
+                     "multistore.replication", "multistore.lab.servers", "multistore.cli",
+                     "multistore.sync"]:
             importlib.import_module(name)
         try:
             import redis
@@ -83,6 +84,29 @@ def test_server_url_without_its_driver_names_the_extra(tmp_path: Path) -> None:
     plain, tls = result.stdout.splitlines()
     assert plain.startswith("StoreUnavailableError"), plain  # tried: nothing was missing
     assert tls.startswith("ConfigError") and "pip install 'multistore[redis]'" in tls, tls
+
+
+def test_sync_api_without_server_drivers(tmp_path: Path) -> None:
+    """The sync API's embedded stores work; a server URL names the extra."""
+    code = textwrap.dedent(
+        """
+        import multistore
+        from multistore.sync import open_store
+        with open_store("sqlite:///kv.db", model="kv") as store:
+            store.set("k", "v")
+            print(store.get("k"))
+        for url in ["redis://127.0.0.1:1/0", "postgresql://u@127.0.0.1:1/db?model=relational"]:
+            try:
+                open_store(url)
+            except multistore.ConfigError as exc:
+                print(exc)
+        """
+    )
+    result = _run(tmp_path, code)
+    assert result.returncode == 0, result.stderr
+    assert "b'v'" in result.stdout
+    assert "pip install 'multistore[redis]'" in result.stdout
+    assert "pip install 'multistore[postgres]'" in result.stdout
 
 
 def test_demo_runs_without_server_drivers(tmp_path: Path) -> None:

@@ -1,7 +1,8 @@
 """The document conformance suite: every test runs against every document backend.
 
 Backends: SQLite (a file under tmp_path) and PostgreSQL (a fresh database on the real
-throwaway server). Each test opens its own store inside one event loop, so no pool
+throwaway server), each through the async API and, where it has a sync backend, the
+sync API (:mod:`tests.stores.apis`). Each test opens its own store inside one event loop, so no pool
 crosses event loops. The pure filter evaluator (``_filters.matches``) is the reference:
 the operator table checks it too, and the state machine holds each backend to it.
 """
@@ -11,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -33,7 +34,6 @@ from multistore.errors import (
     NotFoundError,
     UsageError,
 )
-from multistore.stores import open_store
 from multistore.stores.document import DocumentStore, IndexInfo
 from multistore.stores.document._filters import (
     matches,
@@ -43,20 +43,34 @@ from multistore.stores.document._filters import (
 )
 from multistore.stores.document._updates import apply_update, parse_update
 from multistore.stores.document._values import kind
+from tests.stores.apis import open_with
 
 Body = Callable[[DocumentStore], Awaitable[None]]
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.server)])
-def doc_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'docs.db'}"
-    return str(request.getfixturevalue("postgres_url"))
+_api = "async"  # the API that _open uses, set by the fixture below
+
+
+@pytest.fixture(
+    params=[
+        ("sqlite", "async"),
+        ("sqlite", "sync"),
+        pytest.param(("postgresql", "async"), marks=pytest.mark.server),
+    ],
+    ids=lambda p: "-".join(p),
+)
+def doc_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    global _api
+    backend, _api = request.param
+    if backend == "sqlite":
+        yield f"sqlite:///{tmp_path / 'docs.db'}"
+    else:
+        yield str(request.getfixturevalue("postgres_url"))
+    _api = "async"
 
 
 async def _open(url: str) -> DocumentStore:
-    store = await open_store(url, model="document")
-    assert isinstance(store, DocumentStore)
+    store: DocumentStore = await open_with(_api)(url, model="document")
     return store
 
 

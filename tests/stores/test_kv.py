@@ -1,8 +1,9 @@
 """The key-value conformance suite: every test runs against every kv backend.
 
 Backends: SQLite (a file under tmp_path), Redis and Redis Cluster (real throwaway
-servers). Each test opens its own store inside ``asyncio.run`` so no pool crosses event
-loops.
+servers), each through the async API and, where it has a sync backend, the sync API
+(:mod:`tests.stores.apis`). Each test opens its own store inside ``asyncio.run`` so no
+pool crosses event loops.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import re
 import socket
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -29,30 +30,46 @@ from multistore.errors import (
     StoreUnavailableError,
     UsageError,
 )
-from multistore.stores import open_store
 from multistore.stores.kv import KeyValueStore, RateLimit, WrongTypeError
+from tests.stores.apis import APIS, open_with
 
 Body = Callable[[KeyValueStore], Awaitable[None]]
+
+_api = "async"  # the API that _open uses, set by the fixtures below
+
+
+@pytest.fixture(params=APIS)
+def api(request: pytest.FixtureRequest) -> Iterator[str]:
+    global _api
+    _api = request.param
+    yield request.param
+    _api = "async"
 
 
 @pytest.fixture(
     params=[
-        "sqlite",
-        pytest.param("redis", marks=pytest.mark.server),
-        pytest.param("redis-cluster", marks=pytest.mark.server),
+        ("sqlite", "async"),
+        ("sqlite", "sync"),
+        pytest.param(("redis", "async"), marks=pytest.mark.server),
+        pytest.param(("redis", "sync"), marks=pytest.mark.server),
+        pytest.param(("redis-cluster", "async"), marks=pytest.mark.server),
     ],
+    ids=lambda p: "-".join(p),
 )
-def kv_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'kv.db'}"
-    if request.param == "redis-cluster":
-        return str(request.getfixturevalue("redis_cluster_url"))
-    return str(request.getfixturevalue("redis_url"))
+def kv_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    global _api
+    backend, _api = request.param
+    if backend == "sqlite":
+        yield f"sqlite:///{tmp_path / 'kv.db'}"
+    elif backend == "redis-cluster":
+        yield str(request.getfixturevalue("redis_cluster_url"))
+    else:
+        yield str(request.getfixturevalue("redis_url"))
+    _api = "async"
 
 
 async def _open(url: str) -> KeyValueStore:
-    store = await open_store(url, model="kv")
-    assert isinstance(store, KeyValueStore)
+    store: KeyValueStore = await open_with(_api)(url, model="kv")
     return store
 
 
@@ -717,7 +734,7 @@ def test_state_machine_agrees_with_a_dict(kv_url: str) -> None:
 # -- backend-specific ---------------------------------------------------------------
 
 
-def test_sqlite_persists_and_purges(tmp_path: Path) -> None:
+def test_sqlite_persists_and_purges(tmp_path: Path, api: str) -> None:
     url = f"sqlite:///{tmp_path / 'sub' / 'kv.db'}"
 
     async def main() -> None:
@@ -761,7 +778,7 @@ def _closed_port() -> int:
 
 
 @pytest.mark.server
-def test_redis_server_down_is_unavailable_quickly() -> None:
+def test_redis_server_down_is_unavailable_quickly(api: str) -> None:
     # Timeouts far past pytest's per-test timeout: an open that waited one out, instead
     # of taking the refusal at once, would fail the test by timing out.
     url = f"redis://127.0.0.1:{_closed_port()}/0?connect_timeout=3600&timeout=3600"
@@ -771,7 +788,7 @@ def test_redis_server_down_is_unavailable_quickly() -> None:
 
 
 @pytest.mark.server
-def test_redis_reconnects_after_restart(redis_server: Any, redis_url: str) -> None:
+def test_redis_reconnects_after_restart(redis_server: Any, redis_url: str, api: str) -> None:
     async def main() -> None:
         s = await _open(f"{redis_url}?connect_timeout=1&timeout=2")
         try:
@@ -794,7 +811,7 @@ def test_redis_reconnects_after_restart(redis_server: Any, redis_url: str) -> No
 
 @pytest.mark.server
 def test_redis_no_answer_is_an_indeterminate_timeout(
-    redis_server: Any, redis_url: str, tcp_proxy: Callable[[str, int], Any]
+    redis_server: Any, redis_url: str, tcp_proxy: Callable[[str, int], Any], api: str
 ) -> None:
     proxy = tcp_proxy("127.0.0.1", redis_server.port)
     url = f"redis://127.0.0.1:{proxy.port}/0?timeout=0.5&connect_timeout=0.5"

@@ -1,11 +1,13 @@
-"""The relational conformance suite: the same tests on SQLite, PostgreSQL and MariaDB."""
+"""The relational conformance suite: the same tests on SQLite, PostgreSQL and MariaDB,
+through the async API and, where a backend has one, the sync API
+(:mod:`tests.stores.apis`)."""
 
 from __future__ import annotations
 
 import asyncio
 import re
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from datetime import datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -26,26 +28,34 @@ from multistore.errors import (
 )
 from multistore.lab.servers import free_port
 from multistore.stores import relational
-from multistore.stores._registry import open_store
 from multistore.stores.relational import (
     Migration,
     RelationalStore,
     Row,
     TransactionStatus,
 )
+from tests.stores.apis import open_with
 
 Body = Callable[[RelationalStore], Awaitable[None]]
 
 BACKENDS = [
-    "sqlite",
-    pytest.param("postgresql", marks=pytest.mark.server),
-    pytest.param("mariadb", marks=pytest.mark.server),
+    ("sqlite", "async"),
+    ("sqlite", "sync"),
+    pytest.param(("postgresql", "async"), marks=pytest.mark.server),
+    pytest.param(("postgresql", "sync"), marks=pytest.mark.server),
+    pytest.param(("mariadb", "async"), marks=pytest.mark.server),
+    pytest.param(("mariadb", "sync"), marks=pytest.mark.server),
 ]
 
+_api = "async"  # the API that open_relational uses, set by the fixture below
 
-@pytest.fixture(params=BACKENDS)
-def backend(request: pytest.FixtureRequest) -> str:
-    return str(request.param)
+
+@pytest.fixture(params=BACKENDS, ids=lambda p: "-".join(p))
+def backend(request: pytest.FixtureRequest) -> Iterator[str]:
+    global _api
+    name, _api = request.param
+    yield name
+    _api = "async"
 
 
 @pytest.fixture
@@ -63,8 +73,7 @@ def with_options(url: str, **options: object) -> str:
 
 
 async def open_relational(url: str) -> RelationalStore:
-    store = await open_store(url, model="relational")
-    assert isinstance(store, RelationalStore)
+    store: RelationalStore = await open_with(_api)(url, model="relational")
     return store
 
 

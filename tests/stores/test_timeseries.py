@@ -1,7 +1,8 @@
 """The time-series conformance suite: every test runs against every backend.
 
-Backends: DuckDB (a file under tmp_path) and InfluxDB 1.x (a real throwaway server, a
-fresh database per test). Each test opens its own store inside ``asyncio.run``.
+Backends: DuckDB (a file under tmp_path; through the async and the sync API,
+:mod:`tests.stores.apis`) and InfluxDB 1.x (a real throwaway server, a fresh database
+per test). Each test opens its own store inside ``asyncio.run``.
 Expected values are computed here, in Python, from the generated data.
 """
 
@@ -12,7 +13,7 @@ import itertools
 import math
 import random
 from collections import defaultdict
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
@@ -21,8 +22,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from multistore.errors import InvalidQueryError, InvalidValueError, NotFoundError
-from multistore.stores import open_store
 from multistore.stores.timeseries import Point, TimeSeriesStore, Window
+from tests.stores.apis import open_with
 
 Body = Callable[[TimeSeriesStore], Awaitable[None]]
 T0 = datetime(2024, 1, 15, 10, 0, tzinfo=UTC)
@@ -32,16 +33,24 @@ US = timedelta(microseconds=1)
 _EXAMPLES = itertools.count()
 
 
-@pytest.fixture(params=["duckdb", pytest.param("influxdb", marks=pytest.mark.server)])
-def ts_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "duckdb":
-        return f"duckdb:///{tmp_path / 'metrics.duckdb'}"
-    return str(request.getfixturevalue("influxdb_url"))
+_api = "async"  # the API that _open uses, set by the fixture below
+
+
+@pytest.fixture(
+    params=["duckdb", "duckdb-sync", pytest.param("influxdb", marks=pytest.mark.server)]
+)
+def ts_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    global _api
+    _api = "sync" if request.param == "duckdb-sync" else "async"
+    if request.param.startswith("duckdb"):
+        yield f"duckdb:///{tmp_path / 'metrics.duckdb'}"
+    else:
+        yield str(request.getfixturevalue("influxdb_url"))
+    _api = "async"
 
 
 async def _open(url: str) -> TimeSeriesStore:
-    store = await open_store(url, model="timeseries")
-    assert isinstance(store, TimeSeriesStore)
+    store: TimeSeriesStore = await open_with(_api)(url, model="timeseries")
     return store
 
 

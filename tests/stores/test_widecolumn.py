@@ -1,14 +1,15 @@
 """The wide-column conformance suite, run against every wide-column backend.
 
-Backends: SQLite, the quorum cluster (embedded SQLite nodes, and Redis nodes), and Redis
-Cluster (a partition per hash slot).
+Backends: SQLite (through the async and the sync API, :mod:`tests.stores.apis`), the
+quorum cluster (embedded SQLite nodes, and Redis nodes), and Redis Cluster (a partition
+per hash slot).
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -16,8 +17,8 @@ from typing import Any
 import pytest
 
 from multistore.errors import ConflictError, InvalidQueryError, InvalidValueError, NotFoundError
-from multistore.stores import open_store
 from multistore.stores.widecolumn import ClusteringColumn, TableSchema, WideColumnStore
+from tests.stores.apis import open_with
 
 Body = Callable[[WideColumnStore], Awaitable[None]]
 
@@ -42,29 +43,35 @@ EVENTS = TableSchema(
 )
 
 
+_api = "async"  # the API that _open uses, set by the fixture below
+
+
 @pytest.fixture(
     params=[
         "sqlite",
+        "sqlite-sync",
         "quorum",
         pytest.param("quorum-redis", marks=pytest.mark.server),
         pytest.param("redis-cluster", marks=pytest.mark.server),
     ]
 )
-def wc_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'wc.db'}?model=widecolumn"
-    if request.param == "redis-cluster":  # a partition per hash slot
-        return str(request.getfixturevalue("redis_cluster_url")) + "/?model=widecolumn"
-    # The quorum cluster: 3 nodes, N=3, QUORUM reads and writes.
-    if request.param == "quorum":
-        return f"quorum:///{tmp_path / 'quorum'}?nodes=3&n=3"
-    node = request.getfixturevalue("redis_url").removeprefix("redis://").rsplit("/", 1)[0]
-    return f"quorum://{node}/0?n=3&peers={node}/1,{node}/2"
+def wc_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    global _api
+    _api = "sync" if request.param == "sqlite-sync" else "async"
+    if request.param.startswith("sqlite"):
+        yield f"sqlite:///{tmp_path / 'wc.db'}?model=widecolumn"
+    elif request.param == "redis-cluster":  # a partition per hash slot
+        yield str(request.getfixturevalue("redis_cluster_url")) + "/?model=widecolumn"
+    elif request.param == "quorum":  # the quorum cluster: 3 nodes, N=3, QUORUM reads and writes
+        yield f"quorum:///{tmp_path / 'quorum'}?nodes=3&n=3"
+    else:
+        node = request.getfixturevalue("redis_url").removeprefix("redis://").rsplit("/", 1)[0]
+        yield f"quorum://{node}/0?n=3&peers={node}/1,{node}/2"
+    _api = "async"
 
 
 async def _open(url: str) -> WideColumnStore:
-    store = await open_store(url)
-    assert isinstance(store, WideColumnStore)
+    store: WideColumnStore = await open_with(_api)(url)
     return store
 
 

@@ -36,7 +36,16 @@ from multistore.consistency._saga import ErrorInfo
 from multistore.errors import InvalidValueError, UsageError
 from multistore.stores.relational import RelationalStore, Row, Transaction, TransactionStatus
 
-__all__ = ["Outbox", "OutboxEvent", "OutboxRecord", "in_marks"]
+__all__ = [
+    "EventInsert",
+    "Outbox",
+    "OutboxEvent",
+    "OutboxRecord",
+    "check_outbox",
+    "in_marks",
+    "insert_sql",
+    "setup_statements",
+]
 
 PENDING: Final = "pending"
 DELIVERED: Final = "delivered"
@@ -123,7 +132,7 @@ def _indexes(table: str, backend: str) -> list[str]:
     ]
 
 
-def _insert_sql(table: str, backend: str) -> list[str]:
+def insert_sql(table: str, backend: str) -> list[str]:
     """The statements of :meth:`Outbox.add`; the last one returns the event's ``seq``."""
     columns = "aggregate, seq, event_id, event_type, payload, created_at, state, attempts"
     values = ":event_id, :event_type, :payload, :now, 'pending', 0"
@@ -250,6 +259,74 @@ class OutboxRecord:
     delivered_at: float | None
 
 
+def check_outbox(table: object, backend: str) -> None:
+    """Refuse a table name or a backend the outbox cannot use."""
+    if not isinstance(table, str) or not _TABLE.fullmatch(table):
+        raise UsageError(
+            f"outbox table names are a lower-case letter or _ then up to 50 lower-case "
+            f"letters, digits or _, not {table!r}"
+        )
+    if backend not in _TYPES:
+        raise UsageError(f"no outbox on {backend}:// stores")
+
+
+def setup_statements(table: str, backend: str) -> list[tuple[str, dict[str, Any] | None]]:
+    """The statements (with parameters) that create the outbox's tables, in one
+    transaction; on PostgreSQL an advisory lock first serialises concurrent setups."""
+    statements: list[tuple[str, dict[str, Any] | None]] = []
+    if backend == "postgresql":
+        key = zlib.crc32(f"multistore-outbox:{table}".encode())
+        statements.append(("SELECT pg_advisory_xact_lock(:key)", {"key": key}))
+    statements.extend((statement, None) for statement in _schema(table, backend))
+    return statements
+
+
+@dataclass(frozen=True)
+class EventInsert:
+    """One :meth:`Outbox.add`, checked: the parameters of the insert statements
+    (``insert_sql``), and the event once the last statement returned its number."""
+
+    aggregate: str
+    event_type: str
+    params: dict[str, Any]
+
+    @classmethod
+    def of(
+        cls,
+        outbox: Any,
+        dialect: str,
+        aggregate: str,
+        event_type: str,
+        payload: Any,
+    ) -> EventInsert:
+        """``outbox`` has ``backend`` and ``clock``; ``dialect`` is the transaction's."""
+        if dialect != outbox.backend:
+            raise UsageError(
+                f"this transaction is on {dialect}, the outbox on {outbox.backend}: the "
+                "event must be written in the same database as the business data"
+            )
+        params: dict[str, Any] = {
+            "aggregate": _check_name(aggregate, "aggregate"),
+            "event_type": _check_name(event_type, "event type"),
+            "payload": _encode_payload(payload),
+            "event_id": new_event_id(),
+            "now": outbox.clock(),
+        }
+        return cls(aggregate, event_type, params)
+
+    def event(self, row: Row | None) -> OutboxEvent:
+        assert row is not None  # the insert returns the new row's number
+        return OutboxEvent(
+            event_id=self.params["event_id"],
+            aggregate=self.aggregate,
+            seq=int(row[0]),
+            event_type=self.event_type,
+            payload=json.loads(self.params["payload"]),
+            created_at=self.params["now"],
+            attempt=0,
+        )
+
+
 class Outbox:
     """Events in a table of a relational store, written inside the caller's transaction.
 
@@ -273,28 +350,19 @@ class Outbox:
                 f"an outbox lives in a relational store (SQLite, PostgreSQL, MariaDB), "
                 f"not {store!r}"
             )
-        if not isinstance(table, str) or not _TABLE.fullmatch(table):
-            raise UsageError(
-                f"outbox table names are a lower-case letter or _ then up to 50 lower-case "
-                f"letters, digits or _, not {table!r}"
-            )
-        if store.backend not in _TYPES:
-            raise UsageError(f"no outbox on {store.backend}:// stores")
+        check_outbox(table, store.backend)
         self.store = store
         self.table = table
         self.time = LogClock(store, clock)
         self.clock = self.time.wall
         self.backend = store.backend
-        self._insert = _insert_sql(table, self.backend)
+        self._insert = insert_sql(table, self.backend)
 
     async def setup(self) -> None:
         """Create the tables if they are missing (safe to run from several processes)."""
         async with self.store.transaction() as tx:
-            if self.backend == "postgresql":
-                key = zlib.crc32(f"multistore-outbox:{self.table}".encode())
-                await tx.execute("SELECT pg_advisory_xact_lock(:key)", {"key": key})
-            for statement in _schema(self.table, self.backend):
-                await tx.execute(statement)
+            for statement, params in setup_statements(self.table, self.backend):
+                await tx.execute(statement, params)
 
     async def add(
         self, tx: Transaction, aggregate: str, event_type: str, payload: Any
@@ -311,33 +379,11 @@ class Outbox:
                 "(async with store.transaction() as tx: ... outbox.add(tx, ...)), "
                 f"not {tx!r}"
             )
-        dialect = tx.connection.dialect
-        if dialect != self.backend:
-            raise UsageError(
-                f"this transaction is on {dialect}, the outbox on {self.backend}: the event "
-                "must be written in the same database as the business data"
-            )
-        params: dict[str, Any] = {
-            "aggregate": _check_name(aggregate, "aggregate"),
-            "event_type": _check_name(event_type, "event type"),
-            "payload": _encode_payload(payload),
-            "event_id": new_event_id(),
-            "now": self.clock(),
-        }
+        add = EventInsert.of(self, tx.connection.dialect, aggregate, event_type, payload)
         *first, last = self._insert
         for sql in first:
-            await tx.execute(sql, params)
-        row = await tx.fetch_one(last, params)
-        assert row is not None  # the insert returns the new row's number
-        return OutboxEvent(
-            event_id=params["event_id"],
-            aggregate=aggregate,
-            seq=int(row[0]),
-            event_type=event_type,
-            payload=json.loads(params["payload"]),
-            created_at=params["now"],
-            attempt=0,
-        )
+            await tx.execute(sql, add.params)
+        return add.event(await tx.fetch_one(last, add.params))
 
     # -- inspection and operations -------------------------------------------------
 

@@ -1,6 +1,8 @@
 """Plumbing shared by the embedded SQLite backends (key-value, document, wide-column
-and relational): opening the file, the transactions, and a store whose one
-connection lives on a :class:`~multistore.stores._worker.Worker` thread.
+and relational): opening the file, the transactions, a store whose one
+connection lives on a :class:`~multistore.stores._worker.Worker` thread
+(:class:`SQLiteStore`) and its sync twin, whose connection is used on the calling
+thread under a lock (:class:`SyncSQLiteStore`).
 
 Every backend opens its file the same way: URL options ``timeout`` (the busy
 timeout; 5 s unless the backend says otherwise), ``journal_mode`` (default
@@ -15,11 +17,12 @@ process or another.
 from __future__ import annotations
 
 import sqlite3
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Generator
 from pathlib import Path
 from types import TracebackType
-from typing import ClassVar, Concatenate, Final, ParamSpec, TypeVar
+from typing import Any, ClassVar, Concatenate, Final, ParamSpec, TypeVar
 
 from multistore.errors import (
     InvalidURLError,
@@ -32,11 +35,15 @@ from multistore.errors import (
     UsageError,
 )
 from multistore.stores._base import Store
+from multistore.stores._plans import drive, drive_async
+from multistore.stores._sync_base import SyncStore
 from multistore.stores._worker import Worker
 from multistore.urls import StoreURL
 
 __all__ = [
+    "Plan",
     "SQLiteStore",
+    "SyncSQLiteStore",
     "connect",
     "read",
     "sqlite_error",
@@ -47,6 +54,12 @@ __all__ = [
 
 P = ParamSpec("P")
 T = TypeVar("T")
+
+Plan = Generator[Callable[[sqlite3.Connection], Any], Any, T]
+"""An operation of several steps: it yields functions of the connection, receives
+what each returned (or has its error thrown in) and returns the answer; the async
+store runs each step on its worker thread, the sync store on the calling thread
+(``_drive``)."""
 
 _JOURNAL_MODES: Final = frozenset({"wal", "delete", "truncate", "persist", "memory", "off"})
 _SYNCHRONOUS: Final = frozenset({"off", "normal", "full", "extra"})
@@ -258,3 +271,82 @@ class SQLiteStore(Store):
     def _error(self, exc: sqlite3.Error, subject: str | None) -> MultistoreError:
         """The error to raise for a driver error in work on ``subject``."""
         return sqlite_error(self.url, exc)
+
+    async def _drive(self, plan: Plan[T]) -> T:
+        """Run ``plan``, each step on the worker thread."""
+        return await drive_async(plan, self._call)
+
+
+class SyncSQLiteStore(SyncStore):
+    """The sync twin of :class:`SQLiteStore`: one ``sqlite3`` connection, used on the
+    calling thread. A re-entrant lock makes each call atomic with respect to the
+    store's other calls, so threads may share the store (one call runs at a time, as
+    on the async store's worker thread); the connection is opened with
+    ``check_same_thread=False`` for that.
+
+    A backend derives from this and from its model's sync interface, sets ``_noun``
+    and runs each operation's step with :meth:`_call`."""
+
+    _noun: ClassVar[str]
+
+    def __init__(self, url: StoreURL, conn: sqlite3.Connection) -> None:
+        self.url = url
+        self._conn = conn
+        self._lock = threading.RLock()
+        self._closed = False
+
+    def close(self) -> None:
+        with self._lock:
+            if not self._closed:
+                self._closed = True
+                self._conn.close()
+
+    @property
+    def native(self) -> sqlite3.Connection:
+        """The ``sqlite3.Connection``. Other threads may use the store at the same
+        time: use the connection only through ``store.run(fn)``, which holds the
+        store's lock while it calls ``fn(connection)``."""
+        return self._conn
+
+    def run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """Call ``fn(connection)`` holding the store's lock."""
+        return self._call_on(None, fn)
+
+    def _call(self, step: Callable[[sqlite3.Connection], T]) -> T:
+        """``step(connection)`` under the lock, driver errors mapped."""
+        with self._lock:
+            if self._closed:
+                raise UsageError(f"the {self._noun} {self.url} is closed")
+            try:
+                return step(self._conn)
+            except MultistoreError:
+                raise
+            except sqlite3.Error as exc:
+                raise self._error(exc, None) from exc
+
+    def _call_on(
+        self,
+        subject: str | None,
+        fn: Callable[Concatenate[sqlite3.Connection, P], T],
+        *args: P.args,
+        **kw: P.kwargs,
+    ) -> T:
+        """``fn(connection, *args, **kw)`` under the lock, for work on ``subject``
+        (a collection …), which :meth:`_error` may name."""
+        with self._lock:
+            if self._closed:
+                raise UsageError(f"the {self._noun} {self.url} is closed")
+            try:
+                return fn(self._conn, *args, **kw)
+            except MultistoreError:
+                raise
+            except sqlite3.Error as exc:
+                raise self._error(exc, subject) from exc
+
+    def _error(self, exc: sqlite3.Error, subject: str | None) -> MultistoreError:
+        """The error to raise for a driver error in work on ``subject``."""
+        return sqlite_error(self.url, exc)
+
+    def _drive(self, plan: Plan[T]) -> T:
+        """Run ``plan``, each step on this thread under the lock."""
+        return drive(plan, self._call)

@@ -29,7 +29,17 @@ from multistore.stores.document._updates import (
 )
 from multistore.stores.document._values import Path, parse_path
 
-__all__ = ["Document", "DocumentStore", "Filter", "IndexInfo", "Projection", "Sort"]
+__all__ = [
+    "Document",
+    "DocumentStore",
+    "Filter",
+    "FindPlan",
+    "IndexInfo",
+    "Projection",
+    "Sort",
+    "plan_insert_many",
+    "plan_update",
+]
 
 Document = dict[str, Any]
 Filter = Mapping[str, Any]
@@ -45,6 +55,67 @@ class IndexInfo:
     path: str
     name: str
     """The backend's name for the index (its value index, when it needs several)."""
+
+
+def plan_insert_many(
+    collection: str, docs: Iterable[Mapping[str, Any]]
+) -> tuple[str, list[Document], list[str]]:
+    """``insert_many``'s checks: the collection, the prepared documents, their ids."""
+    name = check_collection(collection)
+    if not isinstance(docs, Iterable) or isinstance(docs, str | bytes | Mapping):
+        raise InvalidValueError(f"insert_many takes a list of documents, not {type(docs).__name__}")
+    prepared = [prepare_document(doc) for doc in docs]
+    ids = [str(doc[ID]) for doc in prepared]
+    seen: set[str] = set()
+    for doc_id in ids:
+        if doc_id in seen:
+            raise DuplicateKeyError(f"insert_many got _id {short_repr(doc_id)} twice")
+        seen.add(doc_id)
+    return name, prepared, ids
+
+
+def plan_update(
+    collection: str, id: str, update: Mapping[str, Any]
+) -> tuple[str, str, Callable[[Document], Document]]:
+    """``update``'s checks: the collection, the id and the change to apply."""
+    name, doc_id, ops = check_collection(collection), check_id(id), parse_update(update)
+    return name, doc_id, lambda doc: apply_update(doc, ops)
+
+
+@dataclass(frozen=True)
+class FindPlan:
+    """``find``'s arguments, checked and parsed."""
+
+    name: str
+    node: Node
+    sort: tuple[SortKey, ...]
+    skip: int
+    limit: int | None
+    shape: Any
+
+    @classmethod
+    def of(
+        cls,
+        collection: str,
+        filter: Filter | None,
+        sort: Sort | None,
+        skip: int,
+        limit: int | None,
+        projection: Projection | None,
+    ) -> FindPlan:
+        name = check_collection(collection)
+        node = parse_filter(filter)
+        keys = parse_sort(sort)
+        check_count(skip, "skip")
+        if limit is not None:
+            check_count(limit, "limit")
+        return cls(name, node, keys, skip, limit, parse_projection(projection))
+
+    def finish(self, docs: list[Document]) -> list[Document]:
+        """The documents found, projected."""
+        if self.shape is None:
+            return docs
+        return [project(doc, self.shape) for doc in docs]
 
 
 class DocumentStore(Store):
@@ -84,18 +155,7 @@ class DocumentStore(Store):
 
     async def insert_many(self, collection: str, docs: Iterable[Mapping[str, Any]]) -> list[str]:
         """Store several new documents at once: all of them, or none on any error."""
-        name = check_collection(collection)
-        if not isinstance(docs, Iterable) or isinstance(docs, str | bytes | Mapping):
-            raise InvalidValueError(
-                f"insert_many takes a list of documents, not {type(docs).__name__}"
-            )
-        prepared = [prepare_document(doc) for doc in docs]
-        ids = [str(doc[ID]) for doc in prepared]
-        seen: set[str] = set()
-        for doc_id in ids:
-            if doc_id in seen:
-                raise DuplicateKeyError(f"insert_many got _id {short_repr(doc_id)} twice")
-            seen.add(doc_id)
+        name, prepared, ids = plan_insert_many(collection, docs)
         if prepared:
             await self._insert(name, prepared)
         return ids
@@ -112,10 +172,7 @@ class DocumentStore(Store):
     async def update(self, collection: str, id: str, update: Mapping[str, Any]) -> bool:
         """Apply update operators (``$set $unset $inc $push``) atomically; False if
         there is no document with ``id``. On any error the document is unchanged."""
-        name = check_collection(collection)
-        doc_id = check_id(id)
-        ops = parse_update(update)
-        return await self._modify(name, doc_id, lambda doc: apply_update(doc, ops))
+        return await self._modify(*plan_update(collection, id, update))
 
     async def delete(self, collection: str, id: str) -> bool:
         """Delete a document; False if there was none with ``id``."""
@@ -135,17 +192,8 @@ class DocumentStore(Store):
     ) -> list[Document]:
         """The documents that match ``filter``, sorted (insertion order without
         ``sort``), after skipping ``skip`` and at most ``limit`` of them."""
-        name = check_collection(collection)
-        node = parse_filter(filter)
-        keys = parse_sort(sort)
-        check_count(skip, "skip")
-        if limit is not None:
-            check_count(limit, "limit")
-        shape = parse_projection(projection)
-        docs = await self._find(name, node, keys, skip, limit)
-        if shape is None:
-            return docs
-        return [project(doc, shape) for doc in docs]
+        plan = FindPlan.of(collection, filter, sort, skip, limit, projection)
+        return plan.finish(await self._find(plan.name, plan.node, plan.sort, plan.skip, plan.limit))
 
     async def find_one(
         self,

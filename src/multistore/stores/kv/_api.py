@@ -20,15 +20,13 @@ semantics, and one conformance suite holds both to them:
 from __future__ import annotations
 
 import abc
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from multistore.errors import InvalidValueError, WrongTypeError
+from multistore.errors import WrongTypeError
 from multistore.stores._base import Store
-from multistore.stores._limits import short_repr
-from multistore.stores.kv._checks import dump_json
+from multistore.stores.kv._checks import dump_json, load_json
 
 __all__ = ["KeyValueStore", "RateLimit", "WrongTypeError"]
 
@@ -165,16 +163,4 @@ class KeyValueStore(Store, abc.ABC):
         """The JSON value at ``key`` decoded, or ``None`` when missing. A value that is
         not JSON (or nests too deeply for Python's decoder) raises
         :class:`InvalidValueError`."""
-        raw = await self.get(key)
-        if raw is None:
-            return None
-        try:
-            return json.loads(raw)
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise InvalidValueError(
-                f"the value at key {short_repr(key)} is not JSON: {exc}"
-            ) from None
-        except RecursionError:
-            raise InvalidValueError(
-                f"the value at key {short_repr(key)} is JSON nested too deeply to decode"
-            ) from None
+        return load_json(await self.get(key), key)

@@ -43,6 +43,21 @@ def dump_json(value: Any, key: str) -> str:
         ) from None
 
 
+def load_json(raw: bytes | None, key: str) -> Any:
+    """The JSON value ``raw`` decoded (``None`` stays ``None``), or
+    :class:`InvalidValueError` when it is not JSON or nests too deeply to decode."""
+    if raw is None:
+        return None
+    try:
+        return json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise InvalidValueError(f"the value at key {short_repr(key)} is not JSON: {exc}") from None
+    except RecursionError:
+        raise InvalidValueError(
+            f"the value at key {short_repr(key)} is JSON nested too deeply to decode"
+        ) from None
+
+
 def _string_keys(value: Any) -> bool:
     """True when every dict in ``value`` has only string keys (checked without recursion)."""
     stack = [value]
@@ -59,6 +74,8 @@ def _string_keys(value: Any) -> bool:
 
 def check_key(key: object) -> str:
     """A valid key (a non-empty string that UTF-8 can encode) or InvalidValueError."""
+    if type(key) is str and key and key.isascii():  # the common case: nothing to encode
+        return key
     if not isinstance(key, str) or not key:
         raise InvalidValueError(f"a key must be a non-empty string, not {short_repr(key)}")
     _check_utf8(key, "key")

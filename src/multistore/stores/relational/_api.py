@@ -10,20 +10,28 @@ from __future__ import annotations
 
 import abc
 import contextlib
-import enum
-from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+import functools
+from collections.abc import AsyncIterator, Sequence
 from contextlib import AbstractAsyncContextManager
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
-from multistore.errors import ConflictError, InvalidQueryError, MultistoreError, UsageError
 from multistore.stores._base import Store
+from multistore.stores._plans import drive_async
 from multistore.stores.relational._migrations import (
     AppliedMigration,
     Migration,
     read_applied,
     run_migrations,
 )
-from multistore.stores.relational._params import Dialect, bind, compile_sql
+from multistore.stores.relational._params import Dialect
+from multistore.stores.relational._protocol import (
+    ConnectionCore,
+    Op,
+    Params,
+    Steps,
+    TransactionState,
+    TransactionStatus,
+)
 from multistore.stores.relational._rows import Row
 
 __all__ = [
@@ -35,19 +43,7 @@ __all__ = [
     "TransactionStatus",
 ]
 
-Params = Mapping[str, Any]
-
-
-class TransactionStatus(enum.Enum):
-    """Where a transaction (or savepoint) stands."""
-
-    ACTIVE = "active"
-    COMMITTED = "committed"
-    """Committed (a savepoint: released into its enclosing transaction)."""
-    ROLLED_BACK = "rolled_back"
-    UNKNOWN = "unknown"
-    """COMMIT was sent but the connection failed before the answer: it may have
-    committed (the error raised is indeterminate)."""
+T = TypeVar("T")
 
 
 class Queries(abc.ABC):
@@ -92,13 +88,14 @@ class Connection(Queries):
 
     Outside a transaction every statement commits on its own (autocommit).
     ``conn.transaction()`` opens a transaction; inside one it opens a savepoint.
+    The protocol is :class:`~multistore.stores.relational._protocol.ConnectionCore`'s;
+    this class awaits each driver primitive it asks for.
     """
 
     dialect: ClassVar[Dialect]
 
     def __init__(self) -> None:
-        self._levels: list[Transaction] = []
-        self._released = False
+        self._core = ConnectionCore(self.dialect)
 
     # -- driver primitives: SQL in the driver's style, driver errors already mapped --
 
@@ -123,59 +120,59 @@ class Connection(Queries):
     async def _rollback(self) -> None:
         await self._execute("ROLLBACK", None)
 
+    async def _run(self, op: Op) -> Any:
+        kind = op.kind
+        if kind == "execute":
+            return await self._execute(op.sql, op.args)
+        if kind == "fetch":
+            return await self._fetch(op.sql, op.args, one=op.one)
+        if kind == "executemany":
+            return await self._executemany(op.sql, op.args)
+        if kind == "script":
+            return await self._script(op.sql)
+        if kind == "begin":
+            return await self._begin()
+        if kind == "commit":
+            return await self._commit()
+        return await self._rollback()
+
+    async def _drive(self, steps: Steps[T]) -> T:
+        return await drive_async(steps, self._run)
+
     # -- the public statement methods --
 
     @property
     def in_transaction(self) -> bool:
-        return bool(self._levels)
+        return bool(self._core.levels)
+
+    @property
+    def _levels(self) -> list[TransactionState]:
+        return self._core.levels
+
+    @property
+    def _released(self) -> bool:
+        return self._core.released
+
+    @_released.setter
+    def _released(self, value: bool) -> None:
+        self._core.released = value
 
     async def execute(self, sql: str, params: Params | None = None) -> int:
-        compiled = compile_sql(sql, self.dialect)
-        args = bind(compiled, params)
-        self._check_usable()
-        with self._guard():
-            return await self._execute(compiled.sql, args)
+        return await self._drive(self._core.execute(sql, params))
 
     async def executemany(self, sql: str, seq_of_params: Sequence[Params]) -> int:
-        compiled = compile_sql(sql, self.dialect)
-        if isinstance(seq_of_params, Mapping | str | bytes):
-            raise InvalidQueryError("executemany takes a sequence of parameter mappings")
-        args = [bind(compiled, params) for params in seq_of_params]
-        if not args:
-            return 0
-        if not compiled.has_params:
-            raise InvalidQueryError(
-                "executemany needs a statement with :name placeholders; use execute()"
-            )
-        self._check_usable()
-        if not self._levels:
-            # No transaction of the caller's: one of its own, so that the rows land all
-            # or none, and an error of one row is definite for the whole call.
-            async with self.transaction():
-                with self._guard():
-                    return await self._executemany(compiled.sql, args)
-        with self._guard():
-            return await self._executemany(compiled.sql, args)
+        own = functools.partial(Transaction, self, None)
+        return await self._drive(self._core.executemany(sql, seq_of_params, own))
 
     async def fetch_all(self, sql: str, params: Params | None = None) -> list[Row]:
-        compiled = compile_sql(sql, self.dialect)
-        args = bind(compiled, params)
-        self._check_usable()
-        with self._guard():
-            return await self._fetch(compiled.sql, args, one=False)
+        return await self._drive(self._core.fetch(sql, params, one=False))
 
     async def fetch_one(self, sql: str, params: Params | None = None) -> Row | None:
-        compiled = compile_sql(sql, self.dialect)
-        args = bind(compiled, params)
-        self._check_usable()
-        with self._guard():
-            rows = await self._fetch(compiled.sql, args, one=True)
+        rows = await self._drive(self._core.fetch(sql, params, one=True))
         return rows[0] if rows else None
 
     async def execute_script(self, sql: str) -> None:
-        self._check_usable()
-        with self._guard():
-            await self._script(sql)
+        await self._drive(self._core.script(sql))
 
     # -- transactions --
 
@@ -183,109 +180,25 @@ class Connection(Queries):
     async def transaction(self) -> AsyncIterator[Transaction]:
         """A transaction (or, inside one, a savepoint): committed when the block ends
         normally, rolled back when it raises; the exception propagates."""
-        self._check_usable()
-        depth = len(self._levels)
-        savepoint = f"multistore_sp{depth}" if depth else None
-        with self._guard():
-            try:
-                if savepoint is None:
-                    await self._begin()
-                else:
-                    await self._execute(f"SAVEPOINT {savepoint}", None)
-            except BaseException as exc:
-                if not (isinstance(exc, MultistoreError) and exc.definite):
-                    # cancelled (or lost) while BEGIN ran: it may have begun a transaction
-                    # that nothing would end, and the connection's next BEGIN would fail
-                    with contextlib.suppress(MultistoreError):
-                        await self._undo(savepoint)
-                raise
-        tx = Transaction(self, savepoint)
-        self._levels.append(tx)
+        tx = Transaction(self, await self._drive(self._core.begin()))
+        self._core.levels.append(tx)
         try:
             yield tx
-        except BaseException:
-            await self._finish(tx, commit=False)
-            raise
-        if tx.failure is not None:
-            await self._finish(tx, commit=False)
-            raise ConflictError(
-                f"transaction rolled back: a statement inside it failed ({tx.failure}) "
-                "and the error was caught inside the block; catch it outside the block, "
-                "or wrap the statement in a nested transaction() (a savepoint)"
-            ) from tx.failure
-        await self._finish(tx, commit=True)
-
-    async def _finish(self, tx: Transaction, *, commit: bool) -> None:
-        if self._levels and self._levels[-1] is tx:
-            self._levels.pop()
-        sp = tx.savepoint
-        if commit:
-            try:
-                if sp is None:
-                    await self._commit()
-                else:
-                    await self._execute(f"RELEASE SAVEPOINT {sp}", None)
-            except MultistoreError as exc:
-                definite = exc.definite
-                tx.status = TransactionStatus.ROLLED_BACK if definite else TransactionStatus.UNKNOWN
-                with contextlib.suppress(MultistoreError):
-                    await self._undo(sp)
-                if sp is not None and self._levels:
-                    self._levels[-1].failure = exc
-                raise
-            tx.status = TransactionStatus.COMMITTED
-            return
-        tx.status = TransactionStatus.ROLLED_BACK
-        try:
-            await self._undo(sp)
-        except MultistoreError as exc:
-            # The connection is gone or the server already ended the transaction;
-            # either way nothing of it was committed. The caller's error propagates.
-            if sp is not None and self._levels and self._levels[-1].failure is None:
-                self._levels[-1].failure = exc
-
-    async def _undo(self, savepoint: str | None) -> None:
-        if savepoint is None:
-            await self._rollback()
-        else:
-            await self._execute(f"ROLLBACK TO SAVEPOINT {savepoint}", None)
-            await self._execute(f"RELEASE SAVEPOINT {savepoint}", None)
-
-    def _check_usable(self) -> None:
-        if self._released:
-            raise UsageError(
-                "this connection (or transaction) was used after its block ended; "
-                "run statements inside the async with block that leased it"
-            )
-        if self._levels and self._levels[-1].failure is not None:
-            raise InvalidQueryError(
-                f"the transaction is aborted: an earlier statement failed "
-                f"({self._levels[-1].failure}); leave the block to roll it back, or run "
-                "statements that may fail inside a nested transaction() (a savepoint)"
-            )
-
-    @contextlib.contextmanager
-    def _guard(self) -> Iterator[None]:
-        try:
-            yield
         except BaseException as exc:
-            if self._levels:
-                self._levels[-1].failure = exc
+            await self._drive(self._core.end(tx, exc))
             raise
+        await self._drive(self._core.end(tx, None))
 
 
-class Transaction(Queries):
+class Transaction(TransactionState, Queries):
     """An open transaction (or savepoint) on one connection; run statements on it.
 
     ``status`` is :class:`TransactionStatus`; ``tx.transaction()`` nests a savepoint.
     """
 
     def __init__(self, connection: Connection, savepoint: str | None) -> None:
+        super().__init__(savepoint)
         self.connection = connection
-        self.savepoint = savepoint
-        self.status = TransactionStatus.ACTIVE
-        self.failure: BaseException | None = None
-        """The error of a statement that failed inside this transaction, if any."""
 
     def transaction(self) -> AbstractAsyncContextManager[Transaction]:
         """A savepoint inside this transaction."""
@@ -307,15 +220,8 @@ class Transaction(Queries):
         await self._active().execute_script(sql)
 
     def _active(self) -> Connection:
-        if self.status is not TransactionStatus.ACTIVE:
-            raise UsageError(
-                f"this transaction is {self.status.value}; run statements inside its block"
-            )
+        self.check_active()
         return self.connection
-
-    def __repr__(self) -> str:
-        kind = f"savepoint {self.savepoint}" if self.savepoint else "transaction"
-        return f"<Transaction {kind} {self.status.value}>"
 
 
 class RelationalStore(Store):

@@ -125,27 +125,7 @@ class MariaDBRelationalStore(RelationalStore):
 
     @classmethod
     async def open(cls, url: StoreURL) -> Self:
-        timeout = url.float_option("timeout", 30.0)
-        init = (
-            "SET SESSION sql_mode = CONCAT_WS(',', NULLIF(@@SESSION.sql_mode, ''), "
-            f"'ANSI_QUOTES', 'PIPES_AS_CONCAT'), max_statement_time = {timeout:g}"
-        )
-        settings: dict[str, Any] = {
-            "host": url.host,
-            "port": url.port,
-            "user": url.username or "root",
-            "password": url.password or "",
-            "database": url.database,
-            "charset": "utf8mb4",
-            "autocommit": True,
-            "client_flag": CLIENT.FOUND_ROWS,
-            "connect_timeout": url.float_option("connect_timeout", 5.0),
-            "read_timeout": timeout + 10.0,
-            "write_timeout": timeout + 10.0,
-            "init_command": init,
-        }
-        if url.option("ssl", False):
-            settings["ssl"] = {"fake_flag_to_enable_tls": True}
+        settings = settings_of(url)
         first = _Slot("mariadb-0")
         try:
             first.conn = await first.worker.run(_connect, settings)
@@ -194,22 +174,16 @@ class MariaDBRelationalStore(RelationalStore):
     @contextlib.asynccontextmanager
     async def _migration_connection(self) -> AsyncIterator[Connection]:
         # GET_LOCK is held by the session, across the migrations' transactions.
-        name = f"multistore_migrations:{self.url.database or ''}"[:64]
+        name = migration_lock(self.url.database)
         async with self.connection() as conn:
-            got = await conn.fetch_val(
-                "SELECT GET_LOCK(:name, :wait)", {"name": name, "wait": self._timeout}
-            )
+            got = await conn.fetch_val(GET_LOCK, {"name": name, "wait": self._timeout})
             if got != 1:
-                raise StoreTimeoutError(
-                    f"another process is migrating {self.url.database!r}: the migration lock "
-                    f"{name!r} was not free within {self._timeout:g} s",
-                    outcome=Outcome.DEFINITE,
-                )
+                raise migration_busy(self.url, name, self._timeout)
             try:
                 yield conn
             finally:
                 with contextlib.suppress(MultistoreError):
-                    await conn.fetch_val("SELECT RELEASE_LOCK(:name)", {"name": name})
+                    await conn.fetch_val(RELEASE_LOCK, {"name": name})
 
     def _new_slot(self) -> _Slot:
         slot = _Slot(f"mariadb-{len(self._slots)}")
@@ -256,7 +230,51 @@ class MariaDBRelationalStore(RelationalStore):
         self._free.release()
 
 
-# -- worker-thread functions --
+def settings_of(url: StoreURL) -> dict[str, Any]:
+    """PyMySQL's connection settings for the URL and its options."""
+    timeout = url.float_option("timeout", 30.0)
+    init = (
+        "SET SESSION sql_mode = CONCAT_WS(',', NULLIF(@@SESSION.sql_mode, ''), "
+        f"'ANSI_QUOTES', 'PIPES_AS_CONCAT'), max_statement_time = {timeout:g}"
+    )
+    settings: dict[str, Any] = {
+        "host": url.host,
+        "port": url.port,
+        "user": url.username or "root",
+        "password": url.password or "",
+        "database": url.database,
+        "charset": "utf8mb4",
+        "autocommit": True,
+        "client_flag": CLIENT.FOUND_ROWS,
+        "connect_timeout": url.float_option("connect_timeout", 5.0),
+        "read_timeout": timeout + 10.0,
+        "write_timeout": timeout + 10.0,
+        "init_command": init,
+    }
+    if url.option("ssl", False):
+        settings["ssl"] = {"fake_flag_to_enable_tls": True}
+    return settings
+
+
+def migration_lock(database: str | None) -> str:
+    """The name of the session lock that serialises migrators of a database."""
+    return f"multistore_migrations:{database or ''}"[:64]
+
+
+GET_LOCK: Final = "SELECT GET_LOCK(:name, :wait)"
+RELEASE_LOCK: Final = "SELECT RELEASE_LOCK(:name)"
+
+
+def migration_busy(url: StoreURL, name: str, timeout: float) -> StoreTimeoutError:
+    """The error when the migration lock stayed taken (definite: nothing ran)."""
+    return StoreTimeoutError(
+        f"another process is migrating {url.database!r}: the migration lock "
+        f"{name!r} was not free within {timeout:g} s",
+        outcome=Outcome.DEFINITE,
+    )
+
+
+# -- worker-thread functions (the sync store calls them on the caller's thread) --
 
 
 def _connect(settings: dict[str, Any]) -> MyConn:

@@ -21,8 +21,18 @@ from multistore.stores._limits import short_repr
 
 if TYPE_CHECKING:
     from multistore.stores.relational._api import Connection, Transaction
+    from multistore.stores.relational._rows import Row
+    from multistore.stores.relational._sync_api import SyncConnection, SyncTransaction
 
-__all__ = ["MIGRATIONS_TABLE", "AppliedMigration", "Migration", "read_applied", "run_migrations"]
+__all__ = [
+    "MIGRATIONS_TABLE",
+    "AppliedMigration",
+    "Migration",
+    "read_applied",
+    "read_applied_sync",
+    "run_migrations",
+    "run_migrations_sync",
+]
 
 MIGRATIONS_TABLE = "multistore_migrations"
 
@@ -106,17 +116,45 @@ async def run_migrations(
                 continue
             if step.sql.strip():
                 await tx.execute_script(step.sql)
-            await tx.execute(
-                _INSERT,
-                {
-                    "version": step.version,
-                    "name": step.name,
-                    "checksum": step.checksum,
-                    "applied_at": datetime.now(UTC).isoformat(),
-                },
-            )
+            await tx.execute(_INSERT, _record(step))
         done.append(step.version)
     return done
+
+
+def run_migrations_sync(
+    conn: SyncConnection,
+    migrations: Sequence[Migration],
+    backend: str,
+    lock: Callable[[SyncTransaction], None],
+) -> list[int]:
+    """:func:`run_migrations` on a sync connection, step for step."""
+    plan = _plan(migrations, backend)
+    with conn.transaction() as tx:
+        lock(tx)
+        tx.execute(_CREATE)
+        _check(plan, _versions(tx.fetch_all(_APPLIED)))
+    done: list[int] = []
+    for step in plan:
+        with conn.transaction() as tx:
+            lock(tx)
+            applied = _versions(tx.fetch_all(_APPLIED))
+            _check(plan, applied)  # another migrator may have run meanwhile
+            if step.version in applied:
+                continue
+            if step.sql.strip():
+                tx.execute_script(step.sql)
+            tx.execute(_INSERT, _record(step))
+        done.append(step.version)
+    return done
+
+
+def _record(step: _Step) -> dict[str, object]:
+    return {
+        "version": step.version,
+        "name": step.name,
+        "checksum": step.checksum,
+        "applied_at": datetime.now(UTC).isoformat(),
+    }
 
 
 async def read_applied(conn: Connection) -> list[AppliedMigration]:
@@ -125,6 +163,19 @@ async def read_applied(conn: Connection) -> list[AppliedMigration]:
         rows = await conn.fetch_all(_SELECT)
     except NotFoundError:
         return []
+    return _applied_list(rows)
+
+
+def read_applied_sync(conn: SyncConnection) -> list[AppliedMigration]:
+    """:func:`read_applied` on a sync connection."""
+    try:
+        rows = conn.fetch_all(_SELECT)
+    except NotFoundError:
+        return []
+    return _applied_list(rows)
+
+
+def _applied_list(rows: list[Row]) -> list[AppliedMigration]:
     return [
         AppliedMigration(
             version=int(row["version"]),
@@ -157,8 +208,14 @@ def _plan(migrations: Sequence[Migration], backend: str) -> list[_Step]:
     return [steps[v] for v in sorted(steps)]
 
 
+_APPLIED = f"SELECT version, checksum FROM {MIGRATIONS_TABLE}"
+
+
 async def _applied(tx: Transaction) -> dict[int, str]:
-    rows = await tx.fetch_all(f"SELECT version, checksum FROM {MIGRATIONS_TABLE}")
+    return _versions(await tx.fetch_all(_APPLIED))
+
+
+def _versions(rows: list[Row]) -> dict[int, str]:
     return {int(row["version"]): str(row["checksum"]).strip() for row in rows}
 
 

@@ -53,7 +53,14 @@ from multistore.stores.relational._params import bind, compile_sql
 from multistore.stores.relational._rows import Columns, Row
 from multistore.urls import StoreURL
 
-__all__ = ["PostgresRelationalStore"]
+__all__ = [
+    "MIGRATION_LOCK",
+    "PostgresRelationalStore",
+    "columns_of",
+    "connect_error",
+    "conninfo_of",
+    "map_error",
+]
 
 _CHECK_AFTER_IDLE: Final = 1.0
 #: Most connections the store keeps aside for its fast path (and at most pool_max // 2).
@@ -64,7 +71,7 @@ _KEEP_FOR: Final = 60.0
 _COLUMNS_MAX: Final = 512
 _RECONNECT_GIVE_UP: Final = 1.0
 #: Key of the advisory lock that serialises migrators ("multistore" in ASCII, truncated).
-_MIGRATION_LOCK: Final = 0x6D756C746973746F
+MIGRATION_LOCK: Final = 0x6D756C746973746F
 
 PgConn = psycopg.AsyncConnection[Any]
 PgCursor = psycopg.AsyncCursor[Any]
@@ -77,8 +84,9 @@ _TUPLES: Final = (ExecStatus.TUPLES_OK, ExecStatus.SINGLE_TUPLE, ExecStatus.TUPL
 _columns_cache: dict[tuple[bytes | None, ...], Columns] = {}
 
 
-def _columns(cur: PgCursor) -> Columns | None:
-    """The columns of the cursor's current result; None when it returns no rows."""
+def columns_of(cur: PgCursor | psycopg.Cursor[Any]) -> Columns | None:
+    """The columns of the cursor's (sync or async) current result; None when it
+    returns no rows."""
     res = cur.pgresult
     if res is None:
         return None
@@ -100,7 +108,7 @@ def _columns(cur: PgCursor) -> Columns | None:
 async def _fetch_on(cur: PgCursor, sql: str, params: Any, *, one: bool) -> list[Row]:
     """Run a query on ``cur`` and build its rows (driver errors are not mapped)."""
     await cur.execute(sql, params)
-    columns = _columns(cur)
+    columns = columns_of(cur)
     if columns is None:
         return []
     if one:
@@ -200,20 +208,7 @@ class PostgresRelationalStore(RelationalStore):
     @classmethod
     async def open(cls, url: StoreURL) -> Self:
         connect_timeout = url.float_option("connect_timeout", 5.0)
-        timeout = url.float_option("timeout", 30.0)
-        conninfo = make_conninfo(
-            "",
-            host=url.libpq_host,
-            port=url.libpq_port,
-            target_session_attrs=url.target_session_attrs,
-            user=url.username,
-            password=url.password,
-            dbname=url.database or "postgres",
-            connect_timeout=max(2, round(connect_timeout)),
-            sslmode=url.str_option("sslmode", "prefer"),
-            application_name="multistore",
-            options=f"-c statement_timeout={int(timeout * 1000)}",
-        )
+        conninfo = conninfo_of(url)
         # One direct connection first: a refused port or a bad password fails at
         # once with the server's message instead of after the pool's timeout.
         probe = await _connect(conninfo, url)
@@ -358,7 +353,7 @@ class PostgresRelationalStore(RelationalStore):
         await self._pool.putconn(conn)
 
     async def _lock_migrations(self, tx: Transaction) -> None:
-        await tx.execute(f"SELECT pg_advisory_xact_lock({_MIGRATION_LOCK})")
+        await tx.execute(f"SELECT pg_advisory_xact_lock({MIGRATION_LOCK})")
 
     async def _unavailable(self) -> MultistoreError:
         """The error for a pool that gave no connection in time: the server's own
@@ -389,17 +384,39 @@ class _Health:
             await AsyncConnectionPool.check_connection(conn)
 
 
+def conninfo_of(url: StoreURL) -> str:
+    """The libpq connection string for the URL and its options."""
+    return make_conninfo(
+        "",
+        host=url.libpq_host,
+        port=url.libpq_port,
+        target_session_attrs=url.target_session_attrs,
+        user=url.username,
+        password=url.password,
+        dbname=url.database or "postgres",
+        connect_timeout=max(2, round(url.float_option("connect_timeout", 5.0))),
+        sslmode=url.str_option("sslmode", "prefer"),
+        application_name="multistore",
+        options=f"-c statement_timeout={int(url.float_option('timeout', 30.0) * 1000)}",
+    )
+
+
+def connect_error(exc: psycopg.Error, url: StoreURL) -> MultistoreError:
+    """The error for a failed connection attempt (definite: nothing was sent)."""
+    mapped = map_error(exc)
+    if isinstance(mapped, StoreUnavailableError):
+        mapped = StoreUnavailableError(
+            f"cannot connect to PostgreSQL at {url.host}:{url.port}: {mapped.message}",
+            outcome=Outcome.DEFINITE,
+        )
+    return mapped
+
+
 async def _connect(conninfo: str, url: StoreURL) -> PgConn:
     try:
         return await psycopg.AsyncConnection.connect(conninfo, autocommit=True)
     except psycopg.Error as exc:
-        mapped = map_error(exc)
-        if isinstance(mapped, StoreUnavailableError):
-            mapped = StoreUnavailableError(
-                f"cannot connect to PostgreSQL at {url.host}:{url.port}: {mapped.message}",
-                outcome=Outcome.DEFINITE,
-            )
-        raise mapped from exc
+        raise connect_error(exc, url) from exc
 
 
 def map_error(exc: psycopg.Error | ValueError) -> MultistoreError:

@@ -1,4 +1,5 @@
-"""SQLite relational backend: one connection owned by one worker thread.
+"""SQLite relational backend: one connection owned by one worker thread (async), or
+used on the calling thread (sync, :class:`SyncSQLiteRelationalStore`).
 
 The store has a single ``sqlite3`` connection in autocommit mode
 (``isolation_level=None``), WAL journal, ``busy_timeout`` and ``foreign_keys=ON``.
@@ -7,6 +8,10 @@ Every call runs on the store's :class:`~multistore.stores._worker.Worker`.
 (``BEGIN IMMEDIATE``) are serialised within the process, and with other processes
 by SQLite's own write lock. A statement that runs longer than ``?timeout=`` seconds
 is interrupted by a progress handler (:class:`~multistore.errors.StoreTimeoutError`).
+
+The sync store runs the same statement functions on the calling thread; its
+``connection()`` is the same exclusive lease, taken with a thread lock, so threads
+that share the store run their transactions one after another.
 """
 
 from __future__ import annotations
@@ -15,9 +20,10 @@ import asyncio
 import contextlib
 import datetime as dt
 import sqlite3
+import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from decimal import Decimal
 from typing import Any, Final, Self, TypeVar
 
@@ -37,10 +43,13 @@ from multistore.errors import (
 from multistore.stores._sqlite_common import connect, start
 from multistore.stores._worker import Worker
 from multistore.stores.relational._api import Connection, RelationalStore
+from multistore.stores.relational._params import bind, compile_sql
+from multistore.stores.relational._protocol import Params
 from multistore.stores.relational._rows import Columns, Row
+from multistore.stores.relational._sync_api import SyncConnection, SyncRelationalStore
 from multistore.urls import StoreURL
 
-__all__ = ["SQLiteRelationalStore"]
+__all__ = ["SQLiteRelationalStore", "SyncSQLiteRelationalStore"]
 
 T = TypeVar("T")
 
@@ -117,15 +126,7 @@ class SQLiteRelationalStore(RelationalStore):
     @classmethod
     async def open(cls, url: StoreURL) -> Self:
         clock = _Clock(url.float_option("timeout", 30.0))
-        worker, db = await start(
-            "sqlite-relational",
-            connect,
-            url,
-            "a relational store",
-            lambda db: _prepare(db, clock),
-            timeout=clock.timeout,
-            check_same_thread=False,
-        )
+        worker, db = await start("sqlite-relational", _connect, url, clock)
         return cls(url, worker, db, clock)
 
     async def close(self) -> None:
@@ -171,6 +172,139 @@ class SQLiteRelationalStore(RelationalStore):
         """Run ``fn(sqlite3_connection)`` on the worker thread, holding the lease."""
         async with self.connection():
             return await self._worker.run(fn, self._db)
+
+
+class SyncSQLiteConnection(SyncConnection):
+    dialect = "sqlite"
+
+    def __init__(self, store: SyncSQLiteRelationalStore) -> None:
+        super().__init__()
+        self._store = store
+
+    def _call(self, fn: Callable[..., T], *args: Any) -> T:
+        return _guarded(fn, self._store._db, self._store._clock, *args)
+
+    def _execute(self, sql: str, params: Any) -> int:
+        return self._call(_execute, sql, params)
+
+    def _executemany(self, sql: str, seq_of_params: list[Any]) -> int:
+        return self._call(_executemany, sql, seq_of_params)
+
+    def _fetch(self, sql: str, params: Any, *, one: bool) -> list[Row]:
+        return self._call(_fetch, sql, params, one)
+
+    def _script(self, sql: str) -> None:
+        self._call(_script, sql)
+
+    def _begin(self) -> None:
+        self._execute("BEGIN IMMEDIATE", None)
+
+
+class SyncSQLiteRelationalStore(SyncRelationalStore):
+    """Relational store on a SQLite file, for sync code: statements run on the calling
+    thread. ``connection()`` (and so ``transaction()`` and each statement on the
+    store) leases the one connection exclusively; other threads wait for it."""
+
+    def __init__(self, url: StoreURL, db: sqlite3.Connection, clock: _Clock) -> None:
+        self.url = url
+        self._db = db
+        self._clock = clock
+        self._lease = threading.Lock()
+        self._holder: int | None = None
+        self._closed = False
+
+    @classmethod
+    def open(cls, url: StoreURL) -> Self:
+        clock = _Clock(url.float_option("timeout", 30.0))
+        return cls(url, _connect(url, clock), clock)
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        with self._lease, contextlib.suppress(sqlite3.Error):
+            self._db.close()
+
+    @property
+    def native(self) -> sqlite3.Connection:
+        return self._db
+
+    @contextlib.contextmanager
+    def connection(self) -> Iterator[SyncConnection]:
+        self._check_free()
+        with self._lease:
+            if self._closed:
+                raise StoreUnavailableError(f"{self!r} is closed", outcome=Outcome.DEFINITE)
+            self._holder = threading.get_ident()
+            conn = SyncSQLiteConnection(self)
+            try:
+                yield conn
+            finally:
+                conn._core.released = True
+                self._holder = None
+                if conn.in_transaction or self._db.in_transaction:
+                    # Never hand the connection on inside a transaction (a BEGIN sent
+                    # as a plain statement, an exit interrupted): roll back what is open.
+                    with contextlib.suppress(MultistoreError):
+                        conn._call(_rollback_open)
+
+    def run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """Run ``fn(sqlite3_connection)`` on this thread, holding the lease."""
+        with self.connection():
+            return fn(self._db)
+
+    # -- one-statement calls: the lease and the statement, no connection object --
+
+    def execute(self, sql: str, params: Params | None = None) -> int:
+        return self._once(_execute, sql, params)
+
+    def fetch_all(self, sql: str, params: Params | None = None) -> list[Row]:
+        return self._once(_fetch, sql, params, False)
+
+    def fetch_one(self, sql: str, params: Params | None = None) -> Row | None:
+        rows = self._once(_fetch, sql, params, True)
+        return rows[0] if rows else None
+
+    def fetch_val(self, sql: str, params: Params | None = None) -> Any:
+        rows = self._once(_fetch, sql, params, True)
+        return rows[0][0] if rows else None
+
+    def _check_free(self) -> None:
+        """Refuse a closed store, and a lease this thread holds already (it would wait
+        for itself)."""
+        if self._closed:
+            raise StoreUnavailableError(f"{self!r} is closed", outcome=Outcome.DEFINITE)
+        if self._holder == threading.get_ident():
+            raise UsageError(
+                "this thread already holds the SQLite store's only connection (inside "
+                "store.connection() or store.transaction()); run the statement on that "
+                "connection or transaction instead of on the store"
+            )
+
+    def _once(self, fn: Callable[..., T], sql: str, params: Params | None, *extra: Any) -> T:
+        """One statement, as ``connection()`` then the statement on it would run it."""
+        compiled = compile_sql(sql, "sqlite")
+        args = bind(compiled, params)
+        self._check_free()
+        with self._lease:
+            if self._closed:
+                raise StoreUnavailableError(f"{self!r} is closed", outcome=Outcome.DEFINITE)
+            try:
+                return _guarded(fn, self._db, self._clock, compiled.sql, args, *extra)
+            finally:
+                if self._db.in_transaction:  # a BEGIN sent as a plain statement
+                    with contextlib.suppress(MultistoreError):
+                        _guarded(_rollback_open, self._db, self._clock)
+
+
+def _connect(url: StoreURL, clock: _Clock) -> sqlite3.Connection:
+    return connect(
+        url,
+        "a relational store",
+        lambda db: _prepare(db, clock),
+        timeout=clock.timeout,
+        check_same_thread=False,
+    )
 
 
 def _prepare(db: sqlite3.Connection, clock: _Clock) -> None:

@@ -33,7 +33,45 @@ from multistore.stores._limits import short_repr
 from multistore.stores.timeseries._points import FieldValue, Point, Window, check_name
 from multistore.stores.timeseries._query import check_measurement, parse_fn
 
-__all__ = ["TimeSeriesStore"]
+__all__ = ["TimeSeriesStore", "check_downsample", "window_points"]
+
+
+def check_downsample(
+    source_measurement: str,
+    target_measurement: str,
+    field: str,
+    fn: str,
+    target_field: str | None,
+) -> tuple[str, str]:
+    """``downsample``'s checks: the target measurement and the target field's key."""
+    source = check_measurement(source_measurement)
+    target = check_name(
+        target_measurement, "target measurement", error=InvalidQueryError, measurement=True
+    )
+    if source == target:
+        raise InvalidQueryError(
+            f"downsample into the source measurement {short_repr(source)} would overwrite it; "
+            "pick another target measurement"
+        )
+    parse_fn(fn)
+    name = check_name(
+        target_field if target_field is not None else field,
+        "target field key",
+        error=InvalidQueryError,
+        key=True,
+    )
+    return target, name
+
+
+def window_points(windows: Sequence[Window], target: str, name: str) -> list[Point]:
+    """One point per window with a value: time = window start, tags = the window's."""
+    points = []
+    for window in windows:
+        if window.value is None:
+            continue
+        values: dict[str, FieldValue] = {name: float(window.value)}
+        points.append(Point(target, dict(window.tags), values, window.start))
+    return points
 
 
 class TimeSeriesStore(Store, abc.ABC):
@@ -105,24 +143,11 @@ class TimeSeriesStore(Store, abc.ABC):
         """Write one point per window of :meth:`aggregate` into ``target_measurement``
         (time = window start, tags = the window's group tags, field = ``target_field``
         or ``field``, a float); the number of points written."""
-        source = check_measurement(source_measurement)
-        target = check_name(
-            target_measurement, "target measurement", error=InvalidQueryError, measurement=True
-        )
-        if source == target:
-            raise InvalidQueryError(
-                f"downsample into the source measurement {short_repr(source)} would overwrite it; "
-                "pick another target measurement"
-            )
-        parse_fn(fn)
-        name = check_name(
-            target_field if target_field is not None else field,
-            "target field key",
-            error=InvalidQueryError,
-            key=True,
+        target, name = check_downsample(
+            source_measurement, target_measurement, field, fn, target_field
         )
         windows = await self.aggregate(
-            source,
+            source_measurement,
             field,
             fn=fn,
             every=every,
@@ -131,12 +156,7 @@ class TimeSeriesStore(Store, abc.ABC):
             tags=tags,
             group_by=group_by,
         )
-        points = []
-        for window in windows:
-            if window.value is None:
-                continue
-            values: dict[str, FieldValue] = {name: float(window.value)}
-            points.append(Point(target, dict(window.tags), values, window.start))
+        points = window_points(windows, target, name)
         await self.write_many(points)
         return len(points)
 

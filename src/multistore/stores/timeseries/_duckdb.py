@@ -78,7 +78,7 @@ from multistore.stores.timeseries._query import (
 )
 from multistore.urls import StoreURL
 
-__all__ = ["DuckDBTimeSeriesStore"]
+__all__ = ["DuckDBTimeSeriesStore", "DuckDBWork", "check_retention", "duckdb_error", "open_duckdb"]
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -201,62 +201,37 @@ def _connect(path: str, create: bool) -> tuple[duckdb.DuckDBPyConnection, _Catal
     return conn, _catalog_for(path)
 
 
-class DuckDBTimeSeriesStore(TimeSeriesStore):
-    """Time series in a DuckDB file."""
+def open_duckdb(url: StoreURL) -> tuple[duckdb.DuckDBPyConnection, _Catalog]:
+    """Open (or create) the URL's DuckDB file with the schema, and its shared catalog."""
+    path = url.path
+    try:
+        return _connect(path, bool(url.option("create", True)))
+    except duckdb.Error as exc:
+        raise StoreUnavailableError(
+            f"cannot open DuckDB file {path}: {' '.join(str(exc).split())}",
+            outcome=Outcome.DEFINITE,
+        ) from exc
 
-    def __init__(
-        self, url: StoreURL, conn: duckdb.DuckDBPyConnection, catalog: _Catalog, worker: Worker
-    ) -> None:
-        self.url = url
-        self._conn = conn
-        self._worker = worker
-        self._catalog = catalog
-        self._closed = False
 
-    @classmethod
-    async def open(cls, url: StoreURL) -> Self:
-        path = url.path
-        worker = Worker("duckdb-timeseries")
-        try:
-            conn, catalog = await worker.run(_connect, path, bool(url.option("create", True)))
-        except duckdb.Error as exc:
-            worker.close()
-            raise StoreUnavailableError(
-                f"cannot open DuckDB file {path}: {' '.join(str(exc).split())}",
-                outcome=Outcome.DEFINITE,
-            ) from exc
-        except BaseException:
-            worker.close()
-            raise
-        return cls(url, conn, catalog, worker)
+def check_retention(
+    older_than: timedelta | datetime, measurement: str | None
+) -> tuple[int, str | None]:
+    """``retention``'s checks: the bound in epoch microseconds, and the measurement."""
+    bound = retention_bound(older_than, datetime.now(UTC))
+    return bound, None if measurement is None else check_measurement(measurement)
 
-    async def close(self) -> None:
-        if self._closed:
-            return
-        self._closed = True
-        # Let go of the shared catalog: once no store has the file open, another process
-        # may change it, and the next store must read it afresh.
-        self._catalog = _Catalog()
-        try:
-            await self._worker.run(self._conn.close)
-        finally:
-            self._worker.close()
 
-    @property
-    def native(self) -> duckdb.DuckDBPyConnection:
-        """The DuckDB connection (owned by the store's worker thread: read with it while
-        no store call is running; write through the store)."""
-        return self._conn
+def duckdb_error(exc: duckdb.Error) -> StoreError:
+    return StoreError(f"DuckDB failed: {exc}")
 
-    async def _run(self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> T:
-        if self._closed:
-            raise StoreError("the DuckDB time-series store is closed")
-        try:
-            return await self._worker.run(fn, *args, **kwargs)
-        except MultistoreError:
-            raise
-        except duckdb.Error as exc:
-            raise StoreError(f"DuckDB failed: {exc}") from exc
+
+class DuckDBWork:
+    """The DuckDB time-series work on one connection, shared by the async store (which
+    runs each piece on its worker thread) and the sync store (on the calling thread,
+    under its lock): the catalog, the writes, the queries and the housekeeping."""
+
+    _conn: duckdb.DuckDBPyConnection
+    _catalog: _Catalog
 
     # -- the catalog (call with its lock held) -------------------------------------------
 
@@ -285,11 +260,6 @@ class DuckDBTimeSeriesStore(TimeSeriesStore):
         return {m: catalog[m] for m in measurements}
 
     # -- writes --------------------------------------------------------------------
-
-    async def write_many(self, points: Iterable[Point]) -> None:
-        batch, kinds = check_batch(points)
-        if batch:
-            await self._run(self._write, batch, kinds)
 
     def _write(self, batch: list[Point], kinds: dict[str, dict[str, str]]) -> None:
         conn = self._conn
@@ -406,20 +376,6 @@ class DuckDBTimeSeriesStore(TimeSeriesStore):
         if self._conn.execute(_HAS_POINTS, [measurement]).fetchone() is None:
             raise NotFoundError(f"measurement {short_repr(measurement)} not found")
 
-    async def query(
-        self,
-        measurement: str,
-        *,
-        start: datetime,
-        end: datetime,
-        tags: Mapping[str, str] | None = None,
-        fields: Sequence[str] | None = None,
-        limit: int | None = None,
-    ) -> list[Point]:
-        return await self._run(
-            self._query, *check_query(measurement, start, end, tags, fields, limit)
-        )
-
     def _query(
         self,
         measurement: str,
@@ -475,21 +431,6 @@ class DuckDBTimeSeriesStore(TimeSeriesStore):
             make_point(measurement, point_tags, dict(sorted(values.items())), from_us(us))
             for (_, us), (point_tags, values) in ordered
         ]
-
-    async def aggregate(
-        self,
-        measurement: str,
-        field: str,
-        *,
-        fn: str,
-        every: timedelta,
-        start: datetime,
-        end: datetime,
-        tags: Mapping[str, str] | None = None,
-        group_by: Sequence[str] | None = None,
-    ) -> list[Window]:
-        checked = check_aggregate(measurement, field, fn, every, start, end, tags, group_by)
-        return await self._run(self._aggregate, *checked)
 
     def _aggregate(
         self,
@@ -551,13 +492,6 @@ class DuckDBTimeSeriesStore(TimeSeriesStore):
 
     # -- housekeeping ------------------------------------------------------------------
 
-    async def retention(
-        self, older_than: timedelta | datetime, measurement: str | None = None
-    ) -> None:
-        bound = retention_bound(older_than, datetime.now(UTC))
-        name = None if measurement is None else check_measurement(measurement)
-        await self._run(self._retention, bound, name)
-
     def _retention(self, bound: int, measurement: str | None) -> None:
         # The latest times in the catalog stay upper bounds, which is all they promise.
         sql = f"DELETE FROM {POINTS} WHERE time < make_timestamp(?::BIGINT)"
@@ -566,19 +500,12 @@ class DuckDBTimeSeriesStore(TimeSeriesStore):
         else:
             self._conn.execute(f"{sql} AND series_id IN ({_OF_MEASUREMENT})", [bound, measurement])
 
-    async def measurements(self) -> list[str]:
-        rows = await self._run(
-            self._fetch,
+    def _measurements(self) -> list[str]:
+        rows = self._conn.execute(
             f"SELECT DISTINCT s.measurement FROM {SERIES} AS s "
-            f"WHERE EXISTS (SELECT 1 FROM {POINTS} AS p WHERE p.series_id = s.id)",
-        )
+            f"WHERE EXISTS (SELECT 1 FROM {POINTS} AS p WHERE p.series_id = s.id)"
+        ).fetchall()
         return sorted(str(row[0]) for row in rows)
-
-    def _fetch(self, sql: str) -> list[tuple[Any, ...]]:
-        return self._conn.execute(sql).fetchall()
-
-    async def drop_measurement(self, measurement: str) -> None:
-        await self._run(self._drop, check_measurement(measurement))
 
     def _drop(self, measurement: str) -> None:
         conn = self._conn
@@ -596,6 +523,102 @@ class DuckDBTimeSeriesStore(TimeSeriesStore):
                 raise
             finally:
                 self._catalog.measurements.pop(measurement, None)
+
+
+class DuckDBTimeSeriesStore(DuckDBWork, TimeSeriesStore):
+    """Time series in a DuckDB file."""
+
+    def __init__(
+        self, url: StoreURL, conn: duckdb.DuckDBPyConnection, catalog: _Catalog, worker: Worker
+    ) -> None:
+        self.url = url
+        self._conn = conn
+        self._worker = worker
+        self._catalog = catalog
+        self._closed = False
+
+    @classmethod
+    async def open(cls, url: StoreURL) -> Self:
+        worker = Worker("duckdb-timeseries")
+        try:
+            conn, catalog = await worker.run(open_duckdb, url)
+        except BaseException:
+            worker.close()
+            raise
+        return cls(url, conn, catalog, worker)
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        # Let go of the shared catalog: once no store has the file open, another process
+        # may change it, and the next store must read it afresh.
+        self._catalog = _Catalog()
+        try:
+            await self._worker.run(self._conn.close)
+        finally:
+            self._worker.close()
+
+    @property
+    def native(self) -> duckdb.DuckDBPyConnection:
+        """The DuckDB connection (owned by the store's worker thread: read with it while
+        no store call is running; write through the store)."""
+        return self._conn
+
+    async def _run(self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> T:
+        if self._closed:
+            raise StoreError("the DuckDB time-series store is closed")
+        try:
+            return await self._worker.run(fn, *args, **kwargs)
+        except MultistoreError:
+            raise
+        except duckdb.Error as exc:
+            raise duckdb_error(exc) from exc
+
+    async def write_many(self, points: Iterable[Point]) -> None:
+        batch, kinds = check_batch(points)
+        if batch:
+            await self._run(self._write, batch, kinds)
+
+    async def query(
+        self,
+        measurement: str,
+        *,
+        start: datetime,
+        end: datetime,
+        tags: Mapping[str, str] | None = None,
+        fields: Sequence[str] | None = None,
+        limit: int | None = None,
+    ) -> list[Point]:
+        return await self._run(
+            self._query, *check_query(measurement, start, end, tags, fields, limit)
+        )
+
+    async def aggregate(
+        self,
+        measurement: str,
+        field: str,
+        *,
+        fn: str,
+        every: timedelta,
+        start: datetime,
+        end: datetime,
+        tags: Mapping[str, str] | None = None,
+        group_by: Sequence[str] | None = None,
+    ) -> list[Window]:
+        checked = check_aggregate(measurement, field, fn, every, start, end, tags, group_by)
+        return await self._run(self._aggregate, *checked)
+
+    async def retention(
+        self, older_than: timedelta | datetime, measurement: str | None = None
+    ) -> None:
+        await self._run(self._retention, *check_retention(older_than, measurement))
+
+    async def measurements(self) -> list[str]:
+        return await self._run(self._measurements)
+
+    async def drop_measurement(self, measurement: str) -> None:
+        await self._run(self._drop, check_measurement(measurement))
 
 
 def _pick(vf: Any, vi: Any, vb: Any, vs: Any) -> FieldValue:
