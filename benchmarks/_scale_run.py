@@ -78,9 +78,10 @@ async def _side(prepare: Any, size: int, folder: Path) -> tuple[Prepared, int, f
 
 
 def _timing(seconds_per_op: float) -> dict[str, int]:
-    """Rounds of about 20 ms each side: many runs of a fast operation, one of a slow."""
-    ops = max(1, min(200, int(0.02 / max(seconds_per_op, 1e-6))))
-    return {"ops": ops, "rounds": 7 if seconds_per_op < 0.05 else 3, "warmup": min(ops, 5)}
+    """Rounds of about 40 ms each side (many runs of a fast operation, one of a slow):
+    nine of them, or three when one run takes over 50 ms."""
+    ops = max(1, min(400, int(0.04 / max(seconds_per_op, 1e-6))))
+    return {"ops": ops, "rounds": 9 if seconds_per_op < 0.05 else 3, "warmup": min(ops, 5)}
 
 
 async def measure(module: str, name: str, size: int, folder: Path) -> dict[str, Any]:
