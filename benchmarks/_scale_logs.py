@@ -26,6 +26,7 @@ from multistore.consistency._saga import Saga, Step, StepContext
 from multistore.consistency._saga_engine import SagaEngine
 from multistore.consistency._tpc_log import DecisionLog
 from multistore.core import Xid
+from multistore.errors import MultistoreError
 from multistore.stores import open_store
 from multistore.stores.kv import KeyValueStore
 from multistore.stores.relational import RelationalStore
@@ -52,18 +53,26 @@ def _reaper(
 
     async def step(ours: Prepared, raw: Prepared) -> dict[str, Any]:
         before = _count(ours.state["path"], table)
+        error = None
         start = time.perf_counter()
-        deleted = await reap(ours)
+        try:
+            deleted = await reap(ours)
+        except MultistoreError as exc:  # reported in the row: what a user would meet
+            error, deleted = f"{type(exc).__name__}: {exc}", 0
         middle = time.perf_counter()
         raw.state["conn"].execute(raw_delete, (raw_cutoff(),))
         end = time.perf_counter()
-        per = max(deleted, 1)
-        return {
+        after = _count(ours.state["path"], table)
+        per = max(deleted, before - after, 1) if error is None else max(before - 1, 1)
+        result = {
             "rows_before": before,
-            "rows_after": _count(ours.state["path"], table),
+            "rows_after": after,
             "reap_us_per_row": round((middle - start) / per * 1e6, 3),
             "raw_reap_us_per_row": round((end - middle) / per * 1e6, 3),
         }
+        if error is not None:
+            result["reap_error"] = error
+        return result
 
     return step
 

@@ -12,7 +12,8 @@ weigh on the next. Rows, per case:
 - for the logs with retention, one ``reap`` row per size: the time per row deleted,
   with the rows before and after in the name (and as ``rows_before``/``rows_after``).
 
-``sizes`` (``--sizes``) defaults to 1,000, 10,000 and 100,000 items: a few minutes on
+``cases`` (``--cases kv-get,idem-claim``) picks some cases by id. ``sizes``
+(``--sizes``) defaults to 1,000, 10,000 and 100,000 items: a few minutes on
 two shared cores. ``--sizes 1000,100000,1000000`` gives the million-item points
 (tens of minutes). ``plot`` (``--plot FILE``) draws the curves to a PNG.
 """
@@ -129,7 +130,8 @@ def _rows(case: Case, results: dict[int, dict[str, Any]]) -> list[dict[str, Any]
                     case,
                     size,
                     f"{case.name.split(':')[0]}: reap, {r['rows_before']:,} rows → "
-                    f"{r['rows_after']:,}",
+                    f"{r['rows_after']:,}"
+                    + (f" (FAILED: {r['reap_error']})" if "reap_error" in r else ""),
                     metric="reap",
                     unit="us/row",
                     anchor_name="sqlite3 DELETE of the same rows",
@@ -150,8 +152,24 @@ def _sizes(sizes: Sequence[int] | None) -> list[int]:
     return chosen
 
 
-async def run(sizes: Sequence[int] | None = None, plot: Path | None = None) -> list[dict[str, Any]]:
+def _cases(wanted: str | None) -> list[tuple[str, Case]]:
+    every = all_cases()
+    if wanted is None:
+        return list(every.values())
+    names = [name.strip() for name in wanted.split(",")]
+    unknown = [name for name in names if name not in every]
+    if unknown:
+        raise BenchmarkError(
+            f"no scale case {', '.join(unknown)}; the cases are {', '.join(every)}"
+        )
+    return [every[name] for name in names]
+
+
+async def run(
+    sizes: Sequence[int] | None = None, plot: Path | None = None, cases: str | None = None
+) -> list[dict[str, Any]]:
     chosen = _sizes(sizes)
+    picked = _cases(cases)
     if plot is not None:
         from benchmarks._scale_plot import require_plotting
 
@@ -159,11 +177,13 @@ async def run(sizes: Sequence[int] | None = None, plot: Path | None = None) -> l
     scratch = Path(tempfile.mkdtemp(prefix="msbench-scale-"))
     rows: list[dict[str, Any]] = []
     try:
-        for module, case in all_cases().values():
-            results = {
-                size: await _measure(module, case.id, size, scratch / f"{case.id}-{size}")
-                for size in chosen
-            }
+        for module, case in picked:
+            results = {}
+            for size in chosen:
+                folder = scratch / f"{case.id}-{size}"
+                results[size] = await _measure(module, case.id, size, folder)
+                # One line a point on stderr: a long run that stops keeps what it measured.
+                print(f"scale {case.id} {size} {json.dumps(results[size])}", file=sys.stderr)
             rows.extend(_rows(case, results))
     finally:
         shutil.rmtree(scratch, ignore_errors=True)

@@ -81,3 +81,9 @@ def test_bench_options_a_benchmark_does_not_take_are_refused(tmp_path: Path) -> 
     result = run_cli("bench", "toy", "--sizes", "100", cwd=tmp_path)
     assert result.returncode == int(ErrorCode.BENCHMARK)
     assert "benchmark toy takes no --sizes option" in result.stderr
+
+
+def test_bench_scale_names_its_cases_when_one_is_unknown(tmp_path: Path) -> None:
+    result = run_cli("bench", "scale", "--cases", "kv-get,nope", cwd=tmp_path)
+    assert result.returncode == int(ErrorCode.BENCHMARK)
+    assert "no scale case nope; the cases are kv-get, " in result.stderr

@@ -293,6 +293,10 @@ def bench(
         Path | None,
         typer.Option("--plot", help="Draw the curves to this PNG (bench scale; matplotlib)."),
     ] = None,
+    cases: Annotated[
+        str | None,
+        typer.Option("--cases", help="Only these cases, e.g. kv-get,idem-claim (bench scale)."),
+    ] = None,
 ) -> None:
     """Run benchmarks/NAME: multistore against the library it is compared with, as
     ratios (above 1: multistore is better)."""
@@ -300,7 +304,7 @@ def bench(
     def body() -> None:
         from multistore.cli._bench import parse_sizes, print_rows, run_benchmark
 
-        options = {"sizes": parse_sizes(sizes), "plot": plot}
+        options = {"sizes": parse_sizes(sizes), "plot": plot, "cases": cases}
         rows = run_benchmark(name, directory, progress=not as_json, options=options)
         if as_json:
             _print_json(rows)
