@@ -282,14 +282,30 @@ def bench(
         Path | None,
         typer.Option("--dir", help="Folder holding the benchmarks (default: ./benchmarks)."),
     ] = None,
+    sizes: Annotated[
+        str | None,
+        typer.Option(
+            "--sizes",
+            help="Data sizes to grow through, e.g. 1000,100000,1000000 (bench scale).",
+        ),
+    ] = None,
+    plot: Annotated[
+        Path | None,
+        typer.Option("--plot", help="Draw the curves to this PNG (bench scale; matplotlib)."),
+    ] = None,
+    cases: Annotated[
+        str | None,
+        typer.Option("--cases", help="Only these cases, e.g. kv-get,idem-claim (bench scale)."),
+    ] = None,
 ) -> None:
     """Run benchmarks/NAME: multistore against the library it is compared with, as
     ratios (above 1: multistore is better)."""
 
     def body() -> None:
-        from multistore.cli._bench import print_rows, run_benchmark
+        from multistore.cli._bench import parse_sizes, print_rows, run_benchmark
 
-        rows = run_benchmark(name, directory, progress=not as_json)
+        options = {"sizes": parse_sizes(sizes), "plot": plot, "cases": cases}
+        rows = run_benchmark(name, directory, progress=not as_json, options=options)
         if as_json:
             _print_json(rows)
         else:

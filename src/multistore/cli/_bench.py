@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib
+import inspect
 import math
 import re
 import sys
@@ -17,6 +18,8 @@ from multistore.cli._human import quantity, table
 from multistore.errors import BenchmarkError, MultistoreError
 
 ROW_KEYS: Final = ("name", "metric", "unit", "ours", "anchor", "anchor_name", "speedup")
+EXTRA_KEYS: Final = ("case", "size", "rows_before", "rows_after")
+"""Kept when a row has them (``bench scale``: the curve, its size, a reap's rows)."""
 _NAME_RE: Final = re.compile(r"^[a-z][a-z0-9_]*$")
 
 
@@ -42,8 +45,26 @@ def available(directory: Path) -> list[str]:
     )
 
 
-def run_benchmark(name: str, directory: Path | None, *, progress: bool) -> list[dict[str, Any]]:
-    """Import ``benchmarks.NAME`` and run its ``run()``; return validated rows as dicts."""
+def _options(name: str, runner: Any, options: dict[str, Any]) -> dict[str, Any]:
+    """The options given (not None) that ``run()`` takes; one it does not take is an error."""
+    given = {k: v for k, v in options.items() if v is not None}
+    accepted = inspect.signature(runner).parameters
+    for key in given:
+        if key not in accepted:
+            flag = "--" + key.replace("_", "-")
+            raise BenchmarkError(f"benchmark {name} takes no {flag} option")
+    return given
+
+
+def run_benchmark(
+    name: str,
+    directory: Path | None,
+    *,
+    progress: bool,
+    options: dict[str, Any] | None = None,
+) -> list[dict[str, Any]]:
+    """Import ``benchmarks.NAME`` and run its ``run()`` (with those of ``options`` that
+    are given, e.g. ``sizes`` and ``plot`` for ``scale``); return validated rows."""
     folder = _find_dir(directory)
     if not _NAME_RE.match(name) or not (folder / f"{name}.py").is_file():
         names = ", ".join(available(folder)) or "none"
@@ -56,14 +77,15 @@ def run_benchmark(name: str, directory: Path | None, *, progress: bool) -> list[
         runner = getattr(module, "run", None)
         if runner is None:
             raise BenchmarkError(f"benchmarks/{name}.py has no run() function")
+        kwargs = _options(name, runner, options or {})
         if progress:
             console = Console(stderr=True)
             with console.status(
                 f"running benchmark {name} (multistore and its baseline, in turn)…"
             ):
-                rows = asyncio.run(runner())
+                rows = asyncio.run(runner(**kwargs))
         else:
-            rows = asyncio.run(runner())
+            rows = asyncio.run(runner(**kwargs))
     except ModuleNotFoundError as exc:
         pip = f"{Path(sys.executable).as_posix()} -m pip install"
         raise BenchmarkError(
@@ -88,7 +110,22 @@ def _check_row(name: str, row: Any) -> dict[str, Any]:
         value = data[key]
         if not isinstance(value, int | float) or math.isnan(value):
             raise BenchmarkError(f"benchmark {name}: row {data['name']!r} has {key}={value!r}")
-    return {k: data[k] for k in ROW_KEYS}
+    return {k: data[k] for k in (*ROW_KEYS, *EXTRA_KEYS) if k in data}
+
+
+def parse_sizes(text: str | None) -> list[int] | None:
+    """``--sizes 1000,100000``: whole numbers, commas between, ``_`` allowed in them."""
+    if text is None:
+        return None
+    try:
+        sizes = [int(part) for part in text.split(",")]
+    except ValueError:
+        raise BenchmarkError(
+            f"--sizes takes whole numbers separated by commas (1000,100000), not {text!r}"
+        ) from None
+    if any(size < 1 for size in sizes):
+        raise BenchmarkError(f"--sizes must be positive, not {text!r}")
+    return sizes
 
 
 def print_rows(name: str, rows: list[dict[str, Any]]) -> None:
