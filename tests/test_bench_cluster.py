@@ -20,6 +20,9 @@ REPO = Path(__file__).resolve().parents[1]
 def test_bench_cluster_prints_its_rows(
     redis_cluster: RedisClusterServers, patroni_cluster: PatroniCluster, tmp_path: Path
 ) -> None:
+    # The session's Patroni cluster may still be recovering from an earlier test's kill
+    # or switchover: the bench reads from the leader it names now.
+    patroni_cluster.wait_streaming()
     env = {
         "MULTISTORE_BENCH_ROUNDS": "1",
         "MULTISTORE_BENCH_OPS": "5",
