@@ -20,7 +20,7 @@ from dataclasses import replace
 from typing import Any
 
 from benchmarks._harness import BenchEnv, Row, compare
-from multistore._resp import RespScript
+from multistore._resp import RespPool, RespScript
 from multistore.consistency._idempotency import Idempotency, idempotent
 from multistore.consistency._idempotency_backends import _REDIS_ADVANCE, _REDIS_CLAIM
 from multistore.errors import BenchmarkError
@@ -82,8 +82,8 @@ def _two_round_trips(idem: Idempotency) -> Callable[[], Awaitable[object]]:
     """The two scripts of a first call on a fresh key, packed once each, on the lean
     pool ``idem``'s store runs scripts on: what a first call cannot do without."""
     store = idem.store
-    assert isinstance(store, RedisKeyValueStore) and store._lean is not None
-    lean = store._lean
+    assert isinstance(store, RedisKeyValueStore) and isinstance(store._link, RespPool)
+    lean = store._link
     claim_script, advance_script = RespScript(_REDIS_CLAIM), RespScript(_REDIS_ADVANCE)
     fresh = itertools.count()
     fp, owner, result = "f" * 64, "o" * 28, '{"value":{"order":1,"status":"paid"}}'
