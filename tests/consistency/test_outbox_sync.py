@@ -88,7 +88,7 @@ def test_bad_input_is_refused_and_nothing_is_written(
     with pytest.raises(UsageError, match="open transaction"):
         outbox.add(store, "p", "t", {})  # type: ignore[arg-type]
     with store.transaction() as done:
-        pass
+        assert done.fetch_val("SELECT COUNT(*) FROM products") == 0  # open: it reads
     with pytest.raises(UsageError, match="open transaction"):
         outbox.add(done, "p", "t", {})
     assert store.fetch_val("SELECT COUNT(*) FROM products") == 0
